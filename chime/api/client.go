@@ -1,0 +1,371 @@
+package api
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Headers used by the API.
+const (
+	HeaderIndex     = "X-Chime-Index"      // Raft index a read answered at
+	HeaderRequestID = "X-Chime-Request-Id" // client-generated id of a write; a retry reuses it
+	HeaderNode      = "X-Chime-Node"       // agent's node id
+	HeaderSecret    = "X-Chime-Secret"     // agent's node secret
+	HeaderToken     = "X-Chime-Token"      // admin token (reserved)
+	HeaderForwarded = "X-Chime-Forwarded"  // set by a follower forwarding to the leader
+)
+
+// Client talks to the HTTP API of one or more servers. A write carries a
+// request id and is retried with the same id on another server when the
+// first cannot be reached, so it applies at most once.
+type Client struct {
+	mu      sync.Mutex
+	addrs   []string // base URLs, e.g. http://127.0.0.1:4650
+	current int
+
+	HTTP   *http.Client
+	Token  string
+	Node   string // agent credentials, sent on every request when set
+	Secret string
+	// Retries is how many further servers (or the same one) a request
+	// tries after a connection error or a 503.
+	Retries int
+}
+
+// NewClient builds a client for the given addresses ("host:port" or URLs).
+func NewClient(addrs ...string) *Client {
+	c := &Client{HTTP: &http.Client{Timeout: 90 * time.Second}, Retries: 4}
+	for _, a := range addrs {
+		c.addrs = append(c.addrs, NormalizeAddr(a))
+	}
+	return c
+}
+
+// NormalizeAddr turns "host:port" into "http://host:port" and trims a trailing slash.
+func NormalizeAddr(a string) string {
+	a = strings.TrimRight(strings.TrimSpace(a), "/")
+	if !strings.Contains(a, "://") {
+		a = "http://" + a
+	}
+	return a
+}
+
+// Addrs returns the configured server URLs.
+func (c *Client) Addrs() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]string(nil), c.addrs...)
+}
+
+func (c *Client) pick() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.addrs) == 0 {
+		return "http://127.0.0.1:4650"
+	}
+	return c.addrs[c.current%len(c.addrs)]
+}
+
+func (c *Client) rotate() {
+	c.mu.Lock()
+	c.current++
+	c.mu.Unlock()
+}
+
+// NewRequestID returns a random id for a write.
+func NewRequestID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// Do sends one request. in is encoded as JSON when non-nil; out is decoded
+// from a 2xx body when non-nil. It returns the X-Chime-Index of the answer.
+func (c *Client) Do(ctx context.Context, method, path string, query url.Values, in, out any) (uint64, error) {
+	var body []byte
+	if raw, ok := in.([]byte); ok {
+		body = raw
+	} else if in != nil {
+		var err error
+		if body, err = json.Marshal(in); err != nil {
+			return 0, fmt.Errorf("encode request: %w", err)
+		}
+	}
+	reqID := ""
+	if method != http.MethodGet {
+		reqID = NewRequestID()
+	}
+	var lastErr error
+	for attempt := 0; attempt <= c.Retries; attempt++ {
+		if attempt > 0 {
+			select {
+			case <-ctx.Done():
+				return 0, ctx.Err()
+			case <-time.After(time.Duration(attempt) * 250 * time.Millisecond):
+			}
+		}
+		base := c.pick()
+		idx, retry, err := c.once(ctx, base, method, path, query, body, reqID, out)
+		if err == nil {
+			return idx, nil
+		}
+		lastErr = err
+		if !retry || ctx.Err() != nil {
+			return idx, err
+		}
+		c.rotate()
+	}
+	return 0, lastErr
+}
+
+func (c *Client) once(ctx context.Context, base, method, path string, query url.Values, body []byte, reqID string, out any) (uint64, bool, error) {
+	u := base + path
+	if len(query) > 0 {
+		u += "?" + query.Encode()
+	}
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, u, rd)
+	if err != nil {
+		return 0, false, fmt.Errorf("build request: %w", err)
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if reqID != "" {
+		req.Header.Set(HeaderRequestID, reqID)
+	}
+	if c.Token != "" {
+		req.Header.Set(HeaderToken, c.Token)
+	}
+	if c.Node != "" {
+		req.Header.Set(HeaderNode, c.Node)
+		req.Header.Set(HeaderSecret, c.Secret)
+	}
+	resp, err := c.HTTP.Do(req)
+	if err != nil {
+		return 0, true, fmt.Errorf("%s %s: %w", method, u, err)
+	}
+	defer resp.Body.Close()
+	idx, _ := strconv.ParseUint(resp.Header.Get(HeaderIndex), 10, 64)
+	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return idx, true, fmt.Errorf("%s %s: read body: %w", method, u, err)
+	}
+	if resp.StatusCode/100 != 2 {
+		e := &Error{Status: resp.StatusCode}
+		if json.Unmarshal(data, e) != nil || e.Message == "" {
+			e.Message = fmt.Sprintf("%s %s: HTTP %d: %s", method, u, resp.StatusCode, strings.TrimSpace(string(data)))
+		}
+		return idx, resp.StatusCode == http.StatusServiceUnavailable || resp.StatusCode == http.StatusBadGateway, e
+	}
+	if out != nil {
+		if w, ok := out.(io.Writer); ok {
+			_, err = w.Write(data)
+			return idx, false, err
+		}
+		if err := json.Unmarshal(data, out); err != nil {
+			return idx, false, fmt.Errorf("%s %s: decode answer: %w", method, u, err)
+		}
+	}
+	return idx, false, nil
+}
+
+// QueryOptions are the blocking-query parameters of list endpoints.
+type QueryOptions struct {
+	Index      uint64        // answer only once the state's index passes this
+	Wait       time.Duration // at most this long (server caps it)
+	Consistent bool          // linearizable read through the leader
+}
+
+func (q QueryOptions) values() url.Values {
+	v := url.Values{}
+	if q.Index > 0 {
+		v.Set("index", strconv.FormatUint(q.Index, 10))
+	}
+	if q.Wait > 0 {
+		v.Set("wait", q.Wait.String())
+	}
+	if q.Consistent {
+		v.Set("consistent", "")
+	}
+	return v
+}
+
+// IsNotFound reports whether err means the object does not exist.
+func IsNotFound(err error) bool { return errors.Is(err, ErrNotFound) }
+
+func esc(s string) string { return url.PathEscape(s) }
+
+// --- VMs ---
+
+// CreateVM creates a VM.
+func (c *Client) CreateVM(ctx context.Context, r CreateVMRequest) (*VM, error) {
+	var vm VM
+	_, err := c.Do(ctx, http.MethodPost, "/v1/vms", nil, r, &vm)
+	return &vm, err
+}
+
+// ListVMs lists VMs.
+func (c *Client) ListVMs(ctx context.Context, q QueryOptions) ([]VM, uint64, error) {
+	var vms []VM
+	idx, err := c.Do(ctx, http.MethodGet, "/v1/vms", q.values(), nil, &vms)
+	return vms, idx, err
+}
+
+// GetVM shows one VM by uuid, unique uuid prefix or name.
+func (c *Client) GetVM(ctx context.Context, id string) (*VM, error) {
+	var vm VM
+	_, err := c.Do(ctx, http.MethodGet, "/v1/vms/"+esc(id), nil, nil, &vm)
+	return &vm, err
+}
+
+// VMAction runs start, stop, restart on a VM.
+func (c *Client) VMAction(ctx context.Context, id, action string) (*VM, error) {
+	var vm VM
+	_, err := c.Do(ctx, http.MethodPost, "/v1/vms/"+esc(id)+"/"+action, nil, nil, &vm)
+	return &vm, err
+}
+
+// MigrateVM live-migrates a VM, to a given node or one the scheduler picks.
+func (c *Client) MigrateVM(ctx context.Context, id, to string) (*Task, error) {
+	var t Task
+	_, err := c.Do(ctx, http.MethodPost, "/v1/vms/"+esc(id)+"/migrate", nil, map[string]string{"to": to}, &t)
+	return &t, err
+}
+
+// DeleteVM deletes a VM.
+func (c *Client) DeleteVM(ctx context.Context, id string) error {
+	_, err := c.Do(ctx, http.MethodDelete, "/v1/vms/"+esc(id), nil, nil, nil)
+	return err
+}
+
+// --- nodes ---
+
+// ListNodes lists nodes.
+func (c *Client) ListNodes(ctx context.Context, q QueryOptions) ([]Node, uint64, error) {
+	var nodes []Node
+	idx, err := c.Do(ctx, http.MethodGet, "/v1/nodes", q.values(), nil, &nodes)
+	return nodes, idx, err
+}
+
+// GetNode shows one node by uuid, unique uuid prefix or name.
+func (c *Client) GetNode(ctx context.Context, id string) (*Node, error) {
+	var n Node
+	_, err := c.Do(ctx, http.MethodGet, "/v1/nodes/"+esc(id), nil, nil, &n)
+	return &n, err
+}
+
+// NodeAction runs enable, disable, drain, evacuate on a node.
+func (c *Client) NodeAction(ctx context.Context, id, action string, body any) (*Node, error) {
+	var n Node
+	_, err := c.Do(ctx, http.MethodPost, "/v1/nodes/"+esc(id)+"/"+action, nil, body, &n)
+	return &n, err
+}
+
+// RemoveNode removes a node that runs no VM.
+func (c *Client) RemoveNode(ctx context.Context, id string) error {
+	_, err := c.Do(ctx, http.MethodDelete, "/v1/nodes/"+esc(id), nil, nil, nil)
+	return err
+}
+
+// --- agent ---
+
+// Register registers (or re-registers) an agent's node.
+func (c *Client) Register(ctx context.Context, r RegisterRequest) (*RegisterResponse, error) {
+	var out RegisterResponse
+	_, err := c.Do(ctx, http.MethodPost, "/v1/agent/register", nil, r, &out)
+	return &out, err
+}
+
+// Heartbeat sends one heartbeat.
+func (c *Client) Heartbeat(ctx context.Context, r HeartbeatRequest) (*HeartbeatResponse, error) {
+	var out HeartbeatResponse
+	_, err := c.Do(ctx, http.MethodPost, "/v1/agent/heartbeat", nil, r, &out)
+	return &out, err
+}
+
+// Desired fetches the VMs placed on the agent's node (blocking query).
+func (c *Client) Desired(ctx context.Context, q QueryOptions) (*DesiredState, error) {
+	var out DesiredState
+	_, err := c.Do(ctx, http.MethodGet, "/v1/agent/desired", q.values(), nil, &out)
+	return &out, err
+}
+
+// --- status, operator, events, alarms, tasks ---
+
+// Status returns the answering server's view.
+func (c *Client) Status(ctx context.Context) (*Status, error) {
+	var s Status
+	_, err := c.Do(ctx, http.MethodGet, "/v1/status", nil, nil, &s)
+	return &s, err
+}
+
+// Peers lists the Raft configuration.
+func (c *Client) Peers(ctx context.Context) ([]Peer, error) {
+	var p []Peer
+	_, err := c.Do(ctx, http.MethodGet, "/v1/operator/raft/peers", nil, nil, &p)
+	return p, err
+}
+
+// RemovePeer removes a server from the Raft configuration.
+func (c *Client) RemovePeer(ctx context.Context, id string) error {
+	_, err := c.Do(ctx, http.MethodDelete, "/v1/operator/raft/peers/"+esc(id), nil, nil, nil)
+	return err
+}
+
+// Members lists memberlist members.
+func (c *Client) Members(ctx context.Context) ([]Member, error) {
+	var m []Member
+	_, err := c.Do(ctx, http.MethodGet, "/v1/operator/members", nil, nil, &m)
+	return m, err
+}
+
+// SnapshotSave writes a snapshot of the replicated state to w.
+func (c *Client) SnapshotSave(ctx context.Context, w io.Writer) error {
+	_, err := c.Do(ctx, http.MethodGet, "/v1/operator/snapshot", nil, nil, w)
+	return err
+}
+
+// SnapshotRestore replaces the replicated state with a saved snapshot.
+func (c *Client) SnapshotRestore(ctx context.Context, data []byte) error {
+	_, err := c.Do(ctx, http.MethodPut, "/v1/operator/snapshot", nil, data, nil)
+	return err
+}
+
+// Events lists events after a sequence number (blocking when q.Index is set).
+func (c *Client) Events(ctx context.Context, after uint64, q QueryOptions) ([]Event, uint64, error) {
+	v := q.values()
+	v.Set("after", strconv.FormatUint(after, 10))
+	var ev []Event
+	idx, err := c.Do(ctx, http.MethodGet, "/v1/events", v, nil, &ev)
+	return ev, idx, err
+}
+
+// Alarms lists firing alarms.
+func (c *Client) Alarms(ctx context.Context) ([]Alarm, error) {
+	var a []Alarm
+	_, err := c.Do(ctx, http.MethodGet, "/v1/alarms", nil, nil, &a)
+	return a, err
+}
+
+// Tasks lists tasks.
+func (c *Client) Tasks(ctx context.Context) ([]Task, error) {
+	var t []Task
+	_, err := c.Do(ctx, http.MethodGet, "/v1/tasks", nil, nil, &t)
+	return t, err
+}

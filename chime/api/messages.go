@@ -1,0 +1,123 @@
+package api
+
+import "time"
+
+// CreateVMRequest is the body of POST /v1/vms.
+type CreateVMRequest struct {
+	Name    string            `json:"name"`
+	VCPUs   int               `json:"vcpus"`
+	Memory  int               `json:"memory_mib"`
+	Disks   []string          `json:"disks,omitempty"`
+	HA      bool              `json:"ha,omitempty"`
+	Stopped bool              `json:"stopped,omitempty"`
+	Labels  map[string]string `json:"labels,omitempty"`
+	Group   string            `json:"anti_affinity,omitempty"`
+}
+
+// RegisterRequest is the body of POST /v1/agent/register. The agent
+// generates its node id once and persists it, so a re-registration after a
+// restart keeps the node's identity. Secret is the agent's previous secret
+// when it re-registers an existing id.
+type RegisterRequest struct {
+	ID                string            `json:"id"`
+	Name              string            `json:"name"`
+	Secret            string            `json:"secret,omitempty"`
+	APIAddr           string            `json:"api_addr"`
+	GossipAddr        string            `json:"gossip_addr"`
+	MigrationURI      string            `json:"migration_uri"`
+	MigrationAddr     string            `json:"migration_addr"`
+	BusinessInterface string            `json:"business_interface"`
+	VCPUs             int               `json:"vcpus"`
+	MemoryMiB         int               `json:"memory_mib"`
+	Labels            map[string]string `json:"labels,omitempty"`
+	AgentVersion      string            `json:"agent_version"`
+}
+
+// RegisterResponse carries the node secret the agent must present from now on.
+type RegisterResponse struct {
+	NodeID string `json:"node_id"`
+	Secret string `json:"secret"`
+	Timing Timing `json:"timing"`
+}
+
+// Timing is set on the servers and pushed to agents.
+type Timing struct {
+	HeartbeatInterval time.Duration `json:"heartbeat_interval"`
+	MissedHeartbeats  int           `json:"missed_heartbeats"`
+}
+
+// VMObservation is one VM as an agent sees it in libvirt.
+type VMObservation struct {
+	VMID       string `json:"vm_id"`
+	State      string `json:"state"`  // running, stopped, crashed
+	Reason     string `json:"reason"` // libvirt reason
+	Generation uint64 `json:"generation"`
+}
+
+// LocalMigration is a node-local migration the agent performed without the servers.
+type LocalMigration struct {
+	VMID       string `json:"vm_id"`
+	ToAddr     string `json:"to_addr"`
+	Generation uint64 `json:"generation"`
+}
+
+// HeartbeatRequest is the body of POST /v1/agent/heartbeat. Headers carry
+// X-Chime-Node and X-Chime-Secret.
+type HeartbeatRequest struct {
+	NodeID       string           `json:"node_id"`
+	Faults       []string         `json:"faults,omitempty"`
+	VMs          []VMObservation  `json:"vms"`
+	LocalDrained bool             `json:"local_drained"`
+	Adopted      []VMObservation  `json:"adopted,omitempty"`    // domains that arrived by node-local migration
+	Migrations   []LocalMigration `json:"migrations,omitempty"` // node-local migrations sent from here
+}
+
+// HeartbeatResponse tells the agent the current timing.
+type HeartbeatResponse struct {
+	Timing Timing `json:"timing"`
+	Index  uint64 `json:"index"`
+}
+
+// DesiredVM is one VM an agent must run (or keep stopped).
+type DesiredVM struct {
+	ID           string `json:"id"`
+	Name         string `json:"name"`
+	Spec         VMSpec `json:"spec"`
+	DesiredState string `json:"desired_state"`
+	Generation   uint64 `json:"generation"`
+}
+
+// DesiredState is the answer to GET /v1/agent/desired (a blocking query).
+type DesiredState struct {
+	NodeID          string      `json:"node_id"`
+	ManagementState string      `json:"management_state"`
+	VMs             []DesiredVM `json:"vms"`
+	Index           uint64      `json:"index"`
+}
+
+// Peer is one Raft server.
+type Peer struct {
+	ID      string `json:"id"`
+	Address string `json:"address"`
+	Leader  bool   `json:"leader"`
+	Voter   bool   `json:"voter"`
+}
+
+// Member is one memberlist member.
+type Member struct {
+	Name  string            `json:"name"`
+	Addr  string            `json:"addr"`
+	State string            `json:"state"`
+	Meta  map[string]string `json:"meta,omitempty"`
+}
+
+// Status is GET /v1/status.
+type Status struct {
+	Name      string `json:"name"`
+	Leader    string `json:"leader"`     // raft address of the leader
+	LeaderAPI string `json:"leader_api"` // API URL of the leader, if known
+	IsLeader  bool   `json:"is_leader"`
+	State     string `json:"raft_state"`
+	Index     uint64 `json:"applied_index"`
+	Healthy   bool   `json:"healthy"`
+}

@@ -1,0 +1,168 @@
+package api
+
+import "time"
+
+// Node management states (set by operators).
+const (
+	NodeEnabled  = "enabled"
+	NodeDisabled = "disabled"
+	NodeDrained  = "drained"
+)
+
+// Node monitor states (set by the leader's node monitor).
+const (
+	MonitorNormal      = "normal"
+	MonitorUnreachable = "unreachable"
+	MonitorError       = "error"
+)
+
+// VM desired states.
+const (
+	DesiredRunning = "running"
+	DesiredStopped = "stopped"
+)
+
+// VM observed states, as shown by `chime vm list`.
+const (
+	StateRunning = "running"
+	StateStopped = "stopped"
+	StateCrashed = "crashed"
+	StatePending = "pending" // not placed on any node yet
+	StateUnknown = "unknown" // no observation from the node it is placed on
+)
+
+// Node describes one hypervisor as the servers know it.
+type Node struct {
+	ID                string            `json:"id"`
+	Name              string            `json:"name"`
+	APIAddr           string            `json:"api_addr"`           // host:port of the agent's API (ping-back)
+	GossipAddr        string            `json:"gossip_addr"`        // host:port of the agent's memberlist
+	MigrationURI      string            `json:"migration_uri"`      // libvirt URI peers migrate to, e.g. qemu+tcp://10.0.0.2/system
+	MigrationAddr     string            `json:"migration_addr"`     // address for qemu's migration stream (--migrateuri tcp://ADDR)
+	BusinessInterface string            `json:"business_interface"` // NIC carrying guest traffic
+	VCPUs             int               `json:"vcpus"`              // capacity
+	MemoryMiB         int               `json:"memory_mib"`         // capacity
+	Labels            map[string]string `json:"labels,omitempty"`
+	AgentVersion      string            `json:"agent_version"`
+
+	ManagementState string    `json:"management_state"`
+	MonitorState    string    `json:"monitor_state"`
+	Faults          []string  `json:"faults,omitempty"`
+	StateSince      time.Time `json:"state_since"`   // when monitor_state last changed (leader's clock, carried in the command)
+	LocalDrained    bool      `json:"local_drained"` // the agent reported `chime agent drain` done
+	DrainAcked      bool      `json:"drain_acked"`   // the agent reported every VM stopped after a server drain
+	Fenced          bool      `json:"fenced"`        // an operator or fence command confirmed the node runs nothing
+
+	SecretHash  string `json:"-"` // sha256 hex of the node secret, never shown
+	CreateIndex uint64 `json:"create_index"`
+	ModifyIndex uint64 `json:"modify_index"`
+}
+
+// VMSpec is what an operator asks for.
+type VMSpec struct {
+	VCPUs        int               `json:"vcpus"`
+	MemoryMiB    int               `json:"memory_mib"`
+	Disks        []string          `json:"disks,omitempty"` // paths of disk images on shared storage
+	HA           bool              `json:"ha"`
+	Labels       map[string]string `json:"labels,omitempty"`
+	AntiAffinity string            `json:"anti_affinity,omitempty"` // VMs with the same group go to different nodes
+}
+
+// Observation is what an agent last reported about a VM.
+type Observation struct {
+	NodeID     string    `json:"node_id"`
+	State      string    `json:"state"`  // running, stopped, crashed
+	Reason     string    `json:"reason"` // libvirt state reason, e.g. "booted", "migrated", "crashed"
+	Generation uint64    `json:"generation"`
+	At         time.Time `json:"at"`
+}
+
+// VM is one virtual machine as the servers know it.
+type VM struct {
+	ID           string       `json:"id"`
+	Name         string       `json:"name"`
+	Spec         VMSpec       `json:"spec"`
+	DesiredState string       `json:"desired_state"`
+	NodeID       string       `json:"node_id"`    // placement; empty while pending
+	Generation   uint64       `json:"generation"` // Raft index of the placement decision
+	State        string       `json:"state"`      // derived view: see (*VM).DeriveState
+	Observed     *Observation `json:"observed,omitempty"`
+	TaskID       string       `json:"task_id,omitempty"`
+	CreateIndex  uint64       `json:"create_index"`
+	ModifyIndex  uint64       `json:"modify_index"`
+}
+
+// DeriveState computes the VM's shown state from placement and observation.
+func (v *VM) DeriveState() string {
+	if v.NodeID == "" {
+		return StatePending
+	}
+	o := v.Observed
+	if o == nil || o.NodeID != v.NodeID {
+		return StateUnknown
+	}
+	return o.State
+}
+
+// Task kinds and states.
+const (
+	TaskMigrate  = "migrate"
+	TaskEvacuate = "evacuate"
+	TaskDrain    = "drain"
+	TaskRebuild  = "rebuild"
+
+	TaskPending   = "pending"
+	TaskRunning   = "running"
+	TaskSucceeded = "succeeded"
+	TaskFailed    = "failed"
+	TaskCancelled = "cancelled"
+)
+
+// TaskStep is one unit of a task (for example: migrate VM x to node y).
+type TaskStep struct {
+	VMID  string `json:"vm_id"`
+	From  string `json:"from,omitempty"`
+	To    string `json:"to,omitempty"`
+	State string `json:"state"`
+	Error string `json:"error,omitempty"`
+}
+
+// Task is a replicated operation a new leader resumes.
+type Task struct {
+	ID          string     `json:"id"`
+	Kind        string     `json:"kind"`
+	NodeID      string     `json:"node_id,omitempty"`
+	VMID        string     `json:"vm_id,omitempty"`
+	State       string     `json:"state"`
+	Steps       []TaskStep `json:"steps,omitempty"`
+	Error       string     `json:"error,omitempty"`
+	Created     time.Time  `json:"created"`
+	Updated     time.Time  `json:"updated"`
+	CreateIndex uint64     `json:"create_index"`
+	ModifyIndex uint64     `json:"modify_index"`
+}
+
+// Event is one entry of the bounded, sequenced event log.
+type Event struct {
+	Seq     uint64    `json:"seq"`
+	Index   uint64    `json:"index"` // Raft index that produced it
+	Time    time.Time `json:"time"`
+	Kind    string    `json:"kind"` // e.g. node.registered, node.unreachable, vm.created, vm.placed
+	NodeID  string    `json:"node_id,omitempty"`
+	VMID    string    `json:"vm_id,omitempty"`
+	TaskID  string    `json:"task_id,omitempty"`
+	Message string    `json:"message"`
+}
+
+// Alarm is a firing (or recently resolved) condition.
+type Alarm struct {
+	Fingerprint string            `json:"fingerprint"`
+	Name        string            `json:"name"` // alertname, e.g. NodeUnreachable
+	Severity    string            `json:"severity"`
+	Labels      map[string]string `json:"labels"`
+	Summary     string            `json:"summary"`
+	Description string            `json:"description"`
+	Status      string            `json:"status"` // firing or resolved
+	StartsAt    time.Time         `json:"starts_at"`
+	EndsAt      time.Time         `json:"ends_at,omitempty"`
+}
