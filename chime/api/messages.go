@@ -38,6 +38,8 @@ type RegisterResponse struct {
 	NodeID string `json:"node_id"`
 	Secret string `json:"secret"`
 	Timing Timing `json:"timing"`
+	// GossipAddrs are the servers' memberlist addresses (host:port) agents join through.
+	GossipAddrs []string `json:"gossip_addrs,omitempty"`
 }
 
 // Timing is set on the servers and pushed to agents.
@@ -74,7 +76,8 @@ type HeartbeatRequest struct {
 
 // HeartbeatResponse tells the agent the current timing.
 type HeartbeatResponse struct {
-	Timing Timing `json:"timing"`
+	Timing      Timing   `json:"timing"`
+	GossipAddrs []string `json:"gossip_addrs,omitempty"`
 	Index  uint64 `json:"index"`
 }
 
