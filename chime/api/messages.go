@@ -78,7 +78,7 @@ type HeartbeatRequest struct {
 type HeartbeatResponse struct {
 	Timing      Timing   `json:"timing"`
 	GossipAddrs []string `json:"gossip_addrs,omitempty"`
-	Index  uint64 `json:"index"`
+	Index       uint64   `json:"index"`
 }
 
 // DesiredVM is one VM an agent must run (or keep stopped).
