@@ -1,0 +1,583 @@
+package fsm
+
+import (
+	"encoding/json"
+	"fmt"
+	"sort"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/chime-ha/chime/chime/api"
+)
+
+// applier applies one command inside one bbolt write transaction.
+type applier struct {
+	tx    *bolt.Tx
+	index uint64
+	now   time.Time
+}
+
+func (a *applier) dispatch(cmd Command) (string, error) {
+	switch cmd.Type {
+	case CmdRegisterNode:
+		var p RegisterNode
+		return decodeThen(cmd, &p, func() (string, error) { return a.registerNode(p) })
+	case CmdSetManagement:
+		var p SetManagement
+		return decodeThen(cmd, &p, func() (string, error) { return a.setManagement(p) })
+	case CmdSetMonitor:
+		var p SetMonitor
+		return decodeThen(cmd, &p, func() (string, error) { return a.setMonitor(p) })
+	case CmdSetNodeFlags:
+		var p SetNodeFlags
+		return decodeThen(cmd, &p, func() (string, error) { return a.setNodeFlags(p) })
+	case CmdRemoveNode:
+		var p RemoveNode
+		return decodeThen(cmd, &p, func() (string, error) { return a.removeNode(p) })
+	case CmdCreateVM:
+		var p CreateVM
+		return decodeThen(cmd, &p, func() (string, error) { return a.createVM(p) })
+	case CmdSetDesired:
+		var p SetDesired
+		return decodeThen(cmd, &p, func() (string, error) { return a.setDesired(p) })
+	case CmdPlaceVM:
+		var p PlaceVM
+		return decodeThen(cmd, &p, func() (string, error) { return a.placeVM(p) })
+	case CmdDeleteVM:
+		var p DeleteVM
+		return decodeThen(cmd, &p, func() (string, error) { return a.deleteVM(p) })
+	case CmdObserve:
+		var p Observe
+		return decodeThen(cmd, &p, func() (string, error) { return a.observe(p) })
+	case CmdPutTask:
+		var p PutTask
+		return decodeThen(cmd, &p, func() (string, error) { return a.putTask(p) })
+	case CmdEvent:
+		var p AppendEvent
+		return decodeThen(cmd, &p, func() (string, error) { return "", a.event(p.Event) })
+	}
+	return "", api.Invalid("type", "unknown command type %q", cmd.Type)
+}
+
+func decodeThen(cmd Command, p any, fn func() (string, error)) (string, error) {
+	if err := json.Unmarshal(cmd.Payload, p); err != nil {
+		return "", api.Invalid("payload", "decode %s: %v", cmd.Type, err)
+	}
+	return fn()
+}
+
+// finish records the request id and prunes old ids and events.
+func (a *applier) finish(reqID, objID string) error {
+	if err := putIndex(a.tx, a.index); err != nil {
+		return err
+	}
+	return a.remember(reqID, applyRecord{Index: a.index, ObjectID: objID})
+}
+
+func (a *applier) recordFailure(reqID string, err error) error {
+	if perr := putIndex(a.tx, a.index); perr != nil {
+		return perr
+	}
+	e := api.AsError(err)
+	return a.remember(reqID, applyRecord{Index: a.index, Err: e.Message, Status: e.Status, Field: e.Field})
+}
+
+func (a *applier) remember(reqID string, rec applyRecord) error {
+	if reqID == "" {
+		return nil
+	}
+	raw, _ := json.Marshal(rec)
+	if err := a.tx.Bucket(bucketRequests).Put([]byte(reqID), raw); err != nil {
+		return err
+	}
+	order := a.tx.Bucket(bucketReqOrder)
+	if err := order.Put(u64(a.index), []byte(reqID)); err != nil {
+		return err
+	}
+	// Prune: keep the newest MaxRequests ids. The count lives in meta so
+	// that pruning costs O(1) per command.
+	meta := a.tx.Bucket(bucketMeta)
+	n := getU64(meta.Get([]byte("request_count"))) + 1
+	if n > MaxRequests {
+		c := order.Cursor()
+		if k, v := c.First(); k != nil {
+			if err := a.tx.Bucket(bucketRequests).Delete(v); err != nil {
+				return err
+			}
+			if err := c.Delete(); err != nil {
+				return err
+			}
+			n--
+		}
+	}
+	return meta.Put([]byte("request_count"), u64(n))
+}
+
+// --- storage helpers ---
+
+func getJSON(b *bolt.Bucket, key string, v any) (bool, error) {
+	raw := b.Get([]byte(key))
+	if raw == nil {
+		return false, nil
+	}
+	if err := json.Unmarshal(raw, v); err != nil {
+		return false, fmt.Errorf("decode %s: %w", key, err)
+	}
+	return true, nil
+}
+
+func putJSON(b *bolt.Bucket, key string, v any) error {
+	raw, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return b.Put([]byte(key), raw)
+}
+
+func (a *applier) node(id string) (*api.Node, error) {
+	var n api.Node
+	ok, err := getJSON(a.tx.Bucket(bucketNodes), id, &n)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, api.NotFound("node_id", "node %q not found", id)
+	}
+	return &n, nil
+}
+
+func (a *applier) putNode(n *api.Node) error {
+	n.ModifyIndex = a.index
+	return putJSON(a.tx.Bucket(bucketNodes), n.ID, n)
+}
+
+func (a *applier) vm(id string) (*api.VM, error) {
+	var v api.VM
+	ok, err := getJSON(a.tx.Bucket(bucketVMs), id, &v)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, api.NotFound("vm_id", "vm %q not found", id)
+	}
+	return &v, nil
+}
+
+func (a *applier) putVM(v *api.VM) error {
+	v.ModifyIndex = a.index
+	v.State = v.DeriveState()
+	if v.NodeID != "" {
+		if err := a.touchNode(v.NodeID); err != nil {
+			return err
+		}
+	}
+	return putJSON(a.tx.Bucket(bucketVMs), v.ID, v)
+}
+
+// touchNode records that the set of VMs placed on a node changed, which
+// wakes that node's agent's blocking query.
+func (a *applier) touchNode(nodeID string) error {
+	return a.tx.Bucket(bucketNodeIndex).Put([]byte(nodeID), u64(a.index))
+}
+
+func byNodeKey(nodeID, vmID string) []byte { return []byte(nodeID + "/" + vmID) }
+
+func (a *applier) event(e api.Event) error {
+	meta := a.tx.Bucket(bucketMeta)
+	seq := getU64(meta.Get([]byte("event_seq"))) + 1
+	if err := meta.Put([]byte("event_seq"), u64(seq)); err != nil {
+		return err
+	}
+	e.Seq, e.Index = seq, a.index
+	if e.Time.IsZero() {
+		e.Time = a.now
+	}
+	b := a.tx.Bucket(bucketEvents)
+	if err := putJSON(b, string(u64(seq)), e); err != nil {
+		return err
+	}
+	if seq > MaxEvents {
+		return b.Delete(u64(seq - MaxEvents))
+	}
+	return nil
+}
+
+func (a *applier) ev(kind, nodeID, vmID, format string, args ...any) error {
+	return a.event(api.Event{Kind: kind, NodeID: nodeID, VMID: vmID, Message: fmt.Sprintf(format, args...)})
+}
+
+// --- nodes ---
+
+func (a *applier) registerNode(p RegisterNode) (string, error) {
+	in := p.Node
+	if err := api.ValidateUUID("id", in.ID); err != nil {
+		return "", err
+	}
+	if err := api.ValidateName("name", in.Name); err != nil {
+		return "", err
+	}
+	names := a.tx.Bucket(bucketNodeNames)
+	if owner := names.Get([]byte(in.Name)); owner != nil && string(owner) != in.ID {
+		return "", api.Conflict("name", "node name %q is already used by node %s", in.Name, owner)
+	}
+	var n api.Node
+	exists, err := getJSON(a.tx.Bucket(bucketNodes), in.ID, &n)
+	if err != nil {
+		return "", err
+	}
+	if !exists {
+		n = api.Node{ID: in.ID, CreateIndex: a.index, ManagementState: api.NodeEnabled,
+			MonitorState: api.MonitorNormal, StateSince: a.now, SecretHash: p.SecretHash}
+	} else if p.Rotate {
+		n.SecretHash = p.SecretHash
+	}
+	if exists && n.Name != in.Name {
+		if err := names.Delete([]byte(n.Name)); err != nil {
+			return "", err
+		}
+	}
+	n.Name, n.APIAddr, n.GossipAddr = in.Name, in.APIAddr, in.GossipAddr
+	n.MigrationURI, n.MigrationAddr, n.BusinessInterface = in.MigrationURI, in.MigrationAddr, in.BusinessInterface
+	n.VCPUs, n.MemoryMiB, n.Labels, n.AgentVersion = in.VCPUs, in.MemoryMiB, in.Labels, in.AgentVersion
+	if err := names.Put([]byte(n.Name), []byte(n.ID)); err != nil {
+		return "", err
+	}
+	if err := a.putNode(&n); err != nil {
+		return "", err
+	}
+	if err := a.touchNode(n.ID); err != nil {
+		return "", err
+	}
+	if exists {
+		return n.ID, a.ev("node.reregistered", n.ID, "", "node %s re-registered", n.Name)
+	}
+	return n.ID, a.ev("node.registered", n.ID, "", "node %s registered (%d vCPUs, %d MiB)", n.Name, n.VCPUs, n.MemoryMiB)
+}
+
+func (a *applier) setManagement(p SetManagement) (string, error) {
+	switch p.State {
+	case api.NodeEnabled, api.NodeDisabled, api.NodeDrained:
+	default:
+		return "", api.Invalid("state", "%q must be enabled, disabled or drained", p.State)
+	}
+	n, err := a.node(p.NodeID)
+	if err != nil {
+		return "", err
+	}
+	if n.ManagementState == p.State {
+		return n.ID, nil
+	}
+	old := n.ManagementState
+	n.ManagementState = p.State
+	if p.State == api.NodeDrained {
+		n.DrainAcked = false
+	}
+	if p.State == api.NodeEnabled {
+		n.DrainAcked, n.Fenced = false, false
+	}
+	if err := a.putNode(n); err != nil {
+		return "", err
+	}
+	if err := a.touchNode(n.ID); err != nil {
+		return "", err
+	}
+	return n.ID, a.ev("node."+p.State, n.ID, "", "node %s: management state %s → %s", n.Name, old, p.State)
+}
+
+func (a *applier) setMonitor(p SetMonitor) (string, error) {
+	switch p.State {
+	case api.MonitorNormal, api.MonitorUnreachable, api.MonitorError:
+	default:
+		return "", api.Invalid("state", "%q must be normal, unreachable or error", p.State)
+	}
+	n, err := a.node(p.NodeID)
+	if err != nil {
+		return "", err
+	}
+	faults := append([]string(nil), p.Faults...)
+	sort.Strings(faults)
+	if n.MonitorState == p.State && equalStrings(n.Faults, faults) {
+		return n.ID, nil
+	}
+	old := n.MonitorState
+	n.MonitorState, n.Faults = p.State, faults
+	if old != p.State {
+		n.StateSince = a.now
+	}
+	if err := a.putNode(n); err != nil {
+		return "", err
+	}
+	msg := fmt.Sprintf("node %s: %s → %s", n.Name, old, p.State)
+	if len(faults) > 0 {
+		msg += fmt.Sprintf(" (faults: %v)", faults)
+	}
+	if p.Reason != "" {
+		msg += ": " + p.Reason
+	}
+	return n.ID, a.event(api.Event{Kind: "node." + p.State, NodeID: n.ID, Message: msg})
+}
+
+func equalStrings(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func (a *applier) setNodeFlags(p SetNodeFlags) (string, error) {
+	n, err := a.node(p.NodeID)
+	if err != nil {
+		return "", err
+	}
+	var changes []string
+	if p.LocalDrained != nil && n.LocalDrained != *p.LocalDrained {
+		n.LocalDrained = *p.LocalDrained
+		changes = append(changes, fmt.Sprintf("local_drained=%v", n.LocalDrained))
+	}
+	if p.DrainAcked != nil && n.DrainAcked != *p.DrainAcked {
+		n.DrainAcked = *p.DrainAcked
+		changes = append(changes, fmt.Sprintf("drain_acked=%v", n.DrainAcked))
+	}
+	if p.Fenced != nil && n.Fenced != *p.Fenced {
+		n.Fenced = *p.Fenced
+		changes = append(changes, fmt.Sprintf("fenced=%v", n.Fenced))
+	}
+	if len(changes) == 0 {
+		return n.ID, nil
+	}
+	if err := a.putNode(n); err != nil {
+		return "", err
+	}
+	return n.ID, a.ev("node.flags", n.ID, "", "node %s: %v", n.Name, changes)
+}
+
+func (a *applier) removeNode(p RemoveNode) (string, error) {
+	n, err := a.node(p.NodeID)
+	if err != nil {
+		return "", err
+	}
+	c := a.tx.Bucket(bucketVMsByNode).Cursor()
+	prefix := []byte(n.ID + "/")
+	if k, _ := c.Seek(prefix); k != nil && len(k) > len(prefix) && string(k[:len(prefix)]) == string(prefix) {
+		return "", api.Conflict("node_id", "node %s still has VMs placed on it: drain and rebuild, or migrate them first", n.Name)
+	}
+	if err := a.tx.Bucket(bucketNodes).Delete([]byte(n.ID)); err != nil {
+		return "", err
+	}
+	if err := a.tx.Bucket(bucketNodeNames).Delete([]byte(n.Name)); err != nil {
+		return "", err
+	}
+	if err := a.touchNode(n.ID); err != nil {
+		return "", err
+	}
+	return n.ID, a.ev("node.removed", n.ID, "", "node %s removed", n.Name)
+}
+
+// --- VMs ---
+
+func (a *applier) createVM(p CreateVM) (string, error) {
+	v := p.VM
+	if err := api.ValidateUUID("id", v.ID); err != nil {
+		return "", err
+	}
+	req := api.CreateVMRequest{Name: v.Name, VCPUs: v.Spec.VCPUs, Memory: v.Spec.MemoryMiB,
+		Disks: v.Spec.Disks, Labels: v.Spec.Labels, Group: v.Spec.AntiAffinity}
+	if err := req.Validate(); err != nil {
+		return "", err
+	}
+	if v.DesiredState != api.DesiredRunning && v.DesiredState != api.DesiredStopped {
+		return "", api.Invalid("desired_state", "%q must be running or stopped", v.DesiredState)
+	}
+	names := a.tx.Bucket(bucketVMNames)
+	if owner := names.Get([]byte(v.Name)); owner != nil {
+		return "", api.Conflict("name", "a VM named %q already exists (%s)", v.Name, owner)
+	}
+	if a.tx.Bucket(bucketVMs).Get([]byte(v.ID)) != nil {
+		return "", api.Conflict("id", "a VM with id %s already exists", v.ID)
+	}
+	if p.NodeID != "" {
+		if _, err := a.node(p.NodeID); err != nil {
+			return "", err
+		}
+	}
+	vm := api.VM{ID: v.ID, Name: v.Name, Spec: v.Spec, DesiredState: v.DesiredState, CreateIndex: a.index}
+	if err := names.Put([]byte(vm.Name), []byte(vm.ID)); err != nil {
+		return "", err
+	}
+	if p.NodeID != "" {
+		vm.NodeID, vm.Generation = p.NodeID, a.index
+		if err := a.tx.Bucket(bucketVMsByNode).Put(byNodeKey(vm.NodeID, vm.ID), nil); err != nil {
+			return "", err
+		}
+	}
+	if err := a.putVM(&vm); err != nil {
+		return "", err
+	}
+	msg := fmt.Sprintf("vm %s created (%d vCPUs, %d MiB, %s)", vm.Name, vm.Spec.VCPUs, vm.Spec.MemoryMiB, vm.DesiredState)
+	if vm.NodeID == "" {
+		msg += ", pending: no node fits"
+	}
+	return vm.ID, a.ev("vm.created", vm.NodeID, vm.ID, "%s", msg)
+}
+
+func (a *applier) setDesired(p SetDesired) (string, error) {
+	if p.State != api.DesiredRunning && p.State != api.DesiredStopped {
+		return "", api.Invalid("desired_state", "%q must be running or stopped", p.State)
+	}
+	v, err := a.vm(p.VMID)
+	if err != nil {
+		return "", err
+	}
+	if v.DesiredState == p.State {
+		return v.ID, nil
+	}
+	v.DesiredState = p.State
+	if err := a.putVM(v); err != nil {
+		return "", err
+	}
+	return v.ID, a.ev("vm.desired", v.NodeID, v.ID, "vm %s: desired state %s", v.Name, p.State)
+}
+
+func (a *applier) placeVM(p PlaceVM) (string, error) {
+	v, err := a.vm(p.VMID)
+	if err != nil {
+		return "", err
+	}
+	if p.IfGeneration != 0 && v.Generation != p.IfGeneration {
+		return "", api.Conflict("generation", "vm %s: placement changed (generation %d, expected %d)", v.Name, v.Generation, p.IfGeneration)
+	}
+	if p.NodeID != "" {
+		if _, err := a.node(p.NodeID); err != nil {
+			return "", err
+		}
+	}
+	old := v.NodeID
+	if old != "" {
+		if err := a.tx.Bucket(bucketVMsByNode).Delete(byNodeKey(old, v.ID)); err != nil {
+			return "", err
+		}
+		if err := a.touchNode(old); err != nil {
+			return "", err
+		}
+	}
+	v.NodeID, v.Generation = p.NodeID, a.index
+	if p.NodeID != "" {
+		if err := a.tx.Bucket(bucketVMsByNode).Put(byNodeKey(p.NodeID, v.ID), nil); err != nil {
+			return "", err
+		}
+	}
+	if err := a.putVM(v); err != nil {
+		return "", err
+	}
+	reason := ""
+	if p.Reason != "" {
+		reason = " (" + p.Reason + ")"
+	}
+	return v.ID, a.ev("vm.placed", p.NodeID, v.ID, "vm %s placed on node %s (was %s), generation %d%s",
+		v.Name, orNone(p.NodeID), orNone(old), v.Generation, reason)
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "none"
+	}
+	return s
+}
+
+func (a *applier) deleteVM(p DeleteVM) (string, error) {
+	v, err := a.vm(p.VMID)
+	if err != nil {
+		return "", err
+	}
+	if v.NodeID != "" {
+		if err := a.tx.Bucket(bucketVMsByNode).Delete(byNodeKey(v.NodeID, v.ID)); err != nil {
+			return "", err
+		}
+		if err := a.touchNode(v.NodeID); err != nil {
+			return "", err
+		}
+	}
+	if err := a.tx.Bucket(bucketVMs).Delete([]byte(v.ID)); err != nil {
+		return "", err
+	}
+	if err := a.tx.Bucket(bucketVMNames).Delete([]byte(v.Name)); err != nil {
+		return "", err
+	}
+	return v.ID, a.ev("vm.deleted", v.NodeID, v.ID, "vm %s deleted", v.Name)
+}
+
+// observe records what a node's agent reports. An observation only counts
+// for a VM placed on that node; a report from elsewhere is a stale copy the
+// agent itself destroys, and it is recorded as an event, never as state.
+func (a *applier) observe(p Observe) (string, error) {
+	if _, err := a.node(p.NodeID); err != nil {
+		return "", err
+	}
+	for _, o := range p.Observations {
+		v, err := a.vm(o.VMID)
+		if err != nil {
+			continue // deleted meanwhile
+		}
+		if v.NodeID != p.NodeID || o.Generation < v.Generation {
+			if o.State == api.StateRunning {
+				if err := a.ev("vm.stale_copy", p.NodeID, v.ID, "vm %s reported running on node %s with generation %d, placed on %s generation %d",
+					v.Name, p.NodeID, o.Generation, orNone(v.NodeID), v.Generation); err != nil {
+					return "", err
+				}
+			}
+			continue
+		}
+		prev := v.Observed
+		v.Observed = &api.Observation{NodeID: p.NodeID, State: o.State, Reason: o.Reason, Generation: o.Generation, At: a.now}
+		if prev != nil && prev.NodeID == p.NodeID && prev.State == o.State && prev.Reason == o.Reason && prev.Generation == o.Generation {
+			continue
+		}
+		// Observations do not change what the agent must do: write the VM
+		// without touching the node's desired-state index.
+		v.ModifyIndex = a.index
+		v.State = v.DeriveState()
+		if err := putJSON(a.tx.Bucket(bucketVMs), v.ID, v); err != nil {
+			return "", err
+		}
+		if prev == nil || prev.State != o.State {
+			if err := a.ev("vm."+o.State, p.NodeID, v.ID, "vm %s is %s on node %s (%s)", v.Name, o.State, p.NodeID, o.Reason); err != nil {
+				return "", err
+			}
+		}
+	}
+	return p.NodeID, nil
+}
+
+// --- tasks ---
+
+func (a *applier) putTask(p PutTask) (string, error) {
+	t := p.Task
+	if t.ID == "" {
+		return "", api.Invalid("id", "task id is required")
+	}
+	var old api.Task
+	exists, err := getJSON(a.tx.Bucket(bucketTasks), t.ID, &old)
+	if err != nil {
+		return "", err
+	}
+	if exists {
+		t.CreateIndex, t.Created = old.CreateIndex, old.Created
+	} else {
+		t.CreateIndex, t.Created = a.index, a.now
+	}
+	t.ModifyIndex, t.Updated = a.index, a.now
+	if err := putJSON(a.tx.Bucket(bucketTasks), t.ID, t); err != nil {
+		return "", err
+	}
+	if !exists || old.State != t.State {
+		return t.ID, a.event(api.Event{Kind: "task." + t.State, NodeID: t.NodeID, VMID: t.VMID, TaskID: t.ID,
+			Message: fmt.Sprintf("task %s %s: %s %s", t.Kind, t.ID, t.State, t.Error)})
+	}
+	return t.ID, nil
+}
