@@ -1,0 +1,163 @@
+package agent
+
+import (
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+)
+
+// Config is everything `chime agent` is started with. Flags, CHIME_*
+// environment variables and the config file all land here.
+type Config struct {
+	Name              string            // --name: node name (default: host name)
+	DataDir           string            // --data-dir: local state (agent.db) and the default socket
+	Servers           []string          // --server (repeatable): HOST:API_PORT of the servers
+	LibvirtURI        string            // --libvirt-uri
+	Bind              string            // --bind: address the agent API and gossip listen on
+	Advertise         string            // --advertise: address the servers reach this agent at
+	APIPort           int               // --api-port: agent API (ping-back)
+	GossipPort        int               // --gossip-port: memberlist
+	BusinessInterface string            // --business-interface: NIC carrying guest traffic
+	BusinessProbes    []string          // --business-probe (repeatable): HOST[:PORT] probed over the business network
+	MigrationAddr     string            // --migration-addr: address for qemu's migration stream (default: advertise)
+	ShutdownGrace     time.Duration     // --shutdown-grace: how long a guest may take to shut down before it is destroyed
+	SweepInterval     time.Duration     // --sweep-interval: periodic full reconcile
+	Socket            string            // --socket: local unix socket (default <data-dir>/agent.sock)
+	GossipKey         string            // --gossip-key: base64 memberlist key (16, 24 or 32 bytes)
+	Labels            map[string]string // --label KEY=VALUE (repeatable)
+	Logger            hclog.Logger      // nil: a default logger
+}
+
+// Defaults.
+const (
+	DefaultAPIPort       = 4660
+	DefaultGossipPort    = 4662
+	DefaultLibvirtURI    = "qemu:///system"
+	DefaultSweepInterval = 10 * time.Second
+	DefaultShutdownGrace = 60 * time.Second
+	DefaultBind          = "0.0.0.0"
+	socketFile           = "agent.sock"
+	stateFile            = "agent.db"
+)
+
+// DefaultConfig returns the configuration with every default filled in.
+// Name is the host name; DataDir and Servers have no default.
+func DefaultConfig() Config {
+	name, _ := os.Hostname()
+	return Config{
+		Name:          name,
+		LibvirtURI:    DefaultLibvirtURI,
+		Bind:          DefaultBind,
+		APIPort:       DefaultAPIPort,
+		GossipPort:    DefaultGossipPort,
+		ShutdownGrace: DefaultShutdownGrace,
+		SweepInterval: DefaultSweepInterval,
+	}
+}
+
+// SocketPath is the local socket: Socket, or <data-dir>/agent.sock.
+func (c Config) SocketPath() string {
+	if c.Socket != "" {
+		return c.Socket
+	}
+	if c.DataDir == "" {
+		return ""
+	}
+	return filepath.Join(c.DataDir, socketFile)
+}
+
+// AdvertiseAddr is the address the servers reach this agent at: Advertise,
+// or Bind when that is a specific address.
+func (c Config) AdvertiseAddr() string {
+	if c.Advertise != "" {
+		return c.Advertise
+	}
+	if ip := net.ParseIP(c.Bind); ip != nil && !ip.IsUnspecified() {
+		return c.Bind
+	}
+	return ""
+}
+
+// Validate checks the configuration; each error names the flag at fault.
+func (c Config) Validate() error {
+	var errs []error
+	bad := func(flag, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("--%s: %s", flag, fmt.Sprintf(format, args...)))
+	}
+	if strings.TrimSpace(c.Name) == "" {
+		bad("name", "required")
+	}
+	if c.DataDir == "" {
+		bad("data-dir", "required")
+	}
+	if len(c.Servers) == 0 {
+		bad("server", "at least one server address is required")
+	}
+	for _, s := range c.Servers {
+		if strings.TrimSpace(s) == "" {
+			bad("server", "empty address")
+		}
+	}
+	if c.LibvirtURI == "" {
+		bad("libvirt-uri", "required")
+	} else if !strings.Contains(c.LibvirtURI, ":") {
+		bad("libvirt-uri", "%q is not a libvirt URI (e.g. qemu:///system)", c.LibvirtURI)
+	}
+	if c.Bind != "" && net.ParseIP(c.Bind) == nil {
+		bad("bind", "%q is not an IP address", c.Bind)
+	}
+	if c.Advertise != "" {
+		if ip := net.ParseIP(c.Advertise); ip == nil || ip.IsUnspecified() {
+			bad("advertise", "%q is not a routable IP address", c.Advertise)
+		}
+	} else if c.AdvertiseAddr() == "" {
+		bad("advertise", "required when --bind is a wildcard address")
+	}
+	if c.MigrationAddr != "" && net.ParseIP(c.MigrationAddr) == nil {
+		bad("migration-addr", "%q is not an IP address", c.MigrationAddr)
+	}
+	checkPort := func(flag string, p int) {
+		if p < 1 || p > 65535 {
+			bad(flag, "%d is not a port (1-65535)", p)
+		}
+	}
+	checkPort("api-port", c.APIPort)
+	checkPort("gossip-port", c.GossipPort)
+	if c.APIPort == c.GossipPort && c.APIPort != 0 {
+		bad("gossip-port", "must differ from --api-port")
+	}
+	if c.ShutdownGrace < 0 {
+		bad("shutdown-grace", "must not be negative")
+	}
+	if c.SweepInterval <= 0 {
+		bad("sweep-interval", "must be positive")
+	}
+	if len(c.BusinessProbes) > 0 && c.BusinessInterface == "" {
+		bad("business-interface", "required with --business-probe")
+	}
+	for _, p := range c.BusinessProbes {
+		if strings.TrimSpace(p) == "" {
+			bad("business-probe", "empty target")
+		}
+	}
+	if c.GossipKey != "" {
+		if k, err := base64.StdEncoding.DecodeString(c.GossipKey); err != nil {
+			bad("gossip-key", "not base64: %v", err)
+		} else if n := len(k); n != 16 && n != 24 && n != 32 {
+			bad("gossip-key", "decodes to %d bytes; want 16, 24 or 32", n)
+		}
+	}
+	for k := range c.Labels {
+		if k == "" {
+			bad("label", "empty key")
+		}
+	}
+	return errors.Join(errs...)
+}
