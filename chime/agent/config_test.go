@@ -1,0 +1,73 @@
+package agent
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestConfigValidate(t *testing.T) {
+	valid := func() Config {
+		c := DefaultConfig()
+		c.Name, c.DataDir, c.Servers, c.Advertise = "hv1", "/var/lib/chime", []string{"10.0.0.1:4650"}, "10.0.0.11"
+		return c
+	}
+	tests := []struct {
+		name    string
+		mutate  func(*Config)
+		wantErr string // substring; "" means valid
+	}{
+		{name: "defaults plus required fields", mutate: func(*Config) {}},
+		{name: "no name", mutate: func(c *Config) { c.Name = "" }, wantErr: "--name"},
+		{name: "no data dir", mutate: func(c *Config) { c.DataDir = "" }, wantErr: "--data-dir"},
+		{name: "no server", mutate: func(c *Config) { c.Servers = nil }, wantErr: "--server"},
+		{name: "empty server", mutate: func(c *Config) { c.Servers = []string{" "} }, wantErr: "--server"},
+		{name: "bad libvirt uri", mutate: func(c *Config) { c.LibvirtURI = "qemu" }, wantErr: "--libvirt-uri"},
+		{name: "bad bind", mutate: func(c *Config) { c.Bind = "eth0" }, wantErr: "--bind"},
+		{name: "no advertise with wildcard bind", mutate: func(c *Config) { c.Advertise = "" }, wantErr: "--advertise"},
+		{name: "advertise from specific bind", mutate: func(c *Config) { c.Advertise, c.Bind = "", "10.0.0.11" }},
+		{name: "unspecified advertise", mutate: func(c *Config) { c.Advertise = "0.0.0.0" }, wantErr: "--advertise"},
+		{name: "bad api port", mutate: func(c *Config) { c.APIPort = 70000 }, wantErr: "--api-port"},
+		{name: "zero gossip port", mutate: func(c *Config) { c.GossipPort = 0 }, wantErr: "--gossip-port"},
+		{name: "same ports", mutate: func(c *Config) { c.GossipPort = c.APIPort }, wantErr: "--gossip-port"},
+		{name: "bad migration addr", mutate: func(c *Config) { c.MigrationAddr = "x" }, wantErr: "--migration-addr"},
+		{name: "negative grace", mutate: func(c *Config) { c.ShutdownGrace = -time.Second }, wantErr: "--shutdown-grace"},
+		{name: "zero sweep", mutate: func(c *Config) { c.SweepInterval = 0 }, wantErr: "--sweep-interval"},
+		{name: "probe without interface", mutate: func(c *Config) { c.BusinessProbes = []string{"10.1.0.1:22"} }, wantErr: "--business-interface"},
+		{name: "probe with interface", mutate: func(c *Config) { c.BusinessProbes, c.BusinessInterface = []string{"10.1.0.1:22"}, "eth1" }},
+		{name: "bad gossip key", mutate: func(c *Config) { c.GossipKey = "not base64!" }, wantErr: "--gossip-key"},
+		{name: "short gossip key", mutate: func(c *Config) { c.GossipKey = "AAAA" }, wantErr: "--gossip-key"},
+		{name: "good gossip key", mutate: func(c *Config) { c.GossipKey = "AAAAAAAAAAAAAAAAAAAAAA==" }},
+		{name: "empty label key", mutate: func(c *Config) { c.Labels = map[string]string{"": "x"} }, wantErr: "--label"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := valid()
+			tt.mutate(&c)
+			err := c.Validate()
+			switch {
+			case tt.wantErr == "" && err != nil:
+				t.Fatalf("unexpected error: %v", err)
+			case tt.wantErr != "" && err == nil:
+				t.Fatalf("no error; want one naming %s", tt.wantErr)
+			case tt.wantErr != "" && !strings.Contains(err.Error(), tt.wantErr):
+				t.Fatalf("error %q does not name %s", err, tt.wantErr)
+			}
+		})
+	}
+}
+
+func TestConfigDefaults(t *testing.T) {
+	c := DefaultConfig()
+	if c.APIPort != 4660 || c.GossipPort != 4662 || c.SweepInterval != 10*time.Second || c.LibvirtURI != "qemu:///system" {
+		t.Fatalf("defaults = %+v", c)
+	}
+	c.DataDir = "/d"
+	if got := c.SocketPath(); got != "/d/agent.sock" {
+		t.Fatalf("socket default = %q", got)
+	}
+	c.Socket = "/run/x.sock"
+	if got := c.SocketPath(); got != "/run/x.sock" {
+		t.Fatalf("socket override = %q", got)
+	}
+}

@@ -1,0 +1,109 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+)
+
+// LocalClient talks to an agent's unix socket.
+type LocalClient struct {
+	socket string
+	http   *http.Client
+}
+
+// NewLocalClient returns a client for the agent socket at path.
+func NewLocalClient(socket string) *LocalClient {
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", socket)
+		},
+	}
+	return &LocalClient{socket: socket, http: &http.Client{Transport: tr, Timeout: 10 * time.Minute}}
+}
+
+// LocalStatus asks the agent listening on socket for its status.
+func LocalStatus(ctx context.Context, socket string) (*Status, error) {
+	return NewLocalClient(socket).Status(ctx)
+}
+
+// Status returns GET /status.
+func (c *LocalClient) Status(ctx context.Context) (*Status, error) {
+	var st Status
+	if err := c.do(ctx, http.MethodGet, "/status", nil, &st); err != nil {
+		return nil, err
+	}
+	return &st, nil
+}
+
+// DrainRequest is the body of POST /drain.
+type DrainRequest struct{}
+
+// MigrateRequest is the body of POST /migrate.
+type MigrateRequest struct {
+	Interface string `json:"interface"`
+	VMID      string `json:"vm_id,omitempty"`
+	All       bool   `json:"all,omitempty"`
+	Dest      string `json:"dest"`
+}
+
+// Drain asks the agent to stop every VM and set the local drain flag.
+func (c *LocalClient) Drain(ctx context.Context) error {
+	return c.do(ctx, http.MethodPost, "/drain", DrainRequest{}, nil)
+}
+
+// Migrate asks the agent for a node-local live migration.
+func (c *LocalClient) Migrate(ctx context.Context, r MigrateRequest) error {
+	return c.do(ctx, http.MethodPost, "/migrate", r, nil)
+}
+
+func (c *LocalClient) do(ctx context.Context, method, path string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		data, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = strings.NewReader(string(data))
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://agent"+path, body)
+	if err != nil {
+		return err
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("agent socket %s: %w", c.socket, err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		return fmt.Errorf("agent socket %s: %w", c.socket, err)
+	}
+	if resp.StatusCode/100 != 2 {
+		var e errorBody
+		if json.Unmarshal(data, &e) != nil || e.Error == "" {
+			e.Error = strings.TrimSpace(string(data))
+		}
+		return &LocalError{Status: resp.StatusCode, Message: e.Error}
+	}
+	if out != nil {
+		if err := json.Unmarshal(data, out); err != nil {
+			return fmt.Errorf("agent socket %s: decode answer: %w", c.socket, err)
+		}
+	}
+	return nil
+}
+
+// LocalError is a non-2xx answer of the agent socket.
+type LocalError struct {
+	Status  int
+	Message string
+}
+
+func (e *LocalError) Error() string { return fmt.Sprintf("agent: %s (HTTP %d)", e.Message, e.Status) }

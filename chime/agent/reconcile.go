@@ -1,0 +1,355 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/chime-ha/chime/chime/api"
+	"github.com/chime-ha/chime/hypervisor"
+	"github.com/hashicorp/go-hclog"
+)
+
+// Hypervisor is the part of the libvirt driver the agent uses;
+// *hypervisor.Driver implements it. Calls may block for the driver's call
+// timeout; List returns every domain, chime's or not.
+type Hypervisor interface {
+	Connected() bool
+	Capacity(ctx context.Context) (vcpus, memMiB int, err error)
+	List(ctx context.Context) ([]hypervisor.Domain, error)
+	Define(ctx context.Context, spec hypervisor.DomainSpec) error
+	Start(ctx context.Context, uuid string) error
+	Shutdown(ctx context.Context, uuid string, grace time.Duration) error
+	Destroy(ctx context.Context, uuid string) error
+	Undefine(ctx context.Context, uuid string) error
+	Migrate(ctx context.Context, uuid, destURI, migrateURI string) error
+	Events() <-chan hypervisor.Event
+}
+
+// ErrNotSynced is returned by a pass before the agent's first successful
+// sync with the servers: until then nothing is started (uniqueness rule 1).
+var ErrNotSynced = errors.New("no successful sync with the servers yet: starting nothing")
+
+// Inputs are what a reconcile pass works towards besides libvirt's state.
+type Inputs struct {
+	Desired []api.DesiredVM
+	Drained bool
+	Hold    []string
+}
+
+// ReconcilerConfig wires a Reconciler.
+type ReconcilerConfig struct {
+	Hypervisor Hypervisor
+	Store      *Store // records defined specs
+	// Inputs returns the current inputs; ok is false until the first
+	// successful sync with the servers, and then the reconciler does nothing.
+	Inputs        func() (in Inputs, ok bool)
+	SweepInterval time.Duration
+	ShutdownGrace time.Duration
+	Now           func() time.Time // nil: time.Now
+	Logger        hclog.Logger
+}
+
+// PassResult is what one reconcile pass did.
+type PassResult struct {
+	Domains     []hypervisor.Domain // libvirt's domains as listed at the start of the pass
+	Actions     []Action            // the plan
+	Failed      map[int]error       // index into Actions -> error
+	StaleFailed bool                // a stale destroy/undefine failed: nothing was defined or started
+}
+
+// Reconciler drives libvirt towards the desired VMs. It is level-triggered:
+// every trigger (desired change, libvirt event, reconnect, sweep) leads to one
+// full pass over all domains, and triggers arriving during a pass coalesce
+// into the next one. The decision is Plan; this type only feeds it and
+// carries out its steps.
+type Reconciler struct {
+	hv     Hypervisor
+	store  *Store
+	inputs func() (Inputs, bool)
+	sweep  time.Duration
+	grace  time.Duration
+	now    func() time.Time
+	logger hclog.Logger
+
+	trigger chan struct{} // capacity 1: pending trigger, coalesced
+	settled chan struct{} // closed after the first pass with every stale step done
+	once    sync.Once
+	wg      sync.WaitGroup // asynchronous shutdowns
+
+	mu           sync.Mutex
+	defined      map[string]hypervisor.DomainSpec // spec last defined per VM id
+	crashedAt    map[string]time.Time             // VM id -> when its crash was first seen (restart-time measurement)
+	shuttingDown map[string]bool                  // VM ids with a shutdown in flight
+	domains      []hypervisor.Domain              // as last listed
+	lastPass     time.Time                        // end of the last pass
+	lastErr      error                            // error of the last pass (nil: clean)
+}
+
+// NewReconciler builds a reconciler; Run drives it.
+func NewReconciler(cfg ReconcilerConfig) (*Reconciler, error) {
+	if cfg.Hypervisor == nil || cfg.Store == nil || cfg.Inputs == nil {
+		return nil, errors.New("reconciler: hypervisor, store and inputs are required")
+	}
+	defined, err := cfg.Store.DefinedSpecs()
+	if err != nil {
+		return nil, fmt.Errorf("reconciler: %w", err)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = hclog.NewNullLogger()
+	}
+	if cfg.SweepInterval <= 0 {
+		cfg.SweepInterval = DefaultSweepInterval
+	}
+	return &Reconciler{
+		hv: cfg.Hypervisor, store: cfg.Store, inputs: cfg.Inputs,
+		sweep: cfg.SweepInterval, grace: cfg.ShutdownGrace, now: cfg.Now, logger: cfg.Logger,
+		trigger:      make(chan struct{}, 1),
+		settled:      make(chan struct{}),
+		defined:      defined,
+		crashedAt:    map[string]time.Time{},
+		shuttingDown: map[string]bool{},
+	}, nil
+}
+
+// Trigger asks for a pass soon. It never blocks; triggers coalesce.
+func (r *Reconciler) Trigger() {
+	select {
+	case r.trigger <- struct{}{}:
+	default:
+	}
+}
+
+// Settled is closed once a pass has completed with every stale copy
+// destroyed and undefined. The agent sends no heartbeat before that.
+func (r *Reconciler) Settled() <-chan struct{} { return r.settled }
+
+// Domains returns libvirt's domains as last listed, and when.
+func (r *Reconciler) Domains() ([]hypervisor.Domain, time.Time, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]hypervisor.Domain(nil), r.domains...), r.lastPass, r.lastErr
+}
+
+// Run runs passes until ctx ends, then waits for in-flight shutdowns.
+func (r *Reconciler) Run(ctx context.Context) error {
+	defer r.wg.Wait()
+	ticker := time.NewTicker(r.sweep)
+	defer ticker.Stop()
+	events := r.hv.Events()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-r.trigger:
+		case <-ticker.C:
+		case ev, ok := <-events:
+			if !ok {
+				events = nil
+				continue
+			}
+			if !r.noteEvent(ev) {
+				continue
+			}
+		}
+		// Coalesce whatever else is already queued into this pass.
+		for drained := false; !drained; {
+			select {
+			case <-r.trigger:
+			case ev, ok := <-events:
+				if !ok {
+					events = nil
+				} else {
+					r.noteEvent(ev)
+				}
+			default:
+				drained = true
+			}
+		}
+		if _, err := r.Pass(ctx); errors.Is(err, ErrNotSynced) {
+			r.logger.Debug("reconcile skipped: waiting for the first sync with the servers")
+		} else if err != nil && ctx.Err() == nil {
+			r.logger.Warn("reconcile pass failed; retrying on next trigger or sweep", "error", err)
+		}
+	}
+}
+
+// noteEvent records what an event says and reports whether it calls for a pass.
+func (r *Reconciler) noteEvent(ev hypervisor.Event) bool {
+	switch ev.Kind {
+	case hypervisor.EventDisconnected:
+		r.logger.Warn("libvirt connection lost")
+		return false
+	case hypervisor.EventReconnected:
+		r.logger.Info("libvirt reconnected: full reconcile")
+		return true
+	}
+	if ev.Detail == hypervisor.StateCrashed && ev.UUID != "" {
+		at := ev.At
+		if at.IsZero() {
+			at = r.now()
+		}
+		r.mu.Lock()
+		if _, ok := r.crashedAt[ev.UUID]; !ok {
+			r.crashedAt[ev.UUID] = at
+		}
+		r.mu.Unlock()
+		r.logger.Info("domain crashed", "vm", ev.UUID)
+	} else {
+		r.logger.Debug("libvirt event", "vm", ev.UUID, "detail", ev.Detail)
+	}
+	return true
+}
+
+// Pass runs one reconcile pass now. It returns an error when nothing could
+// be planned (no sync yet, libvirt unreachable) or when a step failed;
+// failed steps are retried by the next pass.
+func (r *Reconciler) Pass(ctx context.Context) (PassResult, error) {
+	in, ok := r.inputs()
+	if !ok {
+		return PassResult{}, ErrNotSynced
+	}
+	domains, err := r.hv.List(ctx)
+	if err != nil {
+		r.finish(nil, fmt.Errorf("list domains: %w", err))
+		return PassResult{}, fmt.Errorf("list domains: %w", err)
+	}
+	r.mu.Lock()
+	for _, d := range domains {
+		if d.Meta != nil && d.State == hypervisor.StateCrashed {
+			if _, seen := r.crashedAt[d.UUID]; !seen {
+				r.crashedAt[d.UUID] = r.now()
+			}
+		}
+	}
+	opts := PlanOptions{Drained: in.Drained, Hold: in.Hold, Defined: make(map[string]hypervisor.DomainSpec, len(r.defined))}
+	for k, v := range r.defined {
+		opts.Defined[k] = v
+	}
+	r.mu.Unlock()
+
+	res := PassResult{Domains: domains, Actions: Plan(in.Desired, domains, opts), Failed: map[int]error{}}
+	for i, a := range res.Actions {
+		if ctx.Err() != nil {
+			break
+		}
+		if res.StaleFailed && (a.Kind == ActionDefine || a.Kind == ActionStart) {
+			// Uniqueness rule 2: nothing starts while a stale copy may still run.
+			r.logger.Warn("skipped: a stale copy could not be removed", "action", a.Kind, "vm", a.VMID)
+			res.Failed[i] = errors.New("skipped: stale copy not removed")
+			continue
+		}
+		if err := r.execute(ctx, a); err != nil {
+			res.Failed[i] = err
+			r.logger.Error("reconcile step failed", "action", a.Kind, "vm", a.VMID, "name", a.Name, "error", err)
+			if a.Kind == ActionDestroyStale || a.Kind == ActionUndefineStale {
+				res.StaleFailed = true
+			}
+		}
+	}
+	var passErr error
+	if len(res.Failed) > 0 {
+		passErr = fmt.Errorf("%d of %d steps failed", len(res.Failed), len(res.Actions))
+	}
+	r.finish(domains, passErr)
+	if !res.StaleFailed && ctx.Err() == nil {
+		r.once.Do(func() { close(r.settled) })
+	}
+	return res, passErr
+}
+
+func (r *Reconciler) finish(domains []hypervisor.Domain, err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if domains != nil {
+		r.domains = domains
+	}
+	r.lastPass = r.now()
+	r.lastErr = err
+}
+
+// execute carries out one step and logs it at INFO.
+func (r *Reconciler) execute(ctx context.Context, a Action) error {
+	log := r.logger.With("vm", a.VMID, "name", a.Name, "generation", a.Generation, "reason", a.Reason)
+	switch a.Kind {
+	case ActionConflict:
+		log.Warn("cannot reconcile vm")
+		return nil
+	case ActionDestroyStale:
+		log.Info("destroying stale copy")
+		if err := r.hv.Destroy(ctx, a.VMID); err != nil && !errors.Is(err, hypervisor.ErrNotFound) {
+			return fmt.Errorf("destroy stale %s: %w", a.VMID, err)
+		}
+	case ActionUndefineStale:
+		log.Info("undefining stale copy")
+		if err := r.hv.Undefine(ctx, a.VMID); err != nil && !errors.Is(err, hypervisor.ErrNotFound) {
+			return fmt.Errorf("undefine stale %s: %w", a.VMID, err)
+		}
+		r.mu.Lock()
+		delete(r.defined, a.VMID)
+		r.mu.Unlock()
+		if err := r.store.ForgetDefined(a.VMID); err != nil {
+			return fmt.Errorf("forget definition of %s: %w", a.VMID, err)
+		}
+	case ActionDefine:
+		log.Info("defining domain")
+		if err := r.hv.Define(ctx, *a.Spec); err != nil {
+			return fmt.Errorf("define %s: %w", a.VMID, err)
+		}
+		r.mu.Lock()
+		r.defined[a.VMID] = *a.Spec
+		r.mu.Unlock()
+		if err := r.store.SetDefined(*a.Spec); err != nil {
+			return fmt.Errorf("record definition of %s: %w", a.VMID, err)
+		}
+	case ActionStart:
+		log.Info("starting domain")
+		if err := r.hv.Start(ctx, a.VMID); err != nil {
+			return fmt.Errorf("start %s: %w", a.VMID, err)
+		}
+		r.mu.Lock()
+		crashed, ok := r.crashedAt[a.VMID]
+		delete(r.crashedAt, a.VMID)
+		r.mu.Unlock()
+		if ok {
+			log.Info("vm running again after crash", "restart_time", r.now().Sub(crashed).String())
+		}
+	case ActionShutdown:
+		r.shutdownAsync(ctx, a, log)
+	default:
+		return fmt.Errorf("unknown action %q", a.Kind)
+	}
+	return nil
+}
+
+// shutdownAsync runs a guest shutdown in the background: it may take up to
+// the grace period, and must not hold up restarts of crashed VMs.
+func (r *Reconciler) shutdownAsync(ctx context.Context, a Action, log hclog.Logger) {
+	r.mu.Lock()
+	if r.shuttingDown[a.VMID] {
+		r.mu.Unlock()
+		return
+	}
+	r.shuttingDown[a.VMID] = true
+	r.mu.Unlock()
+	log.Info("shutting down domain", "grace", r.grace.String())
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		err := r.hv.Shutdown(ctx, a.VMID, r.grace)
+		r.mu.Lock()
+		delete(r.shuttingDown, a.VMID)
+		r.mu.Unlock()
+		if err != nil && !errors.Is(err, hypervisor.ErrNotFound) {
+			log.Error("shutdown failed; retrying next pass", "error", err)
+			return
+		}
+		log.Info("domain shut down")
+		r.Trigger()
+	}()
+}
