@@ -12,7 +12,6 @@ import (
 	"sort"
 	"strings"
 	"time"
-
 )
 
 // Status is GET /status on the local socket: what `chime agent status`
@@ -178,4 +177,3 @@ func listenUnix(path string) (net.Listener, error) {
 	}
 	return ln, nil
 }
-
