@@ -11,6 +11,10 @@ var ErrNotFound = errors.New("domain not found")
 // ErrDisconnected is returned when the libvirt connection is down.
 var ErrDisconnected = errors.New("libvirt disconnected")
 
+// ErrForeign is returned when Define would overwrite a domain that has no
+// chime metadata: such a domain belongs to someone else and is never touched.
+var ErrForeign = errors.New("domain has no chime metadata")
+
 // Domain states as chime names them (mapped from libvirt's).
 const (
 	StateRunning = "running" // running, paused, blocked, pmsuspended: a qemu process exists
@@ -63,5 +67,6 @@ type Event struct {
 	Kind   EventKind
 	UUID   string
 	Detail string // e.g. "started", "stopped", "crashed"
+	Reason string // libvirt's event detail, e.g. "booted", "destroyed", "failed", "migrated"
 	At     time.Time
 }
