@@ -1,0 +1,133 @@
+package server
+
+import (
+	"fmt"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/chime-ha/chime/chime/api"
+)
+
+// Config is everything `chime server` is told. Flags, environment and the
+// config file all land here; DefaultConfig holds the defaults.
+type Config struct {
+	Name            string        // server name, also its Raft id and memberlist name
+	DataDir         string        // raft log, snapshots, state
+	BindAddr        string        // address all listeners bind to
+	Advertise       string        // address others reach us at ("" = BindAddr)
+	APIPort         int           // HTTP API
+	RaftPort        int           // Raft TCP transport
+	GossipPort      int           // memberlist
+	BootstrapExpect int           // form a new cluster once this many servers see each other
+	Join            []string      // gossip addresses (host:port) of other servers
+	Dev             bool          // one server, temporary data dir, bootstraps itself
+	GossipKey       string        // base64 key for encrypted gossip (16, 24 or 32 bytes)
+	GossipProfile   string        // "lan" or "local" (fast timers for tests)
+	Strategy        string        // scheduler strategy: spread or binpack
+	CPUOvercommit   float64       // vCPUs per host vCPU
+	AlarmWebhooks   []string      // Alertmanager-compatible webhook receivers
+	SnapshotEvery   uint64        // take a Raft snapshot after this many log entries
+	HeartbeatEvery  time.Duration // agents' heartbeat interval, pushed to them
+	MissedBeats     int           // heartbeats missed before a ping-back
+	RaftTimeScale   float64       // <1 shortens Raft timers (tests); 1 = raft defaults
+	Logger          hclog.Logger
+}
+
+// DefaultConfig returns the production defaults.
+func DefaultConfig() Config {
+	return Config{
+		BindAddr:       "127.0.0.1",
+		APIPort:        4650,
+		RaftPort:       4651,
+		GossipPort:     4652,
+		GossipProfile:  "lan",
+		Strategy:       "spread",
+		CPUOvercommit:  1,
+		SnapshotEvery:  8192,
+		HeartbeatEvery: 15 * time.Second,
+		MissedBeats:    3,
+		RaftTimeScale:  1,
+	}
+}
+
+// AdvertiseAddr is the address peers and clients use.
+func (c Config) AdvertiseAddr() string {
+	if c.Advertise != "" {
+		return c.Advertise
+	}
+	return c.BindAddr
+}
+
+// APIURL is this server's API base URL.
+func (c Config) APIURL() string {
+	return "http://" + net.JoinHostPort(c.AdvertiseAddr(), fmt.Sprint(c.APIPort))
+}
+
+// RaftAddr is this server's Raft address.
+func (c Config) RaftAddr() string {
+	return net.JoinHostPort(c.AdvertiseAddr(), fmt.Sprint(c.RaftPort))
+}
+
+// Validate checks the configuration; errors name the flag.
+func (c Config) Validate() error {
+	if err := api.ValidateName("--name", c.Name); err != nil {
+		return err
+	}
+	if c.DataDir == "" {
+		return api.Invalid("--data-dir", "is required")
+	}
+	if net.ParseIP(c.BindAddr) == nil {
+		return api.Invalid("--bind", "%q is not an IP address", c.BindAddr)
+	}
+	if c.Advertise != "" && net.ParseIP(c.Advertise) == nil {
+		return api.Invalid("--advertise", "%q is not an IP address", c.Advertise)
+	}
+	ports := map[string]int{"--api-port": c.APIPort, "--raft-port": c.RaftPort, "--gossip-port": c.GossipPort}
+	seen := map[int]string{}
+	for flag, p := range ports {
+		if p < 1 || p > 65535 {
+			return api.Invalid(flag, "%d is not a port (1..65535)", p)
+		}
+		if other, dup := seen[p]; dup {
+			return api.Invalid(flag, "port %d is also used by %s", p, other)
+		}
+		seen[p] = flag
+	}
+	if c.BootstrapExpect < 0 || c.BootstrapExpect > 7 {
+		return api.Invalid("--bootstrap-expect", "must be between 0 and 7, got %d", c.BootstrapExpect)
+	}
+	if c.BootstrapExpect == 0 && len(c.Join) == 0 && !c.Dev {
+		return api.Invalid("--bootstrap-expect", "set --bootstrap-expect (new cluster), --join (existing cluster) or --dev")
+	}
+	for _, j := range c.Join {
+		if _, _, err := net.SplitHostPort(j); err != nil {
+			return api.Invalid("--join", "%q is not HOST:PORT", j)
+		}
+	}
+	switch c.Strategy {
+	case "spread", "binpack":
+	default:
+		return api.Invalid("--scheduler", "%q must be spread or binpack", c.Strategy)
+	}
+	if c.CPUOvercommit < 1 || c.CPUOvercommit > 16 {
+		return api.Invalid("--cpu-overcommit", "must be between 1 and 16, got %v", c.CPUOvercommit)
+	}
+	if c.HeartbeatEvery < 100*time.Millisecond || c.HeartbeatEvery > 10*time.Minute {
+		return api.Invalid("--heartbeat-interval", "must be between 100ms and 10m, got %s", c.HeartbeatEvery)
+	}
+	if c.MissedBeats < 1 || c.MissedBeats > 100 {
+		return api.Invalid("--missed-heartbeats", "must be between 1 and 100, got %d", c.MissedBeats)
+	}
+	for _, w := range c.AlarmWebhooks {
+		if !strings.HasPrefix(w, "http://") && !strings.HasPrefix(w, "https://") {
+			return api.Invalid("--alarm-webhook", "%q must be an http(s) URL", w)
+		}
+	}
+	if c.RaftTimeScale <= 0 || c.RaftTimeScale > 1 {
+		return api.Invalid("raft_time_scale", "must be in (0, 1], got %v", c.RaftTimeScale)
+	}
+	return nil
+}

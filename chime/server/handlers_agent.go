@@ -1,0 +1,201 @@
+package server
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/hex"
+	"net/http"
+	"sort"
+
+	"github.com/chime-ha/chime/chime/api"
+	"github.com/chime-ha/chime/fsm"
+)
+
+func hashSecret(secret string) string {
+	sum := sha256.Sum256([]byte(secret))
+	return hex.EncodeToString(sum[:])
+}
+
+func newSecret() string {
+	var b [32]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// authenticate checks an agent's node id and secret headers.
+func (s *Server) authenticate(r *http.Request) (*api.Node, error) {
+	id, secret := r.Header.Get(api.HeaderNode), r.Header.Get(api.HeaderSecret)
+	if id == "" || secret == "" {
+		return nil, &api.Error{Status: http.StatusUnauthorized, Message: "agent credentials missing (" + api.HeaderNode + ", " + api.HeaderSecret + ")"}
+	}
+	n, err := s.fsm.Node(id)
+	if err != nil {
+		return nil, &api.Error{Status: http.StatusUnauthorized, Field: "node_id", Message: "unknown node " + id + ": register first"}
+	}
+	if subtle.ConstantTimeCompare([]byte(hashSecret(secret)), []byte(n.SecretHash)) != 1 {
+		return nil, api.Forbidden("node %s: wrong secret", id)
+	}
+	return n, nil
+}
+
+func (s *Server) timing() api.Timing {
+	return api.Timing{HeartbeatInterval: s.cfg.HeartbeatEvery, MissedHeartbeats: s.cfg.MissedBeats}
+}
+
+func (s *Server) gossipAddrs() []string {
+	var out []string
+	for _, m := range s.pool.Servers() {
+		out = append(out, m.Addr+":"+itoa(m.Port))
+	}
+	sort.Strings(out)
+	return out
+}
+
+// handleRegister creates a node or re-registers an existing one. A known
+// node id must present its secret: nobody else may take over a node.
+func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request) (any, error) {
+	var req api.RegisterRequest
+	if err := decode(r, &req); err != nil {
+		return nil, err
+	}
+	if err := req.Validate(); err != nil {
+		return nil, err
+	}
+	secret := newSecret()
+	rotate := false
+	if existing, err := s.fsm.Node(req.ID); err == nil {
+		if req.Secret == "" || subtle.ConstantTimeCompare([]byte(hashSecret(req.Secret)), []byte(existing.SecretHash)) != 1 {
+			return nil, api.Forbidden("node %s is registered already: its agent must present its secret (remove the node first to register it anew)", req.ID)
+		}
+		secret = req.Secret
+	} else if !api.IsNotFound(err) {
+		return nil, err
+	}
+	node := api.Node{ID: req.ID, Name: req.Name, APIAddr: req.APIAddr, GossipAddr: req.GossipAddr,
+		MigrationURI: req.MigrationURI, MigrationAddr: req.MigrationAddr, BusinessInterface: req.BusinessInterface,
+		VCPUs: req.VCPUs, MemoryMiB: req.MemoryMiB, Labels: req.Labels, AgentVersion: req.AgentVersion}
+	if _, err := s.propose(r.Context(), r.Header.Get(api.HeaderRequestID), fsm.CmdRegisterNode,
+		fsm.RegisterNode{Node: node, SecretHash: hashSecret(secret), Rotate: rotate}); err != nil {
+		return nil, err
+	}
+	s.mon.heartbeat(req.ID, nil)
+	s.kickPlacement()
+	return api.RegisterResponse{NodeID: req.ID, Secret: secret, Timing: s.timing(), GossipAddrs: s.gossipAddrs()}, nil
+}
+
+// handleHeartbeat is where a heartbeat arrives: its time is kept in the
+// leader's memory (never written per heartbeat), and only what changed
+// (observations, faults, drain flags) goes through Raft.
+func (s *Server) handleHeartbeat(w http.ResponseWriter, r *http.Request) (any, error) {
+	n, err := s.authenticate(r)
+	if err != nil {
+		return nil, err
+	}
+	var hb api.HeartbeatRequest
+	if err := decode(r, &hb); err != nil {
+		return nil, err
+	}
+	if err := hb.Validate(); err != nil {
+		return nil, err
+	}
+	if hb.NodeID != n.ID {
+		return nil, api.Forbidden("heartbeat for node %s sent with the credentials of node %s", hb.NodeID, n.ID)
+	}
+	s.met.heartbeats.Inc()
+	if err := s.recordObservations(r, n, hb); err != nil {
+		return nil, err
+	}
+	s.mon.heartbeat(n.ID, &hb)
+	return api.HeartbeatResponse{Timing: s.timing(), GossipAddrs: s.gossipAddrs(), Index: s.fsm.Index()}, nil
+}
+
+// recordObservations writes the observations that differ from the state,
+// and the node's drain flags when they changed.
+func (s *Server) recordObservations(r *http.Request, n *api.Node, hb api.HeartbeatRequest) error {
+	var changed []api.VMObservation
+	for _, o := range hb.VMs {
+		vm, err := s.fsm.VM(o.VMID)
+		if err != nil {
+			continue
+		}
+		ob := vm.Observed
+		if vm.NodeID != n.ID || o.Generation < vm.Generation {
+			if o.State == api.StateRunning {
+				changed = append(changed, o) // recorded as a stale-copy event
+			}
+			continue
+		}
+		if ob == nil || ob.NodeID != n.ID || ob.State != o.State || ob.Reason != o.Reason || ob.Generation != o.Generation {
+			changed = append(changed, o)
+		}
+	}
+	// A placed VM the agent no longer lists is gone from libvirt: stopped.
+	placed, _, err := s.fsm.VMsOnNode(n.ID)
+	if err != nil {
+		return err
+	}
+	listed := map[string]bool{}
+	for _, o := range hb.VMs {
+		listed[o.VMID] = true
+	}
+	allStopped := true
+	for _, vm := range placed {
+		if !listed[vm.ID] && vm.Observed != nil && vm.Observed.NodeID == n.ID && vm.Observed.State != api.StateStopped {
+			changed = append(changed, api.VMObservation{VMID: vm.ID, State: api.StateStopped, Reason: "undefined", Generation: vm.Generation})
+		}
+	}
+	for _, o := range hb.VMs {
+		if o.State == api.StateRunning {
+			allStopped = false
+		}
+	}
+	if len(changed) > 0 {
+		if _, err := s.propose(r.Context(), "", fsm.CmdObserve, fsm.Observe{NodeID: n.ID, Observations: changed}); err != nil {
+			return err
+		}
+	}
+	flags := fsm.SetNodeFlags{NodeID: n.ID}
+	dirty := false
+	if hb.LocalDrained != n.LocalDrained {
+		v := hb.LocalDrained
+		flags.LocalDrained, dirty = &v, true
+	}
+	if acked := n.ManagementState == api.NodeDrained && allStopped; acked && !n.DrainAcked {
+		flags.DrainAcked, dirty = &acked, true
+	}
+	if dirty {
+		if _, err := s.propose(r.Context(), "", fsm.CmdSetNodeFlags, flags); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// handleDesired answers an agent's blocking query for what it must run.
+func (s *Server) handleDesired(w http.ResponseWriter, r *http.Request) (any, error) {
+	n, err := s.authenticate(r)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := s.block(r, func() uint64 { return s.fsm.NodeIndex(n.ID) }); err != nil {
+		return nil, err
+	}
+	vms, idx, err := s.fsm.VMsOnNode(n.ID)
+	if err != nil {
+		return nil, err
+	}
+	if cur, err := s.fsm.Node(n.ID); err == nil {
+		n = cur
+	}
+	out := api.DesiredState{NodeID: n.ID, ManagementState: n.ManagementState, Index: idx, VMs: []api.DesiredVM{}}
+	for _, vm := range vms {
+		d := api.DesiredVM{ID: vm.ID, Name: vm.Name, Spec: vm.Spec, DesiredState: vm.DesiredState, Generation: vm.Generation}
+		if n.ManagementState == api.NodeDrained {
+			d.DesiredState = api.DesiredStopped
+		}
+		out.VMs = append(out.VMs, d)
+	}
+	setIndex(w, idx)
+	return out, nil
+}

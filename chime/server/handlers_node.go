@@ -1,0 +1,92 @@
+package server
+
+import (
+	"context"
+	"net/http"
+
+	"github.com/chime-ha/chime/chime/api"
+	"github.com/chime-ha/chime/fsm"
+)
+
+func (s *Server) handleListNodes(w http.ResponseWriter, r *http.Request) (any, error) {
+	idx, err := s.block(r, s.fsm.Index)
+	if err != nil {
+		return nil, err
+	}
+	setIndex(w, idx)
+	nodes, err := s.fsm.Nodes()
+	if nodes == nil {
+		nodes = []api.Node{}
+	}
+	return nodes, err
+}
+
+func (s *Server) handleGetNode(w http.ResponseWriter, r *http.Request) (any, error) {
+	return s.fsm.ResolveNode(r.PathValue("id"))
+}
+
+func (s *Server) handleNodeAction(w http.ResponseWriter, r *http.Request) (any, error) {
+	n, err := s.fsm.ResolveNode(r.PathValue("id"))
+	if err != nil {
+		return nil, err
+	}
+	reqID := r.Header.Get(api.HeaderRequestID)
+	action := r.PathValue("action")
+	switch action {
+	case "enable", "disable", "drain":
+		if err := decodeEmpty(r); err != nil {
+			return nil, err
+		}
+		state := map[string]string{"enable": api.NodeEnabled, "disable": api.NodeDisabled, "drain": api.NodeDrained}[action]
+		if _, err := s.propose(r.Context(), reqID, fsm.CmdSetManagement, fsm.SetManagement{NodeID: n.ID, State: state}); err != nil {
+			return nil, err
+		}
+		if action == "enable" {
+			s.kickPlacement()
+		}
+		return s.fsm.Node(n.ID)
+	case "rebuild":
+		var body struct {
+			ConfirmFenced bool `json:"confirm_fenced"`
+		}
+		if err := decodeOptional(r, &body); err != nil {
+			return nil, err
+		}
+		return s.rebuildNode(r.Context(), reqID, n, body.ConfirmFenced)
+	case "evacuate":
+		if err := decodeEmpty(r); err != nil {
+			return nil, err
+		}
+		return s.evacuateNode(r.Context(), reqID, n)
+	}
+	return nil, api.NotFound("action", "unknown node action %q (enable, disable, drain, rebuild, evacuate)", action)
+}
+
+func (s *Server) handleRemoveNode(w http.ResponseWriter, r *http.Request) (any, error) {
+	n, err := s.fsm.ResolveNode(r.PathValue("id"))
+	if err != nil {
+		return nil, err
+	}
+	if _, err := s.propose(r.Context(), r.Header.Get(api.HeaderRequestID), fsm.CmdRemoveNode, fsm.RemoveNode{NodeID: n.ID}); err != nil {
+		return nil, err
+	}
+	s.mon.forget(n.ID)
+	return nil, nil
+}
+
+// notImplemented is the honest answer of operations a later change adds.
+func notImplemented(what string) error {
+	return &api.Error{Status: http.StatusNotImplemented, Message: what + " is not implemented yet"}
+}
+
+func (s *Server) rebuildNode(ctx context.Context, reqID string, n *api.Node, confirmFenced bool) (any, error) {
+	return nil, notImplemented("node rebuild")
+}
+
+func (s *Server) evacuateNode(ctx context.Context, reqID string, n *api.Node) (any, error) {
+	return nil, notImplemented("node evacuate")
+}
+
+func (s *Server) migrateVM(ctx context.Context, reqID string, vm *api.VM, to string) (any, error) {
+	return nil, notImplemented("vm migrate")
+}

@@ -1,0 +1,172 @@
+package server
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/chime-ha/chime/chime/api"
+)
+
+func itoa(i int) string { return strconv.Itoa(i) }
+
+func (s *Server) handlePeers(w http.ResponseWriter, r *http.Request) (any, error) {
+	f := s.raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return nil, fmt.Errorf("raft configuration: %w", err)
+	}
+	_, leaderID := s.raft.LeaderWithID()
+	out := []api.Peer{}
+	for _, sv := range f.Configuration().Servers {
+		out = append(out, api.Peer{ID: string(sv.ID), Address: string(sv.Address),
+			Leader: sv.ID == leaderID, Voter: sv.Suffrage == raft.Voter})
+	}
+	return out, nil
+}
+
+func (s *Server) handleRemovePeer(w http.ResponseWriter, r *http.Request) (any, error) {
+	id := r.PathValue("id")
+	f := s.raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return nil, err
+	}
+	found := false
+	for _, sv := range f.Configuration().Servers {
+		if string(sv.ID) == id || string(sv.Address) == id {
+			id, found = string(sv.ID), true
+		}
+	}
+	if !found {
+		return nil, api.NotFound("id", "no raft peer with id or address %q", id)
+	}
+	if id == s.cfg.Name {
+		return nil, api.Invalid("id", "refusing to remove the leader itself (%s): stop it and remove it from another server", id)
+	}
+	if err := s.raft.RemoveServer(raft.ServerID(id), 0, 10*time.Second).Error(); err != nil {
+		return nil, fmt.Errorf("remove peer %s: %w", id, err)
+	}
+	return nil, nil
+}
+
+func (s *Server) handleMembers(w http.ResponseWriter, r *http.Request) (any, error) {
+	out := []api.Member{}
+	for _, m := range s.pool.Members() {
+		out = append(out, api.Member{Name: m.Name, Addr: m.Addr + ":" + itoa(m.Port), State: m.State, Meta: m.Meta})
+	}
+	return out, nil
+}
+
+// handleSnapshotSave streams a consistent copy of the replicated state.
+func (s *Server) handleSnapshotSave(w http.ResponseWriter, r *http.Request) (any, error) {
+	snap, err := s.fsm.Snapshot()
+	if err != nil {
+		return nil, err
+	}
+	defer snap.Release()
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Header().Set(api.HeaderIndex, strconv.FormatUint(s.fsm.Index(), 10))
+	sink := &httpSink{w: w}
+	if err := snap.Persist(sink); err != nil {
+		s.log.Error("snapshot save failed", "error", err)
+	}
+	return nil, errWritten
+}
+
+// handleSnapshotRestore replaces the cluster's state with a saved snapshot,
+// through Raft so that every server installs it.
+func (s *Server) handleSnapshotRestore(w http.ResponseWriter, r *http.Request) (any, error) {
+	body := http.MaxBytesReader(w, r.Body, 1<<30)
+	tmp, err := readAllLimited(body)
+	if err != nil {
+		return nil, bodyError(err)
+	}
+	if len(tmp) < 4096 {
+		return nil, api.Invalid("body", "not a chime snapshot (%d bytes)", len(tmp))
+	}
+	if err := validateSnapshot(tmp); err != nil {
+		return nil, api.Invalid("body", "not a chime snapshot: %v", err)
+	}
+	meta := &raft.SnapshotMeta{Version: raft.SnapshotVersionMax, Size: int64(len(tmp))}
+	if err := s.raft.Restore(meta, newBytesReader(tmp), 0); err != nil {
+		return nil, fmt.Errorf("restore: %w", err)
+	}
+	s.log.Info("snapshot restored", "bytes", len(tmp))
+	return map[string]any{"restored_bytes": len(tmp), "index": s.fsm.Index()}, nil
+}
+
+func readAllLimited(r io.Reader) ([]byte, error) { return io.ReadAll(r) }
+
+func (s *Server) status() api.Status {
+	addr, id := s.raft.LeaderWithID()
+	st := api.Status{Name: s.cfg.Name, Leader: string(addr), IsLeader: s.IsLeader(),
+		State: s.raft.State().String(), Index: s.fsm.Index()}
+	if string(id) != "" {
+		st.LeaderAPI, _ = s.leaderAPI()
+	}
+	st.Healthy = addr != ""
+	return st
+}
+
+func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) (any, error) {
+	return s.status(), nil
+}
+
+func (s *Server) handleLeader(w http.ResponseWriter, r *http.Request) (any, error) {
+	st := s.status()
+	if st.Leader == "" {
+		return nil, fmt.Errorf("%w: no leader elected", api.ErrNoLeader)
+	}
+	return map[string]string{"leader": st.Leader, "leader_api": st.LeaderAPI}, nil
+}
+
+// handleHealth answers 200 when this server knows a leader, 503 otherwise.
+func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) (any, error) {
+	st := s.status()
+	if !st.Healthy {
+		return nil, fmt.Errorf("%w: server %s sees no leader", api.ErrNoLeader, s.cfg.Name)
+	}
+	return st, nil
+}
+
+func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) (any, error) {
+	var after uint64
+	if v := r.URL.Query().Get("after"); v != "" {
+		var err error
+		if after, err = strconv.ParseUint(v, 10, 64); err != nil {
+			return nil, api.Invalid("after", "%q is not a non-negative integer", v)
+		}
+	}
+	limit := 1000
+	if v := r.URL.Query().Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 10000 {
+			return nil, api.Invalid("limit", "%q must be an integer between 1 and 10000", v)
+		}
+		limit = n
+	}
+	if _, err := s.block(r, s.fsm.LastEventSeq); err != nil {
+		return nil, err
+	}
+	ev, err := s.fsm.Events(after, limit)
+	if ev == nil {
+		ev = []api.Event{}
+	}
+	setIndex(w, s.fsm.LastEventSeq())
+	return ev, err
+}
+
+func (s *Server) handleAlarms(w http.ResponseWriter, r *http.Request) (any, error) {
+	return s.alarms.firing(), nil
+}
+
+func (s *Server) handleTasks(w http.ResponseWriter, r *http.Request) (any, error) {
+	t, err := s.fsm.Tasks()
+	if t == nil {
+		t = []api.Task{}
+	}
+	return t, err
+}

@@ -1,0 +1,255 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/chime-ha/chime/chime/api"
+)
+
+// Limits of blocking queries.
+const (
+	defaultWait = 30 * time.Second
+	maxWait     = 5 * time.Minute
+)
+
+// handler answers one API request with a value to encode as JSON.
+type handler func(w http.ResponseWriter, r *http.Request) (any, error)
+
+// access says where a route must run.
+type access int
+
+const (
+	local      access = iota // any server answers from its own state
+	leaderOnly               // forwarded to the leader (writes, agent traffic)
+)
+
+func (s *Server) setupHTTP() error {
+	mux := http.NewServeMux()
+	route := func(pattern string, acc access, h handler) {
+		mux.Handle(pattern, s.wrap(pattern, acc, h))
+	}
+	// VMs
+	route("POST /v1/vms", leaderOnly, s.handleCreateVM)
+	route("GET /v1/vms", local, s.handleListVMs)
+	route("GET /v1/vms/{id}", local, s.handleGetVM)
+	route("POST /v1/vms/{id}/{action}", leaderOnly, s.handleVMAction)
+	route("DELETE /v1/vms/{id}", leaderOnly, s.handleDeleteVM)
+	// nodes
+	route("GET /v1/nodes", local, s.handleListNodes)
+	route("GET /v1/nodes/{id}", local, s.handleGetNode)
+	route("POST /v1/nodes/{id}/{action}", leaderOnly, s.handleNodeAction)
+	route("DELETE /v1/nodes/{id}", leaderOnly, s.handleRemoveNode)
+	// agents
+	route("POST /v1/agent/register", leaderOnly, s.handleRegister)
+	route("POST /v1/agent/heartbeat", leaderOnly, s.handleHeartbeat)
+	route("GET /v1/agent/desired", leaderOnly, s.handleDesired)
+	// operator
+	route("GET /v1/operator/raft/peers", local, s.handlePeers)
+	route("DELETE /v1/operator/raft/peers/{id}", leaderOnly, s.handleRemovePeer)
+	route("GET /v1/operator/members", local, s.handleMembers)
+	route("GET /v1/operator/snapshot", leaderOnly, s.handleSnapshotSave)
+	route("PUT /v1/operator/snapshot", leaderOnly, s.handleSnapshotRestore)
+	// status, events, alarms, tasks
+	route("GET /v1/status", local, s.handleStatus)
+	route("GET /v1/status/leader", local, s.handleLeader)
+	route("GET /v1/health", local, s.handleHealth)
+	route("GET /v1/events", local, s.handleEvents)
+	route("GET /v1/alarms", leaderOnly, s.handleAlarms)
+	route("GET /v1/tasks", local, s.handleTasks)
+	mux.Handle("GET /metrics", s.met.handler(s))
+	mux.Handle("/", s.wrap("notfound", local, func(w http.ResponseWriter, r *http.Request) (any, error) {
+		return nil, api.NotFound("path", "no such endpoint: %s %s", r.Method, r.URL.Path)
+	}))
+
+	addr := net.JoinHostPort(s.cfg.BindAddr, strconv.Itoa(s.cfg.APIPort))
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("api listener on %s: %w", addr, err)
+	}
+	s.lis = lis
+	s.http = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
+		ErrorLog: s.log.Named("http").StandardLogger(nil)}
+	go func() {
+		if err := s.http.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.log.Error("api server stopped", "error", err)
+		}
+	}()
+	return nil
+}
+
+// wrap adds forwarding, body limits, JSON encoding, error bodies and metrics.
+func (s *Server) wrap(name string, acc access, h handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		defer func() { s.met.requests.WithLabelValues(name).Observe(time.Since(start).Seconds()) }()
+		_, consistent := r.URL.Query()["consistent"]
+		if (acc == leaderOnly || consistent) && !s.IsLeader() {
+			s.forward(w, r)
+			return
+		}
+		if consistent {
+			if err := s.raft.VerifyLeader().Error(); err != nil {
+				writeError(w, fmt.Errorf("%w: %v", api.ErrNoLeader, err))
+				return
+			}
+		}
+		r.Body = http.MaxBytesReader(w, r.Body, api.MaxBodyBytes)
+		v, err := h(w, r)
+		if errors.Is(err, errWritten) {
+			return
+		}
+		if errors.Is(err, errNotLeader) {
+			writeError(w, err) // leadership lost mid-request: 503, the client retries with the same request id
+			return
+		}
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		if v == nil {
+			w.WriteHeader(http.StatusNoContent)
+			return
+		}
+		if w.Header().Get(api.HeaderIndex) == "" {
+			w.Header().Set(api.HeaderIndex, strconv.FormatUint(s.fsm.Index(), 10))
+		}
+		w.Header().Set("Content-Type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(v)
+	})
+}
+
+func writeError(w http.ResponseWriter, err error) {
+	e := api.AsError(err)
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(e.Status)
+	_ = json.NewEncoder(w).Encode(e)
+}
+
+// forward sends the whole request to the leader and copies its answer back.
+// The request id header travels along, so a retry stays idempotent.
+func (s *Server) forward(w http.ResponseWriter, r *http.Request) {
+	if r.Header.Get(api.HeaderForwarded) != "" {
+		writeError(w, fmt.Errorf("%w: forwarded request reached a follower (leader changed)", api.ErrNoLeader))
+		return
+	}
+	leader, err := s.leaderAPI()
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, api.MaxBodyBytes))
+	if err != nil {
+		writeError(w, bodyError(err))
+		return
+	}
+	req, err := http.NewRequestWithContext(r.Context(), r.Method, leader+r.URL.RequestURI(), bytes.NewReader(body))
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	req.Header = r.Header.Clone()
+	req.Header.Set(api.HeaderForwarded, s.cfg.Name)
+	resp, err := s.fwd.Do(req)
+	if err != nil {
+		writeError(w, fmt.Errorf("%w: forward to leader %s: %v", api.ErrNoLeader, leader, err))
+		return
+	}
+	defer resp.Body.Close()
+	for k, vs := range resp.Header {
+		for _, v := range vs {
+			w.Header().Add(k, v)
+		}
+	}
+	w.WriteHeader(resp.StatusCode)
+	_, _ = io.Copy(w, resp.Body)
+	s.met.forwarded.Inc()
+}
+
+// decode reads a JSON body strictly: unknown fields, trailing data and
+// oversized bodies are errors that name the problem.
+func decode(r *http.Request, v any) error {
+	dec := json.NewDecoder(r.Body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return bodyError(err)
+	}
+	if dec.More() {
+		return api.Invalid("body", "unexpected data after the JSON object")
+	}
+	if _, err := io.Copy(io.Discard, r.Body); err != nil {
+		return bodyError(err)
+	}
+	return nil
+}
+
+func bodyError(err error) error {
+	var tooBig *http.MaxBytesError
+	var syntax *json.SyntaxError
+	var typ *json.UnmarshalTypeError
+	switch {
+	case errors.As(err, &tooBig):
+		return &api.Error{Status: http.StatusRequestEntityTooLarge, Field: "body",
+			Message: fmt.Sprintf("body: larger than the limit of %d bytes", tooBig.Limit)}
+	case errors.Is(err, io.EOF):
+		return api.Invalid("body", "a JSON object is required")
+	case errors.As(err, &syntax):
+		return api.Invalid("body", "malformed JSON at byte %d: %v", syntax.Offset, err)
+	case errors.As(err, &typ):
+		return api.Invalid(typ.Field, "must be a JSON %s, got %s", typ.Type, typ.Value)
+	case strings.HasPrefix(err.Error(), "json: unknown field "):
+		f := strings.Trim(strings.TrimPrefix(err.Error(), "json: unknown field "), `"`)
+		return api.Invalid(f, "unknown field")
+	}
+	return api.Invalid("body", "%v", err)
+}
+
+// queryOptions parses ?index=&wait= of blocking queries.
+func queryOptions(r *http.Request) (uint64, time.Duration, error) {
+	q := r.URL.Query()
+	var idx uint64
+	if v := q.Get("index"); v != "" {
+		var err error
+		if idx, err = strconv.ParseUint(v, 10, 64); err != nil {
+			return 0, 0, api.Invalid("index", "%q is not a non-negative integer", v)
+		}
+	}
+	wait := defaultWait
+	if v := q.Get("wait"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < 0 {
+			return 0, 0, api.Invalid("wait", "%q is not a duration like 30s", v)
+		}
+		wait = min(d, maxWait)
+	}
+	return idx, wait, nil
+}
+
+// block waits, for a blocking query, until fn passes index or wait ends.
+func (s *Server) block(r *http.Request, fn func() uint64) (uint64, error) {
+	idx, wait, err := queryOptions(r)
+	if err != nil {
+		return 0, err
+	}
+	if idx == 0 {
+		return fn(), nil
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), wait)
+	defer cancel()
+	return s.fsm.WaitFor(ctx, idx, fn), nil
+}
+
+func setIndex(w http.ResponseWriter, idx uint64) {
+	w.Header().Set(api.HeaderIndex, strconv.FormatUint(idx, 10))
+}

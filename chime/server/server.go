@@ -1,0 +1,351 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
+
+	"github.com/chime-ha/chime/chime/api"
+	"github.com/chime-ha/chime/fsm"
+	"github.com/chime-ha/chime/gossip"
+)
+
+// Server is one running chime server.
+type Server struct {
+	cfg    Config
+	log    hclog.Logger
+	raft   *raft.Raft
+	fsm    *fsm.FSM
+	logs   *fsm.LogStore
+	trans  *raft.NetworkTransport
+	pool   *gossip.Pool
+	http   *http.Server
+	lis    net.Listener
+	fwd    *http.Client
+	met    *metrics
+	mon    *monitor
+	alarms *alarmer
+
+	placeMu   sync.Mutex         // serialises placement decisions on the leader
+	placeKick chan struct{}      // wakes the placement loop
+	stopLoops context.CancelFunc // stops bootstrap and leader loops
+	wg        sync.WaitGroup
+}
+
+// Run starts a server and blocks until ctx ends, then shuts down cleanly.
+func Run(ctx context.Context, cfg Config) error {
+	s, err := Start(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	<-ctx.Done()
+	return s.Shutdown()
+}
+
+// Start starts a server and returns once its listeners are up.
+func Start(ctx context.Context, cfg Config) (*Server, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = hclog.NewNullLogger()
+	}
+	if cfg.Dev {
+		if cfg.Name == "" {
+			cfg.Name = "dev"
+		}
+		if cfg.DataDir == "" {
+			dir, err := os.MkdirTemp("", "chime-dev-")
+			if err != nil {
+				return nil, fmt.Errorf("dev data dir: %w", err)
+			}
+			cfg.DataDir = dir
+		}
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	s := &Server{cfg: cfg, log: cfg.Logger.Named("server"), fwd: &http.Client{Timeout: 6 * time.Minute},
+		placeKick: make(chan struct{}, 1)}
+	s.met = newMetrics()
+	if err := s.setupRaft(); err != nil {
+		s.closeStores()
+		return nil, err
+	}
+	if err := s.setupGossip(ctx); err != nil {
+		s.closeAll()
+		return nil, err
+	}
+	s.mon = newMonitor(s)
+	s.alarms = newAlarmer(s)
+	if err := s.setupHTTP(); err != nil {
+		s.closeAll()
+		return nil, err
+	}
+	loopCtx, cancel := context.WithCancel(context.Background())
+	s.stopLoops = cancel
+	s.wg.Add(2)
+	go func() { defer s.wg.Done(); s.bootstrapLoop(loopCtx) }()
+	go func() { defer s.wg.Done(); s.leaderLoop(loopCtx) }()
+	s.log.Info("server started", "name", cfg.Name, "api", cfg.APIURL(), "raft", cfg.RaftAddr(),
+		"gossip", s.pool.LocalAddr(), "data_dir", cfg.DataDir)
+	return s, nil
+}
+
+func (s *Server) setupRaft() error {
+	cfg := s.cfg
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return fmt.Errorf("data dir: %w", err)
+	}
+	var err error
+	if s.logs, err = fsm.OpenLogStore(filepath.Join(cfg.DataDir, "raft.db")); err != nil {
+		return fmt.Errorf("raft log: %w", err)
+	}
+	if s.fsm, err = fsm.Open(filepath.Join(cfg.DataDir, "state.db"), s.log.Named("fsm")); err != nil {
+		return err
+	}
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(filepath.Join(cfg.DataDir, "snapshots"), 3, s.log.Named("raft"))
+	if err != nil {
+		return fmt.Errorf("snapshot store: %w", err)
+	}
+	bind := net.JoinHostPort(cfg.BindAddr, strconv.Itoa(cfg.RaftPort))
+	adv, err := net.ResolveTCPAddr("tcp", cfg.RaftAddr())
+	if err != nil {
+		return fmt.Errorf("raft advertise address: %w", err)
+	}
+	s.trans, err = raft.NewTCPTransportWithLogger(bind, adv, 3, 10*time.Second, s.log.Named("raft.transport"))
+	if err != nil {
+		return fmt.Errorf("raft transport on %s: %w", bind, err)
+	}
+	rc := raft.DefaultConfig()
+	rc.LocalID = raft.ServerID(cfg.Name)
+	rc.Logger = s.log.Named("raft")
+	rc.SnapshotThreshold = cfg.SnapshotEvery
+	rc.TrailingLogs = 10240
+	if cfg.RaftTimeScale < 1 {
+		sc := func(d time.Duration) time.Duration { return time.Duration(float64(d) * cfg.RaftTimeScale) }
+		rc.HeartbeatTimeout = sc(rc.HeartbeatTimeout)
+		rc.ElectionTimeout = sc(rc.ElectionTimeout)
+		rc.LeaderLeaseTimeout = sc(rc.LeaderLeaseTimeout)
+		rc.CommitTimeout = sc(rc.CommitTimeout)
+	}
+	if s.raft, err = raft.NewRaft(rc, s.fsm, s.logs, s.logs, snaps, s.trans); err != nil {
+		return fmt.Errorf("start raft: %w", err)
+	}
+	return nil
+}
+
+func (s *Server) setupGossip(ctx context.Context) error {
+	var key []byte
+	if s.cfg.GossipKey != "" {
+		var err error
+		if key, err = gossip.ParseKey(s.cfg.GossipKey); err != nil {
+			return err
+		}
+	}
+	var err error
+	s.pool, err = gossip.Start(ctx, gossip.Config{
+		Name:     s.cfg.Name,
+		BindAddr: s.cfg.BindAddr, BindPort: s.cfg.GossipPort,
+		AdvertiseAddr: s.cfg.AdvertiseAddr(), AdvertisePort: s.cfg.GossipPort,
+		Key:     key,
+		Meta:    map[string]string{"role": "server", "api": s.cfg.APIURL(), "raft": s.cfg.RaftAddr(), "id": s.cfg.Name},
+		Profile: s.cfg.GossipProfile,
+		Logger:  s.log,
+	})
+	if err != nil {
+		return fmt.Errorf("gossip: %w", err)
+	}
+	if len(s.cfg.Join) > 0 {
+		// Joining is retried by the bootstrap loop; a first failure is normal
+		// while the other servers are still starting.
+		if _, err := s.pool.Join(ctx, s.cfg.Join); err != nil {
+			s.log.Warn("gossip join failed, will retry", "error", err)
+		}
+	}
+	return nil
+}
+
+// bootstrapLoop forms a new cluster once --bootstrap-expect servers see each
+// other, and keeps retrying --join until the pool has the other servers.
+func (s *Server) bootstrapLoop(ctx context.Context) {
+	if s.cfg.Dev {
+		s.bootstrap([]raft.Server{{ID: raft.ServerID(s.cfg.Name), Address: raft.ServerAddress(s.cfg.RaftAddr())}})
+		return
+	}
+	t := time.NewTicker(500 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		servers := s.pool.Servers()
+		if len(s.cfg.Join) > 0 && len(servers) < max(2, s.cfg.BootstrapExpect) {
+			_, _ = s.pool.Join(ctx, s.cfg.Join)
+			continue
+		}
+		if s.cfg.BootstrapExpect == 0 {
+			return
+		}
+		has, err := raft.HasExistingState(s.logs, s.logs, s.snapshotStore())
+		if err != nil || has || s.raft.Leader() != "" {
+			return
+		}
+		if len(servers) < s.cfg.BootstrapExpect {
+			continue
+		}
+		var conf []raft.Server
+		for _, m := range servers {
+			conf = append(conf, raft.Server{ID: raft.ServerID(m.Meta["id"]), Address: raft.ServerAddress(m.Meta["raft"])})
+		}
+		sort.Slice(conf, func(i, j int) bool { return conf[i].ID < conf[j].ID })
+		s.bootstrap(conf)
+		return
+	}
+}
+
+func (s *Server) snapshotStore() raft.SnapshotStore {
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(filepath.Join(s.cfg.DataDir, "snapshots"), 3, hclog.NewNullLogger())
+	if err != nil {
+		return raft.NewInmemSnapshotStore()
+	}
+	return snaps
+}
+
+func (s *Server) bootstrap(conf []raft.Server) {
+	err := s.raft.BootstrapCluster(raft.Configuration{Servers: conf}).Error()
+	switch {
+	case err == nil:
+		s.log.Info("bootstrapped a new cluster", "servers", len(conf))
+	case errors.Is(err, raft.ErrCantBootstrap):
+		s.log.Debug("cluster already bootstrapped")
+	default:
+		s.log.Error("bootstrap failed", "error", err)
+	}
+}
+
+// Shutdown stops the server: HTTP first, then loops, gossip and Raft.
+func (s *Server) Shutdown() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = s.http.Shutdown(ctx)
+	if s.stopLoops != nil {
+		s.stopLoops()
+	}
+	s.wg.Wait()
+	s.closeAll()
+	s.log.Info("server stopped")
+	return nil
+}
+
+func (s *Server) closeAll() {
+	if s.pool != nil {
+		_ = s.pool.Leave(time.Second)
+		_ = s.pool.Shutdown()
+	}
+	if s.raft != nil {
+		if err := s.raft.Shutdown().Error(); err != nil {
+			s.log.Warn("raft shutdown", "error", err)
+		}
+	}
+	if s.trans != nil {
+		_ = s.trans.Close()
+	}
+	s.closeStores()
+}
+
+func (s *Server) closeStores() {
+	if s.logs != nil {
+		_ = s.logs.Close()
+	}
+	if s.fsm != nil {
+		_ = s.fsm.Close()
+	}
+}
+
+// Kill stops the server abruptly (tests: simulates a crash as far as
+// in-process allows: no graceful leave, no final snapshot).
+func (s *Server) Kill() {
+	_ = s.http.Close()
+	if s.stopLoops != nil {
+		s.stopLoops()
+	}
+	s.wg.Wait()
+	_ = s.pool.Shutdown()
+	_ = s.raft.Shutdown().Error()
+	_ = s.trans.Close()
+	s.closeStores()
+}
+
+// Raft exposes the Raft instance (tests, operator endpoints).
+func (s *Server) Raft() *raft.Raft { return s.raft }
+
+// FSM exposes the state machine (tests).
+func (s *Server) FSM() *fsm.FSM { return s.fsm }
+
+// Config returns the server's configuration.
+func (s *Server) Config() Config { return s.cfg }
+
+// IsLeader reports whether this server is the Raft leader.
+func (s *Server) IsLeader() bool { return s.raft.State() == raft.Leader }
+
+// leaderAPI returns the API URL of the current leader, from gossip.
+func (s *Server) leaderAPI() (string, error) {
+	addr, id := s.raft.LeaderWithID()
+	if addr == "" {
+		return "", fmt.Errorf("%w: no leader elected", api.ErrNoLeader)
+	}
+	if string(id) == s.cfg.Name {
+		return s.cfg.APIURL(), nil
+	}
+	for _, m := range s.pool.Members() {
+		if m.Meta["role"] == "server" && (m.Meta["id"] == string(id) || m.Meta["raft"] == string(addr)) && m.Meta["api"] != "" {
+			return m.Meta["api"], nil
+		}
+	}
+	return "", fmt.Errorf("%w: leader %s has no known API address", api.ErrNoLeader, id)
+}
+
+// propose applies a command through Raft on the leader. Followers answer
+// errNotLeader: the HTTP layer forwards the whole request instead.
+func (s *Server) propose(ctx context.Context, reqID string, typ fsm.CommandType, payload any) (*fsm.Result, error) {
+	if reqID == "" {
+		reqID = api.NewRequestID()
+	}
+	data, err := fsm.NewCommand(reqID, typ, time.Now(), payload)
+	if err != nil {
+		return nil, err
+	}
+	timeout := 10 * time.Second
+	if dl, ok := ctx.Deadline(); ok {
+		timeout = time.Until(dl)
+	}
+	f := s.raft.Apply(data, timeout)
+	if err := f.Error(); err != nil {
+		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) || errors.Is(err, raft.ErrLeadershipTransferInProgress) {
+			return nil, fmt.Errorf("%w: %v", errNotLeader, err)
+		}
+		return nil, fmt.Errorf("raft apply: %w", err)
+	}
+	res, ok := f.Response().(*fsm.Result)
+	if !ok {
+		return nil, fmt.Errorf("raft apply: unexpected response %T", f.Response())
+	}
+	s.met.applied.WithLabelValues(string(typ)).Inc()
+	if res.Err != nil {
+		return res, res.Err
+	}
+	return res, nil
+}
+
+var errNotLeader = fmt.Errorf("%w: not the leader", api.ErrNoLeader)
