@@ -1,0 +1,392 @@
+package lab
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// The lab's subnets. The root namespace owns both through its bridges, so
+// traffic to these addresses stays on the machine.
+const (
+	MgmtSubnet = "10.231.0.0/24" // management network: agents, servers, migration
+	BizSubnet  = "10.232.0.0/24" // business network: guest traffic probes
+
+	// LibvirtPort is the TCP port every host's libvirtd listens on
+	// (qemu+tcp, no auth: lab only).
+	LibvirtPort = 16509
+
+	// MaxHosts bounds Config.Hosts: host N gets .10+N in both subnets.
+	MaxHosts = 50
+	// MaxServers is how many extra root-namespace addresses the management
+	// bridge carries for chime servers (.2, .3, .4).
+	MaxServers = 3
+
+	// DefaultPrefix names everything a lab creates unless Config.Prefix says
+	// otherwise.
+	DefaultPrefix = "chime"
+
+	// In-namespace interface names of every host.
+	mgmtIf = "mgmt0"
+	bizIf  = "biz0"
+)
+
+// The lab's networks, as SetLink names them.
+const (
+	NetMgmt = "mgmt"
+	NetBiz  = "biz"
+)
+
+// readyTimeout bounds the wait for a freshly started libvirtd to answer; the
+// first start of a libvirtd probes qemu's capabilities, which takes seconds.
+const readyTimeout = 90 * time.Second
+
+// prefixRE keeps interface names within the kernel's 15 characters:
+// "<prefix>h50m" is at most 13.
+var prefixRE = regexp.MustCompile(`^[a-z][a-z0-9]{0,8}$`)
+
+// Config describes the lab to build.
+type Config struct {
+	// Prefix names everything created: netns "<prefix>-hvN", bridges
+	// "<prefix>m0" and "<prefix>b0", root-side veths "<prefix>hNm"/"<prefix>hNb".
+	// Default "chime"; tests use another prefix so they never touch a
+	// person's lab.
+	Prefix string
+	// Hosts is the number of hypervisor hosts (1..MaxHosts).
+	Hosts int
+	// Dir is the state directory: one sub-directory per host holding its
+	// libvirt run/, lib/, etc/ and log/ directories.
+	Dir string
+	// Log receives progress lines; nil discards them.
+	Log func(format string, args ...any) `json:"-"`
+}
+
+// Lab is a running lab.
+type Lab struct {
+	Cfg   Config
+	Hosts []*Host
+	// MgmtBridge and BizBridge are the bridge names in the root namespace.
+	MgmtBridge, BizBridge string
+	// MgmtBridgeIP and BizBridgeIP are the root namespace's addresses on
+	// the bridges (10.231.0.1, 10.232.0.1).
+	MgmtBridgeIP, BizBridgeIP string
+	// ServerIPs are extra root-namespace addresses on the management bridge
+	// for up to three chime servers (10.231.0.2-4).
+	ServerIPs []string
+}
+
+// Host is one hypervisor host: a network namespace with its own libvirtd.
+type Host struct {
+	Name   string // "hv1"
+	Netns  string // "<prefix>-hv1"
+	MgmtIP string // management address inside the netns
+	BizIP  string // business address inside the netns
+	MgmtIf string // management interface inside the netns
+	BizIf  string // business interface inside the netns
+	// MgmtVeth and BizVeth are the root-namespace ends of the host's links,
+	// enslaved to the bridges; SetLink switches them.
+	MgmtVeth, BizVeth string
+	// Dir holds run/libvirt, lib/libvirt, etc/libvirt and log/libvirt,
+	// bind-mounted over the standard paths for this host's daemons.
+	Dir string
+	// HostUUID is the libvirtd host_uuid; it must differ between hosts or
+	// libvirt refuses to migrate ("migrate to the same host").
+	HostUUID string
+
+	log func(format string, args ...any)
+}
+
+func (c *Config) setDefaults() error {
+	if c.Prefix == "" {
+		c.Prefix = DefaultPrefix
+	}
+	if !prefixRE.MatchString(c.Prefix) {
+		return fmt.Errorf("lab prefix %q: want 1-9 lower-case letters or digits, starting with a letter", c.Prefix)
+	}
+	if c.Hosts < 1 || c.Hosts > MaxHosts {
+		return fmt.Errorf("lab hosts %d: want 1..%d", c.Hosts, MaxHosts)
+	}
+	if c.Dir == "" {
+		return errors.New("lab dir is empty")
+	}
+	abs, err := filepath.Abs(c.Dir)
+	if err != nil {
+		return fmt.Errorf("lab dir: %w", err)
+	}
+	c.Dir = abs
+	if c.Log == nil {
+		c.Log = func(string, ...any) {}
+	}
+	return nil
+}
+
+// Requirements reports why a lab cannot run here (not root, a missing
+// binary), or nil. Tests skip on it outside CI.
+func Requirements() error {
+	var errs []error
+	if os.Geteuid() != 0 {
+		errs = append(errs, errors.New("not running as root"))
+	}
+	for _, bin := range []string{"ip", "unshare", "sh", "libvirtd", "virtlogd", "virsh"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			errs = append(errs, fmt.Errorf("%s not found in PATH", bin))
+		}
+	}
+	if _, err := qemuBinary(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+func qemuBinary() (string, error) {
+	for _, p := range []string{"qemu-system-x86_64", "/usr/libexec/qemu-kvm"} {
+		if path, err := exec.LookPath(p); err == nil {
+			return path, nil
+		}
+	}
+	return "", errors.New("qemu-system-x86_64 not found")
+}
+
+// DomainType is the libvirt domain type this machine supports: "kvm" when
+// /dev/kvm exists, else "qemu" (TCG).
+func DomainType() string {
+	if _, err := os.Stat("/dev/kvm"); err == nil {
+		return "kvm"
+	}
+	return "qemu"
+}
+
+// Up builds a lab: it first removes leftovers of a crashed lab with the same
+// prefix, then creates the bridges, the hosts' namespaces and links, and
+// starts every host's virtlogd and libvirtd, returning once each libvirtd
+// answers. On error it tears down what it built.
+func Up(ctx context.Context, cfg Config) (*Lab, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	if err := Requirements(); err != nil {
+		return nil, fmt.Errorf("lab requirements: %w", err)
+	}
+	if err := Cleanup(ctx, cfg.Prefix); err != nil {
+		return nil, fmt.Errorf("clean leftovers of lab %q: %w", cfg.Prefix, err)
+	}
+	if err := checkSubnetsFree(ctx); err != nil {
+		return nil, err
+	}
+	l := newLab(cfg)
+	if err := l.build(ctx); err != nil {
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+		defer cancel()
+		if derr := l.Down(cctx); derr != nil {
+			err = errors.Join(err, fmt.Errorf("tear down after failed up: %w", derr))
+		}
+		return nil, err
+	}
+	return l, nil
+}
+
+// newLab lays out names and addresses; it creates nothing.
+func newLab(cfg Config) *Lab {
+	l := &Lab{
+		Cfg:          cfg,
+		MgmtBridge:   cfg.Prefix + "m0",
+		BizBridge:    cfg.Prefix + "b0",
+		MgmtBridgeIP: subnetAddr(MgmtSubnet, 1),
+		BizBridgeIP:  subnetAddr(BizSubnet, 1),
+	}
+	for i := 0; i < MaxServers; i++ {
+		l.ServerIPs = append(l.ServerIPs, subnetAddr(MgmtSubnet, 2+i))
+	}
+	for n := 1; n <= cfg.Hosts; n++ {
+		name := "hv" + strconv.Itoa(n)
+		netns := cfg.Prefix + "-" + name
+		l.Hosts = append(l.Hosts, &Host{
+			Name:     name,
+			Netns:    netns,
+			MgmtIP:   subnetAddr(MgmtSubnet, 10+n),
+			BizIP:    subnetAddr(BizSubnet, 10+n),
+			MgmtIf:   mgmtIf,
+			BizIf:    bizIf,
+			MgmtVeth: fmt.Sprintf("%sh%dm", cfg.Prefix, n),
+			BizVeth:  fmt.Sprintf("%sh%db", cfg.Prefix, n),
+			// Named after the netns so Cleanup can recognise the mounts
+			// of orphaned daemons by path alone.
+			Dir:      filepath.Join(cfg.Dir, netns),
+			HostUUID: randomUUID(),
+			log:      cfg.Log,
+		})
+	}
+	return l
+}
+
+func (l *Lab) build(ctx context.Context) error {
+	log := l.Cfg.Log
+	log("lab %s: bridges %s (%s) and %s (%s)", l.Cfg.Prefix, l.MgmtBridge, l.MgmtBridgeIP, l.BizBridge, l.BizBridgeIP)
+	mgmtAddrs := append([]string{l.MgmtBridgeIP}, l.ServerIPs...)
+	if err := addBridge(ctx, l.MgmtBridge, mgmtAddrs); err != nil {
+		return err
+	}
+	if err := addBridge(ctx, l.BizBridge, []string{l.BizBridgeIP}); err != nil {
+		return err
+	}
+	for _, h := range l.Hosts {
+		log("lab %s: host %s netns %s mgmt %s biz %s", l.Cfg.Prefix, h.Name, h.Netns, h.MgmtIP, h.BizIP)
+		if err := h.createDirs(); err != nil {
+			return err
+		}
+		if err := h.createNetns(ctx, l.MgmtBridge, l.BizBridge); err != nil {
+			return err
+		}
+	}
+	for _, h := range l.Hosts {
+		if err := h.startDaemons(ctx); err != nil {
+			return err
+		}
+	}
+	// Wait for all at once: each libvirtd probes qemu on its first start.
+	var wg sync.WaitGroup
+	errs := make([]error, len(l.Hosts))
+	for i, h := range l.Hosts {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = h.waitLibvirtd(ctx)
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	log("lab %s: %d hosts up", l.Cfg.Prefix, len(l.Hosts))
+	return nil
+}
+
+// Down kills every process of the lab's hosts (qemu, libvirtd, virtlogd) and
+// deletes the namespaces, links and bridges. It keeps Dir (logs) and is
+// idempotent.
+func (l *Lab) Down(ctx context.Context) error {
+	l.Cfg.Log("lab %s: down", l.Cfg.Prefix)
+	return Cleanup(ctx, l.Cfg.Prefix)
+}
+
+// Host returns the host named name ("hv1"), or nil.
+func (l *Lab) Host(name string) *Host {
+	for _, h := range l.Hosts {
+		if h.Name == name {
+			return h
+		}
+	}
+	return nil
+}
+
+// ServerAddr returns "ip:port" of chime server i (0-based) on the management
+// bridge.
+func (l *Lab) ServerAddr(i, port int) string {
+	return joinHostPort(l.ServerIPs[i], port)
+}
+
+func addBridge(ctx context.Context, name string, addrs []string) error {
+	if err := run(ctx, "ip", "link", "add", name, "type", "bridge", "forward_delay", "0"); err != nil {
+		return fmt.Errorf("create bridge %s: %w", name, err)
+	}
+	disableIPv6(name)
+	for _, a := range addrs {
+		if err := run(ctx, "ip", "addr", "add", a+"/24", "dev", name); err != nil {
+			return fmt.Errorf("address bridge %s: %w", name, err)
+		}
+	}
+	if err := run(ctx, "ip", "link", "set", name, "up"); err != nil {
+		return fmt.Errorf("bridge %s up: %w", name, err)
+	}
+	return nil
+}
+
+// disableIPv6 keeps router solicitations and DAD off the lab bridges; it is
+// noise reduction only, so a failure is ignored.
+func disableIPv6(ifname string) {
+	_ = os.WriteFile("/proc/sys/net/ipv6/conf/"+ifname+"/disable_ipv6", []byte("1"), 0o644)
+}
+
+// checkSubnetsFree refuses to build when a route other than the lab's own
+// already covers a lab subnet: the lab would capture or leak that traffic.
+func checkSubnetsFree(ctx context.Context) error {
+	out, err := output(ctx, "ip", "-j", "-4", "route", "show", "table", "all")
+	if err != nil {
+		return fmt.Errorf("list routes: %w", err)
+	}
+	var routes []struct {
+		Dst  string `json:"dst"`
+		Dev  string `json:"dev"`
+		Type string `json:"type"`
+	}
+	if err := json.Unmarshal(out, &routes); err != nil {
+		return fmt.Errorf("parse routes: %w", err)
+	}
+	subnets := []netip.Prefix{netip.MustParsePrefix(MgmtSubnet), netip.MustParsePrefix(BizSubnet)}
+	for _, r := range routes {
+		if r.Dst == "" || r.Dst == "default" {
+			continue
+		}
+		dst := r.Dst
+		if !strings.Contains(dst, "/") {
+			dst += "/32"
+		}
+		p, err := netip.ParsePrefix(dst)
+		if err != nil {
+			continue
+		}
+		for _, s := range subnets {
+			if p.Overlaps(s) {
+				return fmt.Errorf("lab subnet %s clashes with route %s dev %s: remove it or pick another machine", s, r.Dst, r.Dev)
+			}
+		}
+	}
+	return nil
+}
+
+func subnetAddr(subnet string, n int) string {
+	p := netip.MustParsePrefix(subnet)
+	a := p.Addr().As4()
+	a[3] = byte(n)
+	return netip.AddrFrom4(a).String()
+}
+
+func joinHostPort(ip string, port int) string {
+	return ip + ":" + strconv.Itoa(port)
+}
+
+func randomUUID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
+}
+
+// run runs a command and folds its output into the error.
+func run(ctx context.Context, name string, args ...string) error {
+	_, err := output(ctx, name, args...)
+	return err
+}
+
+func output(ctx context.Context, name string, args ...string) ([]byte, error) {
+	cmd := exec.CommandContext(ctx, name, args...)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return out, fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
+	}
+	return out, nil
+}

@@ -1,0 +1,329 @@
+package lab
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// testPrefix keeps the test's lab apart from a person's "chime" lab.
+const testPrefix = "chimet"
+
+// requireLab skips when this machine cannot run a lab, but fails in CI,
+// where .ci/run installs and starts everything the lab needs.
+func requireLab(t *testing.T) {
+	t.Helper()
+	if err := Requirements(); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("lab cannot run in CI: %v", err)
+		}
+		t.Skipf("lab needs root, libvirtd and qemu (run `just deps` as root): %v", err)
+	}
+}
+
+func TestNamesMatchOnlyTheirPrefix(t *testing.T) {
+	tests := []struct {
+		prefix, name string
+		kind         string // netns, link or dir
+		want         bool
+	}{
+		{"chime", "chime-hv1", "netns", true},
+		{"chime", "chime-hv12", "netns", true},
+		{"chime", "chimet-hv1", "netns", false},
+		{"chime", "chime-hv", "netns", false},
+		{"chime", "chime-hv1x", "netns", false},
+		{"chime", "chimem0", "link", true},
+		{"chime", "chimeb0", "link", true},
+		{"chime", "chimeh3m", "link", true},
+		{"chime", "chimeh3b", "link", true},
+		{"chime", "chimetm0", "link", false},
+		{"chime", "chimeth1m", "link", false},
+		{"chime", "eth0", "link", false},
+		{"chime", "/tmp/x/chime-hv2/run/libvirt", "dir", true},
+		{"chime", "/tmp/x/chime-hv2/lib/libvirt", "dir", true},
+		{"chime", "/tmp/x/chimet-hv2/run/libvirt", "dir", false},
+		{"chime", "/run/libvirt", "dir", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.prefix+"/"+tt.kind+"/"+tt.name, func(t *testing.T) {
+			n := namesFor(tt.prefix)
+			re := map[string]interface{ MatchString(string) bool }{"netns": n.netns, "link": n.link, "dir": n.dir}[tt.kind]
+			if got := re.MatchString(tt.name); got != tt.want {
+				t.Fatalf("%s %q matches prefix %q: got %v, want %v", tt.kind, tt.name, tt.prefix, got, tt.want)
+			}
+		})
+	}
+}
+
+func TestLayout(t *testing.T) {
+	cfg := Config{Prefix: "chime", Hosts: MaxHosts, Dir: t.TempDir()}
+	if err := cfg.setDefaults(); err != nil {
+		t.Fatal(err)
+	}
+	l := newLab(cfg)
+	mgmt, biz := netip.MustParsePrefix(MgmtSubnet), netip.MustParsePrefix(BizSubnet)
+	seen := map[string]bool{l.MgmtBridgeIP: true, l.BizBridgeIP: true}
+	for _, ip := range l.ServerIPs {
+		if !mgmt.Contains(netip.MustParseAddr(ip)) || seen[ip] {
+			t.Fatalf("server ip %s: outside %s or duplicate", ip, mgmt)
+		}
+		seen[ip] = true
+	}
+	for _, h := range l.Hosts {
+		for _, c := range []struct {
+			ip     string
+			subnet netip.Prefix
+		}{{h.MgmtIP, mgmt}, {h.BizIP, biz}} {
+			if !c.subnet.Contains(netip.MustParseAddr(c.ip)) || seen[c.ip] {
+				t.Fatalf("host %s ip %s: outside %s or duplicate", h.Name, c.ip, c.subnet)
+			}
+			seen[c.ip] = true
+		}
+		for _, ifname := range []string{h.MgmtVeth, h.BizVeth, l.MgmtBridge, l.BizBridge} {
+			if len(ifname) > 15 {
+				t.Fatalf("interface name %q longer than 15", ifname)
+			}
+		}
+		if !strings.HasPrefix(h.LibvirtURI(), "qemu:///system?socket=/") {
+			t.Fatalf("libvirt uri %q is not an absolute socket uri", h.LibvirtURI())
+		}
+	}
+	for _, bad := range []Config{
+		{Prefix: "Chime", Hosts: 1, Dir: "x"},
+		{Prefix: "chimechime", Hosts: 1, Dir: "x"},
+		{Prefix: "chime", Hosts: 0, Dir: "x"},
+		{Prefix: "chime", Hosts: MaxHosts + 1, Dir: "x"},
+		{Prefix: "chime", Hosts: 1},
+	} {
+		if err := bad.setDefaults(); err == nil {
+			t.Errorf("config %+v accepted, want an error", bad)
+		}
+	}
+}
+
+func TestUnescapeMount(t *testing.T) {
+	for in, want := range map[string]string{
+		`/tmp/a\040b/run`: "/tmp/a b/run",
+		`/plain`:          "/plain",
+		`/end\`:           `/end\`,
+	} {
+		if got := unescapeMount(in); got != want {
+			t.Errorf("unescapeMount(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+// TestLab builds a two-host lab and checks what the integration tests rely
+// on: each libvirtd answers (unix socket and TCP), links can be cut and
+// restored, qemu processes are attributed to the right host, a VM
+// live-migrates between hosts, and Down leaves nothing behind.
+func TestLab(t *testing.T) {
+	requireLab(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 15*time.Minute)
+	defer cancel()
+
+	start := time.Now()
+	l, err := Up(ctx, Config{Prefix: testPrefix, Hosts: 2, Dir: t.TempDir(), Log: t.Logf})
+	if err != nil {
+		t.Fatalf("up: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := l.Down(context.Background()); err != nil {
+			t.Errorf("down in cleanup: %v", err)
+		}
+	})
+	t.Logf("lab up in %s (domain type %s)", time.Since(start).Round(time.Millisecond), DomainType())
+	hv1, hv2 := l.Hosts[0], l.Hosts[1]
+
+	t.Run("libvirtd answers on unix socket and tcp", func(t *testing.T) {
+		for _, h := range l.Hosts {
+			for _, uri := range []string{h.LibvirtURI(), h.TCPURI()} {
+				if out, err := output(ctx, "virsh", "-c", uri, "version"); err != nil {
+					t.Errorf("%s: virsh -c %s version: %v", h.Name, uri, err)
+				} else if !strings.Contains(string(out), "QEMU") {
+					t.Errorf("%s: virsh version says %q, want a QEMU hypervisor", h.Name, out)
+				}
+			}
+		}
+	})
+
+	t.Run("hosts have no route out of the lab", func(t *testing.T) {
+		lab := []netip.Prefix{netip.MustParsePrefix(MgmtSubnet), netip.MustParsePrefix(BizSubnet)}
+		for _, h := range l.Hosts {
+			out, err := h.Command(ctx, "ip", "-j", "-4", "route", "show").Output()
+			if err != nil {
+				t.Fatalf("%s routes: %v", h.Name, err)
+			}
+			var routes []struct{ Dst string }
+			if err := json.Unmarshal(out, &routes); err != nil {
+				t.Fatalf("%s routes %q: %v", h.Name, out, err)
+			}
+			for _, r := range routes {
+				p, err := netip.ParsePrefix(r.Dst)
+				if err != nil || !(lab[0].Contains(p.Addr()) || lab[1].Contains(p.Addr())) {
+					t.Errorf("%s has route %q outside the lab subnets", h.Name, r.Dst)
+				}
+			}
+		}
+	})
+
+	t.Run("links cut and restore", func(t *testing.T) {
+		for _, c := range []struct{ network, addr string }{
+			{NetMgmt, hv2.MgmtAddr(LibvirtPort)},
+			{NetBiz, hv2.BizAddr(LibvirtPort)},
+		} {
+			if err := hv1.Reachable(ctx, c.addr, 5*time.Second); err != nil {
+				t.Fatalf("%s before cut: %v", c.network, err)
+			}
+			if err := hv1.SetLink(ctx, c.network, false); err != nil {
+				t.Fatal(err)
+			}
+			if err := hv1.Reachable(ctx, c.addr, 2*time.Second); err == nil {
+				t.Errorf("%s cut: %s still reaches %s", c.network, hv1.Name, c.addr)
+			}
+			if _, err := hv1.Virsh(ctx, "version"); err != nil {
+				t.Errorf("%s cut: unix socket of %s stopped answering: %v", c.network, hv1.Name, err)
+			}
+			if err := hv1.SetLink(ctx, c.network, true); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, ctx, 30*time.Second, c.network+" reachable again", func() (bool, string) {
+				err := hv1.Reachable(ctx, c.addr, 2*time.Second)
+				return err == nil, fmt.Sprint(err)
+			})
+		}
+	})
+
+	uuid := randomUUID()
+	t.Run("domain runs on its host", func(t *testing.T) {
+		xml := testDomainXML("chime-labtest-"+uuid[:8], uuid)
+		path := filepath.Join(t.TempDir(), "domain.xml")
+		if err := os.WriteFile(path, []byte(xml), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := hv1.Virsh(ctx, "define", path); err != nil {
+			t.Fatalf("define: %v", err)
+		}
+		if _, err := hv1.Virsh(ctx, "start", uuid); err != nil {
+			t.Fatalf("start: %v", err)
+		}
+		waitFor(t, ctx, 30*time.Second, "qemu of the vm on "+hv1.Name, func() (bool, string) {
+			p1, err1 := hv1.QemuProcesses(ctx)
+			p2, err2 := hv2.QemuProcesses(ctx)
+			_, on1 := p1[uuid]
+			_, on2 := p2[uuid]
+			return err1 == nil && err2 == nil && on1 && !on2, fmt.Sprintf("hv1 %v (%v), hv2 %v (%v)", p1, err1, p2, err2)
+		})
+	})
+
+	t.Run("live migration", func(t *testing.T) {
+		start := time.Now()
+		if _, err := hv1.Virsh(ctx, "migrate", "--live", "--p2p", "--persistent", "--undefinesource",
+			uuid, hv2.TCPURI(), "--migrateuri", "tcp://"+hv2.MgmtIP); err != nil {
+			t.Fatalf("migrate: %v", err)
+		}
+		t.Logf("live migration %s -> %s took %s (domain type %s)", hv1.Name, hv2.Name, time.Since(start).Round(time.Millisecond), DomainType())
+		waitFor(t, ctx, 30*time.Second, "qemu of the vm only on "+hv2.Name, func() (bool, string) {
+			p1, err1 := hv1.QemuProcesses(ctx)
+			p2, err2 := hv2.QemuProcesses(ctx)
+			_, on1 := p1[uuid]
+			_, on2 := p2[uuid]
+			return err1 == nil && err2 == nil && !on1 && on2, fmt.Sprintf("hv1 %v (%v), hv2 %v (%v)", p1, err1, p2, err2)
+		})
+		if out, err := hv2.Virsh(ctx, "domstate", uuid); err != nil || !strings.Contains(out, "running") {
+			t.Errorf("domstate on %s: %q, %v; want running", hv2.Name, out, err)
+		}
+		if _, err := hv1.Virsh(ctx, "dominfo", uuid); err == nil {
+			t.Errorf("%s still defines the vm after --undefinesource", hv1.Name)
+		}
+	})
+
+	t.Run("libvirtd restart keeps the vm", func(t *testing.T) {
+		before, err := hv2.QemuProcesses(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := hv2.StopLibvirtd(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if hv2.LibvirtdRunning() {
+			t.Fatalf("libvirtd of %s still running after stop", hv2.Name)
+		}
+		if during, err := hv2.QemuProcesses(ctx); err != nil || during[uuid] != before[uuid] {
+			t.Fatalf("qemu while libvirtd is down: %v (%v), want pid %d", during, err, before[uuid])
+		}
+		if err := hv2.StartLibvirtd(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := hv2.Virsh(ctx, "domstate", uuid); err != nil || !strings.Contains(out, "running") {
+			t.Errorf("domstate after libvirtd restart: %q, %v; want running", out, err)
+		}
+	})
+
+	t.Run("kill all powers the host off", func(t *testing.T) {
+		if err := hv2.KillAll(ctx); err != nil {
+			t.Fatal(err)
+		}
+		pids, err := hv2.Pids()
+		if err != nil || len(pids) != 0 {
+			t.Fatalf("processes in %s after KillAll: %v (%v)", hv2.Netns, pids, err)
+		}
+		if err := hv2.StartLibvirtd(ctx); err != nil {
+			t.Fatalf("start libvirtd after power-off: %v", err)
+		}
+		if out, err := hv2.Virsh(ctx, "domstate", uuid); err != nil || strings.Contains(out, "running") {
+			t.Errorf("domstate after power-off: %q, %v; want not running", out, err)
+		}
+	})
+
+	if err := l.Down(ctx); err != nil {
+		t.Fatalf("down: %v", err)
+	}
+	if exists, err := Exists(ctx, testPrefix); err != nil || exists {
+		t.Fatalf("after down: lab exists %v (%v)", exists, err)
+	}
+	if pids, err := orphanPids(namesFor(testPrefix)); err != nil || len(pids) > 0 {
+		t.Fatalf("after down: processes holding lab mounts %v (%v)", pids, err)
+	}
+	if err := Cleanup(ctx, testPrefix); err != nil {
+		t.Fatalf("second cleanup: %v", err)
+	}
+}
+
+func testDomainXML(name, uuid string) string {
+	return fmt.Sprintf(`<domain type='%s'>
+  <name>%s</name>
+  <uuid>%s</uuid>
+  <memory unit='MiB'>64</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64'>hvm</type><boot dev='hd'/></os>
+  <devices>
+    <serial type='pty'/>
+    <console type='pty'/>
+  </devices>
+</domain>
+`, DomainType(), name, uuid)
+}
+
+// waitFor polls cond until it holds or timeout passes, then fails with the
+// last state cond described.
+func waitFor(t *testing.T, ctx context.Context, timeout time.Duration, what string, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		ok, last := cond()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			t.Fatalf("%s: not after %s; last seen: %s", what, timeout, last)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}

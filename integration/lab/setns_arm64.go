@@ -1,0 +1,4 @@
+package lab
+
+// sysSetns is setns(2).
+const sysSetns = 268
