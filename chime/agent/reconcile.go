@@ -189,7 +189,8 @@ func (r *Reconciler) noteEvent(ev hypervisor.Event) bool {
 		r.logger.Info("libvirt reconnected: full reconcile")
 		return true
 	}
-	if ev.Detail == hypervisor.StateCrashed && ev.UUID != "" {
+	crashed := ev.Detail == "crashed" || ev.Reason == "crashed" // "crashed" event, or "stopped" with reason "crashed"
+	if crashed && ev.UUID != "" {
 		at := ev.At
 		if at.IsZero() {
 			at = r.now()
@@ -201,7 +202,7 @@ func (r *Reconciler) noteEvent(ev hypervisor.Event) bool {
 		r.mu.Unlock()
 		r.logger.Info("domain crashed", "vm", ev.UUID)
 	} else {
-		r.logger.Debug("libvirt event", "vm", ev.UUID, "detail", ev.Detail)
+		r.logger.Debug("libvirt event", "vm", ev.UUID, "detail", ev.Detail, "reason", ev.Reason)
 	}
 	return true
 }
@@ -234,9 +235,16 @@ func (r *Reconciler) Pass(ctx context.Context) (PassResult, error) {
 	r.mu.Unlock()
 
 	res := PassResult{Domains: domains, Actions: Plan(in.Desired, domains, opts), Failed: map[int]error{}}
+	destroyFailed := map[string]bool{}
 	for i, a := range res.Actions {
 		if ctx.Err() != nil {
 			break
+		}
+		if a.Kind == ActionUndefineStale && destroyFailed[a.VMID] {
+			// Undefining a running domain would only make it transient:
+			// its qemu would keep running, out of sight of the next List.
+			res.Failed[i] = errors.New("skipped: destroy failed")
+			continue
 		}
 		if res.StaleFailed && (a.Kind == ActionDefine || a.Kind == ActionStart) {
 			// Uniqueness rule 2: nothing starts while a stale copy may still run.
@@ -249,6 +257,7 @@ func (r *Reconciler) Pass(ctx context.Context) (PassResult, error) {
 			r.logger.Error("reconcile step failed", "action", a.Kind, "vm", a.VMID, "name", a.Name, "error", err)
 			if a.Kind == ActionDestroyStale || a.Kind == ActionUndefineStale {
 				res.StaleFailed = true
+				destroyFailed[a.VMID] = a.Kind == ActionDestroyStale
 			}
 		}
 	}
