@@ -43,16 +43,18 @@ const (
 	DefaultSweepInterval = 10 * time.Second
 	DefaultShutdownGrace = 60 * time.Second
 	DefaultBind          = "0.0.0.0"
+	DefaultDataDir       = "/var/lib/chime/agent"
 	socketFile           = "agent.sock"
 	stateFile            = "agent.db"
 )
 
 // DefaultConfig returns the configuration with every default filled in.
-// Name is the host name; DataDir and Servers have no default.
+// Name is the host name; Servers and Advertise have no default.
 func DefaultConfig() Config {
 	name, _ := os.Hostname()
 	return Config{
 		Name:          name,
+		DataDir:       DefaultDataDir,
 		LibvirtURI:    DefaultLibvirtURI,
 		Bind:          DefaultBind,
 		APIPort:       DefaultAPIPort,

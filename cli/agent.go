@@ -1,0 +1,221 @@
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/chime-ha/chime/chime/agent"
+)
+
+// agentCommand is `chime agent`: run the agent on a hypervisor, or, with a
+// subcommand, talk to the running agent through its local unix socket
+// (which works while the management network is down).
+func agentCommand() *cli.Command {
+	def := agent.DefaultConfig()
+	return &cli.Command{
+		Name:  "agent",
+		Usage: "run the agent on a hypervisor, or talk to the local agent",
+		Description: `Without a subcommand, runs the agent: it registers this hypervisor with the servers,
+watches the VMs placed here, keeps libvirt in line with them (defining, starting, restarting
+crashed VMs, stopping, and removing stale copies) and sends heartbeats.
+
+The agent starts no VM before its first successful sync with the servers, and sends no
+heartbeat before it has removed every stale copy of a VM placed elsewhere.
+
+Example:
+  chime agent --name hv1 --data-dir /var/lib/chime/agent --server 10.0.0.1:4650 \
+      --server 10.0.0.2:4650 --advertise 10.0.0.11 --business-interface eth1`,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "name", Value: def.Name, Usage: "node name", EnvVars: []string{"CHIME_NAME"}},
+			&cli.StringFlag{Name: "data-dir", Value: def.DataDir, Usage: "local state directory", EnvVars: []string{"CHIME_DATA_DIR"}},
+			&cli.StringSliceFlag{Name: "server", Usage: "server API address HOST:PORT (repeatable)", EnvVars: []string{"CHIME_SERVERS"}},
+			&cli.StringFlag{Name: "libvirt-uri", Value: def.LibvirtURI, Usage: "libvirt connection URI", EnvVars: []string{"CHIME_LIBVIRT_URI"}},
+			&cli.StringFlag{Name: "bind", Value: def.Bind, Usage: "address the agent API and gossip listen on", EnvVars: []string{"CHIME_BIND"}},
+			&cli.StringFlag{Name: "advertise", Usage: "management address the servers reach this agent at", EnvVars: []string{"CHIME_ADVERTISE"}},
+			&cli.IntFlag{Name: "api-port", Value: def.APIPort, Usage: "agent API port (servers' ping-back)"},
+			&cli.IntFlag{Name: "gossip-port", Value: def.GossipPort, Usage: "memberlist port"},
+			&cli.StringFlag{Name: "business-interface", Usage: "network interface carrying guest traffic", EnvVars: []string{"CHIME_BUSINESS_INTERFACE"}},
+			&cli.StringSliceFlag{Name: "business-probe", Usage: "HOST[:PORT] probed over the business network (repeatable)"},
+			&cli.StringFlag{Name: "migration-addr", Usage: "address for qemu's migration stream (default: --advertise)"},
+			&cli.DurationFlag{Name: "shutdown-grace", Value: def.ShutdownGrace, Usage: "how long a guest may take to shut down before it is destroyed"},
+			&cli.DurationFlag{Name: "sweep-interval", Value: def.SweepInterval, Usage: "period of the full reconcile pass"},
+			&cli.StringFlag{Name: "socket", Usage: "local unix socket (default <data-dir>/agent.sock)", EnvVars: []string{"CHIME_AGENT_SOCKET"}},
+			&cli.StringFlag{Name: "gossip-key", Usage: "base64 gossip encryption key (16, 24 or 32 bytes)", EnvVars: []string{"CHIME_GOSSIP_KEY"}},
+			&cli.StringSliceFlag{Name: "label", Usage: "node label KEY=VALUE (repeatable)"},
+		},
+		Action: runAgent,
+		Subcommands: []*cli.Command{
+			agentStatusCommand(),
+			agentDrainCommand(),
+			agentMigrateCommand(),
+		},
+	}
+}
+
+func runAgent(c *cli.Context) error {
+	if c.NArg() > 0 {
+		return fmt.Errorf("unknown agent subcommand %q (see 'chime agent --help')", c.Args().First())
+	}
+	cfg, err := agentConfig(c)
+	if err != nil {
+		return err
+	}
+	cfg.Logger = newLogger(c, "agent")
+	return agent.Run(c.Context, cfg)
+}
+
+// agentConfig maps the flags onto agent.Config.
+func agentConfig(c *cli.Context) (agent.Config, error) {
+	cfg := agent.DefaultConfig()
+	cfg.Name = c.String("name")
+	cfg.DataDir = c.String("data-dir")
+	cfg.Servers = splitList(c.StringSlice("server"))
+	cfg.LibvirtURI = c.String("libvirt-uri")
+	cfg.Bind = c.String("bind")
+	cfg.Advertise = c.String("advertise")
+	cfg.APIPort = c.Int("api-port")
+	cfg.GossipPort = c.Int("gossip-port")
+	cfg.BusinessInterface = c.String("business-interface")
+	cfg.BusinessProbes = splitList(c.StringSlice("business-probe"))
+	cfg.MigrationAddr = c.String("migration-addr")
+	cfg.ShutdownGrace = c.Duration("shutdown-grace")
+	cfg.SweepInterval = c.Duration("sweep-interval")
+	cfg.Socket = c.String("socket")
+	cfg.GossipKey = c.String("gossip-key")
+	for _, l := range c.StringSlice("label") {
+		k, v, ok := strings.Cut(l, "=")
+		if !ok || k == "" {
+			return cfg, fmt.Errorf("--label: %q is not KEY=VALUE", l)
+		}
+		if cfg.Labels == nil {
+			cfg.Labels = map[string]string{}
+		}
+		cfg.Labels[k] = v
+	}
+	return cfg, cfg.Validate()
+}
+
+func splitList(in []string) []string {
+	var out []string
+	for _, s := range in {
+		for _, p := range strings.Split(s, ",") {
+			if p = strings.TrimSpace(p); p != "" {
+				out = append(out, p)
+			}
+		}
+	}
+	return out
+}
+
+func socketFlag() cli.Flag {
+	return &cli.StringFlag{Name: "socket", Value: filepath.Join(agent.DefaultDataDir, "agent.sock"),
+		Usage: "the local agent's unix socket", EnvVars: []string{"CHIME_AGENT_SOCKET"}}
+}
+
+func agentStatusCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "status",
+		Usage: "show the local agent's view: servers, libvirt, drain flag, VMs",
+		Flags: []cli.Flag{outputFlag(), socketFlag()},
+		Action: func(c *cli.Context) error {
+			o, err := output(c)
+			if err != nil {
+				return err
+			}
+			st, err := agent.LocalStatus(c.Context, c.String("socket"))
+			if err != nil {
+				return err
+			}
+			if o == "json" {
+				return printJSON(st)
+			}
+			return printAgentStatus(st)
+		},
+	}
+}
+
+func printAgentStatus(st *agent.Status) error {
+	servers := "unreachable"
+	if st.Servers.Reachable {
+		servers = "reachable"
+	}
+	if st.Servers.LastError != "" {
+		servers += " (" + st.Servers.LastError + ")"
+	}
+	recon := ago(st.LastReconcile)
+	if st.ReconcileError != "" {
+		recon += " (" + st.ReconcileError + ")"
+	}
+	if err := kv([][2]string{
+		{"Node ID", st.NodeID},
+		{"Name", st.Name},
+		{"Servers", strings.Join(st.Servers.Addrs, ", ")},
+		{"Servers state", servers},
+		{"Last contact", ago(st.Servers.LastContact)},
+		{"Synced", strconv.FormatBool(st.Synced)},
+		{"Libvirt connected", strconv.FormatBool(st.LibvirtConnected)},
+		{"Locally drained", strconv.FormatBool(st.LocalDrained)},
+		{"Last reconcile", recon},
+	}); err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout)
+	rows := make([][]string, 0, len(st.VMs))
+	for _, vm := range st.VMs {
+		state := vm.State
+		if vm.Reason != "" {
+			state += " (" + vm.Reason + ")"
+		}
+		desired := vm.DesiredState
+		if desired == "" {
+			desired = "(not placed here)"
+		}
+		rows = append(rows, []string{short(vm.ID), dash(vm.Name), desired, state, strconv.FormatUint(vm.Generation, 10)})
+	}
+	return table([]string{"ID", "NAME", "DESIRED", "LIBVIRT", "GENERATION"}, rows)
+}
+
+func agentDrainCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "drain",
+		Usage: "stop every VM on this node and keep them stopped (local drain flag)",
+		Flags: []cli.Flag{socketFlag()},
+		Action: func(c *cli.Context) error {
+			if err := agent.NewLocalClient(c.String("socket")).Drain(c.Context); err != nil {
+				return err
+			}
+			fmt.Fprintln(stdout, "node drained locally")
+			return nil
+		},
+	}
+}
+
+func agentMigrateCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "migrate",
+		Usage: "live-migrate VMs to the agent at --dest over --interface's network, without the servers",
+		Flags: []cli.Flag{
+			socketFlag(),
+			&cli.StringFlag{Name: "interface", Usage: "network interface whose network carries the migration", Required: true},
+			&cli.StringFlag{Name: "uuid", Usage: "VM id to migrate"},
+			&cli.BoolFlag{Name: "all", Usage: "migrate every VM of this node"},
+			&cli.StringFlag{Name: "dest", Usage: "IP address of the destination agent on that network", Required: true},
+		},
+		Action: func(c *cli.Context) error {
+			req := agent.MigrateRequest{Interface: c.String("interface"), VMID: c.String("uuid"), All: c.Bool("all"), Dest: c.String("dest")}
+			if (req.VMID == "") == !req.All {
+				return errors.New("give exactly one of --uuid or --all")
+			}
+			if err := agent.NewLocalClient(c.String("socket")).Migrate(c.Context, req); err != nil {
+				return err
+			}
+			fmt.Fprintln(stdout, "migration done")
+			return nil
+		},
+	}
+}
