@@ -210,11 +210,14 @@ func (p *Pool) Ping(ctx context.Context, name string) (time.Duration, error) {
 	if ip == nil {
 		return 0, fmt.Errorf("gossip ping %s: bad address %q", name, m.Addr)
 	}
-	rtt, err := p.ml.Ping(name, &net.UDPAddr{IP: ip, Port: m.Port})
-	if err != nil {
+	// memberlist's own figure starts its clock after the send and can come
+	// out negative on loopback when the ack wins that race; time the whole
+	// call instead.
+	start := time.Now()
+	if _, err := p.ml.Ping(name, &net.UDPAddr{IP: ip, Port: m.Port}); err != nil {
 		return 0, fmt.Errorf("gossip ping %s at %s: %w", name, net.JoinHostPort(m.Addr, strconv.Itoa(m.Port)), err)
 	}
-	return rtt, nil
+	return time.Since(start), nil
 }
 
 // Reachable reports whether memberlist considers the named member alive,

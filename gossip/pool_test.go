@@ -36,7 +36,7 @@ func startPool(t *testing.T, name string, meta map[string]string, edit func(*Con
 		BindAddr: "127.0.0.1",
 		Meta:     meta,
 		Profile:  ProfileFast,
-		Logger:   testLogger(t),
+		Logger:   testLogger(t).Named(name),
 	}
 	if edit != nil {
 		edit(&cfg)
@@ -375,6 +375,11 @@ func TestPing(t *testing.T) {
 	a := startPool(t, "a", nil, nil)
 	b := startPool(t, "b", nil, nil)
 	joinTo(t, b, a)
+	// b's Join returns once b has merged a's state; a merges b's a moment later.
+	eventually(t, converge, "a sees b alive", func() (bool, string) {
+		s, seen := memberState(a, "b")
+		return s == StateAlive, seen
+	})
 	ctx := context.Background()
 
 	rtt, err := a.Ping(ctx, "b")
@@ -571,5 +576,59 @@ func TestStateReaderMatchesMemberlist(t *testing.T) {
 	states := r.states()
 	if len(states) != 1 || states["self"] != memberlist.StateAlive {
 		t.Fatalf("states() = %v, want self alive", states)
+	}
+}
+
+func TestRestartedMemberComesBack(t *testing.T) {
+	a := startPool(t, "a", nil, nil)
+	b := startPool(t, "agent-1", map[string]string{MetaRole: RoleAgent}, nil)
+	joinTo(t, b, a)
+	eventually(t, converge, "a sees agent-1 alive", func() (bool, string) {
+		s, seen := memberState(a, "agent-1")
+		return s == StateAlive, seen
+	})
+	_, portStr, _ := net.SplitHostPort(b.LocalAddr())
+	port, _ := strconv.Atoi(portStr)
+	events, unsubscribe := a.Subscribe()
+	defer unsubscribe()
+
+	if err := b.Shutdown(); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, converge, "a sees agent-1 dead", func() (bool, string) {
+		s, seen := memberState(a, "agent-1")
+		return s == StateDead, seen
+	})
+
+	// Same name and address, as after an agent restart; new metadata.
+	again := startPool(t, "agent-1", map[string]string{MetaRole: RoleAgent, MetaAPI: "127.0.0.1:9"}, func(c *Config) { c.BindPort = port })
+	joinTo(t, again, a)
+	eventually(t, converge, "a sees agent-1 alive again with its new meta", func() (bool, string) {
+		m, ok := a.Member("agent-1")
+		return ok && m.State == StateAlive && m.Meta[MetaAPI] == "127.0.0.1:9" && a.Reachable("agent-1"), fmt.Sprintf("%+v", m)
+	})
+	waitEvent(t, events, EventJoin, "agent-1", converge)
+}
+
+func BenchmarkJoin(b *testing.B) {
+	seed, err := Start(context.Background(), Config{Name: "seed", BindAddr: "127.0.0.1", Profile: ProfileFast})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer seed.Shutdown()
+	ctx := context.Background()
+	b.ResetTimer()
+	for i := range b.N {
+		p, err := Start(ctx, Config{Name: fmt.Sprintf("m%d", i), BindAddr: "127.0.0.1", Profile: ProfileFast})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := p.Join(ctx, []string{seed.LocalAddr()}); err != nil {
+			b.Fatal(err)
+		}
+		if err := p.Leave(time.Second); err != nil {
+			b.Fatal(err)
+		}
+		p.Shutdown()
 	}
 }
