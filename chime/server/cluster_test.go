@@ -1,0 +1,240 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/chime-ha/chime/chime/api"
+)
+
+// freePorts returns n distinct free TCP ports on 127.0.0.1 (also free for
+// UDP in practice; gossip binds both).
+func freePorts(t *testing.T, n int) []int {
+	t.Helper()
+	var ports []int
+	var ls []net.Listener
+	for len(ports) < n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ls = append(ls, l)
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	}
+	for _, l := range ls {
+		l.Close()
+	}
+	return ports
+}
+
+type testCluster struct {
+	t    *testing.T
+	cfgs []Config
+	srv  []*Server
+}
+
+func newTestCluster(t *testing.T, n int) *testCluster {
+	t.Helper()
+	ports := freePorts(t, 3*n)
+	tc := &testCluster{t: t}
+	var joins []string
+	for i := 0; i < n; i++ {
+		joins = append(joins, fmt.Sprintf("127.0.0.1:%d", ports[3*i+2]))
+	}
+	for i := 0; i < n; i++ {
+		cfg := DefaultConfig()
+		cfg.Name = fmt.Sprintf("s%d", i+1)
+		cfg.DataDir = filepath.Join(t.TempDir(), cfg.Name)
+		cfg.APIPort, cfg.RaftPort, cfg.GossipPort = ports[3*i], ports[3*i+1], ports[3*i+2]
+		cfg.BootstrapExpect = n
+		cfg.Join = joins
+		cfg.GossipProfile = "local"
+		cfg.RaftTimeScale = 0.25
+		cfg.HeartbeatEvery = time.Second
+		cfg.Logger = hclog.New(&hclog.LoggerOptions{Name: cfg.Name, Level: hclog.Warn})
+		tc.cfgs = append(tc.cfgs, cfg)
+	}
+	tc.srv = make([]*Server, n)
+	for i := range tc.cfgs {
+		tc.start(i)
+	}
+	t.Cleanup(func() {
+		for _, s := range tc.srv {
+			if s != nil {
+				s.Shutdown()
+			}
+		}
+	})
+	return tc
+}
+
+func (tc *testCluster) start(i int) {
+	tc.t.Helper()
+	s, err := Start(context.Background(), tc.cfgs[i])
+	if err != nil {
+		tc.t.Fatalf("start %s: %v", tc.cfgs[i].Name, err)
+	}
+	tc.srv[i] = s
+}
+
+func (tc *testCluster) client(i int) *api.Client {
+	return api.NewClient(tc.cfgs[i].APIURL())
+}
+
+// leader waits for a leader among the running servers and returns its index.
+func (tc *testCluster) leader(timeout time.Duration) int {
+	tc.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		for i, s := range tc.srv {
+			if s != nil && s.IsLeader() {
+				return i
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	tc.t.Fatalf("no leader within %s", timeout)
+	return -1
+}
+
+func registerNode(t *testing.T, c *api.Client, name string) *api.RegisterResponse {
+	t.Helper()
+	r, err := c.Register(context.Background(), api.RegisterRequest{ID: uuid.NewString(), Name: name, APIAddr: "127.0.0.1:1",
+		VCPUs: 64, MemoryMiB: 1 << 20})
+	if err != nil {
+		t.Fatalf("register %s: %v", name, err)
+	}
+	return r
+}
+
+func TestThreeServerCluster(t *testing.T) {
+	tc := newTestCluster(t, 3)
+	start := time.Now()
+	l := tc.leader(30 * time.Second)
+	t.Logf("leader %s elected %s after start", tc.cfgs[l].Name, time.Since(start).Round(time.Millisecond))
+	ctx := context.Background()
+	registerNode(t, tc.client(0), "hv1")
+
+	// Writes through every server (followers forward to the leader).
+	var acked []string
+	for i := 0; i < 30; i++ {
+		vm, err := tc.client(i%3).CreateVM(ctx, api.CreateVMRequest{Name: fmt.Sprintf("vm-%d", i), VCPUs: 1, Memory: 64})
+		if err != nil {
+			t.Fatalf("create through %s: %v", tc.cfgs[i%3].Name, err)
+		}
+		if vm.NodeID == "" {
+			t.Fatalf("vm %s not placed though a node has room", vm.Name)
+		}
+		acked = append(acked, vm.ID)
+	}
+
+	// Kill the leader; keep writing meanwhile and count only acknowledged writes.
+	killed := l
+	killAt := time.Now()
+	tc.srv[killed].Kill()
+	tc.srv[killed] = nil
+	survivor := (killed + 1) % 3
+	var mu sync.Mutex
+	var failures int
+	var firstOK time.Duration
+	for i := 30; i < 60; i++ {
+		var vm *api.VM
+		var err error
+		for attempt := 0; attempt < 100; attempt++ {
+			cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			vm, err = tc.client(survivor).CreateVM(cctx, api.CreateVMRequest{Name: fmt.Sprintf("vm-%d", i), VCPUs: 1, Memory: 64})
+			cancel()
+			if err == nil || errors.Is(err, api.ErrConflict) {
+				break
+			}
+			mu.Lock()
+			failures++
+			mu.Unlock()
+			time.Sleep(100 * time.Millisecond)
+		}
+		if errors.Is(err, api.ErrConflict) {
+			// The write applied but its answer was lost; it must be there.
+			got, gerr := tc.client(survivor).GetVM(ctx, fmt.Sprintf("vm-%d", i))
+			if gerr != nil {
+				t.Fatalf("vm-%d: conflict on retry but not found: %v", i, gerr)
+			}
+			vm, err = got, nil
+		}
+		if err != nil {
+			t.Fatalf("write after leader kill never succeeded: %v", err)
+		}
+		if firstOK == 0 {
+			firstOK = time.Since(killAt)
+		}
+		acked = append(acked, vm.ID)
+	}
+	nl := tc.leader(30 * time.Second)
+	t.Logf("leader failover: %s → %s; first write acknowledged %s after the kill (%d failed attempts meanwhile)",
+		tc.cfgs[killed].Name, tc.cfgs[nl].Name, firstOK.Round(time.Millisecond), failures)
+
+	// No acknowledged write lost, on every survivor (linearizable reads).
+	for i, s := range tc.srv {
+		if s == nil {
+			continue
+		}
+		waitFor(t, 10*time.Second, func() string {
+			vms, _, err := tc.client(i).ListVMs(ctx, api.QueryOptions{Consistent: true})
+			if err != nil {
+				return err.Error()
+			}
+			have := map[string]bool{}
+			for _, v := range vms {
+				have[v.ID] = true
+			}
+			for _, id := range acked {
+				if !have[id] {
+					return fmt.Sprintf("%s misses acknowledged vm %s (%d listed)", tc.cfgs[i].Name, id, len(vms))
+				}
+			}
+			return ""
+		})
+	}
+
+	// Restart the killed server from its data dir: it catches up.
+	tc.start(killed)
+	want := tc.srv[nl].FSM().Index()
+	waitFor(t, 30*time.Second, func() string {
+		got := tc.srv[killed].FSM().Index()
+		if got < want {
+			return fmt.Sprintf("restarted %s at index %d, leader at %d", tc.cfgs[killed].Name, got, want)
+		}
+		vms, err := tc.srv[killed].FSM().VMs()
+		if err != nil || len(vms) != len(acked) {
+			return fmt.Sprintf("restarted server lists %d VMs, want %d (%v)", len(vms), len(acked), err)
+		}
+		return ""
+	})
+	// And it serves writes again (forwarding).
+	if _, err := tc.client(killed).CreateVM(ctx, api.CreateVMRequest{Name: "after-restart", VCPUs: 1, Memory: 64}); err != nil {
+		t.Fatalf("write through the restarted server: %v", err)
+	}
+}
+
+// waitFor polls fn until it returns "" or the deadline passes; it fails
+// with fn's last answer.
+func waitFor(t *testing.T, timeout time.Duration, fn func() string) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	last := ""
+	for time.Now().Before(deadline) {
+		if last = fn(); last == "" {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("condition not met within %s: %s", timeout, last)
+}

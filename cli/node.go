@@ -1,0 +1,124 @@
+package cli
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/chime-ha/chime/chime/api"
+)
+
+func nodeCommand() *cli.Command {
+	action := func(name, usage string, extra []cli.Flag, body func(c *cli.Context) any) *cli.Command {
+		return &cli.Command{Name: name, Usage: usage, ArgsUsage: "ID", Flags: append(append(clientFlags(), outputFlag()), extra...),
+			Action: func(c *cli.Context) error {
+				if _, err := output(c); err != nil {
+					return err
+				}
+				id, err := oneArg(c, "node ID")
+				if err != nil {
+					return err
+				}
+				var b any
+				if body != nil {
+					b = body(c)
+				}
+				n, err := newClient(c).NodeAction(c.Context, id, name, b)
+				if err != nil {
+					return err
+				}
+				return showNode(c, n)
+			}}
+	}
+	return &cli.Command{
+		Name:        "node",
+		Usage:       "inspect and operate hypervisor nodes",
+		Description: `An ID argument accepts a full uuid, a unique uuid prefix, or the node's name.`,
+		Subcommands: []*cli.Command{
+			{
+				Name: "list", Usage: "list nodes", Flags: append(clientFlags(), outputFlag()),
+				Action: func(c *cli.Context) error {
+					o, err := output(c)
+					if err != nil {
+						return err
+					}
+					cl := newClient(c)
+					nodes, _, err := cl.ListNodes(c.Context, api.QueryOptions{})
+					if err != nil {
+						return err
+					}
+					if o == "json" {
+						return printJSON(nodes)
+					}
+					vms, _, err := cl.ListVMs(c.Context, api.QueryOptions{})
+					if err != nil {
+						return err
+					}
+					count := map[string]int{}
+					for _, v := range vms {
+						count[v.NodeID]++
+					}
+					rows := make([][]string, 0, len(nodes))
+					for _, n := range nodes {
+						rows = append(rows, []string{short(n.ID), n.Name, n.ManagementState, n.MonitorState,
+							fmt.Sprint(count[n.ID]), fmt.Sprint(n.VCPUs), fmt.Sprint(n.MemoryMiB), dash(n.APIAddr), dash(strings.Join(n.Faults, "; "))})
+					}
+					return table([]string{"ID", "NAME", "MANAGEMENT", "MONITOR", "VMS", "VCPUS", "MEMORY_MIB", "AGENT", "FAULTS"}, rows)
+				},
+			},
+			{
+				Name: "show", Usage: "show one node and its VMs", ArgsUsage: "ID", Flags: append(clientFlags(), outputFlag()),
+				Action: func(c *cli.Context) error {
+					if _, err := output(c); err != nil {
+						return err
+					}
+					id, err := oneArg(c, "node ID")
+					if err != nil {
+						return err
+					}
+					n, err := newClient(c).GetNode(c.Context, id)
+					if err != nil {
+						return err
+					}
+					return showNode(c, n)
+				},
+			},
+			action("enable", "allow placement again; VMs still placed here start again", nil, nil),
+			action("disable", "no new VMs; existing ones are managed normally", nil, nil),
+			action("drain", "no new VMs; every VM on the node stopped and kept stopped", nil, nil),
+			action("evacuate", "live-migrate every VM away", nil, nil),
+			action("rebuild", "recreate every VM of a drained node on other nodes",
+				[]cli.Flag{&cli.BoolFlag{Name: "confirm-fenced", Usage: "the operator confirms the node is powered off / fenced"}},
+				func(c *cli.Context) any { return map[string]bool{"confirm_fenced": c.Bool("confirm-fenced")} }),
+			{
+				Name: "remove", Usage: "remove a node that has no VMs placed on it", ArgsUsage: "ID", Flags: clientFlags(),
+				Action: func(c *cli.Context) error {
+					id, err := oneArg(c, "node ID")
+					if err != nil {
+						return err
+					}
+					if err := newClient(c).RemoveNode(c.Context, id); err != nil {
+						return err
+					}
+					fmt.Fprintf(stdout, "node %s removed\n", id)
+					return nil
+				},
+			},
+		},
+	}
+}
+
+func showNode(c *cli.Context, n *api.Node) error {
+	if c.String("output") == "json" {
+		return printJSON(n)
+	}
+	return kv([][2]string{
+		{"ID", n.ID}, {"Name", n.Name}, {"Management", n.ManagementState}, {"Monitor", n.MonitorState},
+		{"Since", n.StateSince.Format("2006-01-02 15:04:05Z07:00")}, {"Faults", dash(strings.Join(n.Faults, "; "))},
+		{"Agent API", dash(n.APIAddr)}, {"Migration URI", dash(n.MigrationURI)},
+		{"Capacity", fmt.Sprintf("%d vCPUs, %d MiB", n.VCPUs, n.MemoryMiB)},
+		{"Drain acknowledged", fmt.Sprint(n.DrainAcked)}, {"Locally drained", fmt.Sprint(n.LocalDrained)},
+		{"Fenced", fmt.Sprint(n.Fenced)}, {"Agent version", dash(n.AgentVersion)},
+	})
+}
