@@ -115,7 +115,7 @@ func (d *Driver) Define(ctx context.Context, spec DomainSpec) error {
 		// its metadata must still say which placement it belongs to now.
 		err = d.call(ctx, "set live metadata", func(lv *libvirt.Libvirt) error {
 			return lv.DomainSetMetadata(dom, int32(libvirt.DomainMetadataElement),
-				libvirt.OptString{metaElement(Meta{VMID: spec.VMID, Generation: spec.Generation})},
+				libvirt.OptString{metaElementBare(Meta{VMID: spec.VMID, Generation: spec.Generation})},
 				libvirt.OptString{metaPrefix}, libvirt.OptString{MetaNamespace}, libvirt.DomainAffectLive)
 		})
 		if err != nil {

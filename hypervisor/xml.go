@@ -144,10 +144,18 @@ func virtioDiskName(i int) string { return "vd" + string(rune('a'+i)) }
 
 // metaElement is the <chime:vm> element as stored inside <metadata>.
 func metaElement(m Meta) string {
+	return "<" + metaPrefix + ":vm xmlns:" + metaPrefix + `="` + MetaNamespace + `"` + metaAttrs(m) + "/>"
+}
+
+// metaElementBare is the element without namespace, the form
+// virDomainSetMetadata wants: libvirt adds the namespace itself.
+func metaElementBare(m Meta) string { return "<vm" + metaAttrs(m) + "/>" }
+
+func metaAttrs(m Meta) string {
 	var b strings.Builder
-	b.WriteString("<" + metaPrefix + ":vm xmlns:" + metaPrefix + `="` + MetaNamespace + `" id="`)
+	b.WriteString(` id="`)
 	_ = xml.EscapeText(&b, []byte(m.VMID))
-	b.WriteString(`" generation="` + strconv.FormatUint(m.Generation, 10) + `"/>`)
+	b.WriteString(`" generation="` + strconv.FormatUint(m.Generation, 10) + `"`)
 	return b.String()
 }
 
