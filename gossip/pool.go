@@ -160,7 +160,7 @@ func (p *Pool) Member(name string) (Member, bool) {
 		return Member{}, false
 	}
 	if r := p.del.reader.Load(); r != nil {
-		if s, ok := r.states()[name]; ok {
+		if s, ok := r.state(name); ok {
 			m.State = stateName(s)
 		}
 	}

@@ -577,6 +577,12 @@ func TestStateReaderMatchesMemberlist(t *testing.T) {
 	if len(states) != 1 || states["self"] != memberlist.StateAlive {
 		t.Fatalf("states() = %v, want self alive", states)
 	}
+	if s, ok := r.state("self"); !ok || s != memberlist.StateAlive {
+		t.Fatalf("state(self) = %v, %v; want alive", s, ok)
+	}
+	if _, ok := r.state("nobody"); ok {
+		t.Fatal("state(nobody) found a node")
+	}
 }
 
 func TestRestartedMemberComesBack(t *testing.T) {

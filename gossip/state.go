@@ -94,6 +94,14 @@ func (r *stateReader) states() map[string]memberlist.NodeStateType {
 	return out
 }
 
+// state returns one node's state, taking memberlist's node lock: never call
+// it from a memberlist callback.
+func (r *stateReader) state(name string) (memberlist.NodeStateType, bool) {
+	r.lock.RLock()
+	defer r.lock.RUnlock()
+	return r.stateLocked(name)
+}
+
 // stateLocked returns one node's state. Only for memberlist callbacks, which
 // run with the node lock already held.
 func (r *stateReader) stateLocked(name string) (memberlist.NodeStateType, bool) {
