@@ -172,7 +172,7 @@ func orphanPids(n names) ([]int, error) {
 	var pids []int
 	for _, pid := range all {
 		var st syscall.Stat_t
-		if syscall.Stat("/proc/"+strconv.Itoa(pid)+"/ns/mnt", &st) != nil || (st.Dev == self.Dev && st.Ino == self.Ino) {
+		if !alive(pid) || syscall.Stat("/proc/"+strconv.Itoa(pid)+"/ns/mnt", &st) != nil || (st.Dev == self.Dev && st.Ino == self.Ino) {
 			continue
 		}
 		mounts, err := readMountinfo("/proc/" + strconv.Itoa(pid) + "/mountinfo")

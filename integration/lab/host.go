@@ -329,7 +329,10 @@ func (h *Host) waitLibvirtd(ctx context.Context) error {
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("libvirtd of %s does not answer on %s: last: %v", h.Name, h.LibvirtURI(), last)
+			start, _ := os.ReadFile(filepath.Join(h.Dir, "start.log"))
+			log, _ := os.ReadFile(filepath.Join(h.LogDir(), "libvirtd.log"))
+			return fmt.Errorf("libvirtd of %s does not answer on %s: last: %v; start.log: %s; libvirtd.log: %s",
+				h.Name, h.LibvirtURI(), last, lastLines(string(start), 5), lastLines(string(log), 5))
 		case <-time.After(200 * time.Millisecond):
 		}
 	}

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -146,6 +147,14 @@ func Requirements() error {
 	if _, err := qemuBinary(); err != nil {
 		errs = append(errs, err)
 	}
+	// libvirtd's qemu driver exits at start without them, even when
+	// qemu.conf runs qemu as root.
+	if _, err := user.Lookup("libvirt-qemu"); err != nil {
+		errs = append(errs, errors.New("user libvirt-qemu missing (scripts/libvirt-up.sh creates it)"))
+	}
+	if _, err := user.LookupGroup("libvirt-qemu"); err != nil {
+		errs = append(errs, errors.New("group libvirt-qemu missing (scripts/libvirt-up.sh creates it)"))
+	}
 	return errors.Join(errs...)
 }
 
@@ -158,9 +167,16 @@ func qemuBinary() (string, error) {
 	return "", errors.New("qemu-system-x86_64 not found")
 }
 
-// DomainType is the libvirt domain type this machine supports: "kvm" when
-// /dev/kvm exists, else "qemu" (TCG).
+// DomainTypeEnv forces DomainType to "qemu" (TCG) on a machine with KVM, so
+// the TCG path can be tested anywhere: CHIME_LAB_DOMAIN_TYPE=qemu.
+const DomainTypeEnv = "CHIME_LAB_DOMAIN_TYPE"
+
+// DomainType is the libvirt domain type to use here: "kvm" when /dev/kvm
+// exists, else "qemu" (TCG); DomainTypeEnv overrides it.
 func DomainType() string {
+	if t := os.Getenv(DomainTypeEnv); t == "kvm" || t == "qemu" {
+		return t
+	}
 	if _, err := os.Stat("/dev/kvm"); err == nil {
 		return "kvm"
 	}

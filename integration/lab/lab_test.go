@@ -296,6 +296,38 @@ func TestLab(t *testing.T) {
 	}
 }
 
+// TestCleanupAfterCrash removes a lab whose namespace was deleted under its
+// running daemons, as a crashed test run can leave it: Cleanup must find
+// the daemons by their mounts alone.
+func TestCleanupAfterCrash(t *testing.T) {
+	requireLab(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
+	defer cancel()
+	const prefix = "chimec"
+	l, err := Up(ctx, Config{Prefix: prefix, Hosts: 1, Dir: t.TempDir(), Log: t.Logf})
+	if err != nil {
+		t.Fatalf("up: %v", err)
+	}
+	t.Cleanup(func() { _ = Cleanup(context.Background(), prefix) })
+	h := l.Hosts[0]
+	if err := run(ctx, "ip", "netns", "delete", h.Netns); err != nil {
+		t.Fatal(err)
+	}
+	orphans, err := orphanPids(namesFor(prefix))
+	if err != nil || len(orphans) == 0 {
+		t.Fatalf("orphaned daemons of %s: %v (%v), want libvirtd and virtlogd", h.Name, orphans, err)
+	}
+	if err := Cleanup(ctx, prefix); err != nil {
+		t.Fatalf("cleanup: %v", err)
+	}
+	if left, err := orphanPids(namesFor(prefix)); err != nil || len(left) > 0 {
+		t.Fatalf("after cleanup: processes holding lab mounts %v (%v)", left, err)
+	}
+	if exists, err := Exists(ctx, prefix); err != nil || exists {
+		t.Fatalf("after cleanup: lab exists %v (%v)", exists, err)
+	}
+}
+
 func testDomainXML(name, uuid string) string {
 	return fmt.Sprintf(`<domain type='%s'>
   <name>%s</name>

@@ -1,0 +1,173 @@
+// Command labctl builds, describes and removes the multi-host KVM lab of
+// package lab by hand: `labctl up --hosts 3 --dir .lab`, `labctl status`,
+// `labctl down`. It writes DIR/lab.json for scripts. Run it as root.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/chime-ha/chime/integration/lab"
+)
+
+const usage = `usage: labctl COMMAND [flags]
+
+commands:
+  up      build a lab (removes leftovers of the same prefix first) and write DIR/lab.json
+  down    kill the lab's processes, delete its namespaces and bridges, remove DIR/lab.json
+  status  show the lab's hosts, addresses and whether each libvirtd answers
+
+flags (every command):
+  --dir DIR        state directory (default .lab)
+  --prefix P       name prefix (default chime; up only, others read lab.json)
+  --hosts N        number of hosts (up only, default 3)
+  -o table|json    output format (status only)
+`
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "labctl:", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string) error {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		fmt.Print(usage)
+		if len(args) == 0 {
+			return errors.New("missing command")
+		}
+		return nil
+	}
+	cmd := args[0]
+	fset := flag.NewFlagSet("labctl "+cmd, flag.ContinueOnError)
+	fset.Usage = func() { fmt.Fprint(os.Stderr, usage) }
+	dir := fset.String("dir", ".lab", "state directory")
+	prefix := fset.String("prefix", lab.DefaultPrefix, "name prefix")
+	hosts := fset.Int("hosts", 3, "number of hosts")
+	format := fset.String("o", "table", "output format: table or json")
+	if err := fset.Parse(args[1:]); err != nil {
+		return err
+	}
+	if fset.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %v", fset.Args())
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	logf := func(format string, args ...any) {
+		fmt.Fprintf(os.Stderr, "%s "+format+"\n", append([]any{time.Now().Format("15:04:05.000")}, args...)...)
+	}
+
+	switch cmd {
+	case "up":
+		ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+		defer cancel()
+		l, err := lab.Up(ctx, lab.Config{Prefix: *prefix, Hosts: *hosts, Dir: *dir, Log: logf})
+		if err != nil {
+			return err
+		}
+		if err := l.WriteState(); err != nil {
+			return err
+		}
+		return printStatus(ctx, l, *format)
+	case "down":
+		ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+		defer cancel()
+		l, err := lab.Load(*dir, logf)
+		if errors.Is(err, fs.ErrNotExist) {
+			// No description: remove whatever carries the prefix.
+			logf("no %s in %s: cleaning up prefix %q", lab.StateFile, *dir, *prefix)
+			return lab.Cleanup(ctx, *prefix)
+		}
+		if err != nil {
+			return err
+		}
+		if err := l.Down(ctx); err != nil {
+			return err
+		}
+		return os.Remove(filepath.Join(*dir, lab.StateFile))
+	case "status":
+		ctx, cancel := context.WithTimeout(ctx, time.Minute)
+		defer cancel()
+		l, err := lab.Load(*dir, nil)
+		if errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("no lab in %s (run `labctl up` or `just lab-up`)", *dir)
+		}
+		if err != nil {
+			return err
+		}
+		return printStatus(ctx, l, *format)
+	default:
+		fmt.Fprint(os.Stderr, usage)
+		return fmt.Errorf("unknown command %q", cmd)
+	}
+}
+
+type hostStatus struct {
+	lab.HostState
+	NetnsOK  bool   `json:"netns_exists"`
+	Libvirtd string `json:"libvirtd"` // "answers", "not running" or the error
+	VMs      int    `json:"qemu_processes"`
+}
+
+func printStatus(ctx context.Context, l *lab.Lab, format string) error {
+	st := l.State()
+	var hosts []hostStatus
+	for i, h := range l.Hosts {
+		hs := hostStatus{HostState: st.Hosts[i], Libvirtd: "not running"}
+		if _, err := os.Stat(h.NetnsPath()); err == nil {
+			hs.NetnsOK = true
+		}
+		if hs.NetnsOK && h.LibvirtdRunning() {
+			vctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			if _, err := h.Virsh(vctx, "version"); err != nil {
+				hs.Libvirtd = err.Error()
+			} else {
+				hs.Libvirtd = "answers"
+			}
+			cancel()
+		}
+		if hs.NetnsOK {
+			if vms, err := h.QemuProcesses(ctx); err == nil {
+				hs.VMs = len(vms)
+			}
+		}
+		hosts = append(hosts, hs)
+	}
+	switch format {
+	case "json":
+		out := struct {
+			lab.State
+			Hosts []hostStatus `json:"hosts"`
+		}{st, hosts}
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(out)
+	case "table":
+		fmt.Printf("lab %q in %s, domain type %s\n", st.Prefix, st.Dir, st.DomainType)
+		fmt.Printf("bridges: %s %s (mgmt), %s %s (biz); server addresses %v\n\n",
+			st.MgmtBridge, st.MgmtBridgeIP, st.BizBridge, st.BizBridgeIP, st.ServerIPs)
+		w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(w, "HOST\tNETNS\tMGMT\tBIZ\tLIBVIRTD\tVMS\tURI")
+		for _, h := range hosts {
+			ns := h.Netns
+			if !h.NetnsOK {
+				ns += " (missing)"
+			}
+			fmt.Fprintf(w, "%s\t%s\t%s/%s\t%s/%s\t%s\t%d\t%s\n", h.Name, ns, h.MgmtIf, h.MgmtIP, h.BizIf, h.BizIP, h.Libvirtd, h.VMs, h.LibvirtURI)
+		}
+		return w.Flush()
+	default:
+		return fmt.Errorf("unknown output format %q (want table or json)", format)
+	}
+}
