@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/chime-ha/chime/chime/api"
+	"github.com/chime-ha/chime/gossip"
 	"github.com/chime-ha/chime/hypervisor"
 	"github.com/hashicorp/go-hclog"
 )
@@ -46,6 +47,9 @@ type Agent struct {
 	lastContact time.Time         // last successful answer from a server
 	contactErr  error             // error of the last request to the servers (nil: it succeeded)
 	apiAddr     net.Addr          // where the agent API listens
+	gossipAddrs []string          // the servers' memberlist addresses, from registration and heartbeats
+
+	pool *gossip.Pool // set by Run before registration
 }
 
 // New opens the agent's local state in cfg.DataDir and wires the reconciler
@@ -159,6 +163,15 @@ func (a *Agent) Run(ctx context.Context) error {
 			_ = hs.Shutdown(sctx)
 		}()
 	}
+	pool, err := a.startGossip(ctx)
+	if err != nil {
+		return fmt.Errorf("--gossip-port: %w", err)
+	}
+	a.pool = pool
+	defer func() {
+		_ = pool.Leave(time.Second)
+		_ = pool.Shutdown()
+	}()
 	a.logger.Info("agent starting", "node_id", a.nodeID, "name", a.cfg.Name, "api", apiLn.Addr().String(), "socket", a.cfg.SocketPath())
 
 	if err := a.register(ctx); err != nil {
@@ -167,7 +180,8 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		return err
 	}
-	wg.Add(3)
+	wg.Add(4)
+	go func() { defer wg.Done(); a.gossipLoop(ctx) }()
 	go func() { defer wg.Done(); a.watchDesired(ctx) }()
 	go func() { defer wg.Done(); _ = a.rec.Run(ctx) }()
 	go func() { defer wg.Done(); a.heartbeatLoop(ctx) }()
@@ -206,18 +220,14 @@ func (a *Agent) registerOnce(ctx context.Context) error {
 		return err
 	}
 	adv := a.cfg.AdvertiseAddr()
-	apiPort := a.cfg.APIPort
-	if addr, ok := a.APIAddr().(*net.TCPAddr); ok && addr != nil {
-		apiPort = addr.Port
-	}
 	migAddr := a.cfg.MigrationAddr
 	if migAddr == "" {
 		migAddr = adv
 	}
 	req := api.RegisterRequest{
 		ID: a.nodeID, Name: a.cfg.Name, Secret: secret,
-		APIAddr:           net.JoinHostPort(adv, strconv.Itoa(apiPort)),
-		GossipAddr:        net.JoinHostPort(adv, strconv.Itoa(a.cfg.GossipPort)),
+		APIAddr:           a.apiAdvertised(),
+		GossipAddr:        a.gossipAdvertised(),
 		MigrationURI:      "qemu+tcp://" + hostForURI(adv) + "/system",
 		MigrationAddr:     migAddr,
 		BusinessInterface: a.cfg.BusinessInterface,
@@ -242,6 +252,7 @@ func (a *Agent) registerOnce(ctx context.Context) error {
 	}
 	a.client.Node, a.client.Secret = a.nodeID, secret
 	a.setTiming(resp.Timing)
+	a.setGossipAddrs(resp.GossipAddrs)
 	a.logger.Info("registered", "node_id", a.nodeID, "vcpus", vcpus, "memory_mib", mem,
 		"heartbeat_interval", a.heartbeatInterval().String())
 	return nil
@@ -374,6 +385,7 @@ func (a *Agent) sendHeartbeat(ctx context.Context) error {
 		return err
 	}
 	a.setTiming(resp.Timing)
+	a.setGossipAddrs(resp.GossipAddrs)
 	if len(hb.Migrations) > 0 {
 		if err := a.store.AckMigrations(lastMig); err != nil {
 			return fmt.Errorf("ack local migrations: %w", err)

@@ -283,7 +283,7 @@ func testConfig(t *testing.T, servers ...string) Config {
 	dir := t.TempDir()
 	cfg := DefaultConfig()
 	cfg.Name, cfg.DataDir, cfg.Servers = "hv1", dir, servers
-	cfg.Bind, cfg.Advertise, cfg.APIPort = "127.0.0.1", "127.0.0.1", 0
+	cfg.Bind, cfg.Advertise, cfg.APIPort, cfg.GossipPort = "127.0.0.1", "127.0.0.1", 0, 0
 	cfg.SweepInterval = 50 * time.Millisecond
 	// Unix socket paths are limited to ~108 bytes; TempDir may be long.
 	sockDir, err := os.MkdirTemp("", "chime-agent-")

@@ -1,0 +1,87 @@
+package agent
+
+import (
+	"context"
+	"net"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/chime-ha/chime/gossip"
+)
+
+// gossipRejoinInterval is how often a lonely pool retries joining the servers.
+const gossipRejoinInterval = 5 * time.Second
+
+// startGossip joins nobody yet: the servers' gossip addresses come with the
+// registration answer. Gossip is a hint for the servers' ping-back; nothing
+// the agent decides depends on it.
+func (a *Agent) startGossip(ctx context.Context) (*gossip.Pool, error) {
+	key, err := gossip.ParseKey(a.cfg.GossipKey)
+	if err != nil {
+		return nil, err
+	}
+	bind := a.cfg.Bind
+	if bind == "" {
+		bind = DefaultBind
+	}
+	return gossip.Start(ctx, gossip.Config{
+		Name:          a.nodeID,
+		BindAddr:      bind,
+		BindPort:      a.cfg.GossipPort,
+		AdvertiseAddr: a.cfg.AdvertiseAddr(),
+		Key:           key,
+		Meta:          map[string]string{gossip.MetaRole: gossip.RoleAgent, gossip.MetaAPI: a.apiAdvertised()},
+		Logger:        a.logger,
+	})
+}
+
+// gossipAdvertised is the host:port the servers reach this agent's gossip at.
+func (a *Agent) gossipAdvertised() string {
+	port := a.cfg.GossipPort
+	if a.pool != nil {
+		if _, p, err := net.SplitHostPort(a.pool.LocalAddr()); err == nil {
+			port, _ = strconv.Atoi(p)
+		}
+	}
+	return net.JoinHostPort(a.cfg.AdvertiseAddr(), strconv.Itoa(port))
+}
+
+// apiAdvertised is the host:port the servers ping this agent's API at.
+func (a *Agent) apiAdvertised() string {
+	port := a.cfg.APIPort
+	if addr, ok := a.APIAddr().(*net.TCPAddr); ok && addr != nil {
+		port = addr.Port
+	}
+	return net.JoinHostPort(a.cfg.AdvertiseAddr(), strconv.Itoa(port))
+}
+
+func (a *Agent) setGossipAddrs(addrs []string) {
+	if len(addrs) == 0 {
+		return
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.gossipAddrs = slices.Clone(addrs)
+}
+
+// gossipLoop joins the servers' pool and joins again whenever this member
+// finds itself alone (after a partition, or when the servers restarted).
+func (a *Agent) gossipLoop(ctx context.Context) {
+	log := a.logger.Named("gossip")
+	for {
+		a.mu.Lock()
+		addrs := slices.Clone(a.gossipAddrs)
+		a.mu.Unlock()
+		if len(addrs) > 0 && a.pool.NumMembers() <= 1 {
+			if n, err := a.pool.Join(ctx, addrs); err != nil {
+				log.Warn("cannot join the servers' gossip pool", "error", err)
+			} else {
+				log.Info("joined gossip pool", "reached", n)
+			}
+		}
+		if !sleepCtx(ctx, gossipRejoinInterval) {
+			return
+		}
+	}
+}
