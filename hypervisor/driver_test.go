@@ -620,3 +620,46 @@ func TestEmitDropsOldest(t *testing.T) {
 		}
 	}
 }
+
+// TestDriverMigrateFailsCleanly cannot migrate for real (one libvirtd; the
+// multi-host lab in integration/ does). It checks that libvirtd accepts the
+// call as encoded, reports its refusal as an error, and that the domain keeps
+// running here with its metadata.
+func TestDriverMigrateFailsCleanly(t *testing.T) {
+	d := openDriver(t, "")
+	ctx := context.Background()
+	spec := newSpec(t, d)
+	id := spec.VMID
+	if err := d.Define(ctx, spec); err != nil {
+		t.Fatalf("Define: %v", err)
+	}
+	if err := d.Start(ctx, id); err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	waitDomain(t, d, id, "running", func(dom *Domain) bool { return dom.State == StateRunning })
+
+	tests := []struct {
+		name, destURI, migrateURI string
+	}{
+		{"missing migrate uri", "qemu+tcp://127.0.0.1/system", ""},
+		{"missing dest uri", "", "tcp://127.0.0.1"},
+		{"same host", DefaultURI, "tcp://127.0.0.1"},
+		{"nobody listening", "qemu+tcp://127.0.0.1:1/system", "tcp://127.0.0.1:1"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := d.Migrate(ctx, id, tt.destURI, tt.migrateURI)
+			if err == nil {
+				t.Fatalf("Migrate(%q, %q) succeeded, want an error", tt.destURI, tt.migrateURI)
+			}
+			if errors.Is(err, ErrDisconnected) || !d.Connected() {
+				t.Fatalf("Migrate(%q, %q) = %v, connected %v: a refusal must not break the connection", tt.destURI, tt.migrateURI, err, d.Connected())
+			}
+			t.Logf("Migrate(%q, %q): %v", tt.destURI, tt.migrateURI, err)
+			got, err := d.Get(ctx, id)
+			if err != nil || got.State != StateRunning || got.Meta == nil || got.Meta.VMID != id {
+				t.Fatalf("after failed Migrate: %+v (err %v), want still running here with metadata", got, err)
+			}
+		})
+	}
+}
