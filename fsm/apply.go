@@ -228,9 +228,12 @@ func (a *applier) registerNode(p RegisterNode) (string, error) {
 	}
 	if !exists {
 		n = api.Node{ID: in.ID, CreateIndex: a.index, ManagementState: api.NodeEnabled,
-			MonitorState: api.MonitorNormal, StateSince: a.now, SecretHash: p.SecretHash}
-	} else if p.Rotate {
-		n.SecretHash = p.SecretHash
+			MonitorState: api.MonitorNormal, StateSince: a.now}
+	}
+	if !exists || p.Rotate {
+		if err := a.tx.Bucket(bucketSecrets).Put([]byte(in.ID), []byte(p.SecretHash)); err != nil {
+			return "", err
+		}
 	}
 	if exists && n.Name != in.Name {
 		if err := names.Delete([]byte(n.Name)); err != nil {
@@ -371,6 +374,9 @@ func (a *applier) removeNode(p RemoveNode) (string, error) {
 		return "", err
 	}
 	if err := a.tx.Bucket(bucketNodeNames).Delete([]byte(n.Name)); err != nil {
+		return "", err
+	}
+	if err := a.tx.Bucket(bucketSecrets).Delete([]byte(n.ID)); err != nil {
 		return "", err
 	}
 	if err := a.touchNode(n.ID); err != nil {

@@ -31,9 +31,10 @@ var (
 	bucketRequests  = []byte("requests")      // request id → applyRecord JSON
 	bucketReqOrder  = []byte("request_order") // index (big endian) → request id, to prune
 	bucketMeta      = []byte("meta")          // "index", "event_seq"
+	bucketSecrets   = []byte("node_secrets")  // node id → sha256 hex of its agent's secret (never served)
 
 	allBuckets = [][]byte{bucketNodes, bucketNodeNames, bucketVMs, bucketVMNames, bucketVMsByNode,
-		bucketNodeIndex, bucketTasks, bucketEvents, bucketRequests, bucketReqOrder, bucketMeta}
+		bucketNodeIndex, bucketTasks, bucketEvents, bucketRequests, bucketReqOrder, bucketMeta, bucketSecrets}
 )
 
 // Retention limits keep the state file bounded.

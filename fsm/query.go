@@ -288,3 +288,13 @@ func (f *FSM) Dump() (map[string]map[string]string, error) {
 	})
 	return out, err
 }
+
+// NodeSecretHash returns the stored hash of a node's agent secret ("" if none).
+func (f *FSM) NodeSecretHash(nodeID string) string {
+	var h string
+	_ = f.view(func(tx *bolt.Tx) error {
+		h = string(tx.Bucket(bucketSecrets).Get([]byte(nodeID)))
+		return nil
+	})
+	return h
+}

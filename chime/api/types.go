@@ -53,7 +53,6 @@ type Node struct {
 	DrainAcked      bool      `json:"drain_acked"`   // the agent reported every VM stopped after a server drain
 	Fenced          bool      `json:"fenced"`        // an operator or fence command confirmed the node runs nothing
 
-	SecretHash  string `json:"-"` // sha256 hex of the node secret, never shown
 	CreateIndex uint64 `json:"create_index"`
 	ModifyIndex uint64 `json:"modify_index"`
 }

@@ -33,7 +33,7 @@ func (s *Server) authenticate(r *http.Request) (*api.Node, error) {
 	if err != nil {
 		return nil, &api.Error{Status: http.StatusUnauthorized, Field: "node_id", Message: "unknown node " + id + ": register first"}
 	}
-	if subtle.ConstantTimeCompare([]byte(hashSecret(secret)), []byte(n.SecretHash)) != 1 {
+	if subtle.ConstantTimeCompare([]byte(hashSecret(secret)), []byte(s.fsm.NodeSecretHash(n.ID))) != 1 {
 		return nil, api.Forbidden("node %s: wrong secret", id)
 	}
 	return n, nil
@@ -65,7 +65,7 @@ func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request) (any, er
 	secret := newSecret()
 	rotate := false
 	if existing, err := s.fsm.Node(req.ID); err == nil {
-		if req.Secret == "" || subtle.ConstantTimeCompare([]byte(hashSecret(req.Secret)), []byte(existing.SecretHash)) != 1 {
+		if req.Secret == "" || subtle.ConstantTimeCompare([]byte(hashSecret(req.Secret)), []byte(s.fsm.NodeSecretHash(existing.ID))) != 1 {
 			return nil, api.Forbidden("node %s is registered already: its agent must present its secret (remove the node first to register it anew)", req.ID)
 		}
 		secret = req.Secret

@@ -1,0 +1,220 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/chime-ha/chime/chime/api"
+)
+
+func devServer(t *testing.T) (*Server, string) {
+	t.Helper()
+	ports := freePorts(t, 3)
+	cfg := DefaultConfig()
+	cfg.Dev, cfg.Name, cfg.DataDir = true, "dev", filepath.Join(t.TempDir(), "dev")
+	cfg.APIPort, cfg.RaftPort, cfg.GossipPort = ports[0], ports[1], ports[2]
+	cfg.GossipProfile, cfg.RaftTimeScale = "local", 0.25
+	cfg.Logger = hclog.New(&hclog.LoggerOptions{Level: hclog.Warn})
+	s, err := Start(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Shutdown() })
+	deadline := time.Now().Add(20 * time.Second)
+	for !s.IsLeader() {
+		if time.Now().After(deadline) {
+			t.Fatal("dev server did not become leader")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// Wait for the leader loop's barrier so writes are accepted.
+	if err := s.raft.Barrier(10 * time.Second).Error(); err != nil {
+		t.Fatal(err)
+	}
+	return s, cfg.APIURL()
+}
+
+func TestBadInputIsRefusedAndChangesNothing(t *testing.T) {
+	s, base := devServer(t)
+	c := api.NewClient(base)
+	ctx := context.Background()
+	registerNode(t, c, "hv1")
+	if _, err := c.CreateVM(ctx, api.CreateVMRequest{Name: "web", VCPUs: 1, Memory: 64}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.CreateVM(ctx, api.CreateVMRequest{Name: "webby", VCPUs: 1, Memory: 64}); err != nil {
+		t.Fatal(err)
+	}
+	big := `{"name":"x","vcpus":1,"memory_mib":64,"labels":{"k":"` + strings.Repeat("a", api.MaxBodyBytes) + `"}}`
+	tests := []struct {
+		name, method, path, body string
+		status                   int
+		field                    string
+	}{
+		{"malformed json", "POST", "/v1/vms", `{"name":`, 400, "body"},
+		{"empty body", "POST", "/v1/vms", ``, 400, "body"},
+		{"unknown field", "POST", "/v1/vms", `{"name":"a","vcpus":1,"memory_mib":64,"colour":"red"}`, 400, "colour"},
+		{"wrong type", "POST", "/v1/vms", `{"name":"a","vcpus":"one","memory_mib":64}`, 400, "vcpus"},
+		{"trailing data", "POST", "/v1/vms", `{"name":"a","vcpus":1,"memory_mib":64} {}`, 400, "body"},
+		{"oversized body", "POST", "/v1/vms", big, 413, "body"},
+		{"bad name", "POST", "/v1/vms", `{"name":"Web_1","vcpus":1,"memory_mib":64}`, 400, "name"},
+		{"long name", "POST", "/v1/vms", `{"name":"` + strings.Repeat("a", 64) + `","vcpus":1,"memory_mib":64}`, 400, "name"},
+		{"zero vcpus", "POST", "/v1/vms", `{"name":"a","vcpus":0,"memory_mib":64}`, 400, "vcpus"},
+		{"too many vcpus", "POST", "/v1/vms", `{"name":"a","vcpus":257,"memory_mib":64}`, 400, "vcpus"},
+		{"too little memory", "POST", "/v1/vms", `{"name":"a","vcpus":1,"memory_mib":15}`, 400, "memory_mib"},
+		{"relative disk", "POST", "/v1/vms", `{"name":"a","vcpus":1,"memory_mib":64,"disks":["disk.img"]}`, 400, "disks"},
+		{"duplicate name", "POST", "/v1/vms", `{"name":"web","vcpus":1,"memory_mib":64}`, 409, "name"},
+		{"unknown vm", "GET", "/v1/vms/nope", ``, 404, "vm"},
+		{"ambiguous prefix", "POST", "/v1/vms/w/stop", ``, 404, "vm"},
+		{"unknown action", "POST", "/v1/vms/web/explode", ``, 404, "action"},
+		{"body on stop", "POST", "/v1/vms/web/stop", `{"force":true}`, 400, "force"},
+		{"unknown node", "POST", "/v1/nodes/nope/drain", ``, 404, "node"},
+		{"bad blocking index", "GET", "/v1/vms?index=abc", ``, 400, "index"},
+		{"bad wait", "GET", "/v1/vms?index=1&wait=forever", ``, 400, "wait"},
+		{"register bad id", "POST", "/v1/agent/register", `{"id":"x","name":"hv2","api_addr":"a","vcpus":1,"memory_mib":64}`, 400, "id"},
+		{"heartbeat without credentials", "POST", "/v1/agent/heartbeat", `{}`, 401, ""},
+		{"unknown endpoint", "GET", "/v1/nothing", ``, 404, "path"},
+	}
+	before, _ := s.fsm.VMs()
+	beforeNodes, _ := s.fsm.Nodes()
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			req, _ := http.NewRequest(tt.method, base+tt.path, bytes.NewReader([]byte(tt.body)))
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			data, _ := io.ReadAll(resp.Body)
+			if resp.StatusCode != tt.status {
+				t.Fatalf("status %d, want %d: %s", resp.StatusCode, tt.status, data)
+			}
+			var e api.Error
+			if err := json.Unmarshal(data, &e); err != nil || e.Message == "" {
+				t.Fatalf("body is not a JSON error: %q", data)
+			}
+			if e.Field != tt.field {
+				t.Fatalf("field %q, want %q (%s)", e.Field, tt.field, e.Message)
+			}
+		})
+	}
+	after, _ := s.fsm.VMs()
+	afterNodes, _ := s.fsm.Nodes()
+	if !reflect.DeepEqual(before, after) || !reflect.DeepEqual(beforeNodes, afterNodes) {
+		t.Fatalf("refused requests changed the state")
+	}
+}
+
+func TestAmbiguousPrefixNamesTheProblem(t *testing.T) {
+	_, base := devServer(t)
+	c := api.NewClient(base)
+	ctx := context.Background()
+	// Create until two ids share a first character, then ask by it.
+	seen := map[byte]bool{}
+	var prefix string
+	for i := 0; i < 40 && prefix == ""; i++ {
+		vm, err := c.CreateVM(ctx, api.CreateVMRequest{Name: fmt.Sprintf("v%d", i), VCPUs: 1, Memory: 64})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if seen[vm.ID[0]] {
+			prefix = vm.ID[:1]
+		}
+		seen[vm.ID[0]] = true
+	}
+	_, err := c.GetVM(ctx, prefix)
+	if err == nil || !strings.Contains(err.Error(), "ambiguous") || api.StatusOf(err) != 400 {
+		t.Fatalf("GetVM(%q) = %v, want a 400 naming the ambiguity", prefix, err)
+	}
+}
+
+func TestPendingVMIsPlacedWhenCapacityAppears(t *testing.T) {
+	_, base := devServer(t)
+	c := api.NewClient(base)
+	ctx := context.Background()
+	vm, err := c.CreateVM(ctx, api.CreateVMRequest{Name: "waiting", VCPUs: 2, Memory: 128})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if vm.State != api.StatePending || vm.NodeID != "" {
+		t.Fatalf("vm without nodes: state %q node %q, want pending", vm.State, vm.NodeID)
+	}
+	r := registerNode(t, c, "hv1")
+	waitFor(t, 15*time.Second, func() string {
+		got, err := c.GetVM(ctx, "waiting")
+		if err != nil {
+			return err.Error()
+		}
+		if got.NodeID != r.NodeID {
+			return fmt.Sprintf("vm on %q state %s", got.NodeID, got.State)
+		}
+		return ""
+	})
+}
+
+func TestAgentEndpointsAuthenticate(t *testing.T) {
+	_, base := devServer(t)
+	c := api.NewClient(base)
+	ctx := context.Background()
+	r := registerNode(t, c, "hv1")
+	// Re-registering the same id without the secret is refused.
+	_, err := c.Register(ctx, api.RegisterRequest{ID: r.NodeID, Name: "hv1", APIAddr: "x:1", VCPUs: 1, MemoryMiB: 64})
+	if api.StatusOf(err) != http.StatusForbidden {
+		t.Fatalf("re-register without secret: %v, want 403", err)
+	}
+	// With the secret it keeps the same secret.
+	r2, err := c.Register(ctx, api.RegisterRequest{ID: r.NodeID, Name: "hv1", Secret: r.Secret, APIAddr: "x:1", VCPUs: 64, MemoryMiB: 1 << 20})
+	if err != nil || r2.Secret != r.Secret {
+		t.Fatalf("re-register with secret: %v", err)
+	}
+	agent := api.NewClient(base)
+	agent.Node, agent.Secret = r.NodeID, "wrong"
+	if _, err := agent.Heartbeat(ctx, api.HeartbeatRequest{NodeID: r.NodeID}); api.StatusOf(err) != http.StatusForbidden {
+		t.Fatalf("heartbeat with a wrong secret: %v, want 403", err)
+	}
+	other := registerNode(t, c, "hv2")
+	agent.Secret = r.Secret
+	if _, err := agent.Heartbeat(ctx, api.HeartbeatRequest{NodeID: other.NodeID}); api.StatusOf(err) != http.StatusForbidden {
+		t.Fatalf("heartbeat for another node: %v, want 403", err)
+	}
+	// Desired state: blocking query wakes on a placement for this node.
+	d, err := agent.Desired(ctx, api.QueryOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan *api.DesiredState, 1)
+	go func() {
+		got, _ := agent.Desired(ctx, api.QueryOptions{Index: d.Index, Wait: 20 * time.Second})
+		done <- got
+	}()
+	time.Sleep(200 * time.Millisecond)
+	// Nodes are spread over: create VMs until one lands on hv1.
+	for i := 0; i < 4; i++ {
+		if _, err := c.CreateVM(ctx, api.CreateVMRequest{Name: fmt.Sprintf("w%d", i), VCPUs: 1, Memory: 64}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	select {
+	case got := <-done:
+		if got == nil || got.Index <= d.Index || len(got.VMs) == 0 {
+			vms, _, _ := c.ListVMs(ctx, api.QueryOptions{})
+			for _, v := range vms {
+				t.Logf("vm %s on %s", v.Name, v.NodeID)
+			}
+			t.Fatalf("blocking desired query (node %s, hv2 %s) woke with %+v", r.NodeID, other.NodeID, got)
+		}
+	case <-time.After(25 * time.Second):
+		t.Fatal("blocking desired query did not wake")
+	}
+}
