@@ -33,8 +33,8 @@ func vmCommand() *cli.Command {
 		}
 	}
 	return &cli.Command{
-		Name:  "vm",
-		Usage: "create, inspect and operate virtual machines",
+		Name:        "vm",
+		Usage:       "create, inspect and operate virtual machines",
 		Description: `An ID argument accepts a full uuid, a unique uuid prefix, or the VM's name.`,
 		Subcommands: []*cli.Command{
 			{
