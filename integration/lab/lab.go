@@ -15,14 +15,24 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
 
-// The lab's subnets. The root namespace owns both through its bridges, so
-// traffic to these addresses stays on the machine.
+// A lab's subnets are 10.231.X.0/24 (management: agents, servers,
+// migration) and 10.232.X.0/24 (business: guest traffic probes), with the
+// lowest X that no route of the machine covers yet: the first lab gets
+// X = 0, a second lab running at the same time (another test package) the
+// next. The root namespace owns both subnets through its bridges, so traffic
+// to these addresses stays on the machine.
 const (
-	MgmtSubnet = "10.231.0.0/24" // management network: agents, servers, migration
-	BizSubnet  = "10.232.0.0/24" // business network: guest traffic probes
+	mgmtOctet  = 231
+	bizOctet   = 232
+	maxSubnets = 64
+
+	// subnetLock serialises subnet choice and bridge creation between
+	// processes building labs at the same time.
+	subnetLock = "/run/chime-lab.lock"
 
 	// LibvirtPort is the TCP port every host's libvirtd listens on
 	// (qemu+tcp, no auth: lab only).
@@ -77,13 +87,15 @@ type Config struct {
 type Lab struct {
 	Cfg   Config
 	Hosts []*Host
+	// MgmtSubnet and BizSubnet are the lab's networks ("10.231.0.0/24").
+	MgmtSubnet, BizSubnet string
 	// MgmtBridge and BizBridge are the bridge names in the root namespace.
 	MgmtBridge, BizBridge string
 	// MgmtBridgeIP and BizBridgeIP are the root namespace's addresses on
-	// the bridges (10.231.0.1, 10.232.0.1).
+	// the bridges (10.231.X.1, 10.232.X.1).
 	MgmtBridgeIP, BizBridgeIP string
 	// ServerIPs are extra root-namespace addresses on the management bridge
-	// for up to three chime servers (10.231.0.2-4).
+	// for up to three chime servers (10.231.X.2-4).
 	ServerIPs []string
 }
 
@@ -197,10 +209,10 @@ func Up(ctx context.Context, cfg Config) (*Lab, error) {
 	if err := Cleanup(ctx, cfg.Prefix); err != nil {
 		return nil, fmt.Errorf("clean leftovers of lab %q: %w", cfg.Prefix, err)
 	}
-	if err := checkSubnetsFree(ctx); err != nil {
+	l, err := createBridges(ctx, cfg)
+	if err != nil {
 		return nil, err
 	}
-	l := newLab(cfg)
 	if err := l.build(ctx); err != nil {
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
 		defer cancel()
@@ -212,17 +224,21 @@ func Up(ctx context.Context, cfg Config) (*Lab, error) {
 	return l, nil
 }
 
-// newLab lays out names and addresses; it creates nothing.
-func newLab(cfg Config) *Lab {
+// newLab lays out names and addresses in the subnets of index x; it creates
+// nothing.
+func newLab(cfg Config, x int) *Lab {
+	mgmt, biz := labSubnet(mgmtOctet, x), labSubnet(bizOctet, x)
 	l := &Lab{
 		Cfg:          cfg,
+		MgmtSubnet:   mgmt.String(),
+		BizSubnet:    biz.String(),
 		MgmtBridge:   cfg.Prefix + "m0",
 		BizBridge:    cfg.Prefix + "b0",
-		MgmtBridgeIP: subnetAddr(MgmtSubnet, 1),
-		BizBridgeIP:  subnetAddr(BizSubnet, 1),
+		MgmtBridgeIP: subnetAddr(mgmt, 1),
+		BizBridgeIP:  subnetAddr(biz, 1),
 	}
 	for i := 0; i < MaxServers; i++ {
-		l.ServerIPs = append(l.ServerIPs, subnetAddr(MgmtSubnet, 2+i))
+		l.ServerIPs = append(l.ServerIPs, subnetAddr(mgmt, 2+i))
 	}
 	for n := 1; n <= cfg.Hosts; n++ {
 		name := "hv" + strconv.Itoa(n)
@@ -230,8 +246,8 @@ func newLab(cfg Config) *Lab {
 		l.Hosts = append(l.Hosts, &Host{
 			Name:     name,
 			Netns:    netns,
-			MgmtIP:   subnetAddr(MgmtSubnet, 10+n),
-			BizIP:    subnetAddr(BizSubnet, 10+n),
+			MgmtIP:   subnetAddr(mgmt, 10+n),
+			BizIP:    subnetAddr(biz, 10+n),
 			MgmtIf:   mgmtIf,
 			BizIf:    bizIf,
 			MgmtVeth: fmt.Sprintf("%sh%dm", cfg.Prefix, n),
@@ -246,16 +262,42 @@ func newLab(cfg Config) *Lab {
 	return l
 }
 
+// createBridges picks the lab's subnets and creates its two bridges, under a
+// lock so that two labs built at once never pick the same subnets. On error
+// it returns the lab laid out so far (nil if none) for the caller to tear
+// down.
+func createBridges(ctx context.Context, cfg Config) (*Lab, error) {
+	f, err := os.OpenFile(subnetLock, os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("lab lock: %w", err)
+	}
+	defer f.Close()
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		return nil, fmt.Errorf("lab lock: %w", err)
+	}
+	defer syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+
+	x, err := freeSubnets(ctx)
+	if err != nil {
+		return nil, err
+	}
+	l := newLab(cfg, x)
+	cfg.Log("lab %s: bridges %s (%s) and %s (%s)", cfg.Prefix, l.MgmtBridge, l.MgmtSubnet, l.BizBridge, l.BizSubnet)
+	mgmtAddrs := append([]string{l.MgmtBridgeIP}, l.ServerIPs...)
+	err = addBridge(ctx, l.MgmtBridge, mgmtAddrs)
+	if err == nil {
+		err = addBridge(ctx, l.BizBridge, []string{l.BizBridgeIP})
+	}
+	if err != nil {
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+		defer cancel()
+		return nil, errors.Join(err, Cleanup(cctx, cfg.Prefix))
+	}
+	return l, nil
+}
+
 func (l *Lab) build(ctx context.Context) error {
 	log := l.Cfg.Log
-	log("lab %s: bridges %s (%s) and %s (%s)", l.Cfg.Prefix, l.MgmtBridge, l.MgmtBridgeIP, l.BizBridge, l.BizBridgeIP)
-	mgmtAddrs := append([]string{l.MgmtBridgeIP}, l.ServerIPs...)
-	if err := addBridge(ctx, l.MgmtBridge, mgmtAddrs); err != nil {
-		return err
-	}
-	if err := addBridge(ctx, l.BizBridge, []string{l.BizBridgeIP}); err != nil {
-		return err
-	}
 	for _, h := range l.Hosts {
 		log("lab %s: host %s netns %s mgmt %s biz %s", l.Cfg.Prefix, h.Name, h.Netns, h.MgmtIP, h.BizIP)
 		if err := h.createDirs(); err != nil {
@@ -334,22 +376,22 @@ func disableIPv6(ifname string) {
 	_ = os.WriteFile("/proc/sys/net/ipv6/conf/"+ifname+"/disable_ipv6", []byte("1"), 0o644)
 }
 
-// checkSubnetsFree refuses to build when a route other than the lab's own
-// already covers a lab subnet: the lab would capture or leak that traffic.
-func checkSubnetsFree(ctx context.Context) error {
+// freeSubnets returns the lowest index X whose lab subnets no route of the
+// machine covers: a lab must neither capture nor leak traffic of a network
+// that exists already.
+func freeSubnets(ctx context.Context) (int, error) {
 	out, err := output(ctx, "ip", "-j", "-4", "route", "show", "table", "all")
 	if err != nil {
-		return fmt.Errorf("list routes: %w", err)
+		return 0, fmt.Errorf("list routes: %w", err)
 	}
 	var routes []struct {
-		Dst  string `json:"dst"`
-		Dev  string `json:"dev"`
-		Type string `json:"type"`
+		Dst string `json:"dst"`
+		Dev string `json:"dev"`
 	}
 	if err := json.Unmarshal(out, &routes); err != nil {
-		return fmt.Errorf("parse routes: %w", err)
+		return 0, fmt.Errorf("parse routes: %w", err)
 	}
-	subnets := []netip.Prefix{netip.MustParsePrefix(MgmtSubnet), netip.MustParsePrefix(BizSubnet)}
+	var taken []netip.Prefix
 	for _, r := range routes {
 		if r.Dst == "" || r.Dst == "default" {
 			continue
@@ -358,22 +400,32 @@ func checkSubnetsFree(ctx context.Context) error {
 		if !strings.Contains(dst, "/") {
 			dst += "/32"
 		}
-		p, err := netip.ParsePrefix(dst)
-		if err != nil {
-			continue
-		}
-		for _, s := range subnets {
-			if p.Overlaps(s) {
-				return fmt.Errorf("lab subnet %s clashes with route %s dev %s: remove it or pick another machine", s, r.Dst, r.Dev)
-			}
+		if p, err := netip.ParsePrefix(dst); err == nil {
+			taken = append(taken, p)
 		}
 	}
-	return nil
+	clashes := func(s netip.Prefix) bool {
+		for _, p := range taken {
+			if p.Overlaps(s) {
+				return true
+			}
+		}
+		return false
+	}
+	for x := 0; x < maxSubnets; x++ {
+		if !clashes(labSubnet(mgmtOctet, x)) && !clashes(labSubnet(bizOctet, x)) {
+			return x, nil
+		}
+	}
+	return 0, fmt.Errorf("no free lab subnets: routes of the machine cover 10.%d.0-%d.0/24 or 10.%d.0-%d.0/24", mgmtOctet, maxSubnets-1, bizOctet, maxSubnets-1)
 }
 
-func subnetAddr(subnet string, n int) string {
-	p := netip.MustParsePrefix(subnet)
-	a := p.Addr().As4()
+func labSubnet(octet, x int) netip.Prefix {
+	return netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(octet), byte(x), 0}), 24)
+}
+
+func subnetAddr(subnet netip.Prefix, n int) string {
+	a := subnet.Addr().As4()
 	a[3] = byte(n)
 	return netip.AddrFrom4(a).String()
 }

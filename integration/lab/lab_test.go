@@ -66,8 +66,11 @@ func TestLayout(t *testing.T) {
 	if err := cfg.setDefaults(); err != nil {
 		t.Fatal(err)
 	}
-	l := newLab(cfg)
-	mgmt, biz := netip.MustParsePrefix(MgmtSubnet), netip.MustParsePrefix(BizSubnet)
+	l := newLab(cfg, 1)
+	mgmt, biz := netip.MustParsePrefix(l.MgmtSubnet), netip.MustParsePrefix(l.BizSubnet)
+	if mgmt.String() != "10.231.1.0/24" || biz.String() != "10.232.1.0/24" {
+		t.Fatalf("subnets of index 1: %s, %s", mgmt, biz)
+	}
 	seen := map[string]bool{l.MgmtBridgeIP: true, l.BizBridgeIP: true}
 	for _, ip := range l.ServerIPs {
 		if !mgmt.Contains(netip.MustParseAddr(ip)) || seen[ip] {
@@ -154,7 +157,7 @@ func TestLab(t *testing.T) {
 	})
 
 	t.Run("hosts have no route out of the lab", func(t *testing.T) {
-		lab := []netip.Prefix{netip.MustParsePrefix(MgmtSubnet), netip.MustParsePrefix(BizSubnet)}
+		lab := []netip.Prefix{netip.MustParsePrefix(l.MgmtSubnet), netip.MustParsePrefix(l.BizSubnet)}
 		for _, h := range l.Hosts {
 			out, err := h.Command(ctx, "ip", "-j", "-4", "route", "show").Output()
 			if err != nil {

@@ -15,6 +15,8 @@ const StateFile = "lab.json"
 type State struct {
 	Prefix       string      `json:"prefix"`
 	Dir          string      `json:"dir"`
+	MgmtSubnet   string      `json:"mgmt_subnet"`
+	BizSubnet    string      `json:"biz_subnet"`
 	MgmtBridge   string      `json:"mgmt_bridge"`
 	BizBridge    string      `json:"biz_bridge"`
 	MgmtBridgeIP string      `json:"mgmt_bridge_ip"`
@@ -45,6 +47,8 @@ func (l *Lab) State() State {
 	s := State{
 		Prefix:       l.Cfg.Prefix,
 		Dir:          l.Cfg.Dir,
+		MgmtSubnet:   l.MgmtSubnet,
+		BizSubnet:    l.BizSubnet,
 		MgmtBridge:   l.MgmtBridge,
 		BizBridge:    l.BizBridge,
 		MgmtBridgeIP: l.MgmtBridgeIP,
@@ -94,6 +98,8 @@ func Load(dir string, log func(format string, args ...any)) (*Lab, error) {
 	}
 	l := &Lab{
 		Cfg:          Config{Prefix: s.Prefix, Hosts: len(s.Hosts), Dir: s.Dir, Log: log},
+		MgmtSubnet:   s.MgmtSubnet,
+		BizSubnet:    s.BizSubnet,
 		MgmtBridge:   s.MgmtBridge,
 		BizBridge:    s.BizBridge,
 		MgmtBridgeIP: s.MgmtBridgeIP,
