@@ -1,0 +1,59 @@
+# chime tasks. `just --list` shows them. Integration tests and the lab need
+# root, libvirtd and qemu: `just deps` installs and starts them.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+# Go is preinstalled at /usr/local/go on these machines.
+export PATH := "/usr/local/go/bin:" + env_var("PATH")
+
+# Where `lab-up` keeps the lab's state (lab.json, per-host libvirt dirs, logs).
+lab_dir := ".lab"
+
+# Show the recipes.
+default:
+    @just --list
+
+# Build the chime binary into bin/.
+build:
+    go build -o bin/chime ./chime
+
+# gofmt check, go vet, then every test (integration tests need root).
+test:
+    @out="$(gofmt -l .)"; if [ -n "$out" ]; then echo "gofmt needed:"; echo "$out"; exit 1; fi
+    go vet ./...
+    go test -count=1 -timeout 40m ./...
+
+# gofmt, go vet and staticcheck (when installed).
+lint:
+    @out="$(gofmt -l .)"; if [ -n "$out" ]; then echo "gofmt needed:"; echo "$out"; exit 1; fi
+    go vet ./...
+    @if command -v staticcheck >/dev/null; then staticcheck ./...; else echo "staticcheck not installed: skipped"; fi
+
+# Benchmarks only.
+bench:
+    go test -run '^$' -bench . ./...
+
+# Install the Debian packages and just, start the root libvirtd (as root).
+deps:
+    scripts/install-deps.sh
+    scripts/libvirt-up.sh
+
+# Build labctl into bin/.
+labctl:
+    go build -o bin/labctl ./integration/lab/cmd/labctl
+
+# Build a lab of N hypervisor hosts (netns + libvirtd each); writes .lab/lab.json.
+lab-up hosts="3": labctl
+    bin/labctl up --hosts {{hosts}} --dir {{lab_dir}}
+
+# Remove the lab: its VMs, daemons, namespaces and bridges.
+lab-down: labctl
+    bin/labctl down --dir {{lab_dir}}
+
+# Show the lab's hosts and whether their libvirtd answers.
+lab-status: labctl
+    bin/labctl status --dir {{lab_dir}}
+
+# Install, build, bring a lab up and run the demo against it.
+demo: deps build lab-up
+    scripts/demo.sh {{lab_dir}}
