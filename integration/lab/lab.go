@@ -151,7 +151,7 @@ func Requirements() error {
 	if os.Geteuid() != 0 {
 		errs = append(errs, errors.New("not running as root"))
 	}
-	for _, bin := range []string{"ip", "unshare", "sh", "libvirtd", "virtlogd", "virsh"} {
+	for _, bin := range []string{"ip", "unshare", "mount", "sh", "libvirtd", "virtlogd", "virsh"} {
 		if _, err := exec.LookPath(bin); err != nil {
 			errs = append(errs, fmt.Errorf("%s not found in PATH", bin))
 		}
