@@ -51,7 +51,8 @@ Start a one-server test cluster with 'chime server --dev', then try 'chime vm cr
 func Main() int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	err := App().RunContext(ctx, os.Args)
+	app := App()
+	err := app.RunContext(ctx, interspersed(app, os.Args))
 	if err == nil {
 		return 0
 	}

@@ -1,0 +1,188 @@
+package integration
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// chimeBin is the binary under test, built once by TestMain.
+var chimeBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "chime-it-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	chimeBin = filepath.Join(dir, "chime")
+	build := exec.Command("go", "build", "-o", chimeBin, "../chime")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "build chime:", err)
+		os.Exit(2)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// inCI reports whether missing prerequisites must fail rather than skip.
+func inCI() bool { return os.Getenv("CI") == "true" }
+
+// requireRoot skips (or fails in CI) when the test needs root.
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		if inCI() {
+			t.Fatal("this test needs root (network namespaces, libvirtd); CI must run as root")
+		}
+		t.Skip("needs root (network namespaces, libvirtd): skipped outside CI")
+	}
+}
+
+// proc is one chime process started by a test.
+type proc struct {
+	name string
+	cmd  *exec.Cmd
+	log  string
+	done chan struct{}
+}
+
+func startProc(t *testing.T, name, logDir string, wrap []string, args ...string) *proc {
+	t.Helper()
+	logPath := filepath.Join(logDir, name+".log")
+	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	argv := append(append([]string{}, wrap...), chimeBin)
+	argv = append(argv, args...)
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Stdout, cmd.Stderr = f, f
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		f.Close()
+		t.Fatalf("start %s: %v", name, err)
+	}
+	p := &proc{name: name, cmd: cmd, log: logPath, done: make(chan struct{})}
+	go func() { _ = cmd.Wait(); f.Close(); close(p.done) }()
+	t.Cleanup(func() { p.stop(); dumpLogOnFailure(t, p) })
+	return p
+}
+
+// kill sends SIGKILL to the process group and waits.
+func (p *proc) kill() {
+	if p.cmd.Process == nil {
+		return
+	}
+	_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+	<-p.done
+}
+
+// stop asks politely (SIGTERM), then kills after 10 s.
+func (p *proc) stop() {
+	select {
+	case <-p.done:
+		return
+	default:
+	}
+	_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(10 * time.Second):
+		p.kill()
+	}
+}
+
+func (p *proc) signal(sig syscall.Signal) { _ = syscall.Kill(-p.cmd.Process.Pid, sig) }
+
+func (p *proc) running() bool {
+	select {
+	case <-p.done:
+		return false
+	default:
+		return true
+	}
+}
+
+func dumpLogOnFailure(t *testing.T, p *proc) {
+	if !t.Failed() {
+		return
+	}
+	data, _ := os.ReadFile(p.log)
+	lines := strings.Split(strings.TrimSpace(string(data)), "\n")
+	if len(lines) > 40 {
+		lines = lines[len(lines)-40:]
+	}
+	t.Logf("--- last lines of %s (%s) ---\n%s", p.name, p.log, strings.Join(lines, "\n"))
+}
+
+// cli runs the chime CLI and returns stdout; stderr is part of the error.
+func cli(ctx context.Context, args ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, chimeBin, args...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	if err != nil {
+		return out.String(), fmt.Errorf("chime %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(errb.String()))
+	}
+	return out.String(), nil
+}
+
+// cliJSON runs the CLI with -o json and decodes the answer.
+func cliJSON(ctx context.Context, v any, args ...string) error {
+	out, err := cli(ctx, append(args, "-o", "json")...)
+	if err != nil {
+		return err
+	}
+	if err := json.Unmarshal([]byte(out), v); err != nil {
+		return fmt.Errorf("decode %q: %w", out, err)
+	}
+	return nil
+}
+
+// freePorts returns n distinct free TCP ports on ip.
+func freePorts(t *testing.T, ip string, n int) []int {
+	t.Helper()
+	var ports []int
+	var ls []net.Listener
+	for len(ports) < n {
+		l, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ls = append(ls, l)
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	}
+	for _, l := range ls {
+		l.Close()
+	}
+	return ports
+}
+
+// waitFor polls fn until it returns "" or the timeout passes, then fails
+// with fn's last answer.
+func waitFor(t *testing.T, timeout time.Duration, what string, fn func() string) time.Duration {
+	t.Helper()
+	start := time.Now()
+	deadline := start.Add(timeout)
+	last := ""
+	for time.Now().Before(deadline) {
+		if last = fn(); last == "" {
+			return time.Since(start)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("%s: not reached within %s; last seen: %s", what, timeout, last)
+	return 0
+}
