@@ -50,6 +50,8 @@ type Agent struct {
 	gossipAddrs []string          // the servers' memberlist addresses, from registration and heartbeats
 
 	pool *gossip.Pool // set by Run before registration
+
+	heartbeatNow chan struct{} // capacity 1: send the next heartbeat early
 }
 
 // New opens the agent's local state in cfg.DataDir and wires the reconciler
@@ -76,12 +78,14 @@ func New(cfg Config, hv Hypervisor) (*Agent, error) {
 		return nil, err
 	}
 	a := &Agent{cfg: cfg, hv: hv, store: store, nodeID: id, logger: cfg.Logger, drained: drained,
-		client: api.NewClient(cfg.Servers...),
-		timing: api.Timing{HeartbeatInterval: defaultHeartbeatInterval}}
+		client:       api.NewClient(cfg.Servers...),
+		timing:       api.Timing{HeartbeatInterval: defaultHeartbeatInterval},
+		heartbeatNow: make(chan struct{}, 1)}
 	a.rec, err = NewReconciler(ReconcilerConfig{
 		Hypervisor: hv, Store: store, Inputs: a.reconcileInputs,
 		SweepInterval: cfg.SweepInterval, ShutdownGrace: cfg.ShutdownGrace,
-		Logger: cfg.Logger.Named("reconciler"),
+		Logger:  cfg.Logger.Named("reconciler"),
+		Changed: a.requestHeartbeat,
 	})
 	if err != nil {
 		store.Close()
@@ -344,9 +348,24 @@ func (a *Agent) heartbeatLoop(ctx context.Context) {
 				}
 			}
 		}
-		if !sleepCtx(ctx, a.heartbeatInterval()) {
+		t := time.NewTimer(a.heartbeatInterval())
+		select {
+		case <-ctx.Done():
+			t.Stop()
 			return
+		case <-t.C:
+		case <-a.heartbeatNow:
+			t.Stop()
 		}
+	}
+}
+
+// requestHeartbeat asks for the next heartbeat now (after libvirt changed),
+// so that the servers' view of the VMs converges quickly. Requests coalesce.
+func (a *Agent) requestHeartbeat() {
+	select {
+	case a.heartbeatNow <- struct{}{}:
+	default:
 	}
 }
 

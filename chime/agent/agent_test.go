@@ -462,9 +462,9 @@ func TestDesiredChangesAndHeartbeatContent(t *testing.T) {
 	// An older-generation instruction for B is refused: B keeps running.
 	srv.setDesired(dvm(idA, "a", api.DesiredStopped, 10), dvm(idB, "b", api.DesiredStopped, 19))
 	waitFor(t, "refused instruction persisted", func() bool {
-		st := a.Status()
+		st := a.Status(context.Background())
 		return st.DesiredIndex == 102
-	}, func() any { return a.Status() })
+	}, func() any { return a.Status(context.Background()) })
 	if _, err := a.Reconciler().Pass(context.Background()); err != nil {
 		t.Fatal(err)
 	}

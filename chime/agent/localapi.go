@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -51,9 +52,15 @@ type LocalVM struct {
 // StateUndefined is LocalVM.State for a desired VM libvirt does not know.
 const StateUndefined = "undefined"
 
-// Status assembles the local status.
-func (a *Agent) Status() Status {
+// Status assembles the local status. It asks libvirt afresh and falls back
+// to the reconciler's last listing when libvirt does not answer.
+func (a *Agent) Status(ctx context.Context) Status {
 	domains, lastPass, passErr := a.rec.Domains()
+	lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	if fresh, err := a.hv.List(lctx); err == nil {
+		domains = fresh
+	}
+	cancel()
 	a.mu.Lock()
 	st := Status{
 		NodeID: a.nodeID, Name: a.cfg.Name,
@@ -120,7 +127,7 @@ func (a *Agent) apiHandler() http.Handler {
 func (a *Agent) localHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, a.Status())
+		writeJSON(w, http.StatusOK, a.Status(r.Context()))
 	})
 	notYet := func(what string) http.HandlerFunc {
 		return func(w http.ResponseWriter, r *http.Request) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -50,6 +51,9 @@ type ReconcilerConfig struct {
 	ShutdownGrace time.Duration
 	Now           func() time.Time // nil: time.Now
 	Logger        hclog.Logger
+	// Changed, when set, is called after a pass that changed libvirt (the
+	// agent sends an early heartbeat so the servers see the new state soon).
+	Changed func()
 }
 
 // PassResult is what one reconcile pass did.
@@ -66,13 +70,14 @@ type PassResult struct {
 // into the next one. The decision is Plan; this type only feeds it and
 // carries out its steps.
 type Reconciler struct {
-	hv     Hypervisor
-	store  *Store
-	inputs func() (Inputs, bool)
-	sweep  time.Duration
-	grace  time.Duration
-	now    func() time.Time
-	logger hclog.Logger
+	hv      Hypervisor
+	store   *Store
+	inputs  func() (Inputs, bool)
+	sweep   time.Duration
+	grace   time.Duration
+	now     func() time.Time
+	logger  hclog.Logger
+	changed func()
 
 	trigger chan struct{} // capacity 1: pending trigger, coalesced
 	settled chan struct{} // closed after the first pass with every stale step done
@@ -108,7 +113,7 @@ func NewReconciler(cfg ReconcilerConfig) (*Reconciler, error) {
 	}
 	return &Reconciler{
 		hv: cfg.Hypervisor, store: cfg.Store, inputs: cfg.Inputs,
-		sweep: cfg.SweepInterval, grace: cfg.ShutdownGrace, now: cfg.Now, logger: cfg.Logger,
+		sweep: cfg.SweepInterval, grace: cfg.ShutdownGrace, now: cfg.Now, logger: cfg.Logger, changed: cfg.Changed,
 		trigger:      make(chan struct{}, 1),
 		settled:      make(chan struct{}),
 		defined:      defined,
@@ -266,6 +271,9 @@ func (r *Reconciler) Pass(ctx context.Context) (PassResult, error) {
 		passErr = fmt.Errorf("%d of %d steps failed", len(res.Failed), len(res.Actions))
 	}
 	r.finish(domains, passErr)
+	if r.changed != nil && slices.ContainsFunc(res.Actions, func(a Action) bool { return a.Kind != ActionConflict }) {
+		r.changed()
+	}
 	if !res.StaleFailed && ctx.Err() == nil {
 		r.once.Do(func() { close(r.settled) })
 	}
@@ -359,6 +367,9 @@ func (r *Reconciler) shutdownAsync(ctx context.Context, a Action, log hclog.Logg
 			return
 		}
 		log.Info("domain shut down")
+		if r.changed != nil {
+			r.changed()
+		}
 		r.Trigger()
 	}()
 }
