@@ -378,6 +378,7 @@ func (a *Agent) BuildHeartbeat(ctx context.Context) (api.HeartbeatRequest, uint6
 	domains, err := a.hv.List(ctx)
 	if err != nil || !a.hv.Connected() {
 		hb.Faults = append(hb.Faults, faultLibvirt)
+		hb.VMsUnknown = err != nil
 	}
 	for _, d := range domains {
 		if d.Meta == nil {

@@ -66,12 +66,15 @@ type LocalMigration struct {
 // HeartbeatRequest is the body of POST /v1/agent/heartbeat. Headers carry
 // X-Chime-Node and X-Chime-Secret.
 type HeartbeatRequest struct {
-	NodeID       string           `json:"node_id"`
-	Faults       []string         `json:"faults,omitempty"`
-	VMs          []VMObservation  `json:"vms"`
-	LocalDrained bool             `json:"local_drained"`
-	Adopted      []VMObservation  `json:"adopted,omitempty"`    // domains that arrived by node-local migration
-	Migrations   []LocalMigration `json:"migrations,omitempty"` // node-local migrations sent from here
+	NodeID       string          `json:"node_id"`
+	Faults       []string        `json:"faults,omitempty"`
+	VMs          []VMObservation `json:"vms"`
+	LocalDrained bool            `json:"local_drained"`
+	// VMsUnknown is set when libvirt could not be listed: VMs is then
+	// empty and says nothing about which VMs run.
+	VMsUnknown bool             `json:"vms_unknown,omitempty"`
+	Adopted    []VMObservation  `json:"adopted,omitempty"`    // domains that arrived by node-local migration
+	Migrations []LocalMigration `json:"migrations,omitempty"` // node-local migrations sent from here
 }
 
 // HeartbeatResponse tells the agent the current timing.

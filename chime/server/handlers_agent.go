@@ -130,10 +130,14 @@ func (s *Server) recordObservations(r *http.Request, n *api.Node, hb api.Heartbe
 			changed = append(changed, o)
 		}
 	}
-	// A placed VM the agent no longer lists is gone from libvirt: stopped.
+	// A placed VM the agent no longer lists is gone from libvirt: stopped
+	// (unless libvirt could not be listed at all).
 	placed, _, err := s.fsm.VMsOnNode(n.ID)
 	if err != nil {
 		return err
+	}
+	if hb.VMsUnknown {
+		placed = nil
 	}
 	listed := map[string]bool{}
 	for _, o := range hb.VMs {
@@ -161,7 +165,7 @@ func (s *Server) recordObservations(r *http.Request, n *api.Node, hb api.Heartbe
 		v := hb.LocalDrained
 		flags.LocalDrained, dirty = &v, true
 	}
-	if acked := n.ManagementState == api.NodeDrained && allStopped; acked && !n.DrainAcked {
+	if acked := n.ManagementState == api.NodeDrained && allStopped && !hb.VMsUnknown; acked && !n.DrainAcked {
 		flags.DrainAcked, dirty = &acked, true
 	}
 	if dirty {
