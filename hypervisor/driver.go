@@ -137,6 +137,9 @@ func (r *recordingDialer) dialed() net.Conn {
 
 // Open connects to libvirtd, detects the domain type and subscribes to
 // lifecycle events. The returned Driver keeps the connection alive until Close.
+// Each connection step is bounded by CallTimeout; ctx is checked between them.
+// An unreachable libvirtd at Open is an error (the caller retries or reports
+// it); later outages are handled by the Driver.
 func Open(ctx context.Context, cfg Config) (*Driver, error) {
 	cfg = cfg.withDefaults()
 	u, err := url.Parse(cfg.URI)
