@@ -53,6 +53,12 @@ func (a *applier) dispatch(cmd Command) (string, error) {
 	case CmdPutTask:
 		var p PutTask
 		return decodeThen(cmd, &p, func() (string, error) { return a.putTask(p) })
+	case CmdAlarm:
+		var p AlarmTransition
+		return decodeThen(cmd, &p, func() (string, error) { return a.alarmTransition(p) })
+	case CmdAlarmSent:
+		var p AlarmDelivered
+		return decodeThen(cmd, &p, func() (string, error) { return a.alarmDelivered(p) })
 	case CmdEvent:
 		var p AppendEvent
 		return decodeThen(cmd, &p, func() (string, error) { return "", a.event(p.Event) })
@@ -586,4 +592,44 @@ func (a *applier) putTask(p PutTask) (string, error) {
 			Message: fmt.Sprintf("task %s %s: %s %s", t.Kind, t.ID, t.State, t.Error)})
 	}
 	return t.ID, nil
+}
+
+// --- alarms ---
+
+func (a *applier) alarmTransition(p AlarmTransition) (string, error) {
+	al := p.Alarm
+	if al.Fingerprint == "" || (al.Status != "firing" && al.Status != "resolved") {
+		return "", api.Invalid("alarm", "fingerprint and status firing|resolved are required")
+	}
+	var rec AlarmRecord
+	b := a.tx.Bucket(bucketAlarms)
+	if _, err := getJSON(b, al.Fingerprint, &rec); err != nil {
+		return "", err
+	}
+	if rec.Alarm.Status == al.Status && rec.Alarm.Fingerprint != "" {
+		return al.Fingerprint, nil // no transition
+	}
+	if err := putJSON(b, al.Fingerprint, AlarmRecord{Alarm: al}); err != nil {
+		return "", err
+	}
+	return al.Fingerprint, a.event(api.Event{Kind: "alarm." + al.Status, NodeID: al.Labels["node_id"],
+		Message: fmt.Sprintf("alarm %s %s: %s", al.Name, al.Status, al.Summary)})
+}
+
+func (a *applier) alarmDelivered(p AlarmDelivered) (string, error) {
+	var rec AlarmRecord
+	b := a.tx.Bucket(bucketAlarms)
+	ok, err := getJSON(b, p.Fingerprint, &rec)
+	if err != nil {
+		return "", err
+	}
+	if !ok || rec.Alarm.Status != p.Status || rec.Delivered {
+		return p.Fingerprint, nil // a newer transition replaced it, or already recorded
+	}
+	rec.Delivered = true
+	if rec.Alarm.Status == "resolved" {
+		// Delivered resolutions are done with: forget them.
+		return p.Fingerprint, b.Delete([]byte(p.Fingerprint))
+	}
+	return p.Fingerprint, putJSON(b, p.Fingerprint, rec)
 }

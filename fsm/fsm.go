@@ -32,9 +32,10 @@ var (
 	bucketReqOrder  = []byte("request_order") // index (big endian) → request id, to prune
 	bucketMeta      = []byte("meta")          // "index", "event_seq"
 	bucketSecrets   = []byte("node_secrets")  // node id → sha256 hex of its agent's secret (never served)
+	bucketAlarms    = []byte("alarms")        // fingerprint → AlarmRecord JSON: last transition and its delivery
 
 	allBuckets = [][]byte{bucketNodes, bucketNodeNames, bucketVMs, bucketVMNames, bucketVMsByNode,
-		bucketNodeIndex, bucketTasks, bucketEvents, bucketRequests, bucketReqOrder, bucketMeta, bucketSecrets}
+		bucketNodeIndex, bucketTasks, bucketEvents, bucketRequests, bucketReqOrder, bucketMeta, bucketSecrets, bucketAlarms}
 )
 
 // Retention limits keep the state file bounded.

@@ -298,3 +298,19 @@ func (f *FSM) NodeSecretHash(nodeID string) string {
 	})
 	return h
 }
+
+// Alarms lists the recorded alarms (firing, and resolved not yet delivered).
+func (f *FSM) Alarms() ([]AlarmRecord, error) {
+	var out []AlarmRecord
+	err := f.view(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketAlarms).ForEach(func(_, v []byte) error {
+			var r AlarmRecord
+			if err := json.Unmarshal(v, &r); err != nil {
+				return err
+			}
+			out = append(out, r)
+			return nil
+		})
+	})
+	return out, err
+}

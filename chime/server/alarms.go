@@ -9,12 +9,12 @@ import (
 	"fmt"
 	"net/http"
 	"sort"
-	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/chime-ha/chime/chime/api"
+	"github.com/chime-ha/chime/fsm"
 )
 
 // alarmer derives alarms from the replicated state and delivers their
@@ -24,12 +24,10 @@ type alarmer struct {
 	s   *Server
 	log hclog.Logger
 
-	mu   sync.Mutex
-	sent map[string]api.Alarm // fingerprint → last status delivered by this leader
 }
 
 func newAlarmer(s *Server) *alarmer {
-	return &alarmer{s: s, log: s.log.Named("alarms"), sent: map[string]api.Alarm{}}
+	return &alarmer{s: s, log: s.log.Named("alarms")}
 }
 
 func fingerprint(labels map[string]string) string {
@@ -81,21 +79,24 @@ func deriveAlarms(nodes []api.Node, tasks []api.Task) []api.Alarm {
 	return out
 }
 
+// firing lists the alarms recorded as firing in the replicated state.
 func (a *alarmer) firing() []api.Alarm {
-	nodes, _ := a.s.fsm.Nodes()
-	tasks, _ := a.s.fsm.Tasks()
-	out := deriveAlarms(nodes, tasks)
-	if out == nil {
-		out = []api.Alarm{}
+	recs, _ := a.s.fsm.Alarms()
+	out := []api.Alarm{}
+	for _, r := range recs {
+		if r.Alarm.Status == "firing" {
+			out = append(out, r.Alarm)
+		}
 	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Fingerprint < out[j].Fingerprint })
 	return out
 }
 
-// run delivers transitions until ctx ends (leadership lost).
+// run records transitions and delivers them until ctx ends (leadership lost).
 func (a *alarmer) run(ctx context.Context) {
 	for {
 		ch, _ := a.s.fsm.Changed()
-		a.deliverChanges(ctx)
+		a.step(ctx)
 		select {
 		case <-ctx.Done():
 			return
@@ -105,34 +106,75 @@ func (a *alarmer) run(ctx context.Context) {
 	}
 }
 
-func (a *alarmer) deliverChanges(ctx context.Context) {
-	now := time.Now().UTC()
-	cur := map[string]api.Alarm{}
-	for _, al := range a.firing() {
-		cur[al.Fingerprint] = al
+// step compares the alarms the state implies with the recorded ones,
+// records each transition through Raft, then delivers every transition
+// not yet recorded as delivered (also those a previous leader left).
+func (a *alarmer) step(ctx context.Context) {
+	nodes, err := a.s.fsm.Nodes()
+	if err != nil {
+		return
 	}
-	var changes []api.Alarm
-	a.mu.Lock()
-	for fp, al := range cur {
-		if prev, ok := a.sent[fp]; !ok || prev.Status != "firing" {
-			changes = append(changes, al)
-			a.sent[fp] = al
+	tasks, err := a.s.fsm.Tasks()
+	if err != nil {
+		return
+	}
+	recs, err := a.s.fsm.Alarms()
+	if err != nil {
+		return
+	}
+	transitions := alarmTransitions(deriveAlarms(nodes, tasks), recs, time.Now().UTC())
+	for _, al := range transitions {
+		if _, err := a.s.propose(ctx, "", fsm.CmdAlarm, fsm.AlarmTransition{Alarm: al}); err != nil {
+			a.log.Warn("record alarm transition failed", "alarm", al.Name, "error", err)
+			return
 		}
 	}
-	for fp, prev := range a.sent {
-		if _, still := cur[fp]; !still && prev.Status == "firing" {
-			prev.Status, prev.EndsAt = "resolved", now
-			changes = append(changes, prev)
-			a.sent[fp] = prev
+	recs, _ = a.s.fsm.Alarms()
+	for _, r := range recs {
+		if r.Delivered || ctx.Err() != nil {
+			continue
 		}
-	}
-	a.mu.Unlock()
-	for _, al := range changes {
+		al := r.Alarm
 		a.log.Info("alarm", "name", al.Name, "status", al.Status, "summary", al.Summary)
+		ok := true
 		for _, url := range a.s.cfg.AlarmWebhooks {
-			a.deliver(ctx, url, al)
+			ok = a.deliver(ctx, url, al) && ok
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		if !ok {
+			a.log.Error("alarm not delivered to every receiver", "alarm", al.Name, "status", al.Status)
+		}
+		if _, err := a.s.propose(ctx, "", fsm.CmdAlarmSent, fsm.AlarmDelivered{Fingerprint: al.Fingerprint, Status: al.Status}); err != nil {
+			a.log.Warn("record alarm delivery failed", "alarm", al.Name, "error", err)
 		}
 	}
+}
+
+// alarmTransitions is a pure function: the transitions that turn the
+// recorded alarms into the current ones.
+func alarmTransitions(current []api.Alarm, recorded []fsm.AlarmRecord, now time.Time) []api.Alarm {
+	rec := map[string]api.Alarm{}
+	for _, r := range recorded {
+		rec[r.Alarm.Fingerprint] = r.Alarm
+	}
+	var out []api.Alarm
+	seen := map[string]bool{}
+	for _, al := range current {
+		seen[al.Fingerprint] = true
+		if prev, ok := rec[al.Fingerprint]; !ok || prev.Status != "firing" {
+			out = append(out, al)
+		}
+	}
+	for fp, prev := range rec {
+		if !seen[fp] && prev.Status == "firing" {
+			prev.Status, prev.EndsAt = "resolved", now
+			out = append(out, prev)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Fingerprint < out[j].Fingerprint })
+	return out
 }
 
 // webhookMessage is the Alertmanager webhook body (version "4").
@@ -177,7 +219,7 @@ func (a *alarmer) message(al api.Alarm) webhookMessage {
 
 // deliver posts one alarm with retries and back-off: 2xx is delivered,
 // 4xx is dropped (the receiver refuses it), 5xx and network errors retry.
-func (a *alarmer) deliver(ctx context.Context, url string, al api.Alarm) {
+func (a *alarmer) deliver(ctx context.Context, url string, al api.Alarm) bool {
 	body, _ := json.Marshal(a.message(al))
 	backoff := 500 * time.Millisecond
 	for attempt := 1; attempt <= 8; attempt++ {
@@ -190,12 +232,12 @@ func (a *alarmer) deliver(ctx context.Context, url string, al api.Alarm) {
 			resp.Body.Close()
 			if resp.StatusCode/100 == 2 {
 				a.s.met.alarmsSent.WithLabelValues("delivered").Inc()
-				return
+				return true
 			}
 			if resp.StatusCode/100 == 4 {
 				a.s.met.alarmsSent.WithLabelValues("refused").Inc()
 				a.log.Warn("alarm refused by receiver", "url", url, "status", resp.StatusCode)
-				return
+				return false
 			}
 			err = fmt.Errorf("HTTP %d", resp.StatusCode)
 		}
@@ -203,11 +245,12 @@ func (a *alarmer) deliver(ctx context.Context, url string, al api.Alarm) {
 		a.log.Warn("alarm delivery failed, retrying", "url", url, "attempt", attempt, "error", err)
 		select {
 		case <-ctx.Done():
-			return
+			return false
 		case <-time.After(backoff):
 		}
 		backoff = min(backoff*2, 30*time.Second)
 	}
 	a.s.met.alarmsSent.WithLabelValues("failed").Inc()
 	a.log.Error("alarm delivery gave up", "url", url, "alarm", al.Name)
+	return false
 }

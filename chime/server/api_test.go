@@ -20,12 +20,20 @@ import (
 
 func devServer(t *testing.T) (*Server, string) {
 	t.Helper()
+	return devServerWith(t, nil)
+}
+
+func devServerWith(t *testing.T, tweak func(*Config)) (*Server, string) {
+	t.Helper()
 	ports := freePorts(t, 3)
 	cfg := DefaultConfig()
 	cfg.Dev, cfg.Name, cfg.DataDir = true, "dev", filepath.Join(t.TempDir(), "dev")
 	cfg.APIPort, cfg.RaftPort, cfg.GossipPort = ports[0], ports[1], ports[2]
 	cfg.GossipProfile, cfg.RaftTimeScale = "local", 0.25
 	cfg.Logger = hclog.New(&hclog.LoggerOptions{Level: hclog.Warn})
+	if tweak != nil {
+		tweak(&cfg)
+	}
 	s, err := Start(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)

@@ -36,8 +36,8 @@ func (s *Server) leaderLoop(ctx context.Context) {
 				continue
 			}
 			s.log.Info("leadership acquired")
-			var lctx context.Context
-			lctx, stop = context.WithCancel(ctx)
+			lctx, cancel := context.WithCancel(ctx)
+			stop = cancel
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
