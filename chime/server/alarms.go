@@ -23,7 +23,6 @@ import (
 type alarmer struct {
 	s   *Server
 	log hclog.Logger
-
 }
 
 func newAlarmer(s *Server) *alarmer {
