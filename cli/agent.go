@@ -40,7 +40,10 @@ Example:
 			&cli.IntFlag{Name: "api-port", Value: def.APIPort, Usage: "agent API port (servers' ping-back)"},
 			&cli.IntFlag{Name: "gossip-port", Value: def.GossipPort, Usage: "memberlist port"},
 			&cli.StringFlag{Name: "business-interface", Usage: "network interface carrying guest traffic", EnvVars: []string{"CHIME_BUSINESS_INTERFACE"}},
-			&cli.StringSliceFlag{Name: "business-probe", Usage: "HOST[:PORT] probed over the business network (repeatable)"},
+			&cli.StringSliceFlag{Name: "business-probe", Usage: "HOST[:PORT] reached by a TCP connect through --business-interface every --business-probe-interval (repeatable; port 22 when omitted; a refused connection counts as an answer)"},
+			&cli.DurationFlag{Name: "business-probe-interval", Value: def.BusinessProbeInterval, Usage: "period of the business network probe and of the storage probes"},
+			&cli.StringSliceFlag{Name: "storage-path", Usage: "directory given a write+fsync+read-back probe like the data dir (repeatable)"},
+			&cli.DurationFlag{Name: "disk-error-hold", Value: def.DiskErrorHold, Usage: "how long a disk I/O error in the kernel log stays a fault"},
 			&cli.StringFlag{Name: "migration-addr", Usage: "address for qemu's migration stream (default: --advertise)"},
 			&cli.DurationFlag{Name: "shutdown-grace", Value: def.ShutdownGrace, Usage: "how long a guest may take to shut down before it is destroyed"},
 			&cli.DurationFlag{Name: "sweep-interval", Value: def.SweepInterval, Usage: "period of the full reconcile pass"},
@@ -82,6 +85,9 @@ func agentConfig(c *cli.Context) (agent.Config, error) {
 	cfg.GossipPort = c.Int("gossip-port")
 	cfg.BusinessInterface = c.String("business-interface")
 	cfg.BusinessProbes = splitList(c.StringSlice("business-probe"))
+	cfg.BusinessProbeInterval = c.Duration("business-probe-interval")
+	cfg.StoragePaths = splitList(c.StringSlice("storage-path"))
+	cfg.DiskErrorHold = c.Duration("disk-error-hold")
 	cfg.MigrationAddr = c.String("migration-addr")
 	cfg.ShutdownGrace = c.Duration("shutdown-grace")
 	cfg.SweepInterval = c.Duration("sweep-interval")

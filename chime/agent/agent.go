@@ -49,7 +49,8 @@ type Agent struct {
 	apiAddr     net.Addr          // where the agent API listens
 	gossipAddrs []string          // the servers' memberlist addresses, from registration and heartbeats
 
-	pool *gossip.Pool // set by Run before registration
+	pool   *gossip.Pool // set by Run before registration
+	health *Health      // local health checks; their faults go into every heartbeat
 
 	heartbeatNow chan struct{} // capacity 1: send the next heartbeat early
 }
@@ -91,6 +92,7 @@ func New(cfg Config, hv Hypervisor) (*Agent, error) {
 		store.Close()
 		return nil, err
 	}
+	a.health = NewHealth(cfg.healthConfig(a.requestHeartbeat))
 	return a, nil
 }
 
@@ -176,6 +178,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		_ = pool.Leave(time.Second)
 		_ = pool.Shutdown()
 	}()
+	wg.Go(func() { a.health.Run(ctx) })
 	a.logger.Info("agent starting", "node_id", a.nodeID, "name", a.cfg.Name, "api", apiLn.Addr().String(), "socket", a.cfg.SocketPath())
 
 	if err := a.register(ctx); err != nil {
@@ -380,6 +383,7 @@ func (a *Agent) BuildHeartbeat(ctx context.Context) (api.HeartbeatRequest, uint6
 		hb.Faults = append(hb.Faults, faultLibvirt)
 		hb.VMsUnknown = err != nil
 	}
+	hb.Faults = append(hb.Faults, a.health.Faults()...)
 	for _, d := range domains {
 		if d.Meta == nil {
 			continue

@@ -33,6 +33,11 @@ type Config struct {
 	GossipKey         string            // --gossip-key: base64 memberlist key (16, 24 or 32 bytes)
 	Labels            map[string]string // --label KEY=VALUE (repeatable)
 	Logger            hclog.Logger      // nil: a default logger
+
+	// Health checks (health.go).
+	BusinessProbeInterval time.Duration // --business-probe-interval: period of the business and storage probes
+	StoragePaths          []string      // --storage-path (repeatable): directories given the write+fsync probe besides the data dir
+	DiskErrorHold         time.Duration // --disk-error-hold: how long a kernel disk I/O error stays a fault
 }
 
 // Defaults.
@@ -61,6 +66,9 @@ func DefaultConfig() Config {
 		GossipPort:    DefaultGossipPort,
 		ShutdownGrace: DefaultShutdownGrace,
 		SweepInterval: DefaultSweepInterval,
+
+		BusinessProbeInterval: DefaultBusinessProbeInterval,
+		DiskErrorHold:         DefaultDiskErrorHold,
 	}
 }
 
@@ -149,6 +157,7 @@ func (c Config) Validate() error {
 			bad("business-probe", "empty target")
 		}
 	}
+	c.validateHealth(bad)
 	if c.GossipKey != "" {
 		if k, err := base64.StdEncoding.DecodeString(c.GossipKey); err != nil {
 			bad("gossip-key", "not base64: %v", err)
