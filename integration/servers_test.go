@@ -14,7 +14,7 @@ import (
 // serverSet is a three-server cluster of real chime processes.
 type serverSet struct {
 	t     *testing.T
-	ip    string
+	ips   []string // bind address of each server
 	names []string
 	dirs  []string
 	ports [][3]int // api, raft, gossip
@@ -23,15 +23,27 @@ type serverSet struct {
 	extra []string
 }
 
+// newServerSet starts three servers bound to one IP (distinct ports), with
+// data and logs in temporary directories.
 func newServerSet(t *testing.T, ip string, extra ...string) *serverSet {
 	t.Helper()
-	p := freePorts(t, ip, 9)
-	ss := &serverSet{t: t, ip: ip, logs: t.TempDir(), extra: extra}
-	base := t.TempDir()
+	return newServerSetOn(t, []string{ip, ip, ip}, t.TempDir(), t.TempDir(), extra...)
+}
+
+// newServerSetOn starts three servers, server i bound to ips[i], with data
+// directories under base and logs in logs; extra is appended to every
+// server's command line.
+func newServerSetOn(t *testing.T, ips []string, base, logs string, extra ...string) *serverSet {
+	t.Helper()
+	if len(ips) != 3 {
+		t.Fatalf("newServerSetOn: want 3 addresses, got %v", ips)
+	}
+	ss := &serverSet{t: t, ips: ips, logs: logs, extra: extra}
 	for i := 0; i < 3; i++ {
+		p := freePorts(t, ips[i], 3)
 		ss.names = append(ss.names, fmt.Sprintf("s%d", i+1))
 		ss.dirs = append(ss.dirs, filepath.Join(base, fmt.Sprintf("s%d", i+1)))
-		ss.ports = append(ss.ports, [3]int{p[3*i], p[3*i+1], p[3*i+2]})
+		ss.ports = append(ss.ports, [3]int{p[0], p[1], p[2]})
 	}
 	ss.procs = make([]*proc, 3)
 	for i := range ss.names {
@@ -41,25 +53,27 @@ func newServerSet(t *testing.T, ip string, extra ...string) *serverSet {
 }
 
 func (ss *serverSet) start(i int) {
-	args := []string{"--log-level", "debug", "server", "--name", ss.names[i], "--data-dir", ss.dirs[i], "--bind", ss.ip,
+	args := []string{"--log-level", "debug", "server", "--name", ss.names[i], "--data-dir", ss.dirs[i], "--bind", ss.ips[i],
 		"--api-port", strconv.Itoa(ss.ports[i][0]), "--raft-port", strconv.Itoa(ss.ports[i][1]),
 		"--gossip-port", strconv.Itoa(ss.ports[i][2]), "--bootstrap-expect", "3", "--gossip-profile", "local"}
 	for j := range ss.names {
 		if j != i {
-			args = append(args, "--join", fmt.Sprintf("%s:%d", ss.ip, ss.ports[j][2]))
+			args = append(args, "--join", fmt.Sprintf("%s:%d", ss.ips[j], ss.ports[j][2]))
 		}
 	}
 	args = append(args, ss.extra...)
 	ss.procs[i] = startProc(ss.t, fmt.Sprintf("%s-%d", ss.names[i], time.Now().UnixNano()), ss.logs, nil, args...)
 }
 
-func (ss *serverSet) addr(i int) string { return fmt.Sprintf("http://%s:%d", ss.ip, ss.ports[i][0]) }
+func (ss *serverSet) addr(i int) string {
+	return fmt.Sprintf("http://%s:%d", ss.ips[i], ss.ports[i][0])
+}
 
 // addrs are the API addresses (host:port) agents use.
 func (ss *serverSet) addrs() []string {
 	var out []string
 	for i := range ss.names {
-		out = append(out, fmt.Sprintf("%s:%d", ss.ip, ss.ports[i][0]))
+		out = append(out, fmt.Sprintf("%s:%d", ss.ips[i], ss.ports[i][0]))
 	}
 	return out
 }

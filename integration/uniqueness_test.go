@@ -1,0 +1,106 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/chime-ha/chime/integration/lab"
+)
+
+// uniquenessChecker watches DESIGN.md's promise 2 from outside chime: a
+// goroutine lists every host's qemu processes (their -uuid argument names
+// the VM) every interval and records the moment a VM has a qemu process on
+// two hosts at once. Tests start it before they act and call check at the
+// end. One poll reads the hosts one after the other, so a live migration
+// (both sides hold a qemu for a moment, libvirt runs only one) would need
+// an exception; the scenarios here do not migrate.
+type uniquenessChecker struct {
+	hosts    []*lab.Host
+	interval time.Duration
+	cancel   context.CancelFunc
+	done     chan struct{}
+
+	mu         sync.Mutex
+	polls      int      // completed polls of all hosts
+	errs       int      // polls that failed to list a host
+	lastErr    error    // the last listing error
+	duplicates []string // "15:04:05.000 uuid on hv1/123 and hv2/456", in order seen
+	maxVMs     int      // most VMs seen running at once
+}
+
+// startUniquenessChecker starts polling hosts every 200 ms until check (or
+// the test's cleanup) stops it.
+func startUniquenessChecker(t *testing.T, hosts []*lab.Host) *uniquenessChecker {
+	ctx, cancel := context.WithCancel(context.Background())
+	u := &uniquenessChecker{hosts: hosts, interval: 200 * time.Millisecond, cancel: cancel, done: make(chan struct{})}
+	go u.run(ctx)
+	t.Cleanup(u.stop)
+	return u
+}
+
+func (u *uniquenessChecker) run(ctx context.Context) {
+	defer close(u.done)
+	tick := time.NewTicker(u.interval)
+	defer tick.Stop()
+	for {
+		u.poll(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+func (u *uniquenessChecker) poll(ctx context.Context) {
+	seen := make(map[string]string) // uuid → "host/pid"
+	var dups []string
+	for _, h := range u.hosts {
+		procs, err := h.QemuProcesses(ctx)
+		if err != nil {
+			u.mu.Lock()
+			u.errs++
+			u.lastErr = err
+			u.mu.Unlock()
+			return
+		}
+		for uuid, pid := range procs {
+			where := fmt.Sprintf("%s/%d", h.Name, pid)
+			if prev, ok := seen[uuid]; ok {
+				dups = append(dups, fmt.Sprintf("%s VM %s on %s and %s", time.Now().Format("15:04:05.000"), uuid, prev, where))
+			}
+			seen[uuid] = where
+		}
+	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.polls++
+	u.duplicates = append(u.duplicates, dups...)
+	u.maxVMs = max(u.maxVMs, len(seen))
+}
+
+func (u *uniquenessChecker) stop() {
+	u.cancel()
+	<-u.done
+}
+
+// check stops the checker and fails t if it ever saw a VM on two hosts, or
+// if it could not poll at all.
+func (u *uniquenessChecker) check(t *testing.T) {
+	t.Helper()
+	u.stop()
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	t.Logf("uniqueness checker: %d polls of %d hosts, up to %d VMs at once, %d failed polls (last error: %v)",
+		u.polls, len(u.hosts), u.maxVMs, u.errs, u.lastErr)
+	if len(u.duplicates) > 0 {
+		t.Errorf("a VM ran on two hosts at once (%d observations):\n%s", len(u.duplicates), strings.Join(u.duplicates, "\n"))
+	}
+	if u.polls == 0 {
+		t.Errorf("uniqueness checker never completed a poll (last error: %v)", u.lastErr)
+	}
+}
