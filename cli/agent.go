@@ -35,6 +35,7 @@ Example:
 			&cli.StringFlag{Name: "data-dir", Value: def.DataDir, Usage: "local state directory", EnvVars: []string{"CHIME_DATA_DIR"}},
 			&cli.StringSliceFlag{Name: "server", Usage: "server API address HOST:PORT (repeatable)", EnvVars: []string{"CHIME_SERVERS"}},
 			&cli.StringFlag{Name: "libvirt-uri", Value: def.LibvirtURI, Usage: "libvirt connection URI", EnvVars: []string{"CHIME_LIBVIRT_URI"}},
+			&cli.StringFlag{Name: "domain-type", Usage: "libvirt domain type: kvm, or qemu (TCG emulation); empty: kvm when libvirt offers it", EnvVars: []string{"CHIME_DOMAIN_TYPE"}},
 			&cli.StringFlag{Name: "bind", Value: def.Bind, Usage: "address the agent API and gossip listen on", EnvVars: []string{"CHIME_BIND"}},
 			&cli.StringFlag{Name: "advertise", Usage: "management address the servers reach this agent at", EnvVars: []string{"CHIME_ADVERTISE"}},
 			&cli.IntFlag{Name: "api-port", Value: def.APIPort, Usage: "agent API port (servers' ping-back)"},
@@ -79,6 +80,7 @@ func agentConfig(c *cli.Context) (agent.Config, error) {
 	cfg.DataDir = c.String("data-dir")
 	cfg.Servers = splitList(c.StringSlice("server"))
 	cfg.LibvirtURI = c.String("libvirt-uri")
+	cfg.DomainType = c.String("domain-type")
 	cfg.Bind = c.String("bind")
 	cfg.Advertise = c.String("advertise")
 	cfg.APIPort = c.Int("api-port")

@@ -20,6 +20,7 @@ type Config struct {
 	DataDir           string            // --data-dir: local state (agent.db) and the default socket
 	Servers           []string          // --server (repeatable): HOST:API_PORT of the servers
 	LibvirtURI        string            // --libvirt-uri
+	DomainType        string            // --domain-type: "kvm", "qemu" (TCG) or "" to detect from libvirt's capabilities
 	Bind              string            // --bind: address the agent API and gossip listen on
 	Advertise         string            // --advertise: address the servers reach this agent at
 	APIPort           int               // --api-port: agent API (ping-back)
@@ -119,6 +120,11 @@ func (c Config) Validate() error {
 		bad("libvirt-uri", "required")
 	} else if !strings.Contains(c.LibvirtURI, ":") {
 		bad("libvirt-uri", "%q is not a libvirt URI (e.g. qemu:///system)", c.LibvirtURI)
+	}
+	switch c.DomainType {
+	case "", "kvm", "qemu":
+	default:
+		bad("domain-type", "%q: want kvm, qemu or empty (detect)", c.DomainType)
 	}
 	if c.Bind != "" && net.ParseIP(c.Bind) == nil {
 		bad("bind", "%q is not an IP address", c.Bind)

@@ -17,7 +17,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if cfg.Logger == nil {
 		cfg.Logger = hclog.New(&hclog.LoggerOptions{Name: "agent"})
 	}
-	drv, err := hypervisor.Open(ctx, hypervisor.Config{URI: cfg.LibvirtURI, Logger: cfg.Logger})
+	drv, err := hypervisor.Open(ctx, hypervisor.Config{URI: cfg.LibvirtURI, DomainType: cfg.DomainType, Logger: cfg.Logger})
 	if err != nil {
 		return fmt.Errorf("open libvirt %s: %w", cfg.LibvirtURI, err)
 	}
