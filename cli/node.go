@@ -86,10 +86,10 @@ func nodeCommand() *cli.Command {
 			},
 			action("enable", "allow placement again; VMs still placed here start again", nil, nil),
 			action("disable", "no new VMs; existing ones are managed normally", nil, nil),
-			action("drain", "no new VMs; every VM on the node stopped and kept stopped", nil, nil),
-			action("evacuate", "live-migrate every VM away", nil, nil),
-			action("rebuild", "recreate every VM of a drained node on other nodes",
-				[]cli.Flag{&cli.BoolFlag{Name: "confirm-fenced", Usage: "the operator confirms the node is powered off / fenced"}},
+			taskAction("drain", "no new VMs; every VM on the node stopped and kept stopped, even when the node comes back", nil, nil),
+			taskAction("evacuate", "live-migrate every VM away (the node is disabled first)", nil, nil),
+			taskAction("rebuild", "recreate every VM of a drained node on other nodes (same disks)",
+				[]cli.Flag{&cli.BoolFlag{Name: "confirm-fenced", Usage: "the operator confirms the node is powered off / fenced and runs none of its VMs"}},
 				func(c *cli.Context) any { return map[string]bool{"confirm_fenced": c.Bool("confirm-fenced")} }),
 			{
 				Name: "remove", Usage: "remove a node that has no VMs placed on it", ArgsUsage: "ID", Flags: clientFlags(),
@@ -107,6 +107,47 @@ func nodeCommand() *cli.Command {
 			},
 		},
 	}
+}
+
+// taskAction is a node operation that answers with a task.
+func taskAction(name, usage string, extra []cli.Flag, body func(c *cli.Context) any) *cli.Command {
+	return &cli.Command{Name: name, Usage: usage, ArgsUsage: "ID", Flags: append(append(clientFlags(), outputFlag()), extra...),
+		Action: func(c *cli.Context) error {
+			if _, err := output(c); err != nil {
+				return err
+			}
+			id, err := oneArg(c, "node ID")
+			if err != nil {
+				return err
+			}
+			var b any
+			if body != nil {
+				b = body(c)
+			}
+			t, err := newClient(c).NodeTask(c.Context, id, name, b)
+			if err != nil {
+				return err
+			}
+			return showTask(c, t)
+		}}
+}
+
+func showTask(c *cli.Context, t *api.Task) error {
+	if c.String("output") == "json" {
+		return printJSON(t)
+	}
+	if err := kv([][2]string{{"Task", t.ID}, {"Kind", t.Kind}, {"State", t.State}, {"Node", dash(t.NodeID)}, {"Error", dash(t.Error)}}); err != nil {
+		return err
+	}
+	if len(t.Steps) == 0 {
+		return nil
+	}
+	fmt.Fprintln(stdout)
+	rows := [][]string{}
+	for _, st := range t.Steps {
+		rows = append(rows, []string{short(st.VMID), short(st.From), short(st.To), st.State, dash(st.Error)})
+	}
+	return table([]string{"VM", "FROM", "TO", "STATE", "ERROR"}, rows)
 }
 
 func showNode(c *cli.Context, n *api.Node) error {

@@ -39,6 +39,7 @@ Start a one-server test cluster with 'chime server --dev', then try 'chime vm cr
 			vmCommand(),
 			nodeCommand(),
 			operatorCommand(),
+			taskCommand(),
 			alarmCommand(),
 			eventCommand(),
 		},
@@ -114,3 +115,5 @@ func oneArg(c *cli.Context, what string) (string, error) {
 }
 
 var stdout io.Writer = os.Stdout
+
+func itoa(i int) string { return fmt.Sprint(i) }

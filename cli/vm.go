@@ -127,10 +127,8 @@ func vmCommand() *cli.Command {
 					if err != nil {
 						return err
 					}
-					if o == "json" {
-						return printJSON(t)
-					}
-					return kv([][2]string{{"Task", t.ID}, {"Kind", t.Kind}, {"State", t.State}, {"Error", dash(t.Error)}})
+					_ = o
+					return showTask(c, t)
 				},
 			},
 		},
@@ -150,7 +148,7 @@ func showVM(c *cli.Context, vm *api.VM) error {
 		{"Node", dash(vm.NodeID)}, {"Generation", fmt.Sprint(vm.Generation)},
 		{"vCPUs", fmt.Sprint(vm.Spec.VCPUs)}, {"Memory MiB", fmt.Sprint(vm.Spec.MemoryMiB)},
 		{"Disks", dash(strings.Join(vm.Spec.Disks, ", "))}, {"HA", fmt.Sprint(vm.Spec.HA)},
-		{"Anti-affinity", dash(vm.Spec.AntiAffinity)}, {"Observed", obs}, {"Task", dash(vm.TaskID)},
+		{"Anti-affinity", dash(vm.Spec.AntiAffinity)}, {"Observed", obs}, {"Task", dash(vm.TaskID)}, {"Migration", migration(vm.Migration)},
 	})
 }
 
@@ -178,4 +176,11 @@ func cliField(err error) error {
 		return err
 	}
 	return fmt.Errorf("%s: %s", flag, strings.TrimPrefix(e.Message, e.Field+": "))
+}
+
+func migration(m *api.Migration) string {
+	if m == nil {
+		return "-"
+	}
+	return fmt.Sprintf("live migration %s → %s in flight (task %s)", short(m.From), short(m.To), m.TaskID)
 }

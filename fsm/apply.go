@@ -53,6 +53,15 @@ func (a *applier) dispatch(cmd Command) (string, error) {
 	case CmdPutTask:
 		var p PutTask
 		return decodeThen(cmd, &p, func() (string, error) { return a.putTask(p) })
+	case CmdMigrationStart:
+		var p MigrationStart
+		return decodeThen(cmd, &p, func() (string, error) { return a.migrationStart(p) })
+	case CmdMigrationEnd:
+		var p MigrationEnd
+		return decodeThen(cmd, &p, func() (string, error) { return a.migrationEnd(p) })
+	case CmdAdopt:
+		var p Adopt
+		return decodeThen(cmd, &p, func() (string, error) { return a.adopt(p) })
 	case CmdAlarm:
 		var p AlarmTransition
 		return decodeThen(cmd, &p, func() (string, error) { return a.alarmTransition(p) })
@@ -284,6 +293,11 @@ func (a *applier) setManagement(p SetManagement) (string, error) {
 	}
 	if p.State == api.NodeEnabled {
 		n.DrainAcked, n.Fenced = false, false
+		// Enabling releases the agent's local drain, if any (the agent
+		// clears its flag when it sees this id).
+		if n.LocalDrainID != "" {
+			n.ReleasedDrainID = n.LocalDrainID
+		}
 	}
 	if err := a.putNode(n); err != nil {
 		return "", err
@@ -356,6 +370,10 @@ func (a *applier) setNodeFlags(p SetNodeFlags) (string, error) {
 	if p.Fenced != nil && n.Fenced != *p.Fenced {
 		n.Fenced = *p.Fenced
 		changes = append(changes, fmt.Sprintf("fenced=%v", n.Fenced))
+	}
+	if p.LocalDrainID != nil && n.LocalDrainID != *p.LocalDrainID {
+		n.LocalDrainID = *p.LocalDrainID
+		changes = append(changes, fmt.Sprintf("local_drain_id=%q", n.LocalDrainID))
 	}
 	if len(changes) == 0 {
 		return n.ID, nil
@@ -464,6 +482,9 @@ func (a *applier) placeVM(p PlaceVM) (string, error) {
 	if p.IfGeneration != 0 && v.Generation != p.IfGeneration {
 		return "", api.Conflict("generation", "vm %s: placement changed (generation %d, expected %d)", v.Name, v.Generation, p.IfGeneration)
 	}
+	if v.Migration != nil {
+		return "", api.Conflict("vm_id", "vm %s is being live-migrated (task %s)", v.Name, v.Migration.TaskID)
+	}
 	if p.NodeID != "" {
 		if _, err := a.node(p.NodeID); err != nil {
 			return "", err
@@ -478,7 +499,7 @@ func (a *applier) placeVM(p PlaceVM) (string, error) {
 			return "", err
 		}
 	}
-	v.NodeID, v.Generation = p.NodeID, a.index
+	v.NodeID, v.Generation, v.AdoptGeneration = p.NodeID, a.index, 0
 	if p.NodeID != "" {
 		if err := a.tx.Bucket(bucketVMsByNode).Put(byNodeKey(p.NodeID, v.ID), nil); err != nil {
 			return "", err
@@ -578,6 +599,9 @@ func (a *applier) putTask(p PutTask) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	if p.IfModifyIndex != 0 && (!exists || old.ModifyIndex != p.IfModifyIndex) {
+		return "", api.Conflict("task", "task %s changed meanwhile", t.ID)
+	}
 	if exists {
 		t.CreateIndex, t.Created = old.CreateIndex, old.Created
 	} else {
@@ -632,4 +656,159 @@ func (a *applier) alarmDelivered(p AlarmDelivered) (string, error) {
 		return p.Fingerprint, b.Delete([]byte(p.Fingerprint))
 	}
 	return p.Fingerprint, putJSON(b, p.Fingerprint, rec)
+}
+
+// --- migrations ---
+
+func (a *applier) migrationStart(p MigrationStart) (string, error) {
+	v, err := a.vm(p.VMID)
+	if err != nil {
+		return "", err
+	}
+	if v.NodeID == "" {
+		return "", api.Conflict("vm_id", "vm %s is not placed on any node", v.Name)
+	}
+	if v.Generation != p.IfGeneration {
+		return "", api.Conflict("generation", "vm %s: placement changed (generation %d, expected %d)", v.Name, v.Generation, p.IfGeneration)
+	}
+	if v.Migration != nil {
+		return "", api.Conflict("vm_id", "vm %s is already migrating (task %s)", v.Name, v.Migration.TaskID)
+	}
+	if p.To == v.NodeID {
+		return "", api.Invalid("to", "vm %s already runs on node %s", v.Name, p.To)
+	}
+	if _, err := a.node(p.To); err != nil {
+		return "", err
+	}
+	v.Migration = &api.Migration{TaskID: p.TaskID, From: v.NodeID, To: p.To, Generation: v.Generation}
+	v.TaskID = p.TaskID
+	if err := a.putVM(v); err != nil {
+		return "", err
+	}
+	if err := a.touchNode(p.To); err != nil {
+		return "", err
+	}
+	return v.ID, a.ev("vm.migrating", v.NodeID, v.ID, "vm %s: live migration %s → %s started (task %s)", v.Name, v.NodeID, p.To, p.TaskID)
+}
+
+func (a *applier) migrationEnd(p MigrationEnd) (string, error) {
+	v, err := a.vm(p.VMID)
+	if err != nil {
+		return "", err
+	}
+	m := v.Migration
+	to := ""
+	if m != nil && (p.TaskID == "" || m.TaskID == p.TaskID) {
+		to = m.To
+		v.Migration = nil
+		if err := a.touchNode(m.To); err != nil {
+			return "", err
+		}
+	} else if m == nil && p.OK {
+		// The order was cancelled (timeout) but the agent did migrate: the
+		// VM now runs on the destination recorded in the task.
+		to = a.taskDestination(p.TaskID, v.ID)
+	}
+	stepState, stepErr := api.TaskFailed, p.Error
+	switch {
+	case p.OK && to != "" && v.Generation == p.Generation && v.NodeID == p.FromNode:
+		if err := a.tx.Bucket(bucketVMsByNode).Delete(byNodeKey(v.NodeID, v.ID)); err != nil {
+			return "", err
+		}
+		if err := a.touchNode(v.NodeID); err != nil {
+			return "", err
+		}
+		from := v.NodeID
+		v.AdoptGeneration, v.NodeID, v.Generation = p.Generation, to, a.index
+		if err := a.tx.Bucket(bucketVMsByNode).Put(byNodeKey(to, v.ID), nil); err != nil {
+			return "", err
+		}
+		stepState, stepErr = api.TaskSucceeded, ""
+		if err := a.ev("vm.migrated", to, v.ID, "vm %s live-migrated %s → %s, generation %d", v.Name, from, to, v.Generation); err != nil {
+			return "", err
+		}
+	case p.OK:
+		stepErr = fmt.Sprintf("migration reported done but the placement changed meanwhile (generation %d, reported %d)", v.Generation, p.Generation)
+		if err := a.ev("vm.migration_conflict", p.FromNode, v.ID, "vm %s: %s", v.Name, stepErr); err != nil {
+			return "", err
+		}
+	default:
+		if err := a.ev("vm.migration_failed", p.FromNode, v.ID, "vm %s: live migration failed: %s", v.Name, p.Error); err != nil {
+			return "", err
+		}
+	}
+	if v.TaskID == p.TaskID {
+		v.TaskID = ""
+	}
+	if err := a.putVM(v); err != nil {
+		return "", err
+	}
+	return v.ID, a.updateTaskStep(p.TaskID, v.ID, stepState, stepErr)
+}
+
+// taskDestination finds the destination a task's step names for a VM.
+func (a *applier) taskDestination(taskID, vmID string) string {
+	var t api.Task
+	if ok, _ := getJSON(a.tx.Bucket(bucketTasks), taskID, &t); !ok {
+		return ""
+	}
+	for _, st := range t.Steps {
+		if st.VMID == vmID {
+			return st.To
+		}
+	}
+	return ""
+}
+
+// updateTaskStep records a step's outcome; the task itself is finished by
+// the leader's task runner.
+func (a *applier) updateTaskStep(taskID, vmID, state, errMsg string) error {
+	if taskID == "" {
+		return nil
+	}
+	var t api.Task
+	b := a.tx.Bucket(bucketTasks)
+	ok, err := getJSON(b, taskID, &t)
+	if err != nil || !ok {
+		return err
+	}
+	for i := range t.Steps {
+		if t.Steps[i].VMID == vmID && t.Steps[i].State == api.TaskRunning {
+			t.Steps[i].State, t.Steps[i].Error = state, errMsg
+		}
+	}
+	t.ModifyIndex, t.Updated = a.index, a.now
+	return putJSON(b, taskID, t)
+}
+
+func (a *applier) adopt(p Adopt) (string, error) {
+	v, err := a.vm(p.VMID)
+	if err != nil {
+		return "", err
+	}
+	if _, err := a.node(p.NodeID); err != nil {
+		return "", err
+	}
+	if v.NodeID == p.NodeID && v.AdoptGeneration == p.Generation {
+		return v.ID, nil // already adopted
+	}
+	if v.Generation != p.Generation || v.NodeID == "" {
+		return "", api.Conflict("generation", "vm %s: adoption of generation %d refused: the placement is generation %d on node %s",
+			v.Name, p.Generation, v.Generation, orNone(v.NodeID))
+	}
+	if err := a.tx.Bucket(bucketVMsByNode).Delete(byNodeKey(v.NodeID, v.ID)); err != nil {
+		return "", err
+	}
+	if err := a.touchNode(v.NodeID); err != nil {
+		return "", err
+	}
+	from := v.NodeID
+	v.AdoptGeneration, v.NodeID, v.Generation, v.Migration = p.Generation, p.NodeID, a.index, nil
+	if err := a.tx.Bucket(bucketVMsByNode).Put(byNodeKey(p.NodeID, v.ID), nil); err != nil {
+		return "", err
+	}
+	if err := a.putVM(v); err != nil {
+		return "", err
+	}
+	return v.ID, a.ev("vm.adopted", p.NodeID, v.ID, "vm %s adopted by node %s after a node-local migration from %s, generation %d", v.Name, p.NodeID, from, v.Generation)
 }

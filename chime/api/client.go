@@ -270,11 +270,25 @@ func (c *Client) GetNode(ctx context.Context, id string) (*Node, error) {
 	return &n, err
 }
 
-// NodeAction runs enable, disable, drain, evacuate on a node.
+// NodeAction runs enable, disable or drain on a node.
 func (c *Client) NodeAction(ctx context.Context, id, action string, body any) (*Node, error) {
 	var n Node
 	_, err := c.Do(ctx, http.MethodPost, "/v1/nodes/"+esc(id)+"/"+action, nil, body, &n)
 	return &n, err
+}
+
+// NodeTask runs drain, evacuate or rebuild on a node and returns its task.
+func (c *Client) NodeTask(ctx context.Context, id, action string, body any) (*Task, error) {
+	var t Task
+	_, err := c.Do(ctx, http.MethodPost, "/v1/nodes/"+esc(id)+"/"+action, nil, body, &t)
+	return &t, err
+}
+
+// GetTask shows one task.
+func (c *Client) GetTask(ctx context.Context, id string) (*Task, error) {
+	var t Task
+	_, err := c.Do(ctx, http.MethodGet, "/v1/tasks/"+esc(id), nil, nil, &t)
+	return &t, err
 }
 
 // RemoveNode removes a node that runs no VM.
@@ -304,6 +318,12 @@ func (c *Client) Desired(ctx context.Context, q QueryOptions) (*DesiredState, er
 	var out DesiredState
 	_, err := c.Do(ctx, http.MethodGet, "/v1/agent/desired", q.values(), nil, &out)
 	return &out, err
+}
+
+// ReportMigration sends a source agent's migration result.
+func (c *Client) ReportMigration(ctx context.Context, r MigrationReport) error {
+	_, err := c.Do(ctx, http.MethodPost, "/v1/agent/migrated", nil, r, nil)
+	return err
 }
 
 // --- status, operator, events, alarms, tasks ---

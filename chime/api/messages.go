@@ -70,6 +70,7 @@ type HeartbeatRequest struct {
 	Faults       []string        `json:"faults,omitempty"`
 	VMs          []VMObservation `json:"vms"`
 	LocalDrained bool            `json:"local_drained"`
+	LocalDrainID string          `json:"local_drain_id,omitempty"` // id of the local drain, released by node enable
 	// VMsUnknown is set when libvirt could not be listed: VMs is then
 	// empty and says nothing about which VMs run.
 	VMsUnknown bool             `json:"vms_unknown,omitempty"`
@@ -79,9 +80,12 @@ type HeartbeatRequest struct {
 
 // HeartbeatResponse tells the agent the current timing.
 type HeartbeatResponse struct {
-	Timing      Timing   `json:"timing"`
-	GossipAddrs []string `json:"gossip_addrs,omitempty"`
-	Index       uint64   `json:"index"`
+	// RejectedAdoptions are VM ids the agent reported as adopted that the
+	// servers refused (the placement moved on): the agent destroys them.
+	RejectedAdoptions []string `json:"rejected_adoptions,omitempty"`
+	Timing            Timing   `json:"timing"`
+	GossipAddrs       []string `json:"gossip_addrs,omitempty"`
+	Index             uint64   `json:"index"`
 }
 
 // DesiredVM is one VM an agent must run (or keep stopped).
@@ -91,14 +95,49 @@ type DesiredVM struct {
 	Spec         VMSpec `json:"spec"`
 	DesiredState string `json:"desired_state"`
 	Generation   uint64 `json:"generation"`
+	// AdoptGeneration: a domain of this VM with this older generation
+	// arrived here by live migration; keep it, update its metadata.
+	AdoptGeneration uint64 `json:"adopt_generation,omitempty"`
+	// Migrate orders the agent (on the source node) to live-migrate the VM.
+	Migrate *MigrationOrder `json:"migrate,omitempty"`
+}
+
+// MigrationOrder tells a source agent where to live-migrate a VM.
+type MigrationOrder struct {
+	TaskID     string `json:"task_id"`
+	ToNodeID   string `json:"to_node_id"`
+	DestURI    string `json:"dest_uri"`    // libvirt URI of the destination, e.g. qemu+tcp://10.0.0.2/system
+	MigrateURI string `json:"migrate_uri"` // qemu migration stream, e.g. tcp://10.0.0.2
+}
+
+// IncomingVM is a VM being live-migrated to this node: its domain appears
+// here before the placement moves, and must be left alone.
+type IncomingVM struct {
+	ID         string `json:"id"`
+	Name       string `json:"name"`
+	Generation uint64 `json:"generation"`
+}
+
+// MigrationReport is the body of POST /v1/agent/migrated: a source agent's
+// result of a MigrationOrder.
+type MigrationReport struct {
+	TaskID     string `json:"task_id"`
+	VMID       string `json:"vm_id"`
+	Generation uint64 `json:"generation"`
+	OK         bool   `json:"ok"`
+	Error      string `json:"error,omitempty"`
 }
 
 // DesiredState is the answer to GET /v1/agent/desired (a blocking query).
 type DesiredState struct {
-	NodeID          string      `json:"node_id"`
-	ManagementState string      `json:"management_state"`
-	VMs             []DesiredVM `json:"vms"`
-	Index           uint64      `json:"index"`
+	NodeID          string       `json:"node_id"`
+	ManagementState string       `json:"management_state"`
+	VMs             []DesiredVM  `json:"vms"`
+	Incoming        []IncomingVM `json:"incoming,omitempty"`
+	// ReleasedDrainID is the local drain the operator released (`node
+	// enable`): an agent whose local drain has this id clears it.
+	ReleasedDrainID string `json:"released_drain_id,omitempty"`
+	Index           uint64 `json:"index"`
 }
 
 // Peer is one Raft server.

@@ -48,10 +48,12 @@ type Node struct {
 	ManagementState string    `json:"management_state"`
 	MonitorState    string    `json:"monitor_state"`
 	Faults          []string  `json:"faults,omitempty"`
-	StateSince      time.Time `json:"state_since"`   // when monitor_state last changed (leader's clock, carried in the command)
-	LocalDrained    bool      `json:"local_drained"` // the agent reported `chime agent drain` done
-	DrainAcked      bool      `json:"drain_acked"`   // the agent reported every VM stopped after a server drain
-	Fenced          bool      `json:"fenced"`        // an operator or fence command confirmed the node runs nothing
+	StateSince      time.Time `json:"state_since"`                 // when monitor_state last changed (leader's clock, carried in the command)
+	LocalDrained    bool      `json:"local_drained"`               // the agent reported `chime agent drain` done
+	LocalDrainID    string    `json:"local_drain_id,omitempty"`    // id of the agent's current local drain
+	ReleasedDrainID string    `json:"released_drain_id,omitempty"` // local drain the operator released with node enable
+	DrainAcked      bool      `json:"drain_acked"`                 // the agent reported every VM stopped after a server drain
+	Fenced          bool      `json:"fenced"`                      // an operator or fence command confirmed the node runs nothing
 
 	CreateIndex uint64 `json:"create_index"`
 	ModifyIndex uint64 `json:"modify_index"`
@@ -87,8 +89,14 @@ type VM struct {
 	State        string       `json:"state"`      // derived view: see (*VM).DeriveState
 	Observed     *Observation `json:"observed,omitempty"`
 	TaskID       string       `json:"task_id,omitempty"`
-	CreateIndex  uint64       `json:"create_index"`
-	ModifyIndex  uint64       `json:"modify_index"`
+	// Migration is the live migration in flight, if any.
+	Migration *Migration `json:"migration,omitempty"`
+	// AdoptGeneration names the older generation whose domain legitimately
+	// arrived on the placement node by live migration: the agent there
+	// keeps it (updating its metadata) instead of destroying it as stale.
+	AdoptGeneration uint64 `json:"adopt_generation,omitempty"`
+	CreateIndex     uint64 `json:"create_index"`
+	ModifyIndex     uint64 `json:"modify_index"`
 }
 
 // DeriveState computes the VM's shown state from placement and observation.
@@ -103,12 +111,21 @@ func (v *VM) DeriveState() string {
 	return o.State
 }
 
+// Migration is a live migration the servers ordered.
+type Migration struct {
+	TaskID     string `json:"task_id"`
+	From       string `json:"from"`
+	To         string `json:"to"`
+	Generation uint64 `json:"generation"` // placement generation when it started
+}
+
 // Task kinds and states.
 const (
 	TaskMigrate  = "migrate"
 	TaskEvacuate = "evacuate"
 	TaskDrain    = "drain"
 	TaskRebuild  = "rebuild"
+	TaskAdopt    = "adopt" // a node-local migration the servers refused
 
 	TaskPending   = "pending"
 	TaskRunning   = "running"

@@ -5,6 +5,9 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
 	"net/http"
 	"sort"
 
@@ -103,11 +106,15 @@ func (s *Server) handleHeartbeat(w http.ResponseWriter, r *http.Request) (any, e
 		return nil, api.Forbidden("heartbeat for node %s sent with the credentials of node %s", hb.NodeID, n.ID)
 	}
 	s.met.heartbeats.Inc()
+	rejected, err := s.recordAdoptions(r, n, hb)
+	if err != nil {
+		return nil, err
+	}
 	if err := s.recordObservations(r, n, hb); err != nil {
 		return nil, err
 	}
 	s.mon.heartbeat(n.ID, &hb)
-	return api.HeartbeatResponse{Timing: s.timing(), GossipAddrs: s.gossipAddrs(), Index: s.fsm.Index()}, nil
+	return api.HeartbeatResponse{Timing: s.timing(), GossipAddrs: s.gossipAddrs(), Index: s.fsm.Index(), RejectedAdoptions: rejected}, nil
 }
 
 // recordObservations writes the observations that differ from the state,
@@ -120,6 +127,12 @@ func (s *Server) recordObservations(r *http.Request, n *api.Node, hb api.Heartbe
 			continue
 		}
 		ob := vm.Observed
+		if m := vm.Migration; m != nil && m.To == n.ID {
+			continue // the incoming copy of a live migration in flight
+		}
+		if vm.NodeID == n.ID && vm.AdoptGeneration != 0 && o.Generation == vm.AdoptGeneration {
+			continue // arrived by migration; the agent is updating its generation
+		}
 		if vm.NodeID != n.ID || o.Generation < vm.Generation {
 			if o.State == api.StateRunning {
 				changed = append(changed, o) // recorded as a stale-copy event
@@ -145,7 +158,7 @@ func (s *Server) recordObservations(r *http.Request, n *api.Node, hb api.Heartbe
 	}
 	allStopped := true
 	for _, vm := range placed {
-		if !listed[vm.ID] && vm.Observed != nil && vm.Observed.NodeID == n.ID && vm.Observed.State != api.StateStopped {
+		if !listed[vm.ID] && vm.Migration == nil && vm.Observed != nil && vm.Observed.NodeID == n.ID && vm.Observed.State != api.StateStopped {
 			changed = append(changed, api.VMObservation{VMID: vm.ID, State: api.StateStopped, Reason: "undefined", Generation: vm.Generation})
 		}
 	}
@@ -164,6 +177,10 @@ func (s *Server) recordObservations(r *http.Request, n *api.Node, hb api.Heartbe
 	if hb.LocalDrained != n.LocalDrained {
 		v := hb.LocalDrained
 		flags.LocalDrained, dirty = &v, true
+	}
+	if hb.LocalDrainID != "" && hb.LocalDrainID != n.LocalDrainID {
+		v := hb.LocalDrainID
+		flags.LocalDrainID, dirty = &v, true
 	}
 	if acked := n.ManagementState == api.NodeDrained && allStopped && !hb.VMsUnknown; acked && !n.DrainAcked {
 		flags.DrainAcked, dirty = &acked, true
@@ -192,14 +209,73 @@ func (s *Server) handleDesired(w http.ResponseWriter, r *http.Request) (any, err
 	if cur, err := s.fsm.Node(n.ID); err == nil {
 		n = cur
 	}
-	out := api.DesiredState{NodeID: n.ID, ManagementState: n.ManagementState, Index: idx, VMs: []api.DesiredVM{}}
+	out := api.DesiredState{NodeID: n.ID, ManagementState: n.ManagementState, Index: idx, VMs: []api.DesiredVM{},
+		ReleasedDrainID: n.ReleasedDrainID}
 	for _, vm := range vms {
-		d := api.DesiredVM{ID: vm.ID, Name: vm.Name, Spec: vm.Spec, DesiredState: vm.DesiredState, Generation: vm.Generation}
+		d := api.DesiredVM{ID: vm.ID, Name: vm.Name, Spec: vm.Spec, DesiredState: vm.DesiredState, Generation: vm.Generation,
+			AdoptGeneration: vm.AdoptGeneration}
 		if n.ManagementState == api.NodeDrained {
 			d.DesiredState = api.DesiredStopped
 		}
+		if m := vm.Migration; m != nil && m.From == n.ID {
+			if dest, err := s.fsm.Node(m.To); err == nil {
+				addr := dest.MigrationAddr
+				if addr == "" {
+					addr = hostOf(dest.APIAddr)
+				}
+				d.Migrate = &api.MigrationOrder{TaskID: m.TaskID, ToNodeID: dest.ID, DestURI: dest.MigrationURI, MigrateURI: "tcp://" + addr}
+			}
+		}
 		out.VMs = append(out.VMs, d)
+	}
+	// VMs migrating here: their domains appear before the placement moves.
+	if all, err := s.fsm.VMs(); err == nil {
+		for _, vm := range all {
+			if m := vm.Migration; m != nil && m.To == n.ID {
+				out.Incoming = append(out.Incoming, api.IncomingVM{ID: vm.ID, Name: vm.Name, Generation: vm.Generation})
+			}
+		}
 	}
 	setIndex(w, idx)
 	return out, nil
+}
+
+// recordAdoptions turns the domains an agent adopted by node-local
+// migration into placements, when the generation still matches; refused
+// ones are returned for the agent to destroy, and raise an alarm (a failed
+// adopt task).
+func (s *Server) recordAdoptions(r *http.Request, n *api.Node, hb api.HeartbeatRequest) ([]string, error) {
+	var rejected []string
+	for _, o := range hb.Adopted {
+		vm, err := s.fsm.VM(o.VMID)
+		if err == nil && vm.NodeID == n.ID && (vm.AdoptGeneration == o.Generation || vm.Generation == o.Generation) {
+			continue // already adopted
+		}
+		_, err = s.propose(r.Context(), "", fsm.CmdAdopt, fsm.Adopt{VMID: o.VMID, NodeID: n.ID, Generation: o.Generation})
+		if err == nil {
+			s.kickTasks()
+			continue
+		}
+		if !errors.Is(err, api.ErrConflict) && !errors.Is(err, api.ErrNotFound) {
+			return nil, err
+		}
+		rejected = append(rejected, o.VMID)
+		t := api.Task{ID: fmt.Sprintf("adopt-%s-%d-%s", short8(o.VMID), o.Generation, short8(n.ID)), Kind: api.TaskAdopt,
+			NodeID: n.ID, VMID: o.VMID, State: api.TaskFailed,
+			Error: fmt.Sprintf("node %s adopted vm %s (generation %d) by node-local migration, refused: %v; the adopted copy is destroyed", n.Name, o.VMID, o.Generation, err)}
+		if existing, terr := s.fsm.Task(t.ID); terr != nil || existing.State != api.TaskFailed {
+			if _, perr := s.propose(r.Context(), "", fsm.CmdPutTask, fsm.PutTask{Task: t}); perr != nil {
+				return nil, perr
+			}
+		}
+	}
+	return rejected, nil
+}
+
+// hostOf returns the host part of host:port.
+func hostOf(addr string) string {
+	if h, _, err := net.SplitHostPort(addr); err == nil {
+		return h
+	}
+	return addr
 }

@@ -1,7 +1,6 @@
 package server
 
 import (
-	"context"
 	"net/http"
 
 	"github.com/chime-ha/chime/chime/api"
@@ -33,11 +32,16 @@ func (s *Server) handleNodeAction(w http.ResponseWriter, r *http.Request) (any, 
 	reqID := r.Header.Get(api.HeaderRequestID)
 	action := r.PathValue("action")
 	switch action {
-	case "enable", "disable", "drain":
+	case "drain":
 		if err := decodeEmpty(r); err != nil {
 			return nil, err
 		}
-		state := map[string]string{"enable": api.NodeEnabled, "disable": api.NodeDisabled, "drain": api.NodeDrained}[action]
+		return s.drainNode(r.Context(), reqID, n)
+	case "enable", "disable":
+		if err := decodeEmpty(r); err != nil {
+			return nil, err
+		}
+		state := map[string]string{"enable": api.NodeEnabled, "disable": api.NodeDisabled}[action]
 		if _, err := s.propose(r.Context(), reqID, fsm.CmdSetManagement, fsm.SetManagement{NodeID: n.ID, State: state}); err != nil {
 			return nil, err
 		}
@@ -72,21 +76,4 @@ func (s *Server) handleRemoveNode(w http.ResponseWriter, r *http.Request) (any, 
 	}
 	s.mon.forget(n.ID)
 	return nil, nil
-}
-
-// notImplemented is the honest answer of operations a later change adds.
-func notImplemented(what string) error {
-	return &api.Error{Status: http.StatusNotImplemented, Message: what + " is not implemented yet"}
-}
-
-func (s *Server) rebuildNode(ctx context.Context, reqID string, n *api.Node, confirmFenced bool) (any, error) {
-	return nil, notImplemented("node rebuild")
-}
-
-func (s *Server) evacuateNode(ctx context.Context, reqID string, n *api.Node) (any, error) {
-	return nil, notImplemented("node evacuate")
-}
-
-func (s *Server) migrateVM(ctx context.Context, reqID string, vm *api.VM, to string) (any, error) {
-	return nil, notImplemented("vm migrate")
 }

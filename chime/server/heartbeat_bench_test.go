@@ -123,6 +123,10 @@ func benchHeartbeats(b *testing.B, n int) {
 	b.ResetTimer()
 	hb0, err := srv.heartbeatsTotal(ctx)
 	if err != nil {
+		_ = srv.cmd.Process.Signal(syscall.SIGQUIT)
+		<-srv.exited
+		data, _ := os.ReadFile(srv.log)
+		_ = os.WriteFile("/tmp/hbserver.log", data, 0o644)
 		b.Fatal(err)
 	}
 	cpu0, err := procCPU(srv.cmd.Process.Pid)

@@ -53,6 +53,7 @@ func (s *Server) setupHTTP() error {
 	route("POST /v1/agent/register", leaderOnly, s.handleRegister)
 	route("POST /v1/agent/heartbeat", leaderOnly, s.handleHeartbeat)
 	route("GET /v1/agent/desired", leaderOnly, s.handleDesired)
+	route("POST /v1/agent/migrated", leaderOnly, s.handleMigrated)
 	// operator
 	route("GET /v1/operator/raft/peers", local, s.handlePeers)
 	route("DELETE /v1/operator/raft/peers/{id}", leaderOnly, s.handleRemovePeer)
@@ -66,6 +67,7 @@ func (s *Server) setupHTTP() error {
 	route("GET /v1/events", local, s.handleEvents)
 	route("GET /v1/alarms", leaderOnly, s.handleAlarms)
 	route("GET /v1/tasks", local, s.handleTasks)
+	route("GET /v1/tasks/{id}", local, s.handleGetTask)
 	mux.Handle("GET /metrics", s.met.handler(s))
 	mux.Handle("/", s.wrap("notfound", local, func(w http.ResponseWriter, r *http.Request) (any, error) {
 		return nil, api.NotFound("path", "no such endpoint: %s %s", r.Method, r.URL.Path)

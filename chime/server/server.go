@@ -39,6 +39,7 @@ type Server struct {
 
 	placeMu   sync.Mutex         // serialises placement decisions on the leader
 	placeKick chan struct{}      // wakes the placement loop
+	taskKick  chan struct{}      // wakes the task runner
 	stopLoops context.CancelFunc // stops bootstrap and leader loops
 	wg        sync.WaitGroup
 }
@@ -74,7 +75,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger.Named("server"), fwd: &http.Client{Timeout: 6 * time.Minute},
-		placeKick: make(chan struct{}, 1)}
+		placeKick: make(chan struct{}, 1), taskKick: make(chan struct{}, 1)}
 	s.met = newMetrics()
 	if err := s.setupRaft(); err != nil {
 		s.closeStores()
