@@ -44,6 +44,15 @@ func testLifecycle(t *testing.T, f *fleet) {
 	h := f.lab.Hosts[hi]
 	t.Logf("vm create → qemu running on %s (pid %d) %s after the CLI returned", h.Name, pid, took.Round(time.Millisecond))
 	f.expectPlacedOn(t, "life", h.Name)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	xml, err := h.Virsh(ctx, "dumpxml", vm.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := fmt.Sprintf("<domain type='%s'", lab.DomainType()); !strings.Contains(xml, want) {
+		t.Fatalf("domain type: want %s (lab.DomainType), libvirt has %.60q", want, xml)
+	}
 	f.waitVMState(t, "life", api.StateRunning)
 
 	f.mustChime(t, "vm", "stop", "life")

@@ -59,7 +59,8 @@ func requireLab(t *testing.T) {
 
 // newFleet builds the lab, starts the servers and the agents, and waits
 // until the three nodes are registered and normal. t.Cleanup tears it all
-// down; the root directory is kept when the test failed.
+// down; the root directory (data, logs) is kept when the test failed or
+// CHIME_FLEET_KEEP is set.
 func newFleet(t *testing.T) *fleet {
 	t.Helper()
 	requireLab(t)
@@ -75,7 +76,7 @@ func newFleet(t *testing.T) *fleet {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		if t.Failed() {
+		if t.Failed() || os.Getenv("CHIME_FLEET_KEEP") != "" {
 			t.Logf("fleet kept for inspection: %s (logs in %s)", root, logs)
 			return
 		}
@@ -126,6 +127,11 @@ func (f *fleet) startAgent(i int) {
 		"--business-interface", h.BizIf,
 		// The test guests have no OS to honour an ACPI shutdown.
 		"--shutdown-grace", "2s"}
+	// With CHIME_LAB_DOMAIN_TYPE set, force the agents' domain type (TCG on
+	// a KVM machine); otherwise they detect it, as on a real hypervisor.
+	if os.Getenv(lab.DomainTypeEnv) != "" {
+		args = append(args, "--domain-type", lab.DomainType())
+	}
 	for _, a := range f.ss.addrs() {
 		args = append(args, "--server", a)
 	}
