@@ -644,13 +644,17 @@ func (c Config) healthConfig(changed func()) HealthConfig {
 			paths = append(paths, p)
 		}
 	}
+	var log hclog.Logger
+	if c.Logger != nil {
+		log = c.Logger.Named("health")
+	}
 	return HealthConfig{
 		Interval:          c.BusinessProbeInterval,
 		BusinessInterface: c.BusinessInterface,
 		BusinessProbes:    targets,
 		StoragePaths:      paths,
 		DiskErrorHold:     c.DiskErrorHold,
-		Logger:            c.Logger.Named("health"),
+		Logger:            log,
 		Changed:           changed,
 	}
 }
