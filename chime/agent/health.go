@@ -269,8 +269,12 @@ func (h *Health) checkBusiness(ctx context.Context) {
 	failing := strings.Join(failed, "; ")
 	h.mu.Lock()
 	h.business = fault
-	logChange := failing != h.failing
-	h.failing = failing
+	// With the link down no target was probed; the fault itself is logged
+	// by notifyIfChanged.
+	logChange := link.Up && failing != h.failing
+	if link.Up {
+		h.failing = failing
+	}
 	h.mu.Unlock()
 	switch {
 	case !logChange:
