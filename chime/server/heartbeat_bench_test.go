@@ -19,6 +19,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
+
 	"github.com/chime-ha/chime/chime/api"
 )
 
@@ -123,13 +125,9 @@ func benchHeartbeats(b *testing.B, n int) {
 	b.ResetTimer()
 	hb0, err := srv.heartbeatsTotal(ctx)
 	if err != nil {
-		_ = srv.cmd.Process.Signal(syscall.SIGQUIT)
-		<-srv.exited
-		data, _ := os.ReadFile(srv.log)
-		_ = os.WriteFile("/tmp/hbserver.log", data, 0o644)
 		b.Fatal(err)
 	}
-	cpu0, err := procCPU(srv.cmd.Process.Pid)
+	cpu0, err := procCPU(srv.pid)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -141,7 +139,7 @@ func benchHeartbeats(b *testing.B, n int) {
 	}
 	fleet.recording.Store(false)
 	elapsed := time.Since(t0)
-	cpu1, err := procCPU(srv.cmd.Process.Pid)
+	cpu1, err := procCPU(srv.pid)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -151,7 +149,7 @@ func benchHeartbeats(b *testing.B, n int) {
 	}
 	ok1, fail1 := fleet.ok.Load(), fleet.failed.Load()
 	livePings := fleet.livePings.Load() - livePings0
-	rss, hwm, err := procMemory(srv.cmd.Process.Pid)
+	rss, hwm, err := procMemory(srv.pid)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -204,6 +202,9 @@ func benchHeartbeats(b *testing.B, n int) {
 		n, cfg.interval, cfg.missed, elapsed.Round(time.Millisecond), serverRate, clientRate, float64(n)/cfg.interval.Seconds(), fail1-fail0,
 		ms(p50), ms(p99), cpuPct, float64(rss)/1024, float64(hwm)/1024,
 		victim.name, detection.Seconds(), bound.Seconds(), livePings, falseUnreachable, float64(n)/regTook.Seconds())
+	if srv.inProcess {
+		b.Logf("in-process server: CPU and RSS above include the simulated agents")
+	}
 	if e := fleet.lastErr.Load().(string); e != "" {
 		b.Logf("last heartbeat error: %s", e)
 	}
@@ -273,12 +274,15 @@ func countUnreachable(ctx context.Context, base, except string) (int, error) {
 	return count, nil
 }
 
-// benchServer is a `chime server --dev` child process.
+// benchServer is a `chime server --dev` child process, or with
+// CHIME_BENCH_INPROCESS=1 a server in this process (so that -cpuprofile
+// sees the server; its CPU and memory figures then include the agents).
 type benchServer struct {
-	cmd    *exec.Cmd
-	base   string // API URL
-	log    string // its stderr/stdout file
-	exited chan struct{}
+	pid       int
+	inProcess bool
+	base      string        // API URL
+	log       string        // its log file
+	exited    chan struct{} // closed when the child exited (nil in-process)
 }
 
 // startBenchServer builds (or takes) the chime binary and starts a dev
@@ -287,6 +291,9 @@ type benchServer struct {
 func startBenchServer(b *testing.B, ctx context.Context, cfg heartbeatBenchConfig) *benchServer {
 	b.Helper()
 	dir := b.TempDir()
+	if os.Getenv("CHIME_BENCH_INPROCESS") == "1" {
+		return startInProcessBenchServer(b, ctx, cfg, dir)
+	}
 	bin := os.Getenv("CHIME_BENCH_BINARY")
 	if bin == "" {
 		bin = filepath.Join(dir, "chime")
@@ -308,38 +315,64 @@ func startBenchServer(b *testing.B, ctx context.Context, cfg heartbeatBenchConfi
 	if err != nil {
 		b.Fatal(err)
 	}
-	s.cmd = exec.Command(bin, "--log-level", "warn", "server", "--dev", "--name", "bench",
+	cmd := exec.Command(bin, "--log-level", "warn", "server", "--dev", "--name", "bench",
 		"--data-dir", filepath.Join(dir, "data"), "--bind", "127.0.0.1",
 		"--api-port", strconv.Itoa(ports[0]), "--raft-port", strconv.Itoa(ports[1]), "--gossip-port", strconv.Itoa(ports[2]),
 		"--gossip-profile", "local", "--heartbeat-interval", cfg.interval.String(),
 		"--missed-heartbeats", strconv.Itoa(cfg.missed))
-	s.cmd.Stdout, s.cmd.Stderr = logf, logf
-	s.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := s.cmd.Start(); err != nil {
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
 		logf.Close()
 		b.Fatalf("start chime server: %v", err)
 	}
+	s.pid = cmd.Process.Pid
 	go func() {
-		_ = s.cmd.Wait()
+		_ = cmd.Wait()
 		logf.Close()
 		close(s.exited)
 	}()
-	b.Cleanup(s.stop)
+	// Stop: SIGTERM, then SIGKILL after 10 s.
+	b.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-s.exited:
+		case <-time.After(10 * time.Second):
+			_ = cmd.Process.Kill()
+			<-s.exited
+		}
+	})
 	if err := s.waitLeader(ctx, 30*time.Second); err != nil {
 		b.Fatalf("%v\n%s", err, s.logTail())
 	}
 	return s
 }
 
-// stop ends the server: SIGTERM, then SIGKILL after 10 s.
-func (s *benchServer) stop() {
-	_ = s.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-s.exited:
-	case <-time.After(10 * time.Second):
-		_ = s.cmd.Process.Kill()
-		<-s.exited
+func startInProcessBenchServer(b *testing.B, ctx context.Context, bc heartbeatBenchConfig, dir string) *benchServer {
+	b.Helper()
+	ports := benchFreePorts(b, 3)
+	s := &benchServer{pid: os.Getpid(), inProcess: true, base: fmt.Sprintf("http://127.0.0.1:%d", ports[0]),
+		log: filepath.Join(dir, "server.log")}
+	logf, err := os.Create(s.log)
+	if err != nil {
+		b.Fatal(err)
 	}
+	b.Cleanup(func() { logf.Close() })
+	cfg := DefaultConfig()
+	cfg.Dev, cfg.Name, cfg.DataDir = true, "bench", filepath.Join(dir, "data")
+	cfg.APIPort, cfg.RaftPort, cfg.GossipPort = ports[0], ports[1], ports[2]
+	cfg.GossipProfile = "local"
+	cfg.HeartbeatEvery, cfg.MissedBeats = bc.interval, bc.missed
+	cfg.Logger = hclog.New(&hclog.LoggerOptions{Name: "chime", Level: hclog.Warn, Output: logf})
+	srv, err := Start(ctx, cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = srv.Shutdown() })
+	if err := s.waitLeader(ctx, 30*time.Second); err != nil {
+		b.Fatalf("%v\n%s", err, s.logTail())
+	}
+	return s
 }
 
 func (s *benchServer) waitLeader(ctx context.Context, within time.Duration) error {
