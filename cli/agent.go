@@ -192,12 +192,26 @@ func agentDrainCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "drain",
 		Usage: "stop every VM on this node and keep them stopped (local drain flag)",
-		Flags: []cli.Flag{socketFlag()},
+		Description: `Works while the management network is down: it talks to the local agent's socket.
+The flag persists across agent restarts and is reported to the servers when they are reachable;
+'chime node enable' on the servers releases it.`,
+		Flags: []cli.Flag{socketFlag(), outputFlag()},
 		Action: func(c *cli.Context) error {
-			if err := agent.NewLocalClient(c.String("socket")).Drain(c.Context); err != nil {
+			o, err := output(c)
+			if err != nil {
 				return err
 			}
-			fmt.Fprintln(stdout, "node drained locally")
+			res, err := agent.NewLocalClient(c.String("socket")).Drain(c.Context)
+			if err != nil {
+				return err
+			}
+			if o == "json" {
+				return printJSON(res)
+			}
+			fmt.Fprintf(stdout, "node drained locally (drain id %s): %d VMs stopped\n", res.DrainID, len(res.Stopped))
+			if len(res.Running) > 0 {
+				return fmt.Errorf("still running after the wait: %v", res.Running)
+			}
 			return nil
 		},
 	}
@@ -213,16 +227,39 @@ func agentMigrateCommand() *cli.Command {
 			&cli.StringFlag{Name: "uuid", Usage: "VM id to migrate"},
 			&cli.BoolFlag{Name: "all", Usage: "migrate every VM of this node"},
 			&cli.StringFlag{Name: "dest", Usage: "IP address of the destination agent on that network", Required: true},
+			outputFlag(),
 		},
 		Action: func(c *cli.Context) error {
-			req := agent.MigrateRequest{Interface: c.String("interface"), VMID: c.String("uuid"), All: c.Bool("all"), Dest: c.String("dest")}
-			if (req.VMID == "") == !req.All {
-				return errors.New("give exactly one of --uuid or --all")
-			}
-			if err := agent.NewLocalClient(c.String("socket")).Migrate(c.Context, req); err != nil {
+			o, err := output(c)
+			if err != nil {
 				return err
 			}
-			fmt.Fprintln(stdout, "migration done")
+			req := agent.MigrateRequest{Interface: c.String("interface"), UUID: c.String("uuid"), All: c.Bool("all"), Dest: c.String("dest")}
+			if (req.UUID == "") == !req.All {
+				return errors.New("--uuid: give exactly one of --uuid or --all")
+			}
+			res, err := agent.NewLocalClient(c.String("socket")).Migrate(c.Context, req)
+			if err != nil {
+				return err
+			}
+			if o == "json" {
+				return printJSON(res)
+			}
+			failed := 0
+			rows := [][]string{}
+			for _, r := range res {
+				state := "migrated"
+				if !r.OK {
+					state, failed = "failed", failed+1
+				}
+				rows = append(rows, []string{short(r.VMID), r.Name, state, dash(r.Took), dash(r.Error)})
+			}
+			if err := table([]string{"VM", "NAME", "RESULT", "TOOK", "ERROR"}, rows); err != nil {
+				return err
+			}
+			if failed > 0 {
+				return fmt.Errorf("%d of %d migrations failed", failed, len(res))
+			}
 			return nil
 		},
 	}

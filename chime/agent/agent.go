@@ -49,8 +49,10 @@ type Agent struct {
 	apiAddr     net.Addr          // where the agent API listens
 	gossipAddrs []string          // the servers' memberlist addresses, from registration and heartbeats
 
-	pool   *gossip.Pool // set by Run before registration
-	health *Health      // local health checks; their faults go into every heartbeat
+	mig    *migrations     // live migrations ordered by the servers
+	runCtx context.Context // Run's context: owns background migrations
+	pool   *gossip.Pool    // set by Run before registration
+	health *Health         // local health checks; their faults go into every heartbeat
 
 	heartbeatNow chan struct{} // capacity 1: send the next heartbeat early
 }
@@ -81,7 +83,11 @@ func New(cfg Config, hv Hypervisor) (*Agent, error) {
 	a := &Agent{cfg: cfg, hv: hv, store: store, nodeID: id, logger: cfg.Logger, drained: drained,
 		client:       api.NewClient(cfg.Servers...),
 		timing:       api.Timing{HeartbeatInterval: defaultHeartbeatInterval},
-		heartbeatNow: make(chan struct{}, 1)}
+		heartbeatNow: make(chan struct{}, 1), mig: newMigrations(), runCtx: context.Background()}
+	if err := store.ensureHABuckets(); err != nil {
+		store.Close()
+		return nil, err
+	}
 	a.rec, err = NewReconciler(ReconcilerConfig{
 		Hypervisor: hv, Store: store, Inputs: a.reconcileInputs,
 		SweepInterval: cfg.SweepInterval, ShutdownGrace: cfg.ShutdownGrace,
@@ -125,7 +131,7 @@ func (a *Agent) reconcileInputs() (Inputs, bool) {
 		Desired: slices.Clone(a.desired.VMs),
 		// A node drained by the servers keeps its VMs stopped as well.
 		Drained: a.drained || a.desired.ManagementState == api.NodeDrained,
-		Hold:    slices.Clone(a.hold),
+		Hold:    append(slices.Clone(a.hold), a.haHold(a.desired)...),
 	}, true
 }
 
@@ -136,6 +142,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer cancel()
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	defer a.mig.wg.Wait()
+	a.runCtx = ctx
 
 	apiLn, err := net.Listen("tcp", net.JoinHostPort(a.cfg.Bind, strconv.Itoa(a.cfg.APIPort)))
 	if err != nil {
@@ -327,6 +335,7 @@ func (a *Agent) acceptDesired(ds api.DesiredState) error {
 	} else {
 		a.logger.Debug("desired state changed", "index", accepted.Index, "vms", len(accepted.VMs))
 	}
+	a.afterDesired(a.runCtx, accepted)
 	a.rec.Trigger()
 	return nil
 }
@@ -378,6 +387,9 @@ func (a *Agent) BuildHeartbeat(ctx context.Context) (api.HeartbeatRequest, uint6
 	a.mu.Lock()
 	hb := api.HeartbeatRequest{NodeID: a.nodeID, LocalDrained: a.drained, VMs: []api.VMObservation{}}
 	a.mu.Unlock()
+	if hb.LocalDrained {
+		hb.LocalDrainID, _ = a.store.DrainID()
+	}
 	domains, err := a.hv.List(ctx)
 	if err != nil || !a.hv.Connected() {
 		hb.Faults = append(hb.Faults, faultLibvirt)
@@ -390,6 +402,7 @@ func (a *Agent) BuildHeartbeat(ctx context.Context) (api.HeartbeatRequest, uint6
 		}
 		hb.VMs = append(hb.VMs, api.VMObservation{VMID: d.UUID, State: observedState(d.State), Reason: d.Reason, Generation: d.Meta.Generation})
 	}
+	hb.Adopted = a.adoptedObservations(domains)
 	migs, last, err := a.store.PendingMigrations()
 	if err != nil {
 		return hb, 0, err
@@ -410,6 +423,7 @@ func (a *Agent) sendHeartbeat(ctx context.Context) error {
 	}
 	a.setTiming(resp.Timing)
 	a.setGossipAddrs(resp.GossipAddrs)
+	a.rejectAdoptions(resp.RejectedAdoptions)
 	if len(hb.Migrations) > 0 {
 		if err := a.store.AckMigrations(lastMig); err != nil {
 			return fmt.Errorf("ack local migrations: %w", err)

@@ -533,13 +533,19 @@ func TestLocalSocketAndPing(t *testing.T) {
 	}
 
 	lc := NewLocalClient(cfg.Socket)
-	for name, call := range map[string]func() error{
-		"drain":   func() error { return lc.Drain(ctx) },
-		"migrate": func() error { return lc.Migrate(ctx, MigrateRequest{Interface: "eth1", All: true, Dest: "10.0.0.2"}) },
+	for _, tt := range []struct {
+		req  MigrateRequest
+		flag string
+	}{
+		{MigrateRequest{Interface: "chime-no-such-if0", All: true, Dest: "10.0.0.2"}, "--interface"},
+		{MigrateRequest{Interface: "lo", All: true, Dest: "not-an-ip"}, "--dest"},
+		{MigrateRequest{Interface: "lo", Dest: "127.0.0.2"}, "--uuid"},
+		{MigrateRequest{Interface: "lo", All: true, Dest: "10.9.9.9"}, "--dest"}, // not on lo's network
 	} {
+		_, err := lc.Migrate(ctx, tt.req)
 		var le *LocalError
-		if err := call(); !errors.As(err, &le) || le.Status != http.StatusNotImplemented || le.Message == "" {
-			t.Errorf("%s: %v, want a 501 with a message", name, err)
+		if !errors.As(err, &le) || le.Status != http.StatusBadRequest || !strings.Contains(le.Message, tt.flag) {
+			t.Errorf("migrate %+v: %v, want a 400 naming %s", tt.req, err, tt.flag)
 		}
 	}
 

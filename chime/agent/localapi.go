@@ -13,6 +13,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/chime-ha/chime/chime/api"
 )
 
 // Status is GET /status on the local socket: what `chime agent status`
@@ -120,6 +122,7 @@ func (a *Agent) apiHandler() http.Handler {
 	mux.HandleFunc("GET /v1/ping", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, PingResponse{NodeID: a.nodeID, Name: a.cfg.Name})
 	})
+	mux.HandleFunc("POST /v1/adopt", a.handleAdopt)
 	return mux
 }
 
@@ -129,13 +132,30 @@ func (a *Agent) localHandler() http.Handler {
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, a.Status(r.Context()))
 	})
-	notYet := func(what string) http.HandlerFunc {
-		return func(w http.ResponseWriter, r *http.Request) {
-			writeJSON(w, http.StatusNotImplemented, errorBody{Error: what + " is not implemented yet"})
+	mux.HandleFunc("POST /drain", func(w http.ResponseWriter, r *http.Request) {
+		res, err := a.localDrain(r.Context())
+		if err != nil {
+			writeJSON(w, http.StatusInternalServerError, errorBody{Error: err.Error()})
+			return
 		}
-	}
-	mux.HandleFunc("POST /drain", notYet("agent drain"))
-	mux.HandleFunc("POST /migrate", notYet("agent migrate"))
+		writeJSON(w, http.StatusOK, res)
+	})
+	mux.HandleFunc("POST /migrate", func(w http.ResponseWriter, r *http.Request) {
+		var req MigrateRequest
+		dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<10))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&req); err != nil {
+			writeJSON(w, http.StatusBadRequest, errorBody{Error: "body: " + err.Error()})
+			return
+		}
+		res, err := a.localMigrate(r.Context(), req)
+		if err != nil {
+			e := api.AsError(err)
+			writeJSON(w, e.Status, errorBody{Error: e.Message})
+			return
+		}
+		writeJSON(w, http.StatusOK, res)
+	})
 	return mux
 }
 

@@ -45,22 +45,19 @@ func (c *LocalClient) Status(ctx context.Context) (*Status, error) {
 // DrainRequest is the body of POST /drain.
 type DrainRequest struct{}
 
-// MigrateRequest is the body of POST /migrate.
-type MigrateRequest struct {
-	Interface string `json:"interface"`
-	VMID      string `json:"vm_id,omitempty"`
-	All       bool   `json:"all,omitempty"`
-	Dest      string `json:"dest"`
-}
-
-// Drain asks the agent to stop every VM and set the local drain flag.
-func (c *LocalClient) Drain(ctx context.Context) error {
-	return c.do(ctx, http.MethodPost, "/drain", DrainRequest{}, nil)
+// Drain asks the agent to stop every VM and set the local drain flag; it
+// answers once no chime VM runs (or its bounded wait ended).
+func (c *LocalClient) Drain(ctx context.Context) (*DrainResult, error) {
+	var res DrainResult
+	err := c.do(ctx, http.MethodPost, "/drain", DrainRequest{}, &res)
+	return &res, err
 }
 
 // Migrate asks the agent for a node-local live migration.
-func (c *LocalClient) Migrate(ctx context.Context, r MigrateRequest) error {
-	return c.do(ctx, http.MethodPost, "/migrate", r, nil)
+func (c *LocalClient) Migrate(ctx context.Context, r MigrateRequest) ([]MigrateResult, error) {
+	var res []MigrateResult
+	err := c.do(ctx, http.MethodPost, "/migrate", r, &res)
+	return res, err
 }
 
 func (c *LocalClient) do(ctx context.Context, method, path string, in, out any) error {

@@ -94,6 +94,13 @@ func qemuMayRun(state string) bool {
 	return state != hypervisor.StateStopped && state != hypervisor.StateCrashed
 }
 
+// adopted reports whether a domain with an older generation arrived here by
+// live migration and belongs to the current placement (the servers name its
+// generation in AdoptGeneration): it is kept and its metadata updated.
+func adopted(vm api.DesiredVM, d hypervisor.Domain) bool {
+	return vm.AdoptGeneration != 0 && d.Meta != nil && d.Meta.Generation == vm.AdoptGeneration
+}
+
 // Plan decides what to do to libvirt so that it matches the desired VMs. It
 // is a pure function of its inputs: no clock, no I/O. See DESIGN.md.
 //
@@ -107,7 +114,10 @@ func qemuMayRun(state string) bool {
 //   - desired running: started when not running (also after a crash);
 //     desired stopped: shut down when running;
 //   - drained: nothing is started, every running chime domain is shut down;
-//   - a domain newer than the desired placement, or in Hold, is left alone.
+//   - a domain newer than the desired placement, or in Hold, is left alone;
+//   - a domain whose generation is the desired VM's AdoptGeneration arrived
+//     by live migration: it is not stale, it is redefined with the new
+//     generation (libvirt updates the running domain's metadata too).
 func Plan(desired []api.DesiredVM, domains []hypervisor.Domain, opts PlanOptions) []Action {
 	want := make(map[string]api.DesiredVM, len(desired))
 	for _, vm := range desired {
@@ -143,7 +153,7 @@ func Plan(desired []api.DesiredVM, domains []hypervisor.Domain, opts PlanOptions
 			stale = "not placed on this node"
 		case d.Meta.VMID != "" && !strings.EqualFold(d.Meta.VMID, d.UUID):
 			stale = fmt.Sprintf("metadata names vm %s", d.Meta.VMID)
-		case d.Meta.Generation < vm.Generation:
+		case d.Meta.Generation < vm.Generation && !adopted(vm, d):
 			stale = fmt.Sprintf("generation %d older than placement %d", d.Meta.Generation, vm.Generation)
 		}
 		if stale == "" {
@@ -178,7 +188,7 @@ func Plan(desired []api.DesiredVM, domains []hypervisor.Domain, opts PlanOptions
 		}
 		// A stale copy of this VM (older generation) is being removed above:
 		// from here on it counts as absent.
-		if exists && (d.Meta.Generation < vm.Generation || !strings.EqualFold(d.Meta.VMID, d.UUID) && d.Meta.VMID != "") {
+		if exists && (d.Meta.Generation < vm.Generation && !adopted(vm, d) || !strings.EqualFold(d.Meta.VMID, d.UUID) && d.Meta.VMID != "") {
 			exists = false
 		}
 		running := exists && qemuMayRun(d.State)
