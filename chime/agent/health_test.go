@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -420,8 +421,10 @@ func TestBusinessProbeThroughInterface(t *testing.T) {
 	requireRoot(t)
 	removeLeftovers(t)
 	x := freeSubnet(t)
-	sfx := fmt.Sprintf("%04x", rand.Uint32N(1<<16))
-	br, vr, vn, ns := "chimeh-b-"+sfx, "chimeh-r-"+sfx, "chimeh-n-"+sfx, "chimeh-"+sfx
+	// Names carry the test process's pid (links: at most 15 bytes), so that
+	// removeLeftovers spares the network of a test running in another process.
+	pid := strconv.Itoa(os.Getpid())
+	br, vr, vn, ns := "chimeh-b"+pid, "chimeh-r"+pid, "chimeh-n"+pid, "chimeh-"+pid
 	hostIP, peerIP := fmt.Sprintf("10.233.%d.1", x), fmt.Sprintf("10.233.%d.2", x)
 
 	t.Cleanup(func() {
@@ -516,15 +519,23 @@ func ip(t *testing.T, args ...string) {
 	}
 }
 
-// removeLeftovers deletes namespaces and links of earlier runs (prefix chimeh-).
+// removeLeftovers deletes namespaces and links of earlier runs (prefix
+// chimeh-) whose test process is gone, or is this one.
 func removeLeftovers(t *testing.T) {
 	t.Helper()
+	stale := func(name string) bool {
+		pid, err := strconv.Atoi(strings.TrimLeft(strings.TrimPrefix(name, "chimeh-"), "brn"))
+		if err != nil || pid <= 0 || pid == os.Getpid() {
+			return true
+		}
+		return errors.Is(unix.Kill(pid, 0), unix.ESRCH)
+	}
 	out, err := exec.Command("ip", "netns", "list").Output()
 	if err != nil {
 		t.Fatalf("ip netns list: %v", err)
 	}
 	for line := range strings.Lines(string(out)) {
-		if f := strings.Fields(line); len(f) > 0 && strings.HasPrefix(f[0], "chimeh-") {
+		if f := strings.Fields(line); len(f) > 0 && strings.HasPrefix(f[0], "chimeh-") && stale(f[0]) {
 			_ = exec.Command("ip", "netns", "del", f[0]).Run()
 		}
 	}
@@ -533,12 +544,12 @@ func removeLeftovers(t *testing.T) {
 		t.Fatalf("ip link show: %v", err)
 	}
 	for line := range strings.Lines(string(out)) {
-		f := strings.Fields(line) // "7: chimeh-r-ab12@if6: <...>"
+		f := strings.Fields(line) // "7: chimeh-r1234@if6: <...>"
 		if len(f) < 2 {
 			continue
 		}
 		name, _, _ := strings.Cut(strings.TrimSuffix(f[1], ":"), "@")
-		if strings.HasPrefix(name, "chimeh-") {
+		if strings.HasPrefix(name, "chimeh-") && stale(name) {
 			_ = exec.Command("ip", "link", "del", name).Run()
 		}
 	}
@@ -556,7 +567,9 @@ func freeSubnet(t *testing.T) int {
 		t.Fatalf("ip addr: %v", err)
 	}
 	used := string(routes) + string(addrs)
-	for _, x := range rand.Perm(250) {
+	// First choice by pid: two test processes running at once do not race
+	// for the same subnet.
+	for _, x := range append([]int{os.Getpid() % 250}, rand.Perm(250)...) {
 		x += 2
 		if !strings.Contains(used, fmt.Sprintf("10.233.%d.", x)) {
 			return x
