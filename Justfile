@@ -42,11 +42,12 @@ deps:
 labctl:
     go build -o bin/labctl ./integration/lab/cmd/labctl
 
-# Build a lab of N hypervisor hosts (netns + libvirtd each); writes .lab/lab.json.
-lab-up hosts="3": labctl
-    bin/labctl up --hosts {{hosts}} --dir {{lab_dir}}
+# Lab of N hosts (netns + libvirtd each) + chime: 3 servers, an agent per host (.lab/chime/).
+lab-up hosts="3": labctl build
+    bin/labctl up --hosts {{hosts}} --dir {{lab_dir}} --chime bin/chime
+    @echo "source {{lab_dir}}/chime/env   # CHIME_ADDR and PATH for the chime CLI"
 
-# Remove the lab: its VMs, daemons, namespaces and bridges.
+# Stop the chime processes and remove the lab: VMs, daemons, namespaces, bridges.
 lab-down: labctl
     bin/labctl down --dir {{lab_dir}}
 

@@ -1,6 +1,9 @@
 // Command labctl builds, describes and removes the multi-host KVM lab of
 // package lab by hand: `labctl up --hosts 3 --dir .lab`, `labctl status`,
-// `labctl down`. It writes DIR/lab.json for scripts. Run it as root.
+// `labctl down`. It writes DIR/lab.json for scripts. With `--chime BIN`, up
+// also starts a chime cluster on the lab (three servers on the management
+// bridge, an agent in every host) as background processes with logs and
+// pid files in DIR/chime; down stops them. Run it as root.
 package main
 
 import (
@@ -23,14 +26,17 @@ import (
 const usage = `usage: labctl COMMAND [flags]
 
 commands:
-  up      build a lab (removes leftovers of the same prefix first) and write DIR/lab.json
-  down    kill the lab's processes, delete its namespaces and bridges, remove DIR/lab.json
-  status  show the lab's hosts, addresses and whether each libvirtd answers
+  up      build a lab (removes leftovers of the same prefix first) and write DIR/lab.json;
+          with --chime BIN also start 3 chime servers and an agent per host (DIR/chime/)
+  down    stop the chime processes, kill the lab's processes, delete its namespaces
+          and bridges, remove DIR/lab.json
+  status  show the lab's hosts, addresses, whether each libvirtd answers, chime processes
 
 flags (every command):
   --dir DIR        state directory (default .lab)
   --prefix P       name prefix (default chime; up only, others read lab.json)
   --hosts N        number of hosts (up only, default 3)
+  --chime BIN      chime binary: also start servers and agents (up only)
   -o table|json    output format (status only)
 `
 
@@ -56,6 +62,7 @@ func run(args []string) error {
 	prefix := fset.String("prefix", lab.DefaultPrefix, "name prefix")
 	hosts := fset.Int("hosts", 3, "number of hosts")
 	format := fset.String("o", "table", "output format: table or json")
+	chimeBin := fset.String("chime", "", "chime binary to start servers and agents with (up only)")
 	if err := fset.Parse(args[1:]); err != nil {
 		return err
 	}
@@ -79,10 +86,22 @@ func run(args []string) error {
 		if err := l.WriteState(); err != nil {
 			return err
 		}
+		if *chimeBin != "" {
+			if err := startChime(ctx, l, *chimeBin, logf); err != nil {
+				return fmt.Errorf("start chime on the lab (lab stays up; labctl down removes it): %w", err)
+			}
+		}
 		return printStatus(ctx, l, *format)
 	case "down":
 		ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 		defer cancel()
+		abs, err := filepath.Abs(*dir)
+		if err != nil {
+			return err
+		}
+		if err := stopChime(ctx, filepath.Join(abs, chimeSubdir), logf); err != nil {
+			return err
+		}
 		l, err := lab.Load(*dir, logf)
 		if errors.Is(err, fs.ErrNotExist) {
 			// No description: remove whatever carries the prefix.
@@ -165,6 +184,23 @@ func printStatus(ctx context.Context, l *lab.Lab, format string) error {
 				ns += " (missing)"
 			}
 			fmt.Fprintf(w, "%s\t%s\t%s/%s\t%s/%s\t%s\t%d\t%s\n", h.Name, ns, h.MgmtIf, h.MgmtIP, h.BizIf, h.BizIP, h.Libvirtd, h.VMs, h.LibvirtURI)
+		}
+		if err := w.Flush(); err != nil {
+			return err
+		}
+		procs, err := listChime(chimeDir(l))
+		if err != nil || len(procs) == 0 {
+			return err
+		}
+		fmt.Printf("\nchime processes (%s; `source %s` sets CHIME_ADDR):\n", chimeDir(l), filepath.Join(chimeDir(l), "env"))
+		w = tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(w, "NAME\tPID\tSTATE\tLOG")
+		for _, p := range procs {
+			state := "running"
+			if !p.alive {
+				state = "gone"
+			}
+			fmt.Fprintf(w, "%s\t%d\t%s\t%s\n", p.name, p.pid, state, filepath.Join(chimeDir(l), p.name+".log"))
 		}
 		return w.Flush()
 	default:
