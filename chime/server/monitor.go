@@ -132,17 +132,32 @@ func (m *monitor) run(ctx context.Context) {
 	defer t.Stop()
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	// Reading the node list decodes every node: with thousands of nodes
+	// that cost more than the heartbeats themselves. Heartbeats are not
+	// written, so in steady state the list is reused until the applied
+	// index moves (it is bumped only after an apply is visible, so a list
+	// read after the index is at least that new), and re-read at least once
+	// per silence limit all the same.
+	var nodes []api.Node
+	var nodesAt uint64      // applied index read before nodes
+	var nodesRead time.Time // when nodes was read
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
-		nodes, err := m.s.fsm.Nodes()
-		if err != nil {
-			continue
-		}
 		now := m.now()
+		if idx := m.s.fsm.Index(); nodes == nil || idx != nodesAt || now.Sub(nodesRead) > m.limit() {
+			fresh, err := m.s.fsm.Nodes()
+			if err != nil {
+				continue
+			}
+			nodes, nodesAt, nodesRead = fresh, idx, now
+			if nodes == nil {
+				nodes = []api.Node{}
+			}
+		}
 		m.mu.Lock()
 		for _, n := range nodes {
 			if n.MonitorState == api.MonitorUnreachable || m.pinging[n.ID] {
