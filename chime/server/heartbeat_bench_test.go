@@ -131,6 +131,7 @@ func benchHeartbeats(b *testing.B, n int) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	load0 := loadAverage()
 	ok0, fail0, t0 := fleet.ok.Load(), fleet.failed.Load(), time.Now()
 	livePings0 := fleet.livePings.Load()
 	fleet.recording.Store(true)
@@ -148,6 +149,7 @@ func benchHeartbeats(b *testing.B, n int) {
 		b.Fatal(err)
 	}
 	ok1, fail1 := fleet.ok.Load(), fleet.failed.Load()
+	load1 := loadAverage()
 	livePings := fleet.livePings.Load() - livePings0
 	rss, hwm, err := procMemory(srv.pid)
 	if err != nil {
@@ -202,6 +204,8 @@ func benchHeartbeats(b *testing.B, n int) {
 		n, cfg.interval, cfg.missed, elapsed.Round(time.Millisecond), serverRate, clientRate, float64(n)/cfg.interval.Seconds(), fail1-fail0,
 		ms(p50), ms(p99), cpuPct, float64(rss)/1024, float64(hwm)/1024,
 		victim.name, detection.Seconds(), bound.Seconds(), livePings, falseUnreachable, float64(n)/regTook.Seconds())
+	b.Logf("machine: %d CPUs, load average %s at the window's start, %s at its end (other work on the machine skews every figure)",
+		runtime.NumCPU(), load0, load1)
 	if srv.inProcess {
 		b.Logf("in-process server: CPU and RSS above include the simulated agents")
 	}
@@ -439,6 +443,19 @@ func (s *benchServer) logTail() string {
 		data = data[len(data)-4000:]
 	}
 	return "server log tail:\n" + string(data)
+}
+
+// loadAverage is the 1-minute load average, or "?".
+func loadAverage() string {
+	data, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	f := strings.Fields(string(data))
+	if len(f) == 0 {
+		return "?"
+	}
+	return f[0]
 }
 
 // clockTicks is USER_HZ, the unit of /proc/PID/stat times: 100 on every

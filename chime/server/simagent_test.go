@@ -99,11 +99,16 @@ func (f *benchFleet) close() {
 func (f *benchFleet) register(ctx context.Context, n, par int) (time.Duration, error) {
 	start := time.Now()
 	pingBase := "http://" + f.pingLis.Addr().String()
+	// Registration goes through Raft and may queue behind the others: a
+	// long timeout and no retry, since a retry of a registration that did
+	// apply is refused (the node exists, and the retry has no secret yet).
+	regHTTP := &http.Client{Timeout: 2 * time.Minute, Transport: &http.Transport{MaxIdleConnsPerHost: par}}
+	defer regHTTP.CloseIdleConnections()
 	f.agents = make([]*benchAgent, n)
 	for i := range f.agents {
 		id := uuid.NewString()
 		c := api.NewClient(f.base)
-		c.HTTP, c.Retries = f.http, 4
+		c.HTTP, c.Retries = regHTTP, 0
 		f.agents[i] = &benchAgent{id: id, name: fmt.Sprintf("sim-%d", i), client: c,
 			phase: time.Duration(rand.Int64N(int64(f.interval)))}
 	}
@@ -122,6 +127,9 @@ func (f *benchFleet) register(ctx context.Context, n, par int) (time.Duration, e
 					errs <- fmt.Errorf("register %s: %w", a.name, err)
 					return
 				}
+				// Heartbeats: the shared keep-alive client, no retry (a
+				// failure is counted, and the next beat is the retry).
+				a.client.HTTP, a.client.Retries = f.http, 0
 				a.client.Node, a.client.Secret = a.id, resp.Secret
 			}
 		}()
