@@ -557,7 +557,11 @@ func (a *applier) observe(p Observe) (string, error) {
 		if err != nil {
 			continue // deleted meanwhile
 		}
-		if v.NodeID != p.NodeID || o.Generation < v.Generation {
+		current := o.Generation >= v.Generation || (v.AdoptGeneration != 0 && o.Generation == v.AdoptGeneration)
+		if v.Migration != nil && v.Migration.To == p.NodeID {
+			continue // the incoming copy of a live migration in flight
+		}
+		if v.NodeID != p.NodeID || !current {
 			if o.State == api.StateRunning {
 				if err := a.ev("vm.stale_copy", p.NodeID, v.ID, "vm %s reported running on node %s with generation %d, placed on %s generation %d",
 					v.Name, p.NodeID, o.Generation, orNone(v.NodeID), v.Generation); err != nil {
@@ -723,6 +727,9 @@ func (a *applier) migrationEnd(p MigrationEnd) (string, error) {
 		if err := a.tx.Bucket(bucketVMsByNode).Put(byNodeKey(to, v.ID), nil); err != nil {
 			return "", err
 		}
+		// libvirt reported the hand-over done: the VM runs on the
+		// destination (its domain still carries the old generation).
+		v.Observed = &api.Observation{NodeID: to, State: api.StateRunning, Reason: "migrated", Generation: p.Generation, At: a.now}
 		stepState, stepErr = api.TaskSucceeded, ""
 		if err := a.ev("vm.migrated", to, v.ID, "vm %s live-migrated %s → %s, generation %d", v.Name, from, to, v.Generation); err != nil {
 			return "", err

@@ -71,7 +71,9 @@ func (u *uniquenessChecker) poll(ctx context.Context) {
 		for uuid, pid := range procs {
 			where := fmt.Sprintf("%s/%d", h.Name, pid)
 			if prev, ok := seen[uuid]; ok {
-				dups = append(dups, fmt.Sprintf("%s VM %s on %s and %s", time.Now().Format("15:04:05.000"), uuid, prev, where))
+				if hand, states := u.handover(ctx, uuid); !hand {
+					dups = append(dups, fmt.Sprintf("%s VM %s on %s and %s (libvirt: %s)", time.Now().Format("15:04:05.000"), uuid, prev, where, states))
+				}
 			}
 			seen[uuid] = where
 		}
@@ -81,6 +83,34 @@ func (u *uniquenessChecker) poll(ctx context.Context) {
 	u.polls++
 	u.duplicates = append(u.duplicates, dups...)
 	u.maxVMs = max(u.maxVMs, len(seen))
+}
+
+// handover reports whether a VM with qemu processes on two hosts is in
+// libvirt's live-migration hand-over: one side paused for the migration
+// (incoming on the destination, or migrated/post-copy on the source), so
+// only one guest executes. Anything else is a duplicate.
+func (u *uniquenessChecker) handover(ctx context.Context, uuid string) (bool, string) {
+	active := 0
+	var states []string
+	for _, h := range u.hosts {
+		out, err := h.Virsh(ctx, "domstate", "--reason", uuid)
+		if err != nil {
+			continue // not defined there
+		}
+		st := strings.TrimSpace(out)
+		states = append(states, h.Name+": "+st)
+		switch {
+		case strings.HasPrefix(st, "running"):
+			active++
+		case strings.HasPrefix(st, "paused") && strings.Contains(st, "migrat"),
+			strings.HasPrefix(st, "paused") && strings.Contains(st, "post-copy"),
+			strings.HasPrefix(st, "paused") && strings.Contains(st, "starting up"),
+			strings.HasPrefix(st, "shut off"):
+		default:
+			active++
+		}
+	}
+	return active <= 1, strings.Join(states, ", ")
 }
 
 func (u *uniquenessChecker) stop() {

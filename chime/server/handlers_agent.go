@@ -130,10 +130,8 @@ func (s *Server) recordObservations(r *http.Request, n *api.Node, hb api.Heartbe
 		if m := vm.Migration; m != nil && m.To == n.ID {
 			continue // the incoming copy of a live migration in flight
 		}
-		if vm.NodeID == n.ID && vm.AdoptGeneration != 0 && o.Generation == vm.AdoptGeneration {
-			continue // arrived by migration; the agent is updating its generation
-		}
-		if vm.NodeID != n.ID || o.Generation < vm.Generation {
+		current := o.Generation >= vm.Generation || (vm.AdoptGeneration != 0 && o.Generation == vm.AdoptGeneration)
+		if vm.NodeID != n.ID || !current {
 			if o.State == api.StateRunning {
 				changed = append(changed, o) // recorded as a stale-copy event
 			}

@@ -18,6 +18,13 @@ import (
 // job timeout (10 min) is shorter, so the agent gives up first.
 const migrationTimeout = 15 * time.Minute
 
+// stepDecideTimeout bounds how long a step waits for a VM's state to be
+// known before it fails.
+const stepDecideTimeout = 2 * time.Minute
+
+// errRetryLater leaves a step pending for the next round of the runner.
+var errRetryLater = errors.New("retry later")
+
 // taskLoop advances replicated tasks while this server is leader. A new
 // leader picks up where the old one stopped: every decision is read from
 // the replicated task and VM records.
@@ -100,10 +107,15 @@ func (s *Server) advanceMigrations(ctx context.Context, t api.Task) error {
 		if st.State != api.TaskPending {
 			continue
 		}
-		if t.State == api.TaskPending {
-			t.State = api.TaskRunning
-		}
+		wasPending := t.State == api.TaskPending
+		t.State = api.TaskRunning
 		if err := s.startStep(ctx, &t, st); err != nil {
+			if errors.Is(err, errRetryLater) {
+				if wasPending {
+					return s.putTask(ctx, t, idx) // records pending → running once
+				}
+				return nil
+			}
 			st.State, st.Error = api.TaskFailed, err.Error()
 		}
 		return s.putTask(ctx, t, idx)
@@ -144,13 +156,27 @@ func (s *Server) startStep(ctx context.Context, t *api.Task, st *api.TaskStep) e
 		return err
 	}
 	st.To = to
-	if vm.State != api.StateRunning {
+	switch {
+	case vm.State == api.StateRunning:
+		// live migration below
+	case vm.DesiredState == api.DesiredStopped && (vm.State == api.StateStopped || vm.State == api.StateCrashed):
+		// Known stopped and kept stopped: move the definition. The source
+		// agent has nothing to start, so no copy can run twice.
 		if _, err := s.propose(ctx, "", fsm.CmdPlaceVM, fsm.PlaceVM{VMID: vm.ID, NodeID: to, IfGeneration: vm.Generation,
-			Reason: t.Kind + " of a VM that is not running (task " + t.ID + ")"}); err != nil {
+			Reason: t.Kind + " of a stopped VM (task " + t.ID + ")"}); err != nil {
 			return err
 		}
 		st.State = api.TaskSucceeded
 		return nil
+	default:
+		// State unknown, or stopped but about to be started again by its
+		// agent: a cold move could let two copies overlap. Wait for the
+		// agent to report, then decide (bounded).
+		if time.Since(t.Created) > stepDecideTimeout {
+			return fmt.Errorf("vm %s is %s (desired %s) on its node: neither a live migration nor a safe cold move is possible", vm.Name, vm.State, vm.DesiredState)
+		}
+		st.To = ""
+		return errRetryLater
 	}
 	if _, err := s.propose(ctx, "", fsm.CmdMigrationStart, fsm.MigrationStart{VMID: vm.ID, TaskID: t.ID, To: to, IfGeneration: vm.Generation}); err != nil {
 		return err
