@@ -31,6 +31,7 @@ const fleetPrefix = "chimei"
 // under root, a fixed directory, so a crashed run's processes can be found
 // and killed by the next one.
 type fleet struct {
+	opts   fleetOptions
 	t      *testing.T
 	root   string // data dirs, logs and the lab's per-host dirs
 	logs   string
@@ -62,6 +63,18 @@ func requireLab(t *testing.T) {
 // down; the root directory (data, logs) is kept when the test failed or
 // CHIME_FLEET_KEEP is set.
 func newFleet(t *testing.T) *fleet {
+	t.Helper()
+	return newFleetWith(t, fleetOptions{})
+}
+
+// fleetOptions adds flags to the fleet's processes.
+type fleetOptions struct {
+	ServerArgs []string                          // extra `chime server` flags (e.g. --alarm-webhook)
+	AgentArgs  func(i int, h *lab.Host) []string // extra `chime agent` flags for host i
+}
+
+// newFleetWith is newFleet with extra flags for servers and agents.
+func newFleetWith(t *testing.T, opts fleetOptions) *fleet {
 	t.Helper()
 	requireLab(t)
 	root := fleetRoot()
@@ -97,11 +110,11 @@ func newFleet(t *testing.T) *fleet {
 			t.Errorf("lab down: %v", err)
 		}
 	})
-	f := &fleet{t: t, root: root, logs: logs, lab: l, agents: make([]*proc, len(l.Hosts))}
+	f := &fleet{t: t, opts: opts, root: root, logs: logs, lab: l, agents: make([]*proc, len(l.Hosts))}
 	// Each host reports the machine's CPUs as its capacity (2 here): allow
 	// enough vCPUs per host CPU for 20 one-vCPU VMs on three hosts.
 	f.ss = newServerSetOn(t, l.ServerIPs[:3], filepath.Join(root, "servers"), logs,
-		"--heartbeat-interval", "1s", "--cpu-overcommit", "8")
+		append([]string{"--heartbeat-interval", "1s", "--cpu-overcommit", "8"}, opts.ServerArgs...)...)
 	f.waitLeader(t, 60*time.Second)
 	for i := range l.Hosts {
 		f.startAgent(i)
@@ -123,7 +136,9 @@ func (f *fleet) startAgent(i int) {
 	args := []string{"--log-level", "debug", "agent",
 		"--name", h.Name, "--data-dir", f.agentDir(i),
 		"--libvirt-uri", h.LibvirtURI(),
-		"--advertise", h.MgmtIP, "--bind", h.MgmtIP,
+		// Bound to every address of the host's namespace: the agent API
+		// also takes node-local migrations over the business network.
+		"--advertise", h.MgmtIP, "--bind", "0.0.0.0",
 		"--business-interface", h.BizIf,
 		// The test guests have no OS to honour an ACPI shutdown.
 		"--shutdown-grace", "2s"}
@@ -134,6 +149,9 @@ func (f *fleet) startAgent(i int) {
 	}
 	for _, a := range f.ss.addrs() {
 		args = append(args, "--server", a)
+	}
+	if f.opts.AgentArgs != nil {
+		args = append(args, f.opts.AgentArgs(i, h)...)
 	}
 	name := fmt.Sprintf("agent-%s-%d", h.Name, time.Now().UnixNano())
 	f.agents[i] = startProc(f.t, name, f.logs, []string{"ip", "netns", "exec", h.Netns}, args...)
