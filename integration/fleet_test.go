@@ -22,7 +22,14 @@ import (
 // fleetPrefix names the fleet's lab (netns chimei-hvN, bridges chimeim0 and
 // chimeib0), so that a person's lab ("chime") and the lab package's own
 // tests ("chimet", "chimec") are never touched.
-const fleetPrefix = "chimei"
+// CHIME_FLEET_PREFIX overrides it (at most 6 lowercase letters), so that
+// two test processes on one machine use separate labs.
+var fleetPrefix = func() string {
+	if p := os.Getenv("CHIME_FLEET_PREFIX"); p != "" {
+		return p
+	}
+	return "chimei"
+}()
 
 // fleet is a whole chime cluster on one machine: a lab of three hypervisor
 // hosts (netns + libvirtd each), three `chime server` processes bound to the
