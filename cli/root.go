@@ -109,7 +109,7 @@ func output(c *cli.Context) (string, error) {
 // oneArg returns the single positional argument or a usage error.
 func oneArg(c *cli.Context, what string) (string, error) {
 	if c.NArg() != 1 {
-		return "", fmt.Errorf("expected exactly one %s argument, got %d (see 'chime %s --help')", what, c.NArg(), c.Command.FullName())
+		return "", fmt.Errorf("expected exactly one %s argument, got %d (see '%s --help')", what, c.NArg(), c.Command.HelpName)
 	}
 	return c.Args().First(), nil
 }

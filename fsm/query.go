@@ -314,3 +314,29 @@ func (f *FSM) Alarms() ([]AlarmRecord, error) {
 	})
 	return out, err
 }
+
+// Applied returns what a request id was applied as (object id, and the
+// error it failed with), and whether it was seen. Handlers use it so that
+// a retried write answers like the first attempt, even when the state now
+// makes the request look invalid (a retried create sees its own name).
+func (f *FSM) Applied(reqID string) (objectID string, err error, seen bool) {
+	if reqID == "" {
+		return "", nil, false
+	}
+	_ = f.view(func(tx *bolt.Tx) error {
+		raw := tx.Bucket(bucketRequests).Get([]byte(reqID))
+		if raw == nil {
+			return nil
+		}
+		var rec applyRecord
+		if json.Unmarshal(raw, &rec) != nil {
+			return nil
+		}
+		seen, objectID = true, rec.ObjectID
+		if rec.Err != "" {
+			err = &api.Error{Status: rec.Status, Message: rec.Err, Field: rec.Field}
+		}
+		return nil
+	})
+	return objectID, err, seen
+}

@@ -2,6 +2,8 @@ package agent
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
@@ -233,6 +235,19 @@ func (a *Agent) registerOnce(ctx context.Context) error {
 	secret, err := a.store.Secret()
 	if err != nil {
 		return err
+	}
+	if secret == "" {
+		// The agent makes its own secret and persists it before the first
+		// registration, so that a retried registration (answer lost) is
+		// idempotent: the servers store its hash once.
+		var b [32]byte
+		if _, err := rand.Read(b[:]); err != nil {
+			return fmt.Errorf("node secret: %w", err)
+		}
+		secret = hex.EncodeToString(b[:])
+		if err := a.store.SetSecret(secret); err != nil {
+			return err
+		}
 	}
 	adv := a.cfg.AdvertiseAddr()
 	migAddr := a.cfg.MigrationAddr

@@ -226,3 +226,45 @@ func TestAgentEndpointsAuthenticate(t *testing.T) {
 		t.Fatal("blocking desired query did not wake")
 	}
 }
+
+// TestRetriedWritesAnswerLikeTheFirst sends the same request id twice, as
+// the client does when the first answer was lost.
+func TestRetriedWritesAnswerLikeTheFirst(t *testing.T) {
+	s, base := devServer(t)
+	post := func(path, reqID, body string) (int, []byte) {
+		req, _ := http.NewRequest(http.MethodPost, base+path, strings.NewReader(body))
+		req.Header.Set(api.HeaderRequestID, reqID)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		data, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, data
+	}
+	for i := 0; i < 2; i++ {
+		code, data := post("/v1/vms", "create-once", `{"name":"once","vcpus":1,"memory_mib":64}`)
+		if code != http.StatusCreated {
+			t.Fatalf("attempt %d: %d %s", i+1, code, data)
+		}
+	}
+	if vms, _ := s.fsm.VMs(); len(vms) != 1 {
+		t.Fatalf("%d VMs after a retried create, want 1", len(vms))
+	}
+	body := `{"id":"6b1f8f4e-1c1d-4f0e-9a57-0f1f2e3d4c5b","name":"hv9","secret":"` + strings.Repeat("ab", 32) + `","api_addr":"127.0.0.1:1","vcpus":4,"memory_mib":4096}`
+	for i := 0; i < 2; i++ {
+		code, data := post("/v1/agent/register", "register-once", body)
+		if code != http.StatusOK {
+			t.Fatalf("register attempt %d: %d %s", i+1, code, data)
+		}
+		var rr api.RegisterResponse
+		if err := json.Unmarshal(data, &rr); err != nil || rr.Secret != strings.Repeat("ab", 32) {
+			t.Fatalf("register attempt %d answered secret %q", i+1, rr.Secret)
+		}
+	}
+	// A short secret is refused, naming the field.
+	code, data := post("/v1/agent/register", "register-short", `{"id":"7b1f8f4e-1c1d-4f0e-9a57-0f1f2e3d4c5b","name":"hv8","secret":"short","api_addr":"127.0.0.1:1","vcpus":4,"memory_mib":4096}`)
+	if code != http.StatusBadRequest || !strings.Contains(string(data), `"secret"`) {
+		t.Fatalf("short secret: %d %s", code, data)
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"sort"
+	"time"
 
 	"github.com/chime-ha/chime/chime/api"
 	"github.com/chime-ha/chime/fsm"
@@ -46,12 +47,20 @@ func (s *Server) timing() api.Timing {
 	return api.Timing{HeartbeatInterval: s.cfg.HeartbeatEvery, MissedHeartbeats: s.cfg.MissedBeats}
 }
 
+// gossipAddrs lists the servers' memberlist addresses for agents; it is
+// cached for a few seconds because every heartbeat answer carries it.
 func (s *Server) gossipAddrs() []string {
+	s.gossipMu.Lock()
+	defer s.gossipMu.Unlock()
+	if time.Since(s.gossipAt) < 5*time.Second && s.gossipCache != nil {
+		return s.gossipCache
+	}
 	var out []string
 	for _, m := range s.pool.Servers() {
 		out = append(out, m.Addr+":"+itoa(m.Port))
 	}
 	sort.Strings(out)
+	s.gossipCache, s.gossipAt = out, time.Now()
 	return out
 }
 
@@ -65,13 +74,17 @@ func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request) (any, er
 	if err := req.Validate(); err != nil {
 		return nil, err
 	}
-	secret := newSecret()
+	secret := req.Secret
+	if secret == "" {
+		secret = newSecret()
+	} else if len(secret) < 32 {
+		return nil, api.Invalid("secret", "must be at least 32 characters (the agent generates 64 hex characters)")
+	}
 	rotate := false
 	if existing, err := s.fsm.Node(req.ID); err == nil {
 		if req.Secret == "" || subtle.ConstantTimeCompare([]byte(hashSecret(req.Secret)), []byte(s.fsm.NodeSecretHash(existing.ID))) != 1 {
 			return nil, api.Forbidden("node %s is registered already: its agent must present its secret (remove the node first to register it anew)", req.ID)
 		}
-		secret = req.Secret
 	} else if !api.IsNotFound(err) {
 		return nil, err
 	}

@@ -26,6 +26,13 @@ func (s *Server) handleCreateVM(w http.ResponseWriter, r *http.Request) (any, er
 	if err := req.Validate(); err != nil {
 		return nil, err
 	}
+	if id, aerr, seen := s.fsm.Applied(r.Header.Get(api.HeaderRequestID)); seen {
+		if aerr != nil {
+			return nil, aerr
+		}
+		w.WriteHeader(http.StatusCreated)
+		return s.fsm.VM(id) // a retry of a create that went through
+	}
 	if _, err := s.fsm.ResolveVM(req.Name); err == nil {
 		return nil, api.Conflict("name", "a VM named %q already exists", req.Name)
 	}

@@ -105,7 +105,9 @@ func (s *Server) wrap(name string, acc access, h handler) http.Handler {
 				return
 			}
 		}
-		r.Body = http.MaxBytesReader(w, r.Body, api.MaxBodyBytes)
+		if name != "PUT /v1/operator/snapshot" { // snapshots have their own, larger limit
+			r.Body = http.MaxBytesReader(w, r.Body, api.MaxBodyBytes)
+		}
 		v, err := h(w, r)
 		if errors.Is(err, errWritten) {
 			return

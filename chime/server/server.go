@@ -37,11 +37,15 @@ type Server struct {
 	mon    *monitor
 	alarms *alarmer
 
-	placeMu   sync.Mutex         // serialises placement decisions on the leader
-	placeKick chan struct{}      // wakes the placement loop
-	taskKick  chan struct{}      // wakes the task runner
-	stopLoops context.CancelFunc // stops bootstrap and leader loops
-	wg        sync.WaitGroup
+	placeMu   sync.Mutex    // serialises placement decisions on the leader
+	placeKick chan struct{} // wakes the placement loop
+	taskKick  chan struct{} // wakes the task runner
+
+	gossipMu    sync.Mutex         // guards the two fields below
+	gossipCache []string           // servers' gossip addresses, for agents
+	gossipAt    time.Time          // when gossipCache was read
+	stopLoops   context.CancelFunc // stops bootstrap and leader loops
+	wg          sync.WaitGroup
 }
 
 // Run starts a server and blocks until ctx ends, then shuts down cleanly.
