@@ -31,6 +31,7 @@ Example:
   chime agent --name hv1 --data-dir /var/lib/chime/agent --server 10.0.0.1:4650 \
       --server 10.0.0.2:4650 --advertise 10.0.0.11 --business-interface eth1`,
 		Flags: []cli.Flag{
+			configFlag(),
 			&cli.StringFlag{Name: "name", Value: def.Name, Usage: "node name", EnvVars: []string{"CHIME_NAME"}},
 			&cli.StringFlag{Name: "data-dir", Value: def.DataDir, Usage: "local state directory", EnvVars: []string{"CHIME_DATA_DIR"}},
 			&cli.StringSliceFlag{Name: "server", Usage: "server API address HOST:PORT (repeatable)", EnvVars: []string{"CHIME_SERVERS"}},
@@ -64,6 +65,9 @@ Example:
 func runAgent(c *cli.Context) error {
 	if c.NArg() > 0 {
 		return fmt.Errorf("unknown agent subcommand %q (see 'chime agent --help')", c.Args().First())
+	}
+	if err := applyConfigFile(c); err != nil {
+		return err
 	}
 	cfg, err := agentConfig(c)
 	if err != nil {

@@ -19,6 +19,7 @@ func serverCommand() *cli.Command {
 A new cluster: start three servers with --bootstrap-expect 3 and --join pointing at each other's
 gossip ports. A quick test: 'chime server --dev' (one server, temporary data dir).`,
 		Flags: []cli.Flag{
+			configFlag(),
 			&cli.BoolFlag{Name: "dev", Usage: "one-server cluster in a temporary data dir"},
 			&cli.StringFlag{Name: "name", Usage: "server name (unique, DNS label)", EnvVars: []string{"CHIME_NAME"}},
 			&cli.StringFlag{Name: "data-dir", Usage: "directory for the Raft log, snapshots and state", EnvVars: []string{"CHIME_DATA_DIR"}},
@@ -42,6 +43,9 @@ gossip ports. A quick test: 'chime server --dev' (one server, temporary data dir
 		Action: func(c *cli.Context) error {
 			if c.NArg() > 0 {
 				return fmt.Errorf("unexpected argument %q (flags only)", c.Args().First())
+			}
+			if err := applyConfigFile(c); err != nil {
+				return err
 			}
 			cfg := server.DefaultConfig()
 			cfg.Dev = c.Bool("dev")
