@@ -12,6 +12,7 @@ import (
 
 	"github.com/hashicorp/raft"
 	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 )
 
 // logStoreOpenTimeout bounds how long OpenLogStore waits for bbolt's file lock, so that a
@@ -49,7 +50,7 @@ func OpenLogStore(path string) (*LogStore, error) {
 func openLogStore(path string, timeout time.Duration) (*LogStore, error) {
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: timeout})
 	if err != nil {
-		if errors.Is(err, bolt.ErrTimeout) {
+		if errors.Is(err, berrors.ErrTimeout) {
 			return nil, fmt.Errorf("open raft log store %s: file is locked by another process (is another chime server using this data dir?): %w", path, err)
 		}
 		return nil, fmt.Errorf("open raft log store %s: %w", path, err)

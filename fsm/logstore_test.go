@@ -17,6 +17,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 )
 
 // Helpers in this file carry an "ls" prefix: the rest of package fsm is written in parallel
@@ -436,7 +437,7 @@ func TestLogStoreLockedByAnother(t *testing.T) {
 		_ = second.Close()
 		t.Fatal("second open of a locked store succeeded")
 	}
-	if !errors.Is(err, bolt.ErrTimeout) || !strings.Contains(err.Error(), "locked by another process") {
+	if !errors.Is(err, berrors.ErrTimeout) || !strings.Contains(err.Error(), "locked by another process") {
 		t.Fatalf("second open error = %v, want a bolt.ErrTimeout saying the file is locked", err)
 	}
 }

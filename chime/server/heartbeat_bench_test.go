@@ -301,9 +301,11 @@ func startBenchServer(b *testing.B, ctx context.Context, cfg heartbeatBenchConfi
 	bin := os.Getenv("CHIME_BENCH_BINARY")
 	if bin == "" {
 		bin = filepath.Join(dir, "chime")
-		goTool := filepath.Join(runtime.GOROOT(), "bin", "go")
-		if _, err := os.Stat(goTool); err != nil {
-			goTool = "go"
+		goTool := "go"
+		if out, err := exec.Command("go", "env", "GOROOT").Output(); err == nil {
+			if p := filepath.Join(strings.TrimSpace(string(out)), "bin", "go"); fileExists(p) {
+				goTool = p
+			}
 		}
 		bctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 		out, err := exec.CommandContext(bctx, goTool, "build", "-o", bin, "github.com/chime-ha/chime/chime").CombinedOutput()
@@ -527,4 +529,9 @@ func benchFreePorts(b *testing.B, n int) []int {
 		l.Close()
 	}
 	return ports
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
 }
