@@ -320,12 +320,54 @@ func (s *scenarios) setLinks(t *testing.T, i int, up bool, nets ...string) {
 	}
 }
 
+// waitOneHost is fleet.waitRunningOnOneHost for a fleet with a dead host:
+// a host whose libvirtd is not running counts as running no VM, provided
+// no qemu process of the VM is left in its namespace. It returns the host
+// index and the qemu pid.
+func (s *scenarios) waitOneHost(t *testing.T, id string, timeout time.Duration) (int, int, time.Duration) {
+	t.Helper()
+	host, pid := -1, 0
+	took := waitFor(t, timeout, "VM "+id+" running on exactly one host", func() string {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		var on []int
+		for i, h := range s.f.lab.Hosts {
+			procs, err := h.QemuProcesses(ctx)
+			if err != nil {
+				return err.Error()
+			}
+			if !h.LibvirtdRunning() {
+				if procs[id] != 0 {
+					return fmt.Sprintf("qemu pid %d of %s on %s, whose libvirtd is down", procs[id], id, h.Name)
+				}
+				continue
+			}
+			running, err := libvirtUUIDs(ctx, h, false)
+			if err != nil {
+				return err.Error()
+			}
+			if running[id] {
+				if procs[id] == 0 {
+					return fmt.Sprintf("libvirt on %s says running but no qemu process has -uuid %s", h.Name, id)
+				}
+				on = append(on, i)
+				host, pid = i, procs[id]
+			}
+		}
+		if len(on) != 1 {
+			return fmt.Sprintf("libvirt runs it on hosts %v", on)
+		}
+		return ""
+	})
+	return host, pid, took
+}
+
 // waitRunningElsewhere waits until every VM of ids runs on exactly one host
 // other than i, and returns when the last one did.
 func (s *scenarios) waitRunningElsewhere(t *testing.T, ids []string, i int, timeout time.Duration) {
 	t.Helper()
 	for _, id := range ids {
-		h, _, _ := s.f.waitRunningOnOneHost(t, id, timeout)
+		h, _, _ := s.waitOneHost(t, id, timeout)
 		if h == i {
 			t.Fatalf("VM %s runs on %s, the host it had to leave", id, s.f.lab.Hosts[i].Name)
 		}
@@ -383,7 +425,7 @@ func (s *scenarios) expectLiveMoved(t *testing.T, before map[string]string, from
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	for id, was := range before {
-		hi, pid, _ := s.f.waitRunningOnOneHost(t, id, 2*time.Minute)
+		hi, pid, _ := s.waitOneHost(t, id, 2*time.Minute)
 		if hi == from {
 			t.Fatalf("VM %s still runs on %s", id, s.f.lab.Hosts[from].Name)
 		}
@@ -434,7 +476,7 @@ func (s *scenarios) nodeDownAndBack(t *testing.T) {
 
 	s.nodeBack(t, i)
 	for _, id := range ids {
-		hi, _, _ := s.f.waitRunningOnOneHost(t, id, 3*time.Minute)
+		hi, _, _ := s.waitOneHost(t, id, 3*time.Minute)
 		if hi != i {
 			t.Fatalf("VM %s came back on %s, want %s (it is placed there)", id, s.f.lab.Hosts[hi].Name, name)
 		}
@@ -573,7 +615,7 @@ func (s *scenarios) managementDown(t *testing.T) {
 	s.onHost(t, i, "agent", "migrate", "--interface", h.BizIf, "--all", "--dest", dest.BizIP)
 	s.expectLiveMoved(t, before, i)
 	for _, id := range ids {
-		if hi, _, _ := s.f.waitRunningOnOneHost(t, id, time.Minute); hi != d {
+		if hi, _, _ := s.waitOneHost(t, id, time.Minute); hi != d {
 			t.Fatalf("VM %s runs on %s, migrated to %s", id, s.f.lab.Hosts[hi].Name, dest.Name)
 		}
 	}
