@@ -34,8 +34,15 @@ func eventCommand() *cli.Command {
 						after = last - 20
 					}
 				}
+				// Following blocks until an event newer than the last one
+				// printed exists; --no-follow must not wait for one.
+				follow := !c.Bool("no-follow")
 				for {
-					ev, last, err := cl.Events(c.Context, after, api.QueryOptions{Index: after, Wait: 30 * time.Second})
+					q := api.QueryOptions{}
+					if follow {
+						q = api.QueryOptions{Index: after, Wait: 30 * time.Second}
+					}
+					ev, last, err := cl.Events(c.Context, after, q)
 					if c.Context.Err() != nil {
 						return nil
 					}
@@ -52,7 +59,7 @@ func eventCommand() *cli.Command {
 						}
 						after = e.Seq
 					}
-					if c.Bool("no-follow") && len(ev) == 0 {
+					if !follow && len(ev) == 0 {
 						return nil
 					}
 					_ = last
