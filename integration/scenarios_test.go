@@ -704,9 +704,9 @@ func (s *scenarios) isolated(t *testing.T) {
 	if on, err := s.runningOn(ctx, i); err != nil || len(on) > 0 {
 		t.Fatalf("after chime agent drain, %s still runs %v (%v)", h.Name, on, err)
 	}
-	st := s.onHost(t, i, "agent", "status")
-	if !strings.Contains(st, "Locally drained") {
-		t.Fatalf("agent status shows no drain flag:\n%s", st)
+	s.onHost(t, i, "agent", "status")
+	if st, err := s.f.agentStatus(i); err != nil || !st.LocalDrained {
+		t.Fatalf("after chime agent drain, the agent's status says local_drained %v (%v)", st.LocalDrained, err)
 	}
 
 	s.f.mustChime(t, "node", "drain", h.Name)
