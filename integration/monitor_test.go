@@ -93,6 +93,24 @@ func TestMonitor(t *testing.T) {
 	t.Run("BusinessLinkDown", func(t *testing.T) {
 		figures = append(figures, testBizLinkDown(t, f, rcv, (victim+1)%len(f.lab.Hosts))...)
 	})
+	t.Run("OneDeliveryPerTransition", func(t *testing.T) {
+		// Two unreachable episodes of the victim, one error episode of
+		// the next host: each transition delivered exactly once.
+		bizHost := f.lab.Hosts[(victim+1)%len(f.lab.Hosts)].Name
+		for _, c := range []struct {
+			name, node, status string
+			want               int
+		}{
+			{"NodeUnreachable", f.lab.Hosts[victim].Name, "firing", 2},
+			{"NodeUnreachable", f.lab.Hosts[victim].Name, "resolved", 2},
+			{"NodeError", bizHost, "firing", 1},
+			{"NodeError", bizHost, "resolved", 1},
+		} {
+			if got := rcv.count(c.name, c.node, c.status); got != c.want {
+				t.Errorf("%s %s for %s delivered %d times, want %d (%s)", c.status, c.name, c.node, got, c.want, rcv)
+			}
+		}
+	})
 	t.Run("LeaderKilled", func(t *testing.T) {
 		figures = append(figures, testLeaderKilled(t, f, rcv)...)
 	})
