@@ -43,7 +43,7 @@ func fingerprint(labels map[string]string) string {
 }
 
 // deriveAlarms is a pure function of the state: what is firing now.
-func deriveAlarms(nodes []api.Node, tasks []api.Task) []api.Alarm {
+func deriveAlarms(nodes []api.Node, tasks []api.Task, now time.Time) []api.Alarm {
 	var out []api.Alarm
 	add := func(name, severity string, labels map[string]string, summary, desc string, since time.Time) {
 		labels["alertname"], labels["severity"] = name, severity
@@ -62,20 +62,47 @@ func deriveAlarms(nodes []api.Node, tasks []api.Task) []api.Alarm {
 				"The agent reports faults; evacuate the node if they persist.", n.StateSince)
 		}
 	}
+	names := map[string]string{}
+	for _, n := range nodes {
+		names[n.ID] = n.Name
+	}
 	for _, t := range tasks {
-		if t.State == api.TaskFailed {
-			labels := map[string]string{"task": t.ID, "kind": t.Kind}
-			if t.NodeID != "" {
+		if t.State != api.TaskFailed || taskFailureSettled(t, tasks, now) {
+			continue
+		}
+		labels := map[string]string{"task": t.ID, "kind": t.Kind}
+		if t.NodeID != "" {
+			labels["node"], labels["node_id"] = names[t.NodeID], t.NodeID
+			if labels["node"] == "" {
 				labels["node"] = t.NodeID
 			}
-			if t.VMID != "" {
-				labels["vm"] = t.VMID
-			}
-			add("TaskFailed", "warning", labels, fmt.Sprintf("%s task %s failed", t.Kind, t.ID), t.Error, t.Updated)
 		}
+		if t.VMID != "" {
+			labels["vm"] = t.VMID
+		}
+		add("TaskFailed", "warning", labels, fmt.Sprintf("%s task %s failed", t.Kind, t.ID), t.Error, t.Updated)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Fingerprint < out[j].Fingerprint })
 	return out
+}
+
+// failedTaskAlarmFor is how long a failed task keeps its alarm firing
+// unless a later task of the same kind on the same node or VM succeeds.
+const failedTaskAlarmFor = 24 * time.Hour
+
+// taskFailureSettled reports whether a failed task's alarm resolves: a
+// later task of the same kind for the same node/VM succeeded, or it is old.
+func taskFailureSettled(t api.Task, tasks []api.Task, now time.Time) bool {
+	if !t.Updated.IsZero() && now.Sub(t.Updated) > failedTaskAlarmFor {
+		return true
+	}
+	for _, o := range tasks {
+		if o.CreateIndex > t.CreateIndex && o.Kind == t.Kind && o.State == api.TaskSucceeded &&
+			o.NodeID == t.NodeID && o.VMID == t.VMID {
+			return true
+		}
+	}
+	return false
 }
 
 // firing lists the alarms recorded as firing in the replicated state.
@@ -128,7 +155,8 @@ func (a *alarmer) step(ctx context.Context) {
 	if err != nil {
 		return
 	}
-	transitions := alarmTransitions(deriveAlarms(nodes, tasks), recs, time.Now().UTC())
+	now := time.Now().UTC()
+	transitions := alarmTransitions(deriveAlarms(nodes, tasks, now), recs, now)
 	for _, al := range transitions {
 		if _, err := a.s.propose(ctx, "", fsm.CmdAlarm, fsm.AlarmTransition{Alarm: al}); err != nil {
 			a.log.Warn("record alarm transition failed", "alarm", al.Name, "error", err)

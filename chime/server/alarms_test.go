@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -57,8 +58,9 @@ func TestAlarmTransitions(t *testing.T) {
 func TestDeriveAlarmsFingerprintsAreStable(t *testing.T) {
 	n := []api.Node{{ID: "n1", Name: "hv1", MonitorState: api.MonitorUnreachable}, {ID: "n2", Name: "hv2", MonitorState: api.MonitorNormal},
 		{ID: "n3", Name: "hv3", MonitorState: api.MonitorError, Faults: []string{"disk"}}}
-	first := deriveAlarms(n, nil)
-	second := deriveAlarms(n, nil)
+	now := time.Now()
+	first := deriveAlarms(n, nil, now)
+	second := deriveAlarms(n, nil, now)
 	if len(first) != 2 {
 		t.Fatalf("%d alarms, want 2 (unreachable and error)", len(first))
 	}
@@ -154,9 +156,13 @@ func TestAlarmDeliveredOncePerTransitionWithRetries(t *testing.T) {
 	if al, _ := c.Alarms(ctx); len(al) != 0 {
 		t.Fatalf("alarm list shows %d alarms after resolution, want 0", len(al))
 	}
-	if recs, _ := s.fsm.Alarms(); len(recs) != 0 {
-		t.Fatalf("%d alarm records left after a delivered resolution", len(recs))
-	}
+	// The delivery is recorded right after the receiver answered.
+	waitFor(t, 10*time.Second, func() string {
+		if recs, _ := s.fsm.Alarms(); len(recs) != 0 {
+			return fmt.Sprintf("%d alarm records left after a delivered resolution", len(recs))
+		}
+		return ""
+	})
 }
 
 func joinOr(s []string) string {
@@ -168,4 +174,20 @@ func joinOr(s []string) string {
 		out += x + " "
 	}
 	return out
+}
+
+func TestFailedTaskAlarmResolves(t *testing.T) {
+	now := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+	nodes := []api.Node{{ID: "n1", Name: "hv1", MonitorState: api.MonitorNormal}}
+	failed := api.Task{ID: "t1", Kind: api.TaskEvacuate, NodeID: "n1", State: api.TaskFailed, CreateIndex: 5, Updated: now.Add(-time.Hour)}
+	later := api.Task{ID: "t2", Kind: api.TaskEvacuate, NodeID: "n1", State: api.TaskSucceeded, CreateIndex: 9, Updated: now}
+	if al := deriveAlarms(nodes, []api.Task{failed}, now); len(al) != 1 || al[0].Labels["node"] != "hv1" {
+		t.Fatalf("failed task: %+v, want one TaskFailed labelled with the node name", al)
+	}
+	if al := deriveAlarms(nodes, []api.Task{failed, later}, now); len(al) != 0 {
+		t.Fatalf("failed task superseded by a success still fires: %+v", al)
+	}
+	if al := deriveAlarms(nodes, []api.Task{failed}, now.Add(25*time.Hour)); len(al) != 0 {
+		t.Fatalf("day-old failed task still fires: %+v", al)
+	}
 }

@@ -31,6 +31,11 @@ func (s *Server) handleNodeAction(w http.ResponseWriter, r *http.Request) (any, 
 	}
 	reqID := r.Header.Get(api.HeaderRequestID)
 	action := r.PathValue("action")
+	if action == "drain" || action == "evacuate" || action == "rebuild" {
+		if t, ok := s.retriedTask(reqID); ok {
+			return t, nil
+		}
+	}
 	switch action {
 	case "drain":
 		if err := decodeEmpty(r); err != nil {

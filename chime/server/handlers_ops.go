@@ -208,3 +208,14 @@ func (s *Server) handleMigrated(w http.ResponseWriter, r *http.Request) (any, er
 	s.kickTasks()
 	return map[string]bool{"recorded": true}, nil
 }
+
+// retriedTask answers a retried task request (same request id) with the
+// task the first attempt created.
+func (s *Server) retriedTask(reqID string) (*api.Task, bool) {
+	id, err, seen := s.fsm.Applied(reqID)
+	if !seen || err != nil || id == "" {
+		return nil, false
+	}
+	t, terr := s.fsm.Task(id)
+	return t, terr == nil
+}

@@ -115,6 +115,9 @@ func (s *Server) handleVMAction(w http.ResponseWriter, r *http.Request) (any, er
 		}
 		return s.restartVM(r.Context(), reqID, vm)
 	case "migrate":
+		if t, ok := s.retriedTask(reqID); ok {
+			return t, nil
+		}
 		var body struct {
 			To string `json:"to"`
 		}

@@ -153,7 +153,11 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, api.MaxBodyBytes))
+	limit := int64(api.MaxBodyBytes)
+	if r.Method == http.MethodPut && r.URL.Path == "/v1/operator/snapshot" {
+		limit = 1 << 30 // snapshots have their own limit
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
 	if err != nil {
 		writeError(w, bodyError(err))
 		return
