@@ -39,16 +39,6 @@ func TestMain(m *testing.M) {
 // inCI reports whether missing prerequisites must fail rather than skip.
 func inCI() bool { return os.Getenv("CI") == "true" }
 
-// requireRoot skips (or fails in CI) when the test needs root.
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		if inCI() {
-			t.Fatal("this test needs root (network namespaces, libvirtd); CI must run as root")
-		}
-		t.Skip("needs root (network namespaces, libvirtd): skipped outside CI")
-	}
-}
 
 // proc is one chime process started by a test.
 type proc struct {
