@@ -39,7 +39,6 @@ func TestMain(m *testing.M) {
 // inCI reports whether missing prerequisites must fail rather than skip.
 func inCI() bool { return os.Getenv("CI") == "true" }
 
-
 // proc is one chime process started by a test.
 type proc struct {
 	name string
