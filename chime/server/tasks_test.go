@@ -1,0 +1,124 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/chime-ha/chime/chime/api"
+)
+
+// fakeAgent is the servers' side of an agent, driven by the test: it
+// registers, reports what it runs, and answers migration orders. (The real
+// agent against real libvirt is tested in integration/.)
+type fakeAgent struct {
+	c  *api.Client
+	id string
+}
+
+func newFakeAgent(t *testing.T, addrs []string, name string) *fakeAgent {
+	t.Helper()
+	c := api.NewClient(addrs...)
+	id := uuid.NewString()
+	r, err := c.Register(context.Background(), api.RegisterRequest{ID: id, Name: name, APIAddr: "127.0.0.1:1",
+		MigrationURI: "qemu+tcp://127.0.0.1/system", MigrationAddr: "127.0.0.1", VCPUs: 8, MemoryMiB: 8192})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Node, c.Secret = r.NodeID, r.Secret
+	return &fakeAgent{c: c, id: id}
+}
+
+// report heartbeats the VMs it was told to run, as running.
+func (a *fakeAgent) report(ctx context.Context) (*api.DesiredState, error) {
+	d, err := a.c.Desired(ctx, api.QueryOptions{})
+	if err != nil {
+		return nil, err
+	}
+	hb := api.HeartbeatRequest{NodeID: a.id, VMs: []api.VMObservation{}}
+	for _, vm := range d.VMs {
+		hb.VMs = append(hb.VMs, api.VMObservation{VMID: vm.ID, State: api.StateRunning, Reason: "booted", Generation: vm.Generation})
+	}
+	_, err = a.c.Heartbeat(ctx, hb)
+	return d, err
+}
+
+// TestTaskResumedByNewLeader starts an evacuation, kills the leader while
+// the migration order is in flight, and checks that the new leader finishes
+// the task from the replicated state.
+func TestTaskResumedByNewLeader(t *testing.T) {
+	tc := newTestCluster(t, 3)
+	tc.leader(30 * time.Second)
+	var addrs []string
+	for _, c := range tc.cfgs {
+		addrs = append(addrs, c.APIURL())
+	}
+	ctx := context.Background()
+	src := newFakeAgent(t, addrs, "src")
+	admin := api.NewClient(addrs...)
+	vm, err := admin.CreateVM(ctx, api.CreateVMRequest{Name: "web", VCPUs: 1, Memory: 64})
+	if err != nil || vm.NodeID != src.id {
+		t.Fatalf("create: %+v %v", vm, err)
+	}
+	if _, err := src.report(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, func() string {
+		got, _ := admin.GetVM(ctx, "web")
+		if got.State != api.StateRunning {
+			return got.State
+		}
+		return ""
+	})
+	dst := newFakeAgent(t, addrs, "dst")
+	task, err := admin.NodeTask(ctx, "src", "evacuate", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Wait for the order to reach the source, and for the destination to be
+	// told the VM is incoming.
+	var order *api.MigrationOrder
+	waitFor(t, 15*time.Second, func() string {
+		d, err := src.c.Desired(ctx, api.QueryOptions{})
+		if err != nil || len(d.VMs) != 1 || d.VMs[0].Migrate == nil {
+			return fmt.Sprintf("source desired: %+v %v", d, err)
+		}
+		order = d.VMs[0].Migrate
+		in, err := dst.c.Desired(ctx, api.QueryOptions{})
+		if err != nil || len(in.Incoming) != 1 {
+			return fmt.Sprintf("destination desired: %+v %v", in, err)
+		}
+		return ""
+	})
+	if order.ToNodeID != dst.id || order.TaskID != task.ID || order.MigrateURI != "tcp://127.0.0.1" {
+		t.Fatalf("order %+v", order)
+	}
+	// The leader dies with the task running.
+	l := tc.leader(5 * time.Second)
+	tc.srv[l].Kill()
+	tc.srv[l] = nil
+	tc.leader(30 * time.Second)
+	// The source reports success to whoever leads now.
+	if err := src.c.ReportMigration(ctx, api.MigrationReport{TaskID: order.TaskID, VMID: vm.ID, Generation: vm.Generation, OK: true}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 30*time.Second, func() string {
+		got, err := admin.GetTask(ctx, task.ID)
+		if err != nil || got.State != api.TaskSucceeded {
+			return fmt.Sprintf("task %+v %v", got, err)
+		}
+		return ""
+	})
+	got, _ := admin.GetVM(ctx, "web")
+	if got.NodeID != dst.id || got.Generation <= vm.Generation || got.AdoptGeneration != vm.Generation || got.Migration != nil {
+		t.Fatalf("after the resumed task: node %s generation %d adopt %d migration %v", got.NodeID, got.Generation, got.AdoptGeneration, got.Migration)
+	}
+	// The destination's desired state now holds it, with the adopt generation.
+	d, err := dst.c.Desired(ctx, api.QueryOptions{})
+	if err != nil || len(d.VMs) != 1 || d.VMs[0].AdoptGeneration != vm.Generation || len(d.Incoming) != 0 {
+		t.Fatalf("destination desired after migration: %+v %v", d, err)
+	}
+}
