@@ -11,25 +11,13 @@ import (
 
 func nodeCommand() *cli.Command {
 	action := func(name, usage string, extra []cli.Flag, body func(c *cli.Context) any) *cli.Command {
-		return &cli.Command{Name: name, Usage: usage, ArgsUsage: "ID", Flags: append(append(clientFlags(), outputFlag()), extra...),
-			Action: func(c *cli.Context) error {
-				if _, err := output(c); err != nil {
-					return err
-				}
-				id, err := oneArg(c, "node ID")
-				if err != nil {
-					return err
-				}
-				var b any
-				if body != nil {
-					b = body(c)
-				}
-				n, err := newClient(c).NodeAction(c.Context, id, name, b)
-				if err != nil {
-					return err
-				}
-				return showNode(c, n)
-			}}
+		return nodeOp(name, usage, extra, body, func(c *cli.Context, id string, b any) error {
+			n, err := newClient(c).NodeAction(c.Context, id, name, b)
+			if err != nil {
+				return err
+			}
+			return showNode(c, n)
+		})
 	}
 	return &cli.Command{
 		Name:        "node",
@@ -111,6 +99,18 @@ func nodeCommand() *cli.Command {
 
 // taskAction is a node operation that answers with a task.
 func taskAction(name, usage string, extra []cli.Flag, body func(c *cli.Context) any) *cli.Command {
+	return nodeOp(name, usage, extra, body, func(c *cli.Context, id string, b any) error {
+		t, err := newClient(c).NodeTask(c.Context, id, name, b)
+		if err != nil {
+			return err
+		}
+		return showTask(c, t)
+	})
+}
+
+// nodeOp is a `chime node NAME ID` command: it checks -o and the one ID
+// argument, builds the optional body, and hands over to call.
+func nodeOp(name, usage string, extra []cli.Flag, body func(c *cli.Context) any, call func(c *cli.Context, id string, b any) error) *cli.Command {
 	return &cli.Command{Name: name, Usage: usage, ArgsUsage: "ID", Flags: append(append(clientFlags(), outputFlag()), extra...),
 		Action: func(c *cli.Context) error {
 			if _, err := output(c); err != nil {
@@ -124,11 +124,7 @@ func taskAction(name, usage string, extra []cli.Flag, body func(c *cli.Context) 
 			if body != nil {
 				b = body(c)
 			}
-			t, err := newClient(c).NodeTask(c.Context, id, name, b)
-			if err != nil {
-				return err
-			}
-			return showTask(c, t)
+			return call(c, id, b)
 		}}
 }
 
