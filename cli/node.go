@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/chime-ha/chime/chime/structs"
+
 	"github.com/urfave/cli/v2"
 
 	"github.com/chime-ha/chime/chime/api"
@@ -128,7 +130,7 @@ func nodeOp(name, usage string, extra []cli.Flag, body func(c *cli.Context) any,
 		}}
 }
 
-func showTask(c *cli.Context, t *api.Task) error {
+func showTask(c *cli.Context, t *structs.Task) error {
 	if c.String("output") == "json" {
 		return printJSON(t)
 	}
@@ -146,7 +148,7 @@ func showTask(c *cli.Context, t *api.Task) error {
 	return table([]string{"VM", "FROM", "TO", "STATE", "ERROR"}, rows)
 }
 
-func showNode(c *cli.Context, n *api.Node) error {
+func showNode(c *cli.Context, n *structs.Node) error {
 	if c.String("output") == "json" {
 		return printJSON(n)
 	}

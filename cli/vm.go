@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/chime-ha/chime/chime/structs"
+
 	"github.com/urfave/cli/v2"
 
 	"github.com/chime-ha/chime/chime/api"
@@ -135,7 +137,7 @@ func vmCommand() *cli.Command {
 	}
 }
 
-func showVM(c *cli.Context, vm *api.VM) error {
+func showVM(c *cli.Context, vm *structs.VM) error {
 	if c.String("output") == "json" {
 		return printJSON(vm)
 	}
@@ -178,7 +180,7 @@ func cliField(err error) error {
 	return fmt.Errorf("%s: %s", flag, strings.TrimPrefix(e.Message, e.Field+": "))
 }
 
-func migration(m *api.Migration) string {
+func migration(m *structs.Migration) string {
 	if m == nil {
 		return "-"
 	}

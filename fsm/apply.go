@@ -6,9 +6,9 @@ import (
 	"sort"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
+	"github.com/chime-ha/chime/chime/structs"
 
-	"github.com/chime-ha/chime/chime/api"
+	bolt "go.etcd.io/bbolt"
 )
 
 // applier applies one command inside one bbolt write transaction.
@@ -72,12 +72,12 @@ func (a *applier) dispatch(cmd Command) (string, error) {
 		var p AppendEvent
 		return decodeThen(cmd, &p, func() (string, error) { return "", a.event(p.Event) })
 	}
-	return "", api.Invalid("type", "unknown command type %q", cmd.Type)
+	return "", structs.Invalid("type", "unknown command type %q", cmd.Type)
 }
 
 func decodeThen(cmd Command, p any, fn func() (string, error)) (string, error) {
 	if err := json.Unmarshal(cmd.Payload, p); err != nil {
-		return "", api.Invalid("payload", "decode %s: %v", cmd.Type, err)
+		return "", structs.Invalid("payload", "decode %s: %v", cmd.Type, err)
 	}
 	return fn()
 }
@@ -94,8 +94,8 @@ func (a *applier) recordFailure(reqID string, err error) error {
 	if perr := putIndex(a.tx, a.index); perr != nil {
 		return perr
 	}
-	e := api.AsError(err)
-	return a.remember(reqID, applyRecord{Index: a.index, Err: e.Message, Status: e.Status, Field: e.Field})
+	e := structs.AsError(err)
+	return a.remember(reqID, applyRecord{Index: a.index, Err: e.Message, Kind: structs.KindName(err), Field: e.Field})
 }
 
 func (a *applier) remember(reqID string, rec applyRecord) error {
@@ -150,36 +150,36 @@ func putJSON(b *bolt.Bucket, key string, v any) error {
 	return b.Put([]byte(key), raw)
 }
 
-func (a *applier) node(id string) (*api.Node, error) {
-	var n api.Node
+func (a *applier) node(id string) (*structs.Node, error) {
+	var n structs.Node
 	ok, err := getJSON(a.tx.Bucket(bucketNodes), id, &n)
 	if err != nil {
 		return nil, err
 	}
 	if !ok {
-		return nil, api.NotFound("node_id", "node %q not found", id)
+		return nil, structs.NotFound("node_id", "node %q not found", id)
 	}
 	return &n, nil
 }
 
-func (a *applier) putNode(n *api.Node) error {
+func (a *applier) putNode(n *structs.Node) error {
 	n.ModifyIndex = a.index
 	return putJSON(a.tx.Bucket(bucketNodes), n.ID, n)
 }
 
-func (a *applier) vm(id string) (*api.VM, error) {
-	var v api.VM
+func (a *applier) vm(id string) (*structs.VM, error) {
+	var v structs.VM
 	ok, err := getJSON(a.tx.Bucket(bucketVMs), id, &v)
 	if err != nil {
 		return nil, err
 	}
 	if !ok {
-		return nil, api.NotFound("vm_id", "vm %q not found", id)
+		return nil, structs.NotFound("vm_id", "vm %q not found", id)
 	}
 	return &v, nil
 }
 
-func (a *applier) putVM(v *api.VM) error {
+func (a *applier) putVM(v *structs.VM) error {
 	v.ModifyIndex = a.index
 	v.State = v.DeriveState()
 	if v.NodeID != "" {
@@ -198,7 +198,7 @@ func (a *applier) touchNode(nodeID string) error {
 
 func byNodeKey(nodeID, vmID string) []byte { return []byte(nodeID + "/" + vmID) }
 
-func (a *applier) event(e api.Event) error {
+func (a *applier) event(e structs.Event) error {
 	meta := a.tx.Bucket(bucketMeta)
 	seq := getU64(meta.Get([]byte("event_seq"))) + 1
 	if err := meta.Put([]byte("event_seq"), u64(seq)); err != nil {
@@ -219,31 +219,31 @@ func (a *applier) event(e api.Event) error {
 }
 
 func (a *applier) ev(kind, nodeID, vmID, format string, args ...any) error {
-	return a.event(api.Event{Kind: kind, NodeID: nodeID, VMID: vmID, Message: fmt.Sprintf(format, args...)})
+	return a.event(structs.Event{Kind: kind, NodeID: nodeID, VMID: vmID, Message: fmt.Sprintf(format, args...)})
 }
 
 // --- nodes ---
 
 func (a *applier) registerNode(p RegisterNode) (string, error) {
 	in := p.Node
-	if err := api.ValidateUUID("id", in.ID); err != nil {
+	if err := structs.ValidateUUID("id", in.ID); err != nil {
 		return "", err
 	}
-	if err := api.ValidateName("name", in.Name); err != nil {
+	if err := structs.ValidateName("name", in.Name); err != nil {
 		return "", err
 	}
 	names := a.tx.Bucket(bucketNodeNames)
 	if owner := names.Get([]byte(in.Name)); owner != nil && string(owner) != in.ID {
-		return "", api.Conflict("name", "node name %q is already used by node %s", in.Name, owner)
+		return "", structs.Conflict("name", "node name %q is already used by node %s", in.Name, owner)
 	}
-	var n api.Node
+	var n structs.Node
 	exists, err := getJSON(a.tx.Bucket(bucketNodes), in.ID, &n)
 	if err != nil {
 		return "", err
 	}
 	if !exists {
-		n = api.Node{ID: in.ID, CreateIndex: a.index, ManagementState: api.NodeEnabled,
-			MonitorState: api.MonitorNormal, StateSince: a.now}
+		n = structs.Node{ID: in.ID, CreateIndex: a.index, ManagementState: structs.NodeEnabled,
+			MonitorState: structs.MonitorNormal, StateSince: a.now}
 	}
 	if !exists || p.Rotate {
 		if err := a.tx.Bucket(bucketSecrets).Put([]byte(in.ID), []byte(p.SecretHash)); err != nil {
@@ -275,9 +275,9 @@ func (a *applier) registerNode(p RegisterNode) (string, error) {
 
 func (a *applier) setManagement(p SetManagement) (string, error) {
 	switch p.State {
-	case api.NodeEnabled, api.NodeDisabled, api.NodeDrained:
+	case structs.NodeEnabled, structs.NodeDisabled, structs.NodeDrained:
 	default:
-		return "", api.Invalid("state", "%q must be enabled, disabled or drained", p.State)
+		return "", structs.Invalid("state", "%q must be enabled, disabled or drained", p.State)
 	}
 	n, err := a.node(p.NodeID)
 	if err != nil {
@@ -288,10 +288,10 @@ func (a *applier) setManagement(p SetManagement) (string, error) {
 	}
 	old := n.ManagementState
 	n.ManagementState = p.State
-	if p.State == api.NodeDrained {
+	if p.State == structs.NodeDrained {
 		n.DrainAcked = false
 	}
-	if p.State == api.NodeEnabled {
+	if p.State == structs.NodeEnabled {
 		n.DrainAcked, n.Fenced = false, false
 		// Enabling releases the agent's local drain, if any (the agent
 		// clears its flag when it sees this id).
@@ -310,9 +310,9 @@ func (a *applier) setManagement(p SetManagement) (string, error) {
 
 func (a *applier) setMonitor(p SetMonitor) (string, error) {
 	switch p.State {
-	case api.MonitorNormal, api.MonitorUnreachable, api.MonitorError:
+	case structs.MonitorNormal, structs.MonitorUnreachable, structs.MonitorError:
 	default:
-		return "", api.Invalid("state", "%q must be normal, unreachable or error", p.State)
+		return "", structs.Invalid("state", "%q must be normal, unreachable or error", p.State)
 	}
 	n, err := a.node(p.NodeID)
 	if err != nil {
@@ -338,7 +338,7 @@ func (a *applier) setMonitor(p SetMonitor) (string, error) {
 	if p.Reason != "" {
 		msg += ": " + p.Reason
 	}
-	return n.ID, a.event(api.Event{Kind: "node." + p.State, NodeID: n.ID, Message: msg})
+	return n.ID, a.event(structs.Event{Kind: "node." + p.State, NodeID: n.ID, Message: msg})
 }
 
 func equalStrings(a, b []string) bool {
@@ -392,7 +392,7 @@ func (a *applier) removeNode(p RemoveNode) (string, error) {
 	c := a.tx.Bucket(bucketVMsByNode).Cursor()
 	prefix := []byte(n.ID + "/")
 	if k, _ := c.Seek(prefix); k != nil && len(k) > len(prefix) && string(k[:len(prefix)]) == string(prefix) {
-		return "", api.Conflict("node_id", "node %s still has VMs placed on it: drain and rebuild, or migrate them first", n.Name)
+		return "", structs.Conflict("node_id", "node %s still has VMs placed on it: drain and rebuild, or migrate them first", n.Name)
 	}
 	if err := a.tx.Bucket(bucketNodes).Delete([]byte(n.ID)); err != nil {
 		return "", err
@@ -413,30 +413,31 @@ func (a *applier) removeNode(p RemoveNode) (string, error) {
 
 func (a *applier) createVM(p CreateVM) (string, error) {
 	v := p.VM
-	if err := api.ValidateUUID("id", v.ID); err != nil {
+	if err := structs.ValidateUUID("id", v.ID); err != nil {
 		return "", err
 	}
-	req := api.CreateVMRequest{Name: v.Name, VCPUs: v.Spec.VCPUs, Memory: v.Spec.MemoryMiB,
-		Disks: v.Spec.Disks, Labels: v.Spec.Labels, Group: v.Spec.AntiAffinity}
-	if err := req.Validate(); err != nil {
+	if err := structs.ValidateName("name", v.Name); err != nil {
 		return "", err
 	}
-	if v.DesiredState != api.DesiredRunning && v.DesiredState != api.DesiredStopped {
-		return "", api.Invalid("desired_state", "%q must be running or stopped", v.DesiredState)
+	if err := v.Spec.Validate(); err != nil {
+		return "", err
+	}
+	if v.DesiredState != structs.DesiredRunning && v.DesiredState != structs.DesiredStopped {
+		return "", structs.Invalid("desired_state", "%q must be running or stopped", v.DesiredState)
 	}
 	names := a.tx.Bucket(bucketVMNames)
 	if owner := names.Get([]byte(v.Name)); owner != nil {
-		return "", api.Conflict("name", "a VM named %q already exists (%s)", v.Name, owner)
+		return "", structs.Conflict("name", "a VM named %q already exists (%s)", v.Name, owner)
 	}
 	if a.tx.Bucket(bucketVMs).Get([]byte(v.ID)) != nil {
-		return "", api.Conflict("id", "a VM with id %s already exists", v.ID)
+		return "", structs.Conflict("id", "a VM with id %s already exists", v.ID)
 	}
 	if p.NodeID != "" {
 		if _, err := a.node(p.NodeID); err != nil {
 			return "", err
 		}
 	}
-	vm := api.VM{ID: v.ID, Name: v.Name, Spec: v.Spec, DesiredState: v.DesiredState, CreateIndex: a.index}
+	vm := structs.VM{ID: v.ID, Name: v.Name, Spec: v.Spec, DesiredState: v.DesiredState, CreateIndex: a.index}
 	if err := names.Put([]byte(vm.Name), []byte(vm.ID)); err != nil {
 		return "", err
 	}
@@ -457,8 +458,8 @@ func (a *applier) createVM(p CreateVM) (string, error) {
 }
 
 func (a *applier) setDesired(p SetDesired) (string, error) {
-	if p.State != api.DesiredRunning && p.State != api.DesiredStopped {
-		return "", api.Invalid("desired_state", "%q must be running or stopped", p.State)
+	if p.State != structs.DesiredRunning && p.State != structs.DesiredStopped {
+		return "", structs.Invalid("desired_state", "%q must be running or stopped", p.State)
 	}
 	v, err := a.vm(p.VMID)
 	if err != nil {
@@ -480,10 +481,10 @@ func (a *applier) placeVM(p PlaceVM) (string, error) {
 		return "", err
 	}
 	if p.IfGeneration != 0 && v.Generation != p.IfGeneration {
-		return "", api.Conflict("generation", "vm %s: placement changed (generation %d, expected %d)", v.Name, v.Generation, p.IfGeneration)
+		return "", structs.Conflict("generation", "vm %s: placement changed (generation %d, expected %d)", v.Name, v.Generation, p.IfGeneration)
 	}
 	if v.Migration != nil {
-		return "", api.Conflict("vm_id", "vm %s is being live-migrated (task %s)", v.Name, v.Migration.TaskID)
+		return "", structs.Conflict("vm_id", "vm %s is being live-migrated (task %s)", v.Name, v.Migration.TaskID)
 	}
 	if p.NodeID != "" {
 		if _, err := a.node(p.NodeID); err != nil {
@@ -562,7 +563,7 @@ func (a *applier) observe(p Observe) (string, error) {
 			continue // the incoming copy of a live migration in flight
 		}
 		if v.NodeID != p.NodeID || !current {
-			if o.State == api.StateRunning {
+			if o.State == structs.StateRunning {
 				if err := a.ev("vm.stale_copy", p.NodeID, v.ID, "vm %s reported running on node %s with generation %d, placed on %s generation %d",
 					v.Name, p.NodeID, o.Generation, orNone(v.NodeID), v.Generation); err != nil {
 					return "", err
@@ -571,7 +572,7 @@ func (a *applier) observe(p Observe) (string, error) {
 			continue
 		}
 		prev := v.Observed
-		v.Observed = &api.Observation{NodeID: p.NodeID, State: o.State, Reason: o.Reason, Generation: o.Generation, At: a.now}
+		v.Observed = &structs.Observation{NodeID: p.NodeID, State: o.State, Reason: o.Reason, Generation: o.Generation, At: a.now}
 		if prev != nil && prev.NodeID == p.NodeID && prev.State == o.State && prev.Reason == o.Reason && prev.Generation == o.Generation {
 			continue
 		}
@@ -596,15 +597,15 @@ func (a *applier) observe(p Observe) (string, error) {
 func (a *applier) putTask(p PutTask) (string, error) {
 	t := p.Task
 	if t.ID == "" {
-		return "", api.Invalid("id", "task id is required")
+		return "", structs.Invalid("id", "task id is required")
 	}
-	var old api.Task
+	var old structs.Task
 	exists, err := getJSON(a.tx.Bucket(bucketTasks), t.ID, &old)
 	if err != nil {
 		return "", err
 	}
 	if p.IfModifyIndex != 0 && (!exists || old.ModifyIndex != p.IfModifyIndex) {
-		return "", api.Conflict("task", "task %s changed meanwhile", t.ID)
+		return "", structs.Conflict("task", "task %s changed meanwhile", t.ID)
 	}
 	if exists {
 		t.CreateIndex, t.Created = old.CreateIndex, old.Created
@@ -616,7 +617,7 @@ func (a *applier) putTask(p PutTask) (string, error) {
 		return "", err
 	}
 	if !exists || old.State != t.State {
-		return t.ID, a.event(api.Event{Kind: "task." + t.State, NodeID: t.NodeID, VMID: t.VMID, TaskID: t.ID,
+		return t.ID, a.event(structs.Event{Kind: "task." + t.State, NodeID: t.NodeID, VMID: t.VMID, TaskID: t.ID,
 			Message: fmt.Sprintf("task %s %s: %s %s", t.Kind, t.ID, t.State, t.Error)})
 	}
 	return t.ID, nil
@@ -627,7 +628,7 @@ func (a *applier) putTask(p PutTask) (string, error) {
 func (a *applier) alarmTransition(p AlarmTransition) (string, error) {
 	al := p.Alarm
 	if al.Fingerprint == "" || (al.Status != "firing" && al.Status != "resolved") {
-		return "", api.Invalid("alarm", "fingerprint and status firing|resolved are required")
+		return "", structs.Invalid("alarm", "fingerprint and status firing|resolved are required")
 	}
 	var rec AlarmRecord
 	b := a.tx.Bucket(bucketAlarms)
@@ -640,7 +641,7 @@ func (a *applier) alarmTransition(p AlarmTransition) (string, error) {
 	if err := putJSON(b, al.Fingerprint, AlarmRecord{Alarm: al}); err != nil {
 		return "", err
 	}
-	return al.Fingerprint, a.event(api.Event{Kind: "alarm." + al.Status, NodeID: al.Labels["node_id"],
+	return al.Fingerprint, a.event(structs.Event{Kind: "alarm." + al.Status, NodeID: al.Labels["node_id"],
 		Message: fmt.Sprintf("alarm %s %s: %s", al.Name, al.Status, al.Summary)})
 }
 
@@ -670,21 +671,21 @@ func (a *applier) migrationStart(p MigrationStart) (string, error) {
 		return "", err
 	}
 	if v.NodeID == "" {
-		return "", api.Conflict("vm_id", "vm %s is not placed on any node", v.Name)
+		return "", structs.Conflict("vm_id", "vm %s is not placed on any node", v.Name)
 	}
 	if v.Generation != p.IfGeneration {
-		return "", api.Conflict("generation", "vm %s: placement changed (generation %d, expected %d)", v.Name, v.Generation, p.IfGeneration)
+		return "", structs.Conflict("generation", "vm %s: placement changed (generation %d, expected %d)", v.Name, v.Generation, p.IfGeneration)
 	}
 	if v.Migration != nil {
-		return "", api.Conflict("vm_id", "vm %s is already migrating (task %s)", v.Name, v.Migration.TaskID)
+		return "", structs.Conflict("vm_id", "vm %s is already migrating (task %s)", v.Name, v.Migration.TaskID)
 	}
 	if p.To == v.NodeID {
-		return "", api.Invalid("to", "vm %s already runs on node %s", v.Name, p.To)
+		return "", structs.Invalid("to", "vm %s already runs on node %s", v.Name, p.To)
 	}
 	if _, err := a.node(p.To); err != nil {
 		return "", err
 	}
-	v.Migration = &api.Migration{TaskID: p.TaskID, From: v.NodeID, To: p.To, Generation: v.Generation}
+	v.Migration = &structs.Migration{TaskID: p.TaskID, From: v.NodeID, To: p.To, Generation: v.Generation}
 	v.TaskID = p.TaskID
 	if err := a.putVM(v); err != nil {
 		return "", err
@@ -713,7 +714,7 @@ func (a *applier) migrationEnd(p MigrationEnd) (string, error) {
 		// VM now runs on the destination recorded in the task.
 		to = a.taskDestination(p.TaskID, v.ID)
 	}
-	stepState, stepErr := api.TaskFailed, p.Error
+	stepState, stepErr := structs.TaskFailed, p.Error
 	switch {
 	case p.OK && to != "" && v.Generation == p.Generation && v.NodeID == p.FromNode:
 		if err := a.tx.Bucket(bucketVMsByNode).Delete(byNodeKey(v.NodeID, v.ID)); err != nil {
@@ -729,8 +730,8 @@ func (a *applier) migrationEnd(p MigrationEnd) (string, error) {
 		}
 		// libvirt reported the hand-over done: the VM runs on the
 		// destination (its domain still carries the old generation).
-		v.Observed = &api.Observation{NodeID: to, State: api.StateRunning, Reason: "migrated", Generation: p.Generation, At: a.now}
-		stepState, stepErr = api.TaskSucceeded, ""
+		v.Observed = &structs.Observation{NodeID: to, State: structs.StateRunning, Reason: "migrated", Generation: p.Generation, At: a.now}
+		stepState, stepErr = structs.TaskSucceeded, ""
 		if err := a.ev("vm.migrated", to, v.ID, "vm %s live-migrated %s → %s, generation %d", v.Name, from, to, v.Generation); err != nil {
 			return "", err
 		}
@@ -755,7 +756,7 @@ func (a *applier) migrationEnd(p MigrationEnd) (string, error) {
 
 // taskDestination finds the destination a task's step names for a VM.
 func (a *applier) taskDestination(taskID, vmID string) string {
-	var t api.Task
+	var t structs.Task
 	if ok, _ := getJSON(a.tx.Bucket(bucketTasks), taskID, &t); !ok {
 		return ""
 	}
@@ -773,14 +774,14 @@ func (a *applier) updateTaskStep(taskID, vmID, state, errMsg string) error {
 	if taskID == "" {
 		return nil
 	}
-	var t api.Task
+	var t structs.Task
 	b := a.tx.Bucket(bucketTasks)
 	ok, err := getJSON(b, taskID, &t)
 	if err != nil || !ok {
 		return err
 	}
 	for i := range t.Steps {
-		if t.Steps[i].VMID == vmID && t.Steps[i].State == api.TaskRunning {
+		if t.Steps[i].VMID == vmID && t.Steps[i].State == structs.TaskRunning {
 			t.Steps[i].State, t.Steps[i].Error = state, errMsg
 		}
 	}
@@ -800,7 +801,7 @@ func (a *applier) adopt(p Adopt) (string, error) {
 		return v.ID, nil // already adopted
 	}
 	if v.Generation != p.Generation || v.NodeID == "" {
-		return "", api.Conflict("generation", "vm %s: adoption of generation %d refused: the placement is generation %d on node %s",
+		return "", structs.Conflict("generation", "vm %s: adoption of generation %d refused: the placement is generation %d on node %s",
 			v.Name, p.Generation, v.Generation, orNone(v.NodeID))
 	}
 	if err := a.tx.Bucket(bucketVMsByNode).Delete(byNodeKey(v.NodeID, v.ID)); err != nil {

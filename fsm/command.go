@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/chime-ha/chime/chime/api"
+	"github.com/chime-ha/chime/chime/structs"
 )
 
 // CommandType names one kind of change to the replicated state.
@@ -55,7 +55,7 @@ func NewCommand(id string, typ CommandType, now time.Time, payload any) ([]byte,
 // RegisterNode creates a node or updates the agent-reported fields of an
 // existing one (management state, monitor state and flags are kept).
 type RegisterNode struct {
-	Node api.Node `json:"node"`
+	Node structs.Node `json:"node"`
 	// SecretHash is stored on creation, and replaced only when Rotate is set.
 	SecretHash string `json:"secret_hash"`
 	Rotate     bool   `json:"rotate"`
@@ -92,8 +92,8 @@ type RemoveNode struct {
 
 // CreateVM creates a VM, placed on NodeID (or pending when empty).
 type CreateVM struct {
-	VM     api.VM `json:"vm"`
-	NodeID string `json:"node_id"`
+	VM     structs.VM `json:"vm"`
+	NodeID string     `json:"node_id"`
 }
 
 // SetDesired changes a VM's desired state.
@@ -120,21 +120,21 @@ type DeleteVM struct {
 
 // Observe records changed VM observations reported by one node's agent.
 type Observe struct {
-	NodeID       string              `json:"node_id"`
-	Observations []api.VMObservation `json:"observations"`
+	NodeID       string                  `json:"node_id"`
+	Observations []structs.VMObservation `json:"observations"`
 }
 
 // PutTask creates or updates a task. IfModifyIndex, when non-zero, makes
 // it a compare-and-set against the stored task's modify index, so that the
 // task runner never overwrites a step outcome recorded meanwhile.
 type PutTask struct {
-	Task          api.Task `json:"task"`
-	IfModifyIndex uint64   `json:"if_modify_index,omitempty"`
+	Task          structs.Task `json:"task"`
+	IfModifyIndex uint64       `json:"if_modify_index,omitempty"`
 }
 
 // AppendEvent appends a free-standing event (alarms, leader decisions).
 type AppendEvent struct {
-	Event api.Event `json:"event"`
+	Event structs.Event `json:"event"`
 }
 
 // AlarmRecord is the replicated state of one alarm: its last transition and
@@ -143,13 +143,13 @@ type AppendEvent struct {
 // transition goes out once across leader changes (at least once when a
 // leader dies between delivering and recording the delivery).
 type AlarmRecord struct {
-	Alarm     api.Alarm `json:"alarm"`
-	Delivered bool      `json:"delivered"`
+	Alarm     structs.Alarm `json:"alarm"`
+	Delivered bool          `json:"delivered"`
 }
 
 // AlarmTransition records that an alarm fired or resolved.
 type AlarmTransition struct {
-	Alarm api.Alarm `json:"alarm"`
+	Alarm structs.Alarm `json:"alarm"`
 }
 
 // AlarmDelivered records that a transition reached the receivers.

@@ -11,23 +11,22 @@ import (
 	"sync"
 	"time"
 
+	"github.com/chime-ha/chime/chime/structs"
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 	bolt "go.etcd.io/bbolt"
-
-	"github.com/chime-ha/chime/chime/api"
 )
 
 // Buckets of the state file.
 var (
-	bucketNodes     = []byte("nodes")      // node id → api.Node JSON
+	bucketNodes     = []byte("nodes")      // node id → structs.Node JSON
 	bucketNodeNames = []byte("node_names") // node name → node id
-	bucketVMs       = []byte("vms")        // vm id → api.VM JSON
+	bucketVMs       = []byte("vms")        // vm id → structs.VM JSON
 	bucketVMNames   = []byte("vm_names")   // vm name → vm id
 	bucketVMsByNode = []byte("vms_by_node")
 	bucketNodeIndex = []byte("node_vm_index") // node id → last index a VM placed there changed
-	bucketTasks     = []byte("tasks")         // task id → api.Task JSON
-	bucketEvents    = []byte("events")        // seq (big endian) → api.Event JSON
+	bucketTasks     = []byte("tasks")         // task id → structs.Task JSON
+	bucketEvents    = []byte("events")        // seq (big endian) → structs.Event JSON
 	bucketRequests  = []byte("requests")      // request id → applyRecord JSON
 	bucketReqOrder  = []byte("request_order") // index (big endian) → request id, to prune
 	bucketMeta      = []byte("meta")          // "index", "event_seq"
@@ -57,9 +56,27 @@ type applyRecord struct {
 	Index    uint64 `json:"index"`
 	ObjectID string `json:"object_id"`
 	Err      string `json:"err,omitempty"`
-	Status   int    `json:"status,omitempty"`
+	Kind     string `json:"kind,omitempty"` // structs.KindName of the refusal
 	Field    string `json:"field,omitempty"`
+	// Status is what records written before error kinds had names carried
+	// (an HTTP status); read only to understand old snapshots.
+	Status int `json:"status,omitempty"`
 }
+
+// refusal rebuilds the error a remembered request was refused with.
+func (rec applyRecord) refusal() error {
+	if rec.Err == "" {
+		return nil
+	}
+	kind := structs.KindByName(rec.Kind)
+	if kind == nil {
+		kind = legacyStatusKinds[rec.Status]
+	}
+	return &structs.Error{Kind: kind, Field: rec.Field, Message: rec.Err}
+}
+
+var legacyStatusKinds = map[int]error{400: structs.ErrInvalid, 403: structs.ErrForbidden, 404: structs.ErrNotFound,
+	409: structs.ErrConflict, 503: structs.ErrNoLeader}
 
 // FSM is the replicated state machine. It implements raft.FSM; reads go
 // straight to bbolt and may run concurrently with Apply.
@@ -180,9 +197,7 @@ func (f *FSM) apply(index uint64, data []byte) *Result {
 				var rec applyRecord
 				if err := json.Unmarshal(raw, &rec); err == nil {
 					res.Duplicate, res.ObjectID = true, rec.ObjectID
-					if rec.Err != "" {
-						res.Err = &api.Error{Status: rec.Status, Message: rec.Err, Field: rec.Field}
-					}
+					res.Err = rec.refusal()
 				}
 				return putIndex(tx, index)
 			}

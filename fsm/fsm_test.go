@@ -10,10 +10,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chime-ha/chime/chime/structs"
+
 	"github.com/google/uuid"
 	"github.com/hashicorp/raft"
-
-	"github.com/chime-ha/chime/chime/api"
 )
 
 var t0 = time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
@@ -54,13 +54,13 @@ func (h *harness) must(reqID string, typ CommandType, payload any) *Result {
 	return r
 }
 
-func node(name string) api.Node {
-	return api.Node{ID: uuid.NewString(), Name: name, APIAddr: "127.0.0.1:4660", VCPUs: 8, MemoryMiB: 16384}
+func node(name string) structs.Node {
+	return structs.Node{ID: uuid.NewString(), Name: name, APIAddr: "127.0.0.1:4660", VCPUs: 8, MemoryMiB: 16384}
 }
 
-func vm(name string) api.VM {
-	return api.VM{ID: uuid.NewString(), Name: name, DesiredState: api.DesiredRunning,
-		Spec: api.VMSpec{VCPUs: 1, MemoryMiB: 64}}
+func vm(name string) structs.VM {
+	return structs.VM{ID: uuid.NewString(), Name: name, DesiredState: structs.DesiredRunning,
+		Spec: structs.VMSpec{VCPUs: 1, MemoryMiB: 64}}
 }
 
 func TestCommands(t *testing.T) {
@@ -74,7 +74,7 @@ func TestCommands(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got.NodeID != n1.ID || got.Generation != r.Index || got.State != api.StateUnknown {
+	if got.NodeID != n1.ID || got.Generation != r.Index || got.State != structs.StateUnknown {
 		t.Fatalf("created vm = %+v, want node %s generation %d state unknown", got, n1.ID, r.Index)
 	}
 	onNode, idx, _ := h.f.VMsOnNode(n1.ID)
@@ -83,13 +83,13 @@ func TestCommands(t *testing.T) {
 	}
 
 	// Observation from the placement node counts; from another node it does not.
-	h.must("r4", CmdObserve, Observe{NodeID: n2.ID, Observations: []api.VMObservation{{VMID: v.ID, State: "running", Generation: r.Index}}})
-	if got, _ := h.f.VM(v.ID); got.State != api.StateUnknown {
+	h.must("r4", CmdObserve, Observe{NodeID: n2.ID, Observations: []structs.VMObservation{{VMID: v.ID, State: "running", Generation: r.Index}}})
+	if got, _ := h.f.VM(v.ID); got.State != structs.StateUnknown {
 		t.Fatalf("observation from another node changed state to %q", got.State)
 	}
 	before := h.f.NodeIndex(n1.ID)
-	h.must("r5", CmdObserve, Observe{NodeID: n1.ID, Observations: []api.VMObservation{{VMID: v.ID, State: "running", Reason: "booted", Generation: r.Index}}})
-	if got, _ := h.f.VM(v.ID); got.State != api.StateRunning {
+	h.must("r5", CmdObserve, Observe{NodeID: n1.ID, Observations: []structs.VMObservation{{VMID: v.ID, State: "running", Reason: "booted", Generation: r.Index}}})
+	if got, _ := h.f.VM(v.ID); got.State != structs.StateRunning {
 		t.Fatalf("state = %q, want running", got.State)
 	}
 	if after := h.f.NodeIndex(n1.ID); after != before {
@@ -97,27 +97,27 @@ func TestCommands(t *testing.T) {
 	}
 
 	// Move with compare-and-set: a stale generation is refused.
-	if r := h.apply("r6", CmdPlaceVM, PlaceVM{VMID: v.ID, NodeID: n2.ID, IfGeneration: r.Index + 100}); !errors.Is(r.Err, api.ErrConflict) {
+	if r := h.apply("r6", CmdPlaceVM, PlaceVM{VMID: v.ID, NodeID: n2.ID, IfGeneration: r.Index + 100}); !errors.Is(r.Err, structs.ErrConflict) {
 		t.Fatalf("stale place: err = %v, want conflict", r.Err)
 	}
 	pr := h.must("r7", CmdPlaceVM, PlaceVM{VMID: v.ID, NodeID: n2.ID, IfGeneration: r.Index})
 	got, _ = h.f.VM(v.ID)
-	if got.NodeID != n2.ID || got.Generation != pr.Index || got.Generation <= r.Index || got.State != api.StateUnknown {
+	if got.NodeID != n2.ID || got.Generation != pr.Index || got.Generation <= r.Index || got.State != structs.StateUnknown {
 		t.Fatalf("after move: %+v", got)
 	}
 	if on1, _, _ := h.f.VMsOnNode(n1.ID); len(on1) != 0 {
 		t.Fatalf("node 1 still lists %d VMs", len(on1))
 	}
 	// Removing a node with VMs is refused; without, allowed.
-	if r := h.apply("r8", CmdRemoveNode, RemoveNode{NodeID: n2.ID}); !errors.Is(r.Err, api.ErrConflict) {
+	if r := h.apply("r8", CmdRemoveNode, RemoveNode{NodeID: n2.ID}); !errors.Is(r.Err, structs.ErrConflict) {
 		t.Fatalf("remove busy node: err = %v, want conflict", r.Err)
 	}
 	h.must("r9", CmdRemoveNode, RemoveNode{NodeID: n1.ID})
 	h.must("r10", CmdDeleteVM, DeleteVM{VMID: v.ID})
-	if _, err := h.f.VM(v.ID); !api.IsNotFound(err) {
+	if _, err := h.f.VM(v.ID); !structs.IsNotFound(err) {
 		t.Fatalf("deleted vm: err = %v", err)
 	}
-	if _, err := h.f.ResolveVM("web"); !api.IsNotFound(err) {
+	if _, err := h.f.ResolveVM("web"); !structs.IsNotFound(err) {
 		t.Fatalf("deleted vm name still resolves: %v", err)
 	}
 	ev, _ := h.f.Events(0, 100)
@@ -141,10 +141,10 @@ func TestInvalidCommandsChangeNothing(t *testing.T) {
 		field string
 	}{
 		{"duplicate vm name", CmdCreateVM, CreateVM{VM: bad}, "name"},
-		{"bad vm name", CmdCreateVM, CreateVM{VM: api.VM{ID: uuid.NewString(), Name: "Bad_Name", DesiredState: "running", Spec: api.VMSpec{VCPUs: 1, MemoryMiB: 64}}}, "name"},
-		{"too many vcpus", CmdCreateVM, CreateVM{VM: api.VM{ID: uuid.NewString(), Name: "x", DesiredState: "running", Spec: api.VMSpec{VCPUs: 257, MemoryMiB: 64}}}, "vcpus"},
-		{"too little memory", CmdCreateVM, CreateVM{VM: api.VM{ID: uuid.NewString(), Name: "x", DesiredState: "running", Spec: api.VMSpec{VCPUs: 1, MemoryMiB: 15}}}, "memory_mib"},
-		{"bad desired", CmdCreateVM, CreateVM{VM: api.VM{ID: uuid.NewString(), Name: "x", DesiredState: "paused", Spec: api.VMSpec{VCPUs: 1, MemoryMiB: 64}}}, "desired_state"},
+		{"bad vm name", CmdCreateVM, CreateVM{VM: structs.VM{ID: uuid.NewString(), Name: "Bad_Name", DesiredState: "running", Spec: structs.VMSpec{VCPUs: 1, MemoryMiB: 64}}}, "name"},
+		{"too many vcpus", CmdCreateVM, CreateVM{VM: structs.VM{ID: uuid.NewString(), Name: "x", DesiredState: "running", Spec: structs.VMSpec{VCPUs: 257, MemoryMiB: 64}}}, "vcpus"},
+		{"too little memory", CmdCreateVM, CreateVM{VM: structs.VM{ID: uuid.NewString(), Name: "x", DesiredState: "running", Spec: structs.VMSpec{VCPUs: 1, MemoryMiB: 15}}}, "memory_mib"},
+		{"bad desired", CmdCreateVM, CreateVM{VM: structs.VM{ID: uuid.NewString(), Name: "x", DesiredState: "paused", Spec: structs.VMSpec{VCPUs: 1, MemoryMiB: 64}}}, "desired_state"},
 		{"unknown node", CmdCreateVM, CreateVM{VM: vm("y"), NodeID: uuid.NewString()}, "node_id"},
 		{"node name taken", CmdRegisterNode, RegisterNode{Node: other}, "name"},
 		{"bad management", CmdSetManagement, SetManagement{NodeID: n.ID, State: "gone"}, "state"},
@@ -156,7 +156,7 @@ func TestInvalidCommandsChangeNothing(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			before, _ := h.f.Dump()
 			r := h.apply("req-"+tt.name, tt.typ, tt.p)
-			var e *api.Error
+			var e *structs.Error
 			if !errors.As(r.Err, &e) || e.Field != tt.field {
 				t.Fatalf("err = %v, want an api error naming field %q", r.Err, tt.field)
 			}
@@ -199,7 +199,7 @@ func TestRetriedRequestAppliesOnce(t *testing.T) {
 
 func TestSnapshotRestoreRoundTrip(t *testing.T) {
 	h := newHarness(t)
-	var nodes []api.Node
+	var nodes []structs.Node
 	for i := 0; i < 3; i++ {
 		n := node(fmt.Sprintf("hv%d", i))
 		nodes = append(nodes, n)
@@ -211,8 +211,8 @@ func TestSnapshotRestoreRoundTrip(t *testing.T) {
 			h.must("", CmdSetDesired, SetDesired{VMID: r.ObjectID, State: "stopped"})
 		}
 	}
-	h.must("", CmdSetMonitor, SetMonitor{NodeID: nodes[1].ID, State: api.MonitorError, Faults: []string{"disk"}})
-	h.must("", CmdPutTask, PutTask{Task: api.Task{ID: "t1", Kind: api.TaskDrain, State: api.TaskRunning, NodeID: nodes[2].ID}})
+	h.must("", CmdSetMonitor, SetMonitor{NodeID: nodes[1].ID, State: structs.MonitorError, Faults: []string{"disk"}})
+	h.must("", CmdPutTask, PutTask{Task: structs.Task{ID: "t1", Kind: structs.TaskDrain, State: structs.TaskRunning, NodeID: nodes[2].ID}})
 
 	snap, err := h.f.Snapshot()
 	if err != nil {
@@ -240,7 +240,7 @@ func TestSnapshotRestoreRoundTrip(t *testing.T) {
 	base := h.index
 	for _, x := range []*harness{h, other} {
 		x.index = base
-		x.must("after", CmdCreateVM, CreateVM{VM: api.VM{ID: "00000000-0000-4000-8000-000000000001", Name: "late", DesiredState: "running", Spec: api.VMSpec{VCPUs: 2, MemoryMiB: 128}}, NodeID: nodes[0].ID})
+		x.must("after", CmdCreateVM, CreateVM{VM: structs.VM{ID: "00000000-0000-4000-8000-000000000001", Name: "late", DesiredState: "running", Spec: structs.VMSpec{VCPUs: 2, MemoryMiB: 128}}, NodeID: nodes[0].ID})
 	}
 	want, _ = h.f.Dump()
 	got, _ = other.f.Dump()
@@ -273,9 +273,9 @@ func TestResolve(t *testing.T) {
 		{a.ID, a.ID, nil},
 		{"beta", b.ID, nil},
 		{"aaaa1", a.ID, nil},
-		{"aaaa", "", api.ErrInvalid},
-		{"zzz", "", api.ErrNotFound},
-		{"", "", api.ErrInvalid},
+		{"aaaa", "", structs.ErrInvalid},
+		{"zzz", "", structs.ErrNotFound},
+		{"", "", structs.ErrInvalid},
 	}
 	for _, tt := range tests {
 		got, err := h.f.ResolveVM(tt.ref)

@@ -4,7 +4,7 @@ import (
 	"errors"
 	"testing"
 
-	"github.com/chime-ha/chime/chime/api"
+	"github.com/chime-ha/chime/chime/structs"
 )
 
 func TestMigrationLifecycle(t *testing.T) {
@@ -15,21 +15,21 @@ func TestMigrationLifecycle(t *testing.T) {
 	v := vm("web")
 	created := h.must("", CmdCreateVM, CreateVM{VM: v, NodeID: src.ID})
 	gen := created.Index
-	h.must("", CmdPutTask, PutTask{Task: api.Task{ID: "t1", Kind: api.TaskMigrate, State: api.TaskRunning,
-		Steps: []api.TaskStep{{VMID: v.ID, From: src.ID, To: dst.ID, State: api.TaskRunning}}}})
+	h.must("", CmdPutTask, PutTask{Task: structs.Task{ID: "t1", Kind: structs.TaskMigrate, State: structs.TaskRunning,
+		Steps: []structs.TaskStep{{VMID: v.ID, From: src.ID, To: dst.ID, State: structs.TaskRunning}}}})
 
 	// A stale start is refused; a good one records the order and wakes both nodes.
-	if r := h.apply("", CmdMigrationStart, MigrationStart{VMID: v.ID, TaskID: "t1", To: dst.ID, IfGeneration: gen + 1}); !errors.Is(r.Err, api.ErrConflict) {
+	if r := h.apply("", CmdMigrationStart, MigrationStart{VMID: v.ID, TaskID: "t1", To: dst.ID, IfGeneration: gen + 1}); !errors.Is(r.Err, structs.ErrConflict) {
 		t.Fatalf("stale migration start: %v", r.Err)
 	}
 	start := h.must("", CmdMigrationStart, MigrationStart{VMID: v.ID, TaskID: "t1", To: dst.ID, IfGeneration: gen})
 	if h.f.NodeIndex(dst.ID) != start.Index {
 		t.Fatalf("destination not woken by the migration order")
 	}
-	if r := h.apply("", CmdMigrationStart, MigrationStart{VMID: v.ID, TaskID: "t2", To: dst.ID, IfGeneration: gen}); !errors.Is(r.Err, api.ErrConflict) {
+	if r := h.apply("", CmdMigrationStart, MigrationStart{VMID: v.ID, TaskID: "t2", To: dst.ID, IfGeneration: gen}); !errors.Is(r.Err, structs.ErrConflict) {
 		t.Fatalf("second migration while one is in flight: %v", r.Err)
 	}
-	if r := h.apply("", CmdPlaceVM, PlaceVM{VMID: v.ID, NodeID: dst.ID}); !errors.Is(r.Err, api.ErrConflict) {
+	if r := h.apply("", CmdPlaceVM, PlaceVM{VMID: v.ID, NodeID: dst.ID}); !errors.Is(r.Err, structs.ErrConflict) {
 		t.Fatalf("re-placement during a migration: %v", r.Err)
 	}
 	// Success from the source: placement moves with a new generation, and
@@ -40,7 +40,7 @@ func TestMigrationLifecycle(t *testing.T) {
 		t.Fatalf("after migration: node %s gen %d adopt %d migration %v", got.NodeID, got.Generation, got.AdoptGeneration, got.Migration)
 	}
 	task, _ := h.f.Task("t1")
-	if task.Steps[0].State != api.TaskSucceeded {
+	if task.Steps[0].State != structs.TaskSucceeded {
 		t.Fatalf("task step %s, want succeeded", task.Steps[0].State)
 	}
 	if on, _, _ := h.f.VMsOnNode(src.ID); len(on) != 0 {
@@ -68,8 +68,8 @@ func TestMigrationFailureKeepsPlacement(t *testing.T) {
 	}
 	// A late success report (the order had timed out) still moves the VM
 	// when the generation matches: the domain really is on the destination.
-	h.must("", CmdPutTask, PutTask{Task: api.Task{ID: "t3", Kind: api.TaskMigrate, State: api.TaskFailed,
-		Steps: []api.TaskStep{{VMID: v.ID, From: src.ID, To: dst.ID, State: api.TaskFailed}}}})
+	h.must("", CmdPutTask, PutTask{Task: structs.Task{ID: "t3", Kind: structs.TaskMigrate, State: structs.TaskFailed,
+		Steps: []structs.TaskStep{{VMID: v.ID, From: src.ID, To: dst.ID, State: structs.TaskFailed}}}})
 	h.must("", CmdMigrationEnd, MigrationEnd{VMID: v.ID, TaskID: "t3", FromNode: src.ID, Generation: gen, OK: true})
 	if got, _ := h.f.VM(v.ID); got.NodeID != dst.ID {
 		t.Fatalf("late success not recorded: node %s", got.NodeID)
@@ -79,7 +79,7 @@ func TestMigrationFailureKeepsPlacement(t *testing.T) {
 func TestAdoptChecksGeneration(t *testing.T) {
 	h := newHarness(t)
 	a, b, c := node("a"), node("b"), node("c")
-	for _, n := range []api.Node{a, b, c} {
+	for _, n := range []structs.Node{a, b, c} {
 		h.must("", CmdRegisterNode, RegisterNode{Node: n})
 	}
 	v := vm("web")
@@ -91,7 +91,7 @@ func TestAdoptChecksGeneration(t *testing.T) {
 		t.Fatalf("after adoption: %+v", got)
 	}
 	// c adopts the same old generation: refused, nothing changes.
-	if r := h.apply("", CmdAdopt, Adopt{VMID: v.ID, NodeID: c.ID, Generation: gen}); !errors.Is(r.Err, api.ErrConflict) {
+	if r := h.apply("", CmdAdopt, Adopt{VMID: v.ID, NodeID: c.ID, Generation: gen}); !errors.Is(r.Err, structs.ErrConflict) {
 		t.Fatalf("second adoption of an old generation: %v", r.Err)
 	}
 	if again, _ := h.f.VM(v.ID); again.NodeID != b.ID {
@@ -105,12 +105,12 @@ func TestEnableReleasesLocalDrain(t *testing.T) {
 	h.must("", CmdRegisterNode, RegisterNode{Node: n})
 	id, yes := "drain-1", true
 	h.must("", CmdSetNodeFlags, SetNodeFlags{NodeID: n.ID, LocalDrained: &yes, LocalDrainID: &id})
-	h.must("", CmdSetManagement, SetManagement{NodeID: n.ID, State: api.NodeDrained})
+	h.must("", CmdSetManagement, SetManagement{NodeID: n.ID, State: structs.NodeDrained})
 	got, _ := h.f.Node(n.ID)
 	if got.ReleasedDrainID != "" {
 		t.Fatalf("drain released before enable")
 	}
-	h.must("", CmdSetManagement, SetManagement{NodeID: n.ID, State: api.NodeEnabled})
+	h.must("", CmdSetManagement, SetManagement{NodeID: n.ID, State: structs.NodeEnabled})
 	got, _ = h.f.Node(n.ID)
 	if got.ReleasedDrainID != id {
 		t.Fatalf("enable did not release local drain %q (released %q)", id, got.ReleasedDrainID)

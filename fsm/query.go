@@ -7,9 +7,9 @@ import (
 	"sort"
 	"strings"
 
-	bolt "go.etcd.io/bbolt"
+	"github.com/chime-ha/chime/chime/structs"
 
-	"github.com/chime-ha/chime/chime/api"
+	bolt "go.etcd.io/bbolt"
 )
 
 // WaitIndex blocks until the applied index is greater than min or ctx ends,
@@ -46,11 +46,11 @@ func (f *FSM) WaitFor(ctx context.Context, min uint64, fn func() uint64) uint64 
 }
 
 // Nodes lists every node, sorted by name.
-func (f *FSM) Nodes() ([]api.Node, error) {
-	var out []api.Node
+func (f *FSM) Nodes() ([]structs.Node, error) {
+	var out []structs.Node
 	err := f.view(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketNodes).ForEach(func(_, v []byte) error {
-			var n api.Node
+			var n structs.Node
 			if err := json.Unmarshal(v, &n); err != nil {
 				return err
 			}
@@ -63,8 +63,8 @@ func (f *FSM) Nodes() ([]api.Node, error) {
 }
 
 // Node returns one node by id.
-func (f *FSM) Node(id string) (*api.Node, error) {
-	var n api.Node
+func (f *FSM) Node(id string) (*structs.Node, error) {
+	var n structs.Node
 	var ok bool
 	err := f.view(func(tx *bolt.Tx) error {
 		var err error
@@ -75,17 +75,17 @@ func (f *FSM) Node(id string) (*api.Node, error) {
 		return nil, err
 	}
 	if !ok {
-		return nil, api.NotFound("node", "node %q not found", id)
+		return nil, structs.NotFound("node", "node %q not found", id)
 	}
 	return &n, nil
 }
 
 // VMs lists every VM, sorted by name.
-func (f *FSM) VMs() ([]api.VM, error) {
-	var out []api.VM
+func (f *FSM) VMs() ([]structs.VM, error) {
+	var out []structs.VM
 	err := f.view(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketVMs).ForEach(func(_, v []byte) error {
-			var vm api.VM
+			var vm structs.VM
 			if err := json.Unmarshal(v, &vm); err != nil {
 				return err
 			}
@@ -98,8 +98,8 @@ func (f *FSM) VMs() ([]api.VM, error) {
 }
 
 // VM returns one VM by id.
-func (f *FSM) VM(id string) (*api.VM, error) {
-	var v api.VM
+func (f *FSM) VM(id string) (*structs.VM, error) {
+	var v structs.VM
 	var ok bool
 	err := f.view(func(tx *bolt.Tx) error {
 		var err error
@@ -110,7 +110,7 @@ func (f *FSM) VM(id string) (*api.VM, error) {
 		return nil, err
 	}
 	if !ok {
-		return nil, api.NotFound("vm", "vm %q not found", id)
+		return nil, structs.NotFound("vm", "vm %q not found", id)
 	}
 	return &v, nil
 }
@@ -118,8 +118,8 @@ func (f *FSM) VM(id string) (*api.VM, error) {
 // VMsOnNode lists the VMs placed on a node (index lookup) and the node's
 // desired-state index: the Raft index of the last change to what the node
 // must run.
-func (f *FSM) VMsOnNode(nodeID string) ([]api.VM, uint64, error) {
-	var out []api.VM
+func (f *FSM) VMsOnNode(nodeID string) ([]structs.VM, uint64, error) {
+	var out []structs.VM
 	var idx uint64
 	err := f.view(func(tx *bolt.Tx) error {
 		idx = getU64(tx.Bucket(bucketNodeIndex).Get([]byte(nodeID)))
@@ -127,7 +127,7 @@ func (f *FSM) VMsOnNode(nodeID string) ([]api.VM, uint64, error) {
 		c := tx.Bucket(bucketVMsByNode).Cursor()
 		vms := tx.Bucket(bucketVMs)
 		for k, _ := c.Seek(prefix); k != nil && strings.HasPrefix(string(k), string(prefix)); k, _ = c.Next() {
-			var v api.VM
+			var v structs.VM
 			raw := vms.Get(k[len(prefix):])
 			if raw == nil {
 				return fmt.Errorf("index names missing vm %s", k[len(prefix):])
@@ -154,7 +154,7 @@ func (f *FSM) NodeIndex(nodeID string) uint64 {
 }
 
 // ResolveVM finds a VM by full uuid, unique uuid prefix, or name.
-func (f *FSM) ResolveVM(ref string) (*api.VM, error) {
+func (f *FSM) ResolveVM(ref string) (*structs.VM, error) {
 	id, err := f.resolve(ref, "vm", bucketVMs, bucketVMNames)
 	if err != nil {
 		return nil, err
@@ -163,7 +163,7 @@ func (f *FSM) ResolveVM(ref string) (*api.VM, error) {
 }
 
 // ResolveNode finds a node by full uuid, unique uuid prefix, or name.
-func (f *FSM) ResolveNode(ref string) (*api.Node, error) {
+func (f *FSM) ResolveNode(ref string) (*structs.Node, error) {
 	id, err := f.resolve(ref, "node", bucketNodes, bucketNodeNames)
 	if err != nil {
 		return nil, err
@@ -173,7 +173,7 @@ func (f *FSM) ResolveNode(ref string) (*api.Node, error) {
 
 func (f *FSM) resolve(ref, what string, objects, names []byte) (string, error) {
 	if ref == "" {
-		return "", api.Invalid(what, "an id, id prefix or name is required")
+		return "", structs.Invalid(what, "an id, id prefix or name is required")
 	}
 	var id string
 	var matches []string
@@ -203,19 +203,19 @@ func (f *FSM) resolve(ref, what string, objects, names []byte) (string, error) {
 	}
 	switch len(matches) {
 	case 0:
-		return "", api.NotFound(what, "no %s with id, id prefix or name %q", what, ref)
+		return "", structs.NotFound(what, "no %s with id, id prefix or name %q", what, ref)
 	case 1:
 		return matches[0], nil
 	}
-	return "", api.Invalid(what, "%q is ambiguous: it is a prefix of %d or more %s ids (%s, ...): give more characters", ref, len(matches), what, strings.Join(matches[:2], ", "))
+	return "", structs.Invalid(what, "%q is ambiguous: it is a prefix of %d or more %s ids (%s, ...): give more characters", ref, len(matches), what, strings.Join(matches[:2], ", "))
 }
 
 // Tasks lists tasks, newest first.
-func (f *FSM) Tasks() ([]api.Task, error) {
-	var out []api.Task
+func (f *FSM) Tasks() ([]structs.Task, error) {
+	var out []structs.Task
 	err := f.view(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketTasks).ForEach(func(_, v []byte) error {
-			var t api.Task
+			var t structs.Task
 			if err := json.Unmarshal(v, &t); err != nil {
 				return err
 			}
@@ -228,8 +228,8 @@ func (f *FSM) Tasks() ([]api.Task, error) {
 }
 
 // Task returns one task by id.
-func (f *FSM) Task(id string) (*api.Task, error) {
-	var t api.Task
+func (f *FSM) Task(id string) (*structs.Task, error) {
+	var t structs.Task
 	var ok bool
 	err := f.view(func(tx *bolt.Tx) error {
 		var err error
@@ -240,18 +240,18 @@ func (f *FSM) Task(id string) (*api.Task, error) {
 		return nil, err
 	}
 	if !ok {
-		return nil, api.NotFound("task", "task %q not found", id)
+		return nil, structs.NotFound("task", "task %q not found", id)
 	}
 	return &t, nil
 }
 
 // Events returns up to limit events with a sequence number greater than after.
-func (f *FSM) Events(after uint64, limit int) ([]api.Event, error) {
-	var out []api.Event
+func (f *FSM) Events(after uint64, limit int) ([]structs.Event, error) {
+	var out []structs.Event
 	err := f.view(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bucketEvents).Cursor()
 		for k, v := c.Seek(u64(after + 1)); k != nil && len(out) < limit; k, v = c.Next() {
-			var e api.Event
+			var e structs.Event
 			if err := json.Unmarshal(v, &e); err != nil {
 				return err
 			}
@@ -333,9 +333,7 @@ func (f *FSM) Applied(reqID string) (objectID string, err error, seen bool) {
 			return nil
 		}
 		seen, objectID = true, rec.ObjectID
-		if rec.Err != "" {
-			err = &api.Error{Status: rec.Status, Message: rec.Err, Field: rec.Field}
-		}
+		err = rec.refusal()
 		return nil
 	})
 	return objectID, err, seen

@@ -9,7 +9,8 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/chime-ha/chime/chime/api"
+	"github.com/chime-ha/chime/chime/structs"
+
 	"libvirt.org/go/libvirtxml"
 )
 
@@ -105,10 +106,10 @@ func DomainXML(spec DomainSpec, domainType string) (string, error) {
 }
 
 func validateSpec(spec DomainSpec) error {
-	if !api.IsUUID(spec.VMID) {
+	if !structs.IsUUID(spec.VMID) {
 		return fmt.Errorf("vm id %q: not a lowercase uuid", spec.VMID)
 	}
-	if err := api.ValidateName("name", spec.Name); err != nil {
+	if err := structs.ValidateName("name", spec.Name); err != nil {
 		return fmt.Errorf("vm %s: %w", spec.VMID, err)
 	}
 	if spec.VCPUs < 1 {
@@ -226,7 +227,7 @@ func metaFromAttrs(attrs []xml.Attr) (*Meta, error) {
 			m.Generation, haveGen = g, true
 		}
 	}
-	if !haveID || !api.IsUUID(m.VMID) {
+	if !haveID || !structs.IsUUID(m.VMID) {
 		return nil, fmt.Errorf("chime metadata: id %q: not a lowercase uuid", m.VMID)
 	}
 	if !haveGen {

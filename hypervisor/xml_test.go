@@ -4,7 +4,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/chime-ha/chime/chime/api"
+	"github.com/chime-ha/chime/chime/structs"
+
 	"libvirt.org/go/libvirtxml"
 )
 
@@ -233,7 +234,7 @@ func FuzzParseMeta(f *testing.F) {
 		if err != nil && meta != nil {
 			t.Fatalf("ParseMeta returned both %+v and %v", meta, err)
 		}
-		if meta != nil && !api.IsUUID(meta.VMID) {
+		if meta != nil && !structs.IsUUID(meta.VMID) {
 			t.Fatalf("ParseMeta accepted vm id %q", meta.VMID)
 		}
 	})

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chime-ha/chime/chime/structs"
+
 	"github.com/chime-ha/chime/chime/api"
 )
 
@@ -76,7 +78,7 @@ func TestServersSurviveLeaderKillAndFullRestart(t *testing.T) {
 		}
 		// Local reads may trail the new leader by a few ms: poll.
 		waitFor(t, 30*time.Second, ss.names[i]+" lists all 100 VMs after the leader kill", func() string {
-			var vms []api.VM
+			var vms []structs.VM
 			if err := cliJSON(ctx, &vms, "vm", "list", "--address", ss.addr(i)); err != nil {
 				return err.Error()
 			}
@@ -102,7 +104,7 @@ func TestServersSurviveLeaderKillAndFullRestart(t *testing.T) {
 	ss.leader(60 * time.Second)
 	for i := range ss.procs {
 		waitFor(t, 30*time.Second, "state after full restart on "+ss.names[i], func() string {
-			var vms []api.VM
+			var vms []structs.VM
 			if err := cliJSON(ctx, &vms, "vm", "list", "--address", ss.addr(i)); err != nil {
 				return err.Error()
 			}
@@ -112,7 +114,7 @@ func TestServersSurviveLeaderKillAndFullRestart(t *testing.T) {
 			return ""
 		})
 	}
-	var nodes []api.Node
+	var nodes []structs.Node
 	if err := cliJSON(ctx, &nodes, "node", "list", "--address", ss.addr(0)); err != nil || len(nodes) != 1 {
 		t.Fatalf("nodes after restart: %v %v", nodes, err)
 	}

@@ -11,7 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/chime-ha/chime/chime/api"
+	"github.com/chime-ha/chime/chime/structs"
+
 	"github.com/chime-ha/chime/integration/lab"
 	"github.com/google/uuid"
 )
@@ -53,14 +54,14 @@ func testLifecycle(t *testing.T, f *fleet) {
 	if want := fmt.Sprintf("<domain type='%s'", lab.DomainType()); !strings.Contains(xml, want) {
 		t.Fatalf("domain type: want %s (lab.DomainType), libvirt has %.60q", want, xml)
 	}
-	f.waitVMState(t, "life", api.StateRunning)
+	f.waitVMState(t, "life", structs.StateRunning)
 
 	f.mustChime(t, "vm", "stop", "life")
 	took = waitFor(t, 60*time.Second, "life shut off on "+h.Name, func() string {
 		return f.expectDomState(h, vm.ID, "shut off", false)
 	})
 	t.Logf("vm stop → shut off on %s after %s (guest has no OS: shutdown grace, then destroy)", h.Name, took.Round(time.Millisecond))
-	f.waitVMState(t, "life", api.StateStopped)
+	f.waitVMState(t, "life", structs.StateStopped)
 
 	f.mustChime(t, "vm", "start", "life")
 	hi2, _, took := f.waitRunningOnOneHost(t, vm.ID, 60*time.Second)
@@ -89,7 +90,7 @@ func testQemuKilled(t *testing.T, f *fleet) {
 	h := f.lab.Hosts[hi]
 	took := f.killQemuAndWaitRestart(t, hi, vm.ID, pid)
 	t.Logf("kill -9 of qemu pid %d on %s → running again after %s", pid, h.Name, took.Round(time.Millisecond))
-	f.waitVMState(t, "crash", api.StateRunning)
+	f.waitVMState(t, "crash", structs.StateRunning)
 }
 
 // killQemuAndWaitRestart kills uuid's qemu (pid) on host hi and waits for a
@@ -208,7 +209,7 @@ func testAgentRestart(t *testing.T, f *fleet, foreign map[string]bool) {
 // agent reconnects and keeps reconciling (a killed qemu is restarted, a new
 // VM starts).
 func testLibvirtdRestart(t *testing.T, f *fleet) {
-	var vm api.VM
+	var vm structs.VM
 	if err := f.chimeJSON(&vm, "vm", "show", "crash"); err != nil {
 		t.Fatal(err)
 	}
@@ -313,7 +314,7 @@ func testTwentyVMs(t *testing.T, f *fleet, foreign map[string]bool) {
 		}
 		var bad []string
 		for _, vm := range vms {
-			if vm.DesiredState == api.DesiredRunning && vm.State != api.StateRunning {
+			if vm.DesiredState == structs.DesiredRunning && vm.State != structs.StateRunning {
 				bad = append(bad, vm.Name+":"+vm.State)
 			}
 		}
@@ -324,7 +325,7 @@ func testTwentyVMs(t *testing.T, f *fleet, foreign map[string]bool) {
 // expectPlacedOn fails unless the servers place VM name on host.
 func (f *fleet) expectPlacedOn(t *testing.T, name, host string) {
 	t.Helper()
-	var vm api.VM
+	var vm structs.VM
 	if err := f.chimeJSON(&vm, "vm", "show", name); err != nil {
 		t.Fatal(err)
 	}
@@ -362,7 +363,7 @@ func (f *fleet) expectDomState(h *lab.Host, uuid, state string, qemuOK bool) str
 func (f *fleet) waitVMState(t *testing.T, name, state string) {
 	t.Helper()
 	waitFor(t, 30*time.Second, "chime vm show "+name+" says "+state, func() string {
-		var vm api.VM
+		var vm structs.VM
 		if err := f.chimeJSON(&vm, "vm", "show", name); err != nil {
 			return err.Error()
 		}

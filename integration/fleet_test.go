@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chime-ha/chime/chime/structs"
+
 	"github.com/chime-ha/chime/chime/agent"
 	"github.com/chime-ha/chime/chime/api"
 	"github.com/chime-ha/chime/integration/lab"
@@ -199,7 +201,7 @@ func (f *fleet) waitNodesNormal(t *testing.T, timeout time.Duration) {
 		var seen []string
 		for _, n := range nodes {
 			seen = append(seen, n.Name+":"+n.MonitorState)
-			if n.MonitorState == api.MonitorNormal {
+			if n.MonitorState == structs.MonitorNormal {
 				byID[n.ID] = n.Name
 			}
 		}
@@ -253,21 +255,21 @@ func (f *fleet) chimeJSON(v any, args ...string) error {
 	return nil
 }
 
-func (f *fleet) nodeList() ([]api.Node, error) {
-	var nodes []api.Node
+func (f *fleet) nodeList() ([]structs.Node, error) {
+	var nodes []structs.Node
 	return nodes, f.chimeJSON(&nodes, "node", "list")
 }
 
-func (f *fleet) vmList() ([]api.VM, error) {
-	var vms []api.VM
+func (f *fleet) vmList() ([]structs.VM, error) {
+	var vms []structs.VM
 	return vms, f.chimeJSON(&vms, "vm", "list")
 }
 
 // createVM creates a 64 MiB diskless VM through the CLI and returns it.
-func (f *fleet) createVM(t *testing.T, name string, extra ...string) api.VM {
+func (f *fleet) createVM(t *testing.T, name string, extra ...string) structs.VM {
 	t.Helper()
 	f.mustChime(t, append([]string{"vm", "create", name, "--vcpus", "1", "--memory", "64"}, extra...)...)
-	var vm api.VM
+	var vm structs.VM
 	if err := f.chimeJSON(&vm, "vm", "show", name); err != nil {
 		t.Fatal(err)
 	}
@@ -446,7 +448,7 @@ func killStaleChime(root string) int {
 
 // vmsByHost groups placed VMs (desired running) by host name, through the
 // servers' node_id placement.
-func (f *fleet) placement() (map[string]map[string]bool, []api.VM, error) {
+func (f *fleet) placement() (map[string]map[string]bool, []structs.VM, error) {
 	vms, err := f.vmList()
 	if err != nil {
 		return nil, nil, err
@@ -456,7 +458,7 @@ func (f *fleet) placement() (map[string]map[string]bool, []api.VM, error) {
 		by[h.Name] = make(map[string]bool)
 	}
 	for _, vm := range vms {
-		if vm.DesiredState != api.DesiredRunning || vm.NodeID == "" {
+		if vm.DesiredState != structs.DesiredRunning || vm.NodeID == "" {
 			continue
 		}
 		host, ok := f.nodes[vm.NodeID]

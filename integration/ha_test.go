@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/chime-ha/chime/chime/api"
+	"github.com/chime-ha/chime/chime/structs"
 )
 
 // TestHALiveMigration checks vm migrate and node evacuate on real libvirt:
@@ -17,7 +17,7 @@ import (
 func TestHALiveMigration(t *testing.T) {
 	f := newFleet(t)
 	u := startUniquenessChecker(t, f.lab.Hosts)
-	var vms []api.VM
+	var vms []structs.VM
 	for i := 0; i < 4; i++ {
 		vms = append(vms, f.createVM(t, fmt.Sprintf("mig-%d", i)))
 	}
@@ -30,11 +30,11 @@ func TestHALiveMigration(t *testing.T) {
 		src, _, _ := f.waitRunningOnOneHost(t, vm.ID, 30*time.Second)
 		dst := (src + 1) % len(f.lab.Hosts)
 		start := time.Now()
-		var task api.Task
+		var task structs.Task
 		if err := f.chimeJSON(&task, "vm", "migrate", vm.Name, "--to", f.lab.Hosts[dst].Name); err != nil {
 			t.Fatal(err)
 		}
-		f.waitTask(t, task.ID, api.TaskSucceeded, 3*time.Minute)
+		f.waitTask(t, task.ID, structs.TaskSucceeded, 3*time.Minute)
 		host, _, _ := f.waitRunningOnOneHost(t, vm.ID, 60*time.Second)
 		if host != dst {
 			t.Fatalf("vm runs on %s after migrating to %s", f.lab.Hosts[host].Name, f.lab.Hosts[dst].Name)
@@ -80,11 +80,11 @@ func TestHALiveMigration(t *testing.T) {
 		}
 		name := f.lab.Hosts[src].Name
 		start := time.Now()
-		var task api.Task
+		var task structs.Task
 		if err := f.chimeJSON(&task, "node", "evacuate", name); err != nil {
 			t.Fatal(err)
 		}
-		f.waitTask(t, task.ID, api.TaskSucceeded, 5*time.Minute)
+		f.waitTask(t, task.ID, structs.TaskSucceeded, 5*time.Minute)
 		t.Logf("evacuated %d VMs from %s in %s", count[src], name, time.Since(start).Round(time.Millisecond))
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
@@ -98,8 +98,8 @@ func TestHALiveMigration(t *testing.T) {
 			}
 			f.waitRunningOnOneHost(t, vm.ID, 60*time.Second)
 		}
-		var n api.Node
-		if err := f.chimeJSON(&n, "node", "show", name); err != nil || n.ManagementState != api.NodeDisabled {
+		var n structs.Node
+		if err := f.chimeJSON(&n, "node", "show", name); err != nil || n.ManagementState != structs.NodeDisabled {
 			t.Fatalf("evacuated node: %+v %v, want disabled", n.ManagementState, err)
 		}
 		f.mustChime(t, "node", "enable", name)
@@ -111,11 +111,11 @@ func TestHALiveMigration(t *testing.T) {
 func (f *fleet) waitTask(t *testing.T, id, state string, timeout time.Duration) {
 	t.Helper()
 	waitFor(t, timeout, "task "+id+" "+state, func() string {
-		var task api.Task
+		var task structs.Task
 		if err := f.chimeJSON(&task, "task", "show", id); err != nil {
 			return err.Error()
 		}
-		if task.State == api.TaskFailed && state != api.TaskFailed {
+		if task.State == structs.TaskFailed && state != structs.TaskFailed {
 			t.Fatalf("task %s failed: %s (%+v)", id, task.Error, task.Steps)
 		}
 		if task.State != state {
@@ -125,9 +125,9 @@ func (f *fleet) waitTask(t *testing.T, id, state string, timeout time.Duration) 
 	})
 }
 
-func (f *fleet) vmByName(t *testing.T, name string) api.VM {
+func (f *fleet) vmByName(t *testing.T, name string) structs.VM {
 	t.Helper()
-	var vm api.VM
+	var vm structs.VM
 	if err := f.chimeJSON(&vm, "vm", "show", name); err != nil {
 		t.Fatal(err)
 	}

@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chime-ha/chime/chime/structs"
+
 	"github.com/chime-ha/chime/chime/api"
 	"github.com/chime-ha/chime/integration/lab"
 )
@@ -73,7 +75,7 @@ func TestMonitor(t *testing.T) {
 	})
 
 	// A few VMs, so that the hosts whose nodes fail run some.
-	var vms []api.VM
+	var vms []structs.VM
 	for i := 0; i < 3; i++ {
 		vms = append(vms, f.createVM(t, fmt.Sprintf("mon-%d", i)))
 	}
@@ -136,7 +138,7 @@ func testAgentFrozen(t *testing.T, f *fleet, rcv *webhookReceiver, hi int) []str
 		}
 		return ""
 	})
-	detect := f.waitMonitor(t, h.Name, api.MonitorUnreachable, t0, 2*monDetectBound)
+	detect := f.waitMonitor(t, h.Name, structs.MonitorUnreachable, t0, 2*monDetectBound)
 	alarm := waitAlarm(t, rcv, "NodeUnreachable", h.Name, "firing", t0, 2*monDetectBound)
 	reason := f.eventSince(t, "node.unreachable", h.Name, seq)
 	t.Logf("agent of %s (pid %d) frozen: unreachable after %s, firing alarm after %s (bound %s); event: %s",
@@ -144,7 +146,7 @@ func testAgentFrozen(t *testing.T, f *fleet, rcv *webhookReceiver, hi int) []str
 
 	t1 := time.Now()
 	f.agents[hi].signal(syscall.SIGCONT)
-	back := f.waitMonitor(t, h.Name, api.MonitorNormal, t1, 2*monDetectBound)
+	back := f.waitMonitor(t, h.Name, structs.MonitorNormal, t1, 2*monDetectBound)
 	resolved := waitAlarm(t, rcv, "NodeUnreachable", h.Name, "resolved", t1, 2*monDetectBound)
 	t.Logf("agent of %s resumed: normal after %s, resolved alarm after %s", h.Name, back.Round(time.Millisecond), resolved.Round(time.Millisecond))
 	watch.check(t)
@@ -168,7 +170,7 @@ func testMgmtLinkCut(t *testing.T, f *fleet, rcv *webhookReceiver, hi int) []str
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = h.SetLink(context.Background(), lab.NetMgmt, true) })
-	detect := f.waitMonitor(t, h.Name, api.MonitorUnreachable, t0, 2*monDetectBound)
+	detect := f.waitMonitor(t, h.Name, structs.MonitorUnreachable, t0, 2*monDetectBound)
 	alarm := waitAlarm(t, rcv, "NodeUnreachable", h.Name, "firing", t0, 2*monDetectBound)
 	reason := f.eventSince(t, "node.unreachable", h.Name, seq)
 	t.Logf("management link of %s cut: unreachable after %s, firing alarm after %s (bound %s); event: %s",
@@ -180,7 +182,7 @@ func testMgmtLinkCut(t *testing.T, f *fleet, rcv *webhookReceiver, hi int) []str
 	}
 	// The agent's next heartbeat may wait for its HTTP client's retry
 	// back-off after the failures while cut: allow more than one period.
-	back := f.waitMonitor(t, h.Name, api.MonitorNormal, t1, 30*time.Second)
+	back := f.waitMonitor(t, h.Name, structs.MonitorNormal, t1, 30*time.Second)
 	resolved := waitAlarm(t, rcv, "NodeUnreachable", h.Name, "resolved", t1, 30*time.Second)
 	t.Logf("management link of %s restored: normal after %s, resolved alarm after %s", h.Name, back.Round(time.Millisecond), resolved.Round(time.Millisecond))
 	watch.check(t)
@@ -204,8 +206,8 @@ func testBizLinkDown(t *testing.T, f *fleet, rcv *webhookReceiver, hi int) []str
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = h.SetLink(context.Background(), lab.NetBiz, true) })
-	detect := f.waitMonitor(t, h.Name, api.MonitorError, t0, 2*monFaultBound)
-	var n api.Node
+	detect := f.waitMonitor(t, h.Name, structs.MonitorError, t0, 2*monFaultBound)
+	var n structs.Node
 	if err := f.chimeJSON(&n, "node", "show", h.Name); err != nil {
 		t.Fatal(err)
 	}
@@ -225,7 +227,7 @@ func testBizLinkDown(t *testing.T, f *fleet, rcv *webhookReceiver, hi int) []str
 	if err := h.SetLink(ctx, lab.NetBiz, true); err != nil {
 		t.Fatal(err)
 	}
-	back := f.waitMonitor(t, h.Name, api.MonitorNormal, t1, 2*monFaultBound)
+	back := f.waitMonitor(t, h.Name, structs.MonitorNormal, t1, 2*monFaultBound)
 	resolved := waitAlarm(t, rcv, "NodeError", h.Name, "resolved", t1, 2*monFaultBound)
 	t.Logf("business link of %s up: normal after %s, NodeError resolved after %s", h.Name, back.Round(time.Millisecond), resolved.Round(time.Millisecond))
 	watch.check(t)
@@ -242,7 +244,7 @@ func testBizLinkDown(t *testing.T, f *fleet, rcv *webhookReceiver, hi int) []str
 func testLeaderKilled(t *testing.T, f *fleet, rcv *webhookReceiver) []string {
 	f.waitNodesNormal(t, 30*time.Second)
 	waitFor(t, 30*time.Second, "no alarm firing", func() string {
-		var al []api.Alarm
+		var al []structs.Alarm
 		if err := f.chimeJSON(&al, "alarm", "list"); err != nil {
 			return err.Error()
 		}
@@ -272,7 +274,7 @@ func testLeaderKilled(t *testing.T, f *fleet, rcv *webhookReceiver) []string {
 			}
 		}
 		for name, n := range nodes {
-			if n.MonitorState != api.MonitorNormal {
+			if n.MonitorState != structs.MonitorNormal {
 				return fmt.Sprintf("%s is %s (%v) %s after the kill", name, n.MonitorState, n.Faults, time.Since(t0).Round(time.Millisecond))
 			}
 		}
@@ -341,7 +343,7 @@ func testPlacementExcludes(t *testing.T, f *fleet) {
 	a, b := f.lab.Hosts[0], f.lab.Hosts[1]
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	var created []api.VM
+	var created []structs.VM
 
 	// Round 1: a disabled, b error (business link down).
 	f.mustChime(t, "node", "disable", a.Name)
@@ -349,30 +351,30 @@ func testPlacementExcludes(t *testing.T, f *fleet) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = b.SetLink(context.Background(), lab.NetBiz, true) })
-	f.waitNode(t, a.Name, api.NodeDisabled, api.MonitorNormal, 30*time.Second)
-	f.waitNode(t, b.Name, api.NodeEnabled, api.MonitorError, 2*monFaultBound)
+	f.waitNode(t, a.Name, structs.NodeDisabled, structs.MonitorNormal, 30*time.Second)
+	f.waitNode(t, b.Name, structs.NodeEnabled, structs.MonitorError, 2*monFaultBound)
 	created = append(created, f.createAndExpectOn(t, "excl-a", 3, ok)...)
 	f.mustChime(t, "node", "enable", a.Name)
 	if err := b.SetLink(ctx, lab.NetBiz, true); err != nil {
 		t.Fatal(err)
 	}
-	f.waitNode(t, a.Name, api.NodeEnabled, api.MonitorNormal, 30*time.Second)
-	f.waitNode(t, b.Name, api.NodeEnabled, api.MonitorNormal, 2*monFaultBound)
+	f.waitNode(t, a.Name, structs.NodeEnabled, structs.MonitorNormal, 30*time.Second)
+	f.waitNode(t, b.Name, structs.NodeEnabled, structs.MonitorNormal, 2*monFaultBound)
 
 	// Round 2: a drained, b unreachable (agent frozen).
-	var task api.Task
+	var task structs.Task
 	if err := f.chimeJSON(&task, "node", "drain", a.Name); err != nil {
 		t.Fatal(err)
 	}
 	f.agents[1].signal(syscall.SIGSTOP)
 	t.Cleanup(func() { f.agents[1].signal(syscall.SIGCONT) })
-	f.waitNode(t, a.Name, api.NodeDrained, api.MonitorNormal, 30*time.Second)
-	f.waitNode(t, b.Name, api.NodeEnabled, api.MonitorUnreachable, 2*monDetectBound)
+	f.waitNode(t, a.Name, structs.NodeDrained, structs.MonitorNormal, 30*time.Second)
+	f.waitNode(t, b.Name, structs.NodeEnabled, structs.MonitorUnreachable, 2*monDetectBound)
 	created = append(created, f.createAndExpectOn(t, "excl-b", 3, ok)...)
 	f.agents[1].signal(syscall.SIGCONT)
 	f.mustChime(t, "node", "enable", a.Name)
-	f.waitNode(t, a.Name, api.NodeEnabled, api.MonitorNormal, 30*time.Second)
-	f.waitNode(t, b.Name, api.NodeEnabled, api.MonitorNormal, 2*monDetectBound)
+	f.waitNode(t, a.Name, structs.NodeEnabled, structs.MonitorNormal, 30*time.Second)
+	f.waitNode(t, b.Name, structs.NodeEnabled, structs.MonitorNormal, 2*monDetectBound)
 
 	// Back to normal: the VMs stay where they are, the drained node's VMs
 	// run again, and every host runs exactly what the servers placed on it.
@@ -387,10 +389,10 @@ func testPlacementExcludes(t *testing.T, f *fleet) {
 // createAndExpectOn creates n VMs named prefix-N and checks, through the
 // servers' placement and through libvirt on every host, that each runs on
 // host hi and nowhere else.
-func (f *fleet) createAndExpectOn(t *testing.T, prefix string, n, hi int) []api.VM {
+func (f *fleet) createAndExpectOn(t *testing.T, prefix string, n, hi int) []structs.VM {
 	t.Helper()
 	want := f.lab.Hosts[hi].Name
-	var vms []api.VM
+	var vms []structs.VM
 	for i := 0; i < n; i++ {
 		vms = append(vms, f.createVM(t, fmt.Sprintf("%s-%d", prefix, i)))
 	}
@@ -486,20 +488,20 @@ func (w *webhookReceiver) since(t0 time.Time) []receivedAlert {
 
 // nodesByName asks the running servers (the first that answers) for the
 // node list, by API rather than CLI so that polling is cheap.
-func (f *fleet) nodesByName() (map[string]api.Node, error) {
+func (f *fleet) nodesByName() (map[string]structs.Node, error) {
 	var err error
 	for i, p := range f.ss.procs {
 		if p == nil || !p.running() {
 			continue
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-		var nodes []api.Node
+		var nodes []structs.Node
 		c := api.NewClient(f.ss.addr(i))
 		c.Retries = 0
 		nodes, _, err = c.ListNodes(ctx, api.QueryOptions{})
 		cancel()
 		if err == nil {
-			out := make(map[string]api.Node, len(nodes))
+			out := make(map[string]structs.Node, len(nodes))
 			for _, n := range nodes {
 				out[n.Name] = n
 			}
@@ -600,7 +602,7 @@ func (f *fleet) lastEventSeq(t *testing.T) uint64 {
 // eventsAfter reads the event log after seq as an operator would:
 // `chime event stream --no-follow -o json --after SEQ` (one JSON object
 // per event).
-func (f *fleet) eventsAfter(t *testing.T, seq uint64) ([]api.Event, time.Duration) {
+func (f *fleet) eventsAfter(t *testing.T, seq uint64) ([]structs.Event, time.Duration) {
 	t.Helper()
 	var addr string
 	for i, p := range f.ss.procs {
@@ -619,10 +621,10 @@ func (f *fleet) eventsAfter(t *testing.T, seq uint64) ([]api.Event, time.Duratio
 	if err != nil {
 		t.Fatal(err)
 	}
-	var events []api.Event
+	var events []structs.Event
 	dec := json.NewDecoder(strings.NewReader(out))
 	for {
-		var e api.Event
+		var e structs.Event
 		if err := dec.Decode(&e); errors.Is(err, io.EOF) {
 			break
 		} else if err != nil {

@@ -11,7 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/chime-ha/chime/chime/api"
+	"github.com/chime-ha/chime/chime/structs"
+
 	"github.com/chime-ha/chime/integration/lab"
 )
 
@@ -89,7 +90,7 @@ type scenarios struct {
 	f        *fleet
 	hook     *webhookReceiver
 	storage  string                   // parent of every host's --storage-path directory
-	vms      []api.VM                 // the VMs kept running through the scenarios
+	vms      []structs.VM             // the VMs kept running through the scenarios
 	recovery map[string]time.Duration // scenario → fault to VMs running again
 }
 
@@ -176,7 +177,7 @@ func (s *scenarios) settled() string {
 		return err.Error()
 	}
 	for _, n := range nodes {
-		if n.ManagementState != api.NodeEnabled || n.MonitorState != api.MonitorNormal {
+		if n.ManagementState != structs.NodeEnabled || n.MonitorState != structs.MonitorNormal {
 			return fmt.Sprintf("node %s is %s/%s %v", n.Name, n.ManagementState, n.MonitorState, n.Faults)
 		}
 	}
@@ -188,7 +189,7 @@ func (s *scenarios) settled() string {
 		return err.Error()
 	}
 	for _, vm := range vms {
-		if s.ids()[vm.ID] && (vm.State != api.StateRunning || vm.NodeID == "") {
+		if s.ids()[vm.ID] && (vm.State != structs.StateRunning || vm.NodeID == "") {
 			return fmt.Sprintf("chime vm list: %s is %s on %q", vm.Name, vm.State, vm.NodeID)
 		}
 	}
@@ -214,12 +215,12 @@ func (s *scenarios) restore(t *testing.T) {
 }
 
 // nodeState waits until host i's node satisfies ok, and returns it.
-func (s *scenarios) waitNode(t *testing.T, i int, timeout time.Duration, what string, ok func(n api.Node) bool) api.Node {
+func (s *scenarios) waitNode(t *testing.T, i int, timeout time.Duration, what string, ok func(n structs.Node) bool) structs.Node {
 	t.Helper()
 	name := s.f.lab.Hosts[i].Name
-	var got api.Node
+	var got structs.Node
 	waitFor(t, timeout, "node "+name+" "+what, func() string {
-		var n api.Node
+		var n structs.Node
 		if err := s.f.chimeJSON(&n, "node", "show", name); err != nil {
 			return err.Error()
 		}
@@ -469,7 +470,7 @@ func (s *scenarios) nodeDownAndBack(t *testing.T) {
 	name := s.f.lab.Hosts[i].Name
 	t0 := time.Now()
 	s.nodeDown(t, i)
-	s.waitNode(t, i, 2*time.Minute, "unreachable", func(n api.Node) bool { return n.MonitorState == api.MonitorUnreachable })
+	s.waitNode(t, i, 2*time.Minute, "unreachable", func(n structs.Node) bool { return n.MonitorState == structs.MonitorUnreachable })
 	t.Logf("%s unreachable %s after the power loss", name, time.Since(t0).Round(100*time.Millisecond))
 	t.Logf("alarm NodeUnreachable after %s", s.waitAlarm(t, "NodeUnreachable", i, "firing", t0).Round(100*time.Millisecond))
 	s.logNodeList(t, "node down")
@@ -482,7 +483,7 @@ func (s *scenarios) nodeDownAndBack(t *testing.T) {
 		}
 	}
 	s.record(t, "1a node down, back", time.Since(t0), "power loss → the returning agent started its VMs")
-	s.waitNode(t, i, time.Minute, "normal", func(n api.Node) bool { return n.MonitorState == api.MonitorNormal })
+	s.waitNode(t, i, time.Minute, "normal", func(n structs.Node) bool { return n.MonitorState == structs.MonitorNormal })
 	s.waitAlarm(t, "NodeUnreachable", i, "resolved", t0)
 	s.restore(t)
 }
@@ -495,7 +496,7 @@ func (s *scenarios) nodeDownRebuild(t *testing.T) {
 	name := s.f.lab.Hosts[i].Name
 	t0 := time.Now()
 	s.nodeDown(t, i)
-	s.waitNode(t, i, 2*time.Minute, "unreachable", func(n api.Node) bool { return n.MonitorState == api.MonitorUnreachable })
+	s.waitNode(t, i, 2*time.Minute, "unreachable", func(n structs.Node) bool { return n.MonitorState == structs.MonitorUnreachable })
 	s.waitAlarm(t, "NodeUnreachable", i, "firing", t0)
 
 	s.f.mustChime(t, "node", "drain", name)
@@ -511,8 +512,8 @@ func (s *scenarios) nodeDownRebuild(t *testing.T) {
 	// The node returns: its agent removes the stale copies before it says
 	// it is back, and starts nothing.
 	s.nodeBack(t, i)
-	s.waitNode(t, i, 2*time.Minute, "normal again (drained)", func(n api.Node) bool {
-		return n.MonitorState == api.MonitorNormal && n.ManagementState == api.NodeDrained
+	s.waitNode(t, i, 2*time.Minute, "normal again (drained)", func(n structs.Node) bool {
+		return n.MonitorState == structs.MonitorNormal && n.ManagementState == structs.NodeDrained
 	})
 	s.expectAbsent(t, i, ids)
 	s.holdNothingOn(t, i, 5*time.Second)
@@ -570,21 +571,21 @@ func (s *scenarios) diskFault(t *testing.T) {
 		}
 	}
 	defer restoreDir()
-	n := s.waitNode(t, i, time.Minute, "error (storage fault)", func(n api.Node) bool { return n.MonitorState == api.MonitorError })
+	n := s.waitNode(t, i, time.Minute, "error (storage fault)", func(n structs.Node) bool { return n.MonitorState == structs.MonitorError })
 	t.Logf("%s error %s after the fault: %v", name, time.Since(t0).Round(100*time.Millisecond), n.Faults)
 	t.Logf("alarm NodeError after %s", s.waitAlarm(t, "NodeError", i, "firing", t0).Round(100*time.Millisecond))
 	s.logNodeList(t, "storage fault")
 
-	var task api.Task
+	var task structs.Task
 	if err := s.f.chimeJSON(&task, "node", "evacuate", name); err != nil {
 		t.Fatal(err)
 	}
-	s.f.waitTask(t, task.ID, api.TaskSucceeded, 5*time.Minute)
+	s.f.waitTask(t, task.ID, structs.TaskSucceeded, 5*time.Minute)
 	s.expectLiveMoved(t, before, i)
 	s.record(t, "3 disk fault, evacuate", time.Since(t0), "fault → every VM live-migrated away (never stopped)")
 
 	restoreDir()
-	s.waitNode(t, i, time.Minute, "normal after the repair", func(n api.Node) bool { return n.MonitorState == api.MonitorNormal })
+	s.waitNode(t, i, time.Minute, "normal after the repair", func(n structs.Node) bool { return n.MonitorState == structs.MonitorNormal })
 	s.waitAlarm(t, "NodeError", i, "resolved", t0)
 	s.f.mustChime(t, "node", "enable", name)
 	s.restore(t)
@@ -602,7 +603,7 @@ func (s *scenarios) managementDown(t *testing.T) {
 	before := s.snapshotOf(t, ids)
 	t0 := time.Now()
 	s.setLinks(t, i, false, lab.NetMgmt)
-	s.waitNode(t, i, 2*time.Minute, "unreachable", func(n api.Node) bool { return n.MonitorState == api.MonitorUnreachable })
+	s.waitNode(t, i, 2*time.Minute, "unreachable", func(n structs.Node) bool { return n.MonitorState == structs.MonitorUnreachable })
 	t.Logf("%s unreachable %s after the management link went down", h.Name, time.Since(t0).Round(100*time.Millisecond))
 	s.waitAlarm(t, "NodeUnreachable", i, "firing", t0)
 	s.logNodeList(t, "management down")
@@ -630,7 +631,7 @@ func (s *scenarios) managementDown(t *testing.T) {
 			want[id] = true
 		}
 		for _, vm := range vms {
-			if want[vm.ID] && (s.f.nodes[vm.NodeID] != dest.Name || vm.State != api.StateRunning) {
+			if want[vm.ID] && (s.f.nodes[vm.NodeID] != dest.Name || vm.State != structs.StateRunning) {
 				return fmt.Sprintf("%s placed on %s, %s", vm.Name, s.f.nodes[vm.NodeID], vm.State)
 			}
 		}
@@ -640,7 +641,7 @@ func (s *scenarios) managementDown(t *testing.T) {
 	s.record(t, "4 management down", time.Since(t0), "link cut → agent migrate over business → servers place VMs on the destination (VMs never stopped)")
 
 	s.setLinks(t, i, true, lab.NetMgmt)
-	s.waitNode(t, i, 2*time.Minute, "normal again", func(n api.Node) bool { return n.MonitorState == api.MonitorNormal })
+	s.waitNode(t, i, 2*time.Minute, "normal again", func(n structs.Node) bool { return n.MonitorState == structs.MonitorNormal })
 	s.holdNothingOn(t, i, 5*time.Second)
 	s.waitAlarm(t, "NodeUnreachable", i, "resolved", t0)
 	s.restore(t)
@@ -654,8 +655,8 @@ func (s *scenarios) businessDown(t *testing.T) {
 	before := s.snapshotOf(t, ids)
 	t0 := time.Now()
 	s.setLinks(t, i, false, lab.NetBiz)
-	n := s.waitNode(t, i, 32*time.Second, "error (business network)", func(n api.Node) bool {
-		if n.MonitorState != api.MonitorError {
+	n := s.waitNode(t, i, 32*time.Second, "error (business network)", func(n structs.Node) bool {
+		if n.MonitorState != structs.MonitorError {
 			return false
 		}
 		for _, f := range n.Faults {
@@ -669,16 +670,16 @@ func (s *scenarios) businessDown(t *testing.T) {
 	s.waitAlarm(t, "NodeError", i, "firing", t0)
 	s.logNodeList(t, "business down")
 
-	var task api.Task
+	var task structs.Task
 	if err := s.f.chimeJSON(&task, "node", "evacuate", name); err != nil {
 		t.Fatal(err)
 	}
-	s.f.waitTask(t, task.ID, api.TaskSucceeded, 5*time.Minute)
+	s.f.waitTask(t, task.ID, structs.TaskSucceeded, 5*time.Minute)
 	s.expectLiveMoved(t, before, i)
 	s.record(t, "5 business down, evacuate", time.Since(t0), "link cut → evacuated over management (VMs never stopped)")
 
 	s.setLinks(t, i, true, lab.NetBiz)
-	s.waitNode(t, i, time.Minute, "normal after the repair", func(n api.Node) bool { return n.MonitorState == api.MonitorNormal })
+	s.waitNode(t, i, time.Minute, "normal after the repair", func(n structs.Node) bool { return n.MonitorState == structs.MonitorNormal })
 	s.waitAlarm(t, "NodeError", i, "resolved", t0)
 	s.f.mustChime(t, "node", "enable", name)
 	s.restore(t)
@@ -693,7 +694,7 @@ func (s *scenarios) isolated(t *testing.T) {
 	h := s.f.lab.Hosts[i]
 	t0 := time.Now()
 	s.setLinks(t, i, false)
-	s.waitNode(t, i, 2*time.Minute, "unreachable", func(n api.Node) bool { return n.MonitorState == api.MonitorUnreachable })
+	s.waitNode(t, i, 2*time.Minute, "unreachable", func(n structs.Node) bool { return n.MonitorState == structs.MonitorUnreachable })
 	s.waitAlarm(t, "NodeUnreachable", i, "firing", t0)
 	s.logNodeList(t, "isolated")
 
@@ -718,8 +719,8 @@ func (s *scenarios) isolated(t *testing.T) {
 	s.record(t, "6 isolated node", time.Since(t0), "links cut → agent drain + node drain + rebuild → VMs running on other hosts")
 
 	s.setLinks(t, i, true)
-	n := s.waitNode(t, i, 2*time.Minute, "back, drained, local drain reported", func(n api.Node) bool {
-		return n.MonitorState == api.MonitorNormal && n.ManagementState == api.NodeDrained && n.LocalDrained
+	n := s.waitNode(t, i, 2*time.Minute, "back, drained, local drain reported", func(n structs.Node) bool {
+		return n.MonitorState == structs.MonitorNormal && n.ManagementState == structs.NodeDrained && n.LocalDrained
 	})
 	t.Logf("%s back: local_drained %v drain_acked %v fenced %v", h.Name, n.LocalDrained, n.DrainAcked, n.Fenced)
 	s.expectAbsent(t, i, ids)

@@ -7,7 +7,7 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/chime-ha/chime/chime/api"
+	"github.com/chime-ha/chime/chime/structs"
 )
 
 // Strategy chooses among the eligible nodes.
@@ -31,7 +31,7 @@ func ParseStrategy(s string) (Strategy, error) {
 	case Binpack:
 		return Binpack, nil
 	}
-	return "", api.Invalid("strategy", "%q is not a placement strategy; want one of %s, %s", s, Spread, Binpack)
+	return "", structs.Invalid("strategy", "%q is not a placement strategy; want one of %s, %s", s, Spread, Binpack)
 }
 
 // Options tune placement. The zero value is valid: spread, no CPU overcommit.
@@ -48,7 +48,7 @@ func (o Options) Validate() error {
 		return err
 	}
 	if math.IsNaN(o.CPUOvercommit) || math.IsInf(o.CPUOvercommit, 0) || o.CPUOvercommit < 0 {
-		return api.Invalid("cpu_overcommit", "must be a finite number >= 0 (0 means 1.0), got %v", o.CPUOvercommit)
+		return structs.Invalid("cpu_overcommit", "must be a finite number >= 0 (0 means 1.0), got %v", o.CPUOvercommit)
 	}
 	return nil
 }
@@ -59,14 +59,14 @@ var ErrNoCapacity = errors.New("no node fits")
 
 // Request asks for a node for one VM.
 type Request struct {
-	VM      api.VM   // uses ID, Spec.VCPUs, Spec.MemoryMiB and Spec.AntiAffinity
-	Exclude []string // node ids never to use, e.g. the node being evacuated
+	VM      structs.VM // uses ID, Spec.VCPUs, Spec.MemoryMiB and Spec.AntiAffinity
+	Exclude []string   // node ids never to use, e.g. the node being evacuated
 }
 
 // Place picks a node for req.VM among nodes, given every VM already placed (vms). The VM
 // itself is not counted where it currently sits, so its own node is a candidate unless
 // excluded. The answer depends only on the input values, not on their order.
-func Place(nodes []api.Node, vms []api.VM, req Request, opt Options) (string, error) {
+func Place(nodes []structs.Node, vms []structs.VM, req Request, opt Options) (string, error) {
 	p, err := newPlacer(nodes, vms, map[string]bool{req.VM.ID: true}, opt)
 	if err != nil {
 		return "", err
@@ -78,7 +78,7 @@ func Place(nodes []api.Node, vms []api.VM, req Request, opt Options) (string, er
 // ones. Every requested VM is first removed from where it currently sits (they are being
 // moved). It returns vmID → nodeID for the VMs placed and, in request order, the ids of
 // those that did not fit. A VM requested twice is placed once. Invalid options place nothing.
-func PlaceAll(nodes []api.Node, vms []api.VM, reqs []Request, opt Options) (map[string]string, []string) {
+func PlaceAll(nodes []structs.Node, vms []structs.VM, reqs []Request, opt Options) (map[string]string, []string) {
 	placed := make(map[string]string, len(reqs))
 	var unplaced []string
 	moving := make(map[string]bool, len(reqs))
@@ -118,14 +118,14 @@ type usage struct {
 
 // placer holds the input of one Place or PlaceAll call, indexed once.
 type placer struct {
-	nodes    []api.Node
+	nodes    []structs.Node
 	used     map[string]*usage // node id → usage
 	strategy Strategy
 	overcomm float64 // > 0
 }
 
 // newPlacer indexes the usage of every placed VM except those in skip.
-func newPlacer(nodes []api.Node, vms []api.VM, skip map[string]bool, opt Options) (*placer, error) {
+func newPlacer(nodes []structs.Node, vms []structs.VM, skip map[string]bool, opt Options) (*placer, error) {
 	if err := opt.Validate(); err != nil {
 		return nil, err
 	}
@@ -149,7 +149,7 @@ func newPlacer(nodes []api.Node, vms []api.VM, skip map[string]bool, opt Options
 	return p, nil
 }
 
-func (p *placer) reserve(nodeID string, vm api.VM) {
+func (p *placer) reserve(nodeID string, vm structs.VM) {
 	u := p.used[nodeID]
 	if u == nil {
 		u = &usage{}
@@ -167,7 +167,7 @@ func (p *placer) reserve(nodeID string, vm api.VM) {
 
 // candidate is an eligible node with what it would have left after the placement.
 type candidate struct {
-	node                *api.Node
+	node                *structs.Node
 	cpuCap, cpuFree     int64 // effective vCPU capacity (overcommitted) and free after placement
 	memCap, memFreeLeft int64 // memory capacity and free after placement, MiB
 }
@@ -183,7 +183,7 @@ const (
 func (p *placer) place(req Request) (string, error) {
 	vm := req.VM
 	if vm.Spec.VCPUs < 0 || vm.Spec.MemoryMiB < 0 {
-		return "", api.Invalid("spec", "vm %s asks for %d vCPUs and %d MiB; want >= 0", vm.ID, vm.Spec.VCPUs, vm.Spec.MemoryMiB)
+		return "", structs.Invalid("spec", "vm %s asks for %d vCPUs and %d MiB; want >= 0", vm.ID, vm.Spec.VCPUs, vm.Spec.MemoryMiB)
 	}
 	excluded := make(map[string]bool, len(req.Exclude))
 	for _, id := range req.Exclude {
@@ -210,14 +210,14 @@ func (p *placer) place(req Request) (string, error) {
 }
 
 // fit returns the node as a candidate, or why it cannot take vm.
-func (p *placer) fit(n *api.Node, vm api.VM, excluded map[string]bool) (candidate, string) {
+func (p *placer) fit(n *structs.Node, vm structs.VM, excluded map[string]bool) (candidate, string) {
 	if excluded[n.ID] {
 		return candidate{}, rejectExcluded
 	}
-	if n.ManagementState != api.NodeEnabled {
+	if n.ManagementState != structs.NodeEnabled {
 		return candidate{}, "management_state " + orNone(n.ManagementState)
 	}
-	if n.MonitorState != api.MonitorNormal {
+	if n.MonitorState != structs.MonitorNormal {
 		return candidate{}, "monitor_state " + orNone(n.MonitorState)
 	}
 	u := p.used[n.ID]

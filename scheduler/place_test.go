@@ -9,44 +9,46 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/chime-ha/chime/chime/api"
+	"github.com/chime-ha/chime/chime/structs"
 )
 
 // node returns an enabled, normal node whose name is its id unless changed by opts.
-func node(id string, vcpus, memMiB int, opts ...func(*api.Node)) api.Node {
-	n := api.Node{ID: id, Name: id, VCPUs: vcpus, MemoryMiB: memMiB,
-		ManagementState: api.NodeEnabled, MonitorState: api.MonitorNormal}
+func node(id string, vcpus, memMiB int, opts ...func(*structs.Node)) structs.Node {
+	n := structs.Node{ID: id, Name: id, VCPUs: vcpus, MemoryMiB: memMiB,
+		ManagementState: structs.NodeEnabled, MonitorState: structs.MonitorNormal}
 	for _, o := range opts {
 		o(&n)
 	}
 	return n
 }
 
-func mgmt(s string) func(*api.Node) { return func(n *api.Node) { n.ManagementState = s } }
-func mon(s string) func(*api.Node)  { return func(n *api.Node) { n.MonitorState = s } }
-func named(s string) func(*api.Node) {
-	return func(n *api.Node) { n.Name = s }
+func mgmt(s string) func(*structs.Node) { return func(n *structs.Node) { n.ManagementState = s } }
+func mon(s string) func(*structs.Node)  { return func(n *structs.Node) { n.MonitorState = s } }
+func named(s string) func(*structs.Node) {
+	return func(n *structs.Node) { n.Name = s }
 }
 
 // vm returns a running VM placed on nodeID ("" for pending).
-func vm(id, nodeID string, vcpus, memMiB int, opts ...func(*api.VM)) api.VM {
-	v := api.VM{ID: id, Name: "vm-" + id, NodeID: nodeID, DesiredState: api.DesiredRunning,
-		Spec: api.VMSpec{VCPUs: vcpus, MemoryMiB: memMiB}}
+func vm(id, nodeID string, vcpus, memMiB int, opts ...func(*structs.VM)) structs.VM {
+	v := structs.VM{ID: id, Name: "vm-" + id, NodeID: nodeID, DesiredState: structs.DesiredRunning,
+		Spec: structs.VMSpec{VCPUs: vcpus, MemoryMiB: memMiB}}
 	for _, o := range opts {
 		o(&v)
 	}
 	return v
 }
 
-func group(g string) func(*api.VM) { return func(v *api.VM) { v.Spec.AntiAffinity = g } }
-func stopped() func(*api.VM)       { return func(v *api.VM) { v.DesiredState = api.DesiredStopped } }
+func group(g string) func(*structs.VM) { return func(v *structs.VM) { v.Spec.AntiAffinity = g } }
+func stopped() func(*structs.VM) {
+	return func(v *structs.VM) { v.DesiredState = structs.DesiredStopped }
+}
 
 func TestPlace(t *testing.T) {
 	newVM := vm("new", "", 2, 1024)
 	cases := []struct {
 		name    string
-		nodes   []api.Node
-		vms     []api.VM
+		nodes   []structs.Node
+		vms     []structs.VM
 		req     Request
 		opt     Options
 		want    string // node id; "" when an error is expected
@@ -55,29 +57,29 @@ func TestPlace(t *testing.T) {
 	}{
 		{name: "empty node list", req: Request{VM: newVM},
 			wantErr: ErrNoCapacity, wantMsg: "no nodes"},
-		{name: "enabled and normal", nodes: []api.Node{node("a", 4, 4096)}, req: Request{VM: newVM}, want: "a"},
+		{name: "enabled and normal", nodes: []structs.Node{node("a", 4, 4096)}, req: Request{VM: newVM}, want: "a"},
 
 		// Eligibility by state.
-		{name: "disabled", nodes: []api.Node{node("a", 4, 4096, mgmt(api.NodeDisabled))}, req: Request{VM: newVM},
+		{name: "disabled", nodes: []structs.Node{node("a", 4, 4096, mgmt(structs.NodeDisabled))}, req: Request{VM: newVM},
 			wantErr: ErrNoCapacity, wantMsg: "1 management_state disabled"},
-		{name: "drained", nodes: []api.Node{node("a", 4, 4096, mgmt(api.NodeDrained))}, req: Request{VM: newVM},
+		{name: "drained", nodes: []structs.Node{node("a", 4, 4096, mgmt(structs.NodeDrained))}, req: Request{VM: newVM},
 			wantErr: ErrNoCapacity, wantMsg: "1 management_state drained"},
-		{name: "management state unset", nodes: []api.Node{node("a", 4, 4096, mgmt(""))}, req: Request{VM: newVM},
+		{name: "management state unset", nodes: []structs.Node{node("a", 4, 4096, mgmt(""))}, req: Request{VM: newVM},
 			wantErr: ErrNoCapacity, wantMsg: `management_state ""`},
-		{name: "unreachable", nodes: []api.Node{node("a", 4, 4096, mon(api.MonitorUnreachable))}, req: Request{VM: newVM},
+		{name: "unreachable", nodes: []structs.Node{node("a", 4, 4096, mon(structs.MonitorUnreachable))}, req: Request{VM: newVM},
 			wantErr: ErrNoCapacity, wantMsg: "1 monitor_state unreachable"},
-		{name: "error", nodes: []api.Node{node("a", 4, 4096, mon(api.MonitorError))}, req: Request{VM: newVM},
+		{name: "error", nodes: []structs.Node{node("a", 4, 4096, mon(structs.MonitorError))}, req: Request{VM: newVM},
 			wantErr: ErrNoCapacity, wantMsg: "1 monitor_state error"},
-		{name: "only the enabled normal node of several", nodes: []api.Node{
-			node("a", 64, 65536, mgmt(api.NodeDisabled)),
-			node("b", 64, 65536, mgmt(api.NodeDrained)),
-			node("c", 64, 65536, mon(api.MonitorUnreachable)),
-			node("d", 64, 65536, mon(api.MonitorError)),
+		{name: "only the enabled normal node of several", nodes: []structs.Node{
+			node("a", 64, 65536, mgmt(structs.NodeDisabled)),
+			node("b", 64, 65536, mgmt(structs.NodeDrained)),
+			node("c", 64, 65536, mon(structs.MonitorUnreachable)),
+			node("d", 64, 65536, mon(structs.MonitorError)),
 			node("e", 4, 4096),
 		}, req: Request{VM: newVM}, want: "e"},
-		{name: "reasons are counted", nodes: []api.Node{
-			node("a", 4, 4096, mgmt(api.NodeDrained)),
-			node("b", 4, 4096, mgmt(api.NodeDrained)),
+		{name: "reasons are counted", nodes: []structs.Node{
+			node("a", 4, 4096, mgmt(structs.NodeDrained)),
+			node("b", 4, 4096, mgmt(structs.NodeDrained)),
 			node("c", 1, 4096),
 			node("d", 4, 512),
 			node("e", 4, 4096),
@@ -85,117 +87,117 @@ func TestPlace(t *testing.T) {
 			wantMsg: "5 nodes rejected: 2 management_state drained, 1 excluded, 1 not enough free memory, 1 not enough free vCPUs"},
 
 		// Capacity edges.
-		{name: "exact vCPU fit", nodes: []api.Node{node("a", 4, 8192)}, vms: []api.VM{vm("x", "a", 2, 1024)},
+		{name: "exact vCPU fit", nodes: []structs.Node{node("a", 4, 8192)}, vms: []structs.VM{vm("x", "a", 2, 1024)},
 			req: Request{VM: vm("new", "", 2, 1024)}, want: "a"},
-		{name: "one vCPU over", nodes: []api.Node{node("a", 4, 8192)}, vms: []api.VM{vm("x", "a", 2, 1024)},
+		{name: "one vCPU over", nodes: []structs.Node{node("a", 4, 8192)}, vms: []structs.VM{vm("x", "a", 2, 1024)},
 			req: Request{VM: vm("new", "", 3, 1024)}, wantErr: ErrNoCapacity, wantMsg: "not enough free vCPUs"},
-		{name: "exact memory fit", nodes: []api.Node{node("a", 8, 4096)}, vms: []api.VM{vm("x", "a", 1, 3072)},
+		{name: "exact memory fit", nodes: []structs.Node{node("a", 8, 4096)}, vms: []structs.VM{vm("x", "a", 1, 3072)},
 			req: Request{VM: vm("new", "", 1, 1024)}, want: "a"},
-		{name: "one MiB over", nodes: []api.Node{node("a", 8, 4096)}, vms: []api.VM{vm("x", "a", 1, 3072)},
+		{name: "one MiB over", nodes: []structs.Node{node("a", 8, 4096)}, vms: []structs.VM{vm("x", "a", 1, 3072)},
 			req: Request{VM: vm("new", "", 1, 1025)}, wantErr: ErrNoCapacity, wantMsg: "not enough free memory"},
-		{name: "zero-capacity node", nodes: []api.Node{node("a", 0, 0)}, req: Request{VM: newVM},
+		{name: "zero-capacity node", nodes: []structs.Node{node("a", 0, 0)}, req: Request{VM: newVM},
 			wantErr: ErrNoCapacity, wantMsg: "not enough free vCPUs"},
-		{name: "VMs on unknown nodes are ignored", nodes: []api.Node{node("a", 2, 1024)},
-			vms: []api.VM{vm("x", "gone", 64, 65536)}, req: Request{VM: newVM}, want: "a"},
-		{name: "pending VMs reserve nothing", nodes: []api.Node{node("a", 2, 1024)},
-			vms: []api.VM{vm("x", "", 64, 65536)}, req: Request{VM: newVM}, want: "a"},
+		{name: "VMs on unknown nodes are ignored", nodes: []structs.Node{node("a", 2, 1024)},
+			vms: []structs.VM{vm("x", "gone", 64, 65536)}, req: Request{VM: newVM}, want: "a"},
+		{name: "pending VMs reserve nothing", nodes: []structs.Node{node("a", 2, 1024)},
+			vms: []structs.VM{vm("x", "", 64, 65536)}, req: Request{VM: newVM}, want: "a"},
 
 		// Overcommit.
-		{name: "no overcommit by default", nodes: []api.Node{node("a", 4, 65536)}, vms: []api.VM{vm("x", "a", 4, 1024)},
+		{name: "no overcommit by default", nodes: []structs.Node{node("a", 4, 65536)}, vms: []structs.VM{vm("x", "a", 4, 1024)},
 			req: Request{VM: vm("new", "", 1, 1024)}, wantErr: ErrNoCapacity, wantMsg: "not enough free vCPUs"},
-		{name: "overcommit 2 exact fit", nodes: []api.Node{node("a", 4, 65536)}, vms: []api.VM{vm("x", "a", 6, 1024)},
+		{name: "overcommit 2 exact fit", nodes: []structs.Node{node("a", 4, 65536)}, vms: []structs.VM{vm("x", "a", 6, 1024)},
 			req: Request{VM: vm("new", "", 2, 1024)}, opt: Options{CPUOvercommit: 2}, want: "a"},
-		{name: "overcommit 2 one over", nodes: []api.Node{node("a", 4, 65536)}, vms: []api.VM{vm("x", "a", 6, 1024)},
+		{name: "overcommit 2 one over", nodes: []structs.Node{node("a", 4, 65536)}, vms: []structs.VM{vm("x", "a", 6, 1024)},
 			req: Request{VM: vm("new", "", 3, 1024)}, opt: Options{CPUOvercommit: 2}, wantErr: ErrNoCapacity},
-		{name: "overcommit rounds down to whole vCPUs", nodes: []api.Node{node("a", 3, 65536)},
+		{name: "overcommit rounds down to whole vCPUs", nodes: []structs.Node{node("a", 3, 65536)},
 			req: Request{VM: vm("new", "", 5, 1024)}, opt: Options{CPUOvercommit: 1.5}, wantErr: ErrNoCapacity},
-		{name: "overcommit 1.5 of 3 holds 4", nodes: []api.Node{node("a", 3, 65536)},
+		{name: "overcommit 1.5 of 3 holds 4", nodes: []structs.Node{node("a", 3, 65536)},
 			req: Request{VM: vm("new", "", 4, 1024)}, opt: Options{CPUOvercommit: 1.5}, want: "a"},
-		{name: "overcommit 1.1 of 10 holds 11 despite float rounding", nodes: []api.Node{node("a", 10, 65536)},
+		{name: "overcommit 1.1 of 10 holds 11 despite float rounding", nodes: []structs.Node{node("a", 10, 65536)},
 			req: Request{VM: vm("new", "", 11, 1024)}, opt: Options{CPUOvercommit: 1.1}, want: "a"},
-		{name: "overcommit never applies to memory", nodes: []api.Node{node("a", 4, 1024)},
+		{name: "overcommit never applies to memory", nodes: []structs.Node{node("a", 4, 1024)},
 			req: Request{VM: vm("new", "", 1, 2048)}, opt: Options{CPUOvercommit: 4}, wantErr: ErrNoCapacity, wantMsg: "memory"},
 
 		// Stopped VMs keep their reservation; the VM itself does not count.
-		{name: "stopped VM keeps its memory", nodes: []api.Node{node("a", 8, 4096)},
-			vms: []api.VM{vm("x", "a", 1, 4096, stopped())}, req: Request{VM: newVM}, wantErr: ErrNoCapacity, wantMsg: "memory"},
-		{name: "stopped VM keeps its vCPUs", nodes: []api.Node{node("a", 2, 65536)},
-			vms: []api.VM{vm("x", "a", 2, 1024, stopped())}, req: Request{VM: newVM}, wantErr: ErrNoCapacity, wantMsg: "vCPUs"},
-		{name: "the VM itself is not counted", nodes: []api.Node{node("a", 2, 1024)},
-			vms: []api.VM{vm("new", "a", 2, 1024)}, req: Request{VM: vm("new", "a", 2, 1024)}, want: "a"},
+		{name: "stopped VM keeps its memory", nodes: []structs.Node{node("a", 8, 4096)},
+			vms: []structs.VM{vm("x", "a", 1, 4096, stopped())}, req: Request{VM: newVM}, wantErr: ErrNoCapacity, wantMsg: "memory"},
+		{name: "stopped VM keeps its vCPUs", nodes: []structs.Node{node("a", 2, 65536)},
+			vms: []structs.VM{vm("x", "a", 2, 1024, stopped())}, req: Request{VM: newVM}, wantErr: ErrNoCapacity, wantMsg: "vCPUs"},
+		{name: "the VM itself is not counted", nodes: []structs.Node{node("a", 2, 1024)},
+			vms: []structs.VM{vm("new", "a", 2, 1024)}, req: Request{VM: vm("new", "a", 2, 1024)}, want: "a"},
 
 		// Anti-affinity.
-		{name: "anti-affinity avoids the group's node", nodes: []api.Node{node("a", 64, 65536), node("b", 4, 4096)},
-			vms: []api.VM{vm("x", "a", 1, 1024, group("db"))}, req: Request{VM: vm("new", "", 1, 1024, group("db"))}, want: "b"},
-		{name: "anti-affinity with no other node", nodes: []api.Node{node("a", 64, 65536)},
-			vms: []api.VM{vm("x", "a", 1, 1024, group("db"))}, req: Request{VM: vm("new", "", 1, 1024, group("db"))},
+		{name: "anti-affinity avoids the group's node", nodes: []structs.Node{node("a", 64, 65536), node("b", 4, 4096)},
+			vms: []structs.VM{vm("x", "a", 1, 1024, group("db"))}, req: Request{VM: vm("new", "", 1, 1024, group("db"))}, want: "b"},
+		{name: "anti-affinity with no other node", nodes: []structs.Node{node("a", 64, 65536)},
+			vms: []structs.VM{vm("x", "a", 1, 1024, group("db"))}, req: Request{VM: vm("new", "", 1, 1024, group("db"))},
 			wantErr: ErrNoCapacity, wantMsg: "1 anti-affinity group already there"},
-		{name: "anti-affinity counts stopped VMs", nodes: []api.Node{node("a", 64, 65536)},
-			vms: []api.VM{vm("x", "a", 1, 1024, group("db"), stopped())}, req: Request{VM: vm("new", "", 1, 1024, group("db"))},
+		{name: "anti-affinity counts stopped VMs", nodes: []structs.Node{node("a", 64, 65536)},
+			vms: []structs.VM{vm("x", "a", 1, 1024, group("db"), stopped())}, req: Request{VM: vm("new", "", 1, 1024, group("db"))},
 			wantErr: ErrNoCapacity},
-		{name: "other groups do not conflict", nodes: []api.Node{node("a", 64, 65536)},
-			vms: []api.VM{vm("x", "a", 1, 1024, group("web"))}, req: Request{VM: vm("new", "", 1, 1024, group("db"))}, want: "a"},
-		{name: "empty group never conflicts", nodes: []api.Node{node("a", 64, 65536)},
-			vms: []api.VM{vm("x", "a", 1, 1024)}, req: Request{VM: vm("new", "", 1, 1024)}, want: "a"},
-		{name: "a VM does not conflict with itself", nodes: []api.Node{node("a", 64, 65536)},
-			vms: []api.VM{vm("new", "a", 1, 1024, group("db"))}, req: Request{VM: vm("new", "a", 1, 1024, group("db"))}, want: "a"},
+		{name: "other groups do not conflict", nodes: []structs.Node{node("a", 64, 65536)},
+			vms: []structs.VM{vm("x", "a", 1, 1024, group("web"))}, req: Request{VM: vm("new", "", 1, 1024, group("db"))}, want: "a"},
+		{name: "empty group never conflicts", nodes: []structs.Node{node("a", 64, 65536)},
+			vms: []structs.VM{vm("x", "a", 1, 1024)}, req: Request{VM: vm("new", "", 1, 1024)}, want: "a"},
+		{name: "a VM does not conflict with itself", nodes: []structs.Node{node("a", 64, 65536)},
+			vms: []structs.VM{vm("new", "a", 1, 1024, group("db"))}, req: Request{VM: vm("new", "a", 1, 1024, group("db"))}, want: "a"},
 
 		// Strategies. a: 16 GiB with 4 used, b: 8 GiB with 4 used; a 1 GiB VM leaves
 		// a at 11/16 free and b at 3/8 free.
 		{name: "spread takes the largest free fraction",
-			nodes: []api.Node{node("a", 16, 16384), node("b", 16, 8192)},
-			vms:   []api.VM{vm("x", "a", 1, 4096), vm("y", "b", 1, 4096)},
+			nodes: []structs.Node{node("a", 16, 16384), node("b", 16, 8192)},
+			vms:   []structs.VM{vm("x", "a", 1, 4096), vm("y", "b", 1, 4096)},
 			req:   Request{VM: vm("new", "", 1, 1024)}, opt: Options{Strategy: Spread}, want: "a"},
 		{name: "binpack takes the least free memory",
-			nodes: []api.Node{node("a", 16, 16384), node("b", 16, 8192)},
-			vms:   []api.VM{vm("x", "a", 1, 4096), vm("y", "b", 1, 4096)},
+			nodes: []structs.Node{node("a", 16, 16384), node("b", 16, 8192)},
+			vms:   []structs.VM{vm("x", "a", 1, 4096), vm("y", "b", 1, 4096)},
 			req:   Request{VM: vm("new", "", 1, 1024)}, opt: Options{Strategy: Binpack}, want: "b"},
 		{name: "spread uses fractions, not absolute memory",
-			nodes: []api.Node{node("big", 16, 65536), node("small", 16, 4096)},
-			vms:   []api.VM{vm("x", "big", 1, 49152)}, // big: 15/64 free after, small: 3/4
+			nodes: []structs.Node{node("big", 16, 65536), node("small", 16, 4096)},
+			vms:   []structs.VM{vm("x", "big", 1, 49152)}, // big: 15/64 free after, small: 3/4
 			req:   Request{VM: vm("new", "", 1, 1024)}, want: "small"},
 		{name: "default strategy is spread",
-			nodes: []api.Node{node("a", 16, 16384), node("b", 16, 8192)},
-			vms:   []api.VM{vm("x", "a", 1, 4096), vm("y", "b", 1, 4096)},
+			nodes: []structs.Node{node("a", 16, 16384), node("b", 16, 8192)},
+			vms:   []structs.VM{vm("x", "a", 1, 4096), vm("y", "b", 1, 4096)},
 			req:   Request{VM: vm("new", "", 1, 1024)}, want: "a"},
 		{name: "binpack skips nodes the VM does not fit",
-			nodes: []api.Node{node("a", 16, 16384), node("b", 16, 8192)},
-			vms:   []api.VM{vm("x", "a", 1, 4096), vm("y", "b", 1, 7680)},
+			nodes: []structs.Node{node("a", 16, 16384), node("b", 16, 8192)},
+			vms:   []structs.VM{vm("x", "a", 1, 4096), vm("y", "b", 1, 7680)},
 			req:   Request{VM: vm("new", "", 1, 1024)}, opt: Options{Strategy: Binpack}, want: "a"},
 
 		// Tie-breaks.
 		{name: "memory tie broken by free vCPU fraction",
-			nodes: []api.Node{node("a", 8, 8192), node("b", 8, 8192)},
-			vms:   []api.VM{vm("x", "a", 4, 0)},
+			nodes: []structs.Node{node("a", 8, 8192), node("b", 8, 8192)},
+			vms:   []structs.VM{vm("x", "a", 4, 0)},
 			req:   Request{VM: newVM}, want: "b"},
 		{name: "binpack memory tie broken by free vCPU fraction",
-			nodes: []api.Node{node("a", 8, 8192), node("b", 8, 8192)},
-			vms:   []api.VM{vm("x", "a", 4, 0)},
+			nodes: []structs.Node{node("a", 8, 8192), node("b", 8, 8192)},
+			vms:   []structs.VM{vm("x", "a", 4, 0)},
 			req:   Request{VM: newVM}, opt: Options{Strategy: Binpack}, want: "b"},
 		{name: "full tie broken by name",
-			nodes: []api.Node{node("id-1", 8, 8192, named("zeta")), node("id-2", 8, 8192, named("alpha"))},
+			nodes: []structs.Node{node("id-1", 8, 8192, named("zeta")), node("id-2", 8, 8192, named("alpha"))},
 			req:   Request{VM: newVM}, want: "id-2"},
 		{name: "same name broken by id",
-			nodes: []api.Node{node("id-2", 8, 8192, named("same")), node("id-1", 8, 8192, named("same"))},
+			nodes: []structs.Node{node("id-2", 8, 8192, named("same")), node("id-1", 8, 8192, named("same"))},
 			req:   Request{VM: newVM}, want: "id-1"},
 
 		// Exclude.
-		{name: "excluded node is never used", nodes: []api.Node{node("a", 64, 65536), node("b", 4, 4096)},
+		{name: "excluded node is never used", nodes: []structs.Node{node("a", 64, 65536), node("b", 4, 4096)},
 			req: Request{VM: newVM, Exclude: []string{"a"}}, want: "b"},
-		{name: "everything excluded", nodes: []api.Node{node("a", 64, 65536), node("b", 4, 4096)},
+		{name: "everything excluded", nodes: []structs.Node{node("a", 64, 65536), node("b", 4, 4096)},
 			req: Request{VM: newVM, Exclude: []string{"b", "a"}}, wantErr: ErrNoCapacity, wantMsg: "2 nodes rejected: 2 excluded"},
-		{name: "excluding an unknown id is harmless", nodes: []api.Node{node("a", 4, 4096)},
+		{name: "excluding an unknown id is harmless", nodes: []structs.Node{node("a", 4, 4096)},
 			req: Request{VM: newVM, Exclude: []string{"zzz"}}, want: "a"},
 
 		// Invalid input.
-		{name: "unknown strategy", nodes: []api.Node{node("a", 4, 4096)}, req: Request{VM: newVM},
-			opt: Options{Strategy: "random"}, wantErr: api.ErrInvalid, wantMsg: `"random"`},
-		{name: "negative overcommit", nodes: []api.Node{node("a", 4, 4096)}, req: Request{VM: newVM},
-			opt: Options{CPUOvercommit: -1}, wantErr: api.ErrInvalid, wantMsg: "cpu_overcommit"},
-		{name: "NaN overcommit", nodes: []api.Node{node("a", 4, 4096)}, req: Request{VM: newVM},
-			opt: Options{CPUOvercommit: math.NaN()}, wantErr: api.ErrInvalid},
-		{name: "negative memory", nodes: []api.Node{node("a", 4, 4096)}, req: Request{VM: vm("new", "", 1, -1)},
-			wantErr: api.ErrInvalid},
+		{name: "unknown strategy", nodes: []structs.Node{node("a", 4, 4096)}, req: Request{VM: newVM},
+			opt: Options{Strategy: "random"}, wantErr: structs.ErrInvalid, wantMsg: `"random"`},
+		{name: "negative overcommit", nodes: []structs.Node{node("a", 4, 4096)}, req: Request{VM: newVM},
+			opt: Options{CPUOvercommit: -1}, wantErr: structs.ErrInvalid, wantMsg: "cpu_overcommit"},
+		{name: "NaN overcommit", nodes: []structs.Node{node("a", 4, 4096)}, req: Request{VM: newVM},
+			opt: Options{CPUOvercommit: math.NaN()}, wantErr: structs.ErrInvalid},
+		{name: "negative memory", nodes: []structs.Node{node("a", 4, 4096)}, req: Request{VM: vm("new", "", 1, -1)},
+			wantErr: structs.ErrInvalid},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -222,34 +224,34 @@ func TestPlace(t *testing.T) {
 func TestPlaceAll(t *testing.T) {
 	cases := []struct {
 		name         string
-		nodes        []api.Node
-		vms          []api.VM
+		nodes        []structs.Node
+		vms          []structs.VM
 		reqs         []Request
 		opt          Options
 		want         map[string]string
 		wantUnplaced []string
 	}{
 		{name: "each decision sees the previous ones",
-			nodes: []api.Node{node("a", 8, 4096), node("b", 8, 4096)},
+			nodes: []structs.Node{node("a", 8, 4096), node("b", 8, 4096)},
 			reqs:  []Request{{VM: vm("1", "", 1, 4096)}, {VM: vm("2", "", 1, 4096)}, {VM: vm("3", "", 1, 4096)}},
 			want:  map[string]string{"1": "a", "2": "b"}, wantUnplaced: []string{"3"}},
 		{name: "anti-affinity within the batch",
-			nodes: []api.Node{node("a", 8, 8192), node("b", 8, 8192)},
+			nodes: []structs.Node{node("a", 8, 8192), node("b", 8, 8192)},
 			reqs: []Request{{VM: vm("1", "", 1, 1024, group("db"))}, {VM: vm("2", "", 1, 1024, group("db"))},
 				{VM: vm("3", "", 1, 1024, group("db"))}, {VM: vm("4", "", 1, 1024)}},
 			want: map[string]string{"1": "a", "2": "b", "4": "a"}, wantUnplaced: []string{"3"}},
 		{name: "spread alternates",
-			nodes: []api.Node{node("a", 8, 8192), node("b", 8, 8192)},
+			nodes: []structs.Node{node("a", 8, 8192), node("b", 8, 8192)},
 			reqs:  []Request{{VM: vm("1", "", 1, 1024)}, {VM: vm("2", "", 1, 1024)}, {VM: vm("3", "", 1, 1024)}, {VM: vm("4", "", 1, 1024)}},
 			want:  map[string]string{"1": "a", "2": "b", "3": "a", "4": "b"}},
 		{name: "binpack fills one node first",
-			nodes: []api.Node{node("a", 8, 2048), node("b", 8, 2048)},
+			nodes: []structs.Node{node("a", 8, 2048), node("b", 8, 2048)},
 			reqs:  []Request{{VM: vm("1", "", 1, 1024)}, {VM: vm("2", "", 1, 1024)}, {VM: vm("3", "", 1, 1024)}},
 			opt:   Options{Strategy: Binpack},
 			want:  map[string]string{"1": "a", "2": "a", "3": "b"}},
 		{name: "evacuate: requested VMs leave their excluded node",
-			nodes: []api.Node{node("src", 8, 8192), node("a", 8, 4096), node("b", 8, 4096)},
-			vms: []api.VM{vm("1", "src", 1, 3072), vm("2", "src", 1, 3072), vm("3", "src", 1, 2048),
+			nodes: []structs.Node{node("src", 8, 8192), node("a", 8, 4096), node("b", 8, 4096)},
+			vms: []structs.VM{vm("1", "src", 1, 3072), vm("2", "src", 1, 3072), vm("3", "src", 1, 2048),
 				vm("other", "a", 1, 1024)},
 			reqs: []Request{
 				{VM: vm("1", "src", 1, 3072), Exclude: []string{"src"}},
@@ -259,28 +261,28 @@ func TestPlaceAll(t *testing.T) {
 			// 1 → b (a has 1024 used); 2 → a (3072 free, b has 1024); 3 fits nowhere.
 			want: map[string]string{"1": "b", "2": "a"}, wantUnplaced: []string{"3"}},
 		{name: "requested VMs release their old place",
-			nodes: []api.Node{node("a", 8, 4096)},
-			vms:   []api.VM{vm("1", "a", 1, 4096), vm("2", "a", 1, 0)},
+			nodes: []structs.Node{node("a", 8, 4096)},
+			vms:   []structs.VM{vm("1", "a", 1, 4096), vm("2", "a", 1, 0)},
 			reqs:  []Request{{VM: vm("2", "a", 1, 2048)}, {VM: vm("1", "a", 1, 2048)}},
 			want:  map[string]string{"1": "a", "2": "a"}},
 		{name: "duplicate request placed once",
-			nodes: []api.Node{node("a", 8, 4096)},
+			nodes: []structs.Node{node("a", 8, 4096)},
 			reqs:  []Request{{VM: vm("1", "", 1, 3072)}, {VM: vm("1", "", 1, 3072)}},
 			want:  map[string]string{"1": "a"}},
 		{name: "unplaced keep request order",
-			nodes: []api.Node{node("a", 1, 1024)},
+			nodes: []structs.Node{node("a", 1, 1024)},
 			reqs:  []Request{{VM: vm("z", "", 2, 1)}, {VM: vm("a", "", 2, 1)}, {VM: vm("m", "", 2, 1)}},
 			want:  map[string]string{}, wantUnplaced: []string{"z", "a", "m"}},
 		{name: "no nodes",
 			reqs: []Request{{VM: vm("1", "", 1, 1)}},
 			want: map[string]string{}, wantUnplaced: []string{"1"}},
 		{name: "invalid options place nothing",
-			nodes: []api.Node{node("a", 8, 8192)},
+			nodes: []structs.Node{node("a", 8, 8192)},
 			reqs:  []Request{{VM: vm("1", "", 1, 1)}, {VM: vm("2", "", 1, 1)}},
 			opt:   Options{Strategy: "nope"},
 			want:  map[string]string{}, wantUnplaced: []string{"1", "2"}},
 		{name: "no requests",
-			nodes: []api.Node{node("a", 8, 8192)},
+			nodes: []structs.Node{node("a", 8, 8192)},
 			want:  map[string]string{}},
 	}
 	for _, tc := range cases {
@@ -313,8 +315,8 @@ func TestParseStrategy(t *testing.T) {
 		t.Run(fmt.Sprintf("%q", tc.in), func(t *testing.T) {
 			got, err := ParseStrategy(tc.in)
 			if tc.wantErr {
-				if err == nil || !errors.Is(err, api.ErrInvalid) {
-					t.Fatalf("ParseStrategy(%q) = %q, %v; want an api.ErrInvalid error", tc.in, got, err)
+				if err == nil || !errors.Is(err, structs.ErrInvalid) {
+					t.Fatalf("ParseStrategy(%q) = %q, %v; want an structs.ErrInvalid error", tc.in, got, err)
 				}
 				for _, s := range []string{fmt.Sprintf("%q", tc.in), "spread", "binpack"} {
 					if !strings.Contains(err.Error(), s) {
@@ -332,16 +334,16 @@ func TestParseStrategy(t *testing.T) {
 
 // randomCluster builds a reproducible fleet with a mix of states, capacities, groups and
 // duplicate names, so ties and every rejection reason occur.
-func randomCluster(seed uint64, nNodes, nVMs int) ([]api.Node, []api.VM) {
+func randomCluster(seed uint64, nNodes, nVMs int) ([]structs.Node, []structs.VM) {
 	r := rand.New(rand.NewPCG(seed, 1))
-	mgmts := []string{api.NodeEnabled, api.NodeEnabled, api.NodeEnabled, api.NodeDisabled, api.NodeDrained}
-	mons := []string{api.MonitorNormal, api.MonitorNormal, api.MonitorNormal, api.MonitorUnreachable, api.MonitorError}
-	nodes := make([]api.Node, nNodes)
+	mgmts := []string{structs.NodeEnabled, structs.NodeEnabled, structs.NodeEnabled, structs.NodeDisabled, structs.NodeDrained}
+	mons := []string{structs.MonitorNormal, structs.MonitorNormal, structs.MonitorNormal, structs.MonitorUnreachable, structs.MonitorError}
+	nodes := make([]structs.Node, nNodes)
 	for i := range nodes {
 		nodes[i] = node(fmt.Sprintf("node-%05d", i), 8*(1+r.IntN(8)), 16384*(1+r.IntN(8)),
 			mgmt(mgmts[r.IntN(len(mgmts))]), mon(mons[r.IntN(len(mons))]), named(fmt.Sprintf("hv%d", r.IntN(nNodes/2+1))))
 	}
-	vms := make([]api.VM, nVMs)
+	vms := make([]structs.VM, nVMs)
 	for i := range vms {
 		v := vm(fmt.Sprintf("vm-%06d", i), nodes[r.IntN(nNodes)].ID, 1+r.IntN(4), 512*(1+r.IntN(8)))
 		if r.IntN(4) == 0 {
@@ -351,7 +353,7 @@ func randomCluster(seed uint64, nNodes, nVMs int) ([]api.Node, []api.VM) {
 			v.Spec.AntiAffinity = fmt.Sprintf("g%d", r.IntN(10))
 		}
 		if r.IntN(5) == 0 {
-			v.DesiredState = api.DesiredStopped
+			v.DesiredState = structs.DesiredStopped
 		}
 		vms[i] = v
 	}
@@ -407,14 +409,14 @@ func TestPlaceAgreesWithBruteForce(t *testing.T) {
 			got, err := Place(nodes, vms, req, Options{Strategy: strategy})
 
 			type score struct {
-				node    api.Node
+				node    structs.Node
 				memFrac float64
 				memLeft int
 				cpuFrac float64
 			}
 			var eligible []score
 			for _, n := range nodes {
-				if n.ManagementState != api.NodeEnabled || n.MonitorState != api.MonitorNormal {
+				if n.ManagementState != structs.NodeEnabled || n.MonitorState != structs.MonitorNormal {
 					continue
 				}
 				cpu, mem, clash := 0, 0, false

@@ -15,6 +15,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/chime-ha/chime/chime/structs"
+
 	"github.com/chime-ha/chime/chime/api"
 	"github.com/chime-ha/chime/gossip"
 	"github.com/chime-ha/chime/hypervisor"
@@ -132,7 +134,7 @@ func (a *Agent) reconcileInputs() (Inputs, bool) {
 	return Inputs{
 		Desired: slices.Clone(a.desired.VMs),
 		// A node drained by the servers keeps its VMs stopped as well.
-		Drained: a.drained || a.desired.ManagementState == api.NodeDrained,
+		Drained: a.drained || a.desired.ManagementState == structs.NodeDrained,
 		Hold:    append(slices.Clone(a.hold), a.haHold(a.desired)...),
 	}, true
 }
@@ -300,7 +302,7 @@ func (a *Agent) watchDesired(ctx context.Context) {
 		}
 		a.noteContact(err)
 		if err != nil {
-			if errors.Is(err, api.ErrForbidden) || errors.Is(err, api.ErrNotFound) {
+			if errors.Is(err, structs.ErrForbidden) || errors.Is(err, structs.ErrNotFound) {
 				log.Warn("servers do not accept this node's credentials; registering again", "error", err)
 				if a.register(ctx) != nil {
 					return
@@ -369,7 +371,7 @@ func (a *Agent) heartbeatLoop(ctx context.Context) {
 	for {
 		if err := a.sendHeartbeat(ctx); err != nil && ctx.Err() == nil {
 			log.Warn("heartbeat failed", "error", err)
-			if errors.Is(err, api.ErrForbidden) || errors.Is(err, api.ErrNotFound) {
+			if errors.Is(err, structs.ErrForbidden) || errors.Is(err, structs.ErrNotFound) {
 				if a.register(ctx) != nil {
 					return
 				}
@@ -400,7 +402,7 @@ func (a *Agent) requestHeartbeat() {
 // state; it returns the sequence of the last reported local migration.
 func (a *Agent) BuildHeartbeat(ctx context.Context) (api.HeartbeatRequest, uint64, error) {
 	a.mu.Lock()
-	hb := api.HeartbeatRequest{NodeID: a.nodeID, LocalDrained: a.drained, VMs: []api.VMObservation{}}
+	hb := api.HeartbeatRequest{NodeID: a.nodeID, LocalDrained: a.drained, VMs: []structs.VMObservation{}}
 	a.mu.Unlock()
 	if hb.LocalDrained {
 		hb.LocalDrainID, _ = a.store.DrainID()
@@ -415,7 +417,7 @@ func (a *Agent) BuildHeartbeat(ctx context.Context) (api.HeartbeatRequest, uint6
 		if d.Meta == nil {
 			continue
 		}
-		hb.VMs = append(hb.VMs, api.VMObservation{VMID: d.UUID, State: observedState(d.State), Reason: d.Reason, Generation: d.Meta.Generation})
+		hb.VMs = append(hb.VMs, structs.VMObservation{VMID: d.UUID, State: observedState(d.State), Reason: d.Reason, Generation: d.Meta.Generation})
 	}
 	hb.Adopted = a.adoptedObservations(domains)
 	migs, last, err := a.store.PendingMigrations()
@@ -454,11 +456,11 @@ func (a *Agent) sendHeartbeat(ctx context.Context) error {
 func observedState(s string) string {
 	switch s {
 	case hypervisor.StateStopped:
-		return api.StateStopped
+		return structs.StateStopped
 	case hypervisor.StateCrashed:
-		return api.StateCrashed
+		return structs.StateCrashed
 	}
-	return api.StateRunning
+	return structs.StateRunning
 }
 
 func (a *Agent) setTiming(t api.Timing) {

@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chime-ha/chime/chime/structs"
+
 	"github.com/chime-ha/chime/chime/api"
 	"github.com/chime-ha/chime/hypervisor"
 )
@@ -162,7 +164,7 @@ type fakeServers struct {
 
 func newFakeServers(t *testing.T, log *callLog, vms ...api.DesiredVM) *fakeServers {
 	f := &fakeServers{log: log, changed: make(chan struct{}), secret: "node-secret",
-		desired: api.DesiredState{ManagementState: api.NodeEnabled, VMs: vms, Index: 100}}
+		desired: api.DesiredState{ManagementState: structs.NodeEnabled, VMs: vms, Index: 100}}
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /v1/agent/register", f.register)
 	mux.HandleFunc("POST /v1/agent/heartbeat", f.heartbeat)
@@ -340,7 +342,7 @@ func TestReturningAgentDestroysStaleCopiesBeforeFirstHeartbeat(t *testing.T) {
 		dom(idA, "a", hypervisor.StateRunning, 10), // re-placed here at generation 12
 	)
 	hv.failDestroy[idB] = 2
-	srv := newFakeServers(t, log, dvm(idA, "a", api.DesiredRunning, 12))
+	srv := newFakeServers(t, log, dvm(idA, "a", structs.DesiredRunning, 12))
 	startAgent(t, testConfig(t, srv.srv.URL), hv)
 
 	waitFor(t, "a heartbeat", func() bool { return log.first("server:heartbeat") >= 0 }, func() any { return log.snapshot() })
@@ -372,7 +374,7 @@ func TestReturningAgentDestroysStaleCopiesBeforeFirstHeartbeat(t *testing.T) {
 func TestNoStartBeforeFirstSync(t *testing.T) {
 	log := &callLog{}
 	hv := newRecordingHV(log, dom(idA, "a", hypervisor.StateCrashed, 10))
-	srv := newFakeServers(t, log, dvm(idA, "a", api.DesiredRunning, 10))
+	srv := newFakeServers(t, log, dvm(idA, "a", structs.DesiredRunning, 10))
 	cfg := testConfig(t, srv.srv.URL)
 
 	// The previous run's state: registered, synced, VM A desired running.
@@ -383,7 +385,7 @@ func TestNoStartBeforeFirstSync(t *testing.T) {
 	if err := prev.SetSecret("node-secret"); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, _, err := prev.AcceptDesired(api.DesiredState{Index: 90, VMs: []api.DesiredVM{dvm(idA, "a", api.DesiredRunning, 10)}}); err != nil {
+	if _, _, _, err := prev.AcceptDesired(api.DesiredState{Index: 90, VMs: []api.DesiredVM{dvm(idA, "a", structs.DesiredRunning, 10)}}); err != nil {
 		t.Fatal(err)
 	}
 	prev.Close()
@@ -417,7 +419,7 @@ func TestNoStartBeforeFirstSync(t *testing.T) {
 func TestKeepsReconcilingWhileServersUnreachable(t *testing.T) {
 	log := &callLog{}
 	hv := newRecordingHV(log)
-	srv := newFakeServers(t, log, dvm(idA, "a", api.DesiredRunning, 10))
+	srv := newFakeServers(t, log, dvm(idA, "a", structs.DesiredRunning, 10))
 	startAgent(t, testConfig(t, srv.srv.URL), hv)
 	waitFor(t, "vm running", func() bool { s, _ := hv.state(idA); return s == hypervisor.StateRunning },
 		func() any { return log.snapshot() })
@@ -438,13 +440,13 @@ func TestKeepsReconcilingWhileServersUnreachable(t *testing.T) {
 func TestDesiredChangesAndHeartbeatContent(t *testing.T) {
 	log := &callLog{}
 	hv := newRecordingHV(log, foreign(idX, "not-ours", hypervisor.StateRunning))
-	srv := newFakeServers(t, log, dvm(idA, "a", api.DesiredRunning, 10))
+	srv := newFakeServers(t, log, dvm(idA, "a", structs.DesiredRunning, 10))
 	cfg := testConfig(t, srv.srv.URL)
 	a := startAgent(t, cfg, hv)
 
 	waitFor(t, "a heartbeat reporting A running", func() bool {
 		hb, _ := srv.lastHeartbeat()
-		return len(hb.VMs) == 1 && hb.VMs[0].VMID == idA && hb.VMs[0].State == api.StateRunning && hb.VMs[0].Generation == 10
+		return len(hb.VMs) == 1 && hb.VMs[0].VMID == idA && hb.VMs[0].State == structs.StateRunning && hb.VMs[0].Generation == 10
 	}, func() any { hb, _ := srv.lastHeartbeat(); return hb })
 	hb, _ := srv.lastHeartbeat()
 	if hb.NodeID != a.NodeID() || hb.LocalDrained || len(hb.Faults) != 0 {
@@ -452,7 +454,7 @@ func TestDesiredChangesAndHeartbeatContent(t *testing.T) {
 	}
 
 	// Stop A, add B: A is shut down, B defined and started.
-	srv.setDesired(dvm(idA, "a", api.DesiredStopped, 10), dvm(idB, "b", api.DesiredRunning, 20))
+	srv.setDesired(dvm(idA, "a", structs.DesiredStopped, 10), dvm(idB, "b", structs.DesiredRunning, 20))
 	waitFor(t, "A stopped and B running", func() bool {
 		sa, _ := hv.state(idA)
 		sb, _ := hv.state(idB)
@@ -460,7 +462,7 @@ func TestDesiredChangesAndHeartbeatContent(t *testing.T) {
 	}, func() any { return log.snapshot() })
 
 	// An older-generation instruction for B is refused: B keeps running.
-	srv.setDesired(dvm(idA, "a", api.DesiredStopped, 10), dvm(idB, "b", api.DesiredStopped, 19))
+	srv.setDesired(dvm(idA, "a", structs.DesiredStopped, 10), dvm(idB, "b", structs.DesiredStopped, 19))
 	waitFor(t, "refused instruction persisted", func() bool {
 		st := a.Status(context.Background())
 		return st.DesiredIndex == 102
@@ -473,7 +475,7 @@ func TestDesiredChangesAndHeartbeatContent(t *testing.T) {
 	}
 
 	// A migration logged locally is reported once and then acknowledged.
-	if err := a.store.AddMigration(api.LocalMigration{VMID: idC, ToAddr: "10.9.0.2", Generation: 5}); err != nil {
+	if err := a.store.AddMigration(structs.LocalMigration{VMID: idC, ToAddr: "10.9.0.2", Generation: 5}); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, "migration reported", func() bool {
@@ -497,9 +499,9 @@ func TestDesiredChangesAndHeartbeatContent(t *testing.T) {
 func TestServerDrainKeepsVMsStopped(t *testing.T) {
 	log := &callLog{}
 	hv := newRecordingHV(log, dom(idA, "a", hypervisor.StateRunning, 10))
-	srv := newFakeServers(t, log, dvm(idA, "a", api.DesiredRunning, 10))
+	srv := newFakeServers(t, log, dvm(idA, "a", structs.DesiredRunning, 10))
 	srv.mu.Lock()
-	srv.desired.ManagementState = api.NodeDrained
+	srv.desired.ManagementState = structs.NodeDrained
 	srv.mu.Unlock()
 	startAgent(t, testConfig(t, srv.srv.URL), hv)
 	waitFor(t, "A shut down", func() bool { s, _ := hv.state(idA); return s == hypervisor.StateStopped },
@@ -512,7 +514,7 @@ func TestServerDrainKeepsVMsStopped(t *testing.T) {
 func TestLocalSocketAndPing(t *testing.T) {
 	log := &callLog{}
 	hv := newRecordingHV(log)
-	srv := newFakeServers(t, log, dvm(idA, "a", api.DesiredRunning, 10))
+	srv := newFakeServers(t, log, dvm(idA, "a", structs.DesiredRunning, 10))
 	cfg := testConfig(t, srv.srv.URL)
 	a := startAgent(t, cfg, hv)
 	ctx := context.Background()
@@ -524,7 +526,7 @@ func TestLocalSocketAndPing(t *testing.T) {
 		return err == nil && len(st.VMs) == 1 && st.VMs[0].State == hypervisor.StateRunning && st.Servers.Reachable
 	}, func() any { return st })
 	if st.NodeID != a.NodeID() || st.Name != "hv1" || !st.Synced || !st.LibvirtConnected ||
-		st.VMs[0].ID != idA || st.VMs[0].DesiredState != api.DesiredRunning || st.VMs[0].Generation != 10 {
+		st.VMs[0].ID != idA || st.VMs[0].DesiredState != structs.DesiredRunning || st.VMs[0].Generation != 10 {
 		t.Fatalf("status = %+v", st)
 	}
 	fi, err := os.Stat(cfg.Socket)

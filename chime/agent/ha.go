@@ -15,6 +15,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/chime-ha/chime/chime/structs"
+
 	"github.com/chime-ha/chime/chime/api"
 	"github.com/chime-ha/chime/hypervisor"
 )
@@ -184,7 +186,7 @@ func (a *Agent) reportMigration(ctx context.Context, rep api.MigrationReport) {
 		if err == nil {
 			return
 		}
-		if errors.Is(err, api.ErrForbidden) || errors.Is(err, api.ErrNotFound) || errors.Is(err, api.ErrInvalid) {
+		if errors.Is(err, structs.ErrForbidden) || errors.Is(err, structs.ErrNotFound) || errors.Is(err, structs.ErrInvalid) {
 			a.logger.Warn("servers refused the migration report", "vm", rep.VMID, "error", err)
 			return
 		}
@@ -307,35 +309,35 @@ type MigrateResult struct {
 // really goes over that network.
 func validateLocalMigrate(req MigrateRequest) error {
 	if req.Interface == "" {
-		return api.Invalid("--interface", "is required")
+		return structs.Invalid("--interface", "is required")
 	}
 	ip := net.ParseIP(req.Dest)
 	if ip == nil {
-		return api.Invalid("--dest", "%q is not an IP address", req.Dest)
+		return structs.Invalid("--dest", "%q is not an IP address", req.Dest)
 	}
 	if (req.UUID == "") == !req.All {
-		return api.Invalid("--uuid", "give exactly one of --uuid U or --all")
+		return structs.Invalid("--uuid", "give exactly one of --uuid U or --all")
 	}
-	if req.UUID != "" && !api.IsUUID(req.UUID) {
-		return api.Invalid("--uuid", "%q is not a uuid", req.UUID)
+	if req.UUID != "" && !structs.IsUUID(req.UUID) {
+		return structs.Invalid("--uuid", "%q is not a uuid", req.UUID)
 	}
 	ifc, err := net.InterfaceByName(req.Interface)
 	if err != nil {
-		return api.Invalid("--interface", "%q: %v", req.Interface, err)
+		return structs.Invalid("--interface", "%q: %v", req.Interface, err)
 	}
 	addrs, err := ifc.Addrs()
 	if err != nil {
-		return api.Invalid("--interface", "%q: %v", req.Interface, err)
+		return structs.Invalid("--interface", "%q: %v", req.Interface, err)
 	}
 	for _, ad := range addrs {
 		if n, ok := ad.(*net.IPNet); ok && n.Contains(ip) {
 			if ifc.Flags&net.FlagUp == 0 {
-				return api.Invalid("--interface", "%s is down", req.Interface)
+				return structs.Invalid("--interface", "%s is down", req.Interface)
 			}
 			return nil
 		}
 	}
-	return api.Invalid("--dest", "%s is not on a network of interface %s", req.Dest, req.Interface)
+	return structs.Invalid("--dest", "%s is not on a network of interface %s", req.Dest, req.Interface)
 }
 
 // localMigrate live-migrates VMs to the agent at req.Dest without the
@@ -361,7 +363,7 @@ func (a *Agent) localMigrate(ctx context.Context, req MigrateRequest) ([]Migrate
 		}
 	}
 	if req.UUID != "" && len(todo) == 0 {
-		return nil, api.NotFound("--uuid", "no running chime VM %s on this node", req.UUID)
+		return nil, structs.NotFound("--uuid", "no running chime VM %s on this node", req.UUID)
 	}
 	var out []MigrateResult
 	for _, d := range todo {
@@ -399,7 +401,7 @@ func (a *Agent) localMigrateOne(ctx context.Context, d hypervisor.Domain, dest s
 		}
 	}
 	_ = a.store.SetRetired(d.UUID, d.Meta.Generation)
-	_ = a.store.AddMigration(api.LocalMigration{VMID: d.UUID, ToAddr: dest, Generation: d.Meta.Generation})
+	_ = a.store.AddMigration(structs.LocalMigration{VMID: d.UUID, ToAddr: dest, Generation: d.Meta.Generation})
 	res.OK, res.Took = true, time.Since(start).Round(time.Millisecond).String()
 	log.Info("node-local migration done", "vm", d.Name, "dest", dest, "took", res.Took)
 	return res
@@ -440,7 +442,7 @@ func (a *Agent) handleAdopt(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusBadRequest, errorBody{Error: "body: " + err.Error()})
 		return
 	}
-	if !api.IsUUID(ad.VMID) || ad.Generation == 0 {
+	if !structs.IsUUID(ad.VMID) || ad.Generation == 0 {
 		writeJSON(w, http.StatusBadRequest, errorBody{Error: "vm_id must be a uuid and generation > 0"})
 		return
 	}
@@ -462,18 +464,18 @@ func (a *Agent) handleAdopt(w http.ResponseWriter, r *http.Request) {
 
 // adoptedObservations are the announced adoptions whose domain is here,
 // for the heartbeat.
-func (a *Agent) adoptedObservations(domains []hypervisor.Domain) []api.VMObservation {
+func (a *Agent) adoptedObservations(domains []hypervisor.Domain) []structs.VMObservation {
 	ads, err := a.store.Adoptions()
 	if err != nil || len(ads) == 0 {
 		return nil
 	}
-	var out []api.VMObservation
+	var out []structs.VMObservation
 	for _, d := range domains {
 		ad, ok := ads[strings.ToLower(d.UUID)]
 		if !ok || d.Meta == nil || d.Meta.Generation != ad.Generation {
 			continue
 		}
-		out = append(out, api.VMObservation{VMID: ad.VMID, State: observedState(d.State), Reason: d.Reason, Generation: ad.Generation})
+		out = append(out, structs.VMObservation{VMID: ad.VMID, State: observedState(d.State), Reason: d.Reason, Generation: ad.Generation})
 	}
 	return out
 }

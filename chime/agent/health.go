@@ -23,7 +23,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/chime-ha/chime/chime/api"
+	"github.com/chime-ha/chime/chime/structs"
+
 	"github.com/hashicorp/go-hclog"
 	"golang.org/x/sys/unix"
 )
@@ -154,8 +155,8 @@ func (h *Health) faultsLocked(now time.Time) []string {
 	}
 	slices.Sort(out)
 	// Leave room for the agent's own fault within the heartbeat's limit.
-	if len(out) > api.MaxFaults-1 {
-		out = out[:api.MaxFaults-1]
+	if len(out) > structs.MaxFaults-1 {
+		out = out[:structs.MaxFaults-1]
 	}
 	return out
 }

@@ -6,6 +6,8 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/chime-ha/chime/chime/structs"
+
 	"github.com/chime-ha/chime/chime/api"
 	"github.com/chime-ha/chime/hypervisor"
 )
@@ -204,7 +206,7 @@ func Plan(desired []api.DesiredVM, domains []hypervisor.Domain, opts PlanOptions
 		}
 
 		switch {
-		case running && (opts.Drained || vm.DesiredState != api.DesiredRunning):
+		case running && (opts.Drained || vm.DesiredState != structs.DesiredRunning):
 			if d.State != hypervisor.StateRunning {
 				continue // already shutting down
 			}
@@ -213,7 +215,7 @@ func Plan(desired []api.DesiredVM, domains []hypervisor.Domain, opts PlanOptions
 				reason = "node locally drained"
 			}
 			out = append(out, Action{Kind: ActionShutdown, VMID: vm.ID, Name: name, Generation: vm.Generation, Reason: reason})
-		case !running && vm.DesiredState == api.DesiredRunning && !opts.Drained:
+		case !running && vm.DesiredState == structs.DesiredRunning && !opts.Drained:
 			reason := "not running"
 			if exists && d.State == hypervisor.StateCrashed {
 				reason = "crashed"

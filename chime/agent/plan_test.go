@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/chime-ha/chime/chime/structs"
+
 	"github.com/chime-ha/chime/chime/api"
 	"github.com/chime-ha/chime/hypervisor"
 )
@@ -18,7 +20,7 @@ const (
 
 func dvm(id, name, state string, gen uint64) api.DesiredVM {
 	return api.DesiredVM{ID: id, Name: name, DesiredState: state, Generation: gen,
-		Spec: api.VMSpec{VCPUs: 1, MemoryMiB: 64}}
+		Spec: structs.VMSpec{VCPUs: 1, MemoryMiB: 64}}
 }
 
 func dom(id, name, state string, gen uint64) hypervisor.Domain {
@@ -49,13 +51,13 @@ func render(actions []Action) string {
 }
 
 func TestPlan(t *testing.T) {
-	a1 := dvm(idA, "a", api.DesiredRunning, 10)
-	a1stopped := dvm(idA, "a", api.DesiredStopped, 10)
-	a1gen12 := dvm(idA, "a", api.DesiredRunning, 12)
+	a1 := dvm(idA, "a", structs.DesiredRunning, 10)
+	a1stopped := dvm(idA, "a", structs.DesiredStopped, 10)
+	a1gen12 := dvm(idA, "a", structs.DesiredRunning, 12)
 	a1bigger := a1
 	a1bigger.Spec.MemoryMiB = 128
-	b1 := dvm(idB, "b", api.DesiredRunning, 20)
-	c1 := dvm(idC, "c", api.DesiredRunning, 30)
+	b1 := dvm(idB, "b", structs.DesiredRunning, 20)
+	c1 := dvm(idC, "c", structs.DesiredRunning, 30)
 	run, stop, crash, other := hypervisor.StateRunning, hypervisor.StateStopped, hypervisor.StateCrashed, hypervisor.StateOther
 
 	tests := []struct {
@@ -158,7 +160,7 @@ func TestPlan(t *testing.T) {
 			opts:    PlanOptions{Hold: []string{idB}},
 			want:    ""},
 		{name: "older generation stopped copy is undefined and redefined",
-			desired: []api.DesiredVM{dvm(idA, "a", api.DesiredStopped, 12)},
+			desired: []api.DesiredVM{dvm(idA, "a", structs.DesiredStopped, 12)},
 			domains: []hypervisor.Domain{dom(idA, "a", stop, 10)},
 			want:    "undefine-stale a\ndefine a\n"},
 		{name: "newer generation domain is left alone",
@@ -206,14 +208,14 @@ func TestPlan(t *testing.T) {
 			opts:    PlanOptions{Defined: defined(a1)},
 			want:    ""},
 		{name: "all stale destroys come before any start, groups ordered",
-			desired: []api.DesiredVM{c1, a1gen12, dvm(idB, "b", api.DesiredStopped, 20)},
+			desired: []api.DesiredVM{c1, a1gen12, dvm(idB, "b", structs.DesiredStopped, 20)},
 			domains: []hypervisor.Domain{
 				dom(idB, "b", run, 20),
 				dom(idA, "a", run, 10),
 				dom("dddddddd-0000-0000-0000-000000000004", "d", run, 3),
 				foreign(idX, "mine", run),
 			},
-			opts: PlanOptions{Defined: defined(dvm(idB, "b", api.DesiredStopped, 20))},
+			opts: PlanOptions{Defined: defined(dvm(idB, "b", structs.DesiredStopped, 20))},
 			want: "destroy-stale a\ndestroy-stale d\nundefine-stale a\nundefine-stale d\n" +
 				"shutdown b\ndefine a\ndefine c\nstart a\nstart c\n"},
 	}
@@ -238,12 +240,12 @@ func TestPlanStaleBeforeStart(t *testing.T) {
 		case 0: // stale copy
 			domains = append(domains, dom(id, fmt.Sprint("s", i), hypervisor.StateRunning, 1))
 		case 1: // new
-			desired = append(desired, dvm(id, fmt.Sprint("n", i), api.DesiredRunning, 5))
+			desired = append(desired, dvm(id, fmt.Sprint("n", i), structs.DesiredRunning, 5))
 		case 2: // older generation
-			desired = append(desired, dvm(id, fmt.Sprint("o", i), api.DesiredRunning, 9))
+			desired = append(desired, dvm(id, fmt.Sprint("o", i), structs.DesiredRunning, 9))
 			domains = append(domains, dom(id, fmt.Sprint("o", i), hypervisor.StateRunning, 4))
 		case 3: // crashed
-			desired = append(desired, dvm(id, fmt.Sprint("c", i), api.DesiredRunning, 7))
+			desired = append(desired, dvm(id, fmt.Sprint("c", i), structs.DesiredRunning, 7))
 			domains = append(domains, dom(id, fmt.Sprint("c", i), hypervisor.StateCrashed, 7))
 		}
 	}
@@ -268,7 +270,7 @@ func TestPlanStaleBeforeStart(t *testing.T) {
 }
 
 func TestPlanDefineCarriesMetadata(t *testing.T) {
-	vm := dvm(idA, "web", api.DesiredRunning, 42)
+	vm := dvm(idA, "web", structs.DesiredRunning, 42)
 	vm.Spec.Disks = []string{"/srv/web.qcow2"}
 	plan := Plan([]api.DesiredVM{vm}, nil, PlanOptions{})
 	if len(plan) == 0 || plan[0].Kind != ActionDefine || plan[0].Spec == nil {

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/chime-ha/chime/chime/structs"
+
 	"github.com/chime-ha/chime/chime/api"
 	"github.com/chime-ha/chime/hypervisor"
 	"github.com/google/uuid"
@@ -23,7 +25,7 @@ var (
 	bucketMeta        = []byte("meta")        // node_id, secret, drained, desired
 	bucketGenerations = []byte("generations") // vm id -> highest generation seen (uint64 BE)
 	bucketDefined     = []byte("defined")     // vm id -> JSON DomainSpec last defined in libvirt
-	bucketMigrations  = []byte("migrations")  // sequence (uint64 BE) -> JSON api.LocalMigration not yet reported
+	bucketMigrations  = []byte("migrations")  // sequence (uint64 BE) -> JSON structs.LocalMigration not yet reported
 
 	keyNodeID  = []byte("node_id")
 	keySecret  = []byte("secret")
@@ -211,7 +213,7 @@ func (s *Store) ForgetDefined(vmID string) error {
 
 // AddMigration logs a node-local migration sent from here, to be reported
 // in a heartbeat once the servers are reachable.
-func (s *Store) AddMigration(m api.LocalMigration) error {
+func (s *Store) AddMigration(m structs.LocalMigration) error {
 	data, err := json.Marshal(m)
 	if err != nil {
 		return err
@@ -228,12 +230,12 @@ func (s *Store) AddMigration(m api.LocalMigration) error {
 
 // PendingMigrations returns the unreported node-local migrations in order
 // and the sequence of the last one, to pass to AckMigrations.
-func (s *Store) PendingMigrations() ([]api.LocalMigration, uint64, error) {
-	var out []api.LocalMigration
+func (s *Store) PendingMigrations() ([]structs.LocalMigration, uint64, error) {
+	var out []structs.LocalMigration
 	var last uint64
 	err := s.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketMigrations).ForEach(func(k, v []byte) error {
-			var m api.LocalMigration
+			var m structs.LocalMigration
 			if err := json.Unmarshal(v, &m); err != nil {
 				return fmt.Errorf("decode local migration %d: %w", decodeUint(k), err)
 			}

@@ -5,6 +5,8 @@ import (
 	"reflect"
 	"testing"
 
+	"github.com/chime-ha/chime/chime/structs"
+
 	"github.com/chime-ha/chime/chime/api"
 	"github.com/chime-ha/chime/hypervisor"
 )
@@ -28,7 +30,7 @@ func TestStoreRoundTripAndReopen(t *testing.T) {
 	if err := s.SetDrained(true); err != nil {
 		t.Fatal(err)
 	}
-	ds := api.DesiredState{NodeID: id, Index: 77, VMs: []api.DesiredVM{dvm(idA, "a", api.DesiredRunning, 10)}}
+	ds := api.DesiredState{NodeID: id, Index: 77, VMs: []api.DesiredVM{dvm(idA, "a", structs.DesiredRunning, 10)}}
 	if _, refused, _, err := s.AcceptDesired(ds); err != nil || len(refused) != 0 {
 		t.Fatalf("AcceptDesired: refused %v, err %v", refused, err)
 	}
@@ -36,7 +38,7 @@ func TestStoreRoundTripAndReopen(t *testing.T) {
 	if err := s.SetDefined(spec); err != nil {
 		t.Fatal(err)
 	}
-	migs := []api.LocalMigration{{VMID: idA, ToAddr: "10.0.0.2", Generation: 10}, {VMID: idB, ToAddr: "10.0.0.3", Generation: 20}}
+	migs := []structs.LocalMigration{{VMID: idA, ToAddr: "10.0.0.2", Generation: 10}, {VMID: idB, ToAddr: "10.0.0.3", Generation: 20}}
 	for _, m := range migs {
 		if err := s.AddMigration(m); err != nil {
 			t.Fatal(err)
@@ -76,14 +78,14 @@ func TestStoreRoundTripAndReopen(t *testing.T) {
 		t.Fatalf("pending migrations = %+v, %v; want %+v", pending, err, migs)
 	}
 	// A migration logged after the heartbeat was built must survive the ack.
-	late := api.LocalMigration{VMID: idC, ToAddr: "10.0.0.4", Generation: 30}
+	late := structs.LocalMigration{VMID: idC, ToAddr: "10.0.0.4", Generation: 30}
 	if err := s.AddMigration(late); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.AckMigrations(last); err != nil {
 		t.Fatal(err)
 	}
-	if pending, _, _ := s.PendingMigrations(); !reflect.DeepEqual(pending, []api.LocalMigration{late}) {
+	if pending, _, _ := s.PendingMigrations(); !reflect.DeepEqual(pending, []structs.LocalMigration{late}) {
 		t.Errorf("after ack: %+v, want only the late one", pending)
 	}
 	if err := s.ForgetDefined(idA); err != nil {
@@ -117,20 +119,20 @@ func TestAcceptDesiredFencing(t *testing.T) {
 		wantHold    []string
 	}{
 		{name: "newer generation accepted",
-			first:   []api.DesiredVM{dvm(idA, "a", api.DesiredRunning, 10)},
-			second:  []api.DesiredVM{dvm(idA, "a", api.DesiredStopped, 11)},
-			wantVMs: []api.DesiredVM{dvm(idA, "a", api.DesiredStopped, 11)}},
+			first:   []api.DesiredVM{dvm(idA, "a", structs.DesiredRunning, 10)},
+			second:  []api.DesiredVM{dvm(idA, "a", structs.DesiredStopped, 11)},
+			wantVMs: []api.DesiredVM{dvm(idA, "a", structs.DesiredStopped, 11)}},
 		{name: "same generation accepted (desired state change)",
-			first:   []api.DesiredVM{dvm(idA, "a", api.DesiredRunning, 10)},
-			second:  []api.DesiredVM{dvm(idA, "a", api.DesiredStopped, 10)},
-			wantVMs: []api.DesiredVM{dvm(idA, "a", api.DesiredStopped, 10)}},
+			first:   []api.DesiredVM{dvm(idA, "a", structs.DesiredRunning, 10)},
+			second:  []api.DesiredVM{dvm(idA, "a", structs.DesiredStopped, 10)},
+			wantVMs: []api.DesiredVM{dvm(idA, "a", structs.DesiredStopped, 10)}},
 		{name: "older generation refused, previous entry kept",
-			first:       []api.DesiredVM{dvm(idA, "a", api.DesiredRunning, 10)},
-			second:      []api.DesiredVM{dvm(idA, "a", api.DesiredStopped, 9)},
-			wantVMs:     []api.DesiredVM{dvm(idA, "a", api.DesiredRunning, 10)},
+			first:       []api.DesiredVM{dvm(idA, "a", structs.DesiredRunning, 10)},
+			second:      []api.DesiredVM{dvm(idA, "a", structs.DesiredStopped, 9)},
+			wantVMs:     []api.DesiredVM{dvm(idA, "a", structs.DesiredRunning, 10)},
 			wantRefused: 1},
 		{name: "vm moved away is dropped",
-			first:       []api.DesiredVM{dvm(idA, "a", api.DesiredRunning, 10)},
+			first:       []api.DesiredVM{dvm(idA, "a", structs.DesiredRunning, 10)},
 			second:      nil,
 			wantVMs:     []api.DesiredVM{},
 			wantRefused: 0},
@@ -162,9 +164,9 @@ func TestAcceptDesiredFencing(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	_, _, _, _ = s.AcceptDesired(api.DesiredState{Index: 1, VMs: []api.DesiredVM{dvm(idA, "a", api.DesiredRunning, 10)}})
+	_, _, _, _ = s.AcceptDesired(api.DesiredState{Index: 1, VMs: []api.DesiredVM{dvm(idA, "a", structs.DesiredRunning, 10)}})
 	_, _, _, _ = s.AcceptDesired(api.DesiredState{Index: 2})
-	got, refused, hold, err := s.AcceptDesired(api.DesiredState{Index: 3, VMs: []api.DesiredVM{dvm(idA, "a", api.DesiredRunning, 9)}})
+	got, refused, hold, err := s.AcceptDesired(api.DesiredState{Index: 3, VMs: []api.DesiredVM{dvm(idA, "a", structs.DesiredRunning, 9)}})
 	if err != nil || len(got.VMs) != 0 || len(refused) != 1 || !reflect.DeepEqual(hold, []string{idA}) {
 		t.Fatalf("old instruction after move: accepted %+v refused %v hold %v err %v", got.VMs, refused, hold, err)
 	}

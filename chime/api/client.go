@@ -6,7 +6,6 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -15,6 +14,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/chime-ha/chime/chime/structs"
 )
 
 // Headers used by the API.
@@ -206,44 +207,41 @@ func (q QueryOptions) values() url.Values {
 	return v
 }
 
-// IsNotFound reports whether err means the object does not exist.
-func IsNotFound(err error) bool { return errors.Is(err, ErrNotFound) }
-
 func esc(s string) string { return url.PathEscape(s) }
 
 // --- VMs ---
 
 // CreateVM creates a VM.
-func (c *Client) CreateVM(ctx context.Context, r CreateVMRequest) (*VM, error) {
-	var vm VM
+func (c *Client) CreateVM(ctx context.Context, r CreateVMRequest) (*structs.VM, error) {
+	var vm structs.VM
 	_, err := c.Do(ctx, http.MethodPost, "/v1/vms", nil, r, &vm)
 	return &vm, err
 }
 
 // ListVMs lists VMs.
-func (c *Client) ListVMs(ctx context.Context, q QueryOptions) ([]VM, uint64, error) {
-	var vms []VM
+func (c *Client) ListVMs(ctx context.Context, q QueryOptions) ([]structs.VM, uint64, error) {
+	var vms []structs.VM
 	idx, err := c.Do(ctx, http.MethodGet, "/v1/vms", q.values(), nil, &vms)
 	return vms, idx, err
 }
 
 // GetVM shows one VM by uuid, unique uuid prefix or name.
-func (c *Client) GetVM(ctx context.Context, id string) (*VM, error) {
-	var vm VM
+func (c *Client) GetVM(ctx context.Context, id string) (*structs.VM, error) {
+	var vm structs.VM
 	_, err := c.Do(ctx, http.MethodGet, "/v1/vms/"+esc(id), nil, nil, &vm)
 	return &vm, err
 }
 
 // VMAction runs start, stop, restart on a VM.
-func (c *Client) VMAction(ctx context.Context, id, action string) (*VM, error) {
-	var vm VM
+func (c *Client) VMAction(ctx context.Context, id, action string) (*structs.VM, error) {
+	var vm structs.VM
 	_, err := c.Do(ctx, http.MethodPost, "/v1/vms/"+esc(id)+"/"+action, nil, nil, &vm)
 	return &vm, err
 }
 
 // MigrateVM live-migrates a VM, to a given node or one the scheduler picks.
-func (c *Client) MigrateVM(ctx context.Context, id, to string) (*Task, error) {
-	var t Task
+func (c *Client) MigrateVM(ctx context.Context, id, to string) (*structs.Task, error) {
+	var t structs.Task
 	_, err := c.Do(ctx, http.MethodPost, "/v1/vms/"+esc(id)+"/migrate", nil, map[string]string{"to": to}, &t)
 	return &t, err
 }
@@ -257,36 +255,36 @@ func (c *Client) DeleteVM(ctx context.Context, id string) error {
 // --- nodes ---
 
 // ListNodes lists nodes.
-func (c *Client) ListNodes(ctx context.Context, q QueryOptions) ([]Node, uint64, error) {
-	var nodes []Node
+func (c *Client) ListNodes(ctx context.Context, q QueryOptions) ([]structs.Node, uint64, error) {
+	var nodes []structs.Node
 	idx, err := c.Do(ctx, http.MethodGet, "/v1/nodes", q.values(), nil, &nodes)
 	return nodes, idx, err
 }
 
 // GetNode shows one node by uuid, unique uuid prefix or name.
-func (c *Client) GetNode(ctx context.Context, id string) (*Node, error) {
-	var n Node
+func (c *Client) GetNode(ctx context.Context, id string) (*structs.Node, error) {
+	var n structs.Node
 	_, err := c.Do(ctx, http.MethodGet, "/v1/nodes/"+esc(id), nil, nil, &n)
 	return &n, err
 }
 
 // NodeAction runs enable, disable or drain on a node.
-func (c *Client) NodeAction(ctx context.Context, id, action string, body any) (*Node, error) {
-	var n Node
+func (c *Client) NodeAction(ctx context.Context, id, action string, body any) (*structs.Node, error) {
+	var n structs.Node
 	_, err := c.Do(ctx, http.MethodPost, "/v1/nodes/"+esc(id)+"/"+action, nil, body, &n)
 	return &n, err
 }
 
 // NodeTask runs drain, evacuate or rebuild on a node and returns its task.
-func (c *Client) NodeTask(ctx context.Context, id, action string, body any) (*Task, error) {
-	var t Task
+func (c *Client) NodeTask(ctx context.Context, id, action string, body any) (*structs.Task, error) {
+	var t structs.Task
 	_, err := c.Do(ctx, http.MethodPost, "/v1/nodes/"+esc(id)+"/"+action, nil, body, &t)
 	return &t, err
 }
 
 // GetTask shows one task.
-func (c *Client) GetTask(ctx context.Context, id string) (*Task, error) {
-	var t Task
+func (c *Client) GetTask(ctx context.Context, id string) (*structs.Task, error) {
+	var t structs.Task
 	_, err := c.Do(ctx, http.MethodGet, "/v1/tasks/"+esc(id), nil, nil, &t)
 	return &t, err
 }
@@ -368,24 +366,24 @@ func (c *Client) SnapshotRestore(ctx context.Context, data []byte) error {
 }
 
 // Events lists events after a sequence number (blocking when q.Index is set).
-func (c *Client) Events(ctx context.Context, after uint64, q QueryOptions) ([]Event, uint64, error) {
+func (c *Client) Events(ctx context.Context, after uint64, q QueryOptions) ([]structs.Event, uint64, error) {
 	v := q.values()
 	v.Set("after", strconv.FormatUint(after, 10))
-	var ev []Event
+	var ev []structs.Event
 	idx, err := c.Do(ctx, http.MethodGet, "/v1/events", v, nil, &ev)
 	return ev, idx, err
 }
 
 // Alarms lists firing alarms.
-func (c *Client) Alarms(ctx context.Context) ([]Alarm, error) {
-	var a []Alarm
+func (c *Client) Alarms(ctx context.Context) ([]structs.Alarm, error) {
+	var a []structs.Alarm
 	_, err := c.Do(ctx, http.MethodGet, "/v1/alarms", nil, nil, &a)
 	return a, err
 }
 
 // Tasks lists tasks.
-func (c *Client) Tasks(ctx context.Context) ([]Task, error) {
-	var t []Task
+func (c *Client) Tasks(ctx context.Context) ([]structs.Task, error) {
+	var t []structs.Task
 	_, err := c.Do(ctx, http.MethodGet, "/v1/tasks", nil, nil, &t)
 	return t, err
 }

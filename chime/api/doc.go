@@ -1,5 +1,5 @@
-// Package api is chime's shared vocabulary: the Node, VM, Task and Event
-// records, their states, the validation rules for operator input, the error
-// type every HTTP endpoint returns, and the HTTP client used by the CLI, the
-// agent and the tests. It imports nothing of chime's own.
+// Package api is chime's wire: the request and response bodies of the HTTP
+// API, its headers, its error body (and the one mapping from an error kind
+// to an HTTP status), and the HTTP client the CLI, the agent and the tests
+// use. The records themselves (Node, VM, Task, ...) live in chime/structs.
 package api

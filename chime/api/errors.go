@@ -2,92 +2,58 @@ package api
 
 import (
 	"errors"
-	"fmt"
 	"net/http"
-)
 
-// Sentinel errors callers branch on. Error wraps them.
-var (
-	ErrNotFound  = errors.New("not found")
-	ErrConflict  = errors.New("conflict")
-	ErrInvalid   = errors.New("invalid input")
-	ErrForbidden = errors.New("forbidden")
-	ErrNoLeader  = errors.New("no leader")
+	"github.com/chime-ha/chime/chime/structs"
 )
 
 // Error is the JSON body of every non-2xx API answer:
-// {"error": "...", "field": "..."}.
+// {"error": "...", "field": "..."}. Status is the HTTP status it travels
+// with; Unwrap maps it back to the structs sentinel it stands for, so a
+// caller writes errors.Is(err, ErrConflict) on either side of the
+// wire.
 type Error struct {
 	Status  int    `json:"-"`
 	Message string `json:"error"`
 	Field   string `json:"field,omitempty"`
-	kind    error
 }
 
-func (e *Error) Error() string {
-	if e.Field != "" && e.Message != "" {
-		return e.Message
-	}
-	return e.Message
-}
+func (e *Error) Error() string { return e.Message }
 
 // Unwrap lets errors.Is match the sentinel the status stands for.
 func (e *Error) Unwrap() error {
-	if e.kind != nil {
-		return e.kind
-	}
 	switch e.Status {
 	case http.StatusNotFound:
-		return ErrNotFound
+		return structs.ErrNotFound
 	case http.StatusConflict:
-		return ErrConflict
+		return structs.ErrConflict
 	case http.StatusBadRequest, http.StatusRequestEntityTooLarge, http.StatusUnprocessableEntity:
-		return ErrInvalid
+		return structs.ErrInvalid
 	case http.StatusForbidden, http.StatusUnauthorized:
-		return ErrForbidden
+		return structs.ErrForbidden
 	case http.StatusServiceUnavailable:
-		return ErrNoLeader
+		return structs.ErrNoLeader
 	}
 	return nil
 }
 
-// Invalid returns a 400 error naming the field and the rule it broke.
-func Invalid(field, format string, args ...any) *Error {
-	return &Error{Status: http.StatusBadRequest, Field: field,
-		Message: fmt.Sprintf("%s: %s", field, fmt.Sprintf(format, args...)), kind: ErrInvalid}
-}
-
-// NotFound returns a 404 error.
-func NotFound(field, format string, args ...any) *Error {
-	return &Error{Status: http.StatusNotFound, Field: field, Message: fmt.Sprintf(format, args...), kind: ErrNotFound}
-}
-
-// Conflict returns a 409 error.
-func Conflict(field, format string, args ...any) *Error {
-	return &Error{Status: http.StatusConflict, Field: field, Message: fmt.Sprintf(format, args...), kind: ErrConflict}
-}
-
-// Forbidden returns a 403 error.
-func Forbidden(format string, args ...any) *Error {
-	return &Error{Status: http.StatusForbidden, Message: fmt.Sprintf(format, args...), kind: ErrForbidden}
-}
-
-// StatusOf maps any error to the HTTP status the API answers with.
+// StatusOf maps any error to the HTTP status the API answers with. This is
+// the one place where an error kind becomes a status code.
 func StatusOf(err error) int {
 	var e *Error
 	if errors.As(err, &e) && e.Status != 0 {
 		return e.Status
 	}
 	switch {
-	case errors.Is(err, ErrNotFound):
+	case errors.Is(err, structs.ErrNotFound):
 		return http.StatusNotFound
-	case errors.Is(err, ErrConflict):
+	case errors.Is(err, structs.ErrConflict):
 		return http.StatusConflict
-	case errors.Is(err, ErrInvalid):
+	case errors.Is(err, structs.ErrInvalid):
 		return http.StatusBadRequest
-	case errors.Is(err, ErrForbidden):
+	case errors.Is(err, structs.ErrForbidden):
 		return http.StatusForbidden
-	case errors.Is(err, ErrNoLeader):
+	case errors.Is(err, structs.ErrNoLeader):
 		return http.StatusServiceUnavailable
 	}
 	return http.StatusInternalServerError
@@ -102,5 +68,18 @@ func AsError(err error) *Error {
 		}
 		return e
 	}
-	return &Error{Status: StatusOf(err), Message: err.Error()}
+	out := &Error{Status: StatusOf(err), Message: err.Error()}
+	var se *structs.Error
+	if errors.As(err, &se) {
+		out.Field = se.Field
+		if se.Message == err.Error() {
+			out.Message = se.Message
+		}
+	}
+	return out
+}
+
+// Unauthorized returns a 401 body: credentials are missing or unknown.
+func Unauthorized(field, message string) *Error {
+	return &Error{Status: http.StatusUnauthorized, Field: field, Message: message}
 }

@@ -1,6 +1,10 @@
 package api
 
-import "time"
+import (
+	"time"
+
+	"github.com/chime-ha/chime/chime/structs"
+)
 
 // CreateVMRequest is the body of POST /v1/vms.
 type CreateVMRequest struct {
@@ -48,34 +52,19 @@ type Timing struct {
 	MissedHeartbeats  int           `json:"missed_heartbeats"`
 }
 
-// VMObservation is one VM as an agent sees it in libvirt.
-type VMObservation struct {
-	VMID       string `json:"vm_id"`
-	State      string `json:"state"`  // running, stopped, crashed
-	Reason     string `json:"reason"` // libvirt reason
-	Generation uint64 `json:"generation"`
-}
-
-// LocalMigration is a node-local migration the agent performed without the servers.
-type LocalMigration struct {
-	VMID       string `json:"vm_id"`
-	ToAddr     string `json:"to_addr"`
-	Generation uint64 `json:"generation"`
-}
-
 // HeartbeatRequest is the body of POST /v1/agent/heartbeat. Headers carry
 // X-Chime-Node and X-Chime-Secret.
 type HeartbeatRequest struct {
-	NodeID       string          `json:"node_id"`
-	Faults       []string        `json:"faults,omitempty"`
-	VMs          []VMObservation `json:"vms"`
-	LocalDrained bool            `json:"local_drained"`
-	LocalDrainID string          `json:"local_drain_id,omitempty"` // id of the local drain, released by node enable
+	NodeID       string                  `json:"node_id"`
+	Faults       []string                `json:"faults,omitempty"`
+	VMs          []structs.VMObservation `json:"vms"`
+	LocalDrained bool                    `json:"local_drained"`
+	LocalDrainID string                  `json:"local_drain_id,omitempty"` // id of the local drain, released by node enable
 	// VMsUnknown is set when libvirt could not be listed: VMs is then
 	// empty and says nothing about which VMs run.
-	VMsUnknown bool             `json:"vms_unknown,omitempty"`
-	Adopted    []VMObservation  `json:"adopted,omitempty"`    // domains that arrived by node-local migration
-	Migrations []LocalMigration `json:"migrations,omitempty"` // node-local migrations sent from here
+	VMsUnknown bool                     `json:"vms_unknown,omitempty"`
+	Adopted    []structs.VMObservation  `json:"adopted,omitempty"`    // domains that arrived by node-local migration
+	Migrations []structs.LocalMigration `json:"migrations,omitempty"` // node-local migrations sent from here
 }
 
 // HeartbeatResponse tells the agent the current timing.
@@ -90,11 +79,11 @@ type HeartbeatResponse struct {
 
 // DesiredVM is one VM an agent must run (or keep stopped).
 type DesiredVM struct {
-	ID           string `json:"id"`
-	Name         string `json:"name"`
-	Spec         VMSpec `json:"spec"`
-	DesiredState string `json:"desired_state"`
-	Generation   uint64 `json:"generation"`
+	ID           string         `json:"id"`
+	Name         string         `json:"name"`
+	Spec         structs.VMSpec `json:"spec"`
+	DesiredState string         `json:"desired_state"`
+	Generation   uint64         `json:"generation"`
 	// AdoptGeneration: a domain of this VM with this older generation
 	// arrived here by live migration; keep it, update its metadata.
 	AdoptGeneration uint64 `json:"adopt_generation,omitempty"`

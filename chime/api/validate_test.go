@@ -4,6 +4,8 @@ import (
 	"errors"
 	"strings"
 	"testing"
+
+	"github.com/chime-ha/chime/chime/structs"
 )
 
 func TestCreateVMRequestValidate(t *testing.T) {
@@ -45,8 +47,8 @@ func TestCreateVMRequestValidate(t *testing.T) {
 				}
 				return
 			}
-			var e *Error
-			if !errors.As(err, &e) || e.Field != tt.field || !errors.Is(err, ErrInvalid) || StatusOf(err) != 400 {
+			e := AsError(err)
+			if e.Field != tt.field || !errors.Is(err, structs.ErrInvalid) || StatusOf(err) != 400 {
 				t.Fatalf("err = %v, want a 400 naming %q", err, tt.field)
 			}
 			if !strings.HasPrefix(e.Message, tt.field+":") {
@@ -58,18 +60,18 @@ func TestCreateVMRequestValidate(t *testing.T) {
 
 func TestHeartbeatValidateChecksEveryItem(t *testing.T) {
 	id := "6b1f8f4e-1c1d-4f0e-9a57-0f1f2e3d4c5b"
-	good := VMObservation{VMID: id, State: StateRunning}
+	good := structs.VMObservation{VMID: id, State: structs.StateRunning}
 	tests := []struct {
 		name string
 		hb   HeartbeatRequest
 		ok   bool
 	}{
-		{"valid", HeartbeatRequest{NodeID: id, VMs: []VMObservation{good}}, true},
+		{"valid", HeartbeatRequest{NodeID: id, VMs: []structs.VMObservation{good}}, true},
 		{"bad node id", HeartbeatRequest{NodeID: "x"}, false},
-		{"bad second item", HeartbeatRequest{NodeID: id, VMs: []VMObservation{good, {VMID: "nope", State: StateRunning}}}, false},
-		{"bad state", HeartbeatRequest{NodeID: id, VMs: []VMObservation{{VMID: id, State: "flying"}}}, false},
-		{"bad adopted item", HeartbeatRequest{NodeID: id, Adopted: []VMObservation{{VMID: "x", State: StateRunning}}}, false},
-		{"too many faults", HeartbeatRequest{NodeID: id, Faults: make([]string, MaxFaults+1)}, false},
+		{"bad second item", HeartbeatRequest{NodeID: id, VMs: []structs.VMObservation{good, {VMID: "nope", State: structs.StateRunning}}}, false},
+		{"bad state", HeartbeatRequest{NodeID: id, VMs: []structs.VMObservation{{VMID: id, State: "flying"}}}, false},
+		{"bad adopted item", HeartbeatRequest{NodeID: id, Adopted: []structs.VMObservation{{VMID: "x", State: structs.StateRunning}}}, false},
+		{"too many faults", HeartbeatRequest{NodeID: id, Faults: make([]string, structs.MaxFaults+1)}, false},
 	}
 	for _, tt := range tests {
 		if err := tt.hb.Validate(); (err == nil) != tt.ok {
@@ -79,7 +81,7 @@ func TestHeartbeatValidateChecksEveryItem(t *testing.T) {
 }
 
 func TestStatusOfMapsSentinels(t *testing.T) {
-	tests := map[error]int{ErrNotFound: 404, ErrConflict: 409, ErrInvalid: 400, ErrForbidden: 403, ErrNoLeader: 503, errors.New("x"): 500}
+	tests := map[error]int{structs.ErrNotFound: 404, structs.ErrConflict: 409, structs.ErrInvalid: 400, structs.ErrForbidden: 403, structs.ErrNoLeader: 503, errors.New("x"): 500}
 	for err, want := range tests {
 		if got := StatusOf(err); got != want {
 			t.Errorf("StatusOf(%v) = %d, want %d", err, got, want)

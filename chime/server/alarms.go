@@ -11,9 +11,10 @@ import (
 	"sort"
 	"time"
 
+	"github.com/chime-ha/chime/chime/structs"
+
 	"github.com/hashicorp/go-hclog"
 
-	"github.com/chime-ha/chime/chime/api"
 	"github.com/chime-ha/chime/fsm"
 )
 
@@ -43,20 +44,20 @@ func fingerprint(labels map[string]string) string {
 }
 
 // deriveAlarms is a pure function of the state: what is firing now.
-func deriveAlarms(nodes []api.Node, tasks []api.Task, now time.Time) []api.Alarm {
-	var out []api.Alarm
+func deriveAlarms(nodes []structs.Node, tasks []structs.Task, now time.Time) []structs.Alarm {
+	var out []structs.Alarm
 	add := func(name, severity string, labels map[string]string, summary, desc string, since time.Time) {
 		labels["alertname"], labels["severity"] = name, severity
-		out = append(out, api.Alarm{Fingerprint: fingerprint(labels), Name: name, Severity: severity, Labels: labels,
+		out = append(out, structs.Alarm{Fingerprint: fingerprint(labels), Name: name, Severity: severity, Labels: labels,
 			Summary: summary, Description: desc, Status: "firing", StartsAt: since})
 	}
 	for _, n := range nodes {
 		switch n.MonitorState {
-		case api.MonitorUnreachable:
+		case structs.MonitorUnreachable:
 			add("NodeUnreachable", "critical", map[string]string{"node": n.Name, "node_id": n.ID},
 				fmt.Sprintf("node %s is unreachable", n.Name),
 				"No heartbeat and the ping-back failed; its VMs may be down. See the runbook for a dead node.", n.StateSince)
-		case api.MonitorError:
+		case structs.MonitorError:
 			add("NodeError", "warning", map[string]string{"node": n.Name, "node_id": n.ID},
 				fmt.Sprintf("node %s reports faults: %v", n.Name, n.Faults),
 				"The agent reports faults; evacuate the node if they persist.", n.StateSince)
@@ -67,7 +68,7 @@ func deriveAlarms(nodes []api.Node, tasks []api.Task, now time.Time) []api.Alarm
 		names[n.ID] = n.Name
 	}
 	for _, t := range tasks {
-		if t.State != api.TaskFailed || taskFailureSettled(t, tasks, now) {
+		if t.State != structs.TaskFailed || taskFailureSettled(t, tasks, now) {
 			continue
 		}
 		labels := map[string]string{"task": t.ID, "kind": t.Kind}
@@ -92,12 +93,12 @@ const failedTaskAlarmFor = 24 * time.Hour
 
 // taskFailureSettled reports whether a failed task's alarm resolves: a
 // later task of the same kind for the same node/VM succeeded, or it is old.
-func taskFailureSettled(t api.Task, tasks []api.Task, now time.Time) bool {
+func taskFailureSettled(t structs.Task, tasks []structs.Task, now time.Time) bool {
 	if !t.Updated.IsZero() && now.Sub(t.Updated) > failedTaskAlarmFor {
 		return true
 	}
 	for _, o := range tasks {
-		if o.CreateIndex > t.CreateIndex && o.Kind == t.Kind && o.State == api.TaskSucceeded &&
+		if o.CreateIndex > t.CreateIndex && o.Kind == t.Kind && o.State == structs.TaskSucceeded &&
 			o.NodeID == t.NodeID && o.VMID == t.VMID {
 			return true
 		}
@@ -106,9 +107,9 @@ func taskFailureSettled(t api.Task, tasks []api.Task, now time.Time) bool {
 }
 
 // firing lists the alarms recorded as firing in the replicated state.
-func (a *alarmer) firing() []api.Alarm {
+func (a *alarmer) firing() []structs.Alarm {
 	recs, _ := a.s.fsm.Alarms()
-	out := []api.Alarm{}
+	out := []structs.Alarm{}
 	for _, r := range recs {
 		if r.Alarm.Status == "firing" {
 			out = append(out, r.Alarm)
@@ -188,12 +189,12 @@ func (a *alarmer) step(ctx context.Context) {
 
 // alarmTransitions is a pure function: the transitions that turn the
 // recorded alarms into the current ones.
-func alarmTransitions(current []api.Alarm, recorded []fsm.AlarmRecord, now time.Time) []api.Alarm {
-	rec := map[string]api.Alarm{}
+func alarmTransitions(current []structs.Alarm, recorded []fsm.AlarmRecord, now time.Time) []structs.Alarm {
+	rec := map[string]structs.Alarm{}
 	for _, r := range recorded {
 		rec[r.Alarm.Fingerprint] = r.Alarm
 	}
-	var out []api.Alarm
+	var out []structs.Alarm
 	seen := map[string]bool{}
 	for _, al := range current {
 		seen[al.Fingerprint] = true
@@ -235,7 +236,7 @@ type webhookAlert struct {
 	Fingerprint  string            `json:"fingerprint"`
 }
 
-func (a *alarmer) message(al api.Alarm) webhookMessage {
+func (a *alarmer) message(al structs.Alarm) webhookMessage {
 	ends := "0001-01-01T00:00:00Z"
 	if al.Status == "resolved" {
 		ends = al.EndsAt.UTC().Format(time.RFC3339)
@@ -253,7 +254,7 @@ func (a *alarmer) message(al api.Alarm) webhookMessage {
 
 // deliver posts one alarm with retries and back-off: 2xx is delivered,
 // 4xx is dropped (the receiver refuses it), 5xx and network errors retry.
-func (a *alarmer) deliver(ctx context.Context, url string, al api.Alarm) bool {
+func (a *alarmer) deliver(ctx context.Context, url string, al structs.Alarm) bool {
 	body, _ := json.Marshal(a.message(al))
 	backoff := 500 * time.Millisecond
 	for attempt := 1; attempt <= 8; attempt++ {

@@ -12,27 +12,29 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chime-ha/chime/chime/structs"
+
 	"github.com/chime-ha/chime/chime/api"
 	"github.com/chime-ha/chime/fsm"
 )
 
 func TestAlarmTransitions(t *testing.T) {
 	now := time.Date(2026, 11, 25, 0, 0, 0, 0, time.UTC)
-	a := api.Alarm{Fingerprint: "aaaa", Status: "firing", Name: "NodeUnreachable"}
-	b := api.Alarm{Fingerprint: "bbbb", Status: "firing", Name: "NodeError"}
+	a := structs.Alarm{Fingerprint: "aaaa", Status: "firing", Name: "NodeUnreachable"}
+	b := structs.Alarm{Fingerprint: "bbbb", Status: "firing", Name: "NodeError"}
 	tests := []struct {
 		name     string
-		current  []api.Alarm
+		current  []structs.Alarm
 		recorded []fsm.AlarmRecord
 		want     map[string]string // fingerprint → status of the transition
 	}{
 		{"nothing", nil, nil, map[string]string{}},
-		{"new alarm fires", []api.Alarm{a}, nil, map[string]string{"aaaa": "firing"}},
-		{"still firing: no transition", []api.Alarm{a}, []fsm.AlarmRecord{{Alarm: a, Delivered: true}}, map[string]string{}},
-		{"still firing, undelivered: no new transition", []api.Alarm{a}, []fsm.AlarmRecord{{Alarm: a}}, map[string]string{}},
+		{"new alarm fires", []structs.Alarm{a}, nil, map[string]string{"aaaa": "firing"}},
+		{"still firing: no transition", []structs.Alarm{a}, []fsm.AlarmRecord{{Alarm: a, Delivered: true}}, map[string]string{}},
+		{"still firing, undelivered: no new transition", []structs.Alarm{a}, []fsm.AlarmRecord{{Alarm: a}}, map[string]string{}},
 		{"condition cleared: resolves", nil, []fsm.AlarmRecord{{Alarm: a, Delivered: true}}, map[string]string{"aaaa": "resolved"}},
-		{"one clears, one fires", []api.Alarm{b}, []fsm.AlarmRecord{{Alarm: a, Delivered: true}}, map[string]string{"aaaa": "resolved", "bbbb": "firing"}},
-		{"fires again after a resolution", []api.Alarm{a}, []fsm.AlarmRecord{{Alarm: api.Alarm{Fingerprint: "aaaa", Status: "resolved"}}}, map[string]string{"aaaa": "firing"}},
+		{"one clears, one fires", []structs.Alarm{b}, []fsm.AlarmRecord{{Alarm: a, Delivered: true}}, map[string]string{"aaaa": "resolved", "bbbb": "firing"}},
+		{"fires again after a resolution", []structs.Alarm{a}, []fsm.AlarmRecord{{Alarm: structs.Alarm{Fingerprint: "aaaa", Status: "resolved"}}}, map[string]string{"aaaa": "firing"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -56,8 +58,8 @@ func TestAlarmTransitions(t *testing.T) {
 }
 
 func TestDeriveAlarmsFingerprintsAreStable(t *testing.T) {
-	n := []api.Node{{ID: "n1", Name: "hv1", MonitorState: api.MonitorUnreachable}, {ID: "n2", Name: "hv2", MonitorState: api.MonitorNormal},
-		{ID: "n3", Name: "hv3", MonitorState: api.MonitorError, Faults: []string{"disk"}}}
+	n := []structs.Node{{ID: "n1", Name: "hv1", MonitorState: structs.MonitorUnreachable}, {ID: "n2", Name: "hv2", MonitorState: structs.MonitorNormal},
+		{ID: "n3", Name: "hv3", MonitorState: structs.MonitorError, Faults: []string{"disk"}}}
 	now := time.Now()
 	first := deriveAlarms(n, nil, now)
 	second := deriveAlarms(n, nil, now)
@@ -120,7 +122,7 @@ func TestAlarmDeliveredOncePerTransitionWithRetries(t *testing.T) {
 	// The agent reports a fault: error, one firing alarm (after two 500s).
 	agent := api.NewClient(base)
 	agent.Node, agent.Secret = r.NodeID, r.Secret
-	if _, err := agent.Heartbeat(ctx, api.HeartbeatRequest{NodeID: r.NodeID, Faults: []string{"disk I/O error: sda"}, VMs: []api.VMObservation{}}); err != nil {
+	if _, err := agent.Heartbeat(ctx, api.HeartbeatRequest{NodeID: r.NodeID, Faults: []string{"disk I/O error: sda"}, VMs: []structs.VMObservation{}}); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, 20*time.Second, func() string {
@@ -140,11 +142,11 @@ func TestAlarmDeliveredOncePerTransitionWithRetries(t *testing.T) {
 	}
 	// More heartbeats with the same fault: no new delivery.
 	for i := 0; i < 3; i++ {
-		agent.Heartbeat(ctx, api.HeartbeatRequest{NodeID: r.NodeID, Faults: []string{"disk I/O error: sda"}, VMs: []api.VMObservation{}})
+		agent.Heartbeat(ctx, api.HeartbeatRequest{NodeID: r.NodeID, Faults: []string{"disk I/O error: sda"}, VMs: []structs.VMObservation{}})
 	}
 	time.Sleep(500 * time.Millisecond)
 	// Fault cleared: one resolved delivery.
-	if _, err := agent.Heartbeat(ctx, api.HeartbeatRequest{NodeID: r.NodeID, VMs: []api.VMObservation{}}); err != nil {
+	if _, err := agent.Heartbeat(ctx, api.HeartbeatRequest{NodeID: r.NodeID, VMs: []structs.VMObservation{}}); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, 20*time.Second, func() string {
@@ -178,16 +180,16 @@ func joinOr(s []string) string {
 
 func TestFailedTaskAlarmResolves(t *testing.T) {
 	now := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
-	nodes := []api.Node{{ID: "n1", Name: "hv1", MonitorState: api.MonitorNormal}}
-	failed := api.Task{ID: "t1", Kind: api.TaskEvacuate, NodeID: "n1", State: api.TaskFailed, CreateIndex: 5, Updated: now.Add(-time.Hour)}
-	later := api.Task{ID: "t2", Kind: api.TaskEvacuate, NodeID: "n1", State: api.TaskSucceeded, CreateIndex: 9, Updated: now}
-	if al := deriveAlarms(nodes, []api.Task{failed}, now); len(al) != 1 || al[0].Labels["node"] != "hv1" {
+	nodes := []structs.Node{{ID: "n1", Name: "hv1", MonitorState: structs.MonitorNormal}}
+	failed := structs.Task{ID: "t1", Kind: structs.TaskEvacuate, NodeID: "n1", State: structs.TaskFailed, CreateIndex: 5, Updated: now.Add(-time.Hour)}
+	later := structs.Task{ID: "t2", Kind: structs.TaskEvacuate, NodeID: "n1", State: structs.TaskSucceeded, CreateIndex: 9, Updated: now}
+	if al := deriveAlarms(nodes, []structs.Task{failed}, now); len(al) != 1 || al[0].Labels["node"] != "hv1" {
 		t.Fatalf("failed task: %+v, want one TaskFailed labelled with the node name", al)
 	}
-	if al := deriveAlarms(nodes, []api.Task{failed, later}, now); len(al) != 0 {
+	if al := deriveAlarms(nodes, []structs.Task{failed, later}, now); len(al) != 0 {
 		t.Fatalf("failed task superseded by a success still fires: %+v", al)
 	}
-	if al := deriveAlarms(nodes, []api.Task{failed}, now.Add(25*time.Hour)); len(al) != 0 {
+	if al := deriveAlarms(nodes, []structs.Task{failed}, now.Add(25*time.Hour)); len(al) != 0 {
 		t.Fatalf("day-old failed task still fires: %+v", al)
 	}
 }

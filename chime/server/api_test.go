@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chime-ha/chime/chime/structs"
+
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/chime-ha/chime/chime/api"
@@ -64,7 +66,7 @@ func TestBadInputIsRefusedAndChangesNothing(t *testing.T) {
 	if _, err := c.CreateVM(ctx, api.CreateVMRequest{Name: "webby", VCPUs: 1, Memory: 64}); err != nil {
 		t.Fatal(err)
 	}
-	big := `{"name":"x","vcpus":1,"memory_mib":64,"labels":{"k":"` + strings.Repeat("a", api.MaxBodyBytes) + `"}}`
+	big := `{"name":"x","vcpus":1,"memory_mib":64,"labels":{"k":"` + strings.Repeat("a", structs.MaxBodyBytes) + `"}}`
 	tests := []struct {
 		name, method, path, body string
 		status                   int
@@ -155,7 +157,7 @@ func TestPendingVMIsPlacedWhenCapacityAppears(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if vm.State != api.StatePending || vm.NodeID != "" {
+	if vm.State != structs.StatePending || vm.NodeID != "" {
 		t.Fatalf("vm without nodes: state %q node %q, want pending", vm.State, vm.NodeID)
 	}
 	r := registerNode(t, c, "hv1")

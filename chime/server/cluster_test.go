@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chime-ha/chime/chime/structs"
+
 	"github.com/google/uuid"
 	"github.com/hashicorp/go-hclog"
 
@@ -147,13 +149,13 @@ func TestThreeServerCluster(t *testing.T) {
 	var failures int
 	var firstOK time.Duration
 	for i := 30; i < 60; i++ {
-		var vm *api.VM
+		var vm *structs.VM
 		var err error
 		for attempt := 0; attempt < 100; attempt++ {
 			cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 			vm, err = tc.client(survivor).CreateVM(cctx, api.CreateVMRequest{Name: fmt.Sprintf("vm-%d", i), VCPUs: 1, Memory: 64})
 			cancel()
-			if err == nil || errors.Is(err, api.ErrConflict) {
+			if err == nil || errors.Is(err, structs.ErrConflict) {
 				break
 			}
 			mu.Lock()
@@ -161,7 +163,7 @@ func TestThreeServerCluster(t *testing.T) {
 			mu.Unlock()
 			time.Sleep(100 * time.Millisecond)
 		}
-		if errors.Is(err, api.ErrConflict) {
+		if errors.Is(err, structs.ErrConflict) {
 			// The write applied but its answer was lost; it must be there.
 			got, gerr := tc.client(survivor).GetVM(ctx, fmt.Sprintf("vm-%d", i))
 			if gerr != nil {

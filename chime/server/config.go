@@ -6,9 +6,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/hashicorp/go-hclog"
+	"github.com/chime-ha/chime/chime/structs"
 
-	"github.com/chime-ha/chime/chime/api"
+	"github.com/hashicorp/go-hclog"
 )
 
 // Config is everything `chime server` is told. Flags, environment and the
@@ -73,61 +73,61 @@ func (c Config) RaftAddr() string {
 
 // Validate checks the configuration; errors name the flag.
 func (c Config) Validate() error {
-	if err := api.ValidateName("--name", c.Name); err != nil {
+	if err := structs.ValidateName("--name", c.Name); err != nil {
 		return err
 	}
 	if c.DataDir == "" {
-		return api.Invalid("--data-dir", "is required")
+		return structs.Invalid("--data-dir", "is required")
 	}
 	if net.ParseIP(c.BindAddr) == nil {
-		return api.Invalid("--bind", "%q is not an IP address", c.BindAddr)
+		return structs.Invalid("--bind", "%q is not an IP address", c.BindAddr)
 	}
 	if c.Advertise != "" && net.ParseIP(c.Advertise) == nil {
-		return api.Invalid("--advertise", "%q is not an IP address", c.Advertise)
+		return structs.Invalid("--advertise", "%q is not an IP address", c.Advertise)
 	}
 	ports := map[string]int{"--api-port": c.APIPort, "--raft-port": c.RaftPort, "--gossip-port": c.GossipPort}
 	seen := map[int]string{}
 	for flag, p := range ports {
 		if p < 1 || p > 65535 {
-			return api.Invalid(flag, "%d is not a port (1..65535)", p)
+			return structs.Invalid(flag, "%d is not a port (1..65535)", p)
 		}
 		if other, dup := seen[p]; dup {
-			return api.Invalid(flag, "port %d is also used by %s", p, other)
+			return structs.Invalid(flag, "port %d is also used by %s", p, other)
 		}
 		seen[p] = flag
 	}
 	if c.BootstrapExpect < 0 || c.BootstrapExpect > 7 {
-		return api.Invalid("--bootstrap-expect", "must be between 0 and 7, got %d", c.BootstrapExpect)
+		return structs.Invalid("--bootstrap-expect", "must be between 0 and 7, got %d", c.BootstrapExpect)
 	}
 	if c.BootstrapExpect == 0 && len(c.Join) == 0 && !c.Dev {
-		return api.Invalid("--bootstrap-expect", "set --bootstrap-expect (new cluster), --join (existing cluster) or --dev")
+		return structs.Invalid("--bootstrap-expect", "set --bootstrap-expect (new cluster), --join (existing cluster) or --dev")
 	}
 	for _, j := range c.Join {
 		if _, _, err := net.SplitHostPort(j); err != nil {
-			return api.Invalid("--join", "%q is not HOST:PORT", j)
+			return structs.Invalid("--join", "%q is not HOST:PORT", j)
 		}
 	}
 	switch c.Strategy {
 	case "spread", "binpack":
 	default:
-		return api.Invalid("--scheduler", "%q must be spread or binpack", c.Strategy)
+		return structs.Invalid("--scheduler", "%q must be spread or binpack", c.Strategy)
 	}
 	if c.CPUOvercommit < 1 || c.CPUOvercommit > 16 {
-		return api.Invalid("--cpu-overcommit", "must be between 1 and 16, got %v", c.CPUOvercommit)
+		return structs.Invalid("--cpu-overcommit", "must be between 1 and 16, got %v", c.CPUOvercommit)
 	}
 	if c.HeartbeatEvery < 100*time.Millisecond || c.HeartbeatEvery > 10*time.Minute {
-		return api.Invalid("--heartbeat-interval", "must be between 100ms and 10m, got %s", c.HeartbeatEvery)
+		return structs.Invalid("--heartbeat-interval", "must be between 100ms and 10m, got %s", c.HeartbeatEvery)
 	}
 	if c.MissedBeats < 1 || c.MissedBeats > 100 {
-		return api.Invalid("--missed-heartbeats", "must be between 1 and 100, got %d", c.MissedBeats)
+		return structs.Invalid("--missed-heartbeats", "must be between 1 and 100, got %d", c.MissedBeats)
 	}
 	for _, w := range c.AlarmWebhooks {
 		if !strings.HasPrefix(w, "http://") && !strings.HasPrefix(w, "https://") {
-			return api.Invalid("--alarm-webhook", "%q must be an http(s) URL", w)
+			return structs.Invalid("--alarm-webhook", "%q must be an http(s) URL", w)
 		}
 	}
 	if c.RaftTimeScale <= 0 || c.RaftTimeScale > 1 {
-		return api.Invalid("raft_time_scale", "must be in (0, 1], got %v", c.RaftTimeScale)
+		return structs.Invalid("raft_time_scale", "must be in (0, 1], got %v", c.RaftTimeScale)
 	}
 	return nil
 }

@@ -12,6 +12,8 @@ import (
 	"sort"
 	"time"
 
+	"github.com/chime-ha/chime/chime/structs"
+
 	"github.com/chime-ha/chime/chime/api"
 	"github.com/chime-ha/chime/fsm"
 )
@@ -28,7 +30,7 @@ func newSecret() string {
 }
 
 // authenticate checks an agent's node id and secret headers.
-func (s *Server) authenticate(r *http.Request) (*api.Node, error) {
+func (s *Server) authenticate(r *http.Request) (*structs.Node, error) {
 	id, secret := r.Header.Get(api.HeaderNode), r.Header.Get(api.HeaderSecret)
 	if id == "" || secret == "" {
 		return nil, &api.Error{Status: http.StatusUnauthorized, Message: "agent credentials missing (" + api.HeaderNode + ", " + api.HeaderSecret + ")"}
@@ -38,7 +40,7 @@ func (s *Server) authenticate(r *http.Request) (*api.Node, error) {
 		return nil, &api.Error{Status: http.StatusUnauthorized, Field: "node_id", Message: "unknown node " + id + ": register first"}
 	}
 	if subtle.ConstantTimeCompare([]byte(hashSecret(secret)), []byte(s.fsm.NodeSecretHash(n.ID))) != 1 {
-		return nil, api.Forbidden("node %s: wrong secret", id)
+		return nil, structs.Forbidden("node %s: wrong secret", id)
 	}
 	return n, nil
 }
@@ -78,17 +80,17 @@ func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request) (any, er
 	if secret == "" {
 		secret = newSecret()
 	} else if len(secret) < 32 {
-		return nil, api.Invalid("secret", "must be at least 32 characters (the agent generates 64 hex characters)")
+		return nil, structs.Invalid("secret", "must be at least 32 characters (the agent generates 64 hex characters)")
 	}
 	rotate := false
 	if existing, err := s.fsm.Node(req.ID); err == nil {
 		if req.Secret == "" || subtle.ConstantTimeCompare([]byte(hashSecret(req.Secret)), []byte(s.fsm.NodeSecretHash(existing.ID))) != 1 {
-			return nil, api.Forbidden("node %s is registered already: its agent must present its secret (remove the node first to register it anew)", req.ID)
+			return nil, structs.Forbidden("node %s is registered already: its agent must present its secret (remove the node first to register it anew)", req.ID)
 		}
-	} else if !api.IsNotFound(err) {
+	} else if !structs.IsNotFound(err) {
 		return nil, err
 	}
-	node := api.Node{ID: req.ID, Name: req.Name, APIAddr: req.APIAddr, GossipAddr: req.GossipAddr,
+	node := structs.Node{ID: req.ID, Name: req.Name, APIAddr: req.APIAddr, GossipAddr: req.GossipAddr,
 		MigrationURI: req.MigrationURI, MigrationAddr: req.MigrationAddr, BusinessInterface: req.BusinessInterface,
 		VCPUs: req.VCPUs, MemoryMiB: req.MemoryMiB, Labels: req.Labels, AgentVersion: req.AgentVersion}
 	if _, err := s.propose(r.Context(), r.Header.Get(api.HeaderRequestID), fsm.CmdRegisterNode,
@@ -116,7 +118,7 @@ func (s *Server) handleHeartbeat(w http.ResponseWriter, r *http.Request) (any, e
 		return nil, err
 	}
 	if hb.NodeID != n.ID {
-		return nil, api.Forbidden("heartbeat for node %s sent with the credentials of node %s", hb.NodeID, n.ID)
+		return nil, structs.Forbidden("heartbeat for node %s sent with the credentials of node %s", hb.NodeID, n.ID)
 	}
 	s.met.heartbeats.Inc()
 	rejected, err := s.recordAdoptions(r, n, hb)
@@ -132,8 +134,8 @@ func (s *Server) handleHeartbeat(w http.ResponseWriter, r *http.Request) (any, e
 
 // recordObservations writes the observations that differ from the state,
 // and the node's drain flags when they changed.
-func (s *Server) recordObservations(r *http.Request, n *api.Node, hb api.HeartbeatRequest) error {
-	var changed []api.VMObservation
+func (s *Server) recordObservations(r *http.Request, n *structs.Node, hb api.HeartbeatRequest) error {
+	var changed []structs.VMObservation
 	for _, o := range hb.VMs {
 		vm, err := s.fsm.VM(o.VMID)
 		if err != nil {
@@ -145,7 +147,7 @@ func (s *Server) recordObservations(r *http.Request, n *api.Node, hb api.Heartbe
 		}
 		current := o.Generation >= vm.Generation || (vm.AdoptGeneration != 0 && o.Generation == vm.AdoptGeneration)
 		if vm.NodeID != n.ID || !current {
-			if o.State == api.StateRunning {
+			if o.State == structs.StateRunning {
 				changed = append(changed, o) // recorded as a stale-copy event
 			}
 			continue
@@ -169,12 +171,12 @@ func (s *Server) recordObservations(r *http.Request, n *api.Node, hb api.Heartbe
 	}
 	allStopped := true
 	for _, vm := range placed {
-		if !listed[vm.ID] && vm.Migration == nil && vm.Observed != nil && vm.Observed.NodeID == n.ID && vm.Observed.State != api.StateStopped {
-			changed = append(changed, api.VMObservation{VMID: vm.ID, State: api.StateStopped, Reason: "undefined", Generation: vm.Generation})
+		if !listed[vm.ID] && vm.Migration == nil && vm.Observed != nil && vm.Observed.NodeID == n.ID && vm.Observed.State != structs.StateStopped {
+			changed = append(changed, structs.VMObservation{VMID: vm.ID, State: structs.StateStopped, Reason: "undefined", Generation: vm.Generation})
 		}
 	}
 	for _, o := range hb.VMs {
-		if o.State == api.StateRunning {
+		if o.State == structs.StateRunning {
 			allStopped = false
 		}
 	}
@@ -193,7 +195,7 @@ func (s *Server) recordObservations(r *http.Request, n *api.Node, hb api.Heartbe
 		v := hb.LocalDrainID
 		flags.LocalDrainID, dirty = &v, true
 	}
-	if acked := n.ManagementState == api.NodeDrained && allStopped && !hb.VMsUnknown; acked && !n.DrainAcked {
+	if acked := n.ManagementState == structs.NodeDrained && allStopped && !hb.VMsUnknown; acked && !n.DrainAcked {
 		flags.DrainAcked, dirty = &acked, true
 	}
 	if dirty {
@@ -225,8 +227,8 @@ func (s *Server) handleDesired(w http.ResponseWriter, r *http.Request) (any, err
 	for _, vm := range vms {
 		d := api.DesiredVM{ID: vm.ID, Name: vm.Name, Spec: vm.Spec, DesiredState: vm.DesiredState, Generation: vm.Generation,
 			AdoptGeneration: vm.AdoptGeneration}
-		if n.ManagementState == api.NodeDrained {
-			d.DesiredState = api.DesiredStopped
+		if n.ManagementState == structs.NodeDrained {
+			d.DesiredState = structs.DesiredStopped
 		}
 		if m := vm.Migration; m != nil && m.From == n.ID {
 			if dest, err := s.fsm.Node(m.To); err == nil {
@@ -255,7 +257,7 @@ func (s *Server) handleDesired(w http.ResponseWriter, r *http.Request) (any, err
 // migration into placements, when the generation still matches; refused
 // ones are returned for the agent to destroy, and raise an alarm (a failed
 // adopt task).
-func (s *Server) recordAdoptions(r *http.Request, n *api.Node, hb api.HeartbeatRequest) ([]string, error) {
+func (s *Server) recordAdoptions(r *http.Request, n *structs.Node, hb api.HeartbeatRequest) ([]string, error) {
 	var rejected []string
 	for _, o := range hb.Adopted {
 		vm, err := s.fsm.VM(o.VMID)
@@ -267,14 +269,14 @@ func (s *Server) recordAdoptions(r *http.Request, n *api.Node, hb api.HeartbeatR
 			s.kickTasks()
 			continue
 		}
-		if !errors.Is(err, api.ErrConflict) && !errors.Is(err, api.ErrNotFound) {
+		if !errors.Is(err, structs.ErrConflict) && !errors.Is(err, structs.ErrNotFound) {
 			return nil, err
 		}
 		rejected = append(rejected, o.VMID)
-		t := api.Task{ID: fmt.Sprintf("adopt-%s-%d-%s", short8(o.VMID), o.Generation, short8(n.ID)), Kind: api.TaskAdopt,
-			NodeID: n.ID, VMID: o.VMID, State: api.TaskFailed,
+		t := structs.Task{ID: fmt.Sprintf("adopt-%s-%d-%s", short8(o.VMID), o.Generation, short8(n.ID)), Kind: structs.TaskAdopt,
+			NodeID: n.ID, VMID: o.VMID, State: structs.TaskFailed,
 			Error: fmt.Sprintf("node %s adopted vm %s (generation %d) by node-local migration, refused: %v; the adopted copy is destroyed", n.Name, o.VMID, o.Generation, err)}
-		if existing, terr := s.fsm.Task(t.ID); terr != nil || existing.State != api.TaskFailed {
+		if existing, terr := s.fsm.Task(t.ID); terr != nil || existing.State != structs.TaskFailed {
 			if _, perr := s.propose(r.Context(), "", fsm.CmdPutTask, fsm.PutTask{Task: t}); perr != nil {
 				return nil, perr
 			}

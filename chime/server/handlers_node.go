@@ -3,6 +3,8 @@ package server
 import (
 	"net/http"
 
+	"github.com/chime-ha/chime/chime/structs"
+
 	"github.com/chime-ha/chime/chime/api"
 	"github.com/chime-ha/chime/fsm"
 )
@@ -15,7 +17,7 @@ func (s *Server) handleListNodes(w http.ResponseWriter, r *http.Request) (any, e
 	setIndex(w, idx)
 	nodes, err := s.fsm.Nodes()
 	if nodes == nil {
-		nodes = []api.Node{}
+		nodes = []structs.Node{}
 	}
 	return nodes, err
 }
@@ -46,7 +48,7 @@ func (s *Server) handleNodeAction(w http.ResponseWriter, r *http.Request) (any, 
 		if err := decodeEmpty(r); err != nil {
 			return nil, err
 		}
-		state := map[string]string{"enable": api.NodeEnabled, "disable": api.NodeDisabled}[action]
+		state := map[string]string{"enable": structs.NodeEnabled, "disable": structs.NodeDisabled}[action]
 		if _, err := s.propose(r.Context(), reqID, fsm.CmdSetManagement, fsm.SetManagement{NodeID: n.ID, State: state}); err != nil {
 			return nil, err
 		}
@@ -68,7 +70,7 @@ func (s *Server) handleNodeAction(w http.ResponseWriter, r *http.Request) (any, 
 		}
 		return s.evacuateNode(r.Context(), reqID, n)
 	}
-	return nil, api.NotFound("action", "unknown node action %q (enable, disable, drain, rebuild, evacuate)", action)
+	return nil, structs.NotFound("action", "unknown node action %q (enable, disable, drain, rebuild, evacuate)", action)
 }
 
 func (s *Server) handleRemoveNode(w http.ResponseWriter, r *http.Request) (any, error) {

@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/chime-ha/chime/chime/structs"
+
 	"github.com/hashicorp/raft"
 
 	"github.com/chime-ha/chime/chime/api"
@@ -41,10 +43,10 @@ func (s *Server) handleRemovePeer(w http.ResponseWriter, r *http.Request) (any, 
 		}
 	}
 	if !found {
-		return nil, api.NotFound("id", "no raft peer with id or address %q", id)
+		return nil, structs.NotFound("id", "no raft peer with id or address %q", id)
 	}
 	if id == s.cfg.Name {
-		return nil, api.Invalid("id", "refusing to remove the leader itself (%s): stop it and remove it from another server", id)
+		return nil, structs.Invalid("id", "refusing to remove the leader itself (%s): stop it and remove it from another server", id)
 	}
 	if err := s.raft.RemoveServer(raft.ServerID(id), 0, 10*time.Second).Error(); err != nil {
 		return nil, fmt.Errorf("remove peer %s: %w", id, err)
@@ -85,10 +87,10 @@ func (s *Server) handleSnapshotRestore(w http.ResponseWriter, r *http.Request) (
 		return nil, bodyError(err)
 	}
 	if len(tmp) < 4096 {
-		return nil, api.Invalid("body", "not a chime snapshot (%d bytes)", len(tmp))
+		return nil, structs.Invalid("body", "not a chime snapshot (%d bytes)", len(tmp))
 	}
 	if err := validateSnapshot(tmp); err != nil {
-		return nil, api.Invalid("body", "not a chime snapshot: %v", err)
+		return nil, structs.Invalid("body", "not a chime snapshot: %v", err)
 	}
 	meta := &raft.SnapshotMeta{Version: raft.SnapshotVersionMax, Size: int64(len(tmp))}
 	if err := s.raft.Restore(meta, newBytesReader(tmp), 0); err != nil {
@@ -118,7 +120,7 @@ func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) (any, erro
 func (s *Server) handleLeader(w http.ResponseWriter, r *http.Request) (any, error) {
 	st := s.status()
 	if st.Leader == "" {
-		return nil, fmt.Errorf("%w: no leader elected", api.ErrNoLeader)
+		return nil, fmt.Errorf("%w: no leader elected", structs.ErrNoLeader)
 	}
 	return map[string]string{"leader": st.Leader, "leader_api": st.LeaderAPI}, nil
 }
@@ -127,7 +129,7 @@ func (s *Server) handleLeader(w http.ResponseWriter, r *http.Request) (any, erro
 func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) (any, error) {
 	st := s.status()
 	if !st.Healthy {
-		return nil, fmt.Errorf("%w: server %s sees no leader", api.ErrNoLeader, s.cfg.Name)
+		return nil, fmt.Errorf("%w: server %s sees no leader", structs.ErrNoLeader, s.cfg.Name)
 	}
 	return st, nil
 }
@@ -137,14 +139,14 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) (any, erro
 	if v := r.URL.Query().Get("after"); v != "" {
 		var err error
 		if after, err = strconv.ParseUint(v, 10, 64); err != nil {
-			return nil, api.Invalid("after", "%q is not a non-negative integer", v)
+			return nil, structs.Invalid("after", "%q is not a non-negative integer", v)
 		}
 	}
 	limit := 1000
 	if v := r.URL.Query().Get("limit"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1 || n > 10000 {
-			return nil, api.Invalid("limit", "%q must be an integer between 1 and 10000", v)
+			return nil, structs.Invalid("limit", "%q must be an integer between 1 and 10000", v)
 		}
 		limit = n
 	}
@@ -153,7 +155,7 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) (any, erro
 	}
 	ev, err := s.fsm.Events(after, limit)
 	if ev == nil {
-		ev = []api.Event{}
+		ev = []structs.Event{}
 	}
 	setIndex(w, s.fsm.LastEventSeq())
 	return ev, err
@@ -166,7 +168,7 @@ func (s *Server) handleAlarms(w http.ResponseWriter, r *http.Request) (any, erro
 func (s *Server) handleTasks(w http.ResponseWriter, r *http.Request) (any, error) {
 	t, err := s.fsm.Tasks()
 	if t == nil {
-		t = []api.Task{}
+		t = []structs.Task{}
 	}
 	return t, err
 }

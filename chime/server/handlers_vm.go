@@ -7,6 +7,8 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/chime-ha/chime/chime/structs"
+
 	"github.com/google/uuid"
 
 	"github.com/chime-ha/chime/chime/api"
@@ -34,13 +36,13 @@ func (s *Server) handleCreateVM(w http.ResponseWriter, r *http.Request) (any, er
 		return s.fsm.VM(id) // a retry of a create that went through
 	}
 	if _, err := s.fsm.ResolveVM(req.Name); err == nil {
-		return nil, api.Conflict("name", "a VM named %q already exists", req.Name)
+		return nil, structs.Conflict("name", "a VM named %q already exists", req.Name)
 	}
-	desired := api.DesiredRunning
+	desired := structs.DesiredRunning
 	if req.Stopped {
-		desired = api.DesiredStopped
+		desired = structs.DesiredStopped
 	}
-	vm := api.VM{ID: uuid.NewString(), Name: req.Name, DesiredState: desired, Spec: api.VMSpec{
+	vm := structs.VM{ID: uuid.NewString(), Name: req.Name, DesiredState: desired, Spec: structs.VMSpec{
 		VCPUs: req.VCPUs, MemoryMiB: req.Memory, Disks: req.Disks, HA: req.HA, Labels: req.Labels, AntiAffinity: req.Group}}
 
 	// Placement and its proposal are serialised so that two concurrent
@@ -60,7 +62,7 @@ func (s *Server) handleCreateVM(w http.ResponseWriter, r *http.Request) (any, er
 }
 
 // place asks the scheduler for a node, over the leader's current state.
-func (s *Server) place(vm api.VM, exclude []string) (string, error) {
+func (s *Server) place(vm structs.VM, exclude []string) (string, error) {
 	nodes, err := s.fsm.Nodes()
 	if err != nil {
 		return "", err
@@ -80,7 +82,7 @@ func (s *Server) handleListVMs(w http.ResponseWriter, r *http.Request) (any, err
 	setIndex(w, idx)
 	vms, err := s.fsm.VMs()
 	if vms == nil {
-		vms = []api.VM{}
+		vms = []structs.VM{}
 	}
 	return vms, err
 }
@@ -101,9 +103,9 @@ func (s *Server) handleVMAction(w http.ResponseWriter, r *http.Request) (any, er
 		if err := decodeEmpty(r); err != nil {
 			return nil, err
 		}
-		state := api.DesiredRunning
+		state := structs.DesiredRunning
 		if action == "stop" {
-			state = api.DesiredStopped
+			state = structs.DesiredStopped
 		}
 		if _, err := s.propose(r.Context(), reqID, fsm.CmdSetDesired, fsm.SetDesired{VMID: vm.ID, State: state}); err != nil {
 			return nil, err
@@ -126,14 +128,14 @@ func (s *Server) handleVMAction(w http.ResponseWriter, r *http.Request) (any, er
 		}
 		return s.migrateVM(r.Context(), reqID, vm, body.To)
 	}
-	return nil, api.NotFound("action", "unknown VM action %q (start, stop, restart, migrate)", action)
+	return nil, structs.NotFound("action", "unknown VM action %q (start, stop, restart, migrate)", action)
 }
 
 // restartVM stops a running VM, waits until its agent reports it stopped,
 // and starts it again. A VM that is not running is simply started.
-func (s *Server) restartVM(ctx context.Context, reqID string, vm *api.VM) (*api.VM, error) {
-	if vm.State == api.StateRunning && vm.DesiredState == api.DesiredRunning {
-		if _, err := s.propose(ctx, reqID+"-stop", fsm.CmdSetDesired, fsm.SetDesired{VMID: vm.ID, State: api.DesiredStopped}); err != nil {
+func (s *Server) restartVM(ctx context.Context, reqID string, vm *structs.VM) (*structs.VM, error) {
+	if vm.State == structs.StateRunning && vm.DesiredState == structs.DesiredRunning {
+		if _, err := s.propose(ctx, reqID+"-stop", fsm.CmdSetDesired, fsm.SetDesired{VMID: vm.ID, State: structs.DesiredStopped}); err != nil {
 			return nil, err
 		}
 		wctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
@@ -141,7 +143,7 @@ func (s *Server) restartVM(ctx context.Context, reqID string, vm *api.VM) (*api.
 		var last string
 		s.fsm.WaitFor(wctx, 0, func() uint64 {
 			cur, err := s.fsm.VM(vm.ID)
-			if err != nil || cur.State != api.StateRunning {
+			if err != nil || cur.State != structs.StateRunning {
 				if cur != nil {
 					last = cur.State
 				}
@@ -150,15 +152,15 @@ func (s *Server) restartVM(ctx context.Context, reqID string, vm *api.VM) (*api.
 			last = cur.State
 			return 0
 		})
-		if last == api.StateRunning {
+		if last == structs.StateRunning {
 			// Leave it stopped-desired? No: an operator asked for a restart,
 			// so make sure it comes back, and say the stop did not confirm.
-			_, _ = s.propose(ctx, reqID+"-start", fsm.CmdSetDesired, fsm.SetDesired{VMID: vm.ID, State: api.DesiredRunning})
+			_, _ = s.propose(ctx, reqID+"-start", fsm.CmdSetDesired, fsm.SetDesired{VMID: vm.ID, State: structs.DesiredRunning})
 			return nil, &api.Error{Status: http.StatusGatewayTimeout, Field: "id",
 				Message: fmt.Sprintf("vm %s: the agent did not report it stopped within 2m; desired state is running again", vm.Name)}
 		}
 	}
-	if _, err := s.propose(ctx, reqID+"-start", fsm.CmdSetDesired, fsm.SetDesired{VMID: vm.ID, State: api.DesiredRunning}); err != nil {
+	if _, err := s.propose(ctx, reqID+"-start", fsm.CmdSetDesired, fsm.SetDesired{VMID: vm.ID, State: structs.DesiredRunning}); err != nil {
 		return nil, err
 	}
 	return s.fsm.VM(vm.ID)

@@ -19,6 +19,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chime-ha/chime/chime/structs"
+
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/chime-ha/chime/chime/api"
@@ -244,7 +246,7 @@ func waitUnreachable(ctx context.Context, base, id string, deadline time.Time) (
 		switch {
 		case err != nil:
 			last = "error: " + err.Error()
-		case n.MonitorState == api.MonitorUnreachable:
+		case n.MonitorState == structs.MonitorUnreachable:
 			return now, n.MonitorState, nil
 		default:
 			last = n.MonitorState
@@ -271,7 +273,7 @@ func countUnreachable(ctx context.Context, base, except string) (int, error) {
 	}
 	count := 0
 	for _, n := range nodes {
-		if n.ID != except && n.MonitorState == api.MonitorUnreachable {
+		if n.ID != except && n.MonitorState == structs.MonitorUnreachable {
 			count++
 		}
 	}

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/chime-ha/chime/chime/structs"
+
 	"github.com/chime-ha/chime/chime/api"
 )
 
@@ -70,7 +72,7 @@ func (s *Server) setupHTTP() error {
 	route("GET /v1/tasks/{id}", local, s.handleGetTask)
 	mux.Handle("GET /metrics", s.met.handler(s))
 	mux.Handle("/", s.wrap("notfound", local, func(w http.ResponseWriter, r *http.Request) (any, error) {
-		return nil, api.NotFound("path", "no such endpoint: %s %s", r.Method, r.URL.Path)
+		return nil, structs.NotFound("path", "no such endpoint: %s %s", r.Method, r.URL.Path)
 	}))
 
 	addr := net.JoinHostPort(s.cfg.BindAddr, strconv.Itoa(s.cfg.APIPort))
@@ -101,12 +103,12 @@ func (s *Server) wrap(name string, acc access, h handler) http.Handler {
 		}
 		if consistent {
 			if err := s.raft.VerifyLeader().Error(); err != nil {
-				writeError(w, fmt.Errorf("%w: %v", api.ErrNoLeader, err))
+				writeError(w, fmt.Errorf("%w: %v", structs.ErrNoLeader, err))
 				return
 			}
 		}
 		if name != "PUT /v1/operator/snapshot" { // snapshots have their own, larger limit
-			r.Body = http.MaxBytesReader(w, r.Body, api.MaxBodyBytes)
+			r.Body = http.MaxBytesReader(w, r.Body, structs.MaxBodyBytes)
 		}
 		v, err := h(w, r)
 		if errors.Is(err, errWritten) {
@@ -145,7 +147,7 @@ func writeError(w http.ResponseWriter, err error) {
 // The request id header travels along, so a retry stays idempotent.
 func (s *Server) forward(w http.ResponseWriter, r *http.Request) {
 	if r.Header.Get(api.HeaderForwarded) != "" {
-		writeError(w, fmt.Errorf("%w: forwarded request reached a follower (leader changed)", api.ErrNoLeader))
+		writeError(w, fmt.Errorf("%w: forwarded request reached a follower (leader changed)", structs.ErrNoLeader))
 		return
 	}
 	leader, err := s.leaderAPI()
@@ -153,7 +155,7 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	limit := int64(api.MaxBodyBytes)
+	limit := int64(structs.MaxBodyBytes)
 	if r.Method == http.MethodPut && r.URL.Path == "/v1/operator/snapshot" {
 		limit = 1 << 30 // snapshots have their own limit
 	}
@@ -171,7 +173,7 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request) {
 	req.Header.Set(api.HeaderForwarded, s.cfg.Name)
 	resp, err := s.fwd.Do(req)
 	if err != nil {
-		writeError(w, fmt.Errorf("%w: forward to leader %s: %v", api.ErrNoLeader, leader, err))
+		writeError(w, fmt.Errorf("%w: forward to leader %s: %v", structs.ErrNoLeader, leader, err))
 		return
 	}
 	defer resp.Body.Close()
@@ -194,7 +196,7 @@ func decode(r *http.Request, v any) error {
 		return bodyError(err)
 	}
 	if dec.More() {
-		return api.Invalid("body", "unexpected data after the JSON object")
+		return structs.Invalid("body", "unexpected data after the JSON object")
 	}
 	if _, err := io.Copy(io.Discard, r.Body); err != nil {
 		return bodyError(err)
@@ -211,16 +213,16 @@ func bodyError(err error) error {
 		return &api.Error{Status: http.StatusRequestEntityTooLarge, Field: "body",
 			Message: fmt.Sprintf("body: larger than the limit of %d bytes", tooBig.Limit)}
 	case errors.Is(err, io.EOF):
-		return api.Invalid("body", "a JSON object is required")
+		return structs.Invalid("body", "a JSON object is required")
 	case errors.As(err, &syntax):
-		return api.Invalid("body", "malformed JSON at byte %d: %v", syntax.Offset, err)
+		return structs.Invalid("body", "malformed JSON at byte %d: %v", syntax.Offset, err)
 	case errors.As(err, &typ):
-		return api.Invalid(typ.Field, "must be a JSON %s, got %s", typ.Type, typ.Value)
+		return structs.Invalid(typ.Field, "must be a JSON %s, got %s", typ.Type, typ.Value)
 	case strings.HasPrefix(err.Error(), "json: unknown field "):
 		f := strings.Trim(strings.TrimPrefix(err.Error(), "json: unknown field "), `"`)
-		return api.Invalid(f, "unknown field")
+		return structs.Invalid(f, "unknown field")
 	}
-	return api.Invalid("body", "%v", err)
+	return structs.Invalid("body", "%v", err)
 }
 
 // queryOptions parses ?index=&wait= of blocking queries.
@@ -230,14 +232,14 @@ func queryOptions(r *http.Request) (uint64, time.Duration, error) {
 	if v := q.Get("index"); v != "" {
 		var err error
 		if idx, err = strconv.ParseUint(v, 10, 64); err != nil {
-			return 0, 0, api.Invalid("index", "%q is not a non-negative integer", v)
+			return 0, 0, structs.Invalid("index", "%q is not a non-negative integer", v)
 		}
 	}
 	wait := defaultWait
 	if v := q.Get("wait"); v != "" {
 		d, err := time.ParseDuration(v)
 		if err != nil || d < 0 {
-			return 0, 0, api.Invalid("wait", "%q is not a duration like 30s", v)
+			return 0, 0, structs.Invalid("wait", "%q is not a duration like 30s", v)
 		}
 		wait = min(d, maxWait)
 	}

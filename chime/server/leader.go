@@ -6,9 +6,10 @@ import (
 	"sync"
 	"time"
 
+	"github.com/chime-ha/chime/chime/structs"
+
 	"github.com/hashicorp/raft"
 
-	"github.com/chime-ha/chime/chime/api"
 	"github.com/chime-ha/chime/fsm"
 	"github.com/chime-ha/chime/scheduler"
 )
@@ -148,4 +149,4 @@ func (s *Server) peerLoop(ctx context.Context) {
 	}
 }
 
-var _ = api.StatePending
+var _ = structs.StatePending

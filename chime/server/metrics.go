@@ -3,12 +3,12 @@ package server
 import (
 	"net/http"
 
+	"github.com/chime-ha/chime/chime/structs"
+
 	"github.com/hashicorp/raft"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-
-	"github.com/chime-ha/chime/chime/api"
 )
 
 // metrics are the server's Prometheus metrics, served at /metrics.
@@ -73,7 +73,7 @@ func (c stateCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 	if vms, err := s.fsm.VMs(); err == nil {
-		counts := map[string]int{api.StateRunning: 0, api.StatePending: 0}
+		counts := map[string]int{structs.StateRunning: 0, structs.StatePending: 0}
 		for _, v := range vms {
 			counts[v.State]++
 		}

@@ -8,6 +8,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/chime-ha/chime/chime/structs"
+
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/chime-ha/chime/chime/api"
@@ -82,7 +84,7 @@ func (m *monitor) heartbeat(nodeID string, hb *api.HeartbeatRequest) {
 		return
 	}
 	reason := "heartbeat received"
-	if want == api.MonitorError {
+	if want == structs.MonitorError {
 		reason = "agent reports faults"
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -97,9 +99,9 @@ func (m *monitor) heartbeat(nodeID string, hb *api.HeartbeatRequest) {
 // stateFromHeartbeat is the monitor state a heartbeat with these faults means.
 func stateFromHeartbeat(faults []string) string {
 	if len(faults) > 0 {
-		return api.MonitorError
+		return structs.MonitorError
 	}
-	return api.MonitorNormal
+	return structs.MonitorNormal
 }
 
 func equalFaults(a, b []string) bool {
@@ -138,7 +140,7 @@ func (m *monitor) run(ctx context.Context) {
 	// index moves (it is bumped only after an apply is visible, so a list
 	// read after the index is at least that new), and re-read at least once
 	// per silence limit all the same.
-	var nodes []api.Node
+	var nodes []structs.Node
 	var nodesAt uint64      // applied index read before nodes
 	var nodesRead time.Time // when nodes was read
 	for {
@@ -155,12 +157,12 @@ func (m *monitor) run(ctx context.Context) {
 			}
 			nodes, nodesAt, nodesRead = fresh, idx, now
 			if nodes == nil {
-				nodes = []api.Node{}
+				nodes = []structs.Node{}
 			}
 		}
 		m.mu.Lock()
 		for _, n := range nodes {
-			if n.MonitorState == api.MonitorUnreachable || m.pinging[n.ID] {
+			if n.MonitorState == structs.MonitorUnreachable || m.pinging[n.ID] {
 				continue
 			}
 			if silentFor(now, m.last[n.ID], m.leaderSince) <= m.limit() {
@@ -168,7 +170,7 @@ func (m *monitor) run(ctx context.Context) {
 			}
 			m.pinging[n.ID] = true
 			wg.Add(1)
-			go func(n api.Node) {
+			go func(n structs.Node) {
 				defer wg.Done()
 				m.pingBack(ctx, n)
 			}(n)
@@ -179,7 +181,7 @@ func (m *monitor) run(ctx context.Context) {
 
 // pingBack asks the node directly and through gossip (SWIM probes with
 // indirect probes through other members). Both fail → unreachable.
-func (m *monitor) pingBack(ctx context.Context, n api.Node) {
+func (m *monitor) pingBack(ctx context.Context, n structs.Node) {
 	defer func() {
 		m.mu.Lock()
 		delete(m.pinging, n.ID)
@@ -207,14 +209,14 @@ func (m *monitor) pingBack(ctx context.Context, n api.Node) {
 		silent.Round(time.Millisecond), direct, m.now().Sub(start).Round(time.Millisecond))
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	if _, err := m.s.propose(cctx, "", fsm.CmdSetMonitor, fsm.SetMonitor{NodeID: n.ID, State: api.MonitorUnreachable, Reason: reason}); err != nil {
+	if _, err := m.s.propose(cctx, "", fsm.CmdSetMonitor, fsm.SetMonitor{NodeID: n.ID, State: structs.MonitorUnreachable, Reason: reason}); err != nil {
 		m.log.Warn("mark unreachable failed", "node", n.Name, "error", err)
 		return
 	}
 	m.log.Info("node unreachable", "node", n.Name, "reason", reason)
 }
 
-func (m *monitor) directPing(ctx context.Context, n api.Node) error {
+func (m *monitor) directPing(ctx context.Context, n structs.Node) error {
 	if n.APIAddr == "" {
 		return fmt.Errorf("no agent API address")
 	}

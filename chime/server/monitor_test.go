@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chime-ha/chime/chime/structs"
+
 	"github.com/google/uuid"
 
 	"github.com/chime-ha/chime/chime/api"
@@ -35,7 +37,7 @@ func TestSilentFor(t *testing.T) {
 }
 
 func TestStateFromHeartbeat(t *testing.T) {
-	if stateFromHeartbeat(nil) != api.MonitorNormal || stateFromHeartbeat([]string{"x"}) != api.MonitorError {
+	if stateFromHeartbeat(nil) != structs.MonitorNormal || stateFromHeartbeat([]string{"x"}) != structs.MonitorError {
 		t.Fatal("faults must mean error, none normal")
 	}
 }
@@ -82,7 +84,7 @@ func startSimAgent(t *testing.T, base []string, name string, every time.Duration
 			}
 			if a.alive.Load() {
 				ctx, cancel := context.WithTimeout(context.Background(), every)
-				c.Heartbeat(ctx, api.HeartbeatRequest{NodeID: a.id, VMs: []api.VMObservation{}})
+				c.Heartbeat(ctx, api.HeartbeatRequest{NodeID: a.id, VMs: []structs.VMObservation{}})
 				cancel()
 			}
 		}
@@ -102,7 +104,7 @@ func TestSilentNodeBecomesUnreachableAndComesBack(t *testing.T) {
 	bound := 2 * (time.Duration(missed)*interval + interval) // 2 × (missed × interval + ping-back timeout)
 	waitFor(t, bound+5*time.Second, func() string {
 		n, err := c.GetNode(context.Background(), a.id)
-		if err != nil || n.MonitorState != api.MonitorUnreachable {
+		if err != nil || n.MonitorState != structs.MonitorUnreachable {
 			return fmt.Sprintf("%+v %v", n.MonitorState, err)
 		}
 		return ""
@@ -115,7 +117,7 @@ func TestSilentNodeBecomesUnreachableAndComesBack(t *testing.T) {
 	a.alive.Store(true)
 	waitFor(t, 10*time.Second, func() string {
 		n, _ := c.GetNode(context.Background(), a.id)
-		if n.MonitorState != api.MonitorNormal {
+		if n.MonitorState != structs.MonitorNormal {
 			return n.MonitorState
 		}
 		return ""
@@ -146,7 +148,7 @@ func TestLeaderChangeCausesNoFalseUnreachable(t *testing.T) {
 			t.Fatal(err)
 		}
 		for _, n := range nodes {
-			if n.MonitorState != api.MonitorNormal {
+			if n.MonitorState != structs.MonitorNormal {
 				t.Fatalf("node %s left normal (%s) after a leader change", n.Name, n.MonitorState)
 			}
 		}

@@ -13,6 +13,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/chime-ha/chime/chime/structs"
+
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 
@@ -308,7 +310,7 @@ func (s *Server) IsLeader() bool { return s.raft.State() == raft.Leader }
 func (s *Server) leaderAPI() (string, error) {
 	addr, id := s.raft.LeaderWithID()
 	if addr == "" {
-		return "", fmt.Errorf("%w: no leader elected", api.ErrNoLeader)
+		return "", fmt.Errorf("%w: no leader elected", structs.ErrNoLeader)
 	}
 	if string(id) == s.cfg.Name {
 		return s.cfg.APIURL(), nil
@@ -318,7 +320,7 @@ func (s *Server) leaderAPI() (string, error) {
 			return m.Meta["api"], nil
 		}
 	}
-	return "", fmt.Errorf("%w: leader %s has no known API address", api.ErrNoLeader, id)
+	return "", fmt.Errorf("%w: leader %s has no known API address", structs.ErrNoLeader, id)
 }
 
 // propose applies a command through Raft on the leader. Followers answer
@@ -353,4 +355,4 @@ func (s *Server) propose(ctx context.Context, reqID string, typ fsm.CommandType,
 	return res, nil
 }
 
-var errNotLeader = fmt.Errorf("%w: not the leader", api.ErrNoLeader)
+var errNotLeader = fmt.Errorf("%w: not the leader", structs.ErrNoLeader)

@@ -12,6 +12,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/chime-ha/chime/chime/structs"
+
 	"github.com/google/uuid"
 
 	"github.com/chime-ha/chime/chime/api"
@@ -226,7 +228,7 @@ func (f *benchFleet) beat(ctx context.Context, w *benchWorker, a *benchAgent) {
 		return
 	}
 	sent := time.Now()
-	_, err := a.client.Heartbeat(ctx, api.HeartbeatRequest{NodeID: a.id, VMs: []api.VMObservation{}})
+	_, err := a.client.Heartbeat(ctx, api.HeartbeatRequest{NodeID: a.id, VMs: []structs.VMObservation{}})
 	lat := time.Since(sent)
 	switch {
 	case err == nil:

@@ -7,9 +7,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/chime-ha/chime/chime/structs"
+
 	"github.com/google/uuid"
 
-	"github.com/chime-ha/chime/chime/api"
 	"github.com/chime-ha/chime/fsm"
 	"github.com/chime-ha/chime/scheduler"
 )
@@ -37,8 +38,8 @@ func (s *Server) taskLoop(ctx context.Context) {
 				if ctx.Err() != nil {
 					return
 				}
-				if t.State == api.TaskPending || t.State == api.TaskRunning {
-					if err := s.advanceTask(ctx, t); err != nil && !errors.Is(err, api.ErrConflict) {
+				if t.State == structs.TaskPending || t.State == structs.TaskRunning {
+					if err := s.advanceTask(ctx, t); err != nil && !errors.Is(err, structs.ErrConflict) {
 						s.log.Named("tasks").Warn("task step failed", "task", t.ID, "kind", t.Kind, "error", err)
 					}
 				}
@@ -62,32 +63,32 @@ func (s *Server) kickTasks() {
 }
 
 // putTask writes a task with compare-and-set on its modify index.
-func (s *Server) putTask(ctx context.Context, t api.Task, ifIndex uint64) error {
+func (s *Server) putTask(ctx context.Context, t structs.Task, ifIndex uint64) error {
 	_, err := s.propose(ctx, "", fsm.CmdPutTask, fsm.PutTask{Task: t, IfModifyIndex: ifIndex})
 	return err
 }
 
-func (s *Server) advanceTask(ctx context.Context, t api.Task) error {
+func (s *Server) advanceTask(ctx context.Context, t structs.Task) error {
 	switch t.Kind {
-	case api.TaskMigrate, api.TaskEvacuate:
+	case structs.TaskMigrate, structs.TaskEvacuate:
 		return s.advanceMigrations(ctx, t)
-	case api.TaskDrain:
+	case structs.TaskDrain:
 		return s.advanceDrain(ctx, t)
 	}
 	return nil
 }
 
 // advanceMigrations runs a migrate or evacuate task: one step at a time.
-func (s *Server) advanceMigrations(ctx context.Context, t api.Task) error {
+func (s *Server) advanceMigrations(ctx context.Context, t structs.Task) error {
 	idx := t.ModifyIndex
 	for i := range t.Steps {
 		st := &t.Steps[i]
-		if st.State != api.TaskRunning {
+		if st.State != structs.TaskRunning {
 			continue
 		}
 		vm, err := s.fsm.VM(st.VMID)
 		if err != nil {
-			st.State, st.Error = api.TaskFailed, "vm deleted"
+			st.State, st.Error = structs.TaskFailed, "vm deleted"
 			return s.putTask(ctx, t, idx)
 		}
 		if vm.Migration != nil && vm.Migration.TaskID == t.ID {
@@ -99,16 +100,16 @@ func (s *Server) advanceMigrations(ctx context.Context, t api.Task) error {
 			return nil // in flight
 		}
 		// Not in flight and not recorded: the order disappeared.
-		st.State, st.Error = api.TaskFailed, "migration order no longer in flight"
+		st.State, st.Error = structs.TaskFailed, "migration order no longer in flight"
 		return s.putTask(ctx, t, idx)
 	}
 	for i := range t.Steps {
 		st := &t.Steps[i]
-		if st.State != api.TaskPending {
+		if st.State != structs.TaskPending {
 			continue
 		}
-		wasPending := t.State == api.TaskPending
-		t.State = api.TaskRunning
+		wasPending := t.State == structs.TaskPending
+		t.State = structs.TaskRunning
 		if err := s.startStep(ctx, &t, st); err != nil {
 			if errors.Is(err, errRetryLater) {
 				if wasPending {
@@ -116,27 +117,27 @@ func (s *Server) advanceMigrations(ctx context.Context, t api.Task) error {
 				}
 				return nil
 			}
-			st.State, st.Error = api.TaskFailed, err.Error()
+			st.State, st.Error = structs.TaskFailed, err.Error()
 		}
 		return s.putTask(ctx, t, idx)
 	}
 	// Every step is done.
 	var failed []string
 	for _, st := range t.Steps {
-		if st.State == api.TaskFailed {
+		if st.State == structs.TaskFailed {
 			failed = append(failed, st.VMID[:8]+": "+st.Error)
 		}
 	}
-	t.State = api.TaskSucceeded
+	t.State = structs.TaskSucceeded
 	if len(failed) > 0 {
-		t.State, t.Error = api.TaskFailed, fmt.Sprintf("%d of %d VMs not moved: %s", len(failed), len(t.Steps), strings.Join(failed, "; "))
+		t.State, t.Error = structs.TaskFailed, fmt.Sprintf("%d of %d VMs not moved: %s", len(failed), len(t.Steps), strings.Join(failed, "; "))
 	}
 	return s.putTask(ctx, t, idx)
 }
 
 // startStep begins moving one VM: a live migration when it runs, a plain
 // re-placement when it is stopped.
-func (s *Server) startStep(ctx context.Context, t *api.Task, st *api.TaskStep) error {
+func (s *Server) startStep(ctx context.Context, t *structs.Task, st *structs.TaskStep) error {
 	vm, err := s.fsm.VM(st.VMID)
 	if err != nil {
 		return errors.New("vm deleted")
@@ -157,16 +158,16 @@ func (s *Server) startStep(ctx context.Context, t *api.Task, st *api.TaskStep) e
 	}
 	st.To = to
 	switch {
-	case vm.State == api.StateRunning:
+	case vm.State == structs.StateRunning:
 		// live migration below
-	case vm.DesiredState == api.DesiredStopped && (vm.State == api.StateStopped || vm.State == api.StateCrashed):
+	case vm.DesiredState == structs.DesiredStopped && (vm.State == structs.StateStopped || vm.State == structs.StateCrashed):
 		// Known stopped and kept stopped: move the definition. The source
 		// agent has nothing to start, so no copy can run twice.
 		if _, err := s.propose(ctx, "", fsm.CmdPlaceVM, fsm.PlaceVM{VMID: vm.ID, NodeID: to, IfGeneration: vm.Generation,
 			Reason: t.Kind + " of a stopped VM (task " + t.ID + ")"}); err != nil {
 			return err
 		}
-		st.State = api.TaskSucceeded
+		st.State = structs.TaskSucceeded
 		return nil
 	default:
 		// State unknown, or stopped but about to be started again by its
@@ -181,12 +182,12 @@ func (s *Server) startStep(ctx context.Context, t *api.Task, st *api.TaskStep) e
 	if _, err := s.propose(ctx, "", fsm.CmdMigrationStart, fsm.MigrationStart{VMID: vm.ID, TaskID: t.ID, To: to, IfGeneration: vm.Generation}); err != nil {
 		return err
 	}
-	st.State = api.TaskRunning
+	st.State = structs.TaskRunning
 	return nil
 }
 
 // checkDestination checks that a named destination can take the VM.
-func (s *Server) checkDestination(vm api.VM, to string) error {
+func (s *Server) checkDestination(vm structs.VM, to string) error {
 	nodes, err := s.fsm.Nodes()
 	if err != nil {
 		return err
@@ -195,17 +196,17 @@ func (s *Server) checkDestination(vm api.VM, to string) error {
 	if err != nil {
 		return err
 	}
-	var only []api.Node
+	var only []structs.Node
 	for _, n := range nodes {
 		if n.ID == to {
 			only = append(only, n)
 		}
 	}
 	if len(only) == 0 {
-		return api.NotFound("to", "node %s not found", to)
+		return structs.NotFound("to", "node %s not found", to)
 	}
 	if _, err := scheduler.Place(only, vms, scheduler.Request{VM: vm}, s.schedOptions()); err != nil {
-		return api.Conflict("to", "node %s cannot take vm %s: %v", only[0].Name, vm.Name, err)
+		return structs.Conflict("to", "node %s cannot take vm %s: %v", only[0].Name, vm.Name, err)
 	}
 	return nil
 }
@@ -219,38 +220,38 @@ func short8(id string) string {
 
 // advanceDrain finishes a drain task once the agent acknowledged that
 // every VM is stopped (or the node has no VM).
-func (s *Server) advanceDrain(ctx context.Context, t api.Task) error {
+func (s *Server) advanceDrain(ctx context.Context, t structs.Task) error {
 	n, err := s.fsm.Node(t.NodeID)
 	if err != nil {
-		t.State, t.Error = api.TaskCancelled, "node removed"
+		t.State, t.Error = structs.TaskCancelled, "node removed"
 		return s.putTask(ctx, t, t.ModifyIndex)
 	}
-	if n.ManagementState != api.NodeDrained {
-		t.State, t.Error = api.TaskCancelled, "node "+n.ManagementState+" again"
+	if n.ManagementState != structs.NodeDrained {
+		t.State, t.Error = structs.TaskCancelled, "node "+n.ManagementState+" again"
 		return s.putTask(ctx, t, t.ModifyIndex)
 	}
 	placed, _, _ := s.fsm.VMsOnNode(n.ID)
 	if !n.DrainAcked && !n.LocalDrained && len(placed) > 0 {
-		if t.State == api.TaskPending {
-			t.State = api.TaskRunning
+		if t.State == structs.TaskPending {
+			t.State = structs.TaskRunning
 			return s.putTask(ctx, t, t.ModifyIndex)
 		}
 		return nil
 	}
-	t.State = api.TaskSucceeded
+	t.State = structs.TaskSucceeded
 	for i := range t.Steps {
-		t.Steps[i].State = api.TaskSucceeded
+		t.Steps[i].State = structs.TaskSucceeded
 	}
 	return s.putTask(ctx, t, t.ModifyIndex)
 }
 
 // newTask creates a task record through Raft and returns it.
-func (s *Server) newTask(ctx context.Context, reqID string, t api.Task) (*api.Task, error) {
+func (s *Server) newTask(ctx context.Context, reqID string, t structs.Task) (*structs.Task, error) {
 	if t.ID == "" {
 		t.ID = uuid.NewString()
 	}
 	if t.State == "" {
-		t.State = api.TaskPending
+		t.State = structs.TaskPending
 	}
 	if _, err := s.propose(ctx, reqID, fsm.CmdPutTask, fsm.PutTask{Task: t}); err != nil {
 		return nil, err
@@ -260,17 +261,17 @@ func (s *Server) newTask(ctx context.Context, reqID string, t api.Task) (*api.Ta
 }
 
 // activeTaskFor returns a pending or running task touching the VM or node.
-func (s *Server) activeTaskFor(vmID, nodeID string) *api.Task {
+func (s *Server) activeTaskFor(vmID, nodeID string) *structs.Task {
 	tasks, _ := s.fsm.Tasks()
 	for _, t := range tasks {
-		if t.State != api.TaskPending && t.State != api.TaskRunning {
+		if t.State != structs.TaskPending && t.State != structs.TaskRunning {
 			continue
 		}
 		if nodeID != "" && t.NodeID == nodeID {
 			return &t
 		}
 		for _, st := range t.Steps {
-			if vmID != "" && st.VMID == vmID && (st.State == api.TaskPending || st.State == api.TaskRunning) {
+			if vmID != "" && st.VMID == vmID && (st.State == structs.TaskPending || st.State == structs.TaskRunning) {
 				return &t
 			}
 		}

@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chime-ha/chime/chime/structs"
+
 	"github.com/google/uuid"
 
 	"github.com/chime-ha/chime/chime/api"
@@ -38,9 +40,9 @@ func (a *fakeAgent) report(ctx context.Context) (*api.DesiredState, error) {
 	if err != nil {
 		return nil, err
 	}
-	hb := api.HeartbeatRequest{NodeID: a.id, VMs: []api.VMObservation{}}
+	hb := api.HeartbeatRequest{NodeID: a.id, VMs: []structs.VMObservation{}}
 	for _, vm := range d.VMs {
-		hb.VMs = append(hb.VMs, api.VMObservation{VMID: vm.ID, State: api.StateRunning, Reason: "booted", Generation: vm.Generation})
+		hb.VMs = append(hb.VMs, structs.VMObservation{VMID: vm.ID, State: structs.StateRunning, Reason: "booted", Generation: vm.Generation})
 	}
 	_, err = a.c.Heartbeat(ctx, hb)
 	return d, err
@@ -68,7 +70,7 @@ func TestTaskResumedByNewLeader(t *testing.T) {
 	}
 	waitFor(t, 10*time.Second, func() string {
 		got, _ := admin.GetVM(ctx, "web")
-		if got.State != api.StateRunning {
+		if got.State != structs.StateRunning {
 			return got.State
 		}
 		return ""
@@ -107,7 +109,7 @@ func TestTaskResumedByNewLeader(t *testing.T) {
 	}
 	waitFor(t, 30*time.Second, func() string {
 		got, err := admin.GetTask(ctx, task.ID)
-		if err != nil || got.State != api.TaskSucceeded {
+		if err != nil || got.State != structs.TaskSucceeded {
 			return fmt.Sprintf("task %+v %v", got, err)
 		}
 		return ""

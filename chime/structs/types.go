@@ -1,4 +1,4 @@
-package api
+package structs
 
 import "time"
 
@@ -181,4 +181,37 @@ type Alarm struct {
 	Status      string            `json:"status"` // firing or resolved
 	StartsAt    time.Time         `json:"starts_at"`
 	EndsAt      time.Time         `json:"ends_at,omitempty"`
+}
+
+// VMObservation is one VM as an agent sees it in libvirt.
+type VMObservation struct {
+	VMID       string `json:"vm_id"`
+	State      string `json:"state"`  // running, stopped, crashed
+	Reason     string `json:"reason"` // libvirt reason
+	Generation uint64 `json:"generation"`
+}
+
+// LocalMigration is a node-local migration the agent performed without the servers.
+type LocalMigration struct {
+	VMID       string `json:"vm_id"`
+	ToAddr     string `json:"to_addr"`
+	Generation uint64 `json:"generation"`
+}
+
+// ObservationCurrent is the rule that decides whether an agent's report of
+// a VM at generation gen from node nodeID describes the VM's current
+// placement: it must come from the placement node, and carry the placement
+// generation (or a newer one), or the older generation the placement node
+// adopted by live migration. Anything else is a stale copy.
+func (v *VM) ObservationCurrent(nodeID string, gen uint64) bool {
+	if v.NodeID == "" || v.NodeID != nodeID {
+		return false
+	}
+	return gen >= v.Generation || (v.AdoptGeneration != 0 && gen == v.AdoptGeneration)
+}
+
+// IncomingHere reports whether the VM is being live-migrated to nodeID: its
+// domain there is expected and belongs to the migration in flight.
+func (v *VM) IncomingHere(nodeID string) bool {
+	return v.Migration != nil && v.Migration.To == nodeID
 }
