@@ -13,9 +13,9 @@ lab_dir := ".lab"
 default:
     @just --list
 
-# Build the chime binary into bin/.
+# Build the chime binary into bin/, stamped with the git version.
 build:
-    go build -o bin/chime ./chime
+    go build -ldflags "-X github.com/chime-ha/chime/chime/structs.Version=$(git describe --tags --always --dirty 2>/dev/null || echo dev)" -o bin/chime ./chime
 
 # gofmt check, go vet, then every test (integration tests need root).
 test:

@@ -14,17 +14,15 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/chime-ha/chime/chime/api"
+	"github.com/chime-ha/chime/chime/structs"
 )
-
-// Version is set at build time with -ldflags "-X ...cli.Version=...".
-var Version = "0.1.0-dev"
 
 // App builds the chime command tree.
 func App() *cli.App {
 	return &cli.App{
 		Name:    "chime",
 		Usage:   "keep virtual machines highly available on a fleet of KVM hypervisors",
-		Version: Version,
+		Version: structs.Version,
 		Description: `chime runs as three servers (a Raft group holding the desired state), an agent on
 every hypervisor (reconciling libvirt/qemu towards that state), and this CLI for admins.
 

@@ -23,7 +23,7 @@ gossip ports. A quick test: 'chime server --dev' (one server, temporary data dir
 			&cli.BoolFlag{Name: "dev", Usage: "one-server cluster in a temporary data dir"},
 			&cli.StringFlag{Name: "name", Usage: "server name (unique, DNS label)", EnvVars: []string{"CHIME_NAME"}},
 			&cli.StringFlag{Name: "data-dir", Usage: "directory for the Raft log, snapshots and state", EnvVars: []string{"CHIME_DATA_DIR"}},
-			&cli.StringFlag{Name: "bind", Value: d.BindAddr, Usage: "IP address to listen on", EnvVars: []string{"CHIME_BIND"}},
+			&cli.StringFlag{Name: "bind", Value: d.Bind, Usage: "IP address to listen on", EnvVars: []string{"CHIME_BIND"}},
 			&cli.StringFlag{Name: "advertise", Usage: "IP address others reach this server at (default: --bind)", EnvVars: []string{"CHIME_ADVERTISE"}},
 			&cli.IntFlag{Name: "api-port", Value: d.APIPort, Usage: "HTTP API port"},
 			&cli.IntFlag{Name: "raft-port", Value: d.RaftPort, Usage: "Raft port"},
@@ -32,12 +32,12 @@ gossip ports. A quick test: 'chime server --dev' (one server, temporary data dir
 			&cli.StringSliceFlag{Name: "join", Usage: "gossip address HOST:PORT of another server (repeatable)"},
 			&cli.StringFlag{Name: "gossip-key", Usage: "base64 key (16, 24 or 32 bytes) to encrypt gossip", EnvVars: []string{"CHIME_GOSSIP_KEY"}},
 			&cli.StringFlag{Name: "gossip-profile", Value: d.GossipProfile, Usage: "lan, or local for fast failure detection on one machine"},
-			&cli.StringFlag{Name: "scheduler", Value: d.Strategy, Usage: "placement strategy: spread or binpack"},
+			&cli.StringFlag{Name: "scheduler", Value: d.Scheduler, Usage: "placement strategy: spread or binpack"},
 			&cli.Float64Flag{Name: "cpu-overcommit", Value: d.CPUOvercommit, Usage: "vCPUs placed per host CPU (1 = no overcommit)"},
-			&cli.DurationFlag{Name: "heartbeat-interval", Value: d.HeartbeatEvery, Usage: "agents' heartbeat interval (pushed to agents)"},
-			&cli.IntFlag{Name: "missed-heartbeats", Value: d.MissedBeats, Usage: "heartbeats missed before a ping-back decides unreachable"},
+			&cli.DurationFlag{Name: "heartbeat-interval", Value: d.HeartbeatInterval, Usage: "agents' heartbeat interval (pushed to agents)"},
+			&cli.IntFlag{Name: "missed-heartbeats", Value: d.MissedHeartbeats, Usage: "heartbeats missed before a ping-back decides unreachable"},
 			&cli.StringSliceFlag{Name: "alarm-webhook", Usage: "Alertmanager-compatible webhook URL (repeatable)"},
-			&cli.Uint64Flag{Name: "snapshot-threshold", Value: d.SnapshotEvery, Usage: "take a Raft snapshot after this many log entries"},
+			&cli.Uint64Flag{Name: "snapshot-threshold", Value: d.SnapshotThreshold, Usage: "take a Raft snapshot after this many log entries"},
 			&cli.Float64Flag{Name: "raft-time-scale", Value: 1, Usage: "scale Raft timers (tests only; <1 is faster)", Hidden: true},
 		},
 		Action: func(c *cli.Context) error {
@@ -50,13 +50,13 @@ gossip ports. A quick test: 'chime server --dev' (one server, temporary data dir
 			cfg := server.DefaultConfig()
 			cfg.Dev = c.Bool("dev")
 			cfg.Name, cfg.DataDir = c.String("name"), c.String("data-dir")
-			cfg.BindAddr, cfg.Advertise = c.String("bind"), c.String("advertise")
+			cfg.Bind, cfg.Advertise = c.String("bind"), c.String("advertise")
 			cfg.APIPort, cfg.RaftPort, cfg.GossipPort = c.Int("api-port"), c.Int("raft-port"), c.Int("gossip-port")
 			cfg.BootstrapExpect, cfg.Join = c.Int("bootstrap-expect"), c.StringSlice("join")
 			cfg.GossipKey, cfg.GossipProfile = c.String("gossip-key"), c.String("gossip-profile")
-			cfg.Strategy, cfg.CPUOvercommit = c.String("scheduler"), c.Float64("cpu-overcommit")
-			cfg.HeartbeatEvery, cfg.MissedBeats = c.Duration("heartbeat-interval"), c.Int("missed-heartbeats")
-			cfg.AlarmWebhooks, cfg.SnapshotEvery = c.StringSlice("alarm-webhook"), c.Uint64("snapshot-threshold")
+			cfg.Scheduler, cfg.CPUOvercommit = c.String("scheduler"), c.Float64("cpu-overcommit")
+			cfg.HeartbeatInterval, cfg.MissedHeartbeats = c.Duration("heartbeat-interval"), c.Int("missed-heartbeats")
+			cfg.AlarmWebhook, cfg.SnapshotThreshold = c.StringSlice("alarm-webhook"), c.Uint64("snapshot-threshold")
 			cfg.RaftTimeScale = c.Float64("raft-time-scale")
 			cfg.Logger = newLogger(c, "chime")
 			if cfg.Dev && cfg.DataDir == "" {

@@ -23,9 +23,6 @@ import (
 	"github.com/hashicorp/go-hclog"
 )
 
-// Version is reported to the servers at registration.
-var Version = "dev"
-
 const (
 	defaultHeartbeatInterval = 15 * time.Second
 	desiredWait              = 30 * time.Second
@@ -265,7 +262,7 @@ func (a *Agent) registerOnce(ctx context.Context) error {
 		BusinessInterface: a.cfg.BusinessInterface,
 		VCPUs:             vcpus, MemoryMiB: mem,
 		Labels:       a.cfg.Labels,
-		AgentVersion: Version,
+		AgentVersion: structs.Version,
 	}
 	a.client.Node, a.client.Secret = "", ""
 	resp, err := a.client.Register(ctx, req)

@@ -172,7 +172,7 @@ func (a *alarmer) step(ctx context.Context) {
 		al := r.Alarm
 		a.log.Info("alarm", "name", al.Name, "status", al.Status, "summary", al.Summary)
 		ok := true
-		for _, url := range a.s.cfg.AlarmWebhooks {
+		for _, url := range a.s.cfg.AlarmWebhook {
 			ok = a.deliver(ctx, url, al) && ok
 		}
 		if ctx.Err() != nil {

@@ -115,7 +115,7 @@ func TestAlarmDeliveredOncePerTransitionWithRetries(t *testing.T) {
 	rcv := &receiver{fail: 2}
 	hs := httptest.NewServer(rcv)
 	defer hs.Close()
-	s, base := devServerWith(t, func(c *Config) { c.AlarmWebhooks = []string{hs.URL} })
+	s, base := devServerWith(t, func(c *Config) { c.AlarmWebhook = []string{hs.URL} })
 	c := api.NewClient(base)
 	r := registerNode(t, c, "hv1")
 	ctx := context.Background()

@@ -61,7 +61,7 @@ func newTestCluster(t *testing.T, n int) *testCluster {
 		cfg.Join = joins
 		cfg.GossipProfile = "local"
 		cfg.RaftTimeScale = 0.25
-		cfg.HeartbeatEvery = time.Second
+		cfg.HeartbeatInterval = time.Second
 		cfg.Logger = hclog.New(&hclog.LoggerOptions{Name: cfg.Name, Level: hclog.Warn})
 		tc.cfgs = append(tc.cfgs, cfg)
 	}

@@ -14,42 +14,42 @@ import (
 // Config is everything `chime server` is told. Flags, environment and the
 // config file all land here; DefaultConfig holds the defaults.
 type Config struct {
-	Name            string        // server name, also its Raft id and memberlist name
-	DataDir         string        // raft log, snapshots, state
-	BindAddr        string        // address all listeners bind to
-	Advertise       string        // address others reach us at ("" = BindAddr)
-	APIPort         int           // HTTP API
-	RaftPort        int           // Raft TCP transport
-	GossipPort      int           // memberlist
-	BootstrapExpect int           // form a new cluster once this many servers see each other
-	Join            []string      // gossip addresses (host:port) of other servers
-	Dev             bool          // one server, temporary data dir, bootstraps itself
-	GossipKey       string        // base64 key for encrypted gossip (16, 24 or 32 bytes)
-	GossipProfile   string        // "lan" or "local" (fast timers for tests)
-	Strategy        string        // scheduler strategy: spread or binpack
-	CPUOvercommit   float64       // vCPUs per host vCPU
-	AlarmWebhooks   []string      // Alertmanager-compatible webhook receivers
-	SnapshotEvery   uint64        // take a Raft snapshot after this many log entries
-	HeartbeatEvery  time.Duration // agents' heartbeat interval, pushed to them
-	MissedBeats     int           // heartbeats missed before a ping-back
-	RaftTimeScale   float64       // <1 shortens Raft timers (tests); 1 = raft defaults
-	Logger          hclog.Logger
+	Name              string        // server name, also its Raft id and memberlist name
+	DataDir           string        // raft log, snapshots, state
+	Bind              string        // address all listeners bind to
+	Advertise         string        // address others reach us at ("" = Bind)
+	APIPort           int           // HTTP API
+	RaftPort          int           // Raft TCP transport
+	GossipPort        int           // memberlist
+	BootstrapExpect   int           // form a new cluster once this many servers see each other
+	Join              []string      // gossip addresses (host:port) of other servers
+	Dev               bool          // one server, temporary data dir, bootstraps itself
+	GossipKey         string        // base64 key for encrypted gossip (16, 24 or 32 bytes)
+	GossipProfile     string        // "lan" or "local" (fast timers for tests)
+	Scheduler         string        // scheduler strategy: spread or binpack
+	CPUOvercommit     float64       // vCPUs per host vCPU
+	AlarmWebhook      []string      // Alertmanager-compatible webhook receivers
+	SnapshotThreshold uint64        // take a Raft snapshot after this many log entries
+	HeartbeatInterval time.Duration // agents' heartbeat interval, pushed to them
+	MissedHeartbeats  int           // heartbeats missed before a ping-back
+	RaftTimeScale     float64       // <1 shortens Raft timers (tests); 1 = raft defaults
+	Logger            hclog.Logger
 }
 
 // DefaultConfig returns the production defaults.
 func DefaultConfig() Config {
 	return Config{
-		BindAddr:       "127.0.0.1",
-		APIPort:        4650,
-		RaftPort:       4651,
-		GossipPort:     4652,
-		GossipProfile:  "lan",
-		Strategy:       "spread",
-		CPUOvercommit:  1,
-		SnapshotEvery:  8192,
-		HeartbeatEvery: 15 * time.Second,
-		MissedBeats:    3,
-		RaftTimeScale:  1,
+		Bind:              "127.0.0.1",
+		APIPort:           4650,
+		RaftPort:          4651,
+		GossipPort:        4652,
+		GossipProfile:     "lan",
+		Scheduler:         "spread",
+		CPUOvercommit:     1,
+		SnapshotThreshold: 8192,
+		HeartbeatInterval: 15 * time.Second,
+		MissedHeartbeats:  3,
+		RaftTimeScale:     1,
 	}
 }
 
@@ -58,7 +58,7 @@ func (c Config) AdvertiseAddr() string {
 	if c.Advertise != "" {
 		return c.Advertise
 	}
-	return c.BindAddr
+	return c.Bind
 }
 
 // APIURL is this server's API base URL.
@@ -79,8 +79,8 @@ func (c Config) Validate() error {
 	if c.DataDir == "" {
 		return structs.Invalid("--data-dir", "is required")
 	}
-	if net.ParseIP(c.BindAddr) == nil {
-		return structs.Invalid("--bind", "%q is not an IP address", c.BindAddr)
+	if net.ParseIP(c.Bind) == nil {
+		return structs.Invalid("--bind", "%q is not an IP address", c.Bind)
 	}
 	if c.Advertise != "" && net.ParseIP(c.Advertise) == nil {
 		return structs.Invalid("--advertise", "%q is not an IP address", c.Advertise)
@@ -107,21 +107,21 @@ func (c Config) Validate() error {
 			return structs.Invalid("--join", "%q is not HOST:PORT", j)
 		}
 	}
-	switch c.Strategy {
+	switch c.Scheduler {
 	case "spread", "binpack":
 	default:
-		return structs.Invalid("--scheduler", "%q must be spread or binpack", c.Strategy)
+		return structs.Invalid("--scheduler", "%q must be spread or binpack", c.Scheduler)
 	}
 	if c.CPUOvercommit < 1 || c.CPUOvercommit > 16 {
 		return structs.Invalid("--cpu-overcommit", "must be between 1 and 16, got %v", c.CPUOvercommit)
 	}
-	if c.HeartbeatEvery < 100*time.Millisecond || c.HeartbeatEvery > 10*time.Minute {
-		return structs.Invalid("--heartbeat-interval", "must be between 100ms and 10m, got %s", c.HeartbeatEvery)
+	if c.HeartbeatInterval < 100*time.Millisecond || c.HeartbeatInterval > 10*time.Minute {
+		return structs.Invalid("--heartbeat-interval", "must be between 100ms and 10m, got %s", c.HeartbeatInterval)
 	}
-	if c.MissedBeats < 1 || c.MissedBeats > 100 {
-		return structs.Invalid("--missed-heartbeats", "must be between 1 and 100, got %d", c.MissedBeats)
+	if c.MissedHeartbeats < 1 || c.MissedHeartbeats > 100 {
+		return structs.Invalid("--missed-heartbeats", "must be between 1 and 100, got %d", c.MissedHeartbeats)
 	}
-	for _, w := range c.AlarmWebhooks {
+	for _, w := range c.AlarmWebhook {
 		if !strings.HasPrefix(w, "http://") && !strings.HasPrefix(w, "https://") {
 			return structs.Invalid("--alarm-webhook", "%q must be an http(s) URL", w)
 		}

@@ -46,7 +46,7 @@ func (s *Server) authenticate(r *http.Request) (*structs.Node, error) {
 }
 
 func (s *Server) timing() api.Timing {
-	return api.Timing{HeartbeatInterval: s.cfg.HeartbeatEvery, MissedHeartbeats: s.cfg.MissedBeats}
+	return api.Timing{HeartbeatInterval: s.cfg.HeartbeatInterval, MissedHeartbeats: s.cfg.MissedHeartbeats}
 }
 
 // gossipAddrs lists the servers' memberlist addresses for agents; it is

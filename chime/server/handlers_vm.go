@@ -17,7 +17,7 @@ import (
 )
 
 func (s *Server) schedOptions() scheduler.Options {
-	return scheduler.Options{Strategy: scheduler.Strategy(s.cfg.Strategy), CPUOvercommit: s.cfg.CPUOvercommit}
+	return scheduler.Options{Strategy: scheduler.Strategy(s.cfg.Scheduler), CPUOvercommit: s.cfg.CPUOvercommit}
 }
 
 func (s *Server) handleCreateVM(w http.ResponseWriter, r *http.Request) (any, error) {

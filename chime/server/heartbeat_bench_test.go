@@ -370,7 +370,7 @@ func startInProcessBenchServer(b *testing.B, ctx context.Context, bc heartbeatBe
 	cfg.Dev, cfg.Name, cfg.DataDir = true, "bench", filepath.Join(dir, "data")
 	cfg.APIPort, cfg.RaftPort, cfg.GossipPort = ports[0], ports[1], ports[2]
 	cfg.GossipProfile = "local"
-	cfg.HeartbeatEvery, cfg.MissedBeats = bc.interval, bc.missed
+	cfg.HeartbeatInterval, cfg.MissedHeartbeats = bc.interval, bc.missed
 	cfg.Logger = hclog.New(&hclog.LoggerOptions{Name: "chime", Level: hclog.Warn, Output: logf})
 	srv, err := Start(ctx, cfg)
 	if err != nil {

@@ -75,7 +75,7 @@ func (s *Server) setupHTTP() error {
 		return nil, structs.NotFound("path", "no such endpoint: %s %s", r.Method, r.URL.Path)
 	}))
 
-	addr := net.JoinHostPort(s.cfg.BindAddr, strconv.Itoa(s.cfg.APIPort))
+	addr := net.JoinHostPort(s.cfg.Bind, strconv.Itoa(s.cfg.APIPort))
 	lis, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("api listener on %s: %w", addr, err)

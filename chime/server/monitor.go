@@ -57,7 +57,7 @@ func (m *monitor) forget(nodeID string) {
 
 // limit is how long a node may be silent before a ping-back.
 func (m *monitor) limit() time.Duration {
-	return time.Duration(m.s.cfg.MissedBeats) * m.s.cfg.HeartbeatEvery
+	return time.Duration(m.s.cfg.MissedHeartbeats) * m.s.cfg.HeartbeatInterval
 }
 
 // heartbeat records an arrival and writes the transition it implies.
@@ -129,7 +129,7 @@ func silentFor(now, last, leaderSince time.Time) time.Duration {
 // run checks nodes until ctx ends (leadership lost).
 func (m *monitor) run(ctx context.Context) {
 	m.reset()
-	tick := max(m.s.cfg.HeartbeatEvery/4, 50*time.Millisecond)
+	tick := max(m.s.cfg.HeartbeatInterval/4, 50*time.Millisecond)
 	t := time.NewTicker(tick)
 	defer t.Stop()
 	var wg sync.WaitGroup
@@ -220,7 +220,7 @@ func (m *monitor) directPing(ctx context.Context, n structs.Node) error {
 	if n.APIAddr == "" {
 		return fmt.Errorf("no agent API address")
 	}
-	timeout := min(m.s.cfg.HeartbeatEvery, 5*time.Second)
+	timeout := min(m.s.cfg.HeartbeatInterval, 5*time.Second)
 	cctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(cctx, http.MethodGet, api.NormalizeAddr(n.APIAddr)+"/v1/ping", nil)

@@ -95,7 +95,7 @@ func startSimAgent(t *testing.T, base []string, name string, every time.Duration
 
 func TestSilentNodeBecomesUnreachableAndComesBack(t *testing.T) {
 	interval, missed := 200*time.Millisecond, 3
-	_, base := devServerWith(t, func(c *Config) { c.HeartbeatEvery, c.MissedBeats = interval, missed })
+	_, base := devServerWith(t, func(c *Config) { c.HeartbeatInterval, c.MissedHeartbeats = interval, missed })
 	c := api.NewClient(base)
 	a := startSimAgent(t, []string{base}, "hv1", interval)
 	time.Sleep(3 * interval)

@@ -123,7 +123,7 @@ func (s *Server) setupRaft() error {
 	if err != nil {
 		return fmt.Errorf("snapshot store: %w", err)
 	}
-	bind := net.JoinHostPort(cfg.BindAddr, strconv.Itoa(cfg.RaftPort))
+	bind := net.JoinHostPort(cfg.Bind, strconv.Itoa(cfg.RaftPort))
 	adv, err := net.ResolveTCPAddr("tcp", cfg.RaftAddr())
 	if err != nil {
 		return fmt.Errorf("raft advertise address: %w", err)
@@ -135,7 +135,7 @@ func (s *Server) setupRaft() error {
 	rc := raft.DefaultConfig()
 	rc.LocalID = raft.ServerID(cfg.Name)
 	rc.Logger = s.log.Named("raft")
-	rc.SnapshotThreshold = cfg.SnapshotEvery
+	rc.SnapshotThreshold = cfg.SnapshotThreshold
 	rc.TrailingLogs = 10240
 	if cfg.RaftTimeScale < 1 {
 		sc := func(d time.Duration) time.Duration { return time.Duration(float64(d) * cfg.RaftTimeScale) }
@@ -161,7 +161,7 @@ func (s *Server) setupGossip(ctx context.Context) error {
 	var err error
 	s.pool, err = gossip.Start(ctx, gossip.Config{
 		Name:     s.cfg.Name,
-		BindAddr: s.cfg.BindAddr, BindPort: s.cfg.GossipPort,
+		BindAddr: s.cfg.Bind, BindPort: s.cfg.GossipPort,
 		AdvertiseAddr: s.cfg.AdvertiseAddr(), AdvertisePort: s.cfg.GossipPort,
 		Key:     key,
 		Meta:    map[string]string{"role": "server", "api": s.cfg.APIURL(), "raft": s.cfg.RaftAddr(), "id": s.cfg.Name},
