@@ -42,3 +42,7 @@ require (
 	golang.org/x/sys v0.48.0 // indirect
 	google.golang.org/protobuf v1.36.12 // indirect
 )
+
+// chime's fork of memberlist v0.7.0: upstream plus one file exporting the
+// per-node states (gossip/memberlist/CHIME.md).
+replace github.com/hashicorp/memberlist => ./gossip/memberlist
