@@ -11,6 +11,7 @@ require (
 	github.com/prometheus/client_golang v1.25.0
 	github.com/urfave/cli/v2 v2.27.7
 	go.etcd.io/bbolt v1.5.0
+	golang.org/x/sys v0.48.0
 	libvirt.org/go/libvirtxml v1.12008.0
 )
 
@@ -39,6 +40,9 @@ require (
 	github.com/xrash/smetrics v0.0.0-20240521201337-686a1a2994c1 // indirect
 	golang.org/x/crypto v0.57.0 // indirect
 	golang.org/x/net v0.59.0 // indirect
-	golang.org/x/sys v0.48.0 // indirect
 	google.golang.org/protobuf v1.36.12 // indirect
 )
+
+// chime's fork of memberlist v0.7.0: upstream plus one file exporting the
+// per-node states (gossip/memberlist/CHIME.md).
+replace github.com/hashicorp/memberlist => ./gossip/memberlist

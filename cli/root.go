@@ -113,5 +113,3 @@ func oneArg(c *cli.Context, what string) (string, error) {
 }
 
 var stdout io.Writer = os.Stdout
-
-func itoa(i int) string { return fmt.Sprint(i) }

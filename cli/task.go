@@ -1,6 +1,8 @@
 package cli
 
 import (
+	"strconv"
+
 	"github.com/urfave/cli/v2"
 )
 
@@ -32,7 +34,7 @@ func taskCommand() *cli.Command {
 							}
 						}
 						rows = append(rows, []string{short(t.ID), t.Kind, t.State, short(t.NodeID), short(t.VMID),
-							itoa(done) + "/" + itoa(len(t.Steps)), ago(t.Created), dash(t.Error)})
+							strconv.Itoa(done) + "/" + strconv.Itoa(len(t.Steps)), ago(t.Created), dash(t.Error)})
 					}
 					return table([]string{"ID", "KIND", "STATE", "NODE", "VM", "STEPS", "CREATED", "ERROR"}, rows)
 				},

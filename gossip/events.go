@@ -31,12 +31,12 @@ type MemberEvent struct {
 const subscriberBuffer = 128
 
 // delegate receives memberlist's callbacks. memberlist calls the event
-// methods while holding its node lock, so they copy what they need, never
-// call back into memberlist, and never block: a slow subscriber loses
-// events rather than stalling gossip.
+// methods while holding its node lock, so they copy what they need, call
+// back into memberlist only through the lock-free NodeStateLocked, and never
+// block: a slow subscriber loses events rather than stalling gossip.
 type delegate struct {
-	log    hclog.Logger
-	reader atomic.Pointer[stateReader] // set once memberlist exists; nil: no state reading
+	log hclog.Logger
+	ml  atomic.Pointer[memberlist.Memberlist] // set right after memberlist.Create returns
 
 	metaMu sync.Mutex
 	meta   []byte // local metadata, JSON
@@ -104,10 +104,13 @@ func (d *delegate) NotifyUpdate(n *memberlist.Node) {
 
 // NotifyLeave implements memberlist.EventDelegate. memberlist calls it for
 // both a departure and a death; the state it has just set tells them apart.
+// It runs under memberlist's node lock, hence NodeStateLocked.
 func (d *delegate) NotifyLeave(n *memberlist.Node) {
 	state, typ := StateDead, EventFail
-	if r := d.reader.Load(); r != nil {
-		if s, ok := r.stateLocked(n.Name); ok && s == memberlist.StateLeft {
+	// ml is nil only until Start stores it, before this member has joined
+	// anyone: memberlist knows no other node to declare dead or left.
+	if ml := d.ml.Load(); ml != nil {
+		if s, ok := ml.NodeStateLocked(n.Name); ok && s == memberlist.StateLeft {
 			state, typ = StateLeft, EventLeave
 		}
 	}

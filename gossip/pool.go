@@ -88,11 +88,7 @@ func Start(ctx context.Context, cfg Config) (*Pool, error) {
 	if err != nil {
 		return nil, fmt.Errorf("start gossip on %s: %w", net.JoinHostPort(cfg.BindAddr, strconv.Itoa(cfg.BindPort)), err)
 	}
-	if r, err := newStateReader(ml); err != nil {
-		log.Warn("memberlist node states unavailable: suspect is not reported and left looks like dead", "error", err)
-	} else {
-		del.reader.Store(r)
-	}
+	del.ml.Store(ml)
 
 	p := &Pool{
 		name: cfg.Name,
@@ -147,7 +143,7 @@ func (p *Pool) Name() string { return p.name }
 // ones until this process forgets them (never, today), sorted by name.
 func (p *Pool) Members() []Member {
 	table := p.del.snapshot()
-	p.overlayStates(table)
+	overlayStates(p.ml, table)
 	out := slices.Collect(maps.Values(table))
 	slices.SortFunc(out, func(a, b Member) int { return strings.Compare(a.Name, b.Name) })
 	return out
@@ -159,28 +155,12 @@ func (p *Pool) Member(name string) (Member, bool) {
 	if !ok {
 		return Member{}, false
 	}
-	if r := p.del.reader.Load(); r != nil {
-		if s, ok := r.state(name); ok {
-			m.State = stateName(s)
-		}
+	// memberlist's current state (suspect included); a member it has
+	// forgotten keeps the state of its last event.
+	if s, ok := p.ml.NodeState(name); ok {
+		m.State = stateName(s)
 	}
 	return m, true
-}
-
-// overlayStates replaces the event-time states in table with memberlist's
-// current ones (which include suspect). Members memberlist has already
-// forgotten keep the state of their last event (dead or left).
-func (p *Pool) overlayStates(table map[string]Member) {
-	r := p.del.reader.Load()
-	if r == nil {
-		return
-	}
-	for name, s := range r.states() {
-		if m, ok := table[name]; ok {
-			m.State = stateName(s)
-			table[name] = m
-		}
-	}
 }
 
 // Servers returns the alive members whose role is server, sorted by name.

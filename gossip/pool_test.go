@@ -310,8 +310,8 @@ func TestShutdownMemberIsDetected(t *testing.T) {
 
 func TestSuspectIsNotReachable(t *testing.T) {
 	// A long suspicion timeout holds the shut-down member in suspect, so the
-	// test sees memberlist's suspect state (read through stateReader) rather
-	// than racing it to dead.
+	// test sees memberlist's suspect state (read through the fork's
+	// NodeState accessor) rather than racing it to dead.
 	longSuspicion := func(c *Config) {
 		c.tune = func(mc *memberlist.Config) { mc.SuspicionMult = 200 }
 	}
@@ -567,21 +567,93 @@ func TestSlowSubscriberNeverBlocks(t *testing.T) {
 	}
 }
 
-func TestStateReaderMatchesMemberlist(t *testing.T) {
-	p := startPool(t, "self", nil, nil)
-	r := p.del.reader.Load()
-	if r == nil {
-		t.Fatal("no stateReader: memberlist's internals changed; see state.go")
+// TestPoolStatesMatchMemberlist checks that the pool reports memberlist's
+// own per-node states, read through the accessors of chime's memberlist fork
+// (gossip/memberlist/chime_states.go), for each of alive, suspect, dead and
+// left, and that the accessors report what memberlist does.
+func TestPoolStatesMatchMemberlist(t *testing.T) {
+	t.Run("lone pool", func(t *testing.T) {
+		p := startPool(t, "self", nil, nil)
+		states := p.ml.NodeStates()
+		if len(states) != 1 || states["self"] != memberlist.StateAlive {
+			t.Fatalf("NodeStates() = %v, want self alive", states)
+		}
+		if s, ok := p.ml.NodeState("self"); !ok || s != memberlist.StateAlive {
+			t.Fatalf("NodeState(self) = %v, %v; want alive", s, ok)
+		}
+		if _, ok := p.ml.NodeState("nobody"); ok {
+			t.Fatal("NodeState(nobody) found a node")
+		}
+		if m, ok := p.Member("self"); !ok || m.State != StateAlive {
+			t.Fatalf("Member(self) = %+v, %v; want alive", m, ok)
+		}
+	})
+
+	// A long suspicion timeout holds a shut-down member in suspect.
+	longSuspicion := func(c *Config) {
+		c.tune = func(mc *memberlist.Config) { mc.SuspicionMult = 200 }
 	}
-	states := r.states()
-	if len(states) != 1 || states["self"] != memberlist.StateAlive {
-		t.Fatalf("states() = %v, want self alive", states)
+	shutdown := func(t *testing.T, b *Pool) {
+		if err := b.Shutdown(); err != nil {
+			t.Fatal(err)
+		}
 	}
-	if s, ok := r.state("self"); !ok || s != memberlist.StateAlive {
-		t.Fatalf("state(self) = %v, %v; want alive", s, ok)
+	tests := []struct {
+		name string
+		tune func(*Config)
+		act  func(t *testing.T, b *Pool) // brings b into want, as a sees it
+		want memberlist.NodeStateType
+		// memberlist's NumMembers on a: it counts alive and suspect nodes,
+		// an independent check that the accessor reports memberlist's state.
+		wantNum int
+	}{
+		{"alive", nil, func(*testing.T, *Pool) {}, memberlist.StateAlive, 2},
+		{"suspect", longSuspicion, shutdown, memberlist.StateSuspect, 2},
+		{"dead", nil, shutdown, memberlist.StateDead, 1},
+		{"left", nil, func(t *testing.T, b *Pool) {
+			if err := b.Leave(5 * time.Second); err != nil {
+				t.Fatalf("leave: %v", err)
+			}
+		}, memberlist.StateLeft, 1},
 	}
-	if _, ok := r.state("nobody"); ok {
-		t.Fatal("state(nobody) found a node")
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			a := startPool(t, "a", nil, tt.tune)
+			b := startPool(t, "b", nil, tt.tune)
+			joinTo(t, b, a)
+			mlState := func(want memberlist.NodeStateType) func() (bool, string) {
+				return func() (bool, string) {
+					s, ok := a.ml.NodeState("b")
+					return ok && s == want, fmt.Sprintf("known=%v state=%s", ok, stateName(s))
+				}
+			}
+			eventually(t, converge, "a's memberlist holds b alive", mlState(memberlist.StateAlive))
+			tt.act(t, b)
+			eventually(t, converge, "a's memberlist holds b "+stateName(tt.want), mlState(tt.want))
+
+			states := a.ml.NodeStates()
+			if len(states) != 2 || states["a"] != memberlist.StateAlive || states["b"] != tt.want {
+				t.Fatalf("NodeStates() = %v, want a alive and b %s", states, stateName(tt.want))
+			}
+			members := a.Members()
+			if len(members) != len(states) {
+				t.Fatalf("Members() = %s, memberlist knows %v", describe(members), states)
+			}
+			for _, m := range members {
+				if want := stateName(states[m.Name]); m.State != want {
+					t.Errorf("Members() has %s %s, memberlist has it %s", m.Name, m.State, want)
+				}
+				if one, ok := a.Member(m.Name); !ok || one.State != m.State {
+					t.Errorf("Member(%s) = %+v, %v; Members() has it %s", m.Name, one, ok, m.State)
+				}
+			}
+			if got, want := a.Reachable("b"), tt.want == memberlist.StateAlive; got != want {
+				t.Errorf("Reachable(b) = %v with b %s, want %v", got, stateName(tt.want), want)
+			}
+			if got := a.NumMembers(); got != tt.wantNum {
+				t.Errorf("NumMembers() = %d with b %s, want %d", got, stateName(tt.want), tt.wantNum)
+			}
+		})
 	}
 }
 
