@@ -44,5 +44,5 @@ require (
 )
 
 // chime's fork of memberlist v0.7.0: upstream plus one file exporting the
-// per-node states (gossip/memberlist/CHIME.md).
-replace github.com/hashicorp/memberlist => ./gossip/memberlist
+// per-node states (gossip/third_party/memberlist/CHIME.md).
+replace github.com/hashicorp/memberlist => ./gossip/third_party/memberlist

@@ -569,7 +569,7 @@ func TestSlowSubscriberNeverBlocks(t *testing.T) {
 
 // TestPoolStatesMatchMemberlist checks that the pool reports memberlist's
 // own per-node states, read through the accessors of chime's memberlist fork
-// (gossip/memberlist/chime_states.go), for each of alive, suspect, dead and
+// (gossip/third_party/memberlist/chime_states.go), for each of alive, suspect, dead and
 // left, and that the accessors report what memberlist does.
 func TestPoolStatesMatchMemberlist(t *testing.T) {
 	t.Run("lone pool", func(t *testing.T) {

@@ -9,7 +9,7 @@ import (
 // Member states as the pool reports them.
 //
 // They come from memberlist's own per-node state, read through the accessors
-// chime's fork of memberlist adds (gossip/memberlist/chime_states.go):
+// chime's fork of memberlist adds (gossip/third_party/memberlist/chime_states.go):
 // upstream v0.7.0 keeps that state unexported, never fills the exported
 // Node.State, fires no event on suspect and calls NotifyLeave for both dead
 // and left.
