@@ -162,7 +162,7 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) (any, erro
 }
 
 func (s *Server) handleAlarms(w http.ResponseWriter, r *http.Request) (any, error) {
-	return s.alarms.firing(), nil
+	return s.alarmer.Firing()
 }
 
 func (s *Server) handleTasks(w http.ResponseWriter, r *http.Request) (any, error) {

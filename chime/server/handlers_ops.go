@@ -16,7 +16,7 @@ func (s *Server) migrateVM(ctx context.Context, reqID string, vm *structs.VM, to
 	if vm.NodeID == "" {
 		return nil, structs.Conflict("id", "vm %s is not placed on any node (pending)", vm.Name)
 	}
-	if t := s.activeTaskFor(vm.ID, ""); t != nil {
+	if t := s.taskRunner.ActiveFor(vm.ID, ""); t != nil {
 		return nil, structs.Conflict("id", "vm %s is already part of %s task %s", vm.Name, t.Kind, t.ID)
 	}
 	src, err := s.fsm.Node(vm.NodeID)
@@ -35,14 +35,14 @@ func (s *Server) migrateVM(ctx context.Context, reqID string, vm *structs.VM, to
 		if n.ID == vm.NodeID {
 			return nil, structs.Invalid("to", "vm %s already runs on node %s", vm.Name, n.Name)
 		}
-		if err := s.checkDestination(*vm, n.ID); err != nil {
+		if err := s.placer.Check(*vm, n.ID); err != nil {
 			return nil, err
 		}
 		dest = n.ID
-	} else if _, err := s.place(*vm, []string{vm.NodeID}); err != nil {
+	} else if _, err := s.placer.Place(*vm, []string{vm.NodeID}); err != nil {
 		return nil, structs.Conflict("to", "no destination for vm %s: %v", vm.Name, err)
 	}
-	t, err := s.newTask(ctx, reqID, structs.Task{Kind: structs.TaskMigrate, VMID: vm.ID, NodeID: "",
+	t, err := s.taskRunner.Create(ctx, reqID, structs.Task{Kind: structs.TaskMigrate, VMID: vm.ID, NodeID: "",
 		Steps: []structs.TaskStep{{VMID: vm.ID, From: vm.NodeID, To: dest, State: structs.TaskPending}}})
 	if err != nil {
 		return nil, err
@@ -56,7 +56,7 @@ func (s *Server) evacuateNode(ctx context.Context, reqID string, n *structs.Node
 	if n.MonitorState == structs.MonitorUnreachable {
 		return nil, structs.Conflict("id", "node %s is unreachable: live migration needs its agent (drain and rebuild instead)", n.Name)
 	}
-	if t := s.activeTaskFor("", n.ID); t != nil {
+	if t := s.taskRunner.ActiveFor("", n.ID); t != nil {
 		return nil, structs.Conflict("id", "node %s already has %s task %s running", n.Name, t.Kind, t.ID)
 	}
 	if n.ManagementState == structs.NodeEnabled {
@@ -70,12 +70,12 @@ func (s *Server) evacuateNode(ctx context.Context, reqID string, n *structs.Node
 	}
 	steps := []structs.TaskStep{}
 	for _, vm := range vms {
-		if t := s.activeTaskFor(vm.ID, ""); t != nil {
+		if t := s.taskRunner.ActiveFor(vm.ID, ""); t != nil {
 			continue
 		}
 		steps = append(steps, structs.TaskStep{VMID: vm.ID, From: n.ID, State: structs.TaskPending})
 	}
-	return s.newTask(ctx, reqID, structs.Task{Kind: structs.TaskEvacuate, NodeID: n.ID, Steps: steps})
+	return s.taskRunner.Create(ctx, reqID, structs.Task{Kind: structs.TaskEvacuate, NodeID: n.ID, Steps: steps})
 }
 
 // drainNode stops every VM on the node and keeps them stopped; the task
@@ -92,7 +92,7 @@ func (s *Server) drainNode(ctx context.Context, reqID string, n *structs.Node) (
 	for _, vm := range vms {
 		steps = append(steps, structs.TaskStep{VMID: vm.ID, From: n.ID, State: structs.TaskRunning})
 	}
-	return s.newTask(ctx, reqID, structs.Task{Kind: structs.TaskDrain, NodeID: n.ID, Steps: steps})
+	return s.taskRunner.Create(ctx, reqID, structs.Task{Kind: structs.TaskDrain, NodeID: n.ID, Steps: steps})
 }
 
 // rebuildNode recreates every VM of a drained node elsewhere. Uniqueness
@@ -112,38 +112,39 @@ func (s *Server) rebuildNode(ctx context.Context, reqID string, n *structs.Node,
 			return nil, err
 		}
 	}
-	s.placeMu.Lock()
-	defer s.placeMu.Unlock()
-	vms, _, err := s.fsm.VMsOnNode(n.ID)
-	if err != nil {
-		return nil, err
-	}
-	nodes, err := s.fsm.Nodes()
-	if err != nil {
-		return nil, err
-	}
-	all, err := s.fsm.VMs()
-	if err != nil {
-		return nil, err
-	}
-	var reqs []scheduler.Request
-	for _, vm := range vms {
-		reqs = append(reqs, scheduler.Request{VM: vm, Exclude: []string{n.ID}})
-	}
-	placed, _ := scheduler.PlaceAll(nodes, all, reqs, s.schedOptions())
+	// The whole rebuild is one placement decision: every VM's new node is
+	// chosen over one read and proposed before anything else places.
 	steps := []structs.TaskStep{}
-	for _, vm := range vms {
-		to := placed[vm.ID]
-		st := structs.TaskStep{VMID: vm.ID, From: n.ID, To: to, State: structs.TaskSucceeded}
-		reason := "rebuild of node " + n.Name
-		if to == "" {
-			reason += ": no node fits, pending"
-			st.Error = "no node fits: pending until capacity appears"
+	err := s.placer.Decide(func() error {
+		vms, _, err := s.fsm.VMsOnNode(n.ID)
+		if err != nil {
+			return err
 		}
-		if _, err := s.propose(ctx, "", fsm.CmdPlaceVM, fsm.PlaceVM{VMID: vm.ID, NodeID: to, IfGeneration: vm.Generation, Reason: reason}); err != nil {
-			st.State, st.Error = structs.TaskFailed, err.Error()
+		var reqs []scheduler.Request
+		for _, vm := range vms {
+			reqs = append(reqs, scheduler.Request{VM: vm, Exclude: []string{n.ID}})
 		}
-		steps = append(steps, st)
+		placed, err := s.placer.PlaceAll(reqs)
+		if err != nil {
+			return err
+		}
+		for _, vm := range vms {
+			to := placed[vm.ID]
+			st := structs.TaskStep{VMID: vm.ID, From: n.ID, To: to, State: structs.TaskSucceeded}
+			reason := "rebuild of node " + n.Name
+			if to == "" {
+				reason += ": no node fits, pending"
+				st.Error = "no node fits: pending until capacity appears"
+			}
+			if _, err := s.propose(ctx, "", fsm.CmdPlaceVM, fsm.PlaceVM{VMID: vm.ID, NodeID: to, IfGeneration: vm.Generation, Reason: reason}); err != nil {
+				st.State, st.Error = structs.TaskFailed, err.Error()
+			}
+			steps = append(steps, st)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	state := structs.TaskSucceeded
 	for _, st := range steps {
@@ -152,7 +153,7 @@ func (s *Server) rebuildNode(ctx context.Context, reqID string, n *structs.Node,
 		}
 	}
 	s.kickPlacement()
-	return s.newTask(ctx, reqID, structs.Task{Kind: structs.TaskRebuild, NodeID: n.ID, State: state, Steps: steps})
+	return s.taskRunner.Create(ctx, reqID, structs.Task{Kind: structs.TaskRebuild, NodeID: n.ID, State: state, Steps: steps})
 }
 
 func (s *Server) handleGetTask(w http.ResponseWriter, r *http.Request) (any, error) {
@@ -220,4 +221,12 @@ func (s *Server) retriedTask(reqID string) (*structs.Task, bool) {
 	}
 	t, terr := s.fsm.Task(id)
 	return t, terr == nil
+}
+
+// short8 shortens an id for messages.
+func short8(id string) string {
+	if len(id) > 8 {
+		return id[:8]
+	}
+	return id
 }

@@ -16,10 +16,6 @@ import (
 	"github.com/chime-ha/chime/scheduler"
 )
 
-func (s *Server) schedOptions() scheduler.Options {
-	return scheduler.Options{Strategy: scheduler.Strategy(s.cfg.Scheduler), CPUOvercommit: s.cfg.CPUOvercommit}
-}
-
 func (s *Server) handleCreateVM(w http.ResponseWriter, r *http.Request) (any, error) {
 	var req api.CreateVMRequest
 	if err := decode(r, &req); err != nil {
@@ -45,33 +41,22 @@ func (s *Server) handleCreateVM(w http.ResponseWriter, r *http.Request) (any, er
 	vm := structs.VM{ID: uuid.NewString(), Name: req.Name, DesiredState: desired, Spec: structs.VMSpec{
 		VCPUs: req.VCPUs, MemoryMiB: req.Memory, Disks: req.Disks, HA: req.HA, Labels: req.Labels, AntiAffinity: req.Group}}
 
-	// Placement and its proposal are serialised so that two concurrent
+	// Placement and its proposal are one decision, so that two concurrent
 	// creates cannot both take the last free capacity of a node.
-	s.placeMu.Lock()
-	defer s.placeMu.Unlock()
-	nodeID, err := s.place(vm, nil)
-	if err != nil && !errors.Is(err, scheduler.ErrNoCapacity) {
-		return nil, err
-	}
-	res, err := s.propose(r.Context(), r.Header.Get(api.HeaderRequestID), fsm.CmdCreateVM, fsm.CreateVM{VM: vm, NodeID: nodeID})
+	var res *fsm.Result
+	err := s.placer.Decide(func() error {
+		nodeID, err := s.placer.Place(vm, nil)
+		if err != nil && !errors.Is(err, scheduler.ErrNoCapacity) {
+			return err
+		}
+		res, err = s.propose(r.Context(), r.Header.Get(api.HeaderRequestID), fsm.CmdCreateVM, fsm.CreateVM{VM: vm, NodeID: nodeID})
+		return err
+	})
 	if err != nil {
 		return nil, err
 	}
 	w.WriteHeader(http.StatusCreated)
 	return s.fsm.VM(res.ObjectID)
-}
-
-// place asks the scheduler for a node, over the leader's current state.
-func (s *Server) place(vm structs.VM, exclude []string) (string, error) {
-	nodes, err := s.fsm.Nodes()
-	if err != nil {
-		return "", err
-	}
-	vms, err := s.fsm.VMs()
-	if err != nil {
-		return "", err
-	}
-	return scheduler.Place(nodes, vms, scheduler.Request{VM: vm, Exclude: exclude}, s.schedOptions())
 }
 
 func (s *Server) handleListVMs(w http.ResponseWriter, r *http.Request) (any, error) {

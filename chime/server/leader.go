@@ -2,16 +2,10 @@ package server
 
 import (
 	"context"
-	"errors"
 	"sync"
 	"time"
 
-	"github.com/chime-ha/chime/chime/structs"
-
 	"github.com/hashicorp/raft"
-
-	"github.com/chime-ha/chime/fsm"
-	"github.com/chime-ha/chime/scheduler"
 )
 
 // leaderLoop runs the leader's duties while this server is leader.
@@ -55,7 +49,7 @@ func (s *Server) lead(ctx context.Context) {
 		return
 	}
 	var wg sync.WaitGroup
-	for _, fn := range []func(context.Context){s.mon.run, s.alarms.run, s.placementLoop, s.peerLoop, s.taskLoop} {
+	for _, fn := range []func(context.Context){s.mon.run, s.alarmer.Run, s.placer.Run, s.peerLoop, s.taskRunner.Run} {
 		wg.Add(1)
 		go func(fn func(context.Context)) {
 			defer wg.Done()
@@ -63,57 +57,6 @@ func (s *Server) lead(ctx context.Context) {
 		}(fn)
 	}
 	wg.Wait()
-}
-
-// kickPlacement wakes the placement loop (capacity may have appeared).
-func (s *Server) kickPlacement() {
-	select {
-	case s.placeKick <- struct{}{}:
-	default:
-	}
-}
-
-// placementLoop places pending VMs as soon as a node fits.
-func (s *Server) placementLoop(ctx context.Context) {
-	for {
-		ch, _ := s.fsm.Changed()
-		s.placePending(ctx)
-		select {
-		case <-ctx.Done():
-			return
-		case <-ch:
-		case <-s.placeKick:
-		case <-time.After(10 * time.Second):
-		}
-	}
-}
-
-func (s *Server) placePending(ctx context.Context) {
-	s.placeMu.Lock()
-	defer s.placeMu.Unlock()
-	vms, err := s.fsm.VMs()
-	if err != nil {
-		return
-	}
-	for _, vm := range vms {
-		if vm.NodeID != "" || ctx.Err() != nil {
-			continue
-		}
-		nodeID, err := s.place(vm, nil)
-		if errors.Is(err, scheduler.ErrNoCapacity) || err != nil {
-			continue
-		}
-		// Compare-and-set on the pending state (generation 0 cannot be
-		// asserted, so check the VM is still unplaced right before).
-		if cur, err := s.fsm.VM(vm.ID); err != nil || cur.NodeID != "" {
-			continue
-		}
-		if _, err := s.propose(ctx, "", fsm.CmdPlaceVM, fsm.PlaceVM{VMID: vm.ID, NodeID: nodeID, Reason: "pending VM placed"}); err != nil {
-			s.log.Warn("place pending vm failed", "vm", vm.Name, "error", err)
-			continue
-		}
-		s.log.Info("pending vm placed", "vm", vm.Name, "node", nodeID)
-	}
 }
 
 // peerLoop adds servers that gossip knows and Raft does not as voters, so
@@ -148,5 +91,3 @@ func (s *Server) peerLoop(ctx context.Context) {
 		}
 	}
 }
-
-var _ = structs.StatePending

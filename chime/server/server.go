@@ -13,6 +13,9 @@ import (
 	"sync"
 	"time"
 
+	"github.com/chime-ha/chime/chime/server/alarms"
+	"github.com/chime-ha/chime/chime/server/placement"
+	"github.com/chime-ha/chime/chime/server/tasks"
 	"github.com/chime-ha/chime/chime/structs"
 
 	"github.com/hashicorp/go-hclog"
@@ -25,23 +28,24 @@ import (
 
 // Server is one running chime server.
 type Server struct {
-	cfg    Config
-	log    hclog.Logger
-	raft   *raft.Raft
-	fsm    *fsm.FSM
-	logs   *fsm.LogStore
-	trans  *raft.NetworkTransport
-	pool   *gossip.Pool
-	http   *http.Server
-	lis    net.Listener
-	fwd    *http.Client
-	met    *metrics
-	mon    *monitor
-	alarms *alarmer
+	cfg   Config
+	log   hclog.Logger
+	raft  *raft.Raft
+	fsm   *fsm.FSM
+	logs  *fsm.LogStore
+	trans *raft.NetworkTransport
+	pool  *gossip.Pool
+	http  *http.Server
+	lis   net.Listener
+	fwd   *http.Client
+	met   *metrics
+	mon   *monitor
 
-	placeMu   sync.Mutex    // serialises placement decisions on the leader
-	placeKick chan struct{} // wakes the placement loop
-	taskKick  chan struct{} // wakes the task runner
+	// The leader's deciding duties, each in its own package behind the
+	// small interfaces it declares; constructed in Start, run by lead.
+	placer     *placement.Placer // placement lock, scheduler calls, pending VMs
+	taskRunner *tasks.Runner     // migrate, evacuate, drain steps
+	alarmer    *alarms.Alarmer   // alarm transitions and webhook delivery
 
 	gossipMu    sync.Mutex         // guards the two fields below
 	gossipCache []string           // servers' gossip addresses, for agents
@@ -80,8 +84,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger.Named("server"), fwd: &http.Client{Timeout: 6 * time.Minute},
-		placeKick: make(chan struct{}, 1), taskKick: make(chan struct{}, 1)}
+	s := &Server{cfg: cfg, log: cfg.Logger.Named("server"), fwd: &http.Client{Timeout: 6 * time.Minute}}
 	s.met = newMetrics()
 	if err := s.setupRaft(); err != nil {
 		s.closeStores()
@@ -91,8 +94,8 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		s.closeAll()
 		return nil, err
 	}
+	s.setupDuties()
 	s.mon = newMonitor(s)
-	s.alarms = newAlarmer(s)
 	if err := s.setupHTTP(); err != nil {
 		s.closeAll()
 		return nil, err

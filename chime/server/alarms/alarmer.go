@@ -1,0 +1,155 @@
+package alarms
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"sort"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/chime-ha/chime/chime/structs"
+	"github.com/chime-ha/chime/fsm"
+)
+
+// Loop timing: a pass on every change and every 5 s, at most one per
+// quarter second, because a burst of thousands of registrations would
+// otherwise recompute alarms per write.
+const (
+	idleEvery = 5 * time.Second
+	debounce  = 250 * time.Millisecond
+)
+
+// Config is what an Alarmer needs.
+type Config struct {
+	State    State
+	Proposer Proposer
+	Clock    Clock
+	Webhooks []string // receivers' URLs; none is fine (alarms are still recorded)
+	// ExternalURL is this server's API URL, sent as the message's
+	// externalURL and generatorURL.
+	ExternalURL string
+	Client      *http.Client // http.DefaultClient when nil
+	// CountDelivery, when set, is called once per delivery attempt with one
+	// of the Delivery* results (the server's metric).
+	CountDelivery func(result string)
+	Logger        hclog.Logger // named server.alarms by the server
+}
+
+// Alarmer records alarm transitions and delivers them. Each transition is
+// written through Raft before it is sent, and marked delivered after, so a
+// new leader sends what the old one did not finish and nothing twice (at
+// least once if a leader dies between the two).
+type Alarmer struct {
+	state         State
+	propose       Proposer
+	clock         Clock
+	webhooks      []string
+	externalURL   string
+	client        *http.Client
+	countDelivery func(string)
+	log           hclog.Logger
+}
+
+// New returns an Alarmer.
+func New(cfg Config) *Alarmer {
+	if cfg.Logger == nil {
+		cfg.Logger = hclog.NewNullLogger()
+	}
+	if cfg.Client == nil {
+		cfg.Client = http.DefaultClient
+	}
+	return &Alarmer{state: cfg.State, propose: cfg.Proposer, clock: cfg.Clock, webhooks: cfg.Webhooks,
+		externalURL: cfg.ExternalURL, client: cfg.Client, countDelivery: cfg.CountDelivery, log: cfg.Logger}
+}
+
+// Firing lists the alarms recorded as firing in the replicated state,
+// sorted by fingerprint (never nil).
+func (a *Alarmer) Firing() ([]structs.Alarm, error) {
+	recs, err := a.state.Alarms()
+	if err != nil {
+		return nil, fmt.Errorf("read alarms: %w", err)
+	}
+	out := []structs.Alarm{}
+	for _, r := range recs {
+		if r.Alarm.Status == "firing" {
+			out = append(out, r.Alarm)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Fingerprint < out[j].Fingerprint })
+	return out, nil
+}
+
+// Run records transitions and delivers them until ctx ends (leadership
+// lost).
+func (a *Alarmer) Run(ctx context.Context) {
+	for {
+		ch, _ := a.state.Changed()
+		if err := a.Step(ctx); err != nil && ctx.Err() == nil {
+			a.log.Warn("alarm pass failed", "error", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-ch:
+		case <-time.After(idleEvery):
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(debounce):
+		}
+	}
+}
+
+// Step compares the alarms the state implies with the recorded ones,
+// records each transition through Raft, then delivers every transition
+// not yet recorded as delivered (also those a previous leader left) and
+// records its delivery. A transition that reached no receiver is still
+// recorded as delivered, with an error logged: retrying happens inside one
+// delivery, not across passes.
+func (a *Alarmer) Step(ctx context.Context) error {
+	nodes, err := a.state.Nodes()
+	if err != nil {
+		return fmt.Errorf("read nodes: %w", err)
+	}
+	tasks, err := a.state.Tasks()
+	if err != nil {
+		return fmt.Errorf("read tasks: %w", err)
+	}
+	recs, err := a.state.Alarms()
+	if err != nil {
+		return fmt.Errorf("read alarms: %w", err)
+	}
+	now := a.clock.Now().UTC()
+	for _, al := range Transitions(Derive(nodes, tasks, now), recs, now) {
+		if _, err := a.propose.Propose(ctx, "", fsm.CmdAlarm, fsm.AlarmTransition{Alarm: al}); err != nil {
+			return fmt.Errorf("record alarm %s %s: %w", al.Name, al.Status, err)
+		}
+	}
+	if recs, err = a.state.Alarms(); err != nil {
+		return fmt.Errorf("read alarms: %w", err)
+	}
+	for _, r := range recs {
+		if r.Delivered || ctx.Err() != nil {
+			continue
+		}
+		al := r.Alarm
+		a.log.Info("alarm", "name", al.Name, "status", al.Status, "summary", al.Summary)
+		ok := true
+		for _, url := range a.webhooks {
+			ok = a.deliver(ctx, url, al) && ok
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if !ok {
+			a.log.Error("alarm not delivered to every receiver", "alarm", al.Name, "status", al.Status)
+		}
+		if _, err := a.propose.Propose(ctx, "", fsm.CmdAlarmSent, fsm.AlarmDelivered{Fingerprint: al.Fingerprint, Status: al.Status}); err != nil {
+			a.log.Warn("record alarm delivery failed", "alarm", al.Name, "error", err)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,116 @@
+package alarms
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/chime-ha/chime/chime/structs"
+	"github.com/chime-ha/chime/fsm"
+)
+
+// FailedTaskAlarmFor is how long a failed task keeps its alarm firing
+// unless a later task of the same kind on the same node or VM succeeds.
+const FailedTaskAlarmFor = 24 * time.Hour
+
+// fingerprint identifies an alarm by its labels, stable across leaders.
+func fingerprint(labels map[string]string) string {
+	keys := make([]string, 0, len(labels))
+	for k := range labels {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	h := sha256.New()
+	for _, k := range keys {
+		fmt.Fprintf(h, "%s=%s\n", k, labels[k])
+	}
+	return hex.EncodeToString(h.Sum(nil))[:16]
+}
+
+// Derive is a pure function of the state: what is firing now, sorted by
+// fingerprint.
+func Derive(nodes []structs.Node, tasks []structs.Task, now time.Time) []structs.Alarm {
+	var out []structs.Alarm
+	add := func(name, severity string, labels map[string]string, summary, desc string, since time.Time) {
+		labels["alertname"], labels["severity"] = name, severity
+		out = append(out, structs.Alarm{Fingerprint: fingerprint(labels), Name: name, Severity: severity, Labels: labels,
+			Summary: summary, Description: desc, Status: "firing", StartsAt: since})
+	}
+	for _, n := range nodes {
+		switch n.MonitorState {
+		case structs.MonitorUnreachable:
+			add("NodeUnreachable", "critical", map[string]string{"node": n.Name, "node_id": n.ID},
+				fmt.Sprintf("node %s is unreachable", n.Name),
+				"No heartbeat and the ping-back failed; its VMs may be down. See the runbook for a dead node.", n.StateSince)
+		case structs.MonitorError:
+			add("NodeError", "warning", map[string]string{"node": n.Name, "node_id": n.ID},
+				fmt.Sprintf("node %s reports faults: %v", n.Name, n.Faults),
+				"The agent reports faults; evacuate the node if they persist.", n.StateSince)
+		}
+	}
+	names := map[string]string{}
+	for _, n := range nodes {
+		names[n.ID] = n.Name
+	}
+	for _, t := range tasks {
+		if t.State != structs.TaskFailed || taskFailureSettled(t, tasks, now) {
+			continue
+		}
+		labels := map[string]string{"task": t.ID, "kind": t.Kind}
+		if t.NodeID != "" {
+			labels["node"], labels["node_id"] = names[t.NodeID], t.NodeID
+			if labels["node"] == "" {
+				labels["node"] = t.NodeID
+			}
+		}
+		if t.VMID != "" {
+			labels["vm"] = t.VMID
+		}
+		add("TaskFailed", "warning", labels, fmt.Sprintf("%s task %s failed", t.Kind, t.ID), t.Error, t.Updated)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Fingerprint < out[j].Fingerprint })
+	return out
+}
+
+// taskFailureSettled reports whether a failed task's alarm resolves: a
+// later task of the same kind for the same node/VM succeeded, or it is old.
+func taskFailureSettled(t structs.Task, tasks []structs.Task, now time.Time) bool {
+	if !t.Updated.IsZero() && now.Sub(t.Updated) > FailedTaskAlarmFor {
+		return true
+	}
+	for _, o := range tasks {
+		if o.CreateIndex > t.CreateIndex && o.Kind == t.Kind && o.State == structs.TaskSucceeded &&
+			o.NodeID == t.NodeID && o.VMID == t.VMID {
+			return true
+		}
+	}
+	return false
+}
+
+// Transitions is a pure function: the transitions that turn the recorded
+// alarms into the current ones, sorted by fingerprint. A resolution is
+// stamped with now.
+func Transitions(current []structs.Alarm, recorded []fsm.AlarmRecord, now time.Time) []structs.Alarm {
+	rec := map[string]structs.Alarm{}
+	for _, r := range recorded {
+		rec[r.Alarm.Fingerprint] = r.Alarm
+	}
+	var out []structs.Alarm
+	seen := map[string]bool{}
+	for _, al := range current {
+		seen[al.Fingerprint] = true
+		if prev, ok := rec[al.Fingerprint]; !ok || prev.Status != "firing" {
+			out = append(out, al)
+		}
+	}
+	for fp, prev := range rec {
+		if !seen[fp] && prev.Status == "firing" {
+			prev.Status, prev.EndsAt = "resolved", now
+			out = append(out, prev)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Fingerprint < out[j].Fingerprint })
+	return out
+}

@@ -1,0 +1,87 @@
+package alarms
+
+import (
+	"regexp"
+	"testing"
+	"time"
+
+	"github.com/chime-ha/chime/chime/structs"
+	"github.com/chime-ha/chime/fsm"
+)
+
+func TestAlarmTransitions(t *testing.T) {
+	now := time.Date(2026, 11, 25, 0, 0, 0, 0, time.UTC)
+	a := structs.Alarm{Fingerprint: "aaaa", Status: "firing", Name: "NodeUnreachable"}
+	b := structs.Alarm{Fingerprint: "bbbb", Status: "firing", Name: "NodeError"}
+	tests := []struct {
+		name     string
+		current  []structs.Alarm
+		recorded []fsm.AlarmRecord
+		want     map[string]string // fingerprint → status of the transition
+	}{
+		{"nothing", nil, nil, map[string]string{}},
+		{"new alarm fires", []structs.Alarm{a}, nil, map[string]string{"aaaa": "firing"}},
+		{"still firing: no transition", []structs.Alarm{a}, []fsm.AlarmRecord{{Alarm: a, Delivered: true}}, map[string]string{}},
+		{"still firing, undelivered: no new transition", []structs.Alarm{a}, []fsm.AlarmRecord{{Alarm: a}}, map[string]string{}},
+		{"condition cleared: resolves", nil, []fsm.AlarmRecord{{Alarm: a, Delivered: true}}, map[string]string{"aaaa": "resolved"}},
+		{"one clears, one fires", []structs.Alarm{b}, []fsm.AlarmRecord{{Alarm: a, Delivered: true}}, map[string]string{"aaaa": "resolved", "bbbb": "firing"}},
+		{"fires again after a resolution", []structs.Alarm{a}, []fsm.AlarmRecord{{Alarm: structs.Alarm{Fingerprint: "aaaa", Status: "resolved"}}}, map[string]string{"aaaa": "firing"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := map[string]string{}
+			for _, al := range Transitions(tt.current, tt.recorded, now) {
+				got[al.Fingerprint] = al.Status
+				if al.Status == "resolved" && !al.EndsAt.Equal(now) {
+					t.Errorf("resolved alarm has endsAt %v", al.EndsAt)
+				}
+			}
+			if len(got) != len(tt.want) {
+				t.Fatalf("transitions %v, want %v", got, tt.want)
+			}
+			for k, v := range tt.want {
+				if got[k] != v {
+					t.Fatalf("transitions %v, want %v", got, tt.want)
+				}
+			}
+		})
+	}
+}
+
+func TestDeriveAlarmsFingerprintsAreStable(t *testing.T) {
+	n := []structs.Node{{ID: "n1", Name: "hv1", MonitorState: structs.MonitorUnreachable}, {ID: "n2", Name: "hv2", MonitorState: structs.MonitorNormal},
+		{ID: "n3", Name: "hv3", MonitorState: structs.MonitorError, Faults: []string{"disk"}}}
+	now := time.Now()
+	first := Derive(n, nil, now)
+	second := Derive(n, nil, now)
+	if len(first) != 2 {
+		t.Fatalf("%d alarms, want 2 (unreachable and error)", len(first))
+	}
+	hex16 := regexp.MustCompile(`^[0-9a-f]{16}$`)
+	for i := range first {
+		if first[i].Fingerprint != second[i].Fingerprint || !hex16.MatchString(first[i].Fingerprint) {
+			t.Fatalf("fingerprint %q not stable 16-hex", first[i].Fingerprint)
+		}
+		for _, l := range []string{"alertname", "severity", "node"} {
+			if first[i].Labels[l] == "" {
+				t.Fatalf("alarm %s lacks label %s", first[i].Name, l)
+			}
+		}
+	}
+}
+
+func TestFailedTaskAlarmResolves(t *testing.T) {
+	now := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+	nodes := []structs.Node{{ID: "n1", Name: "hv1", MonitorState: structs.MonitorNormal}}
+	failed := structs.Task{ID: "t1", Kind: structs.TaskEvacuate, NodeID: "n1", State: structs.TaskFailed, CreateIndex: 5, Updated: now.Add(-time.Hour)}
+	later := structs.Task{ID: "t2", Kind: structs.TaskEvacuate, NodeID: "n1", State: structs.TaskSucceeded, CreateIndex: 9, Updated: now}
+	if al := Derive(nodes, []structs.Task{failed}, now); len(al) != 1 || al[0].Labels["node"] != "hv1" {
+		t.Fatalf("failed task: %+v, want one TaskFailed labelled with the node name", al)
+	}
+	if al := Derive(nodes, []structs.Task{failed, later}, now); len(al) != 0 {
+		t.Fatalf("failed task superseded by a success still fires: %+v", al)
+	}
+	if al := Derive(nodes, []structs.Task{failed}, now.Add(25*time.Hour)); len(al) != 0 {
+		t.Fatalf("day-old failed task still fires: %+v", al)
+	}
+}

@@ -1,0 +1,5 @@
+// Package alarms is the leader's alarmer: it derives the alarms the
+// replicated state implies, records each transition (firing, resolved)
+// through Raft, and delivers it to webhook receivers in the Prometheus
+// Alertmanager webhook format (version 4).
+package alarms

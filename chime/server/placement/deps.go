@@ -1,0 +1,24 @@
+package placement
+
+import (
+	"context"
+
+	"github.com/chime-ha/chime/chime/structs"
+	"github.com/chime-ha/chime/fsm"
+)
+
+// Proposer applies a command to the replicated state: the server's Raft
+// proposal on the leader, or fsm.Direct in tests. A refusal by the FSM
+// comes back as the error.
+type Proposer interface {
+	Propose(ctx context.Context, reqID string, typ fsm.CommandType, payload any) (*fsm.Result, error)
+}
+
+// State is the part of the replicated state placement reads.
+type State interface {
+	Nodes() ([]structs.Node, error)
+	VMs() ([]structs.VM, error)
+	VM(id string) (*structs.VM, error)
+	// Changed returns a channel closed at the next applied change.
+	Changed() (<-chan struct{}, uint64)
+}
