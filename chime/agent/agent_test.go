@@ -584,3 +584,36 @@ func TestLocalSocketAndPing(t *testing.T) {
 		t.Fatalf("ping = %+v, %v", ping, err)
 	}
 }
+
+// TestUnreadableStateStartsNothing: once the local state cannot be read,
+// the reconciler changes nothing (a fencing record it cannot read may be
+// the one that forbids a start) and no heartbeat claims less than was
+// recorded.
+func TestUnreadableStateStartsNothing(t *testing.T) {
+	log := &callLog{}
+	hv := newRecordingHV(log, dom(idA, "a", hypervisor.StateStopped, 10))
+	a, err := New(testConfig(t, "127.0.0.1:1"), hv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close() })
+	ctx := context.Background()
+	if err := a.acceptDesired(ctx, api.DesiredState{Index: 3, VMs: []api.DesiredVM{dvm(idA, "a", structs.DesiredRunning, 10)}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.store.Close(); err != nil { // the state file becomes unusable
+		t.Fatal(err)
+	}
+	if _, err := a.Reconciler().Pass(ctx); !errors.Is(err, reconcile.ErrInputs) {
+		t.Fatalf("pass with unreadable state: %v; want ErrInputs", err)
+	}
+	if i := log.first("hv:"); i >= 0 {
+		t.Fatalf("libvirt changed with unreadable fencing records: %v", log.snapshot())
+	}
+	if _, _, err := a.BuildHeartbeat(ctx); err == nil {
+		t.Fatal("heartbeat built from unreadable state")
+	}
+	if st := a.Status(ctx); !strings.Contains(st.ReconcileError, "inputs") {
+		t.Fatalf("status reconcile error = %q; want the inputs failure shown", st.ReconcileError)
+	}
+}
