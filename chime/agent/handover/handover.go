@@ -207,6 +207,8 @@ func (m *Manager) AfterDesired(ctx context.Context, ds api.DesiredState) {
 	}
 }
 
+var errBusy = errors.New("a migration of this VM is already in flight")
+
 // claim marks vmID as being handed over by who; it fails when something
 // else already is. The in-flight mark serializes the changes of a VM's
 // hand-over record, and holds the VM.
@@ -429,5 +431,3 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 		return true
 	}
 }
-
-var errBusy = errors.New("a migration of this VM is already in flight")

@@ -92,12 +92,18 @@ func TestSocketErrors(t *testing.T) {
 		wantMsg    string
 	}{
 		{name: "invalid migration request is a 400 naming the flag",
-			backend:    &fakeBackend{migrateErr: structs.Invalid("--dest", "%q is not an IP address", "x")},
-			call:       func(c *Client) error { _, err := c.Migrate(context.Background(), MigrateRequest{Dest: "x"}); return err },
+			backend: &fakeBackend{migrateErr: structs.Invalid("--dest", "%q is not an IP address", "x")},
+			call: func(c *Client) error {
+				_, err := c.Migrate(context.Background(), MigrateRequest{Dest: "x"})
+				return err
+			},
 			wantStatus: http.StatusBadRequest, wantMsg: "--dest"},
 		{name: "unknown vm is a 404",
-			backend:    &fakeBackend{migrateErr: structs.NotFound("--uuid", "no running chime VM v9 on this node")},
-			call:       func(c *Client) error { _, err := c.Migrate(context.Background(), MigrateRequest{UUID: "v9"}); return err },
+			backend: &fakeBackend{migrateErr: structs.NotFound("--uuid", "no running chime VM v9 on this node")},
+			call: func(c *Client) error {
+				_, err := c.Migrate(context.Background(), MigrateRequest{UUID: "v9"})
+				return err
+			},
 			wantStatus: http.StatusNotFound, wantMsg: "v9"},
 		{name: "a failed drain is a 500 with its error",
 			backend:    &fakeBackend{drainErr: errors.New("record local drain: disk full")},
