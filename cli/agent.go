@@ -10,6 +10,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/chime-ha/chime/chime/agent"
+	"github.com/chime-ha/chime/chime/agent/local"
 )
 
 // agentCommand is `chime agent`: run the agent on a hypervisor, or, with a
@@ -139,7 +140,7 @@ func agentStatusCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			st, err := agent.LocalStatus(c.Context, c.String("socket"))
+			st, err := local.NewClient(c.String("socket")).Status(c.Context)
 			if err != nil {
 				return err
 			}
@@ -151,7 +152,7 @@ func agentStatusCommand() *cli.Command {
 	}
 }
 
-func printAgentStatus(st *agent.Status) error {
+func printAgentStatus(st *local.Status) error {
 	servers := "unreachable"
 	if st.Servers.Reachable {
 		servers = "reachable"
@@ -205,7 +206,7 @@ The flag persists across agent restarts and is reported to the servers when they
 			if err != nil {
 				return err
 			}
-			res, err := agent.NewLocalClient(c.String("socket")).Drain(c.Context)
+			res, err := local.NewClient(c.String("socket")).Drain(c.Context)
 			if err != nil {
 				return err
 			}
@@ -238,11 +239,11 @@ func agentMigrateCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			req := agent.MigrateRequest{Interface: c.String("interface"), UUID: c.String("uuid"), All: c.Bool("all"), Dest: c.String("dest")}
+			req := local.MigrateRequest{Interface: c.String("interface"), UUID: c.String("uuid"), All: c.Bool("all"), Dest: c.String("dest")}
 			if (req.UUID == "") == !req.All {
 				return errors.New("--uuid: give exactly one of --uuid or --all")
 			}
-			res, err := agent.NewLocalClient(c.String("socket")).Migrate(c.Context, req)
+			res, err := local.NewClient(c.String("socket")).Migrate(c.Context, req)
 			if err != nil {
 				return err
 			}

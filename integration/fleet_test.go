@@ -16,7 +16,7 @@ import (
 
 	"github.com/chime-ha/chime/chime/structs"
 
-	"github.com/chime-ha/chime/chime/agent"
+	"github.com/chime-ha/chime/chime/agent/local"
 	"github.com/chime-ha/chime/chime/api"
 	"github.com/chime-ha/chime/integration/lab"
 )
@@ -278,8 +278,8 @@ func (f *fleet) createVM(t *testing.T, name string, extra ...string) structs.VM 
 
 // agentStatus asks host i's agent over its local socket, like an operator
 // on the hypervisor would.
-func (f *fleet) agentStatus(i int) (agent.Status, error) {
-	var st agent.Status
+func (f *fleet) agentStatus(i int) (local.Status, error) {
+	var st local.Status
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	out, err := cli(ctx, "agent", "status", "-o", "json", "--socket", filepath.Join(f.agentDir(i), "agent.sock"))

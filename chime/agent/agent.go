@@ -15,11 +15,14 @@ import (
 	"sync"
 	"time"
 
-	"github.com/chime-ha/chime/chime/structs"
-
+	"github.com/chime-ha/chime/chime/agent/handover"
+	"github.com/chime-ha/chime/chime/agent/health"
+	"github.com/chime-ha/chime/chime/agent/local"
+	"github.com/chime-ha/chime/chime/agent/reconcile"
+	"github.com/chime-ha/chime/chime/agent/store"
 	"github.com/chime-ha/chime/chime/api"
+	"github.com/chime-ha/chime/chime/structs"
 	"github.com/chime-ha/chime/gossip"
-	"github.com/chime-ha/chime/hypervisor"
 	"github.com/hashicorp/go-hclog"
 )
 
@@ -30,36 +33,44 @@ const (
 	faultLibvirt             = "libvirtd unreachable"
 )
 
+// Hypervisor is the part of the libvirt driver the agent uses: what the
+// reconciler and the HA operations call, plus what registration and the
+// heartbeat read. *hypervisor.Driver implements it.
+type Hypervisor interface {
+	reconcile.Hypervisor
+	handover.Hypervisor
+	Connected() bool
+	Capacity(ctx context.Context) (vcpus, memMiB int, err error)
+}
+
 // Agent is one running agent. New opens its local state; Run drives it.
 type Agent struct {
 	cfg    Config
 	hv     Hypervisor
-	store  *Store
+	store  *store.Store
 	client *api.Client
-	rec    *Reconciler
+	rec    *reconcile.Reconciler
+	ops    *handover.Manager // migrations, local drain, adoptions, fencing holds
+	health *health.Checker   // local health checks; their faults go into every heartbeat
 	nodeID string
 	logger hclog.Logger
 
 	mu          sync.Mutex
-	desired     *api.DesiredState // last accepted desired state (nil before the first sync of this process)
+	desired     *api.DesiredState // last accepted desired state (nil before the first sync of this process); replaced, never mutated
 	hold        []string          // VM ids whose instruction was refused by the fencing rule
 	timing      api.Timing        // from the servers
-	drained     bool              // local drain flag (mirrors the store)
 	lastContact time.Time         // last successful answer from a server
 	contactErr  error             // error of the last request to the servers (nil: it succeeded)
 	apiAddr     net.Addr          // where the agent API listens
 	gossipAddrs []string          // the servers' memberlist addresses, from registration and heartbeats
 
-	mig    *migrations     // live migrations ordered by the servers
-	runCtx context.Context // Run's context: owns background migrations
-	pool   *gossip.Pool    // set by Run before registration
-	health *Health         // local health checks; their faults go into every heartbeat
+	pool *gossip.Pool // set by Run before registration
 
 	heartbeatNow chan struct{} // capacity 1: send the next heartbeat early
 }
 
 // New opens the agent's local state in cfg.DataDir and wires the reconciler
-// to hv. The caller owns hv.
+// and the HA operations to hv. The caller owns hv.
 func New(cfg Config, hv Hypervisor) (*Agent, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = hclog.NewNullLogger()
@@ -67,50 +78,56 @@ func New(cfg Config, hv Hypervisor) (*Agent, error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("--data-dir: %w", err)
 	}
-	store, err := OpenStore(filepath.Join(cfg.DataDir, stateFile))
+	st, err := store.Open(filepath.Join(cfg.DataDir, stateFile))
 	if err != nil {
 		return nil, err
 	}
-	id, err := store.NodeID()
+	id, err := st.NodeID()
 	if err != nil {
-		store.Close()
+		st.Close()
 		return nil, err
 	}
-	drained, err := store.Drained()
+	drained, err := st.Drained()
 	if err != nil {
-		store.Close()
+		st.Close()
 		return nil, err
 	}
-	a := &Agent{cfg: cfg, hv: hv, store: store, nodeID: id, logger: cfg.Logger, drained: drained,
+	a := &Agent{cfg: cfg, hv: hv, store: st, nodeID: id, logger: cfg.Logger,
 		client:       api.NewClient(cfg.Servers...),
 		timing:       api.Timing{HeartbeatInterval: defaultHeartbeatInterval},
-		heartbeatNow: make(chan struct{}, 1), mig: newMigrations(), runCtx: context.Background()}
-	if err := store.ensureHABuckets(); err != nil {
-		store.Close()
-		return nil, err
-	}
-	a.rec, err = NewReconciler(ReconcilerConfig{
-		Hypervisor: hv, Store: store, Inputs: a.reconcileInputs,
+		heartbeatNow: make(chan struct{}, 1)}
+	a.rec, err = reconcile.New(reconcile.Config{
+		Hypervisor: hv, Definitions: st, Inputs: a.reconcileInputs,
 		SweepInterval: cfg.SweepInterval, ShutdownGrace: cfg.ShutdownGrace,
 		Logger:  cfg.Logger.Named("reconciler"),
 		Changed: a.requestHeartbeat,
 	})
 	if err != nil {
-		store.Close()
+		st.Close()
 		return nil, err
 	}
-	a.health = NewHealth(cfg.healthConfig(a.requestHeartbeat))
+	a.ops = handover.New(handover.Config{
+		NodeID: id, Hypervisor: hv, Store: st, Reporter: a.client,
+		Announcer:     peerClient{port: cfg.APIPort},
+		ShutdownGrace: cfg.ShutdownGrace, Drained: drained,
+		Trigger: a.rec.Trigger, Changed: a.requestHeartbeat,
+		Logger: cfg.Logger.Named("handover"),
+	})
+	a.health = health.New(cfg.healthConfig(a.requestHeartbeat))
 	return a, nil
 }
 
-// Close closes the local state.
-func (a *Agent) Close() error { return a.store.Close() }
+// Close stops the HA operations still in flight and closes the local state.
+func (a *Agent) Close() error {
+	a.ops.Close()
+	return a.store.Close()
+}
 
 // NodeID is the node id this agent registers with.
 func (a *Agent) NodeID() string { return a.nodeID }
 
 // Reconciler returns the agent's reconciler.
-func (a *Agent) Reconciler() *Reconciler { return a.rec }
+func (a *Agent) Reconciler() *reconcile.Reconciler { return a.rec }
 
 // APIAddr is where the agent API listens (nil before Run has bound it).
 func (a *Agent) APIAddr() net.Addr {
@@ -120,20 +137,27 @@ func (a *Agent) APIAddr() net.Addr {
 }
 
 // reconcileInputs feeds the reconciler. Until the first successful sync of
-// this process it reports !ok: a restarted agent starts nothing on the
-// strength of a desired state persisted before it went away.
-func (a *Agent) reconcileInputs() (Inputs, bool) {
+// this process it returns ErrNotSynced: a restarted agent starts nothing on
+// the strength of a desired state persisted before it went away. When the
+// fencing records behind the holds cannot be read it returns that error,
+// and the reconciler changes nothing.
+func (a *Agent) reconcileInputs() (reconcile.Inputs, error) {
 	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.desired == nil {
-		return Inputs{}, false
+	ds, refused := a.desired, slices.Clone(a.hold)
+	a.mu.Unlock()
+	if ds == nil {
+		return reconcile.Inputs{}, reconcile.ErrNotSynced
 	}
-	return Inputs{
-		Desired: slices.Clone(a.desired.VMs),
+	hold, err := a.ops.Hold(*ds)
+	if err != nil {
+		return reconcile.Inputs{}, fmt.Errorf("holds of the HA operations: %w", err)
+	}
+	return reconcile.Inputs{
+		Desired: slices.Clone(ds.VMs),
 		// A node drained by the servers keeps its VMs stopped as well.
-		Drained: a.drained || a.desired.ManagementState == structs.NodeDrained,
-		Hold:    append(slices.Clone(a.hold), a.haHold(a.desired)...),
-	}, true
+		Drained: a.ops.Drained() || ds.ManagementState == structs.NodeDrained,
+		Hold:    append(refused, hold...),
+	}, nil
 }
 
 // Run serves the agent API and the local socket, registers, then runs the
@@ -143,8 +167,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer cancel()
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	defer a.mig.wg.Wait()
-	a.runCtx = ctx
+	defer a.ops.Close() // migrations in flight end with the agent
 
 	apiLn, err := net.Listen("tcp", net.JoinHostPort(a.cfg.Bind, strconv.Itoa(a.cfg.APIPort)))
 	if err != nil {
@@ -153,7 +176,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.mu.Lock()
 	a.apiAddr = apiLn.Addr()
 	a.mu.Unlock()
-	sockLn, err := listenUnix(a.cfg.SocketPath())
+	sockLn, err := local.Listen(a.cfg.SocketPath())
 	if err != nil {
 		apiLn.Close()
 		return fmt.Errorf("--socket: %w", err)
@@ -161,22 +184,21 @@ func (a *Agent) Run(ctx context.Context) error {
 	for _, srv := range []struct {
 		ln net.Listener
 		h  http.Handler
-	}{{apiLn, a.apiHandler()}, {sockLn, a.localHandler()}} {
+	}{{apiLn, a.apiHandler()}, {sockLn, local.Handler(localBackend{a})}} {
 		hs := &http.Server{Handler: srv.h, ReadHeaderTimeout: 10 * time.Second}
-		wg.Add(2)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			if err := hs.Serve(srv.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				a.logger.Error("listener failed", "addr", srv.ln.Addr().String(), "error", err)
 			}
-		}()
-		go func() {
-			defer wg.Done()
+		})
+		wg.Go(func() {
 			<-ctx.Done()
 			sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer scancel()
-			_ = hs.Shutdown(sctx)
-		}()
+			if err := hs.Shutdown(sctx); err != nil {
+				a.logger.Warn("listener did not shut down cleanly", "addr", srv.ln.Addr().String(), "error", err)
+			}
+		})
 	}
 	pool, err := a.startGossip(ctx)
 	if err != nil {
@@ -184,8 +206,12 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	a.pool = pool
 	defer func() {
-		_ = pool.Leave(time.Second)
-		_ = pool.Shutdown()
+		if err := pool.Leave(time.Second); err != nil {
+			a.logger.Debug("gossip leave", "error", err)
+		}
+		if err := pool.Shutdown(); err != nil {
+			a.logger.Warn("gossip shutdown", "error", err)
+		}
 	}()
 	wg.Go(func() { a.health.Run(ctx) })
 	a.logger.Info("agent starting", "node_id", a.nodeID, "name", a.cfg.Name, "api", apiLn.Addr().String(), "socket", a.cfg.SocketPath())
@@ -196,11 +222,14 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		return err
 	}
-	wg.Add(4)
-	go func() { defer wg.Done(); a.gossipLoop(ctx) }()
-	go func() { defer wg.Done(); a.watchDesired(ctx) }()
-	go func() { defer wg.Done(); _ = a.rec.Run(ctx) }()
-	go func() { defer wg.Done(); a.heartbeatLoop(ctx) }()
+	wg.Go(func() { a.gossipLoop(ctx) })
+	wg.Go(func() { a.watchDesired(ctx) })
+	wg.Go(func() {
+		if err := a.rec.Run(ctx); err != nil {
+			a.logger.Error("reconciler stopped", "error", err)
+		}
+	})
+	wg.Go(func() { a.heartbeatLoop(ctx) })
 	<-ctx.Done()
 	a.logger.Info("agent stopping")
 	return nil
@@ -257,7 +286,7 @@ func (a *Agent) registerOnce(ctx context.Context) error {
 		ID: a.nodeID, Name: a.cfg.Name, Secret: secret,
 		APIAddr:           a.apiAdvertised(),
 		GossipAddr:        a.gossipAdvertised(),
-		MigrationURI:      "qemu+tcp://" + hostForURI(adv) + "/system",
+		MigrationURI:      handover.LibvirtURI(adv),
 		MigrationAddr:     migAddr,
 		BusinessInterface: a.cfg.BusinessInterface,
 		VCPUs:             vcpus, MemoryMiB: mem,
@@ -317,7 +346,7 @@ func (a *Agent) watchDesired(ctx context.Context) {
 		if index != 0 && ds.Index <= index {
 			continue // wait expired, or a lagging server answered: nothing new
 		}
-		if err := a.acceptDesired(*ds); err != nil {
+		if err := a.acceptDesired(ctx, *ds); err != nil {
 			log.Error("cannot persist desired state", "error", err)
 			if !sleepCtx(ctx, backoff(0)) {
 				return
@@ -328,15 +357,19 @@ func (a *Agent) watchDesired(ctx context.Context) {
 	}
 }
 
-// acceptDesired applies the fencing rule, persists the state and triggers
-// a reconcile pass.
-func (a *Agent) acceptDesired(ds api.DesiredState) error {
+// acceptDesired applies the fencing rule, persists the state, runs the HA
+// side effects and triggers a reconcile pass.
+func (a *Agent) acceptDesired(ctx context.Context, ds api.DesiredState) error {
 	accepted, refused, hold, err := a.store.AcceptDesired(ds)
 	if err != nil {
 		return err
 	}
 	for _, vm := range refused {
-		seen, _ := a.store.SeenGeneration(vm.ID)
+		seen, err := a.store.SeenGeneration(vm.ID)
+		if err != nil {
+			a.logger.Warn("refusing instruction with an older generation", "vm", vm.ID, "generation", vm.Generation, "seen_error", err)
+			continue
+		}
 		a.logger.Warn("refusing instruction with an older generation", "vm", vm.ID, "generation", vm.Generation, "seen", seen)
 	}
 	a.mu.Lock()
@@ -349,115 +382,9 @@ func (a *Agent) acceptDesired(ds api.DesiredState) error {
 	} else {
 		a.logger.Debug("desired state changed", "index", accepted.Index, "vms", len(accepted.VMs))
 	}
-	a.afterDesired(a.runCtx, accepted)
+	a.ops.AfterDesired(ctx, accepted)
 	a.rec.Trigger()
 	return nil
-}
-
-// heartbeatLoop sends heartbeats, but only once the reconciler has settled:
-// a returning node must have destroyed its stale copies before the heartbeat
-// that may bring it back to normal (uniqueness rule 2).
-func (a *Agent) heartbeatLoop(ctx context.Context) {
-	log := a.logger.Named("heartbeat")
-	select {
-	case <-ctx.Done():
-		return
-	case <-a.rec.Settled():
-	}
-	log.Info("first reconcile pass done: heartbeats begin")
-	for {
-		if err := a.sendHeartbeat(ctx); err != nil && ctx.Err() == nil {
-			log.Warn("heartbeat failed", "error", err)
-			if errors.Is(err, structs.ErrForbidden) || errors.Is(err, structs.ErrNotFound) {
-				if a.register(ctx) != nil {
-					return
-				}
-			}
-		}
-		t := time.NewTimer(a.heartbeatInterval())
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return
-		case <-t.C:
-		case <-a.heartbeatNow:
-			t.Stop()
-		}
-	}
-}
-
-// requestHeartbeat asks for the next heartbeat now (after libvirt changed),
-// so that the servers' view of the VMs converges quickly. Requests coalesce.
-func (a *Agent) requestHeartbeat() {
-	select {
-	case a.heartbeatNow <- struct{}{}:
-	default:
-	}
-}
-
-// BuildHeartbeat assembles a heartbeat from libvirt's state and the local
-// state; it returns the sequence of the last reported local migration.
-func (a *Agent) BuildHeartbeat(ctx context.Context) (api.HeartbeatRequest, uint64, error) {
-	a.mu.Lock()
-	hb := api.HeartbeatRequest{NodeID: a.nodeID, LocalDrained: a.drained, VMs: []structs.VMObservation{}}
-	a.mu.Unlock()
-	if hb.LocalDrained {
-		hb.LocalDrainID, _ = a.store.DrainID()
-	}
-	domains, err := a.hv.List(ctx)
-	if err != nil || !a.hv.Connected() {
-		hb.Faults = append(hb.Faults, faultLibvirt)
-		hb.VMsUnknown = err != nil
-	}
-	hb.Faults = append(hb.Faults, a.health.Faults()...)
-	for _, d := range domains {
-		if d.Meta == nil {
-			continue
-		}
-		hb.VMs = append(hb.VMs, structs.VMObservation{VMID: d.UUID, State: observedState(d.State), Reason: d.Reason, Generation: d.Meta.Generation})
-	}
-	hb.Adopted = a.adoptedObservations(domains)
-	migs, last, err := a.store.PendingMigrations()
-	if err != nil {
-		return hb, 0, err
-	}
-	hb.Migrations = migs
-	return hb, last, nil
-}
-
-func (a *Agent) sendHeartbeat(ctx context.Context) error {
-	hb, lastMig, err := a.BuildHeartbeat(ctx)
-	if err != nil {
-		return err
-	}
-	resp, err := a.client.Heartbeat(ctx, hb)
-	a.noteContact(err)
-	if err != nil {
-		return err
-	}
-	a.setTiming(resp.Timing)
-	a.setGossipAddrs(resp.GossipAddrs)
-	a.rejectAdoptions(resp.RejectedAdoptions)
-	if len(hb.Migrations) > 0 {
-		if err := a.store.AckMigrations(lastMig); err != nil {
-			return fmt.Errorf("ack local migrations: %w", err)
-		}
-	}
-	a.logger.Named("heartbeat").Debug("heartbeat sent", "vms", len(hb.VMs), "faults", len(hb.Faults))
-	return nil
-}
-
-// observedState maps a libvirt state onto the API's observation states. A
-// domain in a transitional state may still have a qemu process: it counts
-// as running, so the servers never believe a VM gone while it is not.
-func observedState(s string) string {
-	switch s {
-	case hypervisor.StateStopped:
-		return structs.StateStopped
-	case hypervisor.StateCrashed:
-		return structs.StateCrashed
-	}
-	return structs.StateRunning
 }
 
 func (a *Agent) setTiming(t api.Timing) {
@@ -486,13 +413,6 @@ func (a *Agent) noteContact(err error) {
 		// A server answered, even if it said no.
 		a.lastContact = time.Now()
 	}
-}
-
-func hostForURI(host string) string {
-	if ip := net.ParseIP(host); ip != nil && ip.To4() == nil {
-		return "[" + host + "]"
-	}
-	return host
 }
 
 func backoff(attempt int) time.Duration {

@@ -16,11 +16,34 @@ import (
 	"testing"
 	"time"
 
-	"github.com/chime-ha/chime/chime/structs"
-
+	"github.com/chime-ha/chime/chime/agent/local"
+	"github.com/chime-ha/chime/chime/agent/reconcile"
+	"github.com/chime-ha/chime/chime/agent/store"
 	"github.com/chime-ha/chime/chime/api"
+	"github.com/chime-ha/chime/chime/structs"
 	"github.com/chime-ha/chime/hypervisor"
 )
+
+const (
+	idA = "aaaaaaaa-0000-0000-0000-000000000001"
+	idB = "bbbbbbbb-0000-0000-0000-000000000002"
+	idC = "cccccccc-0000-0000-0000-000000000003"
+	idX = "ffffffff-0000-0000-0000-00000000000f" // a domain chime does not manage
+)
+
+func dvm(id, name, state string, gen uint64) api.DesiredVM {
+	return api.DesiredVM{ID: id, Name: name, DesiredState: state, Generation: gen,
+		Spec: structs.VMSpec{VCPUs: 1, MemoryMiB: 64}}
+}
+
+func dom(id, name, state string, gen uint64) hypervisor.Domain {
+	return hypervisor.Domain{UUID: id, Name: hypervisor.DomainName(name), State: state,
+		Meta: &hypervisor.Meta{VMID: id, Generation: gen}}
+}
+
+func foreign(id, name, state string) hypervisor.Domain {
+	return hypervisor.Domain{UUID: id, Name: name, State: state}
+}
 
 // callLog is one ordered record of what both sides saw, so a test can
 // check that a libvirt call happened before a request to the servers.
@@ -378,7 +401,7 @@ func TestNoStartBeforeFirstSync(t *testing.T) {
 	cfg := testConfig(t, srv.srv.URL)
 
 	// The previous run's state: registered, synced, VM A desired running.
-	prev, err := OpenStore(filepath.Join(cfg.DataDir, stateFile))
+	prev, err := store.Open(filepath.Join(cfg.DataDir, stateFile))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -397,7 +420,7 @@ func TestNoStartBeforeFirstSync(t *testing.T) {
 		func() any { return log.snapshot() })
 	// Passes triggered now must not act.
 	a.Reconciler().Trigger()
-	if _, err := a.Reconciler().Pass(context.Background()); !errors.Is(err, ErrNotSynced) {
+	if _, err := a.Reconciler().Pass(context.Background()); !errors.Is(err, reconcile.ErrNotSynced) {
 		t.Fatalf("pass before first sync: %v, want ErrNotSynced", err)
 	}
 	if i := log.first("hv:"); i >= 0 {
@@ -519,10 +542,11 @@ func TestLocalSocketAndPing(t *testing.T) {
 	a := startAgent(t, cfg, hv)
 	ctx := context.Background()
 
-	var st *Status
+	lc := local.NewClient(cfg.Socket)
+	var st *local.Status
 	waitFor(t, "status with A running", func() bool {
 		var err error
-		st, err = LocalStatus(ctx, cfg.Socket)
+		st, err = lc.Status(ctx)
 		return err == nil && len(st.VMs) == 1 && st.VMs[0].State == hypervisor.StateRunning && st.Servers.Reachable
 	}, func() any { return st })
 	if st.NodeID != a.NodeID() || st.Name != "hv1" || !st.Synced || !st.LibvirtConnected ||
@@ -534,18 +558,17 @@ func TestLocalSocketAndPing(t *testing.T) {
 		t.Fatalf("socket mode = %v, %v; want 0600", fi.Mode(), err)
 	}
 
-	lc := NewLocalClient(cfg.Socket)
 	for _, tt := range []struct {
-		req  MigrateRequest
+		req  local.MigrateRequest
 		flag string
 	}{
-		{MigrateRequest{Interface: "chime-no-such-if0", All: true, Dest: "10.0.0.2"}, "--interface"},
-		{MigrateRequest{Interface: "lo", All: true, Dest: "not-an-ip"}, "--dest"},
-		{MigrateRequest{Interface: "lo", Dest: "127.0.0.2"}, "--uuid"},
-		{MigrateRequest{Interface: "lo", All: true, Dest: "10.9.9.9"}, "--dest"}, // not on lo's network
+		{local.MigrateRequest{Interface: "chime-no-such-if0", All: true, Dest: "10.0.0.2"}, "--interface"},
+		{local.MigrateRequest{Interface: "lo", All: true, Dest: "not-an-ip"}, "--dest"},
+		{local.MigrateRequest{Interface: "lo", Dest: "127.0.0.2"}, "--uuid"},
+		{local.MigrateRequest{Interface: "lo", All: true, Dest: "10.9.9.9"}, "--dest"}, // not on lo's network
 	} {
 		_, err := lc.Migrate(ctx, tt.req)
-		var le *LocalError
+		var le *local.Error
 		if !errors.As(err, &le) || le.Status != http.StatusBadRequest || !strings.Contains(le.Message, tt.flag) {
 			t.Errorf("migrate %+v: %v, want a 400 naming %s", tt.req, err, tt.flag)
 		}
@@ -559,5 +582,38 @@ func TestLocalSocketAndPing(t *testing.T) {
 	var ping PingResponse
 	if err := json.NewDecoder(resp.Body).Decode(&ping); err != nil || ping.NodeID != a.NodeID() || ping.Name != "hv1" {
 		t.Fatalf("ping = %+v, %v", ping, err)
+	}
+}
+
+// TestUnreadableStateStartsNothing: once the local state cannot be read,
+// the reconciler changes nothing (a fencing record it cannot read may be
+// the one that forbids a start) and no heartbeat claims less than was
+// recorded.
+func TestUnreadableStateStartsNothing(t *testing.T) {
+	log := &callLog{}
+	hv := newRecordingHV(log, dom(idA, "a", hypervisor.StateStopped, 10))
+	a, err := New(testConfig(t, "127.0.0.1:1"), hv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close() })
+	ctx := context.Background()
+	if err := a.acceptDesired(ctx, api.DesiredState{Index: 3, VMs: []api.DesiredVM{dvm(idA, "a", structs.DesiredRunning, 10)}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.store.Close(); err != nil { // the state file becomes unusable
+		t.Fatal(err)
+	}
+	if _, err := a.Reconciler().Pass(ctx); !errors.Is(err, reconcile.ErrInputs) {
+		t.Fatalf("pass with unreadable state: %v; want ErrInputs", err)
+	}
+	if i := log.first("hv:"); i >= 0 {
+		t.Fatalf("libvirt changed with unreadable fencing records: %v", log.snapshot())
+	}
+	if _, _, err := a.BuildHeartbeat(ctx); err == nil {
+		t.Fatal("heartbeat built from unreadable state")
+	}
+	if st := a.Status(ctx); !strings.Contains(st.ReconcileError, "inputs") {
+		t.Fatalf("status reconcile error = %q; want the inputs failure shown", st.ReconcileError)
 	}
 }

@@ -7,9 +7,12 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
+	"github.com/chime-ha/chime/chime/agent/health"
+	"github.com/chime-ha/chime/chime/agent/reconcile"
 	"github.com/hashicorp/go-hclog"
 )
 
@@ -35,7 +38,7 @@ type Config struct {
 	Labels            map[string]string // --label KEY=VALUE (repeatable)
 	Logger            hclog.Logger      // nil: a default logger
 
-	// Health checks (health.go).
+	// Health checks (package health).
 	BusinessProbeInterval time.Duration // --business-probe-interval: period of the business and storage probes
 	StoragePaths          []string      // --storage-path (repeatable): directories given the write+fsync probe besides the data dir
 	DiskErrorHold         time.Duration // --disk-error-hold: how long a kernel disk I/O error stays a fault
@@ -46,7 +49,7 @@ const (
 	DefaultAPIPort       = 4660
 	DefaultGossipPort    = 4662
 	DefaultLibvirtURI    = "qemu:///system"
-	DefaultSweepInterval = 10 * time.Second
+	DefaultSweepInterval = reconcile.DefaultSweepInterval
 	DefaultShutdownGrace = 60 * time.Second
 	DefaultBind          = "0.0.0.0"
 	DefaultDataDir       = "/var/lib/chime/agent"
@@ -57,7 +60,7 @@ const (
 // DefaultConfig returns the configuration with every default filled in.
 // Name is the host name; Servers and Advertise have no default.
 func DefaultConfig() Config {
-	name, _ := os.Hostname()
+	name, _ := os.Hostname() // no host name: Validate asks for --name
 	return Config{
 		Name:          name,
 		DataDir:       DefaultDataDir,
@@ -68,8 +71,8 @@ func DefaultConfig() Config {
 		ShutdownGrace: DefaultShutdownGrace,
 		SweepInterval: DefaultSweepInterval,
 
-		BusinessProbeInterval: DefaultBusinessProbeInterval,
-		DiskErrorHold:         DefaultDiskErrorHold,
+		BusinessProbeInterval: health.DefaultBusinessProbeInterval,
+		DiskErrorHold:         health.DefaultDiskErrorHold,
 	}
 }
 
@@ -177,4 +180,57 @@ func (c Config) Validate() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// healthConfig derives the health checks' configuration from the agent's.
+// The data dir is always probed, before the configured storage paths.
+func (c Config) healthConfig(changed func()) health.Config {
+	var targets []string
+	for _, p := range c.BusinessProbes {
+		if t, err := health.NormalizeProbeTarget(p); err == nil {
+			targets = append(targets, t)
+		}
+	}
+	paths := []string{c.DataDir}
+	for _, p := range c.StoragePaths {
+		if p = filepath.Clean(p); !slices.Contains(paths, p) {
+			paths = append(paths, p)
+		}
+	}
+	var log hclog.Logger
+	if c.Logger != nil {
+		log = c.Logger.Named("health")
+	}
+	return health.Config{
+		Interval:          c.BusinessProbeInterval,
+		BusinessInterface: c.BusinessInterface,
+		BusinessProbes:    targets,
+		StoragePaths:      paths,
+		DiskErrorHold:     c.DiskErrorHold,
+		Logger:            log,
+		Changed:           changed,
+	}
+}
+
+// validateHealth checks the health-check settings of Validate.
+func (c Config) validateHealth(bad func(flag, format string, args ...any)) {
+	if c.BusinessProbeInterval <= 0 {
+		bad("business-probe-interval", "must be positive")
+	}
+	if c.DiskErrorHold <= 0 {
+		bad("disk-error-hold", "must be positive")
+	}
+	for _, p := range c.BusinessProbes {
+		if _, err := health.NormalizeProbeTarget(p); err != nil {
+			bad("business-probe", "%v", err)
+		}
+	}
+	if len(c.StoragePaths) > health.MaxStoragePaths {
+		bad("storage-path", "at most %d paths", health.MaxStoragePaths)
+	}
+	for _, p := range c.StoragePaths {
+		if !filepath.IsAbs(p) {
+			bad("storage-path", "%q is not an absolute path", p)
+		}
+	}
 }

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -69,5 +70,48 @@ func TestConfigDefaults(t *testing.T) {
 	c.Socket = "/run/x.sock"
 	if got := c.SocketPath(); got != "/run/x.sock" {
 		t.Fatalf("socket override = %q", got)
+	}
+}
+
+func TestHealthConfigValidation(t *testing.T) {
+	valid := func() Config {
+		c := DefaultConfig()
+		c.Name, c.DataDir, c.Servers, c.Advertise = "hv1", "/var/lib/chime", []string{"10.0.0.1:4650"}, "10.0.0.11"
+		return c
+	}
+	tests := []struct {
+		name    string
+		mutate  func(*Config)
+		wantErr string
+	}{
+		{"defaults", func(*Config) {}, ""},
+		{"zero probe interval", func(c *Config) { c.BusinessProbeInterval = 0 }, "--business-probe-interval"},
+		{"zero hold", func(c *Config) { c.DiskErrorHold = 0 }, "--disk-error-hold"},
+		{"bad probe target", func(c *Config) { c.BusinessInterface, c.BusinessProbes = "eth1", []string{"10.1.0.1:ssh"} }, "--business-probe"},
+		{"bare host", func(c *Config) { c.BusinessInterface, c.BusinessProbes = "eth1", []string{"10.1.0.1"} }, ""},
+		{"relative storage path", func(c *Config) { c.StoragePaths = []string{"srv/images"} }, "--storage-path"},
+		{"absolute storage path", func(c *Config) { c.StoragePaths = []string{"/srv/images"} }, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := valid()
+			tt.mutate(&c)
+			err := c.Validate()
+			if tt.wantErr == "" && err != nil {
+				t.Fatalf("unexpected error: %v", err)
+			}
+			if tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)) {
+				t.Fatalf("error %v; want one naming %s", err, tt.wantErr)
+			}
+		})
+	}
+	hc := func() Config {
+		c := valid()
+		c.DataDir = "/d"
+		c.StoragePaths = []string{"/srv/a/", "/d", "/srv/b"}
+		return c
+	}().healthConfig(nil)
+	if want := []string{"/d", "/srv/a", "/srv/b"}; !slices.Equal(hc.StoragePaths, want) {
+		t.Fatalf("storage paths = %v, want %v (data dir first, no duplicates)", hc.StoragePaths, want)
 	}
 }

@@ -1,6 +1,8 @@
-// Package agent is chime's agent mode: it registers its hypervisor with the
-// servers, watches the VMs placed on it, reconciles libvirt towards them and
-// reports what it sees in heartbeats. See DESIGN.md for the reconciler's
-// invariants (nothing starts before the first sync; stale copies are
-// destroyed before anything starts and before the first heartbeat).
+// Package agent is chime's agent mode, the wiring around the agent's decision
+// cores: it registers its hypervisor with the servers, watches the VMs placed
+// on it, feeds the reconciler (package reconcile) and the HA operations
+// (package handover), and reports what it sees in heartbeats. See DESIGN.md
+// for the invariants (nothing starts before the first sync; stale copies are
+// destroyed before anything starts and before the first heartbeat; a
+// generation handed away never starts here again).
 package agent

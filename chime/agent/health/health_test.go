@@ -1,4 +1,4 @@
-package agent
+package health
 
 import (
 	"context"
@@ -112,56 +112,13 @@ func TestNormalizeProbeTarget(t *testing.T) {
 		{in: ":22", wantErr: "no host"},
 	}
 	for _, tt := range tests {
-		got, err := normalizeProbeTarget(tt.in)
+		got, err := NormalizeProbeTarget(tt.in)
 		switch {
 		case tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)):
-			t.Errorf("normalizeProbeTarget(%q) = %q, %v; want error with %q", tt.in, got, err, tt.wantErr)
+			t.Errorf("NormalizeProbeTarget(%q) = %q, %v; want error with %q", tt.in, got, err, tt.wantErr)
 		case tt.wantErr == "" && (err != nil || got != tt.want):
-			t.Errorf("normalizeProbeTarget(%q) = %q, %v; want %q", tt.in, got, err, tt.want)
+			t.Errorf("NormalizeProbeTarget(%q) = %q, %v; want %q", tt.in, got, err, tt.want)
 		}
-	}
-}
-
-func TestHealthConfigValidation(t *testing.T) {
-	valid := func() Config {
-		c := DefaultConfig()
-		c.Name, c.DataDir, c.Servers, c.Advertise = "hv1", "/var/lib/chime", []string{"10.0.0.1:4650"}, "10.0.0.11"
-		return c
-	}
-	tests := []struct {
-		name    string
-		mutate  func(*Config)
-		wantErr string
-	}{
-		{"defaults", func(*Config) {}, ""},
-		{"zero probe interval", func(c *Config) { c.BusinessProbeInterval = 0 }, "--business-probe-interval"},
-		{"zero hold", func(c *Config) { c.DiskErrorHold = 0 }, "--disk-error-hold"},
-		{"bad probe target", func(c *Config) { c.BusinessInterface, c.BusinessProbes = "eth1", []string{"10.1.0.1:ssh"} }, "--business-probe"},
-		{"bare host", func(c *Config) { c.BusinessInterface, c.BusinessProbes = "eth1", []string{"10.1.0.1"} }, ""},
-		{"relative storage path", func(c *Config) { c.StoragePaths = []string{"srv/images"} }, "--storage-path"},
-		{"absolute storage path", func(c *Config) { c.StoragePaths = []string{"/srv/images"} }, ""},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			c := valid()
-			tt.mutate(&c)
-			err := c.Validate()
-			if tt.wantErr == "" && err != nil {
-				t.Fatalf("unexpected error: %v", err)
-			}
-			if tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)) {
-				t.Fatalf("error %v; want one naming %s", err, tt.wantErr)
-			}
-		})
-	}
-	hc := func() Config {
-		c := valid()
-		c.DataDir = "/d"
-		c.StoragePaths = []string{"/srv/a/", "/d", "/srv/b"}
-		return c
-	}().healthConfig(nil)
-	if want := []string{"/d", "/srv/a", "/srv/b"}; !slices.Equal(hc.StoragePaths, want) {
-		t.Fatalf("storage paths = %v, want %v (data dir first, no duplicates)", hc.StoragePaths, want)
 	}
 }
 
@@ -181,7 +138,7 @@ func (c *fakeClock) Advance(d time.Duration) {
 func TestDiskErrorHold(t *testing.T) {
 	clock := &fakeClock{now: time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)}
 	var changes atomic.Int32
-	h := NewHealth(HealthConfig{DiskErrorHold: 10 * time.Minute, Now: clock.Now, Changed: func() { changes.Add(1) }})
+	h := New(Config{DiskErrorHold: 10 * time.Minute, Now: clock.Now, Changed: func() { changes.Add(1) }})
 
 	h.noteKmsg("6,1,1,-;eth0: link up") // not a disk error
 	h.notifyIfChanged()
@@ -229,18 +186,18 @@ func TestStorageProbe(t *testing.T) {
 	missing := filepath.Join(t.TempDir(), "gone")
 
 	var changes atomic.Int32
-	h := NewHealth(HealthConfig{StoragePaths: []string{ok, notDir, missing}, KmsgPath: "-", Changed: func() { changes.Add(1) }})
+	h := New(Config{StoragePaths: []string{ok, notDir, missing}, KmsgPath: "-", Changed: func() { changes.Add(1) }})
 	h.Check(context.Background())
 	got := h.Faults()
 	want := []string{
-		"storage path " + missing + " not writable: open " + filepath.Join(missing, probeFile) + ": no such file or directory",
-		"storage path " + notDir + " not writable: open " + filepath.Join(notDir, probeFile) + ": not a directory",
+		"storage path " + missing + " not writable: open " + filepath.Join(missing, ProbeFile) + ": no such file or directory",
+		"storage path " + notDir + " not writable: open " + filepath.Join(notDir, ProbeFile) + ": not a directory",
 	}
 	slices.Sort(want)
 	if !slices.Equal(got, want) || changes.Load() != 1 {
 		t.Fatalf("faults = %q, changes = %d\nwant %q, 1", got, changes.Load(), want)
 	}
-	data, err := os.ReadFile(filepath.Join(ok, probeFile))
+	data, err := os.ReadFile(filepath.Join(ok, ProbeFile))
 	if err != nil || !strings.HasPrefix(string(data), "chime storage probe ") {
 		t.Fatalf("probe file in the good dir: %q, %v", data, err)
 	}
@@ -266,7 +223,7 @@ func TestStorageProbeHangs(t *testing.T) {
 	dir := t.TempDir()
 	release := make(chan struct{})
 	var calls atomic.Int32
-	h := NewHealth(HealthConfig{StoragePaths: []string{dir}, StorageTimeout: 50 * time.Millisecond, KmsgPath: "-"})
+	h := New(Config{StoragePaths: []string{dir}, StorageTimeout: 50 * time.Millisecond, KmsgPath: "-"})
 	h.probeStorage = func(string) error {
 		if calls.Add(1) == 1 {
 			<-release // stuck in the kernel
@@ -333,7 +290,7 @@ func TestDrainKmsgRecords(t *testing.T) {
 	}
 
 	// Through Health: the fault appears.
-	h := NewHealth(HealthConfig{KmsgPath: "-"})
+	h := New(Config{KmsgPath: "-"})
 	write("3,3,3,-;EXT4-fs error (device sdb1): ext4_lookup: deleted inode referenced\n")
 	if err := drainKmsg(p[0], buf, h.noteKmsg); err != nil {
 		t.Fatal(err)
@@ -452,7 +409,7 @@ func TestBusinessProbeThroughInterface(t *testing.T) {
 	refusedTarget := net.JoinHostPort(peerIP, "1") // nothing listens: the peer answers with RST
 
 	ctx := context.Background()
-	h := NewHealth(HealthConfig{BusinessInterface: br, BusinessProbes: []string{target, refusedTarget},
+	h := New(Config{BusinessInterface: br, BusinessProbes: []string{target, refusedTarget},
 		ProbeTimeout: 2 * time.Second, KmsgPath: "-"})
 	waitHealth(t, h, nil) // the bridge may take a moment to get its carrier
 
@@ -470,12 +427,12 @@ func TestBusinessProbeThroughInterface(t *testing.T) {
 
 	// Every target failing while the link is up: a fault; one answering: none.
 	dead := net.JoinHostPort(fmt.Sprintf("10.233.%d.77", x), "22")
-	hDead := NewHealth(HealthConfig{BusinessInterface: br, BusinessProbes: []string{dead}, ProbeTimeout: 500 * time.Millisecond, KmsgPath: "-"})
+	hDead := New(Config{BusinessInterface: br, BusinessProbes: []string{dead}, ProbeTimeout: 500 * time.Millisecond, KmsgPath: "-"})
 	hDead.Check(ctx)
 	if f := hDead.Faults(); len(f) != 1 || !strings.HasPrefix(f[0], "business network unreachable: no probe target answered (") {
 		t.Fatalf("faults with a dead target = %q", f)
 	}
-	hSome := NewHealth(HealthConfig{BusinessInterface: br, BusinessProbes: []string{dead, target}, ProbeTimeout: 500 * time.Millisecond, KmsgPath: "-"})
+	hSome := New(Config{BusinessInterface: br, BusinessProbes: []string{dead, target}, ProbeTimeout: 500 * time.Millisecond, KmsgPath: "-"})
 	hSome.Check(ctx)
 	if f := hSome.Faults(); len(f) != 0 {
 		t.Fatalf("faults with one of two targets answering = %q", f)
@@ -496,7 +453,7 @@ func TestBusinessProbeThroughInterface(t *testing.T) {
 }
 
 // waitHealth runs checks until the faults are want, or fails with the last seen.
-func waitHealth(t *testing.T, h *Health, want []string) {
+func waitHealth(t *testing.T, h *Checker, want []string) {
 	t.Helper()
 	deadline := time.Now().Add(15 * time.Second)
 	for {
@@ -621,38 +578,4 @@ func listenInNetns(t *testing.T, ns, addr string) net.Listener {
 		}
 	}()
 	return r.ln
-}
-
-// TestHeartbeatCarriesHealthFaults: the agent's heartbeat includes the
-// health faults, and a change of them asks for an early heartbeat.
-func TestHeartbeatCarriesHealthFaults(t *testing.T) {
-	cfg := testConfig(t, "127.0.0.1:1")
-	file := filepath.Join(t.TempDir(), "f")
-	if err := os.WriteFile(file, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cfg.StoragePaths = []string{filepath.Join(file, "images")}
-	a, err := New(cfg, newRecordingHV(&callLog{}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { a.Close() })
-	a.health.cfg.KmsgPath = "-"
-	a.health.Check(context.Background())
-	select {
-	case <-a.heartbeatNow:
-	default:
-		t.Fatal("a new fault did not ask for an early heartbeat")
-	}
-	hb, _, err := a.BuildHeartbeat(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := []string{"storage path " + cfg.StoragePaths[0] + " not writable: open " + filepath.Join(cfg.StoragePaths[0], probeFile) + ": not a directory"}
-	if !slices.Equal(hb.Faults, want) {
-		t.Fatalf("heartbeat faults = %q, want %q", hb.Faults, want)
-	}
-	if err := hb.Validate(); err != nil {
-		t.Fatalf("heartbeat invalid: %v", err)
-	}
 }

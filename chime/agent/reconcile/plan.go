@@ -1,4 +1,8 @@
-package agent
+// Package reconcile makes this hypervisor's libvirt match the VMs the
+// servers placed on it: Plan decides the steps as a pure function, and the
+// Reconciler gathers Plan's inputs and carries the steps out. It is the one
+// place where the agent starts a VM's qemu and destroys stale copies.
+package reconcile
 
 import (
 	"fmt"
@@ -6,9 +10,8 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/chime-ha/chime/chime/structs"
-
 	"github.com/chime-ha/chime/chime/api"
+	"github.com/chime-ha/chime/chime/structs"
 	"github.com/chime-ha/chime/hypervisor"
 )
 
@@ -104,7 +107,7 @@ func adopted(vm api.DesiredVM, d hypervisor.Domain) bool {
 }
 
 // Plan decides what to do to libvirt so that it matches the desired VMs. It
-// is a pure function of its inputs: no clock, no I/O. See DESIGN.md.
+// is a pure function of its inputs: no clock, no I/O. See chime/agent/DESIGN.md.
 //
 // Rules:
 //   - a domain without chime metadata is never touched;

@@ -1,4 +1,4 @@
-package agent
+package store
 
 import (
 	"path/filepath"
@@ -11,9 +11,20 @@ import (
 	"github.com/chime-ha/chime/hypervisor"
 )
 
+const (
+	idA = "aaaaaaaa-0000-0000-0000-000000000001"
+	idB = "bbbbbbbb-0000-0000-0000-000000000002"
+	idC = "cccccccc-0000-0000-0000-000000000003"
+)
+
+func dvm(id, name, state string, gen uint64) api.DesiredVM {
+	return api.DesiredVM{ID: id, Name: name, DesiredState: state, Generation: gen,
+		Spec: structs.VMSpec{VCPUs: 1, MemoryMiB: 64}}
+}
+
 func TestStoreRoundTripAndReopen(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "agent.db")
-	s, err := OpenStore(path)
+	s, err := Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -34,7 +45,7 @@ func TestStoreRoundTripAndReopen(t *testing.T) {
 	if _, refused, _, err := s.AcceptDesired(ds); err != nil || len(refused) != 0 {
 		t.Fatalf("AcceptDesired: refused %v, err %v", refused, err)
 	}
-	spec := DomainSpecOf(ds.VMs[0])
+	spec := hypervisor.DomainSpec{VMID: idA, Name: "a", VCPUs: 1, MemoryMiB: 64, Disks: []string{"/srv/a.qcow2"}, Generation: 10}
 	if err := s.SetDefined(spec); err != nil {
 		t.Fatal(err)
 	}
@@ -48,7 +59,7 @@ func TestStoreRoundTripAndReopen(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	s, err = OpenStore(path)
+	s, err = Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -98,12 +109,12 @@ func TestStoreRoundTripAndReopen(t *testing.T) {
 
 func TestStoreRefusesSecondOpener(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "agent.db")
-	s, err := OpenStore(path)
+	s, err := Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	if s2, err := OpenStore(path); err == nil {
+	if s2, err := Open(path); err == nil {
 		s2.Close()
 		t.Fatal("a second agent opened the same state file")
 	}
@@ -139,7 +150,7 @@ func TestAcceptDesiredFencing(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			s, err := OpenStore(filepath.Join(t.TempDir(), "agent.db"))
+			s, err := Open(filepath.Join(t.TempDir(), "agent.db"))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -159,7 +170,7 @@ func TestAcceptDesiredFencing(t *testing.T) {
 
 	// The held case: VM seen at 10, moved away (gone), then an old
 	// instruction at 9 arrives: refused and held, not run.
-	s, err := OpenStore(filepath.Join(t.TempDir(), "agent.db"))
+	s, err := Open(filepath.Join(t.TempDir(), "agent.db"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,6 +1,6 @@
 //go:build unix
 
-package agent
+package local
 
 import "syscall"
 

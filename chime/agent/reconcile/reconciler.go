@@ -1,9 +1,10 @@
-package agent
+package reconcile
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"sync"
 	"time"
@@ -13,25 +14,69 @@ import (
 	"github.com/hashicorp/go-hclog"
 )
 
-// Hypervisor is the part of the libvirt driver the agent uses;
+// DefaultSweepInterval is the period of the full reconcile pass that runs
+// even when nothing triggered one.
+const DefaultSweepInterval = 10 * time.Second
+
+// Hypervisor is the part of the libvirt driver the reconciler calls;
 // *hypervisor.Driver implements it. Calls may block for the driver's call
-// timeout; List returns every domain, chime's or not.
+// timeout; List returns every domain, chime's or not. Events delivers
+// lifecycle events and connection changes.
 type Hypervisor interface {
-	Connected() bool
-	Capacity(ctx context.Context) (vcpus, memMiB int, err error)
 	List(ctx context.Context) ([]hypervisor.Domain, error)
 	Define(ctx context.Context, spec hypervisor.DomainSpec) error
 	Start(ctx context.Context, uuid string) error
 	Shutdown(ctx context.Context, uuid string, grace time.Duration) error
 	Destroy(ctx context.Context, uuid string) error
 	Undefine(ctx context.Context, uuid string) error
-	Migrate(ctx context.Context, uuid, destURI, migrateURI string) error
 	Events() <-chan hypervisor.Event
 }
 
+// Definitions persists the spec last defined in libvirt per VM, across
+// restarts (the driver's Domain does not carry the spec, so a change is
+// detected against this record). *store.Store implements it.
+type Definitions interface {
+	DefinedSpecs() (map[string]hypervisor.DomainSpec, error)
+	SetDefined(spec hypervisor.DomainSpec) error
+	ForgetDefined(vmID string) error
+}
+
+// Clock is the reconciler's time: Now stamps passes and measures restart
+// times, NewTicker drives the periodic sweep. Tests pass a fake one to
+// step passes in simulated time.
+type Clock interface {
+	Now() time.Time
+	NewTicker(d time.Duration) Ticker
+}
+
+// Ticker is a Clock's periodic timer.
+type Ticker interface {
+	C() <-chan time.Time
+	Stop()
+}
+
+// SystemClock is the wall clock.
+type SystemClock struct{}
+
+// Now returns time.Now().
+func (SystemClock) Now() time.Time { return time.Now() }
+
+// NewTicker returns a time.Ticker.
+func (SystemClock) NewTicker(d time.Duration) Ticker { return systemTicker{time.NewTicker(d)} }
+
+type systemTicker struct{ t *time.Ticker }
+
+func (t systemTicker) C() <-chan time.Time { return t.t.C }
+func (t systemTicker) Stop()               { t.t.Stop() }
+
 // ErrNotSynced is returned by a pass before the agent's first successful
 // sync with the servers: until then nothing is started (uniqueness rule 1).
+// The Inputs function returns it.
 var ErrNotSynced = errors.New("no successful sync with the servers yet: starting nothing")
+
+// ErrInputs wraps any other error of the Inputs function: the pass changes
+// nothing, since a hold it cannot read may be what keeps a VM from starting.
+var ErrInputs = errors.New("reconcile inputs unavailable: changing nothing")
 
 // Inputs are what a reconcile pass works towards besides libvirt's state.
 type Inputs struct {
@@ -40,16 +85,18 @@ type Inputs struct {
 	Hold    []string
 }
 
-// ReconcilerConfig wires a Reconciler.
-type ReconcilerConfig struct {
-	Hypervisor Hypervisor
-	Store      *Store // records defined specs
-	// Inputs returns the current inputs; ok is false until the first
-	// successful sync with the servers, and then the reconciler does nothing.
-	Inputs        func() (in Inputs, ok bool)
-	SweepInterval time.Duration
+// Config wires a Reconciler.
+type Config struct {
+	Hypervisor  Hypervisor
+	Definitions Definitions
+	// Inputs returns the current inputs. It returns ErrNotSynced until the
+	// first successful sync with the servers, and any other error when an
+	// input (a fencing record behind a hold) cannot be read; either way the
+	// pass does nothing.
+	Inputs        func() (Inputs, error)
+	SweepInterval time.Duration // default DefaultSweepInterval
 	ShutdownGrace time.Duration
-	Now           func() time.Time // nil: time.Now
+	Clock         Clock // nil: SystemClock
 	Logger        hclog.Logger
 	// Changed, when set, is called after a pass that changed libvirt (the
 	// agent sends an early heartbeat so the servers see the new state soon).
@@ -62,6 +109,10 @@ type PassResult struct {
 	Actions     []Action            // the plan
 	Failed      map[int]error       // index into Actions -> error
 	StaleFailed bool                // a stale destroy/undefine failed: nothing was defined or started
+	// Restarted is, per VM started again after a crash in this pass, the
+	// time from the crash first seen to the start (also logged as
+	// restart_time: the figure behind the availability promise).
+	Restarted map[string]time.Duration
 }
 
 // Reconciler drives libvirt towards the desired VMs. It is level-triggered:
@@ -71,11 +122,11 @@ type PassResult struct {
 // carries out its steps.
 type Reconciler struct {
 	hv      Hypervisor
-	store   *Store
-	inputs  func() (Inputs, bool)
+	defs    Definitions
+	inputs  func() (Inputs, error)
 	sweep   time.Duration
 	grace   time.Duration
-	now     func() time.Time
+	clock   Clock
 	logger  hclog.Logger
 	changed func()
 
@@ -93,17 +144,17 @@ type Reconciler struct {
 	lastErr      error                            // error of the last pass (nil: clean)
 }
 
-// NewReconciler builds a reconciler; Run drives it.
-func NewReconciler(cfg ReconcilerConfig) (*Reconciler, error) {
-	if cfg.Hypervisor == nil || cfg.Store == nil || cfg.Inputs == nil {
-		return nil, errors.New("reconciler: hypervisor, store and inputs are required")
+// New builds a reconciler; Run drives it, or a caller steps it with Pass.
+func New(cfg Config) (*Reconciler, error) {
+	if cfg.Hypervisor == nil || cfg.Definitions == nil || cfg.Inputs == nil {
+		return nil, errors.New("reconciler: hypervisor, definitions and inputs are required")
 	}
-	defined, err := cfg.Store.DefinedSpecs()
+	defined, err := cfg.Definitions.DefinedSpecs()
 	if err != nil {
 		return nil, fmt.Errorf("reconciler: %w", err)
 	}
-	if cfg.Now == nil {
-		cfg.Now = time.Now
+	if cfg.Clock == nil {
+		cfg.Clock = SystemClock{}
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = hclog.NewNullLogger()
@@ -112,8 +163,8 @@ func NewReconciler(cfg ReconcilerConfig) (*Reconciler, error) {
 		cfg.SweepInterval = DefaultSweepInterval
 	}
 	return &Reconciler{
-		hv: cfg.Hypervisor, store: cfg.Store, inputs: cfg.Inputs,
-		sweep: cfg.SweepInterval, grace: cfg.ShutdownGrace, now: cfg.Now, logger: cfg.Logger, changed: cfg.Changed,
+		hv: cfg.Hypervisor, defs: cfg.Definitions, inputs: cfg.Inputs,
+		sweep: cfg.SweepInterval, grace: cfg.ShutdownGrace, clock: cfg.Clock, logger: cfg.Logger, changed: cfg.Changed,
 		trigger:      make(chan struct{}, 1),
 		settled:      make(chan struct{}),
 		defined:      defined,
@@ -134,17 +185,21 @@ func (r *Reconciler) Trigger() {
 // destroyed and undefined. The agent sends no heartbeat before that.
 func (r *Reconciler) Settled() <-chan struct{} { return r.settled }
 
-// Domains returns libvirt's domains as last listed, and when.
+// Domains returns libvirt's domains as last listed, when the last pass
+// ended, and its error.
 func (r *Reconciler) Domains() ([]hypervisor.Domain, time.Time, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return append([]hypervisor.Domain(nil), r.domains...), r.lastPass, r.lastErr
+	return slices.Clone(r.domains), r.lastPass, r.lastErr
 }
+
+// Wait waits for the shutdowns started by passes to return.
+func (r *Reconciler) Wait() { r.wg.Wait() }
 
 // Run runs passes until ctx ends, then waits for in-flight shutdowns.
 func (r *Reconciler) Run(ctx context.Context) error {
 	defer r.wg.Wait()
-	ticker := time.NewTicker(r.sweep)
+	ticker := r.clock.NewTicker(r.sweep)
 	defer ticker.Stop()
 	events := r.hv.Events()
 	for {
@@ -152,7 +207,7 @@ func (r *Reconciler) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-r.trigger:
-		case <-ticker.C:
+		case <-ticker.C():
 		case ev, ok := <-events:
 			if !ok {
 				events = nil
@@ -176,9 +231,13 @@ func (r *Reconciler) Run(ctx context.Context) error {
 				drained = true
 			}
 		}
-		if _, err := r.Pass(ctx); errors.Is(err, ErrNotSynced) {
+		switch _, err := r.Pass(ctx); {
+		case err == nil || ctx.Err() != nil:
+		case errors.Is(err, ErrNotSynced):
 			r.logger.Debug("reconcile skipped: waiting for the first sync with the servers")
-		} else if err != nil && ctx.Err() == nil {
+		case errors.Is(err, ErrInputs):
+			r.logger.Error("reconcile skipped: its inputs cannot be read; nothing is started or destroyed", "error", err)
+		default:
 			r.logger.Warn("reconcile pass failed; retrying on next trigger or sweep", "error", err)
 		}
 	}
@@ -198,7 +257,7 @@ func (r *Reconciler) noteEvent(ev hypervisor.Event) bool {
 	if crashed && ev.UUID != "" {
 		at := ev.At
 		if at.IsZero() {
-			at = r.now()
+			at = r.clock.Now()
 		}
 		r.mu.Lock()
 		if _, ok := r.crashedAt[ev.UUID]; !ok {
@@ -213,12 +272,17 @@ func (r *Reconciler) noteEvent(ev hypervisor.Event) bool {
 }
 
 // Pass runs one reconcile pass now. It returns an error when nothing could
-// be planned (no sync yet, libvirt unreachable) or when a step failed;
-// failed steps are retried by the next pass.
+// be planned (no sync yet, inputs unreadable, libvirt unreachable) or when a
+// step failed; failed steps are retried by the next pass.
 func (r *Reconciler) Pass(ctx context.Context) (PassResult, error) {
-	in, ok := r.inputs()
-	if !ok {
-		return PassResult{}, ErrNotSynced
+	in, err := r.inputs()
+	if errors.Is(err, ErrNotSynced) {
+		return PassResult{}, err
+	}
+	if err != nil {
+		err = fmt.Errorf("%w: %w", ErrInputs, err)
+		r.finish(nil, err)
+		return PassResult{}, err
 	}
 	domains, err := r.hv.List(ctx)
 	if err != nil {
@@ -229,17 +293,15 @@ func (r *Reconciler) Pass(ctx context.Context) (PassResult, error) {
 	for _, d := range domains {
 		if d.Meta != nil && d.State == hypervisor.StateCrashed {
 			if _, seen := r.crashedAt[d.UUID]; !seen {
-				r.crashedAt[d.UUID] = r.now()
+				r.crashedAt[d.UUID] = r.clock.Now()
 			}
 		}
 	}
-	opts := PlanOptions{Drained: in.Drained, Hold: in.Hold, Defined: make(map[string]hypervisor.DomainSpec, len(r.defined))}
-	for k, v := range r.defined {
-		opts.Defined[k] = v
-	}
+	opts := PlanOptions{Drained: in.Drained, Hold: in.Hold, Defined: maps.Clone(r.defined)}
 	r.mu.Unlock()
 
-	res := PassResult{Domains: domains, Actions: Plan(in.Desired, domains, opts), Failed: map[int]error{}}
+	res := PassResult{Domains: domains, Actions: Plan(in.Desired, domains, opts),
+		Failed: map[int]error{}, Restarted: map[string]time.Duration{}}
 	destroyFailed := map[string]bool{}
 	for i, a := range res.Actions {
 		if ctx.Err() != nil {
@@ -257,7 +319,7 @@ func (r *Reconciler) Pass(ctx context.Context) (PassResult, error) {
 			res.Failed[i] = errors.New("skipped: stale copy not removed")
 			continue
 		}
-		if err := r.execute(ctx, a); err != nil {
+		if err := r.execute(ctx, a, &res); err != nil {
 			res.Failed[i] = err
 			r.logger.Error("reconcile step failed", "action", a.Kind, "vm", a.VMID, "name", a.Name, "error", err)
 			if a.Kind == ActionDestroyStale || a.Kind == ActionUndefineStale {
@@ -286,12 +348,12 @@ func (r *Reconciler) finish(domains []hypervisor.Domain, err error) {
 	if domains != nil {
 		r.domains = domains
 	}
-	r.lastPass = r.now()
+	r.lastPass = r.clock.Now()
 	r.lastErr = err
 }
 
-// execute carries out one step and logs it at INFO.
-func (r *Reconciler) execute(ctx context.Context, a Action) error {
+// execute carries out one step of res's plan and logs it at INFO.
+func (r *Reconciler) execute(ctx context.Context, a Action, res *PassResult) error {
 	log := r.logger.With("vm", a.VMID, "name", a.Name, "generation", a.Generation, "reason", a.Reason)
 	switch a.Kind {
 	case ActionConflict:
@@ -310,7 +372,7 @@ func (r *Reconciler) execute(ctx context.Context, a Action) error {
 		r.mu.Lock()
 		delete(r.defined, a.VMID)
 		r.mu.Unlock()
-		if err := r.store.ForgetDefined(a.VMID); err != nil {
+		if err := r.defs.ForgetDefined(a.VMID); err != nil {
 			return fmt.Errorf("forget definition of %s: %w", a.VMID, err)
 		}
 	case ActionDefine:
@@ -321,7 +383,7 @@ func (r *Reconciler) execute(ctx context.Context, a Action) error {
 		r.mu.Lock()
 		r.defined[a.VMID] = *a.Spec
 		r.mu.Unlock()
-		if err := r.store.SetDefined(*a.Spec); err != nil {
+		if err := r.defs.SetDefined(*a.Spec); err != nil {
 			return fmt.Errorf("record definition of %s: %w", a.VMID, err)
 		}
 	case ActionStart:
@@ -334,7 +396,9 @@ func (r *Reconciler) execute(ctx context.Context, a Action) error {
 		delete(r.crashedAt, a.VMID)
 		r.mu.Unlock()
 		if ok {
-			log.Info("vm running again after crash", "restart_time", r.now().Sub(crashed).String())
+			took := r.clock.Now().Sub(crashed)
+			res.Restarted[a.VMID] = took
+			log.Info("vm running again after crash", "restart_time", took.String())
 		}
 	case ActionShutdown:
 		r.shutdownAsync(ctx, a, log)
@@ -355,9 +419,7 @@ func (r *Reconciler) shutdownAsync(ctx context.Context, a Action, log hclog.Logg
 	r.shuttingDown[a.VMID] = true
 	r.mu.Unlock()
 	log.Info("shutting down domain", "grace", r.grace.String())
-	r.wg.Add(1)
-	go func() {
-		defer r.wg.Done()
+	r.wg.Go(func() {
 		err := r.hv.Shutdown(ctx, a.VMID, r.grace)
 		r.mu.Lock()
 		delete(r.shuttingDown, a.VMID)
@@ -371,5 +433,5 @@ func (r *Reconciler) shutdownAsync(ctx context.Context, a Action, log hclog.Logg
 			r.changed()
 		}
 		r.Trigger()
-	}()
+	})
 }

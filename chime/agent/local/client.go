@@ -1,4 +1,4 @@
-package agent
+package local
 
 import (
 	"context"
@@ -11,30 +11,26 @@ import (
 	"time"
 )
 
-// LocalClient talks to an agent's unix socket.
-type LocalClient struct {
+// Client talks to an agent's unix socket.
+type Client struct {
 	socket string
 	http   *http.Client
 }
 
-// NewLocalClient returns a client for the agent socket at path.
-func NewLocalClient(socket string) *LocalClient {
+// NewClient returns a client for the agent socket at path.
+func NewClient(socket string) *Client {
 	tr := &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
 			return d.DialContext(ctx, "unix", socket)
 		},
 	}
-	return &LocalClient{socket: socket, http: &http.Client{Transport: tr, Timeout: 10 * time.Minute}}
-}
-
-// LocalStatus asks the agent listening on socket for its status.
-func LocalStatus(ctx context.Context, socket string) (*Status, error) {
-	return NewLocalClient(socket).Status(ctx)
+	// A drain or a migration may take minutes.
+	return &Client{socket: socket, http: &http.Client{Transport: tr, Timeout: 10 * time.Minute}}
 }
 
 // Status returns GET /status.
-func (c *LocalClient) Status(ctx context.Context) (*Status, error) {
+func (c *Client) Status(ctx context.Context) (*Status, error) {
 	var st Status
 	if err := c.do(ctx, http.MethodGet, "/status", nil, &st); err != nil {
 		return nil, err
@@ -42,25 +38,22 @@ func (c *LocalClient) Status(ctx context.Context) (*Status, error) {
 	return &st, nil
 }
 
-// DrainRequest is the body of POST /drain.
-type DrainRequest struct{}
-
 // Drain asks the agent to stop every VM and set the local drain flag; it
 // answers once no chime VM runs (or its bounded wait ended).
-func (c *LocalClient) Drain(ctx context.Context) (*DrainResult, error) {
+func (c *Client) Drain(ctx context.Context) (*DrainResult, error) {
 	var res DrainResult
 	err := c.do(ctx, http.MethodPost, "/drain", DrainRequest{}, &res)
 	return &res, err
 }
 
 // Migrate asks the agent for a node-local live migration.
-func (c *LocalClient) Migrate(ctx context.Context, r MigrateRequest) ([]MigrateResult, error) {
+func (c *Client) Migrate(ctx context.Context, r MigrateRequest) ([]MigrateResult, error) {
 	var res []MigrateResult
 	err := c.do(ctx, http.MethodPost, "/migrate", r, &res)
 	return res, err
 }
 
-func (c *LocalClient) do(ctx context.Context, method, path string, in, out any) error {
+func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
 	var body io.Reader
 	if in != nil {
 		data, err := json.Marshal(in)
@@ -87,7 +80,7 @@ func (c *LocalClient) do(ctx context.Context, method, path string, in, out any) 
 		if json.Unmarshal(data, &e) != nil || e.Error == "" {
 			e.Error = strings.TrimSpace(string(data))
 		}
-		return &LocalError{Status: resp.StatusCode, Message: e.Error}
+		return &Error{Status: resp.StatusCode, Message: e.Error}
 	}
 	if out != nil {
 		if err := json.Unmarshal(data, out); err != nil {
@@ -97,10 +90,10 @@ func (c *LocalClient) do(ctx context.Context, method, path string, in, out any) 
 	return nil
 }
 
-// LocalError is a non-2xx answer of the agent socket.
-type LocalError struct {
+// Error is a non-2xx answer of the agent socket.
+type Error struct {
 	Status  int
 	Message string
 }
 
-func (e *LocalError) Error() string { return fmt.Sprintf("agent: %s (HTTP %d)", e.Message, e.Status) }
+func (e *Error) Error() string { return fmt.Sprintf("agent: %s (HTTP %d)", e.Message, e.Status) }

@@ -1,4 +1,8 @@
-package agent
+// Package local is the agent's unix socket API, the one `chime agent
+// status|drain|migrate` talks to on the hypervisor itself: the server side
+// (Handler, Listen) and its Client. It answers while the management network
+// is down, and only the socket's owner (root) may use it.
+package local
 
 import (
 	"context"
@@ -10,8 +14,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"sort"
-	"strings"
 	"time"
 
 	"github.com/chime-ha/chime/chime/api"
@@ -29,7 +31,7 @@ type Status struct {
 	LocalDrained     bool          `json:"local_drained"`
 	LastReconcile    time.Time     `json:"last_reconcile,omitzero"`
 	ReconcileError   string        `json:"reconcile_error,omitempty"`
-	VMs              []LocalVM     `json:"vms"`
+	VMs              []VM          `json:"vms"`
 }
 
 // ServerContact says whether the servers answer.
@@ -40,9 +42,9 @@ type ServerContact struct {
 	LastError   string    `json:"last_error,omitempty"`
 }
 
-// LocalVM is one VM as the agent sees it: desired here, present in
-// libvirt with chime metadata, or both.
-type LocalVM struct {
+// VM is one VM as the agent sees it: desired here, present in libvirt with
+// chime metadata, or both.
+type VM struct {
 	ID           string `json:"id"`
 	Name         string `json:"name"`
 	DesiredState string `json:"desired_state,omitempty"` // empty: not placed here (a stale copy)
@@ -51,89 +53,54 @@ type LocalVM struct {
 	Generation   uint64 `json:"generation"` // desired generation, else the domain's
 }
 
-// StateUndefined is LocalVM.State for a desired VM libvirt does not know.
+// StateUndefined is VM.State for a desired VM libvirt does not know.
 const StateUndefined = "undefined"
 
-// Status assembles the local status. It asks libvirt afresh and falls back
-// to the reconciler's last listing when libvirt does not answer.
-func (a *Agent) Status(ctx context.Context) Status {
-	domains, lastPass, passErr := a.rec.Domains()
-	lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	if fresh, err := a.hv.List(lctx); err == nil {
-		domains = fresh
-	}
-	cancel()
-	a.mu.Lock()
-	st := Status{
-		NodeID: a.nodeID, Name: a.cfg.Name,
-		Servers: ServerContact{
-			Addrs:       a.client.Addrs(),
-			Reachable:   !a.lastContact.IsZero() && a.contactErr == nil,
-			LastContact: a.lastContact,
-		},
-		Synced:        a.desired != nil,
-		LocalDrained:  a.drained,
-		LastReconcile: lastPass,
-		VMs:           []LocalVM{},
-	}
-	if a.contactErr != nil {
-		st.Servers.LastError = a.contactErr.Error()
-	}
-	vms := map[string]*LocalVM{}
-	if a.desired != nil {
-		st.DesiredIndex = a.desired.Index
-		for _, vm := range a.desired.VMs {
-			vms[strings.ToLower(vm.ID)] = &LocalVM{ID: vm.ID, Name: vm.Name, DesiredState: vm.DesiredState,
-				State: StateUndefined, Generation: vm.Generation}
-		}
-	}
-	a.mu.Unlock()
-	st.LibvirtConnected = a.hv.Connected()
-	if passErr != nil {
-		st.ReconcileError = passErr.Error()
-	}
-	for _, d := range domains {
-		if d.Meta == nil {
-			continue
-		}
-		v, ok := vms[strings.ToLower(d.UUID)]
-		if !ok {
-			v = &LocalVM{ID: d.UUID, Name: strings.TrimPrefix(d.Name, "chime-"), Generation: d.Meta.Generation}
-			vms[strings.ToLower(d.UUID)] = v
-		}
-		v.State, v.Reason = d.State, d.Reason
-	}
-	for _, v := range vms {
-		st.VMs = append(st.VMs, *v)
-	}
-	sort.Slice(st.VMs, func(i, j int) bool { return st.VMs[i].Name < st.VMs[j].Name })
-	return st
+// DrainRequest is the body of POST /drain.
+type DrainRequest struct{}
+
+// DrainResult answers POST /drain.
+type DrainResult struct {
+	DrainID string   `json:"drain_id"`
+	Stopped []string `json:"stopped"`           // chime domains no longer running
+	Running []string `json:"running,omitempty"` // still running when the wait ended
 }
 
-// PingResponse is the answer to the servers' ping-back, GET /v1/ping.
-type PingResponse struct {
-	NodeID string `json:"node_id"`
-	Name   string `json:"name"`
+// MigrateRequest is POST /migrate: a node-local live migration.
+type MigrateRequest struct {
+	Interface string `json:"interface"`
+	UUID      string `json:"uuid,omitempty"`
+	All       bool   `json:"all,omitempty"`
+	Dest      string `json:"dest"`
 }
 
-// apiHandler serves the agent API on the management network.
-func (a *Agent) apiHandler() http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /v1/ping", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, PingResponse{NodeID: a.nodeID, Name: a.cfg.Name})
-	})
-	mux.HandleFunc("POST /v1/adopt", a.handleAdopt)
-	return mux
+// MigrateResult is one VM's outcome of a node-local migration.
+type MigrateResult struct {
+	VMID  string `json:"vm_id"`
+	Name  string `json:"name"`
+	OK    bool   `json:"ok"`
+	Took  string `json:"took,omitempty"`
+	Error string `json:"error,omitempty"`
 }
 
-// localHandler serves the local unix socket.
-func (a *Agent) localHandler() http.Handler {
+// Backend is what the socket serves; the agent implements it. Drain and
+// Migrate block until the operation is done. Their errors carry a
+// chime/structs kind (invalid, not found, conflict) that picks the HTTP
+// status; any other error is a 500.
+type Backend interface {
+	Status(ctx context.Context) Status
+	Drain(ctx context.Context) (DrainResult, error)
+	Migrate(ctx context.Context, req MigrateRequest) ([]MigrateResult, error)
+}
+
+// Handler serves the local socket's routes from b.
+func Handler(b Backend) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, a.Status(r.Context()))
+		writeJSON(w, http.StatusOK, b.Status(r.Context()))
 	})
 	mux.HandleFunc("POST /drain", func(w http.ResponseWriter, r *http.Request) {
-		res, err := a.localDrain(r.Context())
+		res, err := b.Drain(r.Context())
 		if err != nil {
 			writeJSON(w, http.StatusInternalServerError, errorBody{Error: err.Error()})
 			return
@@ -148,7 +115,7 @@ func (a *Agent) localHandler() http.Handler {
 			writeJSON(w, http.StatusBadRequest, errorBody{Error: "body: " + err.Error()})
 			return
 		}
-		res, err := a.localMigrate(r.Context(), req)
+		res, err := b.Migrate(r.Context(), req)
 		if err != nil {
 			e := api.AsError(err)
 			writeJSON(w, e.Status, errorBody{Error: e.Message})
@@ -166,12 +133,12 @@ type errorBody struct {
 func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(v)
+	_ = json.NewEncoder(w).Encode(v) // the client went away: nobody to tell
 }
 
-// listenUnix listens on a unix socket only its owner may use. A socket file
+// Listen listens on a unix socket only its owner may use. A socket file
 // left by a previous agent is removed; any other file in the way is not.
-func listenUnix(path string) (net.Listener, error) {
+func Listen(path string) (net.Listener, error) {
 	if path == "" {
 		return nil, errors.New("no socket path")
 	}

@@ -1,0 +1,433 @@
+// Package handover carries out the agent's HA operations that move VMs off
+// or onto this node: the live migrations the servers order, node-local
+// migrations and drains (`chime agent migrate|drain`), and the adoption of
+// domains arriving by node-local migration. It keeps the fencing records
+// that stop a generation handed away from ever starting here again, and
+// tells the reconciler which VMs to leave alone (Hold).
+package handover
+
+import (
+	"context"
+	"errors"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/chime-ha/chime/chime/agent/store"
+	"github.com/chime-ha/chime/chime/api"
+	"github.com/chime-ha/chime/hypervisor"
+	"github.com/hashicorp/go-hclog"
+)
+
+// Hypervisor is the part of the libvirt driver the operations call;
+// *hypervisor.Driver implements it.
+type Hypervisor interface {
+	List(ctx context.Context) ([]hypervisor.Domain, error)
+	Shutdown(ctx context.Context, uuid string, grace time.Duration) error
+	Migrate(ctx context.Context, uuid, destURI, migrateURI string) error
+}
+
+// Store holds the operations' records across restarts; *store.Store
+// implements it. Every write either happened or returns an error.
+type Store interface {
+	BeginHandover(h store.Handover) error
+	Retire(h store.Handover) error
+	AbortHandover(vmID string, gen uint64) error
+	Handovers() (map[string]store.Handover, error)
+	Retired() (map[string]uint64, error)
+	AddAdoption(ad store.Adoption) error
+	Adoptions() (map[string]store.Adoption, error)
+	RemoveAdoption(vmID string) error
+	StartDrain(newID string) (string, error)
+	ReleaseDrain(id string) (bool, error)
+}
+
+// Reporter tells the servers the outcome of a migration they ordered;
+// *api.Client implements it.
+type Reporter interface {
+	ReportMigration(ctx context.Context, r api.MigrationReport) error
+}
+
+// Announcer tells the agent at dest (an IP address) that a domain is about
+// to arrive by node-local migration, so that it keeps it.
+type Announcer interface {
+	AnnounceAdoption(ctx context.Context, dest string, ad store.Adoption) error
+}
+
+// Config wires a Manager.
+type Config struct {
+	NodeID        string
+	Hypervisor    Hypervisor
+	Store         Store
+	Reporter      Reporter
+	Announcer     Announcer
+	ShutdownGrace time.Duration // for the guest shutdowns of a local drain
+	Drained       bool          // the local drain flag as persisted
+	// Trigger asks the reconciler for a pass (a hold or the drain flag
+	// changed). Changed asks for an early heartbeat. Both must not block.
+	Trigger func()
+	Changed func()
+	// RetryInterval is the first wait before a failed record write is
+	// tried again; it doubles up to 30 s. Default 1 s.
+	RetryInterval time.Duration
+	Logger        hclog.Logger
+}
+
+// Manager runs the operations and keeps their in-memory state. Its methods
+// are safe for concurrent use; Close stops what runs in the background.
+type Manager struct {
+	cfg Config
+	log hclog.Logger
+
+	ctx    context.Context // lifetime of background work (migrations, record retries)
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu       sync.Mutex
+	drained  bool                      // local drain flag (mirrors the store)
+	synced   bool                      // a desired state was received: the reconciler runs
+	inflight map[string]string         // vm id → what is handing it over now: a task id, "local", or "settle"
+	reported map[string]bool           // task id + vm id → migration done and reported
+	unsaved  map[string]store.Handover // vm id → generation that left whose fencing record is not on disk yet
+	rejected map[string]bool           // vm id → adoption refused by the servers whose record is not removed yet
+}
+
+// New returns a Manager; Close it when the agent stops.
+func New(cfg Config) *Manager {
+	if cfg.Logger == nil {
+		cfg.Logger = hclog.NewNullLogger()
+	}
+	if cfg.Trigger == nil {
+		cfg.Trigger = func() {}
+	}
+	if cfg.Changed == nil {
+		cfg.Changed = func() {}
+	}
+	if cfg.RetryInterval <= 0 {
+		cfg.RetryInterval = time.Second
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Manager{cfg: cfg, log: cfg.Logger, ctx: ctx, cancel: cancel, drained: cfg.Drained,
+		inflight: map[string]string{}, reported: map[string]bool{},
+		unsaved: map[string]store.Handover{}, rejected: map[string]bool{}}
+}
+
+// Close cancels the migrations and retries in flight and waits for them.
+func (m *Manager) Close() {
+	m.cancel()
+	m.wg.Wait()
+}
+
+// Drained reports the local drain flag.
+func (m *Manager) Drained() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.drained
+}
+
+// Hold returns the VM ids the reconciler must leave alone because of an HA
+// operation: incoming live migrations, hand-overs in flight from here,
+// generations handed away (retired, or begun and not settled), and
+// announced node-local adoptions the servers have not decided on. When a
+// record cannot be read it returns the error, and the caller must change
+// nothing: an unreadable fencing record is not an absent one.
+func (m *Manager) Hold(ds api.DesiredState) ([]string, error) {
+	retired, err := m.cfg.Store.Retired()
+	if err != nil {
+		return nil, err
+	}
+	handovers, err := m.cfg.Store.Handovers()
+	if err != nil {
+		return nil, err
+	}
+	adoptions, err := m.cfg.Store.Adoptions()
+	if err != nil {
+		return nil, err
+	}
+	var hold []string
+	for _, in := range ds.Incoming {
+		hold = append(hold, in.ID)
+	}
+	desired := make(map[string]api.DesiredVM, len(ds.VMs))
+	for _, vm := range ds.VMs {
+		desired[vm.ID] = vm
+	}
+	// fence holds a VM still placed here at a generation that left.
+	fence := func(id string, gen uint64) {
+		if vm, ok := desired[id]; ok && vm.Generation <= gen {
+			hold = append(hold, id)
+		}
+	}
+	for id, gen := range retired {
+		fence(id, gen)
+	}
+	for id, h := range handovers {
+		fence(id, h.Generation)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for id := range m.inflight {
+		hold = append(hold, id)
+	}
+	for id, h := range m.unsaved {
+		fence(id, h.Generation)
+	}
+	for id := range adoptions {
+		if m.rejected[id] {
+			continue // refused: the reconciler destroys it as stale
+		}
+		if vm, ok := desired[id]; ok && vm.AdoptGeneration != 0 {
+			continue // the servers placed it here: Plan adopts it
+		}
+		hold = append(hold, id)
+	}
+	return hold, nil
+}
+
+// AfterDesired runs the HA side effects of a new desired state: settle
+// hand-overs an earlier process left open, forget decided adoptions, start
+// ordered migrations, release a local drain. Call it before the reconciler
+// passes over ds.
+func (m *Manager) AfterDesired(ctx context.Context, ds api.DesiredState) {
+	m.mu.Lock()
+	m.synced = true
+	m.mu.Unlock()
+	m.settleHandovers(ctx)
+	for _, vm := range ds.VMs {
+		if vm.AdoptGeneration != 0 {
+			m.adoptionAccepted(vm)
+		}
+		if vm.Migrate != nil {
+			m.startMigration(vm)
+		}
+	}
+	if ds.ReleasedDrainID != "" {
+		m.releaseDrain(ds.ReleasedDrainID)
+	}
+}
+
+var errBusy = errors.New("a migration of this VM is already in flight")
+
+// claim marks vmID as being handed over by who; it fails when something
+// else already is. The in-flight mark serializes the changes of a VM's
+// hand-over record, and holds the VM.
+func (m *Manager) claim(vmID, who string) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if _, busy := m.inflight[vmID]; busy {
+		return false
+	}
+	m.inflight[vmID] = who
+	return true
+}
+
+func (m *Manager) release(vmID string) {
+	m.mu.Lock()
+	delete(m.inflight, vmID)
+	m.mu.Unlock()
+	m.cfg.Trigger()
+}
+
+// settleHandovers decides the hand-overs begun by an earlier process (it
+// died between asking libvirt to migrate and recording the outcome): a
+// domain still here did not leave (libvirt undefines the source only on
+// success, and cancels a migration whose client went away), a domain gone
+// did. Until settled, such a VM is held.
+func (m *Manager) settleHandovers(ctx context.Context) {
+	open, err := m.cfg.Store.Handovers()
+	if err != nil {
+		m.log.Error("cannot read the hand-over records; the reconciler changes nothing until they can be read", "error", err)
+		return
+	}
+	if len(open) == 0 {
+		return
+	}
+	var mine []store.Handover
+	for _, h := range open {
+		m.mu.Lock()
+		_, pending := m.unsaved[h.VMID]
+		m.mu.Unlock()
+		if !pending && m.claim(h.VMID, "settle") {
+			mine = append(mine, h)
+		}
+	}
+	if len(mine) == 0 {
+		return
+	}
+	defer func() {
+		for _, h := range mine {
+			m.release(h.VMID)
+		}
+	}()
+	domains, err := m.cfg.Hypervisor.List(ctx)
+	if err != nil {
+		m.log.Warn("cannot list libvirt domains to settle open hand-overs; their VMs stay held", "error", err)
+		return
+	}
+	for _, h := range mine {
+		if domainIn(domains, h.VMID) != nil {
+			if err := m.cfg.Store.AbortHandover(h.VMID, h.Generation); err != nil {
+				m.log.Error("cannot clear a hand-over record; the VM stays held", "vm", h.VMID, "error", err)
+				continue
+			}
+			m.log.Info("an earlier migration did not move the VM: it is managed here again", "vm", h.VMID, "generation", h.Generation)
+			continue
+		}
+		m.log.Warn("an earlier migration moved the VM away: its generation is retired here", "vm", h.VMID, "generation", h.Generation)
+		m.retire(h) // on failure it is held in memory and retried
+	}
+}
+
+// retire records that h's generation left this node. When the record
+// cannot be written, the generation is held in memory (never started here)
+// and the write is retried in the background until it succeeds or the
+// agent stops; the error is returned for the operation's result.
+func (m *Manager) retire(h store.Handover) error {
+	err := m.cfg.Store.Retire(h)
+	if err == nil {
+		return nil
+	}
+	m.log.Error("cannot record that a VM left this node: holding it in memory and retrying; it is never started here",
+		"vm", h.VMID, "generation", h.Generation, "error", err)
+	m.mu.Lock()
+	if cur, ok := m.unsaved[h.VMID]; !ok || cur.Generation < h.Generation {
+		m.unsaved[h.VMID] = h
+	}
+	m.mu.Unlock()
+	m.retry("record retired generation of "+h.VMID, func() error { return m.cfg.Store.Retire(h) }, func() {
+		m.mu.Lock()
+		if cur, ok := m.unsaved[h.VMID]; ok && cur.Generation <= h.Generation {
+			delete(m.unsaved, h.VMID)
+		}
+		m.mu.Unlock()
+	})
+	return err
+}
+
+// retry runs write in the background until it succeeds (then done) or the
+// manager is closed.
+func (m *Manager) retry(what string, write func() error, done func()) {
+	m.wg.Go(func() {
+		wait := m.cfg.RetryInterval
+		for {
+			if !sleepCtx(m.ctx, wait) {
+				m.log.Error("agent stopping: record still not written", "what", what)
+				return
+			}
+			err := write()
+			if err == nil {
+				m.log.Info("record written after retries", "what", what)
+				done()
+				return
+			}
+			m.log.Error("record still cannot be written; retrying", "what", what, "error", err)
+			wait = min(2*wait, 30*time.Second)
+		}
+	})
+}
+
+// adoptionAccepted forgets an announced adoption the servers placed here.
+func (m *Manager) adoptionAccepted(vm api.DesiredVM) {
+	ads, err := m.cfg.Store.Adoptions()
+	if err != nil {
+		m.log.Error("cannot read the adoptions", "vm", vm.ID, "error", err)
+		return
+	}
+	if ads[vm.ID].VMID == "" {
+		return
+	}
+	m.log.Info("node-local migration accepted by the servers", "vm", vm.Name, "generation", vm.Generation)
+	if err := m.cfg.Store.RemoveAdoption(vm.ID); err != nil {
+		// While it stays recorded and the servers name its AdoptGeneration
+		// it holds nothing; forget it before they stop naming it.
+		m.log.Error("cannot forget an accepted adoption; retrying", "vm", vm.ID, "error", err)
+		m.retry("forget accepted adoption of "+vm.ID, func() error { return m.cfg.Store.RemoveAdoption(vm.ID) }, func() {})
+	}
+}
+
+// RejectAdoptions forgets adoptions the servers refused: the reconciler
+// then destroys those domains as stale. A record that cannot be removed is
+// overridden in memory (no longer held) and removed later.
+func (m *Manager) RejectAdoptions(ids []string) {
+	for _, id := range ids {
+		m.log.Warn("servers refused a node-local adoption: destroying the adopted copy", "vm", id)
+		if err := m.cfg.Store.RemoveAdoption(id); err != nil {
+			m.log.Error("cannot forget a refused adoption; no longer holding it, retrying the removal", "vm", id, "error", err)
+			m.mu.Lock()
+			m.rejected[id] = true
+			m.mu.Unlock()
+			m.retry("forget refused adoption of "+id, func() error { return m.cfg.Store.RemoveAdoption(id) }, func() {
+				m.mu.Lock()
+				delete(m.rejected, id)
+				m.mu.Unlock()
+			})
+		}
+	}
+	if len(ids) > 0 {
+		m.cfg.Trigger()
+	}
+}
+
+// releaseDrain clears the local drain the servers released. When the
+// release cannot be recorded the node stays drained (the safe side) and
+// the next desired state tries again.
+func (m *Manager) releaseDrain(id string) {
+	released, err := m.cfg.Store.ReleaseDrain(id)
+	if err != nil {
+		m.log.Error("cannot record the release of the local drain; staying drained", "drain_id", id, "error", err)
+		return
+	}
+	if !released {
+		return
+	}
+	m.mu.Lock()
+	m.drained = false
+	m.mu.Unlock()
+	m.log.Info("local drain released by the servers (node enabled)", "drain_id", id)
+	m.cfg.Trigger()
+}
+
+func domainIn(domains []hypervisor.Domain, id string) *hypervisor.Domain {
+	for i := range domains {
+		if strings.EqualFold(domains[i].UUID, id) {
+			return &domains[i]
+		}
+	}
+	return nil
+}
+
+func (m *Manager) domainHere(ctx context.Context, id string) (*hypervisor.Domain, error) {
+	ds, err := m.cfg.Hypervisor.List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return domainIn(ds, id), nil
+}
+
+// LibvirtURI is the libvirt URI of the hypervisor at host, as peers
+// migrate to it.
+func LibvirtURI(host string) string { return "qemu+tcp://" + hostForURI(host) + "/system" }
+
+func hostForURI(host string) string {
+	if ip := net.ParseIP(host); ip != nil && ip.To4() == nil {
+		return "[" + host + "]"
+	}
+	return host
+}
+
+func backoff(attempt int) time.Duration {
+	d := time.Second << min(attempt, 5)
+	return min(d, 30*time.Second)
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}

@@ -1,0 +1,142 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/chime-ha/chime/chime/api"
+	"github.com/chime-ha/chime/chime/structs"
+	"github.com/chime-ha/chime/hypervisor"
+)
+
+// heartbeatLoop sends heartbeats, but only once the reconciler has settled:
+// a returning node must have destroyed its stale copies before the heartbeat
+// that may bring it back to normal (uniqueness rule 2).
+func (a *Agent) heartbeatLoop(ctx context.Context) {
+	log := a.logger.Named("heartbeat")
+	select {
+	case <-ctx.Done():
+		return
+	case <-a.rec.Settled():
+	}
+	log.Info("first reconcile pass done: heartbeats begin")
+	for {
+		if err := a.sendHeartbeat(ctx); err != nil && ctx.Err() == nil {
+			log.Warn("heartbeat failed", "error", err)
+			if errors.Is(err, structs.ErrForbidden) || errors.Is(err, structs.ErrNotFound) {
+				if a.register(ctx) != nil {
+					return
+				}
+			}
+		}
+		t := time.NewTimer(a.heartbeatInterval())
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		case <-a.heartbeatNow:
+			t.Stop()
+		}
+	}
+}
+
+// requestHeartbeat asks for the next heartbeat now (after libvirt changed),
+// so that the servers' view of the VMs converges quickly. Requests coalesce.
+func (a *Agent) requestHeartbeat() {
+	select {
+	case a.heartbeatNow <- struct{}{}:
+	default:
+	}
+}
+
+// BuildHeartbeat assembles a heartbeat from libvirt's state and the local
+// state; it returns the sequence of the last reported local migration. It
+// fails when the local state cannot be read: a heartbeat must not claim
+// less than the agent recorded (a drain id, an adoption, a migration).
+func (a *Agent) BuildHeartbeat(ctx context.Context) (api.HeartbeatRequest, uint64, error) {
+	hb := api.HeartbeatRequest{NodeID: a.nodeID, LocalDrained: a.ops.Drained(), VMs: []structs.VMObservation{}}
+	if hb.LocalDrained {
+		id, err := a.store.DrainID()
+		if err != nil {
+			return hb, 0, fmt.Errorf("read the local drain id: %w", err)
+		}
+		hb.LocalDrainID = id
+	}
+	domains, err := a.hv.List(ctx)
+	if err != nil || !a.hv.Connected() {
+		hb.Faults = append(hb.Faults, faultLibvirt)
+		hb.VMsUnknown = err != nil
+	}
+	hb.Faults = append(hb.Faults, a.health.Faults()...)
+	for _, d := range domains {
+		if d.Meta == nil {
+			continue
+		}
+		hb.VMs = append(hb.VMs, structs.VMObservation{VMID: d.UUID, State: observedState(d.State), Reason: d.Reason, Generation: d.Meta.Generation})
+	}
+	if hb.Adopted, err = a.adoptedObservations(domains); err != nil {
+		return hb, 0, err
+	}
+	migs, last, err := a.store.PendingMigrations()
+	if err != nil {
+		return hb, 0, err
+	}
+	hb.Migrations = migs
+	return hb, last, nil
+}
+
+func (a *Agent) sendHeartbeat(ctx context.Context) error {
+	hb, lastMig, err := a.BuildHeartbeat(ctx)
+	if err != nil {
+		return err
+	}
+	resp, err := a.client.Heartbeat(ctx, hb)
+	a.noteContact(err)
+	if err != nil {
+		return err
+	}
+	a.setTiming(resp.Timing)
+	a.setGossipAddrs(resp.GossipAddrs)
+	a.ops.RejectAdoptions(resp.RejectedAdoptions)
+	if len(hb.Migrations) > 0 {
+		if err := a.store.AckMigrations(lastMig); err != nil {
+			return fmt.Errorf("ack local migrations: %w", err)
+		}
+	}
+	a.logger.Named("heartbeat").Debug("heartbeat sent", "vms", len(hb.VMs), "faults", len(hb.Faults))
+	return nil
+}
+
+// adoptedObservations are the announced adoptions whose domain is here.
+func (a *Agent) adoptedObservations(domains []hypervisor.Domain) ([]structs.VMObservation, error) {
+	ads, err := a.store.Adoptions()
+	if err != nil {
+		return nil, err
+	}
+	var out []structs.VMObservation
+	for _, d := range domains {
+		ad, ok := ads[strings.ToLower(d.UUID)]
+		if !ok || d.Meta == nil || d.Meta.Generation != ad.Generation {
+			continue
+		}
+		out = append(out, structs.VMObservation{VMID: ad.VMID, State: observedState(d.State), Reason: d.Reason, Generation: ad.Generation})
+	}
+	return out, nil
+}
+
+// observedState maps a libvirt state onto the API's observation states. A
+// domain in a transitional state may still have a qemu process: it counts
+// as running, so the servers never believe a VM gone while it is not.
+func observedState(s string) string {
+	switch s {
+	case hypervisor.StateStopped:
+		return structs.StateStopped
+	case hypervisor.StateCrashed:
+		return structs.StateCrashed
+	}
+	return structs.StateRunning
+}

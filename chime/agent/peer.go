@@ -1,0 +1,94 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/chime-ha/chime/chime/agent/store"
+	"github.com/chime-ha/chime/chime/api"
+)
+
+// The agent API on the management network: the servers' ping-back, and
+// the adoption announcements other agents send before a node-local
+// migration to this node.
+
+// PingResponse is the answer to the servers' ping-back, GET /v1/ping.
+type PingResponse struct {
+	NodeID string `json:"node_id"`
+	Name   string `json:"name"`
+}
+
+func (a *Agent) apiHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/ping", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, PingResponse{NodeID: a.nodeID, Name: a.cfg.Name})
+	})
+	mux.HandleFunc("POST /v1/adopt", a.handleAdopt)
+	return mux
+}
+
+// handleAdopt records an announced adoption (see handover.Manager.Adopt).
+func (a *Agent) handleAdopt(w http.ResponseWriter, r *http.Request) {
+	var ad store.Adoption
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<10))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&ad); err != nil {
+		writeJSON(w, http.StatusBadRequest, errorBody{Error: "body: " + err.Error()})
+		return
+	}
+	if err := a.ops.Adopt(ad); err != nil {
+		writeJSON(w, api.StatusOf(err), errorBody{Error: err.Error()})
+		return
+	}
+	writeJSON(w, http.StatusOK, ad)
+}
+
+// peerClient announces adoptions to the agent API of another agent.
+type peerClient struct {
+	port int // the agent API port, the same on every agent
+}
+
+// AnnounceAdoption tells the agent at dest a domain is coming.
+func (p peerClient) AnnounceAdoption(ctx context.Context, dest string, ad store.Adoption) error {
+	body, err := json.Marshal(ad)
+	if err != nil {
+		return err
+	}
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	addr := net.JoinHostPort(dest, strconv.Itoa(p.port))
+	req, err := http.NewRequestWithContext(cctx, http.MethodPost, "http://"+addr+"/v1/adopt", bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		var e errorBody
+		if err := json.NewDecoder(resp.Body).Decode(&e); err != nil || e.Error == "" {
+			e.Error = "no error message"
+		}
+		return fmt.Errorf("HTTP %d: %s", resp.StatusCode, e.Error)
+	}
+	return nil
+}
+
+type errorBody struct {
+	Error string `json:"error"`
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v) // the client went away: nobody to tell
+}

@@ -1,0 +1,91 @@
+package agent
+
+import (
+	"context"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/chime-ha/chime/chime/agent/handover"
+	"github.com/chime-ha/chime/chime/agent/local"
+)
+
+// Status assembles the local status (`chime agent status`). It asks
+// libvirt afresh and falls back to the reconciler's last listing when
+// libvirt does not answer.
+func (a *Agent) Status(ctx context.Context) local.Status {
+	domains, lastPass, passErr := a.rec.Domains()
+	lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	if fresh, err := a.hv.List(lctx); err == nil {
+		domains = fresh
+	}
+	cancel()
+	a.mu.Lock()
+	st := local.Status{
+		NodeID: a.nodeID, Name: a.cfg.Name,
+		Servers: local.ServerContact{
+			Addrs:       a.client.Addrs(),
+			Reachable:   !a.lastContact.IsZero() && a.contactErr == nil,
+			LastContact: a.lastContact,
+		},
+		Synced:        a.desired != nil,
+		LastReconcile: lastPass,
+		VMs:           []local.VM{},
+	}
+	if a.contactErr != nil {
+		st.Servers.LastError = a.contactErr.Error()
+	}
+	vms := map[string]*local.VM{}
+	if a.desired != nil {
+		st.DesiredIndex = a.desired.Index
+		for _, vm := range a.desired.VMs {
+			vms[strings.ToLower(vm.ID)] = &local.VM{ID: vm.ID, Name: vm.Name, DesiredState: vm.DesiredState,
+				State: local.StateUndefined, Generation: vm.Generation}
+		}
+	}
+	a.mu.Unlock()
+	st.LocalDrained = a.ops.Drained()
+	st.LibvirtConnected = a.hv.Connected()
+	if passErr != nil {
+		st.ReconcileError = passErr.Error()
+	}
+	for _, d := range domains {
+		if d.Meta == nil {
+			continue
+		}
+		v, ok := vms[strings.ToLower(d.UUID)]
+		if !ok {
+			v = &local.VM{ID: d.UUID, Name: strings.TrimPrefix(d.Name, "chime-"), Generation: d.Meta.Generation}
+			vms[strings.ToLower(d.UUID)] = v
+		}
+		v.State, v.Reason = d.State, d.Reason
+	}
+	for _, v := range vms {
+		st.VMs = append(st.VMs, *v)
+	}
+	sort.Slice(st.VMs, func(i, j int) bool { return st.VMs[i].Name < st.VMs[j].Name })
+	return st
+}
+
+// localBackend serves the local socket: the status from the agent, drain
+// and migrate from the HA operations.
+type localBackend struct{ a *Agent }
+
+func (b localBackend) Status(ctx context.Context) local.Status { return b.a.Status(ctx) }
+
+func (b localBackend) Drain(ctx context.Context) (local.DrainResult, error) {
+	res, err := b.a.ops.Drain(ctx)
+	return local.DrainResult(res), err
+}
+
+func (b localBackend) Migrate(ctx context.Context, req local.MigrateRequest) ([]local.MigrateResult, error) {
+	res, err := b.a.ops.Migrate(ctx, handover.MigrateRequest(req))
+	if err != nil {
+		return nil, err
+	}
+	out := make([]local.MigrateResult, len(res))
+	for i, r := range res {
+		out[i] = local.MigrateResult(r)
+	}
+	return out, nil
+}
