@@ -82,7 +82,6 @@ func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request) (any, er
 	} else if len(secret) < 32 {
 		return nil, structs.Invalid("secret", "must be at least 32 characters (the agent generates 64 hex characters)")
 	}
-	rotate := false
 	if existing, err := s.fsm.Node(req.ID); err == nil {
 		if req.Secret == "" || subtle.ConstantTimeCompare([]byte(hashSecret(req.Secret)), []byte(s.fsm.NodeSecretHash(existing.ID))) != 1 {
 			return nil, structs.Forbidden("node %s is registered already: its agent must present its secret (remove the node first to register it anew)", req.ID)
@@ -94,7 +93,7 @@ func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request) (any, er
 		MigrationURI: req.MigrationURI, MigrationAddr: req.MigrationAddr, BusinessInterface: req.BusinessInterface,
 		VCPUs: req.VCPUs, MemoryMiB: req.MemoryMiB, Labels: req.Labels, AgentVersion: req.AgentVersion}
 	if _, err := s.propose(r.Context(), r.Header.Get(api.HeaderRequestID), fsm.CmdRegisterNode,
-		fsm.RegisterNode{Node: node, SecretHash: hashSecret(secret), Rotate: rotate}); err != nil {
+		fsm.RegisterNode{Node: node, SecretHash: hashSecret(secret)}); err != nil {
 		return nil, err
 	}
 	s.mon.heartbeat(req.ID, nil)
