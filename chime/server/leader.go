@@ -55,7 +55,7 @@ func (s *Server) lead(ctx context.Context) {
 		return
 	}
 	var wg sync.WaitGroup
-	for _, fn := range []func(context.Context){s.mon.run, s.alarms.run, s.placementLoop, s.peerLoop, s.taskLoop} {
+	for _, fn := range []func(context.Context){s.hb.Run, s.alarms.run, s.placementLoop, s.peerLoop, s.taskLoop} {
 		wg.Add(1)
 		go func(fn func(context.Context)) {
 			defer wg.Done()

@@ -19,6 +19,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/chime-ha/chime/chime/api"
+	"github.com/chime-ha/chime/chime/server/heartbeat"
 	"github.com/chime-ha/chime/fsm"
 	"github.com/chime-ha/chime/gossip"
 )
@@ -36,7 +37,7 @@ type Server struct {
 	lis    net.Listener
 	fwd    *http.Client
 	met    *metrics
-	mon    *monitor
+	hb     *heartbeat.Monitor
 	alarms *alarmer
 
 	placeMu   sync.Mutex    // serialises placement decisions on the leader
@@ -116,7 +117,8 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		s.closeAll()
 		return nil, err
 	}
-	s.mon = newMonitor(s)
+	s.hb = heartbeat.New(heartbeat.Config{Interval: cfg.HeartbeatInterval, Missed: cfg.MissedHeartbeats,
+		Proposer: s, State: s.fsm, Pinger: agentPinger{client: http.DefaultClient}, Gossip: s.pool, Logger: s.log})
 	s.alarms = newAlarmer(s)
 	if err := s.setupHTTP(); err != nil {
 		s.closeAll()
@@ -351,6 +353,12 @@ func (s *Server) leaderAPI() (string, error) {
 		}
 	}
 	return "", fmt.Errorf("%w: leader %s has no known API address", structs.ErrNoLeader, id)
+}
+
+// Propose applies a command through Raft on the leader (see propose). It
+// makes the server a heartbeat.Proposer.
+func (s *Server) Propose(ctx context.Context, reqID string, typ fsm.CommandType, payload any) (*fsm.Result, error) {
+	return s.propose(ctx, reqID, typ, payload)
 }
 
 // propose applies a command through Raft on the leader. Followers answer
