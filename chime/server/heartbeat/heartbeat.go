@@ -21,7 +21,6 @@ type Proposer interface {
 // State is the part of the replicated state the monitor reads (*fsm.FSM).
 type State interface {
 	Index() uint64
-	Node(id string) (*structs.Node, error)
 	Nodes() ([]structs.Node, error)
 	VM(id string) (*structs.VM, error)
 	VMsOnNode(nodeID string) ([]structs.VM, uint64, error)
@@ -67,7 +66,7 @@ type Config struct {
 // leader starts every node's clock at its own election (Reset), so a
 // leader change never causes a false unreachable.
 type Monitor struct {
-	log      hclog.Logger
+	log      hclog.Logger  // server.heartbeat
 	interval time.Duration // agents' heartbeat interval
 	missed   int           // heartbeats missed before a ping-back
 	propose  Proposer      // where deltas and transitions go
@@ -76,7 +75,7 @@ type Monitor struct {
 	pinger   Pinger        // the ping-back's direct half
 	gossip   Gossip        // the ping-back's gossip half
 
-	mu          sync.Mutex
+	mu          sync.Mutex           // guards the three fields below
 	last        map[string]time.Time // node id → arrival of its last heartbeat (or registration) at this leader
 	pinging     map[string]bool      // node id → a ping-back is in flight
 	leaderSince time.Time            // when this server became leader: the grace period's start
