@@ -26,6 +26,7 @@ var layers = []layer{
 	{"chime/structs", nil},
 	{"gossip", nil},
 	{"fsm", []string{"chime/structs"}},
+	{"fsm/state", []string{"chime/structs"}},
 	{"scheduler", []string{"chime/structs"}},
 	{"hypervisor", []string{"chime/structs"}},
 	{"chime/api", []string{"chime/structs"}},

@@ -1,7 +1,6 @@
 package fsm
 
 import (
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -9,74 +8,30 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
-	"time"
 
 	"github.com/chime-ha/chime/chime/structs"
+	"github.com/chime-ha/chime/fsm/state"
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 	bolt "go.etcd.io/bbolt"
 )
 
-// Buckets of the state file.
-var (
-	bucketNodes     = []byte("nodes")      // node id → structs.Node JSON
-	bucketNodeNames = []byte("node_names") // node name → node id
-	bucketVMs       = []byte("vms")        // vm id → structs.VM JSON
-	bucketVMNames   = []byte("vm_names")   // vm name → vm id
-	bucketVMsByNode = []byte("vms_by_node")
-	bucketNodeIndex = []byte("node_vm_index") // node id → last index a VM placed there changed
-	bucketTasks     = []byte("tasks")         // task id → structs.Task JSON
-	bucketEvents    = []byte("events")        // seq (big endian) → structs.Event JSON
-	bucketRequests  = []byte("requests")      // request id → applyRecord JSON
-	bucketReqOrder  = []byte("request_order") // index (big endian) → request id, to prune
-	bucketMeta      = []byte("meta")          // "index", "event_seq"
-	bucketSecrets   = []byte("node_secrets")  // node id → sha256 hex of its agent's secret (never served)
-	bucketAlarms    = []byte("alarms")        // fingerprint → AlarmRecord JSON: last transition and its delivery
-
-	allBuckets = [][]byte{bucketNodes, bucketNodeNames, bucketVMs, bucketVMNames, bucketVMsByNode,
-		bucketNodeIndex, bucketTasks, bucketEvents, bucketRequests, bucketReqOrder, bucketMeta, bucketSecrets, bucketAlarms}
-)
-
 // Retention limits keep the state file bounded.
 const (
-	MaxEvents   = 10000 // newest events kept
-	MaxRequests = 20000 // newest request ids remembered for deduplication
+	MaxEvents   = state.MaxEvents   // newest events kept
+	MaxRequests = state.MaxRequests // newest request ids remembered for deduplication
 )
 
 // Result is what Apply returns to the proposer through raft.ApplyFuture.
 type Result struct {
 	Index     uint64 // Raft index the command applied at
-	Err       error  // validation or conflict error; the state is unchanged when set
+	Err       error  // a refusal (the state is unchanged), or the fatal error of a halted FSM
 	ObjectID  string // id of the object created or changed
 	Duplicate bool   // the request id was seen before: nothing applied again
+	// Heartbeat is what a node.heartbeat command did with its adoption
+	// claims (nil for other commands, and for a duplicate).
+	Heartbeat *HeartbeatOutcome
 }
-
-// applyRecord is what is remembered per request id.
-type applyRecord struct {
-	Index    uint64 `json:"index"`
-	ObjectID string `json:"object_id"`
-	Err      string `json:"err,omitempty"`
-	Kind     string `json:"kind,omitempty"` // structs.KindName of the refusal
-	Field    string `json:"field,omitempty"`
-	// Status is what records written before error kinds had names carried
-	// (an HTTP status); read only to understand old snapshots.
-	Status int `json:"status,omitempty"`
-}
-
-// refusal rebuilds the error a remembered request was refused with.
-func (rec applyRecord) refusal() error {
-	if rec.Err == "" {
-		return nil
-	}
-	kind := structs.KindByName(rec.Kind)
-	if kind == nil {
-		kind = legacyStatusKinds[rec.Status]
-	}
-	return &structs.Error{Kind: kind, Field: rec.Field, Message: rec.Err}
-}
-
-var legacyStatusKinds = map[int]error{400: structs.ErrInvalid, 403: structs.ErrForbidden, 404: structs.ErrNotFound,
-	409: structs.ErrConflict, 503: structs.ErrNoLeader}
 
 // FSM is the replicated state machine. It implements raft.FSM; reads go
 // straight to bbolt and may run concurrently with Apply.
@@ -87,9 +42,11 @@ type FSM struct {
 	mu sync.RWMutex // guards db replacement during Restore
 	db *bolt.DB
 
-	wmu     sync.Mutex    // guards index and changed
+	wmu     sync.Mutex    // guards the fields below
 	index   uint64        // last applied index
 	changed chan struct{} // closed and replaced after every apply
+	fatal   error         // why the FSM halted (nil while it runs)
+	halted  chan struct{} // closed when the FSM halts
 }
 
 var _ raft.FSM = (*FSM)(nil)
@@ -107,30 +64,11 @@ func Open(path string, logger hclog.Logger) (*FSM, error) {
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("remove old state: %w", err)
 	}
-	db, err := openDB(path)
+	db, err := state.Open(path)
 	if err != nil {
 		return nil, err
 	}
-	return &FSM{path: path, log: logger, db: db, changed: make(chan struct{})}, nil
-}
-
-func openDB(path string) (*bolt.DB, error) {
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 5 * time.Second, NoSync: true, NoFreelistSync: true})
-	if err != nil {
-		return nil, fmt.Errorf("open state %s: %w", path, err)
-	}
-	if err := db.Update(func(tx *bolt.Tx) error {
-		for _, b := range allBuckets {
-			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
-				return err
-			}
-		}
-		return nil
-	}); err != nil {
-		db.Close()
-		return nil, fmt.Errorf("init state: %w", err)
-	}
-	return db, nil
+	return &FSM{path: path, log: logger, db: db, changed: make(chan struct{}), halted: make(chan struct{})}, nil
 }
 
 // Close closes the state file.
@@ -165,90 +103,152 @@ func (f *FSM) notify(index uint64) {
 	f.wmu.Unlock()
 }
 
+// Halted returns a channel closed when the FSM stops applying: a log entry
+// could not be applied the way every replica must apply it (an unknown
+// command type not flagged ignorable, an undecodable entry or payload, a
+// storage error). From then on Apply applies nothing, the applied index
+// stays where it was, and every Apply returns Err. The owner must stop the
+// server: a replica that skipped an entry would drift silently from the
+// others.
+func (f *FSM) Halted() <-chan struct{} { return f.halted }
+
+// Err returns why the FSM halted, or nil while it runs.
+func (f *FSM) Err() error {
+	f.wmu.Lock()
+	defer f.wmu.Unlock()
+	return f.fatal
+}
+
+func (f *FSM) halt(index uint64, err error) error {
+	f.wmu.Lock()
+	defer f.wmu.Unlock()
+	if f.fatal == nil {
+		f.fatal = fmt.Errorf("state machine halted at index %d: %w", index, err)
+		f.log.Error("state machine halted: no further log entry is applied; stop this server and investigate",
+			"index", index, "applied_index", f.index, "error", err)
+		close(f.halted)
+	}
+	return f.fatal
+}
+
 // Apply applies one committed log entry. It is deterministic: everything it
 // needs is in the entry.
 func (f *FSM) Apply(l *raft.Log) any {
+	if err := f.Err(); err != nil {
+		return &Result{Index: l.Index, Err: err}
+	}
 	if l.Type != raft.LogCommand {
 		f.notify(l.Index)
 		return &Result{Index: l.Index}
 	}
-	res := f.apply(l.Index, l.Data)
+	res, fatal := f.apply(l.Index, l.Data)
+	if fatal != nil {
+		return &Result{Index: l.Index, Err: f.halt(l.Index, fatal)}
+	}
 	f.notify(l.Index)
 	return res
 }
 
-func (f *FSM) apply(index uint64, data []byte) *Result {
-	var cmd Command
-	if err := json.Unmarshal(data, &cmd); err != nil {
-		// A command that cannot be decoded is skipped identically on every
-		// server; it never reaches the log through our own proposers.
-		f.log.Error("undecodable command", "index", index, "error", err)
-		f.mu.RLock()
-		_ = f.db.Update(func(tx *bolt.Tx) error { return putIndex(tx, index) })
-		f.mu.RUnlock()
-		return &Result{Index: index, Err: fmt.Errorf("decode command: %w", err)}
-	}
-	res := &Result{Index: index}
-	f.mu.RLock()
-	defer f.mu.RUnlock()
-	err := f.db.Update(func(tx *bolt.Tx) error {
-		if cmd.ID != "" {
-			if raw := tx.Bucket(bucketRequests).Get([]byte(cmd.ID)); raw != nil {
-				var rec applyRecord
-				if err := json.Unmarshal(raw, &rec); err == nil {
-					res.Duplicate, res.ObjectID = true, rec.ObjectID
-					res.Err = rec.refusal()
-				}
-				return putIndex(tx, index)
-			}
-		}
-		// The command runs in a nested "transaction": on error we must not
-		// keep partial writes, so apply functions validate before writing.
-		a := &applier{tx: tx, index: index, now: cmd.Time}
-		objID, aerr := a.dispatch(cmd)
-		res.ObjectID, res.Err = objID, aerr
-		if aerr != nil {
-			return errRollback
-		}
-		return a.finish(cmd.ID, objID)
-	})
-	if errors.Is(err, errRollback) {
-		// Record the failed request and the index in a fresh transaction so
-		// that a retry gets the same answer.
-		_ = f.db.Update(func(tx *bolt.Tx) error {
-			a := &applier{tx: tx, index: index, now: cmd.Time}
-			return a.recordFailure(cmd.ID, res.Err)
-		})
-		return res
-	}
-	if err != nil {
-		f.log.Error("apply failed", "index", index, "type", cmd.Type, "error", err)
-		res.Err = fmt.Errorf("apply %s: %w", cmd.Type, err)
-	}
-	return res
-}
-
+// errRollback aborts the transaction of a refused command.
 var errRollback = errors.New("rollback")
 
-func putIndex(tx *bolt.Tx, index uint64) error {
-	return tx.Bucket(bucketMeta).Put([]byte("index"), u64(index))
-}
-
-func u64(v uint64) []byte {
-	var b [8]byte
-	binary.BigEndian.PutUint64(b[:], v)
-	return b[:]
-}
-
-func getU64(b []byte) uint64 {
-	if len(b) != 8 {
-		return 0
+// apply applies one command and returns its result, or the fatal error
+// that must halt the FSM. A refusal is a result, not a fatal error.
+func (f *FSM) apply(index uint64, data []byte) (*Result, error) {
+	var cmd Command
+	if err := json.Unmarshal(data, &cmd); err != nil {
+		return nil, fmt.Errorf("undecodable command envelope: %w", err)
 	}
-	return binary.BigEndian.Uint64(b)
+	apply, known := registry[cmd.Type]
+	if !known {
+		if !cmd.Ignorable {
+			return nil, fmt.Errorf("unknown command type %q (written by a newer version?), not flagged ignorable", cmd.Type)
+		}
+		f.log.Warn("skipping a command of unknown type flagged ignorable", "index", index, "type", cmd.Type)
+		if err := f.update(func(tx *bolt.Tx) error { return state.Write(tx, index, cmd.Time).PutAppliedIndex() }); err != nil {
+			return nil, fmt.Errorf("skip %s: %w", cmd.Type, err)
+		}
+		return &Result{Index: index}, nil
+	}
+	res := &Result{Index: index}
+	var refusal error
+	err := f.update(func(btx *bolt.Tx) error {
+		tx := state.Write(btx, index, cmd.Time)
+		if cmd.ID != "" {
+			rec, err := tx.Request(cmd.ID)
+			if err != nil {
+				return err
+			}
+			if rec != nil {
+				res.Duplicate, res.ObjectID, res.Err = true, rec.ObjectID, rec.Refusal()
+				return tx.PutAppliedIndex()
+			}
+		}
+		a := &applier{tx: tx, res: res}
+		objID, err := apply(a, cmd.Payload)
+		if err != nil {
+			if isRefusal(err) {
+				// Partial writes vanish with the transaction; apply
+				// functions check before they write all the same.
+				refusal = err
+				return errRollback
+			}
+			return err
+		}
+		res.ObjectID = objID
+		if err := tx.PutAppliedIndex(); err != nil {
+			return err
+		}
+		return tx.RememberRequest(cmd.ID, state.Request{Index: index, ObjectID: objID})
+	})
+	if errors.Is(err, errRollback) {
+		// Record the refusal and the index in a fresh transaction, so that
+		// a retry gets the same answer.
+		res.Err, res.ObjectID, res.Heartbeat = refusal, "", nil
+		e := structs.AsError(refusal)
+		if err := f.update(func(btx *bolt.Tx) error {
+			tx := state.Write(btx, index, cmd.Time)
+			if err := tx.PutAppliedIndex(); err != nil {
+				return err
+			}
+			return tx.RememberRequest(cmd.ID, state.Request{Index: index, Err: e.Message, Kind: structs.KindName(refusal), Field: e.Field})
+		}); err != nil {
+			return nil, fmt.Errorf("record refusal of %s: %w", cmd.Type, err)
+		}
+		return res, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("apply %s: %w", cmd.Type, err)
+	}
+	return res, nil
 }
 
-// Snapshot returns a point-in-time copy of the state file.
+// isRefusal tells a refusal (an answer about the state, the same on every
+// replica: not found, conflict) from a fault (storage, encoding).
+func isRefusal(err error) bool {
+	var e *structs.Error
+	return errors.As(err, &e) && e.Kind != nil
+}
+
+func (f *FSM) update(fn func(tx *bolt.Tx) error) error {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.db.Update(fn)
+}
+
+// view runs a read transaction.
+func (f *FSM) view(fn func(tx *state.Tx) error) error {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.db.View(func(tx *bolt.Tx) error { return fn(state.Read(tx)) })
+}
+
+// Snapshot returns a point-in-time copy of the state file. A halted FSM
+// refuses: its state is older than the index Raft would label it with.
 func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
+	if err := f.Err(); err != nil {
+		return nil, fmt.Errorf("snapshot: %w", err)
+	}
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	tx, err := f.db.Begin(false)
@@ -272,9 +272,13 @@ func (s *snapshot) Persist(sink raft.SnapshotSink) error {
 // Release ends the read transaction.
 func (s *snapshot) Release() { _ = s.tx.Rollback() }
 
-// Restore replaces the state with a snapshot (a bbolt file image).
+// Restore replaces the state with a snapshot (a bbolt file image). A
+// halted FSM stays halted and refuses.
 func (f *FSM) Restore(rc io.ReadCloser) error {
 	defer rc.Close()
+	if err := f.Err(); err != nil {
+		return fmt.Errorf("restore: %w", err)
+	}
 	tmp := f.path + ".restore"
 	out, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
 	if err != nil {
@@ -289,14 +293,18 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 		return fmt.Errorf("restore: %w", err)
 	}
 	// Validate before replacing the live state.
-	check, err := openDB(tmp)
+	check, err := state.Open(tmp)
 	if err != nil {
 		os.Remove(tmp)
 		return fmt.Errorf("restore: snapshot is not a valid state file: %w", err)
 	}
 	var idx uint64
-	_ = check.View(func(tx *bolt.Tx) error { idx = getU64(tx.Bucket(bucketMeta).Get([]byte("index"))); return nil })
+	err = check.View(func(tx *bolt.Tx) error { idx = state.Read(tx).AppliedIndex(); return nil })
 	check.Close()
+	if err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("restore: read snapshot index: %w", err)
+	}
 
 	f.mu.Lock()
 	if err := f.db.Close(); err != nil {
@@ -307,7 +315,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 		f.mu.Unlock()
 		return fmt.Errorf("restore: rename: %w", err)
 	}
-	db, err := openDB(f.path)
+	db, err := state.Open(f.path)
 	if err != nil {
 		f.mu.Unlock()
 		return fmt.Errorf("restore: reopen: %w", err)
@@ -320,11 +328,4 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	f.changed = make(chan struct{})
 	f.wmu.Unlock()
 	return nil
-}
-
-// view runs a read transaction.
-func (f *FSM) view(fn func(tx *bolt.Tx) error) error {
-	f.mu.RLock()
-	defer f.mu.RUnlock()
-	return f.db.View(fn)
 }

@@ -41,6 +41,12 @@ func (h *harness) apply(reqID string, typ CommandType, payload any) *Result {
 	if err != nil {
 		h.t.Fatal(err)
 	}
+	return h.applyRaw(data)
+}
+
+// applyRaw delivers one log entry's bytes at the next index.
+func (h *harness) applyRaw(data []byte) *Result {
+	h.t.Helper()
 	h.index++
 	return h.f.Apply(&raft.Log{Index: h.index, Term: 1, Type: raft.LogCommand, Data: data}).(*Result)
 }
@@ -126,7 +132,12 @@ func TestCommands(t *testing.T) {
 	}
 }
 
-func TestInvalidCommandsChangeNothing(t *testing.T) {
+// TestRefusedCommandsChangeNothing: a command the state no longer allows
+// (a name taken, an object gone) is refused with the field at fault, and
+// changes nothing but the applied index and the request record. Input
+// rules (name syntax, limits, enum values) are the endpoints' business:
+// chime/server's TestBadInputIsRefusedAndChangesNothing.
+func TestRefusedCommandsChangeNothing(t *testing.T) {
 	h := newHarness(t)
 	n := node("hv1")
 	h.must("", CmdRegisterNode, RegisterNode{Node: n})
@@ -134,6 +145,8 @@ func TestInvalidCommandsChangeNothing(t *testing.T) {
 	h.must("", CmdCreateVM, CreateVM{VM: v, NodeID: n.ID})
 	other := node("hv1") // same name, other id
 	bad := vm("db")      // same name
+	sameID := vm("other")
+	sameID.ID = v.ID
 	tests := []struct {
 		name  string
 		typ   CommandType
@@ -141,36 +154,55 @@ func TestInvalidCommandsChangeNothing(t *testing.T) {
 		field string
 	}{
 		{"duplicate vm name", CmdCreateVM, CreateVM{VM: bad}, "name"},
-		{"bad vm name", CmdCreateVM, CreateVM{VM: structs.VM{ID: uuid.NewString(), Name: "Bad_Name", DesiredState: "running", Spec: structs.VMSpec{VCPUs: 1, MemoryMiB: 64}}}, "name"},
-		{"too many vcpus", CmdCreateVM, CreateVM{VM: structs.VM{ID: uuid.NewString(), Name: "x", DesiredState: "running", Spec: structs.VMSpec{VCPUs: 257, MemoryMiB: 64}}}, "vcpus"},
-		{"too little memory", CmdCreateVM, CreateVM{VM: structs.VM{ID: uuid.NewString(), Name: "x", DesiredState: "running", Spec: structs.VMSpec{VCPUs: 1, MemoryMiB: 15}}}, "memory_mib"},
-		{"bad desired", CmdCreateVM, CreateVM{VM: structs.VM{ID: uuid.NewString(), Name: "x", DesiredState: "paused", Spec: structs.VMSpec{VCPUs: 1, MemoryMiB: 64}}}, "desired_state"},
+		{"duplicate vm id", CmdCreateVM, CreateVM{VM: sameID}, "id"},
 		{"unknown node", CmdCreateVM, CreateVM{VM: vm("y"), NodeID: uuid.NewString()}, "node_id"},
 		{"node name taken", CmdRegisterNode, RegisterNode{Node: other}, "name"},
-		{"bad management", CmdSetManagement, SetManagement{NodeID: n.ID, State: "gone"}, "state"},
-		{"bad monitor", CmdSetMonitor, SetMonitor{NodeID: n.ID, State: "sad"}, "state"},
+		{"unknown node management", CmdSetManagement, SetManagement{NodeID: uuid.NewString(), State: structs.NodeDisabled}, "node_id"},
+		{"unknown node monitor", CmdSetMonitor, SetMonitor{NodeID: uuid.NewString(), State: structs.MonitorError}, "node_id"},
 		{"unknown vm", CmdSetDesired, SetDesired{VMID: uuid.NewString(), State: "stopped"}, "vm_id"},
-		{"unknown type", CommandType("nope"), struct{}{}, "type"},
+		{"heartbeat of an unknown node", CmdHeartbeat, Heartbeat{NodeID: uuid.NewString()}, "node_id"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			before, _ := h.f.Dump()
+			idx := h.f.Index()
 			r := h.apply("req-"+tt.name, tt.typ, tt.p)
 			var e *structs.Error
 			if !errors.As(r.Err, &e) || e.Field != tt.field {
 				t.Fatalf("err = %v, want an api error naming field %q", r.Err, tt.field)
 			}
+			if h.f.Index() != idx+1 {
+				t.Fatalf("index %d after a refusal, want %d: a refusal is applied (as a refusal)", h.f.Index(), idx+1)
+			}
+			if _, aerr, seen := h.f.Applied("req-" + tt.name); !seen || aerr == nil {
+				t.Fatalf("refusal not recorded for its request id (seen %v, err %v)", seen, aerr)
+			}
 			after, _ := h.f.Dump()
-			delete(before, "meta")
-			delete(after, "meta")
-			delete(before, "requests")
-			delete(after, "requests")
-			delete(before, "request_order")
-			delete(after, "request_order")
+			for _, b := range []string{"meta", "requests", "request_order"} {
+				delete(before, b)
+				delete(after, b)
+			}
 			if !reflect.DeepEqual(before, after) {
 				t.Fatalf("state changed by a refused command")
 			}
 		})
+	}
+}
+
+// TestApplyDoesNotJudgeInput: what the log says is applied. A limit
+// changed in a newer version must not make old and new servers apply the
+// same entry differently, so Apply never re-checks input.
+func TestApplyDoesNotJudgeInput(t *testing.T) {
+	h := newHarness(t)
+	n := node("Bad_Name")
+	h.must("", CmdRegisterNode, RegisterNode{Node: n})
+	big := structs.VM{ID: uuid.NewString(), Name: "x", DesiredState: structs.DesiredRunning, Spec: structs.VMSpec{VCPUs: 257, MemoryMiB: 15}}
+	h.must("", CmdCreateVM, CreateVM{VM: big, NodeID: n.ID})
+	if got, err := h.f.VM(big.ID); err != nil || got.Spec.VCPUs != 257 {
+		t.Fatalf("vm beyond today's limits: %+v, %v; want it applied as logged", got, err)
+	}
+	if got, err := h.f.ResolveNode("Bad_Name"); err != nil || got.ID != n.ID {
+		t.Fatalf("node with a name today's endpoint refuses: %v, %v; want it applied as logged", got, err)
 	}
 }
 

@@ -28,6 +28,11 @@ const (
 	HeaderForwarded = "X-Chime-Forwarded"  // set by a follower forwarding to the leader
 )
 
+// MaxRequestIDLen bounds X-Chime-Request-Id: the id is a key of the
+// replicated request records, and a key the state file cannot store would
+// stop every server's state machine.
+const MaxRequestIDLen = 128
+
 // Client talks to the HTTP API of one or more servers. A write carries a
 // request id and is retried with the same id on another server when the
 // first cannot be reached, so it applies at most once.

@@ -74,7 +74,6 @@ type HeartbeatResponse struct {
 	RejectedAdoptions []string `json:"rejected_adoptions,omitempty"`
 	Timing            Timing   `json:"timing"`
 	GossipAddrs       []string `json:"gossip_addrs,omitempty"`
-	Index             uint64   `json:"index"`
 }
 
 // DesiredVM is one VM an agent must run (or keep stopped).

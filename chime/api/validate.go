@@ -54,5 +54,16 @@ func (r *HeartbeatRequest) Validate() error {
 			return structs.Invalid("vms", "item %d: state %q must be running, stopped or crashed", i, o.State)
 		}
 	}
+	if len(r.Adopted) > structs.MaxObservedVMs {
+		return structs.Invalid("adopted", "at most %d adoptions, got %d", structs.MaxObservedVMs, len(r.Adopted))
+	}
+	if len(r.Migrations) > structs.MaxObservedVMs {
+		return structs.Invalid("migrations", "at most %d migrations, got %d", structs.MaxObservedVMs, len(r.Migrations))
+	}
+	for i, m := range r.Migrations {
+		if err := structs.ValidateUUID("migrations", m.VMID); err != nil {
+			return structs.Invalid("migrations", "item %d: %v", i, err)
+		}
+	}
 	return nil
 }

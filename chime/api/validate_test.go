@@ -72,6 +72,9 @@ func TestHeartbeatValidateChecksEveryItem(t *testing.T) {
 		{"bad state", HeartbeatRequest{NodeID: id, VMs: []structs.VMObservation{{VMID: id, State: "flying"}}}, false},
 		{"bad adopted item", HeartbeatRequest{NodeID: id, Adopted: []structs.VMObservation{{VMID: "x", State: structs.StateRunning}}}, false},
 		{"too many faults", HeartbeatRequest{NodeID: id, Faults: make([]string, structs.MaxFaults+1)}, false},
+		{"valid migration", HeartbeatRequest{NodeID: id, Migrations: []structs.LocalMigration{{VMID: id, ToAddr: "10.0.0.2:4660", Generation: 3}}}, true},
+		{"bad migration item", HeartbeatRequest{NodeID: id, Migrations: []structs.LocalMigration{{VMID: "x"}}}, false},
+		{"too many migrations", HeartbeatRequest{NodeID: id, Migrations: make([]structs.LocalMigration, structs.MaxObservedVMs+1)}, false},
 	}
 	for _, tt := range tests {
 		if err := tt.hb.Validate(); (err == nil) != tt.ok {

@@ -93,6 +93,10 @@ func TestBadInputIsRefusedAndChangesNothing(t *testing.T) {
 		{"bad blocking index", "GET", "/v1/vms?index=abc", ``, 400, "index"},
 		{"bad wait", "GET", "/v1/vms?index=1&wait=forever", ``, 400, "wait"},
 		{"register bad id", "POST", "/v1/agent/register", `{"id":"x","name":"hv2","api_addr":"a","vcpus":1,"memory_mib":64}`, 400, "id"},
+		{"register bad name", "POST", "/v1/agent/register", `{"id":"6b1f8f4e-1c1d-4f0e-9a57-0f1f2e3d4c5b","name":"Bad_Name","api_addr":"a","vcpus":1,"memory_mib":64}`, 400, "name"},
+		{"register too many vcpus", "POST", "/v1/agent/register", `{"id":"6b1f8f4e-1c1d-4f0e-9a57-0f1f2e3d4c5b","name":"hv2","api_addr":"a","vcpus":65537,"memory_mib":64}`, 400, "vcpus"},
+		{"unknown node action", "POST", "/v1/nodes/hv1/explode", ``, 404, "action"},
+		{"body on node enable", "POST", "/v1/nodes/hv1/enable", `{"state":"gone"}`, 400, "state"},
 		{"heartbeat without credentials", "POST", "/v1/agent/heartbeat", `{}`, 401, ""},
 		{"unknown endpoint", "GET", "/v1/nothing", ``, 404, "path"},
 	}
@@ -268,5 +272,82 @@ func TestRetriedWritesAnswerLikeTheFirst(t *testing.T) {
 	code, data := post("/v1/agent/register", "register-short", `{"id":"7b1f8f4e-1c1d-4f0e-9a57-0f1f2e3d4c5b","name":"hv8","secret":"short","api_addr":"127.0.0.1:1","vcpus":4,"memory_mib":4096}`)
 	if code != http.StatusBadRequest || !strings.Contains(string(data), `"secret"`) {
 		t.Fatalf("short secret: %d %s", code, data)
+	}
+}
+
+// TestAgentInputIsRefused: what an agent sends is judged at the endpoint
+// (the FSM applies what the log says), with a 400 naming the field, and
+// changes nothing.
+func TestAgentInputIsRefused(t *testing.T) {
+	s, base := devServer(t)
+	c := api.NewClient(base)
+	r := registerNode(t, c, "hv1")
+	agent := api.NewClient(base)
+	agent.Node, agent.Secret, agent.Retries = r.NodeID, r.Secret, 0
+	vmID := "6b1f8f4e-1c1d-4f0e-9a57-0f1f2e3d4c5b"
+	tests := []struct {
+		name  string
+		hb    api.HeartbeatRequest
+		field string
+	}{
+		{"bad observed state", api.HeartbeatRequest{VMs: []structs.VMObservation{{VMID: vmID, State: "flying"}}}, "vms"},
+		{"bad vm id", api.HeartbeatRequest{VMs: []structs.VMObservation{{VMID: "x", State: structs.StateRunning}}}, "vms"},
+		{"too many faults", api.HeartbeatRequest{Faults: make([]string, structs.MaxFaults+1)}, "faults"},
+		{"bad migration", api.HeartbeatRequest{Migrations: []structs.LocalMigration{{VMID: "x"}}}, "migrations"},
+	}
+	before, _ := s.fsm.Nodes()
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tt.hb.NodeID = r.NodeID
+			_, err := agent.Heartbeat(context.Background(), tt.hb)
+			if api.StatusOf(err) != http.StatusBadRequest || api.AsError(err).Field != tt.field {
+				t.Fatalf("err = %v (status %d, field %q), want 400 naming %q", err, api.StatusOf(err), api.AsError(err).Field, tt.field)
+			}
+		})
+	}
+	if after, _ := s.fsm.Nodes(); !reflect.DeepEqual(before, after) {
+		t.Fatalf("refused heartbeats changed the nodes")
+	}
+}
+
+// TestRequestIDs: an over-long request id is refused before it reaches the
+// log (it could not be stored, and would halt every state machine), and
+// writes without one are not taken for retries of each other.
+func TestRequestIDs(t *testing.T) {
+	s, base := devServer(t)
+	c := api.NewClient(base)
+	post := func(path, reqID string) (int, string) {
+		req, _ := http.NewRequest(http.MethodPost, base+path, nil)
+		if reqID != "" {
+			req.Header.Set(api.HeaderRequestID, reqID)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		data, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(data)
+	}
+	registerNode(t, c, "hv1")
+	registerNode(t, c, "hv2")
+	if code, body := post("/v1/nodes/hv1/disable", strings.Repeat("r", api.MaxRequestIDLen+1)); code != http.StatusBadRequest || !strings.Contains(body, api.HeaderRequestID) {
+		t.Fatalf("over-long request id: %d %s, want 400 naming %s", code, body, api.HeaderRequestID)
+	}
+	if n, _ := s.fsm.ResolveNode("hv1"); n.ManagementState != structs.NodeEnabled {
+		t.Fatalf("refused request changed hv1 to %s", n.ManagementState)
+	}
+	// A drain proposes "<request id>-drain": two drains without an id must
+	// not share one.
+	for _, name := range []string{"hv1", "hv2"} {
+		if code, body := post("/v1/nodes/"+name+"/drain", ""); code != http.StatusOK {
+			t.Fatalf("drain %s: %d %s", name, code, body)
+		}
+		if n, _ := s.fsm.ResolveNode(name); n.ManagementState != structs.NodeDrained {
+			t.Fatalf("node %s is %s after its drain, want drained", name, n.ManagementState)
+		}
+	}
+	if s.fsm.Err() != nil {
+		t.Fatalf("state machine halted: %v", s.fsm.Err())
 	}
 }

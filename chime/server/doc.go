@@ -1,5 +1,6 @@
 // Package server is chime's server mode: it wires Raft, the replicated state
 // machine, gossip and the HTTP API together, forwards writes to the leader,
-// and, while leader, runs the node monitor and the duties that live in its
-// subpackages (placement, tasks, alarms).
+// and, while leader, runs the leader's duties: the heartbeat monitor
+// (package heartbeat), placement of pending VMs, tasks and alarms (packages
+// placement, tasks, alarms).
 package server

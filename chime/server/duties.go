@@ -35,7 +35,7 @@ func (s *Server) setupDuties() {
 }
 
 // Propose applies a command through Raft on the leader: the proposer the
-// leader's duties are given (tasks, placement, alarms declare it).
+// leader's duties are given (heartbeat, tasks, placement, alarms declare it).
 func (s *Server) Propose(ctx context.Context, reqID string, typ fsm.CommandType, payload any) (*fsm.Result, error) {
 	return s.propose(ctx, reqID, typ, payload)
 }

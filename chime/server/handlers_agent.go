@@ -5,8 +5,6 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/hex"
-	"errors"
-	"fmt"
 	"net"
 	"net/http"
 	"sort"
@@ -15,6 +13,7 @@ import (
 	"github.com/chime-ha/chime/chime/structs"
 
 	"github.com/chime-ha/chime/chime/api"
+	"github.com/chime-ha/chime/chime/server/heartbeat"
 	"github.com/chime-ha/chime/fsm"
 )
 
@@ -82,7 +81,6 @@ func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request) (any, er
 	} else if len(secret) < 32 {
 		return nil, structs.Invalid("secret", "must be at least 32 characters (the agent generates 64 hex characters)")
 	}
-	rotate := false
 	if existing, err := s.fsm.Node(req.ID); err == nil {
 		if req.Secret == "" || subtle.ConstantTimeCompare([]byte(hashSecret(req.Secret)), []byte(s.fsm.NodeSecretHash(existing.ID))) != 1 {
 			return nil, structs.Forbidden("node %s is registered already: its agent must present its secret (remove the node first to register it anew)", req.ID)
@@ -94,17 +92,18 @@ func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request) (any, er
 		MigrationURI: req.MigrationURI, MigrationAddr: req.MigrationAddr, BusinessInterface: req.BusinessInterface,
 		VCPUs: req.VCPUs, MemoryMiB: req.MemoryMiB, Labels: req.Labels, AgentVersion: req.AgentVersion}
 	if _, err := s.propose(r.Context(), r.Header.Get(api.HeaderRequestID), fsm.CmdRegisterNode,
-		fsm.RegisterNode{Node: node, SecretHash: hashSecret(secret), Rotate: rotate}); err != nil {
+		fsm.RegisterNode{Node: node, SecretHash: hashSecret(secret)}); err != nil {
 		return nil, err
 	}
-	s.mon.heartbeat(req.ID, nil)
+	s.hb.Registered(req.ID)
 	s.kickPlacement()
 	return api.RegisterResponse{NodeID: req.ID, Secret: secret, Timing: s.timing(), GossipAddrs: s.gossipAddrs()}, nil
 }
 
-// handleHeartbeat is where a heartbeat arrives: its time is kept in the
-// leader's memory (never written per heartbeat), and only what changed
-// (observations, faults, drain flags) goes through Raft.
+// handleHeartbeat is where a heartbeat arrives: authenticated, decoded
+// and validated here, then handed whole to the heartbeat monitor, which
+// notes its arrival in the leader's memory and writes what it changes as
+// at most one Raft entry.
 func (s *Server) handleHeartbeat(w http.ResponseWriter, r *http.Request) (any, error) {
 	n, err := s.authenticate(r)
 	if err != nil {
@@ -117,93 +116,22 @@ func (s *Server) handleHeartbeat(w http.ResponseWriter, r *http.Request) (any, e
 	if err := hb.Validate(); err != nil {
 		return nil, err
 	}
+	// The batch is about the authenticated node and nothing else: its
+	// items carry no node of their own, and the monitor judges each of
+	// them against n.
 	if hb.NodeID != n.ID {
 		return nil, structs.Forbidden("heartbeat for node %s sent with the credentials of node %s", hb.NodeID, n.ID)
 	}
 	s.met.heartbeats.Inc()
-	rejected, err := s.recordAdoptions(r, n, hb)
+	out, err := s.hb.Heartbeat(r.Context(), n, heartbeat.Report{Faults: hb.Faults, VMs: hb.VMs, VMsUnknown: hb.VMsUnknown,
+		LocalDrained: hb.LocalDrained, LocalDrainID: hb.LocalDrainID, Adopted: hb.Adopted, Migrations: hb.Migrations})
 	if err != nil {
 		return nil, err
 	}
-	if err := s.recordObservations(r, n, hb); err != nil {
-		return nil, err
+	if len(out.Adopted) > 0 {
+		s.kickTasks()
 	}
-	s.mon.heartbeat(n.ID, &hb)
-	return api.HeartbeatResponse{Timing: s.timing(), GossipAddrs: s.gossipAddrs(), Index: s.fsm.Index(), RejectedAdoptions: rejected}, nil
-}
-
-// recordObservations writes the observations that differ from the state,
-// and the node's drain flags when they changed.
-func (s *Server) recordObservations(r *http.Request, n *structs.Node, hb api.HeartbeatRequest) error {
-	var changed []structs.VMObservation
-	for _, o := range hb.VMs {
-		vm, err := s.fsm.VM(o.VMID)
-		if err != nil {
-			continue
-		}
-		ob := vm.Observed
-		if m := vm.Migration; m != nil && m.To == n.ID {
-			continue // the incoming copy of a live migration in flight
-		}
-		current := o.Generation >= vm.Generation || (vm.AdoptGeneration != 0 && o.Generation == vm.AdoptGeneration)
-		if vm.NodeID != n.ID || !current {
-			if o.State == structs.StateRunning {
-				changed = append(changed, o) // recorded as a stale-copy event
-			}
-			continue
-		}
-		if ob == nil || ob.NodeID != n.ID || ob.State != o.State || ob.Reason != o.Reason || ob.Generation != o.Generation {
-			changed = append(changed, o)
-		}
-	}
-	// A placed VM the agent no longer lists is gone from libvirt: stopped
-	// (unless libvirt could not be listed at all).
-	placed, _, err := s.fsm.VMsOnNode(n.ID)
-	if err != nil {
-		return err
-	}
-	if hb.VMsUnknown {
-		placed = nil
-	}
-	listed := map[string]bool{}
-	for _, o := range hb.VMs {
-		listed[o.VMID] = true
-	}
-	allStopped := true
-	for _, vm := range placed {
-		if !listed[vm.ID] && vm.Migration == nil && vm.Observed != nil && vm.Observed.NodeID == n.ID && vm.Observed.State != structs.StateStopped {
-			changed = append(changed, structs.VMObservation{VMID: vm.ID, State: structs.StateStopped, Reason: "undefined", Generation: vm.Generation})
-		}
-	}
-	for _, o := range hb.VMs {
-		if o.State == structs.StateRunning {
-			allStopped = false
-		}
-	}
-	if len(changed) > 0 {
-		if _, err := s.propose(r.Context(), "", fsm.CmdObserve, fsm.Observe{NodeID: n.ID, Observations: changed}); err != nil {
-			return err
-		}
-	}
-	flags := fsm.SetNodeFlags{NodeID: n.ID}
-	dirty := false
-	if hb.LocalDrained != n.LocalDrained {
-		v := hb.LocalDrained
-		flags.LocalDrained, dirty = &v, true
-	}
-	if hb.LocalDrainID != "" && hb.LocalDrainID != n.LocalDrainID {
-		v := hb.LocalDrainID
-		flags.LocalDrainID, dirty = &v, true
-	}
-	if acked := n.ManagementState == structs.NodeDrained && allStopped && !hb.VMsUnknown; acked && !n.DrainAcked {
-		flags.DrainAcked, dirty = &acked, true
-	}
-	if dirty {
-		if _, err := s.propose(r.Context(), "", fsm.CmdSetNodeFlags, flags); err != nil {
-			return err
-		}
-	}
-	return nil
+	return api.HeartbeatResponse{Timing: s.timing(), GossipAddrs: s.gossipAddrs(), RejectedAdoptions: out.Rejected}, nil
 }
 
 // handleDesired answers an agent's blocking query for what it must run.
@@ -251,38 +179,6 @@ func (s *Server) handleDesired(w http.ResponseWriter, r *http.Request) (any, err
 	}
 	setIndex(w, idx)
 	return out, nil
-}
-
-// recordAdoptions turns the domains an agent adopted by node-local
-// migration into placements, when the generation still matches; refused
-// ones are returned for the agent to destroy, and raise an alarm (a failed
-// adopt task).
-func (s *Server) recordAdoptions(r *http.Request, n *structs.Node, hb api.HeartbeatRequest) ([]string, error) {
-	var rejected []string
-	for _, o := range hb.Adopted {
-		vm, err := s.fsm.VM(o.VMID)
-		if err == nil && vm.NodeID == n.ID && (vm.AdoptGeneration == o.Generation || vm.Generation == o.Generation) {
-			continue // already adopted
-		}
-		_, err = s.propose(r.Context(), "", fsm.CmdAdopt, fsm.Adopt{VMID: o.VMID, NodeID: n.ID, Generation: o.Generation})
-		if err == nil {
-			s.kickTasks()
-			continue
-		}
-		if !errors.Is(err, structs.ErrConflict) && !errors.Is(err, structs.ErrNotFound) {
-			return nil, err
-		}
-		rejected = append(rejected, o.VMID)
-		t := structs.Task{ID: fmt.Sprintf("adopt-%s-%d-%s", short8(o.VMID), o.Generation, short8(n.ID)), Kind: structs.TaskAdopt,
-			NodeID: n.ID, VMID: o.VMID, State: structs.TaskFailed,
-			Error: fmt.Sprintf("node %s adopted vm %s (generation %d) by node-local migration, refused: %v; the adopted copy is destroyed", n.Name, o.VMID, o.Generation, err)}
-		if existing, terr := s.fsm.Task(t.ID); terr != nil || existing.State != structs.TaskFailed {
-			if _, perr := s.propose(r.Context(), "", fsm.CmdPutTask, fsm.PutTask{Task: t}); perr != nil {
-				return nil, perr
-			}
-		}
-	}
-	return rejected, nil
 }
 
 // hostOf returns the host part of host:port.

@@ -81,6 +81,6 @@ func (s *Server) handleRemoveNode(w http.ResponseWriter, r *http.Request) (any, 
 	if _, err := s.propose(r.Context(), r.Header.Get(api.HeaderRequestID), fsm.CmdRemoveNode, fsm.RemoveNode{NodeID: n.ID}); err != nil {
 		return nil, err
 	}
-	s.mon.forget(n.ID)
+	s.hb.Forget(n.ID)
 	return nil, nil
 }

@@ -109,7 +109,7 @@ func (s *Server) status() api.Status {
 	if string(id) != "" {
 		st.LeaderAPI, _ = s.leaderAPI()
 	}
-	st.Healthy = addr != ""
+	st.Healthy = addr != "" && s.fsm.Err() == nil
 	return st
 }
 
@@ -125,8 +125,12 @@ func (s *Server) handleLeader(w http.ResponseWriter, r *http.Request) (any, erro
 	return map[string]string{"leader": st.Leader, "leader_api": st.LeaderAPI}, nil
 }
 
-// handleHealth answers 200 when this server knows a leader, 503 otherwise.
+// handleHealth answers 200 when this server knows a leader and its state
+// machine applies the log, 503 otherwise.
 func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) (any, error) {
+	if err := s.fsm.Err(); err != nil {
+		return nil, &api.Error{Status: http.StatusServiceUnavailable, Message: fmt.Sprintf("server %s: %v", s.cfg.Name, err)}
+	}
 	st := s.status()
 	if !st.Healthy {
 		return nil, fmt.Errorf("%w: server %s sees no leader", structs.ErrNoLeader, s.cfg.Name)

@@ -96,6 +96,17 @@ func (s *Server) wrap(name string, acc access, h handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		defer func() { s.met.requests.WithLabelValues(name).Observe(time.Since(start).Seconds()) }()
+		if id := r.Header.Get(api.HeaderRequestID); len(id) > api.MaxRequestIDLen {
+			writeError(w, structs.Invalid(api.HeaderRequestID, "at most %d characters, got %d", api.MaxRequestIDLen, len(id)))
+			return
+		}
+		if r.Method != http.MethodGet && r.Header.Get(api.HeaderRequestID) == "" {
+			// A write without an id gets one here, before any forwarding:
+			// handlers derive the ids of their sub-commands from it
+			// (id+"-drain"), and without one every such write would share
+			// one id ("-drain") and be taken for a retry of the first.
+			r.Header.Set(api.HeaderRequestID, api.NewRequestID())
+		}
 		_, consistent := r.URL.Query()["consistent"]
 		if (acc == leaderOnly || consistent) && !s.IsLeader() {
 			s.forward(w, r)

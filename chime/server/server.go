@@ -22,6 +22,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/chime-ha/chime/chime/api"
+	"github.com/chime-ha/chime/chime/server/heartbeat"
 	"github.com/chime-ha/chime/fsm"
 	"github.com/chime-ha/chime/gossip"
 )
@@ -39,7 +40,7 @@ type Server struct {
 	lis   net.Listener
 	fwd   *http.Client
 	met   *metrics
-	mon   *monitor
+	hb    *heartbeat.Monitor
 
 	// The leader's deciding duties, each in its own package behind the
 	// small interfaces it declares; constructed in Start, run by lead.
@@ -52,17 +53,42 @@ type Server struct {
 	gossipAt    time.Time          // when gossipCache was read
 	stopLoops   context.CancelFunc // stops bootstrap and leader loops
 	wg          sync.WaitGroup
+	stopOnce    sync.Once // Shutdown and Kill stop the server once
 }
 
 // Run starts a server and blocks until ctx ends, then shuts down cleanly.
+// It returns an error when the server had to stop because its state
+// machine halted.
 func Run(ctx context.Context, cfg Config) error {
 	s, err := Start(ctx, cfg)
 	if err != nil {
 		return err
 	}
-	<-ctx.Done()
-	return s.Shutdown()
+	return s.Wait(ctx)
 }
+
+// Wait blocks until ctx ends or the state machine halts, and then shuts
+// the server down. A halted state machine applies no further log entry
+// (fsm.FSM.Halted): serving reads from it, or leading with it, would let
+// this replica drift silently from the others, so the server stops and
+// Wait returns why.
+func (s *Server) Wait(ctx context.Context) error {
+	select {
+	case <-ctx.Done():
+		return s.Shutdown()
+	case <-s.fsm.Halted():
+		err := s.fsm.Err()
+		s.log.Error("shutting down: the state machine halted", "error", err)
+		_ = s.Shutdown()
+		return fmt.Errorf("server %s stopped: %w", s.cfg.Name, err)
+	}
+}
+
+// Halted is closed when the state machine halted (see Wait); Err says why.
+func (s *Server) Halted() <-chan struct{} { return s.fsm.Halted() }
+
+// Err returns why the state machine halted, or nil while it runs.
+func (s *Server) Err() error { return s.fsm.Err() }
 
 // Start starts a server and returns once its listeners are up.
 func Start(ctx context.Context, cfg Config) (*Server, error) {
@@ -95,7 +121,8 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s.setupDuties()
-	s.mon = newMonitor(s)
+	s.hb = heartbeat.New(heartbeat.Config{Interval: cfg.HeartbeatInterval, Missed: cfg.MissedHeartbeats,
+		Proposer: s, State: s.fsm, Pinger: agentPinger{client: http.DefaultClient}, Gossip: s.pool, Logger: s.log})
 	if err := s.setupHTTP(); err != nil {
 		s.closeAll()
 		return nil, err
@@ -244,17 +271,20 @@ func (s *Server) bootstrap(conf []raft.Server) {
 	}
 }
 
-// Shutdown stops the server: HTTP first, then loops, gossip and Raft.
+// Shutdown stops the server: HTTP first, then loops, gossip and Raft. A
+// second call (or one after Kill) does nothing.
 func (s *Server) Shutdown() error {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	_ = s.http.Shutdown(ctx)
-	if s.stopLoops != nil {
-		s.stopLoops()
-	}
-	s.wg.Wait()
-	s.closeAll()
-	s.log.Info("server stopped")
+	s.stopOnce.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = s.http.Shutdown(ctx)
+		if s.stopLoops != nil {
+			s.stopLoops()
+		}
+		s.wg.Wait()
+		s.closeAll()
+		s.log.Info("server stopped")
+	})
 	return nil
 }
 
@@ -286,15 +316,17 @@ func (s *Server) closeStores() {
 // Kill stops the server abruptly (tests: simulates a crash as far as
 // in-process allows: no graceful leave, no final snapshot).
 func (s *Server) Kill() {
-	_ = s.http.Close()
-	if s.stopLoops != nil {
-		s.stopLoops()
-	}
-	s.wg.Wait()
-	_ = s.pool.Shutdown()
-	_ = s.raft.Shutdown().Error()
-	_ = s.trans.Close()
-	s.closeStores()
+	s.stopOnce.Do(func() {
+		_ = s.http.Close()
+		if s.stopLoops != nil {
+			s.stopLoops()
+		}
+		s.wg.Wait()
+		_ = s.pool.Shutdown()
+		_ = s.raft.Shutdown().Error()
+		_ = s.trans.Close()
+		s.closeStores()
+	})
 }
 
 // Raft exposes the Raft instance (tests, operator endpoints).

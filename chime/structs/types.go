@@ -215,3 +215,11 @@ func (v *VM) ObservationCurrent(nodeID string, gen uint64) bool {
 func (v *VM) IncomingHere(nodeID string) bool {
 	return v.Migration != nil && v.Migration.To == nodeID
 }
+
+// AdoptedBy reports whether a node's claim to have adopted the VM's domain
+// of generation gen (after a node-local migration) is already reflected in
+// the placement: the VM is placed on nodeID and gen is its adopted or its
+// current generation. Such a claim has nothing left to change.
+func (v *VM) AdoptedBy(nodeID string, gen uint64) bool {
+	return v.NodeID == nodeID && (v.AdoptGeneration == gen || v.Generation == gen)
+}

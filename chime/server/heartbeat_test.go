@@ -2,9 +2,11 @@ package server
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"reflect"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -14,33 +16,11 @@ import (
 	"github.com/chime-ha/chime/chime/structs"
 
 	"github.com/google/uuid"
+	"github.com/hashicorp/raft"
 
 	"github.com/chime-ha/chime/chime/api"
+	"github.com/chime-ha/chime/fsm"
 )
-
-func TestSilentFor(t *testing.T) {
-	base := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-	tests := []struct {
-		name              string
-		now, last, leader time.Time
-		want              time.Duration
-	}{
-		{"heartbeat after election", base.Add(10 * time.Second), base.Add(8 * time.Second), base, 2 * time.Second},
-		{"never heard since election: grace from election", base.Add(10 * time.Second), time.Time{}, base.Add(7 * time.Second), 3 * time.Second},
-		{"old heartbeat from before the election does not count against the node", base.Add(10 * time.Second), base, base.Add(9 * time.Second), time.Second},
-	}
-	for _, tt := range tests {
-		if got := silentFor(tt.now, tt.last, tt.leader); got != tt.want {
-			t.Errorf("%s: silentFor = %s, want %s", tt.name, got, tt.want)
-		}
-	}
-}
-
-func TestStateFromHeartbeat(t *testing.T) {
-	if stateFromHeartbeat(nil) != structs.MonitorNormal || stateFromHeartbeat([]string{"x"}) != structs.MonitorError {
-		t.Fatal("faults must mean error, none normal")
-	}
-}
 
 // simAgent heartbeats through a client until stopped; its ping endpoint
 // answers while alive is true.
@@ -161,4 +141,86 @@ func TestLeaderChangeCausesNoFalseUnreachable(t *testing.T) {
 		}
 	}
 	_ = agents
+}
+
+// TestHeartbeatIsOneRaftEntry: a heartbeat that changes observations,
+// flags and the monitor state, and reports a node-local migration, is one
+// node.heartbeat entry in the Raft log and nothing else of its kind; the
+// same heartbeat again writes nothing.
+func TestHeartbeatIsOneRaftEntry(t *testing.T) {
+	s, base := devServer(t)
+	c := api.NewClient(base)
+	ctx := context.Background()
+	reg := registerNode(t, c, "hv1")
+	vm, err := c.CreateVM(ctx, api.CreateVMRequest{Name: "web", VCPUs: 1, Memory: 64})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if vm.NodeID != reg.NodeID {
+		t.Fatalf("vm placed on %q, want the only node", vm.NodeID)
+	}
+	agent := api.NewClient(base)
+	agent.Node, agent.Secret = reg.NodeID, reg.Secret
+	hb := api.HeartbeatRequest{NodeID: reg.NodeID, Faults: []string{"storage"}, LocalDrained: true, LocalDrainID: "d-1",
+		VMs:        []structs.VMObservation{{VMID: vm.ID, State: structs.StateRunning, Reason: "booted", Generation: vm.Generation}},
+		Migrations: []structs.LocalMigration{{VMID: vm.ID, ToAddr: "10.0.0.9:4660", Generation: vm.Generation}}}
+
+	counts := func(send api.HeartbeatRequest) map[fsm.CommandType]int {
+		t.Helper()
+		before, err := s.logs.LastIndex()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := agent.Heartbeat(ctx, send); err != nil {
+			t.Fatal(err)
+		}
+		after, err := s.logs.LastIndex()
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[fsm.CommandType]int{}
+		for i := before + 1; i <= after; i++ {
+			var l raft.Log
+			if err := s.logs.GetLog(i, &l); err != nil {
+				t.Fatal(err)
+			}
+			if l.Type != raft.LogCommand {
+				continue
+			}
+			var cmd fsm.Command
+			if err := json.Unmarshal(l.Data, &cmd); err != nil {
+				t.Fatal(err)
+			}
+			var about struct {
+				NodeID string `json:"node_id"`
+			}
+			_ = json.Unmarshal(cmd.Payload, &about)
+			if about.NodeID == reg.NodeID {
+				out[cmd.Type]++
+			}
+		}
+		return out
+	}
+	if got := counts(hb); !reflect.DeepEqual(got, map[fsm.CommandType]int{fsm.CmdHeartbeat: 1}) {
+		t.Fatalf("the heartbeat wrote %v, want exactly one %s entry", got, fsm.CmdHeartbeat)
+	}
+	n, _ := s.fsm.Node(reg.NodeID)
+	got, _ := s.fsm.VM(vm.ID)
+	if n.MonitorState != structs.MonitorError || !n.LocalDrained || got.State != structs.StateRunning {
+		t.Fatalf("after the heartbeat: node %s local_drained %v, vm %s", n.MonitorState, n.LocalDrained, got.State)
+	}
+	hb.Migrations = nil // acknowledged by the answer
+	if got := counts(hb); len(got) != 0 {
+		t.Fatalf("an unchanged heartbeat wrote %v, want nothing", got)
+	}
+	ev, _ := s.fsm.Events(0, 1000)
+	found := false
+	for _, e := range ev {
+		if e.Kind == "vm.local_migration" && e.VMID == vm.ID {
+			found = true
+		}
+	}
+	if !found {
+		t.Fatalf("no vm.local_migration event recorded")
+	}
 }

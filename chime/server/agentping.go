@@ -1,0 +1,36 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+
+	"github.com/chime-ha/chime/chime/api"
+	"github.com/chime-ha/chime/chime/server/heartbeat"
+	"github.com/chime-ha/chime/chime/structs"
+)
+
+// agentPinger is the ping-back's direct half: GET /v1/ping on the agent's
+// API. The heartbeat monitor sets the timeout on ctx.
+type agentPinger struct{ client *http.Client }
+
+var _ heartbeat.Pinger = agentPinger{}
+
+func (p agentPinger) Ping(ctx context.Context, n structs.Node) error {
+	if n.APIAddr == "" {
+		return fmt.Errorf("no agent API address")
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, api.NormalizeAddr(n.APIAddr)+"/v1/ping", nil)
+	if err != nil {
+		return err
+	}
+	resp, err := p.client.Do(req)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("HTTP %d", resp.StatusCode)
+	}
+	return nil
+}

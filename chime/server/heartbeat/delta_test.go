@@ -1,0 +1,96 @@
+package heartbeat
+
+import (
+	"reflect"
+	"testing"
+
+	"github.com/google/uuid"
+
+	"github.com/chime-ha/chime/chime/structs"
+	"github.com/chime-ha/chime/fsm"
+)
+
+// TestBuildDelta: what a heartbeat writes is what differs from the state,
+// and nothing when nothing does.
+func TestBuildDelta(t *testing.T) {
+	yes := true
+	running := func(id string, gen uint64) structs.VMObservation {
+		return structs.VMObservation{VMID: id, State: structs.StateRunning, Reason: "booted", Generation: gen}
+	}
+	tests := []struct {
+		name string
+		// setup builds the state; it returns the reporting node, the
+		// report and the delta expected (nil: nothing to write).
+		setup func(w *world, a, b structs.Node, vm structs.VM, gen uint64) (string, Report, *fsm.Heartbeat)
+	}{
+		{"unchanged observation: nothing", func(w *world, a, b structs.Node, vm structs.VM, gen uint64) (string, Report, *fsm.Heartbeat) {
+			w.beat(a.ID, Report{VMs: []structs.VMObservation{running(vm.ID, gen)}})
+			return a.ID, Report{VMs: []structs.VMObservation{running(vm.ID, gen)}}, nil
+		}},
+		{"changed observation", func(w *world, a, b structs.Node, vm structs.VM, gen uint64) (string, Report, *fsm.Heartbeat) {
+			return a.ID, Report{VMs: []structs.VMObservation{running(vm.ID, gen)}},
+				&fsm.Heartbeat{NodeID: a.ID, Observations: []structs.VMObservation{running(vm.ID, gen)}}
+		}},
+		{"placed VM no longer listed: stopped, undefined", func(w *world, a, b structs.Node, vm structs.VM, gen uint64) (string, Report, *fsm.Heartbeat) {
+			w.beat(a.ID, Report{VMs: []structs.VMObservation{running(vm.ID, gen)}})
+			return a.ID, Report{}, &fsm.Heartbeat{NodeID: a.ID, Observations: []structs.VMObservation{
+				{VMID: vm.ID, State: structs.StateStopped, Reason: "undefined", Generation: gen}}}
+		}},
+		{"libvirt not listed: no VM taken as stopped, no drain acknowledged", func(w *world, a, b structs.Node, vm structs.VM, gen uint64) (string, Report, *fsm.Heartbeat) {
+			w.beat(a.ID, Report{VMs: []structs.VMObservation{running(vm.ID, gen)}})
+			w.must(fsm.CmdSetManagement, fsm.SetManagement{NodeID: a.ID, State: structs.NodeDrained})
+			return a.ID, Report{VMsUnknown: true}, nil
+		}},
+		{"drained node running nothing: drain acknowledged", func(w *world, a, b structs.Node, vm structs.VM, gen uint64) (string, Report, *fsm.Heartbeat) {
+			stopped := structs.VMObservation{VMID: vm.ID, State: structs.StateStopped, Reason: "shutdown", Generation: gen}
+			w.beat(a.ID, Report{VMs: []structs.VMObservation{stopped}})
+			w.must(fsm.CmdSetManagement, fsm.SetManagement{NodeID: a.ID, State: structs.NodeDrained})
+			return a.ID, Report{VMs: []structs.VMObservation{stopped}}, &fsm.Heartbeat{NodeID: a.ID, DrainAcked: &yes}
+		}},
+		{"stale running copy elsewhere: sent, for its event", func(w *world, a, b structs.Node, vm structs.VM, gen uint64) (string, Report, *fsm.Heartbeat) {
+			return b.ID, Report{VMs: []structs.VMObservation{running(vm.ID, gen)}},
+				&fsm.Heartbeat{NodeID: b.ID, Observations: []structs.VMObservation{running(vm.ID, gen)}}
+		}},
+		{"stale stopped copy elsewhere: nothing", func(w *world, a, b structs.Node, vm structs.VM, gen uint64) (string, Report, *fsm.Heartbeat) {
+			return b.ID, Report{VMs: []structs.VMObservation{{VMID: vm.ID, State: structs.StateStopped, Generation: gen}}}, nil
+		}},
+		{"incoming copy of a live migration: nothing", func(w *world, a, b structs.Node, vm structs.VM, gen uint64) (string, Report, *fsm.Heartbeat) {
+			w.must(fsm.CmdMigrationStart, fsm.MigrationStart{VMID: vm.ID, TaskID: "t1", To: b.ID, IfGeneration: gen})
+			return b.ID, Report{VMs: []structs.VMObservation{running(vm.ID, gen)}}, nil
+		}},
+		{"adoption claim, and its observation for after the adoption", func(w *world, a, b structs.Node, vm structs.VM, gen uint64) (string, Report, *fsm.Heartbeat) {
+			o := structs.VMObservation{VMID: vm.ID, State: structs.StateStopped, Reason: "migrated", Generation: gen}
+			return b.ID, Report{VMs: []structs.VMObservation{o}, Adopted: []structs.VMObservation{o}},
+				&fsm.Heartbeat{NodeID: b.ID, Adoptions: []fsm.Adoption{{VMID: vm.ID, Generation: gen}}, Observations: []structs.VMObservation{o}}
+		}},
+		{"adoption already in the placement: not sent again", func(w *world, a, b structs.Node, vm structs.VM, gen uint64) (string, Report, *fsm.Heartbeat) {
+			o := running(vm.ID, gen)
+			w.beat(b.ID, Report{VMs: []structs.VMObservation{o}, Adopted: []structs.VMObservation{o}})
+			return b.ID, Report{VMs: []structs.VMObservation{o}, Adopted: []structs.VMObservation{o}}, nil
+		}},
+		{"faults, sorted, with the reason", func(w *world, a, b structs.Node, vm structs.VM, gen uint64) (string, Report, *fsm.Heartbeat) {
+			return b.ID, Report{Faults: []string{"storage", "kernel"}}, &fsm.Heartbeat{NodeID: b.ID,
+				Monitor: &fsm.MonitorTransition{State: structs.MonitorError, Faults: []string{"kernel", "storage"}, Reason: "agent reports faults"}}
+		}},
+		{"local migration reports are always carried", func(w *world, a, b structs.Node, vm structs.VM, gen uint64) (string, Report, *fsm.Heartbeat) {
+			m := []structs.LocalMigration{{VMID: vm.ID, ToAddr: "10.0.0.2:4660", Generation: gen}}
+			return a.ID, Report{Migrations: m}, &fsm.Heartbeat{NodeID: a.ID, LocalMigrations: m}
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			w := newWorld(t)
+			a, b := w.register("a"), w.register("b")
+			vm := structs.VM{ID: uuid.NewString(), Name: "web", DesiredState: structs.DesiredRunning, Spec: structs.VMSpec{VCPUs: 1, MemoryMiB: 64}}
+			gen := w.must(fsm.CmdCreateVM, fsm.CreateVM{VM: vm, NodeID: a.ID}).Index
+			nodeID, r, want := tt.setup(w, a, b, vm, gen)
+			got, err := buildDelta(w.f, w.node(nodeID), r)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(got, want) {
+				t.Fatalf("delta\n got %+v\nwant %+v", got, want)
+			}
+		})
+	}
+}

@@ -1,0 +1,7 @@
+// Package heartbeat is where an agent's heartbeat lands on the leader: it
+// keeps each node's last arrival time in leader memory and turns one
+// heartbeat into at most one node.heartbeat command carrying what changed.
+// It is also the node monitor: a node silent for longer than missed ×
+// interval is pinged back (directly and through gossip) and, when neither
+// answers, marked unreachable.
+package heartbeat

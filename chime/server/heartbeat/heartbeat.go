@@ -1,0 +1,169 @@
+package heartbeat
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/chime-ha/chime/chime/structs"
+	"github.com/chime-ha/chime/fsm"
+)
+
+// Proposer applies a command through Raft (the server) or straight to an
+// FSM (fsm.Direct, in tests). A refusal comes back as the error.
+type Proposer interface {
+	Propose(ctx context.Context, reqID string, typ fsm.CommandType, payload any) (*fsm.Result, error)
+}
+
+// State is the part of the replicated state the monitor reads (*fsm.FSM).
+type State interface {
+	Index() uint64
+	Nodes() ([]structs.Node, error)
+	VM(id string) (*structs.VM, error)
+	VMsOnNode(nodeID string) ([]structs.VM, uint64, error)
+}
+
+// Clock is where the monitor reads the time.
+type Clock interface{ Now() time.Time }
+
+// SystemClock is the real clock.
+type SystemClock struct{}
+
+// Now returns time.Now().
+func (SystemClock) Now() time.Time { return time.Now() }
+
+// Pinger asks a node's agent directly whether it is alive (the server's
+// implementation is GET /v1/ping on the agent's API). ctx carries the
+// ping-back's timeout.
+type Pinger interface {
+	Ping(ctx context.Context, n structs.Node) error
+}
+
+// Gossip is the gossip pool's liveness hint: whether the named member
+// answered its last direct or indirect probes.
+type Gossip interface {
+	Reachable(nodeID string) bool
+}
+
+// Config is what a Monitor needs.
+type Config struct {
+	Interval time.Duration // agents' heartbeat interval
+	Missed   int           // heartbeats a node may miss before it is pinged back
+	Proposer Proposer
+	State    State
+	Clock    Clock // nil: SystemClock
+	Pinger   Pinger
+	Gossip   Gossip
+	Logger   hclog.Logger // parent logger; the monitor logs as <parent>.heartbeat
+}
+
+// Monitor is the leader's heartbeat handling and node monitor. Heartbeat
+// arrival times live only in this leader's memory; what a heartbeat
+// changes, and the monitor's transitions, are written through Raft. A new
+// leader starts every node's clock at its own election (Reset), so a
+// leader change never causes a false unreachable.
+type Monitor struct {
+	log      hclog.Logger  // server.heartbeat
+	interval time.Duration // agents' heartbeat interval
+	missed   int           // heartbeats missed before a ping-back
+	propose  Proposer      // where deltas and transitions go
+	state    State         // the replicated state, read to build deltas
+	clock    Clock         // every arrival and silence is measured on it
+	pinger   Pinger        // the ping-back's direct half
+	gossip   Gossip        // the ping-back's gossip half
+
+	mu          sync.Mutex           // guards the three fields below
+	last        map[string]time.Time // node id → arrival of its last heartbeat (or registration) at this leader
+	pinging     map[string]bool      // node id → a ping-back is in flight
+	leaderSince time.Time            // when this server became leader: the grace period's start
+
+	// The node list the checks walk, reused until the applied index moves.
+	// Only the checking goroutine (Run, or a test's CheckOnce) uses these.
+	nodes     []structs.Node
+	nodesAt   uint64    // applied index read before nodes
+	nodesRead time.Time // when nodes was read
+}
+
+// New returns a monitor; Run starts its checks.
+func New(cfg Config) *Monitor {
+	logger := cfg.Logger
+	if logger == nil {
+		logger = hclog.NewNullLogger()
+	}
+	clock := cfg.Clock
+	if clock == nil {
+		clock = SystemClock{}
+	}
+	return &Monitor{log: logger.Named("heartbeat"), interval: cfg.Interval, missed: cfg.Missed,
+		propose: cfg.Proposer, state: cfg.State, clock: clock, pinger: cfg.Pinger, gossip: cfg.Gossip,
+		last: map[string]time.Time{}, pinging: map[string]bool{}}
+}
+
+// Reset starts a new term of leadership: every node gets a full grace period.
+func (m *Monitor) Reset() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.leaderSince = m.clock.Now()
+	m.last = map[string]time.Time{}
+	m.pinging = map[string]bool{}
+}
+
+// Registered notes a registration as a sign of life.
+func (m *Monitor) Registered(nodeID string) { m.arrived(nodeID) }
+
+// Forget drops a removed node.
+func (m *Monitor) Forget(nodeID string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	delete(m.last, nodeID)
+}
+
+func (m *Monitor) arrived(nodeID string) {
+	m.mu.Lock()
+	m.last[nodeID] = m.clock.Now()
+	m.mu.Unlock()
+}
+
+// limit is how long a node may be silent before a ping-back.
+func (m *Monitor) limit() time.Duration { return time.Duration(m.missed) * m.interval }
+
+// Outcome is what a heartbeat changed that its answer must carry.
+type Outcome struct {
+	Proposed bool     // a node.heartbeat command was written
+	Adopted  []string // VM ids whose placement moved to the node
+	Rejected []string // VM ids whose adoption was refused: the agent destroys its copy
+}
+
+// Heartbeat takes one validated heartbeat of node n (authenticated: r is
+// about n and nothing else). It notes the arrival, then writes what the
+// heartbeat changes as one node.heartbeat command, or nothing when nothing
+// changed.
+func (m *Monitor) Heartbeat(ctx context.Context, n *structs.Node, r Report) (Outcome, error) {
+	// The arrival counts even if the write below fails: the node is alive.
+	m.arrived(n.ID)
+	d, err := buildDelta(m.state, n, r)
+	if err != nil {
+		return Outcome{}, fmt.Errorf("heartbeat of node %s: %w", n.Name, err)
+	}
+	if d == nil {
+		return Outcome{}, nil
+	}
+	res, err := m.propose.Propose(ctx, "", fsm.CmdHeartbeat, d)
+	if err != nil {
+		if d.Monitor != nil {
+			m.log.Warn("record node state failed", "node", n.Name, "state", d.Monitor.State, "error", err)
+		}
+		return Outcome{}, fmt.Errorf("record heartbeat of node %s: %w", n.Name, err)
+	}
+	if t := d.Monitor; t != nil {
+		m.log.Info("node state changed", "node", n.Name, "from", n.MonitorState, "to", t.State, "faults", t.Faults)
+	}
+	out := Outcome{Proposed: true}
+	if h := res.Heartbeat; h != nil {
+		out.Adopted, out.Rejected = h.Adopted, h.Rejected
+	}
+	return out, nil
+}

@@ -1,0 +1,131 @@
+package heartbeat
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/chime-ha/chime/chime/structs"
+	"github.com/chime-ha/chime/fsm"
+)
+
+// silentFor says how long a node has been silent as far as this leader can
+// tell: never longer than this leader has been leader.
+func silentFor(now, last, leaderSince time.Time) time.Duration {
+	ref := last
+	if leaderSince.After(ref) {
+		ref = leaderSince
+	}
+	return now.Sub(ref)
+}
+
+// Run checks nodes until ctx ends (leadership lost). It starts a new term
+// of leadership first (Reset). Each ping-back runs on its own goroutine, so
+// one slow node never delays the checks of the others; Run waits for them
+// before it returns.
+func (m *Monitor) Run(ctx context.Context) {
+	m.Reset()
+	t := time.NewTicker(max(m.interval/4, 50*time.Millisecond))
+	defer t.Stop()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		m.check(ctx, &wg)
+	}
+}
+
+// CheckOnce runs one round of checks and waits for the ping-backs it
+// started: a test's step function. It must not run while Run does.
+func (m *Monitor) CheckOnce(ctx context.Context) {
+	var wg sync.WaitGroup
+	m.check(ctx, &wg)
+	wg.Wait()
+}
+
+// check starts a ping-back for every node silent beyond the limit that is
+// neither unreachable already nor being pinged.
+func (m *Monitor) check(ctx context.Context, wg *sync.WaitGroup) {
+	now := m.clock.Now()
+	// Reading the node list decodes every node: with thousands of nodes
+	// that costs more than the heartbeats themselves. Heartbeats that
+	// change nothing are not written, so in steady state the list is reused
+	// until the applied index moves (it is bumped only after an apply is
+	// visible, so a list read after the index is at least that new), and
+	// re-read at least once per silence limit all the same.
+	if idx := m.state.Index(); m.nodes == nil || idx != m.nodesAt || now.Sub(m.nodesRead) > m.limit() {
+		fresh, err := m.state.Nodes()
+		if err != nil {
+			m.log.Warn("read nodes failed", "error", err)
+			return
+		}
+		if fresh == nil {
+			fresh = []structs.Node{}
+		}
+		m.nodes, m.nodesAt, m.nodesRead = fresh, idx, now
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, n := range m.nodes {
+		if n.MonitorState == structs.MonitorUnreachable || m.pinging[n.ID] {
+			continue
+		}
+		if silentFor(now, m.last[n.ID], m.leaderSince) <= m.limit() {
+			continue
+		}
+		m.pinging[n.ID] = true
+		wg.Add(1)
+		go func(n structs.Node) {
+			defer wg.Done()
+			m.pingBack(ctx, n)
+		}(n)
+	}
+}
+
+// pingBack asks the node directly and through gossip (SWIM probes with
+// indirect probes through other members). Both fail → unreachable.
+func (m *Monitor) pingBack(ctx context.Context, n structs.Node) {
+	defer func() {
+		m.mu.Lock()
+		delete(m.pinging, n.ID)
+		m.mu.Unlock()
+	}()
+	start := m.clock.Now()
+	direct := m.directPing(ctx, n)
+	viaGossip := m.gossip.Reachable(n.ID)
+	if direct == nil || viaGossip {
+		m.log.Warn("heartbeats missing but the node answers", "node", n.Name, "direct_error", direct, "gossip_alive", viaGossip)
+		// Count the answer as a sign of life for one more period, so that
+		// a node whose heartbeats are lost is not pinged in a tight loop.
+		m.arrived(n.ID)
+		return
+	}
+	m.mu.Lock()
+	silent := silentFor(m.clock.Now(), m.last[n.ID], m.leaderSince)
+	m.mu.Unlock()
+	if silent <= m.limit() {
+		return // a heartbeat arrived meanwhile
+	}
+	reason := fmt.Sprintf("no heartbeat for %s; ping-back failed (direct: %v; gossip: not alive) after %s",
+		silent.Round(time.Millisecond), direct, m.clock.Now().Sub(start).Round(time.Millisecond))
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if _, err := m.propose.Propose(cctx, "", fsm.CmdSetMonitor, fsm.SetMonitor{NodeID: n.ID, State: structs.MonitorUnreachable, Reason: reason}); err != nil {
+		m.log.Warn("mark unreachable failed", "node", n.Name, "error", err)
+		return
+	}
+	m.log.Info("node unreachable", "node", n.Name, "reason", reason)
+}
+
+// directPing asks the agent, waiting at most one heartbeat interval (5 s
+// at most).
+func (m *Monitor) directPing(ctx context.Context, n structs.Node) error {
+	cctx, cancel := context.WithTimeout(ctx, min(m.interval, 5*time.Second))
+	defer cancel()
+	return m.pinger.Ping(cctx, n)
+}

@@ -1,0 +1,158 @@
+package fsm
+
+import (
+	"fmt"
+
+	"github.com/chime-ha/chime/chime/structs"
+)
+
+// heartbeat applies the delta of one heartbeat in one transaction, in the
+// order the separate commands it replaces were proposed: adoptions, then
+// observations (judged after the adoptions moved their VMs here), local
+// migrations, node flags, and the monitor transition.
+func (a *applier) heartbeat(p Heartbeat) (string, error) {
+	n, err := a.node(p.NodeID)
+	if err != nil {
+		return "", err
+	}
+	out := &HeartbeatOutcome{}
+	for _, c := range p.Adoptions {
+		adopted, err := a.adoptClaim(n, c)
+		switch {
+		case err == nil && adopted:
+			out.Adopted = append(out.Adopted, c.VMID)
+		case err == nil:
+		case isRefusal(err):
+			out.Rejected = append(out.Rejected, c.VMID)
+			if err := a.recordRefusedAdoption(n, c, err); err != nil {
+				return "", err
+			}
+		default:
+			return "", err
+		}
+	}
+	if err := a.observe(n.ID, p.Observations); err != nil {
+		return "", err
+	}
+	for _, m := range p.LocalMigrations {
+		if err := a.localMigration(n, m); err != nil {
+			return "", err
+		}
+	}
+	var events []structs.Event
+	flags := SetNodeFlags{NodeID: n.ID, LocalDrained: p.LocalDrained, DrainAcked: p.DrainAcked, LocalDrainID: p.LocalDrainID}
+	if changes := flags.applyTo(n); len(changes) > 0 {
+		events = append(events, structs.Event{Kind: "node.flags", NodeID: n.ID, Message: fmt.Sprintf("node %s: %v", n.Name, changes)})
+	}
+	if p.Monitor != nil {
+		if e, changed := monitorTransition(n, *p.Monitor, a.tx.Now()); changed {
+			events = append(events, e)
+		}
+	}
+	if len(events) > 0 {
+		if err := a.tx.PutNode(n); err != nil {
+			return "", err
+		}
+	}
+	for _, e := range events {
+		if err := a.tx.AppendEvent(e); err != nil {
+			return "", err
+		}
+	}
+	a.res.Heartbeat = out
+	return n.ID, nil
+}
+
+// adoptClaim applies one adoption claim of node n; a claim the placement
+// already reflects ((*VM).AdoptedBy) changes nothing. A refusal (VM gone,
+// generation moved on) is returned as an error and has written nothing.
+func (a *applier) adoptClaim(n *structs.Node, c Adoption) (bool, error) {
+	v, err := a.vm(c.VMID)
+	if err != nil {
+		return false, err
+	}
+	if v.AdoptedBy(n.ID, c.Generation) {
+		return false, nil
+	}
+	return a.adoptVM(v, n.ID, c.Generation)
+}
+
+// recordRefusedAdoption records a refused adoption as a failed adopt task
+// (which raises the TaskFailed alarm), once per VM, generation and node.
+func (a *applier) recordRefusedAdoption(n *structs.Node, c Adoption, refusal error) error {
+	id := AdoptTaskID(c.VMID, c.Generation, n.ID)
+	existing, err := a.tx.Task(id)
+	if err != nil {
+		return err
+	}
+	if existing != nil && existing.State == structs.TaskFailed {
+		return nil
+	}
+	_, err = a.putTask(PutTask{Task: structs.Task{ID: id, Kind: structs.TaskAdopt, NodeID: n.ID, VMID: c.VMID, State: structs.TaskFailed,
+		Error: fmt.Sprintf("node %s adopted vm %s (generation %d) by node-local migration, refused: %v; the adopted copy is destroyed",
+			n.Name, c.VMID, c.Generation, refusal)}})
+	return err
+}
+
+// localMigration records a node-local migration the source node's agent
+// reports. The placement does not move here: the destination's adoption
+// moves it, if the generation still matches.
+func (a *applier) localMigration(n *structs.Node, m structs.LocalMigration) error {
+	name := m.VMID
+	if v, err := a.tx.VM(m.VMID); err != nil {
+		return err
+	} else if v != nil {
+		name = v.Name
+	}
+	return a.ev("vm.local_migration", n.ID, m.VMID, "vm %s migrated node-locally from node %s to %s (generation %d)",
+		name, n.Name, orNone(m.ToAddr), m.Generation)
+}
+
+// observeCmd applies a CmdObserve entry (written before node.heartbeat
+// carried observations; kept so that old logs replay).
+func (a *applier) observeCmd(p Observe) (string, error) {
+	if _, err := a.node(p.NodeID); err != nil {
+		return "", err
+	}
+	return p.NodeID, a.observe(p.NodeID, p.Observations)
+}
+
+// observe records what a node's agent reports. An observation only counts
+// when it describes the VM's current placement ((*VM).ObservationCurrent);
+// a running copy anywhere else is a stale copy the agent itself destroys,
+// recorded as an event, never as state. The incoming copy of a live
+// migration in flight is expected and ignored.
+func (a *applier) observe(nodeID string, obs []structs.VMObservation) error {
+	for _, o := range obs {
+		v, err := a.tx.VM(o.VMID)
+		if err != nil {
+			return err
+		}
+		if v == nil || v.IncomingHere(nodeID) {
+			continue // deleted meanwhile, or migrating here
+		}
+		if !v.ObservationCurrent(nodeID, o.Generation) {
+			if o.State == structs.StateRunning {
+				if err := a.ev("vm.stale_copy", nodeID, v.ID, "vm %s reported running on node %s with generation %d, placed on %s generation %d",
+					v.Name, nodeID, o.Generation, orNone(v.NodeID), v.Generation); err != nil {
+					return err
+				}
+			}
+			continue
+		}
+		prev := v.Observed
+		if prev != nil && prev.NodeID == nodeID && prev.State == o.State && prev.Reason == o.Reason && prev.Generation == o.Generation {
+			continue
+		}
+		v.Observed = &structs.Observation{NodeID: nodeID, State: o.State, Reason: o.Reason, Generation: o.Generation, At: a.tx.Now()}
+		if err := a.tx.PutObservedVM(v); err != nil {
+			return err
+		}
+		if prev == nil || prev.State != o.State {
+			if err := a.ev("vm."+o.State, nodeID, v.ID, "vm %s is %s on node %s (%s)", v.Name, o.State, nodeID, o.Reason); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}

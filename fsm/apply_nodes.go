@@ -1,0 +1,169 @@
+package fsm
+
+import (
+	"fmt"
+	"slices"
+	"sort"
+	"time"
+
+	"github.com/chime-ha/chime/chime/structs"
+)
+
+// Apply functions of node commands. Input was validated by the endpoint
+// that built the command; here only the state is checked.
+
+func (a *applier) registerNode(p RegisterNode) (string, error) {
+	in := p.Node
+	if owner := a.tx.NodeNameOwner(in.Name); owner != "" && owner != in.ID {
+		return "", structs.Conflict("name", "node name %q is already used by node %s", in.Name, owner)
+	}
+	n, err := a.tx.Node(in.ID)
+	if err != nil {
+		return "", err
+	}
+	exists := n != nil
+	if !exists {
+		n = &structs.Node{ID: in.ID, CreateIndex: a.tx.Index(), ManagementState: structs.NodeEnabled,
+			MonitorState: structs.MonitorNormal, StateSince: a.tx.Now()}
+		if err := a.tx.PutNodeSecretHash(in.ID, p.SecretHash); err != nil {
+			return "", err
+		}
+	}
+	previous := n.Name
+	n.Name, n.APIAddr, n.GossipAddr = in.Name, in.APIAddr, in.GossipAddr
+	n.MigrationURI, n.MigrationAddr, n.BusinessInterface = in.MigrationURI, in.MigrationAddr, in.BusinessInterface
+	n.VCPUs, n.MemoryMiB, n.Labels, n.AgentVersion = in.VCPUs, in.MemoryMiB, in.Labels, in.AgentVersion
+	if err := a.tx.PutNodeName(n.ID, n.Name, previous); err != nil {
+		return "", err
+	}
+	if err := a.tx.PutNode(n); err != nil {
+		return "", err
+	}
+	if err := a.tx.TouchNode(n.ID); err != nil {
+		return "", err
+	}
+	if exists {
+		return n.ID, a.ev("node.reregistered", n.ID, "", "node %s re-registered", n.Name)
+	}
+	return n.ID, a.ev("node.registered", n.ID, "", "node %s registered (%d vCPUs, %d MiB)", n.Name, n.VCPUs, n.MemoryMiB)
+}
+
+func (a *applier) setManagement(p SetManagement) (string, error) {
+	n, err := a.node(p.NodeID)
+	if err != nil {
+		return "", err
+	}
+	if n.ManagementState == p.State {
+		return n.ID, nil
+	}
+	old := n.ManagementState
+	n.ManagementState = p.State
+	if p.State == structs.NodeDrained {
+		n.DrainAcked = false
+	}
+	if p.State == structs.NodeEnabled {
+		n.DrainAcked, n.Fenced = false, false
+		// Enabling releases the agent's local drain, if any (the agent
+		// clears its flag when it sees this id).
+		if n.LocalDrainID != "" {
+			n.ReleasedDrainID = n.LocalDrainID
+		}
+	}
+	if err := a.tx.PutNode(n); err != nil {
+		return "", err
+	}
+	if err := a.tx.TouchNode(n.ID); err != nil {
+		return "", err
+	}
+	return n.ID, a.ev("node."+p.State, n.ID, "", "node %s: management state %s → %s", n.Name, old, p.State)
+}
+
+func (a *applier) setMonitor(p SetMonitor) (string, error) {
+	n, err := a.node(p.NodeID)
+	if err != nil {
+		return "", err
+	}
+	event, changed := monitorTransition(n, MonitorTransition{State: p.State, Faults: p.Faults, Reason: p.Reason}, a.tx.Now())
+	if !changed {
+		return n.ID, nil
+	}
+	if err := a.tx.PutNode(n); err != nil {
+		return "", err
+	}
+	return n.ID, a.tx.AppendEvent(event)
+}
+
+// monitorTransition sets a node's monitor state and faults (sorted); it
+// returns the event to record, and false when nothing changed.
+func monitorTransition(n *structs.Node, t MonitorTransition, now time.Time) (structs.Event, bool) {
+	faults := append([]string(nil), t.Faults...)
+	sort.Strings(faults)
+	if n.MonitorState == t.State && slices.Equal(n.Faults, faults) {
+		return structs.Event{}, false
+	}
+	old := n.MonitorState
+	n.MonitorState, n.Faults = t.State, faults
+	if old != t.State {
+		n.StateSince = now
+	}
+	msg := fmt.Sprintf("node %s: %s → %s", n.Name, old, t.State)
+	if len(faults) > 0 {
+		msg += fmt.Sprintf(" (faults: %v)", faults)
+	}
+	if t.Reason != "" {
+		msg += ": " + t.Reason
+	}
+	return structs.Event{Kind: "node." + t.State, NodeID: n.ID, Message: msg}, true
+}
+
+func (a *applier) setNodeFlags(p SetNodeFlags) (string, error) {
+	n, err := a.node(p.NodeID)
+	if err != nil {
+		return "", err
+	}
+	changes := p.applyTo(n)
+	if len(changes) == 0 {
+		return n.ID, nil
+	}
+	if err := a.tx.PutNode(n); err != nil {
+		return "", err
+	}
+	return n.ID, a.ev("node.flags", n.ID, "", "node %s: %v", n.Name, changes)
+}
+
+// applyTo sets on n the flags that are given and differ, and describes
+// each change (for the node.flags event).
+func (p SetNodeFlags) applyTo(n *structs.Node) []string {
+	var changes []string
+	if p.LocalDrained != nil && n.LocalDrained != *p.LocalDrained {
+		n.LocalDrained = *p.LocalDrained
+		changes = append(changes, fmt.Sprintf("local_drained=%v", n.LocalDrained))
+	}
+	if p.DrainAcked != nil && n.DrainAcked != *p.DrainAcked {
+		n.DrainAcked = *p.DrainAcked
+		changes = append(changes, fmt.Sprintf("drain_acked=%v", n.DrainAcked))
+	}
+	if p.Fenced != nil && n.Fenced != *p.Fenced {
+		n.Fenced = *p.Fenced
+		changes = append(changes, fmt.Sprintf("fenced=%v", n.Fenced))
+	}
+	if p.LocalDrainID != nil && n.LocalDrainID != *p.LocalDrainID {
+		n.LocalDrainID = *p.LocalDrainID
+		changes = append(changes, fmt.Sprintf("local_drain_id=%q", n.LocalDrainID))
+	}
+	return changes
+}
+
+func (a *applier) removeNode(p RemoveNode) (string, error) {
+	n, err := a.node(p.NodeID)
+	if err != nil {
+		return "", err
+	}
+	if a.tx.HasVMsOnNode(n.ID) {
+		return "", structs.Conflict("node_id", "node %s still has VMs placed on it: drain and rebuild, or migrate them first", n.Name)
+	}
+	if err := a.tx.DeleteNode(n); err != nil {
+		return "", err
+	}
+	return n.ID, a.ev("node.removed", n.ID, "", "node %s removed", n.Name)
+}
