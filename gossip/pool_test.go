@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chime-ha/chime/integration/wait"
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/memberlist"
 )
@@ -60,23 +61,6 @@ func joinTo(t *testing.T, p *Pool, to *Pool) {
 	n, err := p.Join(ctx, []string{to.LocalAddr()})
 	if err != nil || n != 1 {
 		t.Fatalf("%s join %s: n=%d err=%v", p.Name(), to.LocalAddr(), n, err)
-	}
-}
-
-// eventually polls cond until it holds or timeout passes; cond returns what it
-// saw so a failure can print it.
-func eventually(t *testing.T, timeout time.Duration, what string, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		ok, seen := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not true after %s; last seen: %s", what, timeout, seen)
-		}
-		time.Sleep(20 * time.Millisecond)
 	}
 }
 
@@ -154,7 +138,7 @@ func TestPoolsJoinAndSeeEachOther(t *testing.T) {
 			wantNames := slices.Sorted(maps.Keys(wantMeta))
 
 			for _, p := range pools {
-				eventually(t, converge, p.Name()+" sees everyone alive with meta", func() (bool, string) {
+				wait.For(t, converge, p.Name()+" sees everyone alive with meta", func() (bool, string) {
 					ms := p.Members()
 					var names []string
 					for _, m := range ms {
@@ -253,7 +237,7 @@ func TestEncryptedPool(t *testing.T) {
 				t.Fatalf("join: n=%d err=%v", n, err)
 			}
 			for _, p := range []*Pool{a, b, j} {
-				eventually(t, converge, p.Name()+" sees 3 alive", func() (bool, string) {
+				wait.For(t, converge, p.Name()+" sees 3 alive", func() (bool, string) {
 					ms := p.Members()
 					alive := 0
 					for _, m := range ms {
@@ -275,7 +259,7 @@ func TestShutdownMemberIsDetected(t *testing.T) {
 	joinTo(t, b, a)
 	joinTo(t, c, a)
 	for _, p := range []*Pool{a, b} {
-		eventually(t, converge, p.Name()+" sees c alive", func() (bool, string) {
+		wait.For(t, converge, p.Name()+" sees c alive", func() (bool, string) {
 			s, seen := memberState(p, "c")
 			return s == StateAlive, seen
 		})
@@ -287,11 +271,11 @@ func TestShutdownMemberIsDetected(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, p := range []*Pool{a, b} {
-		eventually(t, converge, p.Name()+" sees c suspect or dead", func() (bool, string) {
+		wait.For(t, converge, p.Name()+" sees c suspect or dead", func() (bool, string) {
 			s, seen := memberState(p, "c")
 			return (s == StateSuspect || s == StateDead) && !p.Reachable("c"), seen
 		})
-		eventually(t, converge, p.Name()+" sees c dead", func() (bool, string) {
+		wait.For(t, converge, p.Name()+" sees c dead", func() (bool, string) {
 			s, seen := memberState(p, "c")
 			return s == StateDead, seen
 		})
@@ -318,14 +302,14 @@ func TestSuspectIsNotReachable(t *testing.T) {
 	a := startPool(t, "a", nil, longSuspicion)
 	b := startPool(t, "b", nil, longSuspicion)
 	joinTo(t, b, a)
-	eventually(t, converge, "a sees b alive", func() (bool, string) {
+	wait.For(t, converge, "a sees b alive", func() (bool, string) {
 		s, seen := memberState(a, "b")
 		return s == StateAlive, seen
 	})
 	if err := b.Shutdown(); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, converge, "a sees b suspect", func() (bool, string) {
+	wait.For(t, converge, "a sees b suspect", func() (bool, string) {
 		s, seen := memberState(a, "b")
 		return s == StateSuspect, seen
 	})
@@ -341,7 +325,7 @@ func TestLeaveIsSeenAsLeft(t *testing.T) {
 	a := startPool(t, "a", nil, nil)
 	b := startPool(t, "b", nil, nil)
 	joinTo(t, b, a)
-	eventually(t, converge, "a sees b alive", func() (bool, string) {
+	wait.For(t, converge, "a sees b alive", func() (bool, string) {
 		s, seen := memberState(a, "b")
 		return s == StateAlive, seen
 	})
@@ -351,7 +335,7 @@ func TestLeaveIsSeenAsLeft(t *testing.T) {
 	if err := b.Leave(5 * time.Second); err != nil {
 		t.Fatalf("leave: %v", err)
 	}
-	eventually(t, converge, "a sees b left", func() (bool, string) {
+	wait.For(t, converge, "a sees b left", func() (bool, string) {
 		s, seen := memberState(a, "b")
 		return s == StateLeft, seen
 	})
@@ -376,7 +360,7 @@ func TestPing(t *testing.T) {
 	b := startPool(t, "b", nil, nil)
 	joinTo(t, b, a)
 	// b's Join returns once b has merged a's state; a merges b's a moment later.
-	eventually(t, converge, "a sees b alive", func() (bool, string) {
+	wait.For(t, converge, "a sees b alive", func() (bool, string) {
 		s, seen := memberState(a, "b")
 		return s == StateAlive, seen
 	})
@@ -411,7 +395,7 @@ func TestUpdateMetaPropagates(t *testing.T) {
 	a := startPool(t, "a", map[string]string{MetaRole: RoleAgent, MetaAPI: "127.0.0.1:1"}, nil)
 	b := startPool(t, "b", map[string]string{MetaRole: RoleServer}, nil)
 	joinTo(t, b, a)
-	eventually(t, converge, "b sees a", func() (bool, string) {
+	wait.For(t, converge, "b sees a", func() (bool, string) {
 		s, seen := memberState(b, "a")
 		return s == StateAlive, seen
 	})
@@ -424,7 +408,7 @@ func TestUpdateMetaPropagates(t *testing.T) {
 	if err := a.UpdateMeta(ctx, want); err != nil {
 		t.Fatalf("update meta: %v", err)
 	}
-	eventually(t, converge, "b sees a's new meta", func() (bool, string) {
+	wait.For(t, converge, "b sees a's new meta", func() (bool, string) {
 		m, _ := b.Member("a")
 		return maps.Equal(m.Meta, want), fmt.Sprint(m.Meta)
 	})
@@ -498,7 +482,7 @@ func TestSubscribeJoinFailAndUnsubscribe(t *testing.T) {
 
 	unsubscribe()
 	unsubscribe() // idempotent
-	eventually(t, converge, "unsubscribed channel closed", func() (bool, string) {
+	wait.For(t, converge, "unsubscribed channel closed", func() (bool, string) {
 		select {
 		case ev, ok := <-events:
 			return !ok, fmt.Sprintf("event %s %s", ev.Type, ev.Member.Name)
@@ -511,7 +495,7 @@ func TestSubscribeJoinFailAndUnsubscribe(t *testing.T) {
 	if err := a.Shutdown(); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, converge, "subscriber closed by Shutdown", func() (bool, string) {
+	wait.For(t, converge, "subscriber closed by Shutdown", func() (bool, string) {
 		select {
 		case _, ok := <-other:
 			return !ok, "an event"
@@ -549,7 +533,7 @@ func TestSlowSubscriberNeverBlocks(t *testing.T) {
 		d.record(EventUpdate, Member{Name: fmt.Sprintf("m%d", i), State: StateAlive})
 		if i%subscriberBuffer == 0 {
 			// let the reader keep up so only the slow one drops
-			eventually(t, converge, "fast subscriber keeps up", func() (bool, string) {
+			wait.For(t, converge, "fast subscriber keeps up", func() (bool, string) {
 				return len(fast) == 0, fmt.Sprintf("%d buffered", len(fast))
 			})
 		}
@@ -627,9 +611,9 @@ func TestPoolStatesMatchMemberlist(t *testing.T) {
 					return ok && s == want, fmt.Sprintf("known=%v state=%s", ok, stateName(s))
 				}
 			}
-			eventually(t, converge, "a's memberlist holds b alive", mlState(memberlist.StateAlive))
+			wait.For(t, converge, "a's memberlist holds b alive", mlState(memberlist.StateAlive))
 			tt.act(t, b)
-			eventually(t, converge, "a's memberlist holds b "+stateName(tt.want), mlState(tt.want))
+			wait.For(t, converge, "a's memberlist holds b "+stateName(tt.want), mlState(tt.want))
 
 			states := a.ml.NodeStates()
 			if len(states) != 2 || states["a"] != memberlist.StateAlive || states["b"] != tt.want {
@@ -661,7 +645,7 @@ func TestRestartedMemberComesBack(t *testing.T) {
 	a := startPool(t, "a", nil, nil)
 	b := startPool(t, "agent-1", map[string]string{MetaRole: RoleAgent}, nil)
 	joinTo(t, b, a)
-	eventually(t, converge, "a sees agent-1 alive", func() (bool, string) {
+	wait.For(t, converge, "a sees agent-1 alive", func() (bool, string) {
 		s, seen := memberState(a, "agent-1")
 		return s == StateAlive, seen
 	})
@@ -673,7 +657,7 @@ func TestRestartedMemberComesBack(t *testing.T) {
 	if err := b.Shutdown(); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, converge, "a sees agent-1 dead", func() (bool, string) {
+	wait.For(t, converge, "a sees agent-1 dead", func() (bool, string) {
 		s, seen := memberState(a, "agent-1")
 		return s == StateDead, seen
 	})
@@ -681,7 +665,7 @@ func TestRestartedMemberComesBack(t *testing.T) {
 	// Same name and address, as after an agent restart; new metadata.
 	again := startPool(t, "agent-1", map[string]string{MetaRole: RoleAgent, MetaAPI: "127.0.0.1:9"}, func(c *Config) { c.BindPort = port })
 	joinTo(t, again, a)
-	eventually(t, converge, "a sees agent-1 alive again with its new meta", func() (bool, string) {
+	wait.For(t, converge, "a sees agent-1 alive again with its new meta", func() (bool, string) {
 		m, ok := a.Member("agent-1")
 		return ok && m.State == StateAlive && m.Meta[MetaAPI] == "127.0.0.1:9" && a.Reachable("agent-1"), fmt.Sprintf("%+v", m)
 	})

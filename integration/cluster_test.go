@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/chime-ha/chime/chime/structs"
+	"github.com/chime-ha/chime/integration/wait"
 
 	"github.com/chime-ha/chime/chime/api"
 )
@@ -77,15 +78,15 @@ func TestServersSurviveLeaderKillAndFullRestart(t *testing.T) {
 			continue
 		}
 		// Local reads may trail the new leader by a few ms: poll.
-		waitFor(t, 30*time.Second, ss.names[i]+" lists all 100 VMs after the leader kill", func() string {
+		wait.For(t, 30*time.Second, ss.names[i]+" lists all 100 VMs after the leader kill", func() (bool, string) {
 			var vms []structs.VM
 			if err := cliJSON(ctx, &vms, "vm", "list", "--address", ss.addr(i)); err != nil {
-				return err.Error()
+				return false, err.Error()
 			}
 			if len(vms) != 100 {
-				return fmt.Sprintf("%d VMs", len(vms))
+				return false, fmt.Sprintf("%d VMs", len(vms))
 			}
-			return ""
+			return true, ""
 		})
 	}
 	survivor := (l + 1) % 3
@@ -103,15 +104,15 @@ func TestServersSurviveLeaderKillAndFullRestart(t *testing.T) {
 	wg.Wait()
 	ss.leader(60 * time.Second)
 	for i := range ss.procs {
-		waitFor(t, 30*time.Second, "state after full restart on "+ss.names[i], func() string {
+		wait.For(t, 30*time.Second, "state after full restart on "+ss.names[i], func() (bool, string) {
 			var vms []structs.VM
 			if err := cliJSON(ctx, &vms, "vm", "list", "--address", ss.addr(i)); err != nil {
-				return err.Error()
+				return false, err.Error()
 			}
 			if len(vms) != 101 {
-				return fmt.Sprintf("%d VMs", len(vms))
+				return false, fmt.Sprintf("%d VMs", len(vms))
 			}
-			return ""
+			return true, ""
 		})
 	}
 	var nodes []structs.Node

@@ -14,6 +14,7 @@ import (
 	"github.com/chime-ha/chime/chime/structs"
 
 	"github.com/chime-ha/chime/integration/lab"
+	"github.com/chime-ha/chime/integration/wait"
 	"github.com/google/uuid"
 )
 
@@ -57,8 +58,8 @@ func testLifecycle(t *testing.T, f *fleet) {
 	f.waitVMState(t, "life", structs.StateRunning)
 
 	f.mustChime(t, "vm", "stop", "life")
-	took = waitFor(t, 60*time.Second, "life shut off on "+h.Name, func() string {
-		return f.expectDomState(h, vm.ID, "shut off", false)
+	took = wait.For(t, 60*time.Second, "life shut off on "+h.Name, func() (bool, string) {
+		return false, f.expectDomState(h, vm.ID, "shut off", false)
 	})
 	t.Logf("vm stop → shut off on %s after %s (guest has no OS: shutdown grace, then destroy)", h.Name, took.Round(time.Millisecond))
 	f.waitVMState(t, "life", structs.StateStopped)
@@ -71,13 +72,13 @@ func testLifecycle(t *testing.T, f *fleet) {
 	t.Logf("vm start → running on %s after %s", h.Name, took.Round(time.Millisecond))
 
 	f.mustChime(t, "vm", "delete", "life")
-	took = waitFor(t, 60*time.Second, "life gone from every host's libvirt", func() string {
+	took = wait.For(t, 60*time.Second, "life gone from every host's libvirt", func() (bool, string) {
 		for _, h := range f.lab.Hosts {
 			if msg := f.expectDomState(h, vm.ID, "absent", false); msg != "" {
-				return msg
+				return false, msg
 			}
 		}
-		return ""
+		return true, ""
 	})
 	t.Logf("vm delete → domain undefined on %s after %s", h.Name, took.Round(time.Millisecond))
 }
@@ -101,25 +102,25 @@ func (f *fleet) killQemuAndWaitRestart(t *testing.T, hi int, uuid string, pid in
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 		t.Fatalf("kill qemu %d: %v", pid, err)
 	}
-	return waitFor(t, 60*time.Second, fmt.Sprintf("VM %s restarted on %s after kill -9 of pid %d", uuid, h.Name, pid), func() string {
+	return wait.For(t, 60*time.Second, fmt.Sprintf("VM %s restarted on %s after kill -9 of pid %d", uuid, h.Name, pid), func() (bool, string) {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		procs, err := h.QemuProcesses(ctx)
 		if err != nil {
-			return err.Error()
+			return false, err.Error()
 		}
 		if p := procs[uuid]; p == 0 || p == pid {
 			st, _ := domState(ctx, h, uuid)
-			return fmt.Sprintf("no new qemu process (libvirt: %s)", st)
+			return false, fmt.Sprintf("no new qemu process (libvirt: %s)", st)
 		}
 		hosts, err := f.where(ctx, uuid)
 		if err != nil {
-			return err.Error()
+			return false, err.Error()
 		}
 		if len(hosts) != 1 || hosts[0] != h.Name {
-			return fmt.Sprintf("libvirt runs it on %v", hosts)
+			return false, fmt.Sprintf("libvirt runs it on %v", hosts)
 		}
-		return ""
+		return true, ""
 	})
 }
 
@@ -136,7 +137,7 @@ func testAgentRestart(t *testing.T, f *fleet, foreign map[string]bool) {
 	}
 	keep := f.createVM(t, "keep")
 	hi, _, _ := f.waitRunningOnOneHost(t, keep.ID, 60*time.Second)
-	waitFor(t, 60*time.Second, "every host runs what is placed on it", func() string { return f.converged(foreign) })
+	wait.For(t, 60*time.Second, "every host runs what is placed on it", func() (bool, string) { return false, f.converged(foreign) })
 
 	ctx := context.Background()
 	before, err := f.qemuSnapshot(ctx)
@@ -172,15 +173,15 @@ func testAgentRestart(t *testing.T, f *fleet, foreign map[string]bool) {
 	f.ss.stopAll()
 	f.killAgent(hi)
 	f.startAgent(hi)
-	waitFor(t, 30*time.Second, "the restarted agent answers on its socket", func() string {
+	wait.For(t, 30*time.Second, "the restarted agent answers on its socket", func() (bool, string) {
 		st, err := f.agentStatus(hi)
 		if err != nil {
-			return err.Error()
+			return false, err.Error()
 		}
 		if st.Synced {
-			return "agent says synced while every server is down"
+			return false, "agent says synced while every server is down"
 		}
-		return ""
+		return true, ""
 	})
 	holdFor(t, 5*time.Second, "qemu processes unchanged while the servers are down", unchanged)
 
@@ -192,7 +193,7 @@ func testAgentRestart(t *testing.T, f *fleet, foreign map[string]bool) {
 	took = f.waitAgentSynced(t, hi)
 	t.Logf("servers restarted: agent on %s synced after %s", f.lab.Hosts[hi].Name, took.Round(time.Millisecond))
 	f.waitNodesNormal(t, 60*time.Second)
-	waitFor(t, 60*time.Second, "every host runs what is placed on it", func() string { return f.converged(foreign) })
+	wait.For(t, 60*time.Second, "every host runs what is placed on it", func() (bool, string) { return false, f.converged(foreign) })
 	holdFor(t, 3*time.Second, "qemu processes unchanged after the servers returned", unchanged)
 	for id := range foreign {
 		for _, h := range f.lab.Hosts {
@@ -220,29 +221,29 @@ func testLibvirtdRestart(t *testing.T, f *fleet) {
 	if err := h.StopLibvirtd(ctx); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 30*time.Second, "agent on "+h.Name+" notices libvirtd is gone", func() string {
+	wait.For(t, 30*time.Second, "agent on "+h.Name+" notices libvirtd is gone", func() (bool, string) {
 		st, err := f.agentStatus(hi)
 		if err != nil {
-			return err.Error()
+			return false, err.Error()
 		}
 		if st.LibvirtConnected {
-			return "libvirt_connected: true"
+			return false, "libvirt_connected: true"
 		}
-		return ""
+		return true, ""
 	})
 	if err := h.StartLibvirtd(ctx); err != nil {
 		t.Fatal(err)
 	}
 	restarted := time.Now()
-	took := waitFor(t, 60*time.Second, "agent on "+h.Name+" reconnected to libvirtd", func() string {
+	took := wait.For(t, 60*time.Second, "agent on "+h.Name+" reconnected to libvirtd", func() (bool, string) {
 		st, err := f.agentStatus(hi)
 		if err != nil {
-			return err.Error()
+			return false, err.Error()
 		}
 		if !st.LibvirtConnected {
-			return "libvirt_connected: false"
+			return false, "libvirt_connected: false"
 		}
-		return ""
+		return true, ""
 	})
 	t.Logf("libvirtd on %s restarted: agent reconnected after %s", h.Name, took.Round(time.Millisecond))
 
@@ -271,10 +272,10 @@ func testTwentyVMs(t *testing.T, f *fleet, foreign map[string]bool) {
 		f.mustChime(t, "vm", "create", fmt.Sprintf("many-%02d", i), "--vcpus", "1", "--memory", "64")
 	}
 	created := time.Since(start)
-	took := waitFor(t, 5*time.Minute, "every host runs exactly what is placed on it", func() string {
+	took := wait.For(t, 5*time.Minute, "every host runs exactly what is placed on it", func() (bool, string) {
 		_, vms, err := f.placement()
 		if err != nil {
-			return err.Error()
+			return false, err.Error()
 		}
 		n := 0
 		for _, vm := range vms {
@@ -283,9 +284,9 @@ func testTwentyVMs(t *testing.T, f *fleet, foreign map[string]bool) {
 			}
 		}
 		if n != 20 {
-			return fmt.Sprintf("%d of 20 VMs placed", n)
+			return false, fmt.Sprintf("%d of 20 VMs placed", n)
 		}
-		return f.converged(foreign)
+		return false, f.converged(foreign)
 	})
 	ctx := context.Background()
 	snap, err := f.qemuSnapshot(ctx)
@@ -307,10 +308,10 @@ func testTwentyVMs(t *testing.T, f *fleet, foreign map[string]bool) {
 			t.Errorf("spread placement left %s empty: %v", h.Name, per)
 		}
 	}
-	waitFor(t, 60*time.Second, "chime vm list shows every VM running", func() string {
+	wait.For(t, 60*time.Second, "chime vm list shows every VM running", func() (bool, string) {
 		vms, err := f.vmList()
 		if err != nil {
-			return err.Error()
+			return false, err.Error()
 		}
 		var bad []string
 		for _, vm := range vms {
@@ -318,7 +319,7 @@ func testTwentyVMs(t *testing.T, f *fleet, foreign map[string]bool) {
 				bad = append(bad, vm.Name+":"+vm.State)
 			}
 		}
-		return strings.Join(bad, " ")
+		return false, strings.Join(bad, " ")
 	})
 }
 
@@ -362,15 +363,15 @@ func (f *fleet) expectDomState(h *lab.Host, uuid, state string, qemuOK bool) str
 // converges with libvirt's.
 func (f *fleet) waitVMState(t *testing.T, name, state string) {
 	t.Helper()
-	waitFor(t, 30*time.Second, "chime vm show "+name+" says "+state, func() string {
+	wait.For(t, 30*time.Second, "chime vm show "+name+" says "+state, func() (bool, string) {
 		var vm structs.VM
 		if err := f.chimeJSON(&vm, "vm", "show", name); err != nil {
-			return err.Error()
+			return false, err.Error()
 		}
 		if vm.State != state {
-			return "state " + vm.State
+			return false, "state " + vm.State
 		}
-		return ""
+		return true, ""
 	})
 }
 
@@ -378,15 +379,15 @@ func (f *fleet) waitVMState(t *testing.T, name, state string) {
 // and reconciled once since it started.
 func (f *fleet) waitAgentSynced(t *testing.T, i int) time.Duration {
 	t.Helper()
-	return waitFor(t, 60*time.Second, "agent on "+f.lab.Hosts[i].Name+" synced", func() string {
+	return wait.For(t, 60*time.Second, "agent on "+f.lab.Hosts[i].Name+" synced", func() (bool, string) {
 		st, err := f.agentStatus(i)
 		if err != nil {
-			return err.Error()
+			return false, err.Error()
 		}
 		if !st.Synced || st.LastReconcile.IsZero() {
-			return fmt.Sprintf("synced %v, last reconcile %v, error %q", st.Synced, st.LastReconcile, st.ReconcileError)
+			return false, fmt.Sprintf("synced %v, last reconcile %v, error %q", st.Synced, st.LastReconcile, st.ReconcileError)
 		}
-		return ""
+		return true, ""
 	})
 }
 

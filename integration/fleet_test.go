@@ -19,6 +19,7 @@ import (
 	"github.com/chime-ha/chime/chime/agent/local"
 	"github.com/chime-ha/chime/chime/api"
 	"github.com/chime-ha/chime/integration/lab"
+	"github.com/chime-ha/chime/integration/wait"
 )
 
 // fleetPrefix names the fleet's lab (netns chimei-hvN, bridges chimeim0 and
@@ -172,7 +173,7 @@ func (f *fleet) killAgent(i int) { f.agents[i].kill() }
 // waitLeader polls the servers until one says it is the leader.
 func (f *fleet) waitLeader(t *testing.T, timeout time.Duration) {
 	t.Helper()
-	waitFor(t, timeout, "a leader", func() string {
+	wait.For(t, timeout, "a leader", func() (bool, string) {
 		for i, p := range f.ss.procs {
 			if p == nil || !p.running() {
 				continue
@@ -181,10 +182,10 @@ func (f *fleet) waitLeader(t *testing.T, timeout time.Duration) {
 			st, err := api.NewClient(f.ss.addr(i)).Status(ctx)
 			cancel()
 			if err == nil && st.IsLeader {
-				return ""
+				return true, ""
 			}
 		}
-		return "no server reports itself leader"
+		return false, "no server reports itself leader"
 	})
 }
 
@@ -192,10 +193,10 @@ func (f *fleet) waitLeader(t *testing.T, timeout time.Duration) {
 // normal, and records node id → host name.
 func (f *fleet) waitNodesNormal(t *testing.T, timeout time.Duration) {
 	t.Helper()
-	waitFor(t, timeout, "every host's node registered and normal", func() string {
+	wait.For(t, timeout, "every host's node registered and normal", func() (bool, string) {
 		nodes, err := f.nodeList()
 		if err != nil {
-			return err.Error()
+			return false, err.Error()
 		}
 		byID := make(map[string]string)
 		var seen []string
@@ -206,10 +207,10 @@ func (f *fleet) waitNodesNormal(t *testing.T, timeout time.Duration) {
 			}
 		}
 		if len(byID) != len(f.lab.Hosts) {
-			return fmt.Sprintf("nodes %v", seen)
+			return false, fmt.Sprintf("nodes %v", seen)
 		}
 		f.nodes = byID
-		return ""
+		return true, ""
 	})
 }
 
@@ -357,26 +358,26 @@ func (f *fleet) where(ctx context.Context, uuid string) ([]string, error) {
 func (f *fleet) waitRunningOnOneHost(t *testing.T, uuid string, timeout time.Duration) (int, int, time.Duration) {
 	t.Helper()
 	host, pid := -1, 0
-	took := waitFor(t, timeout, "VM "+uuid+" running on exactly one host", func() string {
+	took := wait.For(t, timeout, "VM "+uuid+" running on exactly one host", func() (bool, string) {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		hosts, err := f.where(ctx, uuid)
 		if err != nil {
-			return err.Error()
+			return false, err.Error()
 		}
 		if len(hosts) != 1 {
-			return fmt.Sprintf("libvirt runs it on %v", hosts)
+			return false, fmt.Sprintf("libvirt runs it on %v", hosts)
 		}
 		i := f.hostIndex(hosts[0])
 		procs, err := f.lab.Hosts[i].QemuProcesses(ctx)
 		if err != nil {
-			return err.Error()
+			return false, err.Error()
 		}
 		if procs[uuid] == 0 {
-			return fmt.Sprintf("libvirt on %s says running but no qemu process has -uuid %s", hosts[0], uuid)
+			return false, fmt.Sprintf("libvirt on %s says running but no qemu process has -uuid %s", hosts[0], uuid)
 		}
 		host, pid = i, procs[uuid]
-		return ""
+		return true, ""
 	})
 	return host, pid, took
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/chime-ha/chime/chime/structs"
+	"github.com/chime-ha/chime/integration/wait"
 )
 
 // TestHALiveMigration checks vm migrate and node evacuate on real libvirt:
@@ -110,18 +111,18 @@ func TestHALiveMigration(t *testing.T) {
 // waitTask waits until a task reaches state.
 func (f *fleet) waitTask(t *testing.T, id, state string, timeout time.Duration) {
 	t.Helper()
-	waitFor(t, timeout, "task "+id+" "+state, func() string {
+	wait.For(t, timeout, "task "+id+" "+state, func() (bool, string) {
 		var task structs.Task
 		if err := f.chimeJSON(&task, "task", "show", id); err != nil {
-			return err.Error()
+			return false, err.Error()
 		}
 		if task.State == structs.TaskFailed && state != structs.TaskFailed {
 			t.Fatalf("task %s failed: %s (%+v)", id, task.Error, task.Steps)
 		}
 		if task.State != state {
-			return fmt.Sprintf("state %s, steps %+v", task.State, task.Steps)
+			return false, fmt.Sprintf("state %s, steps %+v", task.State, task.Steps)
 		}
-		return ""
+		return true, ""
 	})
 }
 

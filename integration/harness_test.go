@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -138,40 +137,4 @@ func cliJSON(ctx context.Context, v any, args ...string) error {
 		return fmt.Errorf("decode %q: %w", out, err)
 	}
 	return nil
-}
-
-// freePorts returns n distinct free TCP ports on ip.
-func freePorts(t *testing.T, ip string, n int) []int {
-	t.Helper()
-	var ports []int
-	var ls []net.Listener
-	for len(ports) < n {
-		l, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		ls = append(ls, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	for _, l := range ls {
-		l.Close()
-	}
-	return ports
-}
-
-// waitFor polls fn until it returns "" or the timeout passes, then fails
-// with fn's last answer.
-func waitFor(t *testing.T, timeout time.Duration, what string, fn func() string) time.Duration {
-	t.Helper()
-	start := time.Now()
-	deadline := start.Add(timeout)
-	last := ""
-	for time.Now().Before(deadline) {
-		if last = fn(); last == "" {
-			return time.Since(start)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	t.Fatalf("%s: not reached within %s; last seen: %s", what, timeout, last)
-	return 0
 }

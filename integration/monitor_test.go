@@ -21,6 +21,7 @@ import (
 
 	"github.com/chime-ha/chime/chime/api"
 	"github.com/chime-ha/chime/integration/lab"
+	"github.com/chime-ha/chime/integration/wait"
 )
 
 // Timing of the fleet's servers (newFleetWith passes --heartbeat-interval
@@ -132,11 +133,11 @@ func testAgentFrozen(t *testing.T, f *fleet, rcv *webhookReceiver, hi int) []str
 	seq := f.lastEventSeq(t)
 	t0 := time.Now()
 	f.agents[hi].signal(syscall.SIGSTOP)
-	waitFor(t, 5*time.Second, fmt.Sprintf("agent pid %d stopped", pid), func() string {
+	wait.For(t, 5*time.Second, fmt.Sprintf("agent pid %d stopped", pid), func() (bool, string) {
 		if s := procState(pid); s != "T" {
-			return "state " + s
+			return false, "state " + s
 		}
-		return ""
+		return true, ""
 	})
 	detect := f.waitMonitor(t, h.Name, structs.MonitorUnreachable, t0, 2*monDetectBound)
 	alarm := waitAlarm(t, rcv, "NodeUnreachable", h.Name, "firing", t0, 2*monDetectBound)
@@ -243,15 +244,15 @@ func testBizLinkDown(t *testing.T, f *fleet, rcv *webhookReceiver, hi int) []str
 // times the detection bound), no node.unreachable event, no alarm.
 func testLeaderKilled(t *testing.T, f *fleet, rcv *webhookReceiver) []string {
 	f.waitNodesNormal(t, 30*time.Second)
-	waitFor(t, 30*time.Second, "no alarm firing", func() string {
+	wait.For(t, 30*time.Second, "no alarm firing", func() (bool, string) {
 		var al []structs.Alarm
 		if err := f.chimeJSON(&al, "alarm", "list"); err != nil {
-			return err.Error()
+			return false, err.Error()
 		}
 		if len(al) > 0 {
-			return fmt.Sprintf("%d firing: %+v", len(al), al)
+			return false, fmt.Sprintf("%d firing: %+v", len(al), al)
 		}
-		return ""
+		return true, ""
 	})
 	lastSeq := f.lastEventSeq(t)
 	leader := f.ss.leader(30 * time.Second)
@@ -320,17 +321,17 @@ func testLeaderKilled(t *testing.T, f *fleet, rcv *webhookReceiver) []string {
 
 	// Restore the three-server cluster.
 	f.ss.start(leader)
-	waitFor(t, 60*time.Second, "server "+f.ss.names[leader]+" back", func() string {
+	wait.For(t, 60*time.Second, "server "+f.ss.names[leader]+" back", func() (bool, string) {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
 		st, err := api.NewClient(f.ss.addr(leader)).Status(ctx)
 		if err != nil {
-			return err.Error()
+			return false, err.Error()
 		}
 		if !st.Healthy {
-			return fmt.Sprintf("status %+v", st)
+			return false, fmt.Sprintf("status %+v", st)
 		}
-		return ""
+		return true, ""
 	})
 	return []string{fmt.Sprintf("leader kill -9 → new leader %s, no node left normal in %s", newLeader.Round(10*time.Millisecond), watch)}
 }
@@ -378,7 +379,7 @@ func testPlacementExcludes(t *testing.T, f *fleet) {
 
 	// Back to normal: the VMs stay where they are, the drained node's VMs
 	// run again, and every host runs exactly what the servers placed on it.
-	waitFor(t, 90*time.Second, "libvirt converged with the servers' placement", func() string { return f.converged(nil) })
+	wait.For(t, 90*time.Second, "libvirt converged with the servers' placement", func() (bool, string) { return false, f.converged(nil) })
 	for _, vm := range created {
 		if hi, _, _ := f.waitRunningOnOneHost(t, vm.ID, 30*time.Second); hi != ok {
 			t.Fatalf("%s runs on %s after the nodes recovered, was placed on %s", vm.Name, f.lab.Hosts[hi].Name, f.lab.Hosts[ok].Name)
@@ -427,16 +428,16 @@ func (f *fleet) nodeStateSummary(t *testing.T) []string {
 // waitNode waits until node name has both states.
 func (f *fleet) waitNode(t *testing.T, name, mgmt, mon string, timeout time.Duration) {
 	t.Helper()
-	waitFor(t, timeout, fmt.Sprintf("node %s %s/%s", name, mgmt, mon), func() string {
+	wait.For(t, timeout, fmt.Sprintf("node %s %s/%s", name, mgmt, mon), func() (bool, string) {
 		nodes, err := f.nodesByName()
 		if err != nil {
-			return err.Error()
+			return false, err.Error()
 		}
 		n := nodes[name]
 		if n.ManagementState != mgmt || n.MonitorState != mon {
-			return fmt.Sprintf("%s/%s %v", n.ManagementState, n.MonitorState, n.Faults)
+			return false, fmt.Sprintf("%s/%s %v", n.ManagementState, n.MonitorState, n.Faults)
 		}
-		return ""
+		return true, ""
 	})
 }
 
@@ -444,15 +445,15 @@ func (f *fleet) waitNode(t *testing.T, name, mgmt, mon string, timeout time.Dura
 // the time since t0.
 func (f *fleet) waitMonitor(t *testing.T, name, state string, t0 time.Time, timeout time.Duration) time.Duration {
 	t.Helper()
-	waitFor(t, timeout-time.Since(t0), fmt.Sprintf("node %s %s", name, state), func() string {
+	wait.For(t, timeout-time.Since(t0), fmt.Sprintf("node %s %s", name, state), func() (bool, string) {
 		nodes, err := f.nodesByName()
 		if err != nil {
-			return err.Error()
+			return false, err.Error()
 		}
 		if n := nodes[name]; n.MonitorState != state {
-			return fmt.Sprintf("%s %v", n.MonitorState, n.Faults)
+			return false, fmt.Sprintf("%s %v", n.MonitorState, n.Faults)
 		}
-		return ""
+		return true, ""
 	})
 	return time.Since(t0)
 }
@@ -462,13 +463,13 @@ func (f *fleet) waitMonitor(t *testing.T, name, state string, t0 time.Time, time
 func waitAlarm(t *testing.T, rcv *webhookReceiver, name, node, status string, t0 time.Time, timeout time.Duration) time.Duration {
 	t.Helper()
 	var got receivedAlert
-	waitFor(t, timeout-time.Since(t0), fmt.Sprintf("%s %s for %s at the receiver", status, name, node), func() string {
+	wait.For(t, timeout-time.Since(t0), fmt.Sprintf("%s %s for %s at the receiver", status, name, node), func() (bool, string) {
 		a, ok := rcv.find(name, node, status, t0)
 		if !ok {
-			return rcv.String()
+			return false, rcv.String()
 		}
 		got = a
-		return ""
+		return true, ""
 	})
 	return got.At.Sub(t0)
 }

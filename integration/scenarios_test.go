@@ -14,6 +14,7 @@ import (
 	"github.com/chime-ha/chime/chime/structs"
 
 	"github.com/chime-ha/chime/integration/lab"
+	"github.com/chime-ha/chime/integration/wait"
 )
 
 // scenarioVMs is how many VMs the failure scenarios keep running: two per
@@ -53,7 +54,7 @@ func TestScenarios(t *testing.T) {
 		vm := f.createVM(t, fmt.Sprintf("svc-%d", i))
 		s.vms = append(s.vms, vm)
 	}
-	waitFor(t, 3*time.Minute, "every VM running where placed", func() string { return s.settled() })
+	wait.For(t, 3*time.Minute, "every VM running where placed", func() (bool, string) { return false, s.settled() })
 	t.Logf("fleet: %s", s.layout())
 
 	steps := []struct {
@@ -210,7 +211,10 @@ func (s *scenarios) settled() string {
 // restore waits until the fleet is settled again.
 func (s *scenarios) restore(t *testing.T) {
 	t.Helper()
-	took := waitFor(t, 3*time.Minute, "fleet settled (all nodes enabled+normal, libvirt = placement)", s.settled)
+	took := wait.For(t, 3*time.Minute, "fleet settled (all nodes enabled+normal, libvirt = placement)", func() (bool, string) {
+		seen := s.settled()
+		return seen == "", seen
+	})
 	t.Logf("fleet settled %s later: %s", took.Round(100*time.Millisecond), s.layout())
 }
 
@@ -219,17 +223,17 @@ func (s *scenarios) waitNode(t *testing.T, i int, timeout time.Duration, what st
 	t.Helper()
 	name := s.f.lab.Hosts[i].Name
 	var got structs.Node
-	waitFor(t, timeout, "node "+name+" "+what, func() string {
+	wait.For(t, timeout, "node "+name+" "+what, func() (bool, string) {
 		var n structs.Node
 		if err := s.f.chimeJSON(&n, "node", "show", name); err != nil {
-			return err.Error()
+			return false, err.Error()
 		}
 		got = n
 		if !ok(n) {
-			return fmt.Sprintf("%s/%s faults %v local_drained %v drain_acked %v fenced %v",
+			return false, fmt.Sprintf("%s/%s faults %v local_drained %v drain_acked %v fenced %v",
 				n.ManagementState, n.MonitorState, n.Faults, n.LocalDrained, n.DrainAcked, n.Fenced)
 		}
-		return ""
+		return true, ""
 	})
 	return got
 }
@@ -239,13 +243,13 @@ func (s *scenarios) waitAlarm(t *testing.T, name string, i int, status string, s
 	t.Helper()
 	node := s.f.lab.Hosts[i].Name
 	var at time.Time
-	waitFor(t, 60*time.Second, fmt.Sprintf("alarm %s %s for %s", name, status, node), func() string {
+	wait.For(t, 60*time.Second, fmt.Sprintf("alarm %s %s for %s", name, status, node), func() (bool, string) {
 		a, ok := s.hook.find(name, node, status, since)
 		if !ok {
-			return s.hook.String()
+			return false, s.hook.String()
 		}
 		at = a.At
-		return ""
+		return true, ""
 	})
 	return at.Sub(since)
 }
@@ -328,37 +332,37 @@ func (s *scenarios) setLinks(t *testing.T, i int, up bool, nets ...string) {
 func (s *scenarios) waitOneHost(t *testing.T, id string, timeout time.Duration) (int, int, time.Duration) {
 	t.Helper()
 	host, pid := -1, 0
-	took := waitFor(t, timeout, "VM "+id+" running on exactly one host", func() string {
+	took := wait.For(t, timeout, "VM "+id+" running on exactly one host", func() (bool, string) {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		var on []int
 		for i, h := range s.f.lab.Hosts {
 			procs, err := h.QemuProcesses(ctx)
 			if err != nil {
-				return err.Error()
+				return false, err.Error()
 			}
 			if !h.LibvirtdRunning() {
 				if procs[id] != 0 {
-					return fmt.Sprintf("qemu pid %d of %s on %s, whose libvirtd is down", procs[id], id, h.Name)
+					return false, fmt.Sprintf("qemu pid %d of %s on %s, whose libvirtd is down", procs[id], id, h.Name)
 				}
 				continue
 			}
 			running, err := libvirtUUIDs(ctx, h, false)
 			if err != nil {
-				return err.Error()
+				return false, err.Error()
 			}
 			if running[id] {
 				if procs[id] == 0 {
-					return fmt.Sprintf("libvirt on %s says running but no qemu process has -uuid %s", h.Name, id)
+					return false, fmt.Sprintf("libvirt on %s says running but no qemu process has -uuid %s", h.Name, id)
 				}
 				on = append(on, i)
 				host, pid = i, procs[id]
 			}
 		}
 		if len(on) != 1 {
-			return fmt.Sprintf("libvirt runs it on hosts %v", on)
+			return false, fmt.Sprintf("libvirt runs it on hosts %v", on)
 		}
-		return ""
+		return true, ""
 	})
 	return host, pid, took
 }
@@ -398,12 +402,12 @@ func (s *scenarios) holdNothingOn(t *testing.T, i int, d time.Duration) {
 func (s *scenarios) expectAbsent(t *testing.T, i int, ids []string) {
 	t.Helper()
 	h := s.f.lab.Hosts[i]
-	waitFor(t, 60*time.Second, "stale copies gone from "+h.Name, func() string {
+	wait.For(t, 60*time.Second, "stale copies gone from "+h.Name, func() (bool, string) {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		all, err := libvirtUUIDs(ctx, h, true)
 		if err != nil {
-			return err.Error()
+			return false, err.Error()
 		}
 		var left []string
 		for _, id := range ids {
@@ -413,9 +417,9 @@ func (s *scenarios) expectAbsent(t *testing.T, i int, ids []string) {
 			}
 		}
 		if len(left) > 0 {
-			return "still defined: " + strings.Join(left, ", ")
+			return false, "still defined: " + strings.Join(left, ", ")
 		}
-		return ""
+		return true, ""
 	})
 }
 
@@ -621,10 +625,10 @@ func (s *scenarios) managementDown(t *testing.T) {
 		}
 	}
 	// The servers converge from the destination's report alone.
-	took := waitFor(t, 2*time.Minute, "servers place the migrated VMs on "+dest.Name+", running", func() string {
+	took := wait.For(t, 2*time.Minute, "servers place the migrated VMs on "+dest.Name+", running", func() (bool, string) {
 		vms, err := s.f.vmList()
 		if err != nil {
-			return err.Error()
+			return false, err.Error()
 		}
 		want := map[string]bool{}
 		for _, id := range ids {
@@ -632,10 +636,10 @@ func (s *scenarios) managementDown(t *testing.T) {
 		}
 		for _, vm := range vms {
 			if want[vm.ID] && (s.f.nodes[vm.NodeID] != dest.Name || vm.State != structs.StateRunning) {
-				return fmt.Sprintf("%s placed on %s, %s", vm.Name, s.f.nodes[vm.NodeID], vm.State)
+				return false, fmt.Sprintf("%s placed on %s, %s", vm.Name, s.f.nodes[vm.NodeID], vm.State)
 			}
 		}
-		return ""
+		return true, ""
 	})
 	t.Logf("servers converged %s after the node-local migration", took.Round(100*time.Millisecond))
 	s.record(t, "4 management down", time.Since(t0), "link cut → agent migrate over business → servers place VMs on the destination (VMs never stopped)")
@@ -725,18 +729,18 @@ func (s *scenarios) isolated(t *testing.T) {
 	t.Logf("%s back: local_drained %v drain_acked %v fenced %v", h.Name, n.LocalDrained, n.DrainAcked, n.Fenced)
 	s.expectAbsent(t, i, ids)
 	s.holdNothingOn(t, i, 5*time.Second)
-	waitFor(t, time.Minute, "chime vm list matches libvirt everywhere", func() string { return s.f.converged(nil) })
+	wait.For(t, time.Minute, "chime vm list matches libvirt everywhere", func() (bool, string) { return false, s.f.converged(nil) })
 
 	s.f.mustChime(t, "node", "enable", h.Name)
-	waitFor(t, time.Minute, "the local drain released on "+h.Name, func() string {
+	wait.For(t, time.Minute, "the local drain released on "+h.Name, func() (bool, string) {
 		st, err := s.f.agentStatus(i)
 		if err != nil {
-			return err.Error()
+			return false, err.Error()
 		}
 		if st.LocalDrained {
-			return "agent status: locally drained"
+			return false, "agent status: locally drained"
 		}
-		return ""
+		return true, ""
 	})
 	s.restore(t)
 }

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/chime-ha/chime/chime/api"
+	"github.com/chime-ha/chime/integration/ports"
+	"github.com/chime-ha/chime/integration/wait"
 )
 
 // serverSet is a three-server cluster of real chime processes.
@@ -40,7 +42,7 @@ func newServerSetOn(t *testing.T, ips []string, base, logs string, extra ...stri
 	}
 	ss := &serverSet{t: t, ips: ips, logs: logs, extra: extra}
 	for i := 0; i < 3; i++ {
-		p := freePorts(t, ips[i], 3)
+		p := ports.Free(t, ips[i], 3)
 		ss.names = append(ss.names, fmt.Sprintf("s%d", i+1))
 		ss.dirs = append(ss.dirs, filepath.Join(base, fmt.Sprintf("s%d", i+1)))
 		ss.ports = append(ss.ports, [3]int{p[0], p[1], p[2]})
@@ -82,7 +84,7 @@ func (ss *serverSet) addrs() []string {
 func (ss *serverSet) leader(timeout time.Duration) int {
 	ss.t.Helper()
 	idx := -1
-	waitFor(ss.t, timeout, "a leader", func() string {
+	wait.For(ss.t, timeout, "a leader", func() (bool, string) {
 		for i, p := range ss.procs {
 			if p == nil || !p.running() {
 				continue
@@ -92,10 +94,10 @@ func (ss *serverSet) leader(timeout time.Duration) int {
 			cancel()
 			if err == nil && st.IsLeader {
 				idx = i
-				return ""
+				return true, ""
 			}
 		}
-		return "no server reports itself leader"
+		return false, "no server reports itself leader"
 	})
 	return idx
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/chime-ha/chime/chime/server/alarms"
 	"github.com/chime-ha/chime/chime/structs"
+	"github.com/chime-ha/chime/integration/wait"
 
 	"github.com/chime-ha/chime/chime/api"
 )
@@ -63,11 +64,11 @@ func TestAlarmDeliveredOncePerTransitionWithRetries(t *testing.T) {
 	if _, err := agent.Heartbeat(ctx, api.HeartbeatRequest{NodeID: r.NodeID, Faults: []string{"disk I/O error: sda"}, VMs: []structs.VMObservation{}}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 20*time.Second, func() string {
+	wait.For(t, 20*time.Second, "one NodeError firing delivered", func() (bool, string) {
 		if got := rcv.statuses(); len(got) != 1 || got[0] != "NodeError:firing" {
-			return "received " + joinOr(got)
+			return false, "received " + joinOr(got)
 		}
-		return ""
+		return true, ""
 	})
 	rcv.mu.Lock()
 	m := rcv.msgs[0]
@@ -87,21 +88,21 @@ func TestAlarmDeliveredOncePerTransitionWithRetries(t *testing.T) {
 	if _, err := agent.Heartbeat(ctx, api.HeartbeatRequest{NodeID: r.NodeID, VMs: []structs.VMObservation{}}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 20*time.Second, func() string {
+	wait.For(t, 20*time.Second, "NodeError resolved delivered", func() (bool, string) {
 		if got := rcv.statuses(); len(got) != 2 || got[1] != "NodeError:resolved" {
-			return "received " + joinOr(got)
+			return false, "received " + joinOr(got)
 		}
-		return ""
+		return true, ""
 	})
 	if al, _ := c.Alarms(ctx); len(al) != 0 {
 		t.Fatalf("alarm list shows %d alarms after resolution, want 0", len(al))
 	}
 	// The delivery is recorded right after the receiver answered.
-	waitFor(t, 10*time.Second, func() string {
+	wait.For(t, 10*time.Second, "resolved alarm record forgotten", func() (bool, string) {
 		if recs, _ := s.fsm.Alarms(); len(recs) != 0 {
-			return fmt.Sprintf("%d alarm records left after a delivered resolution", len(recs))
+			return false, fmt.Sprintf("%d alarm records left after a delivered resolution", len(recs))
 		}
-		return ""
+		return true, ""
 	})
 }
 

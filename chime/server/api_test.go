@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/chime-ha/chime/chime/structs"
+	"github.com/chime-ha/chime/integration/ports"
+	"github.com/chime-ha/chime/integration/wait"
 
 	"github.com/hashicorp/go-hclog"
 
@@ -27,7 +29,7 @@ func devServer(t *testing.T) (*Server, string) {
 
 func devServerWith(t *testing.T, tweak func(*Config)) (*Server, string) {
 	t.Helper()
-	ports := freePorts(t, 3)
+	ports := ports.Free(t, "127.0.0.1", 3)
 	cfg := DefaultConfig()
 	cfg.Dev, cfg.Name, cfg.DataDir = true, "dev", filepath.Join(t.TempDir(), "dev")
 	cfg.APIPort, cfg.RaftPort, cfg.GossipPort = ports[0], ports[1], ports[2]
@@ -165,15 +167,15 @@ func TestPendingVMIsPlacedWhenCapacityAppears(t *testing.T) {
 		t.Fatalf("vm without nodes: state %q node %q, want pending", vm.State, vm.NodeID)
 	}
 	r := registerNode(t, c, "hv1")
-	waitFor(t, 15*time.Second, func() string {
+	wait.For(t, 15*time.Second, "pending VM placed once a node registers", func() (bool, string) {
 		got, err := c.GetVM(ctx, "waiting")
 		if err != nil {
-			return err.Error()
+			return false, err.Error()
 		}
 		if got.NodeID != r.NodeID {
-			return fmt.Sprintf("vm on %q state %s", got.NodeID, got.State)
+			return false, fmt.Sprintf("vm on %q state %s", got.NodeID, got.State)
 		}
-		return ""
+		return true, ""
 	})
 }
 

@@ -4,39 +4,20 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"path/filepath"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/chime-ha/chime/chime/structs"
+	"github.com/chime-ha/chime/integration/ports"
+	"github.com/chime-ha/chime/integration/wait"
 
 	"github.com/google/uuid"
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/chime-ha/chime/chime/api"
 )
-
-// freePorts returns n distinct free TCP ports on 127.0.0.1 (also free for
-// UDP in practice; gossip binds both).
-func freePorts(t *testing.T, n int) []int {
-	t.Helper()
-	var ports []int
-	var ls []net.Listener
-	for len(ports) < n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		ls = append(ls, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	for _, l := range ls {
-		l.Close()
-	}
-	return ports
-}
 
 type testCluster struct {
 	t    *testing.T
@@ -46,7 +27,7 @@ type testCluster struct {
 
 func newTestCluster(t *testing.T, n int) *testCluster {
 	t.Helper()
-	ports := freePorts(t, 3*n)
+	ports := ports.Free(t, "127.0.0.1", 3*n)
 	tc := &testCluster{t: t}
 	var joins []string
 	for i := 0; i < n; i++ {
@@ -188,10 +169,10 @@ func TestThreeServerCluster(t *testing.T) {
 		if s == nil {
 			continue
 		}
-		waitFor(t, 10*time.Second, func() string {
+		wait.For(t, 10*time.Second, "every acknowledged VM readable on each server", func() (bool, string) {
 			vms, _, err := tc.client(i).ListVMs(ctx, api.QueryOptions{Consistent: true})
 			if err != nil {
-				return err.Error()
+				return false, err.Error()
 			}
 			have := map[string]bool{}
 			for _, v := range vms {
@@ -199,44 +180,29 @@ func TestThreeServerCluster(t *testing.T) {
 			}
 			for _, id := range acked {
 				if !have[id] {
-					return fmt.Sprintf("%s misses acknowledged vm %s (%d listed)", tc.cfgs[i].Name, id, len(vms))
+					return false, fmt.Sprintf("%s misses acknowledged vm %s (%d listed)", tc.cfgs[i].Name, id, len(vms))
 				}
 			}
-			return ""
+			return true, ""
 		})
 	}
 
 	// Restart the killed server from its data dir: it catches up.
 	tc.start(killed)
 	want := tc.srv[nl].FSM().Index()
-	waitFor(t, 30*time.Second, func() string {
+	wait.For(t, 30*time.Second, "restarted server caught up", func() (bool, string) {
 		got := tc.srv[killed].FSM().Index()
 		if got < want {
-			return fmt.Sprintf("restarted %s at index %d, leader at %d", tc.cfgs[killed].Name, got, want)
+			return false, fmt.Sprintf("restarted %s at index %d, leader at %d", tc.cfgs[killed].Name, got, want)
 		}
 		vms, err := tc.srv[killed].FSM().VMs()
 		if err != nil || len(vms) != len(acked) {
-			return fmt.Sprintf("restarted server lists %d VMs, want %d (%v)", len(vms), len(acked), err)
+			return false, fmt.Sprintf("restarted server lists %d VMs, want %d (%v)", len(vms), len(acked), err)
 		}
-		return ""
+		return true, ""
 	})
 	// And it serves writes again (forwarding).
 	if _, err := tc.client(killed).CreateVM(ctx, api.CreateVMRequest{Name: "after-restart", VCPUs: 1, Memory: 64}); err != nil {
 		t.Fatalf("write through the restarted server: %v", err)
 	}
-}
-
-// waitFor polls fn until it returns "" or the deadline passes; it fails
-// with fn's last answer.
-func waitFor(t *testing.T, timeout time.Duration, fn func() string) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	last := ""
-	for time.Now().Before(deadline) {
-		if last = fn(); last == "" {
-			return
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Fatalf("condition not met within %s: %s", timeout, last)
 }

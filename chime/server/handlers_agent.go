@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"sort"
+	"strconv"
 	"time"
 
 	"github.com/chime-ha/chime/chime/structs"
@@ -58,7 +59,7 @@ func (s *Server) gossipAddrs() []string {
 	}
 	var out []string
 	for _, m := range s.pool.Servers() {
-		out = append(out, m.Addr+":"+itoa(m.Port))
+		out = append(out, m.Addr+":"+strconv.Itoa(m.Port))
 	}
 	sort.Strings(out)
 	s.gossipCache, s.gossipAt = out, time.Now()

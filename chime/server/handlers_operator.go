@@ -14,8 +14,6 @@ import (
 	"github.com/chime-ha/chime/chime/api"
 )
 
-func itoa(i int) string { return strconv.Itoa(i) }
-
 func (s *Server) handlePeers(w http.ResponseWriter, r *http.Request) (any, error) {
 	f := s.raft.GetConfiguration()
 	if err := f.Error(); err != nil {
@@ -57,7 +55,7 @@ func (s *Server) handleRemovePeer(w http.ResponseWriter, r *http.Request) (any, 
 func (s *Server) handleMembers(w http.ResponseWriter, r *http.Request) (any, error) {
 	out := []api.Member{}
 	for _, m := range s.pool.Members() {
-		out = append(out, api.Member{Name: m.Name, Addr: m.Addr + ":" + itoa(m.Port), State: m.State, Meta: m.Meta})
+		out = append(out, api.Member{Name: m.Name, Addr: m.Addr + ":" + strconv.Itoa(m.Port), State: m.State, Meta: m.Meta})
 	}
 	return out, nil
 }

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -20,6 +19,7 @@ import (
 	"time"
 
 	"github.com/chime-ha/chime/chime/structs"
+	"github.com/chime-ha/chime/integration/ports"
 
 	"github.com/hashicorp/go-hclog"
 
@@ -316,7 +316,7 @@ func startBenchServer(b *testing.B, ctx context.Context, cfg heartbeatBenchConfi
 			b.Fatalf("go build chime: %v\n%s", err, out)
 		}
 	}
-	ports := benchFreePorts(b, 3)
+	ports := ports.Free(b, "127.0.0.1", 3)
 	s := &benchServer{base: fmt.Sprintf("http://127.0.0.1:%d", ports[0]), log: filepath.Join(dir, "server.log"),
 		exited: make(chan struct{})}
 	logf, err := os.Create(s.log)
@@ -358,7 +358,7 @@ func startBenchServer(b *testing.B, ctx context.Context, cfg heartbeatBenchConfi
 
 func startInProcessBenchServer(b *testing.B, ctx context.Context, bc heartbeatBenchConfig, dir string) *benchServer {
 	b.Helper()
-	ports := benchFreePorts(b, 3)
+	ports := ports.Free(b, "127.0.0.1", 3)
 	s := &benchServer{pid: os.Getpid(), inProcess: true, base: fmt.Sprintf("http://127.0.0.1:%d", ports[0]),
 		log: filepath.Join(dir, "server.log")}
 	logf, err := os.Create(s.log)
@@ -512,25 +512,6 @@ func procMemory(pid int) (rss, peak int64, err error) {
 		err = errors.New("process memory: no VmRSS")
 	}
 	return rss, peak, err
-}
-
-// benchFreePorts returns n distinct free TCP ports on 127.0.0.1.
-func benchFreePorts(b *testing.B, n int) []int {
-	b.Helper()
-	var ports []int
-	var ls []net.Listener
-	for len(ports) < n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			b.Fatal(err)
-		}
-		ls = append(ls, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	for _, l := range ls {
-		l.Close()
-	}
-	return ports
 }
 
 func fileExists(p string) bool {

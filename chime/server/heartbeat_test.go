@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/chime-ha/chime/chime/structs"
+	"github.com/chime-ha/chime/integration/wait"
 
 	"github.com/google/uuid"
 	"github.com/hashicorp/raft"
@@ -82,12 +83,12 @@ func TestSilentNodeBecomesUnreachableAndComesBack(t *testing.T) {
 	a.alive.Store(false)
 	silenced := time.Now()
 	bound := 2 * (time.Duration(missed)*interval + interval) // 2 × (missed × interval + ping-back timeout)
-	waitFor(t, bound+5*time.Second, func() string {
+	wait.For(t, bound+5*time.Second, "silent node unreachable", func() (bool, string) {
 		n, err := c.GetNode(context.Background(), a.id)
 		if err != nil || n.MonitorState != structs.MonitorUnreachable {
-			return fmt.Sprintf("%+v %v", n.MonitorState, err)
+			return false, fmt.Sprintf("%+v %v", n.MonitorState, err)
 		}
-		return ""
+		return true, ""
 	})
 	took := time.Since(silenced)
 	t.Logf("unreachable %s after silence (promise: %s × %d + ping-back)", took.Round(time.Millisecond), interval, missed)
@@ -95,12 +96,12 @@ func TestSilentNodeBecomesUnreachableAndComesBack(t *testing.T) {
 		t.Fatalf("unreachable after %s, more than 2 × the promised %s", took, bound/2)
 	}
 	a.alive.Store(true)
-	waitFor(t, 10*time.Second, func() string {
+	wait.For(t, 10*time.Second, "node normal again", func() (bool, string) {
 		n, _ := c.GetNode(context.Background(), a.id)
 		if n.MonitorState != structs.MonitorNormal {
-			return n.MonitorState
+			return false, n.MonitorState
 		}
-		return ""
+		return true, ""
 	})
 }
 

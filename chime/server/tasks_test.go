@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/chime-ha/chime/chime/structs"
+	"github.com/chime-ha/chime/integration/wait"
 
 	"github.com/google/uuid"
 
@@ -68,12 +69,12 @@ func TestTaskResumedByNewLeader(t *testing.T) {
 	if _, err := src.report(ctx); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, func() string {
+	wait.For(t, 10*time.Second, "vm web running", func() (bool, string) {
 		got, _ := admin.GetVM(ctx, "web")
 		if got.State != structs.StateRunning {
-			return got.State
+			return false, got.State
 		}
-		return ""
+		return true, ""
 	})
 	dst := newFakeAgent(t, addrs, "dst")
 	task, err := admin.NodeTask(ctx, "src", "evacuate", nil)
@@ -83,17 +84,17 @@ func TestTaskResumedByNewLeader(t *testing.T) {
 	// Wait for the order to reach the source, and for the destination to be
 	// told the VM is incoming.
 	var order *api.MigrationOrder
-	waitFor(t, 15*time.Second, func() string {
+	wait.For(t, 15*time.Second, "migration ordered to the source", func() (bool, string) {
 		d, err := src.c.Desired(ctx, api.QueryOptions{})
 		if err != nil || len(d.VMs) != 1 || d.VMs[0].Migrate == nil {
-			return fmt.Sprintf("source desired: %+v %v", d, err)
+			return false, fmt.Sprintf("source desired: %+v %v", d, err)
 		}
 		order = d.VMs[0].Migrate
 		in, err := dst.c.Desired(ctx, api.QueryOptions{})
 		if err != nil || len(in.Incoming) != 1 {
-			return fmt.Sprintf("destination desired: %+v %v", in, err)
+			return false, fmt.Sprintf("destination desired: %+v %v", in, err)
 		}
-		return ""
+		return true, ""
 	})
 	if order.ToNodeID != dst.id || order.TaskID != task.ID || order.MigrateURI != "tcp://127.0.0.1" {
 		t.Fatalf("order %+v", order)
@@ -107,12 +108,12 @@ func TestTaskResumedByNewLeader(t *testing.T) {
 	if err := src.c.ReportMigration(ctx, api.MigrationReport{TaskID: order.TaskID, VMID: vm.ID, Generation: vm.Generation, OK: true}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 30*time.Second, func() string {
+	wait.For(t, 30*time.Second, "migrate task succeeded", func() (bool, string) {
 		got, err := admin.GetTask(ctx, task.ID)
 		if err != nil || got.State != structs.TaskSucceeded {
-			return fmt.Sprintf("task %+v %v", got, err)
+			return false, fmt.Sprintf("task %+v %v", got, err)
 		}
-		return ""
+		return true, ""
 	})
 	got, _ := admin.GetVM(ctx, "web")
 	if got.NodeID != dst.id || got.Generation <= vm.Generation || got.AdoptGeneration != vm.Generation || got.Migration != nil {

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/chime-ha/chime/integration/wait"
 )
 
 // testPrefix keeps the test's lab apart from a person's "chime" lab.
@@ -196,7 +198,7 @@ func TestLab(t *testing.T) {
 			if err := hv1.SetLink(ctx, c.network, true); err != nil {
 				t.Fatal(err)
 			}
-			waitFor(t, ctx, 30*time.Second, c.network+" reachable again", func() (bool, string) {
+			wait.For(t, 30*time.Second, c.network+" reachable again", func() (bool, string) {
 				err := hv1.Reachable(ctx, c.addr, 2*time.Second)
 				return err == nil, fmt.Sprint(err)
 			})
@@ -216,7 +218,7 @@ func TestLab(t *testing.T) {
 		if _, err := hv1.Virsh(ctx, "start", uuid); err != nil {
 			t.Fatalf("start: %v", err)
 		}
-		waitFor(t, ctx, 30*time.Second, "qemu of the vm on "+hv1.Name, func() (bool, string) {
+		wait.For(t, 30*time.Second, "qemu of the vm on "+hv1.Name, func() (bool, string) {
 			p1, err1 := hv1.QemuProcesses(ctx)
 			p2, err2 := hv2.QemuProcesses(ctx)
 			_, on1 := p1[uuid]
@@ -232,7 +234,7 @@ func TestLab(t *testing.T) {
 			t.Fatalf("migrate: %v", err)
 		}
 		t.Logf("live migration %s -> %s took %s (domain type %s)", hv1.Name, hv2.Name, time.Since(start).Round(time.Millisecond), DomainType())
-		waitFor(t, ctx, 30*time.Second, "qemu of the vm only on "+hv2.Name, func() (bool, string) {
+		wait.For(t, 30*time.Second, "qemu of the vm only on "+hv2.Name, func() (bool, string) {
 			p1, err1 := hv1.QemuProcesses(ctx)
 			p2, err2 := hv2.QemuProcesses(ctx)
 			_, on1 := p1[uuid]
@@ -344,21 +346,4 @@ func testDomainXML(name, uuid string) string {
   </devices>
 </domain>
 `, DomainType(), name, uuid)
-}
-
-// waitFor polls cond until it holds or timeout passes, then fails with the
-// last state cond described.
-func waitFor(t *testing.T, ctx context.Context, timeout time.Duration, what string, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		ok, last := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) || ctx.Err() != nil {
-			t.Fatalf("%s: not after %s; last seen: %s", what, timeout, last)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
 }
