@@ -8,7 +8,7 @@ import (
 
 // interspersed moves the flags of the leaf command in front of its
 // positional arguments, so that `chime vm create NAME --vcpus 1` works as
-// DESIGN.md's command lines are written (urfave/cli v2 stops parsing flags
+// the design's command lines (docs/cli.md) are written (urfave/cli v2 stops parsing flags
 // at the first positional argument). "--" ends flag parsing as usual.
 func interspersed(app *cli.App, args []string) []string {
 	if len(args) < 2 {

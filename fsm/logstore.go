@@ -2,7 +2,7 @@ package fsm
 
 // The Raft log and stable store live here rather than in raft-boltdb: raft-boltdb/v2 v2.3.1
 // imports go-metrics/compat, which go-metrics v0.7.0 (required by raft v1.8.0 and memberlist
-// v0.7.0) removed, so the three do not build together (see DESIGN.md, "Dependencies").
+// v0.7.0) removed, so the three do not build together (fsm/DESIGN.md).
 
 import (
 	"encoding/binary"

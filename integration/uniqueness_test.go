@@ -11,7 +11,8 @@ import (
 	"github.com/chime-ha/chime/integration/lab"
 )
 
-// uniquenessChecker watches DESIGN.md's promise 2 from outside chime: a
+// uniquenessChecker watches the uniqueness promise (docs/architecture.md,
+// "Rules the code keeps") from outside chime: a
 // goroutine lists every host's qemu processes (their -uuid argument names
 // the VM) every interval and records the moment a VM has a qemu process on
 // two hosts at once. Tests start it before they act and call check at the

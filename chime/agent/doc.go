@@ -2,7 +2,7 @@
 // cores: it registers its hypervisor with the servers, watches the VMs placed
 // on it, feeds the reconciler (package reconcile) and the HA operations
 // (package handover), and reports what it sees in heartbeats. See DESIGN.md
-// for the invariants (nothing starts before the first sync; stale copies are
+// in this directory for the invariants (nothing starts before the first sync; stale copies are
 // destroyed before anything starts and before the first heartbeat; a
 // generation handed away never starts here again).
 package agent
