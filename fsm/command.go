@@ -258,12 +258,5 @@ type HeartbeatOutcome struct {
 // adoption: one per VM, generation and node, so that a claim repeated by
 // every heartbeat until the agent destroys its copy is recorded once.
 func AdoptTaskID(vmID string, generation uint64, nodeID string) string {
-	return fmt.Sprintf("adopt-%s-%d-%s", short8(vmID), generation, short8(nodeID))
-}
-
-func short8(id string) string {
-	if len(id) > 8 {
-		return id[:8]
-	}
-	return id
+	return fmt.Sprintf("adopt-%s-%d-%s", structs.ShortID(vmID), generation, structs.ShortID(nodeID))
 }

@@ -222,11 +222,3 @@ func (s *Server) retriedTask(reqID string) (*structs.Task, bool) {
 	t, terr := s.fsm.Task(id)
 	return t, terr == nil
 }
-
-// short8 shortens an id for messages.
-func short8(id string) string {
-	if len(id) > 8 {
-		return id[:8]
-	}
-	return id
-}

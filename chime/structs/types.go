@@ -223,3 +223,12 @@ func (v *VM) IncomingHere(nodeID string) bool {
 func (v *VM) AdoptedBy(nodeID string, gen uint64) bool {
 	return v.NodeID == nodeID && (v.AdoptGeneration == gen || v.Generation == gen)
 }
+
+// ShortID is the first eight characters of an id, as messages and derived
+// task ids show it.
+func ShortID(id string) string {
+	if len(id) > 8 {
+		return id[:8]
+	}
+	return id
+}

@@ -57,7 +57,7 @@ func (r *Runner) advanceMigrations(ctx context.Context, t structs.Task) error {
 	var failed []string
 	for _, st := range t.Steps {
 		if st.State == structs.TaskFailed {
-			failed = append(failed, short8(st.VMID)+": "+st.Error)
+			failed = append(failed, structs.ShortID(st.VMID)+": "+st.Error)
 		}
 	}
 	t.State = structs.TaskSucceeded
@@ -76,7 +76,7 @@ func (r *Runner) startStep(ctx context.Context, t *structs.Task, st *structs.Tas
 		return errors.New("vm deleted")
 	}
 	if vm.NodeID != st.From {
-		return fmt.Errorf("vm moved to %s meanwhile", short8(vm.NodeID))
+		return fmt.Errorf("vm moved to %s meanwhile", structs.ShortID(vm.NodeID))
 	}
 	return r.placer.Decide(func() error {
 		to := st.To
@@ -117,11 +117,4 @@ func (r *Runner) startStep(ctx context.Context, t *structs.Task, st *structs.Tas
 		st.State = structs.TaskRunning
 		return nil
 	})
-}
-
-func short8(id string) string {
-	if len(id) > 8 {
-		return id[:8]
-	}
-	return id
 }
