@@ -3,6 +3,7 @@ package heartbeat
 import (
 	"context"
 	"fmt"
+	"sort"
 	"sync"
 	"time"
 
@@ -40,17 +41,34 @@ func (m *Monitor) Run(ctx context.Context) {
 	}
 }
 
-// CheckOnce runs one round of checks and waits for the ping-backs it
-// started: a test's step function. It must not run while Run does.
+// CheckOnce runs one round of checks with its ping-backs one after
+// another, in node-id order, and returns when they are done: the step
+// function of tests and of the simulator (integration/sim), which must not
+// see goroutines whose interleaving depends on the scheduler. It must not
+// run while Run does.
 func (m *Monitor) CheckOnce(ctx context.Context) {
-	var wg sync.WaitGroup
-	m.check(ctx, &wg)
-	wg.Wait()
+	due := m.due()
+	sort.Slice(due, func(i, j int) bool { return due[i].ID < due[j].ID })
+	for _, n := range due {
+		m.pingBack(ctx, n)
+	}
 }
 
-// check starts a ping-back for every node silent beyond the limit that is
-// neither unreachable already nor being pinged.
+// check starts a ping-back on its own goroutine for every node that is
+// due one, so that one slow node never delays the others.
 func (m *Monitor) check(ctx context.Context, wg *sync.WaitGroup) {
+	for _, n := range m.due() {
+		wg.Add(1)
+		go func(n structs.Node) {
+			defer wg.Done()
+			m.pingBack(ctx, n)
+		}(n)
+	}
+}
+
+// due returns every node silent beyond the limit that is neither
+// unreachable already nor being pinged, and marks each as being pinged.
+func (m *Monitor) due() []structs.Node {
 	now := m.clock.Now()
 	// Reading the node list decodes every node: with thousands of nodes
 	// that costs more than the heartbeats themselves. Heartbeats that
@@ -62,7 +80,7 @@ func (m *Monitor) check(ctx context.Context, wg *sync.WaitGroup) {
 		fresh, err := m.state.Nodes()
 		if err != nil {
 			m.log.Warn("read nodes failed", "error", err)
-			return
+			return nil
 		}
 		if fresh == nil {
 			fresh = []structs.Node{}
@@ -71,6 +89,7 @@ func (m *Monitor) check(ctx context.Context, wg *sync.WaitGroup) {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	var due []structs.Node
 	for _, n := range m.nodes {
 		if n.MonitorState == structs.MonitorUnreachable || m.pinging[n.ID] {
 			continue
@@ -79,12 +98,9 @@ func (m *Monitor) check(ctx context.Context, wg *sync.WaitGroup) {
 			continue
 		}
 		m.pinging[n.ID] = true
-		wg.Add(1)
-		go func(n structs.Node) {
-			defer wg.Done()
-			m.pingBack(ctx, n)
-		}(n)
+		due = append(due, n)
 	}
+	return due
 }
 
 // pingBack asks the node directly and through gossip (SWIM probes with

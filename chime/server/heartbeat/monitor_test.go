@@ -430,3 +430,60 @@ func waitUntil(t *testing.T, fn func() string) {
 	}
 	t.Fatalf("condition not met within 10s: %s", last)
 }
+
+// orderPinger records the order of pings and how many were in flight at
+// once; every ping fails.
+type orderPinger struct {
+	mu       sync.Mutex
+	order    []string
+	inFlight int
+	maxIn    int
+}
+
+func (p *orderPinger) Ping(ctx context.Context, n structs.Node) error {
+	p.mu.Lock()
+	p.order = append(p.order, n.ID)
+	p.inFlight++
+	p.maxIn = max(p.maxIn, p.inFlight)
+	p.mu.Unlock()
+	// Give another ping-back, were one running concurrently, the chance
+	// to enter meanwhile.
+	time.Sleep(time.Millisecond)
+	p.mu.Lock()
+	p.inFlight--
+	p.mu.Unlock()
+	return errors.New("connection refused")
+}
+
+// TestCheckOncePingsBackOneAtATimeInNodeIDOrder: the step function runs
+// its ping-backs one after another, ordered by node id (not by name, the
+// order the state lists nodes in), so that a caller stepping the monitor
+// (the simulator) sees the same sequence of pings and proposals every
+// time.
+func TestCheckOncePingsBackOneAtATimeInNodeIDOrder(t *testing.T) {
+	w := newWorld(t)
+	p := &orderPinger{}
+	w.m.pinger = p
+	// Names sort in the opposite order of ids.
+	ids := []string{"00000000-0000-4000-8000-000000000003", "00000000-0000-4000-8000-000000000001",
+		"00000000-0000-4000-8000-000000000002"}
+	names := []string{"a", "b", "c"}
+	for i, id := range ids {
+		w.must(fsm.CmdRegisterNode, fsm.RegisterNode{Node: structs.Node{ID: id, Name: names[i], APIAddr: "127.0.0.1:1",
+			VCPUs: 8, MemoryMiB: 8192}, SecretHash: "h"})
+	}
+	w.clock.Advance(testMissed*testInterval + time.Millisecond)
+	w.m.CheckOnce(context.Background())
+	want := []string{ids[1], ids[2], ids[0]}
+	if !reflect.DeepEqual(p.order, want) {
+		t.Fatalf("ping order %v, want %v (by node id)", p.order, want)
+	}
+	if p.maxIn != 1 {
+		t.Fatalf("%d ping-backs in flight at once, want 1", p.maxIn)
+	}
+	for _, id := range ids {
+		if s := w.node(id).MonitorState; s != structs.MonitorUnreachable {
+			t.Fatalf("node %s is %s after CheckOnce returned, want unreachable", id, s)
+		}
+	}
+}

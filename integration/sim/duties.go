@@ -1,0 +1,177 @@
+package sim
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/chime-ha/chime/chime/server/alarms"
+	"github.com/chime-ha/chime/chime/server/heartbeat"
+	"github.com/chime-ha/chime/chime/server/placement"
+	"github.com/chime-ha/chime/chime/server/tasks"
+	"github.com/chime-ha/chime/chime/structs"
+	"github.com/chime-ha/chime/scheduler"
+)
+
+// The leader's duties, driven as simulated events at their production
+// periods: the node monitor's check every interval/4, the task runner
+// every 2 s and soon after every applied change, the pending-VM placement
+// after every change and every 10 s, the alarmer every 5 s and 250 ms
+// after a change (its debounce). A duty's loop in production waits on the
+// FSM's change channel; here each commit on the leader schedules the
+// duty's next pass (one at a time: wake-ups coalesce, as a closed channel
+// does).
+
+// Periods of the duties (their production values).
+const (
+	tasksEvery     = 2 * time.Second
+	placementEvery = 10 * time.Second
+	alarmsEvery    = 5 * time.Second
+	alarmsDebounce = 250 * time.Millisecond
+	// onChange is how long after a commit a woken duty runs: the time a
+	// Raft commit and the wake-up take.
+	onChange = 5 * time.Millisecond
+)
+
+// leaderDuties are one term's duties on one server. They are built fresh
+// at each election, so nothing an earlier term kept in memory survives.
+type leaderDuties struct {
+	srv     *Server
+	term    uint64
+	ctx     context.Context
+	cancel  context.CancelFunc
+	monitor *heartbeat.Monitor
+	runner  *tasks.Runner
+	placer  *placement.Placer
+	alarmer *alarms.Alarmer
+	ep      *endpoint
+
+	stops                  []func() // the periodic events
+	tasksAt, placeAt, alAt *Event   // the pending on-change wake-ups
+}
+
+func newLeaderDuties(s *Server, term uint64) *leaderDuties {
+	sim := s.c.sim
+	w := sim.E
+	ctx, cancel := context.WithCancel(context.Background())
+	d := &leaderDuties{srv: s, term: term, ctx: ctx, cancel: cancel}
+	cfg := s.c.cfg
+	d.monitor = heartbeat.New(heartbeat.Config{Interval: cfg.HeartbeatInterval, Missed: cfg.MissedHeartbeats,
+		Proposer: s, State: s.FSM, Clock: s.clock(), Pinger: pinger{s}, Gossip: gossipView{s}, Logger: s.log})
+	d.monitor.Reset()
+	d.placer = placement.New(placement.Config{State: s.FSM, Proposer: s,
+		Options: scheduler.Options{Strategy: scheduler.Strategy(sim.cfg.Scheduler)}, Logger: s.log.Named("placement")})
+	d.runner = tasks.New(tasks.Config{State: s.FSM, Proposer: s, Placer: d.placer, Clock: s.clock(), Logger: s.log.Named("tasks")})
+	d.alarmer = alarms.New(alarms.Config{State: s.FSM, Proposer: s, Clock: s.clock(), Logger: s.log.Named("alarms")})
+	d.ep = newEndpoint(s, d)
+
+	name := func(duty string) string { return fmt.Sprintf("%s %s", s.Name, duty) }
+	check := max(cfg.HeartbeatInterval/4, 50*time.Millisecond)
+	d.stops = append(d.stops,
+		w.Every(check, check, name("monitor.check"), func() { d.monitor.CheckOnce(d.ctx) }),
+		w.Every(0, tasksEvery, name("tasks.step"), d.stepTasks),
+		w.Every(0, placementEvery, name("placement.pending"), d.placePending),
+		w.Every(0, alarmsEvery, name("alarms.step"), d.stepAlarms),
+	)
+	s.c.sim.E.trace.Addf("raft", "%s duties started (term %d)", s.Name, term)
+	return d
+}
+
+func (d *leaderDuties) live() bool { return d.ctx.Err() == nil }
+
+func (d *leaderDuties) stepTasks() {
+	if d.live() {
+		_ = d.runner.Step(d.ctx) // each failure is logged by Step
+	}
+}
+
+func (d *leaderDuties) placePending() {
+	if d.live() {
+		d.placer.PlacePending(d.ctx)
+	}
+}
+
+func (d *leaderDuties) stepAlarms() {
+	if !d.live() {
+		return
+	}
+	if err := d.alarmer.Step(d.ctx); err != nil && d.live() {
+		d.srv.log.Named("alarms").Warn("alarm pass failed", "error", err)
+	}
+}
+
+// changed is called after every commit on this leader: it wakes the duties
+// whose production loops wait on the FSM's change channel.
+func (d *leaderDuties) changed() {
+	if !d.live() {
+		return
+	}
+	w := d.srv.c.sim.E
+	if !d.tasksAt.Pending() {
+		d.tasksAt = w.After(onChange, d.srv.Name+" tasks.step (change)", d.stepTasks)
+	}
+	if !d.placeAt.Pending() {
+		d.placeAt = w.After(onChange, d.srv.Name+" placement.pending (change)", d.placePending)
+	}
+	if !d.alAt.Pending() {
+		d.alAt = w.After(alarmsDebounce, d.srv.Name+" alarms.step (change)", d.stepAlarms)
+	}
+}
+
+// stop ends the term: every pending duty event is cancelled and the
+// context the duties were given is cancelled.
+func (d *leaderDuties) stop() {
+	d.cancel()
+	for _, stop := range d.stops {
+		stop()
+	}
+	d.tasksAt.Cancel()
+	d.placeAt.Cancel()
+	d.alAt.Cancel()
+	d.srv.c.sim.E.trace.Addf("raft", "%s duties stopped (term %d)", d.srv.Name, d.term)
+}
+
+// pinger is the monitor's direct ping-back: GET /v1/ping on the agent, over
+// the management network from the leader to the node's host. It answers
+// when the agent process runs and is not frozen.
+type pinger struct{ s *Server }
+
+func (p pinger) Ping(ctx context.Context, n structs.Node) error {
+	host := hostOfAddr(n.APIAddr)
+	_, err := Send(p.s.c.sim.Net, p.s.Name, host, Mgmt, "ping "+n.Name, func() (struct{}, error) {
+		return struct{}{}, nil
+	})
+	return err
+}
+
+// gossipView is memberlist's liveness hint as the leader sees it: the
+// node's agent (a gossip member) answers a probe from the leader itself or
+// from another live member the leader reaches (SWIM's indirect probes).
+type gossipView struct{ s *Server }
+
+func (g gossipView) Reachable(nodeID string) bool {
+	sim := g.s.c.sim
+	h := sim.hostByNode(nodeID)
+	if h == nil || h.listening() != nil {
+		return false
+	}
+	nw := sim.Net
+	for _, m := range sim.gossipMembers() {
+		if m == h.Name {
+			continue
+		}
+		if nw.BothWays(g.s.Name, m, Mgmt) && nw.BothWays(m, h.Name, Mgmt) {
+			return true
+		}
+	}
+	return false
+}
+
+// hostOfAddr returns the machine name in host:port.
+func hostOfAddr(addr string) string {
+	if h, _, err := net.SplitHostPort(addr); err == nil {
+		return h
+	}
+	return addr
+}

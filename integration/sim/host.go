@@ -1,0 +1,286 @@
+package sim
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/chime-ha/chime/chime/api"
+	"github.com/chime-ha/chime/chime/structs"
+)
+
+// A simulated host: its power, its hypervisor (the simulated libvirtd and
+// qemus, which outlive the agent), the agent's state directory on its
+// local disk, and the agent process.
+
+// bootTime is how long a host takes from power-on to a running agent.
+const bootTime = 30 * time.Second
+
+// Host is one simulated hypervisor host.
+type Host struct {
+	sim     *Sim
+	Name    string
+	HV      *Hypervisor
+	dir     string // the agent's data dir on the local disk
+	powered bool
+	frozen  bool
+	nodeID  string // the node id the agent last registered as
+	agent   *standinAgent
+}
+
+func newHost(s *Sim, name string) (*Host, error) {
+	h := &Host{sim: s, Name: name, dir: filepath.Join(s.cfg.Dir, "hosts", name), powered: true}
+	hv, err := NewHypervisor(HypervisorConfig{Name: name, Clock: s.E.Now, World: s,
+		VCPUs: s.cfg.HostVCPUs, MemoryMiB: s.cfg.HostMemoryMiB, Migration: s.decideMigration})
+	if err != nil {
+		return nil, err
+	}
+	h.HV = hv
+	if err := os.MkdirAll(h.dir, 0o700); err != nil {
+		return nil, fmt.Errorf("host %s: %w", name, err)
+	}
+	s.Net.Listen(name, h.listening)
+	return h, nil
+}
+
+// listening is whether the agent process answers requests now.
+func (h *Host) listening() error {
+	switch {
+	case !h.powered || h.frozen:
+		return ErrTimeout
+	case h.agent == nil:
+		return ErrUnreachable
+	}
+	return nil
+}
+
+// AgentUp reports whether the agent process runs (frozen or not).
+func (h *Host) AgentUp() bool { return h.agent != nil }
+
+// Powered reports whether the host has power.
+func (h *Host) Powered() bool { return h.powered }
+
+// Frozen reports whether the agent is stopped by SIGSTOP.
+func (h *Host) Frozen() bool { return h.frozen }
+
+// NodeID is the node id the host's agent registered as ("" before).
+func (h *Host) NodeID() string { return h.nodeID }
+
+func (h *Host) boot() {
+	h.startAgent()
+}
+
+func (h *Host) startAgent() {
+	if h.agent != nil || !h.powered {
+		return
+	}
+	if err := h.HV.Open(); err != nil {
+		h.sim.E.trace.Addf("host", "%s agent start: %v; retry in 10s", h.Name, err)
+		h.sim.E.After(10*time.Second, h.Name+" agent start (retry)", h.startAgent)
+		return
+	}
+	a, err := startStandin(h)
+	if err != nil {
+		h.sim.E.trace.Addf("host", "%s agent start failed: %v", h.Name, err)
+		return
+	}
+	h.agent = a
+	h.sim.E.trace.Addf("host", "%s agent started", h.Name)
+}
+
+func (h *Host) stopAgent() {
+	if h.agent == nil {
+		return
+	}
+	h.agent.stop()
+	h.agent = nil
+	h.frozen = false
+	_ = h.HV.Close()
+}
+
+func (h *Host) shutdown() { h.stopAgent() }
+
+// CrashAgent kills the agent process; its state dir is kept, or removed
+// when lose is set (a lost or wiped /var/lib/chime).
+func (h *Host) CrashAgent(lose bool) {
+	h.sim.E.trace.Addf("fault", "%s agent crash (state dir %s)", h.Name, keptLost(lose))
+	h.stopAgent()
+	if lose {
+		h.loseDisk()
+	}
+}
+
+// RestartAgent starts the agent again (after CrashAgent).
+func (h *Host) RestartAgent() {
+	h.sim.E.trace.Addf("fault", "%s agent restart", h.Name)
+	h.startAgent()
+}
+
+// PowerOff cuts the host's power: every qemu dies, the agent with it.
+// The local disk (libvirt's definitions, the agent's state dir) is kept or
+// lost.
+func (h *Host) PowerOff(lose bool) {
+	h.sim.E.trace.Addf("fault", "%s power off (disk %s)", h.Name, keptLost(lose))
+	h.stopAgent()
+	h.HV.PowerOff(!lose)
+	h.powered = false
+	if lose {
+		h.loseDisk()
+	}
+}
+
+// PowerOn restores power; the agent starts after bootTime.
+func (h *Host) PowerOn() {
+	if h.powered {
+		return
+	}
+	h.sim.E.trace.Addf("fault", "%s power on", h.Name)
+	h.HV.PowerOn()
+	h.powered = true
+	h.sim.E.After(bootTime, h.Name+" boot", h.startAgent)
+}
+
+// Freeze stops the agent process (SIGSTOP): it takes no step and answers
+// nothing until Thaw.
+func (h *Host) Freeze() {
+	if h.agent == nil {
+		return
+	}
+	h.sim.E.trace.Addf("fault", "%s agent freeze", h.Name)
+	h.frozen = true
+}
+
+// Thaw resumes a frozen agent; its timers that fell due meanwhile fire now.
+func (h *Host) Thaw() {
+	if !h.frozen {
+		return
+	}
+	h.sim.E.trace.Addf("fault", "%s agent thaw", h.Name)
+	h.frozen = false
+	if h.agent != nil {
+		h.agent.thawed()
+	}
+}
+
+func (h *Host) loseDisk() {
+	if err := os.RemoveAll(h.dir); err != nil {
+		h.sim.E.trace.Addf("host", "%s remove state dir: %v", h.Name, err)
+	}
+	if err := os.MkdirAll(h.dir, 0o700); err != nil {
+		h.sim.E.trace.Addf("host", "%s make state dir: %v", h.Name, err)
+	}
+}
+
+func keptLost(lose bool) string {
+	if lose {
+		return "lost"
+	}
+	return "kept"
+}
+
+// HypervisorAt is the World the hypervisors migrate through: the host of
+// a libvirt or migration URI's host part ("h2", or "h2-biz" for its
+// business address).
+func (s *Sim) HypervisorAt(addr string) *Hypervisor {
+	if h := s.Host(strings.TrimSuffix(addr, "-biz")); h != nil {
+		return h.HV
+	}
+	return nil
+}
+
+// MigrationLinkUp says whether from's libvirtd reaches to's: over the
+// management network or the business network, both ways.
+func (s *Sim) MigrationLinkUp(from, to string) bool {
+	return s.Net.BothWays(from, to, Mgmt) || s.Net.BothWays(from, to, Business)
+}
+
+// decideMigration draws a live migration's outcome: the scripted one when
+// a scenario set it, else from the run's random source with the
+// configured probabilities (all success by default).
+func (s *Sim) decideMigration(m Migration) MigrationOutcome {
+	out := MigrationSucceeds
+	if o, ok := s.nextMigration[m.UUID]; ok {
+		out = o
+		delete(s.nextMigration, m.UUID)
+	} else if p := s.migrationFaults; p > 0 && s.E.rand.Float64() < p {
+		out = MigrationOutcome(1 + s.E.rand.IntN(3))
+	}
+	s.E.trace.Addf("hv", "migration %s %s>%s gen %d: %s", structs.ShortID(m.UUID), m.From, m.To, m.Generation, out)
+	return out
+}
+
+// agentServers is the agent's Servers: chime's HTTP client, as the world
+// sees it (a client that retries over the simulated network), with the
+// node's credentials.
+type agentServers struct {
+	h            *Host
+	c            *client
+	node, secret string
+}
+
+func newAgentServers(h *Host) *agentServers { return &agentServers{h: h, c: newClient(h.sim, h.Name)} }
+
+func (a *agentServers) SetCredentials(node, secret string) { a.node, a.secret = node, secret }
+
+func (a *agentServers) Addrs() []string {
+	var out []string
+	for _, s := range a.h.sim.Cluster.Servers {
+		out = append(out, s.Name+":4650")
+	}
+	return out
+}
+
+func (a *agentServers) Register(ctx context.Context, r api.RegisterRequest) (*api.RegisterResponse, error) {
+	resp, err := do(a.c, "register "+a.h.Name, true, func(ep *endpoint, reqID string) (api.RegisterResponse, error) {
+		return ep.Register(context.Background(), reqID, r)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (a *agentServers) Desired(ctx context.Context, q api.QueryOptions) (*api.DesiredState, error) {
+	node, secret := a.node, a.secret
+	ds, err := do(a.c, "desired "+a.h.Name, false, func(ep *endpoint, _ string) (api.DesiredState, error) {
+		n, err := ep.Authenticate(node, secret)
+		if err != nil {
+			return api.DesiredState{}, err
+		}
+		return ep.Desired(n)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &ds, nil
+}
+
+func (a *agentServers) Heartbeat(ctx context.Context, r api.HeartbeatRequest) (*api.HeartbeatResponse, error) {
+	node, secret := a.node, a.secret
+	resp, err := do(a.c, "heartbeat "+a.h.Name, true, func(ep *endpoint, _ string) (api.HeartbeatResponse, error) {
+		n, err := ep.Authenticate(node, secret)
+		if err != nil {
+			return api.HeartbeatResponse{}, err
+		}
+		return ep.Heartbeat(context.Background(), n, r)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+func (a *agentServers) ReportMigration(ctx context.Context, r api.MigrationReport) error {
+	node, secret := a.node, a.secret
+	_, err := do(a.c, "migrated "+a.h.Name, true, func(ep *endpoint, reqID string) (struct{}, error) {
+		n, err := ep.Authenticate(node, secret)
+		if err != nil {
+			return struct{}{}, err
+		}
+		return struct{}{}, ep.Migrated(context.Background(), reqID, n, r)
+	})
+	return err
+}

@@ -1,0 +1,122 @@
+package sim
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/chime-ha/chime/chime/api"
+	"github.com/chime-ha/chime/chime/structs"
+)
+
+// The operator: a machine on the management network ("op") that sends the
+// CLI's requests through a client with the servers' addresses. Every
+// request and its answer go into the trace; every acknowledged write is
+// recorded for invariant 2 (no acknowledged write is lost).
+
+// opMachine is the operator's machine name on the network.
+const opMachine = "op"
+
+// Write is one write the operator sent, acknowledged or not.
+type Write struct {
+	At      time.Time
+	Op      string // create, start, stop, delete
+	VM      string // the VM's name
+	VMID    string // known once a create was acknowledged
+	Desired string // the desired state the write asks for (create, start, stop)
+	Acked   bool
+}
+
+// Lie is an operator's --confirm-fenced for a node whose host was alive.
+type Lie struct {
+	Host      string
+	At        time.Time
+	Corrected time.Time // when a heal corrected it (zero: not yet)
+}
+
+// Operator issues operations and records them.
+type Operator struct {
+	s      *Sim
+	c      *client
+	Writes []Write
+	Lies   []*Lie
+}
+
+func newOperator(s *Sim) *Operator { return &Operator{s: s} }
+
+func (o *Operator) client() *client {
+	if o.c == nil {
+		o.c = newClient(o.s, opMachine)
+	}
+	return o.c
+}
+
+func (o *Operator) record(w Write, err error) {
+	w.At, w.Acked = o.s.E.Now(), err == nil
+	o.Writes = append(o.Writes, w)
+	o.s.E.trace.Addf("op", "%s %s: %s", w.Op, w.VM, errText(err))
+}
+
+// Create creates a VM (desired running unless stopped).
+func (o *Operator) Create(name string, vcpus, memMiB int, stopped bool) error {
+	vm, err := do(o.client(), "create "+name, true, func(ep *endpoint, reqID string) (*structs.VM, error) {
+		return ep.CreateVM(context.Background(), reqID, api.CreateVMRequest{Name: name, VCPUs: vcpus, Memory: memMiB, Stopped: stopped})
+	})
+	w := Write{Op: "create", VM: name, Desired: structs.DesiredRunning}
+	if stopped {
+		w.Desired = structs.DesiredStopped
+	}
+	if err == nil {
+		w.VMID = vm.ID
+	}
+	o.record(w, err)
+	return err
+}
+
+// SetDesired starts or stops a VM by name.
+func (o *Operator) SetDesired(name string, running bool) error {
+	op, st := VMStop, structs.DesiredStopped
+	if running {
+		op, st = VMStart, structs.DesiredRunning
+	}
+	_, err := do(o.client(), string(op)+" "+name, true, func(ep *endpoint, reqID string) (*structs.VM, error) {
+		return ep.VMAction(context.Background(), reqID, name, op)
+	})
+	o.record(Write{Op: string(op), VM: name, Desired: st}, err)
+	return err
+}
+
+// Delete deletes a VM by name.
+func (o *Operator) Delete(name string) error {
+	_, err := do(o.client(), "delete "+name, true, func(ep *endpoint, reqID string) (struct{}, error) {
+		return struct{}{}, ep.DeleteVM(context.Background(), reqID, name)
+	})
+	o.record(Write{Op: "delete", VM: name}, err)
+	return err
+}
+
+// lieActive reports whether an uncorrected (or recently corrected) lie
+// about host h exempts it from invariant 1 at now.
+func (o *Operator) lieActive(h string, now time.Time) bool {
+	for _, l := range o.Lies {
+		if l.Host == h && (l.Corrected.IsZero() || now.Sub(l.Corrected) < liePardon) {
+			return true
+		}
+	}
+	return false
+}
+
+// correctLies marks the lies about host h corrected (a heal reached it).
+func (o *Operator) correctLies(h string) {
+	for _, l := range o.Lies {
+		if l.Host == h && l.Corrected.IsZero() {
+			l.Corrected = o.s.E.Now()
+			o.s.E.trace.Addf("check", "the --confirm-fenced lie about %s (at %s) is corrected by a heal: invariant 1 applies to its VMs again from %s",
+				h, stamp(l.At.Sub(Epoch)), stamp(l.Corrected.Add(liePardon).Sub(Epoch)))
+		}
+	}
+}
+
+func (l *Lie) String() string {
+	return fmt.Sprintf("lie about %s at %s", l.Host, stamp(l.At.Sub(Epoch)))
+}
