@@ -1,0 +1,508 @@
+package sim
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Schedules: what happens to a run and when. A scenario file and a random
+// seed both become a Schedule: a list of commands, each at an offset from
+// the end of the boot phase. The runner schedules each as an event, then
+// heals every fault, lets the quiet period pass and checks the final
+// invariants.
+//
+// The command language (one command per line in a scenario's cmds file;
+// "#" starts a comment; times are Go durations):
+//
+//	wait D                      let D of simulated time pass (scenario files only)
+//	create VM [stopped]         operator: create a VM (1 vCPU, 512 MiB)
+//	start VM | stop VM | delete VM
+//	power-off HOST [lose-disk]  the host loses power (local disk kept or lost)
+//	power-on HOST
+//	agent-crash HOST [lose-state]   kill the agent (its state dir kept or lost)
+//	agent-restart HOST
+//	freeze HOST | thaw HOST     SIGSTOP / SIGCONT the agent
+//	libvirtd-down HOST | libvirtd-up HOST
+//	qemu-crash VM               the VM's qemu crashes wherever it runs
+//	link-down M NET | link-up M NET     a machine's link (NET: mgmt or biz)
+//	cut A B NET [one-way]       partition A and B (A→B only with one-way)
+//	restore A B NET [one-way]
+//	isolate HOST [NET]          cut HOST from every other machine (default mgmt)
+//	rejoin HOST [NET]
+//	net-faults NET loss=P answer-loss=P delay=P dup=P [max-delay=D]
+//	server-crash S | server-restart S | leader-crash | leader-transfer
+//	snapshot S                  S takes a snapshot of its state
+//	clock-jump S D              S's wall clock jumps by D (may be negative)
+//	migration-outcome VM OUTCOME    the VM's next live migration: fails-before,
+//	                            fails-during or reply-lost
+//	heal                        undo every fault (the runner heals at the end anyway)
+//
+// Scenario header lines (before any command): "seed N", "hosts N",
+// "quiet D" (the quiet period), "known-failure: N" (root cause N of
+// issue 10: the scenario shows it, and reports instead of failing).
+
+// Item is one scheduled command.
+type Item struct {
+	At  time.Duration // after the boot phase
+	Cmd []string
+}
+
+func (it Item) String() string {
+	return fmt.Sprintf("at %s %s", fmtDur(it.At), strings.Join(it.Cmd, " "))
+}
+
+// Schedule is what a run does.
+type Schedule struct {
+	Seed         uint64
+	Hosts        int
+	Quiet        time.Duration // after the heal; default 5 min
+	KnownFailure int           // root cause number (0: none)
+	Items        []Item
+}
+
+// DefaultQuiet is the quiet period after the final heal.
+const DefaultQuiet = 5 * time.Minute
+
+// BootTime is the boot phase before a schedule's offsets start: the first
+// election and the agents' registrations.
+const BootTime = 30 * time.Second
+
+// End is the offset of the last item.
+func (sc *Schedule) End() time.Duration {
+	var end time.Duration
+	for _, it := range sc.Items {
+		end = max(end, it.At)
+	}
+	return end
+}
+
+// String renders the schedule in the scenario language (replayable).
+func (sc *Schedule) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "seed %d\n", sc.Seed)
+	if sc.Hosts != 0 {
+		fmt.Fprintf(&b, "hosts %d\n", sc.Hosts)
+	}
+	if sc.Quiet != 0 {
+		fmt.Fprintf(&b, "quiet %s\n", fmtDur(sc.Quiet))
+	}
+	if sc.KnownFailure != 0 {
+		fmt.Fprintf(&b, "known-failure: %d\n", sc.KnownFailure)
+	}
+	var at time.Duration
+	for _, it := range sc.Items {
+		if it.At > at {
+			fmt.Fprintf(&b, "wait %s\n", fmtDur(it.At-at))
+			at = it.At
+		}
+		fmt.Fprintf(&b, "%s\n", strings.Join(it.Cmd, " "))
+	}
+	return b.String()
+}
+
+func fmtDur(d time.Duration) string {
+	s := d.String()
+	s = strings.TrimSuffix(s, "0s")
+	if strings.HasSuffix(s, "h") || strings.HasSuffix(s, "m") {
+		return s
+	}
+	if s == "" {
+		return "0s"
+	}
+	return d.String()
+}
+
+// ParseSchedule reads the scenario language.
+func ParseSchedule(r io.Reader) (*Schedule, error) {
+	sc := &Schedule{Seed: 1}
+	var at time.Duration
+	sr := bufio.NewScanner(r)
+	line := 0
+	for sr.Scan() {
+		line++
+		text := sr.Text()
+		if i := strings.Index(text, "#"); i >= 0 {
+			text = text[:i]
+		}
+		f := strings.Fields(text)
+		if len(f) == 0 {
+			continue
+		}
+		bad := func(format string, args ...any) (*Schedule, error) {
+			return nil, fmt.Errorf("line %d: %s: %s", line, strings.Join(f, " "), fmt.Sprintf(format, args...))
+		}
+		switch f[0] {
+		case "seed", "hosts", "known-failure:":
+			if len(f) != 2 {
+				return bad("one number expected")
+			}
+			n, err := strconv.ParseUint(f[1], 10, 64)
+			if err != nil {
+				return bad("%v", err)
+			}
+			switch f[0] {
+			case "seed":
+				sc.Seed = n
+			case "hosts":
+				sc.Hosts = int(n)
+			default:
+				sc.KnownFailure = int(n)
+			}
+			continue
+		case "quiet", "wait":
+			if len(f) != 2 {
+				return bad("one duration expected")
+			}
+			d, err := time.ParseDuration(f[1])
+			if err != nil || d < 0 {
+				return bad("bad duration")
+			}
+			if f[0] == "quiet" {
+				sc.Quiet = d
+			} else {
+				at += d
+			}
+			continue
+		}
+		if err := checkCmd(f); err != nil {
+			return bad("%v", err)
+		}
+		sc.Items = append(sc.Items, Item{At: at, Cmd: f})
+	}
+	if err := sr.Err(); err != nil {
+		return nil, err
+	}
+	return sc, nil
+}
+
+// cmdArity is each command's number of arguments: minimum and maximum.
+var cmdArity = map[string][2]int{
+	"create": {1, 2}, "start": {1, 1}, "stop": {1, 1}, "delete": {1, 1},
+	"power-off": {1, 2}, "power-on": {1, 1},
+	"agent-crash": {1, 2}, "agent-restart": {1, 1},
+	"freeze": {1, 1}, "thaw": {1, 1},
+	"libvirtd-down": {1, 1}, "libvirtd-up": {1, 1},
+	"qemu-crash": {1, 1},
+	"link-down":  {2, 2}, "link-up": {2, 2},
+	"cut": {3, 4}, "restore": {3, 4},
+	"isolate": {1, 2}, "rejoin": {1, 2},
+	"net-faults":   {2, 6},
+	"server-crash": {1, 1}, "server-restart": {1, 1}, "leader-crash": {0, 0}, "leader-transfer": {0, 0},
+	"snapshot": {1, 1}, "clock-jump": {2, 2},
+	"migration-outcome": {2, 2},
+	"heal":              {0, 0},
+}
+
+func checkCmd(f []string) error {
+	a, ok := cmdArity[f[0]]
+	if !ok {
+		known := make([]string, 0, len(cmdArity))
+		for k := range cmdArity {
+			known = append(known, k)
+		}
+		sort.Strings(known)
+		return fmt.Errorf("unknown command (known: %s)", strings.Join(known, ", "))
+	}
+	if n := len(f) - 1; n < a[0] || n > a[1] {
+		return fmt.Errorf("%d to %d arguments expected", a[0], a[1])
+	}
+	return nil
+}
+
+func parseNet(s string) (Net, error) {
+	switch s {
+	case "mgmt":
+		return Mgmt, nil
+	case "biz":
+		return Business, nil
+	}
+	return 0, fmt.Errorf("network %q: mgmt or biz", s)
+}
+
+// Exec carries out one command now. An operator request that the servers
+// refuse is not an error (it is recorded, with its answer); a command that
+// names nothing known is.
+func (s *Sim) Exec(f []string) error {
+	if err := checkCmd(f); err != nil {
+		return err
+	}
+	s.E.trace.Addf("cmd", "%s", strings.Join(f, " "))
+	arg := func(i int) string {
+		if i < len(f) {
+			return f[i]
+		}
+		return ""
+	}
+	host := func() (*Host, error) {
+		if h := s.Host(f[1]); h != nil {
+			return h, nil
+		}
+		return nil, fmt.Errorf("%s: no host %q", f[0], f[1])
+	}
+	server := func() (*Server, error) {
+		if srv := s.Cluster.Server(f[1]); srv != nil {
+			return srv, nil
+		}
+		return nil, fmt.Errorf("%s: no server %q", f[0], f[1])
+	}
+	machine := func(name string) error {
+		if s.Host(name) == nil && s.Cluster.Server(name) == nil && name != opMachine {
+			return fmt.Errorf("%s: no machine %q", f[0], name)
+		}
+		return nil
+	}
+	switch f[0] {
+	case "create":
+		_ = s.Ops.Create(f[1], 1, 512, arg(2) == "stopped")
+	case "start", "stop":
+		_ = s.Ops.SetDesired(f[1], f[0] == "start")
+	case "delete":
+		_ = s.Ops.Delete(f[1])
+	case "power-off", "power-on", "agent-crash", "agent-restart", "freeze", "thaw", "libvirtd-down", "libvirtd-up":
+		h, err := host()
+		if err != nil {
+			return err
+		}
+		switch f[0] {
+		case "power-off":
+			h.PowerOff(arg(2) == "lose-disk")
+		case "power-on":
+			h.PowerOn()
+			s.Ops.correctLies(h.Name)
+		case "agent-crash":
+			h.CrashAgent(arg(2) == "lose-state")
+		case "agent-restart":
+			h.RestartAgent()
+		case "freeze":
+			h.Freeze()
+		case "thaw":
+			h.Thaw()
+		case "libvirtd-down":
+			s.E.trace.Addf("fault", "%s libvirtd down", h.Name)
+			h.HV.StopLibvirtd()
+		case "libvirtd-up":
+			s.E.trace.Addf("fault", "%s libvirtd up", h.Name)
+			h.HV.StartLibvirtd()
+		}
+	case "qemu-crash":
+		id := s.vmID(f[1])
+		crashed := false
+		for _, h := range s.Hosts {
+			if id != "" && h.HV.Crash(id) {
+				crashed = true
+				s.E.trace.Addf("fault", "vm %s: qemu crashed on %s", f[1], h.Name)
+			}
+		}
+		if !crashed {
+			s.E.trace.Addf("fault", "vm %s: no qemu to crash", f[1])
+		}
+	case "link-down", "link-up":
+		if err := machine(f[1]); err != nil {
+			return err
+		}
+		k, err := parseNet(f[2])
+		if err != nil {
+			return err
+		}
+		s.Net.SetLink(f[1], k, f[0] == "link-up")
+		if f[0] == "link-up" {
+			s.Ops.correctLies(f[1])
+		}
+	case "cut", "restore":
+		for _, m := range f[1:3] {
+			if err := machine(m); err != nil {
+				return err
+			}
+		}
+		k, err := parseNet(f[3])
+		if err != nil {
+			return err
+		}
+		oneWay := arg(4) == "one-way"
+		if f[0] == "cut" {
+			s.Net.Cut(f[1], f[2], k)
+			if !oneWay {
+				s.Net.Cut(f[2], f[1], k)
+			}
+		} else {
+			s.Net.Restore(f[1], f[2], k)
+			if !oneWay {
+				s.Net.Restore(f[2], f[1], k)
+			}
+			s.Ops.correctLies(f[1])
+			s.Ops.correctLies(f[2])
+		}
+	case "isolate", "rejoin":
+		h, err := host()
+		if err != nil {
+			return err
+		}
+		k := Mgmt
+		if arg(2) != "" {
+			if k, err = parseNet(arg(2)); err != nil {
+				return err
+			}
+		}
+		for _, m := range s.machines() {
+			if m == h.Name {
+				continue
+			}
+			if f[0] == "isolate" {
+				s.Net.Cut(h.Name, m, k)
+				s.Net.Cut(m, h.Name, k)
+			} else {
+				s.Net.Restore(h.Name, m, k)
+				s.Net.Restore(m, h.Name, k)
+			}
+		}
+		if f[0] == "rejoin" {
+			s.Ops.correctLies(h.Name)
+		}
+	case "net-faults":
+		k, err := parseNet(f[1])
+		if err != nil {
+			return err
+		}
+		var pf PathFaults
+		for _, kv := range f[2:] {
+			key, val, ok := strings.Cut(kv, "=")
+			if !ok {
+				return fmt.Errorf("net-faults: %q is not key=value", kv)
+			}
+			if key == "max-delay" {
+				if pf.MaxDelay, err = time.ParseDuration(val); err != nil {
+					return fmt.Errorf("net-faults: %v", err)
+				}
+				continue
+			}
+			p, err := strconv.ParseFloat(val, 64)
+			if err != nil || p < 0 || p > 1 {
+				return fmt.Errorf("net-faults: %s: a probability expected", kv)
+			}
+			switch key {
+			case "loss":
+				pf.Loss = p
+			case "answer-loss":
+				pf.AnswerLoss = p
+			case "delay":
+				pf.Delay = p
+			case "dup":
+				pf.Dup = p
+			default:
+				return fmt.Errorf("net-faults: unknown fault %q", key)
+			}
+		}
+		s.Net.SetDefaultFaults(k, pf)
+	case "server-crash", "server-restart", "snapshot":
+		srv, err := server()
+		if err != nil {
+			return err
+		}
+		switch f[0] {
+		case "server-crash":
+			srv.Crash()
+		case "server-restart":
+			if err := srv.Restart(); err != nil {
+				s.E.trace.Addf("server", "%v", err)
+			}
+		default:
+			srv.Snapshot()
+		}
+	case "leader-crash":
+		if l := s.Cluster.leader; l != nil {
+			l.Crash()
+		}
+	case "leader-transfer":
+		s.Cluster.TransferLeadership()
+	case "clock-jump":
+		srv, err := server()
+		if err != nil {
+			return err
+		}
+		d, err := time.ParseDuration(f[2])
+		if err != nil {
+			return fmt.Errorf("clock-jump: %v", err)
+		}
+		srv.skew += d
+		s.E.trace.Addf("fault", "%s clock jumps %s (skew %s)", srv.Name, d, srv.skew)
+	case "migration-outcome":
+		id := s.vmID(f[1])
+		if id == "" {
+			return fmt.Errorf("migration-outcome: no acknowledged vm %q", f[1])
+		}
+		var out MigrationOutcome
+		switch f[2] {
+		case "fails-before":
+			out = MigrationFailsBefore
+		case "fails-during":
+			out = MigrationFailsDuring
+		case "reply-lost":
+			out = MigrationReplyLost
+		default:
+			return fmt.Errorf("migration-outcome: %q: fails-before, fails-during or reply-lost", f[2])
+		}
+		s.nextMigration[id] = out
+	case "heal":
+		s.Heal()
+	}
+	return nil
+}
+
+// machines lists every machine on the management network.
+func (s *Sim) machines() []string {
+	out := []string{opMachine}
+	for _, srv := range s.Cluster.Servers {
+		out = append(out, srv.Name)
+	}
+	for _, h := range s.Hosts {
+		out = append(out, h.Name)
+	}
+	return out
+}
+
+// vmID is the id of an acknowledged create of the named VM ("" if none).
+func (s *Sim) vmID(name string) string {
+	for _, w := range s.Ops.Writes {
+		if w.Op == "create" && w.VM == name && w.VMID != "" {
+			return w.VMID
+		}
+	}
+	if l := s.Cluster.leader; l != nil {
+		if vm, err := l.FSM.ResolveVM(name); err == nil {
+			return vm.ID
+		}
+	}
+	return ""
+}
+
+// Heal undoes every fault: the network heals, hosts get power, agents
+// start and thaw, libvirtd starts, servers restart, clocks are set right.
+func (s *Sim) Heal() {
+	s.E.trace.Add("fault", "heal everything")
+	s.Net.HealAll()
+	for _, h := range s.Hosts {
+		wasPowered := h.powered
+		h.PowerOn() // a host without power boots, its agent starts after bootTime
+		h.HV.StartLibvirtd()
+		h.Thaw()
+		if wasPowered && h.agent == nil {
+			h.RestartAgent()
+		}
+		s.Ops.correctLies(h.Name)
+	}
+	for _, srv := range s.Cluster.Servers {
+		srv.skew = 0
+		if !srv.up {
+			if err := srv.Restart(); err != nil {
+				s.E.trace.Addf("server", "%v", err)
+			}
+		}
+	}
+	clear(s.nextMigration)
+	s.migrationFaults = 0
+}

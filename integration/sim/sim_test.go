@@ -1,0 +1,262 @@
+package sim
+
+import (
+	"bytes"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+var (
+	flagSeeds   = flag.Int("sim.seeds", 200, "random seeds to run")
+	flagFirst   = flag.Uint64("sim.first", 1, "first random seed")
+	flagSeed    = flag.Uint64("sim.seed", 0, "run only this seed, print its schedule and verdict (with -sim.v, its whole trace)")
+	flagVerbose = flag.Bool("sim.v", false, "echo the trace of -sim.seed or -sim.scenario to stdout")
+	flagScen    = flag.String("sim.scenario", "", "run only the scenarios whose name contains this")
+	flagShrink  = flag.Int("sim.shrink", 60, "runs the shrinker may spend on a failing seed")
+	flagUpdate  = flag.Bool("update", false, "rewrite the scenarios' expect files")
+)
+
+// summary collects what the tests found, printed as a table at the end.
+var summary struct {
+	mu         sync.Mutex
+	passed     []string
+	known      map[int][]string // root cause → scenarios showing it
+	fixed      []string         // marked known-failing, but passing
+	failed     []string
+	seeds      int
+	seedFailed []string // "seed N: invariant ..."
+	seedWall   time.Duration
+}
+
+func TestMain(m *testing.M) {
+	flag.Parse()
+	summary.known = map[int][]string{}
+	code := m.Run()
+	printSummary()
+	os.Exit(code)
+}
+
+func printSummary() {
+	s := &summary
+	if len(s.passed)+len(s.failed)+len(s.fixed)+len(s.known) == 0 && s.seeds == 0 {
+		return
+	}
+	var b strings.Builder
+	b.WriteString("\n==== simulator summary ====\n")
+	knownN := 0
+	for _, v := range s.known {
+		knownN += len(v)
+	}
+	fmt.Fprintf(&b, "scenarios: %d passed, %d known-failing, %d failing, %d marked known-failing but passing\n",
+		len(s.passed), knownN, len(s.failed), len(s.fixed))
+	var causes []int
+	for c := range s.known {
+		causes = append(causes, c)
+	}
+	sort.Ints(causes)
+	for _, c := range causes {
+		fmt.Fprintf(&b, "  known failure, root cause %2d: %s\n", c, strings.Join(s.known[c], ", "))
+	}
+	for _, f := range s.failed {
+		fmt.Fprintf(&b, "  FAILING: %s\n", f)
+	}
+	for _, f := range s.fixed {
+		fmt.Fprintf(&b, "  PASSING NOW (remove known-failure): %s\n", f)
+	}
+	if s.seeds > 0 {
+		fmt.Fprintf(&b, "random seeds: %d run, %d with violations; %.3fs per seed (wall, one core)\n", s.seeds, len(s.seedFailed),
+			s.seedWall.Seconds()/float64(s.seeds))
+		sort.Strings(s.seedFailed)
+		for _, f := range s.seedFailed {
+			fmt.Fprintf(&b, "  %s\n", f)
+		}
+	}
+	fmt.Print(b.String())
+}
+
+// scenarioDir holds one directory per named scenario.
+const scenarioDir = "testdata/scenarios"
+
+func TestScenarios(t *testing.T) {
+	dirs, err := os.ReadDir(scenarioDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range dirs {
+		if !d.IsDir() || !strings.Contains(d.Name(), *flagScen) {
+			continue
+		}
+		name := d.Name()
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			dir := filepath.Join(scenarioDir, name)
+			f, err := os.Open(filepath.Join(dir, "cmds"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			sc, err := ParseSchedule(f)
+			f.Close()
+			if err != nil {
+				t.Fatalf("cmds: %v", err)
+			}
+			opts := RunOptions{}
+			if *flagVerbose && *flagScen != "" {
+				opts.Echo = os.Stdout
+			}
+			res, err := Run(sc, opts)
+			if err != nil {
+				t.Fatalf("run: %v", err)
+			}
+			expectPath := filepath.Join(dir, "expect")
+			if *flagUpdate {
+				if err := os.WriteFile(expectPath, []byte(res.Log), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			} else {
+				want, err := os.ReadFile(expectPath)
+				if err != nil {
+					t.Fatalf("%v (run with -update to create it)", err)
+				}
+				if !bytes.Equal(want, []byte(res.Log)) {
+					t.Errorf("the log differs from %s (run with -update to accept it):\n%s", expectPath, lineDiff(string(want), res.Log))
+				}
+			}
+			summary.mu.Lock()
+			defer summary.mu.Unlock()
+			switch {
+			case sc.KnownFailure != 0 && res.Failed():
+				summary.known[sc.KnownFailure] = append(summary.known[sc.KnownFailure], name)
+				t.Logf("known failure (root cause %d): %v", sc.KnownFailure, res.Violations)
+			case sc.KnownFailure != 0:
+				summary.fixed = append(summary.fixed, name)
+				t.Errorf("marked known-failure: %d, but no invariant is broken: the root cause is fixed (remove the mark) or the scenario no longer shows it", sc.KnownFailure)
+			case res.Failed():
+				summary.failed = append(summary.failed, name)
+				t.Errorf("invariants broken:\n%s\ntrace tail:\n%s", violationList(res.Violations), res.Tail(60))
+			default:
+				summary.passed = append(summary.passed, name)
+			}
+		})
+	}
+}
+
+func violationList(vs []Violation) string {
+	var b strings.Builder
+	for _, v := range vs {
+		b.WriteString("  " + v.String() + "\n")
+	}
+	return b.String()
+}
+
+// lineDiff shows the first lines where two logs differ.
+func lineDiff(want, got string) string {
+	w, g := strings.Split(want, "\n"), strings.Split(got, "\n")
+	for i := 0; i < max(len(w), len(g)); i++ {
+		var a, b string
+		if i < len(w) {
+			a = w[i]
+		}
+		if i < len(g) {
+			b = g[i]
+		}
+		if a != b {
+			end := min(i+8, max(len(w), len(g)))
+			var out strings.Builder
+			fmt.Fprintf(&out, "first difference at line %d:\n", i+1)
+			for j := i; j < end; j++ {
+				if j < len(w) {
+					fmt.Fprintf(&out, "- %s\n", w[j])
+				}
+				if j < len(g) {
+					fmt.Fprintf(&out, "+ %s\n", g[j])
+				}
+			}
+			return out.String()
+		}
+	}
+	return "(no difference)"
+}
+
+// TestSeeds runs random schedules. A failing seed prints its seed, its
+// shrunk schedule (replayable as a scenario) and its trace tail.
+func TestSeeds(t *testing.T) {
+	seeds := make([]uint64, 0, *flagSeeds)
+	if *flagSeed != 0 {
+		seeds = append(seeds, *flagSeed)
+	} else {
+		for i := 0; i < *flagSeeds; i++ {
+			seeds = append(seeds, *flagFirst+uint64(i))
+		}
+	}
+	for _, seed := range seeds {
+		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
+			if *flagSeed == 0 {
+				t.Parallel()
+			}
+			sc := RandomSchedule(seed, RandomConfig{})
+			opts := RunOptions{}
+			if *flagSeed != 0 {
+				t.Logf("schedule:\n%s", sc)
+				if *flagVerbose {
+					opts.Echo = os.Stdout
+				}
+			}
+			res, err := Run(sc, opts)
+			if err != nil {
+				t.Fatalf("run: %v", err)
+			}
+			fmt.Printf("seed %d: %s, %d steps, %s simulated, %.3fs, trace %016x\n", seed, verdict(res), res.Steps,
+				res.SimTime.Round(time.Second), res.Wall.Seconds(), res.TraceHash)
+			summary.mu.Lock()
+			summary.seeds++
+			summary.seedWall += res.Wall
+			summary.mu.Unlock()
+			if !res.Failed() {
+				return
+			}
+			small, smallRes, runs := Shrink(sc, res, *flagShrink)
+			summary.mu.Lock()
+			summary.seedFailed = append(summary.seedFailed, fmt.Sprintf("seed %d: %s", seed, res.Violations[0]))
+			summary.mu.Unlock()
+			t.Errorf("seed %d broke invariants:\n%s\nshrunk schedule (%d of %d items, %d runs; save it as a scenario's cmds to replay):\n%s\nshrunk run's violations:\n%s\ntrace tail of the shrunk run:\n%s",
+				seed, violationList(res.Violations), len(small.Items), len(sc.Items), runs, small, violationList(smallRes.Violations), smallRes.Tail(80))
+		})
+	}
+}
+
+func verdict(r *Result) string {
+	if !r.Failed() {
+		return "ok"
+	}
+	return fmt.Sprintf("%d violations (%s)", len(r.Violations), r.Violations[0].Inv)
+}
+
+// TestDeterminism runs seeds twice and compares their traces byte for
+// byte: the simulator's promise that a failing seed replays exactly.
+func TestDeterminism(t *testing.T) {
+	for _, seed := range []uint64{1, 2, 3} {
+		sc := RandomSchedule(seed, RandomConfig{})
+		a, err := Run(sc, RunOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := Run(sc, RunOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(a.Trace, b.Trace) {
+			t.Fatalf("seed %d: two runs differ:\n%s", seed, lineDiff(string(a.Trace), string(b.Trace)))
+		}
+		if a.Steps < 1000 {
+			t.Fatalf("seed %d ran only %d steps: the comparison says little", seed, a.Steps)
+		}
+		t.Logf("seed %d: %d trace lines, %d steps, identical (hash %016x)", seed, bytes.Count(a.Trace, []byte("\n")), a.Steps, a.TraceHash)
+	}
+}
