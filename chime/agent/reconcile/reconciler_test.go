@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chime-ha/chime/chime/agent/clock"
 	"github.com/chime-ha/chime/chime/api"
 	"github.com/chime-ha/chime/chime/structs"
 	"github.com/chime-ha/chime/hypervisor"
@@ -165,7 +166,7 @@ func (c *fakeClock) Now() time.Time {
 	return c.now
 }
 
-func (c *fakeClock) NewTicker(d time.Duration) Ticker {
+func (c *fakeClock) NewTicker(d time.Duration) clock.Ticker {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	t := &fakeTicker{d: d, c: make(chan time.Time, 1)}

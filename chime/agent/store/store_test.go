@@ -1,6 +1,7 @@
 package store
 
 import (
+	"crypto/rand"
 	"path/filepath"
 	"reflect"
 	"testing"
@@ -28,11 +29,11 @@ func TestStoreRoundTripAndReopen(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	id, err := s.NodeID()
+	id, err := s.NodeID(rand.Reader)
 	if err != nil || id == "" {
 		t.Fatalf("NodeID = %q, %v", id, err)
 	}
-	if again, _ := s.NodeID(); again != id {
+	if again, _ := s.NodeID(rand.Reader); again != id {
 		t.Fatalf("node id changed within one open: %q then %q", id, again)
 	}
 	if err := s.SetSecret("s3cret"); err != nil {
@@ -64,7 +65,7 @@ func TestStoreRoundTripAndReopen(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	if got, _ := s.NodeID(); got != id {
+	if got, _ := s.NodeID(rand.Reader); got != id {
 		t.Errorf("node id after reopen = %q, want %q", got, id)
 	}
 	if got, _ := s.Secret(); got != "s3cret" {
