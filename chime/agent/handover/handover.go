@@ -93,7 +93,7 @@ type Config struct {
 	// Interfaces looks up the interface a node-local migration names;
 	// nil: HostInterface.
 	Interfaces func(name string) (Interface, error)
-	Logger        hclog.Logger
+	Logger     hclog.Logger
 }
 
 // Manager runs the operations and keeps their in-memory state. Its methods
