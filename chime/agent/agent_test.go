@@ -95,10 +95,13 @@ func newRecordingHV(log *callLog, domains ...hypervisor.Domain) *recordingHV {
 	return h
 }
 
-func (h *recordingHV) Connected() bool                                       { return true }
-func (h *recordingHV) Events() <-chan hypervisor.Event                       { return h.events }
-func (h *recordingHV) Capacity(context.Context) (int, int, error)            { return 8, 16384, nil }
-func (h *recordingHV) Migrate(context.Context, string, string, string) error { return errors.New("no") }
+func (h *recordingHV) Connected() bool                            { return true }
+func (h *recordingHV) Events() <-chan hypervisor.Event            { return h.events }
+func (h *recordingHV) Capacity(context.Context) (int, int, error) { return 8, 16384, nil }
+func (h *recordingHV) Migrate(_ context.Context, id, _, _ string) error {
+	h.log.add("hv:migrate %s", id)
+	return errors.New("no")
+}
 
 func (h *recordingHV) List(context.Context) ([]hypervisor.Domain, error) {
 	h.mu.Lock()
