@@ -42,8 +42,8 @@ func (e *Endpoints) NodeAction(ctx context.Context, reqID, ref string, op NodeOp
 	case NodeEnable, NodeDisable:
 		return e.setManagement(ctx, e.requestID(reqID), n, op)
 	case NodeDrain, NodeEvacuate, NodeRebuild:
-		if t, ok := e.retriedTask(reqID); ok {
-			return NodeResult{Task: t}, nil
+		if first, ok := e.retriedTask(reqID); ok {
+			return NodeResult{Task: first}, nil
 		}
 		reqID = e.requestID(reqID)
 		switch op {
