@@ -30,7 +30,6 @@ import (
 const (
 	defaultHeartbeatInterval = 15 * time.Second
 	desiredWait              = 30 * time.Second
-	maxBackoff               = 30 * time.Second
 	faultLibvirt             = "libvirtd unreachable"
 )
 
@@ -290,11 +289,6 @@ func (a *Agent) noteContact(err error) {
 		// A server answered, even if it said no.
 		a.lastContact = a.clock.Now()
 	}
-}
-
-func backoff(attempt int) time.Duration {
-	d := time.Second << min(attempt, 5)
-	return min(d, maxBackoff)
 }
 
 // RegistrationLost reports whether err says the servers do not know this

@@ -23,7 +23,7 @@ func (a *Agent) watchDesired(ctx context.Context) {
 		case errors.As(err, &perr):
 			attempt = 0
 			log.Error("cannot persist desired state", "error", perr.err)
-			if !clock.Sleep(ctx, a.clock, backoff(0)) {
+			if !clock.Sleep(ctx, a.clock, clock.Backoff(0)) {
 				return
 			}
 		default:
@@ -33,7 +33,7 @@ func (a *Agent) watchDesired(ctx context.Context) {
 					return
 				}
 			}
-			d := backoff(attempt)
+			d := clock.Backoff(attempt)
 			attempt++
 			log.Warn("desired-state query failed; keeping the last one", "error", err, "retry_in", d.String())
 			if !clock.Sleep(ctx, a.clock, d) {

@@ -24,7 +24,7 @@ func (a *Agent) register(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		d := backoff(attempt)
+		d := clock.Backoff(attempt)
 		log.Warn("registration failed; retrying", "error", err, "in", d.String())
 		if !clock.Sleep(ctx, a.clock, d) {
 			return ctx.Err()

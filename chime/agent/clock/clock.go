@@ -78,3 +78,10 @@ func Sleep(ctx context.Context, c TimerMaker, d time.Duration) bool {
 		return true
 	}
 }
+
+// Backoff is the agent's retry delay after attempt failures: 1 s doubling
+// to 30 s. Registration, the desired-state watch and migration reports all
+// retry on it.
+func Backoff(attempt int) time.Duration {
+	return min(time.Second<<min(attempt, 5), 30*time.Second)
+}

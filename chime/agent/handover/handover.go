@@ -510,8 +510,3 @@ func hostForURI(host string) string {
 	}
 	return host
 }
-
-func backoff(attempt int) time.Duration {
-	d := time.Second << min(attempt, 5)
-	return min(d, 30*time.Second)
-}

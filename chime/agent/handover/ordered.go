@@ -5,6 +5,7 @@ import (
 	"errors"
 	"time"
 
+	"github.com/chime-ha/chime/chime/agent/clock"
 	"github.com/chime-ha/chime/chime/agent/store"
 	"github.com/chime-ha/chime/chime/api"
 	"github.com/chime-ha/chime/chime/structs"
@@ -130,5 +131,5 @@ func (m *Manager) report(ctx context.Context, rep api.MigrationReport, attempt i
 		done()
 		return
 	}
-	m.after(backoff(attempt), func() { m.report(ctx, rep, attempt+1, done) }, done)
+	m.after(clock.Backoff(attempt), func() { m.report(ctx, rep, attempt+1, done) }, done)
 }
