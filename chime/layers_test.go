@@ -33,6 +33,10 @@ var layers = []layer{
 	// The server's decision cores see state, placement and gossip through
 	// interfaces of their own; never the wire or the server wiring.
 	{"chime/server/...", []string{"fsm", "scheduler", "gossip", "chime/structs", "chime/server/..."}},
+	// The endpoints implement the API's operations: its request and answer
+	// bodies are their inputs and outputs, so they may see chime/api (its
+	// types and validators), though never net/http's statuses.
+	{"chime/server/endpoint", []string{"fsm", "scheduler", "chime/structs", "chime/api", "chime/server/..."}},
 	{"chime/server", []string{"chime/server/...", "fsm", "scheduler", "gossip", "chime/structs", "chime/api"}},
 	{"chime/agent/...", []string{"hypervisor", "gossip", "chime/structs", "chime/api", "chime/agent/..."}},
 	{"chime/agent", []string{"chime/agent/...", "hypervisor", "gossip", "chime/structs", "chime/api"}},
@@ -44,6 +48,11 @@ var layers = []layer{
 // packages, must not reach net/http or chime/api. (hashicorp/raft and
 // memberlist pull in net/http through go-metrics; that is theirs, not ours.)
 var httpFree = []string{"chime/structs", "fsm", "scheduler", "hypervisor", "gossip"}
+
+// transportFree are packages that may use chime/api's types (and so reach
+// net/http through it) but must not import net/http themselves: the
+// endpoints return error kinds, and only the HTTP layer picks statuses.
+var transportFree = []string{"chime/server/endpoint"}
 
 func goList(t *testing.T, args ...string) map[string][]string {
 	t.Helper()
@@ -161,6 +170,21 @@ func TestNoHTTPBelowTheWire(t *testing.T) {
 	for path := range graph {
 		if strings.Contains(strings.SplitN(path, "/", 2)[0], ".") && path != module+"/chime/structs" {
 			t.Errorf("chime/structs depends on %s: it must use the standard library only", path)
+		}
+	}
+}
+
+func TestEndpointsImportNoNetHTTP(t *testing.T) {
+	for _, pkg := range transportFree {
+		graph := goList(t, module+"/"+pkg)
+		imports, ok := graph[module+"/"+pkg]
+		if !ok {
+			t.Fatalf("go list did not list %s", pkg)
+		}
+		for _, imp := range imports {
+			if imp == "net/http" {
+				t.Errorf("%s imports net/http: statuses belong to the HTTP layer (chime/server)", pkg)
+			}
 		}
 	}
 }

@@ -3,9 +3,9 @@ package agent
 import (
 	"context"
 	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/chime-ha/chime/chime/agent/clock"
 	"github.com/chime-ha/chime/chime/agent/handover"
 	"github.com/chime-ha/chime/chime/agent/health"
 	"github.com/chime-ha/chime/chime/agent/local"
@@ -29,7 +30,6 @@ import (
 const (
 	defaultHeartbeatInterval = 15 * time.Second
 	desiredWait              = 30 * time.Second
-	maxBackoff               = 30 * time.Second
 	faultLibvirt             = "libvirtd unreachable"
 )
 
@@ -43,17 +43,22 @@ type Hypervisor interface {
 	Capacity(ctx context.Context) (vcpus, memMiB int, err error)
 }
 
-// Agent is one running agent. New opens its local state; Run drives it.
+// Agent is one agent. New opens its local state; Run drives it with
+// goroutines and timers, or a caller steps it one unit of work at a time
+// (RegisterOnce, SyncOnce, ReconcileOnce, HeartbeatOnce, HealthOnce, the
+// local operations): see DESIGN.md, "Steps".
 type Agent struct {
-	cfg    Config
-	hv     Hypervisor
-	store  *store.Store
-	client *api.Client
-	rec    *reconcile.Reconciler
-	ops    *handover.Manager // migrations, local drain, adoptions, fencing holds
-	health *health.Checker   // local health checks; their faults go into every heartbeat
-	nodeID string
-	logger hclog.Logger
+	cfg     Config
+	hv      Hypervisor
+	store   *store.Store
+	servers Servers
+	clock   clock.Clock
+	random  io.Reader // node secret; the node id and drain ids come from it too
+	rec     *reconcile.Reconciler
+	ops     *handover.Manager // migrations, local drain, adoptions, fencing holds
+	health  *health.Checker   // local health checks; their faults go into every heartbeat
+	nodeID  string
+	logger  hclog.Logger
 
 	mu          sync.Mutex
 	desired     *api.DesiredState // last accepted desired state (nil before the first sync of this process); replaced, never mutated
@@ -70,8 +75,27 @@ type Agent struct {
 }
 
 // New opens the agent's local state in cfg.DataDir and wires the reconciler
-// and the HA operations to hv. The caller owns hv.
-func New(cfg Config, hv Hypervisor) (*Agent, error) {
+// and the HA operations to hv. The caller owns hv. It opens no listener
+// and starts no goroutine: Run does that, or the caller steps the agent.
+// opts replace the production world (HTTP, wall clock, crypto/rand).
+func New(cfg Config, hv Hypervisor, opts ...Option) (*Agent, error) {
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if o.clock == nil {
+		o.clock = clock.Wall{}
+	}
+	if o.random == nil {
+		o.random = rand.Reader
+	}
+	random := &lockedReader{r: o.random}
+	if o.servers == nil {
+		o.servers = api.NewClient(cfg.Servers...)
+	}
+	if o.announcer == nil {
+		o.announcer = peerClient{port: cfg.APIPort}
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = hclog.NewNullLogger()
 	}
@@ -82,7 +106,7 @@ func New(cfg Config, hv Hypervisor) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	id, err := st.NodeID()
+	id, err := st.NodeID(random)
 	if err != nil {
 		st.Close()
 		return nil, err
@@ -93,12 +117,13 @@ func New(cfg Config, hv Hypervisor) (*Agent, error) {
 		return nil, err
 	}
 	a := &Agent{cfg: cfg, hv: hv, store: st, nodeID: id, logger: cfg.Logger,
-		client:       api.NewClient(cfg.Servers...),
+		servers: o.servers, clock: o.clock, random: random,
 		timing:       api.Timing{HeartbeatInterval: defaultHeartbeatInterval},
 		heartbeatNow: make(chan struct{}, 1)}
 	a.rec, err = reconcile.New(reconcile.Config{
 		Hypervisor: hv, Definitions: st, Inputs: a.reconcileInputs,
 		SweepInterval: cfg.SweepInterval, ShutdownGrace: cfg.ShutdownGrace,
+		ShutdownInline: o.inline, Clock: o.clock,
 		Logger:  cfg.Logger.Named("reconciler"),
 		Changed: a.requestHeartbeat,
 	})
@@ -107,13 +132,16 @@ func New(cfg Config, hv Hypervisor) (*Agent, error) {
 		return nil, err
 	}
 	a.ops = handover.New(handover.Config{
-		NodeID: id, Hypervisor: hv, Store: st, Reporter: a.client,
-		Announcer:     peerClient{port: cfg.APIPort},
+		NodeID: id, Hypervisor: hv, Store: st, Reporter: o.servers,
+		Announcer:     o.announcer,
 		ShutdownGrace: cfg.ShutdownGrace, Drained: drained,
 		Trigger: a.rec.Trigger, Changed: a.requestHeartbeat,
+		Clock: o.clock, Rand: random, Interfaces: o.interfaces,
 		Logger: cfg.Logger.Named("handover"),
 	})
-	a.health = health.New(cfg.healthConfig(a.requestHeartbeat))
+	hc := cfg.healthConfig(a.requestHeartbeat)
+	hc.Clock, hc.StorageProbe = o.clock, o.storageProbe
+	a.health = health.New(hc)
 	return a, nil
 }
 
@@ -235,158 +263,6 @@ func (a *Agent) Run(ctx context.Context) error {
 	return nil
 }
 
-// register registers the node, retrying with back-off until it succeeds or
-// ctx ends, and keeps the secret the servers issue.
-func (a *Agent) register(ctx context.Context) error {
-	log := a.logger.Named("register")
-	for attempt := 0; ; attempt++ {
-		err := a.registerOnce(ctx)
-		if err == nil {
-			return nil
-		}
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		d := backoff(attempt)
-		log.Warn("registration failed; retrying", "error", err, "in", d.String())
-		if !sleepCtx(ctx, d) {
-			return ctx.Err()
-		}
-	}
-}
-
-func (a *Agent) registerOnce(ctx context.Context) error {
-	vcpus, mem, err := a.hv.Capacity(ctx)
-	if err != nil {
-		return fmt.Errorf("capacity from libvirt: %w", err)
-	}
-	secret, err := a.store.Secret()
-	if err != nil {
-		return err
-	}
-	if secret == "" {
-		// The agent makes its own secret and persists it before the first
-		// registration, so that a retried registration (answer lost) is
-		// idempotent: the servers store its hash once.
-		var b [32]byte
-		if _, err := rand.Read(b[:]); err != nil {
-			return fmt.Errorf("node secret: %w", err)
-		}
-		secret = hex.EncodeToString(b[:])
-		if err := a.store.SetSecret(secret); err != nil {
-			return err
-		}
-	}
-	adv := a.cfg.AdvertiseAddr()
-	migAddr := a.cfg.MigrationAddr
-	if migAddr == "" {
-		migAddr = adv
-	}
-	req := api.RegisterRequest{
-		ID: a.nodeID, Name: a.cfg.Name, Secret: secret,
-		APIAddr:           a.apiAdvertised(),
-		GossipAddr:        a.gossipAdvertised(),
-		MigrationURI:      handover.LibvirtURI(adv),
-		MigrationAddr:     migAddr,
-		BusinessInterface: a.cfg.BusinessInterface,
-		VCPUs:             vcpus, MemoryMiB: mem,
-		Labels:       a.cfg.Labels,
-		AgentVersion: structs.Version,
-	}
-	a.client.Node, a.client.Secret = "", ""
-	resp, err := a.client.Register(ctx, req)
-	a.noteContact(err)
-	if err != nil {
-		return fmt.Errorf("register: %w", err)
-	}
-	if resp.NodeID != "" && resp.NodeID != a.nodeID {
-		return fmt.Errorf("register: servers answered for node %s, not %s", resp.NodeID, a.nodeID)
-	}
-	if resp.Secret != "" && resp.Secret != secret {
-		if err := a.store.SetSecret(resp.Secret); err != nil {
-			return err
-		}
-		secret = resp.Secret
-	}
-	a.client.Node, a.client.Secret = a.nodeID, secret
-	a.setTiming(resp.Timing)
-	a.setGossipAddrs(resp.GossipAddrs)
-	a.logger.Info("registered", "node_id", a.nodeID, "vcpus", vcpus, "memory_mib", mem,
-		"heartbeat_interval", a.heartbeatInterval().String())
-	return nil
-}
-
-// watchDesired follows the node's desired state with blocking queries,
-// persisting each new state and triggering the reconciler.
-func (a *Agent) watchDesired(ctx context.Context) {
-	log := a.logger.Named("desired")
-	var index uint64 // 0: the first query answers at once
-	for attempt := 0; ctx.Err() == nil; {
-		ds, err := a.client.Desired(ctx, api.QueryOptions{Index: index, Wait: desiredWait})
-		if ctx.Err() != nil {
-			return
-		}
-		a.noteContact(err)
-		if err != nil {
-			if errors.Is(err, structs.ErrForbidden) || errors.Is(err, structs.ErrNotFound) {
-				log.Warn("servers do not accept this node's credentials; registering again", "error", err)
-				if a.register(ctx) != nil {
-					return
-				}
-			}
-			d := backoff(attempt)
-			attempt++
-			log.Warn("desired-state query failed; keeping the last one", "error", err, "retry_in", d.String())
-			if !sleepCtx(ctx, d) {
-				return
-			}
-			continue
-		}
-		attempt = 0
-		if index != 0 && ds.Index <= index {
-			continue // wait expired, or a lagging server answered: nothing new
-		}
-		if err := a.acceptDesired(ctx, *ds); err != nil {
-			log.Error("cannot persist desired state", "error", err)
-			if !sleepCtx(ctx, backoff(0)) {
-				return
-			}
-			continue
-		}
-		index = ds.Index
-	}
-}
-
-// acceptDesired applies the fencing rule, persists the state, runs the HA
-// side effects and triggers a reconcile pass.
-func (a *Agent) acceptDesired(ctx context.Context, ds api.DesiredState) error {
-	accepted, refused, hold, err := a.store.AcceptDesired(ds)
-	if err != nil {
-		return err
-	}
-	for _, vm := range refused {
-		seen, err := a.store.SeenGeneration(vm.ID)
-		if err != nil {
-			a.logger.Warn("refusing instruction with an older generation", "vm", vm.ID, "generation", vm.Generation, "seen_error", err)
-			continue
-		}
-		a.logger.Warn("refusing instruction with an older generation", "vm", vm.ID, "generation", vm.Generation, "seen", seen)
-	}
-	a.mu.Lock()
-	first := a.desired == nil
-	a.desired = &accepted
-	a.hold = hold
-	a.mu.Unlock()
-	if first {
-		a.logger.Info("first sync with the servers", "index", accepted.Index, "vms", len(accepted.VMs))
-	} else {
-		a.logger.Debug("desired state changed", "index", accepted.Index, "vms", len(accepted.VMs))
-	}
-	a.ops.AfterDesired(ctx, accepted)
-	a.rec.Trigger()
-	return nil
-}
-
 func (a *Agent) setTiming(t api.Timing) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -411,22 +287,14 @@ func (a *Agent) noteContact(err error) {
 	var apiErr *api.Error
 	if err == nil || errors.As(err, &apiErr) {
 		// A server answered, even if it said no.
-		a.lastContact = time.Now()
+		a.lastContact = a.clock.Now()
 	}
 }
 
-func backoff(attempt int) time.Duration {
-	d := time.Second << min(attempt, 5)
-	return min(d, maxBackoff)
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
+// RegistrationLost reports whether err says the servers do not know this
+// node's credentials (its record was removed, or its secret is not the one
+// they hold): the agent registers again. Run's loops branch on it; so does
+// a caller that steps the agent.
+func RegistrationLost(err error) bool {
+	return errors.Is(err, structs.ErrForbidden) || errors.Is(err, structs.ErrNotFound)
 }

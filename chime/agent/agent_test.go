@@ -22,6 +22,7 @@ import (
 	"github.com/chime-ha/chime/chime/api"
 	"github.com/chime-ha/chime/chime/structs"
 	"github.com/chime-ha/chime/hypervisor"
+	"github.com/chime-ha/chime/integration/wait"
 )
 
 const (
@@ -95,10 +96,13 @@ func newRecordingHV(log *callLog, domains ...hypervisor.Domain) *recordingHV {
 	return h
 }
 
-func (h *recordingHV) Connected() bool                                       { return true }
-func (h *recordingHV) Events() <-chan hypervisor.Event                       { return h.events }
-func (h *recordingHV) Capacity(context.Context) (int, int, error)            { return 8, 16384, nil }
-func (h *recordingHV) Migrate(context.Context, string, string, string) error { return errors.New("no") }
+func (h *recordingHV) Connected() bool                            { return true }
+func (h *recordingHV) Events() <-chan hypervisor.Event            { return h.events }
+func (h *recordingHV) Capacity(context.Context) (int, int, error) { return 8, 16384, nil }
+func (h *recordingHV) Migrate(_ context.Context, id, _, _ string) error {
+	h.log.add("hv:migrate %s", id)
+	return errors.New("no")
+}
 
 func (h *recordingHV) List(context.Context) ([]hypervisor.Domain, error) {
 	h.mu.Lock()
@@ -295,6 +299,13 @@ func (f *fakeServers) desiredHandler(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, ds)
 }
 
+// heartbeatsSince returns the heartbeats received after the first n.
+func (f *fakeServers) heartbeatsSince(n int) []api.HeartbeatRequest {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]api.HeartbeatRequest(nil), f.heartbeats[min(n, len(f.heartbeats)):]...)
+}
+
 func (f *fakeServers) lastHeartbeat() (api.HeartbeatRequest, int) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -340,19 +351,6 @@ func startAgent(t *testing.T, cfg Config, hv Hypervisor) *Agent {
 	return a
 }
 
-// waitFor polls cond until it holds or the deadline passes, then fails
-// with what was last seen.
-func waitFor(t *testing.T, what string, cond func() bool, seen func() any) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s; last seen: %v", what, seen())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // TestReturningAgentDestroysStaleCopiesBeforeFirstHeartbeat is the "node
 // comes back" path: the agent finds a copy of a VM now placed elsewhere and
 // an older-generation copy of one placed here; the first destroys fail. No
@@ -368,7 +366,9 @@ func TestReturningAgentDestroysStaleCopiesBeforeFirstHeartbeat(t *testing.T) {
 	srv := newFakeServers(t, log, dvm(idA, "a", structs.DesiredRunning, 12))
 	startAgent(t, testConfig(t, srv.srv.URL), hv)
 
-	waitFor(t, "a heartbeat", func() bool { return log.first("server:heartbeat") >= 0 }, func() any { return log.snapshot() })
+	wait.For(t, 10*time.Second, "a heartbeat", func() (bool, string) {
+		return log.first("server:heartbeat") >= 0, fmt.Sprint(log.snapshot())
+	})
 	entries := log.snapshot()
 	hb := slices.Index(entries, "server:heartbeat")
 	for _, want := range []string{"hv:destroy " + idB, "hv:undefine " + idB, "hv:destroy " + idA, "hv:undefine " + idA, "hv:start " + idA} {
@@ -415,9 +415,9 @@ func TestNoStartBeforeFirstSync(t *testing.T) {
 
 	srv.setDown(true)
 	a := startAgent(t, cfg, hv)
-	waitFor(t, "registration attempts while the servers are down",
-		func() bool { return strings.Count(strings.Join(log.snapshot(), "\n"), "server:register-down") >= 2 },
-		func() any { return log.snapshot() })
+	wait.For(t, 10*time.Second, "registration attempts while the servers are down", func() (bool, string) {
+		return strings.Count(strings.Join(log.snapshot(), "\n"), "server:register-down") >= 2, fmt.Sprint(log.snapshot())
+	})
 	// Passes triggered now must not act.
 	a.Reconciler().Trigger()
 	if _, err := a.Reconciler().Pass(context.Background()); !errors.Is(err, reconcile.ErrNotSynced) {
@@ -428,8 +428,9 @@ func TestNoStartBeforeFirstSync(t *testing.T) {
 	}
 
 	srv.setDown(false)
-	waitFor(t, "the crashed VM started after the sync", func() bool { return log.first("hv:start "+idA) >= 0 },
-		func() any { return log.snapshot() })
+	wait.For(t, 10*time.Second, "the crashed VM started after the sync", func() (bool, string) {
+		return log.first("hv:start "+idA) >= 0, fmt.Sprint(log.snapshot())
+	})
 	sync, start := log.first("server:desired"), log.first("hv:start")
 	if sync < 0 || sync > start {
 		t.Fatalf("start at %d before first sync at %d: %v", start, sync, log.snapshot())
@@ -444,15 +445,21 @@ func TestKeepsReconcilingWhileServersUnreachable(t *testing.T) {
 	hv := newRecordingHV(log)
 	srv := newFakeServers(t, log, dvm(idA, "a", structs.DesiredRunning, 10))
 	startAgent(t, testConfig(t, srv.srv.URL), hv)
-	waitFor(t, "vm running", func() bool { s, _ := hv.state(idA); return s == hypervisor.StateRunning },
-		func() any { return log.snapshot() })
+	wait.For(t, 10*time.Second, "vm running", func() (bool, string) {
+		s, _ := hv.state(idA)
+		return s == hypervisor.StateRunning, fmt.Sprint(log.snapshot())
+	})
 
 	srv.setDown(true)
-	waitFor(t, "servers seen down", func() bool { return log.first("server:heartbeat-down") >= 0 }, func() any { return log.snapshot() })
+	wait.For(t, 10*time.Second, "servers seen down", func() (bool, string) {
+		return log.first("server:heartbeat-down") >= 0, fmt.Sprint(log.snapshot())
+	})
 	hv.setState(idA, hypervisor.StateCrashed)
 	hv.events <- hypervisor.Event{Kind: hypervisor.EventLifecycle, UUID: idA, Detail: "stopped", Reason: "crashed", At: time.Now()}
-	waitFor(t, "crashed vm restarted", func() bool { s, _ := hv.state(idA); return s == hypervisor.StateRunning },
-		func() any { s, _ := hv.state(idA); return s })
+	wait.For(t, 10*time.Second, "crashed vm restarted", func() (bool, string) {
+		s, _ := hv.state(idA)
+		return s == hypervisor.StateRunning, s
+	})
 	if n := strings.Count(strings.Join(log.snapshot(), "\n"), "hv:start "+idA); n != 2 {
 		t.Fatalf("starts of A = %d, want 2; log: %v", n, log.snapshot())
 	}
@@ -467,10 +474,10 @@ func TestDesiredChangesAndHeartbeatContent(t *testing.T) {
 	cfg := testConfig(t, srv.srv.URL)
 	a := startAgent(t, cfg, hv)
 
-	waitFor(t, "a heartbeat reporting A running", func() bool {
+	wait.For(t, 10*time.Second, "a heartbeat reporting A running", func() (bool, string) {
 		hb, _ := srv.lastHeartbeat()
-		return len(hb.VMs) == 1 && hb.VMs[0].VMID == idA && hb.VMs[0].State == structs.StateRunning && hb.VMs[0].Generation == 10
-	}, func() any { hb, _ := srv.lastHeartbeat(); return hb })
+		return len(hb.VMs) == 1 && hb.VMs[0].VMID == idA && hb.VMs[0].State == structs.StateRunning && hb.VMs[0].Generation == 10, fmt.Sprint(hb)
+	})
 	hb, _ := srv.lastHeartbeat()
 	if hb.NodeID != a.NodeID() || hb.LocalDrained || len(hb.Faults) != 0 {
 		t.Fatalf("heartbeat = %+v", hb)
@@ -478,18 +485,18 @@ func TestDesiredChangesAndHeartbeatContent(t *testing.T) {
 
 	// Stop A, add B: A is shut down, B defined and started.
 	srv.setDesired(dvm(idA, "a", structs.DesiredStopped, 10), dvm(idB, "b", structs.DesiredRunning, 20))
-	waitFor(t, "A stopped and B running", func() bool {
+	wait.For(t, 10*time.Second, "A stopped and B running", func() (bool, string) {
 		sa, _ := hv.state(idA)
 		sb, _ := hv.state(idB)
-		return sa == hypervisor.StateStopped && sb == hypervisor.StateRunning
-	}, func() any { return log.snapshot() })
+		return sa == hypervisor.StateStopped && sb == hypervisor.StateRunning, fmt.Sprint(log.snapshot())
+	})
 
 	// An older-generation instruction for B is refused: B keeps running.
 	srv.setDesired(dvm(idA, "a", structs.DesiredStopped, 10), dvm(idB, "b", structs.DesiredStopped, 19))
-	waitFor(t, "refused instruction persisted", func() bool {
+	wait.For(t, 10*time.Second, "refused instruction persisted", func() (bool, string) {
 		st := a.Status(context.Background())
-		return st.DesiredIndex == 102
-	}, func() any { return a.Status(context.Background()) })
+		return st.DesiredIndex == 102, fmt.Sprint(st)
+	})
 	if _, err := a.Reconciler().Pass(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -501,14 +508,20 @@ func TestDesiredChangesAndHeartbeatContent(t *testing.T) {
 	if err := a.store.AddMigration(structs.LocalMigration{VMID: idC, ToAddr: "10.9.0.2", Generation: 5}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "migration reported", func() bool {
+	_, before := srv.lastHeartbeat()
+	wait.For(t, 10*time.Second, "migration reported", func() (bool, string) {
+		for _, hb := range srv.heartbeatsSince(before) {
+			if len(hb.Migrations) == 1 && hb.Migrations[0].VMID == idC {
+				return true, ""
+			}
+		}
 		hb, _ := srv.lastHeartbeat()
-		return len(hb.Migrations) == 1 && hb.Migrations[0].VMID == idC
-	}, func() any { hb, _ := srv.lastHeartbeat(); return hb })
-	waitFor(t, "migration acknowledged", func() bool {
+		return false, fmt.Sprint(hb)
+	})
+	wait.For(t, 10*time.Second, "migration acknowledged", func() (bool, string) {
 		m, _, _ := a.store.PendingMigrations()
-		return len(m) == 0
-	}, func() any { m, _, _ := a.store.PendingMigrations(); return m })
+		return len(m) == 0, fmt.Sprint(m)
+	})
 
 	if st, ok := hv.state(idX); !ok || st != hypervisor.StateRunning {
 		t.Fatalf("foreign domain touched: %q, %v; log %v", st, ok, log.snapshot())
@@ -527,8 +540,10 @@ func TestServerDrainKeepsVMsStopped(t *testing.T) {
 	srv.desired.ManagementState = structs.NodeDrained
 	srv.mu.Unlock()
 	startAgent(t, testConfig(t, srv.srv.URL), hv)
-	waitFor(t, "A shut down", func() bool { s, _ := hv.state(idA); return s == hypervisor.StateStopped },
-		func() any { return log.snapshot() })
+	wait.For(t, 10*time.Second, "A shut down", func() (bool, string) {
+		s, _ := hv.state(idA)
+		return s == hypervisor.StateStopped, fmt.Sprint(log.snapshot())
+	})
 	if i := log.first("hv:start"); i >= 0 {
 		t.Fatalf("started a VM on a drained node: %v", log.snapshot())
 	}
@@ -544,11 +559,11 @@ func TestLocalSocketAndPing(t *testing.T) {
 
 	lc := local.NewClient(cfg.Socket)
 	var st *local.Status
-	waitFor(t, "status with A running", func() bool {
+	wait.For(t, 10*time.Second, "status with A running", func() (bool, string) {
 		var err error
 		st, err = lc.Status(ctx)
-		return err == nil && len(st.VMs) == 1 && st.VMs[0].State == hypervisor.StateRunning && st.Servers.Reachable
-	}, func() any { return st })
+		return err == nil && len(st.VMs) == 1 && st.VMs[0].State == hypervisor.StateRunning && st.Servers.Reachable, fmt.Sprint(st, err)
+	})
 	if st.NodeID != a.NodeID() || st.Name != "hv1" || !st.Synced || !st.LibvirtConnected ||
 		st.VMs[0].ID != idA || st.VMs[0].DesiredState != structs.DesiredRunning || st.VMs[0].Generation != 10 {
 		t.Fatalf("status = %+v", st)

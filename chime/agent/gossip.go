@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/chime-ha/chime/chime/agent/clock"
 	"github.com/chime-ha/chime/gossip"
 )
 
@@ -80,7 +81,7 @@ func (a *Agent) gossipLoop(ctx context.Context) {
 				log.Info("joined gossip pool", "reached", n)
 			}
 		}
-		if !sleepCtx(ctx, gossipRejoinInterval) {
+		if !clock.Sleep(ctx, a.clock, gossipRejoinInterval) {
 			return
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -24,25 +25,48 @@ func (a *Agent) heartbeatLoop(ctx context.Context) {
 	}
 	log.Info("first reconcile pass done: heartbeats begin")
 	for {
-		if err := a.sendHeartbeat(ctx); err != nil && ctx.Err() == nil {
+		if err := a.HeartbeatOnce(ctx); err != nil && ctx.Err() == nil {
 			log.Warn("heartbeat failed", "error", err)
-			if errors.Is(err, structs.ErrForbidden) || errors.Is(err, structs.ErrNotFound) {
+			if RegistrationLost(err) {
 				if a.register(ctx) != nil {
 					return
 				}
 			}
 		}
-		t := time.NewTimer(a.heartbeatInterval())
+		t := a.clock.NewTimer(a.HeartbeatInterval())
 		select {
 		case <-ctx.Done():
 			t.Stop()
 			return
-		case <-t.C:
+		case <-t.C():
 		case <-a.heartbeatNow:
 			t.Stop()
 		}
 	}
 }
+
+// ErrNotSettled is HeartbeatOnce's answer before the reconciler's first
+// pass with every stale copy gone: no heartbeat may bring the node back to
+// normal while it may still run a copy rebuilt elsewhere.
+var ErrNotSettled = errors.New("no heartbeat yet: stale copies may still run here")
+
+// HeartbeatOnce builds one heartbeat, sends it and handles the answer
+// (timing, gossip addresses, refused adoptions, acknowledged local
+// migrations). Before the reconciler has settled it sends nothing and
+// returns ErrNotSettled. An error the servers answered with is returned
+// as is (RegistrationLost tells whether to register again).
+func (a *Agent) HeartbeatOnce(ctx context.Context) error {
+	select {
+	case <-a.rec.Settled():
+	default:
+		return ErrNotSettled
+	}
+	return a.sendHeartbeat(ctx)
+}
+
+// HeartbeatInterval is the period of the heartbeats, as the servers last
+// set it.
+func (a *Agent) HeartbeatInterval() time.Duration { return a.heartbeatInterval() }
 
 // requestHeartbeat asks for the next heartbeat now (after libvirt changed),
 // so that the servers' view of the VMs converges quickly. Requests coalesce.
@@ -78,9 +102,13 @@ func (a *Agent) BuildHeartbeat(ctx context.Context) (api.HeartbeatRequest, uint6
 		}
 		hb.VMs = append(hb.VMs, structs.VMObservation{VMID: d.UUID, State: observedState(d.State), Reason: d.Reason, Generation: d.Meta.Generation})
 	}
+	// In VM id order whatever order libvirt listed the domains in, so that
+	// the same state gives the same heartbeat.
+	sortObservations(hb.VMs)
 	if hb.Adopted, err = a.adoptedObservations(domains); err != nil {
 		return hb, 0, err
 	}
+	sortObservations(hb.Adopted)
 	migs, last, err := a.store.PendingMigrations()
 	if err != nil {
 		return hb, 0, err
@@ -94,7 +122,7 @@ func (a *Agent) sendHeartbeat(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	resp, err := a.client.Heartbeat(ctx, hb)
+	resp, err := a.servers.Heartbeat(ctx, hb)
 	a.noteContact(err)
 	if err != nil {
 		return err
@@ -126,6 +154,10 @@ func (a *Agent) adoptedObservations(domains []hypervisor.Domain) ([]structs.VMOb
 		out = append(out, structs.VMObservation{VMID: ad.VMID, State: observedState(d.State), Reason: d.Reason, Generation: ad.Generation})
 	}
 	return out, nil
+}
+
+func sortObservations(obs []structs.VMObservation) {
+	slices.SortFunc(obs, func(x, y structs.VMObservation) int { return strings.Compare(x.VMID, y.VMID) })
 }
 
 // observedState maps a libvirt state onto the API's observation states. A

@@ -42,7 +42,7 @@ func (a *Agent) handleAdopt(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusBadRequest, errorBody{Error: "body: " + err.Error()})
 		return
 	}
-	if err := a.ops.Adopt(ad); err != nil {
+	if err := a.Adopt(ad); err != nil {
 		writeJSON(w, api.StatusOf(err), errorBody{Error: err.Error()})
 		return
 	}

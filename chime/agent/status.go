@@ -1,12 +1,12 @@
 package agent
 
 import (
+	"cmp"
 	"context"
-	"sort"
+	"slices"
 	"strings"
 	"time"
 
-	"github.com/chime-ha/chime/chime/agent/handover"
 	"github.com/chime-ha/chime/chime/agent/local"
 )
 
@@ -24,7 +24,7 @@ func (a *Agent) Status(ctx context.Context) local.Status {
 	st := local.Status{
 		NodeID: a.nodeID, Name: a.cfg.Name,
 		Servers: local.ServerContact{
-			Addrs:       a.client.Addrs(),
+			Addrs:       a.servers.Addrs(),
 			Reachable:   !a.lastContact.IsZero() && a.contactErr == nil,
 			LastContact: a.lastContact,
 		},
@@ -63,7 +63,9 @@ func (a *Agent) Status(ctx context.Context) local.Status {
 	for _, v := range vms {
 		st.VMs = append(st.VMs, *v)
 	}
-	sort.Slice(st.VMs, func(i, j int) bool { return st.VMs[i].Name < st.VMs[j].Name })
+	slices.SortFunc(st.VMs, func(x, y local.VM) int {
+		return cmp.Or(strings.Compare(x.Name, y.Name), strings.Compare(x.ID, y.ID))
+	})
 	return st
 }
 
@@ -73,19 +75,8 @@ type localBackend struct{ a *Agent }
 
 func (b localBackend) Status(ctx context.Context) local.Status { return b.a.Status(ctx) }
 
-func (b localBackend) Drain(ctx context.Context) (local.DrainResult, error) {
-	res, err := b.a.ops.Drain(ctx)
-	return local.DrainResult(res), err
-}
+func (b localBackend) Drain(ctx context.Context) (local.DrainResult, error) { return b.a.Drain(ctx) }
 
 func (b localBackend) Migrate(ctx context.Context, req local.MigrateRequest) ([]local.MigrateResult, error) {
-	res, err := b.a.ops.Migrate(ctx, handover.MigrateRequest(req))
-	if err != nil {
-		return nil, err
-	}
-	out := make([]local.MigrateResult, len(res))
-	for i, r := range res {
-		out[i] = local.MigrateResult(r)
-	}
-	return out, nil
+	return b.a.Migrate(ctx, req)
 }

@@ -37,8 +37,8 @@ const MaxRequestIDLen = 128
 // request id and is retried with the same id on another server when the
 // first cannot be reached, so it applies at most once.
 type Client struct {
-	mu      sync.Mutex
-	addrs   []string // base URLs, e.g. http://127.0.0.1:4650
+	mu      sync.Mutex // guards addrs, current, and Node and Secret once SetCredentials is used
+	addrs   []string   // base URLs, e.g. http://127.0.0.1:4650
 	current int
 
 	HTTP   *http.Client
@@ -73,6 +73,15 @@ func (c *Client) Addrs() []string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return append([]string(nil), c.addrs...)
+}
+
+// SetCredentials sets the agent credentials sent on every request (""
+// sends none). Unlike assigning Node and Secret, it is safe while requests
+// are in flight.
+func (c *Client) SetCredentials(node, secret string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.Node, c.Secret = node, secret
 }
 
 func (c *Client) pick() string {
@@ -158,9 +167,12 @@ func (c *Client) once(ctx context.Context, base, method, path string, query url.
 	if c.Token != "" {
 		req.Header.Set(HeaderToken, c.Token)
 	}
-	if c.Node != "" {
-		req.Header.Set(HeaderNode, c.Node)
-		req.Header.Set(HeaderSecret, c.Secret)
+	c.mu.Lock()
+	node, secret := c.Node, c.Secret
+	c.mu.Unlock()
+	if node != "" {
+		req.Header.Set(HeaderNode, node)
+		req.Header.Set(HeaderSecret, secret)
 	}
 	resp, err := c.HTTP.Do(req)
 	if err != nil {

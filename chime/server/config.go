@@ -34,6 +34,10 @@ type Config struct {
 	MissedHeartbeats  int           // heartbeats missed before a ping-back
 	RaftTimeScale     float64       // <1 shortens Raft timers (tests); 1 = raft defaults
 	Logger            hclog.Logger
+	// Clock stamps every command this server proposes and is what the
+	// leader's duties and the endpoints measure time on; nil is the wall
+	// clock. Raft's own timers always run on the wall clock.
+	Clock Clock
 }
 
 // DefaultConfig returns the production defaults.

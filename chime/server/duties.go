@@ -2,47 +2,59 @@ package server
 
 import (
 	"context"
+	"net/http"
 	"time"
 
 	"github.com/chime-ha/chime/chime/server/alarms"
+	"github.com/chime-ha/chime/chime/server/endpoint"
+	"github.com/chime-ha/chime/chime/server/heartbeat"
 	"github.com/chime-ha/chime/chime/server/placement"
 	"github.com/chime-ha/chime/chime/server/tasks"
 	"github.com/chime-ha/chime/fsm"
 	"github.com/chime-ha/chime/scheduler"
 )
 
-// wallClock is the clock the leader's duties run on in production. Task
-// timestamps are stamped by propose with time.Now, so the runner's
-// timeouts are measured on the same clock.
+// Clock is the server's time: propose stamps every command with Now, the
+// leader's duties measure their timeouts against it (a task's Updated
+// stamp is this clock's), and the endpoints bound their waits with After.
+// One clock for all of them, so that a stamp and the timeout measured
+// against it never come from two clocks.
+type Clock interface {
+	Now() time.Time
+	After(d time.Duration) <-chan time.Time
+}
+
+// wallClock is the clock in production.
 type wallClock struct{}
 
-func (wallClock) Now() time.Time { return time.Now() }
+func (wallClock) Now() time.Time                         { return time.Now() }
+func (wallClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
 
-// setupDuties constructs the placer, the task runner and the alarmer over
-// this server's FSM and propose. They run only while leader (lead).
+// setupDuties constructs the placer, the task runner, the alarmer and the
+// heartbeat monitor over this server's FSM, propose and clock (they run
+// only while leader, in lead), and the endpoints the handlers call.
 func (s *Server) setupDuties() {
 	s.placer = placement.New(placement.Config{
 		State: s.fsm, Proposer: s,
 		Options: scheduler.Options{Strategy: scheduler.Strategy(s.cfg.Scheduler), CPUOvercommit: s.cfg.CPUOvercommit},
 		Logger:  s.log.Named("placement"),
 	})
-	s.taskRunner = tasks.New(tasks.Config{State: s.fsm, Proposer: s, Placer: s.placer, Clock: wallClock{},
+	s.taskRunner = tasks.New(tasks.Config{State: s.fsm, Proposer: s, Placer: s.placer, Clock: s.clock,
 		Logger: s.log.Named("tasks")})
-	s.alarmer = alarms.New(alarms.Config{State: s.fsm, Proposer: s, Clock: wallClock{},
+	s.alarmer = alarms.New(alarms.Config{State: s.fsm, Proposer: s, Clock: s.clock,
 		Webhooks: s.cfg.AlarmWebhook, ExternalURL: s.cfg.APIURL(),
 		CountDelivery: func(result string) { s.met.alarmsSent.WithLabelValues(result).Inc() },
 		Logger:        s.log.Named("alarms")})
+	s.hb = heartbeat.New(heartbeat.Config{Interval: s.cfg.HeartbeatInterval, Missed: s.cfg.MissedHeartbeats,
+		Proposer: s, State: s.fsm, Clock: s.clock, Pinger: agentPinger{client: http.DefaultClient}, Gossip: s.pool,
+		Logger: s.log})
+	s.ep = endpoint.New(endpoint.Config{Proposer: s, State: s.fsm, Placer: s.placer, Tasks: s.taskRunner,
+		Monitor: s.hb, Clock: s.clock, IDs: endpoint.RandomIDs{}, Agents: agentConfig{s},
+		CountHeartbeat: s.met.heartbeats.Inc})
 }
 
 // Propose applies a command through Raft on the leader: the proposer the
-// leader's duties are given (heartbeat, tasks, placement, alarms declare it).
+// leader's duties and the endpoints are given (each declares it).
 func (s *Server) Propose(ctx context.Context, reqID string, typ fsm.CommandType, payload any) (*fsm.Result, error) {
 	return s.propose(ctx, reqID, typ, payload)
 }
-
-// kickTasks wakes the task runner (a task was created, a step's result
-// arrived).
-func (s *Server) kickTasks() { s.taskRunner.Kick() }
-
-// kickPlacement wakes the placement loop (capacity may have appeared).
-func (s *Server) kickPlacement() { s.placer.Kick() }

@@ -6,7 +6,7 @@ import (
 	"github.com/chime-ha/chime/chime/structs"
 
 	"github.com/chime-ha/chime/chime/api"
-	"github.com/chime-ha/chime/fsm"
+	"github.com/chime-ha/chime/chime/server/endpoint"
 )
 
 func (s *Server) handleListNodes(w http.ResponseWriter, r *http.Request) (any, error) {
@@ -26,61 +26,38 @@ func (s *Server) handleGetNode(w http.ResponseWriter, r *http.Request) (any, err
 	return s.fsm.ResolveNode(r.PathValue("id"))
 }
 
+// handleNodeAction enables, disables, drains, evacuates or rebuilds a
+// node. The node is resolved before the body is read, so that an unknown
+// node answers 404 whatever the body says; an unknown action is the
+// endpoint's 404.
 func (s *Server) handleNodeAction(w http.ResponseWriter, r *http.Request) (any, error) {
-	n, err := s.fsm.ResolveNode(r.PathValue("id"))
-	if err != nil {
+	ref, op := r.PathValue("id"), endpoint.NodeOp(r.PathValue("action"))
+	if _, err := s.fsm.ResolveNode(ref); err != nil {
 		return nil, err
 	}
-	reqID := r.Header.Get(api.HeaderRequestID)
-	action := r.PathValue("action")
-	if action == "drain" || action == "evacuate" || action == "rebuild" {
-		if t, ok := s.retriedTask(reqID); ok {
-			return t, nil
-		}
+	var body struct {
+		ConfirmFenced bool `json:"confirm_fenced"`
 	}
-	switch action {
-	case "drain":
-		if err := decodeEmpty(r); err != nil {
-			return nil, err
-		}
-		return s.drainNode(r.Context(), reqID, n)
-	case "enable", "disable":
-		if err := decodeEmpty(r); err != nil {
-			return nil, err
-		}
-		state := map[string]string{"enable": structs.NodeEnabled, "disable": structs.NodeDisabled}[action]
-		if _, err := s.propose(r.Context(), reqID, fsm.CmdSetManagement, fsm.SetManagement{NodeID: n.ID, State: state}); err != nil {
-			return nil, err
-		}
-		if action == "enable" {
-			s.kickPlacement()
-		}
-		return s.fsm.Node(n.ID)
-	case "rebuild":
-		var body struct {
-			ConfirmFenced bool `json:"confirm_fenced"`
-		}
+	switch op {
+	case endpoint.NodeRebuild:
 		if err := decodeOptional(r, &body); err != nil {
 			return nil, err
 		}
-		return s.rebuildNode(r.Context(), reqID, n, body.ConfirmFenced)
-	case "evacuate":
+	case endpoint.NodeEnable, endpoint.NodeDisable, endpoint.NodeDrain, endpoint.NodeEvacuate:
 		if err := decodeEmpty(r); err != nil {
 			return nil, err
 		}
-		return s.evacuateNode(r.Context(), reqID, n)
 	}
-	return nil, structs.NotFound("action", "unknown node action %q (enable, disable, drain, rebuild, evacuate)", action)
+	res, err := s.ep.NodeAction(r.Context(), r.Header.Get(api.HeaderRequestID), ref, op, body.ConfirmFenced)
+	switch {
+	case err != nil:
+		return nil, err
+	case res.Task != nil:
+		return res.Task, nil
+	}
+	return res.Node, nil
 }
 
 func (s *Server) handleRemoveNode(w http.ResponseWriter, r *http.Request) (any, error) {
-	n, err := s.fsm.ResolveNode(r.PathValue("id"))
-	if err != nil {
-		return nil, err
-	}
-	if _, err := s.propose(r.Context(), r.Header.Get(api.HeaderRequestID), fsm.CmdRemoveNode, fsm.RemoveNode{NodeID: n.ID}); err != nil {
-		return nil, err
-	}
-	s.hb.Forget(n.ID)
-	return nil, nil
+	return nil, s.ep.RemoveNode(r.Context(), r.Header.Get(api.HeaderRequestID), r.PathValue("id"))
 }

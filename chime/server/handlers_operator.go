@@ -174,3 +174,27 @@ func (s *Server) handleTasks(w http.ResponseWriter, r *http.Request) (any, error
 	}
 	return t, err
 }
+
+func (s *Server) handleGetTask(w http.ResponseWriter, r *http.Request) (any, error) {
+	id := r.PathValue("id")
+	tasks, err := s.fsm.Tasks()
+	if err != nil {
+		return nil, err
+	}
+	var match []structs.Task
+	for _, t := range tasks {
+		if t.ID == id {
+			return t, nil
+		}
+		if len(id) >= 4 && len(t.ID) >= len(id) && t.ID[:len(id)] == id {
+			match = append(match, t)
+		}
+	}
+	if len(match) == 1 {
+		return match[0], nil
+	}
+	if len(match) > 1 {
+		return nil, structs.Invalid("task", "%q is ambiguous: give more characters", id)
+	}
+	return nil, structs.NotFound("task", "no task with id or id prefix %q", id)
+}

@@ -22,6 +22,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/chime-ha/chime/chime/api"
+	"github.com/chime-ha/chime/chime/server/endpoint"
 	"github.com/chime-ha/chime/chime/server/heartbeat"
 	"github.com/chime-ha/chime/fsm"
 	"github.com/chime-ha/chime/gossip"
@@ -40,7 +41,9 @@ type Server struct {
 	lis   net.Listener
 	fwd   *http.Client
 	met   *metrics
+	clock Clock // stamps commands; the duties and the endpoints run on it
 	hb    *heartbeat.Monitor
+	ep    *endpoint.Endpoints // what each request does, behind the handlers
 
 	// The leader's deciding duties, each in its own package behind the
 	// small interfaces it declares; constructed in Start, run by lead.
@@ -110,7 +113,10 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger.Named("server"), fwd: &http.Client{Timeout: 6 * time.Minute}}
+	s := &Server{cfg: cfg, log: cfg.Logger.Named("server"), fwd: &http.Client{Timeout: 6 * time.Minute}, clock: cfg.Clock}
+	if s.clock == nil {
+		s.clock = wallClock{}
+	}
 	s.met = newMetrics()
 	if err := s.setupRaft(); err != nil {
 		s.closeStores()
@@ -121,8 +127,6 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s.setupDuties()
-	s.hb = heartbeat.New(heartbeat.Config{Interval: cfg.HeartbeatInterval, Missed: cfg.MissedHeartbeats,
-		Proposer: s, State: s.fsm, Pinger: agentPinger{client: http.DefaultClient}, Gossip: s.pool, Logger: s.log})
 	if err := s.setupHTTP(); err != nil {
 		s.closeAll()
 		return nil, err
@@ -358,13 +362,14 @@ func (s *Server) leaderAPI() (string, error) {
 	return "", fmt.Errorf("%w: leader %s has no known API address", structs.ErrNoLeader, id)
 }
 
-// propose applies a command through Raft on the leader. Followers answer
-// errNotLeader: the HTTP layer forwards the whole request instead.
+// propose applies a command through Raft on the leader, stamped with the
+// server's clock. Followers answer errNotLeader: the HTTP layer forwards
+// the whole request instead.
 func (s *Server) propose(ctx context.Context, reqID string, typ fsm.CommandType, payload any) (*fsm.Result, error) {
 	if reqID == "" {
 		reqID = api.NewRequestID()
 	}
-	data, err := fsm.NewCommand(reqID, typ, time.Now(), payload)
+	data, err := fsm.NewCommand(reqID, typ, s.clock.Now(), payload)
 	if err != nil {
 		return nil, err
 	}

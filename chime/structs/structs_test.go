@@ -66,3 +66,16 @@ func TestErrorKindsRoundTripByName(t *testing.T) {
 		t.Errorf("Invalid = %+v", e)
 	}
 }
+
+// TestValidateLabelsNamesTheFirstBadKey: with several bad labels the
+// refusal names the first in key order, every time (map order is random).
+func TestValidateLabelsNamesTheFirstBadKey(t *testing.T) {
+	labels := map[string]string{"ok": "v", "zz\n": "v", "bb\n": "v", "mm\n": "v", "cc\x00": "v"}
+	want := fmt.Sprintf("labels: label %q: control characters are not allowed", "bb\n")
+	for i := 0; i < 50; i++ {
+		err := ValidateLabels("labels", labels)
+		if err == nil || err.Error() != want {
+			t.Fatalf("attempt %d: ValidateLabels = %v, want %q", i, err, want)
+		}
+	}
+}

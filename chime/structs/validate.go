@@ -1,8 +1,10 @@
 package structs
 
 import (
+	"maps"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 )
 
@@ -59,7 +61,10 @@ func ValidateLabels(field string, labels map[string]string) error {
 	if len(labels) > MaxLabels {
 		return Invalid(field, "at most %d labels, got %d", MaxLabels, len(labels))
 	}
-	for k, v := range labels {
+	// Keys in order, so that a request with several bad labels is always
+	// refused naming the same one (the answer must not depend on map order).
+	for _, k := range slices.Sorted(maps.Keys(labels)) {
+		v := labels[k]
 		if k == "" || len(k) > MaxLabelLen || len(v) > MaxLabelLen {
 			return Invalid(field, "label %q: keys must be 1..%d and values at most %d characters", k, MaxLabelLen, MaxLabelLen)
 		}

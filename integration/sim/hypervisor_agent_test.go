@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	agentclock "github.com/chime-ha/chime/chime/agent/clock"
+
 	"github.com/chime-ha/chime/chime/agent"
 	"github.com/chime-ha/chime/chime/agent/handover"
 	"github.com/chime-ha/chime/chime/agent/reconcile"
@@ -74,7 +76,7 @@ func (r *recClock) advance(d time.Duration) {
 	r.c.advance(d)
 }
 
-func (r *recClock) NewTicker(time.Duration) reconcile.Ticker { return idleTicker{} }
+func (r *recClock) NewTicker(time.Duration) agentclock.Ticker { return idleTicker{} }
 
 type idleTicker struct{}
 

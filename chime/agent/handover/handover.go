@@ -8,12 +8,17 @@ package handover
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
+	"io"
+	"maps"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/chime-ha/chime/chime/agent/clock"
 	"github.com/chime-ha/chime/chime/agent/store"
 	"github.com/chime-ha/chime/chime/api"
 	"github.com/chime-ha/chime/hypervisor"
@@ -40,6 +45,7 @@ type Store interface {
 	Adoptions() (map[string]store.Adoption, error)
 	RemoveAdoption(vmID string) error
 	StartDrain(newID string) (string, error)
+	DrainID() (string, error)
 	ReleaseDrain(id string) (bool, error)
 }
 
@@ -53,6 +59,17 @@ type Reporter interface {
 // to arrive by node-local migration, so that it keeps it.
 type Announcer interface {
 	AnnounceAdoption(ctx context.Context, dest string, ad store.Adoption) error
+}
+
+// Clock is the operations' time: Now for the local drain's deadline and the
+// migrations' "took" figures, NewTimer for the drain's wait, AfterFunc for
+// all background work (ordered migrations, report and record retries). On
+// a clock.Manual that work runs when the clock is advanced, on the
+// advancing goroutine, so nothing runs behind the caller's back.
+type Clock interface {
+	Now() time.Time
+	NewTimer(d time.Duration) clock.Timer
+	AfterFunc(d time.Duration, f func()) clock.Timer
 }
 
 // Config wires a Manager.
@@ -71,7 +88,12 @@ type Config struct {
 	// RetryInterval is the first wait before a failed record write is
 	// tried again; it doubles up to 30 s. Default 1 s.
 	RetryInterval time.Duration
-	Logger        hclog.Logger
+	Clock         Clock     // nil: the wall clock
+	Rand          io.Reader // source of local drain ids; nil: crypto/rand
+	// Interfaces looks up the interface a node-local migration names;
+	// nil: HostInterface.
+	Interfaces func(name string) (Interface, error)
+	Logger     hclog.Logger
 }
 
 // Manager runs the operations and keeps their in-memory state. Its methods
@@ -82,7 +104,7 @@ type Manager struct {
 
 	ctx    context.Context // lifetime of background work (migrations, record retries)
 	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	wg     sync.WaitGroup // background work scheduled and not finished or stopped
 
 	mu       sync.Mutex
 	drained  bool                      // local drain flag (mirrors the store)
@@ -91,6 +113,15 @@ type Manager struct {
 	reported map[string]bool           // task id + vm id → migration done and reported
 	unsaved  map[string]store.Handover // vm id → generation that left whose fencing record is not on disk yet
 	rejected map[string]bool           // vm id → adoption refused by the servers whose record is not removed yet
+	closed   bool                      // Close was called: nothing more is scheduled
+	nextWork uint64                    // id of the next scheduled piece of background work
+	work     map[uint64]*scheduled     // background work waiting for its time
+}
+
+// scheduled is one piece of background work set on the clock.
+type scheduled struct {
+	timer     clock.Timer
+	cancelled func() // called instead of the work when the manager closes first; may be nil
 }
 
 // New returns a Manager; Close it when the agent stops.
@@ -107,16 +138,77 @@ func New(cfg Config) *Manager {
 	if cfg.RetryInterval <= 0 {
 		cfg.RetryInterval = time.Second
 	}
+	if cfg.Clock == nil {
+		cfg.Clock = clock.Wall{}
+	}
+	if cfg.Rand == nil {
+		cfg.Rand = rand.Reader
+	}
+	if cfg.Interfaces == nil {
+		cfg.Interfaces = HostInterface
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Manager{cfg: cfg, log: cfg.Logger, ctx: ctx, cancel: cancel, drained: cfg.Drained,
 		inflight: map[string]string{}, reported: map[string]bool{},
-		unsaved: map[string]store.Handover{}, rejected: map[string]bool{}}
+		unsaved: map[string]store.Handover{}, rejected: map[string]bool{},
+		work: map[uint64]*scheduled{}}
 }
 
-// Close cancels the migrations and retries in flight and waits for them.
+// Close cancels the migrations and retries in flight and waits for them;
+// work still waiting for its time does not run.
 func (m *Manager) Close() {
 	m.cancel()
+	m.mu.Lock()
+	m.closed = true
+	ids := slices.Sorted(maps.Keys(m.work))
+	work := m.work
+	m.work = map[uint64]*scheduled{}
+	m.mu.Unlock()
+	for _, id := range ids {
+		if w := work[id]; w.timer.Stop() {
+			if w.cancelled != nil {
+				w.cancelled()
+			}
+			m.wg.Done()
+		}
+		// Not stopped: it is firing now, finds itself gone from m.work
+		// and calls cancelled itself.
+	}
 	m.wg.Wait()
+}
+
+// after runs f in the background once d has passed on the clock, unless
+// the manager is closed first; then cancelled runs instead (when set).
+func (m *Manager) after(d time.Duration, f, cancelled func()) {
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		if cancelled != nil {
+			cancelled()
+		}
+		return
+	}
+	defer m.mu.Unlock()
+	id := m.nextWork
+	m.nextWork++
+	w := &scheduled{cancelled: cancelled}
+	m.work[id] = w
+	m.wg.Add(1)
+	// The callback takes m.mu first, so it sees w.timer set.
+	w.timer = m.cfg.Clock.AfterFunc(d, func() {
+		defer m.wg.Done()
+		m.mu.Lock()
+		_, mine := m.work[id]
+		delete(m.work, id)
+		m.mu.Unlock()
+		if !mine {
+			if w.cancelled != nil {
+				w.cancelled()
+			}
+			return
+		}
+		f()
+	})
 }
 
 // Drained reports the local drain flag.
@@ -166,7 +258,6 @@ func (m *Manager) Hold(ds api.DesiredState) ([]string, error) {
 		fence(id, h.Generation)
 	}
 	m.mu.Lock()
-	defer m.mu.Unlock()
 	for id := range m.inflight {
 		hold = append(hold, id)
 	}
@@ -182,7 +273,10 @@ func (m *Manager) Hold(ds api.DesiredState) ([]string, error) {
 		}
 		hold = append(hold, id)
 	}
-	return hold, nil
+	m.mu.Unlock()
+	// Built from maps: sorted, so that the same records give the same list.
+	slices.Sort(hold)
+	return slices.Compact(hold), nil
 }
 
 // AfterDesired runs the HA side effects of a new desired state: settle
@@ -244,7 +338,8 @@ func (m *Manager) settleHandovers(ctx context.Context) {
 		return
 	}
 	var mine []store.Handover
-	for _, h := range open {
+	for _, id := range slices.Sorted(maps.Keys(open)) {
+		h := open[id]
 		m.mu.Lock()
 		_, pending := m.unsaved[h.VMID]
 		m.mu.Unlock()
@@ -306,25 +401,25 @@ func (m *Manager) retire(h store.Handover) error {
 }
 
 // retry runs write in the background until it succeeds (then done) or the
-// manager is closed.
+// manager is closed: first after RetryInterval, then doubling up to 30 s.
 func (m *Manager) retry(what string, write func() error, done func()) {
-	m.wg.Go(func() {
-		wait := m.cfg.RetryInterval
-		for {
-			if !sleepCtx(m.ctx, wait) {
-				m.log.Error("agent stopping: record still not written", "what", what)
-				return
-			}
-			err := write()
-			if err == nil {
-				m.log.Info("record written after retries", "what", what)
-				done()
-				return
-			}
-			m.log.Error("record still cannot be written; retrying", "what", what, "error", err)
-			wait = min(2*wait, 30*time.Second)
+	m.retryAfter(m.cfg.RetryInterval, what, write, done)
+}
+
+func (m *Manager) retryAfter(wait time.Duration, what string, write func() error, done func()) {
+	m.after(wait, func() {
+		if m.ctx.Err() != nil {
+			m.log.Error("agent stopping: record still not written", "what", what)
+			return
 		}
-	})
+		if err := write(); err != nil {
+			m.log.Error("record still cannot be written; retrying", "what", what, "error", err)
+			m.retryAfter(min(2*wait, 30*time.Second), what, write, done)
+			return
+		}
+		m.log.Info("record written after retries", "what", what)
+		done()
+	}, func() { m.log.Error("agent stopping: record still not written", "what", what) })
 }
 
 // adoptionAccepted forgets an announced adoption the servers placed here.
@@ -414,20 +509,4 @@ func hostForURI(host string) string {
 		return "[" + host + "]"
 	}
 	return host
-}
-
-func backoff(attempt int) time.Duration {
-	d := time.Second << min(attempt, 5)
-	return min(d, 30*time.Second)
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
 }

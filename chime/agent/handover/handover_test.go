@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chime-ha/chime/chime/agent/clock"
 	"github.com/chime-ha/chime/chime/agent/reconcile"
 	"github.com/chime-ha/chime/chime/agent/store"
 	"github.com/chime-ha/chime/chime/api"
@@ -29,8 +30,9 @@ var errDisk = errors.New("injected: input/output error")
 // as a failing disk would make them.
 type faultyStore struct {
 	*store.Store
-	mu   sync.Mutex
-	fail map[string]error // method name -> error it returns
+	mu    sync.Mutex
+	fail  map[string]error // method name -> error it returns
+	calls map[string]int   // method name -> calls of it that could fail
 }
 
 func (f *faultyStore) set(method string, err error) {
@@ -46,7 +48,14 @@ func (f *faultyStore) set(method string, err error) {
 func (f *faultyStore) err(method string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.calls[method]++
 	return f.fail[method]
+}
+
+func (f *faultyStore) called(method string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.calls[method]
 }
 
 func (f *faultyStore) BeginHandover(h store.Handover) error {
@@ -112,7 +121,7 @@ func openStore(t *testing.T) *faultyStore {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Close() })
-	return &faultyStore{Store: s, fail: map[string]error{}}
+	return &faultyStore{Store: s, fail: map[string]error{}, calls: map[string]int{}}
 }
 
 // fakeHV is an in-memory libvirt for the operations: a migration moves the
@@ -232,9 +241,15 @@ type rig struct {
 
 func newRig(t *testing.T, st Store, hv *fakeHV) *rig {
 	t.Helper()
+	return newRigOn(t, st, hv, nil, 5*time.Millisecond)
+}
+
+// newRigOn is newRig on clk (nil: the wall clock).
+func newRigOn(t *testing.T, st Store, hv *fakeHV, clk Clock, retry time.Duration) *rig {
+	t.Helper()
 	r := &rig{st: st, hv: hv, rep: &reports{}, ann: &announcer{}}
 	r.m = New(Config{NodeID: "node-1", Hypervisor: hv, Store: st, Reporter: r.rep, Announcer: r.ann,
-		Trigger: func() { r.triggers.Add(1) }, RetryInterval: 5 * time.Millisecond})
+		Trigger: func() { r.triggers.Add(1) }, RetryInterval: retry, Clock: clk})
 	t.Cleanup(r.m.Close)
 	return r
 }
@@ -644,5 +659,57 @@ func TestDrainReleaseNotRecorded(t *testing.T) {
 	}
 	if on, _ := st.Drained(); on {
 		t.Fatal("drain flag still set on disk")
+	}
+}
+
+// TestBackgroundWorkRunsOnTheClock: on a manual clock, an ordered
+// migration and the retries of its fencing record run only when the clock
+// is advanced, at the back-off's times (1 s, then 2 s, then 4 s); Close
+// drops the retry still waiting.
+func TestBackgroundWorkRunsOnTheClock(t *testing.T) {
+	for _, closeEarly := range []bool{false, true} {
+		t.Run(map[bool]string{false: "retried until written", true: "closed while waiting"}[closeEarly], func(t *testing.T) {
+			st := openStore(t)
+			st.set("Retire", errDisk)
+			clk := clock.NewManual(time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC))
+			r := newRigOn(t, st, newFakeHV(running(idA, 10)), clk, time.Second)
+			r.m.AfterDesired(context.Background(), desiredHere(idA, 10, true))
+			if got := r.hv.migrations(); len(got) != 0 {
+				t.Fatalf("migrated %q before the clock moved", got)
+			}
+			clk.Advance(0)
+			if got := r.hv.migrations(); !slices.Equal(got, []string{idA}) || len(r.rep.all()) != 1 || st.called("Retire") != 1 {
+				t.Fatalf("after Advance(0): migrated %q, reports %v, %d Retire calls; want one of each", got, r.rep.all(), st.called("Retire"))
+			}
+			steps := []struct {
+				advance time.Duration
+				calls   int
+			}{{999 * time.Millisecond, 1}, {time.Millisecond, 2}, {1999 * time.Millisecond, 2}, {time.Millisecond, 3}}
+			for _, s := range steps {
+				clk.Advance(s.advance)
+				if got := st.called("Retire"); got != s.calls {
+					t.Fatalf("at %v: %d Retire calls, want %d", clk.Now().Sub(time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)), got, s.calls)
+				}
+			}
+			if closeEarly {
+				r.m.Close()
+				clk.Advance(time.Hour)
+				if got := st.called("Retire"); got != 3 {
+					t.Fatalf("%d Retire calls after Close; want no more than the 3 before", got)
+				}
+				return
+			}
+			st.set("Retire", nil)
+			clk.Advance(4 * time.Second)
+			if ret, err := st.Retired(); err != nil || ret[idA] != 10 || st.called("Retire") != 4 {
+				t.Fatalf("retired %v, %v after %d calls; want generation 10 written by the 4th", ret, err, st.called("Retire"))
+			}
+			r.m.mu.Lock()
+			_, unsaved := r.m.unsaved[idA]
+			r.m.mu.Unlock()
+			if unsaved {
+				t.Fatal("in-memory fence kept after the record was written")
+			}
+		})
 	}
 }

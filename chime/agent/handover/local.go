@@ -2,13 +2,14 @@ package handover
 
 import (
 	"context"
-	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"net"
 	"strings"
 	"time"
 
+	"github.com/chime-ha/chime/chime/agent/clock"
 	"github.com/chime-ha/chime/chime/agent/store"
 	"github.com/chime-ha/chime/chime/structs"
 	"github.com/chime-ha/chime/hypervisor"
@@ -28,42 +29,83 @@ type DrainResult struct {
 // Drain sets the local drain flag, stops every chime VM and waits
 // (bounded) until none runs. The flag survives restarts and is reported to
 // the servers when they are reachable; `chime node enable` releases it.
+// It is BeginDrain followed by DrainProgress every half second until no
+// chime domain runs or 2×grace+30 s have passed on the clock.
 func (m *Manager) Drain(ctx context.Context) (DrainResult, error) {
-	var b [8]byte
-	rand.Read(b[:]) // never fails (crypto/rand crashes the program instead)
-	id, err := m.cfg.Store.StartDrain(hex.EncodeToString(b[:]))
+	id, err := m.BeginDrain(ctx)
 	if err != nil {
 		return DrainResult{}, err
 	}
-	m.mu.Lock()
-	m.drained = true
-	synced := m.synced
-	m.mu.Unlock()
-	m.log.Info("local drain: stopping every VM on this node", "drain_id", id)
-	if !synced {
-		// The reconciler runs only after a sync; a drain must work without
-		// the servers, so stop the domains directly.
-		m.stopAllDirect(ctx)
-	}
-	m.cfg.Trigger()
 	res := DrainResult{DrainID: id}
-	deadline := time.Now().Add(2*m.cfg.ShutdownGrace + 30*time.Second)
+	deadline := m.cfg.Clock.Now().Add(2*m.cfg.ShutdownGrace + 30*time.Second)
 	for {
 		running, stopped, err := m.chimeDomains(ctx)
 		if err != nil {
 			return res, err
 		}
 		res.Running, res.Stopped = running, stopped
-		if len(running) == 0 || time.Now().After(deadline) || ctx.Err() != nil {
+		if len(running) == 0 || m.cfg.Clock.Now().After(deadline) || ctx.Err() != nil {
 			break
 		}
-		if !synced {
-			m.stopAllDirect(ctx)
-		}
-		sleepCtx(ctx, 500*time.Millisecond)
+		m.stopUnsynced(ctx)
+		clock.Sleep(ctx, m.cfg.Clock, 500*time.Millisecond)
 	}
 	m.cfg.Changed()
 	return res, nil
+}
+
+// BeginDrain is the first half of Drain, for a caller that must not block
+// (the simulator): it records the drain (flag and id together), stops the
+// chime domains directly when the reconciler is not running yet (no sync:
+// a drain must work without the servers), and asks for a reconcile pass.
+// It returns the drain's id. DrainProgress is the wait.
+func (m *Manager) BeginDrain(ctx context.Context) (string, error) {
+	var b [8]byte
+	if _, err := io.ReadFull(m.cfg.Rand, b[:]); err != nil {
+		return "", fmt.Errorf("local drain id: %w", err)
+	}
+	id, err := m.cfg.Store.StartDrain(hex.EncodeToString(b[:]))
+	if err != nil {
+		return "", err
+	}
+	m.mu.Lock()
+	m.drained = true
+	m.mu.Unlock()
+	m.log.Info("local drain: stopping every VM on this node", "drain_id", id)
+	m.stopUnsynced(ctx)
+	m.cfg.Trigger()
+	return id, nil
+}
+
+// DrainProgress is one round of Drain's wait: it lists the chime domains
+// and, while some still run, stops them directly again when the reconciler
+// is not running yet; once none runs it asks for an early heartbeat.
+func (m *Manager) DrainProgress(ctx context.Context) (DrainResult, error) {
+	id, err := m.cfg.Store.DrainID()
+	if err != nil {
+		return DrainResult{}, err
+	}
+	running, stopped, err := m.chimeDomains(ctx)
+	if err != nil {
+		return DrainResult{DrainID: id}, err
+	}
+	if len(running) > 0 {
+		m.stopUnsynced(ctx)
+	} else {
+		m.cfg.Changed()
+	}
+	return DrainResult{DrainID: id, Running: running, Stopped: stopped}, nil
+}
+
+// stopUnsynced stops the chime domains directly while no desired state
+// was received (the reconciler is not running).
+func (m *Manager) stopUnsynced(ctx context.Context) {
+	m.mu.Lock()
+	synced := m.synced
+	m.mu.Unlock()
+	if !synced {
+		m.stopAllDirect(ctx)
+	}
 }
 
 func (m *Manager) stopAllDirect(ctx context.Context) {
@@ -117,11 +159,34 @@ type MigrateResult struct {
 	Error string
 }
 
-// ValidateMigrate checks the request: the interface exists and the
+// Interface is what ValidateMigrate needs to know of a network interface.
+type Interface struct {
+	Up    bool
+	Addrs []net.Addr
+}
+
+// HostInterface looks an interface up on this host (package net).
+func HostInterface(name string) (Interface, error) {
+	ifc, err := net.InterfaceByName(name)
+	if err != nil {
+		return Interface{}, err
+	}
+	addrs, err := ifc.Addrs()
+	if err != nil {
+		return Interface{}, err
+	}
+	return Interface{Up: ifc.Flags&net.FlagUp != 0, Addrs: addrs}, nil
+}
+
+// ValidateMigrate checks the request against this host's interfaces: see
+// ValidateMigrateWith.
+func ValidateMigrate(req MigrateRequest) error { return ValidateMigrateWith(req, HostInterface) }
+
+// ValidateMigrateWith checks the request: the interface exists and the
 // destination is an address of one of its subnets, so the migration stream
-// really goes over that network. Its errors are structs.ErrInvalid, naming
-// the flag.
-func ValidateMigrate(req MigrateRequest) error {
+// really goes over that network. lookup finds the interface. Its errors
+// are structs.ErrInvalid, naming the flag.
+func ValidateMigrateWith(req MigrateRequest, lookup func(name string) (Interface, error)) error {
 	if req.Interface == "" {
 		return structs.Invalid("--interface", "is required")
 	}
@@ -135,17 +200,13 @@ func ValidateMigrate(req MigrateRequest) error {
 	if req.UUID != "" && !structs.IsUUID(req.UUID) {
 		return structs.Invalid("--uuid", "%q is not a uuid", req.UUID)
 	}
-	ifc, err := net.InterfaceByName(req.Interface)
+	ifc, err := lookup(req.Interface)
 	if err != nil {
 		return structs.Invalid("--interface", "%q: %v", req.Interface, err)
 	}
-	addrs, err := ifc.Addrs()
-	if err != nil {
-		return structs.Invalid("--interface", "%q: %v", req.Interface, err)
-	}
-	for _, ad := range addrs {
+	for _, ad := range ifc.Addrs {
 		if n, ok := ad.(*net.IPNet); ok && n.Contains(ip) {
-			if ifc.Flags&net.FlagUp == 0 {
+			if !ifc.Up {
 				return structs.Invalid("--interface", "%s is down", req.Interface)
 			}
 			return nil
@@ -161,7 +222,7 @@ func ValidateMigrate(req MigrateRequest) error {
 // generation here (never started here again) and logs the migration for the
 // servers.
 func (m *Manager) Migrate(ctx context.Context, req MigrateRequest) ([]MigrateResult, error) {
-	if err := ValidateMigrate(req); err != nil {
+	if err := ValidateMigrateWith(req, m.cfg.Interfaces); err != nil {
 		return nil, err
 	}
 	ds, err := m.cfg.Hypervisor.List(ctx)
@@ -208,7 +269,7 @@ func (m *Manager) migrateLocal(ctx context.Context, d hypervisor.Domain, dest st
 		m.abort(h)
 		return res
 	}
-	start := time.Now()
+	start := m.cfg.Clock.Now()
 	err := m.cfg.Hypervisor.Migrate(ctx, d.UUID, LibvirtURI(dest), "tcp://"+hostForURI(dest))
 	if err != nil {
 		switch here, lerr := m.domainHere(ctx, d.UUID); {
@@ -224,7 +285,7 @@ func (m *Manager) migrateLocal(ctx context.Context, d hypervisor.Domain, dest st
 		}
 		log.Warn("migration call failed but the domain left this node", "error", err)
 	}
-	res.OK, res.Took = true, time.Since(start).Round(time.Millisecond).String()
+	res.OK, res.Took = true, m.cfg.Clock.Now().Sub(start).Round(time.Millisecond).String()
 	if err := m.retire(h); err != nil {
 		res.Error = "migrated, but the fencing record is not saved yet (held in memory, retrying): " + err.Error()
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"time"
 
+	"github.com/chime-ha/chime/chime/agent/clock"
 	"github.com/chime-ha/chime/chime/agent/store"
 	"github.com/chime-ha/chime/chime/api"
 	"github.com/chime-ha/chime/chime/structs"
@@ -26,15 +27,17 @@ func (m *Manager) startMigration(vm api.DesiredVM) {
 		return
 	}
 	m.cfg.Trigger() // the reconciler now holds this VM
-	m.wg.Go(func() {
-		rep := m.migrate(m.ctx, vm, order)
-		m.report(m.ctx, rep)
+	finish := func() {
 		m.mu.Lock()
 		m.reported[key] = true
 		m.mu.Unlock()
 		m.release(vm.ID)
 		m.cfg.Changed()
-	})
+	}
+	m.after(0, func() {
+		rep := m.migrate(m.ctx, vm, order)
+		m.report(m.ctx, rep, 0, finish)
+	}, finish)
 }
 
 // migrate performs the migration and decides what to report. The
@@ -75,13 +78,13 @@ func (m *Manager) migrate(ctx context.Context, vm api.DesiredVM, order api.Migra
 		log.Error("cannot record the hand-over: not migrating; the VM keeps running here", "error", err)
 		return rep
 	}
-	start := time.Now()
+	start := m.cfg.Clock.Now()
 	log.Info("live migration starting", "dest", order.DestURI, "migrate_uri", order.MigrateURI)
 	err = m.cfg.Hypervisor.Migrate(ctx, vm.ID, order.DestURI, order.MigrateURI)
 	if err == nil {
 		_ = m.retire(h) // see above
 		rep.OK = true
-		log.Info("live migration done", "took", time.Since(start).Round(time.Millisecond).String())
+		log.Info("live migration done", "took", m.cfg.Clock.Now().Sub(start).Round(time.Millisecond).String())
 		return rep
 	}
 	rep.Error = err.Error()
@@ -110,22 +113,23 @@ func (m *Manager) abort(h store.Handover) {
 	}
 }
 
-// report tells the servers, retrying while they are unreachable.
-func (m *Manager) report(ctx context.Context, rep api.MigrationReport) {
-	if m.cfg.Reporter == nil {
+// report tells the servers, retrying with back-off while they are
+// unreachable (at most 100 attempts), then calls done. The VM stays held
+// until then.
+func (m *Manager) report(ctx context.Context, rep api.MigrationReport, attempt int, done func()) {
+	if m.cfg.Reporter == nil || ctx.Err() != nil || attempt >= 100 {
+		done()
 		return
 	}
-	for attempt := 0; ctx.Err() == nil && attempt < 100; attempt++ {
-		err := m.cfg.Reporter.ReportMigration(ctx, rep)
-		if err == nil {
-			return
-		}
-		if errors.Is(err, structs.ErrForbidden) || errors.Is(err, structs.ErrNotFound) || errors.Is(err, structs.ErrInvalid) {
-			m.log.Warn("servers refused the migration report", "vm", rep.VMID, "error", err)
-			return
-		}
-		if !sleepCtx(ctx, backoff(attempt)) {
-			return
-		}
+	err := m.cfg.Reporter.ReportMigration(ctx, rep)
+	if err == nil {
+		done()
+		return
 	}
+	if errors.Is(err, structs.ErrForbidden) || errors.Is(err, structs.ErrNotFound) || errors.Is(err, structs.ErrInvalid) {
+		m.log.Warn("servers refused the migration report", "vm", rep.VMID, "error", err)
+		done()
+		return
+	}
+	m.after(clock.Backoff(attempt), func() { m.report(ctx, rep, attempt+1, done) }, done)
 }

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/chime-ha/chime/chime/agent/clock"
 	"github.com/chime-ha/chime/chime/structs"
 
 	"github.com/hashicorp/go-hclog"
@@ -43,29 +44,37 @@ const (
 	faultDiskMore       = faultDiskPrefix + "more devices"
 )
 
+// Clock is the checks' time: Now for the disk-error hold, NewTimer for the
+// storage probe's timeout, NewTicker for Run's rounds.
+type Clock interface {
+	Now() time.Time
+	NewTimer(d time.Duration) clock.Timer
+	NewTicker(d time.Duration) clock.Ticker
+}
+
 // Config configures the local health checks. Zero fields take their
 // defaults.
 type Config struct {
-	Interval          time.Duration    // period of the business and storage probes
-	BusinessInterface string           // "" disables the business check
-	BusinessProbes    []string         // HOST[:PORT] targets, connected to through BusinessInterface
-	ProbeTimeout      time.Duration    // per TCP connect (default 5 s, at most Interval)
-	StoragePaths      []string         // directories given the write+fsync+read-back probe
-	StorageTimeout    time.Duration    // a probe not done by then is a fault (default 10 s, at most Interval)
-	KmsgPath          string           // kernel log to follow (default /dev/kmsg; "-" disables)
-	DiskErrorHold     time.Duration    // how long a kernel I/O error line keeps its fault
-	Now               func() time.Time // time source for the hold (default time.Now)
-	Logger            hclog.Logger
-	Changed           func() // called (without locks held) when the fault set changes
+	Interval          time.Duration // period of the business and storage probes
+	BusinessInterface string        // "" disables the business check
+	BusinessProbes    []string      // HOST[:PORT] targets, connected to through BusinessInterface
+	ProbeTimeout      time.Duration // per TCP connect (default 5 s, at most Interval)
+	StoragePaths      []string      // directories given the write+fsync+read-back probe
+	StorageTimeout    time.Duration // a probe not done by then is a fault (default 10 s, at most Interval)
+	KmsgPath          string        // kernel log to follow (default /dev/kmsg; "-" disables)
+	DiskErrorHold     time.Duration // how long a kernel I/O error line keeps its fault
+	Clock             Clock         // nil: the wall clock
+	// StorageProbe probes one storage path (default: write, fsync and read
+	// back a file in it). It may be called for several paths at once.
+	StorageProbe func(dir string) error
+	Logger       hclog.Logger
+	Changed      func() // called (without locks held) when the fault set changes
 }
 
 // Checker runs the agent's local checks and keeps the resulting faults.
 type Checker struct {
 	cfg Config
 	log hclog.Logger
-
-	// probeStorage is the storage probe (writeProbe); tests replace it.
-	probeStorage func(dir string) error
 
 	mu           sync.Mutex
 	business     string                 // current business-network fault ("" = none)
@@ -105,8 +114,11 @@ func New(cfg Config) *Checker {
 	if cfg.DiskErrorHold <= 0 {
 		cfg.DiskErrorHold = DefaultDiskErrorHold
 	}
-	if cfg.Now == nil {
-		cfg.Now = time.Now
+	if cfg.Clock == nil {
+		cfg.Clock = clock.Wall{}
+	}
+	if cfg.StorageProbe == nil {
+		cfg.StorageProbe = writeProbe
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = hclog.NewNullLogger()
@@ -114,7 +126,7 @@ func New(cfg Config) *Checker {
 	if cfg.Changed == nil {
 		cfg.Changed = func() {}
 	}
-	return &Checker{cfg: cfg, log: cfg.Logger, probeStorage: writeProbe,
+	return &Checker{cfg: cfg, log: cfg.Logger,
 		storage: map[string]string{}, inflight: map[string]*storageRun{}, diskErrors: map[string]time.Time{}}
 }
 
@@ -123,7 +135,7 @@ func New(cfg Config) *Checker {
 func (h *Checker) Faults() []string {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	return h.faultsLocked(h.cfg.Now())
+	return h.faultsLocked(h.cfg.Clock.Now())
 }
 
 func (h *Checker) faultsLocked(now time.Time) []string {
@@ -168,18 +180,18 @@ func (h *Checker) Run(ctx context.Context) {
 		"business_interface", h.cfg.BusinessInterface, "business_probes", len(h.cfg.BusinessProbes),
 		"storage_paths", h.cfg.StoragePaths, "kernel_log", kmsg >= 0)
 	h.Check(ctx)
-	probe := time.NewTicker(h.cfg.Interval)
+	probe := h.cfg.Clock.NewTicker(h.cfg.Interval)
 	defer probe.Stop()
-	kmsgTick := time.NewTicker(kmsgPollInterval)
+	kmsgTick := h.cfg.Clock.NewTicker(kmsgPollInterval)
 	defer kmsgTick.Stop()
 	buf := make([]byte, 16<<10)
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-probe.C:
+		case <-probe.C():
 			h.Check(ctx)
-		case <-kmsgTick.C:
+		case <-kmsgTick.C():
 			if kmsg < 0 {
 				continue
 			}
@@ -209,7 +221,7 @@ func (h *Checker) Check(ctx context.Context) {
 
 func (h *Checker) notifyIfChanged() {
 	h.mu.Lock()
-	now := h.faultsLocked(h.cfg.Now())
+	now := h.faultsLocked(h.cfg.Clock.Now())
 	changed := !slices.Equal(now, h.reported)
 	h.reported = now
 	h.mu.Unlock()

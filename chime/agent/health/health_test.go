@@ -13,12 +13,12 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/chime-ha/chime/chime/agent/clock"
 	"golang.org/x/sys/unix"
 )
 
@@ -122,23 +122,10 @@ func TestNormalizeProbeTarget(t *testing.T) {
 	}
 }
 
-// fakeClock is an injected time source.
-type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *fakeClock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
-
 func TestDiskErrorHold(t *testing.T) {
-	clock := &fakeClock{now: time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)}
+	clk := clock.NewManual(time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC))
 	var changes atomic.Int32
-	h := New(Config{DiskErrorHold: 10 * time.Minute, Now: clock.Now, Changed: func() { changes.Add(1) }})
+	h := New(Config{DiskErrorHold: 10 * time.Minute, Clock: clk, Changed: func() { changes.Add(1) }})
 
 	h.noteKmsg("6,1,1,-;eth0: link up") // not a disk error
 	h.notifyIfChanged()
@@ -152,15 +139,15 @@ func TestDiskErrorHold(t *testing.T) {
 		t.Fatalf("faults = %v, changes = %d; want %v, 1", f, changes.Load(), want)
 	}
 	// A repeat of the same fault is no change, and it extends the hold.
-	clock.Advance(8 * time.Minute)
+	clk.Advance(8 * time.Minute)
 	h.noteKmsg("3,3,3,-;Buffer I/O error on dev sdb, logical block 1")
 	h.notifyIfChanged()
-	clock.Advance(8 * time.Minute)
+	clk.Advance(8 * time.Minute)
 	h.notifyIfChanged()
 	if f := h.Faults(); !slices.Equal(f, want) || changes.Load() != 1 {
 		t.Fatalf("16 min after the first line, 8 after the last: faults = %v, changes = %d; want %v, 1", f, changes.Load(), want)
 	}
-	clock.Advance(2*time.Minute + time.Second)
+	clk.Advance(2*time.Minute + time.Second)
 	h.notifyIfChanged()
 	if f := h.Faults(); len(f) != 0 || changes.Load() != 2 {
 		t.Fatalf("after the hold: faults = %v, changes = %d; want none, 2", f, changes.Load())
@@ -223,13 +210,13 @@ func TestStorageProbeHangs(t *testing.T) {
 	dir := t.TempDir()
 	release := make(chan struct{})
 	var calls atomic.Int32
-	h := New(Config{StoragePaths: []string{dir}, StorageTimeout: 50 * time.Millisecond, KmsgPath: "-"})
-	h.probeStorage = func(string) error {
-		if calls.Add(1) == 1 {
-			<-release // stuck in the kernel
-		}
-		return nil
-	}
+	h := New(Config{StoragePaths: []string{dir}, StorageTimeout: 50 * time.Millisecond, KmsgPath: "-",
+		StorageProbe: func(string) error {
+			if calls.Add(1) == 1 {
+				<-release // stuck in the kernel
+			}
+			return nil
+		}})
 	t.Cleanup(func() {
 		select {
 		case <-release:

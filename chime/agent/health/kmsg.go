@@ -73,7 +73,7 @@ func (h *Checker) noteKmsg(line string) {
 	if !ok {
 		return
 	}
-	now := h.cfg.Now()
+	now := h.cfg.Clock.Now()
 	h.mu.Lock()
 	_, known := h.diskErrors[fault]
 	if !known && len(h.diskErrors) >= maxDiskErrorFaults {

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"time"
 )
 
 // The storage check: a write+fsync+read-back probe in every storage path.
@@ -23,12 +22,12 @@ func (h *Checker) checkStorage(ctx context.Context, dir string) {
 			// Not owned by a WaitGroup on purpose: a probe stuck in the
 			// kernel never returns, and must not hang the agent with it.
 			defer close(run.done)
-			run.err = h.probeStorage(dir)
+			run.err = h.cfg.StorageProbe(dir)
 		}()
 	}
 	h.mu.Unlock()
 
-	t := time.NewTimer(h.cfg.StorageTimeout)
+	t := h.cfg.Clock.NewTimer(h.cfg.StorageTimeout)
 	defer t.Stop()
 	var err error
 	select {
@@ -39,7 +38,7 @@ func (h *Checker) checkStorage(ctx context.Context, dir string) {
 		h.mu.Lock()
 		delete(h.inflight, dir)
 		h.mu.Unlock()
-	case <-t.C:
+	case <-t.C():
 		err = fmt.Errorf("probe did not finish within %s", h.cfg.StorageTimeout)
 	}
 	fault := storageFault(dir, err)

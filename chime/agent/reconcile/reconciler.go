@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/chime-ha/chime/chime/agent/clock"
 	"github.com/chime-ha/chime/chime/api"
 	"github.com/chime-ha/chime/hypervisor"
 	"github.com/hashicorp/go-hclog"
@@ -42,32 +43,12 @@ type Definitions interface {
 }
 
 // Clock is the reconciler's time: Now stamps passes and measures restart
-// times, NewTicker drives the periodic sweep. Tests pass a fake one to
-// step passes in simulated time.
+// times, NewTicker drives the periodic sweep. Tests and the simulator pass
+// a clock.Manual to step passes in simulated time.
 type Clock interface {
 	Now() time.Time
-	NewTicker(d time.Duration) Ticker
+	NewTicker(d time.Duration) clock.Ticker
 }
-
-// Ticker is a Clock's periodic timer.
-type Ticker interface {
-	C() <-chan time.Time
-	Stop()
-}
-
-// SystemClock is the wall clock.
-type SystemClock struct{}
-
-// Now returns time.Now().
-func (SystemClock) Now() time.Time { return time.Now() }
-
-// NewTicker returns a time.Ticker.
-func (SystemClock) NewTicker(d time.Duration) Ticker { return systemTicker{time.NewTicker(d)} }
-
-type systemTicker struct{ t *time.Ticker }
-
-func (t systemTicker) C() <-chan time.Time { return t.t.C }
-func (t systemTicker) Stop()               { t.t.Stop() }
 
 // ErrNotSynced is returned by a pass before the agent's first successful
 // sync with the servers: until then nothing is started (uniqueness rule 1).
@@ -96,8 +77,13 @@ type Config struct {
 	Inputs        func() (Inputs, error)
 	SweepInterval time.Duration // default DefaultSweepInterval
 	ShutdownGrace time.Duration
-	Clock         Clock // nil: SystemClock
-	Logger        hclog.Logger
+	Clock         Clock // nil: the wall clock
+	// ShutdownInline runs guest shutdowns inside the pass instead of in
+	// the background. Production never sets it (a shutdown may take the
+	// whole grace period and would hold up the restart of crashed VMs);
+	// the simulator does, so that a pass starts no goroutine.
+	ShutdownInline bool
+	Logger         hclog.Logger
 	// Changed, when set, is called after a pass that changed libvirt (the
 	// agent sends an early heartbeat so the servers see the new state soon).
 	Changed func()
@@ -126,6 +112,7 @@ type Reconciler struct {
 	inputs  func() (Inputs, error)
 	sweep   time.Duration
 	grace   time.Duration
+	inline  bool // ShutdownInline
 	clock   Clock
 	logger  hclog.Logger
 	changed func()
@@ -154,7 +141,7 @@ func New(cfg Config) (*Reconciler, error) {
 		return nil, fmt.Errorf("reconciler: %w", err)
 	}
 	if cfg.Clock == nil {
-		cfg.Clock = SystemClock{}
+		cfg.Clock = clock.Wall{}
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = hclog.NewNullLogger()
@@ -164,7 +151,7 @@ func New(cfg Config) (*Reconciler, error) {
 	}
 	return &Reconciler{
 		hv: cfg.Hypervisor, defs: cfg.Definitions, inputs: cfg.Inputs,
-		sweep: cfg.SweepInterval, grace: cfg.ShutdownGrace, clock: cfg.Clock, logger: cfg.Logger, changed: cfg.Changed,
+		sweep: cfg.SweepInterval, grace: cfg.ShutdownGrace, inline: cfg.ShutdownInline, clock: cfg.Clock, logger: cfg.Logger, changed: cfg.Changed,
 		trigger:      make(chan struct{}, 1),
 		settled:      make(chan struct{}),
 		defined:      defined,
@@ -196,7 +183,8 @@ func (r *Reconciler) Domains() ([]hypervisor.Domain, time.Time, error) {
 // Wait waits for the shutdowns started by passes to return.
 func (r *Reconciler) Wait() { r.wg.Wait() }
 
-// Run runs passes until ctx ends, then waits for in-flight shutdowns.
+// Run runs passes until ctx ends, then waits for in-flight shutdowns. Each
+// wake-up (trigger, sweep tick, libvirt event) does what Step does.
 func (r *Reconciler) Run(ctx context.Context) error {
 	defer r.wg.Wait()
 	ticker := r.clock.NewTicker(r.sweep)
@@ -217,29 +205,63 @@ func (r *Reconciler) Run(ctx context.Context) error {
 				continue
 			}
 		}
-		// Coalesce whatever else is already queued into this pass.
-		for drained := false; !drained; {
-			select {
-			case <-r.trigger:
-			case ev, ok := <-events:
-				if !ok {
-					events = nil
-				} else {
-					r.noteEvent(ev)
-				}
-			default:
-				drained = true
+		events, _ = r.coalesce(events)
+		_, err := r.Pass(ctx)
+		r.logPass(ctx, err)
+	}
+}
+
+// Step is one unit of Run's work, for a caller that drives the reconciler
+// itself (tests, the simulator): it takes the pending trigger and the
+// queued libvirt events (noting crashes) without blocking, then runs one
+// pass and logs its outcome as Run does. It starts no goroutine when the
+// reconciler runs shutdowns inline.
+func (r *Reconciler) Step(ctx context.Context) (PassResult, error) {
+	r.coalesce(r.hv.Events())
+	res, err := r.Pass(ctx)
+	r.logPass(ctx, err)
+	return res, err
+}
+
+// TakeTrigger takes the pending trigger and the queued libvirt events
+// without blocking, and reports whether any of them calls for a pass. A
+// caller that steps the reconciler asks it to decide when to Step.
+func (r *Reconciler) TakeTrigger() bool {
+	_, want := r.coalesce(r.hv.Events())
+	return want
+}
+
+// coalesce takes, without blocking, whatever is already queued: the pending
+// trigger and libvirt events. It returns events, nil once closed, and
+// whether anything taken calls for a pass.
+func (r *Reconciler) coalesce(events <-chan hypervisor.Event) (<-chan hypervisor.Event, bool) {
+	want := false
+	for {
+		select {
+		case <-r.trigger:
+			want = true
+		case ev, ok := <-events:
+			if !ok {
+				events = nil
+			} else if r.noteEvent(ev) {
+				want = true
 			}
-		}
-		switch _, err := r.Pass(ctx); {
-		case err == nil || ctx.Err() != nil:
-		case errors.Is(err, ErrNotSynced):
-			r.logger.Debug("reconcile skipped: waiting for the first sync with the servers")
-		case errors.Is(err, ErrInputs):
-			r.logger.Error("reconcile skipped: its inputs cannot be read; nothing is started or destroyed", "error", err)
 		default:
-			r.logger.Warn("reconcile pass failed; retrying on next trigger or sweep", "error", err)
+			return events, want
 		}
+	}
+}
+
+// logPass logs the outcome of a pass the way Run reports it.
+func (r *Reconciler) logPass(ctx context.Context, err error) {
+	switch {
+	case err == nil || ctx.Err() != nil:
+	case errors.Is(err, ErrNotSynced):
+		r.logger.Debug("reconcile skipped: waiting for the first sync with the servers")
+	case errors.Is(err, ErrInputs):
+		r.logger.Error("reconcile skipped: its inputs cannot be read; nothing is started or destroyed", "error", err)
+	default:
+		r.logger.Warn("reconcile pass failed; retrying on next trigger or sweep", "error", err)
 	}
 }
 
@@ -409,7 +431,8 @@ func (r *Reconciler) execute(ctx context.Context, a Action, res *PassResult) err
 }
 
 // shutdownAsync runs a guest shutdown in the background: it may take up to
-// the grace period, and must not hold up restarts of crashed VMs.
+// the grace period, and must not hold up restarts of crashed VMs. With
+// ShutdownInline it runs it before returning instead.
 func (r *Reconciler) shutdownAsync(ctx context.Context, a Action, log hclog.Logger) {
 	r.mu.Lock()
 	if r.shuttingDown[a.VMID] {
@@ -419,19 +442,26 @@ func (r *Reconciler) shutdownAsync(ctx context.Context, a Action, log hclog.Logg
 	r.shuttingDown[a.VMID] = true
 	r.mu.Unlock()
 	log.Info("shutting down domain", "grace", r.grace.String())
-	r.wg.Go(func() {
-		err := r.hv.Shutdown(ctx, a.VMID, r.grace)
-		r.mu.Lock()
-		delete(r.shuttingDown, a.VMID)
-		r.mu.Unlock()
-		if err != nil && !errors.Is(err, hypervisor.ErrNotFound) {
-			log.Error("shutdown failed; retrying next pass", "error", err)
-			return
-		}
-		log.Info("domain shut down")
-		if r.changed != nil {
-			r.changed()
-		}
-		r.Trigger()
-	})
+	if r.inline {
+		r.shutdown(ctx, a, log)
+		return
+	}
+	r.wg.Go(func() { r.shutdown(ctx, a, log) })
+}
+
+// shutdown shuts a guest down and asks for the pass that sees it stopped.
+func (r *Reconciler) shutdown(ctx context.Context, a Action, log hclog.Logger) {
+	err := r.hv.Shutdown(ctx, a.VMID, r.grace)
+	r.mu.Lock()
+	delete(r.shuttingDown, a.VMID)
+	r.mu.Unlock()
+	if err != nil && !errors.Is(err, hypervisor.ErrNotFound) {
+		log.Error("shutdown failed; retrying next pass", "error", err)
+		return
+	}
+	log.Info("domain shut down")
+	if r.changed != nil {
+		r.changed()
+	}
+	r.Trigger()
 }

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chime-ha/chime/chime/agent/clock"
 	"github.com/chime-ha/chime/chime/api"
 	"github.com/chime-ha/chime/chime/structs"
 	"github.com/chime-ha/chime/hypervisor"
@@ -165,7 +166,7 @@ func (c *fakeClock) Now() time.Time {
 	return c.now
 }
 
-func (c *fakeClock) NewTicker(d time.Duration) Ticker {
+func (c *fakeClock) NewTicker(d time.Duration) clock.Ticker {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	t := &fakeTicker{d: d, c: make(chan time.Time, 1)}
@@ -205,11 +206,16 @@ type world struct {
 
 func newWorld(t *testing.T, in Inputs, inputsErr error, defined map[string]hypervisor.DomainSpec, domains ...hypervisor.Domain) *world {
 	t.Helper()
+	return newWorldInline(t, false, in, inputsErr, defined, domains...)
+}
+
+func newWorldInline(t *testing.T, inline bool, in Inputs, inputsErr error, defined map[string]hypervisor.DomainSpec, domains ...hypervisor.Domain) *world {
+	t.Helper()
 	if defined == nil {
 		defined = map[string]hypervisor.DomainSpec{}
 	}
 	w := &world{hv: newMemHV(domains...), defs: &memDefs{specs: defined}, clock: &fakeClock{now: t0}, in: in, inputsErr: inputsErr}
-	rec, err := New(Config{Hypervisor: w.hv, Definitions: w.defs, Clock: w.clock, SweepInterval: 7 * time.Second,
+	rec, err := New(Config{Hypervisor: w.hv, Definitions: w.defs, Clock: w.clock, SweepInterval: 7 * time.Second, ShutdownInline: inline,
 		Inputs: func() (Inputs, error) {
 			w.mu.Lock()
 			defer w.mu.Unlock()
@@ -400,6 +406,65 @@ func TestSweepTickDrivesAPass(t *testing.T) {
 		calls, states := w.hv.snapshot()
 		return states["a"] == hypervisor.StateRunning, calls
 	})
+}
+
+// TestStepTakesTriggersAndEvents: a caller stepping the reconciler learns
+// from TakeTrigger when a pass is called for, and Step notes the queued
+// libvirt events as Run does (a crash's time, on the injected clock).
+func TestStepTakesTriggersAndEvents(t *testing.T) {
+	a := dvm(idA, "a", structs.DesiredRunning, 10)
+	w := newWorld(t, Inputs{Desired: []api.DesiredVM{a}}, nil, defined(a), dom(idA, "a", hypervisor.StateRunning, 10))
+	if w.rec.TakeTrigger() {
+		t.Fatal("nothing queued, yet TakeTrigger asks for a pass")
+	}
+	w.rec.Trigger()
+	w.rec.Trigger() // coalesces
+	if !w.rec.TakeTrigger() || w.rec.TakeTrigger() {
+		t.Fatal("two triggers: want one pass asked for, then none")
+	}
+	w.hv.events <- hypervisor.Event{Kind: hypervisor.EventDisconnected}
+	if w.rec.TakeTrigger() {
+		t.Fatal("a lost connection alone asks for a pass")
+	}
+
+	// A crashes at t0; the event is queued, and Step at t0+4s restarts it.
+	w.hv.mu.Lock()
+	d := w.hv.domains[idA]
+	d.State = hypervisor.StateCrashed
+	w.hv.domains[idA] = d
+	w.hv.mu.Unlock()
+	w.hv.events <- hypervisor.Event{Kind: hypervisor.EventLifecycle, UUID: idA, Detail: "crashed"}
+	w.clock.Advance(4 * time.Second)
+	res, err := w.rec.Step(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The event carried no time: it was noted when Step took it, at t0+4s,
+	// so the restart took no time on the clock.
+	if took, ok := res.Restarted[idA]; !ok || took != 0 {
+		t.Fatalf("restarted = %v; want A restarted, crash noted at the step", res.Restarted)
+	}
+	if w.rec.TakeTrigger() {
+		t.Fatal("Step left the event queued")
+	}
+}
+
+// TestShutdownInline: with ShutdownInline the shutdown is done when the
+// pass returns (no goroutine left behind), and asks for the pass that
+// sees the domain stopped.
+func TestShutdownInline(t *testing.T) {
+	a := dvm(idA, "a", structs.DesiredStopped, 10)
+	w := newWorldInline(t, true, Inputs{Desired: []api.DesiredVM{a}}, nil, defined(a), dom(idA, "a", hypervisor.StateRunning, 10))
+	if _, err := w.rec.Pass(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	calls, states := w.hv.snapshot()
+	if states["a"] != hypervisor.StateStopped || !slices.Equal(calls, []string{"shutdown a"}) {
+		t.Fatalf("when the pass returned: calls %q, states %v; want a shut down", calls, states)
+	}
+	if !w.rec.TakeTrigger() {
+		t.Fatal("the finished shutdown did not ask for a pass")
+	}
 }
 
 // poll checks cond until it holds or a generous deadline passes, then

@@ -8,6 +8,7 @@ package store
 import (
 	"encoding/binary"
 	"fmt"
+	"io"
 	"time"
 
 	"github.com/google/uuid"
@@ -69,8 +70,10 @@ func Open(path string) (*Store, error) {
 // Close closes the store. Every later call fails.
 func (s *Store) Close() error { return s.db.Close() }
 
-// NodeID returns the node id, generating and persisting it on first use.
-func (s *Store) NodeID() (string, error) {
+// NodeID returns the node id, generating it from random (a version 4 UUID)
+// and persisting it on first use. The agent passes crypto/rand, the
+// simulator a seeded source.
+func (s *Store) NodeID(random io.Reader) (string, error) {
 	var id string
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketMeta)
@@ -78,7 +81,11 @@ func (s *Store) NodeID() (string, error) {
 			id = string(v)
 			return nil
 		}
-		id = uuid.NewString()
+		u, err := uuid.NewRandomFromReader(random)
+		if err != nil {
+			return err
+		}
+		id = u.String()
 		return b.Put(keyNodeID, []byte(id))
 	})
 	if err != nil {

@@ -1,6 +1,8 @@
 package store
 
 import (
+	"crypto/rand"
+	mrand "math/rand/v2"
 	"path/filepath"
 	"reflect"
 	"testing"
@@ -28,11 +30,11 @@ func TestStoreRoundTripAndReopen(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	id, err := s.NodeID()
+	id, err := s.NodeID(rand.Reader)
 	if err != nil || id == "" {
 		t.Fatalf("NodeID = %q, %v", id, err)
 	}
-	if again, _ := s.NodeID(); again != id {
+	if again, _ := s.NodeID(rand.Reader); again != id {
 		t.Fatalf("node id changed within one open: %q then %q", id, again)
 	}
 	if err := s.SetSecret("s3cret"); err != nil {
@@ -64,7 +66,7 @@ func TestStoreRoundTripAndReopen(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	if got, _ := s.NodeID(); got != id {
+	if got, _ := s.NodeID(rand.Reader); got != id {
 		t.Errorf("node id after reopen = %q, want %q", got, id)
 	}
 	if got, _ := s.Secret(); got != "s3cret" {
@@ -180,5 +182,33 @@ func TestAcceptDesiredFencing(t *testing.T) {
 	got, refused, hold, err := s.AcceptDesired(api.DesiredState{Index: 3, VMs: []api.DesiredVM{dvm(idA, "a", structs.DesiredRunning, 9)}})
 	if err != nil || len(got.VMs) != 0 || len(refused) != 1 || !reflect.DeepEqual(hold, []string{idA}) {
 		t.Fatalf("old instruction after move: accepted %+v refused %v hold %v err %v", got.VMs, refused, hold, err)
+	}
+}
+
+// TestNodeIDFromTheGivenSource: the node id is drawn from the source given
+// on first use (a seeded one gives the same id every time) and kept after.
+func TestNodeIDFromTheGivenSource(t *testing.T) {
+	seeded := func(seed byte) *mrand.ChaCha8 { return mrand.NewChaCha8([32]byte{seed}) }
+	var ids []string
+	for range 2 {
+		s, err := Open(filepath.Join(t.TempDir(), "agent.db"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		id, err := s.NodeID(seeded(7))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if again, err := s.NodeID(seeded(8)); err != nil || again != id {
+			t.Fatalf("second NodeID with another source = %q, %v; want the first, %q", again, err, id)
+		}
+		s.Close()
+		ids = append(ids, id)
+	}
+	if ids[0] != ids[1] {
+		t.Fatalf("same seed, node ids %q and %q", ids[0], ids[1])
+	}
+	if !structs.IsUUID(ids[0]) {
+		t.Fatalf("node id %q is not a uuid", ids[0])
 	}
 }

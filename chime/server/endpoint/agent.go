@@ -1,0 +1,186 @@
+package endpoint
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/hex"
+	"net"
+
+	"github.com/chime-ha/chime/chime/api"
+	"github.com/chime-ha/chime/chime/server/heartbeat"
+	"github.com/chime-ha/chime/chime/structs"
+	"github.com/chime-ha/chime/fsm"
+)
+
+// minSecretLen is the shortest node secret an agent may choose (the agent
+// generates 64 hex characters).
+const minSecretLen = 32
+
+// hashSecret is what the state stores of a node secret.
+func hashSecret(secret string) string {
+	sum := sha256.Sum256([]byte(secret))
+	return hex.EncodeToString(sum[:])
+}
+
+// secretMatches compares in constant time, so that the answer's timing
+// says nothing about how much of a guessed secret was right.
+func (e *Endpoints) secretMatches(nodeID, secret string) bool {
+	return subtle.ConstantTimeCompare([]byte(hashSecret(secret)), []byte(e.state.NodeSecretHash(nodeID))) == 1
+}
+
+// Authenticate checks an agent's node id and secret and returns its node.
+// An unknown node is structs.ErrNotFound (field node_id: the agent must
+// register), a wrong secret structs.ErrForbidden.
+func (e *Endpoints) Authenticate(nodeID, secret string) (*structs.Node, error) {
+	if nodeID == "" || secret == "" {
+		return nil, structs.Forbidden("agent credentials missing (node id and secret)")
+	}
+	n, err := e.state.Node(nodeID)
+	if err != nil {
+		return nil, structs.NotFound("node_id", "unknown node %s: register first", nodeID)
+	}
+	if !e.secretMatches(n.ID, secret) {
+		return nil, structs.Forbidden("node %s: wrong secret", nodeID)
+	}
+	return n, nil
+}
+
+// Register creates a node or re-registers an existing one. A known node id
+// must present its secret: nobody else may take over a node. An agent that
+// sends no secret gets a new one, which the answer carries.
+func (e *Endpoints) Register(ctx context.Context, reqID string, req api.RegisterRequest) (api.RegisterResponse, error) {
+	if err := req.Validate(); err != nil {
+		return api.RegisterResponse{}, err
+	}
+	reqID = e.requestID(reqID)
+	secret := req.Secret
+	if secret == "" {
+		secret = e.ids.NewSecret()
+	} else if len(secret) < minSecretLen {
+		return api.RegisterResponse{}, structs.Invalid("secret", "must be at least %d characters (the agent generates 64 hex characters)", minSecretLen)
+	}
+	if existing, err := e.state.Node(req.ID); err == nil {
+		if req.Secret == "" || !e.secretMatches(existing.ID, req.Secret) {
+			return api.RegisterResponse{}, structs.Forbidden("node %s is registered already: its agent must present its secret (remove the node first to register it anew)", req.ID)
+		}
+	} else if !structs.IsNotFound(err) {
+		return api.RegisterResponse{}, err
+	}
+	node := structs.Node{ID: req.ID, Name: req.Name, APIAddr: req.APIAddr, GossipAddr: req.GossipAddr,
+		MigrationURI: req.MigrationURI, MigrationAddr: req.MigrationAddr, BusinessInterface: req.BusinessInterface,
+		VCPUs: req.VCPUs, MemoryMiB: req.MemoryMiB, Labels: req.Labels, AgentVersion: req.AgentVersion}
+	if _, err := e.propose.Propose(ctx, reqID, fsm.CmdRegisterNode,
+		fsm.RegisterNode{Node: node, SecretHash: hashSecret(secret)}); err != nil {
+		return api.RegisterResponse{}, err
+	}
+	e.monitor.Registered(req.ID)
+	e.placer.Kick()
+	return api.RegisterResponse{NodeID: req.ID, Secret: secret, Timing: e.agents.Timing(), GossipAddrs: e.agents.GossipAddrs()}, nil
+}
+
+// Heartbeat is where a heartbeat of the authenticated node n arrives: it
+// is validated here, checked to be about n (its items carry no node of
+// their own, and the monitor judges every one against n), and handed whole
+// to the heartbeat monitor, which notes its arrival and writes what it
+// changes as at most one Raft entry.
+func (e *Endpoints) Heartbeat(ctx context.Context, n *structs.Node, hb api.HeartbeatRequest) (api.HeartbeatResponse, error) {
+	if err := hb.Validate(); err != nil {
+		return api.HeartbeatResponse{}, err
+	}
+	if hb.NodeID != n.ID {
+		return api.HeartbeatResponse{}, structs.Forbidden("heartbeat for node %s sent with the credentials of node %s", hb.NodeID, n.ID)
+	}
+	e.counted()
+	out, err := e.monitor.Heartbeat(ctx, n, heartbeat.Report{Faults: hb.Faults, VMs: hb.VMs, VMsUnknown: hb.VMsUnknown,
+		LocalDrained: hb.LocalDrained, LocalDrainID: hb.LocalDrainID, Adopted: hb.Adopted, Migrations: hb.Migrations})
+	if err != nil {
+		return api.HeartbeatResponse{}, err
+	}
+	if len(out.Adopted) > 0 {
+		e.tasks.Kick() // an adoption may finish a task's step
+	}
+	return api.HeartbeatResponse{Timing: e.agents.Timing(), GossipAddrs: e.agents.GossipAddrs(), RejectedAdoptions: out.Rejected}, nil
+}
+
+// Desired is what the authenticated node n must run now: its VMs (stopped
+// if the node is drained), the migration orders it is the source of, and
+// the VMs migrating to it. It does not block: the HTTP layer's blocking
+// query waits on the node's index first. The answer's Index is the node's
+// desired-state index it was read at.
+//
+// n is the node as authenticated; the node is read again for its current
+// flags, and if it was removed meanwhile the answer is built from n.
+func (e *Endpoints) Desired(n *structs.Node) (api.DesiredState, error) {
+	vms, idx, err := e.state.VMsOnNode(n.ID)
+	if err != nil {
+		return api.DesiredState{}, err
+	}
+	if cur, err := e.state.Node(n.ID); err == nil {
+		n = cur
+	}
+	out := api.DesiredState{NodeID: n.ID, ManagementState: n.ManagementState, Index: idx, VMs: []api.DesiredVM{},
+		ReleasedDrainID: n.ReleasedDrainID}
+	for _, vm := range vms {
+		d := api.DesiredVM{ID: vm.ID, Name: vm.Name, Spec: vm.Spec, DesiredState: vm.DesiredState, Generation: vm.Generation,
+			AdoptGeneration: vm.AdoptGeneration}
+		if n.ManagementState == structs.NodeDrained {
+			d.DesiredState = structs.DesiredStopped
+		}
+		if m := vm.Migration; m != nil && m.From == n.ID {
+			if dest, err := e.state.Node(m.To); err == nil {
+				addr := dest.MigrationAddr
+				if addr == "" {
+					addr = hostOf(dest.APIAddr)
+				}
+				d.Migrate = &api.MigrationOrder{TaskID: m.TaskID, ToNodeID: dest.ID, DestURI: dest.MigrationURI, MigrateURI: "tcp://" + addr}
+			}
+		}
+		out.VMs = append(out.VMs, d)
+	}
+	// VMs migrating here: their domains appear before the placement moves.
+	if all, err := e.state.VMs(); err == nil {
+		for _, vm := range all {
+			if m := vm.Migration; m != nil && m.To == n.ID {
+				out.Incoming = append(out.Incoming, api.IncomingVM{ID: vm.ID, Name: vm.Name, Generation: vm.Generation})
+			}
+		}
+	}
+	return out, nil
+}
+
+// hostOf returns the host part of host:port.
+func hostOf(addr string) string {
+	if h, _, err := net.SplitHostPort(addr); err == nil {
+		return h
+	}
+	return addr
+}
+
+// Migrated records a source agent's result of a migration order: the FSM
+// moves the placement when it succeeded for the generation ordered, and
+// the task's step records the outcome either way. Only the node the VM is
+// migrating from may report.
+func (e *Endpoints) Migrated(ctx context.Context, reqID string, n *structs.Node, rep api.MigrationReport) error {
+	if err := structs.ValidateUUID("vm_id", rep.VMID); err != nil {
+		return err
+	}
+	reqID = e.requestID(reqID)
+	vm, err := e.state.VM(rep.VMID)
+	if err != nil {
+		return err
+	}
+	from := vm.NodeID
+	if vm.Migration != nil {
+		from = vm.Migration.From
+	}
+	if from != n.ID {
+		return structs.Forbidden("node %s reports a migration of vm %s, which is placed on %s", n.ID, vm.ID, from)
+	}
+	if _, err := e.propose.Propose(ctx, reqID, fsm.CmdMigrationEnd, fsm.MigrationEnd{
+		VMID: vm.ID, TaskID: rep.TaskID, FromNode: n.ID, Generation: rep.Generation, OK: rep.OK, Error: rep.Error}); err != nil {
+		return err
+	}
+	e.tasks.Kick()
+	return nil
+}

@@ -1,0 +1,205 @@
+package endpoint
+
+import (
+	"context"
+
+	"github.com/chime-ha/chime/chime/structs"
+	"github.com/chime-ha/chime/fsm"
+	"github.com/chime-ha/chime/scheduler"
+)
+
+// NodeOp is an operator's action on a node (NodeAction).
+type NodeOp string
+
+// The node actions.
+const (
+	NodeEnable   NodeOp = "enable"   // accept new VMs again; releases a local drain
+	NodeDisable  NodeOp = "disable"  // accept no new VMs
+	NodeDrain    NodeOp = "drain"    // stop every VM on the node and keep them stopped
+	NodeEvacuate NodeOp = "evacuate" // live-migrate every VM away
+	NodeRebuild  NodeOp = "rebuild"  // recreate a drained node's VMs elsewhere
+)
+
+// NodeResult is what a node action answers: the node as it is now (enable,
+// disable), or the task the action created (drain, evacuate, rebuild).
+type NodeResult struct {
+	Node *structs.Node
+	Task *structs.Task
+}
+
+// NodeAction carries out op on the node ref names (a name, an id or a
+// unique id prefix). confirmFenced is the operator's statement, for a
+// rebuild, that the node is powered off (--confirm-fenced). A retried
+// drain, evacuate or rebuild (same request id) answers with the task the
+// first attempt created.
+func (e *Endpoints) NodeAction(ctx context.Context, reqID, ref string, op NodeOp, confirmFenced bool) (NodeResult, error) {
+	n, err := e.state.ResolveNode(ref)
+	if err != nil {
+		return NodeResult{}, err
+	}
+	var t *structs.Task
+	switch op {
+	case NodeEnable, NodeDisable:
+		return e.setManagement(ctx, e.requestID(reqID), n, op)
+	case NodeDrain, NodeEvacuate, NodeRebuild:
+		if first, ok := e.retriedTask(reqID); ok {
+			return NodeResult{Task: first}, nil
+		}
+		reqID = e.requestID(reqID)
+		switch op {
+		case NodeDrain:
+			t, err = e.drain(ctx, reqID, n)
+		case NodeEvacuate:
+			t, err = e.evacuate(ctx, reqID, n)
+		default:
+			t, err = e.rebuild(ctx, reqID, n, confirmFenced)
+		}
+	default:
+		return NodeResult{}, structs.NotFound("action", "unknown node action %q (enable, disable, drain, rebuild, evacuate)", op)
+	}
+	if err != nil {
+		return NodeResult{}, err
+	}
+	return NodeResult{Task: t}, nil
+}
+
+// setManagement enables or disables the node. Enabling wakes the pending
+// loop: the node may take VMs that fit nowhere else.
+func (e *Endpoints) setManagement(ctx context.Context, reqID string, n *structs.Node, op NodeOp) (NodeResult, error) {
+	state := structs.NodeEnabled
+	if op == NodeDisable {
+		state = structs.NodeDisabled
+	}
+	if _, err := e.propose.Propose(ctx, reqID, fsm.CmdSetManagement, fsm.SetManagement{NodeID: n.ID, State: state}); err != nil {
+		return NodeResult{}, err
+	}
+	if op == NodeEnable {
+		e.placer.Kick()
+	}
+	cur, err := e.state.Node(n.ID)
+	return NodeResult{Node: cur}, err
+}
+
+// evacuate live-migrates every VM away. The node is disabled first so
+// that nothing new lands on it.
+func (e *Endpoints) evacuate(ctx context.Context, reqID string, n *structs.Node) (*structs.Task, error) {
+	if n.MonitorState == structs.MonitorUnreachable {
+		return nil, structs.Conflict("id", "node %s is unreachable: live migration needs its agent (drain and rebuild instead)", n.Name)
+	}
+	if t := e.tasks.ActiveFor("", n.ID); t != nil {
+		return nil, structs.Conflict("id", "node %s already has %s task %s running", n.Name, t.Kind, t.ID)
+	}
+	if n.ManagementState == structs.NodeEnabled {
+		if _, err := e.propose.Propose(ctx, reqID+"-disable", fsm.CmdSetManagement, fsm.SetManagement{NodeID: n.ID, State: structs.NodeDisabled}); err != nil {
+			return nil, err
+		}
+	}
+	vms, _, err := e.state.VMsOnNode(n.ID)
+	if err != nil {
+		return nil, err
+	}
+	steps := []structs.TaskStep{}
+	for _, vm := range vms {
+		if t := e.tasks.ActiveFor(vm.ID, ""); t != nil {
+			continue
+		}
+		steps = append(steps, structs.TaskStep{VMID: vm.ID, From: n.ID, State: structs.TaskPending})
+	}
+	return e.tasks.Create(ctx, reqID, structs.Task{ID: e.ids.NewID(), Kind: structs.TaskEvacuate, NodeID: n.ID, Steps: steps})
+}
+
+// drain stops every VM on the node and keeps them stopped; the task
+// finishes when the agent acknowledges (or the node had no VMs).
+func (e *Endpoints) drain(ctx context.Context, reqID string, n *structs.Node) (*structs.Task, error) {
+	if _, err := e.propose.Propose(ctx, reqID+"-drain", fsm.CmdSetManagement, fsm.SetManagement{NodeID: n.ID, State: structs.NodeDrained}); err != nil {
+		return nil, err
+	}
+	vms, _, err := e.state.VMsOnNode(n.ID)
+	if err != nil {
+		return nil, err
+	}
+	steps := []structs.TaskStep{}
+	for _, vm := range vms {
+		steps = append(steps, structs.TaskStep{VMID: vm.ID, From: n.ID, State: structs.TaskRunning})
+	}
+	return e.tasks.Create(ctx, reqID, structs.Task{ID: e.ids.NewID(), Kind: structs.TaskDrain, NodeID: n.ID, Steps: steps})
+}
+
+// rebuild recreates every VM of a drained node elsewhere. Uniqueness rule
+// 3: only when the node is known to run none of them — it acknowledged the
+// drain, reported a local drain, or the operator confirmed it fenced.
+func (e *Endpoints) rebuild(ctx context.Context, reqID string, n *structs.Node, confirmFenced bool) (*structs.Task, error) {
+	if n.ManagementState != structs.NodeDrained {
+		return nil, structs.Conflict("id", "node %s is %s: rebuild needs a drained node (chime node drain %s)", n.Name, n.ManagementState, n.Name)
+	}
+	known := n.DrainAcked || n.LocalDrained || n.Fenced
+	if !known && !confirmFenced {
+		return nil, structs.Conflict("confirm_fenced", "node %s has not acknowledged the drain (its VMs may still run): "+
+			"wait for the acknowledgement, run `chime agent drain` on the node, or power it off and pass --confirm-fenced", n.Name)
+	}
+	if confirmFenced && !n.Fenced {
+		yes := true
+		if _, err := e.propose.Propose(ctx, reqID+"-fence", fsm.CmdSetNodeFlags, fsm.SetNodeFlags{NodeID: n.ID, Fenced: &yes}); err != nil {
+			return nil, err
+		}
+	}
+	// The whole rebuild is one placement decision: every VM's new node is
+	// chosen over one read and proposed before anything else places.
+	steps := []structs.TaskStep{}
+	err := e.placer.Decide(func() error {
+		vms, _, err := e.state.VMsOnNode(n.ID)
+		if err != nil {
+			return err
+		}
+		var reqs []scheduler.Request
+		for _, vm := range vms {
+			reqs = append(reqs, scheduler.Request{VM: vm, Exclude: []string{n.ID}})
+		}
+		placed, err := e.placer.PlaceAll(reqs)
+		if err != nil {
+			return err
+		}
+		for _, vm := range vms { // in the state's order, never the map's
+			to := placed[vm.ID]
+			st := structs.TaskStep{VMID: vm.ID, From: n.ID, To: to, State: structs.TaskSucceeded}
+			reason := "rebuild of node " + n.Name
+			if to == "" {
+				reason += ": no node fits, pending"
+				st.Error = "no node fits: pending until capacity appears"
+			}
+			// A fresh id for each placement: it is decided from the state of
+			// this attempt, and the generation compare-and-set refuses a
+			// stale one.
+			if _, err := e.propose.Propose(ctx, "", fsm.CmdPlaceVM, fsm.PlaceVM{VMID: vm.ID, NodeID: to, IfGeneration: vm.Generation, Reason: reason}); err != nil {
+				st.State, st.Error = structs.TaskFailed, err.Error()
+			}
+			steps = append(steps, st)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	state := structs.TaskSucceeded
+	for _, st := range steps {
+		if st.State == structs.TaskFailed {
+			state = structs.TaskFailed
+		}
+	}
+	e.placer.Kick()
+	return e.tasks.Create(ctx, reqID, structs.Task{ID: e.ids.NewID(), Kind: structs.TaskRebuild, NodeID: n.ID, State: state, Steps: steps})
+}
+
+// RemoveNode removes the node ref names from the state and from the
+// monitor's memory.
+func (e *Endpoints) RemoveNode(ctx context.Context, reqID, ref string) error {
+	n, err := e.state.ResolveNode(ref)
+	if err != nil {
+		return err
+	}
+	if _, err := e.propose.Propose(ctx, e.requestID(reqID), fsm.CmdRemoveNode, fsm.RemoveNode{NodeID: n.ID}); err != nil {
+		return err
+	}
+	e.monitor.Forget(n.ID)
+	return nil
+}

@@ -1,0 +1,197 @@
+package endpoint
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/chime-ha/chime/chime/api"
+	"github.com/chime-ha/chime/chime/structs"
+	"github.com/chime-ha/chime/fsm"
+	"github.com/chime-ha/chime/scheduler"
+)
+
+// VMOp is an operator's action on a VM's desired state (VMAction).
+type VMOp string
+
+// The VM actions. Migrate is MigrateVM: it takes a destination.
+const (
+	VMStart   VMOp = "start"
+	VMStop    VMOp = "stop"
+	VMRestart VMOp = "restart"
+)
+
+// CreateVM validates req and creates the VM, placed on a node when one
+// fits (pending otherwise). A retry of a create that went through (same
+// request id) answers with the VM it created, although the name is taken
+// now; one that was refused answers the same refusal.
+func (e *Endpoints) CreateVM(ctx context.Context, reqID string, req api.CreateVMRequest) (*structs.VM, error) {
+	if err := req.Validate(); err != nil {
+		return nil, err
+	}
+	reqID = e.requestID(reqID)
+	if id, aerr, seen := e.state.Applied(reqID); seen {
+		if aerr != nil {
+			return nil, aerr
+		}
+		return e.state.VM(id)
+	}
+	if _, err := e.state.ResolveVM(req.Name); err == nil {
+		return nil, structs.Conflict("name", "a VM named %q already exists", req.Name)
+	}
+	desired := structs.DesiredRunning
+	if req.Stopped {
+		desired = structs.DesiredStopped
+	}
+	vm := structs.VM{ID: e.ids.NewID(), Name: req.Name, DesiredState: desired, Spec: req.Spec()}
+
+	// Placement and its proposal are one decision, so that two concurrent
+	// creates cannot both take the last free capacity of a node.
+	var res *fsm.Result
+	err := e.placer.Decide(func() error {
+		nodeID, err := e.placer.Place(vm, nil)
+		if err != nil && !errors.Is(err, scheduler.ErrNoCapacity) {
+			return err
+		}
+		res, err = e.propose.Propose(ctx, reqID, fsm.CmdCreateVM, fsm.CreateVM{VM: vm, NodeID: nodeID})
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return e.state.VM(res.ObjectID)
+}
+
+// VMAction sets the desired state of the VM ref names (a name, an id or a
+// unique id prefix): start, stop, or restart (RestartVM).
+func (e *Endpoints) VMAction(ctx context.Context, reqID, ref string, op VMOp) (*structs.VM, error) {
+	vm, err := e.state.ResolveVM(ref)
+	if err != nil {
+		return nil, err
+	}
+	switch op {
+	case VMStart, VMStop:
+		state := structs.DesiredRunning
+		if op == VMStop {
+			state = structs.DesiredStopped
+		}
+		if _, err := e.propose.Propose(ctx, e.requestID(reqID), fsm.CmdSetDesired, fsm.SetDesired{VMID: vm.ID, State: state}); err != nil {
+			return nil, err
+		}
+		return e.state.VM(vm.ID)
+	case VMRestart:
+		return e.restart(ctx, e.requestID(reqID), vm)
+	}
+	return nil, structs.NotFound("action", "unknown VM action %q (start, stop, restart, migrate)", op)
+}
+
+// restart stops a running VM, waits until its agent reports it stopped
+// (RestartTimeout at most, on the clock), and starts it again. A VM that is
+// not running is simply started. When the stop is not confirmed in time
+// the VM is set running again (an operator asked for a restart, so it must
+// come back) and the answer is ErrTimeout.
+func (e *Endpoints) restart(ctx context.Context, reqID string, vm *structs.VM) (*structs.VM, error) {
+	if vm.State == structs.StateRunning && vm.DesiredState == structs.DesiredRunning {
+		if _, err := e.propose.Propose(ctx, reqID+"-stop", fsm.CmdSetDesired, fsm.SetDesired{VMID: vm.ID, State: structs.DesiredStopped}); err != nil {
+			return nil, err
+		}
+		if !e.waitNotRunning(ctx, vm.ID) {
+			what := "desired state is running again"
+			if _, err := e.propose.Propose(ctx, reqID+"-start", fsm.CmdSetDesired, fsm.SetDesired{VMID: vm.ID, State: structs.DesiredRunning}); err != nil {
+				what = fmt.Sprintf("setting it running again failed: %v", err)
+			}
+			return nil, &structs.Error{Kind: ErrTimeout, Field: "id",
+				Message: fmt.Sprintf("vm %s: the agent did not report it stopped within %s; %s", vm.Name, fmtMinutes(RestartTimeout), what)}
+		}
+	}
+	if _, err := e.propose.Propose(ctx, reqID+"-start", fsm.CmdSetDesired, fsm.SetDesired{VMID: vm.ID, State: structs.DesiredRunning}); err != nil {
+		return nil, err
+	}
+	return e.state.VM(vm.ID)
+}
+
+// fmtMinutes writes a whole number of minutes as "2m" (time.Duration's
+// String would say "2m0s").
+func fmtMinutes(d time.Duration) string { return fmt.Sprintf("%dm", int(d.Minutes())) }
+
+// waitNotRunning waits until the VM is no longer reported running (or is
+// gone), re-reading it after every applied change, until the restart
+// timeout passes or ctx ends; then it looks once more. It reports whether
+// the VM stopped running.
+func (e *Endpoints) waitNotRunning(ctx context.Context, vmID string) bool {
+	stopped := func() bool {
+		cur, err := e.state.VM(vmID)
+		return err != nil || cur.State != structs.StateRunning
+	}
+	timeout := e.clock.After(RestartTimeout)
+	for {
+		ch, _ := e.state.Changed()
+		if stopped() {
+			return true
+		}
+		select {
+		case <-ch:
+		case <-timeout:
+			return stopped()
+		case <-ctx.Done():
+			return stopped()
+		}
+	}
+}
+
+// DeleteVM deletes the VM ref names; its agent destroys the domain.
+func (e *Endpoints) DeleteVM(ctx context.Context, reqID, ref string) error {
+	vm, err := e.state.ResolveVM(ref)
+	if err != nil {
+		return err
+	}
+	_, err = e.propose.Propose(ctx, e.requestID(reqID), fsm.CmdDeleteVM, fsm.DeleteVM{VMID: vm.ID})
+	return err
+}
+
+// MigrateVM checks that the VM ref names can be live-migrated (to the node
+// to names, or wherever the scheduler finds room when to is empty) and
+// creates a migrate task; the task runner does the work. A retry answers
+// with the task the first attempt created.
+func (e *Endpoints) MigrateVM(ctx context.Context, reqID, ref, to string) (*structs.Task, error) {
+	vm, err := e.state.ResolveVM(ref)
+	if err != nil {
+		return nil, err
+	}
+	if t, ok := e.retriedTask(reqID); ok {
+		return t, nil
+	}
+	reqID = e.requestID(reqID)
+	if vm.NodeID == "" {
+		return nil, structs.Conflict("id", "vm %s is not placed on any node (pending)", vm.Name)
+	}
+	if t := e.tasks.ActiveFor(vm.ID, ""); t != nil {
+		return nil, structs.Conflict("id", "vm %s is already part of %s task %s", vm.Name, t.Kind, t.ID)
+	}
+	src, err := e.state.Node(vm.NodeID)
+	if err != nil {
+		return nil, err
+	}
+	if vm.State == structs.StateRunning && src.MonitorState == structs.MonitorUnreachable {
+		return nil, structs.Conflict("id", "vm %s runs on node %s, which is unreachable: live migration needs its agent (drain and rebuild instead)", vm.Name, src.Name)
+	}
+	dest := ""
+	if to != "" {
+		n, err := e.state.ResolveNode(to)
+		if err != nil {
+			return nil, structs.NotFound("to", "destination: %v", err)
+		}
+		if n.ID == vm.NodeID {
+			return nil, structs.Invalid("to", "vm %s already runs on node %s", vm.Name, n.Name)
+		}
+		if err := e.placer.Check(*vm, n.ID); err != nil {
+			return nil, err
+		}
+		dest = n.ID
+	} else if _, err := e.placer.Place(*vm, []string{vm.NodeID}); err != nil {
+		return nil, structs.Conflict("to", "no destination for vm %s: %v", vm.Name, err)
+	}
+	return e.tasks.Create(ctx, reqID, structs.Task{ID: e.ids.NewID(), Kind: structs.TaskMigrate, VMID: vm.ID,
+		Steps: []structs.TaskStep{{VMID: vm.ID, From: vm.NodeID, To: dest, State: structs.TaskPending}}})
+}
