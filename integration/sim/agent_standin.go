@@ -69,8 +69,8 @@ func (a *standinAgent) register() {
 		return
 	}
 	resp, err := a.srv.Register(ctx, api.RegisterRequest{ID: a.identity.NodeID, Name: a.h.Name, Secret: a.identity.Secret,
-		APIAddr: a.h.Name + ":4651", GossipAddr: a.h.Name + ":4652", MigrationURI: "qemu+tcp://" + a.h.Name + "/system",
-		MigrationAddr: a.h.Name, VCPUs: vc, MemoryMiB: mem, AgentVersion: structs.Version})
+		APIAddr: a.h.Addr(Mgmt) + ":4660", GossipAddr: a.h.Addr(Mgmt) + ":4662", MigrationURI: "qemu+tcp://" + a.h.Addr(Mgmt) + "/system",
+		MigrationAddr: a.h.Addr(Mgmt), VCPUs: vc, MemoryMiB: mem, AgentVersion: structs.Version})
 	if err != nil {
 		return
 	}

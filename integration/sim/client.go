@@ -3,6 +3,7 @@ package sim
 import (
 	"errors"
 
+	"github.com/chime-ha/chime/chime/server/endpoint"
 	"github.com/chime-ha/chime/chime/structs"
 )
 
@@ -25,7 +26,7 @@ func newClient(s *Sim, from string) *client {
 }
 
 // do sends one request; fn runs on the leader with the request id.
-func do[T any](c *client, what string, write bool, fn func(ep *endpoint, reqID string) (T, error)) (T, error) {
+func do[T any](c *client, what string, write bool, fn func(ep *endpoint.Endpoints, reqID string) (T, error)) (T, error) {
 	reqID := ""
 	if write {
 		reqID = c.s.E.ID()
@@ -34,7 +35,7 @@ func do[T any](c *client, what string, write bool, fn func(ep *endpoint, reqID s
 	var err error
 	for attempt := 0; attempt <= c.retries; attempt++ {
 		srv := c.s.Cluster.Servers[c.current%len(c.s.Cluster.Servers)]
-		out, err = serverCall(c.s, c.from, srv, what, func(ep *endpoint) (T, error) { return fn(ep, reqID) })
+		out, err = serverCall(c.s, c.from, srv, what, func(ep *endpoint.Endpoints) (T, error) { return fn(ep, reqID) })
 		var ne *NetError
 		if err == nil || !(errors.As(err, &ne) || errors.Is(err, structs.ErrNoLeader)) {
 			return out, err

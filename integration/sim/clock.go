@@ -7,7 +7,8 @@ import "time"
 // three machines are.
 
 // skewedClock is one machine's clock: simulated time plus a fixed offset.
-// It implements heartbeat.Clock, tasks.Clock and alarms.Clock.
+// It implements heartbeat.Clock, tasks.Clock, alarms.Clock and
+// endpoint.Clock.
 type skewedClock struct {
 	w    *Engine
 	skew *time.Duration // shared with its owner, which may change it (a clock jump)
@@ -15,6 +16,12 @@ type skewedClock struct {
 
 // Now is the machine's wall clock.
 func (c skewedClock) Now() time.Time { return c.w.Now().Add(*c.skew) }
+
+// After returns a channel that receives the time once d of simulated time
+// has passed (the endpoints bound their waits for agents with it).
+func (c skewedClock) After(d time.Duration) <-chan time.Time {
+	return newSimTimer(c.w, "", d, 0, nil).C()
+}
 
 // simTimer is a one-shot timer or a ticker on simulated time. Its channel
 // holds one value; a tick nobody took is dropped, as with package time.

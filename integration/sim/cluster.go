@@ -146,6 +146,13 @@ func (s *Server) listening() error {
 // Up reports whether the server runs.
 func (s *Server) Up() bool { return s.up }
 
+// Addr is the server's address (10.0.0.i for si).
+func (s *Server) Addr() string {
+	i := 0
+	fmt.Sscanf(s.Name, "s%d", &i)
+	return fmt.Sprintf("10.0.0.%d", i)
+}
+
 // IsLeader reports whether the server is the current leader.
 func (s *Server) IsLeader() bool { return s.c.leader == s }
 

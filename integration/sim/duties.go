@@ -6,7 +6,9 @@ import (
 	"net"
 	"time"
 
+	"github.com/chime-ha/chime/chime/api"
 	"github.com/chime-ha/chime/chime/server/alarms"
+	"github.com/chime-ha/chime/chime/server/endpoint"
 	"github.com/chime-ha/chime/chime/server/heartbeat"
 	"github.com/chime-ha/chime/chime/server/placement"
 	"github.com/chime-ha/chime/chime/server/tasks"
@@ -45,7 +47,7 @@ type leaderDuties struct {
 	runner  *tasks.Runner
 	placer  *placement.Placer
 	alarmer *alarms.Alarmer
-	ep      *endpoint
+	ep      *endpoint.Endpoints
 
 	stops                  []func() // the periodic events
 	tasksAt, placeAt, alAt *Event   // the pending on-change wake-ups
@@ -64,7 +66,8 @@ func newLeaderDuties(s *Server, term uint64) *leaderDuties {
 		Options: scheduler.Options{Strategy: scheduler.Strategy(sim.cfg.Scheduler)}, Logger: s.log.Named("placement")})
 	d.runner = tasks.New(tasks.Config{State: s.FSM, Proposer: s, Placer: d.placer, Clock: s.clock(), Logger: s.log.Named("tasks")})
 	d.alarmer = alarms.New(alarms.Config{State: s.FSM, Proposer: s, Clock: s.clock(), Logger: s.log.Named("alarms")})
-	d.ep = newEndpoint(s, d)
+	d.ep = endpoint.New(endpoint.Config{Proposer: s, State: s.FSM, Placer: d.placer, Tasks: d.runner, Monitor: d.monitor,
+		Clock: s.clock(), IDs: simIDs{w}, Agents: agentConfig{s.c}})
 
 	name := func(duty string) string { return fmt.Sprintf("%s %s", s.Name, duty) }
 	check := max(cfg.HeartbeatInterval/4, 50*time.Millisecond)
@@ -138,8 +141,11 @@ func (d *leaderDuties) stop() {
 type pinger struct{ s *Server }
 
 func (p pinger) Ping(ctx context.Context, n structs.Node) error {
-	host := hostOfAddr(n.APIAddr)
-	_, err := Send(p.s.c.sim.Net, p.s.Name, host, Mgmt, "ping "+n.Name, func() (struct{}, error) {
+	host, k, ok := p.s.c.sim.machineAt(n.APIAddr)
+	if !ok {
+		return fmt.Errorf("ping %s: no machine at %s", n.Name, n.APIAddr)
+	}
+	_, err := Send(p.s.c.sim.Net, p.s.Name, host, k, "ping "+n.Name, func() (struct{}, error) {
 		return struct{}{}, nil
 	})
 	return err
@@ -174,4 +180,31 @@ func hostOfAddr(addr string) string {
 		return h
 	}
 	return addr
+}
+
+// simIDs are the endpoints' ids and secrets, from the run's random source.
+type simIDs struct{ e *Engine }
+
+func (i simIDs) NewID() string { return i.e.ID() }
+
+func (i simIDs) NewSecret() string {
+	var b [32]byte
+	_, _ = RandReader{i.e}.Read(b[:])
+	return fmt.Sprintf("%x", b[:])
+}
+
+// agentConfig is what register and heartbeat answers carry: the servers'
+// timing, and the servers' gossip addresses.
+type agentConfig struct{ c *Cluster }
+
+func (a agentConfig) Timing() api.Timing {
+	return api.Timing{HeartbeatInterval: a.c.cfg.HeartbeatInterval, MissedHeartbeats: a.c.cfg.MissedHeartbeats}
+}
+
+func (a agentConfig) GossipAddrs() []string {
+	var out []string
+	for _, s := range a.c.Servers {
+		out = append(out, s.Name+":4648")
+	}
+	return out
 }

@@ -5,10 +5,10 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/chime-ha/chime/chime/api"
+	"github.com/chime-ha/chime/chime/server/endpoint"
 	"github.com/chime-ha/chime/chime/structs"
 )
 
@@ -181,20 +181,67 @@ func keptLost(lose bool) string {
 	return "kept"
 }
 
-// HypervisorAt is the World the hypervisors migrate through: the host of
-// a libvirt or migration URI's host part ("h2", or "h2-biz" for its
-// business address).
+// Addr is the host's address on a network: 10.0.0.(10+i) on management,
+// 10.1.0.(10+i) on business, for host hi.
+func (h *Host) Addr(k Net) string {
+	i := 0
+	fmt.Sscanf(h.Name, "h%d", &i)
+	if k == Business {
+		return fmt.Sprintf("10.1.0.%d", 10+i)
+	}
+	return fmt.Sprintf("10.0.0.%d", 10+i)
+}
+
+// machineAt names the machine at an address (a bare IP, or host:port) and
+// the network the address is on; ok is false for an unknown address.
+func (s *Sim) machineAt(addr string) (name string, k Net, ok bool) {
+	ip := hostOfAddr(addr)
+	for _, h := range s.Hosts {
+		for _, k := range []Net{Mgmt, Business} {
+			if h.Addr(k) == ip {
+				return h.Name, k, true
+			}
+		}
+	}
+	for _, srv := range s.Cluster.Servers {
+		if srv.Addr() == ip {
+			return srv.Name, Mgmt, true
+		}
+	}
+	return "", Mgmt, false
+}
+
+// HypervisorAt is the World the hypervisors migrate through: the host at
+// a libvirt or migration URI's host part. The network of each address
+// looked up is noted for the MigrationLinkUp that follows (the hypervisor
+// calls them in that order, single-threaded).
 func (s *Sim) HypervisorAt(addr string) *Hypervisor {
-	if h := s.Host(strings.TrimSuffix(addr, "-biz")); h != nil {
+	name, k, ok := s.machineAt(addr)
+	if !ok {
+		return nil
+	}
+	s.migrationNets = append(s.migrationNets, k)
+	if h := s.Host(name); h != nil {
 		return h.HV
 	}
 	return nil
 }
 
-// MigrationLinkUp says whether from's libvirtd reaches to's: over the
-// management network or the business network, both ways.
+// MigrationLinkUp says whether from's libvirtd reaches to's, and its qemu
+// the destination's migration port: both ways on every network the
+// migration's two URIs named.
 func (s *Sim) MigrationLinkUp(from, to string) bool {
-	return s.Net.BothWays(from, to, Mgmt) || s.Net.BothWays(from, to, Business)
+	nets := s.migrationNets
+	s.migrationNets = nil
+	if len(nets) == 0 {
+		nets = []Net{Mgmt}
+	}
+	for _, k := range nets {
+		if !s.Net.BothWays(from, to, k) {
+			return false
+		}
+	}
+	return true
 }
 
 // decideMigration draws a live migration's outcome: the scripted one when
@@ -234,7 +281,7 @@ func (a *agentServers) Addrs() []string {
 }
 
 func (a *agentServers) Register(ctx context.Context, r api.RegisterRequest) (*api.RegisterResponse, error) {
-	resp, err := do(a.c, "register "+a.h.Name, true, func(ep *endpoint, reqID string) (api.RegisterResponse, error) {
+	resp, err := do(a.c, "register "+a.h.Name, true, func(ep *endpoint.Endpoints, reqID string) (api.RegisterResponse, error) {
 		return ep.Register(context.Background(), reqID, r)
 	})
 	if err != nil {
@@ -245,7 +292,7 @@ func (a *agentServers) Register(ctx context.Context, r api.RegisterRequest) (*ap
 
 func (a *agentServers) Desired(ctx context.Context, q api.QueryOptions) (*api.DesiredState, error) {
 	node, secret := a.node, a.secret
-	ds, err := do(a.c, "desired "+a.h.Name, false, func(ep *endpoint, _ string) (api.DesiredState, error) {
+	ds, err := do(a.c, "desired "+a.h.Name, false, func(ep *endpoint.Endpoints, _ string) (api.DesiredState, error) {
 		n, err := ep.Authenticate(node, secret)
 		if err != nil {
 			return api.DesiredState{}, err
@@ -260,7 +307,7 @@ func (a *agentServers) Desired(ctx context.Context, q api.QueryOptions) (*api.De
 
 func (a *agentServers) Heartbeat(ctx context.Context, r api.HeartbeatRequest) (*api.HeartbeatResponse, error) {
 	node, secret := a.node, a.secret
-	resp, err := do(a.c, "heartbeat "+a.h.Name, true, func(ep *endpoint, _ string) (api.HeartbeatResponse, error) {
+	resp, err := do(a.c, "heartbeat "+a.h.Name, true, func(ep *endpoint.Endpoints, _ string) (api.HeartbeatResponse, error) {
 		n, err := ep.Authenticate(node, secret)
 		if err != nil {
 			return api.HeartbeatResponse{}, err
@@ -275,7 +322,7 @@ func (a *agentServers) Heartbeat(ctx context.Context, r api.HeartbeatRequest) (*
 
 func (a *agentServers) ReportMigration(ctx context.Context, r api.MigrationReport) error {
 	node, secret := a.node, a.secret
-	_, err := do(a.c, "migrated "+a.h.Name, true, func(ep *endpoint, reqID string) (struct{}, error) {
+	_, err := do(a.c, "migrated "+a.h.Name, true, func(ep *endpoint.Endpoints, reqID string) (struct{}, error) {
 		n, err := ep.Authenticate(node, secret)
 		if err != nil {
 			return struct{}{}, err

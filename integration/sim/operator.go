@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/chime-ha/chime/chime/api"
+	"github.com/chime-ha/chime/chime/server/endpoint"
 	"github.com/chime-ha/chime/chime/structs"
 )
 
@@ -21,9 +22,10 @@ const opMachine = "op"
 type Write struct {
 	At      time.Time
 	Op      string // create, start, stop, delete
-	VM      string // the VM's name
+	VM      string // the VM's name (the node's, for node actions)
 	VMID    string // known once a create was acknowledged
 	Desired string // the desired state the write asks for (create, start, stop)
+	Task    string // the task an HA operation created
 	Acked   bool
 }
 
@@ -59,7 +61,7 @@ func (o *Operator) record(w Write, err error) {
 
 // Create creates a VM (desired running unless stopped).
 func (o *Operator) Create(name string, vcpus, memMiB int, stopped bool) error {
-	vm, err := do(o.client(), "create "+name, true, func(ep *endpoint, reqID string) (*structs.VM, error) {
+	vm, err := do(o.client(), "create "+name, true, func(ep *endpoint.Endpoints, reqID string) (*structs.VM, error) {
 		return ep.CreateVM(context.Background(), reqID, api.CreateVMRequest{Name: name, VCPUs: vcpus, Memory: memMiB, Stopped: stopped})
 	})
 	w := Write{Op: "create", VM: name, Desired: structs.DesiredRunning}
@@ -75,11 +77,11 @@ func (o *Operator) Create(name string, vcpus, memMiB int, stopped bool) error {
 
 // SetDesired starts or stops a VM by name.
 func (o *Operator) SetDesired(name string, running bool) error {
-	op, st := VMStop, structs.DesiredStopped
+	op, st := endpoint.VMStop, structs.DesiredStopped
 	if running {
-		op, st = VMStart, structs.DesiredRunning
+		op, st = endpoint.VMStart, structs.DesiredRunning
 	}
-	_, err := do(o.client(), string(op)+" "+name, true, func(ep *endpoint, reqID string) (*structs.VM, error) {
+	_, err := do(o.client(), string(op)+" "+name, true, func(ep *endpoint.Endpoints, reqID string) (*structs.VM, error) {
 		return ep.VMAction(context.Background(), reqID, name, op)
 	})
 	o.record(Write{Op: string(op), VM: name, Desired: st}, err)
@@ -88,11 +90,62 @@ func (o *Operator) SetDesired(name string, running bool) error {
 
 // Delete deletes a VM by name.
 func (o *Operator) Delete(name string) error {
-	_, err := do(o.client(), "delete "+name, true, func(ep *endpoint, reqID string) (struct{}, error) {
+	_, err := do(o.client(), "delete "+name, true, func(ep *endpoint.Endpoints, reqID string) (struct{}, error) {
 		return struct{}{}, ep.DeleteVM(context.Background(), reqID, name)
 	})
 	o.record(Write{Op: "delete", VM: name}, err)
 	return err
+}
+
+// Migrate orders a live migration of a VM (to a named node, or where
+// placement chooses when to is "").
+func (o *Operator) Migrate(name, to string) error {
+	t, err := do(o.client(), "migrate "+name, true, func(ep *endpoint.Endpoints, reqID string) (*structs.Task, error) {
+		return ep.MigrateVM(context.Background(), reqID, name, to)
+	})
+	o.record(Write{Op: "migrate", VM: name, Task: taskID(t)}, err)
+	return err
+}
+
+// NodeAction is enable, disable, drain, evacuate or rebuild of a node (by
+// name). A rebuild with confirmFenced while the node's host has power is
+// recorded as a lie.
+func (o *Operator) NodeAction(node string, op endpoint.NodeOp, confirmFenced bool) error {
+	lie := false
+	if op == endpoint.NodeRebuild && confirmFenced {
+		if h := o.s.Host(node); h != nil && h.powered {
+			lie = true
+		}
+	}
+	res, err := do(o.client(), string(op)+" "+node, true, func(ep *endpoint.Endpoints, reqID string) (endpoint.NodeResult, error) {
+		return ep.NodeAction(context.Background(), reqID, node, op, confirmFenced)
+	})
+	what := string(op)
+	if confirmFenced {
+		what += " --confirm-fenced"
+	}
+	o.record(Write{Op: what, VM: node, Task: taskID(res.Task)}, err)
+	if lie {
+		o.Lies = append(o.Lies, &Lie{Host: node, At: o.s.E.Now()})
+		o.s.E.trace.Addf("check", "--confirm-fenced for %s is a lie (its host has power): invariant 1 is not checked for its VMs until a heal corrects it", node)
+	}
+	return err
+}
+
+// RemoveNode removes a node (by name).
+func (o *Operator) RemoveNode(node string) error {
+	_, err := do(o.client(), "remove "+node, true, func(ep *endpoint.Endpoints, reqID string) (struct{}, error) {
+		return struct{}{}, ep.RemoveNode(context.Background(), reqID, node)
+	})
+	o.record(Write{Op: "remove-node", VM: node}, err)
+	return err
+}
+
+func taskID(t *structs.Task) string {
+	if t == nil {
+		return ""
+	}
+	return t.ID
 }
 
 // lieActive reports whether an uncorrected (or recently corrected) lie

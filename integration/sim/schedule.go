@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/chime-ha/chime/chime/server/endpoint"
 )
 
 // Schedules: what happens to a run and when. A scenario file and a random
@@ -22,6 +24,10 @@ import (
 //	wait D                      let D of simulated time pass (scenario files only)
 //	create VM [stopped]         operator: create a VM (1 vCPU, 512 MiB)
 //	start VM | stop VM | delete VM
+//	migrate VM [HOST]           operator: live-migrate (to HOST, or where placement says)
+//	evacuate HOST | drain HOST | enable HOST | disable HOST | remove-node HOST
+//	rebuild HOST [confirm-fenced]   recreate a drained node's VMs elsewhere; with
+//	                            confirm-fenced while HOST has power, a recorded lie
 //	power-off HOST [lose-disk]  the host loses power (local disk kept or lost)
 //	power-on HOST
 //	agent-crash HOST [lose-state]   kill the agent (its state dir kept or lost)
@@ -183,6 +189,8 @@ func ParseSchedule(r io.Reader) (*Schedule, error) {
 // cmdArity is each command's number of arguments: minimum and maximum.
 var cmdArity = map[string][2]int{
 	"create": {1, 2}, "start": {1, 1}, "stop": {1, 1}, "delete": {1, 1},
+	"migrate": {1, 2}, "evacuate": {1, 1}, "drain": {1, 1}, "rebuild": {1, 2}, "enable": {1, 1}, "disable": {1, 1},
+	"remove-node": {1, 1},
 	"power-off": {1, 2}, "power-on": {1, 1},
 	"agent-crash": {1, 2}, "agent-restart": {1, 1},
 	"freeze": {1, 1}, "thaw": {1, 1},
@@ -263,6 +271,17 @@ func (s *Sim) Exec(f []string) error {
 		_ = s.Ops.SetDesired(f[1], f[0] == "start")
 	case "delete":
 		_ = s.Ops.Delete(f[1])
+	case "migrate":
+		_ = s.Ops.Migrate(f[1], arg(2))
+	case "evacuate", "drain", "enable", "disable":
+		_ = s.Ops.NodeAction(f[1], endpoint.NodeOp(f[0]), false)
+	case "rebuild":
+		if arg(2) != "" && arg(2) != "confirm-fenced" {
+			return fmt.Errorf("rebuild: %q: confirm-fenced or nothing", arg(2))
+		}
+		_ = s.Ops.NodeAction(f[1], endpoint.NodeRebuild, arg(2) == "confirm-fenced")
+	case "remove-node":
+		_ = s.Ops.RemoveNode(f[1])
 	case "power-off", "power-on", "agent-crash", "agent-restart", "freeze", "thaw", "libvirtd-down", "libvirtd-up":
 		h, err := host()
 		if err != nil {

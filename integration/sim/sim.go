@@ -9,6 +9,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/chime-ha/chime/chime/api"
+	"github.com/chime-ha/chime/chime/server/endpoint"
 	"github.com/chime-ha/chime/chime/structs"
 )
 
@@ -47,6 +48,7 @@ type Sim struct {
 	// fails (before, during, or with its reply lost).
 	nextMigration   map[string]MigrationOutcome
 	migrationFaults float64
+	migrationNets   []Net // networks of the addresses a migration looked up (HypervisorAt)
 }
 
 // New builds a deployment at Epoch: servers up (the first election
@@ -178,7 +180,7 @@ var errForwardedToFollower = fmt.Errorf("%w: forwarded request reached a server 
 // forwards it once to the leader it hears from otherwise, and answers 503
 // when it knows none. A server's answer comes back as an *api.Error, as
 // over HTTP; a network failure as a *NetError.
-func serverCall[T any](s *Sim, from string, to *Server, what string, fn func(ep *endpoint) (T, error)) (T, error) {
+func serverCall[T any](s *Sim, from string, to *Server, what string, fn func(ep *endpoint.Endpoints) (T, error)) (T, error) {
 	out, err := Send(s.Net, from, to.Name, Mgmt, what, func() (T, error) { return handleAt(s, to, what, false, fn) })
 	var ne *NetError
 	if err != nil && !errors.As(err, &ne) {
@@ -187,7 +189,7 @@ func serverCall[T any](s *Sim, from string, to *Server, what string, fn func(ep 
 	return out, err
 }
 
-func handleAt[T any](s *Sim, srv *Server, what string, forwarded bool, fn func(ep *endpoint) (T, error)) (T, error) {
+func handleAt[T any](s *Sim, srv *Server, what string, forwarded bool, fn func(ep *endpoint.Endpoints) (T, error)) (T, error) {
 	var zero T
 	if l := s.Cluster.leader; l == srv && srv.lead != nil {
 		return fn(srv.lead.ep)
