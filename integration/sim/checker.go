@@ -63,6 +63,7 @@ type Checker struct {
 	active     map[string]bool // keys of the step invariants broken at the last check (reported once per stretch)
 	seen       map[string]bool // every key reported
 	Disabled   bool            // no checks (a benchmark of the bare simulation)
+	cache      leaderView
 }
 
 func newChecker(s *Sim) *Checker {
@@ -156,12 +157,44 @@ func (c *Checker) running() map[string][]RunningQemu {
 	return SnapshotRunning(hvs...)
 }
 
-func (c *Checker) checkNormalClean(l *Server, running map[string][]RunningQemu, now map[string]string) {
+// leaderView is the leader's nodes and VMs, read again only when the
+// leader or its applied index changed (the checker runs after every event;
+// most events change nothing).
+type leaderView struct {
+	srv   *Server
+	index uint64
+	nodes []structs.Node
+	vms   map[string]structs.VM
+	ok    bool
+}
+
+func (c *Checker) view(l *Server) *leaderView {
+	v := &c.cache
+	if v.srv == l && v.index == l.FSM.Index() && v.ok {
+		return v
+	}
+	*v = leaderView{srv: l, index: l.FSM.Index(), vms: map[string]structs.VM{}}
 	nodes, err := l.FSM.Nodes()
 	if err != nil {
+		return v
+	}
+	vms, err := l.FSM.VMs()
+	if err != nil {
+		return v
+	}
+	v.nodes, v.ok = nodes, true
+	for _, vm := range vms {
+		v.vms[vm.ID] = vm
+	}
+	return v
+}
+
+func (c *Checker) checkNormalClean(l *Server, running map[string][]RunningQemu, now map[string]string) {
+	view := c.view(l)
+	if !view.ok {
 		return
 	}
-	for _, n := range nodes {
+	for _, n := range view.nodes {
 		if n.MonitorState != structs.MonitorNormal {
 			continue
 		}
@@ -173,8 +206,8 @@ func (c *Checker) checkNormalClean(l *Server, running map[string][]RunningQemu, 
 			if q.Foreign {
 				continue
 			}
-			vm, err := l.FSM.VM(q.UUID)
-			if err != nil {
+			vm, ok := view.vms[q.UUID]
+			if !ok {
 				continue // a deleted VM's copy: the agent's to clean; not a placement question
 			}
 			if vm.IncomingHere(n.ID) || vm.ObservationCurrent(n.ID, q.Generation) {
