@@ -59,7 +59,8 @@ func testLifecycle(t *testing.T, f *fleet) {
 
 	f.mustChime(t, "vm", "stop", "life")
 	took = wait.For(t, 60*time.Second, "life shut off on "+h.Name, func() (bool, string) {
-		return false, f.expectDomState(h, vm.ID, "shut off", false)
+		seen := f.expectDomState(h, vm.ID, "shut off", false)
+		return seen == "", seen
 	})
 	t.Logf("vm stop → shut off on %s after %s (guest has no OS: shutdown grace, then destroy)", h.Name, took.Round(time.Millisecond))
 	f.waitVMState(t, "life", structs.StateStopped)
@@ -137,7 +138,10 @@ func testAgentRestart(t *testing.T, f *fleet, foreign map[string]bool) {
 	}
 	keep := f.createVM(t, "keep")
 	hi, _, _ := f.waitRunningOnOneHost(t, keep.ID, 60*time.Second)
-	wait.For(t, 60*time.Second, "every host runs what is placed on it", func() (bool, string) { return false, f.converged(foreign) })
+	wait.For(t, 60*time.Second, "every host runs what is placed on it", func() (bool, string) {
+		seen := f.converged(foreign)
+		return seen == "", seen
+	})
 
 	ctx := context.Background()
 	before, err := f.qemuSnapshot(ctx)
@@ -193,7 +197,10 @@ func testAgentRestart(t *testing.T, f *fleet, foreign map[string]bool) {
 	took = f.waitAgentSynced(t, hi)
 	t.Logf("servers restarted: agent on %s synced after %s", f.lab.Hosts[hi].Name, took.Round(time.Millisecond))
 	f.waitNodesNormal(t, 60*time.Second)
-	wait.For(t, 60*time.Second, "every host runs what is placed on it", func() (bool, string) { return false, f.converged(foreign) })
+	wait.For(t, 60*time.Second, "every host runs what is placed on it", func() (bool, string) {
+		seen := f.converged(foreign)
+		return seen == "", seen
+	})
 	holdFor(t, 3*time.Second, "qemu processes unchanged after the servers returned", unchanged)
 	for id := range foreign {
 		for _, h := range f.lab.Hosts {
@@ -286,7 +293,8 @@ func testTwentyVMs(t *testing.T, f *fleet, foreign map[string]bool) {
 		if n != 20 {
 			return false, fmt.Sprintf("%d of 20 VMs placed", n)
 		}
-		return false, f.converged(foreign)
+		seen := f.converged(foreign)
+		return seen == "", seen
 	})
 	ctx := context.Background()
 	snap, err := f.qemuSnapshot(ctx)
@@ -319,7 +327,7 @@ func testTwentyVMs(t *testing.T, f *fleet, foreign map[string]bool) {
 				bad = append(bad, vm.Name+":"+vm.State)
 			}
 		}
-		return false, strings.Join(bad, " ")
+		return len(bad) == 0, strings.Join(bad, " ")
 	})
 }
 

@@ -379,7 +379,10 @@ func testPlacementExcludes(t *testing.T, f *fleet) {
 
 	// Back to normal: the VMs stay where they are, the drained node's VMs
 	// run again, and every host runs exactly what the servers placed on it.
-	wait.For(t, 90*time.Second, "libvirt converged with the servers' placement", func() (bool, string) { return false, f.converged(nil) })
+	wait.For(t, 90*time.Second, "libvirt converged with the servers' placement", func() (bool, string) {
+		seen := f.converged(nil)
+		return seen == "", seen
+	})
 	for _, vm := range created {
 		if hi, _, _ := f.waitRunningOnOneHost(t, vm.ID, 30*time.Second); hi != ok {
 			t.Fatalf("%s runs on %s after the nodes recovered, was placed on %s", vm.Name, f.lab.Hosts[hi].Name, f.lab.Hosts[ok].Name)

@@ -54,7 +54,10 @@ func TestScenarios(t *testing.T) {
 		vm := f.createVM(t, fmt.Sprintf("svc-%d", i))
 		s.vms = append(s.vms, vm)
 	}
-	wait.For(t, 3*time.Minute, "every VM running where placed", func() (bool, string) { return false, s.settled() })
+	wait.For(t, 3*time.Minute, "every VM running where placed", func() (bool, string) {
+		seen := s.settled()
+		return seen == "", seen
+	})
 	t.Logf("fleet: %s", s.layout())
 
 	steps := []struct {
@@ -729,7 +732,10 @@ func (s *scenarios) isolated(t *testing.T) {
 	t.Logf("%s back: local_drained %v drain_acked %v fenced %v", h.Name, n.LocalDrained, n.DrainAcked, n.Fenced)
 	s.expectAbsent(t, i, ids)
 	s.holdNothingOn(t, i, 5*time.Second)
-	wait.For(t, time.Minute, "chime vm list matches libvirt everywhere", func() (bool, string) { return false, s.f.converged(nil) })
+	wait.For(t, time.Minute, "chime vm list matches libvirt everywhere", func() (bool, string) {
+		seen := s.f.converged(nil)
+		return seen == "", seen
+	})
 
 	s.f.mustChime(t, "node", "enable", h.Name)
 	wait.For(t, time.Minute, "the local drain released on "+h.Name, func() (bool, string) {
