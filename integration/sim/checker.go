@@ -311,7 +311,7 @@ func (c *Checker) finalAcked(l *Server) {
 // healthyHost reports whether the world lets host h run VMs: powered,
 // libvirtd up, agent running and not frozen, management link up.
 func (c *Checker) healthyHost(h *Host) bool {
-	return h.powered && h.HV.LibvirtdUp() && h.agent != nil && !h.frozen && c.s.Net.LinkUp(h.Name, Mgmt)
+	return h.powered && h.HV.LibvirtdUp() && h.proc != nil && !h.frozen && c.s.Net.LinkUp(h.Name, Mgmt)
 }
 
 // finalLiveness (3).

@@ -90,10 +90,6 @@ type Cluster struct {
 	// leaderless is when the cluster last had no leader (the election
 	// timeout counts from it).
 	leaderless time.Time
-
-	// onApply run after an entry applied on the leader (duty wake-ups,
-	// agents' blocking queries).
-	onApply []func(l *Server, index uint64)
 }
 
 // snapshot is a server's latest snapshot: a bbolt image and its index.
@@ -303,10 +299,8 @@ func (c *Cluster) propose(s *Server, reqID string, typ fsm.CommandType, payload 
 	c.sim.E.trace.Addf("raft", "commit %d %s by %s", index, typ, s.Name)
 	res := s.applyNext()
 	c.replicate()
-	for _, fn := range c.onApply {
-		if c.leader == s {
-			fn(s, index)
-		}
+	if c.leader == s {
+		c.sim.afterCommit(s, index)
 	}
 	if res == nil {
 		return nil, fmt.Errorf("raft apply: server %s stopped: %w", s.Name, s.halted)

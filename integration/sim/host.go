@@ -27,8 +27,10 @@ type Host struct {
 	dir     string // the agent's data dir on the local disk
 	powered bool
 	frozen  bool
-	nodeID  string // the node id the agent last registered as
-	agent   *standinAgent
+	nodeID  string     // the node id the agent last registered as
+	proc    *agentProc // the agent process (nil: not running)
+	// diskFault makes the agent's storage probe fail.
+	diskFault bool
 }
 
 func newHost(s *Sim, name string) (*Host, error) {
@@ -51,14 +53,14 @@ func (h *Host) listening() error {
 	switch {
 	case !h.powered || h.frozen:
 		return ErrTimeout
-	case h.agent == nil:
+	case h.proc == nil:
 		return ErrUnreachable
 	}
 	return nil
 }
 
 // AgentUp reports whether the agent process runs (frozen or not).
-func (h *Host) AgentUp() bool { return h.agent != nil }
+func (h *Host) AgentUp() bool { return h.proc != nil }
 
 // Powered reports whether the host has power.
 func (h *Host) Powered() bool { return h.powered }
@@ -74,29 +76,31 @@ func (h *Host) boot() {
 }
 
 func (h *Host) startAgent() {
-	if h.agent != nil || !h.powered {
+	if h.proc != nil || !h.powered {
 		return
 	}
 	if err := h.HV.Open(); err != nil {
-		h.sim.E.trace.Addf("host", "%s agent start: %v; retry in 10s", h.Name, err)
+		// systemd restarts an agent that cannot connect to libvirt.
+		h.sim.E.trace.Addf("host", "%s agent start: %v; restarted in 10s", h.Name, err)
 		h.sim.E.After(10*time.Second, h.Name+" agent start (retry)", h.startAgent)
 		return
 	}
-	a, err := startStandin(h)
+	p, err := startAgent(h)
 	if err != nil {
-		h.sim.E.trace.Addf("host", "%s agent start failed: %v", h.Name, err)
+		h.sim.E.trace.Addf("host", "%s agent start failed: %v; restarted in 10s", h.Name, err)
+		h.sim.E.After(10*time.Second, h.Name+" agent start (retry)", h.startAgent)
 		return
 	}
-	h.agent = a
-	h.sim.E.trace.Addf("host", "%s agent started", h.Name)
+	h.proc = p
+	h.sim.E.trace.Addf("host", "%s agent started (node id %s)", h.Name, p.a.NodeID())
 }
 
 func (h *Host) stopAgent() {
-	if h.agent == nil {
+	if h.proc == nil {
 		return
 	}
-	h.agent.stop()
-	h.agent = nil
+	h.proc.kill()
+	h.proc = nil
 	h.frozen = false
 	_ = h.HV.Close()
 }
@@ -146,7 +150,7 @@ func (h *Host) PowerOn() {
 // Freeze stops the agent process (SIGSTOP): it takes no step and answers
 // nothing until Thaw.
 func (h *Host) Freeze() {
-	if h.agent == nil {
+	if h.proc == nil {
 		return
 	}
 	h.sim.E.trace.Addf("fault", "%s agent freeze", h.Name)
@@ -160,8 +164,8 @@ func (h *Host) Thaw() {
 	}
 	h.sim.E.trace.Addf("fault", "%s agent thaw", h.Name)
 	h.frozen = false
-	if h.agent != nil {
-		h.agent.thawed()
+	if h.proc != nil {
+		h.proc.thawed()
 	}
 }
 

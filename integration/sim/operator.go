@@ -141,6 +141,13 @@ func (o *Operator) RemoveNode(node string) error {
 	return err
 }
 
+// recordLocal records a node-local operation (run on the node's console,
+// through the agent's socket).
+func (o *Operator) recordLocal(what, host string, err error) {
+	o.Writes = append(o.Writes, Write{At: o.s.E.Now(), Op: what, VM: host, Acked: err == nil})
+	o.s.E.trace.Addf("op", "on %s: %s: %s", host, what, errText(err))
+}
+
 func taskID(t *structs.Task) string {
 	if t == nil {
 		return ""

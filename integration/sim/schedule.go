@@ -2,6 +2,7 @@ package sim
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"sort"
@@ -26,6 +27,10 @@ import (
 //	start VM | stop VM | delete VM
 //	migrate VM [HOST]           operator: live-migrate (to HOST, or where placement says)
 //	evacuate HOST | drain HOST | enable HOST | disable HOST | remove-node HOST
+//	agent-drain HOST            on the node: `chime agent drain`
+//	agent-migrate HOST VM DEST [mgmt|biz]   on the node: `chime agent migrate --uuid VM
+//	                            --dest <DEST's address> --interface mgmt0|biz0` (default biz)
+//	disk-fault HOST on|off      the agent's storage probe fails (a disk fault)
 //	rebuild HOST [confirm-fenced]   recreate a drained node's VMs elsewhere; with
 //	                            confirm-fenced while HOST has power, a recorded lie
 //	power-off HOST [lose-disk]  the host loses power (local disk kept or lost)
@@ -191,6 +196,7 @@ var cmdArity = map[string][2]int{
 	"create": {1, 2}, "start": {1, 1}, "stop": {1, 1}, "delete": {1, 1},
 	"migrate": {1, 2}, "evacuate": {1, 1}, "drain": {1, 1}, "rebuild": {1, 2}, "enable": {1, 1}, "disable": {1, 1},
 	"remove-node": {1, 1},
+	"agent-drain": {1, 1}, "agent-migrate": {3, 4}, "disk-fault": {2, 2},
 	"power-off": {1, 2}, "power-on": {1, 1},
 	"agent-crash": {1, 2}, "agent-restart": {1, 1},
 	"freeze": {1, 1}, "thaw": {1, 1},
@@ -282,6 +288,52 @@ func (s *Sim) Exec(f []string) error {
 		_ = s.Ops.NodeAction(f[1], endpoint.NodeRebuild, arg(2) == "confirm-fenced")
 	case "remove-node":
 		_ = s.Ops.RemoveNode(f[1])
+	case "agent-drain":
+		h, err := host()
+		if err != nil {
+			return err
+		}
+		s.Ops.recordLocal("agent-drain", h.Name, h.LocalDrain())
+	case "agent-migrate":
+		h, err := host()
+		if err != nil {
+			return err
+		}
+		dest := s.Host(f[3])
+		if dest == nil {
+			return fmt.Errorf("agent-migrate: no host %q", f[3])
+		}
+		k := Business
+		if arg(4) != "" {
+			if k, err = parseNet(arg(4)); err != nil {
+				return err
+			}
+		}
+		id := s.vmID(f[2])
+		if id == "" {
+			s.Ops.recordLocal("agent-migrate "+f[2], h.Name, fmt.Errorf("no acknowledged vm %q", f[2]))
+			break
+		}
+		res, err := h.LocalMigrate(id, dest, k)
+		for _, r := range res {
+			s.E.trace.Addf("op", "%s agent migrate %s to %s: ok=%v %s", h.Name, f[2], dest.Name, r.OK, r.Error)
+			if r.OK {
+				s.localMoves = append(s.localMoves, localMove{vmID: id, to: dest.Name, at: s.E.Now()})
+			} else if err == nil {
+				err = errors.New(r.Error)
+			}
+		}
+		s.Ops.recordLocal("agent-migrate "+f[2]+" to "+dest.Name, h.Name, err)
+	case "disk-fault":
+		h, err := host()
+		if err != nil {
+			return err
+		}
+		if f[2] != "on" && f[2] != "off" {
+			return fmt.Errorf("disk-fault: on or off")
+		}
+		h.diskFault = f[2] == "on"
+		s.E.trace.Addf("fault", "%s disk fault %s", h.Name, f[2])
 	case "power-off", "power-on", "agent-crash", "agent-restart", "freeze", "thaw", "libvirtd-down", "libvirtd-up":
 		h, err := host()
 		if err != nil {
@@ -509,7 +561,7 @@ func (s *Sim) Heal() {
 		h.PowerOn() // a host without power boots, its agent starts after bootTime
 		h.HV.StartLibvirtd()
 		h.Thaw()
-		if wasPowered && h.agent == nil {
+		if wasPowered && h.proc == nil {
 			h.RestartAgent()
 		}
 		s.Ops.correctLies(h.Name)
@@ -524,4 +576,7 @@ func (s *Sim) Heal() {
 	}
 	clear(s.nextMigration)
 	s.migrationFaults = 0
+	for _, h := range s.Hosts {
+		h.diskFault = false
+	}
 }

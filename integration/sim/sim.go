@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"sort"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 
@@ -49,6 +50,13 @@ type Sim struct {
 	nextMigration   map[string]MigrationOutcome
 	migrationFaults float64
 	migrationNets   []Net // networks of the addresses a migration looked up (HypervisorAt)
+	localMoves      []localMove
+}
+
+// localMove is a node-local migration an operator ran (agent migrate).
+type localMove struct {
+	vmID, to string
+	at       time.Time
 }
 
 // New builds a deployment at Epoch: servers up (the first election
@@ -100,6 +108,7 @@ func New(cfg Config) (*Sim, error) {
 	for _, h := range s.Hosts {
 		h.boot()
 	}
+	s.E.OnEachEvent(s.pollAgents)
 	s.E.OnEachEvent(s.Check.afterEvent)
 	s.E.trace.Addf("sim", "seed %d: %d servers, %d hosts", cfg.Seed, len(c.Servers), len(s.Hosts))
 	return s, nil
@@ -215,5 +224,39 @@ func handleAt[T any](s *Sim, srv *Server, what string, forwarded bool, fn func(e
 
 // localMigrationGrace reports whether the copy of vm on host is exempt
 // from invariant 4 because an operator's node-local migration brought it
-// there and its adoption is not decided yet.
-func (s *Sim) localMigrationGrace(vmID, host string) bool { return false }
+// there recently: the servers learn of it from the destination's next
+// heartbeats (its adoption claim), so for up to three heartbeat intervals
+// the copy is legitimately placed elsewhere.
+func (s *Sim) localMigrationGrace(vmID, host string) bool {
+	limit := 3 * s.Cluster.cfg.HeartbeatInterval
+	for _, m := range s.localMoves {
+		if m.vmID == vmID && m.to == host && s.E.Now().Sub(m.at) <= limit {
+			return true
+		}
+	}
+	return false
+}
+
+// afterCommit runs after every entry the leader l committed and applied:
+// it wakes the duties waiting on l's FSM and the agents whose blocking
+// query for their desired state returns.
+func (s *Sim) afterCommit(l *Server, index uint64) {
+	if l.lead != nil {
+		l.lead.changed()
+	}
+	for _, h := range s.Hosts {
+		if h.proc != nil && h.nodeID != "" {
+			h.proc.desiredMoved(l.FSM.NodeIndex(h.nodeID))
+		}
+	}
+}
+
+// pollAgents asks every live agent, after every event, what it wants to do
+// next (a reconcile pass after a libvirt event, an early heartbeat).
+func (s *Sim) pollAgents() {
+	for _, h := range s.Hosts {
+		if h.proc != nil {
+			h.proc.poll()
+		}
+	}
+}
