@@ -31,11 +31,14 @@ type Host struct {
 	proc    *agentProc // the agent process (nil: not running)
 	// diskFault makes the agent's storage probe fail.
 	diskFault bool
+	// hvFaults are the libvirt calls that fail (hv-fault): the value is how
+	// many calls of that kind still pass before they fail.
+	hvFaults map[Op]int
 }
 
 func newHost(s *Sim, name string) (*Host, error) {
-	h := &Host{sim: s, Name: name, dir: filepath.Join(s.cfg.Dir, "hosts", name), powered: true}
-	hv, err := NewHypervisor(HypervisorConfig{Name: name, Clock: s.E.Now, World: s,
+	h := &Host{sim: s, Name: name, dir: filepath.Join(s.cfg.Dir, "hosts", name), powered: true, hvFaults: map[Op]int{}}
+	hv, err := NewHypervisor(HypervisorConfig{Name: name, Clock: s.E.Now, World: s, Fault: h.hvFault,
 		VCPUs: s.cfg.HostVCPUs, MemoryMiB: s.cfg.HostMemoryMiB, Migration: s.decideMigration})
 	if err != nil {
 		return nil, err
@@ -46,6 +49,32 @@ func newHost(s *Sim, name string) (*Host, error) {
 	}
 	s.Net.Listen(name, h.listening)
 	return h, nil
+}
+
+// hvFault is the hypervisor's fault hook: the calls hv-fault switched on
+// fail before they change anything. It is called with the hypervisor's
+// lock held and reads only the host's own map.
+func (h *Host) hvFault(c Call) Fault {
+	pass, ok := h.hvFaults[c.Op]
+	switch {
+	case !ok:
+		return Fault{}
+	case pass > 0:
+		h.hvFaults[c.Op] = pass - 1
+		return Fault{}
+	}
+	return Fault{Err: fmt.Errorf("simulated libvirt failure of %s", c.Op)}
+}
+
+// setHVFault makes the calls of op fail after `pass` more calls passed
+// (on), or pass again (off).
+func (h *Host) setHVFault(op Op, on bool, pass int) {
+	if on {
+		h.hvFaults[op] = pass
+	} else {
+		delete(h.hvFaults, op)
+	}
+	h.sim.E.trace.Addf("fault", "%s libvirt %s calls fail: %v (after %d more)", h.Name, op, on, pass)
 }
 
 // listening is whether the agent process answers requests now.

@@ -3,6 +3,7 @@ package sim
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -97,6 +98,7 @@ type Network struct {
 	down   map[linkKey]bool // links that are down
 	cut    map[pathKey]bool // directed paths that are cut
 	faults map[pathKey]PathFaults
+	byKind map[string]PathFaults        // per kind of request (the first word of its name), before any path's
 	def    [2]PathFaults                // per network, for paths without their own
 	listen map[string]func() error      // machine → nil if its process answers now, else why not
 	calls  uint64                       // requests sent, for statistics
@@ -105,7 +107,7 @@ type Network struct {
 
 // NewNetwork returns a network where every link is up and nothing is lost.
 func NewNetwork(w *Engine) *Network {
-	return &Network{w: w, down: map[linkKey]bool{}, cut: map[pathKey]bool{}, faults: map[pathKey]PathFaults{},
+	return &Network{w: w, down: map[linkKey]bool{}, cut: map[pathKey]bool{}, faults: map[pathKey]PathFaults{}, byKind: map[string]PathFaults{},
 		listen: map[string]func() error{}, counts: map[string]map[string]uint64{}}
 }
 
@@ -145,6 +147,7 @@ func (n *Network) HealAll() {
 	clear(n.down)
 	clear(n.cut)
 	clear(n.faults)
+	clear(n.byKind)
 	n.def = [2]PathFaults{}
 	n.w.trace.Add("net", "heal all")
 }
@@ -157,6 +160,19 @@ func (n *Network) SetFaults(from, to string, k Net, f PathFaults) {
 		n.faults[pathKey{from, to, k}] = f
 	}
 	n.w.trace.Addf("net", "faults %s>%s/%s %+v", from, to, k, f)
+}
+
+// SetRequestFaults sets the random faults of every request of one kind
+// (the first word of its name: register, desired, heartbeat, migrated,
+// ping, adopt, forward, or an operator's request), on any path; they take
+// precedence over the path's own.
+func (n *Network) SetRequestFaults(kind string, f PathFaults) {
+	if f.zero() {
+		delete(n.byKind, kind)
+	} else {
+		n.byKind[kind] = f
+	}
+	n.w.trace.Addf("net", "faults of %s requests %+v", kind, f)
 }
 
 // SetDefaultFaults sets the random faults of every path of network k
@@ -179,7 +195,11 @@ func (n *Network) PathUp(from, to string, k Net) bool {
 // BothWays reports whether the paths a → b and b → a are both up.
 func (n *Network) BothWays(a, b string, k Net) bool { return n.PathUp(a, b, k) && n.PathUp(b, a, k) }
 
-func (n *Network) pathFaults(from, to string, k Net) PathFaults {
+func (n *Network) pathFaults(from, to string, k Net, what string) PathFaults {
+	kind, _, _ := strings.Cut(what, " ")
+	if f, ok := n.byKind[kind]; ok {
+		return f
+	}
 	if f, ok := n.faults[pathKey{from, to, k}]; ok {
 		return f
 	}
@@ -213,7 +233,7 @@ func Send[T any](n *Network, from, to string, k Net, what string, handle func() 
 	if err := n.listening(to); err != nil {
 		return fail("dropped ("+err.Error()+")", err)
 	}
-	f := n.pathFaults(from, to, k)
+	f := n.pathFaults(from, to, k, what)
 	var lost, answerLost, delayed, dup bool
 	if !f.zero() {
 		r := n.w.rand

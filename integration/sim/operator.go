@@ -3,6 +3,7 @@ package sim
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/chime-ha/chime/chime/api"
@@ -29,7 +30,8 @@ type Write struct {
 	Acked   bool
 }
 
-// Lie is an operator's --confirm-fenced for a node whose host was alive.
+// Lie is an operator's --confirm-fenced for a node whose host was alive:
+// it ran a chime qemu at that moment.
 type Lie struct {
 	Host      string
 	At        time.Time
@@ -108,13 +110,16 @@ func (o *Operator) Migrate(name, to string) error {
 }
 
 // NodeAction is enable, disable, drain, evacuate or rebuild of a node (by
-// name). A rebuild with confirmFenced while the node's host has power is
-// recorded as a lie.
+// name). A rebuild with confirmFenced while the node's host runs a chime
+// qemu is recorded as a lie: the operator confirmed what the world
+// contradicts.
 func (o *Operator) NodeAction(node string, op endpoint.NodeOp, confirmFenced bool) error {
 	lie := false
 	if op == endpoint.NodeRebuild && confirmFenced {
-		if h := o.s.Host(node); h != nil && h.powered {
-			lie = true
+		if h := o.s.Host(node); h != nil {
+			for _, q := range h.HV.Running() {
+				lie = lie || !q.Foreign
+			}
 		}
 	}
 	res, err := do(o.client(), string(op)+" "+node, true, func(ep *endpoint.Endpoints, reqID string) (endpoint.NodeResult, error) {
@@ -127,7 +132,7 @@ func (o *Operator) NodeAction(node string, op endpoint.NodeOp, confirmFenced boo
 	o.record(Write{Op: what, VM: node, Task: taskID(res.Task)}, err)
 	if lie {
 		o.Lies = append(o.Lies, &Lie{Host: node, At: o.s.E.Now()})
-		o.s.E.trace.Addf("check", "--confirm-fenced for %s is a lie (its host has power): invariant 1 is not checked for its VMs until a heal corrects it", node)
+		o.s.E.trace.Addf("check", "--confirm-fenced for %s is a lie (its host runs chime VMs): invariant 1 is not checked for its VMs until a heal corrects it", node)
 	}
 	return err
 }
@@ -172,11 +177,11 @@ func (o *Operator) correctLies(h string) {
 		if l.Host == h && l.Corrected.IsZero() {
 			l.Corrected = o.s.E.Now()
 			o.s.E.trace.Addf("check", "the --confirm-fenced lie about %s (at %s) is corrected by a heal: invariant 1 applies to its VMs again from %s",
-				h, stamp(l.At.Sub(Epoch)), stamp(l.Corrected.Add(liePardon).Sub(Epoch)))
+				h, strings.TrimSpace(stamp(l.At.Sub(Epoch))), strings.TrimSpace(stamp(l.Corrected.Add(liePardon).Sub(Epoch))))
 		}
 	}
 }
 
 func (l *Lie) String() string {
-	return fmt.Sprintf("lie about %s at %s", l.Host, stamp(l.At.Sub(Epoch)))
+	return fmt.Sprintf("lie about %s at %s", l.Host, strings.TrimSpace(stamp(l.At.Sub(Epoch))))
 }

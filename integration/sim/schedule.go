@@ -46,6 +46,13 @@ import (
 //	isolate HOST [NET]          cut HOST from every other machine (default mgmt)
 //	rejoin HOST [NET]
 //	net-faults NET loss=P answer-loss=P delay=P dup=P [max-delay=D]
+//	                            every path of NET that has no faults of its own
+//	path-faults A B NET loss=P ...  the path A→B ("*" for B: every other machine)
+//	request-faults KIND loss=P ...  every request of one kind (register, desired,
+//	                            heartbeat, migrated, ping, adopt, forward), any path
+//	hv-fault HOST OP on|off|after=N   HOST's libvirt fails every OP call (list, define,
+//	                            start, shutdown, destroy, undefine, migrate), or
+//	                            every one after the next N
 //	server-crash S | server-restart S | leader-crash | leader-transfer
 //	snapshot S                  S takes a snapshot of its state
 //	clock-jump S D              S's wall clock jumps by D (may be negative)
@@ -74,6 +81,9 @@ type Schedule struct {
 	Quiet        time.Duration // after the heal; default 5 min
 	KnownFailure int           // root cause number (0: none)
 	Items        []Item
+	// Length is how long the schedule runs before the heal (at least until
+	// its last item); a scenario's trailing wait sets it.
+	Length time.Duration
 }
 
 // DefaultQuiet is the quiet period after the final heal.
@@ -83,9 +93,9 @@ const DefaultQuiet = 5 * time.Minute
 // election and the agents' registrations.
 const BootTime = 30 * time.Second
 
-// End is the offset of the last item.
+// End is when the schedule ends: its Length, or its last item if later.
 func (sc *Schedule) End() time.Duration {
-	var end time.Duration
+	end := sc.Length
 	for _, it := range sc.Items {
 		end = max(end, it.At)
 	}
@@ -112,6 +122,9 @@ func (sc *Schedule) String() string {
 			at = it.At
 		}
 		fmt.Fprintf(&b, "%s\n", strings.Join(it.Cmd, " "))
+	}
+	if end := sc.End(); end > at {
+		fmt.Fprintf(&b, "wait %s\n", fmtDur(end-at))
 	}
 	return b.String()
 }
@@ -188,6 +201,7 @@ func ParseSchedule(r io.Reader) (*Schedule, error) {
 	if err := sr.Err(); err != nil {
 		return nil, err
 	}
+	sc.Length = at
 	return sc, nil
 }
 
@@ -197,6 +211,7 @@ var cmdArity = map[string][2]int{
 	"migrate": {1, 2}, "evacuate": {1, 1}, "drain": {1, 1}, "rebuild": {1, 2}, "enable": {1, 1}, "disable": {1, 1},
 	"remove-node": {1, 1},
 	"agent-drain": {1, 1}, "agent-migrate": {3, 4}, "disk-fault": {2, 2},
+	"hv-fault": {3, 3}, "path-faults": {3, 8}, "request-faults": {2, 6},
 	"power-off": {1, 2}, "power-on": {1, 1},
 	"agent-crash": {1, 2}, "agent-restart": {1, 1},
 	"freeze": {1, 1}, "thaw": {1, 1},
@@ -434,41 +449,64 @@ func (s *Sim) Exec(f []string) error {
 		if f[0] == "rejoin" {
 			s.Ops.correctLies(h.Name)
 		}
-	case "net-faults":
-		k, err := parseNet(f[1])
+	case "request-faults":
+		pf, err := parsePathFaults(f[2:])
+		if err != nil {
+			return fmt.Errorf("request-faults: %w", err)
+		}
+		s.Net.SetRequestFaults(f[1], pf)
+	case "net-faults", "path-faults":
+		rest, a, b := f[2:], "", ""
+		if f[0] == "path-faults" {
+			a, b = f[1], f[2]
+			if err := machine(a); err != nil {
+				return err
+			}
+			if err := machine(b); err != nil && b != "*" {
+				return err
+			}
+			rest = f[3:]
+		} else {
+			rest = f[1:]
+		}
+		k, err := parseNet(rest[0])
 		if err != nil {
 			return err
 		}
-		var pf PathFaults
-		for _, kv := range f[2:] {
-			key, val, ok := strings.Cut(kv, "=")
-			if !ok {
-				return fmt.Errorf("net-faults: %q is not key=value", kv)
-			}
-			if key == "max-delay" {
-				if pf.MaxDelay, err = time.ParseDuration(val); err != nil {
-					return fmt.Errorf("net-faults: %v", err)
-				}
-				continue
-			}
-			p, err := strconv.ParseFloat(val, 64)
-			if err != nil || p < 0 || p > 1 {
-				return fmt.Errorf("net-faults: %s: a probability expected", kv)
-			}
-			switch key {
-			case "loss":
-				pf.Loss = p
-			case "answer-loss":
-				pf.AnswerLoss = p
-			case "delay":
-				pf.Delay = p
-			case "dup":
-				pf.Dup = p
-			default:
-				return fmt.Errorf("net-faults: unknown fault %q", key)
-			}
+		pf, err := parsePathFaults(rest[1:])
+		if err != nil {
+			return fmt.Errorf("%s: %w", f[0], err)
 		}
-		s.Net.SetDefaultFaults(k, pf)
+		switch {
+		case f[0] == "net-faults":
+			s.Net.SetDefaultFaults(k, pf)
+		case b == "*":
+			for _, m := range s.machines() {
+				if m != a {
+					s.Net.SetFaults(a, m, k, pf)
+				}
+			}
+		default:
+			s.Net.SetFaults(a, b, k, pf)
+		}
+	case "hv-fault":
+		h, err := host()
+		if err != nil {
+			return err
+		}
+		pass := 0
+		switch {
+		case f[3] == "on", f[3] == "off":
+		case strings.HasPrefix(f[3], "after="):
+			n, err := strconv.Atoi(strings.TrimPrefix(f[3], "after="))
+			if err != nil || n < 0 {
+				return fmt.Errorf("hv-fault: %q: after=N with N >= 0", f[3])
+			}
+			pass = n
+		default:
+			return fmt.Errorf("hv-fault: on, off or after=N")
+		}
+		h.setHVFault(Op(f[2]), f[3] != "off", pass)
 	case "server-crash", "server-restart", "snapshot":
 		srv, err := server()
 		if err != nil {
@@ -578,5 +616,43 @@ func (s *Sim) Heal() {
 	s.migrationFaults = 0
 	for _, h := range s.Hosts {
 		h.diskFault = false
+		clear(h.hvFaults)
 	}
+}
+
+// parsePathFaults reads key=value faults (loss, answer-loss, delay, dup:
+// probabilities; max-delay: a duration).
+func parsePathFaults(kvs []string) (PathFaults, error) {
+	var pf PathFaults
+	for _, kv := range kvs {
+		key, val, ok := strings.Cut(kv, "=")
+		if !ok {
+			return pf, fmt.Errorf("%q is not key=value", kv)
+		}
+		if key == "max-delay" {
+			d, err := time.ParseDuration(val)
+			if err != nil {
+				return pf, err
+			}
+			pf.MaxDelay = d
+			continue
+		}
+		p, err := strconv.ParseFloat(val, 64)
+		if err != nil || p < 0 || p > 1 {
+			return pf, fmt.Errorf("%s: a probability expected", kv)
+		}
+		switch key {
+		case "loss":
+			pf.Loss = p
+		case "answer-loss":
+			pf.AnswerLoss = p
+		case "delay":
+			pf.Delay = p
+		case "dup":
+			pf.Dup = p
+		default:
+			return pf, fmt.Errorf("unknown fault %q", key)
+		}
+	}
+	return pf, nil
 }
