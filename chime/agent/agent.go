@@ -173,6 +173,9 @@ func (a *Agent) reconcileInputs() (reconcile.Inputs, error) {
 	a.mu.Lock()
 	ds, refused := a.desired, slices.Clone(a.hold)
 	a.mu.Unlock()
+	if ds == nil && mutationStartBeforeSync {
+		ds, _ = a.store.Desired() // the deliberately broken rule (see mutation.go)
+	}
 	if ds == nil {
 		return reconcile.Inputs{}, reconcile.ErrNotSynced
 	}

@@ -176,7 +176,9 @@ func (p *agentProc) thawed() {
 
 // poll takes what the agent asked for since the last poll.
 func (p *agentProc) poll() {
-	if p.dead || p.h.frozen {
+	// Before registration Run's reconciler and heartbeat loop do not run
+	// yet: libvirt events and requests wait in their channels.
+	if p.dead || p.h.frozen || !p.reg {
 		return
 	}
 	r := p.a.TakeRequests()

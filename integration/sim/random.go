@@ -3,6 +3,7 @@ package sim
 import (
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"sort"
 	"time"
 )
@@ -21,6 +22,16 @@ type RandomConfig struct {
 	Ops      int           // operations drawn; default 6
 	Quiet    time.Duration // default 4 min
 	MaxFault time.Duration // longest a fault lasts before its undo; default 3 min
+	// Only, when set, restricts the faults and operations drawn to these
+	// kinds (the names in faultKinds and opKinds); create is always there.
+	Only []string
+	// NoLies makes the operator truthful: a rebuild passes
+	// --confirm-fenced only when the node's host runs no chime VM
+	// (confirm-if-fenced).
+	NoLies bool
+	// NoLostState keeps power losses and agent crashes from losing the
+	// local disk or the agent's state dir.
+	NoLostState bool
 }
 
 func (c *RandomConfig) defaults() {
@@ -49,15 +60,17 @@ func (c *RandomConfig) defaults() {
 
 // faultKind draws one fault and returns it with its undo (nil: none).
 type faultKind struct {
+	name   string
 	weight int
 	make   func(g *gen) (do, undo []string)
 }
 
 type gen struct {
-	r     *rand.Rand
-	cfg   RandomConfig
-	hosts []string
-	vms   []string
+	noLies, noLostState bool
+	r                   *rand.Rand
+	cfg                 RandomConfig
+	hosts               []string
+	vms                 []string
 }
 
 func (g *gen) host() string   { return g.hosts[g.r.IntN(len(g.hosts))] }
@@ -70,36 +83,36 @@ func (g *gen) prob(maxP float64) string {
 
 // faultKinds are the faults a random schedule draws from.
 var faultKinds = []faultKind{
-	{3, func(g *gen) ([]string, []string) {
+	{"power", 3, func(g *gen) ([]string, []string) {
 		h := g.host()
 		lose := []string{"power-off", h}
-		if g.r.IntN(3) == 0 {
+		if g.r.IntN(3) == 0 && !g.noLostState {
 			lose = append(lose, "lose-disk")
 		}
 		return lose, []string{"power-on", h}
 	}},
-	{3, func(g *gen) ([]string, []string) {
+	{"agent-crash", 3, func(g *gen) ([]string, []string) {
 		h := g.host()
 		c := []string{"agent-crash", h}
-		if g.r.IntN(3) == 0 {
+		if g.r.IntN(3) == 0 && !g.noLostState {
 			c = append(c, "lose-state")
 		}
 		return c, []string{"agent-restart", h}
 	}},
-	{2, func(g *gen) ([]string, []string) { h := g.host(); return []string{"freeze", h}, []string{"thaw", h} }},
-	{2, func(g *gen) ([]string, []string) {
+	{"freeze", 2, func(g *gen) ([]string, []string) { h := g.host(); return []string{"freeze", h}, []string{"thaw", h} }},
+	{"libvirtd", 2, func(g *gen) ([]string, []string) {
 		h := g.host()
 		return []string{"libvirtd-down", h}, []string{"libvirtd-up", h}
 	}},
-	{3, func(g *gen) ([]string, []string) {
+	{"isolate", 3, func(g *gen) ([]string, []string) {
 		h, k := g.host(), g.net()
 		return []string{"isolate", h, k}, []string{"rejoin", h, k}
 	}},
-	{2, func(g *gen) ([]string, []string) {
+	{"link", 2, func(g *gen) ([]string, []string) {
 		h, k := g.host(), g.net()
 		return []string{"link-down", h, k}, []string{"link-up", h, k}
 	}},
-	{2, func(g *gen) ([]string, []string) {
+	{"cut-agent-server", 2, func(g *gen) ([]string, []string) {
 		h, srv := g.host(), g.server()
 		a, b := h, srv
 		if g.r.IntN(2) == 0 {
@@ -107,55 +120,110 @@ var faultKinds = []faultKind{
 		}
 		return []string{"cut", a, b, "mgmt", "one-way"}, []string{"restore", a, b, "mgmt", "one-way"}
 	}},
-	{2, func(g *gen) ([]string, []string) {
+	{"server-crash", 2, func(g *gen) ([]string, []string) {
 		s := g.server()
 		return []string{"server-crash", s}, []string{"server-restart", s}
 	}},
-	{1, func(g *gen) ([]string, []string) {
+	{"cut-servers", 1, func(g *gen) ([]string, []string) {
 		a, b := g.server(), g.server()
 		if a == b {
 			return []string{"leader-transfer"}, nil
 		}
 		return []string{"cut", a, b, "mgmt"}, []string{"restore", a, b, "mgmt"}
 	}},
-	{1, func(g *gen) ([]string, []string) { return []string{"leader-transfer"}, nil }},
-	{2, func(g *gen) ([]string, []string) {
+	{"leader-transfer", 1, func(g *gen) ([]string, []string) { return []string{"leader-transfer"}, nil }},
+	{"net-faults", 2, func(g *gen) ([]string, []string) {
 		k := g.net()
 		return []string{"net-faults", k, "loss=" + g.prob(0.3), "answer-loss=" + g.prob(0.3), "delay=" + g.prob(0.2), "dup=" + g.prob(0.2)},
 			[]string{"net-faults", k, "loss=0"}
 	}},
-	{2, func(g *gen) ([]string, []string) { return []string{"qemu-crash", g.vm()}, nil }},
-	{1, func(g *gen) ([]string, []string) {
+	{"qemu-crash", 2, func(g *gen) ([]string, []string) { return []string{"qemu-crash", g.vm()}, nil }},
+	{"clock-jump", 1, func(g *gen) ([]string, []string) {
 		s := g.server()
 		d := time.Duration(g.r.IntN(40)-20) * time.Minute
 		return []string{"clock-jump", s, d.String()}, []string{"clock-jump", s, (-d).String()}
 	}},
-	{1, func(g *gen) ([]string, []string) {
+	{"migration-outcome", 1, func(g *gen) ([]string, []string) {
 		out := []string{"fails-before", "fails-during", "reply-lost"}[g.r.IntN(3)]
 		return []string{"migration-outcome", g.vm(), out}, nil
 	}},
-	{1, func(g *gen) ([]string, []string) { return []string{"snapshot", g.server()}, nil }},
+	{"outage", 2, func(g *gen) ([]string, []string) {
+		// Expanded by RandomSchedule: the host dies, the operator rebuilds
+		// it (--confirm-fenced only when true), and it boots while it
+		// cannot reach the servers or hear its desired state.
+		return []string{"outage", g.host()}, nil
+	}},
+	{"snapshot", 1, func(g *gen) ([]string, []string) { return []string{"snapshot", g.server()}, nil }},
 }
 
-// opKinds are the operator's requests a random schedule draws from.
-var opKinds = []struct {
+// step is one command of a drawn operation, after the operation's start.
+type step struct {
+	after time.Duration
+	cmd   []string
+}
+
+// opKinds are the operator's requests a random schedule draws from; some
+// are sequences (drain, then rebuild, then enable).
+// opKind is one kind of operator request.
+type opKind struct {
+	name   string
 	weight int
-	make   func(g *gen) []string
-}{
-	{2, func(g *gen) []string { return []string{"stop", g.vm()} }},
-	{3, func(g *gen) []string { return []string{"start", g.vm()} }},
-	{1, func(g *gen) []string { return []string{"delete", g.vm()} }},
-	{2, func(g *gen) []string {
+	make   func(g *gen) []step
+}
+
+var opKinds = []opKind{
+	{"stop", 2, func(g *gen) []step { return []step{{0, []string{"stop", g.vm()}}} }},
+	{"start", 3, func(g *gen) []step { return []step{{0, []string{"start", g.vm()}}} }},
+	{"delete", 1, func(g *gen) []step { return []step{{0, []string{"delete", g.vm()}}} }},
+	{"create", 2, func(g *gen) []step {
 		name := fmt.Sprintf("vm%d", len(g.vms)+1)
 		g.vms = append(g.vms, name)
-		return []string{"create", name}
+		return []step{{0, []string{"create", name}}}
 	}},
+	{"migrate", 3, func(g *gen) []step {
+		if g.r.IntN(2) == 0 {
+			return []step{{0, []string{"migrate", g.vm()}}}
+		}
+		return []step{{0, []string{"migrate", g.vm(), g.host()}}}
+	}},
+	{"evacuate", 2, func(g *gen) []step {
+		h := g.host()
+		return []step{{0, []string{"evacuate", h}}, {g.dur(30*time.Second, 2*time.Minute), []string{"enable", h}}}
+	}},
+	{"drain-rebuild", 2, func(g *gen) []step {
+		h := g.host()
+		rebuild := []string{"rebuild", h}
+		switch {
+		case g.noLies:
+			rebuild = append(rebuild, "confirm-if-fenced")
+		case g.r.IntN(3) == 0:
+			rebuild = append(rebuild, "confirm-fenced")
+		}
+		d := g.dur(20*time.Second, 90*time.Second)
+		return []step{{0, []string{"drain", h}}, {d, rebuild}, {d + g.dur(30*time.Second, 2*time.Minute), []string{"enable", h}}}
+	}},
+	{"agent-drain", 1, func(g *gen) []step {
+		h := g.host()
+		return []step{{0, []string{"agent-drain", h}}, {g.dur(30*time.Second, 2*time.Minute), []string{"enable", h}}}
+	}},
+	{"agent-migrate", 2, func(g *gen) []step {
+		return []step{{0, []string{"agent-migrate", "@", g.vm(), g.host(), g.net()}}}
+	}},
+	{"disable", 1, func(g *gen) []step {
+		h := g.host()
+		return []step{{0, []string{"disable", h}}, {g.dur(10*time.Second, time.Minute), []string{"enable", h}}}
+	}},
+}
+
+// dur draws a duration in [lo, hi), in whole seconds.
+func (g *gen) dur(lo, hi time.Duration) time.Duration {
+	return lo + time.Duration(g.r.Int64N(int64(hi-lo)))/time.Second*time.Second
 }
 
 // RandomSchedule draws the schedule of a seed.
 func RandomSchedule(seed uint64, cfg RandomConfig) *Schedule {
 	cfg.defaults()
-	g := &gen{r: rand.New(rand.NewPCG(seed, 0x5eed)), cfg: cfg}
+	g := &gen{r: rand.New(rand.NewPCG(seed, 0x5eed)), cfg: cfg, noLies: cfg.NoLies, noLostState: cfg.NoLostState}
 	for i := 1; i <= cfg.Hosts; i++ {
 		g.hosts = append(g.hosts, fmt.Sprintf("h%d", i))
 	}
@@ -168,14 +236,19 @@ func RandomSchedule(seed uint64, cfg RandomConfig) *Schedule {
 	at := func() time.Duration {
 		return 30*time.Second + time.Duration(g.r.Int64N(int64(cfg.Chaos)))/time.Second*time.Second
 	}
+	allowed := func(name string) bool { return len(cfg.Only) == 0 || slices.Contains(cfg.Only, name) }
+	var faults []faultKind
 	total := 0
 	for _, f := range faultKinds {
-		total += f.weight
+		if allowed(f.name) {
+			faults = append(faults, f)
+			total += f.weight
+		}
 	}
-	for i := 0; i < cfg.Faults; i++ {
+	for i := 0; i < cfg.Faults && total > 0; i++ {
 		n := g.r.IntN(total)
-		k := faultKinds[0]
-		for _, f := range faultKinds {
+		k := faults[0]
+		for _, f := range faults {
 			if n < f.weight {
 				k = f
 				break
@@ -184,6 +257,26 @@ func RandomSchedule(seed uint64, cfg RandomConfig) *Schedule {
 		}
 		t := at()
 		do, undo := k.make(g)
+		if do[0] == "outage" {
+			h := do[1]
+			d1 := g.dur(50*time.Second, 90*time.Second)
+			d2 := d1 + g.dur(5*time.Second, 20*time.Second)
+			d3 := d2 + g.dur(10*time.Second, 60*time.Second)
+			d4 := d3 + g.dur(bootTime+5*time.Second, bootTime+60*time.Second)
+			// It boots with its management network down, or with its
+			// queries for the desired state failing (a proxy that drops
+			// long polls): registered, never synced.
+			bad, good := []string{"isolate", h, "mgmt"}, []string{"rejoin", h, "mgmt"}
+			if g.r.IntN(2) == 0 {
+				bad, good = []string{"request-faults", "desired", "loss=1"}, []string{"request-faults", "desired", "loss=0"}
+			}
+			for _, st := range []step{{0, []string{"power-off", h}}, {d1, []string{"drain", h}},
+				{d2, []string{"rebuild", h, "confirm-if-fenced"}}, {d3, bad},
+				{d3, []string{"power-on", h}}, {d4, good}} {
+				sc.Items = append(sc.Items, Item{At: t + st.after, Cmd: st.cmd})
+			}
+			continue
+		}
 		sc.Items = append(sc.Items, Item{At: t, Cmd: do})
 		if undo != nil {
 			d := 5*time.Second + time.Duration(g.r.Int64N(int64(cfg.MaxFault)))/time.Second*time.Second
@@ -191,14 +284,21 @@ func RandomSchedule(seed uint64, cfg RandomConfig) *Schedule {
 		}
 	}
 	opTotal := 0
+	var ops []opKind
 	for _, o := range opKinds {
-		opTotal += o.weight
+		if allowed(o.name) || o.name == "create" {
+			ops = append(ops, o)
+			opTotal += o.weight
+		}
 	}
 	for i := 0; i < cfg.Ops; i++ {
 		n := g.r.IntN(opTotal)
-		for _, o := range opKinds {
+		for _, o := range ops {
 			if n < o.weight {
-				sc.Items = append(sc.Items, Item{At: at(), Cmd: o.make(g)})
+				t := at()
+				for _, st := range o.make(g) {
+					sc.Items = append(sc.Items, Item{At: t + st.after, Cmd: st.cmd})
+				}
 				break
 			}
 			n -= o.weight
@@ -251,4 +351,47 @@ func Shrink(sc *Schedule, first *Result, maxRuns int) (*Schedule, *Result, int) 
 		}
 	}
 	return best, bestRes, runs
+}
+
+// MutationProfile is the random profile of the mutation check: faults and
+// operations that exercise agent restarts, power losses and rebuilds,
+// without the known root causes' triggers (no lost state dirs, no lying
+// operator, no local drains or node-local migrations), so that a broken
+// invariant is the mutation's doing.
+var MutationProfile = RandomConfig{
+	Only: []string{"power", "outage", "agent-crash", "isolate", "cut-agent-server", "server-crash", "leader-transfer",
+		"qemu-crash", "stop", "start", "migrate", "drain-rebuild"},
+	NoLies: true, NoLostState: true, Faults: 8, Ops: 6,
+}
+
+// Suspects names the known root causes whose triggers a schedule contains:
+// a hint for reading a failing seed (the shrinker and the trace say what
+// really happened).
+func Suspects(sc *Schedule) []string {
+	has := map[string]bool{}
+	drained := map[string]bool{}
+	for _, it := range sc.Items {
+		c := it.Cmd
+		switch {
+		case slices.Contains(c, "lose-state") || slices.Contains(c, "lose-disk"):
+			has["rc6 lost state dir"] = true
+		case c[0] == "agent-drain":
+			drained[c[1]] = true
+			has["rc1 local drain"] = true
+		case c[0] == "enable" && drained[c[1]]:
+			has["f11 enable after a local drain"] = true
+		case c[0] == "rebuild" && slices.Contains(c, "confirm-fenced"):
+			has["rc7 --confirm-fenced (maybe a lie)"] = true
+		case c[0] == "agent-migrate":
+			has["rc2/rc4/rc5 node-local migration"] = true
+		case c[0] == "migration-outcome" || c[0] == "clock-jump":
+			has["rc3/rc10 migration outcome or clock"] = true
+		}
+	}
+	var out []string
+	for k := range has {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
 }

@@ -112,7 +112,7 @@ func (s *Sim) goldenLog() string {
 				line += " vm=" + e.VMID
 			}
 			line += ": " + e.Message
-			b.WriteString(names.Replace(line) + "\n")
+			b.WriteString(strings.ReplaceAll(names.Replace(line), s.cfg.Dir, "$SIMDIR") + "\n")
 		}
 	} else {
 		b.WriteString("no leader\n")

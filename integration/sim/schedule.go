@@ -28,11 +28,13 @@ import (
 //	migrate VM [HOST]           operator: live-migrate (to HOST, or where placement says)
 //	evacuate HOST | drain HOST | enable HOST | disable HOST | remove-node HOST
 //	agent-drain HOST            on the node: `chime agent drain`
-//	agent-migrate HOST VM DEST [mgmt|biz]   on the node: `chime agent migrate --uuid VM
+//	agent-migrate HOST|@ VM DEST [mgmt|biz]   on the node (@: where VM runs): `chime agent migrate --uuid VM
 //	                            --dest <DEST's address> --interface mgmt0|biz0` (default biz)
 //	disk-fault HOST on|off      the agent's storage probe fails (a disk fault)
-//	rebuild HOST [confirm-fenced]   recreate a drained node's VMs elsewhere; with
-//	                            confirm-fenced while HOST has power, a recorded lie
+//	rebuild HOST [confirm-fenced|confirm-if-fenced]   recreate a drained node's VMs
+//	                            elsewhere; confirm-fenced while HOST runs a chime VM
+//	                            is a recorded lie; confirm-if-fenced confirms only
+//	                            when it runs none (a truthful operator)
 //	power-off HOST [lose-disk]  the host loses power (local disk kept or lost)
 //	power-on HOST
 //	agent-crash HOST [lose-state]   kill the agent (its state dir kept or lost)
@@ -297,10 +299,23 @@ func (s *Sim) Exec(f []string) error {
 	case "evacuate", "drain", "enable", "disable":
 		_ = s.Ops.NodeAction(f[1], endpoint.NodeOp(f[0]), false)
 	case "rebuild":
-		if arg(2) != "" && arg(2) != "confirm-fenced" {
-			return fmt.Errorf("rebuild: %q: confirm-fenced or nothing", arg(2))
+		confirm := false
+		switch arg(2) {
+		case "":
+		case "confirm-fenced":
+			confirm = true
+		case "confirm-if-fenced":
+			// A truthful operator: confirms only what the console shows.
+			confirm = true
+			if h := s.Host(f[1]); h != nil {
+				for _, q := range h.HV.Running() {
+					confirm = confirm && q.Foreign
+				}
+			}
+		default:
+			return fmt.Errorf("rebuild: %q: confirm-fenced, confirm-if-fenced or nothing", arg(2))
 		}
-		_ = s.Ops.NodeAction(f[1], endpoint.NodeRebuild, arg(2) == "confirm-fenced")
+		_ = s.Ops.NodeAction(f[1], endpoint.NodeRebuild, confirm)
 	case "remove-node":
 		_ = s.Ops.RemoveNode(f[1])
 	case "agent-drain":
@@ -311,6 +326,14 @@ func (s *Sim) Exec(f []string) error {
 		s.Ops.recordLocal("agent-drain", h.Name, h.LocalDrain())
 	case "agent-migrate":
 		h, err := host()
+		if f[1] == "@" {
+			// Wherever the VM runs now (a random schedule cannot know).
+			h, err = s.hostRunning(f[2]), nil
+			if h == nil {
+				s.Ops.recordLocal("agent-migrate "+f[2], "@", fmt.Errorf("vm %s runs nowhere", f[2]))
+				break
+			}
+		}
 		if err != nil {
 			return err
 		}
@@ -558,6 +581,20 @@ func (s *Sim) Exec(f []string) error {
 		s.nextMigration[id] = out
 	case "heal":
 		s.Heal()
+	}
+	return nil
+}
+
+// hostRunning is the host whose hypervisor runs the named VM (the first
+// by name when it runs twice), or nil.
+func (s *Sim) hostRunning(vm string) *Host {
+	id := s.vmID(vm)
+	for _, h := range s.Hosts {
+		for _, q := range h.HV.Running() {
+			if id != "" && q.UUID == id {
+				return h
+			}
+		}
 	}
 	return nil
 }

@@ -88,6 +88,7 @@ func New(cfg Config) (*Sim, error) {
 		s.cfg.Dir, s.ownDir = dir, true
 	}
 	s.cfg.Cluster.Dir = s.cfg.Dir + "/servers"
+	s.E.trace.dir = s.cfg.Dir
 	s.Net = NewNetwork(s.E)
 	s.Check = newChecker(s)
 	s.Ops = newOperator(s)

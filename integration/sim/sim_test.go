@@ -20,6 +20,7 @@ var (
 	flagVerbose = flag.Bool("sim.v", false, "echo the trace of -sim.seed or -sim.scenario to stdout")
 	flagScen    = flag.String("sim.scenario", "", "run only the scenarios whose name contains this")
 	flagShrink  = flag.Int("sim.shrink", 60, "runs the shrinker may spend on a failing seed")
+	flagShrinkN = flag.Int("sim.shrink.seeds", 3, "failing seeds that get shrunk (the others print their whole schedule)")
 	flagUpdate  = flag.Bool("update", false, "rewrite the scenarios' expect files")
 )
 
@@ -33,11 +34,16 @@ var summary struct {
 	seeds      int
 	seedFailed []string // "seed N: invariant ..."
 	seedWall   time.Duration
+	byInv      map[Invariant]int // failing seeds by their first violation
+	bySuspect  map[string]int    // failing seeds by the known triggers in their schedule
+	shrunk     int
 }
 
 func TestMain(m *testing.M) {
 	flag.Parse()
 	summary.known = map[int][]string{}
+	summary.byInv = map[Invariant]int{}
+	summary.bySuspect = map[string]int{}
 	code := m.Run()
 	printSummary()
 	os.Exit(code)
@@ -73,8 +79,26 @@ func printSummary() {
 	if s.seeds > 0 {
 		fmt.Fprintf(&b, "random seeds: %d run, %d with violations; %.3fs per seed (wall, one core)\n", s.seeds, len(s.seedFailed),
 			s.seedWall.Seconds()/float64(s.seeds))
+		var invs []string
+		for inv, n := range s.byInv {
+			invs = append(invs, fmt.Sprintf("%s: %d", inv, n))
+		}
+		sort.Strings(invs)
+		if len(invs) > 0 {
+			fmt.Fprintf(&b, "  by first violation: %s\n", strings.Join(invs, ", "))
+			var sus []string
+			for k, n := range s.bySuspect {
+				sus = append(sus, fmt.Sprintf("%s: %d", k, n))
+			}
+			sort.Strings(sus)
+			fmt.Fprintf(&b, "  by known trigger in the schedule (a hint, not a diagnosis): %s\n", strings.Join(sus, ", "))
+		}
 		sort.Strings(s.seedFailed)
-		for _, f := range s.seedFailed {
+		for i, f := range s.seedFailed {
+			if i == 40 {
+				fmt.Fprintf(&b, "  ... %d more (-v shows each seed's line)\n", len(s.seedFailed)-i)
+				break
+			}
 			fmt.Fprintf(&b, "  %s\n", f)
 		}
 	}
@@ -221,14 +245,38 @@ func TestSeeds(t *testing.T) {
 			if !res.Failed() {
 				return
 			}
-			small, smallRes, runs := Shrink(sc, res, *flagShrink)
+			suspects := Suspects(sc)
 			summary.mu.Lock()
-			summary.seedFailed = append(summary.seedFailed, fmt.Sprintf("seed %d: %s", seed, res.Violations[0]))
+			summary.seedFailed = append(summary.seedFailed, fmt.Sprintf("seed %d: %s%s", seed, res.Violations[0], suspectNote(suspects)))
+			summary.byInv[res.Violations[0].Inv]++
+			for _, sus := range suspects {
+				summary.bySuspect[sus]++
+			}
+			if len(suspects) == 0 {
+				summary.bySuspect["none"]++
+			}
+			shrink := summary.shrunk < *flagShrinkN || *flagSeed != 0
+			if shrink {
+				summary.shrunk++
+			}
 			summary.mu.Unlock()
-			t.Errorf("seed %d broke invariants:\n%s\nshrunk schedule (%d of %d items, %d runs; save it as a scenario's cmds to replay):\n%s\nshrunk run's violations:\n%s\ntrace tail of the shrunk run:\n%s",
-				seed, violationList(res.Violations), len(small.Items), len(sc.Items), runs, small, violationList(smallRes.Violations), smallRes.Tail(80))
+			if !shrink {
+				t.Errorf("seed %d broke invariants%s:\n%s\nschedule (replay: -sim.seed %d; shrink: -sim.seed %d -sim.shrink N):\n%s\ntrace tail:\n%s",
+					seed, suspectNote(suspects), violationList(res.Violations), seed, seed, sc, res.Tail(20))
+				return
+			}
+			small, smallRes, runs := Shrink(sc, res, *flagShrink)
+			t.Errorf("seed %d broke invariants%s:\n%s\nshrunk schedule (%d of %d items, %d runs; save it as a scenario's cmds to replay):\n%s\nshrunk run's violations:\n%s\ntrace tail of the shrunk run:\n%s",
+				seed, suspectNote(suspects), violationList(res.Violations), len(small.Items), len(sc.Items), runs, small, violationList(smallRes.Violations), smallRes.Tail(80))
 		})
 	}
+}
+
+func suspectNote(s []string) string {
+	if len(s) == 0 {
+		return ""
+	}
+	return " [schedule has triggers of: " + strings.Join(s, ", ") + "]"
 }
 
 func verdict(r *Result) string {

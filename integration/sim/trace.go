@@ -22,6 +22,9 @@ type Trace struct {
 	// Echo, when set, receives every line as it is written (a replay with
 	// -sim.v).
 	Echo io.Writer
+	// dir is the run's state directory, different in every run: written as
+	// $SIMDIR, so that paths in messages do not break determinism.
+	dir string
 }
 
 func newTrace(w *Engine) *Trace { return &Trace{w: w} }
@@ -38,6 +41,9 @@ func (t *Trace) Add(kind, msg string) {
 	t.buf.WriteByte(' ')
 	t.buf.WriteString(kind)
 	t.buf.WriteByte(' ')
+	if t.dir != "" && strings.Contains(msg, t.dir) {
+		msg = strings.ReplaceAll(msg, t.dir, "$SIMDIR")
+	}
 	t.buf.WriteString(strings.ReplaceAll(msg, "\n", "\\n"))
 	t.buf.WriteByte('\n')
 	t.lines++
