@@ -29,6 +29,16 @@ lint:
     go vet ./...
     @if command -v staticcheck >/dev/null; then staticcheck ./...; else echo "staticcheck not installed: skipped"; fi
 
+# The deterministic simulator (docs/testing.md): the mutation check, then the scenarios, SEEDS
+# random seeds and the summary table. One seed's whole trace: `just sim-seed 42`.
+sim seeds="5000":
+    go test -count=1 -tags chime_mutation -v -run TestMutationStartBeforeSync ./integration/sim | grep -e 'mutation' -e '^ok' -e FAIL
+    go test -count=1 -timeout 120m -v -run 'TestScenarios|TestSeeds|TestDeterminism' ./integration/sim -sim.seeds {{seeds}} | grep -v -e '^=== ' -e '^--- PASS' -e '^    --- PASS'
+
+# Replay one random seed of the simulator with its whole trace.
+sim-seed seed:
+    go test -count=1 -v -run 'TestSeeds' ./integration/sim -sim.seed {{seed}} -sim.v
+
 # Benchmarks only.
 bench:
     go test -run '^$' -bench . ./...

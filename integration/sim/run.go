@@ -15,6 +15,9 @@ type RunOptions struct {
 	Echo io.Writer
 	// Dir is where state files go (default: a fresh directory, removed).
 	Dir string
+	// Parent is where that fresh directory is made (default /dev/shm when
+	// it exists, else the system's temporary directory).
+	Parent string
 }
 
 // Result is what one run of a schedule found.
@@ -48,7 +51,7 @@ func (r *Result) Tail(n int) string {
 // heal, the quiet period, the final checks.
 func Run(sc *Schedule, opts RunOptions) (*Result, error) {
 	wall := time.Now()
-	s, err := New(Config{Seed: sc.Seed, Hosts: sc.Hosts, Dir: opts.Dir})
+	s, err := New(Config{Seed: sc.Seed, Hosts: sc.Hosts, Dir: opts.Dir, Parent: opts.Parent})
 	if err != nil {
 		return nil, err
 	}

@@ -479,7 +479,7 @@ func (s *Sim) Exec(f []string) error {
 		}
 		s.Net.SetRequestFaults(f[1], pf)
 	case "net-faults", "path-faults":
-		rest, a, b := f[2:], "", ""
+		rest, a, b := f[1:], "", ""
 		if f[0] == "path-faults" {
 			a, b = f[1], f[2]
 			if err := machine(a); err != nil {
@@ -489,8 +489,6 @@ func (s *Sim) Exec(f []string) error {
 				return err
 			}
 			rest = f[3:]
-		} else {
-			rest = f[1:]
 		}
 		k, err := parseNet(rest[0])
 		if err != nil {

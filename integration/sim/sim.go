@@ -24,6 +24,8 @@ type Config struct {
 	// /dev/shm when it exists (bbolt on tmpfs), else the system temp dir.
 	// Close removes it.
 	Dir string
+	// Parent is where that fresh directory is made (see Dir).
+	Parent string
 	// LogLevel of the production code's loggers, whose lines go into the
 	// trace (default Info).
 	LogLevel hclog.Level
@@ -77,8 +79,8 @@ func New(cfg Config) (*Sim, error) {
 	}
 	s := &Sim{cfg: cfg, E: NewEngine(cfg.Seed), nextMigration: map[string]MigrationOutcome{}}
 	if cfg.Dir == "" {
-		base := ""
-		if st, err := os.Stat("/dev/shm"); err == nil && st.IsDir() {
+		base := cfg.Parent
+		if st, err := os.Stat("/dev/shm"); base == "" && err == nil && st.IsDir() {
 			base = "/dev/shm"
 		}
 		dir, err := os.MkdirTemp(base, "chime-sim-")

@@ -20,6 +20,7 @@ var (
 	flagVerbose = flag.Bool("sim.v", false, "echo the trace of -sim.seed or -sim.scenario to stdout")
 	flagScen    = flag.String("sim.scenario", "", "run only the scenarios whose name contains this")
 	flagShrink  = flag.Int("sim.shrink", 60, "runs the shrinker may spend on a failing seed")
+	flagDir     = flag.String("sim.dir", "", "parent directory of the runs' state files (default /dev/shm when it exists)")
 	flagShrinkN = flag.Int("sim.shrink.seeds", 3, "failing seeds that get shrunk (the others print their whole schedule)")
 	flagUpdate  = flag.Bool("update", false, "rewrite the scenarios' expect files")
 )
@@ -68,7 +69,11 @@ func printSummary() {
 	}
 	sort.Ints(causes)
 	for _, c := range causes {
-		fmt.Fprintf(&b, "  known failure, root cause %2d: %s\n", c, strings.Join(s.known[c], ", "))
+		what := "root cause"
+		if c > 10 {
+			what = "finding   " // found by the simulator, numbered after issue 10's root causes
+		}
+		fmt.Fprintf(&b, "  known failure, %s %2d: %s\n", what, c, strings.Join(s.known[c], ", "))
 	}
 	for _, f := range s.failed {
 		fmt.Fprintf(&b, "  FAILING: %s\n", f)
@@ -225,7 +230,7 @@ func TestSeeds(t *testing.T) {
 				t.Parallel()
 			}
 			sc := RandomSchedule(seed, RandomConfig{})
-			opts := RunOptions{}
+			opts := RunOptions{Parent: *flagDir}
 			if *flagSeed != 0 {
 				t.Logf("schedule:\n%s", sc)
 				if *flagVerbose {
