@@ -27,6 +27,8 @@ var layers = []layer{
 	{"gossip", nil},
 	{"fsm", []string{"chime/structs"}},
 	{"fsm/state", []string{"chime/structs"}},
+	// Test fixtures over a real FSM, for the decision cores' tests.
+	{"fsm/fsmtest", []string{"fsm", "chime/structs"}},
 	{"scheduler", []string{"chime/structs"}},
 	{"hypervisor", []string{"chime/structs"}},
 	{"chime/api", []string{"chime/structs"}},

@@ -6,33 +6,14 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/google/uuid"
-
 	"github.com/chime-ha/chime/chime/structs"
 	"github.com/chime-ha/chime/fsm"
+	"github.com/chime-ha/chime/fsm/fsmtest"
 )
-
-type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
 
 // receiver is a webhook receiver on loopback: it answers the scripted
 // statuses first (then 200) and keeps every message it accepted.
@@ -68,13 +49,11 @@ func (r *receiver) received() ([]WebhookMessage, int) {
 	return append([]WebhookMessage(nil), r.msgs...), r.requests
 }
 
-// world is a real FSM driven by fsm.Direct on a fake clock, with the
-// alarmer under test posting to rcv.
+// world is a real FSM driven by fsm.Direct on a manual clock (fsmtest),
+// with the alarmer under test posting to rcv.
 type world struct {
+	*fsmtest.World
 	t       *testing.T
-	fsm     *fsm.FSM
-	direct  *fsm.Direct
-	clock   *fakeClock
 	alarmer *Alarmer
 	rcv     *receiver
 
@@ -86,30 +65,16 @@ const externalURL = "http://chime.test:4646"
 
 func newWorld(t *testing.T, script ...int) *world {
 	t.Helper()
-	f, err := fsm.Open(filepath.Join(t.TempDir(), "state.db"), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = f.Close() })
-	w := &world{t: t, fsm: f, clock: &fakeClock{now: time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)},
-		rcv: &receiver{script: script}, counts: map[string]int{}}
+	w := &world{World: fsmtest.New(t), t: t, rcv: &receiver{script: script}, counts: map[string]int{}}
 	hs := httptest.NewServer(w.rcv)
 	t.Cleanup(hs.Close)
-	w.direct = fsm.NewDirect(f, w.clock.Now)
-	w.alarmer = New(Config{State: f, Proposer: w.direct, Clock: w.clock, Webhooks: []string{hs.URL}, ExternalURL: externalURL,
+	w.alarmer = New(Config{State: w.FSM, Proposer: w.Direct, Clock: w.Clock, Webhooks: []string{hs.URL}, ExternalURL: externalURL,
 		CountDelivery: func(result string) {
 			w.mu.Lock()
 			defer w.mu.Unlock()
 			w.counts[result]++
 		}})
 	return w
-}
-
-func (w *world) propose(typ fsm.CommandType, payload any) {
-	w.t.Helper()
-	if _, err := w.direct.Propose(context.Background(), "", typ, payload); err != nil {
-		w.t.Fatalf("%s: %v", typ, err)
-	}
 }
 
 func (w *world) step() {
@@ -121,7 +86,7 @@ func (w *world) step() {
 
 func (w *world) records() []fsm.AlarmRecord {
 	w.t.Helper()
-	recs, err := w.fsm.Alarms()
+	recs, err := w.FSM.Alarms()
 	if err != nil {
 		w.t.Fatal(err)
 	}
@@ -131,7 +96,7 @@ func (w *world) records() []fsm.AlarmRecord {
 // events counts the recorded events of one kind.
 func (w *world) events(kind string) int {
 	w.t.Helper()
-	evs, err := w.fsm.Events(0, 10000)
+	evs, err := w.FSM.Events(0, 10000)
 	if err != nil {
 		w.t.Fatal(err)
 	}
@@ -152,19 +117,18 @@ func (w *world) count(result string) int {
 
 func TestNodeUnreachableFiresOnceThenResolves(t *testing.T) {
 	w := newWorld(t)
-	node := uuid.NewString()
-	w.propose(fsm.CmdRegisterNode, fsm.RegisterNode{Node: structs.Node{ID: node, Name: "hv1", VCPUs: 8, MemoryMiB: 8192}})
+	node := w.RegisterNode("hv1")
 	w.step()
 	if msgs, _ := w.rcv.received(); len(msgs) != 0 || len(w.records()) != 0 {
 		t.Fatalf("a normal node raised %d messages and %d records", len(msgs), len(w.records()))
 	}
 
-	w.clock.Advance(time.Minute)
-	since := w.clock.Now()
-	w.propose(fsm.CmdSetMonitor, fsm.SetMonitor{NodeID: node, State: structs.MonitorUnreachable, Reason: "test"})
+	w.Clock.Advance(time.Minute)
+	since := w.Clock.Now()
+	w.Propose(fsm.CmdSetMonitor, fsm.SetMonitor{NodeID: node, State: structs.MonitorUnreachable, Reason: "test"})
 	for i := 0; i < 3; i++ { // later passes see it recorded and delivered
 		w.step()
-		w.clock.Advance(10 * time.Second)
+		w.Clock.Advance(10 * time.Second)
 	}
 	msgs, _ := w.rcv.received()
 	if len(msgs) != 1 {
@@ -193,8 +157,8 @@ func TestNodeUnreachableFiresOnceThenResolves(t *testing.T) {
 	}
 
 	// Back to normal: one resolution, stamped with the alarmer's clock.
-	w.propose(fsm.CmdSetMonitor, fsm.SetMonitor{NodeID: node, State: structs.MonitorNormal, Reason: "test"})
-	resolvedAt := w.clock.Now()
+	w.Propose(fsm.CmdSetMonitor, fsm.SetMonitor{NodeID: node, State: structs.MonitorNormal, Reason: "test"})
+	resolvedAt := w.Clock.Now()
 	w.step()
 	w.step()
 	msgs, _ = w.rcv.received()
@@ -231,9 +195,8 @@ func TestDeliveryRetries(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			w := newWorld(t, tt.script...)
-			node := uuid.NewString()
-			w.propose(fsm.CmdRegisterNode, fsm.RegisterNode{Node: structs.Node{ID: node, Name: "hv1", VCPUs: 8, MemoryMiB: 8192}})
-			w.propose(fsm.CmdSetMonitor, fsm.SetMonitor{NodeID: node, State: structs.MonitorError, Faults: []string{"disk"}})
+			node := w.RegisterNode("hv1")
+			w.Propose(fsm.CmdSetMonitor, fsm.SetMonitor{NodeID: node, State: structs.MonitorError, Faults: []string{"disk"}})
 			w.step()
 			msgs, requests := w.rcv.received()
 			if len(msgs) != tt.wantMessages || requests != tt.wantRequests {

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"path/filepath"
 	"reflect"
 	"sync"
 	"testing"
@@ -17,15 +16,15 @@ import (
 	"github.com/chime-ha/chime/chime/server/placement"
 	"github.com/chime-ha/chime/chime/server/tasks"
 	"github.com/chime-ha/chime/chime/structs"
-	"github.com/chime-ha/chime/fsm"
+	"github.com/chime-ha/chime/fsm/fsmtest"
 	"github.com/chime-ha/chime/integration/wait"
 )
 
-// fakeClock is the tests' time: the proposer, the duties and the endpoints
-// read it, and only the test moves it.
-type fakeClock struct {
+// timerClock is the fixture's clock with the timers the endpoints wait
+// on (After): advanced through it, it fires the timers it passes.
+type timerClock struct {
+	*fsmtest.Clock
 	mu      sync.Mutex
-	now     time.Time
 	waiters []fakeTimer
 }
 
@@ -34,42 +33,38 @@ type fakeTimer struct {
 	ch chan time.Time
 }
 
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) After(d time.Duration) <-chan time.Time {
+func (c *timerClock) After(d time.Duration) <-chan time.Time {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	ch := make(chan time.Time, 1)
+	now := c.Clock.Now()
 	if d <= 0 {
-		ch <- c.now
+		ch <- now
 		return ch
 	}
-	c.waiters = append(c.waiters, fakeTimer{at: c.now.Add(d), ch: ch})
+	c.waiters = append(c.waiters, fakeTimer{at: now.Add(d), ch: ch})
 	return ch
 }
 
 // Advance moves the time on and fires the timers it passes.
-func (c *fakeClock) Advance(d time.Duration) {
+func (c *timerClock) Advance(d time.Duration) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
+	c.Clock.Advance(d)
+	now := c.Clock.Now()
 	kept := c.waiters[:0]
 	for _, w := range c.waiters {
-		if w.at.After(c.now) {
+		if w.at.After(now) {
 			kept = append(kept, w)
 			continue
 		}
-		w.ch <- c.now
+		w.ch <- now
 	}
 	c.waiters = kept
 }
 
 // Waiting is how many timers have not fired yet.
-func (c *fakeClock) Waiting() int {
+func (c *timerClock) Waiting() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return len(c.waiters)
@@ -103,14 +98,14 @@ var timing = api.Timing{HeartbeatInterval: 15 * time.Second, MissedHeartbeats: 3
 func (agentConfig) Timing() api.Timing    { return timing }
 func (agentConfig) GossipAddrs() []string { return []string{"10.0.0.1:4652", "10.0.0.2:4652"} }
 
-// world is a real FSM driven through fsm.Direct on a fake clock, with the
-// real placer, task runner and heartbeat monitor over it, and the
-// endpoints under test: no Raft, no HTTP, no agents.
+// world is a real FSM driven through fsm.Direct on a manual clock
+// (fsmtest), with the real placer, task runner and heartbeat monitor over
+// it, and the endpoints under test: no Raft, no HTTP, no agents.
 type world struct {
+	*fsmtest.World
 	t      *testing.T
 	ctx    context.Context
-	fsm    *fsm.FSM
-	clock  *fakeClock
+	Clock  *timerClock // shadows World.Clock: the same time, with the timers the endpoints wait on
 	runner *tasks.Runner
 	ep     *endpoint.Endpoints
 	beats  int // heartbeats counted by the endpoints
@@ -118,18 +113,13 @@ type world struct {
 
 func newWorld(t *testing.T) *world {
 	t.Helper()
-	f, err := fsm.Open(filepath.Join(t.TempDir(), "state.db"), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = f.Close() })
-	clock := &fakeClock{now: time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)}
-	d := fsm.NewDirect(f, clock.Now)
+	fx := fsmtest.New(t)
+	f, d, clock := fx.FSM, fx.Direct, &timerClock{Clock: fx.Clock}
 	p := placement.New(placement.Config{State: f, Proposer: d})
 	r := tasks.New(tasks.Config{State: f, Proposer: d, Placer: p, Clock: clock})
 	m := heartbeat.New(heartbeat.Config{Interval: timing.HeartbeatInterval, Missed: timing.MissedHeartbeats,
 		Proposer: d, State: f, Clock: clock})
-	w := &world{t: t, ctx: context.Background(), fsm: f, clock: clock, runner: r}
+	w := &world{World: fx, t: t, ctx: context.Background(), Clock: clock, runner: r}
 	w.ep = endpoint.New(endpoint.Config{Proposer: d, State: f, Placer: p, Tasks: r, Monitor: m, Clock: clock,
 		IDs: &seqIDs{}, Agents: agentConfig{}, CountHeartbeat: func() { w.beats++ }})
 	return w
@@ -159,48 +149,26 @@ func registerRequest(id, name string, n int) api.RegisterRequest {
 
 func (w *world) vm(ref string) *structs.VM {
 	w.t.Helper()
-	v, err := w.fsm.ResolveVM(ref)
+	v, err := w.FSM.ResolveVM(ref)
 	if err != nil {
 		w.t.Fatal(err)
 	}
 	return v
 }
 
-func (w *world) node(id string) *structs.Node {
-	w.t.Helper()
-	n, err := w.fsm.Node(id)
-	if err != nil {
-		w.t.Fatal(err)
-	}
-	return n
-}
-
-func (w *world) task(id string) *structs.Task {
-	w.t.Helper()
-	t, err := w.fsm.Task(id)
-	if err != nil {
-		w.t.Fatal(err)
-	}
-	return t
-}
-
 // heartbeat sends node id's heartbeat reporting vms.
 func (w *world) heartbeat(id string, vms ...structs.VMObservation) api.HeartbeatResponse {
 	w.t.Helper()
-	out, err := w.ep.Heartbeat(w.ctx, w.node(id), api.HeartbeatRequest{NodeID: id, VMs: vms})
+	out, err := w.ep.Heartbeat(w.ctx, w.Node(id), api.HeartbeatRequest{NodeID: id, VMs: vms})
 	if err != nil {
 		w.t.Fatalf("heartbeat of %s: %v", id, err)
 	}
 	return out
 }
 
-func observed(vm *structs.VM, state string) structs.VMObservation {
-	return structs.VMObservation{VMID: vm.ID, State: state, Reason: "test", Generation: vm.Generation}
-}
-
 func (w *world) dump() map[string]map[string]string {
 	w.t.Helper()
-	d, err := w.fsm.Dump()
+	d, err := w.FSM.Dump()
 	if err != nil {
 		w.t.Fatal(err)
 	}
@@ -246,7 +214,7 @@ func lifecycle(t *testing.T, w *world) {
 	if again, err := w.ep.CreateVM(ctx, "create-web", api.CreateVMRequest{Name: "web", VCPUs: 1, Memory: 512}); err != nil || !reflect.DeepEqual(again, web) {
 		t.Fatalf("retried create answered %+v, %v; first %+v", again, err, web)
 	}
-	if vms, _ := w.fsm.VMs(); len(vms) != 1 {
+	if vms, _ := w.FSM.VMs(); len(vms) != 1 {
 		t.Fatalf("%d VMs after a retried create, want 1", len(vms))
 	}
 	src, dst := web.NodeID, hv2ID
@@ -255,7 +223,7 @@ func lifecycle(t *testing.T, w *world) {
 	}
 
 	// The source's agent reports it running.
-	if hb := w.heartbeat(src, observed(web, structs.StateRunning)); hb.Timing != timing || len(hb.RejectedAdoptions) != 0 {
+	if hb := w.heartbeat(src, fsmtest.Observation(web, structs.StateRunning)); hb.Timing != timing || len(hb.RejectedAdoptions) != 0 {
 		t.Fatalf("heartbeat answered %+v", hb)
 	}
 	if got := w.vm("web"); got.State != structs.StateRunning {
@@ -283,11 +251,11 @@ func lifecycle(t *testing.T, w *world) {
 	if m := moving.Migration; m == nil || m.From != src || m.To != dst || m.TaskID != mig.ID {
 		t.Fatalf("after one step: migration %+v, want %s → %s for task %s", moving.Migration, src, dst, mig.ID)
 	}
-	srcWant, err := w.ep.Desired(w.node(src))
+	srcWant, err := w.ep.Desired(w.Node(src))
 	if err != nil {
 		t.Fatal(err)
 	}
-	dstNode := w.node(dst)
+	dstNode := w.Node(dst)
 	dstHost, _, _ := net.SplitHostPort(dstNode.APIAddr) // no migration address: the API's host
 	order := &api.MigrationOrder{TaskID: mig.ID, ToNodeID: dst, DestURI: dstNode.MigrationURI, MigrateURI: "tcp://" + dstHost}
 	if len(srcWant.VMs) != 1 || !reflect.DeepEqual(srcWant.VMs[0].Migrate, order) {
@@ -305,7 +273,7 @@ func lifecycle(t *testing.T, w *world) {
 	if err := w.ep.Migrated(ctx, "migrated-wrong", dstNode, report); !errors.Is(err, structs.ErrForbidden) {
 		t.Fatalf("report from the destination: %v, want forbidden", err)
 	}
-	if err := w.ep.Migrated(ctx, "migrated-web", w.node(src), report); err != nil {
+	if err := w.ep.Migrated(ctx, "migrated-web", w.Node(src), report); err != nil {
 		t.Fatal(err)
 	}
 	if got := w.vm("web"); got.NodeID != dst || got.Migration != nil {
@@ -314,7 +282,7 @@ func lifecycle(t *testing.T, w *world) {
 	if err := w.runner.Step(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if got := w.task(mig.ID); got.State != structs.TaskSucceeded {
+	if got := w.Task(mig.ID); got.State != structs.TaskSucceeded {
 		t.Fatalf("migrate task %s after the report, want succeeded (%s)", got.State, got.Error)
 	}
 
@@ -325,13 +293,13 @@ func lifecycle(t *testing.T, w *world) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if drain.Task == nil || drain.Task.Kind != structs.TaskDrain || w.node(dst).ManagementState != structs.NodeDrained {
-		t.Fatalf("drain answered %+v, node %s", drain, w.node(dst).ManagementState)
+	if drain.Task == nil || drain.Task.Kind != structs.TaskDrain || w.Node(dst).ManagementState != structs.NodeDrained {
+		t.Fatalf("drain answered %+v, node %s", drain, w.Node(dst).ManagementState)
 	}
 	if again, err := w.ep.NodeAction(ctx, "drain-dst", dst, endpoint.NodeDrain, false); err != nil || again.Task == nil || again.Task.ID != drain.Task.ID {
 		t.Fatalf("retried drain answered %+v, %v; first task %s", again, err, drain.Task.ID)
 	}
-	if d, _ := w.ep.Desired(w.node(dst)); len(d.VMs) != 1 || d.VMs[0].DesiredState != structs.DesiredStopped {
+	if d, _ := w.ep.Desired(w.Node(dst)); len(d.VMs) != 1 || d.VMs[0].DesiredState != structs.DesiredStopped {
 		t.Fatalf("drained node's desired state %+v, want web stopped", d)
 	}
 	_, err = w.ep.NodeAction(ctx, "rebuild-early", dst, endpoint.NodeRebuild, false)
@@ -349,8 +317,8 @@ func lifecycle(t *testing.T, w *world) {
 		len(rt.Steps) != 1 || rt.Steps[0].To != src {
 		t.Fatalf("rebuild task %+v, want succeeded with web to %s", rebuild.Task, src)
 	}
-	if got := w.vm("web"); got.NodeID != src || !w.node(dst).Fenced {
-		t.Fatalf("after the rebuild: vm on %s (want %s), node fenced %v", got.NodeID, src, w.node(dst).Fenced)
+	if got := w.vm("web"); got.NodeID != src || !w.Node(dst).Fenced {
+		t.Fatalf("after the rebuild: vm on %s (want %s), node fenced %v", got.NodeID, src, w.Node(dst).Fenced)
 	}
 	if again, err := w.ep.NodeAction(ctx, "rebuild-dst", dst, endpoint.NodeRebuild, true); err != nil || !reflect.DeepEqual(again, rebuild) {
 		t.Fatalf("retried rebuild answered %+v, %v; first %+v", again, err, rebuild)
@@ -404,7 +372,7 @@ func TestBadInputIsRefusedNamingTheField(t *testing.T) {
 		t.Fatal(err)
 	}
 	web := w.vm("web")
-	hv1 := w.node(hv1ID)
+	hv1 := w.Node(hv1ID)
 	otherID := "33333333-3333-4333-8333-333333333333"
 	tests := []struct {
 		name  string
@@ -519,14 +487,14 @@ func TestRestartWaitsOnTheClock(t *testing.T) {
 	if _, err := w.ep.CreateVM(w.ctx, "c1", api.CreateVMRequest{Name: "web", VCPUs: 1, Memory: 64}); err != nil {
 		t.Fatal(err)
 	}
-	w.heartbeat(hv1ID, observed(w.vm("web"), structs.StateRunning))
+	w.heartbeat(hv1ID, fsmtest.Observation(w.vm("web"), structs.StateRunning))
 
 	type answer struct {
 		vm  *structs.VM
 		err error
 	}
 	restart := func(reqID string) <-chan answer {
-		timers := w.clock.Waiting() // an earlier restart's timer stays until it fires, as time.After's does
+		timers := w.Clock.Waiting() // an earlier restart's timer stays until it fires, as time.After's does
 		done := make(chan answer, 1)
 		go func() {
 			vm, err := w.ep.VMAction(w.ctx, reqID, "web", endpoint.VMRestart)
@@ -535,29 +503,29 @@ func TestRestartWaitsOnTheClock(t *testing.T) {
 		// The restart has proposed the stop and is waiting on the clock.
 		wait.For(t, 10*time.Second, "restart waits for the stop", func() (bool, string) {
 			v := w.vm("web")
-			return v.DesiredState == structs.DesiredStopped && w.clock.Waiting() == timers+1,
-				fmt.Sprintf("desired %s, %d timers", v.DesiredState, w.clock.Waiting())
+			return v.DesiredState == structs.DesiredStopped && w.Clock.Waiting() == timers+1,
+				fmt.Sprintf("desired %s, %d timers", v.DesiredState, w.Clock.Waiting())
 		})
 		return done
 	}
 
 	// The agent reports it stopped: the restart starts it again.
 	done := restart("restart-1")
-	w.heartbeat(hv1ID, observed(w.vm("web"), structs.StateStopped))
+	w.heartbeat(hv1ID, fsmtest.Observation(w.vm("web"), structs.StateStopped))
 	got := <-done
 	if got.err != nil || got.vm.DesiredState != structs.DesiredRunning {
 		t.Fatalf("restart after the stop report: %+v, %v; want desired running", got.vm, got.err)
 	}
 
 	// No report: RestartTimeout later on the fake clock, the restart gives up.
-	w.heartbeat(hv1ID, observed(w.vm("web"), structs.StateRunning))
+	w.heartbeat(hv1ID, fsmtest.Observation(w.vm("web"), structs.StateRunning))
 	done = restart("restart-2")
 	select {
 	case got := <-done:
 		t.Fatalf("restart answered before its timeout: %+v, %v", got.vm, got.err)
 	default:
 	}
-	w.clock.Advance(endpoint.RestartTimeout)
+	w.Clock.Advance(endpoint.RestartTimeout)
 	got = <-done
 	if !errors.Is(got.err, endpoint.ErrTimeout) || structs.AsError(got.err).Field != "id" {
 		t.Fatalf("restart without a stop report: %v, want ErrTimeout naming id", got.err)

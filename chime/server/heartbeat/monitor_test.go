@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"path/filepath"
 	"reflect"
 	"strings"
 	"sync"
@@ -15,6 +14,7 @@ import (
 
 	"github.com/chime-ha/chime/chime/structs"
 	"github.com/chime-ha/chime/fsm"
+	"github.com/chime-ha/chime/fsm/fsmtest"
 )
 
 func TestSilentFor(t *testing.T) {
@@ -39,24 +39,6 @@ func TestStateFromHeartbeat(t *testing.T) {
 	if stateFromHeartbeat(nil) != structs.MonitorNormal || stateFromHeartbeat([]string{"x"}) != structs.MonitorError {
 		t.Fatal("faults must mean error, none normal")
 	}
-}
-
-// fakeClock is a clock the test moves.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
 }
 
 // fakePinger answers pings per node: nil (alive) unless an error is set;
@@ -129,14 +111,14 @@ const (
 	testMissed   = 3
 )
 
-// world is a monitor over a real FSM applied directly (no Raft, no HTTP),
-// with a fake clock, pinger and gossip.
+// world is a monitor over a real FSM applied directly (fsmtest: no Raft,
+// no HTTP), with a manual clock and fake pinger and gossip.
 type world struct {
 	t      *testing.T
-	f      *fsm.FSM
-	direct *fsm.Direct
+	fx     *fsmtest.World
+	f      *fsm.FSM // fx.FSM
 	props  *countingProposer
-	clock  *fakeClock
+	clock  *fsmtest.Clock // fx.Clock
 	pinger *fakePinger
 	gossip *fakeGossip
 	m      *Monitor
@@ -144,17 +126,12 @@ type world struct {
 
 func newWorld(t *testing.T) *world {
 	t.Helper()
-	f, err := fsm.Open(filepath.Join(t.TempDir(), "state.db"), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { f.Close() })
-	w := &world{t: t, f: f, clock: &fakeClock{t: time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)},
+	fx := fsmtest.New(t)
+	w := &world{t: t, fx: fx, f: fx.FSM, clock: fx.Clock,
 		pinger: &fakePinger{errs: map[string]error{}, gates: map[string]chan struct{}{}, calls: map[string]int{}},
 		gossip: &fakeGossip{alive: map[string]bool{}}}
-	w.direct = fsm.NewDirect(f, w.clock.Now)
-	w.props = &countingProposer{next: w.direct, n: map[fsm.CommandType]int{}}
-	w.m = New(Config{Interval: testInterval, Missed: testMissed, Proposer: w.props, State: f, Clock: w.clock,
+	w.props = &countingProposer{next: fx.Direct, n: map[fsm.CommandType]int{}}
+	w.m = New(Config{Interval: testInterval, Missed: testMissed, Proposer: w.props, State: w.f, Clock: w.clock,
 		Pinger: w.pinger, Gossip: w.gossip})
 	w.m.Reset() // this "server" just became leader
 	return w
@@ -163,11 +140,7 @@ func newWorld(t *testing.T) *world {
 // must applies a command of the test's own (not counted).
 func (w *world) must(typ fsm.CommandType, payload any) *fsm.Result {
 	w.t.Helper()
-	r, err := w.direct.Propose(context.Background(), "", typ, payload)
-	if err != nil {
-		w.t.Fatalf("%s: %v", typ, err)
-	}
-	return r
+	return w.fx.Propose(typ, payload)
 }
 
 func (w *world) register(name string) structs.Node {
@@ -180,11 +153,7 @@ func (w *world) register(name string) structs.Node {
 
 func (w *world) node(id string) *structs.Node {
 	w.t.Helper()
-	n, err := w.f.Node(id)
-	if err != nil {
-		w.t.Fatal(err)
-	}
-	return n
+	return w.fx.Node(id)
 }
 
 // beat sends a heartbeat of node id as the endpoint would.

@@ -3,7 +3,6 @@ package placement
 import (
 	"context"
 	"errors"
-	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -12,73 +11,45 @@ import (
 
 	"github.com/chime-ha/chime/chime/structs"
 	"github.com/chime-ha/chime/fsm"
+	"github.com/chime-ha/chime/fsm/fsmtest"
 	"github.com/chime-ha/chime/scheduler"
 )
 
-// world is a real FSM driven by fsm.Direct, with the placer under test.
+// world is a real FSM driven by fsm.Direct (fsmtest), with the placer
+// under test.
 type world struct {
-	t      *testing.T
-	fsm    *fsm.FSM
-	direct *fsm.Direct
+	*fsmtest.World
 	placer *Placer
 }
 
 func newWorld(t *testing.T) *world {
 	t.Helper()
-	f, err := fsm.Open(filepath.Join(t.TempDir(), "state.db"), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = f.Close() })
-	now := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
-	d := fsm.NewDirect(f, func() time.Time { return now })
-	return &world{t: t, fsm: f, direct: d, placer: New(Config{State: f, Proposer: d})}
+	fx := fsmtest.New(t)
+	return &world{World: fx, placer: New(Config{State: fx.FSM, Proposer: fx.Direct})}
 }
 
-func (w *world) propose(typ fsm.CommandType, payload any) *fsm.Result {
-	w.t.Helper()
-	res, err := w.direct.Propose(context.Background(), "", typ, payload)
-	if err != nil {
-		w.t.Fatalf("%s: %v", typ, err)
-	}
-	return res
-}
-
-// node registers a node with 8 vCPUs and 8 GiB.
-func (w *world) node(name string) string {
-	w.t.Helper()
-	id := uuid.NewString()
-	w.propose(fsm.CmdRegisterNode, fsm.RegisterNode{Node: structs.Node{ID: id, Name: name, VCPUs: 8, MemoryMiB: 8192}})
-	return id
-}
-
-// bigVM is a VM of 6 GiB: two never fit one 8 GiB node.
+// bigVM is a VM of 6 GiB: two never fit one 8 GiB node (fsmtest.RegisterNode's).
 func bigVM(name string) structs.VM {
 	return structs.VM{ID: uuid.NewString(), Name: name, DesiredState: structs.DesiredRunning,
 		Spec: structs.VMSpec{VCPUs: 1, MemoryMiB: 6144}}
 }
 
 func (w *world) placedOn(vmID string) string {
-	w.t.Helper()
-	v, err := w.fsm.VM(vmID)
-	if err != nil {
-		w.t.Fatal(err)
-	}
-	return v.NodeID
+	return w.VM(vmID).NodeID
 }
 
 func TestPendingVMPlacedWhenANodeRegisters(t *testing.T) {
 	w := newWorld(t)
 	a, b := bigVM("a"), bigVM("b")
-	w.propose(fsm.CmdCreateVM, fsm.CreateVM{VM: a}) // no node yet: pending
-	w.propose(fsm.CmdCreateVM, fsm.CreateVM{VM: b})
+	w.CreateVM(a, "") // no node yet: pending
+	w.CreateVM(b, "")
 	if n := w.placer.PlacePending(context.Background()); n != 0 {
 		t.Fatalf("placed %d VMs with no node", n)
 	}
 
 	// One node with room for one of them: exactly one is placed, because
 	// each decision of the pass sees the one before it.
-	n1 := w.node("hv1")
+	n1 := w.RegisterNode("hv1")
 	if n := w.placer.PlacePending(context.Background()); n != 1 {
 		t.Fatalf("placed %d VMs on one 8 GiB node, want 1", n)
 	}
@@ -88,7 +59,7 @@ func TestPendingVMPlacedWhenANodeRegisters(t *testing.T) {
 	}
 
 	// A second node: the other one lands there.
-	n2 := w.node("hv2")
+	n2 := w.RegisterNode("hv2")
 	if n := w.placer.PlacePending(context.Background()); n != 1 {
 		t.Fatalf("placed %d VMs after hv2 registered, want 1", n)
 	}
@@ -105,7 +76,7 @@ func TestPendingVMPlacedWhenANodeRegisters(t *testing.T) {
 // not depend on scheduling.
 func TestDecideSerialisesPlacements(t *testing.T) {
 	w := newWorld(t)
-	n1 := w.node("hv1")
+	n1 := w.RegisterNode("hv1")
 	a, b := bigVM("a"), bigVM("b")
 
 	create := func(vm structs.VM) (string, error) {
@@ -113,7 +84,7 @@ func TestDecideSerialisesPlacements(t *testing.T) {
 		if err != nil && !errors.Is(err, scheduler.ErrNoCapacity) {
 			return "", err
 		}
-		_, err = w.direct.Propose(context.Background(), "", fsm.CmdCreateVM, fsm.CreateVM{VM: vm, NodeID: node})
+		_, err = w.Direct.Propose(context.Background(), "", fsm.CmdCreateVM, fsm.CreateVM{VM: vm, NodeID: node})
 		return node, err
 	}
 	var (
@@ -143,7 +114,7 @@ func TestDecideSerialisesPlacements(t *testing.T) {
 			})
 		}()
 		<-entering
-		if _, err := w.direct.Propose(context.Background(), "", fsm.CmdCreateVM, fsm.CreateVM{VM: a, NodeID: node}); err != nil {
+		if _, err := w.Direct.Propose(context.Background(), "", fsm.CmdCreateVM, fsm.CreateVM{VM: a, NodeID: node}); err != nil {
 			return err
 		}
 		note("a applied")
@@ -172,8 +143,8 @@ func TestDecideSerialisesPlacements(t *testing.T) {
 
 func TestCheck(t *testing.T) {
 	w := newWorld(t)
-	free, full := w.node("free"), w.node("full")
-	w.propose(fsm.CmdCreateVM, fsm.CreateVM{VM: bigVM("resident"), NodeID: full})
+	free, full := w.RegisterNode("free"), w.RegisterNode("full")
+	w.CreateVM(bigVM("resident"), full)
 	tests := []struct {
 		name string
 		to   string

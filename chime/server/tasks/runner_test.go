@@ -2,9 +2,7 @@ package tasks
 
 import (
 	"context"
-	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -13,66 +11,24 @@ import (
 	"github.com/chime-ha/chime/chime/server/placement"
 	"github.com/chime-ha/chime/chime/structs"
 	"github.com/chime-ha/chime/fsm"
+	"github.com/chime-ha/chime/fsm/fsmtest"
 )
 
-// fakeClock is the test's time: the runner and the proposer read it, and
-// only the test moves it.
-type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
-
-// world is a real FSM driven by fsm.Direct on a fake clock, with a real
-// placer and the runner under test: no Raft, no HTTP, no agents.
+// world is a real FSM driven by fsm.Direct on a manual clock (fsmtest),
+// with a real placer and the runner under test: no Raft, no HTTP, no
+// agents.
 type world struct {
+	*fsmtest.World
 	t      *testing.T
-	fsm    *fsm.FSM
-	direct *fsm.Direct
-	clock  *fakeClock
 	runner *Runner
 }
 
 func newWorld(t *testing.T) *world {
 	t.Helper()
-	f, err := fsm.Open(filepath.Join(t.TempDir(), "state.db"), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = f.Close() })
-	clock := &fakeClock{now: time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)}
-	d := fsm.NewDirect(f, clock.Now)
-	p := placement.New(placement.Config{State: f, Proposer: d})
-	return &world{t: t, fsm: f, direct: d, clock: clock,
-		runner: New(Config{State: f, Proposer: d, Placer: p, Clock: clock})}
-}
-
-func (w *world) propose(typ fsm.CommandType, payload any) *fsm.Result {
-	w.t.Helper()
-	res, err := w.direct.Propose(context.Background(), "", typ, payload)
-	if err != nil {
-		w.t.Fatalf("%s: %v", typ, err)
-	}
-	return res
-}
-
-// node registers a node with 8 vCPUs and 8 GiB.
-func (w *world) node(name string) string {
-	w.t.Helper()
-	id := uuid.NewString()
-	w.propose(fsm.CmdRegisterNode, fsm.RegisterNode{Node: structs.Node{ID: id, Name: name, VCPUs: 8, MemoryMiB: 8192}})
-	return id
+	fx := fsmtest.New(t)
+	p := placement.New(placement.Config{State: fx.FSM, Proposer: fx.Direct})
+	return &world{World: fx, t: t,
+		runner: New(Config{State: fx.FSM, Proposer: fx.Direct, Placer: p, Clock: fx.Clock})}
 }
 
 // vm creates a 1 vCPU, 512 MiB VM placed on nodeID and, unless state is
@@ -80,35 +36,15 @@ func (w *world) node(name string) string {
 func (w *world) vm(name, nodeID, desired, state string) *structs.VM {
 	w.t.Helper()
 	v := structs.VM{ID: uuid.NewString(), Name: name, DesiredState: desired, Spec: structs.VMSpec{VCPUs: 1, MemoryMiB: 512}}
-	w.propose(fsm.CmdCreateVM, fsm.CreateVM{VM: v, NodeID: nodeID})
+	cur := w.CreateVM(v, nodeID)
 	if state != "" {
-		cur := w.getVM(v.ID)
-		w.propose(fsm.CmdObserve, fsm.Observe{NodeID: nodeID, Observations: []structs.VMObservation{
-			{VMID: v.ID, State: state, Reason: "test", Generation: cur.Generation}}})
+		w.Propose(fsm.CmdObserve, fsm.Observe{NodeID: nodeID, Observations: []structs.VMObservation{fsmtest.Observation(cur, state)}})
 	}
-	got := w.getVM(v.ID)
+	got := w.VM(v.ID)
 	if state != "" && got.State != state {
 		w.t.Fatalf("vm %s is %s after the report, want %s", name, got.State, state)
 	}
 	return got
-}
-
-func (w *world) getVM(id string) *structs.VM {
-	w.t.Helper()
-	v, err := w.fsm.VM(id)
-	if err != nil {
-		w.t.Fatal(err)
-	}
-	return v
-}
-
-func (w *world) task(id string) *structs.Task {
-	w.t.Helper()
-	t, err := w.fsm.Task(id)
-	if err != nil {
-		w.t.Fatal(err)
-	}
-	return t
 }
 
 func (w *world) create(t structs.Task) *structs.Task {
@@ -129,43 +65,43 @@ func (w *world) step() {
 
 func TestMigrateStartsThenTimesOut(t *testing.T) {
 	w := newWorld(t)
-	src, dst := w.node("hv1"), w.node("hv2")
+	src, dst := w.RegisterNode("hv1"), w.RegisterNode("hv2")
 	vm := w.vm("web", src, structs.DesiredRunning, structs.StateRunning)
 	task := w.create(structs.Task{Kind: structs.TaskMigrate, VMID: vm.ID,
 		Steps: []structs.TaskStep{{VMID: vm.ID, From: src, State: structs.TaskPending}}})
 
 	w.step()
-	got := w.getVM(vm.ID)
+	got := w.VM(vm.ID)
 	want := structs.Migration{TaskID: task.ID, From: src, To: dst, Generation: vm.Generation}
 	if got.Migration == nil || *got.Migration != want {
 		t.Fatalf("after the first step the vm's migration is %+v, want %+v", got.Migration, want)
 	}
-	tk := w.task(task.ID)
+	tk := w.Task(task.ID)
 	if tk.State != structs.TaskRunning || tk.Steps[0].State != structs.TaskRunning || tk.Steps[0].To != dst {
 		t.Fatalf("task after the first step: %+v", tk)
 	}
 
 	// In flight and within the timeout: a step changes nothing.
-	w.clock.Advance(MigrationTimeout - time.Minute)
+	w.Clock.Advance(MigrationTimeout - time.Minute)
 	w.step()
-	if cur := w.task(task.ID); cur.ModifyIndex != tk.ModifyIndex || w.getVM(vm.ID).Migration == nil {
+	if cur := w.Task(task.ID); cur.ModifyIndex != tk.ModifyIndex || w.VM(vm.ID).Migration == nil {
 		t.Fatalf("a step within the timeout changed the task (%d → %d) or cleared the migration", tk.ModifyIndex, cur.ModifyIndex)
 	}
 
 	// Past the timeout with no report from the source: the runner ends it.
-	w.clock.Advance(2 * time.Minute)
+	w.Clock.Advance(2 * time.Minute)
 	w.step()
-	got = w.getVM(vm.ID)
+	got = w.VM(vm.ID)
 	if got.Migration != nil || got.NodeID != src {
 		t.Fatalf("after the timeout: migration %+v on node %s, want none on the source", got.Migration, got.NodeID)
 	}
-	tk = w.task(task.ID)
+	tk = w.Task(task.ID)
 	if tk.Steps[0].State != structs.TaskFailed || !strings.Contains(tk.Steps[0].Error, "no result from the source agent") {
 		t.Fatalf("step after the timeout: %+v", tk.Steps[0])
 	}
 	// Every step done: the task fails, naming the VM it did not move.
 	w.step()
-	tk = w.task(task.ID)
+	tk = w.Task(task.ID)
 	if tk.State != structs.TaskFailed || !strings.Contains(tk.Error, "1 of 1 VMs not moved") {
 		t.Fatalf("task after its last step failed: state %s error %q", tk.State, tk.Error)
 	}
@@ -173,47 +109,47 @@ func TestMigrateStartsThenTimesOut(t *testing.T) {
 
 func TestEvacuateMovesStoppedVMCold(t *testing.T) {
 	w := newWorld(t)
-	src, dst := w.node("hv1"), w.node("hv2")
+	src, dst := w.RegisterNode("hv1"), w.RegisterNode("hv2")
 	vm := w.vm("db", src, structs.DesiredStopped, structs.StateStopped)
 	task := w.create(structs.Task{Kind: structs.TaskEvacuate, NodeID: src,
 		Steps: []structs.TaskStep{{VMID: vm.ID, From: src, State: structs.TaskPending}}})
 
 	w.step()
-	got := w.getVM(vm.ID)
+	got := w.VM(vm.ID)
 	if got.NodeID != dst || got.Migration != nil || got.Generation <= vm.Generation {
 		t.Fatalf("stopped vm after the step: node %s migration %+v generation %d (was %d), want a cold move to %s",
 			got.NodeID, got.Migration, got.Generation, vm.Generation, dst)
 	}
-	tk := w.task(task.ID)
+	tk := w.Task(task.ID)
 	if tk.Steps[0].State != structs.TaskSucceeded || tk.Steps[0].To != dst {
 		t.Fatalf("step after the cold move: %+v", tk.Steps[0])
 	}
 	w.step()
-	if tk = w.task(task.ID); tk.State != structs.TaskSucceeded {
+	if tk = w.Task(task.ID); tk.State != structs.TaskSucceeded {
 		t.Fatalf("task after its only step succeeded: %s %q", tk.State, tk.Error)
 	}
 }
 
 func TestStepWaitsForAnUnknownVMThenFails(t *testing.T) {
 	w := newWorld(t)
-	src, _ := w.node("hv1"), w.node("hv2")
+	src, _ := w.RegisterNode("hv1"), w.RegisterNode("hv2")
 	vm := w.vm("cache", src, structs.DesiredRunning, "") // no report yet: state unknown
 	task := w.create(structs.Task{Kind: structs.TaskEvacuate, NodeID: src,
 		Steps: []structs.TaskStep{{VMID: vm.ID, From: src, State: structs.TaskPending}}})
 
 	// Neither live nor safely cold: the step waits, the task is running.
 	w.step()
-	tk := w.task(task.ID)
+	tk := w.Task(task.ID)
 	if tk.State != structs.TaskRunning || tk.Steps[0].State != structs.TaskPending || tk.Steps[0].To != "" {
 		t.Fatalf("task while the vm's state is unknown: %+v", tk)
 	}
-	w.clock.Advance(StepDecideTimeout + time.Second)
+	w.Clock.Advance(StepDecideTimeout + time.Second)
 	w.step()
-	tk = w.task(task.ID)
+	tk = w.Task(task.ID)
 	if tk.Steps[0].State != structs.TaskFailed || !strings.Contains(tk.Steps[0].Error, "neither a live migration nor a safe cold move") {
 		t.Fatalf("step after the decide timeout: %+v", tk.Steps[0])
 	}
-	if got := w.getVM(vm.ID); got.NodeID != src || got.Migration != nil {
+	if got := w.VM(vm.ID); got.NodeID != src || got.Migration != nil {
 		t.Fatalf("vm of unknown state was moved: node %s migration %+v", got.NodeID, got.Migration)
 	}
 }
@@ -227,39 +163,39 @@ func TestDrainTask(t *testing.T) {
 	}{
 		{"succeeds once the agent acknowledges", func(w *world, node string) {
 			yes := true
-			w.propose(fsm.CmdSetNodeFlags, fsm.SetNodeFlags{NodeID: node, DrainAcked: &yes})
+			w.Propose(fsm.CmdSetNodeFlags, fsm.SetNodeFlags{NodeID: node, DrainAcked: &yes})
 		}, structs.TaskSucceeded, ""},
 		{"succeeds on a local drain", func(w *world, node string) {
 			yes := true
-			w.propose(fsm.CmdSetNodeFlags, fsm.SetNodeFlags{NodeID: node, LocalDrained: &yes})
+			w.Propose(fsm.CmdSetNodeFlags, fsm.SetNodeFlags{NodeID: node, LocalDrained: &yes})
 		}, structs.TaskSucceeded, ""},
 		{"cancelled when the node is enabled again", func(w *world, node string) {
-			w.propose(fsm.CmdSetManagement, fsm.SetManagement{NodeID: node, State: structs.NodeEnabled})
+			w.Propose(fsm.CmdSetManagement, fsm.SetManagement{NodeID: node, State: structs.NodeEnabled})
 		}, structs.TaskCancelled, "node enabled again"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			w := newWorld(t)
-			node := w.node("hv1")
+			node := w.RegisterNode("hv1")
 			vm := w.vm("web", node, structs.DesiredRunning, structs.StateRunning)
-			w.propose(fsm.CmdSetManagement, fsm.SetManagement{NodeID: node, State: structs.NodeDrained})
+			w.Propose(fsm.CmdSetManagement, fsm.SetManagement{NodeID: node, State: structs.NodeDrained})
 			task := w.create(structs.Task{Kind: structs.TaskDrain, NodeID: node,
 				Steps: []structs.TaskStep{{VMID: vm.ID, From: node, State: structs.TaskRunning}}})
 
 			// Not acknowledged: pending → running, then nothing.
 			w.step()
-			tk := w.task(task.ID)
+			tk := w.Task(task.ID)
 			if tk.State != structs.TaskRunning {
 				t.Fatalf("drain before the acknowledgement: %s", tk.State)
 			}
 			w.step()
-			if cur := w.task(task.ID); cur.ModifyIndex != tk.ModifyIndex {
+			if cur := w.Task(task.ID); cur.ModifyIndex != tk.ModifyIndex {
 				t.Fatalf("a step without news rewrote the drain task (%d → %d)", tk.ModifyIndex, cur.ModifyIndex)
 			}
 
 			tt.then(w, node)
 			w.step()
-			tk = w.task(task.ID)
+			tk = w.Task(task.ID)
 			if tk.State != tt.wantState || tk.Error != tt.wantError {
 				t.Fatalf("drain: state %s error %q, want %s %q", tk.State, tk.Error, tt.wantState, tt.wantError)
 			}
