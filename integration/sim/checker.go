@@ -62,7 +62,6 @@ type Checker struct {
 	Violations []Violation
 	active     map[string]bool // keys of the step invariants broken at the last check (reported once per stretch)
 	seen       map[string]bool // every key reported
-	Disabled   bool            // no checks (a benchmark of the bare simulation)
 	cache      leaderView
 }
 
@@ -86,9 +85,6 @@ func (c *Checker) Failed() bool { return len(c.Violations) > 0 }
 // afterEvent checks the step invariants (1 and 4). A broken invariant is
 // reported when it starts to hold broken, not again at every step.
 func (c *Checker) afterEvent() {
-	if c.Disabled {
-		return
-	}
 	now := map[string]string{} // key → message
 	running := c.running()
 	// (1) One qemu per VM.
@@ -236,9 +232,6 @@ func (c *Checker) nodeName(l *Server, id string) string {
 // Final checks the end-of-run invariants (2, 3, 5). It is run after the
 // faults were healed and a quiet period passed.
 func (c *Checker) Final() {
-	if c.Disabled {
-		return
-	}
 	l := c.s.Cluster.leader
 	if l == nil {
 		c.report(InvLiveness, "no leader after the quiet period")
@@ -257,6 +250,9 @@ func (c *Checker) finalAcked(l *Server) {
 	byName := map[string]*hist{}
 	var names []string
 	for _, w := range c.s.Ops.Writes {
+		if w.Desired == "" && w.Op != "delete" {
+			continue // an HA operation or a node action: no desired state to keep
+		}
 		h := byName[w.VM]
 		if h == nil {
 			h = &hist{}

@@ -3,6 +3,7 @@ package sim
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"strings"
 	"time"
 )
@@ -98,17 +99,16 @@ type Network struct {
 	down   map[linkKey]bool // links that are down
 	cut    map[pathKey]bool // directed paths that are cut
 	faults map[pathKey]PathFaults
-	byKind map[string]PathFaults        // per kind of request (the first word of its name), before any path's
-	def    [2]PathFaults                // per network, for paths without their own
-	listen map[string]func() error      // machine → nil if its process answers now, else why not
-	calls  uint64                       // requests sent, for statistics
-	counts map[string]map[string]uint64 // outcome → call name → count
+	byKind map[string]PathFaults   // per kind of request (the first word of its name), before any path's
+	def    [2]PathFaults           // per network, for paths without their own
+	listen map[string]func() error // machine → nil if its process answers now, else why not
+	counts map[string]uint64       // outcome → requests that had it (coverage)
 }
 
 // NewNetwork returns a network where every link is up and nothing is lost.
 func NewNetwork(w *Engine) *Network {
 	return &Network{w: w, down: map[linkKey]bool{}, cut: map[pathKey]bool{}, faults: map[pathKey]PathFaults{}, byKind: map[string]PathFaults{},
-		listen: map[string]func() error{}, counts: map[string]map[string]uint64{}}
+		listen: map[string]func() error{}, counts: map[string]uint64{}}
 }
 
 // Listen registers machine name's process: fn says whether it answers now
@@ -206,24 +206,20 @@ func (n *Network) pathFaults(from, to string, k Net, what string) PathFaults {
 	return n.def[k]
 }
 
-func (n *Network) count(outcome, what string) {
-	m := n.counts[outcome]
-	if m == nil {
-		m = map[string]uint64{}
-		n.counts[outcome] = m
-	}
-	m[what]++
-}
+func (n *Network) count(outcome string) { n.counts[outcome]++ }
+
+// Outcomes counts the requests by how they ended (delivered, dropped, lost,
+// answer lost, delayed, duplicated): what a run's network faults covered.
+func (n *Network) Outcomes() map[string]uint64 { return maps.Clone(n.counts) }
 
 // Send sends one request from → to on network k and returns the answer,
 // following the model in the package comment. what names the call in the
 // trace; handle is the callee's code, run when the request arrives.
 func Send[T any](n *Network, from, to string, k Net, what string, handle func() (T, error)) (T, error) {
 	var zero T
-	n.calls++
 	route := fmt.Sprintf("%s>%s/%s %s", from, to, k, what)
 	fail := func(outcome string, err error) (T, error) {
-		n.count(outcome, what)
+		n.count(strings.Fields(outcome)[0])
 		n.w.trace.Addf("net", "%s: %s", route, outcome)
 		return zero, &NetError{Call: what + " " + from + ">" + to, Err: err}
 	}
@@ -262,12 +258,12 @@ func Send[T any](n *Network, from, to string, k Net, what string, handle func() 
 	case lost:
 		return fail("lost", ErrTimeout)
 	case delayed:
-		n.count("delayed", what)
+		n.count("delayed")
 		later("delayed")
 		return zero, &NetError{Call: what + " " + from + ">" + to, Err: ErrTimeout}
 	}
 	if dup {
-		n.count("duplicated", what)
+		n.count("duplicated")
 		later("duplicated")
 	}
 	out, err := handle()
@@ -276,11 +272,11 @@ func Send[T any](n *Network, from, to string, k Net, what string, handle func() 
 		if !answerLost {
 			why = "answer dropped (no path back)"
 		}
-		n.count(why, what)
+		n.count("answer-lost")
 		n.w.trace.Addf("net", "%s: handled (%s), %s", route, errText(err), why)
 		return zero, &NetError{Call: what + " " + from + ">" + to, Err: ErrTimeout}
 	}
-	n.count("delivered", what)
+	n.count("delivered")
 	n.w.trace.Addf("net", "%s: %s", route, errText(err))
 	return out, err
 }

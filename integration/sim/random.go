@@ -305,6 +305,7 @@ func RandomSchedule(seed uint64, cfg RandomConfig) *Schedule {
 		}
 	}
 	sort.SliceStable(sc.Items, func(i, j int) bool { return sc.Items[i].At < sc.Items[j].At })
+	sc.Length = sc.End()
 	return sc
 }
 

@@ -33,6 +33,8 @@ type Result struct {
 	Steps   uint64
 	SimTime time.Duration
 	Wall    time.Duration
+	// Network counts the run's requests by outcome.
+	Network map[string]uint64
 }
 
 // Failed reports whether an invariant was broken.
@@ -85,7 +87,8 @@ func Run(sc *Schedule, opts RunOptions) (*Result, error) {
 	}
 	s.E.trace.Addf("sim", "end: %s", verdict)
 	return &Result{Schedule: sc, Violations: s.Check.Violations, Trace: append([]byte(nil), s.E.trace.Bytes()...),
-		TraceHash: s.E.trace.Hash(), Log: s.goldenLog(), Steps: s.E.Steps(), SimTime: s.E.Elapsed(), Wall: time.Since(wall)}, nil
+		TraceHash: s.E.trace.Hash(), Log: s.goldenLog(), Steps: s.E.Steps(), SimTime: s.E.Elapsed(), Wall: time.Since(wall),
+		Network: s.Net.Outcomes()}, nil
 }
 
 // goldenLog is what a scenario's expect file holds.

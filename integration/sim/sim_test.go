@@ -20,6 +20,7 @@ var (
 	flagVerbose = flag.Bool("sim.v", false, "echo the trace of -sim.seed or -sim.scenario to stdout")
 	flagScen    = flag.String("sim.scenario", "", "run only the scenarios whose name contains this")
 	flagShrink  = flag.Int("sim.shrink", 60, "runs the shrinker may spend on a failing seed")
+	flagProfile = flag.String("sim.profile", "", `random profile: "" (all faults and operations) or "mutation" (the mutation check's)`)
 	flagDir     = flag.String("sim.dir", "", "parent directory of the runs' state files (default /dev/shm when it exists)")
 	flagShrinkN = flag.Int("sim.shrink.seeds", 3, "failing seeds that get shrunk (the others print their whole schedule)")
 	flagUpdate  = flag.Bool("update", false, "rewrite the scenarios' expect files")
@@ -38,6 +39,7 @@ var summary struct {
 	byInv      map[Invariant]int // failing seeds by their first violation
 	bySuspect  map[string]int    // failing seeds by the known triggers in their schedule
 	shrunk     int
+	network    map[string]uint64 // requests of every seed, by outcome
 }
 
 func TestMain(m *testing.M) {
@@ -45,6 +47,7 @@ func TestMain(m *testing.M) {
 	summary.known = map[int][]string{}
 	summary.byInv = map[Invariant]int{}
 	summary.bySuspect = map[string]int{}
+	summary.network = map[string]uint64{}
 	code := m.Run()
 	printSummary()
 	os.Exit(code)
@@ -84,6 +87,12 @@ func printSummary() {
 	if s.seeds > 0 {
 		fmt.Fprintf(&b, "random seeds: %d run, %d with violations; %.3fs per seed (wall, one core)\n", s.seeds, len(s.seedFailed),
 			s.seedWall.Seconds()/float64(s.seeds))
+		var outs []string
+		for k, v := range s.network {
+			outs = append(outs, fmt.Sprintf("%s %d", k, v))
+		}
+		sort.Strings(outs)
+		fmt.Fprintf(&b, "  network requests by outcome: %s\n", strings.Join(outs, ", "))
 		var invs []string
 		for inv, n := range s.byInv {
 			invs = append(invs, fmt.Sprintf("%s: %d", inv, n))
@@ -229,7 +238,11 @@ func TestSeeds(t *testing.T) {
 			if *flagSeed == 0 {
 				t.Parallel()
 			}
-			sc := RandomSchedule(seed, RandomConfig{})
+			cfg := RandomConfig{}
+			if *flagProfile == "mutation" {
+				cfg = MutationProfile
+			}
+			sc := RandomSchedule(seed, cfg)
 			opts := RunOptions{Parent: *flagDir}
 			if *flagSeed != 0 {
 				t.Logf("schedule:\n%s", sc)
@@ -246,6 +259,9 @@ func TestSeeds(t *testing.T) {
 			summary.mu.Lock()
 			summary.seeds++
 			summary.seedWall += res.Wall
+			for k, v := range res.Network {
+				summary.network[k] += v
+			}
 			summary.mu.Unlock()
 			if !res.Failed() {
 				return
