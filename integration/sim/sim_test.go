@@ -14,7 +14,7 @@ import (
 )
 
 var (
-	flagSeeds   = flag.Int("sim.seeds", 200, "random seeds to run")
+	flagSeeds   = flag.Int("sim.seeds", 1000, "random seeds to run")
 	flagFirst   = flag.Uint64("sim.first", 1, "first random seed")
 	flagSeed    = flag.Uint64("sim.seed", 0, "run only this seed, print its schedule and verdict (with -sim.v, its whole trace)")
 	flagVerbose = flag.Bool("sim.v", false, "echo the trace of -sim.seed or -sim.scenario to stdout")
