@@ -365,9 +365,12 @@ var MutationProfile = RandomConfig{
 	NoLies: true, NoLostState: true, Faults: 8, Ops: 6,
 }
 
-// Suspects names the known root causes whose triggers a schedule contains:
-// a hint for reading a failing seed (the shrinker and the trace say what
-// really happened).
+// Suspects names the known root causes whose triggers a schedule contains.
+// It is a hint for reading a failing seed (the shrinker and the trace say
+// what really happened), and the random seeds' counterpart of a scenario's
+// known-failure mark: without -sim.strict a failing seed with a suspect is
+// reported, not failed. When a root cause is fixed, its trigger goes from
+// here, and seeds that still break an invariant with it fail again.
 func Suspects(sc *Schedule) []string {
 	has := map[string]bool{}
 	drained := map[string]bool{}
