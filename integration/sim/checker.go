@@ -250,7 +250,7 @@ func (c *Checker) finalAcked(l *Server) {
 	byName := map[string]*hist{}
 	var names []string
 	for _, w := range c.s.Ops.Writes {
-		if w.Desired == "" && w.Op != "delete" {
+		if w.Local != "" || w.Desired == "" && w.Op != "delete" {
 			continue // an HA operation or a node action: no desired state to keep
 		}
 		h := byName[w.VM]

@@ -27,6 +27,8 @@ type Write struct {
 	VMID    string // known once a create was acknowledged
 	Desired string // the desired state the write asks for (create, start, stop)
 	Task    string // the task an HA operation created
+	Flag    string // --confirm-fenced
+	Local   string // the host a node-local operation ran on ("": sent to the servers)
 	Acked   bool
 }
 
@@ -58,7 +60,7 @@ func (o *Operator) client() *client {
 func (o *Operator) record(w Write, err error) {
 	w.At, w.Acked = o.s.E.Now(), err == nil
 	o.Writes = append(o.Writes, w)
-	o.s.E.trace.Addf("op", "%s %s: %s", w.Op, w.VM, errText(err))
+	o.s.E.trace.Addf("op", "%s: %s", w, errText(err))
 }
 
 // Create creates a VM (desired running unless stopped).
@@ -125,11 +127,11 @@ func (o *Operator) NodeAction(node string, op endpoint.NodeOp, confirmFenced boo
 	res, err := do(o.client(), string(op)+" "+node, true, func(ep *endpoint.Endpoints, reqID string) (endpoint.NodeResult, error) {
 		return ep.NodeAction(context.Background(), reqID, node, op, confirmFenced)
 	})
-	what := string(op)
+	w := Write{Op: string(op), VM: node, Task: taskID(res.Task)}
 	if confirmFenced {
-		what += " --confirm-fenced"
+		w.Flag = "--confirm-fenced"
 	}
-	o.record(Write{Op: what, VM: node, Task: taskID(res.Task)}, err)
+	o.record(w, err)
 	if lie {
 		o.Lies = append(o.Lies, &Lie{Host: node, At: o.s.E.Now()})
 		o.s.E.trace.Addf("check", "--confirm-fenced for %s is a lie (its host runs chime VMs): invariant 1 is not checked for its VMs until a heal corrects it", node)
@@ -149,8 +151,16 @@ func (o *Operator) RemoveNode(node string) error {
 // recordLocal records a node-local operation (run on the node's console,
 // through the agent's socket).
 func (o *Operator) recordLocal(what, host string, err error) {
-	o.Writes = append(o.Writes, Write{At: o.s.E.Now(), Op: what, VM: host, Acked: err == nil})
+	o.Writes = append(o.Writes, Write{At: o.s.E.Now(), Op: what, Local: host, Acked: err == nil})
 	o.s.E.trace.Addf("op", "on %s: %s: %s", host, what, errText(err))
+}
+
+// String is the write as the CLI would have said it.
+func (w Write) String() string {
+	if w.Local != "" {
+		return "on " + w.Local + ": " + w.Op
+	}
+	return strings.TrimSpace(w.Op + " " + w.VM + " " + w.Flag)
 }
 
 func taskID(t *structs.Task) string {

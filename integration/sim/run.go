@@ -101,7 +101,7 @@ func (s *Sim) goldenLog() string {
 		if !w.Acked {
 			ack = "failed"
 		}
-		fmt.Fprintf(&b, "%s %s %s: %s\n", strings.TrimSpace(stamp(w.At.Sub(Epoch))), w.Op, w.VM, ack)
+		fmt.Fprintf(&b, "%s %s: %s\n", strings.TrimSpace(stamp(w.At.Sub(Epoch))), w, ack)
 	}
 	b.WriteString("## events (leader's event log)\n")
 	if l := s.Cluster.leader; l != nil {
