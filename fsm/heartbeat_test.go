@@ -134,9 +134,13 @@ func TestHeartbeatJudgesDrainEvidence(t *testing.T) {
 		wantState string
 	}{
 		{"ack at the drain's index, all stopped: counted", Heartbeat{}, true,
-			func(di uint64) Heartbeat { return Heartbeat{DrainAcked: &yes, Evidence: &DrainEvidence{DesiredIndex: di}} }, true, false, ""},
+			func(di uint64) Heartbeat {
+				return Heartbeat{DrainAcked: &yes, Evidence: &DrainEvidence{DesiredIndex: di}}
+			}, true, false, ""},
 		{"ack from a desired index older than the drain: refused", Heartbeat{}, true,
-			func(di uint64) Heartbeat { return Heartbeat{DrainAcked: &yes, Evidence: &DrainEvidence{DesiredIndex: di - 1}} }, false, false, ""},
+			func(di uint64) Heartbeat {
+				return Heartbeat{DrainAcked: &yes, Evidence: &DrainEvidence{DesiredIndex: di - 1}}
+			}, false, false, ""},
 		{"ack while a domain runs: refused", Heartbeat{}, true,
 			func(di uint64) Heartbeat {
 				return Heartbeat{DrainAcked: &yes, Evidence: &DrainEvidence{DesiredIndex: di, Running: true}}
@@ -146,7 +150,9 @@ func TestHeartbeatJudgesDrainEvidence(t *testing.T) {
 				return Heartbeat{DrainAcked: &yes, Evidence: &DrainEvidence{DesiredIndex: di, Unknown: true}}
 			}, false, false, ""},
 		{"ack of a node no longer drained: refused", Heartbeat{}, false,
-			func(di uint64) Heartbeat { return Heartbeat{DrainAcked: &yes, Evidence: &DrainEvidence{DesiredIndex: 1 << 40}} }, false, false, ""},
+			func(di uint64) Heartbeat {
+				return Heartbeat{DrainAcked: &yes, Evidence: &DrainEvidence{DesiredIndex: 1 << 40}}
+			}, false, false, ""},
 		{"local drain with a domain running: draining, not drained", Heartbeat{}, false,
 			func(uint64) Heartbeat {
 				return Heartbeat{LocalDrained: &yes, LocalDrainState: &done, Evidence: &DrainEvidence{Running: true}}
