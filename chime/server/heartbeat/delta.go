@@ -13,7 +13,7 @@ type Report struct {
 	Faults       []string                // the agent's health faults
 	VMs          []structs.VMObservation // every chime domain on the node
 	VMsUnknown   bool                    // libvirt could not be listed: VMs says nothing
-	LocalDrained bool                    // the local drain flag (`chime agent drain`)
+	LocalDrained bool                    // the agent reports its local drain done (`chime agent drain`): a claim, judged here
 	LocalDrainID string                  // id of the local drain
 	// LocalDrainState is draining or drained while a local drain is on
 	// (empty from agents that predate it: LocalDrained alone then).
