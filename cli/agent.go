@@ -173,6 +173,7 @@ func printAgentStatus(st *local.Status) error {
 		{"Synced", strconv.FormatBool(st.Synced)},
 		{"Libvirt connected", strconv.FormatBool(st.LibvirtConnected)},
 		{"Locally drained", strconv.FormatBool(st.LocalDrained)},
+		{"Local drain", dash(st.LocalDrainState)},
 		{"Last reconcile", recon},
 	}); err != nil {
 		return err

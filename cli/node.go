@@ -158,6 +158,7 @@ func showNode(c *cli.Context, n *structs.Node) error {
 		{"Agent API", dash(n.APIAddr)}, {"Migration URI", dash(n.MigrationURI)},
 		{"Capacity", fmt.Sprintf("%d vCPUs, %d MiB", n.VCPUs, n.MemoryMiB)},
 		{"Drain acknowledged", fmt.Sprint(n.DrainAcked)}, {"Locally drained", fmt.Sprint(n.LocalDrained)},
+		{"Local drain", dash(n.LocalDrainState)},
 		{"Fenced", fmt.Sprint(n.Fenced)}, {"Agent version", dash(n.AgentVersion)},
 	})
 }

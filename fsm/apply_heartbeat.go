@@ -41,7 +41,16 @@ func (a *applier) heartbeat(p Heartbeat) (string, error) {
 	}
 	var events []structs.Event
 	flags := SetNodeFlags{NodeID: n.ID, LocalDrained: p.LocalDrained, DrainAcked: p.DrainAcked, LocalDrainID: p.LocalDrainID}
-	if changes := flags.applyTo(n); len(changes) > 0 {
+	localState := p.LocalDrainState
+	if p.Evidence != nil {
+		flags, localState = judgeDrainEvidence(n, *p.Evidence, flags, localState)
+	}
+	changes := flags.applyTo(n)
+	if localState != nil && n.LocalDrainState != *localState {
+		n.LocalDrainState = *localState
+		changes = append(changes, fmt.Sprintf("local_drain_state=%q", n.LocalDrainState))
+	}
+	if len(changes) > 0 {
 		events = append(events, structs.Event{Kind: "node.flags", NodeID: n.ID, Message: fmt.Sprintf("node %s: %v", n.Name, changes)})
 	}
 	if p.Monitor != nil {
@@ -61,6 +70,36 @@ func (a *applier) heartbeat(p Heartbeat) (string, error) {
 	}
 	a.res.Heartbeat = out
 	return n.ID, nil
+}
+
+// judgeDrainEvidence re-checks the drain flags a heartbeat delta asks for
+// against its evidence and the node as it is now (uniqueness rule 6): a
+// drain ack counts only when management is drained, the agent had applied
+// a desired state at least as new as the drain and listed every domain
+// stopped; a local drain counts only when every domain is listed stopped.
+// A heartbeat that lists a running domain withdraws both.
+func judgeDrainEvidence(n *structs.Node, ev DrainEvidence, f SetNodeFlags, localState *string) (SetNodeFlags, *string) {
+	no := false
+	stopped := !ev.Running && !ev.Unknown
+	if f.DrainAcked != nil && *f.DrainAcked &&
+		(n.ManagementState != structs.NodeDrained || !stopped || ev.DesiredIndex < n.DrainIndex) {
+		f.DrainAcked = nil
+	}
+	if f.LocalDrained != nil && *f.LocalDrained && !stopped {
+		f.LocalDrained = nil
+	}
+	if localState != nil && *localState == structs.LocalDrainDone && !stopped {
+		draining := structs.LocalDraining
+		localState = &draining
+	}
+	if ev.Running {
+		f.DrainAcked, f.LocalDrained = &no, &no
+		if n.LocalDrainState == structs.LocalDrainDone && localState == nil {
+			draining := structs.LocalDraining
+			localState = &draining
+		}
+	}
+	return f, localState
 }
 
 // adoptClaim applies one adoption claim of node n; a claim the placement

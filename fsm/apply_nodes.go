@@ -59,7 +59,9 @@ func (a *applier) setManagement(p SetManagement) (string, error) {
 	old := n.ManagementState
 	n.ManagementState = p.State
 	if p.State == structs.NodeDrained {
-		n.DrainAcked = false
+		// Only a heartbeat sent after the agent applied a desired state at
+		// least this new can acknowledge the drain (uniqueness rule 6).
+		n.DrainAcked, n.DrainIndex = false, a.tx.Index()
 	}
 	if p.State == structs.NodeEnabled {
 		n.DrainAcked, n.Fenced = false, false

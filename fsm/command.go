@@ -224,12 +224,31 @@ type Heartbeat struct {
 	LocalDrained *bool   `json:"local_drained,omitempty"`
 	LocalDrainID *string `json:"local_drain_id,omitempty"`
 	DrainAcked   *bool   `json:"drain_acked,omitempty"`
+	// LocalDrainState is the local drain state the heartbeat implies (nil:
+	// unchanged).
+	LocalDrainState *string `json:"local_drain_state,omitempty"`
+	// Evidence is what the heartbeat proves about the node's domains; the
+	// FSM judges LocalDrained, LocalDrainState and DrainAcked against it
+	// and the node's state at apply time. Nil in entries written before it
+	// existed: their flags apply as given, so that old logs replay.
+	Evidence *DrainEvidence `json:"evidence,omitempty"`
 	// LocalMigrations are node-local migrations sent from this node: each
 	// becomes a vm.local_migration event. They do not move the placement
 	// (the destination's adoption does).
 	LocalMigrations []structs.LocalMigration `json:"local_migrations,omitempty"`
 	// Monitor is the node monitor transition the heartbeat implies, if any.
 	Monitor *MonitorTransition `json:"monitor,omitempty"`
+}
+
+// DrainEvidence is what one heartbeat proves about "nothing runs here"
+// (uniqueness rule 6).
+type DrainEvidence struct {
+	// DesiredIndex is the desired-state index the agent had applied.
+	DesiredIndex uint64 `json:"desired_index"`
+	// Running: the heartbeat lists a chime domain running (or adopted).
+	Running bool `json:"running,omitempty"`
+	// Unknown: libvirt could not be listed; the heartbeat proves nothing.
+	Unknown bool `json:"unknown,omitempty"`
 }
 
 // Adoption is one domain a node's agent adopted after a node-local

@@ -112,3 +112,94 @@ func TestHeartbeatObservationDoesNotWakeTheAgent(t *testing.T) {
 		t.Fatalf("a heartbeat woke the node's desired-state watch (%d → %d)", before, after)
 	}
 }
+
+// TestHeartbeatJudgesDrainEvidence: the drain flags of a heartbeat with
+// evidence are judged at apply time against the node as it is then
+// (uniqueness rule 6): a drain ack needs a drained node, a desired index
+// at least the drain's and every domain stopped; a local drain needs every
+// domain stopped; a running domain withdraws both. An entry without
+// evidence (written before it existed) applies its flags as given.
+func TestHeartbeatJudgesDrainEvidence(t *testing.T) {
+	yes, no := true, false
+	done, draining := structs.LocalDrainDone, structs.LocalDraining
+	tests := []struct {
+		name string
+		// before: the node's flags set by an earlier heartbeat without
+		// evidence (as old entries do), then drained or not.
+		before    Heartbeat
+		drain     bool
+		hb        func(drainIndex uint64) Heartbeat
+		wantAck   bool
+		wantLocal bool
+		wantState string
+	}{
+		{"ack at the drain's index, all stopped: counted", Heartbeat{}, true,
+			func(di uint64) Heartbeat {
+				return Heartbeat{DrainAcked: &yes, Evidence: &DrainEvidence{DesiredIndex: di}}
+			}, true, false, ""},
+		{"ack from a desired index older than the drain: refused", Heartbeat{}, true,
+			func(di uint64) Heartbeat {
+				return Heartbeat{DrainAcked: &yes, Evidence: &DrainEvidence{DesiredIndex: di - 1}}
+			}, false, false, ""},
+		{"ack while a domain runs: refused", Heartbeat{}, true,
+			func(di uint64) Heartbeat {
+				return Heartbeat{DrainAcked: &yes, Evidence: &DrainEvidence{DesiredIndex: di, Running: true}}
+			}, false, false, ""},
+		{"ack with libvirt unlisted: refused", Heartbeat{}, true,
+			func(di uint64) Heartbeat {
+				return Heartbeat{DrainAcked: &yes, Evidence: &DrainEvidence{DesiredIndex: di, Unknown: true}}
+			}, false, false, ""},
+		{"ack of a node no longer drained: refused", Heartbeat{}, false,
+			func(di uint64) Heartbeat {
+				return Heartbeat{DrainAcked: &yes, Evidence: &DrainEvidence{DesiredIndex: 1 << 40}}
+			}, false, false, ""},
+		{"local drain with a domain running: draining, not drained", Heartbeat{}, false,
+			func(uint64) Heartbeat {
+				return Heartbeat{LocalDrained: &yes, LocalDrainState: &done, Evidence: &DrainEvidence{Running: true}}
+			}, false, false, draining},
+		{"local drain, all stopped: drained", Heartbeat{}, false,
+			func(uint64) Heartbeat {
+				return Heartbeat{LocalDrained: &yes, LocalDrainState: &done, Evidence: &DrainEvidence{}}
+			}, false, true, done},
+		{"running domain withdraws an ack and a local drain", Heartbeat{LocalDrained: &yes, LocalDrainState: &done}, true,
+			func(di uint64) Heartbeat { return Heartbeat{Evidence: &DrainEvidence{DesiredIndex: di, Running: true}} }, false, false, draining},
+		{"entry without evidence: flags as given (old logs replay)", Heartbeat{}, true,
+			func(uint64) Heartbeat { return Heartbeat{DrainAcked: &yes, LocalDrained: &yes} }, true, true, ""},
+		{"explicit withdrawal applies", Heartbeat{LocalDrained: &yes}, false,
+			func(uint64) Heartbeat { return Heartbeat{LocalDrained: &no, Evidence: &DrainEvidence{}} }, false, false, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newHarness(t)
+			n := node("a")
+			h.must("", CmdRegisterNode, RegisterNode{Node: n})
+			before := tt.before
+			before.NodeID = n.ID
+			h.must("", CmdHeartbeat, before)
+			var di uint64
+			if tt.drain {
+				di = h.must("", CmdSetManagement, SetManagement{NodeID: n.ID, State: structs.NodeDrained}).Index
+				if got, _ := h.f.Node(n.ID); got.DrainIndex != di {
+					t.Fatalf("drain_index %d, want the drain's index %d", got.DrainIndex, di)
+				}
+				if tt.before.LocalDrained != nil { // a case with earlier flags starts acknowledged too
+					h.must("", CmdHeartbeat, Heartbeat{NodeID: n.ID, DrainAcked: &yes, Evidence: &DrainEvidence{DesiredIndex: di}})
+					if got, _ := h.f.Node(n.ID); !got.DrainAcked {
+						t.Fatal("setup: the drain was not acknowledged")
+					}
+				}
+			}
+			hb := tt.hb(di)
+			hb.NodeID = n.ID
+			h.must("", CmdHeartbeat, hb)
+			got, err := h.f.Node(n.ID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got.DrainAcked != tt.wantAck || got.LocalDrained != tt.wantLocal || got.LocalDrainState != tt.wantState {
+				t.Fatalf("drain_acked %v local_drained %v local_drain_state %q, want %v %v %q",
+					got.DrainAcked, got.LocalDrained, got.LocalDrainState, tt.wantAck, tt.wantLocal, tt.wantState)
+			}
+		})
+	}
+}

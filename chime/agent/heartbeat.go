@@ -82,8 +82,9 @@ func (a *Agent) requestHeartbeat() {
 // fails when the local state cannot be read: a heartbeat must not claim
 // less than the agent recorded (a drain id, an adoption, a migration).
 func (a *Agent) BuildHeartbeat(ctx context.Context) (api.HeartbeatRequest, uint64, error) {
-	hb := api.HeartbeatRequest{NodeID: a.nodeID, LocalDrained: a.ops.Drained(), VMs: []structs.VMObservation{}}
-	if hb.LocalDrained {
+	draining := a.ops.Drained()
+	hb := api.HeartbeatRequest{NodeID: a.nodeID, DesiredIndex: a.desiredIndex(), VMs: []structs.VMObservation{}}
+	if draining {
 		id, err := a.store.DrainID()
 		if err != nil {
 			return hb, 0, fmt.Errorf("read the local drain id: %w", err)
@@ -109,6 +110,13 @@ func (a *Agent) BuildHeartbeat(ctx context.Context) (api.HeartbeatRequest, uint6
 		return hb, 0, err
 	}
 	sortObservations(hb.Adopted)
+	if draining {
+		// The local drain is done only once this very listing shows every
+		// chime domain stopped (uniqueness rule 6); until then it is
+		// draining, and the servers take it as no evidence.
+		hb.LocalDrainState = localDrainState(hb.VMsUnknown, domains)
+		hb.LocalDrained = hb.LocalDrainState == structs.LocalDrainDone
+	}
 	migs, last, err := a.store.PendingMigrations()
 	if err != nil {
 		return hb, 0, err
@@ -163,6 +171,20 @@ func sortObservations(obs []structs.VMObservation) {
 // observedState maps a libvirt state onto the API's observation states. A
 // domain in a transitional state may still have a qemu process: it counts
 // as running, so the servers never believe a VM gone while it is not.
+// localDrainState is the state of a local drain in progress given one
+// libvirt listing: drained when it was listed and no chime domain runs.
+func localDrainState(unlisted bool, domains []hypervisor.Domain) string {
+	if unlisted {
+		return structs.LocalDraining
+	}
+	for _, d := range domains {
+		if d.Meta != nil && observedState(d.State) == structs.StateRunning {
+			return structs.LocalDraining
+		}
+	}
+	return structs.LocalDrainDone
+}
+
 func observedState(s string) string {
 	switch s {
 	case hypervisor.StateStopped:

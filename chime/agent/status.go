@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/chime-ha/chime/chime/agent/local"
+	"github.com/chime-ha/chime/chime/structs"
 )
 
 // Status assembles the local status (`chime agent status`). It asks
@@ -16,7 +17,8 @@ import (
 func (a *Agent) Status(ctx context.Context) local.Status {
 	domains, lastPass, passErr := a.rec.Domains()
 	lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	if fresh, err := a.hv.List(lctx); err == nil {
+	fresh, listErr := a.hv.List(lctx)
+	if listErr == nil {
 		domains = fresh
 	}
 	cancel()
@@ -44,7 +46,10 @@ func (a *Agent) Status(ctx context.Context) local.Status {
 		}
 	}
 	a.mu.Unlock()
-	st.LocalDrained = a.ops.Drained()
+	if a.ops.Drained() {
+		st.LocalDrainState = localDrainState(listErr != nil, domains)
+		st.LocalDrained = st.LocalDrainState == structs.LocalDrainDone
+	}
 	st.LibvirtConnected = a.hv.Connected()
 	if passErr != nil {
 		st.ReconcileError = passErr.Error()

@@ -447,3 +447,55 @@ func TestRegistrationLost(t *testing.T) {
 		}
 	}
 }
+
+// TestLocalDrainIsDrainingUntilEveryVMStopped: a local drain whose guest
+// keeps running (it ignored the shutdown) is reported draining, with its
+// id but without local_drained, in the heartbeat and the local status;
+// once every chime domain is stopped it is drained (uniqueness rule 6).
+// The heartbeat carries the index of the last accepted desired state.
+func TestLocalDrainIsDrainingUntilEveryVMStopped(t *testing.T) {
+	ctx := context.Background()
+	s := newStepped(t, 1, nil, dom(idA, "a", hypervisor.StateRunning, 7))
+	if hb, _, err := s.a.BuildHeartbeat(ctx); err != nil || hb.DesiredIndex != 0 || hb.LocalDrainState != "" || hb.LocalDrained {
+		t.Fatalf("heartbeat before any sync and drain = %+v, %v; want desired index 0, no local drain", hb, err)
+	}
+	id, err := s.a.BeginDrain(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.hv.setState(idA, hypervisor.StateRunning) // the guest ignored the shutdown
+	for _, check := range []struct {
+		state   string
+		want    string
+		drained bool
+	}{
+		{hypervisor.StateRunning, structs.LocalDraining, false},
+		{hypervisor.StateStopped, structs.LocalDrainDone, true},
+		{hypervisor.StateRunning, structs.LocalDraining, false}, // a running VM again withdraws it
+	} {
+		s.hv.setState(idA, check.state)
+		hb, _, err := s.a.BuildHeartbeat(ctx)
+		if err != nil || hb.LocalDrainState != check.want || hb.LocalDrained != check.drained || hb.LocalDrainID != id {
+			t.Fatalf("domain %s: heartbeat local_drain_state %q local_drained %v id %q (%v); want %q %v %q",
+				check.state, hb.LocalDrainState, hb.LocalDrained, hb.LocalDrainID, err, check.want, check.drained, id)
+		}
+		if err := hb.Validate(); err != nil {
+			t.Fatalf("heartbeat invalid: %v", err)
+		}
+		if st := s.a.Status(ctx); st.LocalDrainState != check.want || st.LocalDrained != check.drained {
+			t.Fatalf("domain %s: status local_drain_state %q local_drained %v; want %q %v",
+				check.state, st.LocalDrainState, st.LocalDrained, check.want, check.drained)
+		}
+	}
+	if err := s.a.RegisterOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	s.srv.setDesired()
+	if err := s.a.SyncOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	want := s.a.Status(ctx).DesiredIndex
+	if hb, _, err := s.a.BuildHeartbeat(ctx); err != nil || want == 0 || hb.DesiredIndex != want {
+		t.Fatalf("heartbeat desired index %d (%v); want the accepted desired state's %d (> 0)", hb.DesiredIndex, err, want)
+	}
+}

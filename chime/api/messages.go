@@ -60,6 +60,13 @@ type HeartbeatRequest struct {
 	VMs          []structs.VMObservation `json:"vms"`
 	LocalDrained bool                    `json:"local_drained"`
 	LocalDrainID string                  `json:"local_drain_id,omitempty"` // id of the local drain, released by node enable
+	// LocalDrainState is draining while a local drain waits for VMs to
+	// stop, drained once none runs (LocalDrained is then true too).
+	LocalDrainState string `json:"local_drain_state,omitempty"`
+	// DesiredIndex is the index of the last desired state the agent
+	// accepted and applies: a drain ack counts only from a heartbeat whose
+	// desired index is at least the drain's.
+	DesiredIndex uint64 `json:"desired_index"`
 	// VMsUnknown is set when libvirt could not be listed: VMs is then
 	// empty and says nothing about which VMs run.
 	VMsUnknown bool                     `json:"vms_unknown,omitempty"`

@@ -54,6 +54,11 @@ func (r *HeartbeatRequest) Validate() error {
 			return structs.Invalid("vms", "item %d: state %q must be running, stopped or crashed", i, o.State)
 		}
 	}
+	switch r.LocalDrainState {
+	case "", structs.LocalDraining, structs.LocalDrainDone:
+	default:
+		return structs.Invalid("local_drain_state", "%q must be draining, drained or empty", r.LocalDrainState)
+	}
 	if len(r.Adopted) > structs.MaxObservedVMs {
 		return structs.Invalid("adopted", "at most %d adoptions, got %d", structs.MaxObservedVMs, len(r.Adopted))
 	}

@@ -207,8 +207,11 @@ func TestHeartbeatIsOneRaftEntry(t *testing.T) {
 	}
 	n, _ := s.fsm.Node(reg.NodeID)
 	got, _ := s.fsm.VM(vm.ID)
-	if n.MonitorState != structs.MonitorError || !n.LocalDrained || got.State != structs.StateRunning {
-		t.Fatalf("after the heartbeat: node %s local_drained %v, vm %s", n.MonitorState, n.LocalDrained, got.State)
+	// The heartbeat claims a local drain while it lists a VM running: the
+	// claim is recorded as draining, not as evidence (uniqueness rule 6).
+	if n.MonitorState != structs.MonitorError || n.LocalDrained || n.LocalDrainState != structs.LocalDraining || n.LocalDrainID != "d-1" || got.State != structs.StateRunning {
+		t.Fatalf("after the heartbeat: node %s local_drained %v local_drain_state %q local_drain_id %q, vm %s",
+			n.MonitorState, n.LocalDrained, n.LocalDrainState, n.LocalDrainID, got.State)
 	}
 	hb.Migrations = nil // acknowledged by the answer
 	if got := counts(hb); len(got) != 0 {

@@ -22,6 +22,13 @@ const (
 	DesiredStopped = "stopped"
 )
 
+// Local drain states (Node.LocalDrainState, the agent's status): draining
+// until every chime domain is stopped, then drained.
+const (
+	LocalDraining  = "draining"
+	LocalDrainDone = "drained"
+)
+
 // VM observed states, as shown by `chime vm list`.
 const (
 	StateRunning = "running"
@@ -49,10 +56,12 @@ type Node struct {
 	MonitorState    string    `json:"monitor_state"`
 	Faults          []string  `json:"faults,omitempty"`
 	StateSince      time.Time `json:"state_since"`                 // when monitor_state last changed (leader's clock, carried in the command)
-	LocalDrained    bool      `json:"local_drained"`               // the agent reported `chime agent drain` done
+	LocalDrained    bool      `json:"local_drained"`               // a heartbeat proved the local drain done (`chime agent drain`, every VM stopped)
+	LocalDrainState string    `json:"local_drain_state,omitempty"` // LocalDraining or LocalDrainDone; empty without a local drain
 	LocalDrainID    string    `json:"local_drain_id,omitempty"`    // id of the agent's current local drain
 	ReleasedDrainID string    `json:"released_drain_id,omitempty"` // local drain the operator released with node enable
-	DrainAcked      bool      `json:"drain_acked"`                 // the agent reported every VM stopped after a server drain
+	DrainAcked      bool      `json:"drain_acked"`                 // a heartbeat sent after the agent applied the drain listed every VM stopped
+	DrainIndex      uint64    `json:"drain_index,omitempty"`       // Raft index at which management became drained (a drain ack needs a desired index at least this)
 	Fenced          bool      `json:"fenced"`                      // an operator or fence command confirmed the node runs nothing
 
 	CreateIndex uint64 `json:"create_index"`

@@ -28,7 +28,8 @@ type Status struct {
 	Synced           bool          `json:"synced"` // a desired state was received since this process started
 	DesiredIndex     uint64        `json:"desired_index"`
 	LibvirtConnected bool          `json:"libvirt_connected"`
-	LocalDrained     bool          `json:"local_drained"`
+	LocalDrained     bool          `json:"local_drained"`               // a local drain is on and every chime VM is stopped
+	LocalDrainState  string        `json:"local_drain_state,omitempty"` // draining or drained while a local drain is on
 	LastReconcile    time.Time     `json:"last_reconcile,omitzero"`
 	ReconcileError   string        `json:"reconcile_error,omitempty"`
 	VMs              []VM          `json:"vms"`

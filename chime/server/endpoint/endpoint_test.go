@@ -534,3 +534,88 @@ func TestRestartWaitsOnTheClock(t *testing.T) {
 		t.Fatalf("after the timeout the vm is desired %s, want running again", v.DesiredState)
 	}
 }
+
+// TestRebuildTrustsOnlyValidDrainEvidence: a rebuild without
+// --confirm-fenced is refused until a heartbeat sent after the agent
+// applied the drain (its desired index at least the drain's) lists every VM
+// stopped, and refused again once a later heartbeat lists one running
+// (uniqueness rule 6, issue 11 root causes 1 and 8). A local drain claimed
+// while a VM runs is no evidence either.
+func TestRebuildTrustsOnlyValidDrainEvidence(t *testing.T) {
+	w := newWorld(t)
+	ctx := w.ctx
+	w.register("reg-1", hv1ID, "hv1", 1)
+	if _, err := w.ep.CreateVM(ctx, "create-web", api.CreateVMRequest{Name: "web", VCPUs: 1, Memory: 512}); err != nil {
+		t.Fatal(err)
+	}
+	w.register("reg-2", hv2ID, "hv2", 2)
+	web := w.vm("web")
+	if web.NodeID != hv1ID {
+		t.Fatalf("web placed on %s, want hv1 (the only node then)", web.NodeID)
+	}
+	beat := func(desired uint64, state string, localDrain string) {
+		t.Helper()
+		hb := api.HeartbeatRequest{NodeID: hv1ID, VMs: []structs.VMObservation{observed(web, state)}, DesiredIndex: desired,
+			LocalDrainState: localDrain, LocalDrained: localDrain == structs.LocalDrainDone, LocalDrainID: map[bool]string{true: "d-1"}[localDrain != ""]}
+		if _, err := w.ep.Heartbeat(ctx, w.node(hv1ID), hb); err != nil {
+			t.Fatalf("heartbeat: %v", err)
+		}
+	}
+	before, err := w.ep.Desired(w.node(hv1ID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	beat(before.Index, structs.StateRunning, "")
+	// An old agent's claim: locally drained while web runs.
+	beat(before.Index, structs.StateRunning, structs.LocalDrainDone)
+	if _, err := w.ep.NodeAction(ctx, "drain", hv1ID, endpoint.NodeDrain, false); err != nil {
+		t.Fatal(err)
+	}
+	after, err := w.ep.Desired(w.node(hv1ID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.Index < w.node(hv1ID).DrainIndex || w.node(hv1ID).DrainIndex == 0 {
+		t.Fatalf("desired index %d after the drain, node drain_index %d: the drained desired state must be at least the drain's index",
+			after.Index, w.node(hv1ID).DrainIndex)
+	}
+	steps := []struct {
+		name     string
+		desired  uint64
+		state    string
+		wantAck  bool
+		rebuilds bool // the rebuild is accepted (only the last step)
+	}{
+		{"claimed local drain while running", before.Index, structs.StateRunning, false, false},
+		{"stopped, but the agent had not applied the drain", before.Index, structs.StateStopped, false, false},
+		{"stopped after applying the drain", after.Index, structs.StateStopped, true, false},
+		{"running again: the evidence is withdrawn", after.Index, structs.StateRunning, false, false},
+		{"stopped again after applying the drain", after.Index, structs.StateStopped, true, true},
+	}
+	for i, st := range steps {
+		beat(st.desired, st.state, "")
+		n := w.node(hv1ID)
+		if n.DrainAcked != st.wantAck || n.LocalDrained {
+			t.Fatalf("%s: node drain_acked %v local_drained %v, want drain_acked %v and no local drain", st.name, n.DrainAcked, n.LocalDrained, st.wantAck)
+		}
+		if st.wantAck && !st.rebuilds {
+			continue
+		}
+		_, err := w.ep.NodeAction(ctx, fmt.Sprintf("rebuild-%d", i), hv1ID, endpoint.NodeRebuild, false)
+		if st.rebuilds {
+			if err != nil {
+				t.Fatalf("%s: rebuild refused: %v", st.name, err)
+			}
+			if got := w.vm("web"); got.NodeID != hv2ID {
+				t.Fatalf("%s: rebuild placed web on %s, want hv2", st.name, got.NodeID)
+			}
+			continue
+		}
+		if !errors.Is(err, structs.ErrConflict) || structs.AsError(err).Field != "confirm_fenced" {
+			t.Fatalf("%s: rebuild answered %v, want a conflict naming confirm_fenced", st.name, err)
+		}
+		if got := w.vm("web"); got.NodeID != hv1ID {
+			t.Fatalf("%s: refused rebuild moved web to %s", st.name, got.NodeID)
+		}
+	}
+}

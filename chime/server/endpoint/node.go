@@ -2,6 +2,7 @@ package endpoint
 
 import (
 	"context"
+	"fmt"
 
 	"github.com/chime-ha/chime/chime/structs"
 	"github.com/chime-ha/chime/fsm"
@@ -125,6 +126,21 @@ func (e *Endpoints) drain(ctx context.Context, reqID string, n *structs.Node) (*
 	return e.tasks.Create(ctx, reqID, structs.Task{ID: e.ids.NewID(), Kind: structs.TaskDrain, NodeID: n.ID, Steps: steps})
 }
 
+// runningHere names a VM placed on n whose last observation says it runs
+// on n, or "" when none does.
+func (e *Endpoints) runningHere(n *structs.Node) (string, error) {
+	vms, _, err := e.state.VMsOnNode(n.ID)
+	if err != nil {
+		return "", fmt.Errorf("read vms on node %s: %w", n.Name, err)
+	}
+	for _, vm := range vms {
+		if o := vm.Observed; o != nil && o.NodeID == n.ID && o.State == structs.StateRunning {
+			return vm.Name, nil
+		}
+	}
+	return "", nil
+}
+
 // rebuild recreates every VM of a drained node elsewhere. Uniqueness rule
 // 3: only when the node is known to run none of them — it acknowledged the
 // drain, reported a local drain, or the operator confirmed it fenced.
@@ -132,7 +148,17 @@ func (e *Endpoints) rebuild(ctx context.Context, reqID string, n *structs.Node, 
 	if n.ManagementState != structs.NodeDrained {
 		return nil, structs.Conflict("id", "node %s is %s: rebuild needs a drained node (chime node drain %s)", n.Name, n.ManagementState, n.Name)
 	}
-	known := n.DrainAcked || n.LocalDrained || n.Fenced
+	known := n.Fenced
+	if n.DrainAcked || n.LocalDrained {
+		// Evidence counts only while it is still valid (uniqueness rule
+		// 6): the FSM withdraws it with the heartbeat that lists a running
+		// VM; a VM recorded as running here voids it all the same.
+		running, err := e.runningHere(n)
+		if err != nil {
+			return nil, err
+		}
+		known = known || running == ""
+	}
 	if !known && !confirmFenced {
 		return nil, structs.Conflict("confirm_fenced", "node %s has not acknowledged the drain (its VMs may still run): "+
 			"wait for the acknowledgement, run `chime agent drain` on the node, or power it off and pass --confirm-fenced", n.Name)

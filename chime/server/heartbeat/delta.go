@@ -10,13 +10,17 @@ import (
 
 // Report is one heartbeat as the agent sent it, validated by the endpoint.
 type Report struct {
-	Faults       []string                 // the agent's health faults
-	VMs          []structs.VMObservation  // every chime domain on the node
-	VMsUnknown   bool                     // libvirt could not be listed: VMs says nothing
-	LocalDrained bool                     // the local drain flag (`chime agent drain`)
-	LocalDrainID string                   // id of the local drain
-	Adopted      []structs.VMObservation  // domains that arrived by node-local migration
-	Migrations   []structs.LocalMigration // node-local migrations sent from the node
+	Faults       []string                // the agent's health faults
+	VMs          []structs.VMObservation // every chime domain on the node
+	VMsUnknown   bool                    // libvirt could not be listed: VMs says nothing
+	LocalDrained bool                    // the agent reports its local drain done (`chime agent drain`): a claim, judged here
+	LocalDrainID string                  // id of the local drain
+	// LocalDrainState is draining or drained while a local drain is on
+	// (empty from agents that predate it: LocalDrained alone then).
+	LocalDrainState string
+	DesiredIndex    uint64                   // the desired-state index the agent had applied
+	Adopted         []structs.VMObservation  // domains that arrived by node-local migration
+	Migrations      []structs.LocalMigration // node-local migrations sent from the node
 }
 
 // stateFromHeartbeat is the monitor state a heartbeat with these faults means.
@@ -35,7 +39,11 @@ func stateFromHeartbeat(faults []string) string {
 func buildDelta(st State, n *structs.Node, r Report) (*fsm.Heartbeat, error) {
 	d := &fsm.Heartbeat{NodeID: n.ID}
 	adopting := map[string]bool{}
+	anyRunning := false
 	for _, o := range r.Adopted {
+		if o.State == structs.StateRunning {
+			anyRunning = true
+		}
 		vm, err := st.VM(o.VMID)
 		if err != nil && !structs.IsNotFound(err) {
 			return nil, err
@@ -49,7 +57,6 @@ func buildDelta(st State, n *structs.Node, r Report) (*fsm.Heartbeat, error) {
 		adopting[o.VMID] = true
 	}
 
-	anyRunning := false
 	listed := map[string]bool{}
 	for _, o := range r.VMs {
 		listed[o.VMID] = true
@@ -92,16 +99,38 @@ func buildDelta(st State, n *structs.Node, r Report) (*fsm.Heartbeat, error) {
 		}
 	}
 
-	if r.LocalDrained != n.LocalDrained {
-		v := r.LocalDrained
-		d.LocalDrained = &v
+	// Drain flags are evidence (uniqueness rule 6): this heartbeat proves
+	// nothing runs only when libvirt was listed and no domain runs.
+	stopped := !anyRunning && !r.VMsUnknown
+	localState := r.LocalDrainState
+	if localState == "" && r.LocalDrained {
+		localState = structs.LocalDrainDone // an agent that predates the state
+	}
+	if localState == structs.LocalDrainDone && !stopped {
+		localState = structs.LocalDraining
+	}
+	if !r.VMsUnknown || anyRunning { // an unlistable libvirt changes nothing
+		if localDrained := localState == structs.LocalDrainDone; localDrained != n.LocalDrained {
+			d.LocalDrained = &localDrained
+		}
+		if localState != n.LocalDrainState {
+			d.LocalDrainState = &localState
+		}
 	}
 	if r.LocalDrainID != "" && r.LocalDrainID != n.LocalDrainID {
 		v := r.LocalDrainID
 		d.LocalDrainID = &v
 	}
-	if acked := n.ManagementState == structs.NodeDrained && !anyRunning && !r.VMsUnknown; acked && !n.DrainAcked {
+	acked := n.ManagementState == structs.NodeDrained && stopped && r.DesiredIndex >= n.DrainIndex
+	switch {
+	case acked && !n.DrainAcked:
 		d.DrainAcked = &acked
+	case anyRunning && n.DrainAcked:
+		no := false
+		d.DrainAcked = &no
+	}
+	if d.LocalDrained != nil || d.LocalDrainState != nil || d.DrainAcked != nil {
+		d.Evidence = &fsm.DrainEvidence{DesiredIndex: r.DesiredIndex, Running: anyRunning, Unknown: r.VMsUnknown}
 	}
 	d.LocalMigrations = r.Migrations
 
@@ -115,7 +144,7 @@ func buildDelta(st State, n *structs.Node, r Report) (*fsm.Heartbeat, error) {
 		d.Monitor = &fsm.MonitorTransition{State: want, Faults: faults, Reason: reason}
 	}
 
-	if len(d.Adoptions) == 0 && len(d.Observations) == 0 && d.LocalDrained == nil && d.LocalDrainID == nil &&
+	if len(d.Adoptions) == 0 && len(d.Observations) == 0 && d.LocalDrained == nil && d.LocalDrainID == nil && d.LocalDrainState == nil &&
 		d.DrainAcked == nil && len(d.LocalMigrations) == 0 && d.Monitor == nil {
 		return nil, nil
 	}

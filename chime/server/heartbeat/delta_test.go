@@ -13,7 +13,7 @@ import (
 // TestBuildDelta: what a heartbeat writes is what differs from the state,
 // and nothing when nothing does.
 func TestBuildDelta(t *testing.T) {
-	yes := true
+	yes, no := true, false
 	running := func(id string, gen uint64) structs.VMObservation {
 		return structs.VMObservation{VMID: id, State: structs.StateRunning, Reason: "booted", Generation: gen}
 	}
@@ -41,11 +41,55 @@ func TestBuildDelta(t *testing.T) {
 			w.must(fsm.CmdSetManagement, fsm.SetManagement{NodeID: a.ID, State: structs.NodeDrained})
 			return a.ID, Report{VMsUnknown: true}, nil
 		}},
-		{"drained node running nothing: drain acknowledged", func(w *world, a, b structs.Node, vm structs.VM, gen uint64) (string, Report, *fsm.Heartbeat) {
+		{"drained node running nothing, drain applied: drain acknowledged", func(w *world, a, b structs.Node, vm structs.VM, gen uint64) (string, Report, *fsm.Heartbeat) {
 			stopped := structs.VMObservation{VMID: vm.ID, State: structs.StateStopped, Reason: "shutdown", Generation: gen}
 			w.beat(a.ID, Report{VMs: []structs.VMObservation{stopped}})
-			w.must(fsm.CmdSetManagement, fsm.SetManagement{NodeID: a.ID, State: structs.NodeDrained})
-			return a.ID, Report{VMs: []structs.VMObservation{stopped}}, &fsm.Heartbeat{NodeID: a.ID, DrainAcked: &yes}
+			di := w.must(fsm.CmdSetManagement, fsm.SetManagement{NodeID: a.ID, State: structs.NodeDrained}).Index
+			return a.ID, Report{VMs: []structs.VMObservation{stopped}, DesiredIndex: di},
+				&fsm.Heartbeat{NodeID: a.ID, DrainAcked: &yes, Evidence: &fsm.DrainEvidence{DesiredIndex: di}}
+		}},
+		{"drained node running nothing, heartbeat from before the drain: no ack (RC8)", func(w *world, a, b structs.Node, vm structs.VM, gen uint64) (string, Report, *fsm.Heartbeat) {
+			stopped := structs.VMObservation{VMID: vm.ID, State: structs.StateStopped, Reason: "shutdown", Generation: gen}
+			w.beat(a.ID, Report{VMs: []structs.VMObservation{stopped}})
+			di := w.must(fsm.CmdSetManagement, fsm.SetManagement{NodeID: a.ID, State: structs.NodeDrained}).Index
+			return a.ID, Report{VMs: []structs.VMObservation{stopped}, DesiredIndex: di - 1}, nil
+		}},
+		{"acknowledged drain, then a running VM: ack withdrawn (RC8)", func(w *world, a, b structs.Node, vm structs.VM, gen uint64) (string, Report, *fsm.Heartbeat) {
+			stopped := structs.VMObservation{VMID: vm.ID, State: structs.StateStopped, Reason: "shutdown", Generation: gen}
+			w.beat(a.ID, Report{VMs: []structs.VMObservation{stopped}})
+			di := w.must(fsm.CmdSetManagement, fsm.SetManagement{NodeID: a.ID, State: structs.NodeDrained}).Index
+			w.beat(a.ID, Report{VMs: []structs.VMObservation{stopped}, DesiredIndex: di})
+			if !w.node(a.ID).DrainAcked {
+				t.Fatal("setup: the drain was not acknowledged")
+			}
+			return a.ID, Report{VMs: []structs.VMObservation{running(vm.ID, gen)}, DesiredIndex: di},
+				&fsm.Heartbeat{NodeID: a.ID, Observations: []structs.VMObservation{running(vm.ID, gen)}, DrainAcked: &no,
+					Evidence: &fsm.DrainEvidence{DesiredIndex: di, Running: true}}
+		}},
+		{"local drain claimed while a VM runs: draining, no evidence (RC1)", func(w *world, a, b structs.Node, vm structs.VM, gen uint64) (string, Report, *fsm.Heartbeat) {
+			w.beat(a.ID, Report{VMs: []structs.VMObservation{running(vm.ID, gen)}})
+			return a.ID, Report{VMs: []structs.VMObservation{running(vm.ID, gen)}, LocalDrained: true, LocalDrainID: "d-1"},
+				&fsm.Heartbeat{NodeID: a.ID, LocalDrainID: ptr("d-1"), LocalDrainState: ptr(structs.LocalDraining),
+					Evidence: &fsm.DrainEvidence{Running: true}}
+		}},
+		{"local drain with every VM stopped: drained", func(w *world, a, b structs.Node, vm structs.VM, gen uint64) (string, Report, *fsm.Heartbeat) {
+			stopped := structs.VMObservation{VMID: vm.ID, State: structs.StateStopped, Reason: "shutdown", Generation: gen}
+			w.beat(a.ID, Report{VMs: []structs.VMObservation{stopped}})
+			return a.ID, Report{VMs: []structs.VMObservation{stopped}, LocalDrained: true, LocalDrainState: structs.LocalDrainDone, LocalDrainID: "d-1"},
+				&fsm.Heartbeat{NodeID: a.ID, LocalDrained: &yes, LocalDrainID: ptr("d-1"), LocalDrainState: ptr(structs.LocalDrainDone),
+					Evidence: &fsm.DrainEvidence{}}
+		}},
+		{"local drain done, then a running VM: withdrawn (RC1)", func(w *world, a, b structs.Node, vm structs.VM, gen uint64) (string, Report, *fsm.Heartbeat) {
+			stopped := structs.VMObservation{VMID: vm.ID, State: structs.StateStopped, Reason: "shutdown", Generation: gen}
+			w.beat(a.ID, Report{VMs: []structs.VMObservation{stopped}, LocalDrained: true, LocalDrainState: structs.LocalDrainDone, LocalDrainID: "d-1"})
+			return a.ID, Report{VMs: []structs.VMObservation{running(vm.ID, gen)}, LocalDrained: true, LocalDrainState: structs.LocalDrainDone, LocalDrainID: "d-1"},
+				&fsm.Heartbeat{NodeID: a.ID, Observations: []structs.VMObservation{running(vm.ID, gen)}, LocalDrained: &no,
+					LocalDrainState: ptr(structs.LocalDraining), Evidence: &fsm.DrainEvidence{Running: true}}
+		}},
+		{"local drain done, libvirt not listed: nothing withdrawn", func(w *world, a, b structs.Node, vm structs.VM, gen uint64) (string, Report, *fsm.Heartbeat) {
+			stopped := structs.VMObservation{VMID: vm.ID, State: structs.StateStopped, Reason: "shutdown", Generation: gen}
+			w.beat(a.ID, Report{VMs: []structs.VMObservation{stopped}, LocalDrained: true, LocalDrainState: structs.LocalDrainDone, LocalDrainID: "d-1"})
+			return a.ID, Report{VMsUnknown: true, LocalDrainState: structs.LocalDraining, LocalDrainID: "d-1"}, nil
 		}},
 		{"stale running copy elsewhere: sent, for its event", func(w *world, a, b structs.Node, vm structs.VM, gen uint64) (string, Report, *fsm.Heartbeat) {
 			return b.ID, Report{VMs: []structs.VMObservation{running(vm.ID, gen)}},
@@ -94,3 +138,5 @@ func TestBuildDelta(t *testing.T) {
 		})
 	}
 }
+
+func ptr[T any](v T) *T { return &v }

@@ -308,7 +308,9 @@ func TestOneHeartbeatIsOneEntry(t *testing.T) {
 		t.Fatalf("outcome %+v, want adopted [%s] rejected [%s]", out, db.ID, gone)
 	}
 	got := w.node(b.ID)
-	if got.MonitorState != structs.MonitorError || !got.LocalDrained || got.LocalDrainID != "d-1" {
+	// A local drain claimed while VMs run is recorded as draining, never
+	// as evidence (uniqueness rule 6).
+	if got.MonitorState != structs.MonitorError || got.LocalDrained || got.LocalDrainState != structs.LocalDraining || got.LocalDrainID != "d-1" {
 		t.Fatalf("node after the heartbeat: %+v", got)
 	}
 	for _, id := range []string{web.ID, db.ID} {
