@@ -380,8 +380,7 @@ func Suspects(sc *Schedule) []string {
 		case slices.Contains(c, "lose-state") || slices.Contains(c, "lose-disk"):
 			has["rc6 lost state dir"] = true
 		case c[0] == "agent-drain":
-			drained[c[1]] = true
-			has["rc1 local drain"] = true
+			drained[c[1]] = true // rc1 (local drain flag while running) is fixed: no trigger
 		case c[0] == "enable" && drained[c[1]]:
 			has["f11 enable after a local drain"] = true
 		case c[0] == "rebuild" && slices.Contains(c, "confirm-fenced"):

@@ -555,13 +555,13 @@ func TestRebuildTrustsOnlyValidDrainEvidence(t *testing.T) {
 	}
 	beat := func(desired uint64, state string, localDrain string) {
 		t.Helper()
-		hb := api.HeartbeatRequest{NodeID: hv1ID, VMs: []structs.VMObservation{observed(web, state)}, DesiredIndex: desired,
+		hb := api.HeartbeatRequest{NodeID: hv1ID, VMs: []structs.VMObservation{fsmtest.Observation(web, state)}, DesiredIndex: desired,
 			LocalDrainState: localDrain, LocalDrained: localDrain == structs.LocalDrainDone, LocalDrainID: map[bool]string{true: "d-1"}[localDrain != ""]}
-		if _, err := w.ep.Heartbeat(ctx, w.node(hv1ID), hb); err != nil {
+		if _, err := w.ep.Heartbeat(ctx, w.Node(hv1ID), hb); err != nil {
 			t.Fatalf("heartbeat: %v", err)
 		}
 	}
-	before, err := w.ep.Desired(w.node(hv1ID))
+	before, err := w.ep.Desired(w.Node(hv1ID))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -571,13 +571,13 @@ func TestRebuildTrustsOnlyValidDrainEvidence(t *testing.T) {
 	if _, err := w.ep.NodeAction(ctx, "drain", hv1ID, endpoint.NodeDrain, false); err != nil {
 		t.Fatal(err)
 	}
-	after, err := w.ep.Desired(w.node(hv1ID))
+	after, err := w.ep.Desired(w.Node(hv1ID))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if after.Index < w.node(hv1ID).DrainIndex || w.node(hv1ID).DrainIndex == 0 {
+	if after.Index < w.Node(hv1ID).DrainIndex || w.Node(hv1ID).DrainIndex == 0 {
 		t.Fatalf("desired index %d after the drain, node drain_index %d: the drained desired state must be at least the drain's index",
-			after.Index, w.node(hv1ID).DrainIndex)
+			after.Index, w.Node(hv1ID).DrainIndex)
 	}
 	steps := []struct {
 		name     string
@@ -594,7 +594,7 @@ func TestRebuildTrustsOnlyValidDrainEvidence(t *testing.T) {
 	}
 	for i, st := range steps {
 		beat(st.desired, st.state, "")
-		n := w.node(hv1ID)
+		n := w.Node(hv1ID)
 		if n.DrainAcked != st.wantAck || n.LocalDrained {
 			t.Fatalf("%s: node drain_acked %v local_drained %v, want drain_acked %v and no local drain", st.name, n.DrainAcked, n.LocalDrained, st.wantAck)
 		}
