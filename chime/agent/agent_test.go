@@ -245,7 +245,7 @@ func (f *fakeServers) register(w http.ResponseWriter, r *http.Request) {
 	f.mu.Lock()
 	f.desired.NodeID = req.ID
 	f.mu.Unlock()
-	writeJSON(w, http.StatusOK, api.RegisterResponse{NodeID: req.ID, Secret: f.secret,
+	api.WriteJSON(w, http.StatusOK, api.RegisterResponse{NodeID: req.ID, Secret: f.secret,
 		Timing: api.Timing{HeartbeatInterval: 30 * time.Millisecond, MissedHeartbeats: 3}})
 }
 
@@ -267,7 +267,7 @@ func (f *fakeServers) heartbeat(w http.ResponseWriter, r *http.Request) {
 	f.mu.Lock()
 	f.heartbeats = append(f.heartbeats, hb)
 	f.mu.Unlock()
-	writeJSON(w, http.StatusOK, api.HeartbeatResponse{Timing: api.Timing{HeartbeatInterval: 30 * time.Millisecond, MissedHeartbeats: 3}})
+	api.WriteJSON(w, http.StatusOK, api.HeartbeatResponse{Timing: api.Timing{HeartbeatInterval: 30 * time.Millisecond, MissedHeartbeats: 3}})
 }
 
 func (f *fakeServers) desiredHandler(w http.ResponseWriter, r *http.Request) {
@@ -296,7 +296,7 @@ func (f *fakeServers) desiredHandler(w http.ResponseWriter, r *http.Request) {
 	ds := f.desired
 	f.mu.Unlock()
 	f.log.add("server:desired %d", ds.Index)
-	writeJSON(w, http.StatusOK, ds)
+	api.WriteJSON(w, http.StatusOK, ds)
 }
 
 // heartbeatsSince returns the heartbeats received after the first n.

@@ -27,7 +27,7 @@ type PingResponse struct {
 func (a *Agent) apiHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/ping", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, PingResponse{NodeID: a.nodeID, Name: a.cfg.Name})
+		api.WriteJSON(w, http.StatusOK, PingResponse{NodeID: a.nodeID, Name: a.cfg.Name})
 	})
 	mux.HandleFunc("POST /v1/adopt", a.handleAdopt)
 	return mux
@@ -39,14 +39,14 @@ func (a *Agent) handleAdopt(w http.ResponseWriter, r *http.Request) {
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<10))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&ad); err != nil {
-		writeJSON(w, http.StatusBadRequest, errorBody{Error: "body: " + err.Error()})
+		api.WriteJSON(w, http.StatusBadRequest, &api.Error{Message: "body: " + err.Error()})
 		return
 	}
 	if err := a.Adopt(ad); err != nil {
-		writeJSON(w, api.StatusOf(err), errorBody{Error: err.Error()})
+		api.WriteJSON(w, api.StatusOf(err), &api.Error{Message: err.Error()})
 		return
 	}
-	writeJSON(w, http.StatusOK, ad)
+	api.WriteJSON(w, http.StatusOK, ad)
 }
 
 // peerClient announces adoptions to the agent API of another agent.
@@ -74,21 +74,11 @@ func (p peerClient) AnnounceAdoption(ctx context.Context, dest string, ad store.
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode/100 != 2 {
-		var e errorBody
-		if err := json.NewDecoder(resp.Body).Decode(&e); err != nil || e.Error == "" {
-			e.Error = "no error message"
+		var e api.Error
+		if err := json.NewDecoder(resp.Body).Decode(&e); err != nil || e.Message == "" {
+			e.Message = "no error message"
 		}
-		return fmt.Errorf("HTTP %d: %s", resp.StatusCode, e.Error)
+		return fmt.Errorf("HTTP %d: %s", resp.StatusCode, e.Message)
 	}
 	return nil
-}
-
-type errorBody struct {
-	Error string `json:"error"`
-}
-
-func writeJSON(w http.ResponseWriter, status int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(v) // the client went away: nobody to tell
 }

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"encoding/json"
 	"errors"
 	"net/http"
 
@@ -82,4 +83,13 @@ func AsError(err error) *Error {
 // Unauthorized returns a 401 body: credentials are missing or unknown.
 func Unauthorized(field, message string) *Error {
 	return &Error{Status: http.StatusUnauthorized, Field: field, Message: message}
+}
+
+// WriteJSON writes v as the JSON body of an answer with the given status:
+// the one writer of the agent's HTTP APIs (peer and local socket). An
+// encoding error means the client went away: there is nobody to tell.
+func WriteJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
 }

@@ -98,43 +98,33 @@ type Backend interface {
 func Handler(b Backend) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, b.Status(r.Context()))
+		api.WriteJSON(w, http.StatusOK, b.Status(r.Context()))
 	})
 	mux.HandleFunc("POST /drain", func(w http.ResponseWriter, r *http.Request) {
 		res, err := b.Drain(r.Context())
 		if err != nil {
-			writeJSON(w, http.StatusInternalServerError, errorBody{Error: err.Error()})
+			api.WriteJSON(w, http.StatusInternalServerError, &api.Error{Message: err.Error()})
 			return
 		}
-		writeJSON(w, http.StatusOK, res)
+		api.WriteJSON(w, http.StatusOK, res)
 	})
 	mux.HandleFunc("POST /migrate", func(w http.ResponseWriter, r *http.Request) {
 		var req MigrateRequest
 		dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<10))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&req); err != nil {
-			writeJSON(w, http.StatusBadRequest, errorBody{Error: "body: " + err.Error()})
+			api.WriteJSON(w, http.StatusBadRequest, &api.Error{Message: "body: " + err.Error()})
 			return
 		}
 		res, err := b.Migrate(r.Context(), req)
 		if err != nil {
 			e := api.AsError(err)
-			writeJSON(w, e.Status, errorBody{Error: e.Message})
+			api.WriteJSON(w, e.Status, &api.Error{Message: e.Message})
 			return
 		}
-		writeJSON(w, http.StatusOK, res)
+		api.WriteJSON(w, http.StatusOK, res)
 	})
 	return mux
-}
-
-type errorBody struct {
-	Error string `json:"error"`
-}
-
-func writeJSON(w http.ResponseWriter, status int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(v) // the client went away: nobody to tell
 }
 
 // Listen listens on a unix socket only its owner may use. A socket file
