@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chime-ha/chime/chime/agent/agenttest"
 	"github.com/chime-ha/chime/chime/agent/local"
 	"github.com/chime-ha/chime/chime/agent/reconcile"
 	"github.com/chime-ha/chime/chime/agent/store"
@@ -26,25 +27,17 @@ import (
 )
 
 const (
-	idA = "aaaaaaaa-0000-0000-0000-000000000001"
-	idB = "bbbbbbbb-0000-0000-0000-000000000002"
-	idC = "cccccccc-0000-0000-0000-000000000003"
-	idX = "ffffffff-0000-0000-0000-00000000000f" // a domain chime does not manage
+	idA = agenttest.IDA
+	idB = agenttest.IDB
+	idC = agenttest.IDC
+	idX = agenttest.IDX
 )
 
-func dvm(id, name, state string, gen uint64) api.DesiredVM {
-	return api.DesiredVM{ID: id, Name: name, DesiredState: state, Generation: gen,
-		Spec: structs.VMSpec{VCPUs: 1, MemoryMiB: 64}}
-}
-
-func dom(id, name, state string, gen uint64) hypervisor.Domain {
-	return hypervisor.Domain{UUID: id, Name: hypervisor.DomainName(name), State: state,
-		Meta: &hypervisor.Meta{VMID: id, Generation: gen}}
-}
-
-func foreign(id, name, state string) hypervisor.Domain {
-	return hypervisor.Domain{UUID: id, Name: name, State: state}
-}
+var (
+	dvm     = agenttest.DesiredVM
+	dom     = agenttest.Domain
+	foreign = agenttest.Foreign
+)
 
 // callLog is one ordered record of what both sides saw, so a test can
 // check that a libvirt call happened before a request to the servers.

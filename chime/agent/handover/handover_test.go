@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chime-ha/chime/chime/agent/agenttest"
 	"github.com/chime-ha/chime/chime/agent/clock"
 	"github.com/chime-ha/chime/chime/agent/reconcile"
 	"github.com/chime-ha/chime/chime/agent/store"
@@ -20,8 +21,8 @@ import (
 )
 
 const (
-	idA = "aaaaaaaa-0000-0000-0000-000000000001"
-	idB = "bbbbbbbb-0000-0000-0000-000000000002"
+	idA = agenttest.IDA
+	idB = agenttest.IDB
 )
 
 var errDisk = errors.New("injected: input/output error")

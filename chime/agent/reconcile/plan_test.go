@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/chime-ha/chime/chime/agent/agenttest"
 	"github.com/chime-ha/chime/chime/structs"
 
 	"github.com/chime-ha/chime/chime/api"
@@ -12,25 +13,17 @@ import (
 )
 
 const (
-	idA = "aaaaaaaa-0000-0000-0000-000000000001"
-	idB = "bbbbbbbb-0000-0000-0000-000000000002"
-	idC = "cccccccc-0000-0000-0000-000000000003"
-	idX = "ffffffff-0000-0000-0000-00000000000f" // a domain chime does not manage
+	idA = agenttest.IDA
+	idB = agenttest.IDB
+	idC = agenttest.IDC
+	idX = agenttest.IDX
 )
 
-func dvm(id, name, state string, gen uint64) api.DesiredVM {
-	return api.DesiredVM{ID: id, Name: name, DesiredState: state, Generation: gen,
-		Spec: structs.VMSpec{VCPUs: 1, MemoryMiB: 64}}
-}
-
-func dom(id, name, state string, gen uint64) hypervisor.Domain {
-	return hypervisor.Domain{UUID: id, Name: hypervisor.DomainName(name), State: state,
-		Meta: &hypervisor.Meta{VMID: id, Generation: gen}}
-}
-
-func foreign(id, name, state string) hypervisor.Domain {
-	return hypervisor.Domain{UUID: id, Name: name, State: state}
-}
+var (
+	dvm     = agenttest.DesiredVM
+	dom     = agenttest.Domain
+	foreign = agenttest.Foreign
+)
 
 // defined records every desired VM as defined with its current spec.
 func defined(vms ...api.DesiredVM) map[string]hypervisor.DomainSpec {

@@ -7,6 +7,7 @@ import (
 	"reflect"
 	"testing"
 
+	"github.com/chime-ha/chime/chime/agent/agenttest"
 	"github.com/chime-ha/chime/chime/structs"
 
 	"github.com/chime-ha/chime/chime/api"
@@ -14,15 +15,14 @@ import (
 )
 
 const (
-	idA = "aaaaaaaa-0000-0000-0000-000000000001"
-	idB = "bbbbbbbb-0000-0000-0000-000000000002"
-	idC = "cccccccc-0000-0000-0000-000000000003"
+	idA = agenttest.IDA
+	idB = agenttest.IDB
+	idC = agenttest.IDC
 )
 
-func dvm(id, name, state string, gen uint64) api.DesiredVM {
-	return api.DesiredVM{ID: id, Name: name, DesiredState: state, Generation: gen,
-		Spec: structs.VMSpec{VCPUs: 1, MemoryMiB: 64}}
-}
+var (
+	dvm = agenttest.DesiredVM
+)
 
 func TestStoreRoundTripAndReopen(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "agent.db")
