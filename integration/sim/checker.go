@@ -365,13 +365,38 @@ func (c *Checker) finalConverge(l *Server) {
 				s.Name, l.Name, s.applied, l.applied, dumpDiff(want, got)))
 		}
 	}
+	// A node whose host is healthy after the quiet period is normal again:
+	// its agent heartbeats. One that is not is a view that never converged
+	// (for example an agent whose registration under a new identity is
+	// refused while the old node stays unreachable: root cause 6).
+	nodes, err := l.FSM.Nodes()
+	if err != nil {
+		c.report(InvConverge, "read nodes: "+err.Error())
+		return
+	}
+	normal := map[string]bool{}
+	for _, n := range nodes {
+		normal[n.ID] = n.MonitorState == structs.MonitorNormal
+		h := c.s.hostByNode(n.ID)
+		if h == nil || !c.healthyHost(h) || normal[n.ID] {
+			continue
+		}
+		agentSays := "its agent runs as this node"
+		if !h.proc.reg {
+			agentSays = "its agent runs but is not registered"
+		}
+		c.report(InvConverge, fmt.Sprintf("node %s is %s in the leader's state, although its host is healthy (%s)", n.Name, n.MonitorState, agentSays))
+	}
 	vms, err := l.FSM.VMs()
 	if err != nil {
 		return
 	}
 	running := c.running()
 	for _, vm := range vms {
-		if vm.NodeID == "" {
+		// The observations of a node that is not normal are the last it
+		// sent, not a claim about now: the node check above reports the
+		// node itself.
+		if vm.NodeID == "" || !normal[vm.NodeID] {
 			continue
 		}
 		h := c.s.hostByNode(vm.NodeID)
