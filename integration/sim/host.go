@@ -245,15 +245,12 @@ func (s *Sim) machineAt(addr string) (name string, k Net, ok bool) {
 }
 
 // HypervisorAt is the World the hypervisors migrate through: the host at
-// a libvirt or migration URI's host part. The network of each address
-// looked up is noted for the MigrationLinkUp that follows (the hypervisor
-// calls them in that order, single-threaded).
+// a libvirt or migration URI's host part.
 func (s *Sim) HypervisorAt(addr string) *Hypervisor {
-	name, k, ok := s.machineAt(addr)
+	name, _, ok := s.machineAt(addr)
 	if !ok {
 		return nil
 	}
-	s.migrationNets = append(s.migrationNets, k)
 	if h := s.Host(name); h != nil {
 		return h.HV
 	}
@@ -262,10 +259,14 @@ func (s *Sim) HypervisorAt(addr string) *Hypervisor {
 
 // MigrationLinkUp says whether from's libvirtd reaches to's, and its qemu
 // the destination's migration port: both ways on every network the
-// migration's two URIs named.
-func (s *Sim) MigrationLinkUp(from, to string) bool {
-	nets := s.migrationNets
-	s.migrationNets = nil
+// migration's URIs named (addrs; the management network when none does).
+func (s *Sim) MigrationLinkUp(from, to string, addrs ...string) bool {
+	var nets []Net
+	for _, a := range addrs {
+		if _, k, ok := s.machineAt(a); ok {
+			nets = append(nets, k)
+		}
+	}
 	if len(nets) == 0 {
 		nets = []Net{Mgmt}
 	}

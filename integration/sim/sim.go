@@ -51,7 +51,6 @@ type Sim struct {
 	// fails (before, during, or with its reply lost).
 	nextMigration   map[string]MigrationOutcome
 	migrationFaults float64
-	migrationNets   []Net // networks of the addresses a migration looked up (HypervisorAt)
 	localMoves      []localMove
 }
 
