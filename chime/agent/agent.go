@@ -140,7 +140,7 @@ func New(cfg Config, hv Hypervisor, opts ...Option) (*Agent, error) {
 		Logger: cfg.Logger.Named("handover"),
 	})
 	hc := cfg.healthConfig(a.requestHeartbeat)
-	hc.Clock, hc.StorageProbe = o.clock, o.storageProbe
+	hc.Clock, hc.StorageProbe, hc.BusinessNet = o.clock, o.storageProbe, o.businessNet
 	a.health = health.New(hc)
 	return a, nil
 }

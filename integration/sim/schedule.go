@@ -282,7 +282,7 @@ func (s *Sim) Exec(f []string) error {
 		return nil, fmt.Errorf("%s: no server %q", f[0], f[1])
 	}
 	machine := func(name string) error {
-		if s.Host(name) == nil && s.Cluster.Server(name) == nil && name != opMachine {
+		if s.Host(name) == nil && s.Cluster.Server(name) == nil && name != opMachine && name != gatewayMachine {
 			return fmt.Errorf("%s: no machine %q", f[0], name)
 		}
 		return nil
@@ -457,7 +457,11 @@ func (s *Sim) Exec(f []string) error {
 				return err
 			}
 		}
-		for _, m := range s.machines() {
+		others := s.machines()
+		if k == Business {
+			others = append(others, gatewayMachine)
+		}
+		for _, m := range others {
 			if m == h.Name {
 				continue
 			}
