@@ -273,7 +273,10 @@ type agentClock struct {
 
 var _ clock.Clock = (*agentClock)(nil)
 
-func (c *agentClock) Now() time.Time { return c.e.Now() }
+// Now is the host's wall clock: simulated time plus the host's skew
+// (host-clock-jump). Timers and tickers count durations (Go's monotonic
+// clock), which a wall-clock jump does not move.
+func (c *agentClock) Now() time.Time { return c.e.Now().Add(c.p.h.clockSkew) }
 
 func (c *agentClock) NewTimer(d time.Duration) clock.Timer { return newSimTimer(c.e, "", d, 0, nil) }
 

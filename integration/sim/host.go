@@ -27,8 +27,11 @@ type Host struct {
 	dir     string // the agent's data dir on the local disk
 	powered bool
 	frozen  bool
-	nodeID  string     // the node id the agent last registered as
-	proc    *agentProc // the agent process (nil: not running)
+	nodeID  string // the node id the agent last registered as
+	// clockSkew is how far the host's wall clock is off (host-clock-jump):
+	// the agent's clock.Clock reads simulated time plus it.
+	clockSkew time.Duration
+	proc      *agentProc // the agent process (nil: not running)
 	// diskFault makes the agent's storage probe fail.
 	diskFault bool
 	// hvFaults are the libvirt calls that fail (hv-fault): the value is how

@@ -58,6 +58,7 @@ import (
 //	server-crash S | server-restart S | leader-crash | leader-transfer
 //	snapshot S                  S takes a snapshot of its state
 //	clock-jump S D              S's wall clock jumps by D (may be negative)
+//	host-clock-jump HOST D      HOST's wall clock (the agent's clock) jumps by D
 //	migration-outcome VM OUTCOME    the VM's next live migration: fails-before,
 //	                            fails-during or reply-lost
 //	heal                        undo every fault (the runner heals at the end anyway)
@@ -224,7 +225,7 @@ var cmdArity = map[string][2]int{
 	"isolate": {1, 2}, "rejoin": {1, 2},
 	"net-faults":   {2, 6},
 	"server-crash": {1, 1}, "server-restart": {1, 1}, "leader-crash": {0, 0}, "leader-transfer": {0, 0},
-	"snapshot": {1, 1}, "clock-jump": {2, 2},
+	"snapshot": {1, 1}, "clock-jump": {2, 2}, "host-clock-jump": {2, 2},
 	"migration-outcome": {2, 2},
 	"heal":              {0, 0},
 }
@@ -564,6 +565,17 @@ func (s *Sim) Exec(f []string) error {
 		}
 		srv.skew += d
 		s.E.trace.Addf("fault", "%s clock jumps %s (skew %s)", srv.Name, d, srv.skew)
+	case "host-clock-jump":
+		h, err := host()
+		if err != nil {
+			return err
+		}
+		d, err := time.ParseDuration(f[2])
+		if err != nil {
+			return fmt.Errorf("host-clock-jump: %v", err)
+		}
+		h.clockSkew += d
+		s.E.trace.Addf("fault", "%s clock jumps %s (skew %s)", h.Name, d, h.clockSkew)
 	case "migration-outcome":
 		id := s.vmID(f[1])
 		if id == "" {
@@ -655,6 +667,7 @@ func (s *Sim) Heal() {
 	s.migrationFaults = 0
 	for _, h := range s.Hosts {
 		h.diskFault = false
+		h.clockSkew = 0
 		clear(h.hvFaults)
 	}
 }
