@@ -282,6 +282,11 @@ func (c *Checker) finalAcked(l *Server) {
 			if w.Desired != "" {
 				possible[w.Desired] = true
 			}
+			if w.Op == "restart" && !w.Acked {
+				// A restart is two writes (stop, then start): one that
+				// failed may have applied its stop alone, and says so.
+				possible[structs.DesiredStopped] = true
+			}
 		}
 		// The desired state before the last acknowledged write is gone:
 		// only the last acknowledged one and later attempts count.

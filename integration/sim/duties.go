@@ -66,8 +66,8 @@ func newLeaderDuties(s *Server, term uint64) *leaderDuties {
 		Options: scheduler.Options{Strategy: scheduler.Strategy(sim.cfg.Scheduler)}, Logger: s.log.Named("placement")})
 	d.runner = tasks.New(tasks.Config{State: s.FSM, Proposer: s, Placer: d.placer, Clock: s.clock(), Logger: s.log.Named("tasks")})
 	d.alarmer = alarms.New(alarms.Config{State: s.FSM, Proposer: s, Clock: s.clock(), Logger: s.log.Named("alarms")})
-	d.ep = endpoint.New(endpoint.Config{Proposer: s, State: s.FSM, Placer: d.placer, Tasks: d.runner, Monitor: d.monitor,
-		Clock: s.clock(), IDs: simIDs{w}, Agents: agentConfig{s.c}})
+	d.ep = endpoint.New(endpoint.Config{Proposer: s, State: coState{s.FSM, sim}, Placer: d.placer, Tasks: d.runner, Monitor: d.monitor,
+		Clock: coClock{s.clock(), sim}, IDs: simIDs{w}, Agents: agentConfig{s.c}})
 
 	name := func(duty string) string { return fmt.Sprintf("%s %s", s.Name, duty) }
 	check := max(cfg.HeartbeatInterval/4, 50*time.Millisecond)

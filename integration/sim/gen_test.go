@@ -53,6 +53,7 @@ var genOps = []genOp{
 	{name: "start", what: "start a stopped VM", setup: []string{"stop vm1", "wait 30s"}, op: []string{"start vm1"}, host: "h1", vm: "vm1"},
 	{name: "stop", what: "stop a running VM", op: []string{"stop vm1"}, host: "h1", vm: "vm1"},
 	{name: "delete", what: "delete a running VM", op: []string{"delete vm1"}, host: "h1", vm: "vm1"},
+	{name: "restart", what: "`chime vm restart` of a running VM (stop, wait for the agent's report, start)", op: []string{"restart vm1"}, host: "h1", vm: "vm1"},
 	{name: "migrate", what: "live-migrate a VM h1 → h2 (the fault hits the source)", op: []string{"migrate vm1 h2"}, host: "h1", vm: "vm1"},
 	{name: "evacuate", what: "evacuate h1 (live migrations away, node disabled)", op: []string{"evacuate h1"}, host: "h1", vm: "vm1",
 		after: []string{"enable h1"}},

@@ -25,6 +25,7 @@ import (
 //	wait D                      let D of simulated time pass (scenario files only)
 //	create VM [stopped]         operator: create a VM (1 vCPU, 512 MiB)
 //	start VM | stop VM | delete VM
+//	restart VM                  operator: `chime vm restart` (stop, wait for the agent's report, start)
 //	migrate VM [HOST]           operator: live-migrate (to HOST, or where placement says)
 //	evacuate HOST | drain HOST | enable HOST | disable HOST | remove-node HOST
 //	agent-drain HOST            on the node: `chime agent drain`
@@ -210,7 +211,7 @@ func ParseSchedule(r io.Reader) (*Schedule, error) {
 
 // cmdArity is each command's number of arguments: minimum and maximum.
 var cmdArity = map[string][2]int{
-	"create": {1, 2}, "start": {1, 1}, "stop": {1, 1}, "delete": {1, 1},
+	"create": {1, 2}, "start": {1, 1}, "stop": {1, 1}, "delete": {1, 1}, "restart": {1, 1},
 	"migrate": {1, 2}, "evacuate": {1, 1}, "drain": {1, 1}, "rebuild": {1, 2}, "enable": {1, 1}, "disable": {1, 1},
 	"remove-node": {1, 1},
 	"agent-drain": {1, 1}, "agent-migrate": {3, 4}, "disk-fault": {2, 2},
@@ -295,6 +296,8 @@ func (s *Sim) Exec(f []string) error {
 		_ = s.Ops.SetDesired(f[1], f[0] == "start")
 	case "delete":
 		_ = s.Ops.Delete(f[1])
+	case "restart":
+		s.Ops.Restart(f[1])
 	case "migrate":
 		_ = s.Ops.Migrate(f[1], arg(2))
 	case "evacuate", "drain", "enable", "disable":

@@ -52,6 +52,7 @@ type Sim struct {
 	nextMigration   map[string]MigrationOutcome
 	migrationFaults float64
 	localMoves      []localMove
+	co              coroutines // restarts in progress (restart.go)
 }
 
 // localMove is a node-local migration an operator ran (agent migrate).
@@ -110,6 +111,7 @@ func New(cfg Config) (*Sim, error) {
 	for _, h := range s.Hosts {
 		h.boot()
 	}
+	s.E.OnEachEvent(s.resumeParked)
 	s.E.OnEachEvent(s.pollAgents)
 	s.E.OnEachEvent(s.Check.afterEvent)
 	s.E.trace.Addf("sim", "seed %d: %d servers, %d hosts", cfg.Seed, len(c.Servers), len(s.Hosts))
