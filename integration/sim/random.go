@@ -154,6 +154,15 @@ var faultKinds = []faultKind{
 		return []string{"outage", g.host()}, nil
 	}},
 	{"snapshot", 1, func(g *gen) ([]string, []string) { return []string{"snapshot", g.server()}, nil }},
+	{"host-clock-jump", 1, func(g *gen) ([]string, []string) {
+		h := g.host()
+		d := time.Duration(g.r.IntN(40)-20) * time.Minute
+		return []string{"host-clock-jump", h, d.String()}, []string{"host-clock-jump", h, (-d).String()}
+	}},
+	{"disk-fault", 1, func(g *gen) ([]string, []string) {
+		h := g.host()
+		return []string{"disk-fault", h, "on"}, []string{"disk-fault", h, "off"}
+	}},
 }
 
 // step is one command of a drawn operation, after the operation's start.
@@ -175,6 +184,7 @@ var opKinds = []opKind{
 	{"stop", 2, func(g *gen) []step { return []step{{0, []string{"stop", g.vm()}}} }},
 	{"start", 3, func(g *gen) []step { return []step{{0, []string{"start", g.vm()}}} }},
 	{"delete", 1, func(g *gen) []step { return []step{{0, []string{"delete", g.vm()}}} }},
+	{"restart", 1, func(g *gen) []step { return []step{{0, []string{"restart", g.vm()}}} }},
 	{"create", 2, func(g *gen) []step {
 		name := fmt.Sprintf("vm%d", len(g.vms)+1)
 		g.vms = append(g.vms, name)
@@ -382,7 +392,7 @@ func Suspects(sc *Schedule) []string {
 		case c[0] == "agent-drain":
 			drained[c[1]] = true // rc1 (local drain flag while running) is fixed: no trigger
 		case c[0] == "enable" && drained[c[1]]:
-			has["f11 enable after a local drain"] = true
+			has["f11/f12 enable after a local drain"] = true
 		case c[0] == "rebuild" && slices.Contains(c, "confirm-fenced"):
 			has["rc7 --confirm-fenced (maybe a lie)"] = true
 		case c[0] == "agent-migrate":
