@@ -343,4 +343,34 @@ func TestDeterminism(t *testing.T) {
 		}
 		t.Logf("seed %d: %d trace lines, %d steps, identical (hash %016x)", seed, bytes.Count(a.Trace, []byte("\n")), a.Steps, a.TraceHash)
 	}
+	// A restart runs as a coroutine (restart.go): its trace must not
+	// depend on the goroutines' scheduling either.
+	for _, name := range []string{"vm-restart-agent-frozen", "op-restart--message-delay", "op-restart--leader-crash"} {
+		f, err := os.Open(filepath.Join(scenarioDir, name, "cmds"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		sc, err := ParseSchedule(f)
+		f.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var traces [][]byte
+		for range 3 {
+			r, err := Run(sc, RunOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			traces = append(traces, r.Trace)
+		}
+		for _, tr := range traces[1:] {
+			if !bytes.Equal(traces[0], tr) {
+				t.Fatalf("%s: two runs differ:\n%s", name, lineDiff(string(traces[0]), string(tr)))
+			}
+		}
+		if !bytes.Contains(traces[0], []byte("restart vm1")) {
+			t.Fatalf("%s: no restart in the trace", name)
+		}
+		t.Logf("%s (a restart's coroutine): 3 runs, identical traces", name)
+	}
 }
