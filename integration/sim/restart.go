@@ -2,6 +2,7 @@ package sim
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"github.com/chime-ha/chime/chime/server/endpoint"
@@ -31,6 +32,7 @@ type coroutine struct {
 	f       *fsm.FSM       // the state it waits on
 	index   uint64         // the FSM's index when it parked
 	onDone  func()         // what the engine runs once it returned
+	onReset func()         // what the engine runs when its server crashes (the client's connection reset)
 }
 
 type coMode int
@@ -51,8 +53,8 @@ var closedCh = func() chan struct{} { c := make(chan struct{}); close(c); return
 // spawn runs fn as a coroutine until it first parks or returns; then
 // returns to the caller (the engine). onDone runs on the engine's side
 // once fn has returned.
-func (s *Sim) spawn(f *fsm.FSM, fn func(), onDone func()) {
-	co := &coroutine{park: make(chan struct{}), done: make(chan struct{}), resume: make(chan coMode), f: f}
+func (s *Sim) spawn(f *fsm.FSM, fn func(), onDone, onReset func()) {
+	co := &coroutine{park: make(chan struct{}), done: make(chan struct{}), resume: make(chan coMode), f: f, onReset: onReset}
 	go func() {
 		defer close(co.done)
 		fn()
@@ -105,6 +107,18 @@ func (s *Sim) resumeParked() {
 		co.onDone = nil
 		s.runCo(co, onDone, &mode)
 		i = 0 // the list may have changed: look again from the start
+	}
+}
+
+// resetCoroutines answers the clients of the coroutines that wait on f
+// (a server that crashes): their connections are reset now. The
+// coroutines themselves run on to their timeout, answering nobody.
+func (s *Sim) resetCoroutines(f *fsm.FSM) {
+	for _, co := range s.co.parked {
+		if co.f == f && co.onReset != nil {
+			co.onReset()
+			co.onReset, co.onDone = nil, func() {}
+		}
 	}
 }
 
@@ -164,6 +178,8 @@ func (o *Operator) Restart(name string) {
 			_, rerr = ep.VMAction(context.Background(), reqID, name, endpoint.VMRestart)
 		}, func() {
 			o.record(Write{Op: "restart", VM: name, Desired: structs.DesiredRunning}, rerr)
+		}, func() {
+			o.record(Write{Op: "restart", VM: name, Desired: structs.DesiredRunning}, errors.New("connection reset: the server crashed"))
 		})
 		return struct{}{}, nil
 	})
