@@ -55,6 +55,7 @@ var genOps = []genOp{
 	{name: "delete", what: "delete a running VM", op: []string{"delete vm1"}, host: "h1", vm: "vm1"},
 	{name: "restart", what: "`chime vm restart` of a running VM (stop, wait for the agent's report, start)", op: []string{"restart vm1"}, host: "h1", vm: "vm1"},
 	{name: "migrate", what: "live-migrate a VM h1 → h2 (the fault hits the source)", op: []string{"migrate vm1 h2"}, host: "h1", vm: "vm1"},
+	{name: "migrate-dest", what: "live-migrate a VM h1 → h2 (the fault hits the destination)", op: []string{"migrate vm1 h2"}, host: "h2", vm: "vm1"},
 	{name: "evacuate", what: "evacuate h1 (live migrations away, node disabled)", op: []string{"evacuate h1"}, host: "h1", vm: "vm1",
 		after: []string{"enable h1"}},
 	{name: "drain", what: "drain h1 (its VMs stopped, node drained)", op: []string{"drain h1"}, host: "h1", vm: "vm1",
@@ -69,6 +70,8 @@ var genOps = []genOp{
 		op: []string{"agent-drain h1"}, host: "h1", vm: "vm1", after: []string{"disable h1", "wait 5s", "enable h1"}},
 	{name: "agent-migrate", what: "`chime agent migrate` of vm1 h1 → h2 over the business network (the fault hits the source)",
 		op: []string{"agent-migrate h1 vm1 h2"}, host: "h1", vm: "vm1"},
+	{name: "agent-migrate-dest", what: "`chime agent migrate` of vm1 h1 → h2 over the business network (the fault hits the destination)",
+		op: []string{"agent-migrate h1 vm1 h2"}, host: "h2", vm: "vm1"},
 }
 
 // genFault is a fault: its commands (H: the host, V: the VM), how long it
