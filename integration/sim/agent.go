@@ -275,7 +275,9 @@ var _ clock.Clock = (*agentClock)(nil)
 
 // Now is the host's wall clock: simulated time plus the host's skew
 // (host-clock-jump). Timers and tickers count durations (Go's monotonic
-// clock), which a wall-clock jump does not move.
+// clock), which a wall-clock jump does not move. A time.Time cannot carry
+// a monotonic reading here, so a jump moves every reading, also those
+// production compares monotonically (docs/testing.md: a stricter fault).
 func (c *agentClock) Now() time.Time { return c.e.Now().Add(c.p.h.clockSkew) }
 
 func (c *agentClock) NewTimer(d time.Duration) clock.Timer { return newSimTimer(c.e, "", d, 0, nil) }
