@@ -236,6 +236,21 @@ type Heartbeat struct {
 	// becomes a vm.local_migration event. They do not move the placement
 	// (the destination's adoption does).
 	LocalMigrations []structs.LocalMigration `json:"local_migrations,omitempty"`
+	// LocalMoves are entries of this node's migration log that carry an
+	// outcome (uniqueness rule 7): a succeeded one moves the placement to
+	// its destination with the migrated generation as adopt generation,
+	// if the VM is still placed here at that generation; an unknown one
+	// holds the VM (NodeLocal) until an end proves where it runs; a failed
+	// one releases a hold. Absent in entries written before them.
+	LocalMoves []structs.LocalMigration `json:"local_moves,omitempty"`
+	// Announced are node-local migrations announced to this node whose
+	// domain has not arrived yet: each holds its VM (NodeLocal) while the
+	// VM is still placed on its source at the announced generation.
+	Announced []Adoption `json:"announced,omitempty"`
+	// ExpiredAdoptions are announcements this node's agent dropped after
+	// their bound without the domain arriving: their hold is released,
+	// with an event and a failed adopt task (an alarm).
+	ExpiredAdoptions []Adoption `json:"expired_adoptions,omitempty"`
 	// Monitor is the node monitor transition the heartbeat implies, if any.
 	Monitor *MonitorTransition `json:"monitor,omitempty"`
 }

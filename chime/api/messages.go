@@ -71,7 +71,13 @@ type HeartbeatRequest struct {
 	// empty and says nothing about which VMs run.
 	VMsUnknown bool                     `json:"vms_unknown,omitempty"`
 	Adopted    []structs.VMObservation  `json:"adopted,omitempty"`    // domains that arrived by node-local migration
-	Migrations []structs.LocalMigration `json:"migrations,omitempty"` // node-local migrations sent from here
+	Migrations []structs.LocalMigration `json:"migrations,omitempty"` // the migration log: node-local migrations sent from here
+	// Announced are node-local migrations announced to this node whose
+	// domain has not arrived yet: the servers hold those VMs.
+	Announced []structs.AdoptionRef `json:"announced,omitempty"`
+	// ExpiredAdoptions are announcements this agent dropped after their
+	// bound without the domain arriving.
+	ExpiredAdoptions []structs.AdoptionRef `json:"expired_adoptions,omitempty"`
 }
 
 // HeartbeatResponse tells the agent the current timing.
@@ -79,6 +85,12 @@ type HeartbeatResponse struct {
 	// RejectedAdoptions are VM ids the agent reported as adopted that the
 	// servers refused (the placement moved on): the agent destroys them.
 	RejectedAdoptions []string `json:"rejected_adoptions,omitempty"`
+	// AppliedMigrations are the migration log entries (VM and generation)
+	// the servers applied: the agent deletes exactly these.
+	AppliedMigrations []structs.AdoptionRef `json:"applied_migrations,omitempty"`
+	// DroppedAdoptions are VM ids of announced adoptions that are over
+	// (or expired and released): the agent drops their records.
+	DroppedAdoptions []string `json:"dropped_adoptions,omitempty"`
 	Timing            Timing   `json:"timing"`
 	GossipAddrs       []string `json:"gossip_addrs,omitempty"`
 }

@@ -104,7 +104,13 @@ type VM struct {
 	// arrived on the placement node by live migration: the agent there
 	// keeps it (updating its metadata) instead of destroying it as stale.
 	AdoptGeneration uint64 `json:"adopt_generation,omitempty"`
-	CreateIndex     uint64 `json:"create_index"`
+	// NodeLocal is a node-local migration of the VM (`chime agent
+	// migrate`) the servers know of before its outcome moved the
+	// placement: announced by the destination's agent, or reported by the
+	// source with an unknown outcome. While it is held (HeldByNodeLocal) no
+	// rebuild places the VM elsewhere. Any placement move clears it.
+	NodeLocal   *NodeLocalMigration `json:"node_local,omitempty"`
+	CreateIndex uint64              `json:"create_index"`
 	ModifyIndex     uint64 `json:"modify_index"`
 }
 
@@ -200,11 +206,68 @@ type VMObservation struct {
 	Generation uint64 `json:"generation"`
 }
 
-// LocalMigration is a node-local migration the agent performed without the servers.
+// LocalMigration is an entry of the source agent's migration log: a
+// node-local migration it performed without the servers. The agent keeps
+// it until the servers acknowledge having applied it (uniqueness rule 7).
+// Entries written before FromNode, ToNode and Outcome existed carry only
+// VMID, ToAddr and Generation; the servers then record an event and move
+// nothing.
 type LocalMigration struct {
 	VMID       string `json:"vm_id"`
 	ToAddr     string `json:"to_addr"`
+	Generation uint64 `json:"generation"` // the generation that left (or tried to)
+	// FromNode is the source node (the agent that logged the entry): the
+	// servers accept the entry only from that node.
+	FromNode string `json:"from_node,omitempty"`
+	// ToNode is the destination node's id as its agent named itself when
+	// it accepted the announcement.
+	ToNode string `json:"to_node,omitempty"`
+	// Outcome is libvirt's outcome as the source saw it: succeeded,
+	// failed (the domain is still on the source) or unknown (the call
+	// failed and the domain is gone from the source).
+	Outcome string `json:"outcome,omitempty"`
+}
+
+// AdoptionRef names an adoption announced to a node: the VM and the
+// generation that leaves its source.
+type AdoptionRef struct {
+	VMID       string `json:"vm_id"`
 	Generation uint64 `json:"generation"`
+}
+
+// Outcomes of a node-local migration, as the source's libvirt reported them.
+const (
+	LocalMigrationSucceeded = "succeeded"
+	LocalMigrationFailed    = "failed"
+	LocalMigrationUnknown   = "unknown"
+)
+
+// ValidLocalMigrationOutcome reports whether o is a known outcome ("" for
+// an entry of an agent that predates outcomes).
+func ValidLocalMigrationOutcome(o string) bool {
+	switch o {
+	case "", LocalMigrationSucceeded, LocalMigrationFailed, LocalMigrationUnknown:
+		return true
+	}
+	return false
+}
+
+// NodeLocalMigration is what the servers know of a node-local migration
+// of a VM whose outcome has not moved the placement yet: the destination
+// node, the generation that leaves the source, and the outcome the source
+// reported ("" while only announced).
+type NodeLocalMigration struct {
+	To         string `json:"to"`
+	Generation uint64 `json:"generation"`
+	Outcome    string `json:"outcome,omitempty"`
+}
+
+// HeldByNodeLocal reports whether a node-local migration of the VM whose
+// outcome is not known yet holds it: the VM may run on the destination, so
+// no rebuild of its placement node may start it elsewhere. A migration the
+// source reported failed holds nothing.
+func (v *VM) HeldByNodeLocal() bool {
+	return v.NodeLocal != nil && v.NodeLocal.Outcome != LocalMigrationFailed
 }
 
 // ObservationCurrent is the rule that decides whether an agent's report of

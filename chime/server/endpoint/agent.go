@@ -91,16 +91,29 @@ func (e *Endpoints) Heartbeat(ctx context.Context, n *structs.Node, hb api.Heart
 	if hb.NodeID != n.ID {
 		return api.HeartbeatResponse{}, structs.Forbidden("heartbeat for node %s sent with the credentials of node %s", hb.NodeID, n.ID)
 	}
+	// The migration log is the source's (uniqueness rule 7): every entry
+	// must name the reporter as its source.
+	for i, m := range hb.Migrations {
+		if m.Outcome != "" && m.FromNode != n.ID {
+			return api.HeartbeatResponse{}, structs.Forbidden("migrations: item %d: a node-local migration from node %s reported by node %s", i, m.FromNode, n.ID)
+		}
+	}
 	e.counted()
 	out, err := e.monitor.Heartbeat(ctx, n, heartbeat.Report{Faults: hb.Faults, VMs: hb.VMs, VMsUnknown: hb.VMsUnknown,
-		LocalDrained: hb.LocalDrained, LocalDrainID: hb.LocalDrainID, LocalDrainState: hb.LocalDrainState, DesiredIndex: hb.DesiredIndex, Adopted: hb.Adopted, Migrations: hb.Migrations})
+		LocalDrained: hb.LocalDrained, LocalDrainID: hb.LocalDrainID, LocalDrainState: hb.LocalDrainState, DesiredIndex: hb.DesiredIndex, Adopted: hb.Adopted,
+		Migrations: hb.Migrations, Announced: hb.Announced, ExpiredAdoptions: hb.ExpiredAdoptions})
 	if err != nil {
 		return api.HeartbeatResponse{}, err
 	}
-	if len(out.Adopted) > 0 {
+	if len(out.Adopted) > 0 || len(out.AppliedMigrations) > 0 {
 		e.tasks.Kick() // an adoption may finish a task's step
 	}
-	return api.HeartbeatResponse{Timing: e.agents.Timing(), GossipAddrs: e.agents.GossipAddrs(), RejectedAdoptions: out.Rejected}, nil
+	resp := api.HeartbeatResponse{Timing: e.agents.Timing(), GossipAddrs: e.agents.GossipAddrs(), RejectedAdoptions: out.Rejected,
+		DroppedAdoptions: out.DroppedAdoptions}
+	for _, m := range out.AppliedMigrations {
+		resp.AppliedMigrations = append(resp.AppliedMigrations, structs.AdoptionRef{VMID: m.VMID, Generation: m.Generation})
+	}
+	return resp, nil
 }
 
 // Desired is what the authenticated node n must run now: its VMs (stopped

@@ -177,8 +177,18 @@ func (e *Endpoints) rebuild(ctx context.Context, reqID string, n *structs.Node, 
 		if err != nil {
 			return err
 		}
+		// A VM a node-local migration may have brought to another node is
+		// held (uniqueness rule 7): "nothing runs on this node" says
+		// nothing about where it went. Unless that node is fenced too.
+		held := map[string]string{}
 		var reqs []scheduler.Request
 		for _, vm := range vms {
+			if why, err := e.heldElsewhere(vm); err != nil {
+				return err
+			} else if why != "" {
+				held[vm.ID] = why
+				continue
+			}
 			reqs = append(reqs, scheduler.Request{VM: vm, Exclude: []string{n.ID}})
 		}
 		placed, err := e.placer.PlaceAll(reqs)
@@ -186,6 +196,10 @@ func (e *Endpoints) rebuild(ctx context.Context, reqID string, n *structs.Node, 
 			return err
 		}
 		for _, vm := range vms { // in the state's order, never the map's
+			if why := held[vm.ID]; why != "" {
+				steps = append(steps, structs.TaskStep{VMID: vm.ID, From: n.ID, State: structs.TaskFailed, Error: why})
+				continue
+			}
 			to := placed[vm.ID]
 			st := structs.TaskStep{VMID: vm.ID, From: n.ID, To: to, State: structs.TaskSucceeded}
 			reason := "rebuild of node " + n.Name
@@ -214,6 +228,27 @@ func (e *Endpoints) rebuild(ctx context.Context, reqID string, n *structs.Node, 
 	}
 	e.placer.Kick()
 	return e.tasks.Create(ctx, reqID, structs.Task{ID: e.ids.NewID(), Kind: structs.TaskRebuild, NodeID: n.ID, State: state, Steps: steps})
+}
+
+// heldElsewhere says why vm must not be rebuilt: a node-local migration of
+// it to another node is known and its outcome is not (announced by the
+// destination, or reported unknown by the source), and that node is not
+// fenced. "" when it may be rebuilt.
+func (e *Endpoints) heldElsewhere(vm structs.VM) (string, error) {
+	if !vm.HeldByNodeLocal() {
+		return "", nil
+	}
+	to, err := e.state.Node(vm.NodeLocal.To)
+	switch {
+	case structs.IsNotFound(err):
+		return "", nil // the destination was removed: it runs nothing of ours
+	case err != nil:
+		return "", err
+	case to.Fenced:
+		return "", nil
+	}
+	return fmt.Sprintf("held: a node-local migration to node %s (generation %d) is known and its outcome is not; "+
+		"it moves when %s or the source reports it (or rebuild %s with --confirm-fenced)", to.Name, vm.NodeLocal.Generation, to.Name, to.Name), nil
 }
 
 // RemoveNode removes the node ref names from the state and from the

@@ -20,7 +20,12 @@ type Report struct {
 	LocalDrainState string
 	DesiredIndex    uint64                   // the desired-state index the agent had applied
 	Adopted         []structs.VMObservation  // domains that arrived by node-local migration
-	Migrations      []structs.LocalMigration // node-local migrations sent from the node
+	Migrations      []structs.LocalMigration // node-local migrations sent from the node (its migration log)
+	// Announced are node-local migrations announced to the node whose
+	// domain has not arrived; ExpiredAdoptions those its agent dropped
+	// unarrived after their bound.
+	Announced        []structs.AdoptionRef
+	ExpiredAdoptions []structs.AdoptionRef
 }
 
 // stateFromHeartbeat is the monitor state a heartbeat with these faults means.
@@ -132,7 +137,39 @@ func buildDelta(st State, n *structs.Node, r Report) (*fsm.Heartbeat, error) {
 	if d.LocalDrained != nil || d.LocalDrainState != nil || d.DrainAcked != nil {
 		d.Evidence = &fsm.DrainEvidence{DesiredIndex: r.DesiredIndex, Running: anyRunning, Unknown: r.VMsUnknown}
 	}
-	d.LocalMigrations = r.Migrations
+	for _, m := range r.Migrations {
+		if m.Outcome == "" {
+			d.LocalMigrations = append(d.LocalMigrations, m) // an agent that predates outcomes: an event only
+		} else {
+			d.LocalMoves = append(d.LocalMoves, m)
+		}
+	}
+	for _, c := range r.Announced {
+		vm, err := st.VM(c.VMID)
+		if structs.IsNotFound(err) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		if nl := vm.NodeLocal; vm.NodeID == "" || vm.NodeID == n.ID || vm.Generation != c.Generation ||
+			(nl != nil && nl.To == n.ID && nl.Generation == c.Generation) {
+			continue // over (see droppedAdoptions), or already held
+		}
+		d.Announced = append(d.Announced, fsm.Adoption{VMID: c.VMID, Generation: c.Generation})
+	}
+	for _, c := range r.ExpiredAdoptions {
+		vm, err := st.VM(c.VMID)
+		if structs.IsNotFound(err) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		if nl := vm.NodeLocal; nl != nil && nl.To == n.ID && nl.Generation == c.Generation {
+			d.ExpiredAdoptions = append(d.ExpiredAdoptions, fsm.Adoption{VMID: c.VMID, Generation: c.Generation})
+		}
+	}
 
 	faults := append([]string(nil), r.Faults...)
 	sort.Strings(faults)
@@ -145,7 +182,8 @@ func buildDelta(st State, n *structs.Node, r Report) (*fsm.Heartbeat, error) {
 	}
 
 	if len(d.Adoptions) == 0 && len(d.Observations) == 0 && d.LocalDrained == nil && d.LocalDrainID == nil && d.LocalDrainState == nil &&
-		d.DrainAcked == nil && len(d.LocalMigrations) == 0 && d.Monitor == nil {
+		d.DrainAcked == nil && len(d.LocalMigrations) == 0 && len(d.LocalMoves) == 0 && len(d.Announced) == 0 &&
+		len(d.ExpiredAdoptions) == 0 && d.Monitor == nil {
 		return nil, nil
 	}
 	return d, nil
@@ -155,4 +193,34 @@ func buildDelta(st State, n *structs.Node, r Report) (*fsm.Heartbeat, error) {
 // what is recorded.
 func observationChanged(prev *structs.Observation, nodeID string, o structs.VMObservation) bool {
 	return prev == nil || prev.NodeID != nodeID || prev.State != o.State || prev.Reason != o.Reason || prev.Generation != o.Generation
+}
+
+// droppedAdoptions are the announced adoptions of node n that are over:
+// the VM is gone, its placement moved on (placed here anew, or elsewhere
+// at another generation), or its source reported the migration failed.
+// The agent drops their records: an announcement that never arrived holds
+// nothing once the migration's outcome is known. An announcement the
+// servers already placed here (adopted) is forgotten by the agent through
+// its desired state instead.
+func droppedAdoptions(st State, n *structs.Node, announced []structs.AdoptionRef) ([]string, error) {
+	var out []string
+	for _, c := range announced {
+		vm, err := st.VM(c.VMID)
+		if structs.IsNotFound(err) {
+			out = append(out, c.VMID)
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		nl := vm.NodeLocal
+		switch {
+		case vm.AdoptedBy(n.ID, c.Generation):
+		case vm.NodeID == n.ID, vm.NodeID == "", vm.Generation != c.Generation:
+			out = append(out, c.VMID)
+		case nl != nil && nl.To == n.ID && nl.Generation == c.Generation && nl.Outcome == structs.LocalMigrationFailed:
+			out = append(out, c.VMID)
+		}
+	}
+	return out, nil
 }

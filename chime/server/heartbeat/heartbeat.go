@@ -135,6 +135,13 @@ type Outcome struct {
 	Proposed bool     // a node.heartbeat command was written
 	Adopted  []string // VM ids whose placement moved to the node
 	Rejected []string // VM ids whose adoption was refused: the agent destroys its copy
+	// AppliedMigrations are the node's migration log entries the servers
+	// applied (moved, held, released or refused for good): the agent
+	// deletes exactly these.
+	AppliedMigrations []structs.LocalMigration
+	// DroppedAdoptions are VM ids of announced adoptions the agent must
+	// drop: over (see droppedAdoptions), or expired and released.
+	DroppedAdoptions []string
 }
 
 // Heartbeat takes one validated heartbeat of node n (authenticated: r is
@@ -148,8 +155,16 @@ func (m *Monitor) Heartbeat(ctx context.Context, n *structs.Node, r Report) (Out
 	if err != nil {
 		return Outcome{}, fmt.Errorf("heartbeat of node %s: %w", n.Name, err)
 	}
+	dropped, err := droppedAdoptions(m.state, n, r.Announced)
+	if err != nil {
+		return Outcome{}, fmt.Errorf("heartbeat of node %s: %w", n.Name, err)
+	}
+	for _, c := range r.ExpiredAdoptions {
+		// Acknowledged once written (or when there is nothing to release).
+		dropped = append(dropped, c.VMID)
+	}
 	if d == nil {
-		return Outcome{}, nil
+		return Outcome{DroppedAdoptions: dropped}, nil
 	}
 	res, err := m.propose.Propose(ctx, "", fsm.CmdHeartbeat, d)
 	if err != nil {
@@ -161,7 +176,7 @@ func (m *Monitor) Heartbeat(ctx context.Context, n *structs.Node, r Report) (Out
 	if t := d.Monitor; t != nil {
 		m.log.Info("node state changed", "node", n.Name, "from", n.MonitorState, "to", t.State, "faults", t.Faults)
 	}
-	out := Outcome{Proposed: true}
+	out := Outcome{Proposed: true, AppliedMigrations: r.Migrations, DroppedAdoptions: dropped}
 	if h := res.Heartbeat; h != nil {
 		out.Adopted, out.Rejected = h.Adopted, h.Rejected
 	}
