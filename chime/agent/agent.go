@@ -72,6 +72,7 @@ type Agent struct {
 	pool *gossip.Pool // set by Run before registration
 
 	heartbeatNow chan struct{} // capacity 1: send the next heartbeat early
+	heartbeatMu  sync.Mutex    // one heartbeat at a time (see sendHeartbeat)
 }
 
 // New opens the agent's local state in cfg.DataDir and wires the reconciler

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -106,8 +107,18 @@ func (a *Agent) BuildHeartbeat(ctx context.Context) (api.HeartbeatRequest, uint6
 	// In VM id order whatever order libvirt listed the domains in, so that
 	// the same state gives the same heartbeat.
 	sortObservations(hb.VMs)
-	if hb.Adopted, err = a.adoptedObservations(domains); err != nil {
+	if hb.Adopted, hb.Announced, err = a.adoptedObservations(domains); err != nil {
 		return hb, 0, err
+	}
+	if !hb.VMsUnknown {
+		// Only a listing proves a domain did not arrive.
+		here := map[string]bool{}
+		for _, d := range domains {
+			here[strings.ToLower(d.UUID)] = true
+		}
+		if hb.ExpiredAdoptions, err = a.ops.ExpireAdoptions(here); err != nil {
+			return hb, 0, err
+		}
 	}
 	sortObservations(hb.Adopted)
 	if draining {
@@ -125,8 +136,14 @@ func (a *Agent) BuildHeartbeat(ctx context.Context) (api.HeartbeatRequest, uint6
 	return hb, last, nil
 }
 
+// sendHeartbeat builds, sends and handles one heartbeat; heartbeats are
+// sent one at a time (the loop's and the one an adoption announcement
+// sends), so that one built after a record changed is applied after one
+// built before.
 func (a *Agent) sendHeartbeat(ctx context.Context) error {
-	hb, lastMig, err := a.BuildHeartbeat(ctx)
+	a.heartbeatMu.Lock()
+	defer a.heartbeatMu.Unlock()
+	hb, _, err := a.BuildHeartbeat(ctx)
 	if err != nil {
 		return err
 	}
@@ -138,30 +155,39 @@ func (a *Agent) sendHeartbeat(ctx context.Context) error {
 	a.setTiming(resp.Timing)
 	a.setGossipAddrs(resp.GossipAddrs)
 	a.ops.RejectAdoptions(resp.RejectedAdoptions)
-	if len(hb.Migrations) > 0 {
-		if err := a.store.AckMigrations(lastMig); err != nil {
-			return fmt.Errorf("ack local migrations: %w", err)
-		}
+	a.ops.DropAdoptions(resp.DroppedAdoptions)
+	// A migration log entry goes only once the servers say they applied
+	// it (uniqueness rule 7); an answer that names none deletes none.
+	if err := a.store.AckMigrationsApplied(resp.AppliedMigrations); err != nil {
+		return fmt.Errorf("ack local migrations: %w", err)
 	}
 	a.logger.Named("heartbeat").Debug("heartbeat sent", "vms", len(hb.VMs), "faults", len(hb.Faults))
 	return nil
 }
 
-// adoptedObservations are the announced adoptions whose domain is here.
-func (a *Agent) adoptedObservations(domains []hypervisor.Domain) ([]structs.VMObservation, error) {
+// adoptedObservations are the announced adoptions whose domain is here,
+// and (announced) those whose domain has not arrived and that have not
+// expired, in VM id order.
+func (a *Agent) adoptedObservations(domains []hypervisor.Domain) (adopted []structs.VMObservation, announced []structs.AdoptionRef, err error) {
 	ads, err := a.store.Adoptions()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	var out []structs.VMObservation
+	arrived := map[string]bool{}
 	for _, d := range domains {
 		ad, ok := ads[strings.ToLower(d.UUID)]
 		if !ok || d.Meta == nil || d.Meta.Generation != ad.Generation {
 			continue
 		}
-		out = append(out, structs.VMObservation{VMID: ad.VMID, State: observedState(d.State), Reason: d.Reason, Generation: ad.Generation})
+		arrived[ad.VMID] = true
+		adopted = append(adopted, structs.VMObservation{VMID: ad.VMID, State: observedState(d.State), Reason: d.Reason, Generation: ad.Generation})
 	}
-	return out, nil
+	for _, id := range slices.Sorted(maps.Keys(ads)) {
+		if ad := ads[id]; !arrived[ad.VMID] && !ad.Expired {
+			announced = append(announced, structs.AdoptionRef{VMID: ad.VMID, Generation: ad.Generation})
+		}
+	}
+	return adopted, announced, nil
 }
 
 func sortObservations(obs []structs.VMObservation) {
