@@ -280,10 +280,10 @@ func (m *Manager) Hold(ds api.DesiredState) ([]string, error) {
 		if m.rejected[id] || ad.Expired {
 			continue // refused or expired: the reconciler destroys a copy as stale
 		}
-		if vm, ok := desired[id]; ok && (vm.AdoptGeneration != 0 || vm.Generation > ad.Generation) {
-			// The servers placed it here: Plan adopts it, or (a newer
-			// generation, not adopted) the announcement is over and the VM
-			// is managed here like any other (root cause 5).
+		if vm, ok := desired[id]; ok && (vm.AdoptGeneration != 0 || vm.Generation >= ad.Generation) {
+			// The servers placed it here: Plan adopts it, or (placed here
+			// anew, or it never left here) the announcement is over and
+			// the VM is managed here like any other (root cause 5).
 			continue
 		}
 		hold = append(hold, id)
@@ -459,15 +459,16 @@ func (m *Manager) adoptionAccepted(vm api.DesiredVM) {
 }
 
 // forgetOverridden drops announced adoptions the servers overrode: the VM
-// is placed here at a newer generation than announced, without adopting
-// it (a rebuild placed it here: root cause 5). The announcement is over.
+// is placed here at the announced generation or a newer one, without
+// adopting it (a rebuild placed it here: root cause 5; or it never left
+// here). The announcement is over.
 func (m *Manager) forgetOverridden(ds api.DesiredState) {
 	ads, err := m.cfg.Store.Adoptions()
 	if err != nil || len(ads) == 0 {
 		return
 	}
 	for _, vm := range ds.VMs {
-		if ad, ok := ads[vm.ID]; ok && vm.AdoptGeneration == 0 && vm.Generation > ad.Generation {
+		if ad, ok := ads[vm.ID]; ok && vm.AdoptGeneration == 0 && vm.Generation >= ad.Generation {
 			m.log.Info("announced node-local migration overridden by the servers: the VM is placed here anew", "vm", vm.Name,
 				"announced_generation", ad.Generation, "generation", vm.Generation)
 			if err := m.cfg.Store.RemoveAdoption(vm.ID); err != nil {

@@ -330,6 +330,9 @@ func (m *Manager) Adopt(ad store.Adoption) error {
 	if m.Drained() {
 		return structs.Conflict("", "this node is locally drained: it adopts nothing")
 	}
+	if ad.FromNode == m.cfg.NodeID {
+		return structs.Conflict("from_node", "a node-local migration from this node to itself")
+	}
 	ad.At, ad.Expired, ad.ToNode = m.cfg.Clock.Now(), false, m.cfg.NodeID
 	if err := m.cfg.Store.AddAdoption(ad); err != nil {
 		return err
