@@ -91,8 +91,8 @@ type HeartbeatResponse struct {
 	// DroppedAdoptions are VM ids of announced adoptions that are over
 	// (or expired and released): the agent drops their records.
 	DroppedAdoptions []string `json:"dropped_adoptions,omitempty"`
-	Timing            Timing   `json:"timing"`
-	GossipAddrs       []string `json:"gossip_addrs,omitempty"`
+	Timing           Timing   `json:"timing"`
+	GossipAddrs      []string `json:"gossip_addrs,omitempty"`
 }
 
 // DesiredVM is one VM an agent must run (or keep stopped).

@@ -111,7 +111,7 @@ type VM struct {
 	// rebuild places the VM elsewhere. Any placement move clears it.
 	NodeLocal   *NodeLocalMigration `json:"node_local,omitempty"`
 	CreateIndex uint64              `json:"create_index"`
-	ModifyIndex     uint64 `json:"modify_index"`
+	ModifyIndex uint64              `json:"modify_index"`
 }
 
 // DeriveState computes the VM's shown state from placement and observation.

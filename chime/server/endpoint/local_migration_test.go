@@ -26,9 +26,9 @@ func TestLocalMigrationReportsDecideTheRebuild(t *testing.T) {
 	type report struct {
 		from string // reporting node
 		hb   func(gen uint64) api.HeartbeatRequest
-		err  error  // the error kind the endpoint answers with (nil: accepted)
-		acks bool   // the answer names the web entry as applied
-		drop bool   // the answer drops the web announcement
+		err  error // the error kind the endpoint answers with (nil: accepted)
+		acks bool  // the answer names the web entry as applied
+		drop bool  // the answer drops the web announcement
 	}
 	entry := func(from, to, outcome string) func(gen uint64) api.HeartbeatRequest {
 		return func(gen uint64) api.HeartbeatRequest {
