@@ -72,7 +72,7 @@ type Agent struct {
 	pool *gossip.Pool // set by Run before registration
 
 	heartbeatNow chan struct{} // capacity 1: send the next heartbeat early
-	heartbeatMu  sync.Mutex    // one heartbeat at a time (see sendHeartbeat)
+	heartbeatSem chan struct{} // capacity 1: one heartbeat at a time (see sendHeartbeat)
 }
 
 // New opens the agent's local state in cfg.DataDir and wires the reconciler
@@ -120,7 +120,7 @@ func New(cfg Config, hv Hypervisor, opts ...Option) (*Agent, error) {
 	a := &Agent{cfg: cfg, hv: hv, store: st, nodeID: id, logger: cfg.Logger,
 		servers: o.servers, clock: o.clock, random: random,
 		timing:       api.Timing{HeartbeatInterval: defaultHeartbeatInterval},
-		heartbeatNow: make(chan struct{}, 1)}
+		heartbeatNow: make(chan struct{}, 1), heartbeatSem: make(chan struct{}, 1)}
 	a.rec, err = reconcile.New(reconcile.Config{
 		Hypervisor: hv, Definitions: st, Inputs: a.reconcileInputs,
 		SweepInterval: cfg.SweepInterval, ShutdownGrace: cfg.ShutdownGrace,

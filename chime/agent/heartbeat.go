@@ -139,10 +139,14 @@ func (a *Agent) BuildHeartbeat(ctx context.Context) (api.HeartbeatRequest, uint6
 // sendHeartbeat builds, sends and handles one heartbeat; heartbeats are
 // sent one at a time (the loop's and the one an adoption announcement
 // sends), so that one built after a record changed is applied after one
-// built before.
+// built before. Waiting for the one in flight ends with ctx.
 func (a *Agent) sendHeartbeat(ctx context.Context) error {
-	a.heartbeatMu.Lock()
-	defer a.heartbeatMu.Unlock()
+	select {
+	case a.heartbeatSem <- struct{}{}:
+	case <-ctx.Done():
+		return fmt.Errorf("wait for the heartbeat in flight: %w", ctx.Err())
+	}
+	defer func() { <-a.heartbeatSem }()
 	hb, _, err := a.BuildHeartbeat(ctx)
 	if err != nil {
 		return err

@@ -61,7 +61,16 @@ func (a *Agent) Adopt(ctx context.Context, ad store.Adoption) error {
 	if err := a.ops.Adopt(ad); err != nil {
 		return err
 	}
-	hctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	a.mu.Lock()
+	cut := a.contactErr != nil
+	a.mu.Unlock()
+	if cut {
+		// The servers did not answer the last request: do not keep the
+		// source waiting for a heartbeat that would time out.
+		a.logger.Named("heartbeat").Warn("servers unreachable: the announced node-local migration is reported with the next heartbeat", "vm", ad.Name)
+		return nil
+	}
+	hctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
 	if err := a.HeartbeatOnce(hctx); err != nil {
 		a.logger.Named("heartbeat").Warn("cannot tell the servers of the announced node-local migration now; the next heartbeat does", "vm", ad.Name, "error", err)
