@@ -26,7 +26,9 @@ func TestLocalMigrationThenRebuild(t *testing.T) {
 	f := newFleet(t)
 	u := startUniquenessChecker(t, f.lab.Hosts)
 	var vms []structs.VM
-	for i := 0; i < 3; i++ {
+	// Five VMs on three hosts: the source runs at least two, so that its
+	// rebuild re-places one while leaving the migrated one alone.
+	for i := 0; i < 5; i++ {
 		vms = append(vms, f.createVM(t, fmt.Sprintf("miglog-%d", i)))
 	}
 	on := map[int][]string{}
@@ -117,11 +119,15 @@ func TestLocalMigrationThenRebuild(t *testing.T) {
 	})
 	rebuild := f.mustChime(t, "node", "rebuild", h.Name)
 	t.Logf("rebuild of %s: %s", h.Name, strings.TrimSpace(rebuild))
+	if len(on[src]) < 2 {
+		t.Fatalf("the source ran %v: nothing but the migrated VM to rebuild", on[src])
+	}
 	for _, id := range on[src][1:] {
 		if hi, _, _ := f.waitRunningOnOneHost(t, id, 2*time.Minute); hi == src {
 			t.Fatalf("%s still runs on the rebuilt source %s", id, h.Name)
 		}
 	}
+	t.Logf("rebuild of %s re-placed %d VMs and left %s on %s", h.Name, len(on[src])-1, moved, d.Name)
 	holdFor(t, 10*time.Second, moved+" stays placed and running on "+d.Name+" only", func() string {
 		vm, err := vmShow(f, moved)
 		if err != nil {
