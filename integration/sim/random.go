@@ -374,6 +374,7 @@ var MutationProfile = RandomConfig{
 func Suspects(sc *Schedule) []string {
 	has := map[string]bool{}
 	drained := map[string]bool{}
+	localMigrate, orderedMigrate := false, false
 	for _, it := range sc.Items {
 		c := it.Cmd
 		switch {
@@ -386,10 +387,18 @@ func Suspects(sc *Schedule) []string {
 		case c[0] == "rebuild" && slices.Contains(c, "confirm-fenced"):
 			has["rc7 --confirm-fenced (maybe a lie)"] = true
 		case c[0] == "agent-migrate":
-			// has["rc2/rc4/rc5 node-local migration"] = true // TMP analysis
+			// rc2 and rc5 are fixed: a node-local migration alone is no
+			// trigger. rc4 ("absent means migrated") needs an ordered
+			// migration of the same VM racing it.
+			localMigrate = true
+		case c[0] == "migrate" || c[0] == "evacuate":
+			orderedMigrate = true
 		case c[0] == "migration-outcome" || c[0] == "clock-jump":
 			has["rc3/rc10 migration outcome or clock"] = true
 		}
+	}
+	if localMigrate && orderedMigrate {
+		has["rc4 node-local migration beside an ordered one"] = true
 	}
 	var out []string
 	for k := range has {
