@@ -281,6 +281,12 @@ func RandomSchedule(seed uint64, cfg RandomConfig) *Schedule {
 		if undo != nil {
 			d := 5*time.Second + time.Duration(g.r.Int64N(int64(cfg.MaxFault)))/time.Second*time.Second
 			sc.Items = append(sc.Items, Item{At: t + d, Cmd: undo})
+			if slices.Contains(do, "lose-state") || slices.Contains(do, "lose-disk") {
+				// The operator follows the runbook for a lost data dir:
+				// the agent comes back as its node (the id is the host's)
+				// and is let in with a new secret.
+				sc.Items = append(sc.Items, Item{At: t + d + time.Minute, Cmd: []string{"reset-secret", do[1]}})
+			}
 		}
 	}
 	opTotal := 0

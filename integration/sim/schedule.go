@@ -35,6 +35,8 @@ import (
 //	                            elsewhere; confirm-fenced while HOST runs a chime VM
 //	                            is a recorded lie; confirm-if-fenced confirms only
 //	                            when it runs none (a truthful operator)
+//	reset-secret HOST           `chime node reset-secret`: the next registration as
+//	                            the node sets a new secret (its agent lost its state)
 //	power-off HOST [lose-disk]  the host loses power (local disk kept or lost)
 //	power-on HOST
 //	agent-crash HOST [lose-state]   kill the agent (its state dir kept or lost)
@@ -211,7 +213,7 @@ func ParseSchedule(r io.Reader) (*Schedule, error) {
 var cmdArity = map[string][2]int{
 	"create": {1, 2}, "start": {1, 1}, "stop": {1, 1}, "delete": {1, 1},
 	"migrate": {1, 2}, "evacuate": {1, 1}, "drain": {1, 1}, "rebuild": {1, 2}, "enable": {1, 1}, "disable": {1, 1},
-	"remove-node": {1, 1},
+	"remove-node": {1, 1}, "reset-secret": {1, 1},
 	"agent-drain": {1, 1}, "agent-migrate": {3, 4}, "disk-fault": {2, 2},
 	"hv-fault": {3, 3}, "path-faults": {3, 8}, "request-faults": {2, 6},
 	"power-off": {1, 2}, "power-on": {1, 1},
@@ -296,7 +298,7 @@ func (s *Sim) Exec(f []string) error {
 		_ = s.Ops.Delete(f[1])
 	case "migrate":
 		_ = s.Ops.Migrate(f[1], arg(2))
-	case "evacuate", "drain", "enable", "disable":
+	case "evacuate", "drain", "enable", "disable", "reset-secret":
 		_ = s.Ops.NodeAction(f[1], endpoint.NodeOp(f[0]), false)
 	case "rebuild":
 		confirm := false
