@@ -383,8 +383,7 @@ func Suspects(sc *Schedule) []string {
 	for _, it := range sc.Items {
 		c := it.Cmd
 		switch {
-		case slices.Contains(c, "lose-state") || slices.Contains(c, "lose-disk"):
-			has["rc6 lost state dir"] = true
+		// rc6 (lost state dir) is fixed: no trigger.
 		case c[0] == "agent-drain":
 			drained[c[1]] = true // rc1 (local drain flag while running) is fixed: no trigger
 		case c[0] == "enable" && drained[c[1]]:
