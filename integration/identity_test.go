@@ -106,7 +106,7 @@ func TestAgentEmptyDataDir(t *testing.T) {
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 		t.Fatalf("kill qemu %d: %v", pid, err)
 	}
-	holdFor(t, 10*time.Second, "the killed VM stays down while its agent is unregistered", func() string {
+	down := func() string {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		hosts, err := f.where(ctx, victim)
@@ -117,7 +117,12 @@ func TestAgentEmptyDataDir(t *testing.T) {
 			return fmt.Sprintf("runs on %v", hosts)
 		}
 		return ""
+	}
+	wait.For(t, 20*time.Second, "libvirt reports the killed VM stopped", func() (bool, string) {
+		msg := down()
+		return msg == "", msg
 	})
+	holdFor(t, 10*time.Second, "the killed VM stays down while its agent is unregistered", down)
 
 	// The runbook: let the agent in with a new secret.
 	out := f.mustChime(t, "node", "reset-secret", h.Name)
