@@ -160,6 +160,7 @@ func showNode(c *cli.Context, n *structs.Node) error {
 		{"Capacity", fmt.Sprintf("%d vCPUs, %d MiB", n.VCPUs, n.MemoryMiB)},
 		{"Drain acknowledged", fmt.Sprint(n.DrainAcked)}, {"Locally drained", fmt.Sprint(n.LocalDrained)},
 		{"Local drain", dash(n.LocalDrainState)},
-		{"Fenced", fmt.Sprint(n.Fenced)}, {"Agent version", dash(n.AgentVersion)},
+		{"Fenced", fmt.Sprint(n.Fenced)}, {"Secret reset", fmt.Sprint(n.SecretReset)},
+		{"Identity conflict", dash(n.IdentityConflict)}, {"Agent version", dash(n.AgentVersion)},
 	})
 }

@@ -301,6 +301,15 @@ func (h *Hypervisor) HostUUID(ctx context.Context) (string, error) {
 	return h.hostUUID, nil
 }
 
+// SetHostUUID gives the host another UUID (libvirtd's host_uuid changed, or
+// a host cloned from another's image): the fault behind two agents claiming
+// one node.
+func (h *Hypervisor) SetHostUUID(u string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.hostUUID = u
+}
+
 // List returns every domain, chime's or not, sorted by UUID. A running
 // domain reports its live metadata.
 func (h *Hypervisor) List(ctx context.Context) ([]hypervisor.Domain, error) {

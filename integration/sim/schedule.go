@@ -2,6 +2,7 @@ package sim
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -41,6 +42,9 @@ import (
 //	power-on HOST
 //	agent-crash HOST [lose-state]   kill the agent (its state dir kept or lost)
 //	agent-restart HOST
+//	clone-host-uuid FROM TO     TO's libvirtd gets FROM's host UUID (a cloned host image,
+//	                            a placeholder SMBIOS UUID): TO's next agent with an empty
+//	                            state dir claims FROM's node
 //	freeze HOST | thaw HOST     SIGSTOP / SIGCONT the agent
 //	libvirtd-down HOST | libvirtd-up HOST
 //	qemu-crash VM               the VM's qemu crashes wherever it runs
@@ -217,7 +221,7 @@ var cmdArity = map[string][2]int{
 	"agent-drain": {1, 1}, "agent-migrate": {3, 4}, "disk-fault": {2, 2},
 	"hv-fault": {3, 3}, "path-faults": {3, 8}, "request-faults": {2, 6},
 	"power-off": {1, 2}, "power-on": {1, 1},
-	"agent-crash": {1, 2}, "agent-restart": {1, 1},
+	"agent-crash": {1, 2}, "agent-restart": {1, 1}, "clone-host-uuid": {2, 2},
 	"freeze": {1, 1}, "thaw": {1, 1},
 	"libvirtd-down": {1, 1}, "libvirtd-up": {1, 1},
 	"qemu-crash": {1, 1},
@@ -374,6 +378,17 @@ func (s *Sim) Exec(f []string) error {
 		}
 		h.diskFault = f[2] == "on"
 		s.E.trace.Addf("fault", "%s disk fault %s", h.Name, f[2])
+	case "clone-host-uuid":
+		from, to := s.Host(f[1]), s.Host(f[2])
+		if from == nil || to == nil {
+			return fmt.Errorf("clone-host-uuid: unknown host in %q", strings.Join(f[1:], " "))
+		}
+		u, err := from.HV.HostUUID(context.Background())
+		if err != nil {
+			return fmt.Errorf("clone-host-uuid: %w", err)
+		}
+		to.HV.SetHostUUID(u)
+		s.E.trace.Addf("fault", "%s's libvirt host UUID set to %s's (%s)", to.Name, from.Name, u)
 	case "power-off", "power-on", "agent-crash", "agent-restart", "freeze", "thaw", "libvirtd-down", "libvirtd-up":
 		h, err := host()
 		if err != nil {
