@@ -37,7 +37,8 @@ import (
 //	                            is a recorded lie; confirm-if-fenced confirms only
 //	                            when it runs none (a truthful operator)
 //	reset-secret HOST           `chime node reset-secret`: the next registration as
-//	                            the node sets a new secret (its agent lost its state)
+//	                            the node sets a new secret (its agent lost its state);
+//	                            tried again every 30 s until acknowledged (10 tries)
 //	power-off HOST [lose-disk]  the host loses power (local disk kept or lost)
 //	power-on HOST
 //	agent-crash HOST [lose-state]   kill the agent (its state dir kept or lost)
@@ -213,6 +214,20 @@ func ParseSchedule(r io.Reader) (*Schedule, error) {
 	return sc, nil
 }
 
+// resetSecretTries bounds the operator's attempts at `chime node
+// reset-secret` (resetSecret).
+const resetSecretTries = 10
+
+// resetSecret is the operator following the runbook for a lost state dir:
+// `chime node reset-secret NODE`, tried again every 30 s while no server
+// acknowledges it (no leader, a partition), at most tries times.
+func (s *Sim) resetSecret(node string, tries int) {
+	if err := s.Ops.NodeAction(node, endpoint.NodeResetSecret, false); err == nil || tries <= 1 {
+		return
+	}
+	s.E.After(30*time.Second, "operator retries reset-secret "+node, func() { s.resetSecret(node, tries-1) })
+}
+
 // cmdArity is each command's number of arguments: minimum and maximum.
 var cmdArity = map[string][2]int{
 	"create": {1, 2}, "start": {1, 1}, "stop": {1, 1}, "delete": {1, 1},
@@ -302,8 +317,10 @@ func (s *Sim) Exec(f []string) error {
 		_ = s.Ops.Delete(f[1])
 	case "migrate":
 		_ = s.Ops.Migrate(f[1], arg(2))
-	case "evacuate", "drain", "enable", "disable", "reset-secret":
+	case "evacuate", "drain", "enable", "disable":
 		_ = s.Ops.NodeAction(f[1], endpoint.NodeOp(f[0]), false)
+	case "reset-secret":
+		s.resetSecret(f[1], resetSecretTries)
 	case "rebuild":
 		confirm := false
 		switch arg(2) {
