@@ -81,6 +81,7 @@ type Monitor struct {
 	last        map[string]time.Time // node id → arrival of its last heartbeat (or registration) at this leader
 	pinging     map[string]bool      // node id → a ping-back is in flight
 	refusedAt   map[string]time.Time // node id → when a refused registration was last recorded
+	conflictAt  map[string]time.Time // node id → when an identity conflict was last recorded
 	leaderSince time.Time            // when this server became leader: the grace period's start
 
 	// The node list the checks walk, reused until the applied index moves.
@@ -102,7 +103,7 @@ func New(cfg Config) *Monitor {
 	}
 	return &Monitor{log: logger.Named("heartbeat"), interval: cfg.Interval, missed: cfg.Missed,
 		propose: cfg.Proposer, state: cfg.State, clock: clock, pinger: cfg.Pinger, gossip: cfg.Gossip,
-		last: map[string]time.Time{}, pinging: map[string]bool{}, refusedAt: map[string]time.Time{}}
+		last: map[string]time.Time{}, pinging: map[string]bool{}, refusedAt: map[string]time.Time{}, conflictAt: map[string]time.Time{}}
 }
 
 // Reset starts a new term of leadership: every node gets a full grace period.

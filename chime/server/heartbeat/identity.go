@@ -21,6 +21,12 @@ import (
 // retrying its registration does not fill the log.
 const identityRefresh = 10 * time.Minute
 
+// identityMinGap is the least time between two conflict records of one
+// node, whatever their evidence: registrations are not authenticated, so
+// a stream of them from ever new addresses must not become a stream of
+// Raft writes.
+const identityMinGap = time.Minute
+
 // IdentityError is a ping-back answered by an agent that is not the node
 // pinged: another node answered at its address, or the node's own id
 // answered from an agent the servers have not registered (it lost its data
@@ -90,9 +96,17 @@ func (m *Monitor) RegistrationRefused(ctx context.Context, n *structs.Node, apiA
 // identityConflict records that another agent claims n, unless the same
 // evidence was recorded less than identityRefresh ago.
 func (m *Monitor) identityConflict(ctx context.Context, n *structs.Node, detail string) {
-	if n.IdentityConflict == detail && m.clock.Now().Sub(n.IdentityConflictAt) < identityRefresh {
+	now := m.clock.Now()
+	if n.IdentityConflict == detail && now.Sub(n.IdentityConflictAt) < identityRefresh {
 		return
 	}
+	m.mu.Lock()
+	if at, ok := m.conflictAt[n.ID]; ok && now.Sub(at) < identityMinGap {
+		m.mu.Unlock()
+		return
+	}
+	m.conflictAt[n.ID] = now
+	m.mu.Unlock()
 	m.proposeIdentity(ctx, n, fsm.IdentityConflict, detail)
 }
 

@@ -3,6 +3,7 @@ package heartbeat
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -142,6 +143,15 @@ func TestRegistrationRefused(t *testing.T) {
 			ev, _ := w.f.Events(0, 100)
 			if last := ev[len(ev)-1]; last.Kind != tc.wantKind || !strings.Contains(last.Message, addr) {
 				t.Fatalf("last event %s: %s; want %s naming %s", last.Kind, last.Message, tc.wantKind, addr)
+			}
+			if tc.wantKind == "node.identity_conflict" {
+				// Ever new addresses within identityMinGap: still one record.
+				for k := range 5 {
+					w.m.RegistrationRefused(context.Background(), w.node(n.ID), fmt.Sprintf("10.0.1.%d:4660", k))
+				}
+				if p := w.props.take(); len(p) != 0 {
+					t.Fatalf("proposals for claims from new addresses within %s: %v, want none", identityMinGap, p)
+				}
 			}
 			w.clock.Advance(identityRefresh)
 			w.m.RegistrationRefused(context.Background(), w.node(n.ID), addr)
