@@ -84,6 +84,9 @@ func TestPingSaysWhetherRegistered(t *testing.T) {
 		if p.NodeID != testHostUUID || p.Name != "hv1" || p.Registered == nil || *p.Registered != want {
 			t.Fatalf("%s: ping = %+v (registered %v); want node %s, registered %v", when, p, deref(p.Registered), testHostUUID, want)
 		}
+		if st := s.a.Status(ctx); st.Registered != want {
+			t.Fatalf("%s: agent status says registered %v, want %v", when, st.Registered, want)
+		}
 	}
 	registered("before registration", false)
 	if err := s.a.RegisterOnce(ctx); err != nil {
