@@ -170,6 +170,7 @@ func printAgentStatus(st *local.Status) error {
 		{"Servers", strings.Join(st.Servers.Addrs, ", ")},
 		{"Servers state", servers},
 		{"Last contact", ago(st.Servers.LastContact)},
+		{"Registered", strconv.FormatBool(st.Registered)},
 		{"Synced", strconv.FormatBool(st.Synced)},
 		{"Libvirt connected", strconv.FormatBool(st.LibvirtConnected)},
 		{"Locally drained", strconv.FormatBool(st.LocalDrained)},

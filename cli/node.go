@@ -76,6 +76,7 @@ func nodeCommand() *cli.Command {
 			},
 			action("enable", "allow placement again; VMs still placed here start again", nil, nil),
 			action("disable", "no new VMs; existing ones are managed normally", nil, nil),
+			action("reset-secret", "let the next agent that registers as this node set a new secret (its agent lost its data dir; see the runbook)", nil, nil),
 			taskAction("drain", "no new VMs; every VM on the node stopped and kept stopped, even when the node comes back", nil, nil),
 			taskAction("evacuate", "live-migrate every VM away (the node is disabled first)", nil, nil),
 			taskAction("rebuild", "recreate every VM of a drained node on other nodes (same disks)",
@@ -159,6 +160,7 @@ func showNode(c *cli.Context, n *structs.Node) error {
 		{"Capacity", fmt.Sprintf("%d vCPUs, %d MiB", n.VCPUs, n.MemoryMiB)},
 		{"Drain acknowledged", fmt.Sprint(n.DrainAcked)}, {"Locally drained", fmt.Sprint(n.LocalDrained)},
 		{"Local drain", dash(n.LocalDrainState)},
-		{"Fenced", fmt.Sprint(n.Fenced)}, {"Agent version", dash(n.AgentVersion)},
+		{"Fenced", fmt.Sprint(n.Fenced)}, {"Secret reset", fmt.Sprint(n.SecretReset)},
+		{"Identity conflict", dash(n.IdentityConflict)}, {"Agent version", dash(n.AgentVersion)},
 	})
 }

@@ -41,7 +41,13 @@ type Hypervisor interface {
 	handover.Hypervisor
 	Connected() bool
 	Capacity(ctx context.Context) (vcpus, memMiB int, err error)
+	// HostUUID is libvirt's host UUID (capabilities' <host><uuid>): the
+	// node id of a new data dir (uniqueness rule 10).
+	HostUUID(ctx context.Context) (string, error)
 }
+
+// hostUUIDTimeout bounds New's one libvirt call, the host UUID.
+const hostUUIDTimeout = 30 * time.Second
 
 // Agent is one agent. New opens its local state; Run drives it with
 // goroutines and timers, or a caller steps it one unit of work at a time
@@ -53,7 +59,7 @@ type Agent struct {
 	store   *store.Store
 	servers Servers
 	clock   clock.Clock
-	random  io.Reader // node secret; the node id and drain ids come from it too
+	random  io.Reader // node secret; drain ids come from it too
 	rec     *reconcile.Reconciler
 	ops     *handover.Manager // migrations, local drain, adoptions, fencing holds
 	health  *health.Checker   // local health checks; their faults go into every heartbeat
@@ -65,6 +71,7 @@ type Agent struct {
 	hold        []string          // VM ids whose instruction was refused by the fencing rule
 	timing      api.Timing        // from the servers
 	lastContact time.Time         // last successful answer from a server
+	registered  bool              // the servers accepted this process's registration and refused no credentials since
 	contactErr  error             // error of the last request to the servers (nil: it succeeded)
 	apiAddr     net.Addr          // where the agent API listens
 	gossipAddrs []string          // the servers' memberlist addresses, from registration and heartbeats
@@ -107,7 +114,7 @@ func New(cfg Config, hv Hypervisor, opts ...Option) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	id, err := st.NodeID(random)
+	id, err := nodeIdentity(hv, st, cfg.Logger)
 	if err != nil {
 		st.Close()
 		return nil, err
@@ -144,6 +151,47 @@ func New(cfg Config, hv Hypervisor, opts ...Option) (*Agent, error) {
 	hc.Clock, hc.StorageProbe = o.clock, o.storageProbe
 	a.health = health.New(hc)
 	return a, nil
+}
+
+// nodeIdentity is the node id of this host (uniqueness rule 10): the one
+// kept in the local state, or for a new (or lost) data dir libvirt's host
+// UUID, so that an agent that lost its data dir comes back as the same
+// node. A state written on another host is refused. When libvirt cannot
+// tell the host UUID, a kept node id is used all the same.
+func nodeIdentity(hv Hypervisor, st *store.Store, log hclog.Logger) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), hostUUIDTimeout)
+	defer cancel()
+	host, err := hv.HostUUID(ctx)
+	if err != nil {
+		log.Warn("cannot read libvirt's host UUID; using the node id of the data dir, if any", "error", err)
+		host = ""
+	}
+	id, err := st.Identity(host)
+	if err != nil {
+		if host == "" {
+			return "", fmt.Errorf("%w (libvirt: host uuid unreadable)", err)
+		}
+		return "", fmt.Errorf("--data-dir: %w", err)
+	}
+	if host != "" && id != host {
+		log.Info("node id kept from an older agent's data dir, not derived from the host UUID", "node_id", id, "host_uuid", host)
+	}
+	return id, nil
+}
+
+// Registered reports whether the servers accepted this process's
+// registration and have refused none of its credentials since: what the
+// ping-back answer says (api.PingResponse.Registered).
+func (a *Agent) Registered() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.registered
+}
+
+func (a *Agent) setRegistered(ok bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.registered = ok
 }
 
 // Close stops the HA operations still in flight and closes the local state.
@@ -288,6 +336,9 @@ func (a *Agent) noteContact(err error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.contactErr = err
+	if RegistrationLost(err) {
+		a.registered = false
+	}
 	var apiErr *api.Error
 	if err == nil || errors.As(err, &apiErr) {
 		// A server answered, even if it said no.

@@ -78,7 +78,12 @@ type recordingHV struct {
 	domains     map[string]hypervisor.Domain
 	failDestroy map[string]int // uuid -> how many more Destroy calls fail
 	events      chan hypervisor.Event
+	hostUUID    string // "" testHostUUID
+	hostErr     error  // HostUUID fails with it
 }
+
+// testHostUUID is the recording hypervisor's libvirt host UUID.
+const testHostUUID = "3f2504e0-4f89-41d3-9a0c-0305e82c3301"
 
 func newRecordingHV(log *callLog, domains ...hypervisor.Domain) *recordingHV {
 	h := &recordingHV{log: log, domains: map[string]hypervisor.Domain{}, failDestroy: map[string]int{},
@@ -92,6 +97,17 @@ func newRecordingHV(log *callLog, domains ...hypervisor.Domain) *recordingHV {
 func (h *recordingHV) Connected() bool                            { return true }
 func (h *recordingHV) Events() <-chan hypervisor.Event            { return h.events }
 func (h *recordingHV) Capacity(context.Context) (int, int, error) { return 8, 16384, nil }
+func (h *recordingHV) HostUUID(context.Context) (string, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.hostErr != nil {
+		return "", h.hostErr
+	}
+	if h.hostUUID == "" {
+		return testHostUUID, nil
+	}
+	return h.hostUUID, nil
+}
 func (h *recordingHV) Migrate(_ context.Context, id, _, _ string) error {
 	h.log.add("hv:migrate %s", id)
 	return errors.New("no")
@@ -602,7 +618,7 @@ func TestLocalSocketAndPing(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	var ping PingResponse
+	var ping api.PingResponse
 	if err := json.NewDecoder(resp.Body).Decode(&ping); err != nil || ping.NodeID != a.NodeID() || ping.Name != "hv1" {
 		t.Fatalf("ping = %+v, %v", ping, err)
 	}

@@ -19,16 +19,17 @@ import (
 // the adoption announcements other agents send before a node-local
 // migration to this node.
 
-// PingResponse is the answer to the servers' ping-back, GET /v1/ping.
-type PingResponse struct {
-	NodeID string `json:"node_id"`
-	Name   string `json:"name"`
+// Ping is the answer to the servers' ping-back (GET /v1/ping): this
+// agent's node id and whether it is registered.
+func (a *Agent) Ping() api.PingResponse {
+	reg := a.Registered()
+	return api.PingResponse{NodeID: a.nodeID, Name: a.cfg.Name, Registered: &reg}
 }
 
 func (a *Agent) apiHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/ping", func(w http.ResponseWriter, r *http.Request) {
-		api.WriteJSON(w, http.StatusOK, PingResponse{NodeID: a.nodeID, Name: a.cfg.Name})
+		api.WriteJSON(w, http.StatusOK, a.Ping())
 	})
 	mux.HandleFunc("POST /v1/adopt", a.handleAdopt)
 	return mux

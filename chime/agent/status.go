@@ -30,6 +30,7 @@ func (a *Agent) Status(ctx context.Context) local.Status {
 			Reachable:   !a.lastContact.IsZero() && a.contactErr == nil,
 			LastContact: a.lastContact,
 		},
+		Registered:    a.registered,
 		Synced:        a.desired != nil,
 		LastReconcile: lastPass,
 		VMs:           []local.VM{},

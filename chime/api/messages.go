@@ -46,6 +46,20 @@ type RegisterResponse struct {
 	GossipAddrs []string `json:"gossip_addrs,omitempty"`
 }
 
+// PingResponse is an agent's answer to the servers' ping-back, GET
+// /v1/ping on its API: who answers. The servers count the ping-back as
+// failed when the answer names another node, or says the agent is not
+// registered (uniqueness rule 10: an agent that lost its data dir answers
+// at the node's address but holds no credentials the servers accept).
+type PingResponse struct {
+	NodeID string `json:"node_id"`
+	Name   string `json:"name"`
+	// Registered says whether the servers accepted this process's
+	// registration (and have not refused its credentials since). nil: an
+	// agent older than this field, which does not say.
+	Registered *bool `json:"registered,omitempty"`
+}
+
 // Timing is set on the servers and pushed to agents.
 type Timing struct {
 	HeartbeatInterval time.Duration `json:"heartbeat_interval"`

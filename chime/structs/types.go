@@ -63,6 +63,18 @@ type Node struct {
 	DrainAcked      bool      `json:"drain_acked"`                 // a heartbeat sent after the agent applied the drain listed every VM stopped
 	DrainIndex      uint64    `json:"drain_index,omitempty"`       // Raft index at which management became drained (a drain ack needs a desired index at least this)
 	Fenced          bool      `json:"fenced"`                      // an operator or fence command confirmed the node runs nothing
+	// SecretReset: an operator allowed the next registration of this node
+	// id to set a new secret (`chime node reset-secret`: the agent lost its
+	// data dir). Cleared by that registration.
+	SecretReset bool `json:"secret_reset,omitempty"`
+	// IdentityConflict is the last evidence that another agent claims this
+	// node (uniqueness rule 10): it answered the ping-back at the node's
+	// address as another node, or registered as this node from another
+	// address while the node was not unreachable. IdentityConflictAt is
+	// when it was last seen (leader's clock); the alarm resolves a while
+	// after.
+	IdentityConflict   string    `json:"identity_conflict,omitempty"`
+	IdentityConflictAt time.Time `json:"identity_conflict_at,omitzero"`
 
 	CreateIndex uint64 `json:"create_index"`
 	ModifyIndex uint64 `json:"modify_index"`

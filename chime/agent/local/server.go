@@ -25,7 +25,8 @@ type Status struct {
 	NodeID           string        `json:"node_id"`
 	Name             string        `json:"name"`
 	Servers          ServerContact `json:"servers"`
-	Synced           bool          `json:"synced"` // a desired state was received since this process started
+	Registered       bool          `json:"registered"` // the servers accepted this process's registration and refused no credentials since
+	Synced           bool          `json:"synced"`     // a desired state was received since this process started
 	DesiredIndex     uint64        `json:"desired_index"`
 	LibvirtConnected bool          `json:"libvirt_connected"`
 	LocalDrained     bool          `json:"local_drained"`               // a local drain is on and every chime VM is stopped

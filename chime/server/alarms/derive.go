@@ -15,6 +15,11 @@ import (
 // unless a later task of the same kind on the same node or VM succeeds.
 const FailedTaskAlarmFor = 24 * time.Hour
 
+// IdentityConflictAlarmFor is how long the last evidence that another
+// agent claims a node keeps its NodeIdentityConflict alarm firing. The
+// heartbeat monitor records continuing evidence again well within it.
+const IdentityConflictAlarmFor = time.Hour
+
 // fingerprint identifies an alarm by its labels, stable across leaders.
 func fingerprint(labels map[string]string) string {
 	keys := make([]string, 0, len(labels))
@@ -48,6 +53,12 @@ func Derive(nodes []structs.Node, tasks []structs.Task, now time.Time) []structs
 			add("NodeError", "warning", map[string]string{"node": n.Name, "node_id": n.ID},
 				fmt.Sprintf("node %s reports faults: %v", n.Name, n.Faults),
 				"The agent reports faults; evacuate the node if they persist.", n.StateSince)
+		}
+		if n.IdentityConflict != "" && now.Sub(n.IdentityConflictAt) < IdentityConflictAlarmFor {
+			add("NodeIdentityConflict", "critical", map[string]string{"node": n.Name, "node_id": n.ID},
+				fmt.Sprintf("another agent claims node %s", n.Name),
+				n.IdentityConflict+". Two agents must never answer for one node: find the second host (a cloned host UUID or data dir) and stop its agent; see the runbook for a lost data dir.",
+				n.IdentityConflictAt)
 		}
 	}
 	names := map[string]string{}

@@ -85,3 +85,39 @@ func TestFailedTaskAlarmResolves(t *testing.T) {
 		t.Fatalf("day-old failed task still fires: %+v", al)
 	}
 }
+
+// TestIdentityConflictAlarm: a node another agent claims has a critical
+// NodeIdentityConflict alarm that names it, until its last evidence is
+// IdentityConflictAlarmFor old.
+func TestIdentityConflictAlarm(t *testing.T) {
+	now := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		name  string
+		node  structs.Node
+		fires bool
+	}{
+		{"no conflict", structs.Node{ID: "n1", Name: "hv1"}, false},
+		{"fresh conflict", structs.Node{ID: "n1", Name: "hv1", IdentityConflict: "the agent at 10.0.0.9:4660 answered as node x", IdentityConflictAt: now.Add(-time.Minute)}, true},
+		{"conflict nearly expired", structs.Node{ID: "n1", Name: "hv1", IdentityConflict: "x", IdentityConflictAt: now.Add(-IdentityConflictAlarmFor + time.Second)}, true},
+		{"conflict expired", structs.Node{ID: "n1", Name: "hv1", IdentityConflict: "x", IdentityConflictAt: now.Add(-IdentityConflictAlarmFor)}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var got []structs.Alarm
+			for _, al := range Derive([]structs.Node{tc.node}, nil, now) {
+				if al.Name == "NodeIdentityConflict" {
+					got = append(got, al)
+				}
+			}
+			if (len(got) == 1) != tc.fires || len(got) > 1 {
+				t.Fatalf("NodeIdentityConflict alarms %+v; want firing %v", got, tc.fires)
+			}
+			if tc.fires {
+				al := got[0]
+				if al.Severity != "critical" || al.Labels["node"] != "hv1" || al.Labels["node_id"] != "n1" ||
+					!al.StartsAt.Equal(tc.node.IdentityConflictAt) || !regexp.MustCompile(regexp.QuoteMeta(tc.node.IdentityConflict)).MatchString(al.Description) {
+					t.Fatalf("alarm = %+v", al)
+				}
+			}
+		})
+	}
+}

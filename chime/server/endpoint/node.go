@@ -19,6 +19,9 @@ const (
 	NodeDrain    NodeOp = "drain"    // stop every VM on the node and keep them stopped
 	NodeEvacuate NodeOp = "evacuate" // live-migrate every VM away
 	NodeRebuild  NodeOp = "rebuild"  // recreate a drained node's VMs elsewhere
+	// NodeResetSecret lets the next registration as the node set a new
+	// secret: its agent lost its data dir (uniqueness rule 10).
+	NodeResetSecret NodeOp = "reset-secret"
 )
 
 // NodeResult is what a node action answers: the node as it is now (enable,
@@ -42,6 +45,8 @@ func (e *Endpoints) NodeAction(ctx context.Context, reqID, ref string, op NodeOp
 	switch op {
 	case NodeEnable, NodeDisable:
 		return e.setManagement(ctx, e.requestID(reqID), n, op)
+	case NodeResetSecret:
+		return e.resetSecret(ctx, e.requestID(reqID), n)
 	case NodeDrain, NodeEvacuate, NodeRebuild:
 		if first, ok := e.retriedTask(reqID); ok {
 			return NodeResult{Task: first}, nil
@@ -56,12 +61,25 @@ func (e *Endpoints) NodeAction(ctx context.Context, reqID, ref string, op NodeOp
 			t, err = e.rebuild(ctx, reqID, n, confirmFenced)
 		}
 	default:
-		return NodeResult{}, structs.NotFound("action", "unknown node action %q (enable, disable, drain, rebuild, evacuate)", op)
+		return NodeResult{}, structs.NotFound("action", "unknown node action %q (enable, disable, drain, rebuild, evacuate, reset-secret)", op)
 	}
 	if err != nil {
 		return NodeResult{}, err
 	}
 	return NodeResult{Task: t}, nil
+}
+
+// resetSecret lets the next registration as n set a new secret. The
+// current secret keeps working until then.
+func (e *Endpoints) resetSecret(ctx context.Context, reqID string, n *structs.Node) (NodeResult, error) {
+	if _, err := e.propose.Propose(ctx, reqID, fsm.CmdResetSecret, fsm.ResetSecret{NodeID: n.ID}); err != nil {
+		return NodeResult{}, err
+	}
+	cur, err := e.state.Node(n.ID)
+	if err != nil {
+		return NodeResult{}, err
+	}
+	return NodeResult{Node: cur}, nil
 }
 
 // setManagement enables or disables the node. Enabling wakes the pending

@@ -37,7 +37,9 @@ func (SystemClock) Now() time.Time { return time.Now() }
 
 // Pinger asks a node's agent directly whether it is alive (the server's
 // implementation is GET /v1/ping on the agent's API). ctx carries the
-// ping-back's timeout.
+// ping-back's timeout. An answer counts only when CheckAnswer accepts it:
+// a Pinger returns CheckAnswer's error for an answer from an agent that is
+// not the node's (uniqueness rule 10).
 type Pinger interface {
 	Ping(ctx context.Context, n structs.Node) error
 }
@@ -78,6 +80,8 @@ type Monitor struct {
 	mu          sync.Mutex           // guards the three fields below
 	last        map[string]time.Time // node id → arrival of its last heartbeat (or registration) at this leader
 	pinging     map[string]bool      // node id → a ping-back is in flight
+	refusedAt   map[string]time.Time // node id → when a refused registration was last recorded
+	conflictAt  map[string]time.Time // node id → when an identity conflict was last recorded
 	leaderSince time.Time            // when this server became leader: the grace period's start
 
 	// The node list the checks walk, reused until the applied index moves.
@@ -99,7 +103,7 @@ func New(cfg Config) *Monitor {
 	}
 	return &Monitor{log: logger.Named("heartbeat"), interval: cfg.Interval, missed: cfg.Missed,
 		propose: cfg.Proposer, state: cfg.State, clock: clock, pinger: cfg.Pinger, gossip: cfg.Gossip,
-		last: map[string]time.Time{}, pinging: map[string]bool{}}
+		last: map[string]time.Time{}, pinging: map[string]bool{}, refusedAt: map[string]time.Time{}, conflictAt: map[string]time.Time{}}
 }
 
 // Reset starts a new term of leadership: every node gets a full grace period.
