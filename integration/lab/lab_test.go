@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -320,7 +321,16 @@ func TestCleanupAfterCrash(t *testing.T) {
 	}
 	orphans, err := orphanPids(namesFor(prefix))
 	if err != nil || len(orphans) == 0 {
-		t.Fatalf("orphaned daemons of %s: %v (%v), want libvirtd and virtlogd", h.Name, orphans, err)
+		t.Fatalf("orphaned daemons of %s: %v (%v), want libvirtd, virtlogd and virtlockd", h.Name, orphans, err)
+	}
+	var comms []string
+	for _, p := range orphans {
+		comms = append(comms, procComm(p))
+	}
+	for _, want := range []string{"libvirtd", "virtlogd", "virtlockd"} {
+		if !slices.Contains(comms, want) {
+			t.Fatalf("orphaned daemons of %s: %v, want %s among them", h.Name, comms, want)
+		}
 	}
 	if err := Cleanup(ctx, prefix); err != nil {
 		t.Fatalf("cleanup: %v", err)
@@ -333,7 +343,18 @@ func TestCleanupAfterCrash(t *testing.T) {
 	}
 }
 
-func testDomainXML(name, uuid string) string {
+// testDomainXML is a 64 MiB guest without OS, with the given disk images
+// (virtio, qcow2, cache none as chime's driver renders them).
+func testDomainXML(name, uuid string, disks ...string) string {
+	var devs strings.Builder
+	for i, d := range disks {
+		fmt.Fprintf(&devs, `    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2' cache='none'/>
+      <source file='%s'/>
+      <target dev='vd%c' bus='virtio'/>
+    </disk>
+`, d, 'a'+i)
+	}
 	return fmt.Sprintf(`<domain type='%s'>
   <name>%s</name>
   <uuid>%s</uuid>
@@ -341,9 +362,117 @@ func testDomainXML(name, uuid string) string {
   <vcpu>1</vcpu>
   <os><type arch='x86_64'>hvm</type><boot dev='hd'/></os>
   <devices>
-    <serial type='pty'/>
+%s    <serial type='pty'/>
     <console type='pty'/>
   </devices>
 </domain>
-`, DomainType(), name, uuid)
+`, DomainType(), name, uuid, devs.String())
+}
+
+// defineDomain defines a test domain on h from testDomainXML.
+func defineDomain(t *testing.T, ctx context.Context, h *Host, name, uuid string, disks ...string) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), name+".xml")
+	if err := os.WriteFile(path, []byte(testDomainXML(name, uuid, disks...)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.Virsh(ctx, "define", path); err != nil {
+		t.Fatalf("define %s on %s: %v", name, h.Name, err)
+	}
+}
+
+// TestSharedStorageDiskLock checks the lab's second wall (DESIGN.md
+// uniqueness rule 12): both hosts see one qcow2 image on the shared
+// storage, every host runs a virtlockd with its lockspace there, and
+// libvirt refuses to start a domain on hv2 whose disk a qemu on hv1 holds —
+// with a lease error of virtlockd, not qemu's own image lock. Once hv1's
+// copy stops, and once hv1 loses power, hv2 can start it.
+func TestSharedStorageDiskLock(t *testing.T) {
+	requireLab(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Minute)
+	defer cancel()
+	const prefix = "chimel"
+	l, err := Up(ctx, Config{Prefix: prefix, Hosts: 2, Dir: t.TempDir(), Log: t.Logf})
+	if err != nil {
+		t.Fatalf("up: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := l.Down(context.Background()); err != nil {
+			t.Errorf("down in cleanup: %v", err)
+		}
+	})
+	hv1, hv2 := l.Hosts[0], l.Hosts[1]
+	for _, h := range l.Hosts {
+		if !h.VirtlockdRunning() {
+			t.Fatalf("%s: no virtlockd after up", h.Name)
+		}
+	}
+	disk, err := l.CreateDisk(ctx, "shared-1", 16)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.CreateDisk(ctx, "../escape", 16); err == nil {
+		t.Errorf("CreateDisk accepted the name ../escape")
+	}
+	u1, u2 := randomUUID(), randomUUID()
+	defineDomain(t, ctx, hv1, "locktest-a", u1, disk)
+	defineDomain(t, ctx, hv2, "locktest-b", u2, disk)
+
+	if _, err := hv1.Virsh(ctx, "start", u1); err != nil {
+		t.Fatalf("start on %s: %v", hv1.Name, err)
+	}
+	leases, _ := os.ReadDir(l.LockspaceDir())
+	if len(leases) == 0 {
+		t.Errorf("lockspace %s is empty while %s runs a domain with a disk", l.LockspaceDir(), hv1.Name)
+	}
+
+	refused := func(what string) {
+		t.Helper()
+		_, err := hv2.Virsh(ctx, "start", u2)
+		if err == nil {
+			t.Fatalf("%s: %s started a second domain on disk %s", what, hv2.Name, disk)
+		}
+		if !strings.Contains(err.Error(), "Lockspace resource") || !strings.Contains(err.Error(), "is locked") {
+			t.Fatalf("%s: start on %s failed, but not with virtlockd's lease error: %v", what, hv2.Name, err)
+		}
+		t.Logf("%s: refused as expected: %v", what, err)
+		if p, err := hv2.QemuProcesses(ctx); err != nil || len(p) > 0 {
+			t.Fatalf("%s: qemu processes on %s after the refusal: %v (%v)", what, hv2.Name, p, err)
+		}
+	}
+	refused("hv1 runs the disk")
+
+	// libvirtd of hv1 restarting does not drop the lease: virtlockd holds it.
+	if err := hv1.StopLibvirtd(ctx); err != nil {
+		t.Fatal(err)
+	}
+	refused("hv1's libvirtd down")
+	if err := hv1.StartLibvirtd(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	if _, err := hv1.Virsh(ctx, "destroy", u1); err != nil {
+		t.Fatalf("destroy on %s: %v", hv1.Name, err)
+	}
+	if _, err := hv2.Virsh(ctx, "start", u2); err != nil {
+		t.Fatalf("start on %s after %s stopped its copy: %v", hv2.Name, hv1.Name, err)
+	}
+	if _, err := hv1.Virsh(ctx, "start", u1); err == nil {
+		t.Fatalf("%s started the disk while %s runs it", hv1.Name, hv2.Name)
+	}
+
+	// Power loss releases the leases: the dead host's virtlockd is gone.
+	if err := hv2.KillAll(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := hv1.Virsh(ctx, "start", u1); err != nil {
+		t.Fatalf("start on %s after %s lost power: %v", hv1.Name, hv2.Name, err)
+	}
+	if err := hv2.StartLibvirtd(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !hv2.VirtlockdRunning() {
+		t.Fatalf("%s: StartLibvirtd did not start virtlockd again", hv2.Name)
+	}
+	refused("hv1 runs the disk again")
 }
