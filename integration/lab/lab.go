@@ -107,6 +107,9 @@ type Lab struct {
 const (
 	imagesSub    = "images"
 	lockspaceSub = "lockd"
+	// lunInfix sits between prefix and name in a LUN's backing file, by
+	// which Cleanup finds the loop devices of a prefix.
+	lunInfix = "-lun-"
 )
 
 // ImagesDir is where CreateDisk puts disk images (SharedDir/images).
@@ -168,7 +171,7 @@ func Requirements() error {
 	if os.Geteuid() != 0 {
 		errs = append(errs, errors.New("not running as root"))
 	}
-	for _, bin := range []string{"ip", "unshare", "mount", "sh", "libvirtd", "virtlogd", "virtlockd", "virsh", "qemu-img"} {
+	for _, bin := range []string{"ip", "unshare", "mount", "sh", "libvirtd", "virtlogd", "virtlockd", "virsh", "qemu-img", "losetup"} {
 		if _, err := exec.LookPath(bin); err != nil {
 			errs = append(errs, fmt.Errorf("%s not found in PATH (scripts/install-deps.sh installs it)", bin))
 		}
@@ -388,6 +391,59 @@ func (l *Lab) CreateDisk(ctx context.Context, name string, sizeMiB int) (string,
 	}
 	l.Cfg.Log("lab %s: disk %s (%d MiB)", l.Cfg.Prefix, path, sizeMiB)
 	return path, nil
+}
+
+// SANDir is where CreateLUN puts each host's device node of a LUN, as the
+// host sees it (its own /var/lib/libvirt).
+const SANDir = "/var/lib/libvirt/san"
+
+// CreateLUN simulates a LUN of a SAN: a block device every host reaches
+// through a device node of its own at the same path (SANDir/name), as
+// hypervisors see one LUN as /dev/mapper/… each. It is a loop device over a
+// file in ImagesDir. Being distinct inodes, the nodes share no file lock
+// (qemu's own image lock sees nothing of the other host), so only the
+// lockspace on the shared storage keeps two hosts off the LUN, as on a real
+// SAN. Cleanup detaches the loop device. It returns the path to give
+// libvirt (<disk type='block'><source dev=…/>).
+func (l *Lab) CreateLUN(ctx context.Context, name string, sizeMiB int) (string, error) {
+	if !diskNameRE.MatchString(name) {
+		return "", fmt.Errorf("create lun: name %q: want 1-63 lower-case letters, digits, '.', '_' or '-'", name)
+	}
+	if sizeMiB < 1 {
+		return "", fmt.Errorf("create lun %s: size %d MiB: must be at least 1", name, sizeMiB)
+	}
+	backing := filepath.Join(l.ImagesDir(), l.Cfg.Prefix+lunInfix+name+".img")
+	f, err := os.OpenFile(backing, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return "", fmt.Errorf("create lun %s: %w", name, err)
+	}
+	err = f.Truncate(int64(sizeMiB) << 20)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return "", fmt.Errorf("create lun %s: %w", name, err)
+	}
+	out, err := output(ctx, "losetup", "--find", "--show", backing)
+	if err != nil {
+		return "", fmt.Errorf("create lun %s: %w", name, err)
+	}
+	dev := strings.TrimSpace(string(out))
+	var st syscall.Stat_t
+	if err := syscall.Stat(dev, &st); err != nil {
+		return "", fmt.Errorf("create lun %s: %s: %w", name, dev, err)
+	}
+	for _, h := range l.Hosts {
+		dir := filepath.Join(h.Dir, "lib/libvirt/san")
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return "", fmt.Errorf("create lun %s on %s: %w", name, h.Name, err)
+		}
+		if err := syscall.Mknod(filepath.Join(dir, name), syscall.S_IFBLK|0o600, int(st.Rdev)); err != nil {
+			return "", fmt.Errorf("create lun %s on %s: %w", name, h.Name, err)
+		}
+	}
+	l.Cfg.Log("lab %s: lun %s (%d MiB) on %s, %s on every host", l.Cfg.Prefix, name, sizeMiB, dev, filepath.Join(SANDir, name))
+	return filepath.Join(SANDir, name), nil
 }
 
 // Down kills every process of the lab's hosts (qemu, libvirtd, virtlogd,
