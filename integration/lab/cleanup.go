@@ -29,7 +29,7 @@ func namesFor(prefix string) names {
 	return names{
 		netns: regexp.MustCompile(`^` + p + `-hv[0-9]+$`),
 		link:  regexp.MustCompile(`^` + p + `(m0|b0|h[0-9]+[mb])$`),
-		dir:   regexp.MustCompile(`/` + p + `-hv[0-9]+/(run|lib|etc|log)/libvirt$`),
+		dir:   regexp.MustCompile(`/` + p + `-hv[0-9]+/((run|lib|etc|log)/libvirt|` + sanSub + `)$`),
 		lun:   regexp.MustCompile(`/shared/` + imagesSub + `/` + p + lunInfix + `[a-z0-9._-]+\.img( \(deleted\))?$`),
 	}
 }

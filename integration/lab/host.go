@@ -26,7 +26,9 @@ var hostMounts = []struct{ sub, target string }{
 // private": the bind mounts live and die with the daemons' private mount
 // namespace, so nothing leaks into the root namespace. /var/cache/libvirt
 // (qemu capabilities) stays shared: the cache is valid for every host and
-// saves each libvirtd seconds of probing. $1 is the host dir, $2 is 1 when
+// saves each libvirtd seconds of probing. The host's san/ dir goes over
+// /dev/chime-lab-san (SANDir), the one directory the lab creates in the
+// machine's /dev: its device nodes of the lab's LUNs. $1 is the host dir, $2 is 1 when
 // virtlogd must be started too, $3 is 1 when virtlockd must be: libvirtd
 // asks virtlockd for the disk leases of every domain it starts
 // (lock_manager = "lockd") and refuses the start when it does not answer.
@@ -37,6 +39,8 @@ mount --bind "$d/run/libvirt" /run/libvirt
 mount --bind "$d/lib/libvirt" /var/lib/libvirt
 mount --bind "$d/etc/libvirt" /etc/libvirt
 mount --bind "$d/log/libvirt" /var/log/libvirt
+mkdir -p /dev/chime-lab-san
+mount --bind "$d/san" /dev/chime-lab-san
 if [ "$2" = 1 ]; then virtlogd -d -p /run/libvirt/virtlogd.pid; fi
 if [ "$3" = 1 ]; then virtlockd -d -p /run/libvirt/virtlockd.pid; fi
 exec libvirtd -d -l -p /run/libvirt/libvirtd.pid
@@ -212,6 +216,9 @@ func (h *Host) createDirs(lockspace string) error {
 		if err := os.MkdirAll(filepath.Join(h.Dir, m.sub), 0o755); err != nil {
 			return fmt.Errorf("dir of %s: %w", h.Name, err)
 		}
+	}
+	if err := os.MkdirAll(filepath.Join(h.Dir, sanSub), 0o755); err != nil {
+		return fmt.Errorf("dir of %s: %w", h.Name, err)
 	}
 	etc := filepath.Join(h.Dir, "etc/libvirt")
 	if err := copyConfFiles("/etc/libvirt", etc); err != nil {

@@ -393,13 +393,19 @@ func (l *Lab) CreateDisk(ctx context.Context, name string, sizeMiB int) (string,
 	return path, nil
 }
 
-// SANDir is where CreateLUN puts each host's device node of a LUN, as the
-// host sees it (its own /var/lib/libvirt).
-const SANDir = "/var/lib/libvirt/san"
+// SANDir is where every host sees its device nodes of the lab's LUNs
+// (CreateLUN): its own Dir/san, bind-mounted there. Under /dev, as real
+// LUNs are, so that chime's driver renders them as block devices.
+const SANDir = "/dev/chime-lab-san"
+
+// sanSub is the per-host directory bind-mounted over SANDir.
+const sanSub = "san"
 
 // CreateLUN simulates a LUN of a SAN: a block device every host reaches
 // through a device node of its own at the same path (SANDir/name), as
-// hypervisors see one LUN as /dev/mapper/… each. It is a loop device over a
+// hypervisors see one LUN as /dev/mapper/… each. The host's processes
+// (libvirtd, qemu) see the node; the root namespace, where agents run,
+// does not. It is a loop device over a
 // file in ImagesDir. Being distinct inodes, the nodes share no file lock
 // (qemu's own image lock sees nothing of the other host), so only the
 // lockspace on the shared storage keeps two hosts off the LUN, as on a real
@@ -434,11 +440,7 @@ func (l *Lab) CreateLUN(ctx context.Context, name string, sizeMiB int) (string, 
 		return "", fmt.Errorf("create lun %s: %s: %w", name, dev, err)
 	}
 	for _, h := range l.Hosts {
-		dir := filepath.Join(h.Dir, "lib/libvirt/san")
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			return "", fmt.Errorf("create lun %s on %s: %w", name, h.Name, err)
-		}
-		if err := syscall.Mknod(filepath.Join(dir, name), syscall.S_IFBLK|0o600, int(st.Rdev)); err != nil {
+		if err := syscall.Mknod(filepath.Join(h.Dir, sanSub, name), syscall.S_IFBLK|0o600, int(st.Rdev)); err != nil {
 			return "", fmt.Errorf("create lun %s on %s: %w", name, h.Name, err)
 		}
 	}

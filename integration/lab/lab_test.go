@@ -51,6 +51,8 @@ func TestNamesMatchOnlyTheirPrefix(t *testing.T) {
 		{"chime", "/tmp/x/chime-hv2/run/libvirt", "dir", true},
 		{"chime", "/tmp/x/chime-hv2/lib/libvirt", "dir", true},
 		{"chime", "/tmp/x/chimet-hv2/run/libvirt", "dir", false},
+		{"chime", "/tmp/x/chime-hv2/san", "dir", true},
+		{"chime", "/tmp/x/chime-hv2/sand", "dir", false},
 		{"chime", "/run/libvirt", "dir", false},
 		{"chime", "/tmp/x/shared/images/chime-lun-lun1.img", "lun", true},
 		{"chime", "/tmp/x/shared/images/chime-lun-lun1.img (deleted)", "lun", true},
