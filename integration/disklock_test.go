@@ -18,30 +18,60 @@ import (
 )
 
 // TestDiskLockRefusesSecondStart shows the second wall of uniqueness
-// (DESIGN.md rule 12) on real libvirt: a chime VM with a qcow2 disk on the
-// lab's shared storage runs on host A, with its lease in the shared
+// (DESIGN.md rule 12) on real libvirt, for a qcow2 image on the lab's shared
+// storage and for a LUN (a block device that every host reaches through a
+// device node of its own, where only virtlockd can see the other host).
+//
+// A chime VM with the disk runs on host A, with its lease in the shared
 // lockspace. Bypassing chime, a domain with the same disk started on host B
-// through B's own libvirt is refused with a lock error; once chime stops
-// the VM, B's domain starts. Then the other way round: while B's domain
-// holds the disk, `chime vm start` makes A's agent try, libvirt refuses,
-// and the operator sees it (agent status: start refused, with libvirt's
-// error; `chime vm show`: observed stopped (disk-locked)), with the retries
-// backed off rather than one per pass. When B's domain stops, A's agent
-// starts the VM on its next try. Throughout, no disk is open in qemu on two
-// hosts at once, and no VM runs twice.
+// through B's own libvirt is refused with a lock error (for the LUN:
+// virtlockd's); once chime stops the VM, B's domain starts. Then the other
+// way round: while B's domain holds the disk, `chime vm start` makes A's
+// agent try, libvirt refuses, and the operator sees it (agent status: start
+// refused, with libvirt's error; `chime vm show`: observed stopped
+// (disk-locked)), with the retries backed off rather than one per pass.
+// When B's domain stops, A's agent starts the VM on its next try.
+// Throughout, no disk runs on two hosts at once, and no VM runs twice.
 func TestDiskLockRefusesSecondStart(t *testing.T) {
 	f := newFleet(t)
 	u := startUniquenessChecker(t, f.lab.Hosts)
 	ctx, cancel := context.WithTimeout(t.Context(), 15*time.Minute)
 	defer cancel()
+	tests := []struct {
+		name string
+		kind string // "image" or "lun"
+	}{
+		{"qcow2 image", "image"},
+		{"lun", "lun"},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var disk string
+			var err error
+			if tt.kind == "lun" {
+				disk, err = f.lab.CreateLUN(ctx, fmt.Sprintf("lun-%d", i), 16)
+			} else {
+				disk, err = f.lab.CreateDisk(ctx, fmt.Sprintf("locked-%d", i), 16)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			refusedSecondStart(t, ctx, f, fmt.Sprintf("locked-%d", i), disk, tt.kind == "lun")
+		})
+	}
+	u.check(t)
+}
 
-	disk, err := f.lab.CreateDisk(ctx, "locked-1", 16)
-	if err != nil {
-		t.Fatal(err)
+// refusedSecondStart plays the test's story for one disk. With leaseOnly,
+// every refusal must be virtlockd's lease refusal.
+func refusedSecondStart(t *testing.T, ctx context.Context, f *fleet, name, disk string, leaseOnly bool) {
+	lockErr := diskLockError
+	if leaseOnly {
+		lockErr = leaseRefusal
 	}
 	dc := startDiskChecker(t, f.lab.Hosts, disk)
 
-	vm := f.createVM(t, "locked", "--disk", disk)
+	vm := f.createVM(t, name, "--disk", disk)
 	if len(vm.Spec.Disks) != 1 || vm.Spec.Disks[0] != disk {
 		t.Fatalf("vm %s disks %v, want [%s]", vm.Name, vm.Spec.Disks, disk)
 	}
@@ -64,12 +94,12 @@ func TestDiskLockRefusesSecondStart(t *testing.T) {
 		_, _ = b.Virsh(ctx, "destroy", intruder)
 		_, _ = b.Virsh(ctx, "undefine", intruder)
 	})
-	_, err = b.Virsh(ctx, "start", intruder)
+	_, err := b.Virsh(ctx, "start", intruder)
 	if err == nil {
 		t.Fatalf("%s started a second domain on disk %s while %s runs it", b.Name, disk, a.Name)
 	}
-	if !diskLockError(err.Error()) {
-		t.Fatalf("start on %s failed, but not with a lock error: %v", b.Name, err)
+	if !lockErr(err.Error()) {
+		t.Fatalf("start on %s failed, but not with a lock error (lease only: %v): %v", b.Name, leaseOnly, err)
 	}
 	t.Logf("second start on %s refused: %v", b.Name, err)
 	if procs, err := b.QemuProcesses(ctx); err != nil || procs[intruder] != 0 {
@@ -102,7 +132,7 @@ func TestDiskLockRefusesSecondStart(t *testing.T) {
 			if r == nil {
 				return false, fmt.Sprintf("vm %s, no refusal (reconcile error %q)", v.State, st.ReconcileError)
 			}
-			if !diskLockError(r.Error) {
+			if !lockErr(r.Error) {
 				return false, "refusal without a lock error: " + r.Error
 			}
 			// Backed off: the next try is at least the first delay after
@@ -159,13 +189,12 @@ func TestDiskLockRefusesSecondStart(t *testing.T) {
 		}
 		return true, ""
 	})
-	if _, err := b.Virsh(ctx, "start", intruder); err == nil || !diskLockError(err.Error()) {
+	if _, err := b.Virsh(ctx, "start", intruder); err == nil || !lockErr(err.Error()) {
 		t.Fatalf("start on %s while chime runs the vm on %s again: %v; want a lock error", b.Name, a.Name, err)
 	}
 
 	f.mustChime(t, "vm", "delete", vm.Name)
 	dc.check(t)
-	u.check(t)
 }
 
 // diskLockError reports whether a start error names a disk lock: virtlockd's
@@ -173,8 +202,13 @@ func TestDiskLockRefusesSecondStart(t *testing.T) {
 // lock, which fires first for image files on one machine's filesystem (qemu
 // opens its images before libvirt acquires the leases).
 func diskLockError(msg string) bool {
-	return (strings.Contains(msg, "Lockspace resource") && strings.Contains(msg, "is locked")) ||
-		strings.Contains(msg, `Failed to get "write" lock`)
+	return leaseRefusal(msg) || strings.Contains(msg, `Failed to get "write" lock`)
+}
+
+// leaseRefusal reports whether a start error is virtlockd's refusal of a
+// disk lease.
+func leaseRefusal(msg string) bool {
+	return strings.Contains(msg, "Lockspace resource") && strings.Contains(msg, "is locked")
 }
 
 // randomID returns a fresh lowercase uuid.
@@ -188,9 +222,14 @@ func randomID(t *testing.T) string {
 }
 
 // defineDiskDomain defines, with virsh on h, a domain without chime
-// metadata that uses disk (qcow2, as chime's driver renders disks).
+// metadata that uses disk, rendered as chime's driver renders disks (qcow2
+// file, or raw block device under /dev).
 func defineDiskDomain(t *testing.T, ctx context.Context, f *fleet, h *lab.Host, name, id, disk string) {
 	t.Helper()
+	kind, format, attr := "file", "qcow2", "file"
+	if strings.HasPrefix(disk, "/dev/") {
+		kind, format, attr = "block", "raw", "dev"
+	}
 	xml := fmt.Sprintf(`<domain type='%s'>
   <name>%s</name>
   <uuid>%s</uuid>
@@ -198,15 +237,15 @@ func defineDiskDomain(t *testing.T, ctx context.Context, f *fleet, h *lab.Host, 
   <vcpu>1</vcpu>
   <os><type arch='x86_64'>hvm</type><boot dev='hd'/></os>
   <devices>
-    <disk type='file' device='disk'>
-      <driver name='qemu' type='qcow2' cache='none'/>
-      <source file='%s'/>
+    <disk type='%s' device='disk'>
+      <driver name='qemu' type='%s' cache='none'/>
+      <source %s='%s'/>
       <target dev='vda' bus='virtio'/>
     </disk>
     <serial type='pty'/><console type='pty'/>
   </devices>
 </domain>
-`, lab.DomainType(), name, id, disk)
+`, lab.DomainType(), name, id, kind, format, attr, disk)
 	path := filepath.Join(f.root, name+".xml")
 	if err := os.WriteFile(path, []byte(xml), 0o644); err != nil {
 		t.Fatal(err)
