@@ -78,6 +78,11 @@ func (a *Agent) requestHeartbeat() {
 	}
 }
 
+// ReasonDiskLocked is the reason the heartbeat reports for a stopped VM
+// whose start libvirt refuses because a disk is locked by another qemu
+// (hypervisor.ErrDiskLocked): on shared storage, the disk runs elsewhere.
+const ReasonDiskLocked = "disk-locked"
+
 // BuildHeartbeat assembles a heartbeat from libvirt's state and the local
 // state; it returns the sequence of the last reported local migration. It
 // fails when the local state cannot be read: a heartbeat must not claim
@@ -98,11 +103,18 @@ func (a *Agent) BuildHeartbeat(ctx context.Context) (api.HeartbeatRequest, uint6
 		hb.VMsUnknown = err != nil
 	}
 	hb.Faults = append(hb.Faults, a.health.Faults()...)
+	refused := a.rec.StartRefusals()
 	for _, d := range domains {
 		if d.Meta == nil {
 			continue
 		}
-		hb.VMs = append(hb.VMs, structs.VMObservation{VMID: d.UUID, State: observedState(d.State), Reason: d.Reason, Generation: d.Meta.Generation})
+		reason := d.Reason
+		if _, ok := refused[d.UUID]; ok && d.State != hypervisor.StateRunning {
+			// libvirt says only "failed"; the servers show this instead
+			// (`chime vm show`: Observed stopped (disk-locked)).
+			reason = ReasonDiskLocked
+		}
+		hb.VMs = append(hb.VMs, structs.VMObservation{VMID: d.UUID, State: observedState(d.State), Reason: reason, Generation: d.Meta.Generation})
 	}
 	// In VM id order whatever order libvirt listed the domains in, so that
 	// the same state gives the same heartbeat.

@@ -66,6 +66,11 @@ func (a *Agent) Status(ctx context.Context) local.Status {
 		}
 		v.State, v.Reason = d.State, d.Reason
 	}
+	for id, ref := range a.rec.StartRefusals() {
+		if v, ok := vms[strings.ToLower(id)]; ok {
+			v.StartRefused = &local.StartRefusal{Error: ref.Error, Since: ref.Since, Attempts: ref.Attempts, NextTry: ref.NextTry}
+		}
+	}
 	for _, v := range vms {
 		st.VMs = append(st.VMs, *v)
 	}

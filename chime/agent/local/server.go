@@ -53,6 +53,18 @@ type VM struct {
 	State        string `json:"state"`                   // libvirt state; "undefined" when libvirt has no domain
 	Reason       string `json:"reason,omitempty"`
 	Generation   uint64 `json:"generation"` // desired generation, else the domain's
+	// StartRefused is set while libvirt refuses to start the VM because a
+	// disk of it is locked by another qemu (on another host, on shared
+	// storage): the agent retries with a growing delay, not on every pass.
+	StartRefused *StartRefusal `json:"start_refused,omitempty"`
+}
+
+// StartRefusal describes a start refused for a locked disk.
+type StartRefusal struct {
+	Error    string    `json:"error"`    // libvirt's error of the last attempt
+	Since    time.Time `json:"since"`    // first refusal in a row
+	Attempts int       `json:"attempts"` // refusals in a row
+	NextTry  time.Time `json:"next_try"` // the agent tries again then
 }
 
 // StateUndefined is VM.State for a desired VM libvirt does not know.
