@@ -72,6 +72,10 @@ type HeartbeatRequest struct {
 	VMsUnknown bool                     `json:"vms_unknown,omitempty"`
 	Adopted    []structs.VMObservation  `json:"adopted,omitempty"`    // domains that arrived by node-local migration
 	Migrations []structs.LocalMigration `json:"migrations,omitempty"` // node-local migrations sent from here
+	// StaleDestroyed are the running stale copies (VMs placed elsewhere or
+	// at a newer generation) the agent destroyed since its last heartbeat
+	// that got through: each is a uniqueness conflict the servers record.
+	StaleDestroyed []structs.VMObservation `json:"stale_destroyed,omitempty"`
 }
 
 // HeartbeatResponse tells the agent the current timing.

@@ -63,9 +63,40 @@ type Node struct {
 	DrainAcked      bool      `json:"drain_acked"`                 // a heartbeat sent after the agent applied the drain listed every VM stopped
 	DrainIndex      uint64    `json:"drain_index,omitempty"`       // Raft index at which management became drained (a drain ack needs a desired index at least this)
 	Fenced          bool      `json:"fenced"`                      // an operator or fence command confirmed the node runs nothing
+	// StaleCopies are the copies of VMs placed elsewhere (or at an older
+	// generation) that the node's last judged heartbeat listed running, or
+	// reported destroyed since the heartbeat before: each is a uniqueness
+	// conflict (alarm UniquenessConflict) until a heartbeat shows it gone.
+	StaleCopies []StaleCopy `json:"stale_copies,omitempty"`
+	// ReturnRefused says why the last heartbeat of an unreachable node did
+	// not bring it back (uniqueness rule 9); empty once it returned.
+	ReturnRefused string `json:"return_refused,omitempty"`
 
 	CreateIndex uint64 `json:"create_index"`
 	ModifyIndex uint64 `json:"modify_index"`
+}
+
+// FaultStaleCopy is the fault the servers add to a node whose heartbeat
+// lists a running copy of a VM placed elsewhere or at an older
+// generation: such a node is never normal (uniqueness rule 9).
+const FaultStaleCopy = "runs a stale copy of a VM placed elsewhere"
+
+// StaleCopy is a copy of a VM that runs (or ran until the agent destroyed
+// it) on a node the VM is not placed on at that generation.
+type StaleCopy struct {
+	VMID             string    `json:"vm_id"`
+	Generation       uint64    `json:"generation"`                  // the copy's generation
+	PlacedOn         string    `json:"placed_on,omitempty"`         // node id of the VM's placement ("" while pending)
+	PlacedGeneration uint64    `json:"placed_generation,omitempty"` // the placement's generation
+	Destroyed        bool      `json:"destroyed,omitempty"`         // the agent found it running and destroyed it
+	Since            time.Time `json:"since"`                       // when the servers first saw it (leader's clock, carried in the command)
+}
+
+// StaleCopyOn reports whether a copy of the VM with generation gen on
+// nodeID is stale: the VM is not placed there at that generation (nor
+// adopted), and it is not the incoming copy of a live migration to nodeID.
+func (v *VM) StaleCopyOn(nodeID string, gen uint64) bool {
+	return !v.IncomingHere(nodeID) && !v.ObservationCurrent(nodeID, gen)
 }
 
 // VMSpec is what an operator asks for.

@@ -93,7 +93,8 @@ func (e *Endpoints) Heartbeat(ctx context.Context, n *structs.Node, hb api.Heart
 	}
 	e.counted()
 	out, err := e.monitor.Heartbeat(ctx, n, heartbeat.Report{Faults: hb.Faults, VMs: hb.VMs, VMsUnknown: hb.VMsUnknown,
-		LocalDrained: hb.LocalDrained, LocalDrainID: hb.LocalDrainID, LocalDrainState: hb.LocalDrainState, DesiredIndex: hb.DesiredIndex, Adopted: hb.Adopted, Migrations: hb.Migrations})
+		LocalDrained: hb.LocalDrained, LocalDrainID: hb.LocalDrainID, LocalDrainState: hb.LocalDrainState, DesiredIndex: hb.DesiredIndex, Adopted: hb.Adopted, Migrations: hb.Migrations,
+		StaleDestroyed: hb.StaleDestroyed})
 	if err != nil {
 		return api.HeartbeatResponse{}, err
 	}
