@@ -41,7 +41,7 @@ func (a *applier) judgeCopies(n *structs.Node, nodeIndex uint64, ev CopyEvidence
 	}
 	var running []structs.StaleCopy
 	for _, s := range stale {
-		if !s.Destroyed {
+		if s.Running() {
 			running = append(running, s)
 		}
 	}
@@ -96,31 +96,37 @@ func (a *applier) staleCopies(n *structs.Node, ev CopyEvidence) ([]structs.Stale
 	return StaleCopies(n, ev, a.tx.VM, a.tx.Now())
 }
 
-// StaleCopies is the rule that says which copies a heartbeat of node n
-// lists are uniqueness conflicts: those of a VM that exists and is not
-// placed on n at that generation (nor adopted, nor migrating to n),
-// running ones and destroyed ones, in VM id, generation order. Each keeps
-// the Since of the conflict of n it continues, others get now. When
-// libvirt was not listed the running conflicts n has stay (nothing proves
-// them gone). vm returns nil for a VM that does not exist.
+// StaleCopies is the rule that says which uniqueness conflicts node n
+// has after a heartbeat with evidence ev, at now: each copy the heartbeat
+// lists running or destroyed of a VM that exists and is not placed on n at
+// that generation (nor adopted, nor migrating to n), and each earlier
+// conflict of n that ended less than structs.ConflictHold ago; in VM id,
+// generation order. A conflict keeps its Since; a running one that the
+// heartbeat no longer lists, or lists destroyed, ends now. When libvirt
+// was not listed the running conflicts of n stay (nothing proves them
+// gone). vm returns nil for a VM that does not exist.
 func StaleCopies(n *structs.Node, ev CopyEvidence, vm func(id string) (*structs.VM, error), now time.Time) ([]structs.StaleCopy, error) {
 	var out []structs.StaleCopy
-	has := func(id string, gen uint64) bool {
-		return slices.ContainsFunc(out, func(o structs.StaleCopy) bool { return o.VMID == id && o.Generation == gen })
+	find := func(list []structs.StaleCopy, id string, gen uint64) int {
+		return slices.IndexFunc(list, func(o structs.StaleCopy) bool { return o.VMID == id && o.Generation == gen })
 	}
 	add := func(c Copy, destroyed bool) error {
 		v, err := vm(c.VMID)
 		if err != nil {
 			return err
 		}
-		if v == nil || !v.StaleCopyOn(n.ID, c.Generation) || has(c.VMID, c.Generation) {
+		if v == nil || !v.StaleCopyOn(n.ID, c.Generation) || find(out, c.VMID, c.Generation) >= 0 {
 			return nil // deleted, current, or listed running and destroyed (the running copy counts)
 		}
 		s := structs.StaleCopy{VMID: c.VMID, Generation: c.Generation, PlacedOn: v.NodeID, PlacedGeneration: v.Generation,
 			Destroyed: destroyed, Since: now}
-		for _, o := range n.StaleCopies {
-			if o.VMID == c.VMID && o.Generation == c.Generation {
-				s.Since = o.Since
+		if destroyed {
+			s.Ended = now
+		}
+		if i := find(n.StaleCopies, c.VMID, c.Generation); i >= 0 {
+			s.Since = n.StaleCopies[i].Since
+			if o := n.StaleCopies[i]; destroyed && !o.Running() {
+				s.Ended = o.Ended
 			}
 		}
 		out = append(out, s)
@@ -132,17 +138,24 @@ func StaleCopies(n *structs.Node, ev CopyEvidence, vm func(id string) (*structs.
 				return nil, err
 			}
 		}
-	} else {
-		for _, o := range n.StaleCopies {
-			if !o.Destroyed && !has(o.VMID, o.Generation) {
-				out = append(out, o)
-			}
-		}
 	}
 	for _, c := range ev.Destroyed {
 		if err := add(c, true); err != nil {
 			return nil, err
 		}
+	}
+	for _, o := range n.StaleCopies {
+		if find(out, o.VMID, o.Generation) >= 0 {
+			continue
+		}
+		switch {
+		case o.Running() && ev.Unknown:
+		case o.Running():
+			o.Ended = now
+		case now.Sub(o.Ended) >= structs.ConflictHold:
+			continue
+		}
+		out = append(out, o)
 	}
 	slices.SortFunc(out, func(x, y structs.StaleCopy) int {
 		return cmp.Or(cmp.Compare(x.VMID, y.VMID), cmp.Compare(x.Generation, y.Generation))
@@ -187,11 +200,11 @@ func ReturnRefusal(nodeIndex uint64, ev CopyEvidence, running []structs.StaleCop
 	return ""
 }
 
-// SameCopies compares two lists of stale copies, Since aside.
+// SameCopies compares two lists of stale copies, their times aside.
 func SameCopies(x, y []structs.StaleCopy) bool {
 	return slices.EqualFunc(x, y, func(a, b structs.StaleCopy) bool {
 		return a.VMID == b.VMID && a.Generation == b.Generation && a.PlacedOn == b.PlacedOn &&
-			a.PlacedGeneration == b.PlacedGeneration && a.Destroyed == b.Destroyed
+			a.PlacedGeneration == b.PlacedGeneration && a.Destroyed == b.Destroyed && a.Running() == b.Running()
 	})
 }
 
@@ -202,6 +215,9 @@ func (a *applier) conflictEvent(n *structs.Node, s structs.StaleCopy) (structs.E
 		return structs.Event{}, err
 	}
 	what := fmt.Sprintf("runs on node %s", n.Name)
+	if !s.Running() {
+		what = fmt.Sprintf("ran on node %s", n.Name)
+	}
 	if s.Destroyed {
 		what = fmt.Sprintf("ran on node %s until its agent destroyed it", n.Name)
 	}

@@ -90,7 +90,18 @@ type StaleCopy struct {
 	PlacedGeneration uint64    `json:"placed_generation,omitempty"` // the placement's generation
 	Destroyed        bool      `json:"destroyed,omitempty"`         // the agent found it running and destroyed it
 	Since            time.Time `json:"since"`                       // when the servers first saw it (leader's clock, carried in the command)
+	Ended            time.Time `json:"ended,omitzero"`              // when a heartbeat first showed it gone (zero: it runs)
 }
+
+// ConflictHold is how long a uniqueness conflict stays recorded (and its
+// alarm firing) after the copy was seen gone, so that a copy destroyed
+// before any heartbeat listed it still raises an alarm every leader's
+// alarmer sees.
+const ConflictHold = time.Minute
+
+// Running reports whether the stale copy still runs as far as the
+// servers know.
+func (c StaleCopy) Running() bool { return c.Ended.IsZero() }
 
 // StaleCopyOn reports whether a copy of the VM with generation gen on
 // nodeID is stale: the VM is not placed there at that generation (nor

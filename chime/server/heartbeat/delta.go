@@ -158,7 +158,7 @@ func buildDelta(st State, n *structs.Node, r Report, now time.Time) (*fsm.Heartb
 	conflictsChanged := !fsm.SameCopies(n.StaleCopies, stale)
 	var running []structs.StaleCopy
 	for _, s := range stale {
-		if !s.Destroyed {
+		if s.Running() {
 			running = append(running, s)
 		}
 	}

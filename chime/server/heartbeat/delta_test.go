@@ -1,6 +1,7 @@
 package heartbeat
 
 import (
+	"cmp"
 	"reflect"
 	"slices"
 	"testing"
@@ -169,7 +170,8 @@ func TestReturnGate(t *testing.T) {
 		wantState     string
 		wantRefused   bool // return_refused set
 		wantConflicts int
-		wantDestroyed bool // the conflict is a destroyed copy
+		wantDestroyed bool          // the conflict is a destroyed copy
+		after         time.Duration // time before this heartbeat (default: one interval)
 	}
 	running := func(id string, g uint64) structs.VMObservation {
 		return structs.VMObservation{VMID: id, State: structs.StateRunning, Reason: "booted", Generation: g}
@@ -180,35 +182,37 @@ func TestReturnGate(t *testing.T) {
 		beats       []beat
 	}{
 		{"clean return", true, []beat{
-			{"current index, nothing stale", func(cur, gen, old uint64) Report { return Report{DesiredIndex: cur} }, structs.MonitorNormal, false, 0, false},
+			{"current index, nothing stale", func(cur, gen, old uint64) Report { return Report{DesiredIndex: cur} }, structs.MonitorNormal, false, 0, false, 0},
 		}},
 		{"desired index behind: stays unreachable until the agent synced", true, []beat{
-			{"old index", func(cur, gen, old uint64) Report { return Report{DesiredIndex: cur - 1} }, structs.MonitorUnreachable, true, 0, false},
-			{"old index again: nothing new", func(cur, gen, old uint64) Report { return Report{DesiredIndex: cur - 1} }, structs.MonitorUnreachable, true, 0, false},
-			{"synced", func(cur, gen, old uint64) Report { return Report{DesiredIndex: cur} }, structs.MonitorNormal, false, 0, false},
+			{"old index", func(cur, gen, old uint64) Report { return Report{DesiredIndex: cur - 1} }, structs.MonitorUnreachable, true, 0, false, 0},
+			{"old index again: nothing new", func(cur, gen, old uint64) Report { return Report{DesiredIndex: cur - 1} }, structs.MonitorUnreachable, true, 0, false, 0},
+			{"synced", func(cur, gen, old uint64) Report { return Report{DesiredIndex: cur} }, structs.MonitorNormal, false, 0, false, 0},
 		}},
 		{"libvirt not listed: stays unreachable", true, []beat{
 			{"unlisted", func(cur, gen, old uint64) Report {
 				return Report{DesiredIndex: cur, VMsUnknown: true, Faults: []string{"libvirtd unreachable"}}
-			}, structs.MonitorUnreachable, true, 0, false},
+			}, structs.MonitorUnreachable, true, 0, false, 0},
 		}},
 		{"stale copy runs: stays unreachable, conflict; destroyed: conflict reported, node returns", true, []beat{
 			{"stale copy running", func(cur, gen, old uint64) Report {
 				return Report{DesiredIndex: cur, VMs: []structs.VMObservation{running(vmID, old)}}
-			}, structs.MonitorUnreachable, true, 1, false},
+			}, structs.MonitorUnreachable, true, 1, false, 0},
 			{"destroyed since", func(cur, gen, old uint64) Report {
 				return Report{DesiredIndex: cur, StaleDestroyed: []structs.VMObservation{running(vmID, old)}}
-			}, structs.MonitorNormal, false, 1, true},
-			{"gone: conflict resolved", func(cur, gen, old uint64) Report { return Report{DesiredIndex: cur} }, structs.MonitorNormal, false, 0, false},
+			}, structs.MonitorNormal, false, 1, true, 0},
+			{"gone: the conflict stays for the hold", func(cur, gen, old uint64) Report { return Report{DesiredIndex: cur} }, structs.MonitorNormal, false, 1, true, 0},
+			{"hold over: conflict resolved", func(cur, gen, old uint64) Report { return Report{DesiredIndex: cur} }, structs.MonitorNormal, false, 0, false, structs.ConflictHold},
 		}},
 		{"normal node that runs a stale copy: error until it is gone", false, []beat{
 			{"stale copy running", func(cur, gen, old uint64) Report {
 				return Report{DesiredIndex: cur, VMs: []structs.VMObservation{running(vmID, old)}}
-			}, structs.MonitorError, false, 1, false},
-			{"gone", func(cur, gen, old uint64) Report { return Report{DesiredIndex: cur} }, structs.MonitorNormal, false, 0, false},
+			}, structs.MonitorError, false, 1, false, 0},
+			{"gone: normal, the conflict ended but held", func(cur, gen, old uint64) Report { return Report{DesiredIndex: cur} }, structs.MonitorNormal, false, 1, false, 0},
+			{"hold over: conflict resolved", func(cur, gen, old uint64) Report { return Report{DesiredIndex: cur} }, structs.MonitorNormal, false, 0, false, structs.ConflictHold},
 		}},
 		{"current copy and an older index on a normal node: normal", false, []beat{
-			{"old index is no reason on a normal node", func(cur, gen, old uint64) Report { return Report{DesiredIndex: cur - 1} }, structs.MonitorNormal, false, 0, false},
+			{"old index is no reason on a normal node", func(cur, gen, old uint64) Report { return Report{DesiredIndex: cur - 1} }, structs.MonitorNormal, false, 0, false, 0},
 		}},
 	}
 	for _, tt := range tests {
@@ -225,7 +229,7 @@ func TestReturnGate(t *testing.T) {
 			w.must(fsm.CmdSetManagement, fsm.SetManagement{NodeID: b.ID, State: structs.NodeDrained})
 			gen := w.must(fsm.CmdPlaceVM, fsm.PlaceVM{VMID: vmID, NodeID: a.ID, IfGeneration: old, Reason: "rebuild"}).Index
 			for _, bt := range tt.beats {
-				w.clock.Advance(testInterval)
+				w.clock.Advance(cmp.Or(bt.after, testInterval))
 				w.beat(b.ID, bt.report(w.f.NodeIndex(b.ID), gen, old))
 				n := w.node(b.ID)
 				if n.MonitorState != bt.wantState || (n.ReturnRefused != "") != bt.wantRefused || len(n.StaleCopies) != bt.wantConflicts {
