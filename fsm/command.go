@@ -98,6 +98,11 @@ type SetNodeFlags struct {
 	DrainAcked   *bool   `json:"drain_acked,omitempty"`
 	Fenced       *bool   `json:"fenced,omitempty"`
 	LocalDrainID *string `json:"local_drain_id,omitempty"`
+	// FenceUnreachable, with Fenced true, makes the node unreachable if it
+	// is not: a fenced node is taken as powered off, and it comes back
+	// only through a heartbeat that passes the return gate (uniqueness
+	// rule 9). False in entries written before it existed.
+	FenceUnreachable bool `json:"fence_unreachable,omitempty"`
 }
 
 // RemoveNode deletes a node that has no VM placed on it.

@@ -297,3 +297,34 @@ func TestHeartbeatJudgesTheReturn(t *testing.T) {
 }
 
 const webID = "0d7a3c55-1b2e-4f60-8a9d-3e4f5a6b7c8d"
+
+// TestFenceMakesTheNodeUnreachable: an operator's fence, as a rebuild
+// with --confirm-fenced records it (FenceUnreachable), takes the node as
+// powered off: a node that is not unreachable becomes so, and returns
+// only through the return gate. An entry written before the field
+// existed sets the flag alone (replay).
+func TestFenceMakesTheNodeUnreachable(t *testing.T) {
+	yes := true
+	tests := []struct {
+		name      string
+		flags     SetNodeFlags
+		wantState string
+	}{
+		{"fence with FenceUnreachable: unreachable", SetNodeFlags{Fenced: &yes, FenceUnreachable: true}, structs.MonitorUnreachable},
+		{"old entry, fence alone: monitor state kept", SetNodeFlags{Fenced: &yes}, structs.MonitorNormal},
+		{"FenceUnreachable without a fence: nothing", SetNodeFlags{FenceUnreachable: true}, structs.MonitorNormal},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newHarness(t)
+			a := node("a")
+			h.must("", CmdRegisterNode, RegisterNode{Node: a})
+			tt.flags.NodeID = a.ID
+			h.must("", CmdSetNodeFlags, tt.flags)
+			n, _ := h.f.Node(a.ID)
+			if n.MonitorState != tt.wantState {
+				t.Fatalf("monitor state %s, want %s", n.MonitorState, tt.wantState)
+			}
+		})
+	}
+}

@@ -379,12 +379,12 @@ func Suspects(sc *Schedule) []string {
 		switch {
 		case slices.Contains(c, "lose-state") || slices.Contains(c, "lose-disk"):
 			has["rc6 lost state dir"] = true
+		// rc7 (a node back to normal before its stale copies are gone,
+		// after a --confirm-fenced rebuild) is fixed: no trigger.
 		case c[0] == "agent-drain":
 			drained[c[1]] = true // rc1 (local drain flag while running) is fixed: no trigger
 		case c[0] == "enable" && drained[c[1]]:
 			has["f11 enable after a local drain"] = true
-		case c[0] == "rebuild" && slices.Contains(c, "confirm-fenced"):
-			has["rc7 --confirm-fenced (maybe a lie)"] = true
 		case c[0] == "agent-migrate":
 			has["rc2/rc4/rc5 node-local migration"] = true
 		case c[0] == "migration-outcome" || c[0] == "clock-jump":
