@@ -74,6 +74,9 @@ func TestHeartbeatValidateChecksEveryItem(t *testing.T) {
 		{"too many faults", HeartbeatRequest{NodeID: id, Faults: make([]string, structs.MaxFaults+1)}, false},
 		{"valid migration", HeartbeatRequest{NodeID: id, Migrations: []structs.LocalMigration{{VMID: id, ToAddr: "10.0.0.2:4660", Generation: 3}}}, true},
 		{"bad migration item", HeartbeatRequest{NodeID: id, Migrations: []structs.LocalMigration{{VMID: "x"}}}, false},
+		{"valid destroyed stale copy", HeartbeatRequest{NodeID: id, StaleDestroyed: []structs.VMObservation{{VMID: id, State: structs.StateRunning, Generation: 4}}}, true},
+		{"bad destroyed stale copy", HeartbeatRequest{NodeID: id, StaleDestroyed: []structs.VMObservation{{VMID: "x"}}}, false},
+		{"too many destroyed stale copies", HeartbeatRequest{NodeID: id, StaleDestroyed: make([]structs.VMObservation, structs.MaxObservedVMs+1)}, false},
 		{"too many migrations", HeartbeatRequest{NodeID: id, Migrations: make([]structs.LocalMigration, structs.MaxObservedVMs+1)}, false},
 	}
 	for _, tt := range tests {
