@@ -161,6 +161,23 @@ func showNode(c *cli.Context, n *structs.Node) error {
 		{"Drain acknowledged", fmt.Sprint(n.DrainAcked)}, {"Locally drained", fmt.Sprint(n.LocalDrained)},
 		{"Local drain", dash(n.LocalDrainState)},
 		{"Fenced", fmt.Sprint(n.Fenced)}, {"Secret reset", fmt.Sprint(n.SecretReset)},
-		{"Identity conflict", dash(n.IdentityConflict)}, {"Agent version", dash(n.AgentVersion)},
+		{"Identity conflict", dash(n.IdentityConflict)}, {"Return refused", dash(n.ReturnRefused)},
+		{"Stale copies", dash(staleCopies(n.StaleCopies))}, {"Agent version", dash(n.AgentVersion)},
 	})
+}
+
+// staleCopies describes a node's uniqueness conflicts for `node show`.
+func staleCopies(cs []structs.StaleCopy) string {
+	var out []string
+	for _, c := range cs {
+		what := "running"
+		switch {
+		case c.Destroyed:
+			what = "destroyed by the agent"
+		case !c.Running():
+			what = "gone"
+		}
+		out = append(out, fmt.Sprintf("%s generation %d (%s; placed on %s generation %d)", short(c.VMID), c.Generation, what, dash(short(c.PlacedOn)), c.PlacedGeneration))
+	}
+	return strings.Join(out, "; ")
 }

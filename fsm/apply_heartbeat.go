@@ -9,12 +9,17 @@ import (
 // heartbeat applies the delta of one heartbeat in one transaction, in the
 // order the separate commands it replaces were proposed: adoptions, then
 // observations (judged after the adoptions moved their VMs here), local
-// migrations, node flags, and the monitor transition.
+// migrations, node flags, and the monitor transition, judged against the
+// copies the heartbeat lists when it carries them (judgeCopies: the
+// servers gate the return).
 func (a *applier) heartbeat(p Heartbeat) (string, error) {
 	n, err := a.node(p.NodeID)
 	if err != nil {
 		return "", err
 	}
+	// The node's desired-state index as the agent could have seen it:
+	// before this command's adoptions move VMs here.
+	nodeIndex := a.tx.NodeIndex(n.ID)
 	out := &HeartbeatOutcome{}
 	for _, c := range p.Adoptions {
 		adopted, err := a.adoptClaim(n, c)
@@ -68,12 +73,20 @@ func (a *applier) heartbeat(p Heartbeat) (string, error) {
 	if len(changes) > 0 {
 		events = append(events, structs.Event{Kind: "node.flags", NodeID: n.ID, Message: fmt.Sprintf("node %s: %v", n.Name, changes)})
 	}
-	if p.Monitor != nil {
+	dirty := false
+	switch {
+	case p.Copies != nil:
+		evs, changed, err := a.judgeCopies(n, nodeIndex, *p.Copies, p.Monitor)
+		if err != nil {
+			return "", err
+		}
+		events, dirty = append(events, evs...), changed
+	case p.Monitor != nil: // an entry written before the return gate
 		if e, changed := monitorTransition(n, *p.Monitor, a.tx.Now()); changed {
 			events = append(events, e)
 		}
 	}
-	if len(events) > 0 {
+	if len(events) > 0 || dirty {
 		if err := a.tx.PutNode(n); err != nil {
 			return "", err
 		}

@@ -171,13 +171,27 @@ func (a *applier) setNodeFlags(p SetNodeFlags) (string, error) {
 		return "", err
 	}
 	changes := p.applyTo(n)
-	if len(changes) == 0 {
+	var monitor *structs.Event
+	if p.FenceUnreachable && n.Fenced && n.MonitorState != structs.MonitorUnreachable {
+		e, _ := monitorTransition(n, MonitorTransition{State: structs.MonitorUnreachable,
+			Reason: "fenced: it returns only through a heartbeat that passes the return gate"}, a.tx.Now())
+		monitor = &e
+	}
+	if len(changes) == 0 && monitor == nil {
 		return n.ID, nil
 	}
 	if err := a.tx.PutNode(n); err != nil {
 		return "", err
 	}
-	return n.ID, a.ev("node.flags", n.ID, "", "node %s: %v", n.Name, changes)
+	if len(changes) > 0 {
+		if err := a.ev("node.flags", n.ID, "", "node %s: %v", n.Name, changes); err != nil {
+			return "", err
+		}
+	}
+	if monitor != nil {
+		return n.ID, a.tx.AppendEvent(*monitor)
+	}
+	return n.ID, nil
 }
 
 // applyTo sets on n the flags that are given and differ, and describes

@@ -133,6 +133,11 @@ type SetNodeFlags struct {
 	DrainAcked   *bool   `json:"drain_acked,omitempty"`
 	Fenced       *bool   `json:"fenced,omitempty"`
 	LocalDrainID *string `json:"local_drain_id,omitempty"`
+	// FenceUnreachable, with Fenced true, makes the node unreachable if it
+	// is not: a fenced node is taken as powered off, and it comes back
+	// only through a heartbeat that passes the return gate (uniqueness
+	// rule 9). False in entries written before it existed.
+	FenceUnreachable bool `json:"fence_unreachable,omitempty"`
 }
 
 // RemoveNode deletes a node that has no VM placed on it.
@@ -288,6 +293,35 @@ type Heartbeat struct {
 	ExpiredAdoptions []Adoption `json:"expired_adoptions,omitempty"`
 	// Monitor is the node monitor transition the heartbeat implies, if any.
 	Monitor *MonitorTransition `json:"monitor,omitempty"`
+	// Copies is what the heartbeat proves about the copies running on the
+	// node; the FSM judges against it, at apply time, whether an
+	// unreachable node may return, whether the node may be normal, and
+	// which uniqueness conflicts it has (uniqueness rule 9). Nil in
+	// entries written before it existed: their monitor transition applies
+	// as given and the node's conflicts are left alone, so that old logs
+	// replay.
+	Copies *CopyEvidence `json:"copies,omitempty"`
+}
+
+// CopyEvidence is what one heartbeat lists about the copies of VMs on
+// its node (uniqueness rule 9).
+type CopyEvidence struct {
+	// DesiredIndex is the desired-state index the agent had applied.
+	DesiredIndex uint64 `json:"desired_index"`
+	// Unknown: libvirt could not be listed; Running says nothing.
+	Unknown bool `json:"unknown,omitempty"`
+	// Running is every chime domain the heartbeat lists running (adopted
+	// ones included), in VM id order.
+	Running []Copy `json:"running,omitempty"`
+	// Destroyed are the running stale copies the agent destroyed since
+	// its last heartbeat that got through.
+	Destroyed []Copy `json:"destroyed,omitempty"`
+}
+
+// Copy is one domain of a VM at a generation.
+type Copy struct {
+	VMID       string `json:"vm_id"`
+	Generation uint64 `json:"generation"`
 }
 
 // DrainEvidence is what one heartbeat proves about "nothing runs here"

@@ -31,6 +31,10 @@ const (
 	defaultHeartbeatInterval = 15 * time.Second
 	desiredWait              = 30 * time.Second
 	faultLibvirt             = "libvirtd unreachable"
+	// faultNotSynced: the agent lost the servers for a heartbeat interval
+	// or more and its desired-state sync since has not succeeded: it may
+	// run a copy rebuilt elsewhere meanwhile (uniqueness rule 9).
+	faultNotSynced = "desired state not synced since contact with the servers was lost"
 )
 
 // Hypervisor is the part of the libvirt driver the agent uses: what the
@@ -72,6 +76,8 @@ type Agent struct {
 	timing      api.Timing        // from the servers
 	lastContact time.Time         // last successful answer from a server
 	registered  bool              // the servers accepted this process's registration and refused no credentials since
+	syncedAt    time.Time         // last successful desired-state answer (new or not)
+	lostAt      time.Time         // first failed request to the servers since syncedAt (zero: none)
 	contactErr  error             // error of the last request to the servers (nil: it succeeded)
 	apiAddr     net.Addr          // where the agent API listens
 	gossipAddrs []string          // the servers' memberlist addresses, from registration and heartbeats
@@ -339,11 +345,35 @@ func (a *Agent) noteContact(err error) {
 	if RegistrationLost(err) {
 		a.registered = false
 	}
+	if err != nil && a.lostAt.IsZero() {
+		a.lostAt = a.clock.Now()
+	}
 	var apiErr *api.Error
 	if err == nil || errors.As(err, &apiErr) {
 		// A server answered, even if it said no.
 		a.lastContact = a.clock.Now()
 	}
+}
+
+// noteSynced records a successful desired-state answer: the agent knows
+// what the servers want of it as of now.
+func (a *Agent) noteSynced() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.syncedAt, a.lostAt = a.clock.Now(), time.Time{}
+}
+
+// needResync reports whether the agent must sync again before it reports
+// itself healthy (uniqueness rule 9): a request to the servers failed
+// since its last successful desired-state answer, and that answer is at
+// least one heartbeat interval old. A blocking query that is merely
+// waiting with no failure around it keeps the agent in sync; a partition
+// (every request fails) does not, whatever its length beyond an interval.
+func (a *Agent) needResync() bool {
+	interval := a.heartbeatInterval()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return !a.lostAt.IsZero() && a.clock.Now().Sub(a.syncedAt) >= interval
 }
 
 // RegistrationLost reports whether err says the servers do not know this

@@ -54,15 +54,37 @@ var ErrNotSettled = errors.New("no heartbeat yet: stale copies may still run her
 // HeartbeatOnce builds one heartbeat, sends it and handles the answer
 // (timing, gossip addresses, refused adoptions, acknowledged local
 // migrations). Before the reconciler has settled it sends nothing and
-// returns ErrNotSettled. An error the servers answered with is returned
-// as is (RegistrationLost tells whether to register again).
+// returns ErrNotSettled. After contact with the servers was lost for a
+// heartbeat interval or more (needResync) it first syncs the desired
+// state and runs a reconcile pass, so that the heartbeat that may bring
+// the node back lists libvirt after the stale copies were destroyed
+// (uniqueness rule 9); if that sync fails, the heartbeat carries the fault
+// faultNotSynced and cannot make the node normal. An error the servers
+// answered with is returned as is (RegistrationLost tells whether to
+// register again).
 func (a *Agent) HeartbeatOnce(ctx context.Context) error {
 	select {
 	case <-a.rec.Settled():
 	default:
 		return ErrNotSettled
 	}
+	if a.needResync() {
+		a.resync(ctx)
+	}
 	return a.sendHeartbeat(ctx)
+}
+
+// resync is the sync and the reconcile pass before the first heartbeat
+// after contact was lost.
+func (a *Agent) resync(ctx context.Context) {
+	log := a.logger.Named("heartbeat")
+	if err := a.SyncOnce(ctx); err != nil {
+		log.Warn("contact with the servers was lost and the desired state cannot be synced: reporting the node not healthy", "error", err)
+		return
+	}
+	res, err := a.rec.Step(ctx)
+	log.Info("contact with the servers back: desired state synced and reconciled before the heartbeat",
+		"index", a.desiredIndex(), "stale_failed", res.StaleFailed, "pass_error", err)
 }
 
 // HeartbeatInterval is the period of the heartbeats, as the servers last
@@ -103,6 +125,9 @@ func (a *Agent) BuildHeartbeat(ctx context.Context) (api.HeartbeatRequest, uint6
 		hb.VMsUnknown = err != nil
 	}
 	hb.Faults = append(hb.Faults, a.health.Faults()...)
+	if a.needResync() {
+		hb.Faults = append(hb.Faults, faultNotSynced)
+	}
 	refused := a.rec.StartRefusals()
 	for _, d := range domains {
 		if d.Meta == nil {
@@ -145,6 +170,9 @@ func (a *Agent) BuildHeartbeat(ctx context.Context) (api.HeartbeatRequest, uint6
 		return hb, 0, err
 	}
 	hb.Migrations = migs
+	for _, c := range a.rec.Destroyed() {
+		hb.StaleDestroyed = append(hb.StaleDestroyed, structs.VMObservation{VMID: c.VMID, State: structs.StateRunning, Reason: "destroyed", Generation: c.Generation})
+	}
 	return hb, last, nil
 }
 
@@ -171,6 +199,7 @@ func (a *Agent) sendHeartbeat(ctx context.Context) error {
 	a.setTiming(resp.Timing)
 	a.setGossipAddrs(resp.GossipAddrs)
 	a.ops.RejectAdoptions(resp.RejectedAdoptions)
+	a.rec.AckDestroyed(len(hb.StaleDestroyed))
 	a.ops.DropAdoptions(resp.DroppedAdoptions)
 	// A migration log entry goes only once the servers say they applied
 	// it (uniqueness rule 7); an answer that names none deletes none.

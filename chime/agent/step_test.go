@@ -33,6 +33,7 @@ type scriptedServers struct {
 	mu         sync.Mutex
 	desired    api.DesiredState
 	down       bool    // every call fails as if no server answered
+	noDesired  bool    // desired-state queries fail as if no server answered
 	reportErrs []error // answers of the next ReportMigration calls (then nil)
 	node       string  // credentials as last set
 	secret     string
@@ -82,6 +83,9 @@ func (s *scriptedServers) Desired(_ context.Context, q api.QueryOptions) (*api.D
 	s.record("desired", q)
 	if err := s.answer(); err != nil {
 		return nil, err
+	}
+	if s.noDesired {
+		return nil, errUnreachable
 	}
 	ds := s.desired
 	ds.VMs = slices.Clone(ds.VMs)

@@ -92,6 +92,10 @@ type HeartbeatRequest struct {
 	// ExpiredAdoptions are announcements this agent dropped after their
 	// bound without the domain arriving.
 	ExpiredAdoptions []structs.AdoptionRef `json:"expired_adoptions,omitempty"`
+	// StaleDestroyed are the running stale copies (VMs placed elsewhere or
+	// at a newer generation) the agent destroyed since its last heartbeat
+	// that got through: each is a uniqueness conflict the servers record.
+	StaleDestroyed []structs.VMObservation `json:"stale_destroyed,omitempty"`
 }
 
 // HeartbeatResponse tells the agent the current timing.

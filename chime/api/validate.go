@@ -104,5 +104,13 @@ func (r *HeartbeatRequest) Validate() error {
 			}
 		}
 	}
+	if len(r.StaleDestroyed) > structs.MaxObservedVMs {
+		return structs.Invalid("stale_destroyed", "at most %d copies, got %d", structs.MaxObservedVMs, len(r.StaleDestroyed))
+	}
+	for i, o := range r.StaleDestroyed {
+		if err := structs.ValidateUUID("stale_destroyed", o.VMID); err != nil {
+			return structs.Invalid("stale_destroyed", "item %d: %v", i, err)
+		}
+	}
 	return nil
 }

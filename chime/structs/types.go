@@ -75,9 +75,51 @@ type Node struct {
 	// after.
 	IdentityConflict   string    `json:"identity_conflict,omitempty"`
 	IdentityConflictAt time.Time `json:"identity_conflict_at,omitzero"`
+	// StaleCopies are the copies of VMs placed elsewhere (or at an older
+	// generation) that the node's last judged heartbeat listed running, or
+	// reported destroyed since the heartbeat before: each is a uniqueness
+	// conflict (alarm UniquenessConflict) until a heartbeat shows it gone.
+	StaleCopies []StaleCopy `json:"stale_copies,omitempty"`
+	// ReturnRefused says why the last heartbeat of an unreachable node did
+	// not bring it back (uniqueness rule 9); empty once it returned.
+	ReturnRefused string `json:"return_refused,omitempty"`
 
 	CreateIndex uint64 `json:"create_index"`
 	ModifyIndex uint64 `json:"modify_index"`
+}
+
+// FaultStaleCopy is the fault the servers add to a node whose heartbeat
+// lists a running copy of a VM placed elsewhere or at an older
+// generation: such a node is never normal (uniqueness rule 9).
+const FaultStaleCopy = "runs a stale copy of a VM placed elsewhere"
+
+// StaleCopy is a copy of a VM that runs (or ran until the agent destroyed
+// it) on a node the VM is not placed on at that generation.
+type StaleCopy struct {
+	VMID             string    `json:"vm_id"`
+	Generation       uint64    `json:"generation"`                  // the copy's generation
+	PlacedOn         string    `json:"placed_on,omitempty"`         // node id of the VM's placement ("" while pending)
+	PlacedGeneration uint64    `json:"placed_generation,omitempty"` // the placement's generation
+	Destroyed        bool      `json:"destroyed,omitempty"`         // the agent found it running and destroyed it
+	Since            time.Time `json:"since"`                       // when the servers first saw it (leader's clock, carried in the command)
+	Ended            time.Time `json:"ended,omitzero"`              // when a heartbeat first showed it gone (zero: it runs)
+}
+
+// ConflictHold is how long a uniqueness conflict stays recorded (and its
+// alarm firing) after the copy was seen gone, so that a copy destroyed
+// before any heartbeat listed it still raises an alarm every leader's
+// alarmer sees.
+const ConflictHold = time.Minute
+
+// Running reports whether the stale copy still runs as far as the
+// servers know.
+func (c StaleCopy) Running() bool { return c.Ended.IsZero() }
+
+// StaleCopyOn reports whether a copy of the VM with generation gen on
+// nodeID is stale: the VM is not placed there at that generation (nor
+// adopted), and it is not the incoming copy of a live migration to nodeID.
+func (v *VM) StaleCopyOn(nodeID string, gen uint64) bool {
+	return !v.IncomingHere(nodeID) && !v.ObservationCurrent(nodeID, gen)
 }
 
 // VMSpec is what an operator asks for.

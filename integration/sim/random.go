@@ -397,12 +397,12 @@ func Suspects(sc *Schedule) []string {
 		c := it.Cmd
 		switch {
 		// rc6 (lost state dir) is fixed: no trigger.
+		// rc7 (a node back to normal before its stale copies are gone,
+		// after a --confirm-fenced rebuild) is fixed: no trigger.
 		case c[0] == "agent-drain":
 			drained[c[1]] = true // rc1 (local drain flag while running) is fixed: no trigger
 		case c[0] == "enable" && drained[c[1]]:
 			has["f11 enable after a local drain"] = true
-		case c[0] == "rebuild" && slices.Contains(c, "confirm-fenced"):
-			has["rc7 --confirm-fenced (maybe a lie)"] = true
 		case c[0] == "agent-migrate":
 			// rc2 and rc5 are fixed: a node-local migration alone is no
 			// trigger. rc4 ("absent means migrated") needs an ordered

@@ -141,6 +141,8 @@ type Reconciler struct {
 	logger  hclog.Logger
 	changed func()
 
+	passMu sync.Mutex // one pass at a time: Run's, and the agent's own before a heartbeat after a partition
+
 	trigger chan struct{} // capacity 1: pending trigger, coalesced
 	settled chan struct{} // closed after the first pass with every stale step done
 	once    sync.Once
@@ -154,6 +156,33 @@ type Reconciler struct {
 	domains      []hypervisor.Domain              // as last listed
 	lastPass     time.Time                        // end of the last pass
 	lastErr      error                            // error of the last pass (nil: clean)
+	destroyed    []DestroyedCopy                  // running stale copies destroyed, not yet reported (TakeDestroyed)
+}
+
+// DestroyedCopy is a running stale copy a pass destroyed: a uniqueness
+// conflict the agent reports in its next heartbeat.
+type DestroyedCopy struct {
+	VMID       string
+	Generation uint64
+}
+
+// maxDestroyed bounds the destroyed copies kept for the next heartbeat.
+const maxDestroyed = 256
+
+// Destroyed returns the running stale copies destroyed and not yet
+// acknowledged (AckDestroyed), oldest first.
+func (r *Reconciler) Destroyed() []DestroyedCopy {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.destroyed)
+}
+
+// AckDestroyed drops the first n destroyed copies (a heartbeat carrying
+// them got through).
+func (r *Reconciler) AckDestroyed(n int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.destroyed = r.destroyed[min(n, len(r.destroyed)):]
 }
 
 // New builds a reconciler; Run drives it, or a caller steps it with Pass.
@@ -331,6 +360,8 @@ func (r *Reconciler) noteEvent(ev hypervisor.Event) bool {
 // be planned (no sync yet, inputs unreadable, libvirt unreachable) or when a
 // step failed; failed steps are retried by the next pass.
 func (r *Reconciler) Pass(ctx context.Context) (PassResult, error) {
+	r.passMu.Lock()
+	defer r.passMu.Unlock()
 	in, err := r.inputs()
 	if errors.Is(err, ErrNotSynced) {
 		return PassResult{}, err
@@ -421,6 +452,11 @@ func (r *Reconciler) execute(ctx context.Context, a Action, res *PassResult) err
 		if err := r.hv.Destroy(ctx, a.VMID); err != nil && !errors.Is(err, hypervisor.ErrNotFound) {
 			return fmt.Errorf("destroy stale %s: %w", a.VMID, err)
 		}
+		r.mu.Lock()
+		if len(r.destroyed) < maxDestroyed {
+			r.destroyed = append(r.destroyed, DestroyedCopy{VMID: a.VMID, Generation: a.Generation})
+		}
+		r.mu.Unlock()
 	case ActionUndefineStale:
 		log.Info("undefining stale copy")
 		if err := r.hv.Undefine(ctx, a.VMID); err != nil && !errors.Is(err, hypervisor.ErrNotFound) {

@@ -257,6 +257,9 @@ func TestPassDecisions(t *testing.T) {
 		wantCalls   []string
 		wantStates  map[string]string
 		wantSettled bool
+		// wantDestroyed: the running stale copies the pass reports
+		// destroyed (for the next heartbeat), as "id/generation".
+		wantDestroyed []string
 	}{
 		{name: "nothing is started before the first successful sync",
 			in:         Inputs{Desired: []api.DesiredVM{a}},
@@ -273,12 +276,13 @@ func TestPassDecisions(t *testing.T) {
 			wantStates:  map[string]string{"a": run},
 			wantSettled: true},
 		{name: "a stale copy with an older generation is destroyed before anything is started",
-			in:          Inputs{Desired: []api.DesiredVM{b, a12}},
-			defined:     defined(a),
-			domains:     []hypervisor.Domain{dom(idA, "a", run, 10)},
-			wantCalls:   []string{"destroy a", "undefine a", "define a", "define b", "start a", "start b"},
-			wantStates:  map[string]string{"a": run, "b": run},
-			wantSettled: true},
+			in:            Inputs{Desired: []api.DesiredVM{b, a12}},
+			defined:       defined(a),
+			domains:       []hypervisor.Domain{dom(idA, "a", run, 10)},
+			wantCalls:     []string{"destroy a", "undefine a", "define a", "define b", "start a", "start b"},
+			wantStates:    map[string]string{"a": run, "b": run},
+			wantSettled:   true,
+			wantDestroyed: []string{idA + "/10"}},
 		{name: "a stale copy that cannot be destroyed blocks every define and start",
 			in:         Inputs{Desired: []api.DesiredVM{b, a12}},
 			domains:    []hypervisor.Domain{dom(idA, "a", run, 10)},
@@ -332,6 +336,17 @@ func TestPassDecisions(t *testing.T) {
 			}
 			if got := settled(w.rec); got != tt.wantSettled {
 				t.Errorf("settled = %v, want %v", got, tt.wantSettled)
+			}
+			var destroyed []string
+			for _, c := range w.rec.Destroyed() {
+				destroyed = append(destroyed, fmt.Sprintf("%s/%d", c.VMID, c.Generation))
+			}
+			if !slices.Equal(destroyed, tt.wantDestroyed) {
+				t.Errorf("destroyed stale copies = %q, want %q", destroyed, tt.wantDestroyed)
+			}
+			w.rec.AckDestroyed(len(destroyed))
+			if left := w.rec.Destroyed(); len(left) != 0 {
+				t.Errorf("destroyed stale copies after the ack: %+v", left)
 			}
 		})
 	}

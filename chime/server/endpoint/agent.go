@@ -120,7 +120,8 @@ func (e *Endpoints) Heartbeat(ctx context.Context, n *structs.Node, hb api.Heart
 	e.counted()
 	out, err := e.monitor.Heartbeat(ctx, n, heartbeat.Report{Faults: hb.Faults, VMs: hb.VMs, VMsUnknown: hb.VMsUnknown,
 		LocalDrained: hb.LocalDrained, LocalDrainID: hb.LocalDrainID, LocalDrainState: hb.LocalDrainState, DesiredIndex: hb.DesiredIndex, Adopted: hb.Adopted,
-		Migrations: hb.Migrations, Announced: hb.Announced, ExpiredAdoptions: hb.ExpiredAdoptions})
+		Migrations: hb.Migrations, Announced: hb.Announced, ExpiredAdoptions: hb.ExpiredAdoptions,
+		StaleDestroyed: hb.StaleDestroyed})
 	if err != nil {
 		return api.HeartbeatResponse{}, err
 	}

@@ -183,7 +183,7 @@ func (e *Endpoints) rebuild(ctx context.Context, reqID string, n *structs.Node, 
 	}
 	if confirmFenced && !n.Fenced {
 		yes := true
-		if _, err := e.propose.Propose(ctx, reqID+"-fence", fsm.CmdSetNodeFlags, fsm.SetNodeFlags{NodeID: n.ID, Fenced: &yes}); err != nil {
+		if _, err := e.propose.Propose(ctx, reqID+"-fence", fsm.CmdSetNodeFlags, fsm.SetNodeFlags{NodeID: n.ID, Fenced: &yes, FenceUnreachable: true}); err != nil {
 			return nil, err
 		}
 	}

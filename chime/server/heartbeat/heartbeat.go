@@ -24,6 +24,8 @@ type State interface {
 	Nodes() ([]structs.Node, error)
 	VM(id string) (*structs.VM, error)
 	VMsOnNode(nodeID string) ([]structs.VM, uint64, error)
+	Node(id string) (*structs.Node, error)
+	NodeIndex(nodeID string) uint64 // the node's desired-state index
 }
 
 // Clock is where the monitor reads the time.
@@ -155,7 +157,7 @@ type Outcome struct {
 func (m *Monitor) Heartbeat(ctx context.Context, n *structs.Node, r Report) (Outcome, error) {
 	// The arrival counts even if the write below fails: the node is alive.
 	m.arrived(n.ID)
-	d, err := buildDelta(m.state, n, r)
+	d, err := buildDelta(m.state, n, r, m.clock.Now())
 	if err != nil {
 		return Outcome{}, fmt.Errorf("heartbeat of node %s: %w", n.Name, err)
 	}
