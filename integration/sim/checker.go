@@ -212,6 +212,12 @@ func (c *Checker) checkNormalClean(l *Server, running map[string][]RunningQemu, 
 			if c.s.localMigrationGrace(q.UUID, h.Name) {
 				continue
 			}
+			if nl := vm.NodeLocal; vm.HeldByNodeLocal() && nl.To == n.ID && nl.Generation == q.Generation {
+				// The servers know this copy may be here (the node announced
+				// the node-local migration, or the source reported it with
+				// an unknown outcome) and hold the VM for it: not stale.
+				continue
+			}
 			key := fmt.Sprintf("%s %s %s %d", InvNormalClean, h.Name, q.UUID, q.Generation)
 			now[key] = fmt.Sprintf("node %s (%s) is normal while it runs vm %s generation %d, placed on %s generation %d",
 				n.Name, h.Name, structs.ShortID(q.UUID), q.Generation, c.nodeName(l, vm.NodeID), vm.Generation)
@@ -370,27 +376,31 @@ func (c *Checker) finalConverge(l *Server) {
 				s.Name, l.Name, s.applied, l.applied, dumpDiff(want, got)))
 		}
 	}
-	// A node whose host is healthy after the quiet period is normal again:
-	// its agent heartbeats. One that is not is a view that never converged
-	// (for example an agent whose registration under a new identity is
-	// refused while the old node stays unreachable: root cause 6).
+	// A node whose host is healthy after the quiet period, and whose agent
+	// is registered, is normal again: its agent heartbeats. One that is not
+	// is a view that never converged. An agent the servers do not let
+	// register (a lost state dir without the operator's reset-secret, a
+	// cloned host identity) leaves its node unreachable by design: the
+	// servers cannot know what runs there.
 	nodes, err := l.FSM.Nodes()
 	if err != nil {
 		c.report(InvConverge, "read nodes: "+err.Error())
 		return
 	}
-	normal := map[string]bool{}
+	compare := map[string]bool{} // nodes whose observations are compared with the hypervisors
 	for _, n := range nodes {
-		normal[n.ID] = n.MonitorState == structs.MonitorNormal
+		compare[n.ID] = n.MonitorState == structs.MonitorNormal
 		h := c.s.hostByNode(n.ID)
-		if h == nil || !c.healthyHost(h) || normal[n.ID] {
+		if h == nil || !c.healthyHost(h) || compare[n.ID] {
 			continue
 		}
-		agentSays := "its agent runs as this node"
 		if !h.proc.reg {
-			agentSays = "its agent runs but is not registered"
+			// Not let back in: its observations show the views that
+			// never converge (until the operator's reset-secret).
+			compare[n.ID] = true
+			continue
 		}
-		c.report(InvConverge, fmt.Sprintf("node %s is %s in the leader's state, although its host is healthy (%s)", n.Name, n.MonitorState, agentSays))
+		c.report(InvConverge, fmt.Sprintf("node %s is %s in the leader's state, although its host is healthy and its agent registered", n.Name, n.MonitorState))
 	}
 	vms, err := l.FSM.VMs()
 	if err != nil {
@@ -400,8 +410,8 @@ func (c *Checker) finalConverge(l *Server) {
 	for _, vm := range vms {
 		// The observations of a node that is not normal are the last it
 		// sent, not a claim about now: the node check above reports the
-		// node itself.
-		if vm.NodeID == "" || !normal[vm.NodeID] {
+		// node itself (unless its agent is not let back in).
+		if vm.NodeID == "" || !compare[vm.NodeID] {
 			continue
 		}
 		h := c.s.hostByNode(vm.NodeID)

@@ -81,32 +81,35 @@ type genFault struct {
 	do         []string
 	hold       string
 	undo       []string
+	recover    []string // the operator's runbook after the undo (reset-secret after a lost state dir)
 }
 
 var genFaults = []genFault{
-	{"power-off", "power loss of H, local disk kept", []string{"power-off H"}, "1m", []string{"power-on H"}},
-	{"power-off-lose-disk", "power loss of H, local disk lost (libvirt definitions and the agent's state dir)", []string{"power-off H lose-disk"}, "1m", []string{"power-on H"}},
-	{"agent-crash", "H's agent crashes (state dir kept) and restarts", []string{"agent-crash H"}, "30s", []string{"agent-restart H"}},
-	{"agent-crash-lose-state", "H's agent crashes with its state dir lost and restarts", []string{"agent-crash H lose-state"}, "30s", []string{"agent-restart H"}},
-	{"freeze", "H's agent frozen (SIGSTOP) for a minute, then thawed", []string{"freeze H"}, "1m", []string{"thaw H"}},
+	{"power-off", "power loss of H, local disk kept", []string{"power-off H"}, "1m", []string{"power-on H"}, nil},
+	{"power-off-lose-disk", "power loss of H, local disk lost (libvirt definitions and the agent's state dir); the operator runs `chime node reset-secret` when it is back", []string{"power-off H lose-disk"}, "1m", []string{"power-on H"},
+		[]string{"wait 2m", "reset-secret H"}},
+	{"agent-crash", "H's agent crashes (state dir kept) and restarts", []string{"agent-crash H"}, "30s", []string{"agent-restart H"}, nil},
+	{"agent-crash-lose-state", "H's agent crashes with its state dir lost and restarts; the operator runs `chime node reset-secret`", []string{"agent-crash H lose-state"}, "30s", []string{"agent-restart H"},
+		[]string{"wait 1m", "reset-secret H"}},
+	{"freeze", "H's agent frozen (SIGSTOP) for a minute, then thawed", []string{"freeze H"}, "1m", []string{"thaw H"}, nil},
 	{"mgmt-one-way-out", "management one-way: H's packets to every server lost, the servers' to H delivered",
 		[]string{"cut H s1 mgmt one-way", "cut H s2 mgmt one-way", "cut H s3 mgmt one-way"}, "1m",
-		[]string{"restore H s1 mgmt one-way", "restore H s2 mgmt one-way", "restore H s3 mgmt one-way"}},
+		[]string{"restore H s1 mgmt one-way", "restore H s2 mgmt one-way", "restore H s3 mgmt one-way"}, nil},
 	{"mgmt-one-way-in", "management one-way: the servers' packets to H lost, H's to them delivered",
 		[]string{"cut s1 H mgmt one-way", "cut s2 H mgmt one-way", "cut s3 H mgmt one-way"}, "1m",
-		[]string{"restore s1 H mgmt one-way", "restore s2 H mgmt one-way", "restore s3 H mgmt one-way"}},
-	{"mgmt-partition", "management partition both ways: H isolated from every other machine", []string{"isolate H mgmt"}, "1m", []string{"rejoin H mgmt"}},
-	{"business-down", "H's business link down (the business probe turns it error)", []string{"link-down H biz"}, "1m", []string{"link-up H biz"}},
-	{"libvirtd-down", "H's libvirtd down", []string{"libvirtd-down H"}, "1m", []string{"libvirtd-up H"}},
-	{"qemu-crash", "V's qemu crashes (wherever it runs)", []string{"qemu-crash V"}, "", nil},
-	{"disk-fault", "H's storage probe fails (a disk fault) for a minute", []string{"disk-fault H on"}, "1m", []string{"disk-fault H off"}},
-	{"leader-crash", "the leader crashes (restarted only by the final heal)", []string{"leader-crash"}, "", nil},
-	{"server-restart", "the leader s1 crashes and restarts 20 s later (rebuilt from its snapshot and log)", []string{"server-crash s1"}, "20s", []string{"server-restart s1"}},
-	{"message-loss", "half the management requests lost for a minute", []string{"net-faults mgmt loss=0.5"}, "1m", []string{"net-faults mgmt loss=0"}},
-	{"message-dup", "half the management requests duplicated for a minute", []string{"net-faults mgmt dup=0.5"}, "1m", []string{"net-faults mgmt dup=0"}},
-	{"message-delay", "half the management requests delayed (up to 20 s) for a minute", []string{"net-faults mgmt delay=0.5 max-delay=20s"}, "1m", []string{"net-faults mgmt delay=0"}},
-	{"clock-forward", "H's clock jumps 10 minutes forward (the agent's clock)", []string{"host-clock-jump H 10m"}, "1m", []string{"host-clock-jump H -10m"}},
-	{"clock-backward", "H's clock jumps 10 minutes backward (the agent's clock)", []string{"host-clock-jump H -10m"}, "1m", []string{"host-clock-jump H 10m"}},
+		[]string{"restore s1 H mgmt one-way", "restore s2 H mgmt one-way", "restore s3 H mgmt one-way"}, nil},
+	{"mgmt-partition", "management partition both ways: H isolated from every other machine", []string{"isolate H mgmt"}, "1m", []string{"rejoin H mgmt"}, nil},
+	{"business-down", "H's business link down (the business probe turns it error)", []string{"link-down H biz"}, "1m", []string{"link-up H biz"}, nil},
+	{"libvirtd-down", "H's libvirtd down", []string{"libvirtd-down H"}, "1m", []string{"libvirtd-up H"}, nil},
+	{"qemu-crash", "V's qemu crashes (wherever it runs)", []string{"qemu-crash V"}, "", nil, nil},
+	{"disk-fault", "H's storage probe fails (a disk fault) for a minute", []string{"disk-fault H on"}, "1m", []string{"disk-fault H off"}, nil},
+	{"leader-crash", "the leader crashes (restarted only by the final heal)", []string{"leader-crash"}, "", nil, nil},
+	{"server-restart", "the leader s1 crashes and restarts 20 s later (rebuilt from its snapshot and log)", []string{"server-crash s1"}, "20s", []string{"server-restart s1"}, nil},
+	{"message-loss", "half the management requests lost for a minute", []string{"net-faults mgmt loss=0.5"}, "1m", []string{"net-faults mgmt loss=0"}, nil},
+	{"message-dup", "half the management requests duplicated for a minute", []string{"net-faults mgmt dup=0.5"}, "1m", []string{"net-faults mgmt dup=0"}, nil},
+	{"message-delay", "half the management requests delayed (up to 20 s) for a minute", []string{"net-faults mgmt delay=0.5 max-delay=20s"}, "1m", []string{"net-faults mgmt delay=0"}, nil},
+	{"clock-forward", "H's clock jumps 10 minutes forward (the agent's clock)", []string{"host-clock-jump H 10m"}, "1m", []string{"host-clock-jump H -10m"}, nil},
+	{"clock-backward", "H's clock jumps 10 minutes backward (the agent's clock)", []string{"host-clock-jump H -10m"}, "1m", []string{"host-clock-jump H 10m"}, nil},
 }
 
 func (f genFault) lines(host, vm string) (do, undo []string) {
@@ -117,7 +120,7 @@ func (f genFault) lines(host, vm string) (do, undo []string) {
 	if f.hold != "" {
 		undo = append(undo, "wait "+f.hold)
 	}
-	for _, c := range f.undo {
+	for _, c := range append(append([]string(nil), f.undo...), f.recover...) {
 		undo = append(undo, r.Replace(c))
 	}
 	return do, undo

@@ -173,6 +173,17 @@ func taskID(t *structs.Task) string {
 // lieActive reports whether an uncorrected (or recently corrected) lie
 // about host h exempts it from invariant 1 at now.
 func (o *Operator) lieActive(h string, now time.Time) bool {
+	if host := o.s.Host(h); host != nil && (host.proc == nil || !host.proc.reg) {
+		// The heal has not reached the host's agent yet: it is not
+		// running, or the servers do not let it register (a lost state
+		// dir before the operator's reset-secret), so it cannot destroy
+		// the copies the lie left. The pardon runs from its return.
+		for _, l := range o.Lies {
+			if l.Host == h {
+				l.Corrected = time.Time{}
+			}
+		}
+	}
 	for _, l := range o.Lies {
 		if l.Host == h && (l.Corrected.IsZero() || now.Sub(l.Corrected) < liePardon) {
 			return true
