@@ -57,3 +57,26 @@ func writeFile(path string, data []byte, mode os.FileMode, force bool) error {
 	}
 	return f.Close()
 }
+
+// IssueFiles issues a certificate of o and writes it and its key to
+// certPath and keyPath (WritePair).
+func (ca *CA) IssueFiles(o CertOptions, certPath, keyPath string, force bool) error {
+	certPEM, keyPEM, err := ca.Issue(o)
+	if err != nil {
+		return err
+	}
+	return WritePair(certPath, keyPath, certPEM, keyPEM, force)
+}
+
+// LoadCAFiles reads a CA certificate and its key from files (LoadCA).
+func LoadCAFiles(certPath, keyPath string) (*CA, error) {
+	certPEM, err := os.ReadFile(certPath)
+	if err != nil {
+		return nil, fmt.Errorf("--ca-file: %w", err)
+	}
+	keyPEM, err := os.ReadFile(keyPath)
+	if err != nil {
+		return nil, fmt.Errorf("--ca-key-file: %w", err)
+	}
+	return LoadCA(certPEM, keyPEM)
+}

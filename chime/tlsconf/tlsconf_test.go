@@ -39,6 +39,19 @@ func newTestCA(t *testing.T, cluster string) *testCA {
 	return &testCA{t: t, dir: dir, caFile: caFile, ca: ca}
 }
 
+// trust adds other's certificate to this CA's file (a CA bundle).
+func (c *testCA) trust(other *testCA) {
+	c.t.Helper()
+	mine, err1 := os.ReadFile(c.caFile)
+	theirs, err2 := os.ReadFile(other.caFile)
+	if err1 != nil || err2 != nil {
+		c.t.Fatal(err1, err2)
+	}
+	if err := os.WriteFile(c.caFile, append(mine, theirs...), 0o644); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
 // issue writes a certificate of o and returns its Files (with this CA).
 func (c *testCA) issue(name string, o CertOptions) Files {
 	c.t.Helper()
@@ -115,6 +128,10 @@ func TestRoleVerification(t *testing.T) {
 	ca := newTestCA(t, "")
 	other := newTestCA(t, "")
 	prod := newTestCA(t, "prod")
+	// The foreign holders trust the cluster CA too (its certificate is no
+	// secret), so that the cluster's side is the one that refuses them.
+	other.trust(ca)
+	prod.trust(ca)
 	server := ca.load("server", RoleServer)
 	agent := ca.load("agent", RoleAgent)
 	cli := ca.load("cli", RoleCLI)
@@ -151,9 +168,9 @@ func TestRoleVerification(t *testing.T) {
 		{"wrong role calling", server.ServerConfig(RoleServer), agent.ClientConfig(RoleServer), "", "may not call"},
 		{"cli calling an agent-only listener", agent.ServerConfig(RoleAgent), cli.ClientConfig(RoleAgent), "", "may not call"},
 		{"wrong role answering", agent.ServerConfig(RoleServer), server.ClientConfig(RoleServer), "", "server.global.chime"},
-		{"other CA calling", server.ServerConfig(RoleServer), foreign.ClientConfig(RoleServer), "", "certificate"},
+		{"other CA calling", server.ServerConfig(RoleServer), foreign.ClientConfig(RoleServer), "", "unknown authority"},
 		{"other CA answering", foreign.ServerConfig(RoleServer), server.ClientConfig(RoleServer), "", "certificate"},
-		{"other cluster calling", server.ServerConfig(RoleServer), otherCluster.ClientConfig(RoleServer), "", "certificate"},
+		{"other cluster calling", server.ServerConfig(RoleServer), otherCluster.ClientConfig(RoleServer), "", "unknown authority"},
 		{"expired calling", server.ServerConfig(RoleServer), withCert(expiredPair, RoleServer), "", "expired"},
 		{"no client certificate", server.ServerConfig(RoleServer, RoleAgent, RoleCLI), noCert, "", "certificate"},
 		{"plaintext-trusting client, i.e. no CA", server.ServerConfig(RoleServer), &tls.Config{ServerName: "server.global.chime"}, "", "certificate"},
@@ -180,6 +197,7 @@ func TestRoleVerification(t *testing.T) {
 			if cliErr != nil {
 				both += " | " + cliErr.Error()
 			}
+			t.Logf("refused: %s", both)
 			if !strings.Contains(both, tt.wantErr) {
 				t.Fatalf("errors %q do not mention %q", both, tt.wantErr)
 			}
