@@ -27,6 +27,7 @@ var layers = []layer{
 	{"gossip", nil},
 	// TLS material and configs: the standard library only.
 	{"chime/tlsconf", nil},
+	{"chime/tlsconf/tlsconftest", []string{"chime/tlsconf"}},
 	{"fsm", []string{"chime/structs"}},
 	{"fsm/state", []string{"chime/structs"}},
 	// Test fixtures over a real FSM, for the decision cores' tests.

@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -20,72 +19,27 @@ import (
 
 	"github.com/chime-ha/chime/chime/api"
 	"github.com/chime-ha/chime/chime/tlsconf"
+	"github.com/chime-ha/chime/chime/tlsconf/tlsconftest"
 	"github.com/chime-ha/chime/integration/ports"
 	"github.com/chime-ha/chime/integration/wait"
 )
 
-// testPKI is a cluster CA on disk, and a second, foreign CA.
+// testPKI is the TLS fixture with the test bound in.
 type testPKI struct {
-	t              *testing.T
-	dir            string
-	ca, foreign    *tlsconf.CA
-	caFile, frFile string
+	t *testing.T
+	*tlsconftest.PKI
 }
 
-func newTestPKI(t *testing.T) *testPKI {
-	t.Helper()
-	p := &testPKI{t: t, dir: t.TempDir()}
-	for _, c := range []struct {
-		ca   **tlsconf.CA
-		file *string
-		name string
-	}{{&p.ca, &p.caFile, "ca"}, {&p.foreign, &p.frFile, "foreign-ca"}} {
-		certPEM, keyPEM, err := tlsconf.CreateCA(tlsconf.CAOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		*c.file = filepath.Join(p.dir, c.name+".pem")
-		if err := tlsconf.WritePair(*c.file, filepath.Join(p.dir, c.name+"-key.pem"), certPEM, keyPEM, false); err != nil {
-			t.Fatal(err)
-		}
-		if *c.ca, err = tlsconf.LoadCA(certPEM, keyPEM); err != nil {
-			t.Fatal(err)
-		}
-	}
-	// The foreign certificates' holders trust the cluster CA as well (its
-	// certificate is no secret): so it is the cluster's side that must
-	// refuse them, not their own.
-	foreignPEM, _ := os.ReadFile(p.frFile)
-	clusterPEM, _ := os.ReadFile(p.caFile)
-	p.frFile = filepath.Join(p.dir, "foreign-bundle.pem")
-	if err := os.WriteFile(p.frFile, append(foreignPEM, clusterPEM...), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
+func newTestPKI(t *testing.T) *testPKI { return &testPKI{t: t, PKI: tlsconftest.New(t)} }
 
-// files issues a certificate of role from the cluster CA (or the foreign
-// one) and returns the Files naming it with its own CA.
 func (p *testPKI) files(name string, role tlsconf.Role, foreign bool) tlsconf.Files {
 	p.t.Helper()
-	ca, caFile := p.ca, p.caFile
-	if foreign {
-		ca, caFile = p.foreign, p.frFile
-	}
-	f := tlsconf.Files{CAFile: caFile, CertFile: filepath.Join(p.dir, name+".pem"), KeyFile: filepath.Join(p.dir, name+"-key.pem")}
-	if err := ca.IssueFiles(tlsconf.CertOptions{Role: role}, f.CertFile, f.KeyFile, false); err != nil {
-		p.t.Fatal(err)
-	}
-	return f
+	return p.Files(p.t, name, role, foreign)
 }
 
 func (p *testPKI) material(name string, role tlsconf.Role, foreign bool) *tlsconf.Material {
 	p.t.Helper()
-	m, err := tlsconf.Load(p.files(name, role, foreign))
-	if err != nil {
-		p.t.Fatal(err)
-	}
-	return m
+	return p.Material(p.t, name, role, foreign)
 }
 
 // client is an API client with a certificate of role (or none).
@@ -291,7 +245,7 @@ func TestTLSThreeServerClusterAndRogueServer(t *testing.T) {
 	}
 	voters := func() map[string]bool {
 		out := map[string]bool{}
-		fut := tc.srv[l].raft.GetConfiguration()
+		fut := tc.srv[0].raft.GetConfiguration()
 		if fut.Error() == nil {
 			for _, sv := range fut.Configuration().Servers {
 				out[string(sv.ID)] = sv.Suffrage == raft.Voter
@@ -300,9 +254,13 @@ func TestTLSThreeServerClusterAndRogueServer(t *testing.T) {
 		return out
 	}
 	wait.For(t, 60*time.Second, "s4 a voter and the rogue refused", func() (bool, string) {
-		tc.srv[l].refusedMu.Lock()
-		_, refused := tc.srv[l].refusedAt["rogue"]
-		tc.srv[l].refusedMu.Unlock()
+		refused := false // by whichever server leads now
+		for _, s := range tc.srv {
+			s.refusedMu.Lock()
+			_, r := s.refusedAt["rogue"]
+			s.refusedMu.Unlock()
+			refused = refused || r
+		}
 		v := voters()
 		return v["s4"] && refused, fmt.Sprintf("voters %v, rogue refused %v", v, refused)
 	})
