@@ -222,6 +222,9 @@ func (c *Client) once(ctx context.Context, base, method, path string, query url.
 		e := &Error{Status: resp.StatusCode}
 		if json.Unmarshal(data, e) != nil || e.Message == "" {
 			e.Message = fmt.Sprintf("%s %s: HTTP %d: %s", method, u, resp.StatusCode, strings.TrimSpace(string(data)))
+			if strings.Contains(string(data), "HTTP request to an HTTPS server") {
+				e.Message += " (the server runs TLS: give the CA, a certificate and its key with --tls-ca-file, --tls-cert-file, --tls-key-file)"
+			}
 		}
 		return idx, resp.StatusCode == http.StatusServiceUnavailable || resp.StatusCode == http.StatusBadGateway, e
 	}

@@ -24,8 +24,9 @@ import (
 // tlsHandshakeTimeout bounds an incoming Raft connection's handshake.
 const tlsHandshakeTimeout = 10 * time.Second
 
-// insecureWarnEvery is how often a non-dev server without TLS says so.
-const insecureWarnEvery = time.Minute
+// insecureWarnEvery is how often a non-dev server without TLS says so (a
+// variable for the test).
+var insecureWarnEvery = time.Minute
 
 // setupTLS loads the TLS material, if any; it must carry role server.
 func (s *Server) setupTLS() error {

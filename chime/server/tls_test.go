@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -18,6 +19,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/chime-ha/chime/chime/api"
+	"github.com/chime-ha/chime/chime/structs"
 	"github.com/chime-ha/chime/chime/tlsconf"
 	"github.com/chime-ha/chime/chime/tlsconf/tlsconftest"
 	"github.com/chime-ha/chime/integration/ports"
@@ -388,4 +390,77 @@ func TestRequireTLSSwitch(t *testing.T) {
 			}
 		})
 	}
+}
+
+// The ping-back over TLS reaches an agent certificate only.
+func TestTLSPingBack(t *testing.T) {
+	p := newTestPKI(t)
+	s := &Server{tls: p.material("pb-server", tlsconf.RoleServer, false)}
+	pinger := s.pingClient()
+	ok := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusOK) })
+	listener := func(name string, role tlsconf.Role, foreign bool) *httptest.Server {
+		hs := httptest.NewUnstartedServer(ok)
+		hs.TLS = p.material(name, role, foreign).ServerConfig(tlsconf.RoleServer)
+		hs.StartTLS()
+		t.Cleanup(hs.Close)
+		return hs
+	}
+	plain := httptest.NewServer(ok)
+	defer plain.Close()
+	tests := []struct {
+		name string
+		addr string
+		ok   bool
+	}{
+		{"agent", listener("pb-agent", tlsconf.RoleAgent, false).Listener.Addr().String(), true},
+		{"a server certificate", listener("pb-other-server", tlsconf.RoleServer, false).Listener.Addr().String(), false},
+		{"an agent of another CA", listener("pb-foreign-agent", tlsconf.RoleAgent, true).Listener.Addr().String(), false},
+		{"plaintext", plain.Listener.Addr().String(), false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			err := pinger.Ping(ctx, structs.Node{APIAddr: tt.addr})
+			if tt.ok != (err == nil) {
+				t.Fatalf("ping %s: %v, want ok=%v", tt.addr, err, tt.ok)
+			}
+		})
+	}
+}
+
+// A non-dev server without TLS says so at start and every interval.
+func TestInsecureWarning(t *testing.T) {
+	old := insecureWarnEvery
+	insecureWarnEvery = 20 * time.Millisecond
+	defer func() { insecureWarnEvery = old }()
+	var buf syncBuffer
+	s := &Server{log: hclog.New(&hclog.LoggerOptions{Output: &buf, Level: hclog.Warn})}
+	done := make(chan struct{})
+	finished := make(chan struct{})
+	go func() { s.insecureLoop(done); close(finished) }()
+	wait.For(t, 10*time.Second, "three warnings", func() (bool, string) {
+		n := strings.Count(buf.String(), "running without TLS")
+		return n >= 3, fmt.Sprint(n)
+	})
+	close(done)
+	<-finished
+}
+
+// syncBuffer is a strings.Builder safe for a logger and a reader.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
