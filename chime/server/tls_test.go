@@ -464,3 +464,17 @@ func (s *syncBuffer) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+// A newcomer claiming a member's Raft address is refused before any dial;
+// without TLS the gate is open (gossip's key is the only one).
+func TestMayAddVoterAddressTaken(t *testing.T) {
+	p := newTestPKI(t)
+	conf := raft.Configuration{Servers: []raft.Server{{ID: "s1", Address: "127.0.0.1:4651", Suffrage: raft.Voter}}}
+	s := &Server{tls: p.material("may-server", tlsconf.RoleServer, false)}
+	if err := s.mayAddVoter("127.0.0.1:4651", conf); err == nil || !strings.Contains(err.Error(), "already server s1's") {
+		t.Fatalf("mayAddVoter of a member's address: %v", err)
+	}
+	if err := (&Server{}).mayAddVoter("127.0.0.1:4651", conf); err != nil {
+		t.Fatalf("mayAddVoter without TLS: %v", err)
+	}
+}
