@@ -101,6 +101,16 @@ func New(cfg Config, hv Hypervisor, opts ...Option) (*Agent, error) {
 		if err := tlsm.Expect(tlsconf.RoleAgent); err != nil {
 			return nil, err
 		}
+		if cfg.Logger != nil {
+			log := cfg.Logger.Named("tls")
+			tlsm.OnReload(func(file string, err error) {
+				if err != nil {
+					log.Error("TLS certificate changed on disk but not loaded; the old one stays in use", "file", file, "error", err)
+					return
+				}
+				log.Info("TLS certificate reloaded", "file", file)
+			})
+		}
 	}
 	if o.servers == nil {
 		c := api.NewClient(cfg.Servers...)

@@ -40,6 +40,13 @@ func (s *Server) setupTLS() error {
 	if err := m.Expect(tlsconf.RoleServer); err != nil {
 		return err
 	}
+	m.OnReload(func(file string, err error) {
+		if err != nil {
+			s.log.Error("TLS certificate changed on disk but not loaded; the old one stays in use", "file", file, "error", err)
+			return
+		}
+		s.log.Info("TLS certificate reloaded", "file", file)
+	})
 	s.tls = m
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.TLSClientConfig = m.ClientConfig(tlsconf.RoleServer)

@@ -51,11 +51,12 @@ type Material struct {
 	role    Role
 	cluster string
 
-	mu      sync.Mutex
-	cert    *tls.Certificate
-	certMod time.Time // modification times of the files cert was read from
-	keyMod  time.Time
-	checked time.Time // last look at the files
+	mu       sync.Mutex
+	onReload func(certFile string, err error) // see OnReload
+	cert     *tls.Certificate
+	certMod  time.Time // modification times of the files cert was read from
+	keyMod   time.Time
+	checked  time.Time // last look at the files
 }
 
 // Load reads the CA, the certificate and the key. The certificate must be
@@ -122,10 +123,20 @@ func (m *Material) readCert() (*tls.Certificate, time.Time, time.Time, error) {
 	return &pair, ci.ModTime(), ki.ModTime(), nil
 }
 
+// OnReload sets fn to be told of every reload of the certificate files
+// after a change: err nil when the new pair is in use, else why it was
+// ignored (the old pair stays in use). The server and the agent log it.
+// fn runs during a handshake, with the material locked: it must not call m.
+func (m *Material) OnReload(fn func(certFile string, err error)) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.onReload = fn
+}
+
 // current returns the certificate, reading the files again when they
 // changed. A changed pair that does not load (half written, wrong CA,
-// another role) is logged nowhere and ignored: the old one stays in use
-// until a good pair is in place.
+// another role) is ignored, and reported to OnReload's function: the old
+// pair stays in use until a good pair is in place.
 func (m *Material) current() *tls.Certificate {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -139,10 +150,17 @@ func (m *Material) current() *tls.Certificate {
 		return m.cert
 	}
 	cert, certMod, keyMod, err := m.readCert()
-	if err != nil {
-		return m.cert
+	if err == nil {
+		var r Role
+		var c string
+		if r, c, err = CertRole(cert.Leaf); err == nil && (r != m.role || c != m.cluster) {
+			err = fmt.Errorf("--tls-cert-file %s: the new certificate is %s, this process runs as %s", m.files.CertFile, RoleName(r, c), RoleName(m.role, m.cluster))
+		}
 	}
-	if r, c, err := CertRole(cert.Leaf); err != nil || r != m.role || c != m.cluster {
+	if m.onReload != nil {
+		m.onReload(m.files.CertFile, err)
+	}
+	if err != nil {
 		return m.cert
 	}
 	m.cert, m.certMod, m.keyMod = cert, certMod, keyMod

@@ -335,6 +335,8 @@ func TestReload(t *testing.T) {
 		m.checked = time.Time{} // as if reloadEvery had passed
 		m.mu.Unlock()
 	}
+	var reloads []error
+	m.OnReload(func(_ string, err error) { reloads = append(reloads, err) })
 	names := func() string { return strings.Join(m.current().Leaf.DNSNames, ",") }
 	rewrite(CertOptions{Role: RoleAgent, DNSNames: []string{"second.example"}})
 	if got := names(); !strings.Contains(got, "second.example") {
@@ -343,6 +345,9 @@ func TestReload(t *testing.T) {
 	rewrite(CertOptions{Role: RoleServer})
 	if got := names(); !strings.Contains(got, "second.example") {
 		t.Fatalf("a certificate of another role replaced the agent's: %s", got)
+	}
+	if len(reloads) != 2 || reloads[0] != nil || reloads[1] == nil || !strings.Contains(reloads[1].Error(), "server.global.chime") {
+		t.Fatalf("reload reports %v, want nil then an error naming server.global.chime", reloads)
 	}
 }
 
