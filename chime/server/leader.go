@@ -83,6 +83,10 @@ func (s *Server) peerLoop(ctx context.Context) {
 			if id == "" || known[id] || m.Meta["raft"] == "" {
 				continue
 			}
+			if err := s.mayAddVoter(m.Meta["raft"], f.Configuration()); err != nil {
+				s.warnRefusedVoter(id, err)
+				continue
+			}
 			if err := s.raft.AddVoter(id, raft.ServerAddress(m.Meta["raft"]), 0, 10*time.Second).Error(); err != nil {
 				s.log.Warn("add raft voter failed", "server", id, "error", err)
 				continue
