@@ -60,7 +60,7 @@ func TestAgentTLS(t *testing.T) {
 			return 0, err
 		}
 		defer resp.Body.Close()
-		var ping PingResponse
+		var ping api.PingResponse
 		if resp.StatusCode == http.StatusOK {
 			if err := json.NewDecoder(resp.Body).Decode(&ping); err != nil || ping.NodeID != a.NodeID() {
 				t.Errorf("ping answer %+v, %v", ping, err)
@@ -97,14 +97,14 @@ func TestAgentTLS(t *testing.T) {
 	_, port, _ := net.SplitHostPort(addr)
 	p, _ := strconv.Atoi(port)
 	fromServer := newPeerClient(p, pki.Material(t, "announcer-server", tlsconf.RoleServer, false))
-	if err := fromServer.AnnounceAdoption(ctx, "127.0.0.1", ad); err == nil || !strings.Contains(err.Error(), "403") {
+	if _, err := fromServer.AnnounceAdoption(ctx, "127.0.0.1", ad); err == nil || !strings.Contains(err.Error(), "403") {
 		t.Errorf("adoption announced with a server certificate: %v, want HTTP 403", err)
 	}
 	if ads, err := a.store.Adoptions(); err != nil || len(ads) != 0 {
 		t.Fatalf("adoptions after the refused announcement: %v, %v", ads, err)
 	}
 	fromAgent := newPeerClient(p, pki.Material(t, "announcer-agent", tlsconf.RoleAgent, false))
-	if err := fromAgent.AnnounceAdoption(ctx, "127.0.0.1", ad); err != nil {
+	if _, err := fromAgent.AnnounceAdoption(ctx, "127.0.0.1", ad); err != nil {
 		t.Fatalf("adoption announced by an agent: %v", err)
 	}
 	if ads, err := a.store.Adoptions(); err != nil || ads[idA].Generation != 7 {
@@ -115,7 +115,7 @@ func TestAgentTLS(t *testing.T) {
 	// (a server certificate) is refused before anything is sent.
 	_, sport, _ := net.SplitHostPort(strings.TrimPrefix(srv.srv.URL, "https://"))
 	sp, _ := strconv.Atoi(sport)
-	if err := newPeerClient(sp, a.tls).AnnounceAdoption(ctx, "127.0.0.1", ad); err == nil || !strings.Contains(err.Error(), "agent.global.chime") {
+	if _, err := newPeerClient(sp, a.tls).AnnounceAdoption(ctx, "127.0.0.1", ad); err == nil || !strings.Contains(err.Error(), "agent.global.chime") {
 		t.Errorf("announcement to a server's listener: %v, want refused for not being agent.global.chime", err)
 	}
 }

@@ -397,7 +397,10 @@ func TestTLSPingBack(t *testing.T) {
 	p := newTestPKI(t)
 	s := &Server{tls: p.material("pb-server", tlsconf.RoleServer, false)}
 	pinger := s.pingClient()
-	ok := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusOK) })
+	// The agent's answer names the node pinged (heartbeat.CheckAnswer).
+	ok := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		api.WriteJSON(w, http.StatusOK, api.PingResponse{NodeID: "n-pb", Name: "pb"})
+	})
 	listener := func(name string, role tlsconf.Role, foreign bool) *httptest.Server {
 		hs := httptest.NewUnstartedServer(ok)
 		hs.TLS = p.material(name, role, foreign).ServerConfig(tlsconf.RoleServer)
@@ -421,7 +424,7 @@ func TestTLSPingBack(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
-			err := pinger.Ping(ctx, structs.Node{APIAddr: tt.addr})
+			err := pinger.Ping(ctx, structs.Node{ID: "n-pb", Name: "pb", APIAddr: tt.addr})
 			if tt.ok != (err == nil) {
 				t.Fatalf("ping %s: %v, want ok=%v", tt.addr, err, tt.ok)
 			}
