@@ -199,9 +199,9 @@ func (e *Endpoints) rebuild(ctx context.Context, reqID string, n *structs.Node, 
 	// chosen over one read and proposed before anything else places. Each
 	// placement is a compare-and-set on what the decision read (uniqueness
 	// rule 11): the VM (generation, modify index) and the node (its modify
-	// index: management state and drain evidence). A node changed meanwhile
-	// (an enable, a heartbeat that withdrew the evidence) stops the rebuild
-	// with a conflict; what was placed before it stays placed, each of those
+	// index: management state and drain evidence). A node or VM changed
+	// meanwhile (an enable, a heartbeat that withdrew the evidence, a VM
+	// started again) stops the rebuild with a conflict; what was placed before it stays placed, each of those
 	// decisions was right when it committed.
 	steps := []structs.TaskStep{}
 	var stopped error
@@ -237,7 +237,7 @@ func (e *Endpoints) rebuild(ctx context.Context, reqID string, n *structs.Node, 
 				if err != nil {
 					st.State, st.Error = structs.TaskFailed, err.Error()
 				}
-				if nodeChanged(err) {
+				if readChanged(err) {
 					stopped = err
 				}
 			}
@@ -267,17 +267,18 @@ func (e *Endpoints) rebuild(ctx context.Context, reqID string, n *structs.Node, 
 		return nil, err
 	}
 	if stopped != nil {
-		return t, structs.Conflict("node_modify_index", "rebuild of node %s stopped after %d of %d VMs (task %s records which): %s",
+		return t, structs.Conflict(structs.AsError(stopped).Field, "rebuild of node %s stopped after %d of %d VMs (task %s records which): %s",
 			n.Name, moved, len(steps), t.ID, stopped.Error())
 	}
 	return t, nil
 }
 
-// nodeChanged reports whether err is the FSM's refusal of a decision
-// because the node it read changed (the node compare-and-set).
-func nodeChanged(err error) bool {
+// readChanged reports whether err is the FSM's refusal of a decision
+// because what it read changed: the node or the VM (the modify-index
+// compare-and-sets).
+func readChanged(err error) bool {
 	var se *structs.Error
-	return errors.As(err, &se) && se.Kind == structs.ErrConflict && se.Field == "node_modify_index"
+	return errors.As(err, &se) && se.Kind == structs.ErrConflict && (se.Field == "node_modify_index" || se.Field == "modify_index")
 }
 
 // RemoveNode removes the node ref names from the state and from the
