@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/chime-ha/chime/chime/server/alarms"
@@ -57,6 +58,12 @@ type Server struct {
 	stopLoops   context.CancelFunc // stops bootstrap and leader loops
 	wg          sync.WaitGroup
 	stopOnce    sync.Once // Shutdown and Kill stop the server once
+
+	// readyTerm is the Raft term in which this server, as leader, passed
+	// its barrier (every entry committed by earlier leaders applied); 0
+	// when it has not. Agents' desired state is served only while it is
+	// the current term (uniqueness rule 11).
+	readyTerm atomic.Uint64
 }
 
 // Run starts a server and blocks until ctx ends, then shuts down cleanly.

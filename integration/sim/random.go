@@ -373,16 +373,13 @@ var MutationProfile = RandomConfig{
 // here, and seeds that still break an invariant with it fail again.
 func Suspects(sc *Schedule) []string {
 	has := map[string]bool{}
-	drained := map[string]bool{}
 	for _, it := range sc.Items {
 		c := it.Cmd
 		switch {
 		case slices.Contains(c, "lose-state") || slices.Contains(c, "lose-disk"):
 			has["rc6 lost state dir"] = true
-		case c[0] == "agent-drain":
-			drained[c[1]] = true // rc1 (local drain flag while running) is fixed: no trigger
-		case c[0] == "enable" && drained[c[1]]:
-			has["f11 enable after a local drain"] = true
+		// rc1 (local drain flag while running) and f11 (enable after a
+		// local drain) are fixed: no trigger.
 		case c[0] == "rebuild" && slices.Contains(c, "confirm-fenced"):
 			has["rc7 --confirm-fenced (maybe a lie)"] = true
 		case c[0] == "agent-migrate":
