@@ -27,8 +27,8 @@ import (
 // from now on by the servers' own code (an operator's request, a leader
 // duty; never an agent's own request, which the agent waits on) pauses
 // after its proposer has read the state and decided, just before it
-// commits. While it is paused CMD runs (any schedule command but create
-// and on-propose), then D of simulated time passes: the world goes on
+// commits. While it is paused CMD runs (any schedule command but create,
+// rebuild and on-propose), then D of simulated time passes: the world goes on
 // (agents sync, start, heartbeat; the proposal is still uncommitted), then
 // the proposal goes on and commits, or is refused by the FSM, or fails
 // because its server is no longer the leader. Everything is deterministic:
@@ -37,7 +37,8 @@ import (
 // While a proposal on server S is paused, S's task runner and pending
 // placement do not run (in production they would wait for the placement
 // lock the paused decision may hold, or they are the paused decision), and
-// an operator's create waits until the resume for the same reason. Other
+// an operator's create or rebuild waits until the resume for the same
+// reason. Other
 // duties (the node monitor, alarms) and every other machine go on.
 
 // pauseTrigger is one armed on-propose.
@@ -94,9 +95,9 @@ func parseOnPropose(f []string) (*pauseTrigger, error) {
 	if len(f) > 4 {
 		t.cmd = f[4:]
 		switch t.cmd[0] {
-		case "on-propose", "create":
-			// A create takes the placement lock, which the paused decision
-			// may hold: it would wait for the resume anyway.
+		case "on-propose", "create", "rebuild":
+			// A create or rebuild takes the placement lock, which the paused
+			// decision may hold: it would wait for the resume anyway.
 			return nil, fmt.Errorf("on-propose: %s cannot run inside a pause", t.cmd[0])
 		}
 		if err := checkCmd(t.cmd); err != nil {
@@ -169,13 +170,41 @@ func (s *Sim) beforePropose(srv *Server, typ fsm.CommandType) {
 // server is paused (see the package comment above).
 func (s *Sim) held(d *leaderDuties) bool { return s.inter.paused != nil && s.inter.paused == d }
 
-// waitsForResume holds a create that falls due while a proposal is paused
-// until the resume (it would wait for the placement lock).
+// waitsForResume holds a create or rebuild that falls due while a
+// proposal is paused until the resume (it would wait for the placement
+// lock the paused decision may hold).
 func (s *Sim) waitsForResume(f []string) bool {
-	if !s.inter.pausing || f[0] != "create" {
+	if !s.inter.pausing || (f[0] != "create" && f[0] != "rebuild") {
 		return false
 	}
 	s.E.trace.Addf("pause", "%s waits for the paused decision (placement lock)", strings.Join(f, " "))
 	s.inter.waiting = append(s.inter.waiting, f)
 	return true
+}
+
+// interleavedOp draws two operator requests of a random schedule that
+// interleave at a proposal boundary: the first is paused before one of its
+// proposals (or of the task it starts) while the second runs and a few
+// seconds pass (uniqueness rule 11's races: rebuild against enable, cold
+// move against start, enable against drain).
+func interleavedOp(g *gen) []step {
+	h, vm := g.host(), g.vm()
+	firsts := [][]string{{"rebuild", h}, {"rebuild", h, "confirm-if-fenced"}, {"enable", h}, {"drain", h}, {"evacuate", h}, {"disable", h}, {"migrate", vm}}
+	seconds := [][]string{{"enable", h}, {"drain", h}, {"disable", h}, {"start", vm}, {"stop", vm}, {"delete", vm}} // no create or rebuild: parseOnPropose
+	types := []string{"vm.place", "node.set_management", "node.set_flags", "vm.migration_start", "task.put", "*"}
+	first := firsts[g.r.IntN(len(firsts))]
+	second := seconds[g.r.IntN(len(seconds))]
+	arm := append([]string{"on-propose", types[g.r.IntN(len(types))], fmt.Sprint(1 + g.r.IntN(2)), fmt.Sprintf("%ds", g.r.IntN(8))}, second...)
+	steps := []step{}
+	if first[0] == "rebuild" {
+		steps = append(steps, step{0, []string{"drain", h}})
+		d := g.dur(20*time.Second, 90*time.Second)
+		steps = append(steps, step{d, arm}, step{d, first})
+		return append(steps, step{d + g.dur(30*time.Second, 2*time.Minute), []string{"enable", h}})
+	}
+	steps = append(steps, step{0, arm}, step{0, first})
+	if first[0] != "migrate" {
+		steps = append(steps, step{g.dur(30*time.Second, 2*time.Minute), []string{"enable", h}})
+	}
+	return steps
 }

@@ -209,6 +209,7 @@ var opKinds = []opKind{
 	{"agent-migrate", 2, func(g *gen) []step {
 		return []step{{0, []string{"agent-migrate", "@", g.vm(), g.host(), g.net()}}}
 	}},
+	{"interleaved", 2, interleavedOp}, // two operations interleaved at a proposal boundary (interleave.go)
 	{"disable", 1, func(g *gen) []step {
 		h := g.host()
 		return []step{{0, []string{"disable", h}}, {g.dur(10*time.Second, time.Minute), []string{"enable", h}}}
