@@ -201,8 +201,9 @@ func (e *Endpoints) rebuild(ctx context.Context, reqID string, n *structs.Node, 
 	// rule 11): the VM (generation, modify index) and the node (its modify
 	// index: management state and drain evidence). A node or VM changed
 	// meanwhile (an enable, a heartbeat that withdrew the evidence, a VM
-	// started again) stops the rebuild with a conflict; what was placed before it stays placed, each of those
-	// decisions was right when it committed.
+	// started again) stops the rebuild with a conflict; what was placed
+	// before stays placed: each of those decisions was right when it
+	// committed.
 	steps := []structs.TaskStep{}
 	var stopped error
 	err := e.placer.Decide(func() error {
