@@ -10,6 +10,7 @@ import (
 	"github.com/chime-ha/chime/chime/tlsconf"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
 )
 
 // Config is everything `chime server` is told. Flags, environment and the
@@ -47,6 +48,10 @@ type Config struct {
 	// leader's duties and the endpoints measure time on; nil is the wall
 	// clock. Raft's own timers always run on the wall clock.
 	Clock Clock
+
+	// barrier replaces the new leader's Raft barrier (tests hold it to
+	// observe what a leader serves before it passed); nil is raft's.
+	barrier func(r *raft.Raft, timeout time.Duration) error
 }
 
 // RequireTLS is the switch of the secure default: when true, a server

@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/chime-ha/chime/chime/server/alarms"
@@ -62,6 +63,11 @@ type Server struct {
 
 	refusedMu sync.Mutex                  // guards refusedAt
 	refusedAt map[raft.ServerID]time.Time // when a would-be voter was last refused (tls.go)
+	// readyTerm is the Raft term in which this server, as leader, passed
+	// its barrier (every entry committed by earlier leaders applied); 0
+	// when it has not. Agents' desired state is served only while it is
+	// the current term (uniqueness rule 11).
+	readyTerm atomic.Uint64
 }
 
 // Run starts a server and blocks until ctx ends, then shuts down cleanly.
