@@ -52,7 +52,8 @@ type Sim struct {
 	nextMigration   map[string]MigrationOutcome
 	migrationFaults float64
 	localMoves      []localMove
-	co              coroutines // restarts in progress (restart.go)
+	co              coroutines   // restarts in progress (restart.go)
+	inter           interleaving // on-propose (interleave.go)
 }
 
 // localMove is a node-local migration an operator ran (agent migrate).
