@@ -463,9 +463,16 @@ func (d *Driver) Close() error {
 		d.conn = nil
 		d.mu.Unlock()
 		if c != nil {
-			c.unsubCtx()
-			// A polite goodbye, bounded: a hung libvirtd gets the socket closed.
+			// A polite goodbye, bounded: a hung libvirtd gets the socket
+			// closed. The subscription ends with the connection: cancelling
+			// it first would send a deregistration racing the goodbye, and
+			// libvirtd may then close the socket before it answers the
+			// goodbye (ErrInterrupted). A goodbye interrupted so has done
+			// its job all the same.
 			err = d.bounded(context.Background(), "disconnect", d.cfg.CallTimeout, c.lv.Disconnect, c.abort)
+			if errors.Is(err, libvirt.ErrInterrupted) {
+				err = nil
+			}
 			c.abort()
 		}
 		d.wg.Wait()

@@ -590,7 +590,8 @@ func TestDriverReconnect(t *testing.T) {
 // down. The new libvirtd finds it dead while re-attaching and stops the domain
 // without a lifecycle event, so the agent learns of it only from the
 // reconcile it does on EventReconnected: that listing must already show the
-// domain stopped.
+// domain shut off. (It also passed before the Driver settled: libvirtd's
+// re-attach to a dead qemu fails at once. It pins the contract.)
 func TestDriverReconnectAfterQemuDied(t *testing.T) {
 	if testURI() != DefaultURI {
 		t.Skip("restarts this machine's libvirtd: only with the default URI")
