@@ -68,7 +68,8 @@ func requireLab(t *testing.T) {
 	}
 }
 
-// newFleet builds the lab, starts the servers and the agents, and waits
+// newFleet builds the lab, starts the servers and the agents (on mutual
+// TLS with a CA of the fleet's own, f.tls), and waits
 // until the three nodes are registered and normal. t.Cleanup tears it all
 // down; the root directory (data, logs) is kept when the test failed or
 // CHIME_FLEET_KEEP is set.

@@ -20,7 +20,8 @@ import (
 // certificate: every fleet runs mutual TLS).
 func (f *fleet) apiClient(i int) *api.Client { return f.ss.client(i) }
 
-// TestTLSFleet runs the whole cluster on mutual TLS on real libvirt: agents
+// TestTLSFleet runs the whole cluster on mutual TLS on real libvirt (as
+// every fleet does; this test checks what TLS refuses as well): agents
 // register and heartbeat over TLS (every node normal), a VM is placed and
 // started through the desired state, migrated live by a server-ordered
 // task (the agent's report over TLS), and each agent's API answers a
