@@ -327,6 +327,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	}()
 	wg.Go(func() { a.health.Run(ctx) })
 	a.logger.Info("agent starting", "node_id", a.nodeID, "name", a.cfg.Name, "api", apiLn.Addr().String(), "socket", a.cfg.SocketPath())
+	if a.tls == nil {
+		wg.Go(func() { a.insecureLoop(ctx.Done()) })
+	}
 
 	if err := a.register(ctx); err != nil {
 		if ctx.Err() != nil {

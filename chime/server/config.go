@@ -38,7 +38,7 @@ type Config struct {
 	// TLS is the CA, this server's certificate (role server) and its key:
 	// set, every listener (API, Raft) is mutual TLS and every dialer
 	// (forwarding, Raft, ping-back) verifies its peer's role. Unset, all of
-	// it is plaintext (see RequireTLS and InsecureNoTLS).
+	// it is plaintext, which outside Dev needs InsecureNoTLS (Validate).
 	TLS tlsconf.Files
 	// InsecureNoTLS is --insecure-no-tls: the operator's explicit choice to
 	// run a non-dev server without TLS (warned about every minute).
@@ -53,13 +53,6 @@ type Config struct {
 	// observe what a leader serves before it passed); nil is raft's.
 	barrier func(r *raft.Raft, timeout time.Duration) error
 }
-
-// RequireTLS is the switch of the secure default: when true, a server
-// outside --dev refuses to start without TLS material unless it is given
-// --insecure-no-tls. It is false while the test harnesses and the lab
-// still start plaintext servers; flip it once they pass certificates
-// (docs/security.md, "Staging").
-var RequireTLS = false
 
 // DefaultConfig returns the production defaults.
 func DefaultConfig() Config {
@@ -161,7 +154,8 @@ func (c Config) Validate() error {
 	if c.InsecureNoTLS && c.TLS.Enabled() {
 		return structs.Invalid("--insecure-no-tls", "contradicts --tls-cert-file: pass one or the other")
 	}
-	if RequireTLS && !c.Dev && !c.TLS.Enabled() && !c.InsecureNoTLS {
+	// Secure by default: outside --dev, plaintext only when asked for.
+	if !c.Dev && !c.TLS.Enabled() && !c.InsecureNoTLS {
 		return structs.Invalid("--tls-cert-file", "a server outside --dev needs TLS material (--tls-ca-file, --tls-cert-file, --tls-key-file; see 'chime tls'), or --insecure-no-tls to run in plaintext")
 	}
 	if c.RaftTimeScale <= 0 || c.RaftTimeScale > 1 {
