@@ -1,0 +1,399 @@
+package scheduler
+
+import (
+	"cmp"
+	"fmt"
+	"math"
+	"slices"
+	"strings"
+
+	"github.com/chime-ha/chime/chime/structs"
+)
+
+// RuleTolerateFailures names the admission rule in refusals and alarms: the
+// cluster must be able to restart every protected VM after the loss of any
+// Tolerate nodes (server flag --ha-tolerate-failures).
+const RuleTolerateFailures = "ha-tolerate-failures"
+
+// MaxFailureSets bounds how many failure sets Reserve tries one by one. Up
+// to it every set of Tolerate nodes is tried (exact); beyond it only the
+// heaviest sets under four rankings are (see Reserve).
+const MaxFailureSets = 1000
+
+// Protected reports whether automatic HA must restart the VM elsewhere
+// when its node fails: an ha VM, placed, desired running.
+func Protected(v *structs.VM) bool {
+	return v.Spec.HA && v.DesiredState == structs.DesiredRunning && v.NodeID != ""
+}
+
+// RestartOrder sorts VMs in the order a failover places them: largest
+// memory first, then most vCPUs, then name and id, so that the big VMs
+// that are hardest to fit get first pick. Reserve, Plan and the recovery
+// duty must place in the same order for the plan to be the one carried out.
+func RestartOrder(vms []structs.VM) {
+	slices.SortFunc(vms, func(a, b structs.VM) int {
+		if c := cmp.Compare(b.Spec.MemoryMiB, a.Spec.MemoryMiB); c != 0 {
+			return c
+		}
+		if c := cmp.Compare(b.Spec.VCPUs, a.Spec.VCPUs); c != 0 {
+			return c
+		}
+		if c := cmp.Compare(a.Name, b.Name); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.ID, b.ID)
+	})
+}
+
+// NodeReserve is one node's share of the HA reservation.
+type NodeReserve struct {
+	NodeID string `json:"node_id"`
+	Name   string `json:"name"`
+	// Receiver: the node may take restarted VMs (enabled and normal).
+	Receiver bool `json:"receiver"`
+	// Capacity (vCPUs overcommitted, rounded down) and what the VMs
+	// placed on it take now.
+	VCPUs         int64 `json:"vcpus"`
+	MemoryMiB     int64 `json:"memory_mib"`
+	UsedVCPUs     int64 `json:"used_vcpus"`
+	UsedMemoryMiB int64 `json:"used_memory_mib"`
+	// HAVCPUs and HAMemoryMiB are what its protected VMs take: what the
+	// other nodes must absorb when it fails.
+	HAVCPUs     int64 `json:"ha_vcpus"`
+	HAMemoryMiB int64 `json:"ha_memory_mib"`
+	// ReservedVCPUs and ReservedMemoryMiB are the most any failure set
+	// tried would place on it: free capacity it keeps for failover.
+	ReservedVCPUs     int64 `json:"reserved_vcpus"`
+	ReservedMemoryMiB int64 `json:"reserved_memory_mib"`
+	// SpareVCPUs and SpareMemoryMiB are free capacity beyond the
+	// reservation: what new VMs may take without breaking it (0 for a
+	// node that is not a receiver).
+	SpareVCPUs     int64 `json:"spare_vcpus"`
+	SpareMemoryMiB int64 `json:"spare_memory_mib"`
+}
+
+// Reservation is the answer of Reserve: can every protected VM be
+// restarted after the loss of any Tolerate nodes?
+type Reservation struct {
+	Tolerate int    `json:"tolerate"`
+	OK       bool   `json:"ok"`
+	Rule     string `json:"rule"`
+	// Reason says why it holds or not, for people.
+	Reason string `json:"reason"`
+	// ProtectedVMs counts the protected VMs.
+	ProtectedVMs int `json:"protected_vms"`
+	// Failed are the nodes already unreachable: their protected VMs are
+	// counted as needing a restart in every failure set.
+	Failed []string `json:"failed,omitempty"`
+	// WorstCase is the failure set that breaks the reservation (the first
+	// in trial order with the most VMs left without a node), or, when it
+	// holds, the one that leaves the least memory free.
+	WorstCase []string `json:"worst_case,omitempty"`
+	// Unplaced are the protected VMs the worst case leaves without a node.
+	Unplaced []string `json:"unplaced,omitempty"`
+	// SetsTried and Exhaustive: how many failure sets were placed, and
+	// whether that was every set of Tolerate nodes.
+	SetsTried  int  `json:"sets_tried"`
+	Exhaustive bool `json:"exhaustive"`
+	// Nodes is every node's share, in name order.
+	Nodes []NodeReserve `json:"nodes"`
+}
+
+// Reserve checks the HA reservation over the current nodes and VMs: for
+// every set of tolerate nodes among those that are not unreachable (up to
+// MaxFailureSets sets; beyond that the tolerate nodes heaviest by each of
+// protected memory, protected vCPUs, memory capacity and vCPU capacity),
+// it takes those nodes and the already unreachable ones as failed and
+// places every protected VM they hold on the others with PlaceAll, in
+// RestartOrder: exactly what a failover would ask the scheduler. The
+// reservation holds when every set places every VM. tolerate <= 0 checks
+// only the nodes already unreachable. The answer depends only on the
+// input values.
+func Reserve(nodes []structs.Node, vms []structs.VM, tolerate int, opt Options) Reservation {
+	if tolerate < 0 {
+		tolerate = 0
+	}
+	r := Reservation{Tolerate: tolerate, Rule: RuleTolerateFailures}
+	nodes = slices.Clone(nodes)
+	slices.SortFunc(nodes, func(a, b structs.Node) int {
+		return cmp.Or(cmp.Compare(a.Name, b.Name), cmp.Compare(a.ID, b.ID))
+	})
+	overcomm := opt.CPUOvercommit
+	if overcomm == 0 || math.IsNaN(overcomm) || overcomm < 0 {
+		overcomm = 1
+	}
+	known := map[string]bool{}
+	var failed, candidates []string
+	share := map[string]*NodeReserve{}
+	for i := range nodes {
+		n := &nodes[i]
+		known[n.ID] = true
+		nr := &NodeReserve{NodeID: n.ID, Name: n.Name,
+			Receiver:  n.ManagementState == structs.NodeEnabled && n.MonitorState == structs.MonitorNormal,
+			VCPUs:     int64(math.Floor(float64(n.VCPUs)*overcomm + 1e-9)),
+			MemoryMiB: int64(n.MemoryMiB)}
+		share[n.ID] = nr
+		if n.MonitorState == structs.MonitorUnreachable {
+			failed = append(failed, n.ID)
+		} else {
+			candidates = append(candidates, n.ID)
+		}
+	}
+	byNode := map[string][]structs.VM{}
+	var orphans []structs.VM // protected VMs placed on a node that is gone
+	for _, v := range vms {
+		if nr := share[v.NodeID]; nr != nil {
+			nr.UsedVCPUs += int64(v.Spec.VCPUs)
+			nr.UsedMemoryMiB += int64(v.Spec.MemoryMiB)
+		}
+		if !Protected(&v) {
+			continue
+		}
+		r.ProtectedVMs++
+		if !known[v.NodeID] {
+			orphans = append(orphans, v)
+			continue
+		}
+		nr := share[v.NodeID]
+		nr.HAVCPUs += int64(v.Spec.VCPUs)
+		nr.HAMemoryMiB += int64(v.Spec.MemoryMiB)
+		byNode[v.NodeID] = append(byNode[v.NodeID], v)
+	}
+	r.Failed = failed
+
+	size := min(tolerate, len(candidates))
+	sets, exhaustive := failureSets(candidates, size, share)
+	r.Exhaustive = exhaustive
+	worstUnplaced, worstFree := -1, int64(math.MaxInt64)
+	for _, set := range sets {
+		down := append(slices.Clone(failed), set...)
+		placed, unplaced, free := placeAfter(nodes, vms, down, byNode, orphans, opt)
+		r.SetsTried++
+		recv := received(placed, vms)
+		for nodeID, u := range recv {
+			nr := share[nodeID]
+			nr.ReservedVCPUs = max(nr.ReservedVCPUs, u.vcpus)
+			nr.ReservedMemoryMiB = max(nr.ReservedMemoryMiB, u.memoryMiB)
+		}
+		if len(unplaced) > worstUnplaced || (len(unplaced) == worstUnplaced && len(unplaced) == 0 && free < worstFree) {
+			worstUnplaced, worstFree = len(unplaced), free
+			r.WorstCase, r.Unplaced = set, unplaced
+		}
+	}
+	r.OK = worstUnplaced <= 0
+	for _, n := range nodes {
+		nr := share[n.ID]
+		if nr.Receiver {
+			nr.SpareVCPUs = max(0, nr.VCPUs-nr.UsedVCPUs-nr.ReservedVCPUs)
+			nr.SpareMemoryMiB = max(0, nr.MemoryMiB-nr.UsedMemoryMiB-nr.ReservedMemoryMiB)
+		}
+		r.Nodes = append(r.Nodes, *nr)
+	}
+	r.Reason = reservationReason(r, share, tolerate, len(candidates))
+	return r
+}
+
+// placeAfter places the protected VMs of the down nodes (and the orphans)
+// on the remaining nodes, in RestartOrder; it returns the placement, the
+// VMs left without a node (in restart order) and the memory the receivers
+// have left.
+func placeAfter(nodes []structs.Node, vms []structs.VM, down []string, byNode map[string][]structs.VM,
+	orphans []structs.VM, opt Options) (map[string]string, []string, int64) {
+	isDown := map[string]bool{}
+	for _, id := range down {
+		isDown[id] = true
+	}
+	var alive []structs.Node
+	for _, n := range nodes {
+		if !isDown[n.ID] {
+			alive = append(alive, n)
+		}
+	}
+	moving := slices.Clone(orphans)
+	for _, id := range down {
+		moving = append(moving, byNode[id]...)
+	}
+	RestartOrder(moving)
+	reqs := make([]Request, len(moving))
+	for i, v := range moving {
+		reqs[i] = Request{VM: v}
+	}
+	placed, unplaced := PlaceAll(alive, vms, reqs, opt)
+	var free int64
+	for _, n := range alive {
+		if n.ManagementState == structs.NodeEnabled && n.MonitorState == structs.MonitorNormal {
+			free += int64(n.MemoryMiB)
+		}
+	}
+	aliveSet := map[string]bool{}
+	for _, n := range alive {
+		aliveSet[n.ID] = true
+	}
+	for _, v := range vms {
+		if to, ok := placed[v.ID]; ok {
+			if isReceiver(alive, to) {
+				free -= int64(v.Spec.MemoryMiB)
+			}
+		} else if aliveSet[v.NodeID] && isReceiver(alive, v.NodeID) {
+			free -= int64(v.Spec.MemoryMiB)
+		}
+	}
+	return placed, unplaced, free
+}
+
+func isReceiver(nodes []structs.Node, id string) bool {
+	for _, n := range nodes {
+		if n.ID == id {
+			return n.ManagementState == structs.NodeEnabled && n.MonitorState == structs.MonitorNormal
+		}
+	}
+	return false
+}
+
+// received sums, per receiving node, what a placement puts on it.
+func received(placed map[string]string, vms []structs.VM) map[string]usage {
+	out := map[string]usage{}
+	for _, v := range vms {
+		to, ok := placed[v.ID]
+		if !ok {
+			continue
+		}
+		u := out[to]
+		u.vcpus += int64(v.Spec.VCPUs)
+		u.memoryMiB += int64(v.Spec.MemoryMiB)
+		out[to] = u
+	}
+	return out
+}
+
+// failureSets returns the sets of size nodes among candidates to try, and
+// whether that is all of them. Sets and their members keep the candidates'
+// (name) order.
+func failureSets(candidates []string, size int, share map[string]*NodeReserve) ([][]string, bool) {
+	if size == 0 {
+		return [][]string{nil}, true
+	}
+	if binomialAtMost(len(candidates), size, MaxFailureSets) {
+		var out [][]string
+		combinations(len(candidates), size, func(idx []int) {
+			set := make([]string, len(idx))
+			for i, j := range idx {
+				set[i] = candidates[j]
+			}
+			out = append(out, set)
+		})
+		return out, true
+	}
+	pos := map[string]int{}
+	for i, id := range candidates {
+		pos[id] = i
+	}
+	keys := []func(*NodeReserve) int64{
+		func(n *NodeReserve) int64 { return n.HAMemoryMiB },
+		func(n *NodeReserve) int64 { return n.HAVCPUs },
+		func(n *NodeReserve) int64 { return n.MemoryMiB },
+		func(n *NodeReserve) int64 { return n.VCPUs },
+	}
+	var out [][]string
+	seen := map[string]bool{}
+	for _, key := range keys {
+		ranked := slices.Clone(candidates)
+		slices.SortStableFunc(ranked, func(a, b string) int { return cmp.Compare(key(share[b]), key(share[a])) })
+		set := ranked[:size]
+		slices.SortFunc(set, func(a, b string) int { return cmp.Compare(pos[a], pos[b]) })
+		k := strings.Join(set, ",")
+		if !seen[k] {
+			seen[k] = true
+			out = append(out, slices.Clone(set))
+		}
+	}
+	return out, false
+}
+
+// binomialAtMost reports whether C(n, k) <= limit, without overflowing.
+func binomialAtMost(n, k, limit int) bool {
+	k = min(k, n-k)
+	c := 1
+	for i := 1; i <= k; i++ {
+		c = c * (n - k + i) / i
+		if c > limit {
+			return false
+		}
+	}
+	return true
+}
+
+// combinations calls fn with every increasing k-tuple of 0..n-1, in
+// lexicographic order (fn must not keep idx).
+func combinations(n, k int, fn func(idx []int)) {
+	idx := make([]int, k)
+	for i := range idx {
+		idx[i] = i
+	}
+	for {
+		fn(idx)
+		i := k - 1
+		for i >= 0 && idx[i] == n-k+i {
+			i--
+		}
+		if i < 0 {
+			return
+		}
+		idx[i]++
+		for j := i + 1; j < k; j++ {
+			idx[j] = idx[j-1] + 1
+		}
+	}
+}
+
+func reservationReason(r Reservation, share map[string]*NodeReserve, tolerate, candidates int) string {
+	names := func(ids []string) string {
+		out := make([]string, len(ids))
+		for i, id := range ids {
+			out[i] = share[id].Name
+		}
+		return strings.Join(out, ", ")
+	}
+	var b strings.Builder
+	if r.OK {
+		fmt.Fprintf(&b, "%d protected VMs can be restarted after the loss of any %d of %d nodes", r.ProtectedVMs, tolerate, candidates)
+		if !r.Exhaustive {
+			fmt.Fprintf(&b, " (the %d heaviest failure sets tried)", r.SetsTried)
+		}
+	} else {
+		fmt.Fprintf(&b, "%d of %d protected VMs could not be restarted", len(r.Unplaced), r.ProtectedVMs)
+		if len(r.WorstCase) > 0 {
+			fmt.Fprintf(&b, " after the loss of %s", names(r.WorstCase))
+		}
+		if tolerate > candidates {
+			fmt.Fprintf(&b, " (%d failures tolerated, only %d nodes are up)", tolerate, candidates)
+		}
+	}
+	if len(r.Failed) > 0 {
+		fmt.Fprintf(&b, "; already unreachable: %s", names(r.Failed))
+	}
+	return b.String()
+}
+
+// Admit checks that the reservation still holds with vm placed on nodeID
+// as a protected VM (a create, or a start of a stopped ha VM), given every
+// VM already placed. A VM without ha is always admitted, and so is any VM
+// when tolerate <= 0. A refusal is a Conflict naming the rule.
+func Admit(nodes []structs.Node, vms []structs.VM, vm structs.VM, nodeID string, tolerate int, opt Options) error {
+	if !vm.Spec.HA || tolerate <= 0 || nodeID == "" {
+		return nil
+	}
+	vm.NodeID, vm.DesiredState = nodeID, structs.DesiredRunning
+	with := make([]structs.VM, 0, len(vms)+1)
+	for _, v := range vms {
+		if v.ID != vm.ID {
+			with = append(with, v)
+		}
+	}
+	with = append(with, vm)
+	r := Reserve(nodes, with, tolerate, opt)
+	if r.OK {
+		return nil
+	}
+	return structs.Conflict("ha", "%s %d: vm %s refused: with it, %s", RuleTolerateFailures, tolerate, vm.Name, r.Reason)
+}
