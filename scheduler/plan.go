@@ -8,29 +8,13 @@ import (
 	"github.com/chime-ha/chime/chime/structs"
 )
 
-// PlanEntry is where one protected VM would be restarted if its node
-// failed now.
-type PlanEntry struct {
-	VMID     string `json:"vm_id"`
-	VMName   string `json:"vm_name"`
-	NodeID   string `json:"node_id"`
-	NodeName string `json:"node_name,omitempty"`
-	// Target is the node the scheduler picks ("" when none fits).
-	Target     string `json:"target,omitempty"`
-	TargetName string `json:"target_name,omitempty"`
-	// Safe: a target exists and the HA reservation holds, so the restart
-	// would also survive the other failures admission control promises.
-	Safe   bool   `json:"safe"`
-	Reason string `json:"reason"`
-}
-
 // Plan is the failover plan: for every protected VM (in name order),
 // where it would be restarted if its node failed now, with the nodes
 // already unreachable counted as failed too. Each node's failure is
 // placed on its own, with PlaceAll in RestartOrder, as the recovery would
 // do. res is the reservation over the same input (Reserve), which decides
 // whether each entry is safe. The answer depends only on the input values.
-func Plan(nodes []structs.Node, vms []structs.VM, opt Options, res Reservation) []PlanEntry {
+func Plan(nodes []structs.Node, vms []structs.VM, opt Options, res structs.HAReservation) []structs.FailoverEntry {
 	names := map[string]string{}
 	var failed []string
 	for _, n := range nodes {
@@ -52,7 +36,7 @@ func Plan(nodes []structs.Node, vms []structs.VM, opt Options, res Reservation) 
 		byNode[v.NodeID] = append(byNode[v.NodeID], v)
 	}
 	slices.Sort(hosts)
-	var out []PlanEntry
+	var out []structs.FailoverEntry
 	for _, host := range hosts {
 		down := slices.Clone(failed)
 		if !slices.Contains(down, host) {
@@ -62,7 +46,7 @@ func Plan(nodes []structs.Node, vms []structs.VM, opt Options, res Reservation) 
 		// if it were down: it is not in the node list.
 		placed, _, _ := placeAfter(nodes, vms, down, byNode, nil, opt)
 		for _, v := range byNode[host] {
-			e := PlanEntry{VMID: v.ID, VMName: v.Name, NodeID: host, NodeName: names[host]}
+			e := structs.FailoverEntry{VMID: v.ID, VMName: v.Name, NodeID: host, NodeName: names[host]}
 			if to, ok := placed[v.ID]; ok {
 				e.Target, e.TargetName = to, names[to]
 				e.Safe = res.OK
@@ -76,7 +60,9 @@ func Plan(nodes []structs.Node, vms []structs.VM, opt Options, res Reservation) 
 			out = append(out, e)
 		}
 	}
-	slices.SortFunc(out, func(a, b PlanEntry) int { return cmp.Or(cmp.Compare(a.VMName, b.VMName), cmp.Compare(a.VMID, b.VMID)) })
+	slices.SortFunc(out, func(a, b structs.FailoverEntry) int {
+		return cmp.Or(cmp.Compare(a.VMName, b.VMName), cmp.Compare(a.VMID, b.VMID))
+	})
 	return out
 }
 

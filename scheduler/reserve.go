@@ -45,60 +45,6 @@ func RestartOrder(vms []structs.VM) {
 	})
 }
 
-// NodeReserve is one node's share of the HA reservation.
-type NodeReserve struct {
-	NodeID string `json:"node_id"`
-	Name   string `json:"name"`
-	// Receiver: the node may take restarted VMs (enabled and normal).
-	Receiver bool `json:"receiver"`
-	// Capacity (vCPUs overcommitted, rounded down) and what the VMs
-	// placed on it take now.
-	VCPUs         int64 `json:"vcpus"`
-	MemoryMiB     int64 `json:"memory_mib"`
-	UsedVCPUs     int64 `json:"used_vcpus"`
-	UsedMemoryMiB int64 `json:"used_memory_mib"`
-	// HAVCPUs and HAMemoryMiB are what its protected VMs take: what the
-	// other nodes must absorb when it fails.
-	HAVCPUs     int64 `json:"ha_vcpus"`
-	HAMemoryMiB int64 `json:"ha_memory_mib"`
-	// ReservedVCPUs and ReservedMemoryMiB are the most any failure set
-	// tried would place on it: free capacity it keeps for failover.
-	ReservedVCPUs     int64 `json:"reserved_vcpus"`
-	ReservedMemoryMiB int64 `json:"reserved_memory_mib"`
-	// SpareVCPUs and SpareMemoryMiB are free capacity beyond the
-	// reservation: what new VMs may take without breaking it (0 for a
-	// node that is not a receiver).
-	SpareVCPUs     int64 `json:"spare_vcpus"`
-	SpareMemoryMiB int64 `json:"spare_memory_mib"`
-}
-
-// Reservation is the answer of Reserve: can every protected VM be
-// restarted after the loss of any Tolerate nodes?
-type Reservation struct {
-	Tolerate int    `json:"tolerate"`
-	OK       bool   `json:"ok"`
-	Rule     string `json:"rule"`
-	// Reason says why it holds or not, for people.
-	Reason string `json:"reason"`
-	// ProtectedVMs counts the protected VMs.
-	ProtectedVMs int `json:"protected_vms"`
-	// Failed are the nodes already unreachable: their protected VMs are
-	// counted as needing a restart in every failure set.
-	Failed []string `json:"failed,omitempty"`
-	// WorstCase is the failure set that breaks the reservation (the first
-	// in trial order with the most VMs left without a node), or, when it
-	// holds, the one that leaves the least memory free.
-	WorstCase []string `json:"worst_case,omitempty"`
-	// Unplaced are the protected VMs the worst case leaves without a node.
-	Unplaced []string `json:"unplaced,omitempty"`
-	// SetsTried and Exhaustive: how many failure sets were placed, and
-	// whether that was every set of Tolerate nodes.
-	SetsTried  int  `json:"sets_tried"`
-	Exhaustive bool `json:"exhaustive"`
-	// Nodes is every node's share, in name order.
-	Nodes []NodeReserve `json:"nodes"`
-}
-
 // Reserve checks the HA reservation over the current nodes and VMs: for
 // every set of tolerate nodes among those that are not unreachable (up to
 // MaxFailureSets sets; beyond that the tolerate nodes heaviest by each of
@@ -109,11 +55,11 @@ type Reservation struct {
 // reservation holds when every set places every VM. tolerate <= 0 checks
 // only the nodes already unreachable. The answer depends only on the
 // input values.
-func Reserve(nodes []structs.Node, vms []structs.VM, tolerate int, opt Options) Reservation {
+func Reserve(nodes []structs.Node, vms []structs.VM, tolerate int, opt Options) structs.HAReservation {
 	if tolerate < 0 {
 		tolerate = 0
 	}
-	r := Reservation{Tolerate: tolerate, Rule: RuleTolerateFailures}
+	r := structs.HAReservation{Tolerate: tolerate, Rule: RuleTolerateFailures}
 	nodes = slices.Clone(nodes)
 	slices.SortFunc(nodes, func(a, b structs.Node) int {
 		return cmp.Or(cmp.Compare(a.Name, b.Name), cmp.Compare(a.ID, b.ID))
@@ -124,11 +70,11 @@ func Reserve(nodes []structs.Node, vms []structs.VM, tolerate int, opt Options) 
 	}
 	known := map[string]bool{}
 	var failed, candidates []string
-	share := map[string]*NodeReserve{}
+	share := map[string]*structs.NodeReserve{}
 	for i := range nodes {
 		n := &nodes[i]
 		known[n.ID] = true
-		nr := &NodeReserve{NodeID: n.ID, Name: n.Name,
+		nr := &structs.NodeReserve{NodeID: n.ID, Name: n.Name,
 			Receiver:  n.ManagementState == structs.NodeEnabled && n.MonitorState == structs.MonitorNormal,
 			VCPUs:     int64(math.Floor(float64(n.VCPUs)*overcomm + 1e-9)),
 			MemoryMiB: int64(n.MemoryMiB)}
@@ -269,7 +215,7 @@ func received(placed map[string]string, vms []structs.VM) map[string]usage {
 // failureSets returns the sets of size nodes among candidates to try, and
 // whether that is all of them. Sets and their members keep the candidates'
 // (name) order.
-func failureSets(candidates []string, size int, share map[string]*NodeReserve) ([][]string, bool) {
+func failureSets(candidates []string, size int, share map[string]*structs.NodeReserve) ([][]string, bool) {
 	if size == 0 {
 		return [][]string{nil}, true
 	}
@@ -288,11 +234,11 @@ func failureSets(candidates []string, size int, share map[string]*NodeReserve) (
 	for i, id := range candidates {
 		pos[id] = i
 	}
-	keys := []func(*NodeReserve) int64{
-		func(n *NodeReserve) int64 { return n.HAMemoryMiB },
-		func(n *NodeReserve) int64 { return n.HAVCPUs },
-		func(n *NodeReserve) int64 { return n.MemoryMiB },
-		func(n *NodeReserve) int64 { return n.VCPUs },
+	keys := []func(*structs.NodeReserve) int64{
+		func(n *structs.NodeReserve) int64 { return n.HAMemoryMiB },
+		func(n *structs.NodeReserve) int64 { return n.HAVCPUs },
+		func(n *structs.NodeReserve) int64 { return n.MemoryMiB },
+		func(n *structs.NodeReserve) int64 { return n.VCPUs },
 	}
 	var out [][]string
 	seen := map[string]bool{}
@@ -346,7 +292,7 @@ func combinations(n, k int, fn func(idx []int)) {
 	}
 }
 
-func reservationReason(r Reservation, share map[string]*NodeReserve, tolerate, candidates int) string {
+func reservationReason(r structs.HAReservation, share map[string]*structs.NodeReserve, tolerate, candidates int) string {
 	names := func(ids []string) string {
 		out := make([]string, len(ids))
 		for i, id := range ids {

@@ -112,7 +112,7 @@ func TestReserveShares(t *testing.T) {
 	if !r.OK || r.SetsTried != 3 || !r.Exhaustive || r.ProtectedVMs != 3 {
 		t.Fatalf("reservation %+v", r)
 	}
-	got := map[string]NodeReserve{}
+	got := map[string]structs.NodeReserve{}
 	for _, n := range r.Nodes {
 		got[n.Name] = n
 	}
@@ -193,7 +193,7 @@ func TestPlan(t *testing.T) {
 	}
 	r := Reserve(nodes, vms, 1, Options{})
 	plan := Plan(nodes, vms, Options{}, r)
-	got := map[string]PlanEntry{}
+	got := map[string]structs.FailoverEntry{}
 	var order []string
 	for _, e := range plan {
 		got[e.VMID] = e
