@@ -187,6 +187,9 @@ func failoverOf(c *cli.Context, kind, id string, withVM bool) string {
 		return "unavailable: " + err.Error()
 	}
 	if len(plan.Entries) == 0 {
+		if kind == "vms" {
+			return "none: not protected now (stopped or pending)"
+		}
 		return "-"
 	}
 	return failoverLines(plan.Entries, withVM)
