@@ -31,6 +31,9 @@ type Config struct {
 	LogLevel hclog.Level
 	// HostVCPUs and HostMemoryMiB are each host's capacity.
 	HostVCPUs, HostMemoryMiB int
+	// HATolerate > 0 turns the HA policy on: admission control tolerating
+	// that many failures, the brake guard (default share) and the HA alarms.
+	HATolerate int
 }
 
 // Sim is one simulated chime deployment: the world (time, randomness,
