@@ -141,6 +141,23 @@ func TestAdmissionPending(t *testing.T) {
 	if n := p.PlacePending(w.ctx); n != 1 || w.vm("pend").NodeID == "" {
 		t.Fatalf("pending loop placed %d once a second node came", n)
 	}
+	// A VM a rebuild left pending (placed once: generation > 0) is being
+	// moved, not admitted: placed although the reservation is broken.
+	moved := "00000000-0000-4000-8000-0000000000bb"
+	w.Propose(fsm.CmdCreateVM, fsm.CreateVM{VM: structs.VM{ID: moved, Name: "moved",
+		DesiredState: structs.DesiredRunning, Spec: structs.VMSpec{VCPUs: 1, MemoryMiB: 4096, HA: true}}, NodeID: hv1ID})
+	w.Propose(fsm.CmdPlaceVM, fsm.PlaceVM{VMID: moved, NodeID: ""})
+	filler := "00000000-0000-4000-8000-0000000000cc" // written past admission: breaks the reservation
+	w.Propose(fsm.CmdCreateVM, fsm.CreateVM{VM: structs.VM{ID: filler, Name: "filler",
+		DesiredState: structs.DesiredRunning, Spec: structs.VMSpec{VCPUs: 1, MemoryMiB: 6144, HA: true}}, NodeID: hv2ID})
+	if res, _ := p.Reservation(); res.OK {
+		t.Fatalf("reservation holds: %s", res.Reason)
+	}
+	if n := p.PlacePending(w.ctx); n != 1 || w.vm("moved").NodeID == "" {
+		t.Fatalf("pending loop placed %d: a moved ha VM must not wait for admission", n)
+	}
+	w.Propose(fsm.CmdDeleteVM, fsm.DeleteVM{VMID: moved})
+	w.Propose(fsm.CmdDeleteVM, fsm.DeleteVM{VMID: filler})
 	// The plan names the other node for it, safely.
 	entries, res, err := p.FailoverPlan()
 	if err != nil || len(entries) != 1 || !res.OK {

@@ -207,7 +207,10 @@ func (p *Placer) PlacePending(ctx context.Context) int {
 				}
 				continue // no node fits (yet): stays pending
 			}
-			if vm.DesiredState == structs.DesiredRunning {
+			// A VM never placed (generation 0) is new: admission control
+			// decides. One a rebuild or a failover left pending is being
+			// moved, and moving a protected VM is never refused.
+			if vm.DesiredState == structs.DesiredRunning && vm.Generation == 0 {
 				if err := p.Admit(vm, nodeID); err != nil {
 					p.log.Debug("pending ha vm not admitted", "vm", vm.Name, "error", err)
 					continue // stays pending until the reservation allows it
