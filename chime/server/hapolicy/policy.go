@@ -90,7 +90,8 @@ func Next(ha structs.HAState, nodes []structs.Node, share float64) *fsm.SetHABra
 
 // Alarms derives the HA alarms at now (the alarmer's Extra):
 // HABrakeEngaged while the brake is latched, HADisarmed while an operator
-// disarmed automatic HA, and HAReservationBroken while res does not hold.
+// disarmed automatic HA, and HAReservationBroken while res does not hold
+// (admission control on: res.Tolerate > 0).
 func Alarms(ha structs.HAState, res structs.HAReservation, now time.Time) []structs.Alarm {
 	var out []structs.Alarm
 	if ha.Brake {
@@ -105,7 +106,7 @@ func Alarms(ha structs.HAState, res structs.HAReservation, now time.Time) []stru
 			Description: "An operator disarmed automatic HA (`chime operator ha disarm`): VMs of failed nodes are not restarted elsewhere. Arm it again with `chime operator ha arm` after the maintenance.",
 			StartsAt:    ha.DisarmedAt})
 	}
-	if !res.OK {
+	if !res.OK && res.Tolerate > 0 { // --ha-tolerate-failures 0: admission control is off
 		out = append(out, structs.Alarm{Name: "HAReservationBroken", Severity: "warning",
 			Labels:      map[string]string{"scope": "cluster", "rule": res.Rule},
 			Summary:     fmt.Sprintf("HA reservation broken: the cluster no longer survives %d node failures", res.Tolerate),

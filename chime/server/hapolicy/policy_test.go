@@ -108,6 +108,7 @@ func TestAlarms(t *testing.T) {
 		{"quiet", structs.HAState{}, structs.HAReservation{OK: true}, nil},
 		{"brake", structs.HAState{Brake: true, BrakeSince: now}, structs.HAReservation{OK: true}, []string{"HABrakeEngaged"}},
 		{"disarmed and broken", structs.HAState{Disarmed: true}, broken, []string{"HADisarmed", "HAReservationBroken"}},
+		{"admission control off", structs.HAState{}, structs.HAReservation{Tolerate: 0, Reason: "x"}, nil},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
