@@ -36,6 +36,7 @@ func Plan(nodes []structs.Node, vms []structs.VM, opt Options, res structs.HARes
 		byNode[v.NodeID] = append(byNode[v.NodeID], v)
 	}
 	slices.Sort(hosts)
+	fo := newFailover(nodes, vms, byNode, nil, opt)
 	var out []structs.FailoverEntry
 	for _, host := range hosts {
 		down := slices.Clone(failed)
@@ -44,7 +45,7 @@ func Plan(nodes []structs.Node, vms []structs.VM, opt Options, res structs.HARes
 		}
 		// Orphans (a node that is gone) are placed with their "node" as
 		// if it were down: it is not in the node list.
-		placed, _, _ := placeAfter(nodes, vms, down, byNode, nil, opt)
+		placed, _, _, _ := fo.after(down)
 		for _, v := range byNode[host] {
 			e := structs.FailoverEntry{VMID: v.ID, VMName: v.Name, NodeID: host, NodeName: names[host]}
 			if to, ok := placed[v.ID]; ok {

@@ -3,6 +3,7 @@ package scheduler
 import (
 	"cmp"
 	"fmt"
+	"maps"
 	"math"
 	"slices"
 	"strings"
@@ -110,12 +111,12 @@ func Reserve(nodes []structs.Node, vms []structs.VM, tolerate int, opt Options) 
 	size := min(tolerate, len(candidates))
 	sets, exhaustive := failureSets(candidates, size, share)
 	r.Exhaustive = exhaustive
+	fo := newFailover(nodes, vms, byNode, orphans, opt)
 	worstUnplaced, worstFree := -1, int64(math.MaxInt64)
 	for _, set := range sets {
 		down := append(slices.Clone(failed), set...)
-		placed, unplaced, free := placeAfter(nodes, vms, down, byNode, orphans, opt)
+		_, unplaced, free, recv := fo.after(down)
 		r.SetsTried++
-		recv := received(placed, vms)
 		for nodeID, u := range recv {
 			nr := share[nodeID]
 			nr.ReservedVCPUs = max(nr.ReservedVCPUs, u.vcpus)
@@ -139,77 +140,93 @@ func Reserve(nodes []structs.Node, vms []structs.VM, tolerate int, opt Options) 
 	return r
 }
 
-// placeAfter places the protected VMs of the down nodes (and the orphans)
-// on the remaining nodes, in RestartOrder; it returns the placement, the
-// VMs left without a node (in restart order) and the memory the receivers
-// have left.
-func placeAfter(nodes []structs.Node, vms []structs.VM, down []string, byNode map[string][]structs.VM,
-	orphans []structs.VM, opt Options) (map[string]string, []string, int64) {
-	isDown := map[string]bool{}
+// failover places the protected VMs of failed nodes over one indexing of
+// the cluster: the usage of every placed VM is counted once (newPlacer),
+// and each failure set works on a copy of it over the surviving nodes.
+// That is PlaceAll's answer (a VM on a down node or on a node that is gone
+// reserves nothing on a survivor either way) without re-reading every VM
+// per set.
+type failover struct {
+	nodes   []structs.Node
+	byNode  map[string][]structs.VM // protected VMs per node
+	orphans []structs.VM            // protected VMs placed on a node that is gone
+	base    *placer                 // nil: invalid options, nothing places
+	memUsed map[string]int64        // memory the VMs placed on each node take
+}
+
+func newFailover(nodes []structs.Node, vms []structs.VM, byNode map[string][]structs.VM, orphans []structs.VM, opt Options) *failover {
+	f := &failover{nodes: nodes, byNode: byNode, orphans: orphans, memUsed: map[string]int64{}}
+	if p, err := newPlacer(nodes, vms, nil, opt); err == nil {
+		f.base = p
+	}
+	for _, v := range vms {
+		if v.NodeID != "" {
+			f.memUsed[v.NodeID] += int64(v.Spec.MemoryMiB)
+		}
+	}
+	return f
+}
+
+// after places the protected VMs of the down nodes (and the orphans) on
+// the remaining nodes, in RestartOrder; it returns the placement, the VMs
+// left without a node (in restart order), the memory the receivers have
+// left, and what each receiver got.
+func (f *failover) after(down []string) (map[string]string, []string, int64, map[string]usage) {
+	isDown := make(map[string]bool, len(down))
 	for _, id := range down {
 		isDown[id] = true
 	}
-	var alive []structs.Node
-	for _, n := range nodes {
-		if !isDown[n.ID] {
-			alive = append(alive, n)
-		}
-	}
-	moving := slices.Clone(orphans)
-	for _, id := range down {
-		moving = append(moving, byNode[id]...)
-	}
-	RestartOrder(moving)
-	reqs := make([]Request, len(moving))
-	for i, v := range moving {
-		reqs[i] = Request{VM: v}
-	}
-	placed, unplaced := PlaceAll(alive, vms, reqs, opt)
+	alive := make([]structs.Node, 0, len(f.nodes))
 	var free int64
-	for _, n := range alive {
-		if n.ManagementState == structs.NodeEnabled && n.MonitorState == structs.MonitorNormal {
-			free += int64(n.MemoryMiB)
-		}
-	}
-	aliveSet := map[string]bool{}
-	for _, n := range alive {
-		aliveSet[n.ID] = true
-	}
-	for _, v := range vms {
-		if to, ok := placed[v.ID]; ok {
-			if isReceiver(alive, to) {
-				free -= int64(v.Spec.MemoryMiB)
-			}
-		} else if aliveSet[v.NodeID] && isReceiver(alive, v.NodeID) {
-			free -= int64(v.Spec.MemoryMiB)
-		}
-	}
-	return placed, unplaced, free
-}
-
-func isReceiver(nodes []structs.Node, id string) bool {
-	for _, n := range nodes {
-		if n.ID == id {
-			return n.ManagementState == structs.NodeEnabled && n.MonitorState == structs.MonitorNormal
-		}
-	}
-	return false
-}
-
-// received sums, per receiving node, what a placement puts on it.
-func received(placed map[string]string, vms []structs.VM) map[string]usage {
-	out := map[string]usage{}
-	for _, v := range vms {
-		to, ok := placed[v.ID]
-		if !ok {
+	for _, n := range f.nodes {
+		if isDown[n.ID] {
 			continue
 		}
-		u := out[to]
+		alive = append(alive, n)
+		if n.ManagementState == structs.NodeEnabled && n.MonitorState == structs.MonitorNormal {
+			free += int64(n.MemoryMiB) - f.memUsed[n.ID]
+		}
+	}
+	moving := slices.Clone(f.orphans)
+	for _, id := range down {
+		moving = append(moving, f.byNode[id]...)
+	}
+	RestartOrder(moving)
+	placed := make(map[string]string, len(moving))
+	recv := map[string]usage{}
+	var unplaced []string
+	if f.base == nil {
+		for _, v := range moving {
+			unplaced = append(unplaced, v.ID)
+		}
+		return placed, unplaced, free, recv
+	}
+	p := &placer{nodes: alive, used: make(map[string]*usage, len(f.base.used)), strategy: f.base.strategy, overcomm: f.base.overcomm}
+	for id, u := range f.base.used {
+		c := *u
+		if u.groups != nil {
+			c.groups = maps.Clone(u.groups)
+		}
+		p.used[id] = &c
+	}
+	for _, v := range moving {
+		if _, done := placed[v.ID]; done {
+			continue
+		}
+		to, err := p.place(Request{VM: v})
+		if err != nil {
+			unplaced = append(unplaced, v.ID)
+			continue
+		}
+		placed[v.ID] = to
+		p.reserve(to, v)
+		free -= int64(v.Spec.MemoryMiB)
+		u := recv[to]
 		u.vcpus += int64(v.Spec.VCPUs)
 		u.memoryMiB += int64(v.Spec.MemoryMiB)
-		out[to] = u
+		recv[to] = u
 	}
-	return out
+	return placed, unplaced, free, recv
 }
 
 // failureSets returns the sets of size nodes among candidates to try, and

@@ -43,6 +43,13 @@ type Placer struct {
 	// decisions made concurrently could both take a node's last free memory.
 	mu   sync.Mutex
 	kick chan struct{} // wakes the pending loop (capacity may have appeared)
+
+	// resMu guards the last reservation computed (Reservation) and the
+	// applied index it was computed at.
+	resMu    sync.Mutex
+	res      structs.HAReservation
+	resIndex uint64
+	resValid bool
 }
 
 // New returns a Placer.
@@ -128,12 +135,27 @@ func (p *Placer) Admit(vm structs.VM, nodeID string) error {
 // Reservation is the HA reservation over the current state: whether every
 // protected VM could be restarted after the loss of any HATolerate nodes,
 // and each node's share (spare capacity).
+//
+// The answer is cached per applied index (the alarmer asks on every pass;
+// on a large cluster one check costs a scheduler run per failure set).
 func (p *Placer) Reservation() (structs.HAReservation, error) {
+	_, idx := p.state.Changed() // read before the state: a newer state only makes the cache older
+	p.resMu.Lock()
+	if p.resValid && p.resIndex == idx {
+		r := p.res
+		p.resMu.Unlock()
+		return r, nil
+	}
+	p.resMu.Unlock()
 	nodes, vms, err := p.read()
 	if err != nil {
 		return structs.HAReservation{}, err
 	}
-	return scheduler.Reserve(nodes, vms, p.tolerate, p.opts), nil
+	r := scheduler.Reserve(nodes, vms, p.tolerate, p.opts)
+	p.resMu.Lock()
+	p.res, p.resIndex, p.resValid = r, idx, true
+	p.resMu.Unlock()
+	return r, nil
 }
 
 // FailoverPlan is where every protected VM would be restarted if its node
