@@ -49,7 +49,7 @@ type leaderDuties struct {
 	runner  *tasks.Runner
 	placer  *placement.Placer
 	alarmer *alarms.Alarmer
-	guard   *hapolicy.Guard // nil unless the HA policy is on (Config.HATolerate)
+	guard   *hapolicy.Guard // the arm switch and the mass-failure brake
 	ep      *endpoint.Endpoints
 
 	stops                  []func() // the periodic events
@@ -71,10 +71,10 @@ func newLeaderDuties(s *Server, term uint64) *leaderDuties {
 		HATolerate: sim.cfg.HATolerate, Logger: s.log.Named("placement")})
 	d.runner = tasks.New(tasks.Config{State: s.FSM, Proposer: s, Placer: d.placer, Clock: s.clock(), Logger: s.log.Named("tasks")})
 	alCfg := alarms.Config{State: s.FSM, Proposer: s, Clock: s.clock(), Logger: s.log.Named("alarms")}
-	if sim.cfg.HATolerate > 0 {
-		d.guard = hapolicy.New(hapolicy.Config{State: s.FSM, Proposer: s, Reserver: d.placer, Logger: s.log.Named("hapolicy")})
-		alCfg.Extra = d.guard.Alarms
-	}
+	// The guard runs as in production (the brake at the default share);
+	// admission control only with the scenario header ha-tolerate N.
+	d.guard = hapolicy.New(hapolicy.Config{State: s.FSM, Proposer: s, Reserver: d.placer, Logger: s.log.Named("hapolicy")})
+	alCfg.Extra = d.guard.Alarms
 	d.alarmer = alarms.New(alCfg)
 	d.ep = endpoint.New(endpoint.Config{Proposer: s, State: s.FSM, Placer: d.placer, Tasks: d.runner, Monitor: d.monitor,
 		Clock: s.clock(), IDs: simIDs{w}, Agents: agentConfig{s.c}})
@@ -87,9 +87,7 @@ func newLeaderDuties(s *Server, term uint64) *leaderDuties {
 		w.Every(0, placementEvery, name("placement.pending"), d.placePending),
 		w.Every(0, alarmsEvery, name("alarms.step"), d.stepAlarms),
 	)
-	if d.guard != nil {
-		d.stops = append(d.stops, w.Every(0, guardEvery, name("hapolicy.step"), d.stepGuard))
-	}
+	d.stops = append(d.stops, w.Every(0, guardEvery, name("hapolicy.step"), d.stepGuard))
 	s.c.sim.E.trace.Addf("raft", "%s duties started (term %d)", s.Name, term)
 	return d
 }
@@ -109,7 +107,7 @@ func (d *leaderDuties) placePending() {
 }
 
 func (d *leaderDuties) stepGuard() {
-	if d.live() && d.guard != nil {
+	if d.live() {
 		if err := d.guard.Step(d.ctx); err != nil && d.live() {
 			d.srv.log.Named("hapolicy").Warn("ha guard pass failed", "error", err)
 		}
@@ -141,7 +139,7 @@ func (d *leaderDuties) changed() {
 	if !d.alAt.Pending() {
 		d.alAt = w.After(alarmsDebounce, d.srv.Name+" alarms.step (change)", d.stepAlarms)
 	}
-	if d.guard != nil && !d.guardAt.Pending() {
+	if !d.guardAt.Pending() {
 		d.guardAt = w.After(onChange, d.srv.Name+" hapolicy.step (change)", d.stepGuard)
 	}
 }

@@ -101,8 +101,8 @@ func (o *Operator) SetHAArmed(armed bool) error {
 	// The route is the guard's, on the leader (where do delivers fn).
 	_, err := do(o.client(), what, true, func(_ *endpoint.Endpoints, reqID string) (struct{}, error) {
 		l := o.s.Cluster.leader
-		if l == nil || l.lead == nil || l.lead.guard == nil {
-			return struct{}{}, fmt.Errorf("%s: the HA policy is off (scenario header ha-tolerate N)", what)
+		if l == nil || l.lead == nil {
+			return struct{}{}, fmt.Errorf("%w: %s: no leader", structs.ErrNoLeader, what)
 		}
 		_, err := l.lead.guard.SetArmed(context.Background(), reqID, armed, "scenario")
 		return struct{}{}, err

@@ -89,9 +89,9 @@ type Schedule struct {
 	Hosts        int
 	Quiet        time.Duration // after the heal; default 5 min
 	KnownFailure int           // root cause number (0: none)
-	// HATolerate turns the HA policy on (header `ha-tolerate N`):
-	// admission control with N tolerated failures, the mass-failure brake
-	// and the HA alarms. 0 (every scenario without the header): off.
+	// HATolerate turns admission control on (header `ha-tolerate N`),
+	// with N tolerated failures. 0 (every scenario without the header):
+	// off. The mass-failure brake runs either way.
 	HATolerate int
 	Items      []Item
 	// Length is how long the schedule runs before the heal (at least until

@@ -31,8 +31,9 @@ type Config struct {
 	LogLevel hclog.Level
 	// HostVCPUs and HostMemoryMiB are each host's capacity.
 	HostVCPUs, HostMemoryMiB int
-	// HATolerate > 0 turns the HA policy on: admission control tolerating
-	// that many failures, the brake guard (default share) and the HA alarms.
+	// HATolerate > 0 turns admission control on, tolerating that many
+	// failures (the HAReservationBroken alarm with it). The brake guard
+	// always runs, at the default share, as in production.
 	HATolerate int
 }
 
