@@ -99,7 +99,11 @@ func reservationLine(r *structs.HAReservation) string {
 	if !r.OK {
 		verdict = "BROKEN"
 	}
-	return fmt.Sprintf("%s (tolerate %d node failures): %s", verdict, r.Tolerate, r.Reason)
+	noun := "failures"
+	if r.Tolerate == 1 {
+		noun = "failure"
+	}
+	return fmt.Sprintf("%s (tolerates %d node %s): %s", verdict, r.Tolerate, noun, r.Reason)
 }
 
 // spare is a node's spare capacity beyond the HA reservation, for

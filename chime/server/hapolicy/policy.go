@@ -109,7 +109,7 @@ func Alarms(ha structs.HAState, res structs.HAReservation, now time.Time) []stru
 	if !res.OK && res.Tolerate > 0 { // --ha-tolerate-failures 0: admission control is off
 		out = append(out, structs.Alarm{Name: "HAReservationBroken", Severity: "warning",
 			Labels:      map[string]string{"scope": "cluster", "rule": res.Rule},
-			Summary:     fmt.Sprintf("HA reservation broken: the cluster no longer survives %d node failures", res.Tolerate),
+			Summary:     fmt.Sprintf("HA reservation broken: the cluster no longer survives %s", failures(res.Tolerate)),
 			Description: res.Reason + ". New ha VMs are refused (409) until it holds again: add or enable nodes, or free capacity. See docs/ha-admission.md.",
 			StartsAt:    now})
 	}
@@ -121,6 +121,13 @@ func orNone(s string) string {
 		return "no reason given"
 	}
 	return s
+}
+
+func failures(n int) string {
+	if n == 1 {
+		return "1 node failure"
+	}
+	return fmt.Sprintf("%d node failures", n)
 }
 
 func pct(share float64) string { return fmt.Sprintf("%g%%", share*100) }
