@@ -79,8 +79,9 @@ func (o *Operator) Create(name string, vcpus, memMiB int, stopped bool) error {
 	return err
 }
 
-// CreateHA creates a running ha VM (admission control may refuse it).
-func (o *Operator) CreateHA(name string, vcpus, memMiB int) error {
+// CreateHAOfSize creates a running ha VM of the given size (admission
+// control may refuse it).
+func (o *Operator) CreateHAOfSize(name string, vcpus, memMiB int) error {
 	vm, err := do(o.client(), "create "+name, true, func(ep *endpoint.Endpoints, reqID string) (*structs.VM, error) {
 		return ep.CreateVM(context.Background(), reqID, api.CreateVMRequest{Name: name, VCPUs: vcpus, Memory: memMiB, HA: true})
 	})

@@ -257,7 +257,7 @@ var cmdArity = map[string][2]int{
 	"snapshot": {1, 1}, "clock-jump": {2, 2},
 	"migration-outcome": {2, 2},
 	"heal":              {0, 0},
-	"create-ha":         {2, 2}, "ha-arm": {0, 0}, "ha-disarm": {0, 0},
+	"create-ha-mib":     {2, 2}, "ha-arm": {0, 0}, "ha-disarm": {0, 0},
 }
 
 func checkCmd(f []string) error {
@@ -321,12 +321,12 @@ func (s *Sim) Exec(f []string) error {
 	switch f[0] {
 	case "create":
 		_ = s.Ops.Create(f[1], 1, 512, arg(2) == "stopped")
-	case "create-ha": // create-ha NAME MEMORY_MIB: a running ha VM of 1 vCPU
+	case "create-ha-mib": // create-ha-mib NAME MEMORY_MIB: a running ha VM of 1 vCPU
 		mem, err := strconv.Atoi(arg(2))
 		if err != nil || mem <= 0 {
-			return fmt.Errorf("create-ha: memory in MiB expected, got %q", arg(2))
+			return fmt.Errorf("create-ha-mib: memory in MiB expected, got %q", arg(2))
 		}
-		_ = s.Ops.CreateHA(f[1], 1, mem)
+		_ = s.Ops.CreateHAOfSize(f[1], 1, mem)
 	case "ha-arm", "ha-disarm":
 		_ = s.Ops.SetHAArmed(f[0] == "ha-arm")
 	case "start", "stop":

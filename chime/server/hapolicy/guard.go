@@ -83,6 +83,13 @@ func (g *Guard) Armed() (bool, string) {
 	return Armed(ha, nodes, g.share)
 }
 
+// HAArmed is Armed without the reason: the recovery duty's Brake
+// interface (chime/server/recovery) is satisfied by a *Guard.
+func (g *Guard) HAArmed() bool {
+	ok, _ := g.Armed()
+	return ok
+}
+
 // Run records the brake's transitions until ctx ends (leadership lost):
 // on every applied change and every few seconds.
 func (g *Guard) Run(ctx context.Context) {
