@@ -27,22 +27,13 @@ func Protected(v *structs.VM) bool {
 	return v.Spec.HA && v.DesiredState == structs.DesiredRunning && v.NodeID != ""
 }
 
-// RestartOrder sorts VMs in the order a failover places them: largest
-// memory first, then most vCPUs, then name and id, so that the big VMs
-// that are hardest to fit get first pick. Reserve, Plan and the recovery
-// duty must place in the same order for the plan to be the one carried out.
+// RestartOrder sorts VMs in the order a failover places them: by name,
+// then id. It must be the recovery duty's order (chime/server/recovery:
+// restart priority, then name) for the plan to be the one carried out;
+// when VM priorities land, their rank comes first here too.
 func RestartOrder(vms []structs.VM) {
 	slices.SortFunc(vms, func(a, b structs.VM) int {
-		if c := cmp.Compare(b.Spec.MemoryMiB, a.Spec.MemoryMiB); c != 0 {
-			return c
-		}
-		if c := cmp.Compare(b.Spec.VCPUs, a.Spec.VCPUs); c != 0 {
-			return c
-		}
-		if c := cmp.Compare(a.Name, b.Name); c != 0 {
-			return c
-		}
-		return cmp.Compare(a.ID, b.ID)
+		return cmp.Or(cmp.Compare(a.Name, b.Name), cmp.Compare(a.ID, b.ID))
 	})
 }
 
