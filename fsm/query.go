@@ -215,3 +215,10 @@ func (f *FSM) Applied(reqID string) (objectID string, err error, seen bool) {
 	})
 	return objectID, err, seen
 }
+
+// HA returns the cluster-wide automatic-HA switch (armed, brake).
+func (f *FSM) HA() (structs.HAState, error) {
+	var s structs.HAState
+	err := f.view(func(tx *state.Tx) (err error) { s, err = tx.HA(); return })
+	return s, err
+}

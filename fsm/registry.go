@@ -37,6 +37,8 @@ var registry = map[CommandType]applyFunc{
 	CmdEvent:          typed((*applier).appendEvent),
 	CmdAlarm:          typed((*applier).alarmTransition),
 	CmdAlarmSent:      typed((*applier).alarmDelivered),
+	CmdSetHAArmed:     typed((*applier).setHAArmed),
+	CmdSetHABrake:     typed((*applier).setHABrake),
 }
 
 // typed turns an apply function over a payload type into an applyFunc. A

@@ -16,20 +16,26 @@ import (
 // Config is everything `chime server` is told. Flags, environment and the
 // config file all land here; DefaultConfig holds the defaults.
 type Config struct {
-	Name              string        // server name, also its Raft id and memberlist name
-	DataDir           string        // raft log, snapshots, state
-	Bind              string        // address all listeners bind to
-	Advertise         string        // address others reach us at ("" = Bind)
-	APIPort           int           // HTTP API
-	RaftPort          int           // Raft TCP transport
-	GossipPort        int           // memberlist
-	BootstrapExpect   int           // form a new cluster once this many servers see each other
-	Join              []string      // gossip addresses (host:port) of other servers
-	Dev               bool          // one server, temporary data dir, bootstraps itself
-	GossipKey         string        // base64 key for encrypted gossip (16, 24 or 32 bytes)
-	GossipProfile     string        // "lan" or "local" (fast timers for tests)
-	Scheduler         string        // scheduler strategy: spread or binpack
-	CPUOvercommit     float64       // vCPUs per host vCPU
+	Name            string   // server name, also its Raft id and memberlist name
+	DataDir         string   // raft log, snapshots, state
+	Bind            string   // address all listeners bind to
+	Advertise       string   // address others reach us at ("" = Bind)
+	APIPort         int      // HTTP API
+	RaftPort        int      // Raft TCP transport
+	GossipPort      int      // memberlist
+	BootstrapExpect int      // form a new cluster once this many servers see each other
+	Join            []string // gossip addresses (host:port) of other servers
+	Dev             bool     // one server, temporary data dir, bootstraps itself
+	GossipKey       string   // base64 key for encrypted gossip (16, 24 or 32 bytes)
+	GossipProfile   string   // "lan" or "local" (fast timers for tests)
+	Scheduler       string   // scheduler strategy: spread or binpack
+	CPUOvercommit   float64  // vCPUs per host vCPU
+	// HATolerateFailures is admission control's N: a new ha VM is refused
+	// unless every ha VM could be restarted after any N node failures (0: off).
+	HATolerateFailures int
+	// HABrakeShare: automatic HA pauses when more than this share of the
+	// nodes are unreachable at once (the mass-failure brake).
+	HABrakeShare      float64
 	AlarmWebhook      []string      // Alertmanager-compatible webhook receivers
 	SnapshotThreshold uint64        // take a Raft snapshot after this many log entries
 	HeartbeatInterval time.Duration // agents' heartbeat interval, pushed to them
@@ -57,17 +63,19 @@ type Config struct {
 // DefaultConfig returns the production defaults.
 func DefaultConfig() Config {
 	return Config{
-		Bind:              "127.0.0.1",
-		APIPort:           4650,
-		RaftPort:          4651,
-		GossipPort:        4652,
-		GossipProfile:     "lan",
-		Scheduler:         "spread",
-		CPUOvercommit:     1,
-		SnapshotThreshold: 8192,
-		HeartbeatInterval: 15 * time.Second,
-		MissedHeartbeats:  3,
-		RaftTimeScale:     1,
+		Bind:               "127.0.0.1",
+		APIPort:            4650,
+		RaftPort:           4651,
+		GossipPort:         4652,
+		GossipProfile:      "lan",
+		Scheduler:          "spread",
+		CPUOvercommit:      1,
+		HATolerateFailures: 1,
+		HABrakeShare:       0.5,
+		SnapshotThreshold:  8192,
+		HeartbeatInterval:  15 * time.Second,
+		MissedHeartbeats:   3,
+		RaftTimeScale:      1,
 	}
 }
 
@@ -136,6 +144,12 @@ func (c Config) Validate() error {
 	}
 	if c.CPUOvercommit < 1 || c.CPUOvercommit > 16 {
 		return structs.Invalid("--cpu-overcommit", "must be between 1 and 16, got %v", c.CPUOvercommit)
+	}
+	if c.HATolerateFailures < 0 || c.HATolerateFailures > 16 {
+		return structs.Invalid("--ha-tolerate-failures", "must be between 0 and 16, got %d", c.HATolerateFailures)
+	}
+	if c.HABrakeShare <= 0 || c.HABrakeShare > 1 || c.HABrakeShare != c.HABrakeShare {
+		return structs.Invalid("--ha-brake-share", "must be a number in (0, 1], got %v", c.HABrakeShare)
 	}
 	if c.HeartbeatInterval < 100*time.Millisecond || c.HeartbeatInterval > 10*time.Minute {
 		return structs.Invalid("--heartbeat-interval", "must be between 100ms and 10m, got %s", c.HeartbeatInterval)

@@ -47,11 +47,17 @@ func (s *Server) setupHTTP() error {
 	route("GET /v1/vms/{id}", local, s.handleGetVM)
 	route("POST /v1/vms/{id}/{action}", leaderOnly, s.handleVMAction)
 	route("DELETE /v1/vms/{id}", leaderOnly, s.handleDeleteVM)
+	route("GET /v1/vms/{id}/failover", leaderOnly, s.handleVMFailover) // computed from the leader's state
 	// nodes
 	route("GET /v1/nodes", local, s.handleListNodes)
 	route("GET /v1/nodes/{id}", local, s.handleGetNode)
 	route("POST /v1/nodes/{id}/{action}", leaderOnly, s.handleNodeAction)
 	route("DELETE /v1/nodes/{id}", leaderOnly, s.handleRemoveNode)
+	route("GET /v1/nodes/{id}/failover", leaderOnly, s.handleNodeFailover)
+	// automatic HA: failover plan, arm switch, brake, reservation
+	route("GET /v1/failover", leaderOnly, s.handleFailover)
+	route("GET /v1/operator/ha", leaderOnly, s.handleHAStatus)
+	route("POST /v1/operator/ha/{action}", leaderOnly, s.handleHAAction) // arm, disarm
 	// agents
 	route("POST /v1/agent/register", leaderOnly, s.handleRegister)
 	route("POST /v1/agent/heartbeat", leaderOnly, s.handleHeartbeat)

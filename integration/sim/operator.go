@@ -83,6 +83,39 @@ func (o *Operator) Create(name string, vcpus, memMiB int, stopped bool) error {
 	return err
 }
 
+// CreateHAOfSize creates a running ha VM of the given size (admission
+// control may refuse it).
+func (o *Operator) CreateHAOfSize(name string, vcpus, memMiB int) error {
+	vm, err := do(o.client(), "create "+name, true, func(ep *endpoint.Endpoints, reqID string) (*structs.VM, error) {
+		return ep.CreateVM(context.Background(), reqID, api.CreateVMRequest{Name: name, VCPUs: vcpus, Memory: memMiB, HA: true})
+	})
+	w := Write{Op: "create", VM: name, Flag: "--ha", Desired: structs.DesiredRunning}
+	if err == nil {
+		w.VMID = vm.ID
+	}
+	o.record(w, err)
+	return err
+}
+
+// SetHAArmed is `chime operator ha arm|disarm` on the leader's guard.
+func (o *Operator) SetHAArmed(armed bool) error {
+	what := "operator ha disarm"
+	if armed {
+		what = "operator ha arm"
+	}
+	// The route is the guard's, on the leader (where do delivers fn).
+	_, err := do(o.client(), what, true, func(_ *endpoint.Endpoints, reqID string) (struct{}, error) {
+		l := o.s.Cluster.leader
+		if l == nil || l.lead == nil {
+			return struct{}{}, fmt.Errorf("%w: %s: no leader", structs.ErrNoLeader, what)
+		}
+		_, err := l.lead.guard.SetArmed(context.Background(), reqID, armed, "scenario")
+		return struct{}{}, err
+	})
+	o.record(Write{Op: what}, err)
+	return err
+}
+
 // SetDesired starts or stops a VM by name.
 func (o *Operator) SetDesired(name string, running bool) error {
 	op, st := endpoint.VMStop, structs.DesiredStopped

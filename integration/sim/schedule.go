@@ -94,7 +94,11 @@ type Schedule struct {
 	Hosts        int
 	Quiet        time.Duration // after the heal; default 5 min
 	KnownFailure int           // root cause number (0: none)
-	Items        []Item
+	// HATolerate turns admission control on (header `ha-tolerate N`),
+	// with N tolerated failures. 0 (every scenario without the header):
+	// off. The mass-failure brake runs either way.
+	HATolerate int
+	Items      []Item
 	// Length is how long the schedule runs before the heal (at least until
 	// its last item); a scenario's trailing wait sets it.
 	Length time.Duration
@@ -128,6 +132,9 @@ func (sc *Schedule) String() string {
 	}
 	if sc.KnownFailure != 0 {
 		fmt.Fprintf(&b, "known-failure: %d\n", sc.KnownFailure)
+	}
+	if sc.HATolerate != 0 {
+		fmt.Fprintf(&b, "ha-tolerate %d\n", sc.HATolerate)
 	}
 	var at time.Duration
 	for _, it := range sc.Items {
@@ -175,7 +182,7 @@ func ParseSchedule(r io.Reader) (*Schedule, error) {
 			return nil, fmt.Errorf("line %d: %s: %s", line, strings.Join(f, " "), fmt.Sprintf(format, args...))
 		}
 		switch f[0] {
-		case "seed", "hosts", "known-failure:":
+		case "seed", "hosts", "known-failure:", "ha-tolerate":
 			if len(f) != 2 {
 				return bad("one number expected")
 			}
@@ -188,6 +195,8 @@ func ParseSchedule(r io.Reader) (*Schedule, error) {
 				sc.Seed = n
 			case "hosts":
 				sc.Hosts = int(n)
+			case "ha-tolerate":
+				sc.HATolerate = int(n)
 			default:
 				sc.KnownFailure = int(n)
 			}
@@ -253,6 +262,7 @@ var cmdArity = map[string][2]int{
 	"snapshot": {1, 1}, "clock-jump": {2, 2}, "host-clock-jump": {2, 2},
 	"migration-outcome": {2, 2},
 	"heal":              {0, 0},
+	"create-ha-mib":     {2, 2}, "ha-arm": {0, 0}, "ha-disarm": {0, 0},
 }
 
 func checkCmd(f []string) error {
@@ -325,6 +335,14 @@ func (s *Sim) Exec(f []string) error {
 		return s.armPause(f)
 	case "create":
 		_ = s.Ops.Create(f[1], 1, 512, arg(2) == "stopped")
+	case "create-ha-mib": // create-ha-mib NAME MEMORY_MIB: a running ha VM of 1 vCPU
+		mem, err := strconv.Atoi(arg(2))
+		if err != nil || mem <= 0 {
+			return fmt.Errorf("create-ha-mib: memory in MiB expected, got %q", arg(2))
+		}
+		_ = s.Ops.CreateHAOfSize(f[1], 1, mem)
+	case "ha-arm", "ha-disarm":
+		_ = s.Ops.SetHAArmed(f[0] == "ha-arm")
 	case "start", "stop":
 		_ = s.Ops.SetDesired(f[1], f[0] == "start")
 	case "delete":

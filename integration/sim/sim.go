@@ -31,6 +31,10 @@ type Config struct {
 	LogLevel hclog.Level
 	// HostVCPUs and HostMemoryMiB are each host's capacity.
 	HostVCPUs, HostMemoryMiB int
+	// HATolerate > 0 turns admission control on, tolerating that many
+	// failures (the HAReservationBroken alarm with it). The brake guard
+	// always runs, at the default share, as in production.
+	HATolerate int
 }
 
 // Sim is one simulated chime deployment: the world (time, randomness,
