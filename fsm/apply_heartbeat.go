@@ -31,6 +31,9 @@ func (a *applier) heartbeat(p Heartbeat) (string, error) {
 			return "", err
 		}
 	}
+	if err := a.migrationEvidence(n, p.Migrations); err != nil {
+		return "", err
+	}
 	if err := a.observe(n.ID, p.Observations); err != nil {
 		return "", err
 	}

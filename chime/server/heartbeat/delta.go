@@ -70,6 +70,10 @@ func buildDelta(st State, n *structs.Node, r Report) (*fsm.Heartbeat, error) {
 		if err != nil {
 			return nil, err
 		}
+		if vm.MigrationSettledBy(n.ID, o, r.DesiredIndex) != "" {
+			// Proof of where a migrating VM runs (uniqueness rule 8).
+			d.Migrations = append(d.Migrations, fsm.MigrationEvidence{VMObservation: o, DesiredIndex: r.DesiredIndex})
+		}
 		switch {
 		case adopting[o.VMID]:
 			// Judged by the FSM after the adoption in the same command
@@ -145,7 +149,7 @@ func buildDelta(st State, n *structs.Node, r Report) (*fsm.Heartbeat, error) {
 	}
 
 	if len(d.Adoptions) == 0 && len(d.Observations) == 0 && d.LocalDrained == nil && d.LocalDrainID == nil && d.LocalDrainState == nil &&
-		d.DrainAcked == nil && len(d.LocalMigrations) == 0 && d.Monitor == nil {
+		d.DrainAcked == nil && len(d.LocalMigrations) == 0 && d.Monitor == nil && len(d.Migrations) == 0 {
 		return nil, nil
 	}
 	return d, nil

@@ -1,0 +1,118 @@
+package fsm
+
+import (
+	"fmt"
+
+	"github.com/chime-ha/chime/chime/structs"
+)
+
+// Live migrations whose outcome is unknown (uniqueness rule 8). Such a VM
+// keeps its migration record, with outcome unknown: the source's desired
+// state holds it (no start, no order), the destination's lists it incoming
+// (kept, never destroyed), and nothing places it, until evidence settles
+// it: the destination lists it running at the migration's generation
+// (the hand-over happened), the source lists it running with no migration
+// in progress after it applied the hold (it did not), a late report of
+// the source agent, or a fence of either end (MigrationSettle).
+
+// migrationUnknown records that nobody knows whether p's migration handed
+// the VM over. It applies only to the migration in flight that p names,
+// from the placement p names; anything else is already settled and changes
+// nothing.
+func (a *applier) migrationUnknown(v *structs.VM, p MigrationEnd) (string, error) {
+	m := v.Migration
+	if m == nil || m.TaskID != p.TaskID || m.Generation != p.Generation || v.Generation != p.Generation || v.NodeID != p.FromNode {
+		return v.ID, nil
+	}
+	if m.Outcome == structs.MigrationOutcomeUnknown {
+		return v.ID, nil
+	}
+	m.Outcome, m.UnknownIndex, m.UnknownSince, m.UnknownReason = structs.MigrationOutcomeUnknown, a.tx.Index(), a.tx.Now(), p.Error
+	if err := a.tx.PutVM(v); err != nil { // wakes the source: its order becomes a hold
+		return "", err
+	}
+	return v.ID, a.ev("vm.migration_unknown", m.From, v.ID,
+		"vm %s: outcome of the live migration %s → %s unknown (%s): held, started nowhere until a host proves where it runs",
+		v.Name, m.From, m.To, p.Error)
+}
+
+// migrationEvidence settles VMs' migrations on what node n's heartbeat
+// lists ((*structs.VM).MigrationSettledBy judges each item again).
+func (a *applier) migrationEvidence(n *structs.Node, evs []MigrationEvidence) error {
+	for _, e := range evs {
+		v, err := a.tx.VM(e.VMID)
+		if err != nil {
+			return err
+		}
+		if v == nil {
+			continue
+		}
+		switch v.MigrationSettledBy(n.ID, e.VMObservation, e.DesiredIndex) {
+		case structs.MigrationArrived:
+			obs := &structs.Observation{NodeID: n.ID, State: e.State, Reason: e.Reason, Generation: e.Generation, At: a.tx.Now()}
+			if err := a.settleAt(v, v.Migration.To, obs, fmt.Sprintf("node %s reports it running", n.Name)); err != nil {
+				return err
+			}
+		case structs.MigrationStayed:
+			if err := a.settleAt(v, v.Migration.From, nil, fmt.Sprintf("node %s, its source, reports it running there", n.Name)); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// migrationSettle applies a CmdMigrationSettle entry.
+func (a *applier) migrationSettle(p MigrationSettle) (string, error) {
+	v, err := a.vm(p.VMID)
+	if err != nil {
+		return "", err
+	}
+	m := v.Migration
+	if m == nil || m.TaskID != p.TaskID || m.Generation != p.Generation || v.Generation != p.Generation {
+		return "", structs.Conflict("vm_id", "vm %s: no live migration of task %s at generation %d to settle", v.Name, p.TaskID, p.Generation)
+	}
+	if p.Where != m.To && p.Where != m.From {
+		return "", structs.Invalid("where", "vm %s migrates %s → %s, not from or to %s", v.Name, m.From, m.To, p.Where)
+	}
+	if _, err := a.node(p.Where); err != nil {
+		return "", err
+	}
+	return v.ID, a.settleAt(v, p.Where, nil, p.Reason)
+}
+
+// settleAt ends v's migration with the VM known to run on node where, or
+// nowhere else: on the destination the placement moves there adopting the
+// migrating generation (the step succeeded); on the source it stays (the
+// step failed: the hand-over did not happen). obs, when set, is the
+// observation that proved it.
+func (a *applier) settleAt(v *structs.VM, where string, obs *structs.Observation, why string) error {
+	m := v.Migration
+	v.Migration = nil
+	if v.TaskID == m.TaskID {
+		v.TaskID = ""
+	}
+	if where == m.To {
+		if obs != nil {
+			v.Observed = obs
+		}
+		if err := a.tx.MovePlacement(v, m.To, m.Generation); err != nil {
+			return err
+		}
+		if err := a.ev("vm.migrated", m.To, v.ID, "vm %s live-migrated %s → %s, generation %d (settled: %s)", v.Name, m.From, m.To, v.Generation, why); err != nil {
+			return err
+		}
+		return a.updateTaskStep(m.TaskID, v.ID, structs.TaskSucceeded, "")
+	}
+	if err := a.tx.TouchNode(m.To); err != nil { // the destination's incoming copy is no longer expected
+		return err
+	}
+	if err := a.tx.PutVM(v); err != nil {
+		return err
+	}
+	msg := fmt.Sprintf("live migration %s → %s did not move the VM (settled: %s)", m.From, m.To, why)
+	if err := a.ev("vm.migration_failed", m.From, v.ID, "vm %s: %s", v.Name, msg); err != nil {
+		return err
+	}
+	return a.updateTaskStep(m.TaskID, v.ID, structs.TaskFailed, msg)
+}
