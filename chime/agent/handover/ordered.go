@@ -40,11 +40,14 @@ func (m *Manager) startMigration(vm api.DesiredVM) {
 	}, finish)
 }
 
-// migrate performs the migration and decides what to report. The
-// hand-over is recorded before libvirt is asked (no record, no migration),
-// and settled after: retired when the domain left (libvirt undefines the
-// source only on success, so its absence after an error means it left as
-// well), cleared when it is still here.
+// migrate performs the migration and decides what to report: OK only on
+// libvirt's word (its migrate call returned success), failed only when the
+// domain still runs here, and unknown otherwise (uniqueness rule 8) — a
+// domain absent here proves nothing about where it runs (a node-local
+// migration may have taken it elsewhere, a lost reply may hide a failure
+// or a success). The hand-over is recorded before libvirt is asked (no
+// record, no migration), and settled after: retired whenever the domain
+// no longer runs here (never started here again), cleared when it does.
 func (m *Manager) migrate(ctx context.Context, vm api.DesiredVM, order api.MigrationOrder) api.MigrationReport {
 	log := m.log.Named("migrate").With("vm", vm.Name, "task", order.TaskID)
 	rep := api.MigrationReport{TaskID: order.TaskID, VMID: vm.ID, Generation: vm.Generation}
@@ -52,21 +55,13 @@ func (m *Manager) migrate(ctx context.Context, vm api.DesiredVM, order api.Migra
 	here, err := m.domainHere(ctx, vm.ID)
 	if err != nil {
 		rep.Error = "list libvirt domains: " + err.Error()
-		return rep
+		return rep // nothing was attempted: failed
 	}
 	if here == nil {
-		retired, err := m.cfg.Store.Retired()
-		if err != nil {
-			rep.Error = "read the retired generations: " + err.Error()
-			log.Error("cannot read the fencing records", "error", err)
-			return rep
-		}
-		rep.OK = true
-		if retired[vm.ID] >= vm.Generation {
-			return rep // migrated before a restart; report again
-		}
-		log.Warn("ordered to migrate a VM whose domain is not here: it left with a migration")
-		_ = m.retire(h) // a failure is logged, held in memory and retried: the domain is gone either way
+		rep.Unknown = true
+		rep.Error = "the domain is not on the source node: where it runs is for the destination to prove"
+		log.Warn("ordered to migrate a VM whose domain is not here: reporting its outcome unknown; it is never started here again")
+		_ = m.retire(h) // a failure is logged, held in memory and retried: it does not run here either way
 		return rep
 	}
 	if here.State != hypervisor.StateRunning {
@@ -91,17 +86,25 @@ func (m *Manager) migrate(ctx context.Context, vm api.DesiredVM, order api.Migra
 	switch d, lerr := m.domainHere(ctx, vm.ID); {
 	case lerr != nil:
 		// Whether it left is unknown: the open hand-over record keeps the
-		// VM held until a later desired state settles it.
-		log.Error("live migration failed and libvirt cannot be listed; the VM is held until it can be", "error", err, "list_error", lerr)
-	case d == nil:
-		_ = m.retire(h)
-		rep.OK, rep.Error = true, ""
-		log.Warn("migration call failed but the domain left this node", "error", err)
-	default:
+		// VM held here until a later desired state settles the record.
+		rep.Unknown = true
+		log.Error("live migration failed and libvirt cannot be listed: outcome unknown, the VM is held", "error", err, "list_error", lerr)
+	case stillRunsHere(d):
 		log.Error("live migration failed; the VM keeps running here", "error", err)
 		m.abort(h)
+	default:
+		rep.Unknown = true
+		_ = m.retire(h)
+		log.Warn("migration call failed and the domain no longer runs here: outcome unknown, for the destination to prove", "error", err)
 	}
 	return rep
+}
+
+// stillRunsHere reports whether d (nil: not listed) has a qemu here: the
+// evidence that a migration did not hand it over. A domain shut off here
+// (for example "shut off (migrated)") may run elsewhere.
+func stillRunsHere(d *hypervisor.Domain) bool {
+	return d != nil && d.State != hypervisor.StateStopped && d.State != hypervisor.StateCrashed
 }
 
 // abort clears the record of a hand-over that did not happen. If that
