@@ -2,8 +2,8 @@ package cli
 
 import (
 	"fmt"
-	"time"
 	"strings"
+	"time"
 
 	"github.com/chime-ha/chime/chime/structs"
 
