@@ -50,11 +50,11 @@ func (a *applier) migrationEvidence(n *structs.Node, evs []MigrationEvidence) er
 		switch v.MigrationSettledBy(n.ID, e.VMObservation, e.DesiredIndex) {
 		case structs.MigrationArrived:
 			obs := &structs.Observation{NodeID: n.ID, State: e.State, Reason: e.Reason, Generation: e.Generation, At: a.tx.Now()}
-			if err := a.settleAt(v, v.Migration.To, obs, fmt.Sprintf("node %s reports it running", n.Name)); err != nil {
+			if err := a.settleAt(v, v.Migration.To, obs, false, fmt.Sprintf("node %s reports it running", n.Name)); err != nil {
 				return err
 			}
 		case structs.MigrationStayed:
-			if err := a.settleAt(v, v.Migration.From, nil, fmt.Sprintf("node %s, its source, reports it running there", n.Name)); err != nil {
+			if err := a.settleAt(v, v.Migration.From, nil, false, fmt.Sprintf("node %s, its source, reports it running there", n.Name)); err != nil {
 				return err
 			}
 		}
@@ -78,15 +78,16 @@ func (a *applier) migrationSettle(p MigrationSettle) (string, error) {
 	if _, err := a.node(p.Where); err != nil {
 		return "", err
 	}
-	return v.ID, a.settleAt(v, p.Where, nil, p.Reason)
+	return v.ID, a.settleAt(v, p.Where, nil, true, p.Reason)
 }
 
 // settleAt ends v's migration with the VM known to run on node where, or
 // nowhere else: on the destination the placement moves there adopting the
 // migrating generation (the step succeeded); on the source it stays (the
 // step failed: the hand-over did not happen). obs, when set, is the
-// observation that proved it.
-func (a *applier) settleAt(v *structs.VM, where string, obs *structs.Observation, why string) error {
+// observation that proved it; fenced says the other end was fenced
+// instead.
+func (a *applier) settleAt(v *structs.VM, where string, obs *structs.Observation, fenced bool, why string) error {
 	m := v.Migration
 	v.Migration = nil
 	if v.TaskID == m.TaskID {
@@ -107,7 +108,16 @@ func (a *applier) settleAt(v *structs.VM, where string, obs *structs.Observation
 	if err := a.tx.TouchNode(m.To); err != nil { // the destination's incoming copy is no longer expected
 		return err
 	}
-	if err := a.tx.PutVM(v); err != nil {
+	if obs == nil && fenced {
+		// Settled on a fence of the destination, not on the source's
+		// word: the source may have retired the migrating generation (its
+		// domain left, or it could not tell). A new generation adopting
+		// the old one lets it keep a copy that still runs there, or start
+		// one when none does; nothing else can run it.
+		if err := a.tx.MovePlacement(v, m.From, m.Generation); err != nil {
+			return err
+		}
+	} else if err := a.tx.PutVM(v); err != nil {
 		return err
 	}
 	msg := fmt.Sprintf("live migration %s → %s did not move the VM (settled: %s)", m.From, m.To, why)

@@ -23,7 +23,7 @@ func TestMigrationOutcomeUnknown(t *testing.T) {
 		// index ui) and returns the node the VM must end up on ("" = still
 		// held on the source) and the step state.
 		then     func(h *harness, n ids, v structs.VM, gen, ui uint64) error
-		wantNode string // "src", "dst", or "" (held)
+		wantNode string // "src", "src-new" (a new generation adopting the old), "dst", or "" (held)
 		wantStep string
 	}{
 		{"nothing happens: held", func(h *harness, n ids, v structs.VM, gen, ui uint64) error { return nil }, "", structs.TaskRunning},
@@ -61,7 +61,7 @@ func TestMigrationOutcomeUnknown(t *testing.T) {
 		}, "dst", structs.TaskSucceeded},
 		{"destination fenced: settled on the source", func(h *harness, n ids, v structs.VM, gen, ui uint64) error {
 			return h.apply("", CmdMigrationSettle, MigrationSettle{VMID: v.ID, TaskID: "t1", Generation: gen, Where: n.src, Reason: "destination fenced"}).Err
-		}, "src", structs.TaskFailed},
+		}, "src-new", structs.TaskFailed},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -94,6 +94,10 @@ func TestMigrationOutcomeUnknown(t *testing.T) {
 			case "src":
 				if got.Migration != nil || got.NodeID != src.ID || got.Generation != gen || got.State == structs.StateHeld {
 					t.Fatalf("want settled on the source: node %s gen %d state %s migration %+v", got.NodeID, got.Generation, got.State, got.Migration)
+				}
+			case "src-new":
+				if got.Migration != nil || got.NodeID != src.ID || got.AdoptGeneration != gen || got.Generation <= gen {
+					t.Fatalf("want a new generation on the source adopting %d: node %s gen %d adopt %d migration %+v", gen, got.NodeID, got.Generation, got.AdoptGeneration, got.Migration)
 				}
 			case "dst":
 				if got.Migration != nil || got.NodeID != dst.ID || got.AdoptGeneration != gen || got.Generation <= gen {
