@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
@@ -170,6 +171,7 @@ func printAgentStatus(st *local.Status) error {
 		{"Servers", strings.Join(st.Servers.Addrs, ", ")},
 		{"Servers state", servers},
 		{"Last contact", ago(st.Servers.LastContact)},
+		{"Registered", strconv.FormatBool(st.Registered)},
 		{"Synced", strconv.FormatBool(st.Synced)},
 		{"Libvirt connected", strconv.FormatBool(st.LibvirtConnected)},
 		{"Locally drained", strconv.FormatBool(st.LocalDrained)},
@@ -189,9 +191,21 @@ func printAgentStatus(st *local.Status) error {
 		if desired == "" {
 			desired = "(not placed here)"
 		}
+		if vm.StartRefused != nil {
+			state += ", start refused: disk locked"
+		}
 		rows = append(rows, []string{short(vm.ID), dash(vm.Name), desired, state, strconv.FormatUint(vm.Generation, 10)})
 	}
-	return table([]string{"ID", "NAME", "DESIRED", "LIBVIRT", "GENERATION"}, rows)
+	if err := table([]string{"ID", "NAME", "DESIRED", "LIBVIRT", "GENERATION"}, rows); err != nil {
+		return err
+	}
+	for _, vm := range st.VMs {
+		if r := vm.StartRefused; r != nil {
+			fmt.Fprintf(stdout, "\nStart of %s refused %d times since %s (next try %s): %s\n",
+				dash(vm.Name), r.Attempts, ago(r.Since), r.NextTry.Format(time.RFC3339), r.Error)
+		}
+	}
+	return nil
 }
 
 func agentDrainCommand() *cli.Command {

@@ -76,6 +76,7 @@ func nodeCommand() *cli.Command {
 			},
 			action("enable", "allow placement again; VMs still placed here start again", nil, nil),
 			action("disable", "no new VMs; existing ones are managed normally", nil, nil),
+			action("reset-secret", "let the next agent that registers as this node set a new secret (its agent lost its data dir; see the runbook)", nil, nil),
 			taskAction("drain", "no new VMs; every VM on the node stopped and kept stopped, even when the node comes back", nil, nil),
 			taskAction("evacuate", "live-migrate every VM away (the node is disabled first)", nil, nil),
 			taskAction("rebuild", "recreate every VM of a drained node on other nodes (same disks)",
@@ -159,6 +160,24 @@ func showNode(c *cli.Context, n *structs.Node) error {
 		{"Capacity", fmt.Sprintf("%d vCPUs, %d MiB", n.VCPUs, n.MemoryMiB)},
 		{"Drain acknowledged", fmt.Sprint(n.DrainAcked)}, {"Locally drained", fmt.Sprint(n.LocalDrained)},
 		{"Local drain", dash(n.LocalDrainState)},
-		{"Fenced", fmt.Sprint(n.Fenced)}, {"Agent version", dash(n.AgentVersion)},
+		{"Fenced", fmt.Sprint(n.Fenced)}, {"Secret reset", fmt.Sprint(n.SecretReset)},
+		{"Identity conflict", dash(n.IdentityConflict)}, {"Return refused", dash(n.ReturnRefused)},
+		{"Stale copies", dash(staleCopies(n.StaleCopies))}, {"Agent version", dash(n.AgentVersion)},
 	})
+}
+
+// staleCopies describes a node's uniqueness conflicts for `node show`.
+func staleCopies(cs []structs.StaleCopy) string {
+	var out []string
+	for _, c := range cs {
+		what := "running"
+		switch {
+		case c.Destroyed:
+			what = "destroyed by the agent"
+		case !c.Running():
+			what = "gone"
+		}
+		out = append(out, fmt.Sprintf("%s generation %d (%s; placed on %s generation %d)", short(c.VMID), c.Generation, what, dash(short(c.PlacedOn)), c.PlacedGeneration))
+	}
+	return strings.Join(out, "; ")
 }

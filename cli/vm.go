@@ -152,7 +152,23 @@ func showVM(c *cli.Context, vm *structs.VM) error {
 		{"vCPUs", fmt.Sprint(vm.Spec.VCPUs)}, {"Memory MiB", fmt.Sprint(vm.Spec.MemoryMiB)},
 		{"Disks", dash(strings.Join(vm.Spec.Disks, ", "))}, {"HA", fmt.Sprint(vm.Spec.HA)},
 		{"Anti-affinity", dash(vm.Spec.AntiAffinity)}, {"Observed", obs}, {"Task", dash(vm.TaskID)}, {"Migration", migration(vm.Migration)},
+		{"Node-local", nodeLocal(vm)},
 	})
+}
+
+// nodeLocal describes what the servers know of a node-local migration of
+// vm whose outcome has not moved its placement (a hold, uniqueness rule 7).
+func nodeLocal(vm *structs.VM) string {
+	nl := vm.NodeLocal
+	switch {
+	case nl == nil:
+		return "-"
+	case !vm.HeldByNodeLocal():
+		return fmt.Sprintf("migration to %s (generation %d) failed: not held", short(nl.To), nl.Generation)
+	case nl.Outcome == structs.LocalMigrationUnknown:
+		return fmt.Sprintf("held: migration to %s (generation %d), outcome unknown", short(nl.To), nl.Generation)
+	}
+	return fmt.Sprintf("held: migration to %s (generation %d) announced by it, outcome not known yet", short(nl.To), nl.Generation)
 }
 
 func parseLabels(in []string) (map[string]string, error) {

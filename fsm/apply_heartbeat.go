@@ -9,12 +9,17 @@ import (
 // heartbeat applies the delta of one heartbeat in one transaction, in the
 // order the separate commands it replaces were proposed: adoptions, then
 // observations (judged after the adoptions moved their VMs here), local
-// migrations, node flags, and the monitor transition.
+// migrations, node flags, and the monitor transition, judged against the
+// copies the heartbeat lists when it carries them (judgeCopies: the
+// servers gate the return).
 func (a *applier) heartbeat(p Heartbeat) (string, error) {
 	n, err := a.node(p.NodeID)
 	if err != nil {
 		return "", err
 	}
+	// The node's desired-state index as the agent could have seen it:
+	// before this command's adoptions move VMs here.
+	nodeIndex := a.tx.NodeIndex(n.ID)
 	out := &HeartbeatOutcome{}
 	for _, c := range p.Adoptions {
 		adopted, err := a.adoptClaim(n, c)
@@ -42,6 +47,21 @@ func (a *applier) heartbeat(p Heartbeat) (string, error) {
 			return "", err
 		}
 	}
+	for _, m := range p.LocalMoves {
+		if err := a.localMove(n, m); err != nil {
+			return "", err
+		}
+	}
+	for _, c := range p.Announced {
+		if err := a.announced(n, c); err != nil {
+			return "", err
+		}
+	}
+	for _, c := range p.ExpiredAdoptions {
+		if err := a.adoptionExpired(n, c); err != nil {
+			return "", err
+		}
+	}
 	var events []structs.Event
 	flags := SetNodeFlags{NodeID: n.ID, LocalDrained: p.LocalDrained, DrainAcked: p.DrainAcked, LocalDrainID: p.LocalDrainID}
 	localState := p.LocalDrainState
@@ -56,12 +76,20 @@ func (a *applier) heartbeat(p Heartbeat) (string, error) {
 	if len(changes) > 0 {
 		events = append(events, structs.Event{Kind: "node.flags", NodeID: n.ID, Message: fmt.Sprintf("node %s: %v", n.Name, changes)})
 	}
-	if p.Monitor != nil {
+	dirty := false
+	switch {
+	case p.Copies != nil:
+		evs, changed, err := a.judgeCopies(n, nodeIndex, *p.Copies, p.Monitor)
+		if err != nil {
+			return "", err
+		}
+		events, dirty = append(events, evs...), changed
+	case p.Monitor != nil: // an entry written before the return gate
 		if e, changed := monitorTransition(n, *p.Monitor, a.tx.Now()); changed {
 			events = append(events, e)
 		}
 	}
-	if len(events) > 0 {
+	if len(events) > 0 || dirty {
 		if err := a.tx.PutNode(n); err != nil {
 			return "", err
 		}
@@ -148,6 +176,124 @@ func (a *applier) localMigration(n *structs.Node, m structs.LocalMigration) erro
 	}
 	return a.ev("vm.local_migration", n.ID, m.VMID, "vm %s migrated node-locally from node %s to %s (generation %d)",
 		name, n.Name, orNone(m.ToAddr), m.Generation)
+}
+
+// localMove applies one entry of node n's migration log that carries an
+// outcome (uniqueness rule 7: either end's report moves the placement).
+// Every entry is final once applied, refused or not: the agent deletes it
+// on the acknowledgement.
+func (a *applier) localMove(n *structs.Node, m structs.LocalMigration) error {
+	v, err := a.tx.VM(m.VMID)
+	if err != nil {
+		return err
+	}
+	if v == nil {
+		return a.ev("vm.local_migration", n.ID, m.VMID, "vm %s: node-local migration from node %s reported, but the VM is gone", m.VMID, n.Name)
+	}
+	to, err := a.tx.Node(m.ToNode)
+	if err != nil {
+		return err
+	}
+	if to == nil {
+		return a.ev("vm.local_migration", n.ID, v.ID, "vm %s: node-local migration from node %s to unknown node %s (generation %d) refused",
+			v.Name, n.Name, orNone(m.ToNode), m.Generation)
+	}
+	here := v.NodeID == n.ID && v.Generation == m.Generation
+	switch m.Outcome {
+	case structs.LocalMigrationFailed:
+		if nl := v.NodeLocal; (nl != nil && nl.To == to.ID && nl.Generation == m.Generation) || (nl == nil && here) {
+			// Kept (not cleared) so that a late announcement of this very
+			// migration is dropped, not held again.
+			v.NodeLocal = &structs.NodeLocalMigration{To: to.ID, Generation: m.Generation, Outcome: structs.LocalMigrationFailed}
+			if err := a.tx.PutObservedVM(v); err != nil {
+				return err
+			}
+		}
+		return a.ev("vm.local_migration_failed", n.ID, v.ID, "vm %s: node-local migration from node %s to %s (generation %d) failed; it stays on %s",
+			v.Name, n.Name, to.Name, m.Generation, n.Name)
+	case structs.LocalMigrationUnknown:
+		if !here {
+			break
+		}
+		v.NodeLocal = &structs.NodeLocalMigration{To: to.ID, Generation: m.Generation, Outcome: structs.LocalMigrationUnknown}
+		if err := a.tx.PutObservedVM(v); err != nil {
+			return err
+		}
+		return a.ev("vm.local_migration_unknown", n.ID, v.ID, "vm %s: node-local migration from node %s to %s (generation %d) has an unknown outcome: held until a node reports the domain",
+			v.Name, n.Name, to.Name, m.Generation)
+	default: // succeeded
+		if v.AdoptedBy(to.ID, m.Generation) {
+			return a.ev("vm.local_migration", n.ID, v.ID, "vm %s migrated node-locally from node %s to %s (generation %d), already adopted there",
+				v.Name, n.Name, to.Name, m.Generation)
+		}
+		if !here {
+			break
+		}
+		v.Migration = nil
+		if err := a.tx.MovePlacement(v, to.ID, m.Generation); err != nil {
+			return err
+		}
+		return a.ev("vm.local_migrated", to.ID, v.ID, "vm %s placed on node %s after a node-local migration from %s reported by the source, generation %d",
+			v.Name, to.Name, n.Name, v.Generation)
+	}
+	return a.ev("vm.local_migration", n.ID, v.ID, "vm %s: node-local migration from node %s to %s (generation %d, %s) refused: the placement is generation %d on node %s",
+		v.Name, n.Name, to.Name, m.Generation, m.Outcome, v.Generation, orNone(v.NodeID))
+}
+
+// announced applies one node-local migration announced to node n whose
+// domain has not arrived: the VM is held (no rebuild starts it elsewhere)
+// while it is still placed on another node at the announced generation.
+// An announcement the state already reflects, or one that is over (VM
+// gone, placement moved on, source reported failure), changes nothing;
+// the heartbeat's answer tells the agent to drop the latter.
+func (a *applier) announced(n *structs.Node, c Adoption) error {
+	v, err := a.tx.VM(c.VMID)
+	if err != nil || v == nil {
+		return err
+	}
+	if v.NodeID == "" || v.NodeID == n.ID || v.Generation != c.Generation {
+		return nil
+	}
+	if nl := v.NodeLocal; nl != nil && nl.To == n.ID && nl.Generation == c.Generation {
+		return nil
+	}
+	v.NodeLocal = &structs.NodeLocalMigration{To: n.ID, Generation: c.Generation}
+	if err := a.tx.PutObservedVM(v); err != nil {
+		return err
+	}
+	return a.ev("vm.local_migration_announced", n.ID, v.ID, "vm %s: node %s expects it by node-local migration from %s (generation %d): held until the outcome is known",
+		v.Name, n.Name, v.NodeID, c.Generation)
+}
+
+// adoptionExpired releases the hold of an announcement node n dropped
+// after its bound without the domain arriving. A hold released this way
+// is recorded as a failed adopt task (the TaskFailed alarm): the operator
+// must find out where the VM runs before rebuilding its node.
+func (a *applier) adoptionExpired(n *structs.Node, c Adoption) error {
+	v, err := a.tx.VM(c.VMID)
+	if err != nil || v == nil {
+		return err
+	}
+	nl := v.NodeLocal
+	if nl == nil || nl.To != n.ID || nl.Generation != c.Generation {
+		return nil
+	}
+	held := v.HeldByNodeLocal()
+	v.NodeLocal = nil
+	if err := a.tx.PutObservedVM(v); err != nil {
+		return err
+	}
+	if !held {
+		return nil
+	}
+	msg := fmt.Sprintf("node %s expected vm %s (generation %d) by node-local migration from %s, and it never arrived within the bound: the hold is released",
+		n.Name, v.Name, c.Generation, orNone(v.NodeID))
+	if err := a.ev("vm.local_migration_expired", n.ID, v.ID, "%s", msg); err != nil {
+		return err
+	}
+	_, err = a.putTask(PutTask{Task: structs.Task{ID: AdoptTaskID(c.VMID, c.Generation, n.ID), Kind: structs.TaskAdopt, NodeID: n.ID, VMID: c.VMID,
+		State: structs.TaskFailed, Error: msg}})
+	return err
 }
 
 // observeCmd applies a CmdObserve entry (written before node.heartbeat

@@ -22,6 +22,17 @@ func (a *applier) registerNode(p RegisterNode) (string, error) {
 		return "", err
 	}
 	exists := n != nil
+	replaced := false
+	if exists && p.ReplaceSecret {
+		if !n.SecretReset {
+			return "", structs.Forbidden("node %s: its secret was not reset (chime node reset-secret %s)", n.Name, n.Name)
+		}
+		if err := a.tx.PutNodeSecretHash(in.ID, p.SecretHash); err != nil {
+			return "", err
+		}
+		n.SecretReset, n.IdentityConflict, n.IdentityConflictAt = false, "", time.Time{}
+		replaced = true
+	}
 	if !exists {
 		n = &structs.Node{ID: in.ID, CreateIndex: a.tx.Index(), ManagementState: structs.NodeEnabled,
 			MonitorState: structs.MonitorNormal, StateSince: a.tx.Now()}
@@ -42,10 +53,46 @@ func (a *applier) registerNode(p RegisterNode) (string, error) {
 	if err := a.tx.TouchNode(n.ID); err != nil {
 		return "", err
 	}
+	if replaced {
+		return n.ID, a.ev("node.secret_replaced", n.ID, "", "node %s re-registered with a new secret (its secret was reset); agent at %s", n.Name, n.APIAddr)
+	}
 	if exists {
 		return n.ID, a.ev("node.reregistered", n.ID, "", "node %s re-registered", n.Name)
 	}
 	return n.ID, a.ev("node.registered", n.ID, "", "node %s registered (%d vCPUs, %d MiB)", n.Name, n.VCPUs, n.MemoryMiB)
+}
+
+func (a *applier) resetSecret(p ResetSecret) (string, error) {
+	n, err := a.node(p.NodeID)
+	if err != nil {
+		return "", err
+	}
+	if n.SecretReset {
+		return n.ID, nil
+	}
+	n.SecretReset = true
+	if err := a.tx.PutNode(n); err != nil {
+		return "", err
+	}
+	return n.ID, a.ev("node.secret_reset", n.ID, "", "node %s: secret reset by an operator; the next agent to register as the node sets a new one", n.Name)
+}
+
+func (a *applier) nodeIdentity(p NodeIdentity) (string, error) {
+	n, err := a.node(p.NodeID)
+	if err != nil {
+		return "", err
+	}
+	switch p.Kind {
+	case IdentityConflict:
+		n.IdentityConflict, n.IdentityConflictAt = p.Detail, a.tx.Now()
+		if err := a.tx.PutNode(n); err != nil {
+			return "", err
+		}
+		return n.ID, a.ev("node.identity_conflict", n.ID, "", "node %s: another agent claims the node: %s", n.Name, p.Detail)
+	case IdentityRefused:
+		return n.ID, a.ev("node.registration_refused", n.ID, "", "node %s: registration without the node's secret refused: %s", n.Name, p.Detail)
+	}
+	return "", structs.Invalid("kind", "unknown node identity kind %q", p.Kind)
 }
 
 func (a *applier) setManagement(p SetManagement) (string, error) {
@@ -124,13 +171,27 @@ func (a *applier) setNodeFlags(p SetNodeFlags) (string, error) {
 		return "", err
 	}
 	changes := p.applyTo(n)
-	if len(changes) == 0 {
+	var monitor *structs.Event
+	if p.FenceUnreachable && n.Fenced && n.MonitorState != structs.MonitorUnreachable {
+		e, _ := monitorTransition(n, MonitorTransition{State: structs.MonitorUnreachable,
+			Reason: "fenced: it returns only through a heartbeat that passes the return gate"}, a.tx.Now())
+		monitor = &e
+	}
+	if len(changes) == 0 && monitor == nil {
 		return n.ID, nil
 	}
 	if err := a.tx.PutNode(n); err != nil {
 		return "", err
 	}
-	return n.ID, a.ev("node.flags", n.ID, "", "node %s: %v", n.Name, changes)
+	if len(changes) > 0 {
+		if err := a.ev("node.flags", n.ID, "", "node %s: %v", n.Name, changes); err != nil {
+			return "", err
+		}
+	}
+	if monitor != nil {
+		return n.ID, a.tx.AppendEvent(*monitor)
+	}
+	return n.ID, nil
 }
 
 // applyTo sets on n the flags that are given and differ, and describes

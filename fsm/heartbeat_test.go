@@ -2,6 +2,7 @@ package fsm
 
 import (
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -199,6 +200,130 @@ func TestHeartbeatJudgesDrainEvidence(t *testing.T) {
 			if got.DrainAcked != tt.wantAck || got.LocalDrained != tt.wantLocal || got.LocalDrainState != tt.wantState {
 				t.Fatalf("drain_acked %v local_drained %v local_drain_state %q, want %v %v %q",
 					got.DrainAcked, got.LocalDrained, got.LocalDrainState, tt.wantAck, tt.wantLocal, tt.wantState)
+			}
+		})
+	}
+}
+
+// TestHeartbeatJudgesTheReturn: the servers gate the return (uniqueness
+// rule 9) when the entry applies, against the state then. A node.heartbeat
+// asking an unreachable node back to normal is refused unless its copy
+// evidence names a desired index at least the node's (as it was before
+// the entry), libvirt was listed and no stale copy runs; a node that runs
+// one is never normal; its conflicts are recorded; an entry without
+// evidence (written before the gate) applies its transition as given.
+func TestHeartbeatJudgesTheReturn(t *testing.T) {
+	normal := &MonitorTransition{State: structs.MonitorNormal, Reason: "heartbeat received"}
+	tests := []struct {
+		name        string
+		unreachable bool
+		// copies builds the evidence; cur is the node's desired index, old
+		// the generation of the node's copy, gen the placement's (on a).
+		copies        func(cur, old, gen uint64) *CopyEvidence
+		wantState     string
+		wantRefused   string // substring of return_refused ("" = none)
+		wantConflicts []bool // per conflict: destroyed
+		wantEvent     string // an event kind the entry records ("" = none checked)
+	}{
+		{"old entry without evidence: applies as given (replay)", true,
+			func(cur, old, gen uint64) *CopyEvidence { return nil }, structs.MonitorNormal, "", nil, "node.normal"},
+		{"clean evidence: returns", true,
+			func(cur, old, gen uint64) *CopyEvidence { return &CopyEvidence{DesiredIndex: cur} }, structs.MonitorNormal, "", nil, "node.normal"},
+		{"desired index behind the node's: refused", true,
+			func(cur, old, gen uint64) *CopyEvidence { return &CopyEvidence{DesiredIndex: cur - 1} }, structs.MonitorUnreachable, "older than the node's", nil, "node.return_refused"},
+		{"libvirt not listed: refused", true,
+			func(cur, old, gen uint64) *CopyEvidence { return &CopyEvidence{DesiredIndex: cur, Unknown: true} }, structs.MonitorUnreachable, "libvirt could not be listed", nil, "node.return_refused"},
+		{"stale copy running: refused, conflict", true,
+			func(cur, old, gen uint64) *CopyEvidence {
+				return &CopyEvidence{DesiredIndex: cur, Running: []Copy{{VMID: webID, Generation: old}}}
+			}, structs.MonitorUnreachable, "runs a copy of vm web (generation", []bool{false}, "vm.uniqueness_conflict"},
+		{"stale copy destroyed: returns, conflict recorded", true,
+			func(cur, old, gen uint64) *CopyEvidence {
+				return &CopyEvidence{DesiredIndex: cur, Destroyed: []Copy{{VMID: webID, Generation: old}}}
+			}, structs.MonitorNormal, "", []bool{true}, "vm.uniqueness_conflict"},
+		{"a copy with the placement's generation, on the wrong node: refused", true,
+			func(cur, old, gen uint64) *CopyEvidence {
+				return &CopyEvidence{DesiredIndex: cur, Running: []Copy{{VMID: webID, Generation: gen}}}
+			}, structs.MonitorUnreachable, "runs a copy of vm web", []bool{false}, "vm.uniqueness_conflict"},
+		{"normal node, stale copy running: error", false,
+			func(cur, old, gen uint64) *CopyEvidence {
+				return &CopyEvidence{DesiredIndex: cur, Running: []Copy{{VMID: webID, Generation: old}}}
+			}, structs.MonitorError, "", []bool{false}, "node.error"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newHarness(t)
+			a, b := node("a"), node("b")
+			for _, n := range []structs.Node{a, b} {
+				h.must("", CmdRegisterNode, RegisterNode{Node: n})
+			}
+			web := vm("web")
+			web.ID = webID
+			old := h.must("", CmdCreateVM, CreateVM{VM: web, NodeID: b.ID}).Index
+			if tt.unreachable {
+				h.must("", CmdSetMonitor, SetMonitor{NodeID: b.ID, State: structs.MonitorUnreachable})
+			}
+			gen := h.must("", CmdPlaceVM, PlaceVM{VMID: webID, NodeID: a.ID, IfGeneration: old}).Index
+			cur := h.f.NodeIndex(b.ID)
+			events0 := h.f.LastEventSeq()
+			h.must("", CmdHeartbeat, Heartbeat{NodeID: b.ID, Monitor: normal, Copies: tt.copies(cur, old, gen)})
+			n, _ := h.f.Node(b.ID)
+			if n.MonitorState != tt.wantState {
+				t.Fatalf("state %s, want %s", n.MonitorState, tt.wantState)
+			}
+			if (tt.wantRefused == "") != (n.ReturnRefused == "") || !strings.Contains(n.ReturnRefused, tt.wantRefused) {
+				t.Fatalf("return_refused %q, want %q", n.ReturnRefused, tt.wantRefused)
+			}
+			if len(n.StaleCopies) != len(tt.wantConflicts) {
+				t.Fatalf("conflicts %+v, want %d", n.StaleCopies, len(tt.wantConflicts))
+			}
+			for i, destroyed := range tt.wantConflicts {
+				c := n.StaleCopies[i]
+				if c.VMID != webID || (c.Generation != old && c.Generation != gen) || c.PlacedOn != a.ID || c.PlacedGeneration != gen || c.Destroyed != destroyed {
+					t.Fatalf("conflict %+v, want web generation %d on a generation %d, destroyed %v", c, old, gen, destroyed)
+				}
+			}
+			if n.MonitorState == structs.MonitorError && !slices.Contains(n.Faults, structs.FaultStaleCopy) {
+				t.Fatalf("error without fault %q: %v", structs.FaultStaleCopy, n.Faults)
+			}
+			if tt.wantEvent != "" {
+				evs, _ := h.f.Events(events0, 100)
+				if !slices.ContainsFunc(evs, func(e structs.Event) bool { return e.Kind == tt.wantEvent }) {
+					t.Fatalf("events %+v, want one %s", evs, tt.wantEvent)
+				}
+			}
+		})
+	}
+}
+
+const webID = "0d7a3c55-1b2e-4f60-8a9d-3e4f5a6b7c8d"
+
+// TestFenceMakesTheNodeUnreachable: an operator's fence, as a rebuild
+// with --confirm-fenced records it (FenceUnreachable), takes the node as
+// powered off: a node that is not unreachable becomes so, and returns
+// only through the return gate. An entry written before the field
+// existed sets the flag alone (replay).
+func TestFenceMakesTheNodeUnreachable(t *testing.T) {
+	yes := true
+	tests := []struct {
+		name      string
+		flags     SetNodeFlags
+		wantState string
+	}{
+		{"fence with FenceUnreachable: unreachable", SetNodeFlags{Fenced: &yes, FenceUnreachable: true}, structs.MonitorUnreachable},
+		{"old entry, fence alone: monitor state kept", SetNodeFlags{Fenced: &yes}, structs.MonitorNormal},
+		{"FenceUnreachable without a fence: nothing", SetNodeFlags{FenceUnreachable: true}, structs.MonitorNormal},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newHarness(t)
+			a := node("a")
+			h.must("", CmdRegisterNode, RegisterNode{Node: a})
+			tt.flags.NodeID = a.ID
+			h.must("", CmdSetNodeFlags, tt.flags)
+			n, _ := h.f.Node(a.ID)
+			if n.MonitorState != tt.wantState {
+				t.Fatalf("monitor state %s, want %s", n.MonitorState, tt.wantState)
 			}
 		})
 	}

@@ -22,6 +22,8 @@ var registry = map[CommandType]applyFunc{
 	CmdSetMonitor:      typed((*applier).setMonitor),
 	CmdSetNodeFlags:    typed((*applier).setNodeFlags),
 	CmdRemoveNode:      typed((*applier).removeNode),
+	CmdResetSecret:     typed((*applier).resetSecret),
+	CmdNodeIdentity:    typed((*applier).nodeIdentity),
 	CmdHeartbeat:       typed((*applier).heartbeat),
 	CmdCreateVM:        typed((*applier).createVM),
 	CmdSetDesired:      typed((*applier).setDesired),

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	libvirt "github.com/digitalocean/go-libvirt"
@@ -144,6 +145,10 @@ func (d *Driver) Start(ctx context.Context, id string) error {
 		// Someone else may have started it meanwhile.
 		if st, _, serr := d.state(ctx, dom); serr == nil && isActive(st) {
 			return nil
+		}
+		if diskLocked(err) {
+			d.log.Warn("start refused: a disk of the domain is locked by another qemu", "uuid", id, "name", dom.Name, "error", err)
+			return fmt.Errorf("start domain %s: %w: %w", id, ErrDiskLocked, err)
 		}
 		return fmt.Errorf("start domain %s: %w", id, mapNotFound(err))
 	}
@@ -383,6 +388,23 @@ func (d *Driver) describe(ctx context.Context, dom libvirt.Domain) (Domain, erro
 	}
 	st, why := mapState(state, reason)
 	return Domain{UUID: id, Name: dom.Name, State: st, Reason: why, Meta: meta}, nil
+}
+
+// diskLocked reports whether a failed start was refused for a disk in use
+// elsewhere. virtlockd refuses a lease with VIR_ERR_RESOURCE_BUSY
+// ("Lockspace resource '…' is locked"); qemu's own image lock, which on a
+// shared filesystem can fire first because qemu opens its images before
+// libvirt acquires the leases (at CPU start), fails the launch with an
+// internal error whose text names the lock.
+func diskLocked(err error) bool {
+	var lerr libvirt.Error
+	if !errors.As(err, &lerr) {
+		return false
+	}
+	if libvirt.ErrorNumber(lerr.Code) == libvirt.ErrResourceBusy && strings.Contains(lerr.Message, "Lockspace resource") {
+		return true
+	}
+	return strings.Contains(lerr.Message, `Failed to get "write" lock`) || strings.Contains(lerr.Message, `Failed to get "consistent read" lock`)
 }
 
 // mapNotFound wraps libvirt's "no domain" error in ErrNotFound.

@@ -11,6 +11,13 @@ var ErrNotFound = errors.New("domain not found")
 // ErrDisconnected is returned when the libvirt connection is down.
 var ErrDisconnected = errors.New("libvirt disconnected")
 
+// ErrDiskLocked is returned by Start when a disk of the domain is in use by
+// another qemu: libvirt's lock manager (virtlockd) refused the disk's lease,
+// or qemu could not take its own lock on the image. On shared storage this
+// means the disk runs on another host (uniqueness rule 12): retrying soon
+// cannot help, only that copy stopping can.
+var ErrDiskLocked = errors.New("disk locked by another qemu")
+
 // ErrForeign is returned when Define would overwrite a domain that has no
 // chime metadata: such a domain belongs to someone else and is never touched.
 var ErrForeign = errors.New("domain has no chime metadata")

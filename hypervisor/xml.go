@@ -91,10 +91,16 @@ func DomainXML(spec DomainSpec, domainType string) (string, error) {
 		},
 	}
 	for i, path := range spec.Disks {
+		src := &libvirtxml.DomainDiskSource{File: &libvirtxml.DomainDiskSourceFile{File: path}}
+		if isBlockDevice(path) {
+			// qemu's "file" driver refuses a block device; libvirt passes
+			// <disk type='block'> to qemu's host_device driver.
+			src = &libvirtxml.DomainDiskSource{Block: &libvirtxml.DomainDiskSourceBlock{Dev: path}}
+		}
 		dom.Devices.Disks = append(dom.Devices.Disks, libvirtxml.DomainDisk{
 			Device: "disk",
 			Driver: &libvirtxml.DomainDiskDriver{Name: "qemu", Type: diskFormat(path), Cache: "none"},
-			Source: &libvirtxml.DomainDiskSource{File: &libvirtxml.DomainDiskSourceFile{File: path}},
+			Source: src,
 			Target: &libvirtxml.DomainDiskTarget{Dev: virtioDiskName(i), Bus: "virtio"},
 		})
 	}
@@ -130,7 +136,8 @@ func validateSpec(spec DomainSpec) error {
 }
 
 // diskFormat guesses an image's format from its extension; raw is the
-// safe default because qemu never probes it for a backing file.
+// safe default because qemu never probes it for a backing file (and the
+// format of block devices, which have no extension).
 func diskFormat(path string) string {
 	switch strings.ToLower(filepath.Ext(path)) {
 	case ".qcow2", ".qcow":
@@ -139,6 +146,12 @@ func diskFormat(path string) string {
 		return "raw"
 	}
 }
+
+// isBlockDevice says whether a disk path names a block device (an iSCSI or
+// FC LUN, an LVM volume, a multipath map): everything under /dev/. Decided
+// by the path alone, so that the definition does not depend on what the
+// agent's own mount namespace shows.
+func isBlockDevice(path string) bool { return strings.HasPrefix(path, "/dev/") }
 
 // virtioDiskName is vda, vdb, … for the i-th disk (i < 26).
 func virtioDiskName(i int) string { return "vd" + string(rune('a'+i)) }

@@ -15,6 +15,8 @@ func TestDomainXML(t *testing.T) {
 	base := DomainSpec{VMID: testUUID, Name: "web-1", VCPUs: 2, MemoryMiB: 64, Generation: 42}
 	withDisks := base
 	withDisks.Disks = []string{"/var/lib/chime/web-1.qcow2", "/var/lib/chime/data.img"}
+	withLUN := base
+	withLUN.Disks = []string{"/dev/mapper/san-lun7", "/srv/images/boot.qcow2"}
 
 	tests := []struct {
 		name       string
@@ -27,6 +29,7 @@ func TestDomainXML(t *testing.T) {
 		{name: "kvm diskless", spec: base, domainType: "kvm", wantCPU: ""},
 		{name: "tcg diskless", spec: base, domainType: "qemu", wantCPU: "custom"},
 		{name: "disks by extension", spec: withDisks, domainType: "kvm", wantCPU: "", wantDisks: []string{"qcow2", "raw"}},
+		{name: "block device and file", spec: withLUN, domainType: "qemu", wantCPU: "custom", wantDisks: []string{"raw", "qcow2"}},
 		{name: "bad domain type", spec: base, domainType: "xen", wantErr: "domain type"},
 		{name: "empty domain type", spec: base, domainType: "", wantErr: "domain type"},
 		{name: "bad uuid", spec: DomainSpec{VMID: "nope", Name: "a", VCPUs: 1, MemoryMiB: 64}, domainType: "kvm", wantErr: "uuid"},
@@ -90,9 +93,17 @@ func TestDomainXML(t *testing.T) {
 					break
 				}
 				disk := dom.Devices.Disks[i]
-				if disk.Driver.Type != format || disk.Target.Bus != "virtio" || disk.Source.File.File != tt.spec.Disks[i] {
-					t.Errorf("disk %d = driver %+v target %+v source %+v, want %s virtio %s",
-						i, disk.Driver, disk.Target, disk.Source.File, format, tt.spec.Disks[i])
+				path := tt.spec.Disks[i]
+				var got string
+				switch {
+				case strings.HasPrefix(path, "/dev/") && disk.Source.Block != nil && disk.Source.File == nil:
+					got = disk.Source.Block.Dev // <disk type='block'><source dev=…>
+				case !strings.HasPrefix(path, "/dev/") && disk.Source.File != nil && disk.Source.Block == nil:
+					got = disk.Source.File.File
+				}
+				if disk.Driver.Type != format || disk.Target.Bus != "virtio" || got != path {
+					t.Errorf("disk %d = driver %+v target %+v source %+v, want %s virtio %s (block under /dev)",
+						i, disk.Driver, disk.Target, disk.Source, format, path)
 				}
 			}
 			meta, err := ParseMeta(out)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # install-deps.sh installs what building and testing chime needs on a fresh
-# Debian bookworm machine: libvirt + qemu, iproute2 and friends for the lab,
-# and `just`. Idempotent: it installs only what is missing. Run as root.
+# Debian bookworm machine: libvirt + qemu (libvirt-daemon brings virtlockd,
+# the disk lock manager), qemu-utils for qemu-img (the lab's disk images),
+# iproute2 and friends for the lab, and `just`. Idempotent: it installs only what is missing. Run as root.
 set -euo pipefail
 
 export DEBIAN_FRONTEND=noninteractive
@@ -11,6 +12,7 @@ packages=(
 	libvirt-daemon-driver-qemu
 	libvirt-clients
 	qemu-system-x86
+	qemu-utils
 	iproute2
 	util-linux
 	procps

@@ -31,6 +31,10 @@ const (
 	defaultHeartbeatInterval = 15 * time.Second
 	desiredWait              = 30 * time.Second
 	faultLibvirt             = "libvirtd unreachable"
+	// faultNotSynced: the agent lost the servers for a heartbeat interval
+	// or more and its desired-state sync since has not succeeded: it may
+	// run a copy rebuilt elsewhere meanwhile (uniqueness rule 9).
+	faultNotSynced = "desired state not synced since contact with the servers was lost"
 )
 
 // Hypervisor is the part of the libvirt driver the agent uses: what the
@@ -41,7 +45,13 @@ type Hypervisor interface {
 	handover.Hypervisor
 	Connected() bool
 	Capacity(ctx context.Context) (vcpus, memMiB int, err error)
+	// HostUUID is libvirt's host UUID (capabilities' <host><uuid>): the
+	// node id of a new data dir (uniqueness rule 10).
+	HostUUID(ctx context.Context) (string, error)
 }
+
+// hostUUIDTimeout bounds New's one libvirt call, the host UUID.
+const hostUUIDTimeout = 30 * time.Second
 
 // Agent is one agent. New opens its local state; Run drives it with
 // goroutines and timers, or a caller steps it one unit of work at a time
@@ -53,7 +63,7 @@ type Agent struct {
 	store   *store.Store
 	servers Servers
 	clock   clock.Clock
-	random  io.Reader // node secret; the node id and drain ids come from it too
+	random  io.Reader // node secret; drain ids come from it too
 	rec     *reconcile.Reconciler
 	ops     *handover.Manager // migrations, local drain, adoptions, fencing holds
 	health  *health.Checker   // local health checks; their faults go into every heartbeat
@@ -65,6 +75,9 @@ type Agent struct {
 	hold        []string          // VM ids whose instruction was refused by the fencing rule
 	timing      api.Timing        // from the servers
 	lastContact time.Time         // last successful answer from a server
+	registered  bool              // the servers accepted this process's registration and refused no credentials since
+	syncedAt    time.Time         // last successful desired-state answer (new or not)
+	lostAt      time.Time         // first failed request to the servers since syncedAt (zero: none)
 	contactErr  error             // error of the last request to the servers (nil: it succeeded)
 	apiAddr     net.Addr          // where the agent API listens
 	gossipAddrs []string          // the servers' memberlist addresses, from registration and heartbeats
@@ -72,6 +85,7 @@ type Agent struct {
 	pool *gossip.Pool // set by Run before registration
 
 	heartbeatNow chan struct{} // capacity 1: send the next heartbeat early
+	heartbeatSem chan struct{} // capacity 1: one heartbeat at a time (see sendHeartbeat)
 }
 
 // New opens the agent's local state in cfg.DataDir and wires the reconciler
@@ -106,7 +120,7 @@ func New(cfg Config, hv Hypervisor, opts ...Option) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	id, err := st.NodeID(random)
+	id, err := nodeIdentity(hv, st, cfg.Logger)
 	if err != nil {
 		st.Close()
 		return nil, err
@@ -119,7 +133,7 @@ func New(cfg Config, hv Hypervisor, opts ...Option) (*Agent, error) {
 	a := &Agent{cfg: cfg, hv: hv, store: st, nodeID: id, logger: cfg.Logger,
 		servers: o.servers, clock: o.clock, random: random,
 		timing:       api.Timing{HeartbeatInterval: defaultHeartbeatInterval},
-		heartbeatNow: make(chan struct{}, 1)}
+		heartbeatNow: make(chan struct{}, 1), heartbeatSem: make(chan struct{}, 1)}
 	a.rec, err = reconcile.New(reconcile.Config{
 		Hypervisor: hv, Definitions: st, Inputs: a.reconcileInputs,
 		SweepInterval: cfg.SweepInterval, ShutdownGrace: cfg.ShutdownGrace,
@@ -143,6 +157,47 @@ func New(cfg Config, hv Hypervisor, opts ...Option) (*Agent, error) {
 	hc.Clock, hc.StorageProbe = o.clock, o.storageProbe
 	a.health = health.New(hc)
 	return a, nil
+}
+
+// nodeIdentity is the node id of this host (uniqueness rule 10): the one
+// kept in the local state, or for a new (or lost) data dir libvirt's host
+// UUID, so that an agent that lost its data dir comes back as the same
+// node. A state written on another host is refused. When libvirt cannot
+// tell the host UUID, a kept node id is used all the same.
+func nodeIdentity(hv Hypervisor, st *store.Store, log hclog.Logger) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), hostUUIDTimeout)
+	defer cancel()
+	host, err := hv.HostUUID(ctx)
+	if err != nil {
+		log.Warn("cannot read libvirt's host UUID; using the node id of the data dir, if any", "error", err)
+		host = ""
+	}
+	id, err := st.Identity(host)
+	if err != nil {
+		if host == "" {
+			return "", fmt.Errorf("%w (libvirt: host uuid unreadable)", err)
+		}
+		return "", fmt.Errorf("--data-dir: %w", err)
+	}
+	if host != "" && id != host {
+		log.Info("node id kept from an older agent's data dir, not derived from the host UUID", "node_id", id, "host_uuid", host)
+	}
+	return id, nil
+}
+
+// Registered reports whether the servers accepted this process's
+// registration and have refused none of its credentials since: what the
+// ping-back answer says (api.PingResponse.Registered).
+func (a *Agent) Registered() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.registered
+}
+
+func (a *Agent) setRegistered(ok bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.registered = ok
 }
 
 // Close stops the HA operations still in flight and closes the local state.
@@ -287,11 +342,38 @@ func (a *Agent) noteContact(err error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.contactErr = err
+	if RegistrationLost(err) {
+		a.registered = false
+	}
+	if err != nil && a.lostAt.IsZero() {
+		a.lostAt = a.clock.Now()
+	}
 	var apiErr *api.Error
 	if err == nil || errors.As(err, &apiErr) {
 		// A server answered, even if it said no.
 		a.lastContact = a.clock.Now()
 	}
+}
+
+// noteSynced records a successful desired-state answer: the agent knows
+// what the servers want of it as of now.
+func (a *Agent) noteSynced() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.syncedAt, a.lostAt = a.clock.Now(), time.Time{}
+}
+
+// needResync reports whether the agent must sync again before it reports
+// itself healthy (uniqueness rule 9): a request to the servers failed
+// since its last successful desired-state answer, and that answer is at
+// least one heartbeat interval old. A blocking query that is merely
+// waiting with no failure around it keeps the agent in sync; a partition
+// (every request fails) does not, whatever its length beyond an interval.
+func (a *Agent) needResync() bool {
+	interval := a.heartbeatInterval()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return !a.lostAt.IsZero() && a.clock.Now().Sub(a.syncedAt) >= interval
 }
 
 // RegistrationLost reports whether err says the servers do not know this

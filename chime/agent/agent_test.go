@@ -78,7 +78,12 @@ type recordingHV struct {
 	domains     map[string]hypervisor.Domain
 	failDestroy map[string]int // uuid -> how many more Destroy calls fail
 	events      chan hypervisor.Event
+	hostUUID    string // "" testHostUUID
+	hostErr     error  // HostUUID fails with it
 }
+
+// testHostUUID is the recording hypervisor's libvirt host UUID.
+const testHostUUID = "3f2504e0-4f89-41d3-9a0c-0305e82c3301"
 
 func newRecordingHV(log *callLog, domains ...hypervisor.Domain) *recordingHV {
 	h := &recordingHV{log: log, domains: map[string]hypervisor.Domain{}, failDestroy: map[string]int{},
@@ -92,6 +97,17 @@ func newRecordingHV(log *callLog, domains ...hypervisor.Domain) *recordingHV {
 func (h *recordingHV) Connected() bool                            { return true }
 func (h *recordingHV) Events() <-chan hypervisor.Event            { return h.events }
 func (h *recordingHV) Capacity(context.Context) (int, int, error) { return 8, 16384, nil }
+func (h *recordingHV) HostUUID(context.Context) (string, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.hostErr != nil {
+		return "", h.hostErr
+	}
+	if h.hostUUID == "" {
+		return testHostUUID, nil
+	}
+	return h.hostUUID, nil
+}
 func (h *recordingHV) Migrate(_ context.Context, id, _, _ string) error {
 	h.log.add("hv:migrate %s", id)
 	return errors.New("no")
@@ -180,6 +196,9 @@ type fakeServers struct {
 	down       bool          // answer 500 to everything
 	heartbeats []api.HeartbeatRequest
 	secret     string
+	// ackMigrations: answer every reported migration log entry as applied
+	// (as the real servers do once the FSM applied it).
+	ackMigrations bool
 }
 
 func newFakeServers(t *testing.T, log *callLog, vms ...api.DesiredVM) *fakeServers {
@@ -259,8 +278,14 @@ func (f *fakeServers) heartbeat(w http.ResponseWriter, r *http.Request) {
 	f.log.add("server:heartbeat")
 	f.mu.Lock()
 	f.heartbeats = append(f.heartbeats, hb)
+	resp := api.HeartbeatResponse{Timing: api.Timing{HeartbeatInterval: 30 * time.Millisecond, MissedHeartbeats: 3}}
+	if f.ackMigrations {
+		for _, m := range hb.Migrations {
+			resp.AppliedMigrations = append(resp.AppliedMigrations, structs.AdoptionRef{VMID: m.VMID, Generation: m.Generation})
+		}
+	}
 	f.mu.Unlock()
-	api.WriteJSON(w, http.StatusOK, api.HeartbeatResponse{Timing: api.Timing{HeartbeatInterval: 30 * time.Millisecond, MissedHeartbeats: 3}})
+	api.WriteJSON(w, http.StatusOK, resp)
 }
 
 func (f *fakeServers) desiredHandler(w http.ResponseWriter, r *http.Request) {
@@ -497,20 +522,26 @@ func TestDesiredChangesAndHeartbeatContent(t *testing.T) {
 		t.Fatalf("B = %s after an older-generation stop; want running", s)
 	}
 
-	// A migration logged locally is reported once and then acknowledged.
+	// A migration logged locally is reported in every heartbeat until the
+	// servers say they applied it (uniqueness rule 7): an answer that does
+	// not name it deletes nothing.
 	if err := a.store.AddMigration(structs.LocalMigration{VMID: idC, ToAddr: "10.9.0.2", Generation: 5}); err != nil {
 		t.Fatal(err)
 	}
 	_, before := srv.lastHeartbeat()
-	wait.For(t, 10*time.Second, "migration reported", func() (bool, string) {
+	wait.For(t, 10*time.Second, "migration reported twice", func() (bool, string) {
+		n := 0
 		for _, hb := range srv.heartbeatsSince(before) {
 			if len(hb.Migrations) == 1 && hb.Migrations[0].VMID == idC {
-				return true, ""
+				n++
 			}
 		}
 		hb, _ := srv.lastHeartbeat()
-		return false, fmt.Sprint(hb)
+		return n >= 2, fmt.Sprint(hb)
 	})
+	srv.mu.Lock()
+	srv.ackMigrations = true
+	srv.mu.Unlock()
 	wait.For(t, 10*time.Second, "migration acknowledged", func() (bool, string) {
 		m, _, _ := a.store.PendingMigrations()
 		return len(m) == 0, fmt.Sprint(m)
@@ -587,7 +618,7 @@ func TestLocalSocketAndPing(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	var ping PingResponse
+	var ping api.PingResponse
 	if err := json.NewDecoder(resp.Body).Decode(&ping); err != nil || ping.NodeID != a.NodeID() || ping.Name != "hv1" {
 		t.Fatalf("ping = %+v, %v", ping, err)
 	}

@@ -67,11 +67,13 @@ func (a *Agent) sync(ctx context.Context, q api.QueryOptions) error {
 		return err
 	}
 	if last := a.desiredIndex(); last != 0 && ds.Index <= last {
+		a.noteSynced()
 		return nil // wait expired, or a lagging server answered: nothing new
 	}
 	if err := a.acceptDesired(ctx, *ds); err != nil {
 		return persistError{err}
 	}
+	a.noteSynced()
 	return nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -53,15 +54,37 @@ var ErrNotSettled = errors.New("no heartbeat yet: stale copies may still run her
 // HeartbeatOnce builds one heartbeat, sends it and handles the answer
 // (timing, gossip addresses, refused adoptions, acknowledged local
 // migrations). Before the reconciler has settled it sends nothing and
-// returns ErrNotSettled. An error the servers answered with is returned
-// as is (RegistrationLost tells whether to register again).
+// returns ErrNotSettled. After contact with the servers was lost for a
+// heartbeat interval or more (needResync) it first syncs the desired
+// state and runs a reconcile pass, so that the heartbeat that may bring
+// the node back lists libvirt after the stale copies were destroyed
+// (uniqueness rule 9); if that sync fails, the heartbeat carries the fault
+// faultNotSynced and cannot make the node normal. An error the servers
+// answered with is returned as is (RegistrationLost tells whether to
+// register again).
 func (a *Agent) HeartbeatOnce(ctx context.Context) error {
 	select {
 	case <-a.rec.Settled():
 	default:
 		return ErrNotSettled
 	}
+	if a.needResync() {
+		a.resync(ctx)
+	}
 	return a.sendHeartbeat(ctx)
+}
+
+// resync is the sync and the reconcile pass before the first heartbeat
+// after contact was lost.
+func (a *Agent) resync(ctx context.Context) {
+	log := a.logger.Named("heartbeat")
+	if err := a.SyncOnce(ctx); err != nil {
+		log.Warn("contact with the servers was lost and the desired state cannot be synced: reporting the node not healthy", "error", err)
+		return
+	}
+	res, err := a.rec.Step(ctx)
+	log.Info("contact with the servers back: desired state synced and reconciled before the heartbeat",
+		"index", a.desiredIndex(), "stale_failed", res.StaleFailed, "pass_error", err)
 }
 
 // HeartbeatInterval is the period of the heartbeats, as the servers last
@@ -76,6 +99,11 @@ func (a *Agent) requestHeartbeat() {
 	default:
 	}
 }
+
+// ReasonDiskLocked is the reason the heartbeat reports for a stopped VM
+// whose start libvirt refuses because a disk is locked by another qemu
+// (hypervisor.ErrDiskLocked): on shared storage, the disk runs elsewhere.
+const ReasonDiskLocked = "disk-locked"
 
 // BuildHeartbeat assembles a heartbeat from libvirt's state and the local
 // state; it returns the sequence of the last reported local migration. It
@@ -105,19 +133,39 @@ func (a *Agent) BuildHeartbeat(ctx context.Context) (api.HeartbeatRequest, uint6
 		hb.VMsUnknown = err != nil
 	}
 	hb.Faults = append(hb.Faults, a.health.Faults()...)
+	if a.needResync() {
+		hb.Faults = append(hb.Faults, faultNotSynced)
+	}
+	refused := a.rec.StartRefusals()
 	for _, d := range domains {
 		if d.Meta == nil {
 			continue
 		}
+		reason := d.Reason
+		if _, ok := refused[d.UUID]; ok && d.State != hypervisor.StateRunning {
+			// libvirt says only "failed"; the servers show this instead
+			// (`chime vm show`: Observed stopped (disk-locked)).
+			reason = ReasonDiskLocked
+		}
 		id := strings.ToLower(d.UUID)
-		hb.VMs = append(hb.VMs, structs.VMObservation{VMID: d.UUID, State: observedState(d.State), Reason: d.Reason, Generation: d.Meta.Generation,
+		hb.VMs = append(hb.VMs, structs.VMObservation{VMID: d.UUID, State: observedState(d.State), Reason: reason, Generation: d.Meta.Generation,
 			Migrating: migratingBefore[id] || migratingAfter[id]})
 	}
 	// In VM id order whatever order libvirt listed the domains in, so that
 	// the same state gives the same heartbeat.
 	sortObservations(hb.VMs)
-	if hb.Adopted, err = a.adoptedObservations(domains); err != nil {
+	if hb.Adopted, hb.Announced, err = a.adoptedObservations(domains); err != nil {
 		return hb, 0, err
+	}
+	if !hb.VMsUnknown {
+		// Only a listing proves a domain did not arrive.
+		here := map[string]bool{}
+		for _, d := range domains {
+			here[strings.ToLower(d.UUID)] = true
+		}
+		if hb.ExpiredAdoptions, err = a.ops.ExpireAdoptions(here); err != nil {
+			return hb, 0, err
+		}
 	}
 	sortObservations(hb.Adopted)
 	if draining {
@@ -132,11 +180,24 @@ func (a *Agent) BuildHeartbeat(ctx context.Context) (api.HeartbeatRequest, uint6
 		return hb, 0, err
 	}
 	hb.Migrations = migs
+	for _, c := range a.rec.Destroyed() {
+		hb.StaleDestroyed = append(hb.StaleDestroyed, structs.VMObservation{VMID: c.VMID, State: structs.StateRunning, Reason: "destroyed", Generation: c.Generation})
+	}
 	return hb, last, nil
 }
 
+// sendHeartbeat builds, sends and handles one heartbeat; heartbeats are
+// sent one at a time (the loop's and the one an adoption announcement
+// sends), so that one built after a record changed is applied after one
+// built before. Waiting for the one in flight ends with ctx.
 func (a *Agent) sendHeartbeat(ctx context.Context) error {
-	hb, lastMig, err := a.BuildHeartbeat(ctx)
+	select {
+	case a.heartbeatSem <- struct{}{}:
+	case <-ctx.Done():
+		return fmt.Errorf("wait for the heartbeat in flight: %w", ctx.Err())
+	}
+	defer func() { <-a.heartbeatSem }()
+	hb, _, err := a.BuildHeartbeat(ctx)
 	if err != nil {
 		return err
 	}
@@ -148,30 +209,40 @@ func (a *Agent) sendHeartbeat(ctx context.Context) error {
 	a.setTiming(resp.Timing)
 	a.setGossipAddrs(resp.GossipAddrs)
 	a.ops.RejectAdoptions(resp.RejectedAdoptions)
-	if len(hb.Migrations) > 0 {
-		if err := a.store.AckMigrations(lastMig); err != nil {
-			return fmt.Errorf("ack local migrations: %w", err)
-		}
+	a.rec.AckDestroyed(len(hb.StaleDestroyed))
+	a.ops.DropAdoptions(resp.DroppedAdoptions)
+	// A migration log entry goes only once the servers say they applied
+	// it (uniqueness rule 7); an answer that names none deletes none.
+	if err := a.store.AckMigrationsApplied(resp.AppliedMigrations); err != nil {
+		return fmt.Errorf("ack local migrations: %w", err)
 	}
 	a.logger.Named("heartbeat").Debug("heartbeat sent", "vms", len(hb.VMs), "faults", len(hb.Faults))
 	return nil
 }
 
-// adoptedObservations are the announced adoptions whose domain is here.
-func (a *Agent) adoptedObservations(domains []hypervisor.Domain) ([]structs.VMObservation, error) {
+// adoptedObservations are the announced adoptions whose domain is here,
+// and (announced) those whose domain has not arrived and that have not
+// expired, in VM id order.
+func (a *Agent) adoptedObservations(domains []hypervisor.Domain) (adopted []structs.VMObservation, announced []structs.AdoptionRef, err error) {
 	ads, err := a.store.Adoptions()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	var out []structs.VMObservation
+	arrived := map[string]bool{}
 	for _, d := range domains {
 		ad, ok := ads[strings.ToLower(d.UUID)]
 		if !ok || d.Meta == nil || d.Meta.Generation != ad.Generation {
 			continue
 		}
-		out = append(out, structs.VMObservation{VMID: ad.VMID, State: observedState(d.State), Reason: d.Reason, Generation: ad.Generation})
+		arrived[ad.VMID] = true
+		adopted = append(adopted, structs.VMObservation{VMID: ad.VMID, State: observedState(d.State), Reason: d.Reason, Generation: ad.Generation})
 	}
-	return out, nil
+	for _, id := range slices.Sorted(maps.Keys(ads)) {
+		if ad := ads[id]; !arrived[ad.VMID] && !ad.Expired {
+			announced = append(announced, structs.AdoptionRef{VMID: ad.VMID, Generation: ad.Generation})
+		}
+	}
+	return adopted, announced, nil
 }
 
 func sortObservations(obs []structs.VMObservation) {

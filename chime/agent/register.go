@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 
@@ -75,8 +76,16 @@ func (a *Agent) RegisterOnce(ctx context.Context) error {
 		AgentVersion: structs.Version,
 	}
 	a.servers.SetCredentials("", "")
+	a.setRegistered(false)
 	resp, err := a.servers.Register(ctx, req)
 	a.noteContact(err)
+	if errors.Is(err, structs.ErrForbidden) {
+		// The servers know this node under another secret: the data dir
+		// was lost or wiped. Only an operator (`chime node reset-secret`)
+		// or, later, the join credential lets it in again.
+		a.logger.Error("registration refused: the servers hold another secret for this node (data dir lost?); see the runbook, `chime node reset-secret`",
+			"node_id", a.nodeID, "error", err)
+	}
 	if err != nil {
 		return fmt.Errorf("register: %w", err)
 	}
@@ -90,6 +99,7 @@ func (a *Agent) RegisterOnce(ctx context.Context) error {
 		secret = resp.Secret
 	}
 	a.servers.SetCredentials(a.nodeID, secret)
+	a.setRegistered(true)
 	a.setTiming(resp.Timing)
 	a.setGossipAddrs(resp.GossipAddrs)
 	a.logger.Info("registered", "node_id", a.nodeID, "vcpus", vcpus, "memory_mib", mem,

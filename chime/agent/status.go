@@ -30,6 +30,7 @@ func (a *Agent) Status(ctx context.Context) local.Status {
 			Reachable:   !a.lastContact.IsZero() && a.contactErr == nil,
 			LastContact: a.lastContact,
 		},
+		Registered:    a.registered,
 		Synced:        a.desired != nil,
 		LastReconcile: lastPass,
 		VMs:           []local.VM{},
@@ -64,6 +65,11 @@ func (a *Agent) Status(ctx context.Context) local.Status {
 			vms[strings.ToLower(d.UUID)] = v
 		}
 		v.State, v.Reason = d.State, d.Reason
+	}
+	for id, ref := range a.rec.StartRefusals() {
+		if v, ok := vms[strings.ToLower(id)]; ok {
+			v.StartRefused = &local.StartRefusal{Error: ref.Error, Since: ref.Since, Attempts: ref.Attempts, NextTry: ref.NextTry}
+		}
 	}
 	for _, v := range vms {
 		st.VMs = append(st.VMs, *v)

@@ -33,6 +33,7 @@ type scriptedServers struct {
 	mu         sync.Mutex
 	desired    api.DesiredState
 	down       bool    // every call fails as if no server answered
+	noDesired  bool    // desired-state queries fail as if no server answered
 	reportErrs []error // answers of the next ReportMigration calls (then nil)
 	node       string  // credentials as last set
 	secret     string
@@ -82,6 +83,9 @@ func (s *scriptedServers) Desired(_ context.Context, q api.QueryOptions) (*api.D
 	s.record("desired", q)
 	if err := s.answer(); err != nil {
 		return nil, err
+	}
+	if s.noDesired {
+		return nil, errUnreachable
 	}
 	ds := s.desired
 	ds.VMs = slices.Clone(ds.VMs)
@@ -325,11 +329,11 @@ func TestSteppedAgent(t *testing.T) {
 		t.Fatalf("calls:\n%s\nwant kinds %q", strings.Join(first, "\n"), wantKinds)
 	}
 
-	// The node id and the secret come from the seeded source: another seed
-	// gives others.
+	// The node id is libvirt's host UUID (the same for every seed); the
+	// secret comes from the seeded source: another seed gives another.
 	other := steppedScenario(t, 2)
-	if idOf(t, first) == idOf(t, other) {
-		t.Fatalf("seeds 1 and 2 gave the same node id %s", idOf(t, first))
+	if idOf(t, first) != testHostUUID || idOf(t, other) != testHostUUID {
+		t.Fatalf("node ids %s and %s; want the host UUID %s for both seeds", idOf(t, first), idOf(t, other), testHostUUID)
 	}
 	if secretOf(t, first) == secretOf(t, other) || !regexp.MustCompile(`^[0-9a-f]{64}$`).MatchString(secretOf(t, first)) {
 		t.Fatalf("secrets %q and %q; want 64 hex digits, different per seed", secretOf(t, first), secretOf(t, other))

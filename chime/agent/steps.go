@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"time"
 
 	"github.com/chime-ha/chime/chime/agent/handover"
 	"github.com/chime-ha/chime/chime/agent/local"
@@ -50,8 +51,32 @@ func (a *Agent) ReconcileOnce(ctx context.Context) (reconcile.PassResult, error)
 func (a *Agent) HealthOnce(ctx context.Context) { a.health.Check(ctx) }
 
 // Adopt records an adoption another agent announced before a node-local
-// migration to this node (what POST /v1/adopt does).
-func (a *Agent) Adopt(ad store.Adoption) error { return a.ops.Adopt(ad) }
+// migration to this node (what POST /v1/adopt does), then sends a
+// heartbeat before it answers: the servers learn of the migration from
+// this end before it starts, and hold the VM (no rebuild of the source
+// starts it elsewhere) until its outcome is known (uniqueness rule 7).
+// That heartbeat is best effort: with this node's management network down
+// the source's migration log tells the servers instead.
+func (a *Agent) Adopt(ctx context.Context, ad store.Adoption) error {
+	if err := a.ops.Adopt(ad); err != nil {
+		return err
+	}
+	a.mu.Lock()
+	cut := a.contactErr != nil
+	a.mu.Unlock()
+	if cut {
+		// The servers did not answer the last request: do not keep the
+		// source waiting for a heartbeat that would time out.
+		a.logger.Named("heartbeat").Warn("servers unreachable: the announced node-local migration is reported with the next heartbeat", "vm", ad.Name)
+		return nil
+	}
+	hctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	if err := a.HeartbeatOnce(hctx); err != nil {
+		a.logger.Named("heartbeat").Warn("cannot tell the servers of the announced node-local migration now; the next heartbeat does", "vm", ad.Name, "error", err)
+	}
+	return nil
+}
 
 // Drain is `chime agent drain` as the local socket runs it: it sets the
 // local drain flag and waits (bounded, on the agent's clock) until no

@@ -46,6 +46,20 @@ type RegisterResponse struct {
 	GossipAddrs []string `json:"gossip_addrs,omitempty"`
 }
 
+// PingResponse is an agent's answer to the servers' ping-back, GET
+// /v1/ping on its API: who answers. The servers count the ping-back as
+// failed when the answer names another node, or says the agent is not
+// registered (uniqueness rule 10: an agent that lost its data dir answers
+// at the node's address but holds no credentials the servers accept).
+type PingResponse struct {
+	NodeID string `json:"node_id"`
+	Name   string `json:"name"`
+	// Registered says whether the servers accepted this process's
+	// registration (and have not refused its credentials since). nil: an
+	// agent older than this field, which does not say.
+	Registered *bool `json:"registered,omitempty"`
+}
+
 // Timing is set on the servers and pushed to agents.
 type Timing struct {
 	HeartbeatInterval time.Duration `json:"heartbeat_interval"`
@@ -71,7 +85,17 @@ type HeartbeatRequest struct {
 	// empty and says nothing about which VMs run.
 	VMsUnknown bool                     `json:"vms_unknown,omitempty"`
 	Adopted    []structs.VMObservation  `json:"adopted,omitempty"`    // domains that arrived by node-local migration
-	Migrations []structs.LocalMigration `json:"migrations,omitempty"` // node-local migrations sent from here
+	Migrations []structs.LocalMigration `json:"migrations,omitempty"` // the migration log: node-local migrations sent from here
+	// Announced are node-local migrations announced to this node whose
+	// domain has not arrived yet: the servers hold those VMs.
+	Announced []structs.AdoptionRef `json:"announced,omitempty"`
+	// ExpiredAdoptions are announcements this agent dropped after their
+	// bound without the domain arriving.
+	ExpiredAdoptions []structs.AdoptionRef `json:"expired_adoptions,omitempty"`
+	// StaleDestroyed are the running stale copies (VMs placed elsewhere or
+	// at a newer generation) the agent destroyed since its last heartbeat
+	// that got through: each is a uniqueness conflict the servers record.
+	StaleDestroyed []structs.VMObservation `json:"stale_destroyed,omitempty"`
 }
 
 // HeartbeatResponse tells the agent the current timing.
@@ -79,8 +103,14 @@ type HeartbeatResponse struct {
 	// RejectedAdoptions are VM ids the agent reported as adopted that the
 	// servers refused (the placement moved on): the agent destroys them.
 	RejectedAdoptions []string `json:"rejected_adoptions,omitempty"`
-	Timing            Timing   `json:"timing"`
-	GossipAddrs       []string `json:"gossip_addrs,omitempty"`
+	// AppliedMigrations are the migration log entries (VM and generation)
+	// the servers applied: the agent deletes exactly these.
+	AppliedMigrations []structs.AdoptionRef `json:"applied_migrations,omitempty"`
+	// DroppedAdoptions are VM ids of announced adoptions that are over
+	// (or expired and released): the agent drops their records.
+	DroppedAdoptions []string `json:"dropped_adoptions,omitempty"`
+	Timing           Timing   `json:"timing"`
+	GossipAddrs      []string `json:"gossip_addrs,omitempty"`
 }
 
 // DesiredVM is one VM an agent must run (or keep stopped).

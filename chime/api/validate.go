@@ -69,6 +69,48 @@ func (r *HeartbeatRequest) Validate() error {
 		if err := structs.ValidateUUID("migrations", m.VMID); err != nil {
 			return structs.Invalid("migrations", "item %d: %v", i, err)
 		}
+		if !structs.ValidLocalMigrationOutcome(m.Outcome) {
+			return structs.Invalid("migrations", "item %d: outcome %q must be succeeded, failed or unknown", i, m.Outcome)
+		}
+		if m.Outcome == "" {
+			continue // an agent that predates outcomes
+		}
+		if m.Generation == 0 {
+			return structs.Invalid("migrations", "item %d: generation must be > 0", i)
+		}
+		if err := structs.ValidateUUID("migrations", m.FromNode); err != nil {
+			return structs.Invalid("migrations", "item %d: from_node: %v", i, err)
+		}
+		if err := structs.ValidateUUID("migrations", m.ToNode); err != nil {
+			return structs.Invalid("migrations", "item %d: to_node: %v", i, err)
+		}
+		if m.ToNode == m.FromNode {
+			return structs.Invalid("migrations", "item %d: to_node is from_node", i)
+		}
+	}
+	for _, l := range []struct {
+		field string
+		refs  []structs.AdoptionRef
+	}{{"announced", r.Announced}, {"expired_adoptions", r.ExpiredAdoptions}} {
+		if len(l.refs) > structs.MaxObservedVMs {
+			return structs.Invalid(l.field, "at most %d adoptions, got %d", structs.MaxObservedVMs, len(l.refs))
+		}
+		for i, c := range l.refs {
+			if err := structs.ValidateUUID(l.field, c.VMID); err != nil {
+				return structs.Invalid(l.field, "item %d: %v", i, err)
+			}
+			if c.Generation == 0 {
+				return structs.Invalid(l.field, "item %d: generation must be > 0", i)
+			}
+		}
+	}
+	if len(r.StaleDestroyed) > structs.MaxObservedVMs {
+		return structs.Invalid("stale_destroyed", "at most %d copies, got %d", structs.MaxObservedVMs, len(r.StaleDestroyed))
+	}
+	for i, o := range r.StaleDestroyed {
+		if err := structs.ValidateUUID("stale_destroyed", o.VMID); err != nil {
+			return structs.Invalid("stale_destroyed", "item %d: %v", i, err)
+		}
 	}
 	return nil
 }

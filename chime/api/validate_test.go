@@ -59,7 +59,7 @@ func TestCreateVMRequestValidate(t *testing.T) {
 }
 
 func TestHeartbeatValidateChecksEveryItem(t *testing.T) {
-	id := "6b1f8f4e-1c1d-4f0e-9a57-0f1f2e3d4c5b"
+	id, other := "6b1f8f4e-1c1d-4f0e-9a57-0f1f2e3d4c5b", "7c2f9f5e-2d2e-4f1f-8b68-1f2f3e4d5c6d"
 	good := structs.VMObservation{VMID: id, State: structs.StateRunning}
 	tests := []struct {
 		name string
@@ -74,7 +74,19 @@ func TestHeartbeatValidateChecksEveryItem(t *testing.T) {
 		{"too many faults", HeartbeatRequest{NodeID: id, Faults: make([]string, structs.MaxFaults+1)}, false},
 		{"valid migration", HeartbeatRequest{NodeID: id, Migrations: []structs.LocalMigration{{VMID: id, ToAddr: "10.0.0.2:4660", Generation: 3}}}, true},
 		{"bad migration item", HeartbeatRequest{NodeID: id, Migrations: []structs.LocalMigration{{VMID: "x"}}}, false},
+		{"valid destroyed stale copy", HeartbeatRequest{NodeID: id, StaleDestroyed: []structs.VMObservation{{VMID: id, State: structs.StateRunning, Generation: 4}}}, true},
+		{"bad destroyed stale copy", HeartbeatRequest{NodeID: id, StaleDestroyed: []structs.VMObservation{{VMID: "x"}}}, false},
+		{"too many destroyed stale copies", HeartbeatRequest{NodeID: id, StaleDestroyed: make([]structs.VMObservation, structs.MaxObservedVMs+1)}, false},
 		{"too many migrations", HeartbeatRequest{NodeID: id, Migrations: make([]structs.LocalMigration, structs.MaxObservedVMs+1)}, false},
+		{"valid migration with outcome", HeartbeatRequest{NodeID: id, Migrations: []structs.LocalMigration{{VMID: id, Generation: 3, FromNode: id, ToNode: other, Outcome: structs.LocalMigrationSucceeded}}}, true},
+		{"unknown outcome word", HeartbeatRequest{NodeID: id, Migrations: []structs.LocalMigration{{VMID: id, Generation: 3, FromNode: id, ToNode: other, Outcome: "maybe"}}}, false},
+		{"outcome without destination", HeartbeatRequest{NodeID: id, Migrations: []structs.LocalMigration{{VMID: id, Generation: 3, FromNode: id, Outcome: structs.LocalMigrationFailed}}}, false},
+		{"outcome without generation", HeartbeatRequest{NodeID: id, Migrations: []structs.LocalMigration{{VMID: id, FromNode: id, ToNode: other, Outcome: structs.LocalMigrationFailed}}}, false},
+		{"destination is the source", HeartbeatRequest{NodeID: id, Migrations: []structs.LocalMigration{{VMID: id, Generation: 3, FromNode: id, ToNode: id, Outcome: structs.LocalMigrationUnknown}}}, false},
+		{"valid announcement", HeartbeatRequest{NodeID: id, Announced: []structs.AdoptionRef{{VMID: other, Generation: 4}}}, true},
+		{"announcement without generation", HeartbeatRequest{NodeID: id, Announced: []structs.AdoptionRef{{VMID: other}}}, false},
+		{"bad expired adoption", HeartbeatRequest{NodeID: id, ExpiredAdoptions: []structs.AdoptionRef{{VMID: "x", Generation: 4}}}, false},
+		{"too many announcements", HeartbeatRequest{NodeID: id, Announced: make([]structs.AdoptionRef, structs.MaxObservedVMs+1)}, false},
 	}
 	for _, tt := range tests {
 		if err := tt.hb.Validate(); (err == nil) != tt.ok {

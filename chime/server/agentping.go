@@ -2,7 +2,9 @@ package server
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 
 	"github.com/chime-ha/chime/chime/api"
@@ -11,10 +13,15 @@ import (
 )
 
 // agentPinger is the ping-back's direct half: GET /v1/ping on the agent's
-// API. The heartbeat monitor sets the timeout on ctx.
+// API. The heartbeat monitor sets the timeout on ctx. The answer counts
+// only when it comes from the node pinged and registered
+// (heartbeat.CheckAnswer, uniqueness rule 10).
 type agentPinger struct{ client *http.Client }
 
 var _ heartbeat.Pinger = agentPinger{}
+
+// maxPingAnswer bounds the answer read: a node id, a name and a flag.
+const maxPingAnswer = 4 << 10
 
 func (p agentPinger) Ping(ctx context.Context, n structs.Node) error {
 	if n.APIAddr == "" {
@@ -28,9 +35,13 @@ func (p agentPinger) Ping(ctx context.Context, n structs.Node) error {
 	if err != nil {
 		return err
 	}
-	resp.Body.Close()
+	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		return fmt.Errorf("HTTP %d", resp.StatusCode)
 	}
-	return nil
+	var ans api.PingResponse
+	if err := json.NewDecoder(io.LimitReader(resp.Body, maxPingAnswer)).Decode(&ans); err != nil {
+		return fmt.Errorf("ping answer: %w", err)
+	}
+	return heartbeat.CheckAnswer(n, ans.NodeID, ans.Registered)
 }

@@ -27,7 +27,7 @@ func (s *Server) handleGetNode(w http.ResponseWriter, r *http.Request) (any, err
 }
 
 // handleNodeAction enables, disables, drains, evacuates or rebuilds a
-// node. The node is resolved before the body is read, so that an unknown
+// node, or resets its secret. The node is resolved before the body is read, so that an unknown
 // node answers 404 whatever the body says; an unknown action is the
 // endpoint's 404.
 func (s *Server) handleNodeAction(w http.ResponseWriter, r *http.Request) (any, error) {
@@ -43,7 +43,7 @@ func (s *Server) handleNodeAction(w http.ResponseWriter, r *http.Request) (any, 
 		if err := decodeOptional(r, &body); err != nil {
 			return nil, err
 		}
-	case endpoint.NodeEnable, endpoint.NodeDisable, endpoint.NodeDrain, endpoint.NodeEvacuate:
+	case endpoint.NodeEnable, endpoint.NodeDisable, endpoint.NodeDrain, endpoint.NodeEvacuate, endpoint.NodeResetSecret:
 		if err := decodeEmpty(r); err != nil {
 			return nil, err
 		}

@@ -64,8 +64,14 @@ func startSimAgent(t *testing.T, base []string, name string, every time.Duration
 			case <-t.C:
 			}
 			if a.alive.Load() {
+				// As a real agent, it names the desired state it applied:
+				// an unreachable node returns only with a current one.
 				ctx, cancel := context.WithTimeout(context.Background(), every)
-				c.Heartbeat(ctx, api.HeartbeatRequest{NodeID: a.id, VMs: []structs.VMObservation{}})
+				var idx uint64
+				if ds, err := c.Desired(ctx, api.QueryOptions{}); err == nil {
+					idx = ds.Index
+				}
+				c.Heartbeat(ctx, api.HeartbeatRequest{NodeID: a.id, VMs: []structs.VMObservation{}, DesiredIndex: idx})
 				cancel()
 			}
 		}

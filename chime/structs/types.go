@@ -70,9 +70,63 @@ type Node struct {
 	DrainAcked      bool      `json:"drain_acked"`                 // a heartbeat sent after the agent applied the drain listed every VM stopped
 	DrainIndex      uint64    `json:"drain_index,omitempty"`       // Raft index at which management became drained (a drain ack needs a desired index at least this)
 	Fenced          bool      `json:"fenced"`                      // an operator or fence command confirmed the node runs nothing
+	// SecretReset: an operator allowed the next registration of this node
+	// id to set a new secret (`chime node reset-secret`: the agent lost its
+	// data dir). Cleared by that registration.
+	SecretReset bool `json:"secret_reset,omitempty"`
+	// IdentityConflict is the last evidence that another agent claims this
+	// node (uniqueness rule 10): it answered the ping-back at the node's
+	// address as another node, or registered as this node from another
+	// address while the node was not unreachable. IdentityConflictAt is
+	// when it was last seen (leader's clock); the alarm resolves a while
+	// after.
+	IdentityConflict   string    `json:"identity_conflict,omitempty"`
+	IdentityConflictAt time.Time `json:"identity_conflict_at,omitzero"`
+	// StaleCopies are the copies of VMs placed elsewhere (or at an older
+	// generation) that the node's last judged heartbeat listed running, or
+	// reported destroyed since the heartbeat before: each is a uniqueness
+	// conflict (alarm UniquenessConflict) until a heartbeat shows it gone.
+	StaleCopies []StaleCopy `json:"stale_copies,omitempty"`
+	// ReturnRefused says why the last heartbeat of an unreachable node did
+	// not bring it back (uniqueness rule 9); empty once it returned.
+	ReturnRefused string `json:"return_refused,omitempty"`
 
 	CreateIndex uint64 `json:"create_index"`
 	ModifyIndex uint64 `json:"modify_index"`
+}
+
+// FaultStaleCopy is the fault the servers add to a node whose heartbeat
+// lists a running copy of a VM placed elsewhere or at an older
+// generation: such a node is never normal (uniqueness rule 9).
+const FaultStaleCopy = "runs a stale copy of a VM placed elsewhere"
+
+// StaleCopy is a copy of a VM that runs (or ran until the agent destroyed
+// it) on a node the VM is not placed on at that generation.
+type StaleCopy struct {
+	VMID             string    `json:"vm_id"`
+	Generation       uint64    `json:"generation"`                  // the copy's generation
+	PlacedOn         string    `json:"placed_on,omitempty"`         // node id of the VM's placement ("" while pending)
+	PlacedGeneration uint64    `json:"placed_generation,omitempty"` // the placement's generation
+	Destroyed        bool      `json:"destroyed,omitempty"`         // the agent found it running and destroyed it
+	Since            time.Time `json:"since"`                       // when the servers first saw it (leader's clock, carried in the command)
+	Ended            time.Time `json:"ended,omitzero"`              // when a heartbeat first showed it gone (zero: it runs)
+}
+
+// ConflictHold is how long a uniqueness conflict stays recorded (and its
+// alarm firing) after the copy was seen gone, so that a copy destroyed
+// before any heartbeat listed it still raises an alarm every leader's
+// alarmer sees.
+const ConflictHold = time.Minute
+
+// Running reports whether the stale copy still runs as far as the
+// servers know.
+func (c StaleCopy) Running() bool { return c.Ended.IsZero() }
+
+// StaleCopyOn reports whether a copy of the VM with generation gen on
+// nodeID is stale: the VM is not placed there at that generation (nor
+// adopted), and it is not the incoming copy of a live migration to nodeID.
+func (v *VM) StaleCopyOn(nodeID string, gen uint64) bool {
+	return !v.IncomingHere(nodeID) && !v.ObservationCurrent(nodeID, gen)
 }
 
 // VMSpec is what an operator asks for.
@@ -111,8 +165,14 @@ type VM struct {
 	// arrived on the placement node by live migration: the agent there
 	// keeps it (updating its metadata) instead of destroying it as stale.
 	AdoptGeneration uint64 `json:"adopt_generation,omitempty"`
-	CreateIndex     uint64 `json:"create_index"`
-	ModifyIndex     uint64 `json:"modify_index"`
+	// NodeLocal is a node-local migration of the VM (`chime agent
+	// migrate`) the servers know of before its outcome moved the
+	// placement: announced by the destination's agent, or reported by the
+	// source with an unknown outcome. While it is held (HeldByNodeLocal) no
+	// rebuild places the VM elsewhere. Any placement move clears it.
+	NodeLocal   *NodeLocalMigration `json:"node_local,omitempty"`
+	CreateIndex uint64              `json:"create_index"`
+	ModifyIndex uint64              `json:"modify_index"`
 }
 
 // DeriveState computes the VM's shown state from placement and observation.
@@ -236,11 +296,68 @@ type VMObservation struct {
 	Migrating bool `json:"migrating,omitempty"`
 }
 
-// LocalMigration is a node-local migration the agent performed without the servers.
+// LocalMigration is an entry of the source agent's migration log: a
+// node-local migration it performed without the servers. The agent keeps
+// it until the servers acknowledge having applied it (uniqueness rule 7).
+// Entries written before FromNode, ToNode and Outcome existed carry only
+// VMID, ToAddr and Generation; the servers then record an event and move
+// nothing.
 type LocalMigration struct {
 	VMID       string `json:"vm_id"`
 	ToAddr     string `json:"to_addr"`
+	Generation uint64 `json:"generation"` // the generation that left (or tried to)
+	// FromNode is the source node (the agent that logged the entry): the
+	// servers accept the entry only from that node.
+	FromNode string `json:"from_node,omitempty"`
+	// ToNode is the destination node's id as its agent named itself when
+	// it accepted the announcement.
+	ToNode string `json:"to_node,omitempty"`
+	// Outcome is libvirt's outcome as the source saw it: succeeded,
+	// failed (the domain is still on the source) or unknown (the call
+	// failed and the domain is gone from the source).
+	Outcome string `json:"outcome,omitempty"`
+}
+
+// AdoptionRef names an adoption announced to a node: the VM and the
+// generation that leaves its source.
+type AdoptionRef struct {
+	VMID       string `json:"vm_id"`
 	Generation uint64 `json:"generation"`
+}
+
+// Outcomes of a node-local migration, as the source's libvirt reported them.
+const (
+	LocalMigrationSucceeded = "succeeded"
+	LocalMigrationFailed    = "failed"
+	LocalMigrationUnknown   = "unknown"
+)
+
+// ValidLocalMigrationOutcome reports whether o is a known outcome ("" for
+// an entry of an agent that predates outcomes).
+func ValidLocalMigrationOutcome(o string) bool {
+	switch o {
+	case "", LocalMigrationSucceeded, LocalMigrationFailed, LocalMigrationUnknown:
+		return true
+	}
+	return false
+}
+
+// NodeLocalMigration is what the servers know of a node-local migration
+// of a VM whose outcome has not moved the placement yet: the destination
+// node, the generation that leaves the source, and the outcome the source
+// reported ("" while only announced).
+type NodeLocalMigration struct {
+	To         string `json:"to"`
+	Generation uint64 `json:"generation"`
+	Outcome    string `json:"outcome,omitempty"`
+}
+
+// HeldByNodeLocal reports whether a node-local migration of the VM whose
+// outcome is not known yet holds it: the VM may run on the destination, so
+// no rebuild of its placement node may start it elsewhere. A migration the
+// source reported failed holds nothing.
+func (v *VM) HeldByNodeLocal() bool {
+	return v.NodeLocal != nil && v.NodeLocal.Outcome != LocalMigrationFailed
 }
 
 // ObservationCurrent is the rule that decides whether an agent's report of

@@ -21,6 +21,7 @@ type names struct {
 	netns *regexp.Regexp // netns names
 	link  *regexp.Regexp // root-namespace bridges and veths
 	dir   *regexp.Regexp // per-host libvirt dirs, as bind-mount roots
+	lun   *regexp.Regexp // backing files of CreateLUN's loop devices
 }
 
 func namesFor(prefix string) names {
@@ -28,14 +29,17 @@ func namesFor(prefix string) names {
 	return names{
 		netns: regexp.MustCompile(`^` + p + `-hv[0-9]+$`),
 		link:  regexp.MustCompile(`^` + p + `(m0|b0|h[0-9]+[mb])$`),
-		dir:   regexp.MustCompile(`/` + p + `-hv[0-9]+/(run|lib|etc|log)/libvirt$`),
+		dir:   regexp.MustCompile(`/` + p + `-hv[0-9]+/((run|lib|etc|log)/libvirt|` + sanSub + `)$`),
+		lun:   regexp.MustCompile(`/shared/` + imagesSub + `/` + p + lunInfix + `[a-z0-9._-]+\.img( \(deleted\))?$`),
 	}
 }
 
 // Cleanup removes everything a lab with this prefix may have left behind
 // after a crash: processes in its namespaces or holding its per-host mounts
-// (qemu, libvirtd, virtlogd, agents), the namespaces, bridges and veths, and
-// stale mounts. It is safe when nothing exists.
+// (qemu, libvirtd, virtlogd, virtlockd, agents), the namespaces, bridges
+// and veths, stale mounts, and the loop devices of its LUNs. Killing
+// virtlockd releases the disk leases it held. It is safe when nothing
+// exists.
 func Cleanup(ctx context.Context, prefix string) error {
 	if !prefixRE.MatchString(prefix) {
 		return fmt.Errorf("cleanup: bad lab prefix %q", prefix)
@@ -87,7 +91,49 @@ func Cleanup(ctx context.Context, prefix string) error {
 	if err := unmountStale(n); err != nil {
 		errs = append(errs, fmt.Errorf("cleanup %s: %w", prefix, err))
 	}
+	if err := detachLUNs(ctx, n); err != nil {
+		errs = append(errs, fmt.Errorf("cleanup %s: %w", prefix, err))
+	}
 	return errors.Join(errs...)
+}
+
+// detachLUNs detaches the loop devices whose backing file is a LUN of the
+// prefix (CreateLUN).
+func detachLUNs(ctx context.Context, n names) error {
+	devs, err := lunDevices(n)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, dev := range devs {
+		if err := run(ctx, "losetup", "--detach", dev); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// lunDevices lists the loop devices ("/dev/loop3") backed by a LUN file of
+// the prefix.
+func lunDevices(n names) ([]string, error) {
+	entries, err := os.ReadDir("/sys/block")
+	if err != nil {
+		return nil, fmt.Errorf("list loop devices: %w", err)
+	}
+	var devs []string
+	for _, e := range entries {
+		if !strings.HasPrefix(e.Name(), "loop") {
+			continue
+		}
+		data, err := os.ReadFile("/sys/block/" + e.Name() + "/loop/backing_file")
+		if err != nil {
+			continue // not attached
+		}
+		if n.lun.MatchString(strings.TrimSpace(string(data))) {
+			devs = append(devs, "/dev/"+e.Name())
+		}
+	}
+	return devs, nil
 }
 
 // Exists reports whether anything of a lab with this prefix (a namespace or

@@ -26,8 +26,12 @@ var hostMounts = []struct{ sub, target string }{
 // private": the bind mounts live and die with the daemons' private mount
 // namespace, so nothing leaks into the root namespace. /var/cache/libvirt
 // (qemu capabilities) stays shared: the cache is valid for every host and
-// saves each libvirtd seconds of probing. $1 is the host dir, $2 is 1 when
-// virtlogd must be started too.
+// saves each libvirtd seconds of probing. The host's san/ dir goes over
+// /dev/chime-lab-san (SANDir), the one directory the lab creates in the
+// machine's /dev: its device nodes of the lab's LUNs. $1 is the host dir, $2 is 1 when
+// virtlogd must be started too, $3 is 1 when virtlockd must be: libvirtd
+// asks virtlockd for the disk leases of every domain it starts
+// (lock_manager = "lockd") and refuses the start when it does not answer.
 const startScript = `set -e
 d=$1
 mkdir -p /run/libvirt /var/lib/libvirt /etc/libvirt /var/log/libvirt /var/cache/libvirt
@@ -35,7 +39,10 @@ mount --bind "$d/run/libvirt" /run/libvirt
 mount --bind "$d/lib/libvirt" /var/lib/libvirt
 mount --bind "$d/etc/libvirt" /etc/libvirt
 mount --bind "$d/log/libvirt" /var/log/libvirt
+mkdir -p /dev/chime-lab-san
+mount --bind "$d/san" /dev/chime-lab-san
 if [ "$2" = 1 ]; then virtlogd -d -p /run/libvirt/virtlogd.pid; fi
+if [ "$3" = 1 ]; then virtlockd -d -p /run/libvirt/virtlockd.pid; fi
 exec libvirtd -d -l -p /run/libvirt/libvirtd.pid
 `
 
@@ -125,8 +132,8 @@ func (h *Host) StopLibvirtd(ctx context.Context) error {
 	return nil
 }
 
-// StartLibvirtd starts the host's libvirtd (and virtlogd if it is not
-// running) and waits until it answers. No-op when libvirtd already runs.
+// StartLibvirtd starts the host's libvirtd (and virtlogd and virtlockd if
+// they are not running) and waits until it answers. No-op when libvirtd already runs.
 func (h *Host) StartLibvirtd(ctx context.Context) error {
 	if _, ok := h.daemonPID("libvirtd"); ok {
 		return nil
@@ -165,8 +172,9 @@ func (h *Host) QemuProcesses(ctx context.Context) (map[string]int, error) {
 }
 
 // KillAll sends SIGKILL to every process in the host's namespace (qemu,
-// libvirtd, virtlogd, agents) and waits until none is left: the host "loses
-// power". Its network namespace and links stay.
+// libvirtd, virtlogd, virtlockd, agents) and waits until none is left: the
+// host "loses power", and the disk leases its virtlockd held are released
+// as a dead host's would be. Its network namespace and links stay.
 func (h *Host) KillAll(ctx context.Context) error {
 	h.log("lab: host %s kill all", h.Name)
 	if err := killNetns(ctx, h.NetnsPath()); err != nil {
@@ -192,7 +200,15 @@ func (h *Host) daemonPID(name string) (int, bool) {
 	return pid, true
 }
 
-func (h *Host) createDirs() error {
+// VirtlockdRunning reports whether the host's virtlockd process is alive.
+func (h *Host) VirtlockdRunning() bool {
+	_, ok := h.daemonPID("virtlockd")
+	return ok
+}
+
+// createDirs lays out the host's libvirt dirs and configuration; lockspace
+// is the lab's shared lease directory.
+func (h *Host) createDirs(lockspace string) error {
 	if err := os.RemoveAll(h.Dir); err != nil {
 		return fmt.Errorf("reset dir of %s: %w", h.Name, err)
 	}
@@ -200,6 +216,9 @@ func (h *Host) createDirs() error {
 		if err := os.MkdirAll(filepath.Join(h.Dir, m.sub), 0o755); err != nil {
 			return fmt.Errorf("dir of %s: %w", h.Name, err)
 		}
+	}
+	if err := os.MkdirAll(filepath.Join(h.Dir, sanSub), 0o755); err != nil {
+		return fmt.Errorf("dir of %s: %w", h.Name, err)
 	}
 	etc := filepath.Join(h.Dir, "etc/libvirt")
 	if err := copyConfFiles("/etc/libvirt", etc); err != nil {
@@ -214,11 +233,24 @@ tcp_port = "%d"
 host_uuid = "%s"
 log_outputs = "3:file:/var/log/libvirt/libvirtd.log"
 `, h.Name, LibvirtPort, h.HostUUID),
+		// Disk leases through virtlockd: a second start of a disk image
+		// that a qemu on any host holds is refused (uniqueness rule 12).
 		"qemu.conf": `user = "root"
 group = "root"
 security_driver = "none"
+lock_manager = "lockd"
 `,
+		// One lease file per disk (named by the SHA-256 of its path) in
+		// the lockspace on the shared storage, which every host sees at
+		// the same path: the same scheme works for block devices, whose
+		// own fcntl locks would be host-local.
+		"qemu-lockd.conf": fmt.Sprintf(`auto_disk_leases = 1
+require_lease_for_disks = 1
+file_lockspace_dir = "%s"
+`, lockspace),
 		"virtlogd.conf": `log_outputs = "3:file:/var/log/libvirt/virtlogd.log"
+`,
+		"virtlockd.conf": `log_outputs = "3:file:/var/log/libvirt/virtlockd.log"
 `,
 	}
 	for name, content := range files {
@@ -288,16 +320,19 @@ func (h *Host) startDaemons(ctx context.Context) error {
 		return fmt.Errorf("start daemons of %s: %w", h.Name, err)
 	}
 	defer logf.Close()
-	withLogd := "0"
+	withLogd, withLockd := "0", "0"
 	if _, ok := h.daemonPID("virtlogd"); !ok {
 		withLogd = "1"
+	}
+	if _, ok := h.daemonPID("virtlockd"); !ok {
+		withLockd = "1"
 	}
 	// A stale pid file would make waitLibvirtd report the new daemon dead.
 	if err := os.Remove(filepath.Join(h.Dir, "run/libvirt/libvirtd.pid")); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("start daemons of %s: %w", h.Name, err)
 	}
-	h.log("lab: host %s start libvirtd (virtlogd too: %s)", h.Name, withLogd)
-	cmd := h.Command(ctx, "unshare", "-m", "--propagation", "private", "sh", "-c", startScript, "sh", h.Dir, withLogd)
+	h.log("lab: host %s start libvirtd (virtlogd too: %s, virtlockd too: %s)", h.Name, withLogd, withLockd)
+	cmd := h.Command(ctx, "unshare", "-m", "--propagation", "private", "sh", "-c", startScript, "sh", h.Dir, withLogd, withLockd)
 	// Files, not pipes: the daemons inherit them, and Wait must not wait
 	// for daemons to close a pipe.
 	cmd.Stdout = logf

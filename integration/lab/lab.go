@@ -97,7 +97,27 @@ type Lab struct {
 	// ServerIPs are extra root-namespace addresses on the management bridge
 	// for up to three chime servers (10.231.X.2-4).
 	ServerIPs []string
+	// SharedDir is the lab's shared storage, Dir/shared: every host sees it
+	// at the same path, as hypervisors see an NFS export. Disk images go in
+	// ImagesDir, the virtlockd lease files in LockspaceDir.
+	SharedDir string
 }
+
+// The sub-directories of the shared storage.
+const (
+	imagesSub    = "images"
+	lockspaceSub = "lockd"
+	// lunInfix sits between prefix and name in a LUN's backing file, by
+	// which Cleanup finds the loop devices of a prefix.
+	lunInfix = "-lun-"
+)
+
+// ImagesDir is where CreateDisk puts disk images (SharedDir/images).
+func (l *Lab) ImagesDir() string { return filepath.Join(l.SharedDir, imagesSub) }
+
+// LockspaceDir is the lease directory every host's virtlockd locks in
+// (SharedDir/lockd; qemu-lockd.conf file_lockspace_dir).
+func (l *Lab) LockspaceDir() string { return filepath.Join(l.SharedDir, lockspaceSub) }
 
 // Host is one hypervisor host: a network namespace with its own libvirtd.
 type Host struct {
@@ -151,9 +171,9 @@ func Requirements() error {
 	if os.Geteuid() != 0 {
 		errs = append(errs, errors.New("not running as root"))
 	}
-	for _, bin := range []string{"ip", "unshare", "mount", "sh", "libvirtd", "virtlogd", "virsh"} {
+	for _, bin := range []string{"ip", "unshare", "mount", "sh", "libvirtd", "virtlogd", "virtlockd", "virsh", "qemu-img", "losetup"} {
 		if _, err := exec.LookPath(bin); err != nil {
-			errs = append(errs, fmt.Errorf("%s not found in PATH", bin))
+			errs = append(errs, fmt.Errorf("%s not found in PATH (scripts/install-deps.sh installs it)", bin))
 		}
 	}
 	if _, err := qemuBinary(); err != nil {
@@ -236,6 +256,7 @@ func newLab(cfg Config, x int) *Lab {
 		BizBridge:    cfg.Prefix + "b0",
 		MgmtBridgeIP: subnetAddr(mgmt, 1),
 		BizBridgeIP:  subnetAddr(biz, 1),
+		SharedDir:    filepath.Join(cfg.Dir, "shared"),
 	}
 	for i := 0; i < MaxServers; i++ {
 		l.ServerIPs = append(l.ServerIPs, subnetAddr(mgmt, 2+i))
@@ -298,9 +319,12 @@ func createBridges(ctx context.Context, cfg Config) (*Lab, error) {
 
 func (l *Lab) build(ctx context.Context) error {
 	log := l.Cfg.Log
+	if err := l.createShared(); err != nil {
+		return err
+	}
 	for _, h := range l.Hosts {
 		log("lab %s: host %s netns %s mgmt %s biz %s", l.Cfg.Prefix, h.Name, h.Netns, h.MgmtIP, h.BizIP)
-		if err := h.createDirs(); err != nil {
+		if err := h.createDirs(l.LockspaceDir()); err != nil {
 			return err
 		}
 		if err := h.createNetns(ctx, l.MgmtBridge, l.BizBridge); err != nil {
@@ -330,9 +354,103 @@ func (l *Lab) build(ctx context.Context) error {
 	return nil
 }
 
-// Down kills every process of the lab's hosts (qemu, libvirtd, virtlogd) and
-// deletes the namespaces, links and bridges. It keeps Dir (logs) and is
-// idempotent.
+// createShared empties the shared storage and creates its images and
+// lockspace directories. Up runs it after Cleanup, so no virtlockd of an
+// earlier lab of this prefix holds a lease in it any more.
+func (l *Lab) createShared() error {
+	if err := os.RemoveAll(l.SharedDir); err != nil {
+		return fmt.Errorf("reset shared storage: %w", err)
+	}
+	for _, d := range []string{l.ImagesDir(), l.LockspaceDir()} {
+		// 0700: virtlockd creates its lockspace so, and leases are root's.
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return fmt.Errorf("shared storage: %w", err)
+		}
+	}
+	return nil
+}
+
+// diskNameRE keeps disk image names to a plain file name.
+var diskNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
+
+// CreateDisk creates an empty qcow2 image of sizeMiB in ImagesDir with
+// qemu-img and returns its absolute path, the same on every host.
+func (l *Lab) CreateDisk(ctx context.Context, name string, sizeMiB int) (string, error) {
+	if !diskNameRE.MatchString(name) {
+		return "", fmt.Errorf("create disk: name %q: want 1-63 lower-case letters, digits, '.', '_' or '-'", name)
+	}
+	if sizeMiB < 1 {
+		return "", fmt.Errorf("create disk %s: size %d MiB: must be at least 1", name, sizeMiB)
+	}
+	path := filepath.Join(l.ImagesDir(), name+".qcow2")
+	if _, err := os.Stat(path); err == nil {
+		return "", fmt.Errorf("create disk %s: %s exists", name, path)
+	}
+	if err := run(ctx, "qemu-img", "create", "-q", "-f", "qcow2", path, strconv.Itoa(sizeMiB)+"M"); err != nil {
+		return "", fmt.Errorf("create disk %s: %w", name, err)
+	}
+	l.Cfg.Log("lab %s: disk %s (%d MiB)", l.Cfg.Prefix, path, sizeMiB)
+	return path, nil
+}
+
+// SANDir is where every host sees its device nodes of the lab's LUNs
+// (CreateLUN): its own Dir/san, bind-mounted there. Under /dev, as real
+// LUNs are, so that chime's driver renders them as block devices.
+const SANDir = "/dev/chime-lab-san"
+
+// sanSub is the per-host directory bind-mounted over SANDir.
+const sanSub = "san"
+
+// CreateLUN simulates a LUN of a SAN: a block device every host reaches
+// through a device node of its own at the same path (SANDir/name), as
+// hypervisors see one LUN as /dev/mapper/… each. The host's processes
+// (libvirtd, qemu) see the node; the root namespace, where agents run,
+// does not. It is a loop device over a
+// file in ImagesDir. Being distinct inodes, the nodes share no file lock
+// (qemu's own image lock sees nothing of the other host), so only the
+// lockspace on the shared storage keeps two hosts off the LUN, as on a real
+// SAN. Cleanup detaches the loop device. It returns the path to give
+// libvirt (<disk type='block'><source dev=…/>).
+func (l *Lab) CreateLUN(ctx context.Context, name string, sizeMiB int) (string, error) {
+	if !diskNameRE.MatchString(name) {
+		return "", fmt.Errorf("create lun: name %q: want 1-63 lower-case letters, digits, '.', '_' or '-'", name)
+	}
+	if sizeMiB < 1 {
+		return "", fmt.Errorf("create lun %s: size %d MiB: must be at least 1", name, sizeMiB)
+	}
+	backing := filepath.Join(l.ImagesDir(), l.Cfg.Prefix+lunInfix+name+".img")
+	f, err := os.OpenFile(backing, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return "", fmt.Errorf("create lun %s: %w", name, err)
+	}
+	err = f.Truncate(int64(sizeMiB) << 20)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return "", fmt.Errorf("create lun %s: %w", name, err)
+	}
+	out, err := output(ctx, "losetup", "--find", "--show", backing)
+	if err != nil {
+		return "", fmt.Errorf("create lun %s: %w", name, err)
+	}
+	dev := strings.TrimSpace(string(out))
+	var st syscall.Stat_t
+	if err := syscall.Stat(dev, &st); err != nil {
+		return "", fmt.Errorf("create lun %s: %s: %w", name, dev, err)
+	}
+	for _, h := range l.Hosts {
+		if err := syscall.Mknod(filepath.Join(h.Dir, sanSub, name), syscall.S_IFBLK|0o600, int(st.Rdev)); err != nil {
+			return "", fmt.Errorf("create lun %s on %s: %w", name, h.Name, err)
+		}
+	}
+	l.Cfg.Log("lab %s: lun %s (%d MiB) on %s, %s on every host", l.Cfg.Prefix, name, sizeMiB, dev, filepath.Join(SANDir, name))
+	return filepath.Join(SANDir, name), nil
+}
+
+// Down kills every process of the lab's hosts (qemu, libvirtd, virtlogd,
+// virtlockd) and deletes the namespaces, links and bridges. It keeps Dir
+// (logs, shared storage) and is idempotent.
 func (l *Lab) Down(ctx context.Context) error {
 	l.Cfg.Log("lab %s: down", l.Cfg.Prefix)
 	return Cleanup(ctx, l.Cfg.Prefix)

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -32,7 +33,7 @@ func requireLab(t *testing.T) {
 func TestNamesMatchOnlyTheirPrefix(t *testing.T) {
 	tests := []struct {
 		prefix, name string
-		kind         string // netns, link or dir
+		kind         string // netns, link, dir or lun
 		want         bool
 	}{
 		{"chime", "chime-hv1", "netns", true},
@@ -50,12 +51,19 @@ func TestNamesMatchOnlyTheirPrefix(t *testing.T) {
 		{"chime", "/tmp/x/chime-hv2/run/libvirt", "dir", true},
 		{"chime", "/tmp/x/chime-hv2/lib/libvirt", "dir", true},
 		{"chime", "/tmp/x/chimet-hv2/run/libvirt", "dir", false},
+		{"chime", "/tmp/x/chime-hv2/san", "dir", true},
+		{"chime", "/tmp/x/chime-hv2/sand", "dir", false},
 		{"chime", "/run/libvirt", "dir", false},
+		{"chime", "/tmp/x/shared/images/chime-lun-lun1.img", "lun", true},
+		{"chime", "/tmp/x/shared/images/chime-lun-lun1.img (deleted)", "lun", true},
+		{"chime", "/tmp/x/shared/images/chimet-lun-lun1.img", "lun", false},
+		{"chime", "/tmp/x/shared/images/img1.qcow2", "lun", false},
+		{"chime", "/tmp/chime-lun-lun1.img", "lun", false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.prefix+"/"+tt.kind+"/"+tt.name, func(t *testing.T) {
 			n := namesFor(tt.prefix)
-			re := map[string]interface{ MatchString(string) bool }{"netns": n.netns, "link": n.link, "dir": n.dir}[tt.kind]
+			re := map[string]interface{ MatchString(string) bool }{"netns": n.netns, "link": n.link, "dir": n.dir, "lun": n.lun}[tt.kind]
 			if got := re.MatchString(tt.name); got != tt.want {
 				t.Fatalf("%s %q matches prefix %q: got %v, want %v", tt.kind, tt.name, tt.prefix, got, tt.want)
 			}
@@ -320,7 +328,16 @@ func TestCleanupAfterCrash(t *testing.T) {
 	}
 	orphans, err := orphanPids(namesFor(prefix))
 	if err != nil || len(orphans) == 0 {
-		t.Fatalf("orphaned daemons of %s: %v (%v), want libvirtd and virtlogd", h.Name, orphans, err)
+		t.Fatalf("orphaned daemons of %s: %v (%v), want libvirtd, virtlogd and virtlockd", h.Name, orphans, err)
+	}
+	var comms []string
+	for _, p := range orphans {
+		comms = append(comms, procComm(p))
+	}
+	for _, want := range []string{"libvirtd", "virtlogd", "virtlockd"} {
+		if !slices.Contains(comms, want) {
+			t.Fatalf("orphaned daemons of %s: %v, want %s among them", h.Name, comms, want)
+		}
 	}
 	if err := Cleanup(ctx, prefix); err != nil {
 		t.Fatalf("cleanup: %v", err)
@@ -333,7 +350,23 @@ func TestCleanupAfterCrash(t *testing.T) {
 	}
 }
 
-func testDomainXML(name, uuid string) string {
+// testDomainXML is a 64 MiB guest without OS, with the given disks
+// (virtio, cache none as chime's driver renders them): qcow2 image files,
+// or raw block devices for the LUNs under SANDir.
+func testDomainXML(name, uuid string, disks ...string) string {
+	var devs strings.Builder
+	for i, d := range disks {
+		kind, format, attr := "file", "qcow2", "file"
+		if strings.HasPrefix(d, SANDir+"/") {
+			kind, format, attr = "block", "raw", "dev"
+		}
+		fmt.Fprintf(&devs, `    <disk type='%s' device='disk'>
+      <driver name='qemu' type='%s' cache='none'/>
+      <source %s='%s'/>
+      <target dev='vd%c' bus='virtio'/>
+    </disk>
+`, kind, format, attr, d, 'a'+i)
+	}
 	return fmt.Sprintf(`<domain type='%s'>
   <name>%s</name>
   <uuid>%s</uuid>
@@ -341,9 +374,175 @@ func testDomainXML(name, uuid string) string {
   <vcpu>1</vcpu>
   <os><type arch='x86_64'>hvm</type><boot dev='hd'/></os>
   <devices>
-    <serial type='pty'/>
+%s    <serial type='pty'/>
     <console type='pty'/>
   </devices>
 </domain>
-`, DomainType(), name, uuid)
+`, DomainType(), name, uuid, devs.String())
+}
+
+// defineDomain defines a test domain on h from testDomainXML.
+func defineDomain(t *testing.T, ctx context.Context, h *Host, name, uuid string, disks ...string) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), name+".xml")
+	if err := os.WriteFile(path, []byte(testDomainXML(name, uuid, disks...)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.Virsh(ctx, "define", path); err != nil {
+		t.Fatalf("define %s on %s: %v", name, h.Name, err)
+	}
+}
+
+// leaseRefused is virtlockd's refusal of a disk lease, as virsh prints it:
+// "resource busy: Lockspace resource '<sha256 of the path>' is locked".
+func leaseRefused(err error) bool {
+	return err != nil && strings.Contains(err.Error(), "Lockspace resource") && strings.Contains(err.Error(), "is locked")
+}
+
+// imageLocked is qemu's own refusal of an image another qemu has open.
+func imageLocked(err error) bool {
+	return err != nil && strings.Contains(err.Error(), `Failed to get "write" lock`)
+}
+
+// TestSharedStorageDiskLock checks the lab's second wall (DESIGN.md
+// uniqueness rule 12): every host runs a virtlockd with its lockspace on the
+// shared storage, and libvirt refuses to start a domain on one host whose
+// disk a qemu on another host holds.
+//
+// A LUN (one block device, a device node of its own on each host) shows
+// that the refusal is virtlockd's: qemu's own image lock cannot see across
+// the two nodes, so without the lockspace both starts would succeed. A qcow2
+// file on the shared storage is refused too (there qemu's image lock, taken
+// when qemu opens the image, fires before libvirt asks for the lease at CPU
+// start). Once the first copy stops, or its host loses power (its virtlockd
+// dies with it), the other host can start the disk.
+func TestSharedStorageDiskLock(t *testing.T) {
+	requireLab(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Minute)
+	defer cancel()
+	const prefix = "chimel"
+	l, err := Up(ctx, Config{Prefix: prefix, Hosts: 2, Dir: t.TempDir(), Log: t.Logf})
+	if err != nil {
+		t.Fatalf("up: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := l.Down(context.Background()); err != nil {
+			t.Errorf("down in cleanup: %v", err)
+		}
+		if devs, err := lunDevices(namesFor(prefix)); err != nil || len(devs) > 0 {
+			t.Errorf("loop devices of the lab's LUNs after down: %v (%v)", devs, err)
+		}
+	})
+	t.Logf("domain type %s", DomainType())
+	hv1, hv2 := l.Hosts[0], l.Hosts[1]
+	for _, h := range l.Hosts {
+		if !h.VirtlockdRunning() {
+			t.Fatalf("%s: no virtlockd after up", h.Name)
+		}
+	}
+	for _, bad := range []string{"../escape", "", "A"} {
+		if _, err := l.CreateDisk(ctx, bad, 16); err == nil {
+			t.Errorf("CreateDisk accepted the name %q", bad)
+		}
+		if _, err := l.CreateLUN(ctx, bad, 16); err == nil {
+			t.Errorf("CreateLUN accepted the name %q", bad)
+		}
+	}
+	start := func(h *Host, uuid string) error {
+		_, err := h.Virsh(ctx, "start", uuid)
+		return err
+	}
+	mustStart := func(h *Host, uuid, what string) {
+		t.Helper()
+		if err := start(h, uuid); err != nil {
+			t.Fatalf("%s: start on %s: %v", what, h.Name, err)
+		}
+	}
+	noQemu := func(h *Host, what string) {
+		t.Helper()
+		if p, err := h.QemuProcesses(ctx); err != nil || len(p) > 0 {
+			t.Fatalf("%s: qemu processes on %s after the refusal: %v (%v)", what, h.Name, p, err)
+		}
+	}
+
+	t.Run("lun: virtlockd refuses a second host", func(t *testing.T) {
+		lun, err := l.CreateLUN(ctx, "lun1", 16)
+		if err != nil {
+			t.Fatal(err)
+		}
+		u1, u2 := randomUUID(), randomUUID()
+		defineDomain(t, ctx, hv1, "lun-a", u1, lun)
+		defineDomain(t, ctx, hv2, "lun-b", u2, lun)
+		mustStart(hv1, u1, "first copy")
+		if leases, _ := os.ReadDir(l.LockspaceDir()); len(leases) == 0 {
+			t.Errorf("lockspace %s is empty while %s runs a domain with a disk", l.LockspaceDir(), hv1.Name)
+		}
+		refused := func(h *Host, uuid, what string) {
+			t.Helper()
+			err := start(h, uuid)
+			if !leaseRefused(err) {
+				t.Fatalf("%s: start on %s: %v; want virtlockd's lease refusal", what, h.Name, err)
+			}
+			t.Logf("%s: %s refused: %v", what, h.Name, err)
+		}
+		refused(hv2, u2, "hv1 runs the lun")
+		noQemu(hv2, "hv1 runs the lun")
+
+		// virtlockd, not libvirtd, holds the lease: a libvirtd restart keeps it.
+		if err := hv1.StopLibvirtd(ctx); err != nil {
+			t.Fatal(err)
+		}
+		refused(hv2, u2, "hv1's libvirtd down")
+		if err := hv1.StartLibvirtd(ctx); err != nil {
+			t.Fatal(err)
+		}
+		refused(hv2, u2, "hv1's libvirtd back")
+
+		if _, err := hv1.Virsh(ctx, "destroy", u1); err != nil {
+			t.Fatal(err)
+		}
+		mustStart(hv2, u2, "hv1's copy stopped")
+		refused(hv1, u1, "hv2 runs the lun")
+
+		// Power loss releases the lease: the dead host's virtlockd is gone.
+		if err := hv2.KillAll(ctx); err != nil {
+			t.Fatal(err)
+		}
+		mustStart(hv1, u1, "hv2 lost power")
+		if err := hv2.StartLibvirtd(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if !hv2.VirtlockdRunning() {
+			t.Fatalf("%s: StartLibvirtd did not start virtlockd again", hv2.Name)
+		}
+		refused(hv2, u2, "hv2 powered on again")
+		noQemu(hv2, "hv2 powered on again")
+		if _, err := hv1.Virsh(ctx, "destroy", u1); err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	t.Run("qcow2 image: a second host is refused", func(t *testing.T) {
+		disk, err := l.CreateDisk(ctx, "img1", 16)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := l.CreateDisk(ctx, "img1", 16); err == nil {
+			t.Errorf("CreateDisk overwrote %s", disk)
+		}
+		u1, u2 := randomUUID(), randomUUID()
+		defineDomain(t, ctx, hv1, "img-a", u1, disk)
+		defineDomain(t, ctx, hv2, "img-b", u2, disk)
+		mustStart(hv1, u1, "first copy")
+		err = start(hv2, u2)
+		if !leaseRefused(err) && !imageLocked(err) {
+			t.Fatalf("start on %s while %s runs the image: %v; want a lock refusal", hv2.Name, hv1.Name, err)
+		}
+		t.Logf("%s refused: %v", hv2.Name, err)
+		noQemu(hv2, "hv1 runs the image")
+		if _, err := hv1.Virsh(ctx, "destroy", u1); err != nil {
+			t.Fatal(err)
+		}
+		mustStart(hv2, u2, "hv1's copy stopped")
+	})
 }

@@ -22,6 +22,7 @@ type State struct {
 	MgmtBridgeIP string      `json:"mgmt_bridge_ip"`
 	BizBridgeIP  string      `json:"biz_bridge_ip"`
 	ServerIPs    []string    `json:"server_ips"`
+	SharedDir    string      `json:"shared_dir"`
 	DomainType   string      `json:"domain_type"`
 	Hosts        []HostState `json:"hosts"`
 }
@@ -54,6 +55,7 @@ func (l *Lab) State() State {
 		MgmtBridgeIP: l.MgmtBridgeIP,
 		BizBridgeIP:  l.BizBridgeIP,
 		ServerIPs:    l.ServerIPs,
+		SharedDir:    l.SharedDir,
 		DomainType:   DomainType(),
 	}
 	for _, h := range l.Hosts {
@@ -105,6 +107,7 @@ func Load(dir string, log func(format string, args ...any)) (*Lab, error) {
 		MgmtBridgeIP: s.MgmtBridgeIP,
 		BizBridgeIP:  s.BizBridgeIP,
 		ServerIPs:    s.ServerIPs,
+		SharedDir:    s.SharedDir,
 	}
 	for _, h := range s.Hosts {
 		l.Hosts = append(l.Hosts, &Host{

@@ -318,17 +318,19 @@ func (t simTicker) Stop()               { t.t.Stop() }
 // /v1/adopt on its agent API), over the network the address is on.
 type simAnnouncer struct{ h *Host }
 
-func (a simAnnouncer) AnnounceAdoption(ctx context.Context, dest string, ad store.Adoption) error {
+func (a simAnnouncer) AnnounceAdoption(ctx context.Context, dest string, ad store.Adoption) (string, error) {
 	s := a.h.sim
 	name, k, ok := s.machineAt(dest)
 	d := s.Host(name)
 	if !ok || d == nil {
-		return fmt.Errorf("announce adoption to %s: no agent there", dest)
+		return "", fmt.Errorf("announce adoption to %s: no agent there", dest)
 	}
-	_, err := Send(s.Net, a.h.Name, d.Name, k, "adopt "+ad.Name, func() (struct{}, error) {
-		return struct{}{}, wireError(d.proc.a.Adopt(ad))
+	return Send(s.Net, a.h.Name, d.Name, k, "adopt "+ad.Name, func() (string, error) {
+		if err := d.proc.a.Adopt(ctx, ad); err != nil {
+			return "", wireError(err)
+		}
+		return d.proc.a.NodeID(), nil
 	})
-	return err
 }
 
 // storageProbe is the agent's write probe of a storage path: it fails

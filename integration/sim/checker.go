@@ -212,6 +212,12 @@ func (c *Checker) checkNormalClean(l *Server, running map[string][]RunningQemu, 
 			if c.s.localMigrationGrace(q.UUID, h.Name) {
 				continue
 			}
+			if nl := vm.NodeLocal; vm.HeldByNodeLocal() && nl.To == n.ID && nl.Generation == q.Generation {
+				// The servers know this copy may be here (the node announced
+				// the node-local migration, or the source reported it with
+				// an unknown outcome) and hold the VM for it: not stale.
+				continue
+			}
 			key := fmt.Sprintf("%s %s %s %d", InvNormalClean, h.Name, q.UUID, q.Generation)
 			now[key] = fmt.Sprintf("node %s (%s) is normal while it runs vm %s generation %d, placed on %s generation %d",
 				n.Name, h.Name, structs.ShortID(q.UUID), q.Generation, c.nodeName(l, vm.NodeID), vm.Generation)

@@ -137,7 +137,8 @@ func (d *leaderDuties) stop() {
 
 // pinger is the monitor's direct ping-back: GET /v1/ping on the agent, over
 // the management network from the leader to the node's host. It answers
-// when the agent process runs and is not frozen.
+// when the agent process runs and is not frozen, with the agent's own
+// answer, judged as the server's pinger judges it (heartbeat.CheckAnswer).
 type pinger struct{ s *Server }
 
 func (p pinger) Ping(ctx context.Context, n structs.Node) error {
@@ -145,10 +146,17 @@ func (p pinger) Ping(ctx context.Context, n structs.Node) error {
 	if !ok {
 		return fmt.Errorf("ping %s: no machine at %s", n.Name, n.APIAddr)
 	}
-	_, err := Send(p.s.c.sim.Net, p.s.Name, host, k, "ping "+n.Name, func() (struct{}, error) {
-		return struct{}{}, nil
+	ans, err := Send(p.s.c.sim.Net, p.s.Name, host, k, "ping "+n.Name, func() (api.PingResponse, error) {
+		h := p.s.c.sim.Host(host)
+		if h == nil || h.proc == nil {
+			return api.PingResponse{}, ErrUnreachable
+		}
+		return h.proc.a.Ping(), nil
 	})
-	return err
+	if err != nil {
+		return err
+	}
+	return heartbeat.CheckAnswer(n, ans.NodeID, ans.Registered)
 }
 
 // gossipView is memberlist's liveness hint as the leader sees it: the

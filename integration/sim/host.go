@@ -39,7 +39,8 @@ type Host struct {
 func newHost(s *Sim, name string) (*Host, error) {
 	h := &Host{sim: s, Name: name, dir: filepath.Join(s.cfg.Dir, "hosts", name), powered: true, hvFaults: map[Op]int{}}
 	hv, err := NewHypervisor(HypervisorConfig{Name: name, Clock: s.E.Now, World: s, Fault: h.hvFault,
-		VCPUs: s.cfg.HostVCPUs, MemoryMiB: s.cfg.HostMemoryMiB, Migration: s.decideMigration})
+		VCPUs: s.cfg.HostVCPUs, MemoryMiB: s.cfg.HostMemoryMiB, Migration: s.decideMigration,
+		UUIDSource: RandReader{s.E}})
 	if err != nil {
 		return nil, err
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/url"
 	"slices"
 	"strings"
@@ -48,6 +49,7 @@ const (
 	OpUndefine Op = "undefine"
 	OpMigrate  Op = "migrate"
 	OpCapacity Op = "capacity"
+	OpHostUUID Op = "hostuuid"
 )
 
 // Call is one call of the driver's API on one host.
@@ -148,6 +150,14 @@ type HypervisorConfig struct {
 	EventBuffer int
 	Fault       FaultFunc        // nil: no call fails by injection
 	Migration   MigrationDecider // nil: every migration succeeds
+	// UUIDSource is where the host's UUID (libvirt's <host><uuid>) is drawn
+	// from, once, at the first HostUUID call; it is the host's for good
+	// (a lost disk or a libvirtd restart keeps it, as host_uuid in
+	// libvirtd.conf or the board's SMBIOS would). The simulator passes the
+	// run's random source: the draw then happens where the agent used to
+	// draw a random node id, so runs keep their sequence of draws. nil: a
+	// name-based UUID.
+	UUIDSource io.Reader
 }
 
 // lockOrder hands out the order in which hypervisors are locked together
@@ -172,6 +182,9 @@ type Hypervisor struct {
 	fault  FaultFunc
 	decide MigrationDecider
 	order  uint64 // lock order among hypervisors
+	uuids  io.Reader
+
+	hostUUID string // drawn at the first HostUUID call
 
 	mu          sync.Mutex
 	domains     map[string]*domain // by canonical uuid
@@ -210,7 +223,7 @@ func NewHypervisor(cfg HypervisorConfig) (*Hypervisor, error) {
 	return &Hypervisor{
 		name: cfg.Name, clock: cfg.Clock, world: cfg.World,
 		vcpus: cfg.VCPUs, memMiB: cfg.MemoryMiB, bufLen: cfg.EventBuffer,
-		fault: cfg.Fault, decide: cfg.Migration, order: lockOrder.Add(1),
+		fault: cfg.Fault, decide: cfg.Migration, order: lockOrder.Add(1), uuids: cfg.UUIDSource,
 		domains:     map[string]*domain{},
 		ignoresACPI: map[string]bool{},
 		powered:     true, libvirtd: true, open: true,
@@ -259,6 +272,42 @@ func (h *Hypervisor) Capacity(ctx context.Context) (int, int, error) {
 		return 0, 0, fmt.Errorf("host capacity: %w", f.Err)
 	}
 	return h.vcpus, h.memMiB, nil
+}
+
+// HostUUID returns the host's UUID, as the driver reads it from libvirt's
+// capabilities: drawn from the UUIDSource on the first call, the same ever
+// after.
+func (h *Hypervisor) HostUUID(ctx context.Context) (string, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	f, err := h.enter(ctx, Call{Op: OpHostUUID}, "get capabilities")
+	if err != nil {
+		return "", fmt.Errorf("host uuid: %w", err)
+	}
+	if f.Err != nil {
+		return "", fmt.Errorf("host uuid: %w", f.Err)
+	}
+	if h.hostUUID == "" {
+		if h.uuids == nil {
+			h.hostUUID = uuid.NewSHA1(uuid.NameSpaceOID, []byte("chime-sim-host:"+h.name)).String()
+		} else {
+			u, err := uuid.NewRandomFromReader(h.uuids)
+			if err != nil {
+				return "", fmt.Errorf("host uuid: %w", err)
+			}
+			h.hostUUID = u.String()
+		}
+	}
+	return h.hostUUID, nil
+}
+
+// SetHostUUID gives the host another UUID (libvirtd's host_uuid changed, or
+// a host cloned from another's image): the fault behind two agents claiming
+// one node.
+func (h *Hypervisor) SetHostUUID(u string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.hostUUID = u
 }
 
 // List returns every domain, chime's or not, sorted by UUID. A running

@@ -32,6 +32,10 @@ type RandomConfig struct {
 	// NoLostState keeps power losses and agent crashes from losing the
 	// local disk or the agent's state dir.
 	NoLostState bool
+	// AlwaysLoseState makes every power loss lose the local disk and every
+	// agent crash the state dir (the same draws are made: only their
+	// outcome is forced).
+	AlwaysLoseState bool
 }
 
 func (c *RandomConfig) defaults() {
@@ -66,11 +70,11 @@ type faultKind struct {
 }
 
 type gen struct {
-	noLies, noLostState bool
-	r                   *rand.Rand
-	cfg                 RandomConfig
-	hosts               []string
-	vms                 []string
+	noLies, noLostState, alwaysLose bool
+	r                               *rand.Rand
+	cfg                             RandomConfig
+	hosts                           []string
+	vms                             []string
 }
 
 func (g *gen) host() string   { return g.hosts[g.r.IntN(len(g.hosts))] }
@@ -86,7 +90,7 @@ var faultKinds = []faultKind{
 	{"power", 3, func(g *gen) ([]string, []string) {
 		h := g.host()
 		lose := []string{"power-off", h}
-		if g.r.IntN(3) == 0 && !g.noLostState {
+		if (g.r.IntN(3) == 0 || g.alwaysLose) && !g.noLostState {
 			lose = append(lose, "lose-disk")
 		}
 		return lose, []string{"power-on", h}
@@ -94,7 +98,7 @@ var faultKinds = []faultKind{
 	{"agent-crash", 3, func(g *gen) ([]string, []string) {
 		h := g.host()
 		c := []string{"agent-crash", h}
-		if g.r.IntN(3) == 0 && !g.noLostState {
+		if (g.r.IntN(3) == 0 || g.alwaysLose) && !g.noLostState {
 			c = append(c, "lose-state")
 		}
 		return c, []string{"agent-restart", h}
@@ -223,7 +227,7 @@ func (g *gen) dur(lo, hi time.Duration) time.Duration {
 // RandomSchedule draws the schedule of a seed.
 func RandomSchedule(seed uint64, cfg RandomConfig) *Schedule {
 	cfg.defaults()
-	g := &gen{r: rand.New(rand.NewPCG(seed, 0x5eed)), cfg: cfg, noLies: cfg.NoLies, noLostState: cfg.NoLostState}
+	g := &gen{r: rand.New(rand.NewPCG(seed, 0x5eed)), cfg: cfg, noLies: cfg.NoLies, noLostState: cfg.NoLostState, alwaysLose: cfg.AlwaysLoseState}
 	for i := 1; i <= cfg.Hosts; i++ {
 		g.hosts = append(g.hosts, fmt.Sprintf("h%d", i))
 	}
@@ -281,6 +285,12 @@ func RandomSchedule(seed uint64, cfg RandomConfig) *Schedule {
 		if undo != nil {
 			d := 5*time.Second + time.Duration(g.r.Int64N(int64(cfg.MaxFault)))/time.Second*time.Second
 			sc.Items = append(sc.Items, Item{At: t + d, Cmd: undo})
+			if slices.Contains(do, "lose-state") || slices.Contains(do, "lose-disk") {
+				// The operator follows the runbook for a lost data dir:
+				// the agent comes back as its node (the id is the host's)
+				// and is let in with a new secret.
+				sc.Items = append(sc.Items, Item{At: t + d + time.Minute, Cmd: []string{"reset-secret", do[1]}})
+			}
 		}
 	}
 	opTotal := 0
@@ -365,6 +375,14 @@ var MutationProfile = RandomConfig{
 	NoLies: true, NoLostState: true, Faults: 8, Ops: 6,
 }
 
+// LostStateProfile is root cause 6's check (uniqueness rule 10): the
+// mutation profile's faults and operations, with every power loss losing
+// the disk and every agent crash the state dir, and the operator following
+// the runbook (reset-secret) after each.
+var LostStateProfile = RandomConfig{
+	Only: MutationProfile.Only, NoLies: true, AlwaysLoseState: true, Faults: 8, Ops: 6,
+}
+
 // Suspects names the known root causes whose triggers a schedule contains.
 // It is a hint for reading a failing seed (the shrinker and the trace say
 // what really happened), and the random seeds' counterpart of a scenario's
@@ -374,23 +392,31 @@ var MutationProfile = RandomConfig{
 func Suspects(sc *Schedule) []string {
 	has := map[string]bool{}
 	drained := map[string]bool{}
+	localMigrate, orderedMigrate := false, false
 	for _, it := range sc.Items {
 		c := it.Cmd
 		switch {
-		case slices.Contains(c, "lose-state") || slices.Contains(c, "lose-disk"):
-			has["rc6 lost state dir"] = true
+		// rc6 (lost state dir) is fixed: no trigger.
+		// rc7 (a node back to normal before its stale copies are gone,
+		// after a --confirm-fenced rebuild) is fixed: no trigger.
 		case c[0] == "agent-drain":
 			drained[c[1]] = true // rc1 (local drain flag while running) is fixed: no trigger
 		case c[0] == "enable" && drained[c[1]]:
 			has["f11 enable after a local drain"] = true
-		case c[0] == "rebuild" && slices.Contains(c, "confirm-fenced"):
-			has["rc7 --confirm-fenced (maybe a lie)"] = true
 		case c[0] == "agent-migrate":
-			has["rc2/rc4/rc5 node-local migration"] = true
+			// rc2 and rc5 are fixed: a node-local migration alone is no
+			// trigger. rc4 ("absent means migrated") needs an ordered
+			// migration of the same VM racing it.
+			localMigrate = true
+		case c[0] == "migrate" || c[0] == "evacuate":
+			orderedMigrate = true
 		case c[0] == "migration-outcome" || c[0] == "clock-jump":
 			// rc3 (unknown outcome taken as failed) and rc10 (timeouts on
 			// another server's clock) are fixed: no trigger.
 		}
+	}
+	if localMigrate && orderedMigrate {
+		has["rc4 node-local migration beside an ordered one"] = true
 	}
 	var out []string
 	for k := range has {

@@ -2,6 +2,7 @@ package sim
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -35,10 +36,16 @@ import (
 //	                            elsewhere; confirm-fenced while HOST runs a chime VM
 //	                            is a recorded lie; confirm-if-fenced confirms only
 //	                            when it runs none (a truthful operator)
+//	reset-secret HOST           `chime node reset-secret`: the next registration as
+//	                            the node sets a new secret (its agent lost its state);
+//	                            tried again every 30 s until acknowledged (10 tries)
 //	power-off HOST [lose-disk]  the host loses power (local disk kept or lost)
 //	power-on HOST
 //	agent-crash HOST [lose-state]   kill the agent (its state dir kept or lost)
 //	agent-restart HOST
+//	clone-host-uuid FROM TO     TO's libvirtd gets FROM's host UUID (a cloned host image,
+//	                            a placeholder SMBIOS UUID): TO's next agent with an empty
+//	                            state dir claims FROM's node
 //	freeze HOST | thaw HOST     SIGSTOP / SIGCONT the agent
 //	libvirtd-down HOST | libvirtd-up HOST
 //	qemu-crash VM               the VM's qemu crashes wherever it runs
@@ -207,15 +214,29 @@ func ParseSchedule(r io.Reader) (*Schedule, error) {
 	return sc, nil
 }
 
+// resetSecretTries bounds the operator's attempts at `chime node
+// reset-secret` (resetSecret).
+const resetSecretTries = 10
+
+// resetSecret is the operator following the runbook for a lost state dir:
+// `chime node reset-secret NODE`, tried again every 30 s while no server
+// acknowledges it (no leader, a partition), at most tries times.
+func (s *Sim) resetSecret(node string, tries int) {
+	if err := s.Ops.NodeAction(node, endpoint.NodeResetSecret, false); err == nil || tries <= 1 {
+		return
+	}
+	s.E.After(30*time.Second, "operator retries reset-secret "+node, func() { s.resetSecret(node, tries-1) })
+}
+
 // cmdArity is each command's number of arguments: minimum and maximum.
 var cmdArity = map[string][2]int{
 	"create": {1, 2}, "start": {1, 1}, "stop": {1, 1}, "delete": {1, 1},
 	"migrate": {1, 2}, "evacuate": {1, 1}, "drain": {1, 1}, "rebuild": {1, 2}, "enable": {1, 1}, "disable": {1, 1},
-	"remove-node": {1, 1},
+	"remove-node": {1, 1}, "reset-secret": {1, 1},
 	"agent-drain": {1, 1}, "agent-migrate": {3, 4}, "disk-fault": {2, 2},
 	"hv-fault": {3, 3}, "path-faults": {3, 8}, "request-faults": {2, 6},
 	"power-off": {1, 2}, "power-on": {1, 1},
-	"agent-crash": {1, 2}, "agent-restart": {1, 1},
+	"agent-crash": {1, 2}, "agent-restart": {1, 1}, "clone-host-uuid": {2, 2},
 	"freeze": {1, 1}, "thaw": {1, 1},
 	"libvirtd-down": {1, 1}, "libvirtd-up": {1, 1},
 	"qemu-crash": {1, 1},
@@ -298,6 +319,8 @@ func (s *Sim) Exec(f []string) error {
 		_ = s.Ops.Migrate(f[1], arg(2))
 	case "evacuate", "drain", "enable", "disable":
 		_ = s.Ops.NodeAction(f[1], endpoint.NodeOp(f[0]), false)
+	case "reset-secret":
+		s.resetSecret(f[1], resetSecretTries)
 	case "rebuild":
 		confirm := false
 		switch arg(2) {
@@ -372,6 +395,17 @@ func (s *Sim) Exec(f []string) error {
 		}
 		h.diskFault = f[2] == "on"
 		s.E.trace.Addf("fault", "%s disk fault %s", h.Name, f[2])
+	case "clone-host-uuid":
+		from, to := s.Host(f[1]), s.Host(f[2])
+		if from == nil || to == nil {
+			return fmt.Errorf("clone-host-uuid: unknown host in %q", strings.Join(f[1:], " "))
+		}
+		u, err := from.HV.HostUUID(context.Background())
+		if err != nil {
+			return fmt.Errorf("clone-host-uuid: %w", err)
+		}
+		to.HV.SetHostUUID(u)
+		s.E.trace.Addf("fault", "%s's libvirt host UUID set to %s's (%s)", to.Name, from.Name, u)
 	case "power-off", "power-on", "agent-crash", "agent-restart", "freeze", "thaw", "libvirtd-down", "libvirtd-up":
 		h, err := host()
 		if err != nil {

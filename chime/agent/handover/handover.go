@@ -21,6 +21,7 @@ import (
 	"github.com/chime-ha/chime/chime/agent/clock"
 	"github.com/chime-ha/chime/chime/agent/store"
 	"github.com/chime-ha/chime/chime/api"
+	"github.com/chime-ha/chime/chime/structs"
 	"github.com/chime-ha/chime/hypervisor"
 	"github.com/hashicorp/go-hclog"
 )
@@ -44,6 +45,8 @@ type Store interface {
 	AddAdoption(ad store.Adoption) error
 	Adoptions() (map[string]store.Adoption, error)
 	RemoveAdoption(vmID string) error
+	ExpireAdoption(vmID string) error
+	AddMigration(m structs.LocalMigration) error
 	StartDrain(newID string) (string, error)
 	DrainID() (string, error)
 	ReleaseDrain(id string) (bool, error)
@@ -58,8 +61,17 @@ type Reporter interface {
 // Announcer tells the agent at dest (an IP address) that a domain is about
 // to arrive by node-local migration, so that it keeps it.
 type Announcer interface {
-	AnnounceAdoption(ctx context.Context, dest string, ad store.Adoption) error
+	// It returns the node id the destination's agent answered with ("" from
+	// an agent that predates it).
+	AnnounceAdoption(ctx context.Context, dest string, ad store.Adoption) (string, error)
 }
+
+// AdoptionBound is how long an announced adoption whose domain has not
+// arrived holds its VM at most: then it expires (an event and an alarm on
+// the servers), unless the servers said earlier that the migration is
+// over. A node-local live migration that takes longer than this is
+// refused its adoption.
+const AdoptionBound = 15 * time.Minute
 
 // Clock is the operations' time: Now for the local drain's deadline and the
 // migrations' "took" figures, NewTimer for the drain's wait, AfterFunc for
@@ -267,12 +279,15 @@ func (m *Manager) Hold(ds api.DesiredState) ([]string, error) {
 	for id, h := range m.unsaved {
 		fence(id, h.Generation)
 	}
-	for id := range adoptions {
-		if m.rejected[id] {
-			continue // refused: the reconciler destroys it as stale
+	for id, ad := range adoptions {
+		if m.rejected[id] || ad.Expired {
+			continue // refused or expired: the reconciler destroys a copy as stale
 		}
-		if vm, ok := desired[id]; ok && vm.AdoptGeneration != 0 {
-			continue // the servers placed it here: Plan adopts it
+		if vm, ok := desired[id]; ok && (vm.AdoptGeneration != 0 || vm.Generation >= ad.Generation) {
+			// The servers placed it here: Plan adopts it, or (placed here
+			// anew, or it never left here) the announcement is over and
+			// the VM is managed here like any other (root cause 5).
+			continue
 		}
 		hold = append(hold, id)
 	}
@@ -291,6 +306,7 @@ func (m *Manager) AfterDesired(ctx context.Context, ds api.DesiredState) {
 	m.synced = true
 	m.mu.Unlock()
 	m.settleHandovers(ctx)
+	m.forgetOverridden(ds)
 	for _, vm := range ds.VMs {
 		if vm.AdoptGeneration != 0 {
 			m.adoptionAccepted(vm)
@@ -398,7 +414,8 @@ func (m *Manager) settleHandovers(ctx context.Context) {
 		// Not running here: whether it left is for the destination to
 		// prove (the servers hold the VM until then); here it is retired.
 		m.log.Warn("an earlier migration may have moved the VM away: its generation is retired here", "vm", h.VMID, "generation", h.Generation)
-		m.retire(h) // on failure it is held in memory and retried
+		h.Outcome = structs.LocalMigrationUnknown // gone, but libvirt never said where
+		m.retire(h)                               // on failure it is held in memory and retried
 	}
 }
 
@@ -466,6 +483,71 @@ func (m *Manager) adoptionAccepted(vm api.DesiredVM) {
 		// it holds nothing; forget it before they stop naming it.
 		m.log.Error("cannot forget an accepted adoption; retrying", "vm", vm.ID, "error", err)
 		m.retry("forget accepted adoption of "+vm.ID, func() error { return m.cfg.Store.RemoveAdoption(vm.ID) }, func() {})
+	}
+}
+
+// forgetOverridden drops announced adoptions the servers overrode: the VM
+// is placed here at the announced generation or a newer one, without
+// adopting it (a rebuild placed it here: root cause 5; or it never left
+// here). The announcement is over.
+func (m *Manager) forgetOverridden(ds api.DesiredState) {
+	ads, err := m.cfg.Store.Adoptions()
+	if err != nil || len(ads) == 0 {
+		return
+	}
+	for _, vm := range ds.VMs {
+		if ad, ok := ads[vm.ID]; ok && vm.AdoptGeneration == 0 && vm.Generation >= ad.Generation {
+			m.log.Info("announced node-local migration overridden by the servers: the VM is placed here anew", "vm", vm.Name,
+				"announced_generation", ad.Generation, "generation", vm.Generation)
+			if err := m.cfg.Store.RemoveAdoption(vm.ID); err != nil {
+				m.log.Error("cannot forget an overridden adoption (it holds nothing)", "vm", vm.ID, "error", err)
+			}
+		}
+	}
+}
+
+// ExpireAdoptions marks expired every announced adoption whose domain has
+// not arrived (not in here, the VM ids of the chime domains listed) within
+// AdoptionBound of its announcement, and returns the expired ones for the
+// heartbeat (those already expired included), until the servers
+// acknowledge them (DropAdoptions). An expired adoption holds nothing.
+func (m *Manager) ExpireAdoptions(here map[string]bool) ([]structs.AdoptionRef, error) {
+	ads, err := m.cfg.Store.Adoptions()
+	if err != nil {
+		return nil, err
+	}
+	now := m.cfg.Clock.Now()
+	var out []structs.AdoptionRef
+	for _, id := range slices.Sorted(maps.Keys(ads)) {
+		ad := ads[id]
+		if !ad.Expired && (here[id] || now.Sub(ad.At) < AdoptionBound) {
+			continue
+		}
+		if !ad.Expired {
+			m.log.Warn("announced node-local migration never arrived within the bound: no longer holding the VM",
+				"vm", ad.Name, "generation", ad.Generation, "from", ad.FromNode, "bound", AdoptionBound)
+			if err := m.cfg.Store.ExpireAdoption(id); err != nil {
+				return nil, err
+			}
+			m.cfg.Trigger()
+		}
+		out = append(out, structs.AdoptionRef{VMID: ad.VMID, Generation: ad.Generation})
+	}
+	return out, nil
+}
+
+// DropAdoptions forgets announced adoptions the servers say are over (the
+// VM is gone, placed elsewhere anew, its source reported the migration
+// failed) or whose expiry they recorded.
+func (m *Manager) DropAdoptions(ids []string) {
+	for _, id := range ids {
+		m.log.Info("announced node-local migration is over: forgetting it", "vm", id)
+		if err := m.cfg.Store.RemoveAdoption(id); err != nil {
+			m.log.Error("cannot forget an announced adoption; the next heartbeat asks again", "vm", id, "error", err)
+		}
+	}
+	if len(ids) > 0 {
+		m.cfg.Trigger()
 	}
 }
 

@@ -210,19 +210,20 @@ func (r *reports) all() []api.MigrationReport {
 }
 
 type announcer struct {
-	mu   sync.Mutex
-	got  []store.Adoption
-	fail error
+	mu     sync.Mutex
+	got    []store.Adoption
+	fail   error
+	toNode string // the node id the destination answers with
 }
 
-func (a *announcer) AnnounceAdoption(_ context.Context, dest string, ad store.Adoption) error {
+func (a *announcer) AnnounceAdoption(_ context.Context, dest string, ad store.Adoption) (string, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.fail != nil {
-		return a.fail
+		return "", a.fail
 	}
 	a.got = append(a.got, ad)
-	return nil
+	return a.toNode, nil
 }
 
 func (a *announcer) announced() []store.Adoption {

@@ -252,7 +252,7 @@ func (m *Manager) Migrate(ctx context.Context, req MigrateRequest) ([]MigrateRes
 func (m *Manager) migrateLocal(ctx context.Context, d hypervisor.Domain, dest string) MigrateResult {
 	log := m.log.Named("migrate").With("vm", d.Name, "dest", dest)
 	res := MigrateResult{VMID: d.UUID, Name: d.Name}
-	h := store.Handover{VMID: d.UUID, Generation: d.Meta.Generation, ToAddr: dest}
+	h := store.Handover{VMID: d.UUID, Generation: d.Meta.Generation, ToAddr: dest, FromNode: m.cfg.NodeID}
 	if !m.claim(d.UUID, "local") {
 		res.Error = errBusy.Error()
 		return res
@@ -264,13 +264,21 @@ func (m *Manager) migrateLocal(ctx context.Context, d hypervisor.Domain, dest st
 		return res
 	}
 	ad := store.Adoption{VMID: d.UUID, Name: strings.TrimPrefix(d.Name, "chime-"), Generation: d.Meta.Generation, FromNode: m.cfg.NodeID}
-	if err := m.cfg.Announcer.AnnounceAdoption(ctx, dest, ad); err != nil {
+	toNode, err := m.cfg.Announcer.AnnounceAdoption(ctx, dest, ad)
+	if err != nil {
 		res.Error = "destination agent did not accept the adoption: " + err.Error()
 		m.abort(h)
 		return res
 	}
+	if toNode == m.cfg.NodeID {
+		res.Error = "not migrated: the destination is this node"
+		m.abort(h)
+		return res
+	}
+	h.ToNode = toNode
 	start := m.cfg.Clock.Now()
-	err := m.cfg.Hypervisor.Migrate(ctx, d.UUID, LibvirtURI(dest), "tcp://"+hostForURI(dest))
+	err = m.cfg.Hypervisor.Migrate(ctx, d.UUID, LibvirtURI(dest), "tcp://"+hostForURI(dest))
+	h.Outcome = structs.LocalMigrationSucceeded
 	if err != nil {
 		switch here, lerr := m.domainHere(ctx, d.UUID); {
 		case lerr != nil:
@@ -281,9 +289,13 @@ func (m *Manager) migrateLocal(ctx context.Context, d hypervisor.Domain, dest st
 			res.Error = err.Error()
 			log.Error("node-local migration failed; the VM keeps running here", "error", err)
 			m.abort(h)
+			m.logFailed(h)
 			return res
 		}
-		log.Warn("migration call failed but the domain left this node", "error", err)
+		// Gone from here, but libvirt did not say it arrived: the servers
+		// hold the VM until the destination reports it (uniqueness rule 7).
+		h.Outcome = structs.LocalMigrationUnknown
+		log.Warn("migration call failed but the domain left this node: outcome unknown", "error", err)
 	}
 	res.OK, res.Took = true, m.cfg.Clock.Now().Sub(start).Round(time.Millisecond).String()
 	if err := m.retire(h); err != nil {
@@ -291,6 +303,19 @@ func (m *Manager) migrateLocal(ctx context.Context, d hypervisor.Domain, dest st
 	}
 	log.Info("node-local migration done", "took", res.Took)
 	return res
+}
+
+// logFailed logs a node-local migration that did not happen, so that the
+// servers release the destination's announcement (root cause 5). Only
+// for a destination that named itself: the servers need its node id.
+func (m *Manager) logFailed(h store.Handover) {
+	if h.ToNode == "" {
+		return
+	}
+	h.Outcome = structs.LocalMigrationFailed
+	if err := m.cfg.Store.AddMigration(h.LogEntry()); err != nil {
+		m.log.Error("cannot log the failed node-local migration; the destination's announcement expires instead", "vm", h.VMID, "error", err)
+	}
 }
 
 // Adopt records an announced adoption (the destination's side of a
@@ -305,6 +330,10 @@ func (m *Manager) Adopt(ad store.Adoption) error {
 	if m.Drained() {
 		return structs.Conflict("", "this node is locally drained: it adopts nothing")
 	}
+	if ad.FromNode == m.cfg.NodeID {
+		return structs.Conflict("from_node", "a node-local migration from this node to itself")
+	}
+	ad.At, ad.Expired, ad.ToNode = m.cfg.Clock.Now(), false, m.cfg.NodeID
 	if err := m.cfg.Store.AddAdoption(ad); err != nil {
 		return err
 	}

@@ -25,7 +25,8 @@ type Status struct {
 	NodeID           string        `json:"node_id"`
 	Name             string        `json:"name"`
 	Servers          ServerContact `json:"servers"`
-	Synced           bool          `json:"synced"` // a desired state was received since this process started
+	Registered       bool          `json:"registered"` // the servers accepted this process's registration and refused no credentials since
+	Synced           bool          `json:"synced"`     // a desired state was received since this process started
 	DesiredIndex     uint64        `json:"desired_index"`
 	LibvirtConnected bool          `json:"libvirt_connected"`
 	LocalDrained     bool          `json:"local_drained"`               // a local drain is on and every chime VM is stopped
@@ -52,6 +53,18 @@ type VM struct {
 	State        string `json:"state"`                   // libvirt state; "undefined" when libvirt has no domain
 	Reason       string `json:"reason,omitempty"`
 	Generation   uint64 `json:"generation"` // desired generation, else the domain's
+	// StartRefused is set while libvirt refuses to start the VM because a
+	// disk of it is locked by another qemu (on another host, on shared
+	// storage): the agent retries with a growing delay, not on every pass.
+	StartRefused *StartRefusal `json:"start_refused,omitempty"`
+}
+
+// StartRefusal describes a start refused for a locked disk.
+type StartRefusal struct {
+	Error    string    `json:"error"`    // libvirt's error of the last attempt
+	Since    time.Time `json:"since"`    // first refusal in a row
+	Attempts int       `json:"attempts"` // refusals in a row
+	NextTry  time.Time `json:"next_try"` // the agent tries again then
 }
 
 // StateUndefined is VM.State for a desired VM libvirt does not know.

@@ -50,6 +50,30 @@ type Clock interface {
 	NewTicker(d time.Duration) clock.Ticker
 }
 
+// Retry delays of a start that libvirt refused because a disk is locked
+// by another qemu (hypervisor.ErrDiskLocked): the lock frees only when the
+// other copy stops, so passes in between (sweeps, events of other domains,
+// desired-state changes) do not try again. 5 s doubling to 1 min.
+const (
+	lockRetryBase = 5 * time.Second
+	lockRetryMax  = time.Minute
+)
+
+// lockRetryDelay is the wait after the attempts-th refusal in a row.
+func lockRetryDelay(attempts int) time.Duration {
+	return min(lockRetryBase<<min(max(attempts-1, 0), 8), lockRetryMax)
+}
+
+// StartRefusal is a VM whose start libvirt refused because one of its disks
+// is locked by another qemu: on shared storage, the disk runs on another
+// host. The reconciler retries it at NextTry, not on every pass.
+type StartRefusal struct {
+	Error    string    // libvirt's error of the last attempt
+	Since    time.Time // first refusal of this run of refusals
+	Attempts int       // refusals in a row
+	NextTry  time.Time // no start before then
+}
+
 // ErrNotSynced is returned by a pass before the agent's first successful
 // sync with the servers: until then nothing is started (uniqueness rule 1).
 // The Inputs function returns it.
@@ -117,6 +141,8 @@ type Reconciler struct {
 	logger  hclog.Logger
 	changed func()
 
+	passMu sync.Mutex // one pass at a time: Run's, and the agent's own before a heartbeat after a partition
+
 	trigger chan struct{} // capacity 1: pending trigger, coalesced
 	settled chan struct{} // closed after the first pass with every stale step done
 	once    sync.Once
@@ -126,9 +152,37 @@ type Reconciler struct {
 	defined      map[string]hypervisor.DomainSpec // spec last defined per VM id
 	crashedAt    map[string]time.Time             // VM id -> when its crash was first seen (restart-time measurement)
 	shuttingDown map[string]bool                  // VM ids with a shutdown in flight
+	refused      map[string]StartRefusal          // VM id -> its start refused for a locked disk, until it starts or no longer should
 	domains      []hypervisor.Domain              // as last listed
 	lastPass     time.Time                        // end of the last pass
 	lastErr      error                            // error of the last pass (nil: clean)
+	destroyed    []DestroyedCopy                  // running stale copies destroyed, not yet reported (TakeDestroyed)
+}
+
+// DestroyedCopy is a running stale copy a pass destroyed: a uniqueness
+// conflict the agent reports in its next heartbeat.
+type DestroyedCopy struct {
+	VMID       string
+	Generation uint64
+}
+
+// maxDestroyed bounds the destroyed copies kept for the next heartbeat.
+const maxDestroyed = 256
+
+// Destroyed returns the running stale copies destroyed and not yet
+// acknowledged (AckDestroyed), oldest first.
+func (r *Reconciler) Destroyed() []DestroyedCopy {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.destroyed)
+}
+
+// AckDestroyed drops the first n destroyed copies (a heartbeat carrying
+// them got through).
+func (r *Reconciler) AckDestroyed(n int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.destroyed = r.destroyed[min(n, len(r.destroyed)):]
 }
 
 // New builds a reconciler; Run drives it, or a caller steps it with Pass.
@@ -157,6 +211,7 @@ func New(cfg Config) (*Reconciler, error) {
 		defined:      defined,
 		crashedAt:    map[string]time.Time{},
 		shuttingDown: map[string]bool{},
+		refused:      map[string]StartRefusal{},
 	}, nil
 }
 
@@ -178,6 +233,14 @@ func (r *Reconciler) Domains() ([]hypervisor.Domain, time.Time, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return slices.Clone(r.domains), r.lastPass, r.lastErr
+}
+
+// StartRefusals returns, per VM id, the starts libvirt currently refuses
+// because a disk is locked by another qemu (`chime agent status` shows them).
+func (r *Reconciler) StartRefusals() map[string]StartRefusal {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return maps.Clone(r.refused)
 }
 
 // Wait waits for the shutdowns started by passes to return.
@@ -297,6 +360,8 @@ func (r *Reconciler) noteEvent(ev hypervisor.Event) bool {
 // be planned (no sync yet, inputs unreadable, libvirt unreachable) or when a
 // step failed; failed steps are retried by the next pass.
 func (r *Reconciler) Pass(ctx context.Context) (PassResult, error) {
+	r.passMu.Lock()
+	defer r.passMu.Unlock()
 	in, err := r.inputs()
 	if errors.Is(err, ErrNotSynced) {
 		return PassResult{}, err
@@ -350,6 +415,7 @@ func (r *Reconciler) Pass(ctx context.Context) (PassResult, error) {
 			}
 		}
 	}
+	r.forgetRefusals(res.Actions)
 	var passErr error
 	if len(res.Failed) > 0 {
 		passErr = fmt.Errorf("%d of %d steps failed", len(res.Failed), len(res.Actions))
@@ -386,6 +452,11 @@ func (r *Reconciler) execute(ctx context.Context, a Action, res *PassResult) err
 		if err := r.hv.Destroy(ctx, a.VMID); err != nil && !errors.Is(err, hypervisor.ErrNotFound) {
 			return fmt.Errorf("destroy stale %s: %w", a.VMID, err)
 		}
+		r.mu.Lock()
+		if len(r.destroyed) < maxDestroyed {
+			r.destroyed = append(r.destroyed, DestroyedCopy{VMID: a.VMID, Generation: a.Generation})
+		}
+		r.mu.Unlock()
 	case ActionUndefineStale:
 		log.Info("undefining stale copy")
 		if err := r.hv.Undefine(ctx, a.VMID); err != nil && !errors.Is(err, hypervisor.ErrNotFound) {
@@ -409,14 +480,29 @@ func (r *Reconciler) execute(ctx context.Context, a Action, res *PassResult) err
 			return fmt.Errorf("record definition of %s: %w", a.VMID, err)
 		}
 	case ActionStart:
+		now := r.clock.Now()
+		r.mu.Lock()
+		ref, wasRefused := r.refused[a.VMID]
+		r.mu.Unlock()
+		if wasRefused && now.Before(ref.NextTry) {
+			log.Debug("start waits: its disk was locked by another qemu", "next_try", ref.NextTry, "attempts", ref.Attempts)
+			return nil
+		}
 		log.Info("starting domain")
 		if err := r.hv.Start(ctx, a.VMID); err != nil {
+			if errors.Is(err, hypervisor.ErrDiskLocked) {
+				r.noteRefusal(log, a.VMID, err, now)
+			}
 			return fmt.Errorf("start %s: %w", a.VMID, err)
 		}
 		r.mu.Lock()
+		delete(r.refused, a.VMID)
 		crashed, ok := r.crashedAt[a.VMID]
 		delete(r.crashedAt, a.VMID)
 		r.mu.Unlock()
+		if wasRefused {
+			log.Info("domain started; its disk is no longer locked elsewhere", "refusals", ref.Attempts, "refused_for", now.Sub(ref.Since).String())
+		}
 		if ok {
 			took := r.clock.Now().Sub(crashed)
 			res.Restarted[a.VMID] = took
@@ -428,6 +514,42 @@ func (r *Reconciler) execute(ctx context.Context, a Action, res *PassResult) err
 		return fmt.Errorf("unknown action %q", a.Kind)
 	}
 	return nil
+}
+
+// noteRefusal records a start refused for a locked disk and when to try
+// again. The first refusal of a run is an ERROR: a disk of this VM runs in
+// another qemu, which on shared storage means on another host, and only an
+// operator (or the other copy stopping) resolves it.
+func (r *Reconciler) noteRefusal(log hclog.Logger, vmID string, err error, now time.Time) {
+	r.mu.Lock()
+	ref, ok := r.refused[vmID]
+	if !ok {
+		ref = StartRefusal{Since: now}
+	}
+	ref.Attempts++
+	ref.Error = err.Error()
+	ref.NextTry = now.Add(lockRetryDelay(ref.Attempts))
+	r.refused[vmID] = ref
+	r.mu.Unlock()
+	if ref.Attempts == 1 {
+		log.Error("start refused: a disk of the vm is locked by another qemu (running on another host?); not starting it until the lock frees",
+			"error", err, "retry_in", lockRetryDelay(ref.Attempts).String())
+		return
+	}
+	log.Warn("start still refused: disk locked by another qemu", "attempts", ref.Attempts,
+		"refused_for", now.Sub(ref.Since).String(), "retry_in", lockRetryDelay(ref.Attempts).String())
+}
+
+// forgetRefusals drops the refusal records of VMs this pass no longer
+// wants started (stopped, deleted, moved away, or running).
+func (r *Reconciler) forgetRefusals(actions []Action) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for id := range r.refused {
+		if !slices.ContainsFunc(actions, func(a Action) bool { return a.Kind == ActionStart && a.VMID == id }) {
+			delete(r.refused, id)
+		}
+	}
 }
 
 // shutdownAsync runs a guest shutdown in the background: it may take up to

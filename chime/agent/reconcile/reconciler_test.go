@@ -257,6 +257,9 @@ func TestPassDecisions(t *testing.T) {
 		wantCalls   []string
 		wantStates  map[string]string
 		wantSettled bool
+		// wantDestroyed: the running stale copies the pass reports
+		// destroyed (for the next heartbeat), as "id/generation".
+		wantDestroyed []string
 	}{
 		{name: "nothing is started before the first successful sync",
 			in:         Inputs{Desired: []api.DesiredVM{a}},
@@ -273,12 +276,13 @@ func TestPassDecisions(t *testing.T) {
 			wantStates:  map[string]string{"a": run},
 			wantSettled: true},
 		{name: "a stale copy with an older generation is destroyed before anything is started",
-			in:          Inputs{Desired: []api.DesiredVM{b, a12}},
-			defined:     defined(a),
-			domains:     []hypervisor.Domain{dom(idA, "a", run, 10)},
-			wantCalls:   []string{"destroy a", "undefine a", "define a", "define b", "start a", "start b"},
-			wantStates:  map[string]string{"a": run, "b": run},
-			wantSettled: true},
+			in:            Inputs{Desired: []api.DesiredVM{b, a12}},
+			defined:       defined(a),
+			domains:       []hypervisor.Domain{dom(idA, "a", run, 10)},
+			wantCalls:     []string{"destroy a", "undefine a", "define a", "define b", "start a", "start b"},
+			wantStates:    map[string]string{"a": run, "b": run},
+			wantSettled:   true,
+			wantDestroyed: []string{idA + "/10"}},
 		{name: "a stale copy that cannot be destroyed blocks every define and start",
 			in:         Inputs{Desired: []api.DesiredVM{b, a12}},
 			domains:    []hypervisor.Domain{dom(idA, "a", run, 10)},
@@ -332,6 +336,17 @@ func TestPassDecisions(t *testing.T) {
 			}
 			if got := settled(w.rec); got != tt.wantSettled {
 				t.Errorf("settled = %v, want %v", got, tt.wantSettled)
+			}
+			var destroyed []string
+			for _, c := range w.rec.Destroyed() {
+				destroyed = append(destroyed, fmt.Sprintf("%s/%d", c.VMID, c.Generation))
+			}
+			if !slices.Equal(destroyed, tt.wantDestroyed) {
+				t.Errorf("destroyed stale copies = %q, want %q", destroyed, tt.wantDestroyed)
+			}
+			w.rec.AckDestroyed(len(destroyed))
+			if left := w.rec.Destroyed(); len(left) != 0 {
+				t.Errorf("destroyed stale copies after the ack: %+v", left)
 			}
 		})
 	}
@@ -481,5 +496,96 @@ func poll(t *testing.T, what string, cond func() (bool, any)) {
 			t.Fatalf("timed out waiting for %s; last seen: %v", what, seen)
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestLockedDiskStartBacksOff: a start libvirt refuses because a disk is
+// locked by another qemu (hypervisor.ErrDiskLocked) is tried again only
+// after a delay that doubles (5 s, 10 s, …), not on every pass, and is
+// visible in StartRefusals until the VM starts or is no longer wanted
+// running. Any other start failure is still retried on the next pass.
+func TestLockedDiskStartBacksOff(t *testing.T) {
+	locked := fmt.Errorf("start domain %s: %w: resource busy: Lockspace resource 'x' is locked", idA, hypervisor.ErrDiskLocked)
+	a := dvm(idA, "a", structs.DesiredRunning, 10)
+	w := newWorld(t, Inputs{Desired: []api.DesiredVM{a}}, nil, nil, dom(idA, "a", hypervisor.StateStopped, 10))
+	w.hv.fail["start "+idA] = locked
+	starts := func() int {
+		calls, _ := w.hv.snapshot()
+		n := 0
+		for _, c := range calls {
+			if c == "start "+idA[:1] {
+				n++
+			}
+		}
+		return n
+	}
+	// pass at offset (from t0) → start attempts so far, refusals recorded.
+	steps := []struct {
+		at           time.Duration
+		wantStarts   int
+		wantAttempts int
+	}{
+		{0, 1, 1},
+		{1 * time.Second, 1, 1},
+		{4 * time.Second, 1, 1},
+		{5 * time.Second, 2, 2}, // 5 s after the first refusal
+		{14 * time.Second, 2, 2},
+		{15 * time.Second, 3, 3}, // 10 s after the second
+		{34 * time.Second, 3, 3},
+		{35 * time.Second, 4, 4}, // 20 s after the third
+	}
+	for _, st := range steps {
+		w.clock.Advance(t0.Add(st.at).Sub(w.clock.Now()))
+		_, _ = w.rec.Pass(context.Background())
+		if got := starts(); got != st.wantStarts {
+			t.Fatalf("after the pass at +%s: %d start attempts, want %d", st.at, got, st.wantStarts)
+		}
+		ref, ok := w.rec.StartRefusals()[idA]
+		if !ok || ref.Attempts != st.wantAttempts || !ref.Since.Equal(t0) || !strings.Contains(ref.Error, "Lockspace resource") {
+			t.Fatalf("after the pass at +%s: refusal %+v (recorded %v), want %d attempts since %s naming the lease", st.at, ref, ok, st.wantAttempts, t0)
+		}
+	}
+
+	// The lock frees: the next due attempt starts the VM and forgets the refusal.
+	delete(w.hv.fail, "start "+idA)
+	w.clock.Advance(40 * time.Second)
+	if _, err := w.rec.Pass(context.Background()); err != nil {
+		t.Fatalf("pass after the lock freed: %v", err)
+	}
+	if _, states := w.hv.snapshot(); states[idA[:1]] != hypervisor.StateRunning {
+		t.Fatalf("vm a is %s after the lock freed, want running", states[idA[:1]])
+	}
+	if refs := w.rec.StartRefusals(); len(refs) != 0 {
+		t.Fatalf("refusals after the start: %v, want none", refs)
+	}
+
+	// A refusal is forgotten once the VM is no longer desired running.
+	w2 := newWorld(t, Inputs{Desired: []api.DesiredVM{a}}, nil, nil, dom(idA, "a", hypervisor.StateStopped, 10))
+	w2.hv.fail["start "+idA] = locked
+	_, _ = w2.rec.Pass(context.Background())
+	if len(w2.rec.StartRefusals()) != 1 {
+		t.Fatalf("no refusal recorded: %v", w2.rec.StartRefusals())
+	}
+	w2.mu.Lock()
+	w2.in = Inputs{Desired: []api.DesiredVM{dvm(idA, "a", structs.DesiredStopped, 10)}}
+	w2.mu.Unlock()
+	_, _ = w2.rec.Pass(context.Background())
+	if refs := w2.rec.StartRefusals(); len(refs) != 0 {
+		t.Fatalf("refusals after the vm was desired stopped: %v, want none", refs)
+	}
+
+	// Any other start failure is retried on the very next pass.
+	w3 := newWorld(t, Inputs{Desired: []api.DesiredVM{a}}, nil, nil, dom(idA, "a", hypervisor.StateStopped, 10))
+	w3.hv.fail["start "+idA] = errors.New("internal error: process exited while connecting to monitor")
+	for i := range 3 {
+		_, _ = w3.rec.Pass(context.Background())
+		w3.clock.Advance(time.Second)
+		calls, _ := w3.hv.snapshot()
+		if n := strings.Count(strings.Join(calls, ","), "start "+idA[:1]); n != i+1 {
+			t.Fatalf("other failure: %d start attempts after %d passes, want %d", n, i+1, i+1)
+		}
+	}
+	if refs := w3.rec.StartRefusals(); len(refs) != 0 {
+		t.Fatalf("other failure recorded as a lock refusal: %v", refs)
 	}
 }

@@ -22,6 +22,23 @@ type Handover struct {
 	// migrate`), logged for the servers when the hand-over is retired; ""
 	// for a migration the servers ordered (reported to them directly).
 	ToAddr string `json:"to_addr,omitempty"`
+	// FromNode and ToNode are the source's and the destination's node ids
+	// of a node-local migration (ToNode as the destination's agent named
+	// itself), and Outcome libvirt's outcome (structs.LocalMigration*),
+	// logged with the entry. Empty ToNode: an entry without them, which
+	// the servers record as an event only.
+	FromNode string `json:"from_node,omitempty"`
+	ToNode   string `json:"to_node,omitempty"`
+	Outcome  string `json:"outcome,omitempty"`
+}
+
+// LogEntry is the migration log entry of a node-local hand-over.
+func (h Handover) LogEntry() structs.LocalMigration {
+	m := structs.LocalMigration{VMID: h.VMID, ToAddr: h.ToAddr, Generation: h.Generation}
+	if h.ToNode != "" {
+		m.FromNode, m.ToNode, m.Outcome = h.FromNode, h.ToNode, h.Outcome
+	}
+	return m
 }
 
 // BeginHandover records that a live migration of h.VMID is about to start.
@@ -63,7 +80,7 @@ func (s *Store) Retire(h Handover) error {
 		if h.ToAddr == "" {
 			return nil
 		}
-		return addMigration(tx, structs.LocalMigration{VMID: h.VMID, ToAddr: h.ToAddr, Generation: h.Generation})
+		return addMigration(tx, h.LogEntry())
 	})
 	if err != nil {
 		return fmt.Errorf("record retired generation %d of %s: %w", h.Generation, h.VMID, err)

@@ -3,6 +3,7 @@ package store
 import (
 	"encoding/json"
 	"fmt"
+	"time"
 
 	"github.com/chime-ha/chime/chime/structs"
 	bolt "go.etcd.io/bbolt"
@@ -66,14 +67,81 @@ func (s *Store) AckMigrations(seq uint64) error {
 	})
 }
 
+// AckMigrationsApplied deletes the logged migrations the servers acknowledged
+// having applied: exactly the entries whose VM and generation are listed.
+// An entry logged after the heartbeat was built stays.
+func (s *Store) AckMigrationsApplied(applied []structs.AdoptionRef) error {
+	if len(applied) == 0 {
+		return nil
+	}
+	acked := map[structs.AdoptionRef]bool{}
+	for _, r := range applied {
+		acked[r] = true
+	}
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketMigrations).Cursor()
+		for k, v := c.First(); k != nil; k, v = c.Next() {
+			var m structs.LocalMigration
+			if err := json.Unmarshal(v, &m); err != nil {
+				return fmt.Errorf("decode local migration %d: %w", decodeUint(k), err)
+			}
+			if acked[structs.AdoptionRef{VMID: m.VMID, Generation: m.Generation}] {
+				if err := c.Delete(); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("delete acknowledged local migrations: %w", err)
+	}
+	return nil
+}
+
 // Adoption is a domain another agent is live-migrating here without the
 // servers (management network down). It is also the body of the agent
-// API's POST /v1/adopt.
+// API's POST /v1/adopt, and of its answer (which adds ToNode).
 type Adoption struct {
 	VMID       string `json:"vm_id"`
 	Name       string `json:"name"`
 	Generation uint64 `json:"generation"`
 	FromNode   string `json:"from_node"`
+	// ToNode is the node id of the agent that accepted the announcement
+	// (set in the answer; the source logs it as the destination).
+	ToNode string `json:"to_node,omitempty"`
+	// At is when this agent recorded the announcement (its clock); an
+	// announcement whose domain has not arrived within the bound expires.
+	At time.Time `json:"at,omitempty"`
+	// Expired: the domain never arrived within the bound; the record holds
+	// nothing and stays only until the servers acknowledge the expiry.
+	Expired bool `json:"expired,omitempty"`
+}
+
+// ExpireAdoption marks the announced adoption of vmID expired (it holds
+// nothing from now on) until the servers acknowledge it.
+func (s *Store) ExpireAdoption(vmID string) error {
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketAdoptions)
+		v := b.Get([]byte(vmID))
+		if v == nil {
+			return nil
+		}
+		var ad Adoption
+		if err := json.Unmarshal(v, &ad); err != nil {
+			return fmt.Errorf("decode adoption %s: %w", vmID, err)
+		}
+		ad.Expired = true
+		data, err := json.Marshal(ad)
+		if err != nil {
+			return err
+		}
+		return b.Put([]byte(vmID), data)
+	})
+	if err != nil {
+		return fmt.Errorf("expire adoption of %s: %w", vmID, err)
+	}
+	return nil
 }
 
 // AddAdoption records an announced node-local migration to this node.

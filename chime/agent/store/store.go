@@ -7,8 +7,8 @@ package store
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
-	"io"
 	"time"
 
 	"github.com/google/uuid"
@@ -21,7 +21,7 @@ type Store struct {
 }
 
 var (
-	bucketMeta        = []byte("meta")        // node_id, secret, drained, drain_id, desired
+	bucketMeta        = []byte("meta")        // node_id, host_uuid, secret, drained, drain_id, desired
 	bucketGenerations = []byte("generations") // vm id -> highest generation seen (uint64 BE)
 	bucketDefined     = []byte("defined")     // vm id -> JSON DomainSpec last defined in libvirt
 	bucketMigrations  = []byte("migrations")  // sequence (uint64 BE) -> JSON structs.LocalMigration not yet reported
@@ -36,11 +36,14 @@ var (
 	// node-local migration to this node, kept until the servers decide.
 	bucketAdoptions = []byte("adoptions")
 
-	keyNodeID  = []byte("node_id")
-	keySecret  = []byte("secret")
-	keyDrained = []byte("drained")
-	keyDrainID = []byte("drain_id")
-	keyDesired = []byte("desired")
+	keyNodeID = []byte("node_id")
+	// keyHostUUID: libvirt's host UUID the node id was derived from
+	// (absent in a state written by an older agent).
+	keyHostUUID = []byte("host_uuid")
+	keySecret   = []byte("secret")
+	keyDrained  = []byte("drained")
+	keyDrainID  = []byte("drain_id")
+	keyDesired  = []byte("desired")
 )
 
 // Open opens (creating if needed) the store at path. It fails after a
@@ -70,28 +73,56 @@ func Open(path string) (*Store, error) {
 // Close closes the store. Every later call fails.
 func (s *Store) Close() error { return s.db.Close() }
 
-// NodeID returns the node id, generating it from random (a version 4 UUID)
-// and persisting it on first use. The agent passes crypto/rand, the
-// simulator a seeded source.
-func (s *Store) NodeID(random io.Reader) (string, error) {
+// ErrOtherHost is returned by Identity when the state was written on
+// another host (a copied or restored data dir): its node id belongs to
+// that host's node.
+var ErrOtherHost = errors.New("the agent state belongs to another host")
+
+// Identity returns the node id of this host (uniqueness rule 10,
+// "identity is per host"). hostUUID is libvirt's host UUID ("" when
+// libvirt could not tell). On first use the node id is the host UUID, so
+// that an agent whose data dir was lost comes back as the same node; it is
+// kept together with the host UUID it came from. A node id kept by an
+// older agent (a random one, with no host UUID beside it) is kept as it is
+// and the host UUID recorded. A state recorded for another host UUID is
+// ErrOtherHost.
+func (s *Store) Identity(hostUUID string) (string, error) {
 	var id string
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketMeta)
-		if v := b.Get(keyNodeID); v != nil {
-			id = string(v)
+		stored, host := b.Get(keyNodeID), b.Get(keyHostUUID)
+		switch {
+		case stored != nil && host != nil && hostUUID != "" && string(host) != hostUUID:
+			return fmt.Errorf("%w: it names node %s of host %s, and libvirt says this host is %s (a copied data dir? remove it to register this host as its own node)",
+				ErrOtherHost, stored, host, hostUUID)
+		case stored != nil:
+			id = string(stored)
+			if host == nil && hostUUID != "" {
+				return b.Put(keyHostUUID, []byte(hostUUID))
+			}
 			return nil
+		case hostUUID == "":
+			return errors.New("a new data dir needs libvirt's host UUID, and libvirt did not give it")
 		}
-		u, err := uuid.NewRandomFromReader(random)
-		if err != nil {
+		if _, err := uuid.Parse(hostUUID); err != nil {
+			return fmt.Errorf("host uuid %q: %w", hostUUID, err)
+		}
+		id = hostUUID
+		if err := b.Put(keyHostUUID, []byte(hostUUID)); err != nil {
 			return err
 		}
-		id = u.String()
 		return b.Put(keyNodeID, []byte(id))
 	})
 	if err != nil {
 		return "", fmt.Errorf("node id: %w", err)
 	}
 	return id, nil
+}
+
+// SetNodeID keeps id as the node id (an agent state written by an older
+// agent, whose node id was random; tests).
+func (s *Store) SetNodeID(id string) error {
+	return s.putMeta(keyNodeID, []byte(id))
 }
 
 // Secret returns the node secret issued at registration ("" before that).

@@ -1,10 +1,10 @@
 package store
 
 import (
-	"crypto/rand"
-	mrand "math/rand/v2"
+	"errors"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"testing"
 
 	"github.com/chime-ha/chime/chime/agent/agenttest"
@@ -30,11 +30,11 @@ func TestStoreRoundTripAndReopen(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	id, err := s.NodeID(rand.Reader)
+	id, err := s.Identity(hostA)
 	if err != nil || id == "" {
-		t.Fatalf("NodeID = %q, %v", id, err)
+		t.Fatalf("Identity = %q, %v", id, err)
 	}
-	if again, _ := s.NodeID(rand.Reader); again != id {
+	if again, _ := s.Identity(hostA); again != id {
 		t.Fatalf("node id changed within one open: %q then %q", id, again)
 	}
 	if err := s.SetSecret("s3cret"); err != nil {
@@ -66,7 +66,7 @@ func TestStoreRoundTripAndReopen(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	if got, _ := s.NodeID(rand.Reader); got != id {
+	if got, _ := s.Identity(hostA); got != id {
 		t.Errorf("node id after reopen = %q, want %q", got, id)
 	}
 	if got, _ := s.Secret(); got != "s3cret" {
@@ -185,30 +185,68 @@ func TestAcceptDesiredFencing(t *testing.T) {
 	}
 }
 
-// TestNodeIDFromTheGivenSource: the node id is drawn from the source given
-// on first use (a seeded one gives the same id every time) and kept after.
-func TestNodeIDFromTheGivenSource(t *testing.T) {
-	seeded := func(seed byte) *mrand.ChaCha8 { return mrand.NewChaCha8([32]byte{seed}) }
-	var ids []string
-	for range 2 {
-		s, err := Open(filepath.Join(t.TempDir(), "agent.db"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		id, err := s.NodeID(seeded(7))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if again, err := s.NodeID(seeded(8)); err != nil || again != id {
-			t.Fatalf("second NodeID with another source = %q, %v; want the first, %q", again, err, id)
-		}
-		s.Close()
-		ids = append(ids, id)
-	}
-	if ids[0] != ids[1] {
-		t.Fatalf("same seed, node ids %q and %q", ids[0], ids[1])
-	}
-	if !structs.IsUUID(ids[0]) {
-		t.Fatalf("node id %q is not a uuid", ids[0])
+const (
+	hostA = "3f2504e0-4f89-41d3-9a0c-0305e82c3301"
+	hostB = "7c9e6679-7425-40de-944b-e07fc1f90ae7"
+	oldID = "16fd2706-8baf-433b-82eb-8c7fada847da"
+)
+
+// TestIdentity: the node id is the host UUID on first use, the same after a
+// lost state (a fresh store on the same host), kept for a state of an older
+// agent (random id), and refused for a state written on another host.
+func TestIdentity(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		stored  string // node id already in the store ("" none)
+		host    string // host uuid recorded before (with stored; "" none: an older agent)
+		current string // libvirt's host uuid now
+		want    string
+		wantErr error  // errors.Is
+		errHas  string // when wantErr is nil
+	}{
+		{name: "new data dir", current: hostA, want: hostA},
+		{name: "lost data dir, same host", current: hostA, want: hostA},
+		{name: "kept data dir", stored: hostA, host: hostA, current: hostA, want: hostA},
+		{name: "older agent's random id kept", stored: oldID, current: hostA, want: oldID},
+		{name: "libvirt cannot tell, kept id", stored: hostA, host: hostA, current: "", want: hostA},
+		{name: "data dir of another host", stored: hostB, host: hostB, current: hostA, wantErr: ErrOtherHost},
+		{name: "new data dir, libvirt cannot tell", current: "", errHas: "needs libvirt's host UUID"},
+		{name: "new data dir, malformed host uuid", current: "nope", errHas: `host uuid "nope"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s, err := Open(filepath.Join(t.TempDir(), "agent.db"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			if tc.stored != "" {
+				if tc.host != "" {
+					if _, err := s.Identity(tc.host); err != nil {
+						t.Fatal(err)
+					}
+				}
+				if err := s.SetNodeID(tc.stored); err != nil {
+					t.Fatal(err)
+				}
+			}
+			got, err := s.Identity(tc.current)
+			switch {
+			case tc.wantErr != nil || tc.errHas != "":
+				if err == nil || (tc.wantErr != nil && !errors.Is(err, tc.wantErr)) || !strings.Contains(err.Error(), tc.errHas) {
+					t.Fatalf("Identity(%q) = %q, %v; want error %v %q", tc.current, got, err, tc.wantErr, tc.errHas)
+				}
+				return
+			case err != nil || got != tc.want:
+				t.Fatalf("Identity(%q) = %q, %v; want %q", tc.current, got, err, tc.want)
+			}
+			// Kept: a second call, even with libvirt silent, answers the same.
+			if again, err := s.Identity(""); err != nil || again != tc.want {
+				t.Fatalf("second Identity = %q, %v; want %q", again, err, tc.want)
+			}
+			// An older agent's state gets the host recorded: another host is refused now.
+			if _, err := s.Identity(hostB); tc.current != "" && !errors.Is(err, ErrOtherHost) {
+				t.Fatalf("Identity(another host) after %q: err = %v, want ErrOtherHost", tc.current, err)
+			}
+		})
 	}
 }

@@ -63,6 +63,10 @@ func DeriveHeld(vms []structs.VM, nodes []structs.Node, since map[string]time.Ti
 	}
 	return out
 }
+// IdentityConflictAlarmFor is how long the last evidence that another
+// agent claims a node keeps its NodeIdentityConflict alarm firing. The
+// heartbeat monitor records continuing evidence again well within it.
+const IdentityConflictAlarmFor = time.Hour
 
 // fingerprint identifies an alarm by its labels, stable across leaders.
 func fingerprint(labels map[string]string) string {
@@ -79,7 +83,9 @@ func fingerprint(labels map[string]string) string {
 }
 
 // Derive is a pure function of the state: what is firing now, sorted by
-// fingerprint.
+// fingerprint. A node's recorded stale copies (structs.Node.StaleCopies)
+// are UniquenessConflict alarms naming both nodes: the one the copy ran
+// on and the one the VM is placed on.
 func Derive(nodes []structs.Node, tasks []structs.Task, now time.Time) []structs.Alarm {
 	var out []structs.Alarm
 	add := func(name, severity string, labels map[string]string, summary, desc string, since time.Time) {
@@ -98,10 +104,40 @@ func Derive(nodes []structs.Node, tasks []structs.Task, now time.Time) []structs
 				fmt.Sprintf("node %s reports faults: %v", n.Name, n.Faults),
 				"The agent reports faults; evacuate the node if they persist.", n.StateSince)
 		}
+		if n.IdentityConflict != "" && now.Sub(n.IdentityConflictAt) < IdentityConflictAlarmFor {
+			add("NodeIdentityConflict", "critical", map[string]string{"node": n.Name, "node_id": n.ID},
+				fmt.Sprintf("another agent claims node %s", n.Name),
+				n.IdentityConflict+". Two agents must never answer for one node: find the second host (a cloned host UUID or data dir) and stop its agent; see the runbook for a lost data dir.",
+				n.IdentityConflictAt)
+		}
 	}
 	names := map[string]string{}
 	for _, n := range nodes {
 		names[n.ID] = n.Name
+	}
+	for _, n := range nodes {
+		for _, c := range n.StaleCopies {
+			other := names[c.PlacedOn]
+			if other == "" {
+				other = c.PlacedOn
+			}
+			if other == "" {
+				other = "none"
+			}
+			what := "runs"
+			if !c.Running() {
+				what = "ran"
+			}
+			if c.Destroyed {
+				what = "ran, until its agent destroyed it,"
+			}
+			add("UniquenessConflict", "critical",
+				map[string]string{"node": n.Name, "node_id": n.ID, "vm": c.VMID, "other_node": other, "other_node_id": c.PlacedOn},
+				fmt.Sprintf("vm %s %s on node %s as well as on %s", structs.ShortID(c.VMID), what, n.Name, other),
+				fmt.Sprintf("A copy of vm %s (generation %d) %s on node %s, while the VM is placed on node %s (generation %d). "+
+					"Check that the VM runs once, on %s, and that its disks are consistent: two copies may have run at once.",
+					c.VMID, c.Generation, what, n.Name, other, c.PlacedGeneration, other), c.Since)
+		}
 	}
 	for _, t := range tasks {
 		if t.State != structs.TaskFailed || taskFailureSettled(t, tasks, now) {

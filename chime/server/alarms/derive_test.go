@@ -2,6 +2,7 @@ package alarms
 
 import (
 	"regexp"
+	"strings"
 	"testing"
 	"time"
 
@@ -127,5 +128,98 @@ func TestDeriveHeld(t *testing.T) {
 	}
 	if fp == "" {
 		t.Fatal("no fingerprint for the held alarm")
+	}
+}
+
+// TestIdentityConflictAlarm: a node another agent claims has a critical
+// NodeIdentityConflict alarm that names it, until its last evidence is
+// IdentityConflictAlarmFor old.
+func TestIdentityConflictAlarm(t *testing.T) {
+	now := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		name  string
+		node  structs.Node
+		fires bool
+	}{
+		{"no conflict", structs.Node{ID: "n1", Name: "hv1"}, false},
+		{"fresh conflict", structs.Node{ID: "n1", Name: "hv1", IdentityConflict: "the agent at 10.0.0.9:4660 answered as node x", IdentityConflictAt: now.Add(-time.Minute)}, true},
+		{"conflict nearly expired", structs.Node{ID: "n1", Name: "hv1", IdentityConflict: "x", IdentityConflictAt: now.Add(-IdentityConflictAlarmFor + time.Second)}, true},
+		{"conflict expired", structs.Node{ID: "n1", Name: "hv1", IdentityConflict: "x", IdentityConflictAt: now.Add(-IdentityConflictAlarmFor)}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var got []structs.Alarm
+			for _, al := range Derive([]structs.Node{tc.node}, nil, now) {
+				if al.Name == "NodeIdentityConflict" {
+					got = append(got, al)
+				}
+			}
+			if (len(got) == 1) != tc.fires || len(got) > 1 {
+				t.Fatalf("NodeIdentityConflict alarms %+v; want firing %v", got, tc.fires)
+			}
+			if tc.fires {
+				al := got[0]
+				if al.Severity != "critical" || al.Labels["node"] != "hv1" || al.Labels["node_id"] != "n1" ||
+					!al.StartsAt.Equal(tc.node.IdentityConflictAt) || !regexp.MustCompile(regexp.QuoteMeta(tc.node.IdentityConflict)).MatchString(al.Description) {
+					t.Fatalf("alarm = %+v", al)
+				}
+			}
+		})
+	}
+}
+
+// TestUniquenessConflictAlarm: every stale copy a node's heartbeat
+// recorded is a critical UniquenessConflict naming both nodes, stable
+// while it lasts (a running copy that the agent then destroys is the same
+// alarm), and gone once the node's conflicts are.
+func TestUniquenessConflictAlarm(t *testing.T) {
+	since := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+	const vm = "7dc969aa-0000-4000-8000-000000000001"
+	running := structs.StaleCopy{VMID: vm, Generation: 4, PlacedOn: "n2", PlacedGeneration: 17, Since: since}
+	destroyed := running
+	destroyed.Destroyed = true
+	tests := []struct {
+		name      string
+		copies    []structs.StaleCopy
+		wantCount int
+		wantText  string // in the summary
+	}{
+		{"none", nil, 0, ""},
+		{"running stale copy", []structs.StaleCopy{running}, 1, "runs on node hv1 as well as on hv2"},
+		{"destroyed stale copy", []structs.StaleCopy{destroyed}, 1, "until its agent destroyed it"},
+		{"placed nowhere", []structs.StaleCopy{{VMID: vm, Generation: 4, Since: since}}, 1, "as well as on none"},
+	}
+	var fp string
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			nodes := []structs.Node{{ID: "n1", Name: "hv1", MonitorState: structs.MonitorNormal, StaleCopies: tt.copies},
+				{ID: "n2", Name: "hv2", MonitorState: structs.MonitorNormal}}
+			var got []structs.Alarm
+			for _, al := range Derive(nodes, nil, since) {
+				if al.Name == "UniquenessConflict" {
+					got = append(got, al)
+				}
+			}
+			if len(got) != tt.wantCount {
+				t.Fatalf("%d UniquenessConflict alarms, want %d: %+v", len(got), tt.wantCount, got)
+			}
+			if tt.wantCount == 0 {
+				return
+			}
+			al := got[0]
+			if al.Severity != "critical" || al.Labels["node"] != "hv1" || al.Labels["vm"] != vm || !al.StartsAt.Equal(since) ||
+				!strings.Contains(al.Summary, tt.wantText) {
+				t.Fatalf("alarm %+v: want critical, node hv1, vm %s, since %v, summary with %q", al, vm, since, tt.wantText)
+			}
+			if tt.copies[0].PlacedOn == "n2" {
+				if al.Labels["other_node"] != "hv2" || al.Labels["other_node_id"] != "n2" {
+					t.Fatalf("labels %v: want other_node hv2 (n2)", al.Labels)
+				}
+				// Running, then destroyed: one alarm, one fingerprint.
+				if fp != "" && al.Fingerprint != fp {
+					t.Fatalf("fingerprint %s changed from %s when the copy was destroyed", al.Fingerprint, fp)
+				}
+				fp = al.Fingerprint
+			}
+		})
 	}
 }

@@ -46,8 +46,20 @@ func (e *Endpoints) Authenticate(nodeID, secret string) (*structs.Node, error) {
 	return n, nil
 }
 
+// mayReplaceSecret says whether a registration as the existing node n that
+// does not present n's secret may set a new one (uniqueness rule 10: a lost
+// secret is replaced only with the join credential). Until the join
+// credential exists (the security issue: an `agent-join` token in req), the
+// proof is an operator's `chime node reset-secret`: n.SecretReset, which
+// the FSM checks again and clears when it applies the registration.
+func mayReplaceSecret(n *structs.Node, _ api.RegisterRequest) bool {
+	return n.SecretReset
+}
+
 // Register creates a node or re-registers an existing one. A known node id
-// must present its secret: nobody else may take over a node. An agent that
+// must present its secret, unless mayReplaceSecret lets a new one in:
+// nobody else may take over a node. A refusal is noted with the monitor,
+// which tells a lost data dir from a second agent claiming the node. An agent that
 // sends no secret gets a new one, which the answer carries.
 func (e *Endpoints) Register(ctx context.Context, reqID string, req api.RegisterRequest) (api.RegisterResponse, error) {
 	if err := req.Validate(); err != nil {
@@ -60,9 +72,16 @@ func (e *Endpoints) Register(ctx context.Context, reqID string, req api.Register
 	} else if len(secret) < minSecretLen {
 		return api.RegisterResponse{}, structs.Invalid("secret", "must be at least %d characters (the agent generates 64 hex characters)", minSecretLen)
 	}
+	replace := false
 	if existing, err := e.state.Node(req.ID); err == nil {
-		if req.Secret == "" || !e.secretMatches(existing.ID, req.Secret) {
-			return api.RegisterResponse{}, structs.Forbidden("node %s is registered already: its agent must present its secret (remove the node first to register it anew)", req.ID)
+		switch {
+		case req.Secret != "" && e.secretMatches(existing.ID, req.Secret):
+		case mayReplaceSecret(existing, req):
+			replace = true
+		default:
+			e.monitor.RegistrationRefused(ctx, existing, req.APIAddr)
+			return api.RegisterResponse{}, structs.Forbidden("node %s (%s) is registered already and its agent must present its secret; an agent that lost its data dir is let in by `chime node reset-secret %s`",
+				existing.Name, req.ID, existing.Name)
 		}
 	} else if !structs.IsNotFound(err) {
 		return api.RegisterResponse{}, err
@@ -71,7 +90,7 @@ func (e *Endpoints) Register(ctx context.Context, reqID string, req api.Register
 		MigrationURI: req.MigrationURI, MigrationAddr: req.MigrationAddr, BusinessInterface: req.BusinessInterface,
 		VCPUs: req.VCPUs, MemoryMiB: req.MemoryMiB, Labels: req.Labels, AgentVersion: req.AgentVersion}
 	if _, err := e.propose.Propose(ctx, reqID, fsm.CmdRegisterNode,
-		fsm.RegisterNode{Node: node, SecretHash: hashSecret(secret)}); err != nil {
+		fsm.RegisterNode{Node: node, SecretHash: hashSecret(secret), ReplaceSecret: replace}); err != nil {
 		return api.RegisterResponse{}, err
 	}
 	e.monitor.Registered(req.ID)
@@ -91,16 +110,30 @@ func (e *Endpoints) Heartbeat(ctx context.Context, n *structs.Node, hb api.Heart
 	if hb.NodeID != n.ID {
 		return api.HeartbeatResponse{}, structs.Forbidden("heartbeat for node %s sent with the credentials of node %s", hb.NodeID, n.ID)
 	}
+	// The migration log is the source's (uniqueness rule 7): every entry
+	// must name the reporter as its source.
+	for i, m := range hb.Migrations {
+		if m.Outcome != "" && m.FromNode != n.ID {
+			return api.HeartbeatResponse{}, structs.Forbidden("migrations: item %d: a node-local migration from node %s reported by node %s", i, m.FromNode, n.ID)
+		}
+	}
 	e.counted()
 	out, err := e.monitor.Heartbeat(ctx, n, heartbeat.Report{Faults: hb.Faults, VMs: hb.VMs, VMsUnknown: hb.VMsUnknown,
-		LocalDrained: hb.LocalDrained, LocalDrainID: hb.LocalDrainID, LocalDrainState: hb.LocalDrainState, DesiredIndex: hb.DesiredIndex, Adopted: hb.Adopted, Migrations: hb.Migrations})
+		LocalDrained: hb.LocalDrained, LocalDrainID: hb.LocalDrainID, LocalDrainState: hb.LocalDrainState, DesiredIndex: hb.DesiredIndex, Adopted: hb.Adopted,
+		Migrations: hb.Migrations, Announced: hb.Announced, ExpiredAdoptions: hb.ExpiredAdoptions,
+		StaleDestroyed: hb.StaleDestroyed})
 	if err != nil {
 		return api.HeartbeatResponse{}, err
 	}
-	if len(out.Adopted) > 0 {
+	if len(out.Adopted) > 0 || len(out.AppliedMigrations) > 0 {
 		e.tasks.Kick() // an adoption may finish a task's step
 	}
-	return api.HeartbeatResponse{Timing: e.agents.Timing(), GossipAddrs: e.agents.GossipAddrs(), RejectedAdoptions: out.Rejected}, nil
+	resp := api.HeartbeatResponse{Timing: e.agents.Timing(), GossipAddrs: e.agents.GossipAddrs(), RejectedAdoptions: out.Rejected,
+		DroppedAdoptions: out.DroppedAdoptions}
+	for _, m := range out.AppliedMigrations {
+		resp.AppliedMigrations = append(resp.AppliedMigrations, structs.AdoptionRef{VMID: m.VMID, Generation: m.Generation})
+	}
+	return resp, nil
 }
 
 // Desired is what the authenticated node n must run now: its VMs (stopped

@@ -59,6 +59,9 @@ type Tasks interface {
 // Monitor is the leader's heartbeat handling (chime/server/heartbeat).
 type Monitor interface {
 	Registered(nodeID string)
+	// RegistrationRefused notes a registration as node n, from the agent
+	// API address apiAddr, refused for want of the node's secret.
+	RegistrationRefused(ctx context.Context, n *structs.Node, apiAddr string)
 	Forget(nodeID string)
 	Heartbeat(ctx context.Context, n *structs.Node, r heartbeat.Report) (heartbeat.Outcome, error)
 }

@@ -20,6 +20,9 @@ const (
 	NodeDrain    NodeOp = "drain"    // stop every VM on the node and keep them stopped
 	NodeEvacuate NodeOp = "evacuate" // live-migrate every VM away
 	NodeRebuild  NodeOp = "rebuild"  // recreate a drained node's VMs elsewhere
+	// NodeResetSecret lets the next registration as the node set a new
+	// secret: its agent lost its data dir (uniqueness rule 10).
+	NodeResetSecret NodeOp = "reset-secret"
 )
 
 // NodeResult is what a node action answers: the node as it is now (enable,
@@ -43,6 +46,8 @@ func (e *Endpoints) NodeAction(ctx context.Context, reqID, ref string, op NodeOp
 	switch op {
 	case NodeEnable, NodeDisable:
 		return e.setManagement(ctx, e.requestID(reqID), n, op)
+	case NodeResetSecret:
+		return e.resetSecret(ctx, e.requestID(reqID), n)
 	case NodeDrain, NodeEvacuate, NodeRebuild:
 		if first, ok := e.retriedTask(reqID); ok {
 			return NodeResult{Task: first}, nil
@@ -57,12 +62,25 @@ func (e *Endpoints) NodeAction(ctx context.Context, reqID, ref string, op NodeOp
 			t, err = e.rebuild(ctx, reqID, n, confirmFenced)
 		}
 	default:
-		return NodeResult{}, structs.NotFound("action", "unknown node action %q (enable, disable, drain, rebuild, evacuate)", op)
+		return NodeResult{}, structs.NotFound("action", "unknown node action %q (enable, disable, drain, rebuild, evacuate, reset-secret)", op)
 	}
 	if err != nil {
 		return NodeResult{}, err
 	}
 	return NodeResult{Task: t}, nil
+}
+
+// resetSecret lets the next registration as n set a new secret. The
+// current secret keeps working until then.
+func (e *Endpoints) resetSecret(ctx context.Context, reqID string, n *structs.Node) (NodeResult, error) {
+	if _, err := e.propose.Propose(ctx, reqID, fsm.CmdResetSecret, fsm.ResetSecret{NodeID: n.ID}); err != nil {
+		return NodeResult{}, err
+	}
+	cur, err := e.state.Node(n.ID)
+	if err != nil {
+		return NodeResult{}, err
+	}
+	return NodeResult{Node: cur}, nil
 }
 
 // setManagement enables or disables the node. Enabling wakes the pending
@@ -166,7 +184,7 @@ func (e *Endpoints) rebuild(ctx context.Context, reqID string, n *structs.Node, 
 	}
 	if confirmFenced && !n.Fenced {
 		yes := true
-		if _, err := e.propose.Propose(ctx, reqID+"-fence", fsm.CmdSetNodeFlags, fsm.SetNodeFlags{NodeID: n.ID, Fenced: &yes}); err != nil {
+		if _, err := e.propose.Propose(ctx, reqID+"-fence", fsm.CmdSetNodeFlags, fsm.SetNodeFlags{NodeID: n.ID, Fenced: &yes, FenceUnreachable: true}); err != nil {
 			return nil, err
 		}
 	}
@@ -186,8 +204,18 @@ func (e *Endpoints) rebuild(ctx context.Context, reqID string, n *structs.Node, 
 			return err
 		}
 		vms = slices.DeleteFunc(vms, func(vm structs.VM) bool { return vm.Migration != nil })
+		// A VM a node-local migration may have brought to another node is
+		// held (uniqueness rule 7): "nothing runs on this node" says
+		// nothing about where it went. Unless that node is fenced too.
+		held := map[string]string{}
 		var reqs []scheduler.Request
 		for _, vm := range vms {
+			if why, err := e.heldElsewhere(vm); err != nil {
+				return err
+			} else if why != "" {
+				held[vm.ID] = why
+				continue
+			}
 			reqs = append(reqs, scheduler.Request{VM: vm, Exclude: []string{n.ID}})
 		}
 		placed, err := e.placer.PlaceAll(reqs)
@@ -195,6 +223,10 @@ func (e *Endpoints) rebuild(ctx context.Context, reqID string, n *structs.Node, 
 			return err
 		}
 		for _, vm := range vms { // in the state's order, never the map's
+			if why := held[vm.ID]; why != "" {
+				steps = append(steps, structs.TaskStep{VMID: vm.ID, From: n.ID, State: structs.TaskFailed, Error: why})
+				continue
+			}
 			to := placed[vm.ID]
 			st := structs.TaskStep{VMID: vm.ID, From: n.ID, To: to, State: structs.TaskSucceeded}
 			reason := "rebuild of node " + n.Name
@@ -253,6 +285,27 @@ func (e *Endpoints) settleFenced(ctx context.Context, n *structs.Node, steps *[]
 		}
 	}
 	return nil
+}
+
+// heldElsewhere says why vm must not be rebuilt: a node-local migration of
+// it to another node is known and its outcome is not (announced by the
+// destination, or reported unknown by the source), and that node is not
+// fenced. "" when it may be rebuilt.
+func (e *Endpoints) heldElsewhere(vm structs.VM) (string, error) {
+	if !vm.HeldByNodeLocal() {
+		return "", nil
+	}
+	to, err := e.state.Node(vm.NodeLocal.To)
+	switch {
+	case structs.IsNotFound(err):
+		return "", nil // the destination was removed: it runs nothing of ours
+	case err != nil:
+		return "", err
+	case to.Fenced:
+		return "", nil
+	}
+	return fmt.Sprintf("held: a node-local migration to node %s (generation %d) is known and its outcome is not; "+
+		"it moves when %s or the source reports it (or rebuild %s with --confirm-fenced)", to.Name, vm.NodeLocal.Generation, to.Name, to.Name), nil
 }
 
 // RemoveNode removes the node ref names from the state and from the

@@ -3,6 +3,7 @@ package heartbeat
 import (
 	"slices"
 	"sort"
+	"time"
 
 	"github.com/chime-ha/chime/chime/structs"
 	"github.com/chime-ha/chime/fsm"
@@ -20,7 +21,15 @@ type Report struct {
 	LocalDrainState string
 	DesiredIndex    uint64                   // the desired-state index the agent had applied
 	Adopted         []structs.VMObservation  // domains that arrived by node-local migration
-	Migrations      []structs.LocalMigration // node-local migrations sent from the node
+	Migrations      []structs.LocalMigration // node-local migrations sent from the node (its migration log)
+	// Announced are node-local migrations announced to the node whose
+	// domain has not arrived; ExpiredAdoptions those its agent dropped
+	// unarrived after their bound.
+	Announced        []structs.AdoptionRef
+	ExpiredAdoptions []structs.AdoptionRef
+	// StaleDestroyed are the running stale copies the agent destroyed
+	// since its last heartbeat that got through.
+	StaleDestroyed []structs.VMObservation
 }
 
 // stateFromHeartbeat is the monitor state a heartbeat with these faults means.
@@ -36,7 +45,7 @@ func stateFromHeartbeat(faults []string) string {
 // judges every item again when the command applies (the state may have
 // moved meanwhile); this is the filter that keeps unchanged heartbeats out
 // of the log.
-func buildDelta(st State, n *structs.Node, r Report) (*fsm.Heartbeat, error) {
+func buildDelta(st State, n *structs.Node, r Report, now time.Time) (*fsm.Heartbeat, error) {
 	d := &fsm.Heartbeat{NodeID: n.ID}
 	adopting := map[string]bool{}
 	anyRunning := false
@@ -136,27 +145,175 @@ func buildDelta(st State, n *structs.Node, r Report) (*fsm.Heartbeat, error) {
 	if d.LocalDrained != nil || d.LocalDrainState != nil || d.DrainAcked != nil {
 		d.Evidence = &fsm.DrainEvidence{DesiredIndex: r.DesiredIndex, Running: anyRunning, Unknown: r.VMsUnknown}
 	}
-	d.LocalMigrations = r.Migrations
+	for _, m := range r.Migrations {
+		if m.Outcome == "" {
+			d.LocalMigrations = append(d.LocalMigrations, m) // an agent that predates outcomes: an event only
+		} else {
+			d.LocalMoves = append(d.LocalMoves, m)
+		}
+	}
+	for _, c := range r.Announced {
+		vm, err := st.VM(c.VMID)
+		if structs.IsNotFound(err) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		if nl := vm.NodeLocal; vm.NodeID == "" || vm.NodeID == n.ID || vm.Generation != c.Generation ||
+			(nl != nil && nl.To == n.ID && nl.Generation == c.Generation) {
+			continue // over (see droppedAdoptions), or already held
+		}
+		d.Announced = append(d.Announced, fsm.Adoption{VMID: c.VMID, Generation: c.Generation})
+	}
+	for _, c := range r.ExpiredAdoptions {
+		vm, err := st.VM(c.VMID)
+		if structs.IsNotFound(err) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		if nl := vm.NodeLocal; nl != nil && nl.To == n.ID && nl.Generation == c.Generation {
+			d.ExpiredAdoptions = append(d.ExpiredAdoptions, fsm.Adoption{VMID: c.VMID, Generation: c.Generation})
+		}
+	}
+
+	// The copies the heartbeat lists, judged as the FSM will judge them
+	// (uniqueness rule 9): which are conflicts, whether the node may be
+	// normal, whether an unreachable node may return.
+	ev := copyEvidence(r)
+	stale, err := fsm.StaleCopies(n, ev, func(id string) (*structs.VM, error) {
+		if adopting[id] {
+			return nil, nil // the FSM adopts it first: judged there
+		}
+		vm, err := st.VM(id)
+		if structs.IsNotFound(err) {
+			return nil, nil
+		}
+		return vm, err
+	}, now)
+	if err != nil {
+		return nil, err
+	}
+	conflictsChanged := !fsm.SameCopies(n.StaleCopies, stale)
+	var running []structs.StaleCopy
+	for _, s := range stale {
+		if s.Running() {
+			running = append(running, s)
+		}
+	}
 
 	faults := append([]string(nil), r.Faults...)
+	if len(running) > 0 {
+		faults = append(faults, structs.FaultStaleCopy)
+	}
 	sort.Strings(faults)
-	if want := stateFromHeartbeat(faults); n.MonitorState != want || !slices.Equal(n.Faults, faults) {
-		reason := "heartbeat received"
-		if want == structs.MonitorError {
-			reason = "agent reports faults"
+	refusalChanged := false
+	if n.MonitorState == structs.MonitorUnreachable {
+		refusal, err := returnRefusal(st, n, ev, running)
+		if err != nil {
+			return nil, err
 		}
-		d.Monitor = &fsm.MonitorTransition{State: want, Faults: faults, Reason: reason}
+		if refusal == "" {
+			d.Monitor = &fsm.MonitorTransition{State: stateFromHeartbeat(faults), Faults: faults, Reason: heartbeatReason(faults)}
+		} else {
+			refusalChanged = refusal != n.ReturnRefused
+			if refusalChanged {
+				// The FSM records the refusal; the transition it asks for is
+				// refused there again, against the state it applies to.
+				d.Monitor = &fsm.MonitorTransition{State: stateFromHeartbeat(faults), Faults: faults, Reason: heartbeatReason(faults)}
+			}
+		}
+	} else if want := stateFromHeartbeat(faults); n.MonitorState != want || !slices.Equal(n.Faults, faults) {
+		d.Monitor = &fsm.MonitorTransition{State: want, Faults: faults, Reason: heartbeatReason(faults)}
 	}
 
 	if len(d.Adoptions) == 0 && len(d.Observations) == 0 && d.LocalDrained == nil && d.LocalDrainID == nil && d.LocalDrainState == nil &&
-		d.DrainAcked == nil && len(d.LocalMigrations) == 0 && d.Monitor == nil && len(d.Migrations) == 0 {
+		d.DrainAcked == nil && len(d.LocalMigrations) == 0 && len(d.LocalMoves) == 0 && len(d.Announced) == 0 &&
+		len(d.ExpiredAdoptions) == 0 && d.Monitor == nil && !conflictsChanged && !refusalChanged && len(d.Migrations) == 0 {
 		return nil, nil
 	}
+	d.Copies = &ev
 	return d, nil
+}
+
+// heartbeatReason is the reason of the monitor transition a heartbeat
+// with these faults asks for.
+func heartbeatReason(faults []string) string {
+	switch {
+	case slices.Contains(faults, structs.FaultStaleCopy):
+		return "heartbeat lists a running copy of a VM placed elsewhere"
+	case len(faults) > 0:
+		return "agent reports faults"
+	}
+	return "heartbeat received"
+}
+
+// copyEvidence is what a heartbeat lists about the copies on its node.
+func copyEvidence(r Report) fsm.CopyEvidence {
+	ev := fsm.CopyEvidence{DesiredIndex: r.DesiredIndex, Unknown: r.VMsUnknown}
+	for _, o := range r.VMs {
+		if o.State == structs.StateRunning {
+			ev.Running = append(ev.Running, fsm.Copy{VMID: o.VMID, Generation: o.Generation})
+		}
+	}
+	for _, o := range r.StaleDestroyed {
+		ev.Destroyed = append(ev.Destroyed, fsm.Copy{VMID: o.VMID, Generation: o.Generation})
+	}
+	return ev
+}
+
+// returnRefusal is fsm.ReturnRefusal over the state as the monitor reads it.
+func returnRefusal(st State, n *structs.Node, ev fsm.CopyEvidence, running []structs.StaleCopy) (string, error) {
+	var vmName, placed string
+	if len(running) > 0 {
+		s := running[0]
+		vmName, placed = s.VMID, s.PlacedOn
+		if vm, err := st.VM(s.VMID); err == nil {
+			vmName = vm.Name
+		}
+		if s.PlacedOn == "" {
+			placed = "none"
+		} else if pn, err := st.Node(s.PlacedOn); err == nil {
+			placed = pn.Name
+		}
+	}
+	return fsm.ReturnRefusal(st.NodeIndex(n.ID), ev, running, vmName, placed), nil
 }
 
 // observationChanged reports whether a current observation differs from
 // what is recorded.
 func observationChanged(prev *structs.Observation, nodeID string, o structs.VMObservation) bool {
 	return prev == nil || prev.NodeID != nodeID || prev.State != o.State || prev.Reason != o.Reason || prev.Generation != o.Generation
+}
+
+// droppedAdoptions are the announced adoptions of node n that are over:
+// the VM is gone, its placement moved on (placed here anew, or elsewhere
+// at another generation), or its source reported the migration failed.
+// The agent drops their records: an announcement that never arrived holds
+// nothing once the migration's outcome is known. An announcement the
+// servers already placed here (adopted) is forgotten by the agent through
+// its desired state instead.
+func droppedAdoptions(st State, n *structs.Node, announced []structs.AdoptionRef) ([]string, error) {
+	var out []string
+	for _, c := range announced {
+		vm, err := st.VM(c.VMID)
+		if structs.IsNotFound(err) {
+			out = append(out, c.VMID)
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		nl := vm.NodeLocal
+		switch {
+		case vm.AdoptedBy(n.ID, c.Generation):
+		case vm.NodeID == n.ID, vm.NodeID == "", vm.Generation != c.Generation:
+			out = append(out, c.VMID)
+		case nl != nil && nl.To == n.ID && nl.Generation == c.Generation && nl.Outcome == structs.LocalMigrationFailed:
+			out = append(out, c.VMID)
+		}
+	}
+	return out, nil
 }

@@ -1,8 +1,11 @@
 package heartbeat
 
 import (
+	"cmp"
 	"reflect"
+	"slices"
 	"testing"
+	"time"
 
 	"github.com/google/uuid"
 
@@ -91,9 +94,11 @@ func TestBuildDelta(t *testing.T) {
 			w.beat(a.ID, Report{VMs: []structs.VMObservation{stopped}, LocalDrained: true, LocalDrainState: structs.LocalDrainDone, LocalDrainID: "d-1"})
 			return a.ID, Report{VMsUnknown: true, LocalDrainState: structs.LocalDraining, LocalDrainID: "d-1"}, nil
 		}},
-		{"stale running copy elsewhere: sent, for its event", func(w *world, a, b structs.Node, vm structs.VM, gen uint64) (string, Report, *fsm.Heartbeat) {
+		{"stale running copy elsewhere: sent for its event, the node not normal (rule 9)", func(w *world, a, b structs.Node, vm structs.VM, gen uint64) (string, Report, *fsm.Heartbeat) {
 			return b.ID, Report{VMs: []structs.VMObservation{running(vm.ID, gen)}},
-				&fsm.Heartbeat{NodeID: b.ID, Observations: []structs.VMObservation{running(vm.ID, gen)}}
+				&fsm.Heartbeat{NodeID: b.ID, Observations: []structs.VMObservation{running(vm.ID, gen)},
+					Monitor: &fsm.MonitorTransition{State: structs.MonitorError, Faults: []string{structs.FaultStaleCopy},
+						Reason: "heartbeat lists a running copy of a VM placed elsewhere"}}
 		}},
 		{"stale stopped copy elsewhere: nothing", func(w *world, a, b structs.Node, vm structs.VM, gen uint64) (string, Report, *fsm.Heartbeat) {
 			return b.ID, Report{VMs: []structs.VMObservation{{VMID: vm.ID, State: structs.StateStopped, Generation: gen}}}, nil
@@ -162,9 +167,17 @@ func TestBuildDelta(t *testing.T) {
 			vm := structs.VM{ID: uuid.NewString(), Name: "web", DesiredState: structs.DesiredRunning, Spec: structs.VMSpec{VCPUs: 1, MemoryMiB: 64}}
 			gen := w.must(fsm.CmdCreateVM, fsm.CreateVM{VM: vm, NodeID: a.ID}).Index
 			nodeID, r, want := tt.setup(w, a, b, vm, gen)
-			got, err := buildDelta(w.f, w.node(nodeID), r)
+			got, err := buildDelta(w.f, w.node(nodeID), r, time.Unix(0, 0))
 			if err != nil {
 				t.Fatal(err)
+			}
+			if got != nil {
+				// Every delta carries the copies it lists for the FSM to
+				// judge (TestBuildDeltaReturnGate checks them).
+				if got.Copies == nil || got.Copies.DesiredIndex != r.DesiredIndex {
+					t.Fatalf("delta without its copy evidence: %+v", got)
+				}
+				got.Copies = nil
 			}
 			if !reflect.DeepEqual(got, want) {
 				t.Fatalf("delta\n got %+v\nwant %+v", got, want)
@@ -174,3 +187,101 @@ func TestBuildDelta(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// TestReturnGate: an unreachable node leaves unreachable only through a
+// heartbeat naming a desired index at least the node's, with libvirt
+// listed and no running copy of a VM placed elsewhere or at an older
+// generation; a node that runs such a copy is never normal, and the copy
+// is a uniqueness conflict until a heartbeat shows it gone (uniqueness
+// rule 9). Each step is one heartbeat through the monitor and the FSM.
+func TestReturnGate(t *testing.T) {
+	type beat struct {
+		name string
+		// report builds the heartbeat of node b; cur is the node's
+		// desired index, gen the VM's generation (placed on a), old the
+		// generation of b's copy (placed on b before it moved to a).
+		report        func(cur, gen, old uint64) Report
+		wantState     string
+		wantRefused   bool // return_refused set
+		wantConflicts int
+		wantDestroyed bool          // the conflict is a destroyed copy
+		after         time.Duration // time before this heartbeat (default: one interval)
+	}
+	running := func(id string, g uint64) structs.VMObservation {
+		return structs.VMObservation{VMID: id, State: structs.StateRunning, Reason: "booted", Generation: g}
+	}
+	tests := []struct {
+		name        string
+		unreachable bool // b is unreachable before the first heartbeat
+		beats       []beat
+	}{
+		{"clean return", true, []beat{
+			{"current index, nothing stale", func(cur, gen, old uint64) Report { return Report{DesiredIndex: cur} }, structs.MonitorNormal, false, 0, false, 0},
+		}},
+		{"desired index behind: stays unreachable until the agent synced", true, []beat{
+			{"old index", func(cur, gen, old uint64) Report { return Report{DesiredIndex: cur - 1} }, structs.MonitorUnreachable, true, 0, false, 0},
+			{"old index again: nothing new", func(cur, gen, old uint64) Report { return Report{DesiredIndex: cur - 1} }, structs.MonitorUnreachable, true, 0, false, 0},
+			{"synced", func(cur, gen, old uint64) Report { return Report{DesiredIndex: cur} }, structs.MonitorNormal, false, 0, false, 0},
+		}},
+		{"libvirt not listed: stays unreachable", true, []beat{
+			{"unlisted", func(cur, gen, old uint64) Report {
+				return Report{DesiredIndex: cur, VMsUnknown: true, Faults: []string{"libvirtd unreachable"}}
+			}, structs.MonitorUnreachable, true, 0, false, 0},
+		}},
+		{"stale copy runs: stays unreachable, conflict; destroyed: conflict reported, node returns", true, []beat{
+			{"stale copy running", func(cur, gen, old uint64) Report {
+				return Report{DesiredIndex: cur, VMs: []structs.VMObservation{running(vmID, old)}}
+			}, structs.MonitorUnreachable, true, 1, false, 0},
+			{"destroyed since", func(cur, gen, old uint64) Report {
+				return Report{DesiredIndex: cur, StaleDestroyed: []structs.VMObservation{running(vmID, old)}}
+			}, structs.MonitorNormal, false, 1, true, 0},
+			{"gone: the conflict stays for the hold", func(cur, gen, old uint64) Report { return Report{DesiredIndex: cur} }, structs.MonitorNormal, false, 1, true, 0},
+			{"hold over: conflict resolved", func(cur, gen, old uint64) Report { return Report{DesiredIndex: cur} }, structs.MonitorNormal, false, 0, false, structs.ConflictHold},
+		}},
+		{"normal node that runs a stale copy: error until it is gone", false, []beat{
+			{"stale copy running", func(cur, gen, old uint64) Report {
+				return Report{DesiredIndex: cur, VMs: []structs.VMObservation{running(vmID, old)}}
+			}, structs.MonitorError, false, 1, false, 0},
+			{"gone: normal, the conflict ended but held", func(cur, gen, old uint64) Report { return Report{DesiredIndex: cur} }, structs.MonitorNormal, false, 1, false, 0},
+			{"hold over: conflict resolved", func(cur, gen, old uint64) Report { return Report{DesiredIndex: cur} }, structs.MonitorNormal, false, 0, false, structs.ConflictHold},
+		}},
+		{"current copy and an older index on a normal node: normal", false, []beat{
+			{"old index is no reason on a normal node", func(cur, gen, old uint64) Report { return Report{DesiredIndex: cur - 1} }, structs.MonitorNormal, false, 0, false, 0},
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			w := newWorld(t)
+			a, b := w.register("a"), w.register("b")
+			vm := structs.VM{ID: vmID, Name: "web", DesiredState: structs.DesiredRunning, Spec: structs.VMSpec{VCPUs: 1, MemoryMiB: 64}}
+			old := w.must(fsm.CmdCreateVM, fsm.CreateVM{VM: vm, NodeID: b.ID}).Index
+			w.beat(b.ID, Report{DesiredIndex: w.f.NodeIndex(b.ID), VMs: []structs.VMObservation{running(vmID, old)}})
+			if tt.unreachable {
+				w.must(fsm.CmdSetMonitor, fsm.SetMonitor{NodeID: b.ID, State: structs.MonitorUnreachable, Reason: "test"})
+			}
+			// The VM is rebuilt on a while b is away: b's copy is stale.
+			w.must(fsm.CmdSetManagement, fsm.SetManagement{NodeID: b.ID, State: structs.NodeDrained})
+			gen := w.must(fsm.CmdPlaceVM, fsm.PlaceVM{VMID: vmID, NodeID: a.ID, IfGeneration: old, Reason: "rebuild"}).Index
+			for _, bt := range tt.beats {
+				w.clock.Advance(cmp.Or(bt.after, testInterval))
+				w.beat(b.ID, bt.report(w.f.NodeIndex(b.ID), gen, old))
+				n := w.node(b.ID)
+				if n.MonitorState != bt.wantState || (n.ReturnRefused != "") != bt.wantRefused || len(n.StaleCopies) != bt.wantConflicts {
+					t.Fatalf("%s: state %s refused %q conflicts %+v; want %s, refused %v, %d conflicts",
+						bt.name, n.MonitorState, n.ReturnRefused, n.StaleCopies, bt.wantState, bt.wantRefused, bt.wantConflicts)
+				}
+				if bt.wantConflicts > 0 {
+					c := n.StaleCopies[0]
+					if c.VMID != vmID || c.Generation != old || c.PlacedOn != a.ID || c.PlacedGeneration != gen || c.Destroyed != bt.wantDestroyed {
+						t.Fatalf("%s: conflict %+v, want vm %s generation %d placed on a generation %d destroyed %v", bt.name, c, vmID, old, gen, bt.wantDestroyed)
+					}
+				}
+				if n.MonitorState == structs.MonitorNormal && slices.Contains(n.Faults, structs.FaultStaleCopy) {
+					t.Fatalf("%s: normal with fault %q", bt.name, structs.FaultStaleCopy)
+				}
+			}
+		})
+	}
+}
+
+const vmID = "5f0c1e9a-7d3b-4c2a-9e81-2b6f4d8a1c07"

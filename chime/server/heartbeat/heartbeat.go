@@ -24,6 +24,8 @@ type State interface {
 	Nodes() ([]structs.Node, error)
 	VM(id string) (*structs.VM, error)
 	VMsOnNode(nodeID string) ([]structs.VM, uint64, error)
+	Node(id string) (*structs.Node, error)
+	NodeIndex(nodeID string) uint64 // the node's desired-state index
 }
 
 // Clock is where the monitor reads the time.
@@ -37,7 +39,9 @@ func (SystemClock) Now() time.Time { return time.Now() }
 
 // Pinger asks a node's agent directly whether it is alive (the server's
 // implementation is GET /v1/ping on the agent's API). ctx carries the
-// ping-back's timeout.
+// ping-back's timeout. An answer counts only when CheckAnswer accepts it:
+// a Pinger returns CheckAnswer's error for an answer from an agent that is
+// not the node's (uniqueness rule 10).
 type Pinger interface {
 	Ping(ctx context.Context, n structs.Node) error
 }
@@ -78,6 +82,8 @@ type Monitor struct {
 	mu          sync.Mutex           // guards the three fields below
 	last        map[string]time.Time // node id → arrival of its last heartbeat (or registration) at this leader
 	pinging     map[string]bool      // node id → a ping-back is in flight
+	refusedAt   map[string]time.Time // node id → when a refused registration was last recorded
+	conflictAt  map[string]time.Time // node id → when an identity conflict was last recorded
 	leaderSince time.Time            // when this server became leader: the grace period's start
 
 	// The node list the checks walk, reused until the applied index moves.
@@ -99,7 +105,7 @@ func New(cfg Config) *Monitor {
 	}
 	return &Monitor{log: logger.Named("heartbeat"), interval: cfg.Interval, missed: cfg.Missed,
 		propose: cfg.Proposer, state: cfg.State, clock: clock, pinger: cfg.Pinger, gossip: cfg.Gossip,
-		last: map[string]time.Time{}, pinging: map[string]bool{}}
+		last: map[string]time.Time{}, pinging: map[string]bool{}, refusedAt: map[string]time.Time{}, conflictAt: map[string]time.Time{}}
 }
 
 // Reset starts a new term of leadership: every node gets a full grace period.
@@ -135,6 +141,13 @@ type Outcome struct {
 	Proposed bool     // a node.heartbeat command was written
 	Adopted  []string // VM ids whose placement moved to the node
 	Rejected []string // VM ids whose adoption was refused: the agent destroys its copy
+	// AppliedMigrations are the node's migration log entries the servers
+	// applied (moved, held, released or refused for good): the agent
+	// deletes exactly these.
+	AppliedMigrations []structs.LocalMigration
+	// DroppedAdoptions are VM ids of announced adoptions the agent must
+	// drop: over (see droppedAdoptions), or expired and released.
+	DroppedAdoptions []string
 }
 
 // Heartbeat takes one validated heartbeat of node n (authenticated: r is
@@ -144,12 +157,20 @@ type Outcome struct {
 func (m *Monitor) Heartbeat(ctx context.Context, n *structs.Node, r Report) (Outcome, error) {
 	// The arrival counts even if the write below fails: the node is alive.
 	m.arrived(n.ID)
-	d, err := buildDelta(m.state, n, r)
+	d, err := buildDelta(m.state, n, r, m.clock.Now())
 	if err != nil {
 		return Outcome{}, fmt.Errorf("heartbeat of node %s: %w", n.Name, err)
 	}
+	dropped, err := droppedAdoptions(m.state, n, r.Announced)
+	if err != nil {
+		return Outcome{}, fmt.Errorf("heartbeat of node %s: %w", n.Name, err)
+	}
+	for _, c := range r.ExpiredAdoptions {
+		// Acknowledged once written (or when there is nothing to release).
+		dropped = append(dropped, c.VMID)
+	}
 	if d == nil {
-		return Outcome{}, nil
+		return Outcome{DroppedAdoptions: dropped}, nil
 	}
 	res, err := m.propose.Propose(ctx, "", fsm.CmdHeartbeat, d)
 	if err != nil {
@@ -161,7 +182,7 @@ func (m *Monitor) Heartbeat(ctx context.Context, n *structs.Node, r Report) (Out
 	if t := d.Monitor; t != nil {
 		m.log.Info("node state changed", "node", n.Name, "from", n.MonitorState, "to", t.State, "faults", t.Faults)
 	}
-	out := Outcome{Proposed: true}
+	out := Outcome{Proposed: true, AppliedMigrations: r.Migrations, DroppedAdoptions: dropped}
 	if h := res.Heartbeat; h != nil {
 		out.Adopted, out.Rejected = h.Adopted, h.Rejected
 	}

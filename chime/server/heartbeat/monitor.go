@@ -113,7 +113,14 @@ func (m *Monitor) pingBack(ctx context.Context, n structs.Node) {
 	}()
 	start := m.clock.Now()
 	direct := m.directPing(ctx, n)
-	viaGossip := m.gossip.Reachable(n.ID)
+	// An answer from an agent that is not the node's registered one proves
+	// the node's agent is not there: gossip (where a member of the node's
+	// name may be that very agent) does not outweigh it.
+	wrong, isWrong := identityFailure(direct)
+	if isWrong && wrong.Conflict() {
+		m.identityConflict(ctx, &n, wrong.Error())
+	}
+	viaGossip := !isWrong && m.gossip.Reachable(n.ID)
 	if direct == nil || viaGossip {
 		m.log.Warn("heartbeats missing but the node answers", "node", n.Name, "direct_error", direct, "gossip_alive", viaGossip)
 		// Count the answer as a sign of life for one more period, so that
@@ -127,8 +134,12 @@ func (m *Monitor) pingBack(ctx context.Context, n structs.Node) {
 	if silent <= m.limit() {
 		return // a heartbeat arrived meanwhile
 	}
-	reason := fmt.Sprintf("no heartbeat for %s; ping-back failed (direct: %v; gossip: not alive) after %s",
-		silent.Round(time.Millisecond), direct, m.clock.Now().Sub(start).Round(time.Millisecond))
+	gossipSays := "not alive"
+	if isWrong {
+		gossipSays = "not asked"
+	}
+	reason := fmt.Sprintf("no heartbeat for %s; ping-back failed (direct: %v; gossip: %s) after %s",
+		silent.Round(time.Millisecond), direct, gossipSays, m.clock.Now().Sub(start).Round(time.Millisecond))
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	if _, err := m.propose.Propose(cctx, "", fsm.CmdSetMonitor, fsm.SetMonitor{NodeID: n.ID, State: structs.MonitorUnreachable, Reason: reason}); err != nil {

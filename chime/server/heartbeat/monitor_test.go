@@ -268,7 +268,7 @@ func TestHeartbeatTransitions(t *testing.T) {
 	}
 	for _, st := range steps {
 		w.clock.Advance(testInterval)
-		w.beat(n.ID, Report{Faults: st.faults})
+		w.beat(n.ID, Report{Faults: st.faults, DesiredIndex: w.f.NodeIndex(n.ID)})
 		got := w.node(n.ID)
 		if got.MonitorState != st.wantState || !reflect.DeepEqual(got.Faults, st.wantFaults) {
 			t.Fatalf("%s: state %s faults %v, want %s %v", st.name, got.MonitorState, got.Faults, st.wantState, st.wantFaults)
