@@ -57,6 +57,31 @@ func (a *applier) migrationEvidence(n *structs.Node, evs []MigrationEvidence) er
 			if err := a.settleAt(v, v.Migration.From, nil, false, fmt.Sprintf("node %s, its source, reports it running there", n.Name)); err != nil {
 				return err
 			}
+		case structs.MigrationSourceAbsent:
+			// Half the proof that it runs nowhere; the destination's next
+			// desired state is at least this index, so its listing after it
+			// is later than the source's.
+			v.Migration.SourceAbsentIndex = a.tx.Index()
+			if err := a.tx.TouchNode(v.Migration.To); err != nil {
+				return err
+			}
+			if err := a.tx.PutVM(v); err != nil {
+				return err
+			}
+			to := v.Migration.To
+			if dn, err := a.tx.Node(to); err != nil {
+				return err
+			} else if dn != nil {
+				to = dn.Name
+			}
+			if err := a.ev("vm.migration_source_absent", n.ID, v.ID, "vm %s (held): its source %s no longer runs it; if %s does not either, it runs nowhere",
+				v.Name, n.Name, to); err != nil {
+				return err
+			}
+		case structs.MigrationNowhere:
+			if err := a.settleAt(v, v.Migration.From, nil, true, fmt.Sprintf("neither its source nor node %s, its destination, runs it", n.Name)); err != nil {
+				return err
+			}
 		}
 	}
 	return nil
@@ -85,8 +110,9 @@ func (a *applier) migrationSettle(p MigrationSettle) (string, error) {
 // nowhere else: on the destination the placement moves there adopting the
 // migrating generation (the step succeeded); on the source it stays (the
 // step failed: the hand-over did not happen). obs, when set, is the
-// observation that proved it; fenced says the other end was fenced
-// instead.
+// observation that proved it; fenced says the other end was fenced, or
+// neither end runs it, instead (a new generation then lets the source
+// start it again).
 func (a *applier) settleAt(v *structs.VM, where string, obs *structs.Observation, fenced bool, why string) error {
 	m := v.Migration
 	v.Migration = nil

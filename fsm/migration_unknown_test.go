@@ -2,6 +2,7 @@ package fsm
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -55,6 +56,38 @@ func TestMigrationOutcomeUnknown(t *testing.T) {
 		}, "src", structs.TaskFailed},
 		{"a second unknown changes nothing: held", func(h *harness, n ids, v structs.VM, gen, ui uint64) error {
 			return h.apply("", CmdMigrationEnd, MigrationEnd{VMID: v.ID, TaskID: "t1", FromNode: n.src, Generation: gen, Unknown: true, Error: "again"}).Err
+		}, "", structs.TaskRunning},
+		{"destination does not list it, source not heard from: held", func(h *harness, n ids, v structs.VM, gen, ui uint64) error {
+			gone := structs.VMObservation{VMID: v.ID, State: structs.StateStopped, Reason: "undefined", Generation: gen}
+			return h.apply("", CmdHeartbeat, Heartbeat{NodeID: n.dst, Migrations: []MigrationEvidence{{VMObservation: gone, DesiredIndex: ui + 10}}}).Err
+		}, "", structs.TaskRunning},
+		{"source absent, then the destination's listing from before it: held", func(h *harness, n ids, v structs.VM, gen, ui uint64) error {
+			gone := structs.VMObservation{VMID: v.ID, State: structs.StateStopped, Reason: "undefined", Generation: gen}
+			r := h.apply("", CmdHeartbeat, Heartbeat{NodeID: n.src, Migrations: []MigrationEvidence{{VMObservation: gone, DesiredIndex: ui}}})
+			if r.Err != nil {
+				return r.Err
+			}
+			return h.apply("", CmdHeartbeat, Heartbeat{NodeID: n.dst, Migrations: []MigrationEvidence{{VMObservation: gone, DesiredIndex: r.Index - 1}}}).Err
+		}, "", structs.TaskRunning},
+		{"source absent, then the destination absent after it: runs nowhere, started on the source again", func(h *harness, n ids, v structs.VM, gen, ui uint64) error {
+			gone := structs.VMObservation{VMID: v.ID, State: structs.StateStopped, Reason: "undefined", Generation: gen}
+			r := h.apply("", CmdHeartbeat, Heartbeat{NodeID: n.src, Migrations: []MigrationEvidence{{VMObservation: gone, DesiredIndex: ui}}})
+			if r.Err != nil {
+				return r.Err
+			}
+			if got := h.f.NodeIndex(n.dst); got != r.Index {
+				return fmt.Errorf("destination's desired index %d after the source's absence at %d: it must be woken", got, r.Index)
+			}
+			return h.apply("", CmdHeartbeat, Heartbeat{NodeID: n.dst, Migrations: []MigrationEvidence{{VMObservation: gone, DesiredIndex: r.Index}}}).Err
+		}, "src-new", structs.TaskFailed},
+		{"source absent while a migration of it may be in progress there: held", func(h *harness, n ids, v structs.VM, gen, ui uint64) error {
+			gone := structs.VMObservation{VMID: v.ID, State: structs.StateStopped, Reason: "undefined", Generation: gen, Migrating: true}
+			r := h.apply("", CmdHeartbeat, Heartbeat{NodeID: n.src, Migrations: []MigrationEvidence{{VMObservation: gone, DesiredIndex: ui}}})
+			if r.Err != nil {
+				return r.Err
+			}
+			gone.Migrating = false
+			return h.apply("", CmdHeartbeat, Heartbeat{NodeID: n.dst, Migrations: []MigrationEvidence{{VMObservation: gone, DesiredIndex: r.Index}}}).Err
 		}, "", structs.TaskRunning},
 		{"source fenced: settled on the destination", func(h *harness, n ids, v structs.VM, gen, ui uint64) error {
 			return h.apply("", CmdMigrationSettle, MigrationSettle{VMID: v.ID, TaskID: "t1", Generation: gen, Where: n.dst, Reason: "source fenced"}).Err

@@ -217,6 +217,12 @@ type Migration struct {
 	UnknownSince time.Time `json:"unknown_since,omitempty"`
 	// UnknownReason says why the outcome is unknown.
 	UnknownReason string `json:"unknown_reason,omitempty"`
+	// SourceAbsentIndex is the Raft index at which the source, after it
+	// applied the hold, listed the VM not running with no migration of it
+	// in progress. From then on a destination that lists it not running
+	// either, in a heartbeat sent after it applied a desired state at
+	// least this new, proves that it runs nowhere (MigrationNowhere).
+	SourceAbsentIndex uint64 `json:"source_absent_index,omitempty"`
 }
 
 // Task kinds and states.
@@ -383,6 +389,13 @@ func (v *VM) IncomingHere(nodeID string) bool {
 const (
 	MigrationArrived = "arrived" // the destination runs the migrating domain: the hand-over happened
 	MigrationStayed  = "stayed"  // the source still runs it, no migration in progress: it did not
+	// MigrationSourceAbsent: the source no longer runs it (no migration in
+	// progress): half of the proof that it runs nowhere.
+	MigrationSourceAbsent = "source-absent"
+	// MigrationNowhere: after the source's absence, the destination does
+	// not run it either: it runs on neither end (and only those two could
+	// run it), so it may be started again.
+	MigrationNowhere = "nowhere"
 )
 
 // MigrationSettledBy is the rule that decides whether node nodeID's report
@@ -396,15 +409,36 @@ const (
 //     hand-over is done ("running (migrated)"), so the source no longer
 //     runs it; until then the incoming domain is paused ("migration",
 //     "starting-up", "postcopy...").
+//
 //   - MigrationStayed: the outcome is unknown and the source lists the
 //     domain running at the migration's generation, with no migration of
 //     it in progress, in a heartbeat sent after its agent applied the
 //     desired state that holds the VM (no order to migrate any more).
 //
-// Anything else is "" (no evidence: a domain absent proves nothing).
+//   - MigrationSourceAbsent, then MigrationNowhere: the outcome is unknown,
+//     the source lists the domain not running (absent, or shut off) with
+//     no migration in progress after it applied the hold, and later the
+//     destination lists it not running either, in a heartbeat sent after
+//     its agent applied a desired state at least as new as the source's
+//     report (so its listing was taken after the source's). A migration
+//     keeps a domain on at least one end while it runs and no new one
+//     starts while the VM is held, so the VM runs on neither. o is then
+//     the absence: State stopped (Reason "undefined" when not listed).
+//
+// Anything else is "" (no evidence: one absence alone proves nothing).
 func (v *VM) MigrationSettledBy(nodeID string, o VMObservation, desiredIndex uint64) string {
 	m := v.Migration
-	if m == nil || o.State != StateRunning || o.Generation != m.Generation || v.Generation != m.Generation {
+	if m == nil || o.Generation != m.Generation || v.Generation != m.Generation {
+		return ""
+	}
+	if o.State != StateRunning {
+		switch {
+		case m.Outcome != MigrationOutcomeUnknown:
+		case nodeID == m.From && m.SourceAbsentIndex == 0 && !o.Migrating && desiredIndex >= m.UnknownIndex:
+			return MigrationSourceAbsent
+		case nodeID == m.To && m.SourceAbsentIndex != 0 && desiredIndex >= m.SourceAbsentIndex:
+			return MigrationNowhere
+		}
 		return ""
 	}
 	switch {

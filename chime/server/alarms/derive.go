@@ -63,6 +63,7 @@ func DeriveHeld(vms []structs.VM, nodes []structs.Node, since map[string]time.Ti
 	}
 	return out
 }
+
 // IdentityConflictAlarmFor is how long the last evidence that another
 // agent claims a node keeps its NodeIdentityConflict alarm firing. The
 // heartbeat monitor records continuing evidence again well within it.

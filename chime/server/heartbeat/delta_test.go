@@ -135,11 +135,18 @@ func TestBuildDelta(t *testing.T) {
 			return a.ID, Report{VMs: []structs.VMObservation{running(vm.ID, gen)}, DesiredIndex: ui},
 				&fsm.Heartbeat{NodeID: a.ID, Migrations: []fsm.MigrationEvidence{{VMObservation: running(vm.ID, gen), DesiredIndex: ui}}}
 		}},
-		{"held VM absent from its source: no evidence, not taken as stopped (RC4)", func(w *world, a, b structs.Node, vm structs.VM, gen uint64) (string, Report, *fsm.Heartbeat) {
+		{"held VM absent from its source: half the proof it runs nowhere, not taken as stopped (RC4)", func(w *world, a, b structs.Node, vm structs.VM, gen uint64) (string, Report, *fsm.Heartbeat) {
 			w.beat(a.ID, Report{VMs: []structs.VMObservation{running(vm.ID, gen)}})
 			w.must(fsm.CmdMigrationStart, fsm.MigrationStart{VMID: vm.ID, TaskID: "t1", To: b.ID, IfGeneration: gen})
 			ui := w.must(fsm.CmdMigrationEnd, fsm.MigrationEnd{VMID: vm.ID, TaskID: "t1", FromNode: a.ID, Generation: gen, Unknown: true, Error: "lost"}).Index
-			return a.ID, Report{DesiredIndex: ui}, nil
+			gone := structs.VMObservation{VMID: vm.ID, State: structs.StateStopped, Reason: "undefined", Generation: gen}
+			return a.ID, Report{DesiredIndex: ui}, &fsm.Heartbeat{NodeID: a.ID, Migrations: []fsm.MigrationEvidence{{VMObservation: gone, DesiredIndex: ui}}}
+		}},
+		{"held VM absent from its destination before the source's absence: nothing", func(w *world, a, b structs.Node, vm structs.VM, gen uint64) (string, Report, *fsm.Heartbeat) {
+			w.beat(a.ID, Report{VMs: []structs.VMObservation{running(vm.ID, gen)}})
+			w.must(fsm.CmdMigrationStart, fsm.MigrationStart{VMID: vm.ID, TaskID: "t1", To: b.ID, IfGeneration: gen})
+			ui := w.must(fsm.CmdMigrationEnd, fsm.MigrationEnd{VMID: vm.ID, TaskID: "t1", FromNode: a.ID, Generation: gen, Unknown: true, Error: "lost"}).Index
+			return b.ID, Report{DesiredIndex: ui + 5}, nil
 		}},
 		{"adoption claim, and its observation for after the adoption", func(w *world, a, b structs.Node, vm structs.VM, gen uint64) (string, Report, *fsm.Heartbeat) {
 			o := structs.VMObservation{VMID: vm.ID, State: structs.StateStopped, Reason: "migrated", Generation: gen}
