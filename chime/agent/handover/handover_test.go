@@ -834,3 +834,56 @@ func TestMigratingCoversInflightAndOpenRecords(t *testing.T) {
 		t.Fatalf("Migrating = %v, %v; want %s (open record) and %s (in flight)", got, err, idA, idB)
 	}
 }
+
+// TestMigrationWaitsForTheAdoptedMetadata: a domain that arrived by an
+// earlier migration still carries the generation it arrived with until the
+// reconciler rewrites it; migrated so, the destination would take it for a
+// stale copy. The order waits (no libvirt call, no report) and runs with
+// the next desired state once the metadata is current.
+func TestMigrationWaitsForTheAdoptedMetadata(t *testing.T) {
+	tests := []struct {
+		name       string
+		domainGen  uint64
+		wantCalls  int
+		wantReport bool
+	}{
+		{"metadata still at the adopted generation: waits", 6, 0, false},
+		{"metadata at the placement generation: migrates", 10, 1, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			hv := newFakeHV(running(idA, tt.domainGen))
+			r := newRig(t, openStore(t), hv)
+			ds := desiredHere(idA, 10, true)
+			ds.VMs[0].AdoptGeneration = 6
+			r.m.AfterDesired(context.Background(), ds)
+			if tt.wantReport {
+				waitReport(t, r)
+			} else {
+				poll(t, "the deferred order to release the VM", func() (bool, any) {
+					r.m.mu.Lock()
+					defer r.m.mu.Unlock()
+					return len(r.m.inflight) == 0, r.m.inflight
+				})
+				if got := r.rep.all(); len(got) != 0 {
+					t.Fatalf("reports = %+v, want none", got)
+				}
+			}
+			if got := len(hv.migrations()); got != tt.wantCalls {
+				t.Fatalf("libvirt migrate calls = %d, want %d", got, tt.wantCalls)
+			}
+			if tt.wantReport {
+				return
+			}
+			// The reconciler rewrote the metadata; the next desired state
+			// orders the migration again and it runs.
+			hv.mu.Lock()
+			hv.domains[idA] = running(idA, 10)
+			hv.mu.Unlock()
+			r.m.AfterDesired(context.Background(), ds)
+			if rep := waitReport(t, r); !rep.OK {
+				t.Fatalf("report after the metadata was rewritten = %+v, want OK", rep)
+			}
+		})
+	}
+}

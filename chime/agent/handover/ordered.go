@@ -35,7 +35,12 @@ func (m *Manager) startMigration(vm api.DesiredVM) {
 		m.cfg.Changed()
 	}
 	m.after(0, func() {
-		rep := m.migrate(m.ctx, vm, order)
+		rep, later := m.migrate(m.ctx, vm, order)
+		if later {
+			// Not attempted: the next desired state orders it again.
+			m.release(vm.ID)
+			return
+		}
 		m.report(m.ctx, rep, 0, finish)
 	}, finish)
 }
@@ -48,30 +53,40 @@ func (m *Manager) startMigration(vm api.DesiredVM) {
 // or a success). The hand-over is recorded before libvirt is asked (no
 // record, no migration), and settled after: retired whenever the domain
 // no longer runs here (never started here again), cleared when it does.
-func (m *Manager) migrate(ctx context.Context, vm api.DesiredVM, order api.MigrationOrder) api.MigrationReport {
+//
+// later is true when nothing was attempted and nothing is to be reported
+// yet: the domain still carries the older generation it arrived with by an
+// earlier migration (the reconciler has not rewritten its metadata), and
+// migrated so, the destination would take it for a stale copy.
+func (m *Manager) migrate(ctx context.Context, vm api.DesiredVM, order api.MigrationOrder) (rep api.MigrationReport, later bool) {
 	log := m.log.Named("migrate").With("vm", vm.Name, "task", order.TaskID)
-	rep := api.MigrationReport{TaskID: order.TaskID, VMID: vm.ID, Generation: vm.Generation}
+	rep = api.MigrationReport{TaskID: order.TaskID, VMID: vm.ID, Generation: vm.Generation}
 	h := store.Handover{VMID: vm.ID, Generation: vm.Generation}
 	here, err := m.domainHere(ctx, vm.ID)
 	if err != nil {
 		rep.Error = "list libvirt domains: " + err.Error()
-		return rep // nothing was attempted: failed
+		return rep, false // nothing was attempted: failed
 	}
 	if here == nil {
 		rep.Unknown = true
 		rep.Error = "the domain is not on the source node: where it runs is for the destination to prove"
 		log.Warn("ordered to migrate a VM whose domain is not here: reporting its outcome unknown; it is never started here again")
 		_ = m.retire(h) // a failure is logged, held in memory and retried: it does not run here either way
-		return rep
+		return rep, false
+	}
+	if here.Meta != nil && here.Meta.Generation != vm.Generation && here.Meta.Generation == vm.AdoptGeneration {
+		log.Info("the domain still carries the generation it arrived with: migrating once the reconciler has adopted it",
+			"domain_generation", here.Meta.Generation, "generation", vm.Generation)
+		return rep, true
 	}
 	if here.State != hypervisor.StateRunning {
 		rep.Error = "vm is not running here (" + here.State + "): nothing to live-migrate"
-		return rep
+		return rep, false
 	}
 	if err := m.cfg.Store.BeginHandover(h); err != nil {
 		rep.Error = "not migrated: " + err.Error()
 		log.Error("cannot record the hand-over: not migrating; the VM keeps running here", "error", err)
-		return rep
+		return rep, false
 	}
 	start := m.cfg.Clock.Now()
 	log.Info("live migration starting", "dest", order.DestURI, "migrate_uri", order.MigrateURI)
@@ -80,7 +95,7 @@ func (m *Manager) migrate(ctx context.Context, vm api.DesiredVM, order api.Migra
 		_ = m.retire(h) // see above
 		rep.OK = true
 		log.Info("live migration done", "took", m.cfg.Clock.Now().Sub(start).Round(time.Millisecond).String())
-		return rep
+		return rep, false
 	}
 	rep.Error = err.Error()
 	switch d, lerr := m.domainHere(ctx, vm.ID); {
@@ -97,7 +112,7 @@ func (m *Manager) migrate(ctx context.Context, vm api.DesiredVM, order api.Migra
 		_ = m.retire(h)
 		log.Warn("migration call failed and the domain no longer runs here: outcome unknown, for the destination to prove", "error", err)
 	}
-	return rep
+	return rep, false
 }
 
 // stillRunsHere reports whether d (nil: not listed) has a qemu here: the
