@@ -392,7 +392,6 @@ var LostStateProfile = RandomConfig{
 func Suspects(sc *Schedule) []string {
 	has := map[string]bool{}
 	drained := map[string]bool{}
-	localMigrate, orderedMigrate := false, false
 	for _, it := range sc.Items {
 		c := it.Cmd
 		switch {
@@ -403,20 +402,12 @@ func Suspects(sc *Schedule) []string {
 			drained[c[1]] = true // rc1 (local drain flag while running) is fixed: no trigger
 		case c[0] == "enable" && drained[c[1]]:
 			has["f11 enable after a local drain"] = true
-		case c[0] == "agent-migrate":
-			// rc2 and rc5 are fixed: a node-local migration alone is no
-			// trigger. rc4 ("absent means migrated") needs an ordered
-			// migration of the same VM racing it.
-			localMigrate = true
-		case c[0] == "migrate" || c[0] == "evacuate":
-			orderedMigrate = true
+		// rc2, rc4 ("absent means migrated": a node-local migration
+		// racing an ordered one) and rc5 are fixed: no trigger.
 		case c[0] == "migration-outcome" || c[0] == "clock-jump":
 			// rc3 (unknown outcome taken as failed) and rc10 (timeouts on
 			// another server's clock) are fixed: no trigger.
 		}
-	}
-	if localMigrate && orderedMigrate {
-		has["rc4 node-local migration beside an ordered one"] = true
 	}
 	var out []string
 	for k := range has {
