@@ -32,7 +32,7 @@ heartbeat before it has removed every stale copy of a VM placed elsewhere.
 Example:
   chime agent --name hv1 --data-dir /var/lib/chime/agent --server 10.0.0.1:4650 \
       --server 10.0.0.2:4650 --advertise 10.0.0.11 --business-interface eth1`,
-		Flags: []cli.Flag{
+		Flags: append([]cli.Flag{
 			configFlag(),
 			&cli.StringFlag{Name: "name", Value: def.Name, Usage: "node name", EnvVars: []string{"CHIME_NAME"}},
 			&cli.StringFlag{Name: "data-dir", Value: def.DataDir, Usage: "local state directory", EnvVars: []string{"CHIME_DATA_DIR"}},
@@ -54,7 +54,7 @@ Example:
 			&cli.StringFlag{Name: "socket", Usage: "local unix socket (default <data-dir>/agent.sock)", EnvVars: []string{"CHIME_AGENT_SOCKET"}},
 			&cli.StringFlag{Name: "gossip-key", Usage: "base64 gossip encryption key (16, 24 or 32 bytes)", EnvVars: []string{"CHIME_GOSSIP_KEY"}},
 			&cli.StringSliceFlag{Name: "label", Usage: "node label KEY=VALUE (repeatable)"},
-		},
+		}, tlsFlags()...),
 		Action: runAgent,
 		Subcommands: []*cli.Command{
 			agentStatusCommand(),
@@ -101,6 +101,7 @@ func agentConfig(c *cli.Context) (agent.Config, error) {
 	cfg.SweepInterval = c.Duration("sweep-interval")
 	cfg.Socket = c.String("socket")
 	cfg.GossipKey = c.String("gossip-key")
+	cfg.TLS = tlsFiles(c)
 	for _, l := range c.StringSlice("label") {
 		k, v, ok := strings.Cut(l, "=")
 		if !ok || k == "" {

@@ -18,7 +18,7 @@ func serverCommand() *cli.Command {
 		Description: `Runs one member of the Raft group that holds the cluster's desired state.
 A new cluster: start three servers with --bootstrap-expect 3 and --join pointing at each other's
 gossip ports. A quick test: 'chime server --dev' (one server, temporary data dir).`,
-		Flags: []cli.Flag{
+		Flags: append([]cli.Flag{
 			configFlag(),
 			&cli.BoolFlag{Name: "dev", Usage: "one-server cluster in a temporary data dir"},
 			&cli.StringFlag{Name: "name", Usage: "server name (unique, DNS label)", EnvVars: []string{"CHIME_NAME"}},
@@ -38,8 +38,9 @@ gossip ports. A quick test: 'chime server --dev' (one server, temporary data dir
 			&cli.IntFlag{Name: "missed-heartbeats", Value: d.MissedHeartbeats, Usage: "heartbeats missed before a ping-back decides unreachable"},
 			&cli.StringSliceFlag{Name: "alarm-webhook", Usage: "Alertmanager-compatible webhook URL (repeatable)"},
 			&cli.Uint64Flag{Name: "snapshot-threshold", Value: d.SnapshotThreshold, Usage: "take a Raft snapshot after this many log entries"},
+			&cli.BoolFlag{Name: "insecure-no-tls", Usage: "run without TLS outside --dev, knowingly (logs a warning every minute)"},
 			&cli.Float64Flag{Name: "raft-time-scale", Value: 1, Usage: "scale Raft timers (tests only; <1 is faster)", Hidden: true},
-		},
+		}, tlsFlags()...),
 		Action: func(c *cli.Context) error {
 			if c.NArg() > 0 {
 				return fmt.Errorf("unexpected argument %q (flags only)", c.Args().First())
@@ -58,6 +59,7 @@ gossip ports. A quick test: 'chime server --dev' (one server, temporary data dir
 			cfg.HeartbeatInterval, cfg.MissedHeartbeats = c.Duration("heartbeat-interval"), c.Int("missed-heartbeats")
 			cfg.AlarmWebhook, cfg.SnapshotThreshold = c.StringSlice("alarm-webhook"), c.Uint64("snapshot-threshold")
 			cfg.RaftTimeScale = c.Float64("raft-time-scale")
+			cfg.TLS, cfg.InsecureNoTLS = tlsFiles(c), c.Bool("insecure-no-tls")
 			cfg.Logger = newLogger(c, "chime")
 			if cfg.Dev && cfg.DataDir == "" {
 				dir, err := os.MkdirTemp("", "chime-dev-")

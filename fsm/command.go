@@ -111,9 +111,19 @@ type NodeIdentity struct {
 
 // SetManagement changes a node's management state (enabled, disabled or
 // drained: the endpoint maps its action onto one of those).
+//
+// IfModifyIndex, when non-zero, makes it a compare-and-set on the node's
+// modify index as the endpoint read it (uniqueness rule 11): a node changed
+// meanwhile (a concurrent operation, a heartbeat that moved its flags)
+// refuses it with a conflict. ReleaseDrainID, when non-empty, releases
+// that local drain of the agent's even when the management state does not
+// change (`node enable` on a node that is enabled already). Both are zero
+// in entries written before they existed, which apply as before.
 type SetManagement struct {
-	NodeID string `json:"node_id"`
-	State  string `json:"state"`
+	NodeID         string `json:"node_id"`
+	State          string `json:"state"`
+	IfModifyIndex  uint64 `json:"if_modify_index,omitempty"`
+	ReleaseDrainID string `json:"release_drain_id,omitempty"`
 }
 
 // SetMonitor records a node monitor transition. The leader proposes it for
@@ -130,12 +140,16 @@ type SetMonitor struct {
 // Nil fields are left as they are. Operators' fencing proposes it; the
 // agent-reported flags travel in node.heartbeat (older log entries carry
 // them here).
+//
+// IfModifyIndex, when non-zero, makes it a compare-and-set on the node's
+// modify index (an operator's fence confirmed on the node as read).
 type SetNodeFlags struct {
-	NodeID       string  `json:"node_id"`
-	LocalDrained *bool   `json:"local_drained,omitempty"`
-	DrainAcked   *bool   `json:"drain_acked,omitempty"`
-	Fenced       *bool   `json:"fenced,omitempty"`
-	LocalDrainID *string `json:"local_drain_id,omitempty"`
+	NodeID        string  `json:"node_id"`
+	IfModifyIndex uint64  `json:"if_modify_index,omitempty"`
+	LocalDrained  *bool   `json:"local_drained,omitempty"`
+	DrainAcked    *bool   `json:"drain_acked,omitempty"`
+	Fenced        *bool   `json:"fenced,omitempty"`
+	LocalDrainID  *string `json:"local_drain_id,omitempty"`
 	// FenceUnreachable, with Fenced true, makes the node unreachable if it
 	// is not: a fenced node is taken as powered off, and it comes back
 	// only through a heartbeat that passes the return gate (uniqueness
@@ -164,11 +178,20 @@ type SetDesired struct {
 // this command. IfGeneration, when non-zero, makes the command a
 // compare-and-set: it fails with a conflict unless the VM's current
 // generation equals it (a decision taken on an old view is refused).
+//
+// IfModifyIndex and IfNodeModifyIndex, when non-zero, are the
+// compare-and-sets of uniqueness rule 11 on what the decision read: the
+// VM's modify index (its desired state, its observation), and the modify
+// index of the node the VM is placed on (its management state and drain
+// evidence: a rebuild decided on a drained, acknowledged node loses to an
+// enable that landed meanwhile). Zero in older entries: not checked.
 type PlaceVM struct {
-	VMID         string `json:"vm_id"`
-	NodeID       string `json:"node_id"`
-	IfGeneration uint64 `json:"if_generation,omitempty"`
-	Reason       string `json:"reason,omitempty"`
+	VMID              string `json:"vm_id"`
+	NodeID            string `json:"node_id"`
+	IfGeneration      uint64 `json:"if_generation,omitempty"`
+	IfModifyIndex     uint64 `json:"if_modify_index,omitempty"`
+	IfNodeModifyIndex uint64 `json:"if_node_modify_index,omitempty"`
+	Reason            string `json:"reason,omitempty"`
 }
 
 // DeleteVM deletes a VM.

@@ -17,7 +17,6 @@ import (
 	"github.com/chime-ha/chime/chime/structs"
 
 	"github.com/chime-ha/chime/chime/agent/local"
-	"github.com/chime-ha/chime/chime/api"
 	"github.com/chime-ha/chime/integration/lab"
 	"github.com/chime-ha/chime/integration/wait"
 )
@@ -49,6 +48,7 @@ type fleet struct {
 	ss     *serverSet
 	agents []*proc // by host index; replaced on restart
 	nodes  map[string]string
+	tls    *fleetTLS // with opts.TLS: the certificates every process and the CLI use
 }
 
 // fleetRoot is where a fleet keeps everything. It is fixed (not t.TempDir)
@@ -81,6 +81,7 @@ func newFleet(t *testing.T) *fleet {
 type fleetOptions struct {
 	ServerArgs []string                          // extra `chime server` flags (e.g. --alarm-webhook)
 	AgentArgs  func(i int, h *lab.Host) []string // extra `chime agent` flags for host i
+	TLS        bool                              // mutual TLS everywhere, with a CA of the test's own (tls_fleet_test.go)
 }
 
 // newFleetWith is newFleet with extra flags for servers and agents.
@@ -121,10 +122,15 @@ func newFleetWith(t *testing.T, opts fleetOptions) *fleet {
 		}
 	})
 	f := &fleet{t: t, opts: opts, root: root, logs: logs, lab: l, agents: make([]*proc, len(l.Hosts))}
+	serverArgs := opts.ServerArgs
+	if opts.TLS {
+		f.tls = newFleetTLS(t)
+		serverArgs = append(append([]string(nil), serverArgs...), f.tls.serverArgs()...)
+	}
 	// Each host reports the machine's CPUs as its capacity (2 here): allow
 	// enough vCPUs per host CPU for 20 one-vCPU VMs on three hosts.
 	f.ss = newServerSetOn(t, l.ServerIPs[:3], filepath.Join(root, "servers"), logs,
-		append([]string{"--heartbeat-interval", "1s", "--cpu-overcommit", "8"}, opts.ServerArgs...)...)
+		append([]string{"--heartbeat-interval", "1s", "--cpu-overcommit", "8"}, serverArgs...)...)
 	f.waitLeader(t, 60*time.Second)
 	for i := range l.Hosts {
 		f.startAgent(i)
@@ -163,6 +169,9 @@ func (f *fleet) startAgent(i int) {
 	if f.opts.AgentArgs != nil {
 		args = append(args, f.opts.AgentArgs(i, h)...)
 	}
+	if f.tls != nil {
+		args = append(args, f.tls.agentArgs()...)
+	}
 	name := fmt.Sprintf("agent-%s-%d", h.Name, time.Now().UnixNano())
 	f.agents[i] = startProc(f.t, name, f.logs, []string{"ip", "netns", "exec", h.Netns}, args...)
 }
@@ -179,7 +188,7 @@ func (f *fleet) waitLeader(t *testing.T, timeout time.Duration) {
 				continue
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-			st, err := api.NewClient(f.ss.addr(i)).Status(ctx)
+			st, err := f.apiClient(i).Status(ctx)
 			cancel()
 			if err == nil && st.IsLeader {
 				return true, ""
@@ -223,7 +232,7 @@ func (f *fleet) chime(args ...string) (string, error) {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		var out string
-		out, err = cli(ctx, append(args, "--address", f.ss.addr(i))...)
+		out, err = cli(ctx, append(append(args, "--address", f.ss.addr(i)), f.tls.cliArgs()...)...)
 		cancel()
 		if err == nil {
 			return out, nil

@@ -23,6 +23,7 @@ import (
 	"github.com/chime-ha/chime/chime/agent/store"
 	"github.com/chime-ha/chime/chime/api"
 	"github.com/chime-ha/chime/chime/structs"
+	"github.com/chime-ha/chime/chime/tlsconf"
 	"github.com/chime-ha/chime/gossip"
 	"github.com/hashicorp/go-hclog"
 )
@@ -69,6 +70,7 @@ type Agent struct {
 	health  *health.Checker   // local health checks; their faults go into every heartbeat
 	nodeID  string
 	logger  hclog.Logger
+	tls     *tlsconf.Material // nil: the agent API and its clients are plaintext
 
 	mu          sync.Mutex
 	desired     *api.DesiredState // last accepted desired state (nil before the first sync of this process); replaced, never mutated
@@ -104,11 +106,35 @@ func New(cfg Config, hv Hypervisor, opts ...Option) (*Agent, error) {
 		o.random = rand.Reader
 	}
 	random := &lockedReader{r: o.random}
+	var tlsm *tlsconf.Material
+	if cfg.TLS.Enabled() {
+		var err error
+		if tlsm, err = tlsconf.Load(cfg.TLS); err != nil {
+			return nil, err
+		}
+		if err := tlsm.Expect(tlsconf.RoleAgent); err != nil {
+			return nil, err
+		}
+		if cfg.Logger != nil {
+			log := cfg.Logger.Named("tls")
+			tlsm.OnReload(func(file string, err error) {
+				if err != nil {
+					log.Error("TLS certificate changed on disk but not loaded; the old one stays in use", "file", file, "error", err)
+					return
+				}
+				log.Info("TLS certificate reloaded", "file", file)
+			})
+		}
+	}
 	if o.servers == nil {
-		o.servers = api.NewClient(cfg.Servers...)
+		c := api.NewClient(cfg.Servers...)
+		if tlsm != nil {
+			c.UseTLS(tlsm.ClientConfig(tlsconf.RoleServer))
+		}
+		o.servers = c
 	}
 	if o.announcer == nil {
-		o.announcer = peerClient{port: cfg.APIPort}
+		o.announcer = newPeerClient(cfg.APIPort, tlsm)
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = hclog.NewNullLogger()
@@ -130,7 +156,7 @@ func New(cfg Config, hv Hypervisor, opts ...Option) (*Agent, error) {
 		st.Close()
 		return nil, err
 	}
-	a := &Agent{cfg: cfg, hv: hv, store: st, nodeID: id, logger: cfg.Logger,
+	a := &Agent{cfg: cfg, hv: hv, store: st, nodeID: id, logger: cfg.Logger, tls: tlsm,
 		servers: o.servers, clock: o.clock, random: random,
 		timing:       api.Timing{HeartbeatInterval: defaultHeartbeatInterval},
 		heartbeatNow: make(chan struct{}, 1), heartbeatSem: make(chan struct{}, 1)}
@@ -270,7 +296,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	for _, srv := range []struct {
 		ln net.Listener
 		h  http.Handler
-	}{{apiLn, a.apiHandler()}, {sockLn, local.Handler(localBackend{a})}} {
+	}{{a.apiListener(apiLn), a.apiHandler()}, {sockLn, local.Handler(localBackend{a})}} {
 		hs := &http.Server{Handler: srv.h, ReadHeaderTimeout: 10 * time.Second}
 		wg.Go(func() {
 			if err := hs.Serve(srv.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/chime-ha/chime/chime/agent/health"
 	"github.com/chime-ha/chime/chime/agent/reconcile"
+	"github.com/chime-ha/chime/chime/tlsconf"
 	"github.com/hashicorp/go-hclog"
 )
 
@@ -36,7 +37,13 @@ type Config struct {
 	Socket            string            // --socket: local unix socket (default <data-dir>/agent.sock)
 	GossipKey         string            // --gossip-key: base64 memberlist key (16, 24 or 32 bytes)
 	Labels            map[string]string // --label KEY=VALUE (repeatable)
-	Logger            hclog.Logger      // nil: a default logger
+	// TLS is --tls-ca-file, --tls-cert-file, --tls-key-file: set, the agent
+	// API is mutual TLS (servers and agents of the cluster only; adoption
+	// announcements from agents only), and the agent dials the servers and
+	// other agents over TLS, checking their roles. Its certificate must
+	// carry role agent.
+	TLS    tlsconf.Files
+	Logger hclog.Logger // nil: a default logger
 
 	// Health checks (package health).
 	BusinessProbeInterval time.Duration // --business-probe-interval: period of the business and storage probes
@@ -178,6 +185,9 @@ func (c Config) Validate() error {
 		if k == "" {
 			bad("label", "empty key")
 		}
+	}
+	if err := c.TLS.Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }

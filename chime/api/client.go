@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -26,6 +27,9 @@ const (
 	HeaderSecret    = "X-Chime-Secret"     // agent's node secret
 	HeaderToken     = "X-Chime-Token"      // admin token (reserved)
 	HeaderForwarded = "X-Chime-Forwarded"  // set by a follower forwarding to the leader
+	// HeaderForwardedRole is the TLS role of a forwarded request's caller,
+	// set by the follower; the leader believes it only from a server.
+	HeaderForwardedRole = "X-Chime-Forwarded-Role"
 )
 
 // MaxRequestIDLen bounds X-Chime-Request-Id: the id is a key of the
@@ -66,6 +70,36 @@ func NormalizeAddr(a string) string {
 		a = "http://" + a
 	}
 	return a
+}
+
+// BaseURL is NormalizeAddr, with https instead of http when tls is set:
+// with TLS every chime listener speaks https, whatever scheme an address
+// was written with.
+func BaseURL(a string, tls bool) string {
+	a = NormalizeAddr(a)
+	if tls {
+		if rest, ok := strings.CutPrefix(a, "http://"); ok {
+			a = "https://" + rest
+		}
+	}
+	return a
+}
+
+// UseTLS makes the client speak https to every server with cfg (its
+// certificate, the CA, and the role it wants the servers to carry).
+func (c *Client) UseTLS(cfg *tls.Config) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i, a := range c.addrs {
+		c.addrs[i] = BaseURL(a, true)
+	}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = cfg
+	timeout := 90 * time.Second
+	if c.HTTP != nil {
+		timeout = c.HTTP.Timeout
+	}
+	c.HTTP = &http.Client{Timeout: timeout, Transport: tr}
 }
 
 // Addrs returns the configured server URLs.
@@ -188,6 +222,9 @@ func (c *Client) once(ctx context.Context, base, method, path string, query url.
 		e := &Error{Status: resp.StatusCode}
 		if json.Unmarshal(data, e) != nil || e.Message == "" {
 			e.Message = fmt.Sprintf("%s %s: HTTP %d: %s", method, u, resp.StatusCode, strings.TrimSpace(string(data)))
+			if strings.Contains(string(data), "HTTP request to an HTTPS server") {
+				e.Message += " (the server runs TLS: give the CA, a certificate and its key with --tls-ca-file, --tls-cert-file, --tls-key-file)"
+			}
 		}
 		return idx, resp.StatusCode == http.StatusServiceUnavailable || resp.StatusCode == http.StatusBadGateway, e
 	}

@@ -25,7 +25,7 @@ type testCluster struct {
 	srv  []*Server
 }
 
-func newTestCluster(t *testing.T, n int) *testCluster {
+func newTestCluster(t *testing.T, n int, tweak ...func(*Config)) *testCluster {
 	t.Helper()
 	ports := ports.Free(t, "127.0.0.1", 3*n)
 	tc := &testCluster{t: t}
@@ -44,6 +44,9 @@ func newTestCluster(t *testing.T, n int) *testCluster {
 		cfg.RaftTimeScale = 0.25
 		cfg.HeartbeatInterval = time.Second
 		cfg.Logger = hclog.New(&hclog.LoggerOptions{Name: cfg.Name, Level: hclog.Warn})
+		for _, fn := range tweak {
+			fn(&cfg)
+		}
 		tc.cfgs = append(tc.cfgs, cfg)
 	}
 	tc.srv = make([]*Server, n)

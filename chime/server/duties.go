@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"net/http"
 	"time"
 
 	"github.com/chime-ha/chime/chime/server/alarms"
@@ -46,7 +45,7 @@ func (s *Server) setupDuties() {
 		CountDelivery: func(result string) { s.met.alarmsSent.WithLabelValues(result).Inc() },
 		Logger:        s.log.Named("alarms")})
 	s.hb = heartbeat.New(heartbeat.Config{Interval: s.cfg.HeartbeatInterval, Missed: s.cfg.MissedHeartbeats,
-		Proposer: s, State: s.fsm, Clock: s.clock, Pinger: agentPinger{client: http.DefaultClient}, Gossip: s.pool,
+		Proposer: s, State: s.fsm, Clock: s.clock, Pinger: s.pingClient(), Gossip: s.pool,
 		Logger: s.log})
 	s.ep = endpoint.New(endpoint.Config{Proposer: s, State: s.fsm, Placer: s.placer, Tasks: s.taskRunner,
 		Monitor: s.hb, Clock: s.clock, IDs: endpoint.RandomIDs{}, Agents: agentConfig{s},

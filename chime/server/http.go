@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/chime-ha/chime/chime/structs"
+	"github.com/chime-ha/chime/chime/tlsconf"
 
 	"github.com/chime-ha/chime/chime/api"
 )
@@ -80,11 +81,11 @@ func (s *Server) setupHTTP() error {
 	if err != nil {
 		return fmt.Errorf("api listener on %s: %w", addr, err)
 	}
-	s.lis = lis
-	s.http = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
+	s.lis = s.apiListener(lis)
+	s.http = &http.Server{Handler: s.withPeerRole(mux), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
 		ErrorLog: s.log.Named("http").StandardLogger(nil)}
 	go func() {
-		if err := s.http.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := s.http.Serve(s.lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			s.log.Error("api server stopped", "error", err)
 		}
 	}()
@@ -182,6 +183,9 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request) {
 	}
 	req.Header = r.Header.Clone()
 	req.Header.Set(api.HeaderForwarded, s.cfg.Name)
+	if role, ok := tlsconf.PeerRoleFrom(r.Context()); ok {
+		req.Header.Set(api.HeaderForwardedRole, string(role)) // the leader believes it from a server only
+	}
 	resp, err := s.fwd.Do(req)
 	if err != nil {
 		writeError(w, fmt.Errorf("%w: forward to leader %s: %v", structs.ErrNoLeader, leader, err))

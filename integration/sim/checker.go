@@ -316,6 +316,20 @@ func (c *Checker) healthyHost(h *Host) bool {
 	return h.powered && h.HV.LibvirtdUp() && h.proc != nil && !h.frozen && c.s.Net.LinkUp(h.Name, Mgmt)
 }
 
+// unreleasedLocalDrain reports whether node n keeps a local drain
+// (`chime agent drain`) that the operator had no chance to release: no
+// acknowledged `node enable` was sent while the leader knew its id. Such
+// a node legitimately keeps its VMs stopped (an enable sent before the
+// servers heard of the drain cannot name it); one enabled while the drain
+// was known must have released it (finding 11), so it is counted.
+func (c *Checker) unreleasedLocalDrain(n *structs.Node) bool {
+	active := n.LocalDrained || n.LocalDrainState != ""
+	if !active || n.LocalDrainID == "" || n.LocalDrainID == n.ReleasedDrainID {
+		return false
+	}
+	return !c.s.Ops.enabledKnowing[n.ID+"/"+n.LocalDrainID]
+}
+
 // finalLiveness (3).
 func (c *Checker) finalLiveness(l *Server) {
 	vms, err := l.FSM.VMs()
@@ -330,6 +344,11 @@ func (c *Checker) finalLiveness(l *Server) {
 		}
 		n, err := l.FSM.Node(vm.NodeID)
 		if err != nil || n.MonitorState != structs.MonitorNormal || n.ManagementState != structs.NodeEnabled {
+			continue
+		}
+		if c.unreleasedLocalDrain(n) {
+			c.s.E.trace.Addf("check", "vm %s not counted for liveness: node %s keeps local drain %s, which no enable has released since the servers learned of it",
+				vm.Name, n.Name, n.LocalDrainID)
 			continue
 		}
 		h := c.s.hostByNode(n.ID)

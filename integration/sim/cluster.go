@@ -458,6 +458,7 @@ func (s *Server) Propose(ctx context.Context, reqID string, typ fsm.CommandType,
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
+	s.c.sim.beforePropose(s, typ) // on-propose: interleave.go
 	return s.c.propose(s, reqID, typ, payload)
 }
 

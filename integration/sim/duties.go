@@ -83,20 +83,23 @@ func newLeaderDuties(s *Server, term uint64) *leaderDuties {
 
 func (d *leaderDuties) live() bool { return d.ctx.Err() == nil }
 
+// held: a proposal of this server is paused (interleave.go).
+func (d *leaderDuties) held() bool { return d.srv.c.sim.held(d) }
+
 func (d *leaderDuties) stepTasks() {
-	if d.live() {
+	if d.live() && !d.held() {
 		_ = d.runner.Step(d.ctx) // each failure is logged by Step
 	}
 }
 
 func (d *leaderDuties) placePending() {
-	if d.live() {
+	if d.live() && !d.held() {
 		d.placer.PlacePending(d.ctx)
 	}
 }
 
 func (d *leaderDuties) stepAlarms() {
-	if !d.live() {
+	if !d.live() || d.held() {
 		return
 	}
 	if err := d.alarmer.Step(d.ctx); err != nil && d.live() {

@@ -46,9 +46,13 @@ type Operator struct {
 	c      *client
 	Writes []Write
 	Lies   []*Lie
+	// enabledKnowing records "node id/local drain id" for every
+	// acknowledged enable sent while the leader knew that local drain: it
+	// should have released it (invariant 3, unreleasedLocalDrain).
+	enabledKnowing map[string]bool
 }
 
-func newOperator(s *Sim) *Operator { return &Operator{s: s} }
+func newOperator(s *Sim) *Operator { return &Operator{s: s, enabledKnowing: map[string]bool{}} }
 
 func (o *Operator) client() *client {
 	if o.c == nil {
@@ -116,6 +120,12 @@ func (o *Operator) Migrate(name, to string) error {
 // qemu is recorded as a lie: the operator confirmed what the world
 // contradicts.
 func (o *Operator) NodeAction(node string, op endpoint.NodeOp, confirmFenced bool) error {
+	knownDrain := ""
+	if l := o.s.Cluster.leader; op == endpoint.NodeEnable && l != nil {
+		if n, err := l.FSM.ResolveNode(node); err == nil && n.LocalDrainID != "" {
+			knownDrain = n.ID + "/" + n.LocalDrainID
+		}
+	}
 	lie := false
 	if op == endpoint.NodeRebuild && confirmFenced {
 		if h := o.s.Host(node); h != nil {
@@ -132,6 +142,9 @@ func (o *Operator) NodeAction(node string, op endpoint.NodeOp, confirmFenced boo
 		w.Flag = "--confirm-fenced"
 	}
 	o.record(w, err)
+	if err == nil && knownDrain != "" {
+		o.enabledKnowing[knownDrain] = true
+	}
 	if lie {
 		o.Lies = append(o.Lies, &Lie{Host: node, At: o.s.E.Now()})
 		o.s.E.trace.Addf("check", "--confirm-fenced for %s is a lie (its host runs chime VMs): invariant 1 is not checked for its VMs until a heal corrects it", node)

@@ -213,6 +213,7 @@ var opKinds = []opKind{
 	{"agent-migrate", 2, func(g *gen) []step {
 		return []step{{0, []string{"agent-migrate", "@", g.vm(), g.host(), g.net()}}}
 	}},
+	{"interleaved", 2, interleavedOp}, // two operations interleaved at a proposal boundary (interleave.go)
 	{"disable", 1, func(g *gen) []step {
 		h := g.host()
 		return []step{{0, []string{"disable", h}}, {g.dur(10*time.Second, time.Minute), []string{"enable", h}}}
@@ -391,17 +392,13 @@ var LostStateProfile = RandomConfig{
 // here, and seeds that still break an invariant with it fail again.
 func Suspects(sc *Schedule) []string {
 	has := map[string]bool{}
-	drained := map[string]bool{}
 	for _, it := range sc.Items {
 		c := it.Cmd
 		switch {
-		// rc6 (lost state dir) is fixed: no trigger.
-		// rc7 (a node back to normal before its stale copies are gone,
-		// after a --confirm-fenced rebuild) is fixed: no trigger.
-		case c[0] == "agent-drain":
-			drained[c[1]] = true // rc1 (local drain flag while running) is fixed: no trigger
-		case c[0] == "enable" && drained[c[1]]:
-			has["f11 enable after a local drain"] = true
+		// rc1 (local drain flag while running), rc6 (lost state dir), rc7
+		// (a node back to normal before its stale copies are gone, after a
+		// --confirm-fenced rebuild) and f11 (enable after a local drain)
+		// are fixed: no trigger.
 		// rc2, rc4 ("absent means migrated": a node-local migration
 		// racing an ordered one) and rc5 are fixed: no trigger.
 		case c[0] == "migration-outcome" || c[0] == "clock-jump":

@@ -68,6 +68,9 @@ import (
 //	migration-outcome VM OUTCOME    the VM's next live migration: fails-before,
 //	                            fails-during or reply-lost
 //	heal                        undo every fault (the runner heals at the end anyway)
+//	on-propose TYPE N D [CMD...]    the Nth next proposal of command type TYPE (*: any)
+//	                            by the servers' own code pauses before it commits:
+//	                            CMD runs, D passes, then it goes on (interleave.go)
 //
 // Scenario header lines (before any command): "seed N", "hosts N",
 // "quiet D" (the quiet period), "known-failure: N" (root cause N of
@@ -251,6 +254,10 @@ var cmdArity = map[string][2]int{
 }
 
 func checkCmd(f []string) error {
+	if f[0] == "on-propose" {
+		_, err := parseOnPropose(f)
+		return err
+	}
 	a, ok := cmdArity[f[0]]
 	if !ok {
 		known := make([]string, 0, len(cmdArity))
@@ -284,6 +291,9 @@ func (s *Sim) Exec(f []string) error {
 		return err
 	}
 	s.E.trace.Addf("cmd", "%s", strings.Join(f, " "))
+	if s.waitsForResume(f) {
+		return nil
+	}
 	arg := func(i int) string {
 		if i < len(f) {
 			return f[i]
@@ -309,6 +319,8 @@ func (s *Sim) Exec(f []string) error {
 		return nil
 	}
 	switch f[0] {
+	case "on-propose":
+		return s.armPause(f)
 	case "create":
 		_ = s.Ops.Create(f[1], 1, 512, arg(2) == "stopped")
 	case "start", "stop":

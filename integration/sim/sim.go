@@ -53,6 +53,7 @@ type Sim struct {
 	migrationFaults float64
 	migrationNets   []Net // networks of the addresses a migration looked up (HypervisorAt)
 	localMoves      []localMove
+	inter           interleaving // on-propose (interleave.go)
 }
 
 // localMove is a node-local migration an operator ran (agent migrate).

@@ -100,9 +100,19 @@ func (r *Runner) startStep(ctx context.Context, t *structs.Task, st *structs.Tas
 			// live migration below
 		case vm.DesiredState == structs.DesiredStopped && (vm.State == structs.StateStopped || vm.State == structs.StateCrashed):
 			// Known stopped and kept stopped: move the definition. The source
-			// agent has nothing to start, so no copy can run twice.
-			if _, err := r.propose.Propose(ctx, "", fsm.CmdPlaceVM, fsm.PlaceVM{VMID: vm.ID, NodeID: to, IfGeneration: vm.Generation,
-				Reason: t.Kind + " of a stopped VM (task " + t.ID + ")"}); err != nil {
+			// agent has nothing to start, so no copy can run twice. That holds
+			// only for the VM as read here: the placement is a compare-and-set
+			// on its modify index (uniqueness rule 11), so a start or an
+			// observation that landed meanwhile refuses it, and the step
+			// decides again on the new state.
+			_, err := r.propose.Propose(ctx, "", fsm.CmdPlaceVM, fsm.PlaceVM{VMID: vm.ID, NodeID: to, IfGeneration: vm.Generation,
+				IfModifyIndex: vm.ModifyIndex, Reason: t.Kind + " of a stopped VM (task " + t.ID + ")"})
+			if vmChanged(err) {
+				r.log.Info("cold move lost to a concurrent change: deciding again", "vm", vm.Name, "task", t.ID, "error", err)
+				st.To = ""
+				return errRetryLater
+			}
+			if err != nil {
 				return err
 			}
 			st.State = structs.TaskSucceeded
@@ -123,4 +133,11 @@ func (r *Runner) startStep(ctx context.Context, t *structs.Task, st *structs.Tas
 		st.State = structs.TaskRunning
 		return nil
 	})
+}
+
+// vmChanged reports whether err is the FSM's refusal of a decision because
+// the VM it read changed meanwhile (the modify-index compare-and-set).
+func vmChanged(err error) bool {
+	var se *structs.Error
+	return errors.As(err, &se) && se.Kind == structs.ErrConflict && se.Field == "modify_index"
 }
