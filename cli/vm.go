@@ -3,6 +3,7 @@ package cli
 import (
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/chime-ha/chime/chime/structs"
 
@@ -203,6 +204,10 @@ func cliField(err error) error {
 func migration(m *structs.Migration) string {
 	if m == nil {
 		return "-"
+	}
+	if m.Outcome == structs.MigrationOutcomeUnknown {
+		return fmt.Sprintf("HELD: outcome of the live migration %s → %s unknown since %s (%s); started nowhere until a node proves it runs it (task %s)",
+			short(m.From), short(m.To), m.UnknownSince.UTC().Format(time.RFC3339), m.UnknownReason, m.TaskID)
 	}
 	return fmt.Sprintf("live migration %s → %s in flight (task %s)", short(m.From), short(m.To), m.TaskID)
 }

@@ -36,6 +36,9 @@ func (a *applier) heartbeat(p Heartbeat) (string, error) {
 			return "", err
 		}
 	}
+	if err := a.migrationEvidence(n, p.Migrations); err != nil {
+		return "", err
+	}
 	if err := a.observe(n.ID, p.Observations); err != nil {
 		return "", err
 	}

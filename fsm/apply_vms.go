@@ -144,6 +144,9 @@ func (a *applier) migrationEnd(p MigrationEnd) (string, error) {
 		return "", err
 	}
 	m := v.Migration
+	if p.Unknown {
+		return a.migrationUnknown(v, p)
+	}
 	to := ""
 	if m != nil && (p.TaskID == "" || m.TaskID == p.TaskID) {
 		to = m.To

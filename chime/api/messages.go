@@ -125,6 +125,11 @@ type DesiredVM struct {
 	AdoptGeneration uint64 `json:"adopt_generation,omitempty"`
 	// Migrate orders the agent (on the source node) to live-migrate the VM.
 	Migrate *MigrationOrder `json:"migrate,omitempty"`
+	// Held: the outcome of the VM's live migration from here is unknown
+	// (uniqueness rule 8). Leave its domain as it is — start nothing,
+	// stop nothing — and report what libvirt shows: the servers settle it
+	// on evidence.
+	Held bool `json:"held,omitempty"`
 }
 
 // MigrationOrder tells a source agent where to live-migrate a VM.
@@ -150,7 +155,12 @@ type MigrationReport struct {
 	VMID       string `json:"vm_id"`
 	Generation uint64 `json:"generation"`
 	OK         bool   `json:"ok"`
-	Error      string `json:"error,omitempty"`
+	// Unknown: the agent could not learn whether the hand-over happened
+	// (libvirt's call failed and the domain is not here, or libvirt
+	// cannot be listed): neither failed nor succeeded; the servers hold
+	// the VM until a host proves where it runs.
+	Unknown bool   `json:"unknown,omitempty"`
+	Error   string `json:"error,omitempty"`
 }
 
 // DesiredState is the answer to GET /v1/agent/desired (a blocking query).

@@ -15,10 +15,10 @@ import (
 )
 
 // Clock is the server's time: propose stamps every command with Now, the
-// leader's duties measure their timeouts against it (a task's Updated
-// stamp is this clock's), and the endpoints bound their waits with After.
-// One clock for all of them, so that a stamp and the timeout measured
-// against it never come from two clocks.
+// leader's duties measure their timeouts on it (always between two of
+// their own readings, never against a stamp in the state, which another
+// server may have written), and the endpoints bound their waits with
+// After.
 type Clock interface {
 	Now() time.Time
 	After(d time.Duration) <-chan time.Time

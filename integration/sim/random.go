@@ -402,7 +402,6 @@ var LostStateProfile = RandomConfig{
 // here, and seeds that still break an invariant with it fail again.
 func Suspects(sc *Schedule) []string {
 	has := map[string]bool{}
-	localMigrate, orderedMigrate := false, false
 	for _, it := range sc.Items {
 		c := it.Cmd
 		switch {
@@ -410,19 +409,12 @@ func Suspects(sc *Schedule) []string {
 		// (a node back to normal before its stale copies are gone, after a
 		// --confirm-fenced rebuild) and f11 (enable after a local drain)
 		// are fixed: no trigger.
-		case c[0] == "agent-migrate":
-			// rc2 and rc5 are fixed: a node-local migration alone is no
-			// trigger. rc4 ("absent means migrated") needs an ordered
-			// migration of the same VM racing it.
-			localMigrate = true
-		case c[0] == "migrate" || c[0] == "evacuate":
-			orderedMigrate = true
+		// rc2, rc4 ("absent means migrated": a node-local migration
+		// racing an ordered one) and rc5 are fixed: no trigger.
 		case c[0] == "migration-outcome" || c[0] == "clock-jump":
-			has["rc3/rc10 migration outcome or clock"] = true
+			// rc3 (unknown outcome taken as failed) and rc10 (timeouts on
+			// another server's clock) are fixed: no trigger.
 		}
-	}
-	if localMigrate && orderedMigrate {
-		has["rc4 node-local migration beside an ordered one"] = true
 	}
 	var out []string
 	for k := range has {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -210,6 +211,13 @@ func serverCall[T any](s *Sim, from string, to *Server, what string, fn func(ep 
 func handleAt[T any](s *Sim, srv *Server, what string, forwarded bool, fn func(ep *endpoint.Endpoints) (T, error)) (T, error) {
 	var zero T
 	if l := s.Cluster.leader; l == srv && srv.lead != nil {
+		if s.inter.paused == srv.lead && (strings.HasPrefix(what, "rebuild ") || strings.HasPrefix(what, "create ")) {
+			// A create or rebuild takes the placement lock, which the
+			// paused decision may hold (interleave.go): in production it
+			// waits; here, where it would deadlock the one thread, the
+			// server answers busy and the client retries elsewhere.
+			return zero, fmt.Errorf("%w: %s waits for the placement lock of a paused decision", structs.ErrNoLeader, what)
+		}
 		return fn(srv.lead.ep)
 	}
 	if forwarded {

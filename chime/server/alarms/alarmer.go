@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"sort"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -57,6 +58,9 @@ type Alarmer struct {
 	countDelivery func(string)
 	extra         func(time.Time) ([]structs.Alarm, error)
 	log           hclog.Logger
+
+	mu       sync.Mutex
+	heldSeen map[string]time.Time // held migration (heldKey) → when this leader first saw it held
 }
 
 // New returns an Alarmer.
@@ -68,7 +72,44 @@ func New(cfg Config) *Alarmer {
 		cfg.Client = http.DefaultClient
 	}
 	return &Alarmer{state: cfg.State, propose: cfg.Proposer, clock: cfg.Clock, webhooks: cfg.Webhooks,
-		externalURL: cfg.ExternalURL, client: cfg.Client, countDelivery: cfg.CountDelivery, extra: cfg.Extra, log: cfg.Logger}
+		externalURL: cfg.ExternalURL, client: cfg.Client, countDelivery: cfg.CountDelivery, extra: cfg.Extra, log: cfg.Logger,
+		heldSeen: map[string]time.Time{}}
+}
+
+// heldSince returns, for every VM held now (migration outcome unknown),
+// when this leader first saw it held, on its own clock (uniqueness rule
+// 8: no bound is measured on another server's timestamp), and forgets
+// the holds that ended.
+func (a *Alarmer) heldSince(vms []structs.VM, now time.Time) map[string]time.Time {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := map[string]time.Time{}
+	for _, v := range vms {
+		if !v.Held() {
+			continue
+		}
+		k := heldKey(v)
+		if _, ok := a.heldSeen[k]; !ok {
+			a.heldSeen[k] = now
+		}
+		out[k] = a.heldSeen[k]
+	}
+	for k := range a.heldSeen {
+		if _, ok := out[k]; !ok {
+			delete(a.heldSeen, k)
+		}
+	}
+	return out
+}
+
+func firingSet(recs []fsm.AlarmRecord) map[string]bool {
+	out := map[string]bool{}
+	for _, r := range recs {
+		if r.Alarm.Status == "firing" {
+			out[r.Alarm.Fingerprint] = true
+		}
+	}
+	return out
 }
 
 // Firing lists the alarms recorded as firing in the replicated state,
@@ -91,6 +132,9 @@ func (a *Alarmer) Firing() ([]structs.Alarm, error) {
 // Run records transitions and delivers them until ctx ends (leadership
 // lost).
 func (a *Alarmer) Run(ctx context.Context) {
+	a.mu.Lock()
+	a.heldSeen = map[string]time.Time{} // a new term counts every hold afresh
+	a.mu.Unlock()
 	for {
 		ch, _ := a.state.Changed()
 		if err := a.Step(ctx); err != nil && ctx.Err() == nil {
@@ -129,8 +173,13 @@ func (a *Alarmer) Step(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("read alarms: %w", err)
 	}
+	vms, err := a.state.VMs()
+	if err != nil {
+		return fmt.Errorf("read vms: %w", err)
+	}
 	now := a.clock.Now().UTC()
-	current := Derive(nodes, tasks, now)
+	current := append(Derive(nodes, tasks, now), DeriveHeld(vms, nodes, a.heldSince(vms, now), firingSet(recs), now)...)
+	sort.Slice(current, func(i, j int) bool { return current[i].Fingerprint < current[j].Fingerprint })
 	if a.extra != nil {
 		more, err := a.extra(now)
 		if err != nil {

@@ -160,7 +160,9 @@ func (e *Endpoints) Desired(n *structs.Node) (api.DesiredState, error) {
 		if n.ManagementState == structs.NodeDrained {
 			d.DesiredState = structs.DesiredStopped
 		}
-		if m := vm.Migration; m != nil && m.From == n.ID {
+		if vm.Held() && vm.Migration.From == n.ID {
+			d.Held = true // no order any more: settled on evidence
+		} else if m := vm.Migration; m != nil && m.From == n.ID {
 			if dest, err := e.state.Node(m.To); err == nil {
 				addr := dest.MigrationAddr
 				if addr == "" {
@@ -207,11 +209,17 @@ func (e *Endpoints) Migrated(ctx context.Context, reqID string, n *structs.Node,
 	if vm.Migration != nil {
 		from = vm.Migration.From
 	}
+	if rep.OK && vm.Migration == nil && vm.NodeID != n.ID && vm.AdoptGeneration != 0 && vm.AdoptGeneration == rep.Generation {
+		// Already settled on the destination's evidence (uniqueness rule
+		// 8): the report confirms it, nothing is left to record.
+		return nil
+	}
 	if from != n.ID {
 		return structs.Forbidden("node %s reports a migration of vm %s, which is placed on %s", n.ID, vm.ID, from)
 	}
 	if _, err := e.propose.Propose(ctx, reqID, fsm.CmdMigrationEnd, fsm.MigrationEnd{
-		VMID: vm.ID, TaskID: rep.TaskID, FromNode: n.ID, Generation: rep.Generation, OK: rep.OK, Error: rep.Error}); err != nil {
+		VMID: vm.ID, TaskID: rep.TaskID, FromNode: n.ID, Generation: rep.Generation, OK: rep.OK && !rep.Unknown,
+		Unknown: rep.Unknown, Error: rep.Error}); err != nil {
 		return err
 	}
 	e.tasks.Kick()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/chime-ha/chime/chime/structs"
 	"github.com/chime-ha/chime/fsm"
@@ -229,6 +230,14 @@ func (e *Endpoints) rebuild(ctx context.Context, reqID string, n *structs.Node, 
 		if err != nil {
 			return err
 		}
+		// A VM migrating away from this node can only run on the
+		// migration's destination, or nowhere, now that this node is
+		// known to run nothing: it goes there (uniqueness rule 8); one
+		// migrating here stays on its source.
+		if err := e.settleFenced(ctx, n, &steps); err != nil {
+			return err
+		}
+		vms = slices.DeleteFunc(vms, func(vm structs.VM) bool { return vm.Migration != nil })
 		// A VM a node-local migration may have brought to another node is
 		// held (uniqueness rule 7): "nothing runs on this node" says
 		// nothing about where it went. Unless that node is fenced too.
@@ -312,6 +321,36 @@ func (e *Endpoints) rebuild(ctx context.Context, reqID string, n *structs.Node, 
 func readChanged(err error) bool {
 	var se *structs.Error
 	return errors.As(err, &se) && se.Kind == structs.ErrConflict && (se.Field == "node_modify_index" || se.Field == "modify_index")
+}
+
+// settleFenced settles every live migration from or to node n, which is
+// known to run nothing (acknowledged drain, local drain or fence): the VM
+// runs at the other end or nowhere, so it is placed there. Each settles
+// in one step of the rebuild task.
+func (e *Endpoints) settleFenced(ctx context.Context, n *structs.Node, steps *[]structs.TaskStep) error {
+	all, err := e.state.VMs()
+	if err != nil {
+		return err
+	}
+	for _, vm := range all {
+		m := vm.Migration
+		if m == nil || (m.From != n.ID && m.To != n.ID) {
+			continue
+		}
+		where, reason := m.To, fmt.Sprintf("node %s, its source, is known to run nothing (rebuild)", n.Name)
+		if m.From != n.ID {
+			where, reason = m.From, fmt.Sprintf("node %s, its destination, is known to run nothing (rebuild)", n.Name)
+		}
+		st := structs.TaskStep{VMID: vm.ID, From: m.From, To: where, State: structs.TaskSucceeded}
+		if _, err := e.propose.Propose(ctx, "", fsm.CmdMigrationSettle, fsm.MigrationSettle{VMID: vm.ID, TaskID: m.TaskID,
+			Generation: m.Generation, Where: where, Reason: reason}); err != nil {
+			st.State, st.Error = structs.TaskFailed, err.Error()
+		}
+		if m.From == n.ID {
+			*steps = append(*steps, st)
+		}
+	}
+	return nil
 }
 
 // heldElsewhere says why vm must not be rebuilt: a node-local migration of

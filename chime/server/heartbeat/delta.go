@@ -79,6 +79,10 @@ func buildDelta(st State, n *structs.Node, r Report, now time.Time) (*fsm.Heartb
 		if err != nil {
 			return nil, err
 		}
+		if vm.MigrationSettledBy(n.ID, o, r.DesiredIndex) != "" {
+			// Proof of where a migrating VM runs (uniqueness rule 8).
+			d.Migrations = append(d.Migrations, fsm.MigrationEvidence{VMObservation: o, DesiredIndex: r.DesiredIndex})
+		}
 		switch {
 		case adopting[o.VMID]:
 			// Judged by the FSM after the adoption in the same command
@@ -93,6 +97,16 @@ func buildDelta(st State, n *structs.Node, r Report, now time.Time) (*fsm.Heartb
 		case observationChanged(vm.Observed, n.ID, o):
 			d.Observations = append(d.Observations, o)
 		}
+	}
+	// A held VM (uniqueness rule 8) that neither end of its migration runs
+	// any more runs nowhere: each end's absence is evidence only together
+	// (MigrationSettledBy), so both are sent.
+	if !r.VMsUnknown {
+		held, err := heldAbsent(st, n.ID, r, listed)
+		if err != nil {
+			return nil, err
+		}
+		d.Migrations = append(d.Migrations, held...)
 	}
 	// A placed VM the agent no longer lists is gone from libvirt: stopped
 	// (unless libvirt could not be listed at all).
@@ -227,7 +241,7 @@ func buildDelta(st State, n *structs.Node, r Report, now time.Time) (*fsm.Heartb
 
 	if len(d.Adoptions) == 0 && len(d.Observations) == 0 && d.LocalDrained == nil && d.LocalDrainID == nil && d.LocalDrainState == nil &&
 		d.DrainAcked == nil && len(d.LocalMigrations) == 0 && len(d.LocalMoves) == 0 && len(d.Announced) == 0 &&
-		len(d.ExpiredAdoptions) == 0 && d.Monitor == nil && !conflictsChanged && !refusalChanged {
+		len(d.ExpiredAdoptions) == 0 && d.Monitor == nil && !conflictsChanged && !refusalChanged && len(d.Migrations) == 0 {
 		return nil, nil
 	}
 	d.Copies = &ev
@@ -309,6 +323,27 @@ func droppedAdoptions(st State, n *structs.Node, announced []structs.AdoptionRef
 			out = append(out, c.VMID)
 		case nl != nil && nl.To == n.ID && nl.Generation == c.Generation && nl.Outcome == structs.LocalMigrationFailed:
 			out = append(out, c.VMID)
+		}
+	}
+	return out, nil
+}
+
+// heldAbsent is the absence evidence of the held VMs migrating from or to
+// node n that its heartbeat r does not list (listed: the VMs it lists).
+// One listed but not running is judged with the other observations.
+func heldAbsent(st State, nodeID string, r Report, listed map[string]bool) ([]fsm.MigrationEvidence, error) {
+	all, err := st.VMs()
+	if err != nil {
+		return nil, err
+	}
+	var out []fsm.MigrationEvidence
+	for _, vm := range all {
+		if !vm.Held() || listed[vm.ID] || (vm.Migration.From != nodeID && vm.Migration.To != nodeID) {
+			continue
+		}
+		o := structs.VMObservation{VMID: vm.ID, State: structs.StateStopped, Reason: "undefined", Generation: vm.Migration.Generation}
+		if vm.MigrationSettledBy(nodeID, o, r.DesiredIndex) != "" {
+			out = append(out, fsm.MigrationEvidence{VMObservation: o, DesiredIndex: r.DesiredIndex})
 		}
 	}
 	return out, nil

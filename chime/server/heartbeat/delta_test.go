@@ -103,9 +103,50 @@ func TestBuildDelta(t *testing.T) {
 		{"stale stopped copy elsewhere: nothing", func(w *world, a, b structs.Node, vm structs.VM, gen uint64) (string, Report, *fsm.Heartbeat) {
 			return b.ID, Report{VMs: []structs.VMObservation{{VMID: vm.ID, State: structs.StateStopped, Generation: gen}}}, nil
 		}},
-		{"incoming copy of a live migration: nothing", func(w *world, a, b structs.Node, vm structs.VM, gen uint64) (string, Report, *fsm.Heartbeat) {
+		{"incoming copy of a live migration, paused for it: nothing", func(w *world, a, b structs.Node, vm structs.VM, gen uint64) (string, Report, *fsm.Heartbeat) {
 			w.must(fsm.CmdMigrationStart, fsm.MigrationStart{VMID: vm.ID, TaskID: "t1", To: b.ID, IfGeneration: gen})
-			return b.ID, Report{VMs: []structs.VMObservation{running(vm.ID, gen)}}, nil
+			o := structs.VMObservation{VMID: vm.ID, State: structs.StateRunning, Reason: "migration", Generation: gen}
+			return b.ID, Report{VMs: []structs.VMObservation{o}}, nil
+		}},
+		{"incoming copy of a live migration running: evidence it arrived (RC3)", func(w *world, a, b structs.Node, vm structs.VM, gen uint64) (string, Report, *fsm.Heartbeat) {
+			w.must(fsm.CmdMigrationStart, fsm.MigrationStart{VMID: vm.ID, TaskID: "t1", To: b.ID, IfGeneration: gen})
+			o := structs.VMObservation{VMID: vm.ID, State: structs.StateRunning, Reason: "migrated", Generation: gen}
+			return b.ID, Report{VMs: []structs.VMObservation{o}, DesiredIndex: 7},
+				&fsm.Heartbeat{NodeID: b.ID, Migrations: []fsm.MigrationEvidence{{VMObservation: o, DesiredIndex: 7}}}
+		}},
+		{"held VM running on its source, hold not applied yet: nothing (RC3)", func(w *world, a, b structs.Node, vm structs.VM, gen uint64) (string, Report, *fsm.Heartbeat) {
+			w.beat(a.ID, Report{VMs: []structs.VMObservation{running(vm.ID, gen)}})
+			w.must(fsm.CmdMigrationStart, fsm.MigrationStart{VMID: vm.ID, TaskID: "t1", To: b.ID, IfGeneration: gen})
+			ui := w.must(fsm.CmdMigrationEnd, fsm.MigrationEnd{VMID: vm.ID, TaskID: "t1", FromNode: a.ID, Generation: gen, Unknown: true, Error: "lost"}).Index
+			return a.ID, Report{VMs: []structs.VMObservation{running(vm.ID, gen)}, DesiredIndex: ui - 1}, nil
+		}},
+		{"held VM running on its source, migration still in progress there: nothing (RC3)", func(w *world, a, b structs.Node, vm structs.VM, gen uint64) (string, Report, *fsm.Heartbeat) {
+			w.beat(a.ID, Report{VMs: []structs.VMObservation{running(vm.ID, gen)}})
+			w.must(fsm.CmdMigrationStart, fsm.MigrationStart{VMID: vm.ID, TaskID: "t1", To: b.ID, IfGeneration: gen})
+			ui := w.must(fsm.CmdMigrationEnd, fsm.MigrationEnd{VMID: vm.ID, TaskID: "t1", FromNode: a.ID, Generation: gen, Unknown: true, Error: "lost"}).Index
+			o := running(vm.ID, gen)
+			o.Migrating = true
+			return a.ID, Report{VMs: []structs.VMObservation{o}, DesiredIndex: ui}, nil
+		}},
+		{"held VM running on its source after the hold: evidence it stayed (RC3)", func(w *world, a, b structs.Node, vm structs.VM, gen uint64) (string, Report, *fsm.Heartbeat) {
+			w.beat(a.ID, Report{VMs: []structs.VMObservation{running(vm.ID, gen)}})
+			w.must(fsm.CmdMigrationStart, fsm.MigrationStart{VMID: vm.ID, TaskID: "t1", To: b.ID, IfGeneration: gen})
+			ui := w.must(fsm.CmdMigrationEnd, fsm.MigrationEnd{VMID: vm.ID, TaskID: "t1", FromNode: a.ID, Generation: gen, Unknown: true, Error: "lost"}).Index
+			return a.ID, Report{VMs: []structs.VMObservation{running(vm.ID, gen)}, DesiredIndex: ui},
+				&fsm.Heartbeat{NodeID: a.ID, Migrations: []fsm.MigrationEvidence{{VMObservation: running(vm.ID, gen), DesiredIndex: ui}}}
+		}},
+		{"held VM absent from its source: half the proof it runs nowhere, not taken as stopped (RC4)", func(w *world, a, b structs.Node, vm structs.VM, gen uint64) (string, Report, *fsm.Heartbeat) {
+			w.beat(a.ID, Report{VMs: []structs.VMObservation{running(vm.ID, gen)}})
+			w.must(fsm.CmdMigrationStart, fsm.MigrationStart{VMID: vm.ID, TaskID: "t1", To: b.ID, IfGeneration: gen})
+			ui := w.must(fsm.CmdMigrationEnd, fsm.MigrationEnd{VMID: vm.ID, TaskID: "t1", FromNode: a.ID, Generation: gen, Unknown: true, Error: "lost"}).Index
+			gone := structs.VMObservation{VMID: vm.ID, State: structs.StateStopped, Reason: "undefined", Generation: gen}
+			return a.ID, Report{DesiredIndex: ui}, &fsm.Heartbeat{NodeID: a.ID, Migrations: []fsm.MigrationEvidence{{VMObservation: gone, DesiredIndex: ui}}}
+		}},
+		{"held VM absent from its destination before the source's absence: nothing", func(w *world, a, b structs.Node, vm structs.VM, gen uint64) (string, Report, *fsm.Heartbeat) {
+			w.beat(a.ID, Report{VMs: []structs.VMObservation{running(vm.ID, gen)}})
+			w.must(fsm.CmdMigrationStart, fsm.MigrationStart{VMID: vm.ID, TaskID: "t1", To: b.ID, IfGeneration: gen})
+			ui := w.must(fsm.CmdMigrationEnd, fsm.MigrationEnd{VMID: vm.ID, TaskID: "t1", FromNode: a.ID, Generation: gen, Unknown: true, Error: "lost"}).Index
+			return b.ID, Report{DesiredIndex: ui + 5}, nil
 		}},
 		{"adoption claim, and its observation for after the adoption", func(w *world, a, b structs.Node, vm structs.VM, gen uint64) (string, Report, *fsm.Heartbeat) {
 			o := structs.VMObservation{VMID: vm.ID, State: structs.StateStopped, Reason: "migrated", Generation: gen}

@@ -23,10 +23,16 @@ func (r *Runner) advanceMigrations(ctx context.Context, t structs.Task) error {
 			st.State, st.Error = structs.TaskFailed, "vm deleted"
 			return r.put(ctx, t, idx)
 		}
-		if vm.Migration != nil && vm.Migration.TaskID == t.ID {
-			if r.clock.Now().Sub(t.Updated) > MigrationTimeout {
-				_, err := r.propose.Propose(ctx, "", fsm.CmdMigrationEnd, fsm.MigrationEnd{VMID: vm.ID, TaskID: t.ID, FromNode: vm.Migration.From,
-					Generation: vm.Migration.Generation, Error: fmt.Sprintf("no result from the source agent within %s", MigrationTimeout)})
+		if m := vm.Migration; m != nil && m.TaskID == t.ID {
+			if vm.Held() {
+				return nil // outcome unknown: settled on evidence, never by a timeout
+			}
+			if r.waited(waitKey(t.ID, vm.ID, fmt.Sprintf("migrate@%d", m.Generation))) > MigrationTimeout {
+				// No result is not a failure: the hand-over may have
+				// happened (uniqueness rule 8).
+				_, err := r.propose.Propose(ctx, "", fsm.CmdMigrationEnd, fsm.MigrationEnd{VMID: vm.ID, TaskID: t.ID, FromNode: m.From,
+					Generation: m.Generation, Unknown: true,
+					Error: fmt.Sprintf("no result from the source agent within %s of this leader's watch", MigrationTimeout)})
 				return err
 			}
 			return nil // in flight
@@ -115,7 +121,7 @@ func (r *Runner) startStep(ctx context.Context, t *structs.Task, st *structs.Tas
 			// State unknown, or stopped but about to be started again by its
 			// agent: a cold move could let two copies overlap. Wait for the
 			// agent to report, then decide (bounded).
-			if r.clock.Now().Sub(t.Created) > StepDecideTimeout {
+			if r.waited(waitKey(t.ID, vm.ID, "decide")) > StepDecideTimeout {
 				return fmt.Errorf("vm %s is %s (desired %s) on its node: neither a live migration nor a safe cold move is possible", vm.Name, vm.State, vm.DesiredState)
 			}
 			st.To = ""
