@@ -31,7 +31,7 @@ lint:
 
 # The deterministic simulator (docs/testing.md): the mutation check, then the scenarios, SEEDS
 # random seeds and the summary table. One seed's whole trace: `just sim-seed 42`.
-sim seeds="5000":
+sim seeds="10000":
     go test -count=1 -tags chime_mutation -v -run TestMutationStartBeforeSync ./integration/sim | grep -e 'mutation' -e '^ok' -e FAIL
     go test -count=1 -timeout 120m -v -run 'TestScenarios|TestSeeds|TestDeterminism' ./integration/sim -sim.seeds {{seeds}} | grep -v -e '^=== ' -e '^--- PASS' -e '^    --- PASS'
 
