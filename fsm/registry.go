@@ -37,6 +37,9 @@ var registry = map[CommandType]applyFunc{
 	CmdEvent:          typed((*applier).appendEvent),
 	CmdAlarm:          typed((*applier).alarmTransition),
 	CmdAlarmSent:      typed((*applier).alarmDelivered),
+	CmdACLBootstrap:   typed((*applier).aclBootstrap),
+	CmdACLTokenCreate: typed((*applier).aclTokenCreate),
+	CmdACLTokenDelete: typed((*applier).aclTokenDelete),
 }
 
 // typed turns an apply function over a payload type into an applyFunc. A

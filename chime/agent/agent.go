@@ -128,6 +128,7 @@ func New(cfg Config, hv Hypervisor, opts ...Option) (*Agent, error) {
 	}
 	if o.servers == nil {
 		c := api.NewClient(cfg.Servers...)
+		c.Token = cfg.JoinToken
 		if tlsm != nil {
 			c.UseTLS(tlsm.ClientConfig(tlsconf.RoleServer))
 		}
