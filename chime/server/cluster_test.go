@@ -20,9 +20,10 @@ import (
 )
 
 type testCluster struct {
-	t    *testing.T
-	cfgs []Config
-	srv  []*Server
+	t     *testing.T
+	cfgs  []Config
+	srv   []*Server
+	token string // the management token (bootstrapACL), "" with ACLs off
 }
 
 func newTestCluster(t *testing.T, n int, tweak ...func(*Config)) *testCluster {
@@ -60,7 +61,45 @@ func newTestCluster(t *testing.T, n int, tweak ...func(*Config)) *testCluster {
 			}
 		}
 	})
+	tc.bootstrapACL()
 	return tc
+}
+
+// bootstrapACL bootstraps the cluster's ACLs (they are on outside --dev)
+// once a leader is elected, and keeps the management token for client.
+func (tc *testCluster) bootstrapACL() {
+	tc.t.Helper()
+	if tc.cfgs[0].ACL == ACLOff {
+		return
+	}
+	tc.leader(30 * time.Second)
+	tc.token = bootstrapToken(tc.t, api.NewClient(tc.addrs()...))
+}
+
+// bootstrapToken runs the ACL bootstrap through c and returns the
+// management token's secret.
+func bootstrapToken(t *testing.T, c *api.Client) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for {
+		tok, err := c.ACLBootstrap(ctx)
+		if err == nil {
+			return tok.SecretID
+		}
+		if ctx.Err() != nil || !errors.Is(err, structs.ErrNoLeader) {
+			t.Fatalf("acl bootstrap: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func (tc *testCluster) addrs() []string {
+	var out []string
+	for _, c := range tc.cfgs {
+		out = append(out, c.APIURL())
+	}
+	return out
 }
 
 func (tc *testCluster) start(i int) {
@@ -73,7 +112,9 @@ func (tc *testCluster) start(i int) {
 }
 
 func (tc *testCluster) client(i int) *api.Client {
-	return api.NewClient(tc.cfgs[i].APIURL())
+	c := api.NewClient(tc.cfgs[i].APIURL())
+	c.Token = tc.token
+	return c
 }
 
 // leader waits for a leader among the running servers and returns its index.

@@ -32,7 +32,7 @@ type simAgent struct {
 	wg         sync.WaitGroup
 }
 
-func startSimAgent(t *testing.T, base []string, name string, every time.Duration) *simAgent {
+func startSimAgent(t *testing.T, token string, base []string, name string, every time.Duration) *simAgent {
 	t.Helper()
 	a := &simAgent{stop: make(chan struct{})}
 	a.alive.Store(true)
@@ -45,6 +45,7 @@ func startSimAgent(t *testing.T, base []string, name string, every time.Duration
 	}))
 	t.Cleanup(ping.Close)
 	c := api.NewClient(base...)
+	c.Token = token // the join credential
 	reg, err := c.Register(context.Background(), api.RegisterRequest{ID: uuid.NewString(), Name: name,
 		APIAddr: strings.TrimPrefix(ping.URL, "http://"), VCPUs: 8, MemoryMiB: 8192})
 	if err != nil {
@@ -84,7 +85,7 @@ func TestSilentNodeBecomesUnreachableAndComesBack(t *testing.T) {
 	interval, missed := 200*time.Millisecond, 3
 	_, base := devServerWith(t, func(c *Config) { c.HeartbeatInterval, c.MissedHeartbeats = interval, missed })
 	c := api.NewClient(base)
-	a := startSimAgent(t, []string{base}, "hv1", interval)
+	a := startSimAgent(t, "", []string{base}, "hv1", interval)
 	time.Sleep(3 * interval)
 	a.alive.Store(false)
 	silenced := time.Now()
@@ -121,7 +122,7 @@ func TestLeaderChangeCausesNoFalseUnreachable(t *testing.T) {
 	// Heartbeat interval 1 s, 3 missed: agents heartbeat through all servers.
 	var agents []*simAgent
 	for i := 0; i < 5; i++ {
-		agents = append(agents, startSimAgent(t, addrs, fmt.Sprintf("hv%d", i), time.Second))
+		agents = append(agents, startSimAgent(t, tc.token, addrs, fmt.Sprintf("hv%d", i), time.Second))
 	}
 	time.Sleep(2 * time.Second)
 	tc.srv[l].Kill()

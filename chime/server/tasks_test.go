@@ -22,9 +22,10 @@ type fakeAgent struct {
 	id string
 }
 
-func newFakeAgent(t *testing.T, addrs []string, name string) *fakeAgent {
+func newFakeAgent(t *testing.T, token string, addrs []string, name string) *fakeAgent {
 	t.Helper()
 	c := api.NewClient(addrs...)
+	c.Token = token // the join credential
 	id := uuid.NewString()
 	r, err := c.Register(context.Background(), api.RegisterRequest{ID: id, Name: name, APIAddr: "127.0.0.1:1",
 		MigrationURI: "qemu+tcp://127.0.0.1/system", MigrationAddr: "127.0.0.1", VCPUs: 8, MemoryMiB: 8192})
@@ -60,8 +61,9 @@ func TestTaskResumedByNewLeader(t *testing.T) {
 		addrs = append(addrs, c.APIURL())
 	}
 	ctx := context.Background()
-	src := newFakeAgent(t, addrs, "src")
+	src := newFakeAgent(t, tc.token, addrs, "src")
 	admin := api.NewClient(addrs...)
+	admin.Token = tc.token
 	vm, err := admin.CreateVM(ctx, api.CreateVMRequest{Name: "web", VCPUs: 1, Memory: 64})
 	if err != nil || vm.NodeID != src.id {
 		t.Fatalf("create: %+v %v", vm, err)
@@ -76,7 +78,7 @@ func TestTaskResumedByNewLeader(t *testing.T) {
 		}
 		return true, ""
 	})
-	dst := newFakeAgent(t, addrs, "dst")
+	dst := newFakeAgent(t, tc.token, addrs, "dst")
 	task, err := admin.NodeTask(ctx, "src", "evacuate", nil)
 	if err != nil {
 		t.Fatal(err)

@@ -209,6 +209,7 @@ func TestTLSThreeServerClusterAndRogueServer(t *testing.T) {
 	f := (l + 1) % 3
 	ctx := context.Background()
 	c := p.client(tc.cfgs[f].APIURL(), "cli", tlsconf.RoleCLI, false)
+	c.Token = tc.token // the follower forwards it to the leader, which checks it
 	vm, err := c.CreateVM(ctx, api.CreateVMRequest{Name: "through-follower", VCPUs: 1, Memory: 64})
 	if err != nil {
 		t.Fatalf("create through follower %s: %v", tc.cfgs[f].Name, err)
@@ -303,6 +304,8 @@ func newTLSTestCluster(t *testing.T, p *testPKI, n int) *testCluster {
 			}
 		}
 	})
+	tc.leader(30 * time.Second)
+	tc.token = bootstrapToken(t, p.client(tc.cfgs[0].APIURL(), "bootstrap-cli", tlsconf.RoleCLI, false))
 	return tc
 }
 
