@@ -348,6 +348,15 @@ type Heartbeat struct {
 	// as given and the node's conflicts are left alone, so that old logs
 	// replay.
 	Copies *CopyEvidence `json:"copies,omitempty"`
+	// Authorized is set by servers that judge every item against the node
+	// that sent it (issue 12, per-node authorization): an adoption moves
+	// the placement only when the migration to this node is recorded
+	// (AdoptionProven), else it holds the VM; a failed migration report
+	// releases only a hold of a VM placed on the reporter; an announcement
+	// never replaces a record the source reported; and a copy held for
+	// the node is not a stale copy. False in entries written before it:
+	// they apply as before, so that old logs replay.
+	Authorized bool `json:"authorized,omitempty"`
 }
 
 // CopyEvidence is what one heartbeat lists about the copies of VMs on
@@ -400,6 +409,9 @@ type MonitorTransition struct {
 // HeartbeatOutcome is what a node.heartbeat command did with its adoption
 // claims.
 type HeartbeatOutcome struct {
+	// Held are VM ids whose adoption is not proven yet (Heartbeat.Authorized):
+	// neither adopted nor refused; the VM is held for the node.
+	Held     []string
 	Adopted  []string // VM ids whose placement moved to the node
 	Rejected []string // VM ids whose adoption was refused: the agent destroys its copy
 }
