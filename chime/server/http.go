@@ -44,16 +44,20 @@ type routeDef struct {
 	need    need
 }
 
+// addRoute adds one route to the table and the mux; a route that declares
+// no role (needUnset) panics: every route says who may call it.
+func (s *Server) addRoute(mux *http.ServeMux, pattern string, acc access, n need, h handler) {
+	if n == needUnset {
+		panic("server: route " + pattern + " declares no role")
+	}
+	s.routes = append(s.routes, routeDef{pattern: pattern, acc: acc, need: n})
+	mux.Handle(pattern, s.wrap(pattern, acc, n, h))
+}
+
 func (s *Server) setupHTTP() error {
 	mux := http.NewServeMux()
 	s.routes = nil
-	route := func(pattern string, acc access, n need, h handler) {
-		if n == needUnset {
-			panic("server: route " + pattern + " declares no role")
-		}
-		s.routes = append(s.routes, routeDef{pattern: pattern, acc: acc, need: n})
-		mux.Handle(pattern, s.wrap(pattern, acc, n, h))
-	}
+	route := func(pattern string, acc access, n need, h handler) { s.addRoute(mux, pattern, acc, n, h) }
 	// VMs
 	route("POST /v1/vms", leaderOnly, needOperator, s.handleCreateVM)
 	route("GET /v1/vms", local, needRead, s.handleListVMs)
