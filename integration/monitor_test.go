@@ -500,7 +500,7 @@ func (f *fleet) nodesByName() (map[string]structs.Node, error) {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 		var nodes []structs.Node
-		c := api.NewClient(f.ss.addr(i))
+		c := f.apiClient(i)
 		c.Retries = 0
 		nodes, _, err = c.ListNodes(ctx, api.QueryOptions{})
 		cancel()
@@ -575,7 +575,7 @@ func (f *fleet) eventSince(t *testing.T, kind, name string, seq uint64) string {
 	id := nodes[name].ID
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	ev, _, err := api.NewClient(f.ss.addrs()...).Events(ctx, seq, api.QueryOptions{})
+	ev, _, err := f.apiClients().Events(ctx, seq, api.QueryOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -593,7 +593,7 @@ func (f *fleet) lastEventSeq(t *testing.T) uint64 {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	ev, last, err := api.NewClient(f.ss.addrs()...).Events(ctx, 0, api.QueryOptions{})
+	ev, last, err := f.apiClients().Events(ctx, 0, api.QueryOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

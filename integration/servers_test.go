@@ -23,6 +23,7 @@ type serverSet struct {
 	procs []*proc
 	logs  string
 	extra []string
+	token string // the management token, once bootstrapACL ran
 }
 
 // newServerSet starts three servers bound to one IP (distinct ports), with

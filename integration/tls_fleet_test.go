@@ -58,6 +58,7 @@ func (ft *fleetTLS) cliArgs() []string {
 // when the fleet runs TLS.
 func (f *fleet) apiClient(i int) *api.Client {
 	c := api.NewClient(f.ss.addr(i))
+	c.Token = f.ss.token
 	if f.tls != nil {
 		c.UseTLS(f.tls.cli.ClientConfig(tlsconf.RoleServer))
 	}
