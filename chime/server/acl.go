@@ -134,11 +134,14 @@ func (s *Server) authorize(r *http.Request, name string, n need) (*http.Request,
 			joined = true
 		}
 		if secret := tokenFrom(r); secret != "" {
+			// An unknown token (a deleted join token an agent still
+			// sends) joins nothing; a known node re-registers with its
+			// secret all the same.
 			tok, err := s.ep.ResolveToken(secret)
-			if err != nil {
-				return nil, tokenError(err)
+			if err != nil && !structs.IsNotFound(err) {
+				return nil, err
 			}
-			joined = joined || tok.Role == structs.RoleAgentJoin || tok.Role == structs.RoleManagement
+			joined = joined || (tok != nil && (tok.Role == structs.RoleAgentJoin || tok.Role == structs.RoleManagement))
 		}
 		return r.WithContext(context.WithValue(r.Context(), joinedKey{}, joined)), nil
 	}

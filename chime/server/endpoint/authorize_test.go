@@ -12,7 +12,6 @@ import (
 	"github.com/chime-ha/chime/fsm"
 )
 
-
 // Registration needs the join credential for a new node; a known node
 // re-registers with its secret; a reset secret is replaced only with the
 // join credential (issue 12). A refusal changes nothing.

@@ -1,0 +1,128 @@
+package integration
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/chime-ha/chime/chime/api"
+	"github.com/chime-ha/chime/chime/structs"
+	"github.com/chime-ha/chime/integration/wait"
+)
+
+// TestACLFleet runs the lab fleet with ACLs on (the default outside
+// --dev; the harness bootstrapped them and gave the agents a join token):
+// the CLI without a token and with a weaker one is refused; a registration
+// without a join credential adds no node; a node registered with the join
+// token cannot take, with a heartbeat that claims it adopted it, a VM that
+// runs on another host (it stays placed and running there); and an agent
+// restarted after its join token was deleted re-registers with its node
+// secret.
+func TestACLFleet(t *testing.T) {
+	f := newFleet(t)
+	ctx := context.Background()
+	vm := f.createVM(t, "acl-web")
+	src, _, _ := f.waitRunningOnOneHost(t, vm.ID, 90*time.Second)
+	t.Logf("acl-web running on %s", f.lab.Hosts[src].Name)
+
+	// The CLI: no token, then a read token.
+	read := f.ss.createToken("read", f.tls.cliArgs()...)
+	t.Setenv("CHIME_TOKEN", "")
+	if _, err := f.chime("node", "list"); err == nil || !strings.Contains(err.Error(), "ACL token missing") {
+		t.Errorf("CLI without a token: %v, want refused (ACL token missing)", err)
+	}
+	t.Setenv("CHIME_TOKEN", read)
+	if _, err := f.chime("node", "list"); err != nil {
+		t.Errorf("node list with a read token: %v", err)
+	}
+	if _, err := f.chime("vm", "stop", "acl-web"); err == nil || !strings.Contains(err.Error(), "needs role operator") {
+		t.Errorf("vm stop with a read token: %v, want refused (needs role operator)", err)
+	}
+	t.Setenv("CHIME_TOKEN", f.ss.token)
+
+	// A registration without a join credential: 403, no node.
+	anon := f.apiClient(0)
+	anon.Token = ""
+	rogue := api.RegisterRequest{ID: uuid.NewString(), Name: "rogue", APIAddr: "127.0.0.1:1", VCPUs: 64, MemoryMiB: 1 << 20}
+	if _, err := anon.Register(ctx, rogue); api.StatusOf(err) != http.StatusForbidden || !strings.Contains(err.Error(), "join credential") {
+		t.Fatalf("register without a join credential: %v, want 403 naming the join credential", err)
+	}
+	nodes, err := f.nodeList()
+	if err != nil || len(nodes) != len(f.lab.Hosts) {
+		t.Fatalf("nodes after the refused registration: %d (%v), want %d", len(nodes), err, len(f.lab.Hosts))
+	}
+
+	// A node registered with the join token claims the VM: nothing moves.
+	joined := f.apiClient(0)
+	joined.Token = f.joinToken
+	reg, err := joined.Register(ctx, rogue)
+	if err != nil {
+		t.Fatalf("register with the join token: %v", err)
+	}
+	thief := f.apiClient(0)
+	thief.Token = ""
+	thief.SetCredentials(reg.NodeID, reg.Secret)
+	before := f.showVM(t, vm.ID)
+	obs := structs.VMObservation{VMID: vm.ID, State: structs.StateRunning, Reason: "migrated", Generation: before.Generation}
+	for i := 0; i < 3; i++ {
+		if _, err := thief.Heartbeat(ctx, api.HeartbeatRequest{NodeID: reg.NodeID, VMs: []structs.VMObservation{obs}, Adopted: []structs.VMObservation{obs}}); err != nil {
+			t.Fatalf("the rogue node's heartbeat: %v", err)
+		}
+	}
+	if _, err := thief.Heartbeat(ctx, api.HeartbeatRequest{NodeID: nodes[0].ID, VMs: []structs.VMObservation{}}); !errors.Is(err, structs.ErrForbidden) {
+		t.Errorf("heartbeat for another node with the rogue's credentials: %v, want 403", err)
+	}
+	after := f.showVM(t, vm.ID)
+	if after.NodeID != before.NodeID || after.Generation != before.Generation {
+		t.Fatalf("the claim moved the VM: node %s gen %d → node %s gen %d", before.NodeID, before.Generation, after.NodeID, after.Generation)
+	}
+	if host, _, _ := f.waitRunningOnOneHost(t, vm.ID, 10*time.Second); host != src {
+		t.Fatalf("acl-web runs on %s, want still %s", f.lab.Hosts[host].Name, f.lab.Hosts[src].Name)
+	}
+	if err := f.apiClient(0).RemoveNode(ctx, reg.NodeID); err != nil {
+		t.Logf("remove the rogue node: %v", err)
+	}
+
+	// The join token deleted: a restarted agent re-registers with its
+	// node secret, and its node is normal again.
+	var toks []structs.ACLToken
+	if err := f.chimeJSON(&toks, "acl", "token", "list"); err != nil {
+		t.Fatal(err)
+	}
+	for _, tok := range toks {
+		if tok.Role == structs.RoleAgentJoin {
+			f.mustChime(t, "acl", "token", "delete", tok.AccessorID)
+		}
+	}
+	f.killAgent(src)
+	f.startAgent(src)
+	wait.For(t, 60*time.Second, "the restarted agent registered and synced", func() (bool, string) {
+		st, err := f.agentStatus(src)
+		if err != nil {
+			return false, err.Error()
+		}
+		return st.Registered && st.Synced, st.Servers.LastError
+	})
+	wait.For(t, 30*time.Second, "its node normal", func() (bool, string) {
+		n, err := f.apiClient(0).GetNode(ctx, f.lab.Hosts[src].Name)
+		if err != nil {
+			return false, err.Error()
+		}
+		return n.MonitorState == structs.MonitorNormal, n.MonitorState
+	})
+	f.waitRunningOnOneHost(t, vm.ID, 30*time.Second)
+}
+
+func (f *fleet) showVM(t *testing.T, id string) structs.VM {
+	t.Helper()
+	var vm structs.VM
+	if err := f.chimeJSON(&vm, "vm", "show", id); err != nil {
+		t.Fatal(err)
+	}
+	return vm
+}
