@@ -146,6 +146,11 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		s.closeAll()
 		return nil, err
 	}
+	if s.aclEnabled() {
+		s.log.Info("ACLs enforced: every route needs a token of its role (docs/security.md); a new cluster is bootstrapped once with `chime acl bootstrap`")
+	} else {
+		s.log.Info("ACLs off: no route checks a token", "dev", cfg.Dev)
+	}
 	loopCtx, cancel := context.WithCancel(context.Background())
 	s.stopLoops = cancel
 	s.wg.Add(2)
