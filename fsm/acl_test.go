@@ -76,8 +76,8 @@ func TestHeartbeatAuthorizedAdoption(t *testing.T) {
 	for _, authorized := range []bool{false, true} {
 		h := newHarness(t)
 		a, b := node("a"), node("b")
-		h.must("", CmdRegisterNode, RegisterNode{Node: a})
-		h.must("", CmdRegisterNode, RegisterNode{Node: b})
+		h.must("", CmdRegisterNode, RegisterNode{Node: a, SecretHash: "h-a"})
+		h.must("", CmdRegisterNode, RegisterNode{Node: b, SecretHash: "h-b"})
 		v := vm("web")
 		gen := h.must("", CmdCreateVM, CreateVM{VM: v, NodeID: a.ID}).Index
 		r := h.must("", CmdHeartbeat, Heartbeat{NodeID: b.ID, Adoptions: []Adoption{{VMID: v.ID, Generation: gen}}, Authorized: authorized})
@@ -89,6 +89,14 @@ func TestHeartbeatAuthorizedAdoption(t *testing.T) {
 			t.Fatalf("authorized entry: vm on %s, hold %+v, outcome %+v; want held for b on a", got.NodeID, got.NodeLocal, r.Heartbeat)
 		}
 		if authorized {
+			// A proof made with the source's stored hash moves it (the
+			// source's announcement, reported by the destination); one
+			// made with another key does not.
+			h.must("", CmdHeartbeat, Heartbeat{NodeID: b.ID, Authorized: true, Adoptions: []Adoption{{VMID: v.ID, Generation: gen,
+				Proof: structs.AdoptionProof("h-b", v.ID, gen)}}})
+			if got, _ := h.f.VM(v.ID); got.NodeID != a.ID {
+				t.Fatalf("a proof under the wrong key moved the VM to %s", got.NodeID)
+			}
 			// The source's report of the migration moves it; b's claim is then reflected.
 			h.must("", CmdHeartbeat, Heartbeat{NodeID: a.ID, Authorized: true, LocalMoves: []structs.LocalMigration{
 				{VMID: v.ID, FromNode: a.ID, ToNode: b.ID, Generation: gen, Outcome: structs.LocalMigrationSucceeded}}})

@@ -170,7 +170,7 @@ func (a *applier) unprovenAdoption(n *structs.Node, c Adoption) (bool, error) {
 		return false, err
 	}
 	if v.AdoptedBy(n.ID, c.Generation) || v.Generation != c.Generation || v.NodeID == "" ||
-		AdoptionProven(v, n.ID, c.Generation, a.fenced) {
+		AdoptionProven(v, n.ID, c.Generation, c.Proof, a.source) {
 		return false, nil
 	}
 	return true, a.holdForAdoption(n, v, c.Generation)

@@ -9,16 +9,21 @@ import (
 // entries with Authorized set; the heartbeat monitor uses the same ones to
 // build its deltas.
 
+// Source is what AdoptionProven reads of a VM's source node: whether it
+// is fenced, and the hash of its secret (structs.HashSecret).
+type Source func(nodeID string) (fenced bool, secretHash string)
+
 // AdoptionProven says whether node nodeID's claim to have adopted v at
-// generation gen is backed by a record of a migration of v to nodeID at
-// gen that the node did not make itself: a server-ordered live migration
-// to the node, or an entry of the source's migration log (a node-local
-// migration to the node with outcome unknown or failed, which only the
-// source reports: a succeeded one moves the placement by itself), or the
+// generation gen is backed by evidence the node cannot make up itself: a
+// server-ordered live migration to the node; the source's statement that
+// it handed the generation over (proof: its structs.AdoptionProof, carried
+// by its announcement and reported by the node); an entry of the source's
+// migration log (a node-local migration to the node with outcome unknown
+// or failed: a succeeded one moves the placement by itself); or the
 // source node is fenced (it runs nothing, so the copy on the node is the
 // only one). The node's own announcement is not proof: it only holds the
-// VM. fenced reports whether a node is fenced.
-func AdoptionProven(v *structs.VM, nodeID string, gen uint64, fenced func(nodeID string) bool) bool {
+// VM.
+func AdoptionProven(v *structs.VM, nodeID string, gen uint64, proof string, src Source) bool {
 	if v.NodeID == "" || v.Generation != gen {
 		return false
 	}
@@ -28,7 +33,8 @@ func AdoptionProven(v *structs.VM, nodeID string, gen uint64, fenced func(nodeID
 	if nl := v.NodeLocal; nl != nil && nl.To == nodeID && nl.Generation == gen && nl.Outcome != "" {
 		return true
 	}
-	return fenced(v.NodeID)
+	fenced, hash := src(v.NodeID)
+	return fenced || (v.NodeID != nodeID && structs.AdoptionProofValid(hash, v.ID, gen, proof))
 }
 
 // HeldFor says whether v is held for node nodeID at generation gen: a
@@ -65,10 +71,10 @@ func WithoutHeld(ev CopyEvidence, nodeID string, vm func(id string) (*structs.VM
 	return ev, err
 }
 
-// fenced reports whether a node is fenced, for AdoptionProven.
-func (a *applier) fenced(nodeID string) bool {
+// source is AdoptionProven's view of a source node in this transaction.
+func (a *applier) source(nodeID string) (bool, string) {
 	n, err := a.tx.Node(nodeID)
-	return err == nil && n != nil && n.Fenced
+	return err == nil && n != nil && n.Fenced, a.tx.NodeSecretHash(nodeID)
 }
 
 // holdForAdoption holds v for node n, whose adoption of it at gen is not

@@ -396,6 +396,10 @@ type DrainEvidence struct {
 type Adoption struct {
 	VMID       string `json:"vm_id"`
 	Generation uint64 `json:"generation"`
+	// Proof is the source node's structs.AdoptionProof the destination
+	// reports (empty in entries written before it, and from sources that
+	// predate it).
+	Proof string `json:"proof,omitempty"`
 }
 
 // MonitorTransition is a node monitor state with its sorted faults and the

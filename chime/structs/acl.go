@@ -1,6 +1,12 @@
 package structs
 
-import "time"
+import (
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"time"
+)
 
 // ACL token roles (docs/security.md). read < operator < management; a
 // management token may do everything a token can. agent-join only
@@ -38,4 +44,32 @@ type ACLToken struct {
 	Bootstrap   bool      `json:"bootstrap,omitempty"` // made by `chime acl bootstrap`
 	CreateIndex uint64    `json:"create_index"`
 	CreateTime  time.Time `json:"create_time"`
+}
+
+// HashSecret is what the servers store of a node's secret: the SHA-256 of
+// it, hex.
+func HashSecret(secret string) string {
+	sum := sha256.Sum256([]byte(secret))
+	return hex.EncodeToString(sum[:])
+}
+
+// AdoptionProof is the source node's statement that it hands generation
+// gen of VM vmID over by node-local migration: an HMAC-SHA256, keyed with
+// the hash of the source node's secret (HashSecret), which only the source
+// agent and the servers know. The source agent puts it in its
+// announcement; the destination reports it with its adoption; the servers
+// check it against the source's stored hash (per-node authorization: the
+// destination's own word never moves a VM).
+func AdoptionProof(secretHash, vmID string, gen uint64) string {
+	m := hmac.New(sha256.New, []byte(secretHash))
+	fmt.Fprintf(m, "chime-adoption\x00%s\x00%d", vmID, gen)
+	return hex.EncodeToString(m.Sum(nil))
+}
+
+// AdoptionProofValid checks an AdoptionProof in constant time.
+func AdoptionProofValid(secretHash, vmID string, gen uint64, proof string) bool {
+	if secretHash == "" || proof == "" {
+		return false
+	}
+	return hmac.Equal([]byte(AdoptionProof(secretHash, vmID, gen)), []byte(proof))
 }

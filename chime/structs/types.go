@@ -258,6 +258,10 @@ type VMObservation struct {
 	State      string `json:"state"`  // running, stopped, crashed
 	Reason     string `json:"reason"` // libvirt reason
 	Generation uint64 `json:"generation"`
+	// Proof, on an adoption (heartbeat adopted[]), is the source node's
+	// AdoptionProof for the VM and generation, as its announcement carried
+	// it; empty otherwise.
+	Proof string `json:"proof,omitempty"`
 }
 
 // LocalMigration is an entry of the source agent's migration log: a

@@ -2,9 +2,7 @@ package endpoint
 
 import (
 	"context"
-	"crypto/sha256"
 	"crypto/subtle"
-	"encoding/hex"
 	"net"
 
 	"github.com/chime-ha/chime/chime/api"
@@ -18,10 +16,7 @@ import (
 const minSecretLen = 32
 
 // hashSecret is what the state stores of a node secret.
-func hashSecret(secret string) string {
-	sum := sha256.Sum256([]byte(secret))
-	return hex.EncodeToString(sum[:])
-}
+func hashSecret(secret string) string { return structs.HashSecret(secret) }
 
 // secretMatches compares in constant time, so that the answer's timing
 // says nothing about how much of a guessed secret was right.

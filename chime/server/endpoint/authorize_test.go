@@ -125,7 +125,25 @@ func TestHeartbeatCannotMoveAnotherNodesVM(t *testing.T) {
 			setup: func(w *world, web *structs.VM) api.HeartbeatRequest {
 				return api.HeartbeatRequest{NodeID: hv1ID, VMs: []structs.VMObservation{}}
 			}, wantErr: structs.ErrForbidden, wantOn: hv1ID},
+		{name: "adoption with a proof made with hv2's own secret: held, not moved",
+			setup: func(w *world, web *structs.VM) api.HeartbeatRequest {
+				o := running(web)
+				o.Proof = structs.AdoptionProof(structs.HashSecret(fmt.Sprintf("%064d", 2)), web.ID, web.Generation)
+				return api.HeartbeatRequest{NodeID: hv2ID, VMs: []structs.VMObservation{running(web)}, Adopted: []structs.VMObservation{o}}
+			}, wantOn: hv1ID, wantHold: hv2ID},
+		{name: "adoption with hv1's proof of another generation: held, not moved",
+			setup: func(w *world, web *structs.VM) api.HeartbeatRequest {
+				o := running(web)
+				o.Proof = structs.AdoptionProof(structs.HashSecret(fmt.Sprintf("%064d", 1)), web.ID, web.Generation+1)
+				return api.HeartbeatRequest{NodeID: hv2ID, VMs: []structs.VMObservation{running(web)}, Adopted: []structs.VMObservation{o}}
+			}, wantOn: hv1ID, wantHold: hv2ID},
 		// The recorded migrations: these do move it.
+		{name: "adoption with the source's proof (its announcement): moved",
+			setup: func(w *world, web *structs.VM) api.HeartbeatRequest {
+				o := running(web)
+				o.Proof = structs.AdoptionProof(structs.HashSecret(fmt.Sprintf("%064d", 1)), web.ID, web.Generation)
+				return api.HeartbeatRequest{NodeID: hv2ID, VMs: []structs.VMObservation{running(web)}, Adopted: []structs.VMObservation{o}}
+			}, wantOn: hv2ID},
 		{name: "adoption of a migration the source's log reported unknown: moved",
 			setup: func(w *world, web *structs.VM) api.HeartbeatRequest {
 				w.hb(api.HeartbeatRequest{NodeID: hv1ID, Migrations: []structs.LocalMigration{{VMID: web.ID, FromNode: hv1ID, ToNode: hv2ID, Generation: web.Generation, Outcome: structs.LocalMigrationUnknown}}})

@@ -50,9 +50,9 @@ func buildDelta(st State, n *structs.Node, r Report, now time.Time) (*fsm.Heartb
 	// the state does not prove (fsm.AdoptionProven) holds the VM instead
 	// of moving it.
 	d := &fsm.Heartbeat{NodeID: n.ID, Authorized: true}
-	fenced := func(id string) bool {
+	source := func(id string) (bool, string) {
 		src, err := st.Node(id)
-		return err == nil && src != nil && src.Fenced
+		return err == nil && src != nil && src.Fenced, st.NodeSecretHash(id)
 	}
 	adopting := map[string]bool{}
 	held := map[string]bool{} // unproven adoptions: neither observed here nor stale copies
@@ -68,7 +68,7 @@ func buildDelta(st State, n *structs.Node, r Report, now time.Time) (*fsm.Heartb
 		if vm != nil && vm.AdoptedBy(n.ID, o.Generation) {
 			continue
 		}
-		if vm != nil && vm.NodeID != "" && vm.Generation == o.Generation && !fsm.AdoptionProven(vm, n.ID, o.Generation, fenced) {
+		if vm != nil && vm.NodeID != "" && vm.Generation == o.Generation && !fsm.AdoptionProven(vm, n.ID, o.Generation, o.Proof, source) {
 			held[o.VMID] = true
 			if fsm.HeldFor(vm, n.ID, o.Generation) {
 				continue // held already: nothing to write
@@ -76,7 +76,7 @@ func buildDelta(st State, n *structs.Node, r Report, now time.Time) (*fsm.Heartb
 		}
 		// A claim for a VM that is gone is sent all the same: the FSM
 		// refuses it, and the agent is told to destroy its copy.
-		d.Adoptions = append(d.Adoptions, fsm.Adoption{VMID: o.VMID, Generation: o.Generation})
+		d.Adoptions = append(d.Adoptions, fsm.Adoption{VMID: o.VMID, Generation: o.Generation, Proof: o.Proof})
 		adopting[o.VMID] = true
 	}
 

@@ -25,7 +25,8 @@ type State interface {
 	VM(id string) (*structs.VM, error)
 	VMsOnNode(nodeID string) ([]structs.VM, uint64, error)
 	Node(id string) (*structs.Node, error)
-	NodeIndex(nodeID string) uint64 // the node's desired-state index
+	NodeIndex(nodeID string) uint64      // the node's desired-state index
+	NodeSecretHash(nodeID string) string // a source's key of adoption proofs
 }
 
 // Clock is where the monitor reads the time.
