@@ -3,7 +3,9 @@ package integration
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -12,6 +14,7 @@ import (
 
 	"github.com/chime-ha/chime/chime/api"
 	"github.com/chime-ha/chime/chime/structs"
+	"github.com/chime-ha/chime/integration/lab"
 	"github.com/chime-ha/chime/integration/wait"
 )
 
@@ -20,7 +23,9 @@ import (
 // the CLI without a token and with a weaker one is refused; a registration
 // without a join credential adds no node; a node registered with the join
 // token cannot take, with a heartbeat that claims it adopted it, a VM that
-// runs on another host (it stays placed and running there); and an agent
+// runs on another host (it stays placed and running there); a real
+// node-local migration with the source's management link down is placed
+// from the destination's report (the source's proof); and an agent
 // restarted after its join token was deleted re-registers with its node
 // secret.
 func TestACLFleet(t *testing.T) {
@@ -88,6 +93,41 @@ func TestACLFleet(t *testing.T) {
 		t.Logf("remove the rogue node: %v", err)
 	}
 
+	// A node-local migration while the source's management link is down
+	// (scenario 4): the source cannot tell the servers, the destination
+	// reports the adoption with the source's proof from the announcement,
+	// and that alone moves the placement (a claim without it only holds).
+	d := (src + 1) % len(f.lab.Hosts)
+	h, dest := f.lab.Hosts[src], f.lab.Hosts[d]
+	lctx, lcancel := context.WithTimeout(ctx, 30*time.Second)
+	if err := h.SetLink(lctx, lab.NetMgmt, false); err != nil {
+		lcancel()
+		t.Fatal(err)
+	}
+	lcancel()
+	mctx, mcancel := context.WithTimeout(ctx, 3*time.Minute)
+	out, err := h.Command(mctx, chimeBin, "agent", "migrate", "--interface", h.BizIf, "--uuid", vm.ID, "--dest", dest.BizIP,
+		"--socket", filepath.Join(f.agentDir(src), "agent.sock")).CombinedOutput()
+	mcancel()
+	if err != nil {
+		t.Fatalf("on %s: chime agent migrate: %v\n%s", h.Name, err, out)
+	}
+	took := wait.For(t, 90*time.Second, "the servers place acl-web on "+dest.Name+" from the destination's report", func() (bool, string) {
+		got := f.showVM(t, vm.ID)
+		return f.nodes[got.NodeID] == dest.Name && got.AdoptGeneration == before.Generation, fmt.Sprintf("on %s, adopt generation %d", f.nodes[got.NodeID], got.AdoptGeneration)
+	})
+	t.Logf("placed on %s %s after the migration, the source's management link still down", dest.Name, took.Round(100*time.Millisecond))
+	lctx, lcancel = context.WithTimeout(ctx, 30*time.Second)
+	if err := h.SetLink(lctx, lab.NetMgmt, true); err != nil {
+		lcancel()
+		t.Fatal(err)
+	}
+	lcancel()
+	f.waitNodesNormal(t, 2*time.Minute)
+	if host, _, _ := f.waitRunningOnOneHost(t, vm.ID, 30*time.Second); host != d {
+		t.Fatalf("acl-web runs on %s, want %s", f.lab.Hosts[host].Name, dest.Name)
+	}
+
 	// The join token deleted: a restarted agent re-registers with its
 	// node secret, and its node is normal again.
 	var toks []structs.ACLToken
@@ -115,7 +155,9 @@ func TestACLFleet(t *testing.T) {
 		}
 		return n.MonitorState == structs.MonitorNormal, n.MonitorState
 	})
-	f.waitRunningOnOneHost(t, vm.ID, 30*time.Second)
+	if host, _, _ := f.waitRunningOnOneHost(t, vm.ID, 30*time.Second); host != d {
+		t.Fatalf("after the agent restart acl-web runs on %s, want %s", f.lab.Hosts[host].Name, dest.Name)
+	}
 }
 
 func (f *fleet) showVM(t *testing.T, id string) structs.VM {
