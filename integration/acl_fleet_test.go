@@ -117,6 +117,22 @@ func TestACLFleet(t *testing.T) {
 		return f.nodes[got.NodeID] == dest.Name && got.AdoptGeneration == before.Generation, fmt.Sprintf("on %s, adopt generation %d", f.nodes[got.NodeID], got.AdoptGeneration)
 	})
 	t.Logf("placed on %s %s after the migration, the source's management link still down", dest.Name, took.Round(100*time.Millisecond))
+	evs, _, err := f.apiClients().Events(ctx, 0, api.QueryOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	adopted := false
+	for _, e := range evs {
+		if e.VMID == vm.ID && e.Kind == "vm.adopted" {
+			adopted = true
+		}
+		if e.VMID == vm.ID && e.Kind == "vm.local_migrated" {
+			t.Fatalf("the source reported the migration with its management link down: %s", e.Message)
+		}
+	}
+	if !adopted {
+		t.Fatal("no vm.adopted event: the destination's report did not move the placement")
+	}
 	lctx, lcancel = context.WithTimeout(ctx, 30*time.Second)
 	if err := h.SetLink(lctx, lab.NetMgmt, true); err != nil {
 		lcancel()
