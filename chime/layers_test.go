@@ -42,6 +42,9 @@ var layers = []layer{
 	// bodies are their inputs and outputs, so they may see chime/api (its
 	// types and validators), though never net/http's statuses.
 	{"chime/server/endpoint", []string{"fsm", "scheduler", "chime/structs", "chime/api", "chime/server/..."}},
+	// The HA guard answers the operator's arm/disarm and status with the
+	// API's bodies, like the endpoints.
+	{"chime/server/hapolicy", []string{"fsm", "chime/structs", "chime/api"}},
 	{"chime/server", []string{"chime/server/...", "fsm", "scheduler", "gossip", "chime/structs", "chime/api", "chime/tlsconf"}},
 	{"chime/agent/...", []string{"hypervisor", "gossip", "chime/structs", "chime/api", "chime/agent/..."}},
 	{"chime/agent", []string{"chime/agent/...", "hypervisor", "gossip", "chime/structs", "chime/api", "chime/tlsconf"}},
@@ -57,7 +60,7 @@ var httpFree = []string{"chime/structs", "fsm", "scheduler", "hypervisor", "goss
 // transportFree are packages that may use chime/api's types (and so reach
 // net/http through it) but must not import net/http themselves: the
 // endpoints return error kinds, and only the HTTP layer picks statuses.
-var transportFree = []string{"chime/server/endpoint"}
+var transportFree = []string{"chime/server/endpoint", "chime/server/hapolicy"}
 
 func goList(t *testing.T, args ...string) map[string][]string {
 	t.Helper()

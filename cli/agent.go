@@ -29,9 +29,14 @@ crashed VMs, stopping, and removing stale copies) and sends heartbeats.
 The agent starts no VM before its first successful sync with the servers, and sends no
 heartbeat before it has removed every stale copy of a VM placed elsewhere.
 
+The agent runs on mutual TLS (--tls-ca-file, --tls-cert-file, --tls-key-file with an agent
+certificate, see 'chime tls'); without them it refuses to start unless --insecure-no-tls, which
+only works against servers that run --dev or --insecure-no-tls.
+
 Example:
   chime agent --name hv1 --data-dir /var/lib/chime/agent --server 10.0.0.1:4650 \
-      --server 10.0.0.2:4650 --advertise 10.0.0.11 --business-interface eth1`,
+      --server 10.0.0.2:4650 --advertise 10.0.0.11 --business-interface eth1 \
+      --tls-ca-file chime-ca.pem --tls-cert-file hv1.pem --tls-key-file hv1-key.pem`,
 		Flags: append([]cli.Flag{
 			configFlag(),
 			&cli.StringFlag{Name: "name", Value: def.Name, Usage: "node name", EnvVars: []string{"CHIME_NAME"}},
@@ -55,6 +60,7 @@ Example:
 			&cli.StringFlag{Name: "gossip-key", Usage: "base64 gossip encryption key (16, 24 or 32 bytes)", EnvVars: []string{"CHIME_GOSSIP_KEY"}},
 			&cli.StringSliceFlag{Name: "label", Usage: "node label KEY=VALUE (repeatable)"},
 			&cli.StringFlag{Name: "join-token", Usage: "ACL token of role agent-join: registering a new node needs it when the servers enforce ACLs (or an agent TLS certificate)", EnvVars: []string{"CHIME_JOIN_TOKEN"}},
+			&cli.BoolFlag{Name: "insecure-no-tls", Usage: "run without TLS, knowingly, against servers that run --dev or --insecure-no-tls (logs a warning every minute)"},
 		}, tlsFlags()...),
 		Action: runAgent,
 		Subcommands: []*cli.Command{
@@ -103,7 +109,7 @@ func agentConfig(c *cli.Context) (agent.Config, error) {
 	cfg.Socket = c.String("socket")
 	cfg.GossipKey = c.String("gossip-key")
 	cfg.JoinToken = c.String("join-token")
-	cfg.TLS = tlsFiles(c)
+	cfg.TLS, cfg.InsecureNoTLS = tlsFiles(c), c.Bool("insecure-no-tls")
 	for _, l := range c.StringSlice("label") {
 		k, v, ok := strings.Cut(l, "=")
 		if !ok || k == "" {

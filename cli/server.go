@@ -34,6 +34,8 @@ gossip ports. A quick test: 'chime server --dev' (one server, temporary data dir
 			&cli.StringFlag{Name: "gossip-profile", Value: d.GossipProfile, Usage: "lan, or local for fast failure detection on one machine"},
 			&cli.StringFlag{Name: "scheduler", Value: d.Scheduler, Usage: "placement strategy: spread or binpack"},
 			&cli.Float64Flag{Name: "cpu-overcommit", Value: d.CPUOvercommit, Usage: "vCPUs placed per host CPU (1 = no overcommit)"},
+			&cli.IntFlag{Name: "ha-tolerate-failures", Value: d.HATolerateFailures, Usage: "admission control: refuse a new ha VM unless every ha VM could be restarted after this many node failures (0 = off)"},
+			&cli.Float64Flag{Name: "ha-brake-share", Value: d.HABrakeShare, Usage: "pause automatic HA when more than this share of the nodes is unreachable at once (1 = never)"},
 			&cli.DurationFlag{Name: "heartbeat-interval", Value: d.HeartbeatInterval, Usage: "agents' heartbeat interval (pushed to agents)"},
 			&cli.IntFlag{Name: "missed-heartbeats", Value: d.MissedHeartbeats, Usage: "heartbeats missed before a ping-back decides unreachable"},
 			&cli.StringSliceFlag{Name: "alarm-webhook", Usage: "Alertmanager-compatible webhook URL (repeatable)"},
@@ -57,6 +59,7 @@ gossip ports. A quick test: 'chime server --dev' (one server, temporary data dir
 			cfg.BootstrapExpect, cfg.Join = c.Int("bootstrap-expect"), c.StringSlice("join")
 			cfg.GossipKey, cfg.GossipProfile = c.String("gossip-key"), c.String("gossip-profile")
 			cfg.Scheduler, cfg.CPUOvercommit = c.String("scheduler"), c.Float64("cpu-overcommit")
+			cfg.HATolerateFailures, cfg.HABrakeShare = c.Int("ha-tolerate-failures"), c.Float64("ha-brake-share")
 			cfg.HeartbeatInterval, cfg.MissedHeartbeats = c.Duration("heartbeat-interval"), c.Int("missed-heartbeats")
 			cfg.AlarmWebhook, cfg.SnapshotThreshold = c.StringSlice("alarm-webhook"), c.Uint64("snapshot-threshold")
 			cfg.RaftTimeScale = c.Float64("raft-time-scale")

@@ -145,13 +145,17 @@ func showVM(c *cli.Context, vm *structs.VM) error {
 	if o := vm.Observed; o != nil {
 		obs = fmt.Sprintf("%s (%s) on %s, generation %d, %s", o.State, dash(o.Reason), short(o.NodeID), o.Generation, ago(o.At))
 	}
+	failover := "-"
+	if vm.Spec.HA {
+		failover = failoverOf(c, "vms", vm.ID, false)
+	}
 	return kv([][2]string{
 		{"ID", vm.ID}, {"Name", vm.Name}, {"State", vm.State}, {"Desired", vm.DesiredState},
 		{"Node", dash(vm.NodeID)}, {"Generation", fmt.Sprint(vm.Generation)},
 		{"vCPUs", fmt.Sprint(vm.Spec.VCPUs)}, {"Memory MiB", fmt.Sprint(vm.Spec.MemoryMiB)},
 		{"Disks", dash(strings.Join(vm.Spec.Disks, ", "))}, {"HA", fmt.Sprint(vm.Spec.HA)},
 		{"Anti-affinity", dash(vm.Spec.AntiAffinity)}, {"Observed", obs}, {"Task", dash(vm.TaskID)}, {"Migration", migration(vm.Migration)},
-		{"Node-local", nodeLocal(vm)},
+		{"Node-local", nodeLocal(vm)}, {"Failover", failover},
 	})
 }
 

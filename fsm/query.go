@@ -242,3 +242,10 @@ func (f *FSM) ACLBootstrapIndex() uint64 {
 	_ = f.view(func(tx *state.Tx) error { idx = tx.ACLBootstrapIndex(); return nil })
 	return idx
 }
+
+// HA returns the cluster-wide automatic-HA switch (armed, brake).
+func (f *FSM) HA() (structs.HAState, error) {
+	var s structs.HAState
+	err := f.view(func(tx *state.Tx) (err error) { s, err = tx.HA(); return })
+	return s, err
+}

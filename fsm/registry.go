@@ -40,6 +40,8 @@ var registry = map[CommandType]applyFunc{
 	CmdACLBootstrap:   typed((*applier).aclBootstrap),
 	CmdACLTokenCreate: typed((*applier).aclTokenCreate),
 	CmdACLTokenDelete: typed((*applier).aclTokenDelete),
+	CmdSetHAArmed:     typed((*applier).setHAArmed),
+	CmdSetHABrake:     typed((*applier).setHABrake),
 }
 
 // typed turns an apply function over a payload type into an applyFunc. A

@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/chime-ha/chime/chime/api"
-	"github.com/chime-ha/chime/chime/tlsconf"
 	"github.com/chime-ha/chime/integration/wait"
 )
 
@@ -16,10 +15,11 @@ import (
 // (CHIME_TOKEN, inherited by every `chime` the test runs) and the agents a
 // join token.
 
-// bootstrapACL runs `chime acl bootstrap` through any server once they
-// have a leader, exports the management token as CHIME_TOKEN for the rest
-// of the test and returns it. cliArgs are extra CLI flags (TLS material).
-func (ss *serverSet) bootstrapACL(cliArgs ...string) string {
+// bootstrapACL runs `chime acl bootstrap` (with the set's cli
+// certificate) through any server once they have a leader, exports the
+// management token as CHIME_TOKEN for the rest of the test, keeps it for
+// the set's API clients and returns it.
+func (ss *serverSet) bootstrapACL() string {
 	ss.t.Helper()
 	var tok api.TokenSecret
 	wait.For(ss.t, 60*time.Second, "the ACL bootstrap", func() (bool, string) {
@@ -29,7 +29,7 @@ func (ss *serverSet) bootstrapACL(cliArgs ...string) string {
 				continue
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			last = cliJSON(ctx, &tok, append([]string{"acl", "bootstrap", "--address", ss.addr(i)}, cliArgs...)...)
+			last = ss.cliJSON(ctx, i, &tok, "acl", "bootstrap")
 			cancel()
 			if last == nil {
 				return true, ""
@@ -44,7 +44,7 @@ func (ss *serverSet) bootstrapACL(cliArgs ...string) string {
 
 // createToken creates a token of role through any server with the
 // management token (CHIME_TOKEN) and returns its secret.
-func (ss *serverSet) createToken(role string, cliArgs ...string) string {
+func (ss *serverSet) createToken(role string) string {
 	ss.t.Helper()
 	var tok api.TokenSecret
 	var err error
@@ -53,7 +53,7 @@ func (ss *serverSet) createToken(role string, cliArgs ...string) string {
 			continue
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		err = cliJSON(ctx, &tok, append([]string{"acl", "token", "create", "--role", role, "--description", "test " + role, "--address", ss.addr(i)}, cliArgs...)...)
+		err = ss.cliJSON(ctx, i, &tok, "acl", "token", "create", "--role", role, "--description", "test "+role)
 		cancel()
 		if err == nil {
 			return tok.SecretID
@@ -67,16 +67,6 @@ func (ss *serverSet) createToken(role string, cliArgs ...string) string {
 // agents register with (--join-token).
 func (f *fleet) bootstrapACL(t *testing.T) {
 	t.Helper()
-	f.ss.bootstrapACL(f.tls.cliArgs()...)
-	f.joinToken = f.ss.createToken("agent-join", f.tls.cliArgs()...)
-}
-
-// apiClients is a client of every server, with the fleet's TLS and token.
-func (f *fleet) apiClients() *api.Client {
-	c := api.NewClient(f.ss.addrs()...)
-	c.Token = f.ss.token
-	if f.tls != nil {
-		c.UseTLS(f.tls.cli.ClientConfig(tlsconf.RoleServer))
-	}
-	return c
+	f.ss.bootstrapACL()
+	f.joinToken = f.ss.createToken("agent-join")
 }

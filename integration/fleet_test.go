@@ -48,7 +48,7 @@ type fleet struct {
 	ss     *serverSet
 	agents []*proc // by host index; replaced on restart
 	nodes  map[string]string
-	tls    *fleetTLS // with opts.TLS: the certificates every process and the CLI use
+	tls    *clusterTLS // the fleet's CA and certificates: every process and the CLI use them
 	// joinToken is the agent-join token the agents register with
 	// (bootstrapACL).
 	joinToken string
@@ -71,7 +71,8 @@ func requireLab(t *testing.T) {
 	}
 }
 
-// newFleet builds the lab, starts the servers and the agents, and waits
+// newFleet builds the lab, starts the servers and the agents (on mutual
+// TLS with a CA of the fleet's own, f.tls), and waits
 // until the three nodes are registered and normal. t.Cleanup tears it all
 // down; the root directory (data, logs) is kept when the test failed or
 // CHIME_FLEET_KEEP is set.
@@ -84,7 +85,6 @@ func newFleet(t *testing.T) *fleet {
 type fleetOptions struct {
 	ServerArgs []string                          // extra `chime server` flags (e.g. --alarm-webhook)
 	AgentArgs  func(i int, h *lab.Host) []string // extra `chime agent` flags for host i
-	TLS        bool                              // mutual TLS everywhere, with a CA of the test's own (tls_fleet_test.go)
 }
 
 // newFleetWith is newFleet with extra flags for servers and agents.
@@ -125,15 +125,13 @@ func newFleetWith(t *testing.T, opts fleetOptions) *fleet {
 		}
 	})
 	f := &fleet{t: t, opts: opts, root: root, logs: logs, lab: l, agents: make([]*proc, len(l.Hosts))}
-	serverArgs := opts.ServerArgs
-	if opts.TLS {
-		f.tls = newFleetTLS(t)
-		serverArgs = append(append([]string(nil), serverArgs...), f.tls.serverArgs()...)
-	}
+	// Mutual TLS everywhere, with a CA of the fleet's own (the default
+	// outside --dev).
+	f.tls = newClusterTLS(t)
 	// Each host reports the machine's CPUs as its capacity (2 here): allow
 	// enough vCPUs per host CPU for 20 one-vCPU VMs on three hosts.
-	f.ss = newServerSetOn(t, l.ServerIPs[:3], filepath.Join(root, "servers"), logs,
-		append([]string{"--heartbeat-interval", "1s", "--cpu-overcommit", "8"}, serverArgs...)...)
+	f.ss = newServerSetTLS(t, l.ServerIPs[:3], filepath.Join(root, "servers"), logs, f.tls,
+		append([]string{"--heartbeat-interval", "1s", "--cpu-overcommit", "8"}, opts.ServerArgs...)...)
 	f.waitLeader(t, 60*time.Second)
 	f.bootstrapACL(t)
 	for i := range l.Hosts {
@@ -173,9 +171,7 @@ func (f *fleet) startAgent(i int) {
 	if f.opts.AgentArgs != nil {
 		args = append(args, f.opts.AgentArgs(i, h)...)
 	}
-	if f.tls != nil {
-		args = append(args, f.tls.agentArgs()...)
-	}
+	args = append(args, f.tls.agentArgs()...)
 	if f.joinToken != "" {
 		args = append(args, "--join-token", f.joinToken)
 	}
@@ -239,7 +235,7 @@ func (f *fleet) chime(args ...string) (string, error) {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		var out string
-		out, err = cli(ctx, append(append(args, "--address", f.ss.addr(i)), f.tls.cliArgs()...)...)
+		out, err = f.ss.cli(ctx, i, args...)
 		cancel()
 		if err == nil {
 			return out, nil

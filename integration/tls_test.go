@@ -69,7 +69,11 @@ func TestTLSServers(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	ss := newServerSet(t, "127.0.0.1", pki.flags("server")...)
+	files := func(d tlsDir, name string) tlsconf.Files {
+		return tlsconf.Files{CAFile: d.path("chime-ca.pem"), CertFile: d.path(name + ".pem"), KeyFile: d.path(name + "-key.pem")}
+	}
+	ss := newServerSetTLS(t, []string{"127.0.0.1", "127.0.0.1", "127.0.0.1"}, t.TempDir(), t.TempDir(),
+		loadClusterTLS(t, files(pki, "server"), files(pki, "agent"), files(pki, "cli")))
 	https := func(i int) string { return fmt.Sprintf("https://%s:%d", ss.ips[i], ss.ports[i][0]) }
 	cliM, err := tlsconf.Load(tlsconf.Files{CAFile: pki.path("chime-ca.pem"), CertFile: pki.path("cli.pem"), KeyFile: pki.path("cli-key.pem")})
 	if err != nil {
@@ -100,7 +104,7 @@ func TestTLSServers(t *testing.T) {
 	}
 	l := leader()
 	t.Logf("leader %s", ss.names[l])
-	ss.bootstrapACL(pki.flags("cli")...)
+	ss.bootstrapACL()
 
 	// The CLI with a cli certificate, through every server.
 	good := pki.flags("cli")

@@ -188,7 +188,7 @@ func New(cfg Config, hv Hypervisor, opts ...Option) (*Agent, error) {
 		Logger: cfg.Logger.Named("handover"),
 	})
 	hc := cfg.healthConfig(a.requestHeartbeat)
-	hc.Clock, hc.StorageProbe = o.clock, o.storageProbe
+	hc.Clock, hc.StorageProbe, hc.BusinessNet = o.clock, o.storageProbe, o.businessNet
 	a.health = health.New(hc)
 	return a, nil
 }
@@ -335,6 +335,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	}()
 	wg.Go(func() { a.health.Run(ctx) })
 	a.logger.Info("agent starting", "node_id", a.nodeID, "name", a.cfg.Name, "api", apiLn.Addr().String(), "socket", a.cfg.SocketPath())
+	if a.tls == nil {
+		wg.Go(func() { a.insecureLoop(ctx.Done()) })
+	}
 
 	if err := a.register(ctx); err != nil {
 		if ctx.Err() != nil {

@@ -46,9 +46,14 @@ type Config struct {
 	// API is mutual TLS (servers and agents of the cluster only; adoption
 	// announcements from agents only), and the agent dials the servers and
 	// other agents over TLS, checking their roles. Its certificate must
-	// carry role agent.
-	TLS    tlsconf.Files
-	Logger hclog.Logger // nil: a default logger
+	// carry role agent. Required unless InsecureNoTLS.
+	TLS tlsconf.Files
+	// InsecureNoTLS is --insecure-no-tls: the operator's explicit choice to
+	// run the agent in plaintext (its API then takes adoption announcements
+	// from anyone who reaches it; warned about every minute). It only makes
+	// sense against servers that run --dev or --insecure-no-tls themselves.
+	InsecureNoTLS bool
+	Logger        hclog.Logger // nil: a default logger
 
 	// Health checks (package health).
 	BusinessProbeInterval time.Duration // --business-probe-interval: period of the business and storage probes
@@ -193,6 +198,19 @@ func (c Config) Validate() error {
 	}
 	if err := c.TLS.Validate(); err != nil {
 		errs = append(errs, err)
+	}
+	// Secure by default, as the servers: plaintext only when asked for.
+	switch {
+	case c.InsecureNoTLS && c.TLS.Enabled():
+		bad("insecure-no-tls", "contradicts --tls-cert-file: pass one or the other")
+	case !c.InsecureNoTLS && !c.TLS.Enabled():
+		bad("tls-cert-file", "an agent needs TLS material (--tls-ca-file, --tls-cert-file, --tls-key-file with an agent certificate; see 'chime tls'), or --insecure-no-tls to run in plaintext against servers that run --dev or --insecure-no-tls")
+	case c.InsecureNoTLS:
+		for _, s := range c.Servers {
+			if strings.HasPrefix(strings.TrimSpace(s), "https://") {
+				bad("server", "%q is https but the agent has no TLS material (--insecure-no-tls)", s)
+			}
+		}
 	}
 	return errors.Join(errs...)
 }

@@ -47,6 +47,29 @@ func (a *Agent) apiListener(ln net.Listener) net.Listener {
 	return tls.NewListener(ln, a.tls.ServerConfig(tlsconf.RoleServer, tlsconf.RoleAgent))
 }
 
+// insecureWarnEvery is how often an agent without TLS says so.
+var insecureWarnEvery = time.Minute
+
+// insecureLoop warns, at start and then every minute, that the agent runs
+// without TLS (--insecure-no-tls).
+func (a *Agent) insecureLoop(done <-chan struct{}) {
+	warn := func() {
+		a.logger.Warn("running without TLS: anyone who can reach the agent API can announce adoptions to it, and the servers are reached in plaintext; pass --tls-ca-file, --tls-cert-file and --tls-key-file (docs/security.md)",
+			"insecure_no_tls", a.cfg.InsecureNoTLS)
+	}
+	warn()
+	t := time.NewTicker(insecureWarnEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-done:
+			return
+		case <-t.C:
+			warn()
+		}
+	}
+}
+
 // withPeerRole puts the caller's verified role into the request context.
 func (a *Agent) withPeerRole(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

@@ -4,13 +4,17 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/json"
+	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/go-hclog"
 
 	"github.com/chime-ha/chime/chime/agent/store"
 	"github.com/chime-ha/chime/chime/api"
@@ -132,3 +136,29 @@ func TestAgentTLSConfig(t *testing.T) {
 		t.Fatalf("Validate without a key file: %v", err)
 	}
 }
+
+// An agent without TLS (--insecure-no-tls) says so at start and every
+// interval.
+func TestAgentInsecureWarning(t *testing.T) {
+	old := insecureWarnEvery
+	insecureWarnEvery = 20 * time.Millisecond
+	defer func() { insecureWarnEvery = old }()
+	var mu sync.Mutex
+	var buf strings.Builder
+	out := writerFunc(func(p []byte) (int, error) { mu.Lock(); defer mu.Unlock(); return buf.Write(p) })
+	a := &Agent{logger: hclog.New(&hclog.LoggerOptions{Output: out, Level: hclog.Warn})}
+	done, finished := make(chan struct{}), make(chan struct{})
+	go func() { a.insecureLoop(done); close(finished) }()
+	wait.For(t, 10*time.Second, "three warnings", func() (bool, string) {
+		mu.Lock()
+		defer mu.Unlock()
+		n := strings.Count(buf.String(), "running without TLS")
+		return n >= 3, fmt.Sprint(n)
+	})
+	close(done)
+	<-finished
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }

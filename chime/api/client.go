@@ -470,3 +470,33 @@ func (c *Client) DeleteToken(ctx context.Context, accessor string) error {
 	_, err := c.Do(ctx, http.MethodDelete, "/v1/acl/tokens/"+esc(accessor), nil, nil, nil)
 	return err
 }
+
+// HAStatus reads the automatic-HA switch and the HA reservation.
+func (c *Client) HAStatus(ctx context.Context) (*HAStatus, error) {
+	var out HAStatus
+	_, err := c.Do(ctx, http.MethodGet, "/v1/operator/ha", nil, nil, &out)
+	return &out, err
+}
+
+// SetHAArmed arms (armed) or disarms automatic HA cluster-wide.
+func (c *Client) SetHAArmed(ctx context.Context, armed bool, reason string) (*HAStatus, error) {
+	action := "disarm"
+	if armed {
+		action = "arm"
+	}
+	var out HAStatus
+	_, err := c.Do(ctx, http.MethodPost, "/v1/operator/ha/"+action, nil, HAArmRequest{Reason: reason}, &out)
+	return &out, err
+}
+
+// Failover reads the failover plan: of every protected VM (kind ""), of
+// one VM (kind "vms") or of one node's VMs (kind "nodes").
+func (c *Client) Failover(ctx context.Context, kind, id string) (*FailoverPlan, error) {
+	path := "/v1/failover"
+	if kind != "" {
+		path = "/v1/" + kind + "/" + esc(id) + "/failover"
+	}
+	var out FailoverPlan
+	_, err := c.Do(ctx, http.MethodGet, path, nil, nil, &out)
+	return &out, err
+}

@@ -110,15 +110,38 @@ func TestRouteTable(t *testing.T) {
 		"DELETE /v1/operator/raft/peers/{id}": "/v1/operator/raft/peers/dev",
 		"DELETE /v1/acl/tokens/{id}":          "/v1/acl/tokens/" + w.tokenAccessor(t, structs.RoleRead),
 		"GET /v1/tasks/{id}":                  "/v1/tasks/nope",
+		"GET /v1/vms/{id}/failover":           "/v1/vms/web/failover",
+		"GET /v1/nodes/{id}/failover":         "/v1/nodes/hv1/failover",
+		"POST /v1/operator/ha/{action}":       "/v1/operator/ha/disarm",
 	}
 	hb, _ := json.Marshal(api.HeartbeatRequest{NodeID: w.hv1.NodeID, VMs: []structs.VMObservation{}, Faults: []string{"kernel"}})
 	bodies := map[string]string{
-		"POST /v1/vms":              `{"name":"intruder","vcpus":1,"memory_mib":64}`,
-		"POST /v1/acl/tokens":       `{"role":"management"}`,
-		"PUT /v1/operator/snapshot": "not a snapshot",
-		"POST /v1/agent/register":   fmt.Sprintf(`{"id":%q,"name":"rogue","api_addr":"127.0.0.1:1","vcpus":65536,"memory_mib":1048576}`, uuid.NewString()),
-		"POST /v1/agent/heartbeat":  string(hb),
-		"POST /v1/agent/migrated":   fmt.Sprintf(`{"task_id":"t","vm_id":%q,"generation":%d,"ok":true}`, w.vm.ID, w.vm.Generation),
+		"POST /v1/vms":                  `{"name":"intruder","vcpus":1,"memory_mib":64}`,
+		"POST /v1/acl/tokens":           `{"role":"management"}`,
+		"PUT /v1/operator/snapshot":     "not a snapshot",
+		"POST /v1/agent/register":       fmt.Sprintf(`{"id":%q,"name":"rogue","api_addr":"127.0.0.1:1","vcpus":65536,"memory_mib":1048576}`, uuid.NewString()),
+		"POST /v1/agent/heartbeat":      string(hb),
+		"POST /v1/agent/migrated":       fmt.Sprintf(`{"task_id":"t","vm_id":%q,"generation":%d,"ok":true}`, w.vm.ID, w.vm.Generation),
+		"POST /v1/operator/ha/{action}": `{"reason":"intruder"}`,
+	}
+	// The routes of automatic HA have the roles docs/api.md gives them.
+	wantNeed := map[string]need{
+		"GET /v1/failover":              needRead,
+		"GET /v1/vms/{id}/failover":     needRead,
+		"GET /v1/nodes/{id}/failover":   needRead,
+		"GET /v1/operator/ha":           needRead,
+		"POST /v1/operator/ha/{action}": needOperator,
+	}
+	for _, rt := range w.s.routes {
+		if want, ok := wantNeed[rt.pattern]; ok {
+			if rt.need != want {
+				t.Errorf("%s needs %s, want %s", rt.pattern, rt.need, want)
+			}
+			delete(wantNeed, rt.pattern)
+		}
+	}
+	if len(wantNeed) > 0 {
+		t.Errorf("routes missing from the table: %v", wantNeed)
 	}
 
 	before, beforeIdx := w.dumpState(t), w.s.fsm.Index()
@@ -177,6 +200,19 @@ func TestRouteTable(t *testing.T) {
 		if status == http.StatusUnauthorized || status == http.StatusForbidden {
 			t.Errorf("%s with role %s: status %d (%s)", rt.pattern, rt.need, status, e.Message)
 		}
+	}
+
+	// An operator token disarms automatic HA and a read token sees it.
+	ctx := context.Background()
+	if _, err := w.client(structs.RoleRead).SetHAArmed(ctx, false, "read"); api.StatusOf(err) != http.StatusForbidden {
+		t.Fatalf("disarm with a read token: %v, want 403", err)
+	}
+	if _, err := w.client(structs.RoleOperator).SetHAArmed(ctx, false, "maintenance"); err != nil {
+		t.Fatalf("disarm with an operator token: %v", err)
+	}
+	st, err := w.client(structs.RoleRead).HAStatus(ctx)
+	if err != nil || st.Armed || !st.Switch.Disarmed || st.Switch.DisarmReason != "maintenance" {
+		t.Fatalf("HA status with a read token after the disarm: %+v, %v, want disarmed for maintenance", st, err)
 	}
 }
 

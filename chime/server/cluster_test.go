@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/chime-ha/chime/chime/structs"
+	"github.com/chime-ha/chime/chime/tlsconf"
 	"github.com/chime-ha/chime/integration/ports"
 	"github.com/chime-ha/chime/integration/wait"
 
@@ -19,17 +20,26 @@ import (
 	"github.com/chime-ha/chime/chime/api"
 )
 
+// testCluster is n in-process servers on mutual TLS and with ACLs, as
+// production runs them: a CA of the test's own (tlsconftest), a server
+// certificate per server, a cli and an agent certificate for the test's
+// clients, and the management token of the ACL bootstrap.
 type testCluster struct {
 	t     *testing.T
 	cfgs  []Config
 	srv   []*Server
-	token string // the management token (bootstrapACL), "" with ACLs off
+	pki   *testPKI
+	cli   *tlsconf.Material // the test's operator certificate
+	agent *tlsconf.Material // the test's fake agents' certificate
+	token string            // the management token (bootstrapACL), "" with ACLs off
 }
 
 func newTestCluster(t *testing.T, n int, tweak ...func(*Config)) *testCluster {
 	t.Helper()
 	ports := ports.Free(t, "127.0.0.1", 3*n)
-	tc := &testCluster{t: t}
+	p := newTestPKI(t)
+	tc := &testCluster{t: t, pki: p, cli: p.material("tc-cli", tlsconf.RoleCLI, false),
+		agent: p.material("tc-agent", tlsconf.RoleAgent, false)}
 	var joins []string
 	for i := 0; i < n; i++ {
 		joins = append(joins, fmt.Sprintf("127.0.0.1:%d", ports[3*i+2]))
@@ -44,6 +54,7 @@ func newTestCluster(t *testing.T, n int, tweak ...func(*Config)) *testCluster {
 		cfg.GossipProfile = "local"
 		cfg.RaftTimeScale = 0.25
 		cfg.HeartbeatInterval = time.Second
+		cfg.TLS = p.files(cfg.Name+"-server", tlsconf.RoleServer, false)
 		cfg.Logger = hclog.New(&hclog.LoggerOptions{Name: cfg.Name, Level: hclog.Warn})
 		for _, fn := range tweak {
 			fn(&cfg)
@@ -73,7 +84,7 @@ func (tc *testCluster) bootstrapACL() {
 		return
 	}
 	tc.leader(30 * time.Second)
-	tc.token = bootstrapToken(tc.t, api.NewClient(tc.addrs()...))
+	tc.token = bootstrapToken(tc.t, tc.clientOf(tlsconf.RoleCLI, tc.urls()...))
 }
 
 // bootstrapToken runs the ACL bootstrap through c and returns the
@@ -94,14 +105,6 @@ func bootstrapToken(t *testing.T, c *api.Client) string {
 	}
 }
 
-func (tc *testCluster) addrs() []string {
-	var out []string
-	for _, c := range tc.cfgs {
-		out = append(out, c.APIURL())
-	}
-	return out
-}
-
 func (tc *testCluster) start(i int) {
 	tc.t.Helper()
 	s, err := Start(context.Background(), tc.cfgs[i])
@@ -111,9 +114,35 @@ func (tc *testCluster) start(i int) {
 	tc.srv[i] = s
 }
 
+// client is an operator's client of server i (cli certificate, management
+// token).
 func (tc *testCluster) client(i int) *api.Client {
-	c := api.NewClient(tc.cfgs[i].APIURL())
-	c.Token = tc.token
+	return tc.clientOf(tlsconf.RoleCLI, tc.cfgs[i].APIURL())
+}
+
+// urls are every server's API URL.
+func (tc *testCluster) urls() []string {
+	var out []string
+	for _, c := range tc.cfgs {
+		out = append(out, c.APIURL())
+	}
+	return out
+}
+
+// clientOf is a client of urls with the test's certificate of role (cli
+// or agent). A cli client carries the management token (once
+// bootstrapped); an agent client none: its agent certificate is the join
+// credential, and a registered node authenticates with its secret.
+func (tc *testCluster) clientOf(role tlsconf.Role, urls ...string) *api.Client {
+	m := tc.cli
+	if role == tlsconf.RoleAgent {
+		m = tc.agent
+	}
+	c := api.NewClient(urls...)
+	c.UseTLS(m.ClientConfig(tlsconf.RoleServer))
+	if role == tlsconf.RoleCLI {
+		c.Token = tc.token
+	}
 	return c
 }
 

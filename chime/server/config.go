@@ -16,20 +16,26 @@ import (
 // Config is everything `chime server` is told. Flags, environment and the
 // config file all land here; DefaultConfig holds the defaults.
 type Config struct {
-	Name              string        // server name, also its Raft id and memberlist name
-	DataDir           string        // raft log, snapshots, state
-	Bind              string        // address all listeners bind to
-	Advertise         string        // address others reach us at ("" = Bind)
-	APIPort           int           // HTTP API
-	RaftPort          int           // Raft TCP transport
-	GossipPort        int           // memberlist
-	BootstrapExpect   int           // form a new cluster once this many servers see each other
-	Join              []string      // gossip addresses (host:port) of other servers
-	Dev               bool          // one server, temporary data dir, bootstraps itself
-	GossipKey         string        // base64 key for encrypted gossip (16, 24 or 32 bytes)
-	GossipProfile     string        // "lan" or "local" (fast timers for tests)
-	Scheduler         string        // scheduler strategy: spread or binpack
-	CPUOvercommit     float64       // vCPUs per host vCPU
+	Name            string   // server name, also its Raft id and memberlist name
+	DataDir         string   // raft log, snapshots, state
+	Bind            string   // address all listeners bind to
+	Advertise       string   // address others reach us at ("" = Bind)
+	APIPort         int      // HTTP API
+	RaftPort        int      // Raft TCP transport
+	GossipPort      int      // memberlist
+	BootstrapExpect int      // form a new cluster once this many servers see each other
+	Join            []string // gossip addresses (host:port) of other servers
+	Dev             bool     // one server, temporary data dir, bootstraps itself
+	GossipKey       string   // base64 key for encrypted gossip (16, 24 or 32 bytes)
+	GossipProfile   string   // "lan" or "local" (fast timers for tests)
+	Scheduler       string   // scheduler strategy: spread or binpack
+	CPUOvercommit   float64  // vCPUs per host vCPU
+	// HATolerateFailures is admission control's N: a new ha VM is refused
+	// unless every ha VM could be restarted after any N node failures (0: off).
+	HATolerateFailures int
+	// HABrakeShare: automatic HA pauses when more than this share of the
+	// nodes are unreachable at once (the mass-failure brake).
+	HABrakeShare      float64
 	AlarmWebhook      []string      // Alertmanager-compatible webhook receivers
 	SnapshotThreshold uint64        // take a Raft snapshot after this many log entries
 	HeartbeatInterval time.Duration // agents' heartbeat interval, pushed to them
@@ -38,7 +44,7 @@ type Config struct {
 	// TLS is the CA, this server's certificate (role server) and its key:
 	// set, every listener (API, Raft) is mutual TLS and every dialer
 	// (forwarding, Raft, ping-back) verifies its peer's role. Unset, all of
-	// it is plaintext (see RequireTLS and InsecureNoTLS).
+	// it is plaintext, which outside Dev needs InsecureNoTLS (Validate).
 	TLS tlsconf.Files
 	// InsecureNoTLS is --insecure-no-tls: the operator's explicit choice to
 	// run a non-dev server without TLS (warned about every minute).
@@ -57,27 +63,22 @@ type Config struct {
 	barrier func(r *raft.Raft, timeout time.Duration) error
 }
 
-// RequireTLS is the switch of the secure default: when true, a server
-// outside --dev refuses to start without TLS material unless it is given
-// --insecure-no-tls. It is false while the test harnesses and the lab
-// still start plaintext servers; flip it once they pass certificates
-// (docs/security.md, "Staging").
-var RequireTLS = false
-
 // DefaultConfig returns the production defaults.
 func DefaultConfig() Config {
 	return Config{
-		Bind:              "127.0.0.1",
-		APIPort:           4650,
-		RaftPort:          4651,
-		GossipPort:        4652,
-		GossipProfile:     "lan",
-		Scheduler:         "spread",
-		CPUOvercommit:     1,
-		SnapshotThreshold: 8192,
-		HeartbeatInterval: 15 * time.Second,
-		MissedHeartbeats:  3,
-		RaftTimeScale:     1,
+		Bind:               "127.0.0.1",
+		APIPort:            4650,
+		RaftPort:           4651,
+		GossipPort:         4652,
+		GossipProfile:      "lan",
+		Scheduler:          "spread",
+		CPUOvercommit:      1,
+		HATolerateFailures: 1,
+		HABrakeShare:       0.5,
+		SnapshotThreshold:  8192,
+		HeartbeatInterval:  15 * time.Second,
+		MissedHeartbeats:   3,
+		RaftTimeScale:      1,
 	}
 }
 
@@ -147,6 +148,12 @@ func (c Config) Validate() error {
 	if c.CPUOvercommit < 1 || c.CPUOvercommit > 16 {
 		return structs.Invalid("--cpu-overcommit", "must be between 1 and 16, got %v", c.CPUOvercommit)
 	}
+	if c.HATolerateFailures < 0 || c.HATolerateFailures > 16 {
+		return structs.Invalid("--ha-tolerate-failures", "must be between 0 and 16, got %d", c.HATolerateFailures)
+	}
+	if c.HABrakeShare <= 0 || c.HABrakeShare > 1 || c.HABrakeShare != c.HABrakeShare {
+		return structs.Invalid("--ha-brake-share", "must be a number in (0, 1], got %v", c.HABrakeShare)
+	}
 	if c.HeartbeatInterval < 100*time.Millisecond || c.HeartbeatInterval > 10*time.Minute {
 		return structs.Invalid("--heartbeat-interval", "must be between 100ms and 10m, got %s", c.HeartbeatInterval)
 	}
@@ -164,7 +171,8 @@ func (c Config) Validate() error {
 	if c.InsecureNoTLS && c.TLS.Enabled() {
 		return structs.Invalid("--insecure-no-tls", "contradicts --tls-cert-file: pass one or the other")
 	}
-	if RequireTLS && !c.Dev && !c.TLS.Enabled() && !c.InsecureNoTLS {
+	// Secure by default: outside --dev, plaintext only when asked for.
+	if !c.Dev && !c.TLS.Enabled() && !c.InsecureNoTLS {
 		return structs.Invalid("--tls-cert-file", "a server outside --dev needs TLS material (--tls-ca-file, --tls-cert-file, --tls-key-file; see 'chime tls'), or --insecure-no-tls to run in plaintext")
 	}
 	if c.RaftTimeScale <= 0 || c.RaftTimeScale > 1 {

@@ -6,6 +6,7 @@ import (
 
 	"github.com/chime-ha/chime/chime/server/alarms"
 	"github.com/chime-ha/chime/chime/server/endpoint"
+	"github.com/chime-ha/chime/chime/server/hapolicy"
 	"github.com/chime-ha/chime/chime/server/heartbeat"
 	"github.com/chime-ha/chime/chime/server/placement"
 	"github.com/chime-ha/chime/chime/server/tasks"
@@ -35,14 +36,18 @@ func (wallClock) After(d time.Duration) <-chan time.Time { return time.After(d) 
 func (s *Server) setupDuties() {
 	s.placer = placement.New(placement.Config{
 		State: s.fsm, Proposer: s,
-		Options: scheduler.Options{Strategy: scheduler.Strategy(s.cfg.Scheduler), CPUOvercommit: s.cfg.CPUOvercommit},
-		Logger:  s.log.Named("placement"),
+		Options:    scheduler.Options{Strategy: scheduler.Strategy(s.cfg.Scheduler), CPUOvercommit: s.cfg.CPUOvercommit},
+		HATolerate: s.cfg.HATolerateFailures,
+		Logger:     s.log.Named("placement"),
 	})
+	s.guard = hapolicy.New(hapolicy.Config{State: s.fsm, Proposer: s, Reserver: s.placer, Share: s.cfg.HABrakeShare,
+		Logger: s.log.Named("hapolicy")})
 	s.taskRunner = tasks.New(tasks.Config{State: s.fsm, Proposer: s, Placer: s.placer, Clock: s.clock,
 		Logger: s.log.Named("tasks")})
 	s.alarmer = alarms.New(alarms.Config{State: s.fsm, Proposer: s, Clock: s.clock,
 		Webhooks: s.cfg.AlarmWebhook, ExternalURL: s.cfg.APIURL(),
 		CountDelivery: func(result string) { s.met.alarmsSent.WithLabelValues(result).Inc() },
+		Extra:         s.guard.Alarms,
 		Logger:        s.log.Named("alarms")})
 	s.hb = heartbeat.New(heartbeat.Config{Interval: s.cfg.HeartbeatInterval, Missed: s.cfg.MissedHeartbeats,
 		Proposer: s, State: s.fsm, Clock: s.clock, Pinger: s.pingClient(), Gossip: s.pool,

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/chime-ha/chime/chime/server/alarms"
+	"github.com/chime-ha/chime/chime/server/hapolicy"
 	"github.com/chime-ha/chime/chime/server/placement"
 	"github.com/chime-ha/chime/chime/server/tasks"
 	"github.com/chime-ha/chime/chime/structs"
@@ -53,6 +54,7 @@ type Server struct {
 	placer     *placement.Placer // placement lock, scheduler calls, pending VMs
 	taskRunner *tasks.Runner     // migrate, evacuate, drain steps
 	alarmer    *alarms.Alarmer   // alarm transitions and webhook delivery
+	guard      *hapolicy.Guard   // automatic HA's arm switch and mass-failure brake
 
 	gossipMu    sync.Mutex         // guards the two fields below
 	gossipCache []string           // servers' gossip addresses, for agents

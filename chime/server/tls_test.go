@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -203,8 +202,10 @@ func TestTLSRaftTransportRefusesUnauthenticatedRPC(t *testing.T) {
 // write to the leader over TLS; a server that gossip announces but that has
 // no server certificate never becomes a voter, while one that has joins.
 func TestTLSThreeServerClusterAndRogueServer(t *testing.T) {
-	p := newTestPKI(t)
-	tc := newTLSTestCluster(t, p, 3)
+	tc := newTestCluster(t, 3, func(c *Config) {
+		c.Logger = hclog.New(&hclog.LoggerOptions{Name: c.Name, Level: hclog.Error})
+	})
+	p := tc.pki
 	l := tc.leader(30 * time.Second)
 	f := (l + 1) % 3
 	ctx := context.Background()
@@ -236,7 +237,7 @@ func TestTLSThreeServerClusterAndRogueServer(t *testing.T) {
 		return cfg
 	}
 	rogueCfg := mk("rogue", 0)
-	rogueCfg.TLS = tlsconf.Files{}
+	rogueCfg.TLS, rogueCfg.InsecureNoTLS = tlsconf.Files{}, true
 	fourthCfg := mk("s4", 1)
 	fourthCfg.TLS = p.files("s4-server", tlsconf.RoleServer, false)
 	for _, cfg := range []Config{rogueCfg, fourthCfg} {
@@ -271,42 +272,6 @@ func TestTLSThreeServerClusterAndRogueServer(t *testing.T) {
 	if _, in := voters()["rogue"]; in {
 		t.Fatalf("the rogue server is in the Raft configuration: %v", voters())
 	}
-}
-
-func newTLSTestCluster(t *testing.T, p *testPKI, n int) *testCluster {
-	t.Helper()
-	pp := ports.Free(t, "127.0.0.1", 3*n)
-	tc := &testCluster{t: t}
-	var joins []string
-	for i := 0; i < n; i++ {
-		joins = append(joins, fmt.Sprintf("127.0.0.1:%d", pp[3*i+2]))
-	}
-	for i := 0; i < n; i++ {
-		cfg := DefaultConfig()
-		cfg.Name = fmt.Sprintf("s%d", i+1)
-		cfg.DataDir = filepath.Join(t.TempDir(), cfg.Name)
-		cfg.APIPort, cfg.RaftPort, cfg.GossipPort = pp[3*i], pp[3*i+1], pp[3*i+2]
-		cfg.BootstrapExpect, cfg.Join = n, joins
-		cfg.GossipProfile, cfg.RaftTimeScale = "local", 0.25
-		cfg.HeartbeatInterval = time.Second
-		cfg.TLS = p.files(cfg.Name+"-server", tlsconf.RoleServer, false)
-		cfg.Logger = hclog.New(&hclog.LoggerOptions{Name: cfg.Name, Level: hclog.Error})
-		tc.cfgs = append(tc.cfgs, cfg)
-	}
-	tc.srv = make([]*Server, n)
-	for i := range tc.cfgs {
-		tc.start(i)
-	}
-	t.Cleanup(func() {
-		for _, s := range tc.srv {
-			if s != nil {
-				_ = s.Shutdown()
-			}
-		}
-	})
-	tc.leader(30 * time.Second)
-	tc.token = bootstrapToken(t, p.client(tc.cfgs[0].APIURL(), "bootstrap-cli", tlsconf.RoleCLI, false))
-	return tc
 }
 
 // The caller's role reaches the handlers; a forwarded role is believed
@@ -357,12 +322,9 @@ func TestTLSPeerRoleInContext(t *testing.T) {
 	}
 }
 
-// With RequireTLS on, a non-dev server without material refuses to start
-// unless --insecure-no-tls; --dev needs nothing.
-func TestRequireTLSSwitch(t *testing.T) {
-	old := RequireTLS
-	RequireTLS = true
-	defer func() { RequireTLS = old }()
+// A non-dev server without TLS material refuses to start unless
+// --insecure-no-tls; --dev needs nothing.
+func TestServerRequiresTLSOutsideDev(t *testing.T) {
 	base := DefaultConfig()
 	base.Name, base.DataDir, base.BootstrapExpect = "s1", t.TempDir(), 1
 	tests := []struct {

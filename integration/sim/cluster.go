@@ -407,6 +407,7 @@ func (s *Server) Crash() {
 		return
 	}
 	s.c.sim.E.trace.Addf("server", "%s crashes", s.Name)
+	s.c.sim.resetCoroutines(s.FSM)
 	s.down()
 	if err := s.FSM.Close(); err != nil {
 		s.c.sim.E.trace.Addf("server", "%s close fsm: %v", s.Name, err)

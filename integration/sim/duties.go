@@ -9,6 +9,7 @@ import (
 	"github.com/chime-ha/chime/chime/api"
 	"github.com/chime-ha/chime/chime/server/alarms"
 	"github.com/chime-ha/chime/chime/server/endpoint"
+	"github.com/chime-ha/chime/chime/server/hapolicy"
 	"github.com/chime-ha/chime/chime/server/heartbeat"
 	"github.com/chime-ha/chime/chime/server/placement"
 	"github.com/chime-ha/chime/chime/server/tasks"
@@ -31,6 +32,7 @@ const (
 	placementEvery = 10 * time.Second
 	alarmsEvery    = 5 * time.Second
 	alarmsDebounce = 250 * time.Millisecond
+	guardEvery     = 5 * time.Second // hapolicy.Guard.Run's idle period
 	// onChange is how long after a commit a woken duty runs: the time a
 	// Raft commit and the wake-up take.
 	onChange = 5 * time.Millisecond
@@ -47,10 +49,12 @@ type leaderDuties struct {
 	runner  *tasks.Runner
 	placer  *placement.Placer
 	alarmer *alarms.Alarmer
+	guard   *hapolicy.Guard // the arm switch and the mass-failure brake
 	ep      *endpoint.Endpoints
 
 	stops                  []func() // the periodic events
 	tasksAt, placeAt, alAt *Event   // the pending on-change wake-ups
+	guardAt                *Event
 }
 
 func newLeaderDuties(s *Server, term uint64) *leaderDuties {
@@ -63,11 +67,17 @@ func newLeaderDuties(s *Server, term uint64) *leaderDuties {
 		Proposer: s, State: s.FSM, Clock: s.clock(), Pinger: pinger{s}, Gossip: gossipView{s}, Logger: s.log})
 	d.monitor.Reset()
 	d.placer = placement.New(placement.Config{State: s.FSM, Proposer: s,
-		Options: scheduler.Options{Strategy: scheduler.Strategy(sim.cfg.Scheduler)}, Logger: s.log.Named("placement")})
+		Options:    scheduler.Options{Strategy: scheduler.Strategy(sim.cfg.Scheduler)},
+		HATolerate: sim.cfg.HATolerate, Logger: s.log.Named("placement")})
 	d.runner = tasks.New(tasks.Config{State: s.FSM, Proposer: s, Placer: d.placer, Clock: s.clock(), Logger: s.log.Named("tasks")})
-	d.alarmer = alarms.New(alarms.Config{State: s.FSM, Proposer: s, Clock: s.clock(), Logger: s.log.Named("alarms")})
-	d.ep = endpoint.New(endpoint.Config{Proposer: s, State: s.FSM, Placer: d.placer, Tasks: d.runner, Monitor: d.monitor,
-		Clock: s.clock(), IDs: simIDs{w}, Agents: agentConfig{s.c}})
+	alCfg := alarms.Config{State: s.FSM, Proposer: s, Clock: s.clock(), Logger: s.log.Named("alarms")}
+	// The guard runs as in production (the brake at the default share);
+	// admission control only with the scenario header ha-tolerate N.
+	d.guard = hapolicy.New(hapolicy.Config{State: s.FSM, Proposer: s, Reserver: d.placer, Logger: s.log.Named("hapolicy")})
+	alCfg.Extra = d.guard.Alarms
+	d.alarmer = alarms.New(alCfg)
+	d.ep = endpoint.New(endpoint.Config{Proposer: s, State: coState{s.FSM, sim}, Placer: d.placer, Tasks: d.runner, Monitor: d.monitor,
+		Clock: coClock{s.clock(), sim}, IDs: simIDs{w}, Agents: agentConfig{s.c}})
 
 	name := func(duty string) string { return fmt.Sprintf("%s %s", s.Name, duty) }
 	check := max(cfg.HeartbeatInterval/4, 50*time.Millisecond)
@@ -77,6 +87,7 @@ func newLeaderDuties(s *Server, term uint64) *leaderDuties {
 		w.Every(0, placementEvery, name("placement.pending"), d.placePending),
 		w.Every(0, alarmsEvery, name("alarms.step"), d.stepAlarms),
 	)
+	d.stops = append(d.stops, w.Every(0, guardEvery, name("hapolicy.step"), d.stepGuard))
 	s.c.sim.E.trace.Addf("raft", "%s duties started (term %d)", s.Name, term)
 	return d
 }
@@ -95,6 +106,14 @@ func (d *leaderDuties) stepTasks() {
 func (d *leaderDuties) placePending() {
 	if d.live() && !d.held() {
 		d.placer.PlacePending(d.ctx)
+	}
+}
+
+func (d *leaderDuties) stepGuard() {
+	if d.live() {
+		if err := d.guard.Step(d.ctx); err != nil && d.live() {
+			d.srv.log.Named("hapolicy").Warn("ha guard pass failed", "error", err)
+		}
 	}
 }
 
@@ -123,6 +142,9 @@ func (d *leaderDuties) changed() {
 	if !d.alAt.Pending() {
 		d.alAt = w.After(alarmsDebounce, d.srv.Name+" alarms.step (change)", d.stepAlarms)
 	}
+	if !d.guardAt.Pending() {
+		d.guardAt = w.After(onChange, d.srv.Name+" hapolicy.step (change)", d.stepGuard)
+	}
 }
 
 // stop ends the term: every pending duty event is cancelled and the
@@ -135,6 +157,7 @@ func (d *leaderDuties) stop() {
 	d.tasksAt.Cancel()
 	d.placeAt.Cancel()
 	d.alAt.Cancel()
+	d.guardAt.Cancel()
 	d.srv.c.sim.E.trace.Addf("raft", "%s duties stopped (term %d)", d.srv.Name, d.term)
 }
 

@@ -158,6 +158,15 @@ var faultKinds = []faultKind{
 		return []string{"outage", g.host()}, nil
 	}},
 	{"snapshot", 1, func(g *gen) ([]string, []string) { return []string{"snapshot", g.server()}, nil }},
+	{"host-clock-jump", 1, func(g *gen) ([]string, []string) {
+		h := g.host()
+		d := time.Duration(g.r.IntN(40)-20) * time.Minute
+		return []string{"host-clock-jump", h, d.String()}, []string{"host-clock-jump", h, (-d).String()}
+	}},
+	{"disk-fault", 1, func(g *gen) ([]string, []string) {
+		h := g.host()
+		return []string{"disk-fault", h, "on"}, []string{"disk-fault", h, "off"}
+	}},
 }
 
 // step is one command of a drawn operation, after the operation's start.
@@ -179,6 +188,7 @@ var opKinds = []opKind{
 	{"stop", 2, func(g *gen) []step { return []step{{0, []string{"stop", g.vm()}}} }},
 	{"start", 3, func(g *gen) []step { return []step{{0, []string{"start", g.vm()}}} }},
 	{"delete", 1, func(g *gen) []step { return []step{{0, []string{"delete", g.vm()}}} }},
+	{"restart", 1, func(g *gen) []step { return []step{{0, []string{"restart", g.vm()}}} }},
 	{"create", 2, func(g *gen) []step {
 		name := fmt.Sprintf("vm%d", len(g.vms)+1)
 		g.vms = append(g.vms, name)

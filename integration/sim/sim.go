@@ -31,6 +31,10 @@ type Config struct {
 	LogLevel hclog.Level
 	// HostVCPUs and HostMemoryMiB are each host's capacity.
 	HostVCPUs, HostMemoryMiB int
+	// HATolerate > 0 turns admission control on, tolerating that many
+	// failures (the HAReservationBroken alarm with it). The brake guard
+	// always runs, at the default share, as in production.
+	HATolerate int
 }
 
 // Sim is one simulated chime deployment: the world (time, randomness,
@@ -51,8 +55,8 @@ type Sim struct {
 	// fails (before, during, or with its reply lost).
 	nextMigration   map[string]MigrationOutcome
 	migrationFaults float64
-	migrationNets   []Net // networks of the addresses a migration looked up (HypervisorAt)
 	localMoves      []localMove
+	co              coroutines   // restarts in progress (restart.go)
 	inter           interleaving // on-propose (interleave.go)
 }
 
@@ -112,6 +116,7 @@ func New(cfg Config) (*Sim, error) {
 	for _, h := range s.Hosts {
 		h.boot()
 	}
+	s.E.OnEachEvent(s.resumeParked)
 	s.E.OnEachEvent(s.pollAgents)
 	s.E.OnEachEvent(s.Check.afterEvent)
 	s.E.trace.Addf("sim", "seed %d: %d servers, %d hosts", cfg.Seed, len(c.Servers), len(s.Hosts))

@@ -34,7 +34,13 @@ type Config struct {
 	// CountDelivery, when set, is called once per delivery attempt with one
 	// of the Delivery* results (the server's metric).
 	CountDelivery func(result string)
-	Logger        hclog.Logger // named server.alarms by the server
+	// Extra, when set, derives more firing alarms from the state, at now:
+	// conditions whose judgement needs code this package may not import
+	// (the HA reservation needs the scheduler: chime/server/hapolicy).
+	// Each alarm needs Name, Severity, Labels, Summary, Description and
+	// StartsAt; the alarmer adds alertname, severity and the fingerprint.
+	Extra  func(now time.Time) ([]structs.Alarm, error)
+	Logger hclog.Logger // named server.alarms by the server
 }
 
 // Alarmer records alarm transitions and delivers them. Each transition is
@@ -49,6 +55,7 @@ type Alarmer struct {
 	externalURL   string
 	client        *http.Client
 	countDelivery func(string)
+	extra         func(time.Time) ([]structs.Alarm, error)
 	log           hclog.Logger
 }
 
@@ -61,7 +68,7 @@ func New(cfg Config) *Alarmer {
 		cfg.Client = http.DefaultClient
 	}
 	return &Alarmer{state: cfg.State, propose: cfg.Proposer, clock: cfg.Clock, webhooks: cfg.Webhooks,
-		externalURL: cfg.ExternalURL, client: cfg.Client, countDelivery: cfg.CountDelivery, log: cfg.Logger}
+		externalURL: cfg.ExternalURL, client: cfg.Client, countDelivery: cfg.CountDelivery, extra: cfg.Extra, log: cfg.Logger}
 }
 
 // Firing lists the alarms recorded as firing in the replicated state,
@@ -123,7 +130,15 @@ func (a *Alarmer) Step(ctx context.Context) error {
 		return fmt.Errorf("read alarms: %w", err)
 	}
 	now := a.clock.Now().UTC()
-	for _, al := range Transitions(Derive(nodes, tasks, now), recs, now) {
+	current := Derive(nodes, tasks, now)
+	if a.extra != nil {
+		more, err := a.extra(now)
+		if err != nil {
+			return fmt.Errorf("derive alarms: %w", err)
+		}
+		current = WithExtra(current, more)
+	}
+	for _, al := range Transitions(current, recs, now) {
 		if _, err := a.propose.Propose(ctx, "", fsm.CmdAlarm, fsm.AlarmTransition{Alarm: al}); err != nil {
 			return fmt.Errorf("record alarm %s %s: %w", al.Name, al.Status, err)
 		}

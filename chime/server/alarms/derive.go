@@ -4,6 +4,8 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"maps"
+	"slices"
 	"sort"
 	"time"
 
@@ -106,6 +108,24 @@ func Derive(nodes []structs.Node, tasks []structs.Task, now time.Time) []structs
 			labels["vm"] = t.VMID
 		}
 		add("TaskFailed", "warning", labels, fmt.Sprintf("%s task %s failed", t.Kind, t.ID), t.Error, t.Updated)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Fingerprint < out[j].Fingerprint })
+	return out
+}
+
+// WithExtra adds alarms derived elsewhere (Config.Extra) to derived ones:
+// each gets its alertname and severity labels and its fingerprint, like
+// Derive's own, and the result is sorted by fingerprint.
+func WithExtra(derived, extra []structs.Alarm) []structs.Alarm {
+	out := slices.Clone(derived)
+	for _, al := range extra {
+		labels := maps.Clone(al.Labels)
+		if labels == nil {
+			labels = map[string]string{}
+		}
+		labels["alertname"], labels["severity"] = al.Name, al.Severity
+		al.Labels, al.Fingerprint, al.Status = labels, fingerprint(labels), "firing"
+		out = append(out, al)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Fingerprint < out[j].Fingerprint })
 	return out

@@ -47,6 +47,9 @@ type Placer interface {
 	Place(vm structs.VM, exclude []string) (string, error)
 	PlaceAll(reqs []scheduler.Request) (map[string]string, error)
 	Check(vm structs.VM, to string) error
+	// Admit is admission control (--ha-tolerate-failures) for a protected
+	// VM about to be placed on nodeID; call it inside Decide.
+	Admit(vm structs.VM, nodeID string) error
 	// Kick wakes the pending-VM loop: capacity may have appeared.
 	Kick()
 }
