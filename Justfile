@@ -55,7 +55,7 @@ labctl:
 # Lab of N hosts (netns + libvirtd each) + chime: 3 servers, an agent per host (.lab/chime/).
 lab-up hosts="3": labctl build
     bin/labctl up --hosts {{hosts}} --dir {{lab_dir}} --chime bin/chime
-    @echo "source {{lab_dir}}/chime/env   # CHIME_ADDR, CHIME_TLS_* and PATH for the chime CLI"
+    @echo "source {{lab_dir}}/chime/env   # CHIME_ADDR, CHIME_TLS_*, CHIME_TOKEN and PATH for the chime CLI"
 
 # Stop the chime processes and remove the lab: VMs, daemons, namespaces, bridges.
 lab-down: labctl

@@ -59,6 +59,7 @@ Example:
 			&cli.StringFlag{Name: "socket", Usage: "local unix socket (default <data-dir>/agent.sock)", EnvVars: []string{"CHIME_AGENT_SOCKET"}},
 			&cli.StringFlag{Name: "gossip-key", Usage: "base64 gossip encryption key (16, 24 or 32 bytes)", EnvVars: []string{"CHIME_GOSSIP_KEY"}},
 			&cli.StringSliceFlag{Name: "label", Usage: "node label KEY=VALUE (repeatable)"},
+			&cli.StringFlag{Name: "join-token", Usage: "ACL token of role agent-join: registering a new node needs it when the servers enforce ACLs (or an agent TLS certificate)", EnvVars: []string{"CHIME_JOIN_TOKEN"}},
 			&cli.BoolFlag{Name: "insecure-no-tls", Usage: "run without TLS, knowingly, against servers that run --dev or --insecure-no-tls (logs a warning every minute)"},
 		}, tlsFlags()...),
 		Action: runAgent,
@@ -107,6 +108,7 @@ func agentConfig(c *cli.Context) (agent.Config, error) {
 	cfg.SweepInterval = c.Duration("sweep-interval")
 	cfg.Socket = c.String("socket")
 	cfg.GossipKey = c.String("gossip-key")
+	cfg.JoinToken = c.String("join-token")
 	cfg.TLS, cfg.InsecureNoTLS = tlsFiles(c), c.Bool("insecure-no-tls")
 	for _, l := range c.StringSlice("label") {
 		k, v, ok := strings.Cut(l, "=")

@@ -41,6 +41,7 @@ Start a one-server test cluster with 'chime server --dev', then try 'chime vm cr
 			alarmCommand(),
 			eventCommand(),
 			tlsCommand(),
+			aclCommand(),
 		},
 		EnableBashCompletion: true,
 		ExitErrHandler:       func(*cli.Context, error) {},
@@ -82,7 +83,7 @@ func newLogger(c *cli.Context, name string) hclog.Logger {
 func clientFlags() []cli.Flag {
 	return append([]cli.Flag{
 		&cli.StringFlag{Name: "address", Value: "http://127.0.0.1:4650", Usage: "API address of any server (https with the --tls-* files)", EnvVars: []string{"CHIME_ADDR"}},
-		&cli.StringFlag{Name: "token", Usage: "admin token (reserved for access control)", EnvVars: []string{"CHIME_TOKEN"}},
+		&cli.StringFlag{Name: "token", Usage: "ACL token (secret id) sent with every request", EnvVars: []string{"CHIME_TOKEN"}},
 	}, tlsFlags()...)
 }
 

@@ -40,6 +40,9 @@ var registry = map[CommandType]applyFunc{
 	CmdAlarmSent:       typed((*applier).alarmDelivered),
 	CmdSetHAArmed:      typed((*applier).setHAArmed),
 	CmdSetHABrake:      typed((*applier).setHABrake),
+	CmdACLBootstrap:    typed((*applier).aclBootstrap),
+	CmdACLTokenCreate:  typed((*applier).aclTokenCreate),
+	CmdACLTokenDelete:  typed((*applier).aclTokenDelete),
 }
 
 // typed turns an apply function over a payload type into an applyFunc. A

@@ -26,8 +26,10 @@ func TestServersSurviveLeaderKillAndFullRestart(t *testing.T) {
 	ss := newServerSet(t, "127.0.0.1")
 	l := ss.leader(60 * time.Second)
 	t.Logf("leader: %s", ss.names[l])
+	ss.bootstrapACL() // the CLI below carries the management token (CHIME_TOKEN)
 
-	// A node with room for everything, registered as an agent would.
+	// A node with room for everything, registered as an agent would (its
+	// agent certificate is the join credential).
 	reg, err := ss.tls.agentClient(ss.addr(0)).Register(ctx, api.RegisterRequest{ID: "0f1e2d3c-4b5a-4978-8a6b-5c4d3e2f1a0b",
 		Name: "hv-big", APIAddr: "127.0.0.1:1", VCPUs: 512, MemoryMiB: 1 << 20})
 	if err != nil {

@@ -49,6 +49,9 @@ type fleet struct {
 	agents []*proc // by host index; replaced on restart
 	nodes  map[string]string
 	tls    *clusterTLS // the fleet's CA and certificates: every process and the CLI use them
+	// joinToken is the agent-join token the agents register with
+	// (bootstrapACL).
+	joinToken string
 }
 
 // fleetRoot is where a fleet keeps everything. It is fixed (not t.TempDir)
@@ -130,6 +133,7 @@ func newFleetWith(t *testing.T, opts fleetOptions) *fleet {
 	f.ss = newServerSetTLS(t, l.ServerIPs[:3], filepath.Join(root, "servers"), logs, f.tls,
 		append([]string{"--heartbeat-interval", "1s", "--cpu-overcommit", "8"}, opts.ServerArgs...)...)
 	f.waitLeader(t, 60*time.Second)
+	f.bootstrapACL(t)
 	for i := range l.Hosts {
 		f.startAgent(i)
 	}
@@ -168,6 +172,9 @@ func (f *fleet) startAgent(i int) {
 		args = append(args, f.opts.AgentArgs(i, h)...)
 	}
 	args = append(args, f.tls.agentArgs()...)
+	if f.joinToken != "" {
+		args = append(args, "--join-token", f.joinToken)
+	}
 	name := fmt.Sprintf("agent-%s-%d", h.Name, time.Now().UnixNano())
 	f.agents[i] = startProc(f.t, name, f.logs, []string{"ip", "netns", "exec", h.Netns}, args...)
 }

@@ -26,6 +26,7 @@ type serverSet struct {
 	logs  string
 	extra []string
 	tls   *clusterTLS
+	token string // the management token, once bootstrapACL ran
 }
 
 // newServerSet starts three servers bound to one IP (distinct ports), with
@@ -81,11 +82,17 @@ func (ss *serverSet) addr(i int) string {
 	return fmt.Sprintf("https://%s:%d", ss.ips[i], ss.ports[i][0])
 }
 
-// client is an operator's API client of server i (cli certificate).
-func (ss *serverSet) client(i int) *api.Client { return ss.tls.client(ss.addr(i)) }
+// client is an operator's API client of server i (cli certificate, and
+// the management token once bootstrapACL ran).
+func (ss *serverSet) client(i int) *api.Client { return ss.withToken(ss.tls.client(ss.addr(i))) }
 
 // clientAll is an operator's API client of every server.
-func (ss *serverSet) clientAll() *api.Client { return ss.tls.client(ss.addrs()...) }
+func (ss *serverSet) clientAll() *api.Client { return ss.withToken(ss.tls.client(ss.addrs()...)) }
+
+func (ss *serverSet) withToken(c *api.Client) *api.Client {
+	c.Token = ss.token
+	return c
+}
 
 // cli runs the CLI (with the cli certificate) against server i.
 func (ss *serverSet) cli(ctx context.Context, i int, args ...string) (string, error) {

@@ -82,6 +82,7 @@ func TestTLSServers(t *testing.T) {
 	client := func(i int) *api.Client {
 		c := api.NewClient(https(i))
 		c.Retries = 0
+		c.Token = ss.token
 		c.UseTLS(cliM.ClientConfig(tlsconf.RoleServer))
 		return c
 	}
@@ -103,6 +104,7 @@ func TestTLSServers(t *testing.T) {
 	}
 	l := leader()
 	t.Logf("leader %s", ss.names[l])
+	ss.bootstrapACL()
 
 	// The CLI with a cli certificate, through every server.
 	good := pki.flags("cli")

@@ -128,6 +128,7 @@ func New(cfg Config, hv Hypervisor, opts ...Option) (*Agent, error) {
 	}
 	if o.servers == nil {
 		c := api.NewClient(cfg.Servers...)
+		c.Token = cfg.JoinToken
 		if tlsm != nil {
 			c.UseTLS(tlsm.ClientConfig(tlsconf.RoleServer))
 		}
@@ -176,6 +177,13 @@ func New(cfg Config, hv Hypervisor, opts ...Option) (*Agent, error) {
 		Announcer:     o.announcer,
 		ShutdownGrace: cfg.ShutdownGrace, Drained: drained,
 		Trigger: a.rec.Trigger, Changed: a.requestHeartbeat,
+		Prove: func(vmID string, gen uint64) string {
+			secret, err := st.Secret()
+			if err != nil || secret == "" {
+				return ""
+			}
+			return structs.AdoptionProof(structs.HashSecret(secret), vmID, gen)
+		},
 		Clock: o.clock, Rand: random, Interfaces: o.interfaces,
 		Logger: cfg.Logger.Named("handover"),
 	})

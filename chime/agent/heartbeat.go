@@ -235,7 +235,7 @@ func (a *Agent) adoptedObservations(domains []hypervisor.Domain) (adopted []stru
 			continue
 		}
 		arrived[ad.VMID] = true
-		adopted = append(adopted, structs.VMObservation{VMID: ad.VMID, State: observedState(d.State), Reason: d.Reason, Generation: ad.Generation})
+		adopted = append(adopted, structs.VMObservation{VMID: ad.VMID, State: observedState(d.State), Reason: d.Reason, Generation: ad.Generation, Proof: ad.Proof})
 	}
 	for _, id := range slices.Sorted(maps.Keys(ads)) {
 		if ad := ads[id]; !arrived[ad.VMID] && !ad.Expired {

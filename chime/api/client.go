@@ -25,7 +25,7 @@ const (
 	HeaderRequestID = "X-Chime-Request-Id" // client-generated id of a write; a retry reuses it
 	HeaderNode      = "X-Chime-Node"       // agent's node id
 	HeaderSecret    = "X-Chime-Secret"     // agent's node secret
-	HeaderToken     = "X-Chime-Token"      // admin token (reserved)
+	HeaderToken     = "X-Chime-Token"      // ACL token secret (or Authorization: Bearer)
 	HeaderForwarded = "X-Chime-Forwarded"  // set by a follower forwarding to the leader
 	// HeaderForwardedRole is the TLS role of a forwarded request's caller,
 	// set by the follower; the leader believes it only from a server.
@@ -440,6 +440,35 @@ func (c *Client) Tasks(ctx context.Context) ([]structs.Task, error) {
 	var t []structs.Task
 	_, err := c.Do(ctx, http.MethodGet, "/v1/tasks", nil, nil, &t)
 	return t, err
+}
+
+// --- ACLs ---
+
+// ACLBootstrap creates the cluster's first management token (once).
+func (c *Client) ACLBootstrap(ctx context.Context) (*TokenSecret, error) {
+	var t TokenSecret
+	_, err := c.Do(ctx, http.MethodPost, "/v1/acl/bootstrap", nil, nil, &t)
+	return &t, err
+}
+
+// CreateToken creates an ACL token; the answer carries its secret.
+func (c *Client) CreateToken(ctx context.Context, r CreateTokenRequest) (*TokenSecret, error) {
+	var t TokenSecret
+	_, err := c.Do(ctx, http.MethodPost, "/v1/acl/tokens", nil, r, &t)
+	return &t, err
+}
+
+// ListTokens lists the ACL tokens (without secrets).
+func (c *Client) ListTokens(ctx context.Context) ([]structs.ACLToken, error) {
+	var t []structs.ACLToken
+	_, err := c.Do(ctx, http.MethodGet, "/v1/acl/tokens", nil, nil, &t)
+	return t, err
+}
+
+// DeleteToken deletes an ACL token by accessor id (or a unique prefix).
+func (c *Client) DeleteToken(ctx context.Context, accessor string) error {
+	_, err := c.Do(ctx, http.MethodDelete, "/v1/acl/tokens/"+esc(accessor), nil, nil, nil)
+	return err
 }
 
 // HAStatus reads the automatic-HA switch and the HA reservation.

@@ -201,3 +201,27 @@ type Status struct {
 	Index     uint64 `json:"applied_index"`
 	Healthy   bool   `json:"healthy"`
 }
+
+// CreateTokenRequest is the body of POST /v1/acl/tokens.
+type CreateTokenRequest struct {
+	Role        string `json:"role"`
+	Description string `json:"description,omitempty"`
+}
+
+// Validate checks a token request; errors name the field.
+func (r CreateTokenRequest) Validate() error {
+	if err := structs.ValidateRole("role", r.Role); err != nil {
+		return err
+	}
+	if len(r.Description) > structs.MaxTokenDescription {
+		return structs.Invalid("description", "at most %d characters, got %d", structs.MaxTokenDescription, len(r.Description))
+	}
+	return nil
+}
+
+// TokenSecret is a token as created: the only answer that carries its
+// secret (the state keeps only its hash).
+type TokenSecret struct {
+	structs.ACLToken
+	SecretID string `json:"secret_id"`
+}

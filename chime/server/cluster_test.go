@@ -20,9 +20,10 @@ import (
 	"github.com/chime-ha/chime/chime/api"
 )
 
-// testCluster is n in-process servers on mutual TLS, as production runs
-// them: a CA of the test's own (tlsconftest), a server certificate per
-// server, and a cli and an agent certificate for the test's clients.
+// testCluster is n in-process servers on mutual TLS and with ACLs, as
+// production runs them: a CA of the test's own (tlsconftest), a server
+// certificate per server, a cli and an agent certificate for the test's
+// clients, and the management token of the ACL bootstrap.
 type testCluster struct {
 	t     *testing.T
 	cfgs  []Config
@@ -30,6 +31,7 @@ type testCluster struct {
 	pki   *testPKI
 	cli   *tlsconf.Material // the test's operator certificate
 	agent *tlsconf.Material // the test's fake agents' certificate
+	token string            // the management token (bootstrapACL), "" with ACLs off
 }
 
 func newTestCluster(t *testing.T, n int, tweak ...func(*Config)) *testCluster {
@@ -70,7 +72,37 @@ func newTestCluster(t *testing.T, n int, tweak ...func(*Config)) *testCluster {
 			}
 		}
 	})
+	tc.bootstrapACL()
 	return tc
+}
+
+// bootstrapACL bootstraps the cluster's ACLs (they are on outside --dev)
+// once a leader is elected, and keeps the management token for client.
+func (tc *testCluster) bootstrapACL() {
+	tc.t.Helper()
+	if tc.cfgs[0].ACL == ACLOff {
+		return
+	}
+	tc.leader(30 * time.Second)
+	tc.token = bootstrapToken(tc.t, tc.clientOf(tlsconf.RoleCLI, tc.urls()...))
+}
+
+// bootstrapToken runs the ACL bootstrap through c and returns the
+// management token's secret.
+func bootstrapToken(t *testing.T, c *api.Client) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for {
+		tok, err := c.ACLBootstrap(ctx)
+		if err == nil {
+			return tok.SecretID
+		}
+		if ctx.Err() != nil || !errors.Is(err, structs.ErrNoLeader) {
+			t.Fatalf("acl bootstrap: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 func (tc *testCluster) start(i int) {
@@ -82,7 +114,8 @@ func (tc *testCluster) start(i int) {
 	tc.srv[i] = s
 }
 
-// client is an operator's client of server i (cli certificate).
+// client is an operator's client of server i (cli certificate, management
+// token).
 func (tc *testCluster) client(i int) *api.Client {
 	return tc.clientOf(tlsconf.RoleCLI, tc.cfgs[i].APIURL())
 }
@@ -97,7 +130,9 @@ func (tc *testCluster) urls() []string {
 }
 
 // clientOf is a client of urls with the test's certificate of role (cli
-// or agent).
+// or agent). A cli client carries the management token (once
+// bootstrapped); an agent client none: its agent certificate is the join
+// credential, and a registered node authenticates with its secret.
 func (tc *testCluster) clientOf(role tlsconf.Role, urls ...string) *api.Client {
 	m := tc.cli
 	if role == tlsconf.RoleAgent {
@@ -105,6 +140,9 @@ func (tc *testCluster) clientOf(role tlsconf.Role, urls ...string) *api.Client {
 	}
 	c := api.NewClient(urls...)
 	c.UseTLS(m.ClientConfig(tlsconf.RoleServer))
+	if role == tlsconf.RoleCLI {
+		c.Token = tc.token
+	}
 	return c
 }
 

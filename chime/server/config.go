@@ -49,7 +49,10 @@ type Config struct {
 	// InsecureNoTLS is --insecure-no-tls: the operator's explicit choice to
 	// run a non-dev server without TLS (warned about every minute).
 	InsecureNoTLS bool
-	Logger        hclog.Logger
+	// ACL says whether ACL tokens are enforced (docs/security.md):
+	// ACLDefault is on outside --dev and off in --dev.
+	ACL    ACLMode
+	Logger hclog.Logger
 	// Clock stamps every command this server proposes and is what the
 	// leader's duties and the endpoints measure time on; nil is the wall
 	// clock. Raft's own timers always run on the wall clock.

@@ -63,6 +63,7 @@ type Server struct {
 	wg          sync.WaitGroup
 	stopOnce    sync.Once // Shutdown and Kill stop the server once
 
+	routes    []routeDef                  // the route table, as setupHTTP declared it
 	refusedMu sync.Mutex                  // guards refusedAt
 	refusedAt map[raft.ServerID]time.Time // when a would-be voter was last refused (tls.go)
 	// readyTerm is the Raft term in which this server, as leader, passed
@@ -146,6 +147,11 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	if err := s.setupHTTP(); err != nil {
 		s.closeAll()
 		return nil, err
+	}
+	if s.aclEnabled() {
+		s.log.Info("ACLs enforced: every route needs a token of its role (docs/security.md); a new cluster is bootstrapped once with `chime acl bootstrap`")
+	} else {
+		s.log.Info("ACLs off: no route checks a token", "dev", cfg.Dev)
 	}
 	loopCtx, cancel := context.WithCancel(context.Background())
 	s.stopLoops = cancel

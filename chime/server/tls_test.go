@@ -210,6 +210,7 @@ func TestTLSThreeServerClusterAndRogueServer(t *testing.T) {
 	f := (l + 1) % 3
 	ctx := context.Background()
 	c := p.client(tc.cfgs[f].APIURL(), "cli", tlsconf.RoleCLI, false)
+	c.Token = tc.token // the follower forwards it to the leader, which checks it
 	vm, err := c.CreateVM(ctx, api.CreateVMRequest{Name: "through-follower", VCPUs: 1, Memory: 64})
 	if err != nil {
 		t.Fatalf("create through follower %s: %v", tc.cfgs[f].Name, err)

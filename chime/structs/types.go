@@ -300,6 +300,10 @@ type VMObservation struct {
 	// hand-over record is open), so "running here" proves nothing about
 	// where it will run.
 	Migrating bool `json:"migrating,omitempty"`
+	// Proof, on an adoption (heartbeat adopted[]), is the source node's
+	// AdoptionProof for the VM and generation, as its announcement carried
+	// it; empty otherwise.
+	Proof string `json:"proof,omitempty"`
 }
 
 // LocalMigration is an entry of the source agent's migration log: a

@@ -97,6 +97,10 @@ type Config struct {
 	// changed). Changed asks for an early heartbeat. Both must not block.
 	Trigger func()
 	Changed func()
+	// Prove returns this node's structs.AdoptionProof for a VM generation
+	// it hands over by node-local migration ("" when it has no secret
+	// yet); nil: none.
+	Prove func(vmID string, gen uint64) string
 	// RetryInterval is the first wait before a failed record write is
 	// tried again; it doubles up to 30 s. Default 1 s.
 	RetryInterval time.Duration

@@ -251,7 +251,8 @@ func newRigOn(t *testing.T, st Store, hv *fakeHV, clk Clock, retry time.Duration
 	t.Helper()
 	r := &rig{st: st, hv: hv, rep: &reports{}, ann: &announcer{}}
 	r.m = New(Config{NodeID: "node-1", Hypervisor: hv, Store: st, Reporter: r.rep, Announcer: r.ann,
-		Trigger: func() { r.triggers.Add(1) }, RetryInterval: retry, Clock: clk})
+		Trigger: func() { r.triggers.Add(1) }, RetryInterval: retry, Clock: clk,
+		Prove: func(vmID string, gen uint64) string { return structs.AdoptionProof("node-1-key", vmID, gen) }})
 	t.Cleanup(r.m.Close)
 	return r
 }
@@ -587,8 +588,9 @@ func TestLocalMigrate(t *testing.T) {
 		if err != nil || len(res) != 1 || !res[0].OK || res[0].Error != "" {
 			t.Fatalf("migrate = %+v, %v", res, err)
 		}
-		if ann := r.ann.announced(); len(ann) != 1 || ann[0].VMID != idA || ann[0].Generation != 10 || ann[0].FromNode != "node-1" {
-			t.Fatalf("announced %+v", ann)
+		if ann := r.ann.announced(); len(ann) != 1 || ann[0].VMID != idA || ann[0].Generation != 10 || ann[0].FromNode != "node-1" ||
+			!structs.AdoptionProofValid("node-1-key", idA, 10, ann[0].Proof) {
+			t.Fatalf("announced %+v (want the source's proof for generation 10)", ann)
 		}
 		ret, _ := st.Retired()
 		logged, _, _ := st.PendingMigrations()

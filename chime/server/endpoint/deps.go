@@ -29,6 +29,9 @@ type State interface {
 	VMsOnNode(nodeID string) ([]structs.VM, uint64, error)
 	ResolveVM(ref string) (*structs.VM, error)
 	Task(id string) (*structs.Task, error)
+	ACLTokens() ([]structs.ACLToken, error)
+	ACLTokenByHash(hash string) (*structs.ACLToken, error)
+	ACLBootstrapIndex() uint64
 	// Applied says what a request id was applied as, so that a retry
 	// answers like the first attempt.
 	Applied(reqID string) (objectID string, err error, seen bool)

@@ -46,8 +46,16 @@ func stateFromHeartbeat(faults []string) string {
 // moved meanwhile); this is the filter that keeps unchanged heartbeats out
 // of the log.
 func buildDelta(st State, n *structs.Node, r Report, now time.Time) (*fsm.Heartbeat, error) {
-	d := &fsm.Heartbeat{NodeID: n.ID}
+	// Authorized: every item is judged against n (issue 12); an adoption
+	// the state does not prove (fsm.AdoptionProven) holds the VM instead
+	// of moving it.
+	d := &fsm.Heartbeat{NodeID: n.ID, Authorized: true}
+	source := func(id string) (bool, string) {
+		src, err := st.Node(id)
+		return err == nil && src != nil && src.Fenced, st.NodeSecretHash(id)
+	}
 	adopting := map[string]bool{}
+	held := map[string]bool{} // unproven adoptions: neither observed here nor stale copies
 	anyRunning := false
 	for _, o := range r.Adopted {
 		if o.State == structs.StateRunning {
@@ -60,9 +68,15 @@ func buildDelta(st State, n *structs.Node, r Report, now time.Time) (*fsm.Heartb
 		if vm != nil && vm.AdoptedBy(n.ID, o.Generation) {
 			continue
 		}
+		if vm != nil && vm.NodeID != "" && vm.Generation == o.Generation && !fsm.AdoptionProven(vm, n.ID, o.Generation, o.Proof, source) {
+			held[o.VMID] = true
+			if fsm.HeldFor(vm, n.ID, o.Generation) {
+				continue // held already: nothing to write
+			}
+		}
 		// A claim for a VM that is gone is sent all the same: the FSM
 		// refuses it, and the agent is told to destroy its copy.
-		d.Adoptions = append(d.Adoptions, fsm.Adoption{VMID: o.VMID, Generation: o.Generation})
+		d.Adoptions = append(d.Adoptions, fsm.Adoption{VMID: o.VMID, Generation: o.Generation, Proof: o.Proof})
 		adopting[o.VMID] = true
 	}
 
@@ -84,10 +98,14 @@ func buildDelta(st State, n *structs.Node, r Report, now time.Time) (*fsm.Heartb
 			d.Migrations = append(d.Migrations, fsm.MigrationEvidence{VMObservation: o, DesiredIndex: r.DesiredIndex})
 		}
 		switch {
+		case held[o.VMID]:
+			// An unproven adoption: held for the node, not observed here.
 		case adopting[o.VMID]:
 			// Judged by the FSM after the adoption in the same command
 			// moved the VM here.
 			d.Observations = append(d.Observations, o)
+		case fsm.HeldFor(vm, n.ID, o.Generation):
+			// An announced adoption that has not moved the VM here.
 		case vm.IncomingHere(n.ID):
 			// The incoming copy of a live migration in flight.
 		case !vm.ObservationCurrent(n.ID, o.Generation):
@@ -193,8 +211,18 @@ func buildDelta(st State, n *structs.Node, r Report, now time.Time) (*fsm.Heartb
 	// (uniqueness rule 9): which are conflicts, whether the node may be
 	// normal, whether an unreachable node may return.
 	ev := copyEvidence(r)
-	stale, err := fsm.StaleCopies(n, ev, func(id string) (*structs.VM, error) {
-		if adopting[id] {
+	judged, err := fsm.WithoutHeld(ev, n.ID, func(id string) (*structs.VM, error) {
+		vm, err := st.VM(id)
+		if structs.IsNotFound(err) {
+			return nil, nil
+		}
+		return vm, err
+	})
+	if err != nil {
+		return nil, err
+	}
+	stale, err := fsm.StaleCopies(n, judged, func(id string) (*structs.VM, error) {
+		if adopting[id] || held[id] {
 			return nil, nil // the FSM adopts it first: judged there
 		}
 		vm, err := st.VM(id)
@@ -221,7 +249,7 @@ func buildDelta(st State, n *structs.Node, r Report, now time.Time) (*fsm.Heartb
 	sort.Strings(faults)
 	refusalChanged := false
 	if n.MonitorState == structs.MonitorUnreachable {
-		refusal, err := returnRefusal(st, n, ev, running)
+		refusal, err := returnRefusal(st, n, judged, running)
 		if err != nil {
 			return nil, err
 		}

@@ -148,10 +148,21 @@ func TestBuildDelta(t *testing.T) {
 			ui := w.must(fsm.CmdMigrationEnd, fsm.MigrationEnd{VMID: vm.ID, TaskID: "t1", FromNode: a.ID, Generation: gen, Unknown: true, Error: "lost"}).Index
 			return b.ID, Report{DesiredIndex: ui + 5}, nil
 		}},
-		{"adoption claim, and its observation for after the adoption", func(w *world, a, b structs.Node, vm structs.VM, gen uint64) (string, Report, *fsm.Heartbeat) {
+		{"adoption claim the source's log records, and its observation for after the adoption", func(w *world, a, b structs.Node, vm structs.VM, gen uint64) (string, Report, *fsm.Heartbeat) {
+			w.beat(a.ID, Report{Migrations: []structs.LocalMigration{{VMID: vm.ID, ToNode: b.ID, FromNode: a.ID, Generation: gen, Outcome: structs.LocalMigrationUnknown}}})
 			o := structs.VMObservation{VMID: vm.ID, State: structs.StateStopped, Reason: "migrated", Generation: gen}
 			return b.ID, Report{VMs: []structs.VMObservation{o}, Adopted: []structs.VMObservation{o}},
 				&fsm.Heartbeat{NodeID: b.ID, Adoptions: []fsm.Adoption{{VMID: vm.ID, Generation: gen}}, Observations: []structs.VMObservation{o}}
+		}},
+		{"adoption claim nothing records: sent to be held, not observed", func(w *world, a, b structs.Node, vm structs.VM, gen uint64) (string, Report, *fsm.Heartbeat) {
+			o := running(vm.ID, gen)
+			return b.ID, Report{VMs: []structs.VMObservation{o}, Adopted: []structs.VMObservation{o}},
+				&fsm.Heartbeat{NodeID: b.ID, Adoptions: []fsm.Adoption{{VMID: vm.ID, Generation: gen}}}
+		}},
+		{"adoption claim held already: nothing", func(w *world, a, b structs.Node, vm structs.VM, gen uint64) (string, Report, *fsm.Heartbeat) {
+			o := running(vm.ID, gen)
+			w.beat(b.ID, Report{VMs: []structs.VMObservation{o}, Adopted: []structs.VMObservation{o}})
+			return b.ID, Report{VMs: []structs.VMObservation{o}, Adopted: []structs.VMObservation{o}}, nil
 		}},
 		{"adoption already in the placement: not sent again", func(w *world, a, b structs.Node, vm structs.VM, gen uint64) (string, Report, *fsm.Heartbeat) {
 			o := running(vm.ID, gen)
@@ -185,6 +196,10 @@ func TestBuildDelta(t *testing.T) {
 					t.Fatalf("delta without its copy evidence: %+v", got)
 				}
 				got.Copies = nil
+				if !got.Authorized {
+					t.Fatalf("delta not marked Authorized: %+v", got)
+				}
+				got.Authorized = false
 			}
 			if !reflect.DeepEqual(got, want) {
 				t.Fatalf("delta\n got %+v\nwant %+v", got, want)

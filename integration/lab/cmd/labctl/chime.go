@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/chime-ha/chime/chime/api"
+	"github.com/chime-ha/chime/chime/structs"
 	"github.com/chime-ha/chime/chime/tlsconf"
 	"github.com/chime-ha/chime/integration/lab"
 )
@@ -97,6 +98,11 @@ func startChime(ctx context.Context, l *lab.Lab, bin string, logf func(string, .
 	if err := waitLeader(ctx, apiAddrs, cliM); err != nil {
 		return err
 	}
+	mgmt, join, err := bootstrapACL(ctx, apiAddrs, cliM)
+	if err != nil {
+		return err
+	}
+	logf("ACLs bootstrapped: the management token is in %s (CHIME_TOKEN)", filepath.Join(dir, "env"))
 	for _, h := range l.Hosts {
 		args := []string{"agent", "--name", h.Name, "--data-dir", filepath.Join(dir, h.Name),
 			"--libvirt-uri", h.LibvirtURI(), "--advertise", h.MgmtIP, "--bind", h.MgmtIP,
@@ -109,16 +115,45 @@ func startChime(ctx context.Context, l *lab.Lab, bin string, logf func(string, .
 		for _, a := range apiAddrs {
 			args = append(args, "--server", a)
 		}
+		args = append(args, "--join-token", join)
 		if err := spawn(dir, "agent-"+h.Name, []string{"ip", "netns", "exec", h.Netns}, bin, args...); err != nil {
 			return err
 		}
 		logf("agent %s in netns %s (socket %s)", h.Name, h.Netns, filepath.Join(dir, h.Name, "agent.sock"))
 	}
 	c := pki[tlsconf.RoleCLI]
-	env := fmt.Sprintf("# source this file: the lab's chime cluster (mutual TLS, the lab's own CA)\n"+
-		"export CHIME_ADDR=https://%s\nexport CHIME_TLS_CA_FILE=%s\nexport CHIME_TLS_CERT_FILE=%s\nexport CHIME_TLS_KEY_FILE=%s\nexport PATH=%s:$PATH\n",
-		apiAddrs[0], c.CAFile, c.CertFile, c.KeyFile, filepath.Dir(bin))
-	return os.WriteFile(filepath.Join(dir, "env"), []byte(env), 0o644)
+	env := fmt.Sprintf("# source this file: the lab's chime cluster (mutual TLS, the lab's own CA; ACLs)\n"+
+		"export CHIME_ADDR=https://%s\nexport CHIME_TLS_CA_FILE=%s\nexport CHIME_TLS_CERT_FILE=%s\nexport CHIME_TLS_KEY_FILE=%s\n"+
+		"export CHIME_TOKEN=%s\nexport PATH=%s:$PATH\n",
+		apiAddrs[0], c.CAFile, c.CertFile, c.KeyFile, mgmt, filepath.Dir(bin))
+	return os.WriteFile(filepath.Join(dir, "env"), []byte(env), 0o600) // it holds the management token
+}
+
+// bootstrapACL bootstraps the cluster's ACLs (on outside --dev) over TLS
+// (cli certificate m) and makes the agent-join token the agents register
+// with; it returns both secrets.
+func bootstrapACL(ctx context.Context, addrs []string, m *tlsconf.Material) (mgmt, join string, err error) {
+	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	c := api.NewClient(addrs...)
+	c.UseTLS(m.ClientConfig(tlsconf.RoleServer))
+	for {
+		boot, err := c.ACLBootstrap(ctx)
+		if err == nil {
+			mgmt = boot.SecretID
+			break
+		}
+		if !errors.Is(err, structs.ErrNoLeader) || ctx.Err() != nil {
+			return "", "", fmt.Errorf("acl bootstrap: %w", err)
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+	c.Token = mgmt
+	tok, err := c.CreateToken(ctx, api.CreateTokenRequest{Role: structs.RoleAgentJoin, Description: "lab agents"})
+	if err != nil {
+		return "", "", fmt.Errorf("create the agents' join token: %w", err)
+	}
+	return mgmt, tok.SecretID, nil
 }
 
 // spawn starts bin (wrapped by wrap, e.g. ip netns exec) detached in its
