@@ -293,6 +293,10 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 		return fmt.Errorf("restore: %w", err)
 	}
 	// Validate before replacing the live state.
+	if err := checkStateFileLayout(tmp); err != nil { // snapcheck.go: before bbolt maps it
+		os.Remove(tmp)
+		return fmt.Errorf("restore: snapshot is not a valid state file: %w", err)
+	}
 	check, err := state.Open(tmp)
 	if err != nil {
 		os.Remove(tmp)
