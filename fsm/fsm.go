@@ -293,7 +293,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 		return fmt.Errorf("restore: %w", err)
 	}
 	// Validate before replacing the live state.
-	if err := checkStateFileLayout(tmp); err != nil { // snapcheck.go: before bbolt maps it
+	if err := checkStateFile(tmp); err != nil { // snapcheck.go: before bbolt opens it for writing
 		os.Remove(tmp)
 		return fmt.Errorf("restore: snapshot is not a valid state file: %w", err)
 	}
