@@ -293,6 +293,10 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 		return fmt.Errorf("restore: %w", err)
 	}
 	// Validate before replacing the live state.
+	if err := checkStateFile(tmp); err != nil { // snapcheck.go: before bbolt opens it for writing
+		os.Remove(tmp)
+		return fmt.Errorf("restore: snapshot is not a valid state file: %w", err)
+	}
 	check, err := state.Open(tmp)
 	if err != nil {
 		os.Remove(tmp)

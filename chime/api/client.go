@@ -428,6 +428,31 @@ func (c *Client) Events(ctx context.Context, after uint64, q QueryOptions) ([]st
 	return ev, idx, err
 }
 
+// EventsLimit is Events with at most limit events.
+func (c *Client) EventsLimit(ctx context.Context, after uint64, limit int, q QueryOptions) ([]structs.Event, uint64, error) {
+	v := q.values()
+	v.Set("after", strconv.FormatUint(after, 10))
+	v.Set("limit", strconv.Itoa(limit))
+	var ev []structs.Event
+	idx, err := c.Do(ctx, http.MethodGet, "/v1/events", v, nil, &ev)
+	return ev, idx, err
+}
+
+// AuditEvents lists the audit log's events after a sequence number
+// (blocking when q.Index is set); the index returned is how far the
+// server's scan went: pass it as the next after.
+func (c *Client) AuditEvents(ctx context.Context, after uint64, limit int, q QueryOptions) ([]structs.Event, uint64, error) {
+	v := q.values()
+	v.Set("after", strconv.FormatUint(after, 10))
+	v.Set("audit", "")
+	if limit > 0 {
+		v.Set("limit", strconv.Itoa(limit))
+	}
+	var ev []structs.Event
+	idx, err := c.Do(ctx, http.MethodGet, "/v1/events", v, nil, &ev)
+	return ev, idx, err
+}
+
 // Alarms lists firing alarms.
 func (c *Client) Alarms(ctx context.Context) ([]structs.Alarm, error) {
 	var a []structs.Alarm

@@ -14,9 +14,11 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/hashicorp/raft"
 
 	"github.com/chime-ha/chime/chime/api"
 	"github.com/chime-ha/chime/chime/structs"
+	"github.com/chime-ha/chime/fsm"
 )
 
 // aclWorld is a dev server with ACLs on, bootstrapped, with a token of
@@ -144,6 +146,7 @@ func TestRouteTable(t *testing.T) {
 		t.Errorf("routes missing from the table: %v", wantNeed)
 	}
 
+	w.waitAudit(t)
 	before, beforeIdx := w.dumpState(t), w.s.fsm.Index()
 	checked := 0
 	for _, rt := range w.s.routes {
@@ -178,8 +181,14 @@ func TestRouteTable(t *testing.T) {
 			checked++
 		}
 	}
-	if after := w.dumpState(t); !reflect.DeepEqual(before, after) || w.s.fsm.Index() != beforeIdx {
+	// Refusals are audited (at most one record per source per minute):
+	// the audit log's entries are the only change allowed.
+	w.waitAudit(t)
+	if after := w.dumpState(t); !reflect.DeepEqual(withoutAudit(before), withoutAudit(after)) {
 		t.Fatalf("refused requests changed the state (index %d → %d)", beforeIdx, w.s.fsm.Index())
+	}
+	if n := auditEntriesSince(t, w.s, beforeIdx); n > 1 {
+		t.Errorf("%d audit records for the refusals from one source within a minute, want at most 1", n)
 	}
 	t.Logf("%d routes, %d refused calls, state unchanged at index %d", len(w.s.routes), checked, beforeIdx)
 
@@ -250,6 +259,65 @@ func (w *aclWorld) dumpState(t *testing.T) map[string]map[string]string {
 		t.Fatal(err)
 	}
 	return d
+}
+
+// waitAudit waits until no audit record is being written.
+func (w *aclWorld) waitAudit(t *testing.T) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !w.s.audit.idle() {
+		if time.Now().After(deadline) {
+			t.Fatal("audit records still being written after 10s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// withoutAudit is a state dump without what the audit log's entries
+// write: their events, their request records and the counters.
+func withoutAudit(d map[string]map[string]string) map[string]map[string]string {
+	out := map[string]map[string]string{}
+	for b, m := range d {
+		c := map[string]string{}
+		for k, v := range m {
+			switch {
+			case b == "events" && strings.Contains(v, `"kind":"audit"`),
+				b == "requests" && strings.HasPrefix(k, auditIDPrefix),
+				b == "request_order" && strings.HasPrefix(v, auditIDPrefix),
+				b == "meta" && (k == "index" || k == "event_seq" || k == "request_count"):
+				continue
+			}
+			c[k] = v
+		}
+		out[b] = c
+	}
+	return out
+}
+
+// auditEntriesSince counts the Raft entries after index that are audit
+// records, and fails the test on any other command.
+func auditEntriesSince(t *testing.T, s *Server, index uint64) int {
+	t.Helper()
+	n := 0
+	for i := index + 1; i <= s.fsm.Index(); i++ {
+		var l raft.Log
+		if err := s.logs.GetLog(i, &l); err != nil {
+			t.Fatalf("raft entry %d: %v", i, err)
+		}
+		if l.Type != raft.LogCommand {
+			continue
+		}
+		var c fsm.Command
+		if err := json.Unmarshal(l.Data, &c); err != nil {
+			t.Fatalf("raft entry %d: %v", i, err)
+		}
+		if c.Type != fsm.CmdEvent || !strings.HasPrefix(c.ID, auditIDPrefix) {
+			t.Errorf("raft entry %d is %s (id %s), not an audit record", i, c.Type, c.ID)
+			continue
+		}
+		n++
+	}
+	return n
 }
 
 // call sends one request and returns its status and JSON error body (a

@@ -155,12 +155,49 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) (any, erro
 	if _, err := s.block(r, s.fsm.LastEventSeq); err != nil {
 		return nil, err
 	}
-	ev, err := s.fsm.Events(after, limit)
+	// The audit log shares the event log: ?audit lists its events only,
+	// the default everything else (docs/security.md#audit-log).
+	_, audit := r.URL.Query()["audit"]
+	ev, scanned, err := s.filteredEvents(after, limit, audit)
 	if ev == nil {
 		ev = []structs.Event{}
 	}
-	setIndex(w, s.fsm.LastEventSeq())
+	// The index is how far the scan went (the last sequence number when it
+	// reached the end): a client following with index=<it> and after=<it>
+	// neither misses an event nor spins on the other kind's.
+	setIndex(w, scanned)
 	return ev, err
+}
+
+// filteredEvents returns up to limit events after a sequence number that
+// are audit events (audit) or not (!audit), and the sequence number the
+// scan reached.
+func (s *Server) filteredEvents(after uint64, limit int, audit bool) ([]structs.Event, uint64, error) {
+	last := s.fsm.LastEventSeq()
+	var out []structs.Event
+	var scanned uint64 // the last sequence number seen
+	for len(out) < limit {
+		batch, err := s.fsm.Events(after, limit)
+		if err != nil {
+			return out, after, err
+		}
+		if len(batch) == 0 {
+			return out, max(scanned, last), nil
+		}
+		for _, e := range batch {
+			after, scanned = e.Seq, e.Seq
+			if (e.Kind == structs.EventAudit) == audit {
+				out = append(out, e)
+				if len(out) == limit {
+					break
+				}
+			}
+		}
+	}
+	if after >= last {
+		return out, max(after, last), nil
+	}
+	return out, after, nil
 }
 
 func (s *Server) handleAlarms(w http.ResponseWriter, r *http.Request) (any, error) {

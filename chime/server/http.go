@@ -57,6 +57,7 @@ func (s *Server) addRoute(mux *http.ServeMux, pattern string, acc access, n need
 func (s *Server) setupHTTP() error {
 	mux := http.NewServeMux()
 	s.routes = nil
+	s.audit = newAuditor()
 	route := func(pattern string, acc access, n need, h handler) { s.addRoute(mux, pattern, acc, n, h) }
 	// VMs
 	route("POST /v1/vms", leaderOnly, needOperator, s.handleCreateVM)
@@ -153,6 +154,8 @@ func (s *Server) wrap(name string, acc access, n need, h handler) http.Handler {
 				return
 			}
 		}
+		w, audit := s.auditStart(w, r, name) // audit.go
+		defer audit()
 		r, err := s.authorize(r, name, n)
 		if err != nil {
 			writeError(w, err)

@@ -64,6 +64,7 @@ type Server struct {
 	stopOnce    sync.Once // Shutdown and Kill stop the server once
 
 	routes    []routeDef                  // the route table, as setupHTTP declared it
+	audit     *auditor                    // the audit log's writer (audit.go)
 	refusedMu sync.Mutex                  // guards refusedAt
 	refusedAt map[raft.ServerID]time.Time // when a would-be voter was last refused (tls.go)
 	// readyTerm is the Raft term in which this server, as leader, passed

@@ -274,6 +274,34 @@ type Event struct {
 	VMID    string    `json:"vm_id,omitempty"`
 	TaskID  string    `json:"task_id,omitempty"`
 	Message string    `json:"message"`
+	// Audit is set on events of kind EventAudit only: one write through
+	// the API (docs/security.md#audit-log).
+	Audit *Audit `json:"audit,omitempty"`
+}
+
+// EventAudit is the kind of the audit log's events.
+const EventAudit = "audit"
+
+// Audit is who did what through the API, and what came of it. It never
+// holds a secret, a token or a request body.
+type Audit struct {
+	// Actor is who called: "token:<accessor id>", "node:<node id>" (an
+	// agent's id, as it claimed it on a refused request), "tls:<role>"
+	// (a certificate and no token) or "anonymous".
+	Actor string `json:"actor"`
+	// Role is the token's role, when the caller sent a known token.
+	Role      string `json:"role,omitempty"`
+	Method    string `json:"method"`
+	Route     string `json:"route"`            // the route pattern, e.g. POST /v1/vms/{id}/{action}
+	Path      string `json:"path"`             // the request path, with its target ids
+	Source    string `json:"source,omitempty"` // the caller's host (the follower's, for a forwarded request)
+	RequestID string `json:"request_id,omitempty"`
+	Status    int    `json:"status"`
+	Error     string `json:"error,omitempty"`
+	// Suppressed counts the refusals from this source that were not
+	// recorded (at most one is per source per minute) since the last one
+	// that was.
+	Suppressed int `json:"suppressed,omitempty"`
 }
 
 // Alarm is a firing (or recently resolved) condition.
