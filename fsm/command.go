@@ -138,6 +138,11 @@ type SetNodeFlags struct {
 	// only through a heartbeat that passes the return gate (uniqueness
 	// rule 9). False in entries written before it existed.
 	FenceUnreachable bool `json:"fence_unreachable,omitempty"`
+	// FencedBy, when set, records a fence that succeeded just now (the
+	// fence command's outcome): it sets Fenced and FencedAt (the apply's
+	// time), even when Fenced was already set. Empty in entries written
+	// before it existed.
+	FencedBy string `json:"fenced_by,omitempty"`
 }
 
 // RemoveNode deletes a node that has no VM placed on it.

@@ -84,6 +84,12 @@ type Agent struct {
 
 	pool *gossip.Pool // set by Run before registration
 
+	// The isolation lease (isolation.go), guarded by mu.
+	leaseUntil        time.Time // the lease runs out then (isolation response stop)
+	isolatedFlag      bool      // the lease ran out and no acknowledgement came since
+	isolatedUntilSync bool      // acknowledged again, but no sync after it yet
+	watchdog          Watchdog  // nil: none armed
+
 	heartbeatNow chan struct{} // capacity 1: send the next heartbeat early
 	heartbeatSem chan struct{} // capacity 1: one heartbeat at a time (see sendHeartbeat)
 }
@@ -133,7 +139,9 @@ func New(cfg Config, hv Hypervisor, opts ...Option) (*Agent, error) {
 	a := &Agent{cfg: cfg, hv: hv, store: st, nodeID: id, logger: cfg.Logger,
 		servers: o.servers, clock: o.clock, random: random,
 		timing:       api.Timing{HeartbeatInterval: defaultHeartbeatInterval},
-		heartbeatNow: make(chan struct{}, 1), heartbeatSem: make(chan struct{}, 1)}
+		heartbeatNow: make(chan struct{}, 1), heartbeatSem: make(chan struct{}, 1),
+		watchdog: o.watchdog}
+	a.leaseUntil = o.clock.Now().Add(startLease(cfg.IsolationLease))
 	a.rec, err = reconcile.New(reconcile.Config{
 		Hypervisor: hv, Definitions: st, Inputs: a.reconcileInputs,
 		SweepInterval: cfg.SweepInterval, ShutdownGrace: cfg.ShutdownGrace,
@@ -225,6 +233,11 @@ func (a *Agent) APIAddr() net.Addr {
 // fencing records behind the holds cannot be read it returns that error,
 // and the reconciler changes nothing.
 func (a *Agent) reconcileInputs() (reconcile.Inputs, error) {
+	if a.isolated() {
+		// Before the first sync too: the VMs a dead predecessor left
+		// running must stop all the same.
+		return reconcile.Inputs{Isolated: true}, nil
+	}
 	a.mu.Lock()
 	ds, refused := a.desired, slices.Clone(a.hold)
 	a.mu.Unlock()
@@ -316,6 +329,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	})
 	wg.Go(func() { a.heartbeatLoop(ctx) })
+	wg.Go(func() { a.isolationLoop(ctx) })
 	<-ctx.Done()
 	a.logger.Info("agent stopping")
 	return nil

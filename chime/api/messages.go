@@ -16,6 +16,9 @@ type CreateVMRequest struct {
 	Stopped bool              `json:"stopped,omitempty"`
 	Labels  map[string]string `json:"labels,omitempty"`
 	Group   string            `json:"anti_affinity,omitempty"`
+	// Priority is the restart priority of an ha VM: high, medium or low
+	// ("" is medium).
+	Priority string `json:"priority,omitempty"`
 }
 
 // RegisterRequest is the body of POST /v1/agent/register. The agent
@@ -35,6 +38,12 @@ type RegisterRequest struct {
 	MemoryMiB         int               `json:"memory_mib"`
 	Labels            map[string]string `json:"labels,omitempty"`
 	AgentVersion      string            `json:"agent_version"`
+	// IsolationResponse is stop or keep ("" from older agents: keep);
+	// IsolationLease is the agent's lease (a duration: no timestamp
+	// crosses the wire); Watchdog says a watchdog device is armed.
+	IsolationResponse string        `json:"isolation_response,omitempty"`
+	IsolationLease    time.Duration `json:"isolation_lease,omitempty"`
+	Watchdog          bool          `json:"watchdog,omitempty"`
 }
 
 // RegisterResponse carries the node secret the agent must present from now on.
