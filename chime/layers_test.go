@@ -38,6 +38,9 @@ var layers = []layer{
 	// The endpoints implement the API's operations: its request and answer
 	// bodies are their inputs and outputs, so they may see chime/api (its
 	// types and validators), though never net/http's statuses.
+	// Automatic HA sees placement, silence and the fence command through
+	// interfaces of its own.
+	{"chime/server/recovery", []string{"fsm", "chime/structs"}},
 	{"chime/server/endpoint", []string{"fsm", "scheduler", "chime/structs", "chime/api", "chime/server/..."}},
 	{"chime/server", []string{"chime/server/...", "fsm", "scheduler", "gossip", "chime/structs", "chime/api"}},
 	{"chime/agent/...", []string{"hypervisor", "gossip", "chime/structs", "chime/api", "chime/agent/..."}},

@@ -82,6 +82,21 @@ func nodeCommand() *cli.Command {
 			taskAction("rebuild", "recreate every VM of a drained node on other nodes (same disks)",
 				[]cli.Flag{&cli.BoolFlag{Name: "confirm-fenced", Usage: "the operator confirms the node is powered off / fenced and runs none of its VMs"}},
 				func(c *cli.Context) any { return map[string]bool{"confirm_fenced": c.Bool("confirm-fenced")} }),
+			nodeOp("fence", "run the servers' fence command (--fence-command) for the node now: power it off; on success its ha VMs restart elsewhere", nil, nil,
+				func(c *cli.Context, id string, _ any) error {
+					res, err := newClient(c).FenceNode(c.Context, id)
+					if err != nil {
+						return err
+					}
+					if o, _ := output(c); o == "json" {
+						return printJSON(res)
+					}
+					fmt.Fprintf(stdout, "node %s fenced\n", res.Node.Name)
+					if out := strings.TrimSpace(res.Output); out != "" {
+						fmt.Fprintf(stdout, "fence command output:\n%s\n", out)
+					}
+					return nil
+				}),
 			{
 				Name: "remove", Usage: "remove a node that has no VMs placed on it", ArgsUsage: "ID", Flags: clientFlags(),
 				Action: func(c *cli.Context) error {

@@ -49,6 +49,7 @@ func vmCommand() *cli.Command {
 					&cli.BoolFlag{Name: "stopped", Usage: "create it stopped"},
 					&cli.StringSliceFlag{Name: "label", Usage: "KEY=VALUE label (repeatable)"},
 					&cli.StringFlag{Name: "anti-affinity", Usage: "group name: VMs of one group run on different nodes"},
+					&cli.StringFlag{Name: "priority", Value: "medium", Usage: "restart priority of an ha VM: high, medium or low (automatic HA restarts higher ones first)"},
 				),
 				Action: func(c *cli.Context) error {
 					if _, err := output(c); err != nil {
@@ -63,7 +64,7 @@ func vmCommand() *cli.Command {
 						return err
 					}
 					req := api.CreateVMRequest{Name: name, VCPUs: c.Int("vcpus"), Memory: c.Int("memory"),
-						Disks: c.StringSlice("disk"), HA: c.Bool("ha"), Stopped: c.Bool("stopped"), Labels: labels, Group: c.String("anti-affinity")}
+						Disks: c.StringSlice("disk"), HA: c.Bool("ha"), Stopped: c.Bool("stopped"), Labels: labels, Group: c.String("anti-affinity"), Priority: c.String("priority")}
 					if err := req.Validate(); err != nil {
 						return cliField(err)
 					}
@@ -150,7 +151,7 @@ func showVM(c *cli.Context, vm *structs.VM) error {
 		{"Node", dash(vm.NodeID)}, {"Generation", fmt.Sprint(vm.Generation)},
 		{"vCPUs", fmt.Sprint(vm.Spec.VCPUs)}, {"Memory MiB", fmt.Sprint(vm.Spec.MemoryMiB)},
 		{"Disks", dash(strings.Join(vm.Spec.Disks, ", "))}, {"HA", fmt.Sprint(vm.Spec.HA)},
-		{"Anti-affinity", dash(vm.Spec.AntiAffinity)}, {"Observed", obs}, {"Task", dash(vm.TaskID)}, {"Migration", migration(vm.Migration)},
+		{"Anti-affinity", dash(vm.Spec.AntiAffinity)}, {"Priority", priority(vm.Spec)}, {"Observed", obs}, {"Task", dash(vm.TaskID)}, {"Migration", migration(vm.Migration)},
 		{"Node-local", nodeLocal(vm)},
 	})
 }
@@ -189,7 +190,7 @@ func parseLabels(in []string) (map[string]string, error) {
 func cliField(err error) error {
 	e := api.AsError(err)
 	flag := map[string]string{"name": "NAME", "vcpus": "--vcpus", "memory_mib": "--memory", "disks": "--disk",
-		"labels": "--label", "anti_affinity": "--anti-affinity"}[e.Field]
+		"labels": "--label", "anti_affinity": "--anti-affinity", "priority": "--priority"}[e.Field]
 	if flag == "" {
 		return err
 	}
@@ -201,4 +202,15 @@ func migration(m *structs.Migration) string {
 		return "-"
 	}
 	return fmt.Sprintf("live migration %s → %s in flight (task %s)", short(m.From), short(m.To), m.TaskID)
+}
+
+// priority is an ha VM's restart priority as shown ("-" without ha).
+func priority(s structs.VMSpec) string {
+	if !s.HA {
+		return "-"
+	}
+	if s.Priority == "" {
+		return structs.PriorityMedium
+	}
+	return s.Priority
 }

@@ -404,3 +404,10 @@ func (c *Client) Tasks(ctx context.Context) ([]structs.Task, error) {
 	_, err := c.Do(ctx, http.MethodGet, "/v1/tasks", nil, nil, &t)
 	return t, err
 }
+
+// FenceNode runs the servers' fence command for a node now.
+func (c *Client) FenceNode(ctx context.Context, id string) (*FenceResponse, error) {
+	var out FenceResponse
+	_, err := c.Do(ctx, http.MethodPost, "/v1/nodes/"+esc(id)+"/fence", nil, nil, &out)
+	return &out, err
+}

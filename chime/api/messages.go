@@ -200,3 +200,10 @@ type Status struct {
 	Index     uint64 `json:"applied_index"`
 	Healthy   bool   `json:"healthy"`
 }
+
+// FenceResponse is the answer of POST /v1/nodes/{id}/fence: the node as
+// recorded after the fence command succeeded, and the command's output.
+type FenceResponse struct {
+	Node   *structs.Node `json:"node"`
+	Output string        `json:"output"`
+}

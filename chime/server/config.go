@@ -33,6 +33,13 @@ type Config struct {
 	HeartbeatInterval time.Duration // agents' heartbeat interval, pushed to them
 	MissedHeartbeats  int           // heartbeats missed before a ping-back
 	RaftTimeScale     float64       // <1 shortens Raft timers (tests); 1 = raft defaults
+	// FenceCommand is the executable the leader runs to power off an
+	// unreachable node with ha VMs (and `chime node fence`); "" none.
+	FenceCommand string
+	FenceTimeout time.Duration // one run of the fence command
+	FenceRetries int           // attempts per node while it stays unreachable
+	// HAMaxRestarts bounds the automatic restart attempts of one VM.
+	HAMaxRestarts int
 	Logger            hclog.Logger
 	// Clock stamps every command this server proposes and is what the
 	// leader's duties and the endpoints measure time on; nil is the wall
@@ -54,6 +61,9 @@ func DefaultConfig() Config {
 		HeartbeatInterval: 15 * time.Second,
 		MissedHeartbeats:  3,
 		RaftTimeScale:     1,
+		FenceTimeout:      30 * time.Second,
+		FenceRetries:      5,
+		HAMaxRestarts:     5,
 	}
 }
 
@@ -129,6 +139,18 @@ func (c Config) Validate() error {
 		if !strings.HasPrefix(w, "http://") && !strings.HasPrefix(w, "https://") {
 			return structs.Invalid("--alarm-webhook", "%q must be an http(s) URL", w)
 		}
+	}
+	if c.FenceCommand != "" && !strings.HasPrefix(c.FenceCommand, "/") {
+		return structs.Invalid("--fence-command", "%q must be an absolute path", c.FenceCommand)
+	}
+	if c.FenceTimeout < time.Second || c.FenceTimeout > 10*time.Minute {
+		return structs.Invalid("--fence-timeout", "must be between 1s and 10m, got %s", c.FenceTimeout)
+	}
+	if c.FenceRetries < 1 || c.FenceRetries > 100 {
+		return structs.Invalid("--fence-retries", "must be between 1 and 100, got %d", c.FenceRetries)
+	}
+	if c.HAMaxRestarts < 1 || c.HAMaxRestarts > 100 {
+		return structs.Invalid("--ha-max-restarts", "must be between 1 and 100, got %d", c.HAMaxRestarts)
 	}
 	if c.RaftTimeScale <= 0 || c.RaftTimeScale > 1 {
 		return structs.Invalid("raft_time_scale", "must be in (0, 1], got %v", c.RaftTimeScale)

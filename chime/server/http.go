@@ -50,6 +50,7 @@ func (s *Server) setupHTTP() error {
 	route("GET /v1/nodes", local, s.handleListNodes)
 	route("GET /v1/nodes/{id}", local, s.handleGetNode)
 	route("POST /v1/nodes/{id}/{action}", leaderOnly, s.handleNodeAction)
+	route("POST /v1/nodes/{id}/fence", leaderOnly, s.handleFenceNode) // role: operator
 	route("DELETE /v1/nodes/{id}", leaderOnly, s.handleRemoveNode)
 	// agents
 	route("POST /v1/agent/register", leaderOnly, s.handleRegister)

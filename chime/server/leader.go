@@ -49,7 +49,7 @@ func (s *Server) lead(ctx context.Context) {
 		return
 	}
 	var wg sync.WaitGroup
-	for _, fn := range []func(context.Context){s.hb.Run, s.alarmer.Run, s.placer.Run, s.peerLoop, s.taskRunner.Run} {
+	for _, fn := range []func(context.Context){s.hb.Run, s.alarmer.Run, s.placer.Run, s.peerLoop, s.taskRunner.Run, s.recovery.Run} {
 		wg.Add(1)
 		go func(fn func(context.Context)) {
 			defer wg.Done()

@@ -15,6 +15,7 @@ import (
 
 	"github.com/chime-ha/chime/chime/server/alarms"
 	"github.com/chime-ha/chime/chime/server/placement"
+	"github.com/chime-ha/chime/chime/server/recovery"
 	"github.com/chime-ha/chime/chime/server/tasks"
 	"github.com/chime-ha/chime/chime/structs"
 
@@ -47,9 +48,10 @@ type Server struct {
 
 	// The leader's deciding duties, each in its own package behind the
 	// small interfaces it declares; constructed in Start, run by lead.
-	placer     *placement.Placer // placement lock, scheduler calls, pending VMs
-	taskRunner *tasks.Runner     // migrate, evacuate, drain steps
-	alarmer    *alarms.Alarmer   // alarm transitions and webhook delivery
+	placer     *placement.Placer   // placement lock, scheduler calls, pending VMs
+	taskRunner *tasks.Runner       // migrate, evacuate, drain steps
+	alarmer    *alarms.Alarmer     // alarm transitions and webhook delivery
+	recovery   *recovery.Recoverer // automatic HA and the fence command
 
 	gossipMu    sync.Mutex         // guards the two fields below
 	gossipCache []string           // servers' gossip addresses, for agents
