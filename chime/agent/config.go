@@ -61,9 +61,9 @@ const (
 	// DefaultIsolationLease is the isolation lease: the servers then treat
 	// an isolated node as fenced 55 s after its last heartbeat.
 	DefaultIsolationLease = 30 * time.Second
-	DefaultDataDir       = "/var/lib/chime/agent"
-	socketFile           = "agent.sock"
-	stateFile            = "agent.db"
+	DefaultDataDir        = "/var/lib/chime/agent"
+	socketFile            = "agent.sock"
+	stateFile             = "agent.db"
 )
 
 // DefaultConfig returns the configuration with every default filled in.

@@ -40,7 +40,7 @@ type Config struct {
 	FenceRetries int           // attempts per node while it stays unreachable
 	// HAMaxRestarts bounds the automatic restart attempts of one VM.
 	HAMaxRestarts int
-	Logger            hclog.Logger
+	Logger        hclog.Logger
 	// Clock stamps every command this server proposes and is what the
 	// leader's duties and the endpoints measure time on; nil is the wall
 	// clock. Raft's own timers always run on the wall clock.
