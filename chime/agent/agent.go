@@ -89,6 +89,8 @@ type Agent struct {
 	isolatedFlag      bool      // the lease ran out and no acknowledgement came since
 	isolatedUntilSync bool      // acknowledged again, but no sync after it yet
 	watchdog          Watchdog  // nil: none armed
+	acked             bool      // a heartbeat of this process was acknowledged (the watchdog is petted from then on)
+	stoppedAll        bool      // isolated, and a pass killed every chime domain (the watchdog is petted meanwhile)
 
 	heartbeatNow chan struct{} // capacity 1: send the next heartbeat early
 	heartbeatSem chan struct{} // capacity 1: one heartbeat at a time (see sendHeartbeat)
@@ -315,6 +317,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	wg.Go(func() { a.health.Run(ctx) })
 	a.logger.Info("agent starting", "node_id", a.nodeID, "name", a.cfg.Name, "api", apiLn.Addr().String(), "socket", a.cfg.SocketPath())
 
+	// The lease runs from the start: an agent that cannot register still
+	// stops its VMs when it runs out.
+	wg.Go(func() { a.isolationLoop(ctx) })
 	if err := a.register(ctx); err != nil {
 		if ctx.Err() != nil {
 			return nil
@@ -329,7 +334,6 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	})
 	wg.Go(func() { a.heartbeatLoop(ctx) })
-	wg.Go(func() { a.isolationLoop(ctx) })
 	<-ctx.Done()
 	a.logger.Info("agent stopping")
 	return nil

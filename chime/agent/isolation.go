@@ -18,29 +18,32 @@ import (
 // deadline always comes first.
 //
 // A watchdog (--watchdog, Linux /dev/watchdog or softdog) covers the agent
-// that cannot act: it is petted only while the lease is valid, and its
-// timeout is a quarter of the lease, so a hung or dead agent gets its host
-// reset before the servers' deadline as well.
+// that cannot act: it is armed at the first acknowledged heartbeat of the
+// process and petted only while the lease is valid, with a timeout W =
+// lease/4 + 5 s, so a hung or dead agent's host resets at the latest W
+// after the lease ran out: lease + W ≤ lease × 1.5 + 10 s, before the
+// servers' deadline. A restarted agent has a start lease S ≤ lease/4 + 5 s
+// before its first acknowledgement, and starts petting only with one: its
+// predecessor's watchdog (a killed process leaves it armed) fires W after
+// the last pet unless the servers heard the new process, and W + S ≤
+// lease/2 + 10 s keeps the new process's own deadline before the servers'
+// as well.
 
-// Watchdog is a watchdog device: Pet resets its timer; Close disarms it
-// (the magic close) on a clean shutdown. The timeout is set when it is
-// opened (WatchdogTimeout).
+// Watchdog is a watchdog device: the first Pet arms it, each Pet resets
+// its timer; Close disarms it (the magic close) on a clean shutdown. The
+// timeout is the device's (WatchdogTimeout).
 type Watchdog interface {
 	Pet() error
 	Close() error
 }
 
-// WatchdogTimeout is the watchdog timeout for an isolation lease: a
-// quarter of it, so that a hung agent's host resets before the servers'
-// deadline even when a restarted agent starts with only a quarter lease
-// (startLease).
-func WatchdogTimeout(lease time.Duration) time.Duration { return max(lease/4, time.Second) }
+// WatchdogTimeout is the watchdog timeout for an isolation lease: lease/4
+// + 5 s (see above).
+func WatchdogTimeout(lease time.Duration) time.Duration { return lease/4 + 5*time.Second }
 
 // startLease is the lease a freshly started agent has before its first
-// acknowledged heartbeat: a quarter of the lease. Its predecessor may have
-// died with the lease almost spent and the watchdog about to fire; the
-// new process's deadline must still come before the servers'.
-func startLease(lease time.Duration) time.Duration { return lease / 4 }
+// acknowledged heartbeat: lease/4 + 5 s, at most the lease.
+func startLease(lease time.Duration) time.Duration { return min(lease/4+5*time.Second, lease) }
 
 // isolationStop reports whether the agent runs with isolation response stop.
 func (a *Agent) isolationStop() bool { return a.cfg.IsolationResponse == structs.IsolationStop }
@@ -83,7 +86,7 @@ func (a *Agent) noteAcked(sent time.Time) {
 	if until := sent.Add(a.cfg.IsolationLease); until.After(a.leaseUntil) {
 		a.leaseUntil = until
 	}
-	a.isolatedFlag = false
+	a.isolatedFlag, a.acked = false, true
 	a.mu.Unlock()
 }
 
@@ -117,13 +120,34 @@ func (a *Agent) IsolationOnce(ctx context.Context) {
 	if expired {
 		a.isolatedFlag = true
 	}
+	if !expired {
+		a.stoppedAll = false
+	}
+	stopped := a.stoppedAll
 	a.mu.Unlock()
 	if first {
 		a.logger.Named("isolation").Warn("isolated: no heartbeat acknowledged for the isolation lease; stopping every VM and starting none",
 			"lease", a.cfg.IsolationLease.String())
-		a.rec.Trigger()
 	}
-	if !expired && a.watchdog != nil {
+	if expired && !stopped {
+		// A pass now, not on the reconciler's next wake-up: before the
+		// first sync too, whatever its loop is doing. Once one pass killed
+		// every chime domain, the isolated agent keeps petting the
+		// watchdog: nothing runs, and it starts nothing while isolated.
+		_, err := a.rec.Pass(ctx)
+		if err != nil {
+			a.logger.Named("isolation").Error("isolation stop pass failed; retried in a moment (the watchdog is not petted meanwhile)", "error", err)
+		} else {
+			a.mu.Lock()
+			a.stoppedAll = a.leaseExpiredLocked(a.clock.Now())
+			stopped = a.stoppedAll
+			a.mu.Unlock()
+		}
+	}
+	a.mu.Lock()
+	pet := (!expired && a.acked) || (expired && stopped)
+	a.mu.Unlock()
+	if pet && a.watchdog != nil {
 		if err := a.watchdog.Pet(); err != nil {
 			a.logger.Named("isolation").Error("watchdog pet failed", "error", err)
 		}

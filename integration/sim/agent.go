@@ -89,7 +89,8 @@ func startAgent(h *Host) (*agentProc, error) {
 	// business network still carries node-local migrations).
 	cfg.BusinessInterface = ""
 	cfg.Logger = s.logger(h.Name + ".agent")
-	a, err := agent.New(cfg, h.HV,
+	haOpts := h.haAgentOptions(&cfg)
+	a, err := agent.New(cfg, h.HV, append([]agent.Option{
 		agent.WithServers(p.srv),
 		agent.WithAnnouncer(simAnnouncer{h}),
 		agent.WithClock(p.clk),
@@ -97,11 +98,13 @@ func startAgent(h *Host) (*agentProc, error) {
 		agent.WithInlineShutdowns(),
 		agent.WithStorageProbe(h.storageProbe),
 		agent.WithInterfaces(h.iface),
+	}, haOpts...)...,
 	)
 	if err != nil {
 		return nil, err
 	}
 	p.a = a
+	p.startIsolation()
 	p.schedule("register", 0, p.register)
 	return p, nil
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/chime-ha/chime/chime/server/endpoint"
 	"github.com/chime-ha/chime/chime/server/heartbeat"
 	"github.com/chime-ha/chime/chime/server/placement"
+	"github.com/chime-ha/chime/chime/server/recovery"
 	"github.com/chime-ha/chime/chime/server/tasks"
 	"github.com/chime-ha/chime/chime/structs"
 	"github.com/chime-ha/chime/scheduler"
@@ -48,6 +49,9 @@ type leaderDuties struct {
 	placer  *placement.Placer
 	alarmer *alarms.Alarmer
 	ep      *endpoint.Endpoints
+	// recovery is automatic HA (ha.go); haAt its pending on-change wake-up.
+	recovery *recovery.Recoverer
+	haAt     *Event
 
 	stops                  []func() // the periodic events
 	tasksAt, placeAt, alAt *Event   // the pending on-change wake-ups
@@ -77,6 +81,7 @@ func newLeaderDuties(s *Server, term uint64) *leaderDuties {
 		w.Every(0, placementEvery, name("placement.pending"), d.placePending),
 		w.Every(0, alarmsEvery, name("alarms.step"), d.stepAlarms),
 	)
+	d.startRecovery()
 	s.c.sim.E.trace.Addf("raft", "%s duties started (term %d)", s.Name, term)
 	return d
 }
@@ -120,6 +125,7 @@ func (d *leaderDuties) changed() {
 	if !d.alAt.Pending() {
 		d.alAt = w.After(alarmsDebounce, d.srv.Name+" alarms.step (change)", d.stepAlarms)
 	}
+	d.recoveryChanged()
 }
 
 // stop ends the term: every pending duty event is cancelled and the
@@ -132,6 +138,7 @@ func (d *leaderDuties) stop() {
 	d.tasksAt.Cancel()
 	d.placeAt.Cancel()
 	d.alAt.Cancel()
+	d.haAt.Cancel()
 	d.srv.c.sim.E.trace.Addf("raft", "%s duties stopped (term %d)", d.srv.Name, d.term)
 }
 

@@ -93,6 +93,8 @@ type Schedule struct {
 	// Length is how long the schedule runs before the heal (at least until
 	// its last item); a scenario's trailing wait sets it.
 	Length time.Duration
+	// HA are the automatic-HA settings (header "ha ...", ha.go); nil: none.
+	HA *HAOptions
 }
 
 // DefaultQuiet is the quiet period after the final heal.
@@ -123,6 +125,9 @@ func (sc *Schedule) String() string {
 	}
 	if sc.KnownFailure != 0 {
 		fmt.Fprintf(&b, "known-failure: %d\n", sc.KnownFailure)
+	}
+	if sc.HA != nil {
+		fmt.Fprintf(&b, "%s\n", sc.HA)
 	}
 	var at time.Duration
 	for _, it := range sc.Items {
@@ -186,6 +191,13 @@ func ParseSchedule(r io.Reader) (*Schedule, error) {
 			default:
 				sc.KnownFailure = int(n)
 			}
+			continue
+		case "ha":
+			o, err := parseHAHeader(f)
+			if err != nil {
+				return bad("%v", err)
+			}
+			sc.HA = o
 			continue
 		case "quiet", "wait":
 			if len(f) != 2 {
@@ -307,6 +319,9 @@ func (s *Sim) Exec(f []string) error {
 			return fmt.Errorf("%s: no machine %q", f[0], name)
 		}
 		return nil
+	}
+	if ok, err := s.execHA(f); ok {
+		return err
 	}
 	switch f[0] {
 	case "create":

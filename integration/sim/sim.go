@@ -31,6 +31,9 @@ type Config struct {
 	LogLevel hclog.Level
 	// HostVCPUs and HostMemoryMiB are each host's capacity.
 	HostVCPUs, HostMemoryMiB int
+	// HA are the automatic-HA settings (ha.go); nil: the agents keep
+	// their VMs when isolated and the servers have no fence command.
+	HA *HAOptions
 }
 
 // Sim is one simulated chime deployment: the world (time, randomness,
@@ -53,6 +56,8 @@ type Sim struct {
 	migrationFaults float64
 	migrationNets   []Net // networks of the addresses a migration looked up (HypervisorAt)
 	localMoves      []localMove
+	fenceFails      map[string]bool // hosts whose simulated fence command fails (ha.go)
+	haw             *haWorld        // the HA timeline of an HA run (ha.go)
 }
 
 // localMove is a node-local migration an operator ran (agent migrate).
@@ -113,6 +118,10 @@ func New(cfg Config) (*Sim, error) {
 	}
 	s.E.OnEachEvent(s.pollAgents)
 	s.E.OnEachEvent(s.Check.afterEvent)
+	if cfg.HA != nil {
+		s.haw = &haWorld{where: map[string]string{}}
+		s.E.OnEachEvent(s.haTrack)
+	}
 	s.E.trace.Addf("sim", "seed %d: %d servers, %d hosts", cfg.Seed, len(c.Servers), len(s.Hosts))
 	return s, nil
 }
