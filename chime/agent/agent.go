@@ -90,7 +90,6 @@ type Agent struct {
 	isolatedUntilSync bool      // acknowledged again, but no sync after it yet
 	watchdog          Watchdog  // nil: none armed
 	acked             bool      // a heartbeat of this process was acknowledged (the watchdog is petted from then on)
-	stoppedAll        bool      // isolated, and a pass killed every chime domain (the watchdog is petted meanwhile)
 
 	heartbeatNow chan struct{} // capacity 1: send the next heartbeat early
 	heartbeatSem chan struct{} // capacity 1: one heartbeat at a time (see sendHeartbeat)

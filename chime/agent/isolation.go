@@ -105,9 +105,10 @@ func (a *Agent) endIsolation(began time.Time) {
 	}
 }
 
-// IsolationOnce is one round of the lease check: when the lease has run
-// out it logs the isolation once and asks for the pass that kills the
-// VMs; while the lease is valid it pets the watchdog. Run calls it every
+// IsolationOnce is one round of the lease check: while the lease has run
+// out it runs the pass that kills every VM (logging the isolation once);
+// it pets the watchdog while the lease is valid (after the process's first
+// acknowledgement), or while isolated once that pass succeeded. Run calls it every
 // isolationCheckEvery; a caller that steps the agent calls it itself.
 func (a *Agent) IsolationOnce(ctx context.Context) {
 	if !a.isolationStop() {
@@ -120,28 +121,23 @@ func (a *Agent) IsolationOnce(ctx context.Context) {
 	if expired {
 		a.isolatedFlag = true
 	}
-	if !expired {
-		a.stoppedAll = false
-	}
-	stopped := a.stoppedAll
 	a.mu.Unlock()
+	stopped := false
 	if first {
 		a.logger.Named("isolation").Warn("isolated: no heartbeat acknowledged for the isolation lease; stopping every VM and starting none",
 			"lease", a.cfg.IsolationLease.String())
 	}
-	if expired && !stopped {
+	if expired {
 		// A pass now, not on the reconciler's next wake-up: before the
-		// first sync too, whatever its loop is doing. Once one pass killed
-		// every chime domain, the isolated agent keeps petting the
-		// watchdog: nothing runs, and it starts nothing while isolated.
+		// first sync too, whatever its loop is doing; and again at every
+		// check while isolated. While each pass kills every chime domain,
+		// the isolated agent keeps petting the watchdog: nothing runs,
+		// and it starts nothing while isolated.
 		_, err := a.rec.Pass(ctx)
 		if err != nil {
 			a.logger.Named("isolation").Error("isolation stop pass failed; retried in a moment (the watchdog is not petted meanwhile)", "error", err)
 		} else {
-			a.mu.Lock()
-			a.stoppedAll = a.leaseExpiredLocked(a.clock.Now())
-			stopped = a.stoppedAll
-			a.mu.Unlock()
+			stopped = a.leaseExpired(a.clock.Now())
 		}
 	}
 	a.mu.Lock()
@@ -154,8 +150,8 @@ func (a *Agent) IsolationOnce(ctx context.Context) {
 	}
 }
 
-// isolationCheckEvery is the period of IsolationOnce: often enough that
-// the watchdog (a quarter lease) is petted three times per timeout.
+// isolationCheckEvery is the period of IsolationOnce: at most a second,
+// and often enough that the watchdog is petted three times per timeout.
 func (a *Agent) isolationCheckEvery() time.Duration {
 	return min(max(WatchdogTimeout(a.cfg.IsolationLease)/3, 100*time.Millisecond), time.Second)
 }
