@@ -43,6 +43,12 @@ func (r *Recoverer) fenceIfDue(ctx context.Context, n structs.Node) {
 		}
 		give := err != nil && at.gaveUp
 		r.mu.Unlock()
+		if err == nil {
+			select { // the restarts need not wait for the next tick
+			case r.kick <- struct{}{}:
+			default:
+			}
+		}
 		if give {
 			msg := fmt.Sprintf("node %s: fence command failed %d times; automatic HA waits for its isolation lease (if any), its return, or an operator (`chime node fence %s`, or drain + rebuild --confirm-fenced)",
 				n.Name, count, n.Name)

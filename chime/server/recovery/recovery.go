@@ -130,6 +130,7 @@ type Recoverer struct {
 	fences   map[string]*attempt // node id → fence attempts (this episode)
 	wg       sync.WaitGroup      // asynchronous fence attempts (Run)
 	async    bool                // fence attempts on their own goroutine (Run)
+	kick     chan struct{}       // a fence succeeded: step now (Run)
 }
 
 // attempt is the retry state of one VM restart or one node's fence.
@@ -150,7 +151,7 @@ func New(cfg Config) *Recoverer {
 	r := &Recoverer{propose: cfg.Proposer, state: cfg.State, silence: cfg.Silence, placer: cfg.Placer,
 		fencer: cfg.Fencer, brake: cfg.Brake, clock: cfg.Clock, log: logger.Named("recovery"),
 		maxRestarts: cfg.MaxRestarts, maxFence: cfg.MaxFenceAttempts,
-		restarts: map[string]*attempt{}, fences: map[string]*attempt{}}
+		restarts: map[string]*attempt{}, fences: map[string]*attempt{}, kick: make(chan struct{}, 1)}
 	if r.maxRestarts <= 0 {
 		r.maxRestarts = DefaultMaxRestarts
 	}
@@ -179,6 +180,7 @@ func (r *Recoverer) Run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-r.kick:
 		}
 		if err := r.Step(ctx); err != nil && ctx.Err() == nil {
 			r.log.Warn("recovery pass failed", "error", err)
