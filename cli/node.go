@@ -175,7 +175,7 @@ func showNode(c *cli.Context, n *structs.Node) error {
 		{"Capacity", fmt.Sprintf("%d vCPUs, %d MiB", n.VCPUs, n.MemoryMiB)},
 		{"Drain acknowledged", fmt.Sprint(n.DrainAcked)}, {"Locally drained", fmt.Sprint(n.LocalDrained)},
 		{"Local drain", dash(n.LocalDrainState)},
-		{"Fenced", fmt.Sprint(n.Fenced)}, {"Secret reset", fmt.Sprint(n.SecretReset)},
+		{"Fenced", fmt.Sprint(n.Fenced)}, {"Isolation", isolation(n)}, {"Secret reset", fmt.Sprint(n.SecretReset)},
 		{"Identity conflict", dash(n.IdentityConflict)}, {"Return refused", dash(n.ReturnRefused)},
 		{"Stale copies", dash(staleCopies(n.StaleCopies))}, {"Agent version", dash(n.AgentVersion)},
 	})
@@ -195,4 +195,19 @@ func staleCopies(cs []structs.StaleCopy) string {
 		out = append(out, fmt.Sprintf("%s generation %d (%s; placed on %s generation %d)", short(c.VMID), c.Generation, what, dash(short(c.PlacedOn)), c.PlacedGeneration))
 	}
 	return strings.Join(out, "; ")
+}
+
+// isolation is a node's isolation response as shown: "keep", or "stop
+// (lease 30s, watchdog)".
+func isolation(n *structs.Node) string {
+	if n.IsolationResponse != structs.IsolationStop {
+		return structs.IsolationKeep
+	}
+	s := fmt.Sprintf("stop (lease %s", n.IsolationLease)
+	if n.Watchdog {
+		s += ", watchdog"
+	} else {
+		s += ", no watchdog"
+	}
+	return s + ")"
 }

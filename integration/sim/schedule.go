@@ -68,6 +68,7 @@ import (
 //	migration-outcome VM OUTCOME    the VM's next live migration: fails-before,
 //	                            fails-during or reply-lost
 //	heal                        undo every fault (the runner heals at the end anyway)
+//	create-ha, fence-fails, node-fence   automatic HA (ha.go, with the "ha" header)
 //
 // Scenario header lines (before any command): "seed N", "hosts N",
 // "quiet D" (the quiet period), "known-failure: N" (root cause N of
