@@ -134,6 +134,38 @@ func vmCommand() *cli.Command {
 					return showTask(c, t)
 				},
 			},
+			{
+				Name: "modify", Usage: "change a VM's automatic-HA settings", ArgsUsage: "ID",
+				Flags: append(clientFlags(), outputFlag(),
+					&cli.BoolFlag{Name: "ha", Usage: "highly available (--ha=false: not)"},
+					&cli.StringFlag{Name: "priority", Usage: "restart priority: high, medium or low"}),
+				Action: func(c *cli.Context) error {
+					if _, err := output(c); err != nil {
+						return err
+					}
+					id, err := oneArg(c, "VM ID")
+					if err != nil {
+						return err
+					}
+					var req api.ModifyVMRequest
+					if c.IsSet("ha") {
+						ha := c.Bool("ha")
+						req.HA = &ha
+					}
+					if c.IsSet("priority") {
+						p := c.String("priority")
+						req.Priority = &p
+					}
+					if req.HA == nil && req.Priority == nil {
+						return fmt.Errorf("nothing to change: give --ha or --priority")
+					}
+					vm, err := newClient(c).ModifyVM(c.Context, id, req)
+					if err != nil {
+						return cliField(err)
+					}
+					return showVM(c, vm)
+				},
+			},
 		},
 	}
 }

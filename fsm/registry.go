@@ -37,6 +37,7 @@ var registry = map[CommandType]applyFunc{
 	CmdEvent:          typed((*applier).appendEvent),
 	CmdAlarm:          typed((*applier).alarmTransition),
 	CmdAlarmSent:      typed((*applier).alarmDelivered),
+	CmdSetHA:          typed((*applier).setHA),
 }
 
 // typed turns an apply function over a payload type into an applyFunc. A

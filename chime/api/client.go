@@ -411,3 +411,10 @@ func (c *Client) FenceNode(ctx context.Context, id string) (*FenceResponse, erro
 	_, err := c.Do(ctx, http.MethodPost, "/v1/nodes/"+esc(id)+"/fence", nil, nil, &out)
 	return &out, err
 }
+
+// ModifyVM changes a VM's automatic-HA settings.
+func (c *Client) ModifyVM(ctx context.Context, id string, r ModifyVMRequest) (*structs.VM, error) {
+	var vm structs.VM
+	_, err := c.Do(ctx, http.MethodPatch, "/v1/vms/"+esc(id), nil, r, &vm)
+	return &vm, err
+}

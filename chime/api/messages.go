@@ -201,6 +201,13 @@ type Status struct {
 	Healthy   bool   `json:"healthy"`
 }
 
+// ModifyVMRequest is the body of PATCH /v1/vms/{id}: the automatic-HA
+// settings to change (nil: unchanged).
+type ModifyVMRequest struct {
+	HA       *bool   `json:"ha,omitempty"`
+	Priority *string `json:"priority,omitempty"`
+}
+
 // FenceResponse is the answer of POST /v1/nodes/{id}/fence: the node as
 // recorded after the fence command succeeded, and the command's output.
 type FenceResponse struct {

@@ -46,6 +46,7 @@ func (s *Server) setupHTTP() error {
 	route("GET /v1/vms/{id}", local, s.handleGetVM)
 	route("POST /v1/vms/{id}/{action}", leaderOnly, s.handleVMAction)
 	route("DELETE /v1/vms/{id}", leaderOnly, s.handleDeleteVM)
+	route("PATCH /v1/vms/{id}", leaderOnly, s.handleModifyVM) // role: operator
 	// nodes
 	route("GET /v1/nodes", local, s.handleListNodes)
 	route("GET /v1/nodes/{id}", local, s.handleGetNode)
