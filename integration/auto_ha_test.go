@@ -240,7 +240,7 @@ func autoHA(t *testing.T, path, labctl string) {
 		return ""
 	})
 	u.check(t)
-	t.Logf("AUTO-HA %s path (%s timing: 1s heartbeats, 3 missed%s): power loss → unreachable %s, → fenced %s, → all %d ha VMs running elsewhere %s",
+	t.Logf("AUTO-HA %s path (domain type %s; fast timing: 1s heartbeats, 3 missed%s): power loss → unreachable %s, → fenced %s, → all %d ha VMs running elsewhere %s",
 		path, lab.DomainType(), map[string]string{"lease": ", lease 5s", "fence": ", fence command labctl power-off"}[path],
 		unreachable.Round(100*time.Millisecond), fencedAt.Sub(t0).Round(100*time.Millisecond), len(onVictim), allRunning.Round(100*time.Millisecond))
 }
