@@ -127,6 +127,7 @@ type Recoverer struct {
 
 	mu       sync.Mutex
 	restarts map[string]*attempt // vm id → restart attempts
+	warned   map[string]uint64   // vm id → generation the lease was said not to cover
 	fences   map[string]*attempt // node id → fence attempts (this episode)
 	wg       sync.WaitGroup      // asynchronous fence attempts (Run)
 	async    bool                // fence attempts on their own goroutine (Run)
@@ -151,7 +152,7 @@ func New(cfg Config) *Recoverer {
 	r := &Recoverer{propose: cfg.Proposer, state: cfg.State, silence: cfg.Silence, placer: cfg.Placer,
 		fencer: cfg.Fencer, brake: cfg.Brake, clock: cfg.Clock, log: logger.Named("recovery"),
 		maxRestarts: cfg.MaxRestarts, maxFence: cfg.MaxFenceAttempts,
-		restarts: map[string]*attempt{}, fences: map[string]*attempt{}, kick: make(chan struct{}, 1)}
+		restarts: map[string]*attempt{}, warned: map[string]uint64{}, fences: map[string]*attempt{}, kick: make(chan struct{}, 1)}
 	if r.maxRestarts <= 0 {
 		r.maxRestarts = DefaultMaxRestarts
 	}
@@ -213,10 +214,25 @@ func (r *Recoverer) Step(ctx context.Context) error {
 		if len(vms) == 0 {
 			continue
 		}
-		ev, hold := r.evidence(n)
+		ev, hold, lease := r.evidence(n)
 		if ev == "" {
 			r.fenceIfDue(ctx, n)
 			continue
+		}
+		if lease {
+			var uncovered []structs.VM
+			vms, uncovered = leaseCovers(n, vms)
+			if len(uncovered) > 0 {
+				// Arrived by live migration and not reported by the node
+				// since: its agent may have been dead already (a host
+				// booting, libvirtd up before the agent), so the lease
+				// says nothing about them. Only a fence does.
+				r.warnUncovered(n, uncovered)
+				r.fenceIfDue(ctx, n)
+			}
+			if len(vms) == 0 {
+				continue
+			}
 		}
 		if err := r.restartAll(ctx, n, vms, ev, hold); err != nil {
 			errs = append(errs, err)
@@ -252,16 +268,37 @@ func (r *Recoverer) toRestart(n structs.Node) ([]structs.VM, error) {
 	return out, nil
 }
 
+// leaseCovers splits vms into those the node's isolation lease covers and
+// those it does not. The lease promises that the node's agent kills what
+// runs there (or that its watchdog resets the host); a qemu that a live
+// migration brought to the node after its agent died — a host booting,
+// libvirtd up before the agent — is nobody's to kill. So a VM whose
+// placement came by live migration (AdoptGeneration set) is covered only
+// once the node itself reported it at its current generation (the agent
+// redefines an adopted domain with it).
+func leaseCovers(n structs.Node, vms []structs.VM) (covered, uncovered []structs.VM) {
+	for _, vm := range vms {
+		o := vm.Observed
+		if vm.AdoptGeneration != 0 && (o == nil || o.NodeID != n.ID || o.Generation < vm.Generation) {
+			uncovered = append(uncovered, vm)
+			continue
+		}
+		covered = append(covered, vm)
+	}
+	return covered, uncovered
+}
+
 // evidence says why node n is known to run nothing ("" when it is not),
-// and how long it must have been silent for that to hold (0: no hold
-// needed). Strongest first: the drain acknowledgement, the fence, the
-// lease.
-func (r *Recoverer) evidence(n structs.Node) (string, time.Duration) {
+// how long it must have been silent for that to hold (0: no hold needed),
+// and whether it is the isolation lease (which covers only some VMs:
+// leaseCovers). Strongest first: the drain acknowledgement, the fence,
+// the lease.
+func (r *Recoverer) evidence(n structs.Node) (string, time.Duration, bool) {
 	if n.ManagementState == structs.NodeDrained && (n.DrainAcked || n.LocalDrained) {
-		return "drain acknowledged by the agent (every VM stopped, kept stopped)", 0
+		return "drain acknowledged by the agent (every VM stopped, kept stopped)", 0, false
 	}
 	if n.LocalDrained {
-		return "local drain reported done by the agent (every VM stopped, kept stopped)", 0
+		return "local drain reported done by the agent (every VM stopped, kept stopped)", 0, false
 	}
 	now := r.clock.Now()
 	if n.Fenced && !n.FencedAt.IsZero() && !n.StateSince.After(n.FencedAt) {
@@ -269,17 +306,17 @@ func (r *Recoverer) evidence(n structs.Node) (string, time.Duration) {
 		// may have started VMs still placed on it.
 		since := now.Sub(n.FencedAt)
 		if r.silence.Silence(n.ID) >= since {
-			return fmt.Sprintf("fence command succeeded %s ago, no heartbeat since", since.Round(time.Millisecond)), since
+			return fmt.Sprintf("fence command succeeded %s ago, no heartbeat since", since.Round(time.Millisecond)), since, false
 		}
 	}
 	if n.IsolationResponse == structs.IsolationStop && n.IsolationLease > 0 {
 		deadline := structs.LeaseDeadline(n.IsolationLease)
 		if s := r.silence.Silence(n.ID); s >= deadline {
 			return fmt.Sprintf("isolation lease expired (lease %s, isolation response stop; silent %s on the leader ≥ %s)",
-				n.IsolationLease, s.Round(time.Millisecond), deadline), deadline
+				n.IsolationLease, s.Round(time.Millisecond), deadline), deadline, true
 		}
 	}
-	return "", 0
+	return "", 0, false
 }
 
 // restartAll restarts vms of node n elsewhere, in order, under the
@@ -404,3 +441,18 @@ const (
 	EventFenceGaveUp  = "fence.gave_up"
 	fenceOutputMaxLen = 512
 )
+
+// warnUncovered logs, once per VM and placement, that the lease does not
+// cover it.
+func (r *Recoverer) warnUncovered(n structs.Node, vms []structs.VM) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, vm := range vms {
+		if r.warned[vm.ID] == vm.Generation {
+			continue
+		}
+		r.warned[vm.ID] = vm.Generation
+		r.log.Warn("the isolation lease does not cover this ha vm: it arrived by live migration and the node has not reported it since; it restarts elsewhere only on a fence",
+			"node", n.Name, "vm", vm.Name)
+	}
+}

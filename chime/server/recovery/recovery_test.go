@@ -352,3 +352,31 @@ func TestDrainAcknowledgedIsEvidence(t *testing.T) {
 		t.Fatalf("ha.restarted: %v", ev)
 	}
 }
+
+// The lease covers a VM that arrived by live migration only once the node
+// reported it at its placement's generation.
+func TestLeaseCoversMigratedVMsOnlyOnceReported(t *testing.T) {
+	n := structs.Node{ID: "n"}
+	tests := []struct {
+		name    string
+		vm      structs.VM
+		covered bool
+	}{
+		{"placed, never migrated", structs.VM{ID: "a", Generation: 10}, true},
+		{"migrated here, only the source's report", structs.VM{ID: "b", Generation: 20, AdoptGeneration: 10,
+			Observed: &structs.Observation{NodeID: "n", Generation: 10, Reason: "migrated"}}, false},
+		{"migrated here, no observation", structs.VM{ID: "c", Generation: 20, AdoptGeneration: 10}, false},
+		{"migrated here, reported by the node at its generation", structs.VM{ID: "d", Generation: 20, AdoptGeneration: 10,
+			Observed: &structs.Observation{NodeID: "n", Generation: 20}}, true},
+		{"migrated here, observed elsewhere", structs.VM{ID: "e", Generation: 20, AdoptGeneration: 10,
+			Observed: &structs.Observation{NodeID: "m", Generation: 20}}, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			cov, _ := leaseCovers(n, []structs.VM{tc.vm})
+			if got := len(cov) == 1; got != tc.covered {
+				t.Fatalf("covered = %v, want %v", got, tc.covered)
+			}
+		})
+	}
+}
