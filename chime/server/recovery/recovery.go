@@ -168,10 +168,11 @@ func (r *Recoverer) armed() bool { return r.brake == nil || r.brake.HAArmed() }
 
 // Run steps the duty every StepEvery until ctx ends (leadership lost);
 // fence commands run on their own goroutines. It waits for them before it
-// returns.
+// returns. Each term starts with no memory of attempts.
 func (r *Recoverer) Run(ctx context.Context) {
 	r.mu.Lock()
 	r.async = true
+	r.restarts, r.fences, r.warned = map[string]*attempt{}, map[string]*attempt{}, map[string]uint64{}
 	r.mu.Unlock()
 	defer r.wg.Wait()
 	t := time.NewTicker(StepEvery)
