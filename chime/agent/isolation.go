@@ -156,8 +156,8 @@ func (a *Agent) isolationCheckEvery() time.Duration {
 	return min(max(WatchdogTimeout(a.cfg.IsolationLease)/3, 100*time.Millisecond), time.Second)
 }
 
-// isolationLoop runs IsolationOnce until ctx ends, then disarms the
-// watchdog (a clean stop).
+// isolationLoop runs IsolationOnce until ctx ends, then stops the
+// watchdog (stopWatchdog).
 func (a *Agent) isolationLoop(ctx context.Context) {
 	if !a.isolationStop() {
 		return
@@ -168,13 +168,39 @@ func (a *Agent) isolationLoop(ctx context.Context) {
 		a.IsolationOnce(ctx)
 		select {
 		case <-ctx.Done():
-			if a.watchdog != nil {
-				if err := a.watchdog.Close(); err != nil {
-					a.logger.Named("isolation").Warn("watchdog close failed: the host may reset", "error", err)
-				}
-			}
+			a.stopWatchdog()
 			return
 		case <-t.C():
 		}
+	}
+}
+
+// stopWatchdog is the clean stop's end of the watchdog: disarmed when no
+// chime VM runs here; left armed otherwise, because the servers keep
+// counting the lease against a stopped agent and would restart the VMs
+// elsewhere while their qemus run on: an agent not back within the
+// watchdog's timeout gets its host reset. Drain the node before stopping
+// the agent for longer.
+func (a *Agent) stopWatchdog() {
+	if a.watchdog == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	domains, err := a.hv.List(ctx)
+	running := err != nil
+	for _, d := range domains {
+		if d.Meta != nil && observedState(d.State) == structs.StateRunning {
+			running = true
+		}
+	}
+	log := a.logger.Named("isolation")
+	if running {
+		log.Warn("agent stopping with chime VMs running: the watchdog stays armed; start the agent again within its timeout or the host resets (drain the node first for maintenance)",
+			"timeout", WatchdogTimeout(a.cfg.IsolationLease).String(), "list_error", err)
+		return
+	}
+	if err := a.watchdog.Close(); err != nil {
+		log.Warn("watchdog close failed: the host may reset", "error", err)
 	}
 }

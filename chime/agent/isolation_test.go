@@ -208,3 +208,34 @@ func TestIsolationConfigValidated(t *testing.T) {
 		})
 	}
 }
+
+// A clean stop disarms the watchdog only when no chime VM runs: the
+// servers keep counting the lease against a stopped agent.
+func TestStopWatchdogOnlyWhenNothingRuns(t *testing.T) {
+	ctx := context.Background()
+	s, wd := newIsolated(t, 20*time.Second, dvm(idA, "a", structs.DesiredRunning, 3))
+	a := s.a
+	for _, step := range []func(context.Context) error{a.RegisterOnce, a.SyncOnce} {
+		if err := step(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := a.ReconcileOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	a.stopWatchdog()
+	if wd.closes != 0 {
+		t.Fatal("watchdog disarmed while a vm runs")
+	}
+	s.srv.setDesired()
+	if err := a.SyncOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.ReconcileOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	a.stopWatchdog()
+	if wd.closes != 1 {
+		t.Fatalf("watchdog closes %d with nothing running, want 1", wd.closes)
+	}
+}
