@@ -31,7 +31,7 @@ lint:
 
 # The deterministic simulator (docs/testing.md): the mutation check, then the scenarios, SEEDS
 # random seeds and the summary table. One seed's whole trace: `just sim-seed 42`.
-sim seeds="5000":
+sim seeds="10000":
     go test -count=1 -tags chime_mutation -v -run TestMutationStartBeforeSync ./integration/sim | grep -e 'mutation' -e '^ok' -e FAIL
     go test -count=1 -timeout 120m -v -run 'TestScenarios|TestSeeds|TestDeterminism' ./integration/sim -sim.seeds {{seeds}} | grep -v -e '^=== ' -e '^--- PASS' -e '^    --- PASS'
 
@@ -55,7 +55,7 @@ labctl:
 # Lab of N hosts (netns + libvirtd each) + chime: 3 servers, an agent per host (.lab/chime/).
 lab-up hosts="3": labctl build
     bin/labctl up --hosts {{hosts}} --dir {{lab_dir}} --chime bin/chime
-    @echo "source {{lab_dir}}/chime/env   # CHIME_ADDR and PATH for the chime CLI"
+    @echo "source {{lab_dir}}/chime/env   # CHIME_ADDR, CHIME_TLS_*, CHIME_TOKEN and PATH for the chime CLI"
 
 # Stop the chime processes and remove the lab: VMs, daemons, namespaces, bridges.
 lab-down: labctl

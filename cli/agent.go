@@ -29,10 +29,15 @@ crashed VMs, stopping, and removing stale copies) and sends heartbeats.
 The agent starts no VM before its first successful sync with the servers, and sends no
 heartbeat before it has removed every stale copy of a VM placed elsewhere.
 
+The agent runs on mutual TLS (--tls-ca-file, --tls-cert-file, --tls-key-file with an agent
+certificate, see 'chime tls'); without them it refuses to start unless --insecure-no-tls, which
+only works against servers that run --dev or --insecure-no-tls.
+
 Example:
   chime agent --name hv1 --data-dir /var/lib/chime/agent --server 10.0.0.1:4650 \
-      --server 10.0.0.2:4650 --advertise 10.0.0.11 --business-interface eth1`,
-		Flags: []cli.Flag{
+      --server 10.0.0.2:4650 --advertise 10.0.0.11 --business-interface eth1 \
+      --tls-ca-file chime-ca.pem --tls-cert-file hv1.pem --tls-key-file hv1-key.pem`,
+		Flags: append([]cli.Flag{
 			configFlag(),
 			&cli.StringFlag{Name: "name", Value: def.Name, Usage: "node name", EnvVars: []string{"CHIME_NAME"}},
 			&cli.StringFlag{Name: "data-dir", Value: def.DataDir, Usage: "local state directory", EnvVars: []string{"CHIME_DATA_DIR"}},
@@ -57,7 +62,9 @@ Example:
 			&cli.StringFlag{Name: "isolation-response", Value: def.IsolationResponse, Usage: "what the agent does when no heartbeat was acknowledged for --isolation-lease: stop (kill every VM, start none; the servers may then restart ha VMs elsewhere) or keep", EnvVars: []string{"CHIME_ISOLATION_RESPONSE"}},
 			&cli.DurationFlag{Name: "isolation-lease", Value: def.IsolationLease, Usage: "isolation lease (with --isolation-response stop); the servers treat the node as fenced lease × 1.5 + 10s after its last heartbeat"},
 			&cli.StringFlag{Name: "watchdog", Usage: "watchdog device armed with --isolation-response stop (e.g. /dev/watchdog, softdog): petted while the lease is valid, so a hung agent resets its host"},
-		},
+			&cli.StringFlag{Name: "join-token", Usage: "ACL token of role agent-join: registering a new node needs it when the servers enforce ACLs (or an agent TLS certificate)", EnvVars: []string{"CHIME_JOIN_TOKEN"}},
+			&cli.BoolFlag{Name: "insecure-no-tls", Usage: "run without TLS, knowingly, against servers that run --dev or --insecure-no-tls (logs a warning every minute)"},
+		}, tlsFlags()...),
 		Action: runAgent,
 		Subcommands: []*cli.Command{
 			agentStatusCommand(),
@@ -107,6 +114,8 @@ func agentConfig(c *cli.Context) (agent.Config, error) {
 	cfg.IsolationResponse = c.String("isolation-response")
 	cfg.IsolationLease = c.Duration("isolation-lease")
 	cfg.WatchdogDevice = c.String("watchdog")
+	cfg.JoinToken = c.String("join-token")
+	cfg.TLS, cfg.InsecureNoTLS = tlsFiles(c), c.Bool("insecure-no-tls")
 	for _, l := range c.StringSlice("label") {
 		k, v, ok := strings.Cut(l, "=")
 		if !ok || k == "" {

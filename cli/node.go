@@ -49,12 +49,24 @@ func nodeCommand() *cli.Command {
 					for _, v := range vms {
 						count[v.NodeID]++
 					}
+					// The HA reservation is best effort: an older server has none.
+					var res *structs.HAReservation
+					if st, err := cl.HAStatus(c.Context); err == nil {
+						res = st.Reservation
+					}
 					rows := make([][]string, 0, len(nodes))
 					for _, n := range nodes {
+						cpu, mem := spare(res, n.ID)
 						rows = append(rows, []string{short(n.ID), n.Name, n.ManagementState, n.MonitorState,
-							fmt.Sprint(count[n.ID]), fmt.Sprint(n.VCPUs), fmt.Sprint(n.MemoryMiB), dash(n.APIAddr), dash(strings.Join(n.Faults, "; "))})
+							fmt.Sprint(count[n.ID]), fmt.Sprint(n.VCPUs), fmt.Sprint(n.MemoryMiB), cpu, mem, dash(n.APIAddr), dash(strings.Join(n.Faults, "; "))})
 					}
-					return table([]string{"ID", "NAME", "MANAGEMENT", "MONITOR", "VMS", "VCPUS", "MEMORY_MIB", "AGENT", "FAULTS"}, rows)
+					if err := table([]string{"ID", "NAME", "MANAGEMENT", "MONITOR", "VMS", "VCPUS", "MEMORY_MIB", "SPARE/HA_VCPUS", "SPARE/HA_MIB", "AGENT", "FAULTS"}, rows); err != nil {
+						return err
+					}
+					if res != nil {
+						fmt.Fprintf(stdout, "\nHA reservation: %s\n", reservationLine(res))
+					}
+					return nil
 				},
 			},
 			{
@@ -178,7 +190,24 @@ func showNode(c *cli.Context, n *structs.Node) error {
 		{"Fenced", fmt.Sprint(n.Fenced)}, {"Isolation", isolation(n)}, {"Secret reset", fmt.Sprint(n.SecretReset)},
 		{"Identity conflict", dash(n.IdentityConflict)}, {"Return refused", dash(n.ReturnRefused)},
 		{"Stale copies", dash(staleCopies(n.StaleCopies))}, {"Agent version", dash(n.AgentVersion)},
+		{"Failover plan", failoverOf(c, "nodes", n.ID, true)},
 	})
+}
+
+// failoverOf is the failover plan of a VM or a node for `show`, or why it
+// is not available.
+func failoverOf(c *cli.Context, kind, id string, withVM bool) string {
+	plan, err := newClient(c).Failover(c.Context, kind, id)
+	if err != nil {
+		return "unavailable: " + err.Error()
+	}
+	if len(plan.Entries) == 0 {
+		if kind == "vms" {
+			return "none: not protected now (stopped or pending)"
+		}
+		return "-"
+	}
+	return failoverLines(plan.Entries, withVM)
 }
 
 // staleCopies describes a node's uniqueness conflicts for `node show`.

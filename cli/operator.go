@@ -14,6 +14,7 @@ func operatorCommand() *cli.Command {
 		Name:  "operator",
 		Usage: "cluster operations: Raft peers, gossip members, snapshots",
 		Subcommands: []*cli.Command{
+			haCommand(),
 			{
 				Name: "raft", Usage: "inspect and change the Raft configuration",
 				Subcommands: []*cli.Command{

@@ -40,6 +40,8 @@ Start a one-server test cluster with 'chime server --dev', then try 'chime vm cr
 			taskCommand(),
 			alarmCommand(),
 			eventCommand(),
+			tlsCommand(),
+			aclCommand(),
 		},
 		EnableBashCompletion: true,
 		ExitErrHandler:       func(*cli.Context, error) {},
@@ -79,10 +81,10 @@ func newLogger(c *cli.Context, name string) hclog.Logger {
 
 // Flags shared by admin commands.
 func clientFlags() []cli.Flag {
-	return []cli.Flag{
-		&cli.StringFlag{Name: "address", Value: "http://127.0.0.1:4650", Usage: "API address of any server", EnvVars: []string{"CHIME_ADDR"}},
-		&cli.StringFlag{Name: "token", Usage: "admin token (reserved for access control)", EnvVars: []string{"CHIME_TOKEN"}},
-	}
+	return append([]cli.Flag{
+		&cli.StringFlag{Name: "address", Value: "http://127.0.0.1:4650", Usage: "API address of any server (https with the --tls-* files)", EnvVars: []string{"CHIME_ADDR"}},
+		&cli.StringFlag{Name: "token", Usage: "ACL token (secret id) sent with every request", EnvVars: []string{"CHIME_TOKEN"}},
+	}, tlsFlags()...)
 }
 
 func outputFlag() cli.Flag {
@@ -92,6 +94,7 @@ func outputFlag() cli.Flag {
 func newClient(c *cli.Context) *api.Client {
 	cl := api.NewClient(c.String("address"))
 	cl.Token = c.String("token")
+	clientTLS(c, cl)
 	return cl
 }
 

@@ -18,7 +18,7 @@ func serverCommand() *cli.Command {
 		Description: `Runs one member of the Raft group that holds the cluster's desired state.
 A new cluster: start three servers with --bootstrap-expect 3 and --join pointing at each other's
 gossip ports. A quick test: 'chime server --dev' (one server, temporary data dir).`,
-		Flags: []cli.Flag{
+		Flags: append([]cli.Flag{
 			configFlag(),
 			&cli.BoolFlag{Name: "dev", Usage: "one-server cluster in a temporary data dir"},
 			&cli.StringFlag{Name: "name", Usage: "server name (unique, DNS label)", EnvVars: []string{"CHIME_NAME"}},
@@ -34,6 +34,8 @@ gossip ports. A quick test: 'chime server --dev' (one server, temporary data dir
 			&cli.StringFlag{Name: "gossip-profile", Value: d.GossipProfile, Usage: "lan, or local for fast failure detection on one machine"},
 			&cli.StringFlag{Name: "scheduler", Value: d.Scheduler, Usage: "placement strategy: spread or binpack"},
 			&cli.Float64Flag{Name: "cpu-overcommit", Value: d.CPUOvercommit, Usage: "vCPUs placed per host CPU (1 = no overcommit)"},
+			&cli.IntFlag{Name: "ha-tolerate-failures", Value: d.HATolerateFailures, Usage: "admission control: refuse a new ha VM unless every ha VM could be restarted after this many node failures (0 = off)"},
+			&cli.Float64Flag{Name: "ha-brake-share", Value: d.HABrakeShare, Usage: "pause automatic HA when more than this share of the nodes is unreachable at once (1 = never)"},
 			&cli.DurationFlag{Name: "heartbeat-interval", Value: d.HeartbeatInterval, Usage: "agents' heartbeat interval (pushed to agents)"},
 			&cli.IntFlag{Name: "missed-heartbeats", Value: d.MissedHeartbeats, Usage: "heartbeats missed before a ping-back decides unreachable"},
 			&cli.StringSliceFlag{Name: "alarm-webhook", Usage: "Alertmanager-compatible webhook URL (repeatable)"},
@@ -42,8 +44,10 @@ gossip ports. A quick test: 'chime server --dev' (one server, temporary data dir
 			&cli.DurationFlag{Name: "fence-timeout", Value: d.FenceTimeout, Usage: "time one run of --fence-command may take"},
 			&cli.IntFlag{Name: "fence-retries", Value: d.FenceRetries, Usage: "attempts of --fence-command per node while it stays unreachable (back-off 2s doubling)"},
 			&cli.IntFlag{Name: "ha-max-restarts", Value: d.HAMaxRestarts, Usage: "automatic restart attempts of one ha VM before it is given up (ha.gave_up)"},
+			&cli.BoolFlag{Name: "acl", Value: true, Usage: "enforce ACL tokens (docs/security.md); default true, except in --dev where it is false unless given"},
+			&cli.BoolFlag{Name: "insecure-no-tls", Usage: "run without TLS outside --dev, knowingly (logs a warning every minute)"},
 			&cli.Float64Flag{Name: "raft-time-scale", Value: 1, Usage: "scale Raft timers (tests only; <1 is faster)", Hidden: true},
-		},
+		}, tlsFlags()...),
 		Action: func(c *cli.Context) error {
 			if c.NArg() > 0 {
 				return fmt.Errorf("unexpected argument %q (flags only)", c.Args().First())
@@ -59,11 +63,19 @@ gossip ports. A quick test: 'chime server --dev' (one server, temporary data dir
 			cfg.BootstrapExpect, cfg.Join = c.Int("bootstrap-expect"), c.StringSlice("join")
 			cfg.GossipKey, cfg.GossipProfile = c.String("gossip-key"), c.String("gossip-profile")
 			cfg.Scheduler, cfg.CPUOvercommit = c.String("scheduler"), c.Float64("cpu-overcommit")
+			cfg.HATolerateFailures, cfg.HABrakeShare = c.Int("ha-tolerate-failures"), c.Float64("ha-brake-share")
 			cfg.HeartbeatInterval, cfg.MissedHeartbeats = c.Duration("heartbeat-interval"), c.Int("missed-heartbeats")
 			cfg.AlarmWebhook, cfg.SnapshotThreshold = c.StringSlice("alarm-webhook"), c.Uint64("snapshot-threshold")
 			cfg.RaftTimeScale = c.Float64("raft-time-scale")
 			cfg.FenceCommand, cfg.FenceTimeout = c.String("fence-command"), c.Duration("fence-timeout")
 			cfg.FenceRetries, cfg.HAMaxRestarts = c.Int("fence-retries"), c.Int("ha-max-restarts")
+			cfg.TLS, cfg.InsecureNoTLS = tlsFiles(c), c.Bool("insecure-no-tls")
+			if c.IsSet("acl") {
+				cfg.ACL = server.ACLOff
+				if c.Bool("acl") {
+					cfg.ACL = server.ACLOn
+				}
+			}
 			cfg.Logger = newLogger(c, "chime")
 			if cfg.Dev && cfg.DataDir == "" {
 				dir, err := os.MkdirTemp("", "chime-dev-")

@@ -3,6 +3,7 @@ package cli
 import (
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/chime-ha/chime/chime/structs"
 
@@ -178,13 +179,17 @@ func showVM(c *cli.Context, vm *structs.VM) error {
 	if o := vm.Observed; o != nil {
 		obs = fmt.Sprintf("%s (%s) on %s, generation %d, %s", o.State, dash(o.Reason), short(o.NodeID), o.Generation, ago(o.At))
 	}
+	failover := "-"
+	if vm.Spec.HA {
+		failover = failoverOf(c, "vms", vm.ID, false)
+	}
 	return kv([][2]string{
 		{"ID", vm.ID}, {"Name", vm.Name}, {"State", vm.State}, {"Desired", vm.DesiredState},
 		{"Node", dash(vm.NodeID)}, {"Generation", fmt.Sprint(vm.Generation)},
 		{"vCPUs", fmt.Sprint(vm.Spec.VCPUs)}, {"Memory MiB", fmt.Sprint(vm.Spec.MemoryMiB)},
 		{"Disks", dash(strings.Join(vm.Spec.Disks, ", "))}, {"HA", fmt.Sprint(vm.Spec.HA)},
 		{"Anti-affinity", dash(vm.Spec.AntiAffinity)}, {"Priority", priority(vm.Spec)}, {"Observed", obs}, {"Task", dash(vm.TaskID)}, {"Migration", migration(vm.Migration)},
-		{"Node-local", nodeLocal(vm)},
+		{"Node-local", nodeLocal(vm)}, {"Failover", failover},
 	})
 }
 
@@ -232,6 +237,10 @@ func cliField(err error) error {
 func migration(m *structs.Migration) string {
 	if m == nil {
 		return "-"
+	}
+	if m.Outcome == structs.MigrationOutcomeUnknown {
+		return fmt.Sprintf("HELD: outcome of the live migration %s → %s unknown since %s (%s); started nowhere until a node proves it runs it (task %s)",
+			short(m.From), short(m.To), m.UnknownSince.UTC().Format(time.RFC3339), m.UnknownReason, m.TaskID)
 	}
 	return fmt.Sprintf("live migration %s → %s in flight (task %s)", short(m.From), short(m.To), m.TaskID)
 }

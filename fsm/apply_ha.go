@@ -3,6 +3,7 @@ package fsm
 import (
 	"fmt"
 	"strings"
+	"time"
 )
 
 // SetHA changes a VM's automatic-HA settings (`chime vm modify`): nil
@@ -34,4 +35,116 @@ func (a *applier) setHA(p SetHA) (string, error) {
 		return "", err
 	}
 	return v.ID, a.ev("vm.modified", v.NodeID, v.ID, "vm %s: %s", v.Name, strings.Join(changes, ", "))
+}
+
+// Commands of the cluster-wide automatic-HA switch (structs.HAState). They
+// are new in this version; a log without them replays to the zero switch
+// (armed, brake released), which is what the seed did.
+const (
+	// CmdSetHAArmed is an operator's `chime operator ha arm|disarm`.
+	CmdSetHAArmed CommandType = "ha.set_armed"
+	// CmdSetHABrake is the leader engaging or releasing the mass-failure
+	// brake (chime/server/habrake).
+	CmdSetHABrake CommandType = "ha.set_brake"
+)
+
+// SetHAArmed arms or disarms automatic HA cluster-wide. Arming also
+// releases an engaged brake and acknowledges AckUnreachable unreachable
+// nodes (the count the leader saw when it proposed the arm): the brake
+// does not engage again until more nodes are unreachable.
+type SetHAArmed struct {
+	Armed          bool   `json:"armed"`
+	Reason         string `json:"reason,omitempty"`
+	AckUnreachable int    `json:"ack_unreachable,omitempty"`
+}
+
+// SetHABrake engages (Engaged) or releases the mass-failure brake. The
+// leader decides (habrake.Next) and carries the counts it decided on, so
+// that the record and the event say why.
+type SetHABrake struct {
+	Engaged     bool `json:"engaged"`
+	Unreachable int  `json:"unreachable"`
+	Nodes       int  `json:"nodes"`
+	// ResetAck clears the operator's acknowledgement (the unreachable
+	// share dropped to the release level).
+	ResetAck bool `json:"reset_ack,omitempty"`
+}
+
+func (a *applier) setHAArmed(p SetHAArmed) (string, error) {
+	s, err := a.tx.HA()
+	if err != nil {
+		return "", err
+	}
+	if !p.Armed {
+		if s.Disarmed {
+			return "", nil // idempotent: keeps the first reason and time
+		}
+		s.Disarmed, s.DisarmReason, s.DisarmedAt = true, p.Reason, a.tx.Now()
+		if err := a.tx.PutHA(s); err != nil {
+			return "", err
+		}
+		return "", a.ev("ha.disarmed", "", "", "automatic HA disarmed by an operator: %s", orNone(p.Reason))
+	}
+	wasBrake, wasDisarmed := s.Brake, s.Disarmed
+	s.Disarmed, s.DisarmReason, s.DisarmedAt = false, "", time.Time{}
+	s.AckUnreachable = p.AckUnreachable
+	if s.Brake {
+		s.Brake, s.BrakeReleasedAt, s.BrakeReleaseCause = false, a.tx.Now(), "operator arm"
+	}
+	if err := a.tx.PutHA(s); err != nil {
+		return "", err
+	}
+	if !wasBrake && !wasDisarmed {
+		return "", nil
+	}
+	msg := "automatic HA armed by an operator"
+	if wasBrake {
+		msg += "; mass-failure brake released"
+	}
+	if p.AckUnreachable > 0 {
+		msg += "; " + plural(p.AckUnreachable, "unreachable node") + " acknowledged"
+	}
+	if p.Reason != "" {
+		msg += ": " + p.Reason
+	}
+	return "", a.ev("ha.armed", "", "", "%s", msg)
+}
+
+func (a *applier) setHABrake(p SetHABrake) (string, error) {
+	s, err := a.tx.HA()
+	if err != nil {
+		return "", err
+	}
+	changed := false
+	if p.ResetAck && s.AckUnreachable != 0 {
+		s.AckUnreachable, changed = 0, true
+	}
+	switch {
+	case p.Engaged && !s.Brake:
+		s.Brake, s.BrakeSince, s.BrakeUnreachable, s.BrakeNodes = true, a.tx.Now(), p.Unreachable, p.Nodes
+		s.BrakeReleasedAt, s.BrakeReleaseCause = time.Time{}, ""
+		if err := a.tx.PutHA(s); err != nil {
+			return "", err
+		}
+		return "", a.ev("ha.brake_engaged", "", "", "mass-failure brake engaged: %d of %d nodes unreachable; automatic HA paused",
+			p.Unreachable, p.Nodes)
+	case !p.Engaged && s.Brake:
+		s.Brake, s.BrakeReleasedAt, s.BrakeReleaseCause = false, a.tx.Now(), "nodes returned"
+		if err := a.tx.PutHA(s); err != nil {
+			return "", err
+		}
+		return "", a.ev("ha.brake_released", "", "", "mass-failure brake released: %d of %d nodes unreachable; automatic HA resumes",
+			p.Unreachable, p.Nodes)
+	}
+	if changed {
+		return "", a.tx.PutHA(s)
+	}
+	return "", nil
+}
+
+func plural(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
 }

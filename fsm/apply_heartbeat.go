@@ -22,6 +22,16 @@ func (a *applier) heartbeat(p Heartbeat) (string, error) {
 	nodeIndex := a.tx.NodeIndex(n.ID)
 	out := &HeartbeatOutcome{}
 	for _, c := range p.Adoptions {
+		if p.Authorized {
+			held, err := a.unprovenAdoption(n, c)
+			if err != nil {
+				return "", err
+			}
+			if held {
+				out.Held = append(out.Held, c.VMID)
+				continue
+			}
+		}
 		adopted, err := a.adoptClaim(n, c)
 		switch {
 		case err == nil && adopted:
@@ -36,6 +46,9 @@ func (a *applier) heartbeat(p Heartbeat) (string, error) {
 			return "", err
 		}
 	}
+	if err := a.migrationEvidence(n, p.Migrations); err != nil {
+		return "", err
+	}
 	if err := a.observe(n.ID, p.Observations); err != nil {
 		return "", err
 	}
@@ -45,12 +58,12 @@ func (a *applier) heartbeat(p Heartbeat) (string, error) {
 		}
 	}
 	for _, m := range p.LocalMoves {
-		if err := a.localMove(n, m); err != nil {
+		if err := a.localMove(n, m, p.Authorized); err != nil {
 			return "", err
 		}
 	}
 	for _, c := range p.Announced {
-		if err := a.announced(n, c); err != nil {
+		if err := a.announced(n, c, p.Authorized); err != nil {
 			return "", err
 		}
 	}
@@ -76,7 +89,13 @@ func (a *applier) heartbeat(p Heartbeat) (string, error) {
 	dirty := false
 	switch {
 	case p.Copies != nil:
-		evs, changed, err := a.judgeCopies(n, nodeIndex, *p.Copies, p.Monitor)
+		ev := *p.Copies
+		if p.Authorized {
+			if ev, err = WithoutHeld(ev, n.ID, a.tx.VM); err != nil {
+				return "", err
+			}
+		}
+		evs, changed, err := a.judgeCopies(n, nodeIndex, ev, p.Monitor)
 		if err != nil {
 			return "", err
 		}
@@ -144,6 +163,22 @@ func (a *applier) adoptClaim(n *structs.Node, c Adoption) (bool, error) {
 	return a.adoptVM(v, n.ID, c.Generation)
 }
 
+// unprovenAdoption holds, instead of adopting, a claim of node n that
+// AdoptionProven does not back (Heartbeat.Authorized); it reports whether
+// it did. A claim already reflected, or one refused anyway (VM gone,
+// generation moved on), is left to adoptClaim.
+func (a *applier) unprovenAdoption(n *structs.Node, c Adoption) (bool, error) {
+	v, err := a.tx.VM(c.VMID)
+	if err != nil || v == nil {
+		return false, err
+	}
+	if v.AdoptedBy(n.ID, c.Generation) || v.Generation != c.Generation || v.NodeID == "" ||
+		AdoptionProven(v, n.ID, c.Generation, c.Proof, a.source) {
+		return false, nil
+	}
+	return true, a.holdForAdoption(n, v, c.Generation)
+}
+
 // recordRefusedAdoption records a refused adoption as a failed adopt task
 // (which raises the TaskFailed alarm), once per VM, generation and node.
 func (a *applier) recordRefusedAdoption(n *structs.Node, c Adoption, refusal error) error {
@@ -179,7 +214,7 @@ func (a *applier) localMigration(n *structs.Node, m structs.LocalMigration) erro
 // outcome (uniqueness rule 7: either end's report moves the placement).
 // Every entry is final once applied, refused or not: the agent deletes it
 // on the acknowledgement.
-func (a *applier) localMove(n *structs.Node, m structs.LocalMigration) error {
+func (a *applier) localMove(n *structs.Node, m structs.LocalMigration, authorized bool) error {
 	v, err := a.tx.VM(m.VMID)
 	if err != nil {
 		return err
@@ -198,7 +233,9 @@ func (a *applier) localMove(n *structs.Node, m structs.LocalMigration) error {
 	here := v.NodeID == n.ID && v.Generation == m.Generation
 	switch m.Outcome {
 	case structs.LocalMigrationFailed:
-		if nl := v.NodeLocal; (nl != nil && nl.To == to.ID && nl.Generation == m.Generation) || (nl == nil && here) {
+		// Authorized: only the node the VM is placed on (its source)
+		// releases a hold; another node's report is an event only.
+		if nl := v.NodeLocal; (nl != nil && nl.To == to.ID && nl.Generation == m.Generation && (!authorized || v.NodeID == n.ID)) || (nl == nil && here) {
 			// Kept (not cleared) so that a late announcement of this very
 			// migration is dropped, not held again.
 			v.NodeLocal = &structs.NodeLocalMigration{To: to.ID, Generation: m.Generation, Outcome: structs.LocalMigrationFailed}
@@ -243,7 +280,7 @@ func (a *applier) localMove(n *structs.Node, m structs.LocalMigration) error {
 // An announcement the state already reflects, or one that is over (VM
 // gone, placement moved on, source reported failure), changes nothing;
 // the heartbeat's answer tells the agent to drop the latter.
-func (a *applier) announced(n *structs.Node, c Adoption) error {
+func (a *applier) announced(n *structs.Node, c Adoption, authorized bool) error {
 	v, err := a.tx.VM(c.VMID)
 	if err != nil || v == nil {
 		return err
@@ -253,6 +290,9 @@ func (a *applier) announced(n *structs.Node, c Adoption) error {
 	}
 	if nl := v.NodeLocal; nl != nil && nl.To == n.ID && nl.Generation == c.Generation {
 		return nil
+	}
+	if nl := v.NodeLocal; authorized && nl != nil && nl.Outcome != "" && nl.Generation == c.Generation {
+		return nil // the source's own report stands
 	}
 	v.NodeLocal = &structs.NodeLocalMigration{To: n.ID, Generation: c.Generation}
 	if err := a.tx.PutObservedVM(v); err != nil {

@@ -97,12 +97,48 @@ func (a *applier) nodeIdentity(p NodeIdentity) (string, error) {
 	return "", structs.Invalid("kind", "unknown node identity kind %q", p.Kind)
 }
 
+// nodeUnchanged is the compare-and-set of uniqueness rule 11 on a node's
+// modify index: a decision taken on the node as it was at index want is
+// refused once the node changed.
+func (a *applier) nodeUnchanged(nodeID string, want uint64) error {
+	if nodeID == "" {
+		return structs.Conflict("node_modify_index", "the vm is no longer placed on a node: decide again")
+	}
+	n, err := a.node(nodeID)
+	if err != nil {
+		return err
+	}
+	if n.ModifyIndex != want {
+		return structs.Conflict("node_modify_index", "node %s changed since the decision was taken (modify index %d, expected %d; "+
+			"management %s, drain acknowledged %v, local drain %v, fenced %v): decide again",
+			n.Name, n.ModifyIndex, want, n.ManagementState, n.DrainAcked, n.LocalDrained, n.Fenced)
+	}
+	return nil
+}
+
 func (a *applier) setManagement(p SetManagement) (string, error) {
 	n, err := a.node(p.NodeID)
 	if err != nil {
 		return "", err
 	}
+	if p.IfModifyIndex != 0 {
+		if err := a.nodeUnchanged(n.ID, p.IfModifyIndex); err != nil {
+			return "", err
+		}
+	}
 	if n.ManagementState == p.State {
+		if p.State == structs.NodeEnabled && p.ReleaseDrainID != "" && p.ReleaseDrainID == n.LocalDrainID && n.ReleasedDrainID != p.ReleaseDrainID {
+			// node enable on an enabled node: a local drain changes no
+			// management state, so releasing it is the whole change.
+			n.ReleasedDrainID = p.ReleaseDrainID
+			if err := a.tx.PutNode(n); err != nil {
+				return "", err
+			}
+			if err := a.tx.TouchNode(n.ID); err != nil {
+				return "", err
+			}
+			return n.ID, a.ev("node.drain_released", n.ID, "", "node %s: local drain %s released", n.Name, p.ReleaseDrainID)
+		}
 		return n.ID, nil
 	}
 	old := n.ManagementState
@@ -171,6 +207,11 @@ func (a *applier) setNodeFlags(p SetNodeFlags) (string, error) {
 	n, err := a.node(p.NodeID)
 	if err != nil {
 		return "", err
+	}
+	if p.IfModifyIndex != 0 {
+		if err := a.nodeUnchanged(n.ID, p.IfModifyIndex); err != nil {
+			return "", err
+		}
 	}
 	changes := p.applyTo(n)
 	if p.FencedBy != "" {

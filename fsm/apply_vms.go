@@ -67,6 +67,15 @@ func (a *applier) placeVM(p PlaceVM) (string, error) {
 	if p.IfGeneration != 0 && v.Generation != p.IfGeneration {
 		return "", structs.Conflict("generation", "vm %s: placement changed (generation %d, expected %d)", v.Name, v.Generation, p.IfGeneration)
 	}
+	if p.IfNodeModifyIndex != 0 {
+		if err := a.nodeUnchanged(v.NodeID, p.IfNodeModifyIndex); err != nil {
+			return "", err
+		}
+	}
+	if p.IfModifyIndex != 0 && v.ModifyIndex != p.IfModifyIndex {
+		return "", structs.Conflict("modify_index", "vm %s changed since the decision was taken (modify index %d, expected %d): decide again",
+			v.Name, v.ModifyIndex, p.IfModifyIndex)
+	}
 	if v.Migration != nil {
 		return "", structs.Conflict("vm_id", "vm %s is being live-migrated (task %s)", v.Name, v.Migration.TaskID)
 	}
@@ -135,6 +144,9 @@ func (a *applier) migrationEnd(p MigrationEnd) (string, error) {
 		return "", err
 	}
 	m := v.Migration
+	if p.Unknown {
+		return a.migrationUnknown(v, p)
+	}
 	to := ""
 	if m != nil && (p.TaskID == "" || m.TaskID == p.TaskID) {
 		to = m.To

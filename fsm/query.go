@@ -215,3 +215,37 @@ func (f *FSM) Applied(reqID string) (objectID string, err error, seen bool) {
 	})
 	return objectID, err, seen
 }
+
+// ACLTokens lists the ACL tokens (never their secrets).
+func (f *FSM) ACLTokens() ([]structs.ACLToken, error) {
+	var out []structs.ACLToken
+	err := f.view(func(tx *state.Tx) (err error) { out, err = tx.ACLTokens(); return })
+	return out, err
+}
+
+// ACLTokenByHash returns the token whose secret has this SHA-256 (hex),
+// or nil.
+func (f *FSM) ACLTokenByHash(hash string) (*structs.ACLToken, error) {
+	var tok *structs.ACLToken
+	err := f.view(func(tx *state.Tx) (err error) {
+		if acc := tx.ACLAccessorByHash(hash); acc != "" {
+			tok, err = tx.ACLToken(acc)
+		}
+		return
+	})
+	return tok, err
+}
+
+// ACLBootstrapIndex is the index at which ACLs were bootstrapped (0: not yet).
+func (f *FSM) ACLBootstrapIndex() uint64 {
+	var idx uint64
+	_ = f.view(func(tx *state.Tx) error { idx = tx.ACLBootstrapIndex(); return nil })
+	return idx
+}
+
+// HA returns the cluster-wide automatic-HA switch (armed, brake).
+func (f *FSM) HA() (structs.HAState, error) {
+	var s structs.HAState
+	err := f.view(func(tx *state.Tx) (err error) { s, err = tx.HA(); return })
+	return s, err
+}

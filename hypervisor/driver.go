@@ -39,6 +39,10 @@ type Config struct {
 	// EventBuffer is the capacity of the Events channel; when it is full
 	// the oldest event is dropped.
 	EventBuffer int
+	// SettleTimeout bounds how long, after each (re)connect, the Driver
+	// waits for libvirtd to finish re-attaching the domains it found
+	// running before it reports the connection (see settle).
+	SettleTimeout time.Duration
 }
 
 // Defaults.
@@ -47,9 +51,11 @@ const (
 	DefaultCallTimeout    = 30 * time.Second
 	DefaultMigrateTimeout = 10 * time.Minute
 	DefaultEventBuffer    = 1024
+	DefaultSettleTimeout  = 30 * time.Second
 
 	reconnectMinBackoff = 100 * time.Millisecond
 	reconnectMaxBackoff = 5 * time.Second
+	settlePoll          = 100 * time.Millisecond
 )
 
 func (c Config) withDefaults() Config {
@@ -68,12 +74,16 @@ func (c Config) withDefaults() Config {
 	if c.EventBuffer <= 0 {
 		c.EventBuffer = DefaultEventBuffer
 	}
+	if c.SettleTimeout <= 0 {
+		c.SettleTimeout = DefaultSettleTimeout
+	}
 	return c
 }
 
 // Driver is a connection to one libvirtd that survives libvirtd restarts.
-// Its methods are safe for concurrent use. While the connection is down they
-// fail with an error wrapping ErrDisconnected.
+// Its methods are safe for concurrent use. While the connection is down, and
+// after a reconnect until libvirtd has settled (see settle), they fail with an
+// error wrapping ErrDisconnected.
 type Driver struct {
 	cfg        Config
 	log        hclog.Logger
@@ -135,8 +145,10 @@ func (r *recordingDialer) dialed() net.Conn {
 	return r.conn
 }
 
-// Open connects to libvirtd, detects the domain type and subscribes to
-// lifecycle events. The returned Driver keeps the connection alive until Close.
+// Open connects to libvirtd, detects the domain type, subscribes to
+// lifecycle events and waits (at most SettleTimeout) for libvirtd to finish
+// re-attaching its running domains. The returned Driver keeps the connection
+// alive until Close.
 // Each connection step is bounded by CallTimeout; ctx is checked between them.
 // An unreachable libvirtd at Open is an error (the caller retries or reports
 // it); later outages are handled by the Driver.
@@ -173,6 +185,12 @@ func Open(ctx context.Context, cfg Config) (*Driver, error) {
 	d.domainType = cfg.DomainType
 	if d.domainType == "" {
 		d.domainType = d.detectDomainType(ctx, conn)
+	}
+	if err := d.settle(ctx, conn); err != nil && ctx.Err() != nil {
+		conn.abort()
+		stop()
+		d.wg.Wait()
+		return nil, fmt.Errorf("connect to libvirt at %s: %w", cfg.URI, err)
 	}
 	d.setConn(conn)
 	d.log.Info("connected to libvirt", "uri", cfg.URI, "domain_type", d.domainType)
@@ -285,6 +303,9 @@ func (d *Driver) readEvents(lifecycle <-chan libvirt.DomainEventLifecycleMsg) {
 
 // keepAlive waits for the connection to drop, then reconnects with capped
 // exponential back-off and reports EventDisconnected / EventReconnected.
+// The new connection is used, and EventReconnected sent, only once libvirtd
+// has settled (see settle): a reconcile on EventReconnected sees the states
+// libvirtd's re-attach left, which libvirtd reports no events for.
 func (d *Driver) keepAlive(runCtx context.Context, conn *connection) {
 	defer d.wg.Done()
 	for {
@@ -318,10 +339,89 @@ func (d *Driver) keepAlive(runCtx context.Context, conn *connection) {
 			d.log.Debug("reconnect failed", "uri", d.cfg.URI, "attempt", attempt, "error", err)
 			backoff = min(backoff*2, reconnectMaxBackoff)
 		}
+		if err := d.settle(runCtx, conn); err != nil && runCtx.Err() != nil {
+			conn.abort()
+			return
+		}
 		d.setConn(conn)
 		d.log.Info("reconnected to libvirt", "uri", d.cfg.URI)
 		d.emit(Event{Kind: EventReconnected, At: time.Now()})
 	}
+}
+
+// settle waits until libvirtd has re-attached every running domain, at most
+// SettleTimeout. A freshly started libvirtd accepts clients while one thread
+// per running domain still reconnects to its qemu monitor, holding the
+// domain's job. When that thread finds qemu gone (it died while libvirtd was
+// down, or a destroy issued meanwhile killed it before the monitor was back)
+// it stops the domain without any lifecycle event, and a destroy waiting for
+// the job then finds the domain already stopped. A listing taken before the
+// threads finish may thus show running a domain that silently stops. A domain's
+// control state is ok once no job holds it, so settle polls the control state
+// of the running domains until all are ok. A domain that stays busy (a long
+// job) is logged and given up on at the deadline. Errors come only from a lost
+// connection or from ctx; they are logged and returned.
+func (d *Driver) settle(ctx context.Context, c *connection) error {
+	start := time.Now()
+	deadline := start.Add(d.cfg.SettleTimeout)
+	for polls := 1; ; polls++ {
+		busy, err := d.busyDomains(ctx, c)
+		if err != nil {
+			d.log.Warn("cannot tell whether libvirt has re-attached its domains", "error", err)
+			return err
+		}
+		if len(busy) == 0 {
+			if polls > 1 {
+				d.log.Info("libvirt re-attached its domains", "waited", time.Since(start).Round(time.Millisecond))
+			}
+			return nil
+		}
+		if !time.Now().Before(deadline) {
+			d.log.Warn("libvirt domains still busy; reporting the connection anyway", "domains", busy, "settle_timeout", d.cfg.SettleTimeout)
+			return nil
+		}
+		if polls == 1 {
+			d.log.Debug("waiting for libvirt to re-attach its domains", "domains", busy)
+		}
+		timer := time.NewTimer(settlePoll)
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return fmt.Errorf("wait for libvirt to re-attach its domains: %w", ctx.Err())
+		case <-timer.C:
+		}
+	}
+}
+
+// busyDomains names the running domains whose control state is not ok:
+// some job (at first libvirtd's re-attach) holds them. A domain that stops or
+// vanishes between the listing and the query is not busy.
+func (d *Driver) busyDomains(ctx context.Context, c *connection) ([]string, error) {
+	var doms []libvirt.Domain
+	err := d.callOn(ctx, c, "list running domains", d.cfg.CallTimeout, func(lv *libvirt.Libvirt) error {
+		var err error
+		doms, _, err = lv.ConnectListAllDomains(1, libvirt.ConnectListDomainsActive)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	var busy []string
+	for _, dom := range doms {
+		var state uint32
+		err := d.callOn(ctx, c, "get domain control info", d.cfg.CallTimeout, func(lv *libvirt.Libvirt) error {
+			var err error
+			state, _, _, err = lv.DomainGetControlInfo(dom, 0)
+			return err
+		})
+		if err != nil && (errors.Is(err, ErrDisconnected) || ctx.Err() != nil) {
+			return nil, err
+		}
+		if err == nil && libvirt.DomainControlState(state) != libvirt.DomainControlOk {
+			busy = append(busy, dom.Name)
+		}
+	}
+	return busy, nil
 }
 
 // emit queues ev for the user; when the buffer is full it drops the oldest
@@ -346,7 +446,8 @@ func (d *Driver) emit(ev Event) {
 
 // Events returns the channel of lifecycle and connection events. It is
 // closed by Close. After EventReconnected, events may have been missed:
-// do a full reconcile.
+// do a full reconcile. libvirtd has settled by then, so the states listed
+// are those its re-attach left.
 func (d *Driver) Events() <-chan Event { return d.events }
 
 // DroppedEvents counts events dropped because the Events buffer was full.
@@ -362,9 +463,16 @@ func (d *Driver) Close() error {
 		d.conn = nil
 		d.mu.Unlock()
 		if c != nil {
-			c.unsubCtx()
-			// A polite goodbye, bounded: a hung libvirtd gets the socket closed.
+			// A polite goodbye, bounded: a hung libvirtd gets the socket
+			// closed. The subscription ends with the connection: cancelling
+			// it first would send a deregistration racing the goodbye, and
+			// libvirtd may then close the socket before it answers the
+			// goodbye (ErrInterrupted). A goodbye interrupted so has done
+			// its job all the same.
 			err = d.bounded(context.Background(), "disconnect", d.cfg.CallTimeout, c.lv.Disconnect, c.abort)
+			if errors.Is(err, libvirt.ErrInterrupted) {
+				err = nil
+			}
 			c.abort()
 		}
 		d.wg.Wait()

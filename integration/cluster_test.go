@@ -18,16 +18,19 @@ import (
 // TestServersSurviveLeaderKillAndFullRestart is issue 2's end-to-end check:
 // three real server processes, 100 VMs created through the CLI, kill -9 of
 // the leader, a new leader, nothing lost, and everything still there after
-// all three are stopped and started again.
+// all three are stopped and started again. The servers and the CLI run on
+// mutual TLS (the default outside --dev).
 func TestServersSurviveLeaderKillAndFullRestart(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	ss := newServerSet(t, "127.0.0.1")
 	l := ss.leader(60 * time.Second)
 	t.Logf("leader: %s", ss.names[l])
+	ss.bootstrapACL() // the CLI below carries the management token (CHIME_TOKEN)
 
-	// A node with room for everything, registered as an agent would.
-	reg, err := api.NewClient(ss.addr(0)).Register(ctx, api.RegisterRequest{ID: "0f1e2d3c-4b5a-4978-8a6b-5c4d3e2f1a0b",
+	// A node with room for everything, registered as an agent would (its
+	// agent certificate is the join credential).
+	reg, err := ss.tls.agentClient(ss.addr(0)).Register(ctx, api.RegisterRequest{ID: "0f1e2d3c-4b5a-4978-8a6b-5c4d3e2f1a0b",
 		Name: "hv-big", APIAddr: "127.0.0.1:1", VCPUs: 512, MemoryMiB: 1 << 20})
 	if err != nil {
 		t.Fatal(err)
@@ -38,7 +41,7 @@ func TestServersSurviveLeaderKillAndFullRestart(t *testing.T) {
 	var lat []time.Duration
 	for i := 0; i < 100; i++ {
 		start := time.Now()
-		out, err := cli(ctx, "vm", "create", fmt.Sprintf("vm-%03d", i), "--vcpus", "1", "--memory", "64", "--address", ss.addr(i%3))
+		out, err := ss.cli(ctx, i%3, "vm", "create", fmt.Sprintf("vm-%03d", i), "--vcpus", "1", "--memory", "64")
 		if err != nil {
 			t.Fatalf("create vm-%03d: %v", i, err)
 		}
@@ -60,7 +63,7 @@ func TestServersSurviveLeaderKillAndFullRestart(t *testing.T) {
 		{"vm", "show", "no-such-vm"},
 		{"vm", "list", "-o", "yaml"},
 	} {
-		if out, err := cli(ctx, append(bad, "--address", ss.addr(0))...); err == nil {
+		if out, err := ss.cli(ctx, 0, bad...); err == nil {
 			t.Fatalf("chime %v succeeded: %s", bad, out)
 		}
 	}
@@ -80,7 +83,7 @@ func TestServersSurviveLeaderKillAndFullRestart(t *testing.T) {
 		// Local reads may trail the new leader by a few ms: poll.
 		wait.For(t, 30*time.Second, ss.names[i]+" lists all 100 VMs after the leader kill", func() (bool, string) {
 			var vms []structs.VM
-			if err := cliJSON(ctx, &vms, "vm", "list", "--address", ss.addr(i)); err != nil {
+			if err := ss.cliJSON(ctx, i, &vms, "vm", "list"); err != nil {
 				return false, err.Error()
 			}
 			if len(vms) != 100 {
@@ -90,7 +93,7 @@ func TestServersSurviveLeaderKillAndFullRestart(t *testing.T) {
 		})
 	}
 	survivor := (l + 1) % 3
-	if _, err := cli(ctx, "vm", "create", "after-kill", "--vcpus", "1", "--memory", "64", "--address", ss.addr(survivor)); err != nil {
+	if _, err := ss.cli(ctx, survivor, "vm", "create", "after-kill", "--vcpus", "1", "--memory", "64"); err != nil {
 		t.Fatalf("write after the leader kill: %v", err)
 	}
 
@@ -106,7 +109,7 @@ func TestServersSurviveLeaderKillAndFullRestart(t *testing.T) {
 	for i := range ss.procs {
 		wait.For(t, 30*time.Second, "state after full restart on "+ss.names[i], func() (bool, string) {
 			var vms []structs.VM
-			if err := cliJSON(ctx, &vms, "vm", "list", "--address", ss.addr(i)); err != nil {
+			if err := ss.cliJSON(ctx, i, &vms, "vm", "list"); err != nil {
 				return false, err.Error()
 			}
 			if len(vms) != 101 {
@@ -116,11 +119,11 @@ func TestServersSurviveLeaderKillAndFullRestart(t *testing.T) {
 		})
 	}
 	var nodes []structs.Node
-	if err := cliJSON(ctx, &nodes, "node", "list", "--address", ss.addr(0)); err != nil || len(nodes) != 1 {
+	if err := ss.cliJSON(ctx, 0, &nodes, "node", "list"); err != nil || len(nodes) != 1 {
 		t.Fatalf("nodes after restart: %v %v", nodes, err)
 	}
 	var peers []api.Peer
-	if err := cliJSON(ctx, &peers, "operator", "raft", "list-peers", "--address", ss.addr(0)); err != nil || len(peers) != 3 {
+	if err := ss.cliJSON(ctx, 0, &peers, "operator", "raft", "list-peers"); err != nil || len(peers) != 3 {
 		t.Fatalf("raft peers after restart: %v %v", peers, err)
 	}
 }

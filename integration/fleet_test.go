@@ -17,7 +17,6 @@ import (
 	"github.com/chime-ha/chime/chime/structs"
 
 	"github.com/chime-ha/chime/chime/agent/local"
-	"github.com/chime-ha/chime/chime/api"
 	"github.com/chime-ha/chime/integration/lab"
 	"github.com/chime-ha/chime/integration/wait"
 )
@@ -49,6 +48,10 @@ type fleet struct {
 	ss     *serverSet
 	agents []*proc // by host index; replaced on restart
 	nodes  map[string]string
+	tls    *clusterTLS // the fleet's CA and certificates: every process and the CLI use them
+	// joinToken is the agent-join token the agents register with
+	// (bootstrapACL).
+	joinToken string
 }
 
 // fleetRoot is where a fleet keeps everything. It is fixed (not t.TempDir)
@@ -68,7 +71,8 @@ func requireLab(t *testing.T) {
 	}
 }
 
-// newFleet builds the lab, starts the servers and the agents, and waits
+// newFleet builds the lab, starts the servers and the agents (on mutual
+// TLS with a CA of the fleet's own, f.tls), and waits
 // until the three nodes are registered and normal. t.Cleanup tears it all
 // down; the root directory (data, logs) is kept when the test failed or
 // CHIME_FLEET_KEEP is set.
@@ -121,11 +125,15 @@ func newFleetWith(t *testing.T, opts fleetOptions) *fleet {
 		}
 	})
 	f := &fleet{t: t, opts: opts, root: root, logs: logs, lab: l, agents: make([]*proc, len(l.Hosts))}
+	// Mutual TLS everywhere, with a CA of the fleet's own (the default
+	// outside --dev).
+	f.tls = newClusterTLS(t)
 	// Each host reports the machine's CPUs as its capacity (2 here): allow
 	// enough vCPUs per host CPU for 20 one-vCPU VMs on three hosts.
-	f.ss = newServerSetOn(t, l.ServerIPs[:3], filepath.Join(root, "servers"), logs,
+	f.ss = newServerSetTLS(t, l.ServerIPs[:3], filepath.Join(root, "servers"), logs, f.tls,
 		append([]string{"--heartbeat-interval", "1s", "--cpu-overcommit", "8"}, opts.ServerArgs...)...)
 	f.waitLeader(t, 60*time.Second)
+	f.bootstrapACL(t)
 	for i := range l.Hosts {
 		f.startAgent(i)
 	}
@@ -163,6 +171,10 @@ func (f *fleet) startAgent(i int) {
 	if f.opts.AgentArgs != nil {
 		args = append(args, f.opts.AgentArgs(i, h)...)
 	}
+	args = append(args, f.tls.agentArgs()...)
+	if f.joinToken != "" {
+		args = append(args, "--join-token", f.joinToken)
+	}
 	name := fmt.Sprintf("agent-%s-%d", h.Name, time.Now().UnixNano())
 	f.agents[i] = startProc(f.t, name, f.logs, []string{"ip", "netns", "exec", h.Netns}, args...)
 }
@@ -179,7 +191,7 @@ func (f *fleet) waitLeader(t *testing.T, timeout time.Duration) {
 				continue
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-			st, err := api.NewClient(f.ss.addr(i)).Status(ctx)
+			st, err := f.apiClient(i).Status(ctx)
 			cancel()
 			if err == nil && st.IsLeader {
 				return true, ""
@@ -223,7 +235,7 @@ func (f *fleet) chime(args ...string) (string, error) {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		var out string
-		out, err = cli(ctx, append(args, "--address", f.ss.addr(i))...)
+		out, err = f.ss.cli(ctx, i, args...)
 		cancel()
 		if err == nil {
 			return out, nil

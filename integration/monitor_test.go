@@ -324,7 +324,7 @@ func testLeaderKilled(t *testing.T, f *fleet, rcv *webhookReceiver) []string {
 	wait.For(t, 60*time.Second, "server "+f.ss.names[leader]+" back", func() (bool, string) {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
-		st, err := api.NewClient(f.ss.addr(leader)).Status(ctx)
+		st, err := f.apiClient(leader).Status(ctx)
 		if err != nil {
 			return false, err.Error()
 		}
@@ -500,7 +500,7 @@ func (f *fleet) nodesByName() (map[string]structs.Node, error) {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 		var nodes []structs.Node
-		c := api.NewClient(f.ss.addr(i))
+		c := f.apiClient(i)
 		c.Retries = 0
 		nodes, _, err = c.ListNodes(ctx, api.QueryOptions{})
 		cancel()
@@ -525,7 +525,7 @@ func (f *fleet) runningLeader() (int, bool) {
 			continue
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		st, err := api.NewClient(f.ss.addr(i)).Status(ctx)
+		st, err := f.apiClient(i).Status(ctx)
 		cancel()
 		if err == nil && st.IsLeader {
 			return i, true
@@ -575,7 +575,7 @@ func (f *fleet) eventSince(t *testing.T, kind, name string, seq uint64) string {
 	id := nodes[name].ID
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	ev, _, err := api.NewClient(f.ss.addrs()...).Events(ctx, seq, api.QueryOptions{})
+	ev, _, err := f.ss.clientAll().Events(ctx, seq, api.QueryOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -593,7 +593,7 @@ func (f *fleet) lastEventSeq(t *testing.T) uint64 {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	ev, last, err := api.NewClient(f.ss.addrs()...).Events(ctx, 0, api.QueryOptions{})
+	ev, last, err := f.ss.clientAll().Events(ctx, 0, api.QueryOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -620,7 +620,7 @@ func (f *fleet) eventsAfter(t *testing.T, seq uint64) ([]structs.Event, time.Dur
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 	start := time.Now()
-	out, err := cli(ctx, "event", "stream", "--no-follow", "-o", "json", "--after", strconv.FormatUint(seq, 10), "--address", addr)
+	out, err := f.tls.runCLI(ctx, "event", "stream", "--no-follow", "-o", "json", "--after", strconv.FormatUint(seq, 10), "--address", addr)
 	took := time.Since(start)
 	if err != nil {
 		t.Fatal(err)

@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/chime-ha/chime/chime/api"
 	"github.com/chime-ha/chime/chime/structs"
 	"github.com/chime-ha/chime/integration/lab"
 	"github.com/chime-ha/chime/integration/wait"
@@ -204,7 +203,7 @@ func (s *returnSampler) sample(ctx context.Context, f *fleet, h *lab.Host, nodeI
 		}
 		s.leader = leader
 	}
-	n, err := api.NewClient(f.ss.addr(s.leader)).GetNode(cctx, nodeID)
+	n, err := f.apiClient(s.leader).GetNode(cctx, nodeID)
 	if err != nil {
 		s.leader = -1
 		s.note(func(st *returnStats) { st.failed++ })

@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"path/filepath"
 	"strconv"
@@ -13,7 +14,8 @@ import (
 	"github.com/chime-ha/chime/integration/wait"
 )
 
-// serverSet is a three-server cluster of real chime processes.
+// serverSet is a three-server cluster of real chime processes on mutual
+// TLS (tls: a CA of the test's own unless the test brings one).
 type serverSet struct {
 	t     *testing.T
 	ips   []string // bind address of each server
@@ -23,6 +25,8 @@ type serverSet struct {
 	procs []*proc
 	logs  string
 	extra []string
+	tls   *clusterTLS
+	token string // the management token, once bootstrapACL ran
 }
 
 // newServerSet starts three servers bound to one IP (distinct ports), with
@@ -33,14 +37,20 @@ func newServerSet(t *testing.T, ip string, extra ...string) *serverSet {
 }
 
 // newServerSetOn starts three servers, server i bound to ips[i], with data
-// directories under base and logs in logs; extra is appended to every
-// server's command line.
+// directories under base and logs in logs, on TLS with a new CA; extra is
+// appended to every server's command line.
 func newServerSetOn(t *testing.T, ips []string, base, logs string, extra ...string) *serverSet {
+	t.Helper()
+	return newServerSetTLS(t, ips, base, logs, newClusterTLS(t), extra...)
+}
+
+// newServerSetTLS is newServerSetOn with the given TLS material.
+func newServerSetTLS(t *testing.T, ips []string, base, logs string, tls *clusterTLS, extra ...string) *serverSet {
 	t.Helper()
 	if len(ips) != 3 {
 		t.Fatalf("newServerSetOn: want 3 addresses, got %v", ips)
 	}
-	ss := &serverSet{t: t, ips: ips, logs: logs, extra: extra}
+	ss := &serverSet{t: t, ips: ips, logs: logs, extra: extra, tls: tls}
 	for i := 0; i < 3; i++ {
 		p := ports.Free(t, ips[i], 3)
 		ss.names = append(ss.names, fmt.Sprintf("s%d", i+1))
@@ -63,15 +73,46 @@ func (ss *serverSet) start(i int) {
 			args = append(args, "--join", fmt.Sprintf("%s:%d", ss.ips[j], ss.ports[j][2]))
 		}
 	}
-	args = append(args, ss.extra...)
+	args = append(append(args, ss.tls.serverArgs()...), ss.extra...)
 	ss.procs[i] = startProc(ss.t, fmt.Sprintf("%s-%d", ss.names[i], time.Now().UnixNano()), ss.logs, nil, args...)
 }
 
+// addr is server i's API URL.
 func (ss *serverSet) addr(i int) string {
-	return fmt.Sprintf("http://%s:%d", ss.ips[i], ss.ports[i][0])
+	return fmt.Sprintf("https://%s:%d", ss.ips[i], ss.ports[i][0])
 }
 
-// addrs are the API addresses (host:port) agents use.
+// client is an operator's API client of server i (cli certificate, and
+// the management token once bootstrapACL ran).
+func (ss *serverSet) client(i int) *api.Client { return ss.withToken(ss.tls.client(ss.addr(i))) }
+
+// clientAll is an operator's API client of every server.
+func (ss *serverSet) clientAll() *api.Client { return ss.withToken(ss.tls.client(ss.addrs()...)) }
+
+func (ss *serverSet) withToken(c *api.Client) *api.Client {
+	c.Token = ss.token
+	return c
+}
+
+// cli runs the CLI (with the cli certificate) against server i.
+func (ss *serverSet) cli(ctx context.Context, i int, args ...string) (string, error) {
+	return ss.tls.runCLI(ctx, append(args, "--address", ss.addr(i))...)
+}
+
+// cliJSON is cli with -o json, decoded into v.
+func (ss *serverSet) cliJSON(ctx context.Context, i int, v any, args ...string) error {
+	out, err := ss.cli(ctx, i, append(args, "-o", "json")...)
+	if err != nil {
+		return err
+	}
+	if err := json.Unmarshal([]byte(out), v); err != nil {
+		return fmt.Errorf("decode %q: %w", out, err)
+	}
+	return nil
+}
+
+// addrs are the API addresses (host:port) agents use (https with their
+// --tls-* flags).
 func (ss *serverSet) addrs() []string {
 	var out []string
 	for i := range ss.names {
@@ -90,7 +131,7 @@ func (ss *serverSet) leader(timeout time.Duration) int {
 				continue
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-			st, err := api.NewClient(ss.addr(i)).Status(ctx)
+			st, err := ss.client(i).Status(ctx)
 			cancel()
 			if err == nil && st.IsLeader {
 				idx = i

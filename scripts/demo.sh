@@ -13,7 +13,7 @@ if [ ! -f "$lab_dir/lab.json" ] || [ ! -f "$lab_dir/chime/env" ]; then
     exit 1
 fi
 # shellcheck disable=SC1091
-source "$lab_dir/chime/env"      # CHIME_ADDR, PATH with bin/
+source "$lab_dir/chime/env"      # CHIME_ADDR, CHIME_TLS_* (the lab's CA), CHIME_TOKEN (management), PATH with bin/
 chime() { bin/chime "$@"; }
 
 # No `cmd | grep -q` below: with pipefail, grep -q exiting early can fail

@@ -23,6 +23,7 @@ import (
 	"github.com/chime-ha/chime/chime/agent/store"
 	"github.com/chime-ha/chime/chime/api"
 	"github.com/chime-ha/chime/chime/structs"
+	"github.com/chime-ha/chime/chime/tlsconf"
 	"github.com/chime-ha/chime/gossip"
 	"github.com/hashicorp/go-hclog"
 )
@@ -69,6 +70,7 @@ type Agent struct {
 	health  *health.Checker   // local health checks; their faults go into every heartbeat
 	nodeID  string
 	logger  hclog.Logger
+	tls     *tlsconf.Material // nil: the agent API and its clients are plaintext
 
 	mu          sync.Mutex
 	desired     *api.DesiredState // last accepted desired state (nil before the first sync of this process); replaced, never mutated
@@ -111,11 +113,36 @@ func New(cfg Config, hv Hypervisor, opts ...Option) (*Agent, error) {
 		o.random = rand.Reader
 	}
 	random := &lockedReader{r: o.random}
+	var tlsm *tlsconf.Material
+	if cfg.TLS.Enabled() {
+		var err error
+		if tlsm, err = tlsconf.Load(cfg.TLS); err != nil {
+			return nil, err
+		}
+		if err := tlsm.Expect(tlsconf.RoleAgent); err != nil {
+			return nil, err
+		}
+		if cfg.Logger != nil {
+			log := cfg.Logger.Named("tls")
+			tlsm.OnReload(func(file string, err error) {
+				if err != nil {
+					log.Error("TLS certificate changed on disk but not loaded; the old one stays in use", "file", file, "error", err)
+					return
+				}
+				log.Info("TLS certificate reloaded", "file", file)
+			})
+		}
+	}
 	if o.servers == nil {
-		o.servers = api.NewClient(cfg.Servers...)
+		c := api.NewClient(cfg.Servers...)
+		c.Token = cfg.JoinToken
+		if tlsm != nil {
+			c.UseTLS(tlsm.ClientConfig(tlsconf.RoleServer))
+		}
+		o.servers = c
 	}
 	if o.announcer == nil {
-		o.announcer = peerClient{port: cfg.APIPort}
+		o.announcer = newPeerClient(cfg.APIPort, tlsm)
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = hclog.NewNullLogger()
@@ -137,7 +164,7 @@ func New(cfg Config, hv Hypervisor, opts ...Option) (*Agent, error) {
 		st.Close()
 		return nil, err
 	}
-	a := &Agent{cfg: cfg, hv: hv, store: st, nodeID: id, logger: cfg.Logger,
+	a := &Agent{cfg: cfg, hv: hv, store: st, nodeID: id, logger: cfg.Logger, tls: tlsm,
 		servers: o.servers, clock: o.clock, random: random,
 		timing:       api.Timing{HeartbeatInterval: defaultHeartbeatInterval},
 		heartbeatNow: make(chan struct{}, 1), heartbeatSem: make(chan struct{}, 1),
@@ -159,11 +186,18 @@ func New(cfg Config, hv Hypervisor, opts ...Option) (*Agent, error) {
 		Announcer:     o.announcer,
 		ShutdownGrace: cfg.ShutdownGrace, Drained: drained,
 		Trigger: a.rec.Trigger, Changed: a.requestHeartbeat,
+		Prove: func(vmID string, gen uint64) string {
+			secret, err := st.Secret()
+			if err != nil || secret == "" {
+				return ""
+			}
+			return structs.AdoptionProof(structs.HashSecret(secret), vmID, gen)
+		},
 		Clock: o.clock, Rand: random, Interfaces: o.interfaces,
 		Logger: cfg.Logger.Named("handover"),
 	})
 	hc := cfg.healthConfig(a.requestHeartbeat)
-	hc.Clock, hc.StorageProbe = o.clock, o.storageProbe
+	hc.Clock, hc.StorageProbe, hc.BusinessNet = o.clock, o.storageProbe, o.businessNet
 	a.health = health.New(hc)
 	return a, nil
 }
@@ -284,7 +318,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	for _, srv := range []struct {
 		ln net.Listener
 		h  http.Handler
-	}{{apiLn, a.apiHandler()}, {sockLn, local.Handler(localBackend{a})}} {
+	}{{a.apiListener(apiLn), a.apiHandler()}, {sockLn, local.Handler(localBackend{a})}} {
 		hs := &http.Server{Handler: srv.h, ReadHeaderTimeout: 10 * time.Second}
 		wg.Go(func() {
 			if err := hs.Serve(srv.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -315,6 +349,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	}()
 	wg.Go(func() { a.health.Run(ctx) })
 	a.logger.Info("agent starting", "node_id", a.nodeID, "name", a.cfg.Name, "api", apiLn.Addr().String(), "socket", a.cfg.SocketPath())
+	if a.tls == nil {
+		wg.Go(func() { a.insecureLoop(ctx.Done()) })
+	}
 
 	// The lease runs from the start: an agent that cannot register still
 	// stops its VMs when it runs out.

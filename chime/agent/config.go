@@ -14,30 +14,47 @@ import (
 	"github.com/chime-ha/chime/chime/agent/health"
 	"github.com/chime-ha/chime/chime/agent/reconcile"
 	"github.com/chime-ha/chime/chime/structs"
+	"github.com/chime-ha/chime/chime/tlsconf"
 	"github.com/hashicorp/go-hclog"
 )
 
 // Config is everything `chime agent` is started with. Flags, CHIME_*
 // environment variables and the config file all land here.
 type Config struct {
-	Name              string            // --name: node name (default: host name)
-	DataDir           string            // --data-dir: local state (agent.db) and the default socket
-	Servers           []string          // --server (repeatable): HOST:API_PORT of the servers
-	LibvirtURI        string            // --libvirt-uri
-	DomainType        string            // --domain-type: "kvm", "qemu" (TCG) or "" to detect from libvirt's capabilities
-	Bind              string            // --bind: address the agent API and gossip listen on
-	Advertise         string            // --advertise: address the servers reach this agent at
-	APIPort           int               // --api-port: agent API (ping-back)
-	GossipPort        int               // --gossip-port: memberlist
-	BusinessInterface string            // --business-interface: NIC carrying guest traffic
-	BusinessProbes    []string          // --business-probe (repeatable): HOST[:PORT] probed over the business network
-	MigrationAddr     string            // --migration-addr: address for qemu's migration stream (default: advertise)
-	ShutdownGrace     time.Duration     // --shutdown-grace: how long a guest may take to shut down before it is destroyed
-	SweepInterval     time.Duration     // --sweep-interval: periodic full reconcile
-	Socket            string            // --socket: local unix socket (default <data-dir>/agent.sock)
-	GossipKey         string            // --gossip-key: base64 memberlist key (16, 24 or 32 bytes)
-	Labels            map[string]string // --label KEY=VALUE (repeatable)
-	Logger            hclog.Logger      // nil: a default logger
+	Name              string        // --name: node name (default: host name)
+	DataDir           string        // --data-dir: local state (agent.db) and the default socket
+	Servers           []string      // --server (repeatable): HOST:API_PORT of the servers
+	LibvirtURI        string        // --libvirt-uri
+	DomainType        string        // --domain-type: "kvm", "qemu" (TCG) or "" to detect from libvirt's capabilities
+	Bind              string        // --bind: address the agent API and gossip listen on
+	Advertise         string        // --advertise: address the servers reach this agent at
+	APIPort           int           // --api-port: agent API (ping-back)
+	GossipPort        int           // --gossip-port: memberlist
+	BusinessInterface string        // --business-interface: NIC carrying guest traffic
+	BusinessProbes    []string      // --business-probe (repeatable): HOST[:PORT] probed over the business network
+	MigrationAddr     string        // --migration-addr: address for qemu's migration stream (default: advertise)
+	ShutdownGrace     time.Duration // --shutdown-grace: how long a guest may take to shut down before it is destroyed
+	SweepInterval     time.Duration // --sweep-interval: periodic full reconcile
+	Socket            string        // --socket: local unix socket (default <data-dir>/agent.sock)
+	GossipKey         string        // --gossip-key: base64 memberlist key (16, 24 or 32 bytes)
+	// JoinToken is --join-token: an ACL token of role agent-join, the join
+	// credential a new node's registration needs when the servers enforce
+	// ACLs (an agent TLS certificate is one too). Sent with every request
+	// to the servers as X-Chime-Token.
+	JoinToken string
+	Labels    map[string]string // --label KEY=VALUE (repeatable)
+	// TLS is --tls-ca-file, --tls-cert-file, --tls-key-file: set, the agent
+	// API is mutual TLS (servers and agents of the cluster only; adoption
+	// announcements from agents only), and the agent dials the servers and
+	// other agents over TLS, checking their roles. Its certificate must
+	// carry role agent. Required unless InsecureNoTLS.
+	TLS tlsconf.Files
+	// InsecureNoTLS is --insecure-no-tls: the operator's explicit choice to
+	// run the agent in plaintext (its API then takes adoption announcements
+	// from anyone who reaches it; warned about every minute). It only makes
+	// sense against servers that run --dev or --insecure-no-tls themselves.
+	InsecureNoTLS bool
+	Logger        hclog.Logger // nil: a default logger
 
 	// The isolation lease (isolation.go).
 	IsolationResponse string        // --isolation-response: stop or keep ("" is keep)
@@ -202,6 +219,22 @@ func (c Config) Validate() error {
 	for k := range c.Labels {
 		if k == "" {
 			bad("label", "empty key")
+		}
+	}
+	if err := c.TLS.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	// Secure by default, as the servers: plaintext only when asked for.
+	switch {
+	case c.InsecureNoTLS && c.TLS.Enabled():
+		bad("insecure-no-tls", "contradicts --tls-cert-file: pass one or the other")
+	case !c.InsecureNoTLS && !c.TLS.Enabled():
+		bad("tls-cert-file", "an agent needs TLS material (--tls-ca-file, --tls-cert-file, --tls-key-file with an agent certificate; see 'chime tls'), or --insecure-no-tls to run in plaintext against servers that run --dev or --insecure-no-tls")
+	case c.InsecureNoTLS:
+		for _, s := range c.Servers {
+			if strings.HasPrefix(strings.TrimSpace(s), "https://") {
+				bad("server", "%q is https but the agent has no TLS material (--insecure-no-tls)", s)
+			}
 		}
 	}
 	return errors.Join(errs...)

@@ -5,12 +5,15 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/chime-ha/chime/chime/tlsconf"
 )
 
 func TestConfigValidate(t *testing.T) {
 	valid := func() Config {
 		c := DefaultConfig()
 		c.Name, c.DataDir, c.Servers, c.Advertise = "hv1", "/var/lib/chime", []string{"10.0.0.1:4650"}, "10.0.0.11"
+		c.InsecureNoTLS = true
 		return c
 	}
 	tests := []struct {
@@ -40,6 +43,12 @@ func TestConfigValidate(t *testing.T) {
 		{name: "short gossip key", mutate: func(c *Config) { c.GossipKey = "AAAA" }, wantErr: "--gossip-key"},
 		{name: "good gossip key", mutate: func(c *Config) { c.GossipKey = "AAAAAAAAAAAAAAAAAAAAAA==" }},
 		{name: "empty label key", mutate: func(c *Config) { c.Labels = map[string]string{"": "x"} }, wantErr: "--label"},
+		{name: "no TLS and not --insecure-no-tls", mutate: func(c *Config) { c.InsecureNoTLS = false }, wantErr: "--tls-cert-file"},
+		{name: "TLS material", mutate: func(c *Config) {
+			c.InsecureNoTLS, c.TLS = false, tlsconf.Files{CAFile: "a", CertFile: "b", KeyFile: "c"}
+		}},
+		{name: "--insecure-no-tls and TLS material", mutate: func(c *Config) { c.TLS = tlsconf.Files{CAFile: "a", CertFile: "b", KeyFile: "c"} }, wantErr: "--insecure-no-tls"},
+		{name: "--insecure-no-tls and an https server", mutate: func(c *Config) { c.Servers = []string{"https://10.0.0.1:4650"} }, wantErr: "--server"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -77,6 +86,7 @@ func TestHealthConfigValidation(t *testing.T) {
 	valid := func() Config {
 		c := DefaultConfig()
 		c.Name, c.DataDir, c.Servers, c.Advertise = "hv1", "/var/lib/chime", []string{"10.0.0.1:4650"}, "10.0.0.11"
+		c.InsecureNoTLS = true
 		return c
 	}
 	tests := []struct {

@@ -119,7 +119,15 @@ func (a *Agent) BuildHeartbeat(ctx context.Context) (api.HeartbeatRequest, uint6
 		}
 		hb.LocalDrainID = id
 	}
+	migratingBefore, err := a.ops.Migrating()
+	if err != nil {
+		return hb, 0, fmt.Errorf("read the hand-overs in flight: %w", err)
+	}
 	domains, err := a.hv.List(ctx)
+	migratingAfter, merr := a.ops.Migrating()
+	if merr != nil {
+		return hb, 0, fmt.Errorf("read the hand-overs in flight: %w", merr)
+	}
 	if err != nil || !a.hv.Connected() {
 		hb.Faults = append(hb.Faults, faultLibvirt)
 		hb.VMsUnknown = err != nil
@@ -139,7 +147,9 @@ func (a *Agent) BuildHeartbeat(ctx context.Context) (api.HeartbeatRequest, uint6
 			// (`chime vm show`: Observed stopped (disk-locked)).
 			reason = ReasonDiskLocked
 		}
-		hb.VMs = append(hb.VMs, structs.VMObservation{VMID: d.UUID, State: observedState(d.State), Reason: reason, Generation: d.Meta.Generation})
+		id := strings.ToLower(d.UUID)
+		hb.VMs = append(hb.VMs, structs.VMObservation{VMID: d.UUID, State: observedState(d.State), Reason: reason, Generation: d.Meta.Generation,
+			Migrating: migratingBefore[id] || migratingAfter[id]})
 	}
 	// In VM id order whatever order libvirt listed the domains in, so that
 	// the same state gives the same heartbeat.
@@ -228,7 +238,7 @@ func (a *Agent) adoptedObservations(domains []hypervisor.Domain) (adopted []stru
 			continue
 		}
 		arrived[ad.VMID] = true
-		adopted = append(adopted, structs.VMObservation{VMID: ad.VMID, State: observedState(d.State), Reason: d.Reason, Generation: ad.Generation})
+		adopted = append(adopted, structs.VMObservation{VMID: ad.VMID, State: observedState(d.State), Reason: d.Reason, Generation: ad.Generation, Proof: ad.Proof})
 	}
 	for _, id := range slices.Sorted(maps.Keys(ads)) {
 		if ad := ads[id]; !arrived[ad.VMID] && !ad.Expired {

@@ -7,6 +7,7 @@ import (
 
 	"github.com/chime-ha/chime/chime/agent/clock"
 	"github.com/chime-ha/chime/chime/agent/handover"
+	"github.com/chime-ha/chime/chime/agent/health"
 	"github.com/chime-ha/chime/chime/api"
 )
 
@@ -43,6 +44,7 @@ type options struct {
 	random       io.Reader
 	inline       bool
 	storageProbe func(dir string) error
+	businessNet  health.BusinessNet
 	interfaces   func(name string) (handover.Interface, error)
 	watchdog     Watchdog
 }
@@ -78,6 +80,13 @@ func WithInlineShutdowns() Option { return func(o *options) { o.inline = true } 
 // several paths at once.
 func WithStorageProbe(fn func(dir string) error) Option {
 	return func(o *options) { o.storageProbe = fn }
+}
+
+// WithBusinessNet replaces the network the health check's business probe
+// reads the business interface's state from and dials its targets through
+// (default: the kernel's).
+func WithBusinessNet(n health.BusinessNet) Option {
+	return func(o *options) { o.businessNet = n }
 }
 
 // WithInterfaces replaces the host's network interfaces where `chime agent

@@ -3,6 +3,7 @@ package agent
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/chime-ha/chime/chime/agent/store"
 	"github.com/chime-ha/chime/chime/api"
+	"github.com/chime-ha/chime/chime/tlsconf"
 )
 
 // The agent API on the management network: the servers' ping-back, and
@@ -32,11 +34,66 @@ func (a *Agent) apiHandler() http.Handler {
 		api.WriteJSON(w, http.StatusOK, a.Ping())
 	})
 	mux.HandleFunc("POST /v1/adopt", a.handleAdopt)
-	return mux
+	return a.withPeerRole(mux)
+}
+
+// apiListener wraps the agent API's TCP listener in mutual TLS when the
+// agent has TLS material: only servers (the ping-back) and agents
+// (adoption announcements) of the cluster get in.
+func (a *Agent) apiListener(ln net.Listener) net.Listener {
+	if a.tls == nil {
+		return ln
+	}
+	return tls.NewListener(ln, a.tls.ServerConfig(tlsconf.RoleServer, tlsconf.RoleAgent))
+}
+
+// insecureWarnEvery is how often an agent without TLS says so.
+var insecureWarnEvery = time.Minute
+
+// insecureLoop warns, at start and then every minute, that the agent runs
+// without TLS (--insecure-no-tls).
+func (a *Agent) insecureLoop(done <-chan struct{}) {
+	warn := func() {
+		a.logger.Warn("running without TLS: anyone who can reach the agent API can announce adoptions to it, and the servers are reached in plaintext; pass --tls-ca-file, --tls-cert-file and --tls-key-file (docs/security.md)",
+			"insecure_no_tls", a.cfg.InsecureNoTLS)
+	}
+	warn()
+	t := time.NewTicker(insecureWarnEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-done:
+			return
+		case <-t.C:
+			warn()
+		}
+	}
+}
+
+// withPeerRole puts the caller's verified role into the request context.
+func (a *Agent) withPeerRole(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if a.tls == nil || r.TLS == nil {
+			next.ServeHTTP(w, r)
+			return
+		}
+		role, err := tlsconf.PeerRole(r.TLS, a.tls.Cluster())
+		if err != nil { // the handshake checked it already
+			api.WriteJSON(w, http.StatusForbidden, &api.Error{Message: err.Error()})
+			return
+		}
+		next.ServeHTTP(w, r.WithContext(tlsconf.WithPeerRole(r.Context(), role)))
+	})
 }
 
 // handleAdopt records an announced adoption (see handover.Manager.Adopt).
 func (a *Agent) handleAdopt(w http.ResponseWriter, r *http.Request) {
+	if a.tls != nil {
+		if role, _ := tlsconf.PeerRoleFrom(r.Context()); role != tlsconf.RoleAgent {
+			api.WriteJSON(w, http.StatusForbidden, &api.Error{Message: fmt.Sprintf("adoption announcements come from agents only, not from a %q certificate", role)})
+			return
+		}
+	}
 	var ad store.Adoption
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<10))
 	dec.DisallowUnknownFields()
@@ -54,7 +111,18 @@ func (a *Agent) handleAdopt(w http.ResponseWriter, r *http.Request) {
 
 // peerClient announces adoptions to the agent API of another agent.
 type peerClient struct {
-	port int // the agent API port, the same on every agent
+	port   int          // the agent API port, the same on every agent
+	client *http.Client // with TLS: dials agents only (their certificate's role)
+	scheme string       // "http://" or "https://"
+}
+
+func newPeerClient(port int, m *tlsconf.Material) peerClient {
+	if m == nil {
+		return peerClient{port: port, client: http.DefaultClient, scheme: "http://"}
+	}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = m.ClientConfig(tlsconf.RoleAgent)
+	return peerClient{port: port, client: &http.Client{Transport: tr}, scheme: "https://"}
 }
 
 // AnnounceAdoption tells the agent at dest a domain is coming; it returns
@@ -67,12 +135,12 @@ func (p peerClient) AnnounceAdoption(ctx context.Context, dest string, ad store.
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	addr := net.JoinHostPort(dest, strconv.Itoa(p.port))
-	req, err := http.NewRequestWithContext(cctx, http.MethodPost, "http://"+addr+"/v1/adopt", bytes.NewReader(body))
+	req, err := http.NewRequestWithContext(cctx, http.MethodPost, p.scheme+addr+"/v1/adopt", bytes.NewReader(body))
 	if err != nil {
 		return "", err
 	}
 	req.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := p.client.Do(req)
 	if err != nil {
 		return "", err
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -24,8 +25,11 @@ const (
 	HeaderRequestID = "X-Chime-Request-Id" // client-generated id of a write; a retry reuses it
 	HeaderNode      = "X-Chime-Node"       // agent's node id
 	HeaderSecret    = "X-Chime-Secret"     // agent's node secret
-	HeaderToken     = "X-Chime-Token"      // admin token (reserved)
+	HeaderToken     = "X-Chime-Token"      // ACL token secret (or Authorization: Bearer)
 	HeaderForwarded = "X-Chime-Forwarded"  // set by a follower forwarding to the leader
+	// HeaderForwardedRole is the TLS role of a forwarded request's caller,
+	// set by the follower; the leader believes it only from a server.
+	HeaderForwardedRole = "X-Chime-Forwarded-Role"
 )
 
 // MaxRequestIDLen bounds X-Chime-Request-Id: the id is a key of the
@@ -66,6 +70,36 @@ func NormalizeAddr(a string) string {
 		a = "http://" + a
 	}
 	return a
+}
+
+// BaseURL is NormalizeAddr, with https instead of http when tls is set:
+// with TLS every chime listener speaks https, whatever scheme an address
+// was written with.
+func BaseURL(a string, tls bool) string {
+	a = NormalizeAddr(a)
+	if tls {
+		if rest, ok := strings.CutPrefix(a, "http://"); ok {
+			a = "https://" + rest
+		}
+	}
+	return a
+}
+
+// UseTLS makes the client speak https to every server with cfg (its
+// certificate, the CA, and the role it wants the servers to carry).
+func (c *Client) UseTLS(cfg *tls.Config) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i, a := range c.addrs {
+		c.addrs[i] = BaseURL(a, true)
+	}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = cfg
+	timeout := 90 * time.Second
+	if c.HTTP != nil {
+		timeout = c.HTTP.Timeout
+	}
+	c.HTTP = &http.Client{Timeout: timeout, Transport: tr}
 }
 
 // Addrs returns the configured server URLs.
@@ -188,6 +222,9 @@ func (c *Client) once(ctx context.Context, base, method, path string, query url.
 		e := &Error{Status: resp.StatusCode}
 		if json.Unmarshal(data, e) != nil || e.Message == "" {
 			e.Message = fmt.Sprintf("%s %s: HTTP %d: %s", method, u, resp.StatusCode, strings.TrimSpace(string(data)))
+			if strings.Contains(string(data), "HTTP request to an HTTPS server") {
+				e.Message += " (the server runs TLS: give the CA, a certificate and its key with --tls-ca-file, --tls-cert-file, --tls-key-file)"
+			}
 		}
 		return idx, resp.StatusCode == http.StatusServiceUnavailable || resp.StatusCode == http.StatusBadGateway, e
 	}
@@ -417,4 +454,63 @@ func (c *Client) ModifyVM(ctx context.Context, id string, r ModifyVMRequest) (*s
 	var vm structs.VM
 	_, err := c.Do(ctx, http.MethodPatch, "/v1/vms/"+esc(id), nil, r, &vm)
 	return &vm, err
+}
+
+// --- ACLs ---
+
+// ACLBootstrap creates the cluster's first management token (once).
+func (c *Client) ACLBootstrap(ctx context.Context) (*TokenSecret, error) {
+	var t TokenSecret
+	_, err := c.Do(ctx, http.MethodPost, "/v1/acl/bootstrap", nil, nil, &t)
+	return &t, err
+}
+
+// CreateToken creates an ACL token; the answer carries its secret.
+func (c *Client) CreateToken(ctx context.Context, r CreateTokenRequest) (*TokenSecret, error) {
+	var t TokenSecret
+	_, err := c.Do(ctx, http.MethodPost, "/v1/acl/tokens", nil, r, &t)
+	return &t, err
+}
+
+// ListTokens lists the ACL tokens (without secrets).
+func (c *Client) ListTokens(ctx context.Context) ([]structs.ACLToken, error) {
+	var t []structs.ACLToken
+	_, err := c.Do(ctx, http.MethodGet, "/v1/acl/tokens", nil, nil, &t)
+	return t, err
+}
+
+// DeleteToken deletes an ACL token by accessor id (or a unique prefix).
+func (c *Client) DeleteToken(ctx context.Context, accessor string) error {
+	_, err := c.Do(ctx, http.MethodDelete, "/v1/acl/tokens/"+esc(accessor), nil, nil, nil)
+	return err
+}
+
+// HAStatus reads the automatic-HA switch and the HA reservation.
+func (c *Client) HAStatus(ctx context.Context) (*HAStatus, error) {
+	var out HAStatus
+	_, err := c.Do(ctx, http.MethodGet, "/v1/operator/ha", nil, nil, &out)
+	return &out, err
+}
+
+// SetHAArmed arms (armed) or disarms automatic HA cluster-wide.
+func (c *Client) SetHAArmed(ctx context.Context, armed bool, reason string) (*HAStatus, error) {
+	action := "disarm"
+	if armed {
+		action = "arm"
+	}
+	var out HAStatus
+	_, err := c.Do(ctx, http.MethodPost, "/v1/operator/ha/"+action, nil, HAArmRequest{Reason: reason}, &out)
+	return &out, err
+}
+
+// Failover reads the failover plan: of every protected VM (kind ""), of
+// one VM (kind "vms") or of one node's VMs (kind "nodes").
+func (c *Client) Failover(ctx context.Context, kind, id string) (*FailoverPlan, error) {
+	path := "/v1/failover"
+	if kind != "" {
+		path = "/v1/" + kind + "/" + esc(id) + "/failover"
+	}
+	var out FailoverPlan
+	_, err := c.Do(ctx, http.MethodGet, path, nil, nil, &out)
+	return &out, err
 }

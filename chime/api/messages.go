@@ -134,6 +134,11 @@ type DesiredVM struct {
 	AdoptGeneration uint64 `json:"adopt_generation,omitempty"`
 	// Migrate orders the agent (on the source node) to live-migrate the VM.
 	Migrate *MigrationOrder `json:"migrate,omitempty"`
+	// Held: the outcome of the VM's live migration from here is unknown
+	// (uniqueness rule 8). Leave its domain as it is — start nothing,
+	// stop nothing — and report what libvirt shows: the servers settle it
+	// on evidence.
+	Held bool `json:"held,omitempty"`
 }
 
 // MigrationOrder tells a source agent where to live-migrate a VM.
@@ -159,7 +164,12 @@ type MigrationReport struct {
 	VMID       string `json:"vm_id"`
 	Generation uint64 `json:"generation"`
 	OK         bool   `json:"ok"`
-	Error      string `json:"error,omitempty"`
+	// Unknown: the agent could not learn whether the hand-over happened
+	// (libvirt's call failed and the domain is not here, or libvirt
+	// cannot be listed): neither failed nor succeeded; the servers hold
+	// the VM until a host proves where it runs.
+	Unknown bool   `json:"unknown,omitempty"`
+	Error   string `json:"error,omitempty"`
 }
 
 // DesiredState is the answer to GET /v1/agent/desired (a blocking query).
@@ -213,4 +223,28 @@ type ModifyVMRequest struct {
 type FenceResponse struct {
 	Node   *structs.Node `json:"node"`
 	Output string        `json:"output"`
+}
+
+// CreateTokenRequest is the body of POST /v1/acl/tokens.
+type CreateTokenRequest struct {
+	Role        string `json:"role"`
+	Description string `json:"description,omitempty"`
+}
+
+// Validate checks a token request; errors name the field.
+func (r CreateTokenRequest) Validate() error {
+	if err := structs.ValidateRole("role", r.Role); err != nil {
+		return err
+	}
+	if len(r.Description) > structs.MaxTokenDescription {
+		return structs.Invalid("description", "at most %d characters, got %d", structs.MaxTokenDescription, len(r.Description))
+	}
+	return nil
+}
+
+// TokenSecret is a token as created: the only answer that carries its
+// secret (the state keeps only its hash).
+type TokenSecret struct {
+	structs.ACLToken
+	SecretID string `json:"secret_id"`
 }

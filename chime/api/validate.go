@@ -62,6 +62,9 @@ func (r *HeartbeatRequest) Validate() error {
 		if !structs.ValidateObservedState(o.State) {
 			return structs.Invalid("vms", "item %d: state %q must be running, stopped or crashed", i, o.State)
 		}
+		if len(o.Proof) > 64 {
+			return structs.Invalid("adopted", "item %d: proof is at most 64 characters, got %d", i, len(o.Proof))
+		}
 	}
 	switch r.LocalDrainState {
 	case "", structs.LocalDraining, structs.LocalDrainDone:

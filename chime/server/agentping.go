@@ -16,7 +16,10 @@ import (
 // API. The heartbeat monitor sets the timeout on ctx. The answer counts
 // only when it comes from the node pinged and registered
 // (heartbeat.CheckAnswer, uniqueness rule 10).
-type agentPinger struct{ client *http.Client }
+type agentPinger struct {
+	client *http.Client
+	https  bool // TLS: the agent API is https (client holds the TLS config)
+}
 
 var _ heartbeat.Pinger = agentPinger{}
 
@@ -27,7 +30,7 @@ func (p agentPinger) Ping(ctx context.Context, n structs.Node) error {
 	if n.APIAddr == "" {
 		return fmt.Errorf("no agent API address")
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, api.NormalizeAddr(n.APIAddr)+"/v1/ping", nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, api.BaseURL(n.APIAddr, p.https)+"/v1/ping", nil)
 	if err != nil {
 		return err
 	}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/chime-ha/chime/chime/structs"
+	"github.com/chime-ha/chime/chime/tlsconf"
 	"github.com/chime-ha/chime/integration/ports"
 	"github.com/chime-ha/chime/integration/wait"
 
@@ -19,16 +20,26 @@ import (
 	"github.com/chime-ha/chime/chime/api"
 )
 
+// testCluster is n in-process servers on mutual TLS and with ACLs, as
+// production runs them: a CA of the test's own (tlsconftest), a server
+// certificate per server, a cli and an agent certificate for the test's
+// clients, and the management token of the ACL bootstrap.
 type testCluster struct {
-	t    *testing.T
-	cfgs []Config
-	srv  []*Server
+	t     *testing.T
+	cfgs  []Config
+	srv   []*Server
+	pki   *testPKI
+	cli   *tlsconf.Material // the test's operator certificate
+	agent *tlsconf.Material // the test's fake agents' certificate
+	token string            // the management token (bootstrapACL), "" with ACLs off
 }
 
-func newTestCluster(t *testing.T, n int) *testCluster {
+func newTestCluster(t *testing.T, n int, tweak ...func(*Config)) *testCluster {
 	t.Helper()
 	ports := ports.Free(t, "127.0.0.1", 3*n)
-	tc := &testCluster{t: t}
+	p := newTestPKI(t)
+	tc := &testCluster{t: t, pki: p, cli: p.material("tc-cli", tlsconf.RoleCLI, false),
+		agent: p.material("tc-agent", tlsconf.RoleAgent, false)}
 	var joins []string
 	for i := 0; i < n; i++ {
 		joins = append(joins, fmt.Sprintf("127.0.0.1:%d", ports[3*i+2]))
@@ -43,7 +54,11 @@ func newTestCluster(t *testing.T, n int) *testCluster {
 		cfg.GossipProfile = "local"
 		cfg.RaftTimeScale = 0.25
 		cfg.HeartbeatInterval = time.Second
+		cfg.TLS = p.files(cfg.Name+"-server", tlsconf.RoleServer, false)
 		cfg.Logger = hclog.New(&hclog.LoggerOptions{Name: cfg.Name, Level: hclog.Warn})
+		for _, fn := range tweak {
+			fn(&cfg)
+		}
 		tc.cfgs = append(tc.cfgs, cfg)
 	}
 	tc.srv = make([]*Server, n)
@@ -57,7 +72,37 @@ func newTestCluster(t *testing.T, n int) *testCluster {
 			}
 		}
 	})
+	tc.bootstrapACL()
 	return tc
+}
+
+// bootstrapACL bootstraps the cluster's ACLs (they are on outside --dev)
+// once a leader is elected, and keeps the management token for client.
+func (tc *testCluster) bootstrapACL() {
+	tc.t.Helper()
+	if tc.cfgs[0].ACL == ACLOff {
+		return
+	}
+	tc.leader(30 * time.Second)
+	tc.token = bootstrapToken(tc.t, tc.clientOf(tlsconf.RoleCLI, tc.urls()...))
+}
+
+// bootstrapToken runs the ACL bootstrap through c and returns the
+// management token's secret.
+func bootstrapToken(t *testing.T, c *api.Client) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for {
+		tok, err := c.ACLBootstrap(ctx)
+		if err == nil {
+			return tok.SecretID
+		}
+		if ctx.Err() != nil || !errors.Is(err, structs.ErrNoLeader) {
+			t.Fatalf("acl bootstrap: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 func (tc *testCluster) start(i int) {
@@ -69,8 +114,36 @@ func (tc *testCluster) start(i int) {
 	tc.srv[i] = s
 }
 
+// client is an operator's client of server i (cli certificate, management
+// token).
 func (tc *testCluster) client(i int) *api.Client {
-	return api.NewClient(tc.cfgs[i].APIURL())
+	return tc.clientOf(tlsconf.RoleCLI, tc.cfgs[i].APIURL())
+}
+
+// urls are every server's API URL.
+func (tc *testCluster) urls() []string {
+	var out []string
+	for _, c := range tc.cfgs {
+		out = append(out, c.APIURL())
+	}
+	return out
+}
+
+// clientOf is a client of urls with the test's certificate of role (cli
+// or agent). A cli client carries the management token (once
+// bootstrapped); an agent client none: its agent certificate is the join
+// credential, and a registered node authenticates with its secret.
+func (tc *testCluster) clientOf(role tlsconf.Role, urls ...string) *api.Client {
+	m := tc.cli
+	if role == tlsconf.RoleAgent {
+		m = tc.agent
+	}
+	c := api.NewClient(urls...)
+	c.UseTLS(m.ClientConfig(tlsconf.RoleServer))
+	if role == tlsconf.RoleCLI {
+		c.Token = tc.token
+	}
+	return c
 }
 
 // leader waits for a leader among the running servers and returns its index.

@@ -7,32 +7,51 @@ import (
 	"time"
 
 	"github.com/chime-ha/chime/chime/structs"
+	"github.com/chime-ha/chime/chime/tlsconf"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
 )
 
 // Config is everything `chime server` is told. Flags, environment and the
 // config file all land here; DefaultConfig holds the defaults.
 type Config struct {
-	Name              string        // server name, also its Raft id and memberlist name
-	DataDir           string        // raft log, snapshots, state
-	Bind              string        // address all listeners bind to
-	Advertise         string        // address others reach us at ("" = Bind)
-	APIPort           int           // HTTP API
-	RaftPort          int           // Raft TCP transport
-	GossipPort        int           // memberlist
-	BootstrapExpect   int           // form a new cluster once this many servers see each other
-	Join              []string      // gossip addresses (host:port) of other servers
-	Dev               bool          // one server, temporary data dir, bootstraps itself
-	GossipKey         string        // base64 key for encrypted gossip (16, 24 or 32 bytes)
-	GossipProfile     string        // "lan" or "local" (fast timers for tests)
-	Scheduler         string        // scheduler strategy: spread or binpack
-	CPUOvercommit     float64       // vCPUs per host vCPU
+	Name            string   // server name, also its Raft id and memberlist name
+	DataDir         string   // raft log, snapshots, state
+	Bind            string   // address all listeners bind to
+	Advertise       string   // address others reach us at ("" = Bind)
+	APIPort         int      // HTTP API
+	RaftPort        int      // Raft TCP transport
+	GossipPort      int      // memberlist
+	BootstrapExpect int      // form a new cluster once this many servers see each other
+	Join            []string // gossip addresses (host:port) of other servers
+	Dev             bool     // one server, temporary data dir, bootstraps itself
+	GossipKey       string   // base64 key for encrypted gossip (16, 24 or 32 bytes)
+	GossipProfile   string   // "lan" or "local" (fast timers for tests)
+	Scheduler       string   // scheduler strategy: spread or binpack
+	CPUOvercommit   float64  // vCPUs per host vCPU
+	// HATolerateFailures is admission control's N: a new ha VM is refused
+	// unless every ha VM could be restarted after any N node failures (0: off).
+	HATolerateFailures int
+	// HABrakeShare: automatic HA pauses when more than this share of the
+	// nodes are unreachable at once (the mass-failure brake).
+	HABrakeShare      float64
 	AlarmWebhook      []string      // Alertmanager-compatible webhook receivers
 	SnapshotThreshold uint64        // take a Raft snapshot after this many log entries
 	HeartbeatInterval time.Duration // agents' heartbeat interval, pushed to them
 	MissedHeartbeats  int           // heartbeats missed before a ping-back
 	RaftTimeScale     float64       // <1 shortens Raft timers (tests); 1 = raft defaults
+	// TLS is the CA, this server's certificate (role server) and its key:
+	// set, every listener (API, Raft) is mutual TLS and every dialer
+	// (forwarding, Raft, ping-back) verifies its peer's role. Unset, all of
+	// it is plaintext, which outside Dev needs InsecureNoTLS (Validate).
+	TLS tlsconf.Files
+	// InsecureNoTLS is --insecure-no-tls: the operator's explicit choice to
+	// run a non-dev server without TLS (warned about every minute).
+	InsecureNoTLS bool
+	// ACL says whether ACL tokens are enforced (docs/security.md):
+	// ACLDefault is on outside --dev and off in --dev.
+	ACL ACLMode
 	// FenceCommand is the executable the leader runs to power off an
 	// unreachable node with ha VMs (and `chime node fence`); "" none.
 	FenceCommand string
@@ -45,25 +64,31 @@ type Config struct {
 	// leader's duties and the endpoints measure time on; nil is the wall
 	// clock. Raft's own timers always run on the wall clock.
 	Clock Clock
+
+	// barrier replaces the new leader's Raft barrier (tests hold it to
+	// observe what a leader serves before it passed); nil is raft's.
+	barrier func(r *raft.Raft, timeout time.Duration) error
 }
 
 // DefaultConfig returns the production defaults.
 func DefaultConfig() Config {
 	return Config{
-		Bind:              "127.0.0.1",
-		APIPort:           4650,
-		RaftPort:          4651,
-		GossipPort:        4652,
-		GossipProfile:     "lan",
-		Scheduler:         "spread",
-		CPUOvercommit:     1,
-		SnapshotThreshold: 8192,
-		HeartbeatInterval: 15 * time.Second,
-		MissedHeartbeats:  3,
-		RaftTimeScale:     1,
-		FenceTimeout:      30 * time.Second,
-		FenceRetries:      5,
-		HAMaxRestarts:     5,
+		Bind:               "127.0.0.1",
+		APIPort:            4650,
+		RaftPort:           4651,
+		GossipPort:         4652,
+		GossipProfile:      "lan",
+		Scheduler:          "spread",
+		CPUOvercommit:      1,
+		HATolerateFailures: 1,
+		HABrakeShare:       0.5,
+		SnapshotThreshold:  8192,
+		HeartbeatInterval:  15 * time.Second,
+		MissedHeartbeats:   3,
+		RaftTimeScale:      1,
+		FenceTimeout:       30 * time.Second,
+		FenceRetries:       5,
+		HAMaxRestarts:      5,
 	}
 }
 
@@ -75,9 +100,13 @@ func (c Config) AdvertiseAddr() string {
 	return c.Bind
 }
 
-// APIURL is this server's API base URL.
+// APIURL is this server's API base URL: https when TLS is configured.
 func (c Config) APIURL() string {
-	return "http://" + net.JoinHostPort(c.AdvertiseAddr(), fmt.Sprint(c.APIPort))
+	scheme := "http://"
+	if c.TLS.Enabled() {
+		scheme = "https://"
+	}
+	return scheme + net.JoinHostPort(c.AdvertiseAddr(), fmt.Sprint(c.APIPort))
 }
 
 // RaftAddr is this server's Raft address.
@@ -129,6 +158,12 @@ func (c Config) Validate() error {
 	if c.CPUOvercommit < 1 || c.CPUOvercommit > 16 {
 		return structs.Invalid("--cpu-overcommit", "must be between 1 and 16, got %v", c.CPUOvercommit)
 	}
+	if c.HATolerateFailures < 0 || c.HATolerateFailures > 16 {
+		return structs.Invalid("--ha-tolerate-failures", "must be between 0 and 16, got %d", c.HATolerateFailures)
+	}
+	if c.HABrakeShare <= 0 || c.HABrakeShare > 1 || c.HABrakeShare != c.HABrakeShare {
+		return structs.Invalid("--ha-brake-share", "must be a number in (0, 1], got %v", c.HABrakeShare)
+	}
 	if c.HeartbeatInterval < 100*time.Millisecond || c.HeartbeatInterval > 10*time.Minute {
 		return structs.Invalid("--heartbeat-interval", "must be between 100ms and 10m, got %s", c.HeartbeatInterval)
 	}
@@ -151,6 +186,16 @@ func (c Config) Validate() error {
 	}
 	if c.HAMaxRestarts < 1 || c.HAMaxRestarts > 100 {
 		return structs.Invalid("--ha-max-restarts", "must be between 1 and 100, got %d", c.HAMaxRestarts)
+	}
+	if err := c.TLS.Validate(); err != nil {
+		return &structs.Error{Kind: structs.ErrInvalid, Field: strings.TrimSuffix(strings.Fields(err.Error())[0], ":"), Message: err.Error()}
+	}
+	if c.InsecureNoTLS && c.TLS.Enabled() {
+		return structs.Invalid("--insecure-no-tls", "contradicts --tls-cert-file: pass one or the other")
+	}
+	// Secure by default: outside --dev, plaintext only when asked for.
+	if !c.Dev && !c.TLS.Enabled() && !c.InsecureNoTLS {
+		return structs.Invalid("--tls-cert-file", "a server outside --dev needs TLS material (--tls-ca-file, --tls-cert-file, --tls-key-file; see 'chime tls'), or --insecure-no-tls to run in plaintext")
 	}
 	if c.RaftTimeScale <= 0 || c.RaftTimeScale > 1 {
 		return structs.Invalid("raft_time_scale", "must be in (0, 1], got %v", c.RaftTimeScale)

@@ -2,11 +2,11 @@ package server
 
 import (
 	"context"
-	"net/http"
 	"time"
 
 	"github.com/chime-ha/chime/chime/server/alarms"
 	"github.com/chime-ha/chime/chime/server/endpoint"
+	"github.com/chime-ha/chime/chime/server/hapolicy"
 	"github.com/chime-ha/chime/chime/server/heartbeat"
 	"github.com/chime-ha/chime/chime/server/placement"
 	"github.com/chime-ha/chime/chime/server/recovery"
@@ -16,10 +16,10 @@ import (
 )
 
 // Clock is the server's time: propose stamps every command with Now, the
-// leader's duties measure their timeouts against it (a task's Updated
-// stamp is this clock's), and the endpoints bound their waits with After.
-// One clock for all of them, so that a stamp and the timeout measured
-// against it never come from two clocks.
+// leader's duties measure their timeouts on it (always between two of
+// their own readings, never against a stamp in the state, which another
+// server may have written), and the endpoints bound their waits with
+// After.
 type Clock interface {
 	Now() time.Time
 	After(d time.Duration) <-chan time.Time
@@ -37,24 +37,28 @@ func (wallClock) After(d time.Duration) <-chan time.Time { return time.After(d) 
 func (s *Server) setupDuties() {
 	s.placer = placement.New(placement.Config{
 		State: s.fsm, Proposer: s,
-		Options: scheduler.Options{Strategy: scheduler.Strategy(s.cfg.Scheduler), CPUOvercommit: s.cfg.CPUOvercommit},
-		Logger:  s.log.Named("placement"),
+		Options:    scheduler.Options{Strategy: scheduler.Strategy(s.cfg.Scheduler), CPUOvercommit: s.cfg.CPUOvercommit},
+		HATolerate: s.cfg.HATolerateFailures,
+		Logger:     s.log.Named("placement"),
 	})
+	s.guard = hapolicy.New(hapolicy.Config{State: s.fsm, Proposer: s, Reserver: s.placer, Share: s.cfg.HABrakeShare,
+		Logger: s.log.Named("hapolicy")})
 	s.taskRunner = tasks.New(tasks.Config{State: s.fsm, Proposer: s, Placer: s.placer, Clock: s.clock,
 		Logger: s.log.Named("tasks")})
 	s.alarmer = alarms.New(alarms.Config{State: s.fsm, Proposer: s, Clock: s.clock,
 		Webhooks: s.cfg.AlarmWebhook, ExternalURL: s.cfg.APIURL(),
 		CountDelivery: func(result string) { s.met.alarmsSent.WithLabelValues(result).Inc() },
+		Extra:         s.guard.Alarms,
 		Logger:        s.log.Named("alarms")})
 	s.hb = heartbeat.New(heartbeat.Config{Interval: s.cfg.HeartbeatInterval, Missed: s.cfg.MissedHeartbeats,
-		Proposer: s, State: s.fsm, Clock: s.clock, Pinger: agentPinger{client: http.DefaultClient}, Gossip: s.pool,
+		Proposer: s, State: s.fsm, Clock: s.clock, Pinger: s.pingClient(), Gossip: s.pool,
 		Logger: s.log})
 	var fencer recovery.Fencer
 	if s.cfg.FenceCommand != "" {
 		fencer = commandFencer{path: s.cfg.FenceCommand, timeout: s.cfg.FenceTimeout}
 	}
 	s.recovery = recovery.New(recovery.Config{Proposer: s, State: s.fsm, Silence: s.hb, Placer: s.placer,
-		Fencer: fencer, Clock: s.clock, MaxRestarts: s.cfg.HAMaxRestarts, MaxFenceAttempts: s.cfg.FenceRetries,
+		Fencer: fencer, Brake: s.guard, Clock: s.clock, MaxRestarts: s.cfg.HAMaxRestarts, MaxFenceAttempts: s.cfg.FenceRetries,
 		Logger: s.log})
 	s.ep = endpoint.New(endpoint.Config{Proposer: s, State: s.fsm, Placer: s.placer, Tasks: s.taskRunner,
 		Monitor: s.hb, Clock: s.clock, IDs: endpoint.RandomIDs{}, Agents: agentConfig{s},

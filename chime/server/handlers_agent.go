@@ -67,7 +67,7 @@ func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request) (any, er
 	if err := decode(r, &req); err != nil {
 		return nil, err
 	}
-	out, err := s.ep.Register(r.Context(), r.Header.Get(api.HeaderRequestID), req)
+	out, err := s.ep.RegisterWith(r.Context(), r.Header.Get(api.HeaderRequestID), req, joinedFrom(r.Context()))
 	if err != nil {
 		return nil, err
 	}
@@ -95,14 +95,24 @@ func (s *Server) handleHeartbeat(w http.ResponseWriter, r *http.Request) (any, e
 
 // handleDesired answers an agent's blocking query for what it must run:
 // it waits on the node's own index (one write wakes one agent), then reads
-// the answer (endpoint.Desired).
+// the answer (endpoint.Desired). Only a leader that passed its barrier in
+// this term answers (uniqueness rule 11): a new leader's state may lack a
+// placement its predecessor committed, and an agent told to run a VM that
+// already moved would start a second copy. Before that it answers 503 and
+// the agent retries.
 func (s *Server) handleDesired(w http.ResponseWriter, r *http.Request) (any, error) {
+	if !s.leaderReady() {
+		return nil, errBarrierPending
+	}
 	n, err := s.authenticate(r)
 	if err != nil {
 		return nil, err
 	}
 	if _, err := s.block(r, func() uint64 { return s.fsm.NodeIndex(n.ID) }); err != nil {
 		return nil, err
+	}
+	if !s.leaderReady() { // leadership changed during the wait
+		return nil, errBarrierPending
 	}
 	out, err := s.ep.Desired(n)
 	if err != nil {

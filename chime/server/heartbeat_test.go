@@ -7,13 +7,13 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"reflect"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/chime-ha/chime/chime/structs"
+	"github.com/chime-ha/chime/chime/tlsconf"
 	"github.com/chime-ha/chime/integration/wait"
 
 	"github.com/google/uuid"
@@ -32,21 +32,29 @@ type simAgent struct {
 	wg         sync.WaitGroup
 }
 
-func startSimAgent(t *testing.T, base []string, name string, every time.Duration) *simAgent {
+// startSimAgent registers name through c and heartbeats every interval.
+// Its ping endpoint is plaintext, or, with m (an agent certificate), TLS
+// as a real agent's is when the servers run TLS.
+func startSimAgent(t *testing.T, c *api.Client, m *tlsconf.Material, name string, every time.Duration) *simAgent {
 	t.Helper()
 	a := &simAgent{stop: make(chan struct{})}
 	a.alive.Store(true)
-	ping := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	ping := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !a.alive.Load() {
 			http.Error(w, "gone", http.StatusServiceUnavailable)
 			return
 		}
 		fmt.Fprint(w, `{}`)
 	}))
+	if m != nil {
+		ping.TLS = m.ServerConfig(tlsconf.RoleServer)
+		ping.StartTLS()
+	} else {
+		ping.Start()
+	}
 	t.Cleanup(ping.Close)
-	c := api.NewClient(base...)
 	reg, err := c.Register(context.Background(), api.RegisterRequest{ID: uuid.NewString(), Name: name,
-		APIAddr: strings.TrimPrefix(ping.URL, "http://"), VCPUs: 8, MemoryMiB: 8192})
+		APIAddr: ping.Listener.Addr().String(), VCPUs: 8, MemoryMiB: 8192})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -84,7 +92,7 @@ func TestSilentNodeBecomesUnreachableAndComesBack(t *testing.T) {
 	interval, missed := 200*time.Millisecond, 3
 	_, base := devServerWith(t, func(c *Config) { c.HeartbeatInterval, c.MissedHeartbeats = interval, missed })
 	c := api.NewClient(base)
-	a := startSimAgent(t, []string{base}, "hv1", interval)
+	a := startSimAgent(t, api.NewClient(base), nil, "hv1", interval)
 	time.Sleep(3 * interval)
 	a.alive.Store(false)
 	silenced := time.Now()
@@ -114,14 +122,10 @@ func TestSilentNodeBecomesUnreachableAndComesBack(t *testing.T) {
 func TestLeaderChangeCausesNoFalseUnreachable(t *testing.T) {
 	tc := newTestCluster(t, 3)
 	l := tc.leader(30 * time.Second)
-	var addrs []string
-	for _, c := range tc.cfgs {
-		addrs = append(addrs, c.APIURL())
-	}
 	// Heartbeat interval 1 s, 3 missed: agents heartbeat through all servers.
 	var agents []*simAgent
 	for i := 0; i < 5; i++ {
-		agents = append(agents, startSimAgent(t, addrs, fmt.Sprintf("hv%d", i), time.Second))
+		agents = append(agents, startSimAgent(t, tc.clientOf(tlsconf.RoleAgent, tc.urls()...), tc.agent, fmt.Sprintf("hv%d", i), time.Second))
 	}
 	time.Sleep(2 * time.Second)
 	tc.srv[l].Kill()

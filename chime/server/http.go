@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/chime-ha/chime/chime/structs"
+	"github.com/chime-ha/chime/chime/tlsconf"
 
 	"github.com/chime-ha/chime/chime/api"
 )
@@ -35,66 +36,100 @@ const (
 	leaderOnly               // forwarded to the leader (writes, agent traffic)
 )
 
+// routeDef is one entry of the route table: what a route needs of its
+// caller and where it runs. The route-table test walks s.routes.
+type routeDef struct {
+	pattern string
+	acc     access
+	need    need
+}
+
+// addRoute adds one route to the table and the mux; a route that declares
+// no role (needUnset) panics: every route says who may call it.
+func (s *Server) addRoute(mux *http.ServeMux, pattern string, acc access, n need, h handler) {
+	if n == needUnset {
+		panic("server: route " + pattern + " declares no role")
+	}
+	s.routes = append(s.routes, routeDef{pattern: pattern, acc: acc, need: n})
+	mux.Handle(pattern, s.wrap(pattern, acc, n, h))
+}
+
 func (s *Server) setupHTTP() error {
 	mux := http.NewServeMux()
-	route := func(pattern string, acc access, h handler) {
-		mux.Handle(pattern, s.wrap(pattern, acc, h))
-	}
+	s.routes = nil
+	route := func(pattern string, acc access, n need, h handler) { s.addRoute(mux, pattern, acc, n, h) }
 	// VMs
-	route("POST /v1/vms", leaderOnly, s.handleCreateVM)
-	route("GET /v1/vms", local, s.handleListVMs)
-	route("GET /v1/vms/{id}", local, s.handleGetVM)
-	route("POST /v1/vms/{id}/{action}", leaderOnly, s.handleVMAction)
-	route("DELETE /v1/vms/{id}", leaderOnly, s.handleDeleteVM)
-	route("PATCH /v1/vms/{id}", leaderOnly, s.handleModifyVM) // role: operator
+	route("POST /v1/vms", leaderOnly, needOperator, s.handleCreateVM)
+	route("GET /v1/vms", local, needRead, s.handleListVMs)
+	route("GET /v1/vms/{id}", local, needRead, s.handleGetVM)
+	route("POST /v1/vms/{id}/{action}", leaderOnly, needOperator, s.handleVMAction)
+	route("DELETE /v1/vms/{id}", leaderOnly, needOperator, s.handleDeleteVM)
+	route("PATCH /v1/vms/{id}", leaderOnly, needOperator, s.handleModifyVM)      // ha, priority
+	route("GET /v1/vms/{id}/failover", leaderOnly, needRead, s.handleVMFailover) // computed from the leader's state
 	// nodes
-	route("GET /v1/nodes", local, s.handleListNodes)
-	route("GET /v1/nodes/{id}", local, s.handleGetNode)
-	route("POST /v1/nodes/{id}/{action}", leaderOnly, s.handleNodeAction)
-	route("POST /v1/nodes/{id}/fence", leaderOnly, s.handleFenceNode) // role: operator
-	route("DELETE /v1/nodes/{id}", leaderOnly, s.handleRemoveNode)
+	route("GET /v1/nodes", local, needRead, s.handleListNodes)
+	route("GET /v1/nodes/{id}", local, needRead, s.handleGetNode)
+	route("POST /v1/nodes/{id}/{action}", leaderOnly, needOperator, s.handleNodeAction)
+	route("POST /v1/nodes/{id}/fence", leaderOnly, needOperator, s.handleFenceNode)
+	route("DELETE /v1/nodes/{id}", leaderOnly, needOperator, s.handleRemoveNode)
+	route("GET /v1/nodes/{id}/failover", leaderOnly, needRead, s.handleNodeFailover)
+	// automatic HA: failover plan, arm switch, brake, reservation
+	route("GET /v1/failover", leaderOnly, needRead, s.handleFailover)
+	route("GET /v1/operator/ha", leaderOnly, needRead, s.handleHAStatus)
+	route("POST /v1/operator/ha/{action}", leaderOnly, needOperator, s.handleHAAction) // arm, disarm
 	// agents
-	route("POST /v1/agent/register", leaderOnly, s.handleRegister)
-	route("POST /v1/agent/heartbeat", leaderOnly, s.handleHeartbeat)
-	route("GET /v1/agent/desired", leaderOnly, s.handleDesired)
-	route("POST /v1/agent/migrated", leaderOnly, s.handleMigrated)
+	route("POST /v1/agent/register", leaderOnly, needJoin, s.handleRegister)
+	route("POST /v1/agent/heartbeat", leaderOnly, needAgent, s.handleHeartbeat)
+	route("GET /v1/agent/desired", leaderOnly, needAgent, s.handleDesired)
+	route("POST /v1/agent/migrated", leaderOnly, needAgent, s.handleMigrated)
 	// operator
-	route("GET /v1/operator/raft/peers", local, s.handlePeers)
-	route("DELETE /v1/operator/raft/peers/{id}", leaderOnly, s.handleRemovePeer)
-	route("GET /v1/operator/members", local, s.handleMembers)
-	route("GET /v1/operator/snapshot", leaderOnly, s.handleSnapshotSave)
-	route("PUT /v1/operator/snapshot", leaderOnly, s.handleSnapshotRestore)
+	route("GET /v1/operator/raft/peers", local, needRead, s.handlePeers)
+	route("DELETE /v1/operator/raft/peers/{id}", leaderOnly, needManagement, s.handleRemovePeer)
+	route("GET /v1/operator/members", local, needRead, s.handleMembers)
+	route("GET /v1/operator/snapshot", leaderOnly, needManagement, s.handleSnapshotSave)
+	route("PUT /v1/operator/snapshot", leaderOnly, needManagement, s.handleSnapshotRestore)
+	// ACLs
+	route("POST /v1/acl/bootstrap", leaderOnly, needNone, s.handleACLBootstrap)
+	route("POST /v1/acl/tokens", leaderOnly, needManagement, s.handleCreateToken)
+	route("GET /v1/acl/tokens", local, needManagement, s.handleListTokens)
+	route("DELETE /v1/acl/tokens/{id}", leaderOnly, needManagement, s.handleDeleteToken)
 	// status, events, alarms, tasks
-	route("GET /v1/status", local, s.handleStatus)
-	route("GET /v1/status/leader", local, s.handleLeader)
-	route("GET /v1/health", local, s.handleHealth)
-	route("GET /v1/events", local, s.handleEvents)
-	route("GET /v1/alarms", leaderOnly, s.handleAlarms)
-	route("GET /v1/tasks", local, s.handleTasks)
-	route("GET /v1/tasks/{id}", local, s.handleGetTask)
-	mux.Handle("GET /metrics", s.met.handler(s))
-	mux.Handle("/", s.wrap("notfound", local, func(w http.ResponseWriter, r *http.Request) (any, error) {
+	route("GET /v1/status", local, needNone, s.handleStatus)
+	route("GET /v1/status/leader", local, needNone, s.handleLeader)
+	route("GET /v1/health", local, needNone, s.handleHealth)
+	route("GET /v1/events", local, needRead, s.handleEvents)
+	route("GET /v1/alarms", leaderOnly, needRead, s.handleAlarms)
+	route("GET /v1/tasks", local, needRead, s.handleTasks)
+	route("GET /v1/tasks/{id}", local, needRead, s.handleGetTask)
+	metrics := s.met.handler(s)
+	route("GET /metrics", local, needRead, func(w http.ResponseWriter, r *http.Request) (any, error) {
+		metrics.ServeHTTP(w, r)
+		return nil, errWritten
+	})
+	route("/", local, needNone, func(w http.ResponseWriter, r *http.Request) (any, error) {
 		return nil, structs.NotFound("path", "no such endpoint: %s %s", r.Method, r.URL.Path)
-	}))
+	})
 
 	addr := net.JoinHostPort(s.cfg.Bind, strconv.Itoa(s.cfg.APIPort))
 	lis, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("api listener on %s: %w", addr, err)
 	}
-	s.lis = lis
-	s.http = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
+	s.lis = s.apiListener(lis)
+	s.http = &http.Server{Handler: s.withPeerRole(mux), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
 		ErrorLog: s.log.Named("http").StandardLogger(nil)}
 	go func() {
-		if err := s.http.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := s.http.Serve(s.lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			s.log.Error("api server stopped", "error", err)
 		}
 	}()
 	return nil
 }
 
-// wrap adds forwarding, body limits, JSON encoding, error bodies and metrics.
-func (s *Server) wrap(name string, acc access, h handler) http.Handler {
+// wrap adds forwarding, authorization (what the route needs, checked on
+// the server that answers), body limits, JSON encoding, error bodies and
+// metrics.
+func (s *Server) wrap(name string, acc access, n need, h handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		defer func() { s.met.requests.WithLabelValues(name).Observe(time.Since(start).Seconds()) }()
@@ -119,6 +154,11 @@ func (s *Server) wrap(name string, acc access, h handler) http.Handler {
 				writeError(w, fmt.Errorf("%w: %v", structs.ErrNoLeader, err))
 				return
 			}
+		}
+		r, err := s.authorize(r, name, n)
+		if err != nil {
+			writeError(w, err)
+			return
 		}
 		if name != "PUT /v1/operator/snapshot" { // snapshots have their own, larger limit
 			r.Body = http.MaxBytesReader(w, r.Body, structs.MaxBodyBytes)
@@ -184,6 +224,9 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request) {
 	}
 	req.Header = r.Header.Clone()
 	req.Header.Set(api.HeaderForwarded, s.cfg.Name)
+	if role, ok := tlsconf.PeerRoleFrom(r.Context()); ok {
+		req.Header.Set(api.HeaderForwardedRole, string(role)) // the leader believes it from a server only
+	}
 	resp, err := s.fwd.Do(req)
 	if err != nil {
 		writeError(w, fmt.Errorf("%w: forward to leader %s: %v", structs.ErrNoLeader, leader, err))

@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+
+	"github.com/chime-ha/chime/chime/structs"
 )
 
 // leaderLoop runs the leader's duties while this server is leader.
@@ -26,6 +28,7 @@ func (s *Server) leaderLoop(ctx context.Context) {
 			return
 		case isLeader := <-s.raft.LeaderCh():
 			end()
+			s.readyTerm.Store(0)
 			if !isLeader {
 				s.log.Info("leadership lost")
 				continue
@@ -43,13 +46,22 @@ func (s *Server) leaderLoop(ctx context.Context) {
 }
 
 func (s *Server) lead(ctx context.Context) {
-	// Apply everything committed by earlier leaders before deciding anything.
-	if err := s.raft.Barrier(30 * time.Second).Error(); err != nil {
+	// Apply everything committed by earlier leaders before deciding
+	// anything, or serving an agent its desired state: before the barrier
+	// this server's state may lack placements an earlier leader committed.
+	term := s.raft.CurrentTerm()
+	barrier := s.cfg.barrier
+	if barrier == nil {
+		barrier = func(r *raft.Raft, timeout time.Duration) error { return r.Barrier(timeout).Error() }
+	}
+	if err := barrier(s.raft, 30*time.Second); err != nil {
 		s.log.Warn("barrier failed", "error", err)
 		return
 	}
+	s.readyTerm.Store(term)
+	s.log.Info("barrier passed: serving agents' desired state", "term", term)
 	var wg sync.WaitGroup
-	for _, fn := range []func(context.Context){s.hb.Run, s.alarmer.Run, s.placer.Run, s.peerLoop, s.taskRunner.Run, s.recovery.Run} {
+	for _, fn := range []func(context.Context){s.hb.Run, s.alarmer.Run, s.placer.Run, s.peerLoop, s.taskRunner.Run, s.guard.Run, s.recovery.Run} {
 		wg.Add(1)
 		go func(fn func(context.Context)) {
 			defer wg.Done()
@@ -58,6 +70,18 @@ func (s *Server) lead(ctx context.Context) {
 	}
 	wg.Wait()
 }
+
+// leaderReady reports whether this server leads and has passed its
+// barrier in the current term.
+func (s *Server) leaderReady() bool {
+	t := s.readyTerm.Load()
+	return t != 0 && s.IsLeader() && t == s.raft.CurrentTerm()
+}
+
+// errBarrierPending answers an agent's desired-state query on a leader
+// that has not passed its barrier yet: 503, the agent retries.
+var errBarrierPending = &structs.Error{Kind: structs.ErrNoLeader, Field: "leader",
+	Message: "this server has just become leader and has not applied every committed entry yet (raft barrier pending): retry"}
 
 // peerLoop adds servers that gossip knows and Raft does not as voters, so
 // that a server started later with --join becomes part of the cluster.
@@ -81,6 +105,10 @@ func (s *Server) peerLoop(ctx context.Context) {
 		for _, m := range s.pool.Servers() {
 			id := raft.ServerID(m.Meta["id"])
 			if id == "" || known[id] || m.Meta["raft"] == "" {
+				continue
+			}
+			if err := s.mayAddVoter(m.Meta["raft"], f.Configuration()); err != nil {
+				s.warnRefusedVoter(id, err)
 				continue
 			}
 			if err := s.raft.AddVoter(id, raft.ServerAddress(m.Meta["raft"]), 0, 10*time.Second).Error(); err != nil {

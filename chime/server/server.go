@@ -11,13 +11,16 @@ import (
 	"sort"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/chime-ha/chime/chime/server/alarms"
+	"github.com/chime-ha/chime/chime/server/hapolicy"
 	"github.com/chime-ha/chime/chime/server/placement"
 	"github.com/chime-ha/chime/chime/server/recovery"
 	"github.com/chime-ha/chime/chime/server/tasks"
 	"github.com/chime-ha/chime/chime/structs"
+	"github.com/chime-ha/chime/chime/tlsconf"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
@@ -44,6 +47,7 @@ type Server struct {
 	met   *metrics
 	clock Clock // stamps commands; the duties and the endpoints run on it
 	hb    *heartbeat.Monitor
+	tls   *tlsconf.Material   // nil: plaintext (no --tls-* material)
 	ep    *endpoint.Endpoints // what each request does, behind the handlers
 
 	// The leader's deciding duties, each in its own package behind the
@@ -51,6 +55,7 @@ type Server struct {
 	placer     *placement.Placer   // placement lock, scheduler calls, pending VMs
 	taskRunner *tasks.Runner       // migrate, evacuate, drain steps
 	alarmer    *alarms.Alarmer     // alarm transitions and webhook delivery
+	guard      *hapolicy.Guard     // automatic HA's arm switch and mass-failure brake
 	recovery   *recovery.Recoverer // automatic HA and the fence command
 
 	gossipMu    sync.Mutex         // guards the two fields below
@@ -59,6 +64,15 @@ type Server struct {
 	stopLoops   context.CancelFunc // stops bootstrap and leader loops
 	wg          sync.WaitGroup
 	stopOnce    sync.Once // Shutdown and Kill stop the server once
+
+	routes    []routeDef                  // the route table, as setupHTTP declared it
+	refusedMu sync.Mutex                  // guards refusedAt
+	refusedAt map[raft.ServerID]time.Time // when a would-be voter was last refused (tls.go)
+	// readyTerm is the Raft term in which this server, as leader, passed
+	// its barrier (every entry committed by earlier leaders applied); 0
+	// when it has not. Agents' desired state is served only while it is
+	// the current term (uniqueness rule 11).
+	readyTerm atomic.Uint64
 }
 
 // Run starts a server and blocks until ctx ends, then shuts down cleanly.
@@ -120,6 +134,9 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		s.clock = wallClock{}
 	}
 	s.met = newMetrics()
+	if err := s.setupTLS(); err != nil {
+		return nil, err
+	}
 	if err := s.setupRaft(); err != nil {
 		s.closeStores()
 		return nil, err
@@ -133,11 +150,20 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		s.closeAll()
 		return nil, err
 	}
+	if s.aclEnabled() {
+		s.log.Info("ACLs enforced: every route needs a token of its role (docs/security.md); a new cluster is bootstrapped once with `chime acl bootstrap`")
+	} else {
+		s.log.Info("ACLs off: no route checks a token", "dev", cfg.Dev)
+	}
 	loopCtx, cancel := context.WithCancel(context.Background())
 	s.stopLoops = cancel
 	s.wg.Add(2)
 	go func() { defer s.wg.Done(); s.bootstrapLoop(loopCtx) }()
 	go func() { defer s.wg.Done(); s.leaderLoop(loopCtx) }()
+	if s.tls == nil && !cfg.Dev {
+		s.wg.Add(1)
+		go func() { defer s.wg.Done(); s.insecureLoop(loopCtx.Done()) }()
+	}
 	s.log.Info("server started", "name", cfg.Name, "api", cfg.APIURL(), "raft", cfg.RaftAddr(),
 		"gossip", s.pool.LocalAddr(), "data_dir", cfg.DataDir)
 	return s, nil
@@ -164,7 +190,11 @@ func (s *Server) setupRaft() error {
 	if err != nil {
 		return fmt.Errorf("raft advertise address: %w", err)
 	}
-	s.trans, err = raft.NewTCPTransportWithLogger(bind, adv, 3, 10*time.Second, s.log.Named("raft.transport"))
+	if s.tls != nil {
+		s.trans, err = s.newTLSTransport(bind, adv)
+	} else {
+		s.trans, err = raft.NewTCPTransportWithLogger(bind, adv, 3, 10*time.Second, s.log.Named("raft.transport"))
+	}
 	if err != nil {
 		return fmt.Errorf("raft transport on %s: %w", bind, err)
 	}

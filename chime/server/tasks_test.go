@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/chime-ha/chime/chime/structs"
+	"github.com/chime-ha/chime/chime/tlsconf"
 	"github.com/chime-ha/chime/integration/wait"
 
 	"github.com/google/uuid"
@@ -22,9 +23,10 @@ type fakeAgent struct {
 	id string
 }
 
-func newFakeAgent(t *testing.T, addrs []string, name string) *fakeAgent {
+// newFakeAgent registers name through c (an agent's client) and
+// heartbeats through it from then on.
+func newFakeAgent(t *testing.T, c *api.Client, name string) *fakeAgent {
 	t.Helper()
-	c := api.NewClient(addrs...)
 	id := uuid.NewString()
 	r, err := c.Register(context.Background(), api.RegisterRequest{ID: id, Name: name, APIAddr: "127.0.0.1:1",
 		MigrationURI: "qemu+tcp://127.0.0.1/system", MigrationAddr: "127.0.0.1", VCPUs: 8, MemoryMiB: 8192})
@@ -55,13 +57,10 @@ func (a *fakeAgent) report(ctx context.Context) (*api.DesiredState, error) {
 func TestTaskResumedByNewLeader(t *testing.T) {
 	tc := newTestCluster(t, 3)
 	tc.leader(30 * time.Second)
-	var addrs []string
-	for _, c := range tc.cfgs {
-		addrs = append(addrs, c.APIURL())
-	}
+	addrs := tc.urls()
 	ctx := context.Background()
-	src := newFakeAgent(t, addrs, "src")
-	admin := api.NewClient(addrs...)
+	src := newFakeAgent(t, tc.clientOf(tlsconf.RoleAgent, addrs...), "src")
+	admin := tc.clientOf(tlsconf.RoleCLI, addrs...)
 	vm, err := admin.CreateVM(ctx, api.CreateVMRequest{Name: "web", VCPUs: 1, Memory: 64})
 	if err != nil || vm.NodeID != src.id {
 		t.Fatalf("create: %+v %v", vm, err)
@@ -76,7 +75,7 @@ func TestTaskResumedByNewLeader(t *testing.T) {
 		}
 		return true, ""
 	})
-	dst := newFakeAgent(t, addrs, "dst")
+	dst := newFakeAgent(t, tc.clientOf(tlsconf.RoleAgent, addrs...), "dst")
 	task, err := admin.NodeTask(ctx, "src", "evacuate", nil)
 	if err != nil {
 		t.Fatal(err)

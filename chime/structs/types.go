@@ -36,7 +36,14 @@ const (
 	StateCrashed = "crashed"
 	StatePending = "pending" // not placed on any node yet
 	StateUnknown = "unknown" // no observation from the node it is placed on
+	// StateHeld: a live migration's outcome is unknown; the VM is started
+	// nowhere until a host proves where it runs (uniqueness rule 8).
+	StateHeld = "held"
 )
+
+// MigrationOutcomeUnknown is Migration.Outcome while nobody knows where a
+// live-migrated VM runs (uniqueness rule 8).
+const MigrationOutcomeUnknown = "unknown"
 
 // Node describes one hypervisor as the servers know it.
 type Node struct {
@@ -191,11 +198,21 @@ func (v *VM) DeriveState() string {
 	if v.NodeID == "" {
 		return StatePending
 	}
+	if v.Held() {
+		return StateHeld
+	}
 	o := v.Observed
 	if o == nil || o.NodeID != v.NodeID {
 		return StateUnknown
 	}
 	return o.State
+}
+
+// Held reports whether the VM is held: its live migration's outcome is
+// unknown, so neither its source nor its destination may start it, and
+// nothing places it, until a host proves where it runs (uniqueness rule 8).
+func (v *VM) Held() bool {
+	return v.Migration != nil && v.Migration.Outcome == MigrationOutcomeUnknown
 }
 
 // Migration is a live migration the servers ordered.
@@ -204,6 +221,26 @@ type Migration struct {
 	From       string `json:"from"`
 	To         string `json:"to"`
 	Generation uint64 `json:"generation"` // placement generation when it started
+	// Outcome is empty while the source agent is migrating (or about to),
+	// MigrationOutcomeUnknown once the source could not learn the result
+	// or the leader gave up waiting for it: the VM is held.
+	Outcome string `json:"outcome,omitempty"`
+	// UnknownIndex is the Raft index at which the outcome became unknown:
+	// the source's word that the VM still runs there counts only from a
+	// heartbeat sent after its agent applied a desired state at least this
+	// new (which holds the VM there).
+	UnknownIndex uint64 `json:"unknown_index,omitempty"`
+	// UnknownSince is when the outcome became unknown (the proposer's
+	// clock, for operators; no timeout is measured on it).
+	UnknownSince time.Time `json:"unknown_since,omitempty"`
+	// UnknownReason says why the outcome is unknown.
+	UnknownReason string `json:"unknown_reason,omitempty"`
+	// SourceAbsentIndex is the Raft index at which the source, after it
+	// applied the hold, listed the VM not running with no migration of it
+	// in progress. From then on a destination that lists it not running
+	// either, in a heartbeat sent after it applied a desired state at
+	// least this new, proves that it runs nowhere (MigrationNowhere).
+	SourceAbsentIndex uint64 `json:"source_absent_index,omitempty"`
 }
 
 // Task kinds and states.
@@ -276,6 +313,15 @@ type VMObservation struct {
 	State      string `json:"state"`  // running, stopped, crashed
 	Reason     string `json:"reason"` // libvirt reason
 	Generation uint64 `json:"generation"`
+	// Migrating: a live migration of this domain from here may be in
+	// progress (the agent's call to libvirt has not returned, or its
+	// hand-over record is open), so "running here" proves nothing about
+	// where it will run.
+	Migrating bool `json:"migrating,omitempty"`
+	// Proof, on an adoption (heartbeat adopted[]), is the source node's
+	// AdoptionProof for the VM and generation, as its announcement carried
+	// it; empty otherwise.
+	Proof string `json:"proof,omitempty"`
 }
 
 // LocalMigration is an entry of the source agent's migration log: a
@@ -358,6 +404,82 @@ func (v *VM) ObservationCurrent(nodeID string, gen uint64) bool {
 // domain there is expected and belongs to the migration in flight.
 func (v *VM) IncomingHere(nodeID string) bool {
 	return v.Migration != nil && v.Migration.To == nodeID
+}
+
+// Where a live-migrated VM runs, as one host's report proves it
+// ((*VM).MigrationSettledBy).
+const (
+	MigrationArrived = "arrived" // the destination runs the migrating domain: the hand-over happened
+	MigrationStayed  = "stayed"  // the source still runs it, no migration in progress: it did not
+	// MigrationSourceAbsent: the source no longer runs it (no migration in
+	// progress): half of the proof that it runs nowhere.
+	MigrationSourceAbsent = "source-absent"
+	// MigrationNowhere: after the source's absence, the destination does
+	// not run it either: it runs on neither end (and only those two could
+	// run it), so it may be started again.
+	MigrationNowhere = "nowhere"
+)
+
+// MigrationSettledBy is the rule that decides whether node nodeID's report
+// o of a VM with a migration record (in flight or of unknown outcome) is
+// evidence of where it runs (uniqueness rule 8). desiredIndex is the
+// desired-state index the reporting agent had applied.
+//
+//   - MigrationArrived: the destination lists the domain running at the
+//     migration's generation, not paused for the migration. libvirt
+//     resumes a migrated domain on the destination only once the
+//     hand-over is done ("running (migrated)"), so the source no longer
+//     runs it; until then the incoming domain is paused ("migration",
+//     "starting-up", "postcopy...").
+//
+//   - MigrationStayed: the outcome is unknown and the source lists the
+//     domain running at the migration's generation, with no migration of
+//     it in progress, in a heartbeat sent after its agent applied the
+//     desired state that holds the VM (no order to migrate any more).
+//
+//   - MigrationSourceAbsent, then MigrationNowhere: the outcome is unknown,
+//     the source lists the domain not running (absent, or shut off) with
+//     no migration in progress after it applied the hold, and later the
+//     destination lists it not running either, in a heartbeat sent after
+//     its agent applied a desired state at least as new as the source's
+//     report (so its listing was taken after the source's). A migration
+//     keeps a domain on at least one end while it runs and no new one
+//     starts while the VM is held, so the VM runs on neither. o is then
+//     the absence: State stopped (Reason "undefined" when not listed).
+//
+// Anything else is "" (no evidence: one absence alone proves nothing).
+func (v *VM) MigrationSettledBy(nodeID string, o VMObservation, desiredIndex uint64) string {
+	m := v.Migration
+	if m == nil || o.Generation != m.Generation || v.Generation != m.Generation {
+		return ""
+	}
+	if o.State != StateRunning {
+		switch {
+		case m.Outcome != MigrationOutcomeUnknown:
+		case nodeID == m.From && m.SourceAbsentIndex == 0 && !o.Migrating && desiredIndex >= m.UnknownIndex:
+			return MigrationSourceAbsent
+		case nodeID == m.To && m.SourceAbsentIndex != 0 && desiredIndex >= m.SourceAbsentIndex:
+			return MigrationNowhere
+		}
+		return ""
+	}
+	switch {
+	case nodeID == m.To && !pausedForMigration(o.Reason):
+		return MigrationArrived
+	case nodeID == m.From && m.Outcome == MigrationOutcomeUnknown && !o.Migrating && desiredIndex >= m.UnknownIndex:
+		return MigrationStayed
+	}
+	return ""
+}
+
+// pausedForMigration reports whether a libvirt state reason of a domain
+// listed as running is one a domain has while a migration is not finished.
+func pausedForMigration(reason string) bool {
+	switch reason {
+	case "migration", "starting-up", "postcopy", "postcopy-failed":
+		return true
+	}
+	return false
 }
 
 // AdoptedBy reports whether a node's claim to have adopted the VM's domain

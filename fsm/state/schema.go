@@ -13,7 +13,8 @@ import (
 // allBuckets is the schema: every bucket of the state file. Each entity's
 // file declares its own; Open creates them all.
 var allBuckets = [][]byte{bucketNodes, bucketNodeNames, bucketVMs, bucketVMNames, bucketVMsByNode,
-	bucketNodeIndex, bucketTasks, bucketEvents, bucketRequests, bucketReqOrder, bucketMeta, bucketSecrets, bucketAlarms}
+	bucketNodeIndex, bucketTasks, bucketEvents, bucketRequests, bucketReqOrder, bucketMeta, bucketSecrets, bucketAlarms,
+	bucketACLTokens, bucketACLHashes, bucketCluster}
 
 // Open opens (creating it and its buckets if needed) the state file at
 // path. The file is opened without fsync: it is rebuilt from the Raft

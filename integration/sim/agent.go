@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
+	"syscall"
 	"time"
 
 	"github.com/chime-ha/chime/chime/agent"
@@ -84,10 +86,10 @@ func startAgent(h *Host) (*agentProc, error) {
 	cfg.SweepInterval = sweepInterval
 	cfg.ShutdownGrace = agentShutdownWait
 	cfg.BusinessProbeInterval = healthInterval
-	// The business probe dials TCP through a real interface: the agent
-	// offers no hook for it, so the simulator runs without it (the
-	// business network still carries node-local migrations).
-	cfg.BusinessInterface = ""
+	// The business probe: biz0's state and a TCP connect to the business
+	// network's gateway, through the simulated network (businessNet).
+	cfg.BusinessInterface = "biz0"
+	cfg.BusinessProbes = []string{gatewayAddr + ":9"}
 	cfg.Logger = s.logger(h.Name + ".agent")
 	haOpts := h.haAgentOptions(&cfg)
 	a, err := agent.New(cfg, h.HV, append([]agent.Option{
@@ -98,6 +100,7 @@ func startAgent(h *Host) (*agentProc, error) {
 		agent.WithInlineShutdowns(),
 		agent.WithStorageProbe(h.storageProbe),
 		agent.WithInterfaces(h.iface),
+		agent.WithBusinessNet(businessNet{h}),
 	}, haOpts...)...,
 	)
 	if err != nil {
@@ -208,6 +211,11 @@ func (p *agentProc) register() {
 	first := !p.reg
 	p.reg = true
 	p.h.nodeID = p.a.NodeID()
+	if first {
+		// A lie about this host is corrected once its agent is back
+		// (lieActive): the pardon runs from here.
+		p.h.sim.Ops.correctLies(p.h.Name)
+	}
 	p.schedule("sync", 0, p.sync)
 	if first {
 		p.schedule("heartbeat", p.a.HeartbeatInterval(), p.heartbeat)
@@ -273,7 +281,12 @@ type agentClock struct {
 
 var _ clock.Clock = (*agentClock)(nil)
 
-func (c *agentClock) Now() time.Time { return c.e.Now() }
+// Now is the host's wall clock: simulated time plus the host's skew
+// (host-clock-jump). Timers and tickers count durations (Go's monotonic
+// clock), which a wall-clock jump does not move. A time.Time cannot carry
+// a monotonic reading here, so a jump moves every reading, also those
+// production compares monotonically (docs/testing.md: a stricter fault).
+func (c *agentClock) Now() time.Time { return c.e.Now().Add(c.p.h.clockSkew) }
 
 func (c *agentClock) NewTimer(d time.Duration) clock.Timer { return newSimTimer(c.e, "", d, 0, nil) }
 
@@ -343,6 +356,43 @@ func (h *Host) storageProbe(dir string) error {
 		return fmt.Errorf("write %s/.chime-probe: input/output error", dir)
 	}
 	return nil
+}
+
+// gatewayMachine is the business network's gateway, the agents' business
+// probe target (as the lab's bridge address is): a machine with only a
+// business link, at gatewayAddr. Its port 9 refuses connections, which
+// proves the path (a refused connect is an answer).
+const (
+	gatewayMachine = "gw"
+	gatewayAddr    = "10.1.0.1"
+)
+
+// businessNet is the agent's business probe's network (health.BusinessNet):
+// biz0 is up while the host's business link is; a connect to the gateway
+// is refused (an answer) while the path to it is up both ways, and times
+// out otherwise. It only reads the network (the health check may call it
+// from its probe goroutines).
+type businessNet struct{ h *Host }
+
+func (b businessNet) Link(iface string) (bool, string) {
+	if iface != "biz0" {
+		return false, "interface " + iface + " not found"
+	}
+	if !b.h.sim.Net.LinkUp(b.h.Name, Business) {
+		return false, "interface biz0 is down"
+	}
+	return true, ""
+}
+
+func (b businessNet) Dial(_ context.Context, iface, target string, _ time.Duration) error {
+	host, _, err := net.SplitHostPort(target)
+	if err != nil {
+		return err
+	}
+	if iface != "biz0" || host != gatewayAddr || !b.h.sim.Net.BothWays(b.h.Name, gatewayMachine, Business) {
+		return &net.OpError{Op: "dial", Net: "tcp", Err: os.ErrDeadlineExceeded}
+	}
+	return &net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}
 }
 
 // iface is the host's network interfaces: mgmt0 and biz0, up while the

@@ -288,6 +288,11 @@ func (c *Checker) finalAcked(l *Server) {
 			if w.Desired != "" {
 				possible[w.Desired] = true
 			}
+			if w.Op == "restart" && !w.Acked {
+				// A restart is two writes (stop, then start): one that
+				// failed may have applied its stop alone, and says so.
+				possible[structs.DesiredStopped] = true
+			}
 		}
 		// The desired state before the last acknowledged write is gone:
 		// only the last acknowledged one and later attempts count.
@@ -316,6 +321,20 @@ func (c *Checker) healthyHost(h *Host) bool {
 	return h.powered && h.HV.LibvirtdUp() && h.proc != nil && !h.frozen && c.s.Net.LinkUp(h.Name, Mgmt)
 }
 
+// unreleasedLocalDrain reports whether node n keeps a local drain
+// (`chime agent drain`) that the operator had no chance to release: no
+// acknowledged `node enable` was sent while the leader knew its id. Such
+// a node legitimately keeps its VMs stopped (an enable sent before the
+// servers heard of the drain cannot name it); one enabled while the drain
+// was known must have released it (finding 11), so it is counted.
+func (c *Checker) unreleasedLocalDrain(n *structs.Node) bool {
+	active := n.LocalDrained || n.LocalDrainState != ""
+	if !active || n.LocalDrainID == "" || n.LocalDrainID == n.ReleasedDrainID {
+		return false
+	}
+	return !c.s.Ops.enabledKnowing[n.ID+"/"+n.LocalDrainID]
+}
+
 // finalLiveness (3).
 func (c *Checker) finalLiveness(l *Server) {
 	vms, err := l.FSM.VMs()
@@ -330,6 +349,11 @@ func (c *Checker) finalLiveness(l *Server) {
 		}
 		n, err := l.FSM.Node(vm.NodeID)
 		if err != nil || n.MonitorState != structs.MonitorNormal || n.ManagementState != structs.NodeEnabled {
+			continue
+		}
+		if c.unreleasedLocalDrain(n) {
+			c.s.E.trace.Addf("check", "vm %s not counted for liveness: node %s keeps local drain %s, which no enable has released since the servers learned of it",
+				vm.Name, n.Name, n.LocalDrainID)
 			continue
 		}
 		h := c.s.hostByNode(n.ID)
@@ -371,13 +395,42 @@ func (c *Checker) finalConverge(l *Server) {
 				s.Name, l.Name, s.applied, l.applied, dumpDiff(want, got)))
 		}
 	}
+	// A node whose host is healthy after the quiet period, and whose agent
+	// is registered, is normal again: its agent heartbeats. One that is not
+	// is a view that never converged. An agent the servers do not let
+	// register (a lost state dir without the operator's reset-secret, a
+	// cloned host identity) leaves its node unreachable by design: the
+	// servers cannot know what runs there.
+	nodes, err := l.FSM.Nodes()
+	if err != nil {
+		c.report(InvConverge, "read nodes: "+err.Error())
+		return
+	}
+	compare := map[string]bool{} // nodes whose observations are compared with the hypervisors
+	for _, n := range nodes {
+		compare[n.ID] = n.MonitorState == structs.MonitorNormal
+		h := c.s.hostByNode(n.ID)
+		if h == nil || !c.healthyHost(h) || compare[n.ID] {
+			continue
+		}
+		if !h.proc.reg {
+			// Not let back in: its observations show the views that
+			// never converge (until the operator's reset-secret).
+			compare[n.ID] = true
+			continue
+		}
+		c.report(InvConverge, fmt.Sprintf("node %s is %s in the leader's state, although its host is healthy and its agent registered", n.Name, n.MonitorState))
+	}
 	vms, err := l.FSM.VMs()
 	if err != nil {
 		return
 	}
 	running := c.running()
 	for _, vm := range vms {
-		if vm.NodeID == "" {
+		// The observations of a node that is not normal are the last it
+		// sent, not a claim about now: the node check above reports the
+		// node itself (unless its agent is not let back in).
+		if vm.NodeID == "" || !compare[vm.NodeID] {
 			continue
 		}
 		h := c.s.hostByNode(vm.NodeID)

@@ -31,6 +31,11 @@ func do[T any](c *client, what string, write bool, fn func(ep *endpoint.Endpoint
 	if write {
 		reqID = c.s.E.ID()
 	}
+	if c.from != opMachine {
+		// An agent's own request: never paused (interleave.go).
+		c.s.inter.agentCalls++
+		defer func() { c.s.inter.agentCalls-- }()
+	}
 	var out T
 	var err error
 	for attempt := 0; attempt <= c.retries; attempt++ {

@@ -407,6 +407,7 @@ func (s *Server) Crash() {
 		return
 	}
 	s.c.sim.E.trace.Addf("server", "%s crashes", s.Name)
+	s.c.sim.resetCoroutines(s.FSM)
 	s.down()
 	if err := s.FSM.Close(); err != nil {
 		s.c.sim.E.trace.Addf("server", "%s close fsm: %v", s.Name, err)
@@ -458,6 +459,7 @@ func (s *Server) Propose(ctx context.Context, reqID string, typ fsm.CommandType,
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
+	s.c.sim.beforePropose(s, typ) // on-propose: interleave.go
 	return s.c.propose(s, reqID, typ, payload)
 }
 

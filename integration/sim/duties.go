@@ -9,6 +9,7 @@ import (
 	"github.com/chime-ha/chime/chime/api"
 	"github.com/chime-ha/chime/chime/server/alarms"
 	"github.com/chime-ha/chime/chime/server/endpoint"
+	"github.com/chime-ha/chime/chime/server/hapolicy"
 	"github.com/chime-ha/chime/chime/server/heartbeat"
 	"github.com/chime-ha/chime/chime/server/placement"
 	"github.com/chime-ha/chime/chime/server/recovery"
@@ -32,6 +33,7 @@ const (
 	placementEvery = 10 * time.Second
 	alarmsEvery    = 5 * time.Second
 	alarmsDebounce = 250 * time.Millisecond
+	guardEvery     = 5 * time.Second // hapolicy.Guard.Run's idle period
 	// onChange is how long after a commit a woken duty runs: the time a
 	// Raft commit and the wake-up take.
 	onChange = 5 * time.Millisecond
@@ -48,6 +50,7 @@ type leaderDuties struct {
 	runner  *tasks.Runner
 	placer  *placement.Placer
 	alarmer *alarms.Alarmer
+	guard   *hapolicy.Guard // the arm switch and the mass-failure brake
 	ep      *endpoint.Endpoints
 	// recovery is automatic HA (ha.go); haAt its pending on-change wake-up.
 	recovery *recovery.Recoverer
@@ -55,6 +58,7 @@ type leaderDuties struct {
 
 	stops                  []func() // the periodic events
 	tasksAt, placeAt, alAt *Event   // the pending on-change wake-ups
+	guardAt                *Event
 }
 
 func newLeaderDuties(s *Server, term uint64) *leaderDuties {
@@ -67,11 +71,17 @@ func newLeaderDuties(s *Server, term uint64) *leaderDuties {
 		Proposer: s, State: s.FSM, Clock: s.clock(), Pinger: pinger{s}, Gossip: gossipView{s}, Logger: s.log})
 	d.monitor.Reset()
 	d.placer = placement.New(placement.Config{State: s.FSM, Proposer: s,
-		Options: scheduler.Options{Strategy: scheduler.Strategy(sim.cfg.Scheduler)}, Logger: s.log.Named("placement")})
+		Options:    scheduler.Options{Strategy: scheduler.Strategy(sim.cfg.Scheduler)},
+		HATolerate: sim.cfg.HATolerate, Logger: s.log.Named("placement")})
 	d.runner = tasks.New(tasks.Config{State: s.FSM, Proposer: s, Placer: d.placer, Clock: s.clock(), Logger: s.log.Named("tasks")})
-	d.alarmer = alarms.New(alarms.Config{State: s.FSM, Proposer: s, Clock: s.clock(), Logger: s.log.Named("alarms")})
-	d.ep = endpoint.New(endpoint.Config{Proposer: s, State: s.FSM, Placer: d.placer, Tasks: d.runner, Monitor: d.monitor,
-		Clock: s.clock(), IDs: simIDs{w}, Agents: agentConfig{s.c}})
+	alCfg := alarms.Config{State: s.FSM, Proposer: s, Clock: s.clock(), Logger: s.log.Named("alarms")}
+	// The guard runs as in production (the brake at the default share);
+	// admission control only with the scenario header ha-tolerate N.
+	d.guard = hapolicy.New(hapolicy.Config{State: s.FSM, Proposer: s, Reserver: d.placer, Logger: s.log.Named("hapolicy")})
+	alCfg.Extra = d.guard.Alarms
+	d.alarmer = alarms.New(alCfg)
+	d.ep = endpoint.New(endpoint.Config{Proposer: s, State: coState{s.FSM, sim}, Placer: d.placer, Tasks: d.runner, Monitor: d.monitor,
+		Clock: coClock{s.clock(), sim}, IDs: simIDs{w}, Agents: agentConfig{s.c}})
 
 	name := func(duty string) string { return fmt.Sprintf("%s %s", s.Name, duty) }
 	check := max(cfg.HeartbeatInterval/4, 50*time.Millisecond)
@@ -81,6 +91,7 @@ func newLeaderDuties(s *Server, term uint64) *leaderDuties {
 		w.Every(0, placementEvery, name("placement.pending"), d.placePending),
 		w.Every(0, alarmsEvery, name("alarms.step"), d.stepAlarms),
 	)
+	d.stops = append(d.stops, w.Every(0, guardEvery, name("hapolicy.step"), d.stepGuard))
 	d.startRecovery()
 	s.c.sim.E.trace.Addf("raft", "%s duties started (term %d)", s.Name, term)
 	return d
@@ -88,20 +99,31 @@ func newLeaderDuties(s *Server, term uint64) *leaderDuties {
 
 func (d *leaderDuties) live() bool { return d.ctx.Err() == nil }
 
+// held: a proposal of this server is paused (interleave.go).
+func (d *leaderDuties) held() bool { return d.srv.c.sim.held(d) }
+
 func (d *leaderDuties) stepTasks() {
-	if d.live() {
+	if d.live() && !d.held() {
 		_ = d.runner.Step(d.ctx) // each failure is logged by Step
 	}
 }
 
 func (d *leaderDuties) placePending() {
-	if d.live() {
+	if d.live() && !d.held() {
 		d.placer.PlacePending(d.ctx)
 	}
 }
 
+func (d *leaderDuties) stepGuard() {
+	if d.live() {
+		if err := d.guard.Step(d.ctx); err != nil && d.live() {
+			d.srv.log.Named("hapolicy").Warn("ha guard pass failed", "error", err)
+		}
+	}
+}
+
 func (d *leaderDuties) stepAlarms() {
-	if !d.live() {
+	if !d.live() || d.held() {
 		return
 	}
 	if err := d.alarmer.Step(d.ctx); err != nil && d.live() {
@@ -125,6 +147,9 @@ func (d *leaderDuties) changed() {
 	if !d.alAt.Pending() {
 		d.alAt = w.After(alarmsDebounce, d.srv.Name+" alarms.step (change)", d.stepAlarms)
 	}
+	if !d.guardAt.Pending() {
+		d.guardAt = w.After(onChange, d.srv.Name+" hapolicy.step (change)", d.stepGuard)
+	}
 	d.recoveryChanged()
 }
 
@@ -138,6 +163,7 @@ func (d *leaderDuties) stop() {
 	d.tasksAt.Cancel()
 	d.placeAt.Cancel()
 	d.alAt.Cancel()
+	d.guardAt.Cancel()
 	d.haAt.Cancel()
 	d.srv.c.sim.E.trace.Addf("raft", "%s duties stopped (term %d)", d.srv.Name, d.term)
 }

@@ -153,7 +153,7 @@ func (d *leaderDuties) startRecovery() {
 		fencer = simFencer{sim: sim, from: s.Name}
 	}
 	d.recovery = recovery.New(recovery.Config{Proposer: s, State: s.FSM, Silence: d.monitor, Placer: d.placer,
-		Fencer: fencer, Clock: s.clock(), Logger: s.log})
+		Fencer: fencer, Brake: d.guard, Clock: s.clock(), Logger: s.log})
 	d.stops = append(d.stops, sim.E.Every(recovery.StepEvery, recovery.StepEvery, s.Name+" recovery.step", d.stepRecovery))
 }
 

@@ -27,8 +27,11 @@ type Host struct {
 	dir     string // the agent's data dir on the local disk
 	powered bool
 	frozen  bool
-	nodeID  string     // the node id the agent last registered as
-	proc    *agentProc // the agent process (nil: not running)
+	nodeID  string // the node id the agent last registered as
+	// clockSkew is how far the host's wall clock is off (host-clock-jump):
+	// the agent's clock.Clock reads simulated time plus it.
+	clockSkew time.Duration
+	proc      *agentProc // the agent process (nil: not running)
 	// diskFault makes the agent's storage probe fail.
 	diskFault bool
 	// hvFaults are the libvirt calls that fail (hv-fault): the value is how
@@ -249,15 +252,12 @@ func (s *Sim) machineAt(addr string) (name string, k Net, ok bool) {
 }
 
 // HypervisorAt is the World the hypervisors migrate through: the host at
-// a libvirt or migration URI's host part. The network of each address
-// looked up is noted for the MigrationLinkUp that follows (the hypervisor
-// calls them in that order, single-threaded).
+// a libvirt or migration URI's host part.
 func (s *Sim) HypervisorAt(addr string) *Hypervisor {
-	name, k, ok := s.machineAt(addr)
+	name, _, ok := s.machineAt(addr)
 	if !ok {
 		return nil
 	}
-	s.migrationNets = append(s.migrationNets, k)
 	if h := s.Host(name); h != nil {
 		return h.HV
 	}
@@ -266,10 +266,14 @@ func (s *Sim) HypervisorAt(addr string) *Hypervisor {
 
 // MigrationLinkUp says whether from's libvirtd reaches to's, and its qemu
 // the destination's migration port: both ways on every network the
-// migration's two URIs named.
-func (s *Sim) MigrationLinkUp(from, to string) bool {
-	nets := s.migrationNets
-	s.migrationNets = nil
+// migration's URIs named (addrs; the management network when none does).
+func (s *Sim) MigrationLinkUp(from, to string, addrs ...string) bool {
+	var nets []Net
+	for _, a := range addrs {
+		if _, k, ok := s.machineAt(a); ok {
+			nets = append(nets, k)
+		}
+	}
 	if len(nets) == 0 {
 		nets = []Net{Mgmt}
 	}

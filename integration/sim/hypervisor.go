@@ -132,8 +132,9 @@ type World interface {
 	// part of a libvirt or migration URI), or nil when there is none.
 	HypervisorAt(addr string) *Hypervisor
 	// MigrationLinkUp reports whether the source host (by hypervisor name)
-	// can reach the destination's libvirtd and qemu migration port.
-	MigrationLinkUp(from, to string) bool
+	// can reach the destination's libvirtd and qemu migration port at the
+	// addresses the migration's URIs name (their host parts).
+	MigrationLinkUp(from, to string, addrs ...string) bool
 }
 
 // HypervisorConfig configures a Hypervisor.
@@ -495,7 +496,7 @@ func (h *Hypervisor) Migrate(ctx context.Context, id, destURI, migrateURI string
 	if h.world != nil {
 		dst = h.world.HypervisorAt(uriHost(destURI))
 		stream = h.world.HypervisorAt(uriHost(migrateURI))
-		linkUp = dst != nil && dst != h && h.world.MigrationLinkUp(h.name, dst.name)
+		linkUp = dst != nil && dst != h && h.world.MigrationLinkUp(h.name, dst.name, uriHost(destURI), uriHost(migrateURI))
 	}
 	unlock := lockAll(h, dst)
 	defer unlock()

@@ -376,20 +376,23 @@ func (r *reporter) ReportMigration(_ context.Context, rep api.MigrationReport) e
 // migration, fencing records in the real bbolt store) and the real
 // reconciler on both ends over two simulated hosts, for every migration
 // outcome. Whatever the outcome, the VM never runs on both hosts; when it
-// left (even with the reply lost) the source reports success and fences
-// the generation so that its reconciler does not start it again.
+// left, the source fences the generation so that its reconciler does not
+// start it again, and reports success only on libvirt's word: with the
+// reply lost it reports the outcome unknown (uniqueness rule 8; the
+// destination's heartbeat then settles it).
 func TestHandoverMigration(t *testing.T) {
 	tests := []struct {
 		name      string
 		outcome   sim.MigrationOutcome
 		destDown  bool
 		wantOK    bool
+		wantUnk   bool
 		wantWhere string
 	}{
 		{name: "succeeds", outcome: sim.MigrationSucceeds, wantOK: true, wantWhere: "dst"},
 		{name: "fails before", outcome: sim.MigrationFailsBefore, wantWhere: "src"},
 		{name: "fails during", outcome: sim.MigrationFailsDuring, wantWhere: "src"},
-		{name: "succeeds, reply lost", outcome: sim.MigrationReplyLost, wantOK: true, wantWhere: "dst"},
+		{name: "succeeds, reply lost", outcome: sim.MigrationReplyLost, wantUnk: true, wantWhere: "dst"},
 		{name: "destination libvirtd down", destDown: true, wantWhere: "src"},
 	}
 	for _, tt := range tests {
@@ -432,8 +435,8 @@ func TestHandoverMigration(t *testing.T) {
 				t.Fatal("no migration report within 10s")
 			}
 			m.Close() // waits for the migration's goroutine to finish
-			if got.OK != tt.wantOK || got.VMID != idA || got.Generation != 12 {
-				t.Fatalf("report = %+v; want ok %v for %s generation 12", got, tt.wantOK, idA)
+			if got.OK != tt.wantOK || got.Unknown != tt.wantUnk || got.VMID != idA || got.Generation != 12 {
+				t.Fatalf("report = %+v; want ok %v unknown %v for %s generation 12", got, tt.wantOK, tt.wantUnk, idA)
 			}
 			where := func() string {
 				var on []string
@@ -457,14 +460,15 @@ func TestHandoverMigration(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if held := slices.Contains(hold, idA); held != tt.wantOK {
-				t.Fatalf("source holds %v; want a held: %v", hold, tt.wantOK)
+			left := tt.wantWhere == "dst"
+			if held := slices.Contains(hold, idA); held != left {
+				t.Fatalf("source holds %v; want a held: %v", hold, left)
 			}
 			retired, err := st.Retired()
 			if err != nil {
 				t.Fatal(err)
 			}
-			if want := map[bool]uint64{true: 12, false: 0}[tt.wantOK]; retired[idA] != want {
+			if want := map[bool]uint64{true: 12, false: 0}[left]; retired[idA] != want {
 				t.Fatalf("retired generation = %d, want %d", retired[idA], want)
 			}
 			if open, err := st.Handovers(); err != nil || len(open) != 0 {

@@ -36,7 +36,9 @@ type world struct {
 }
 
 func (w *world) HypervisorAt(addr string) *sim.Hypervisor { return w.hosts[addr] }
-func (w *world) MigrationLinkUp(from, to string) bool     { return !w.down[[2]string{from, to}] }
+func (w *world) MigrationLinkUp(from, to string, _ ...string) bool {
+	return !w.down[[2]string{from, to}]
+}
 
 // hostCfg tweaks a host's configuration.
 type hostCfg func(*sim.HypervisorConfig)

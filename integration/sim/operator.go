@@ -46,9 +46,13 @@ type Operator struct {
 	c      *client
 	Writes []Write
 	Lies   []*Lie
+	// enabledKnowing records "node id/local drain id" for every
+	// acknowledged enable sent while the leader knew that local drain: it
+	// should have released it (invariant 3, unreleasedLocalDrain).
+	enabledKnowing map[string]bool
 }
 
-func newOperator(s *Sim) *Operator { return &Operator{s: s} }
+func newOperator(s *Sim) *Operator { return &Operator{s: s, enabledKnowing: map[string]bool{}} }
 
 func (o *Operator) client() *client {
 	if o.c == nil {
@@ -76,6 +80,39 @@ func (o *Operator) Create(name string, vcpus, memMiB int, stopped bool) error {
 		w.VMID = vm.ID
 	}
 	o.record(w, err)
+	return err
+}
+
+// CreateHAOfSize creates a running ha VM of the given size (admission
+// control may refuse it).
+func (o *Operator) CreateHAOfSize(name string, vcpus, memMiB int) error {
+	vm, err := do(o.client(), "create "+name, true, func(ep *endpoint.Endpoints, reqID string) (*structs.VM, error) {
+		return ep.CreateVM(context.Background(), reqID, api.CreateVMRequest{Name: name, VCPUs: vcpus, Memory: memMiB, HA: true})
+	})
+	w := Write{Op: "create", VM: name, Flag: "--ha", Desired: structs.DesiredRunning}
+	if err == nil {
+		w.VMID = vm.ID
+	}
+	o.record(w, err)
+	return err
+}
+
+// SetHAArmed is `chime operator ha arm|disarm` on the leader's guard.
+func (o *Operator) SetHAArmed(armed bool) error {
+	what := "operator ha disarm"
+	if armed {
+		what = "operator ha arm"
+	}
+	// The route is the guard's, on the leader (where do delivers fn).
+	_, err := do(o.client(), what, true, func(_ *endpoint.Endpoints, reqID string) (struct{}, error) {
+		l := o.s.Cluster.leader
+		if l == nil || l.lead == nil {
+			return struct{}{}, fmt.Errorf("%w: %s: no leader", structs.ErrNoLeader, what)
+		}
+		_, err := l.lead.guard.SetArmed(context.Background(), reqID, armed, "scenario")
+		return struct{}{}, err
+	})
+	o.record(Write{Op: what}, err)
 	return err
 }
 
@@ -116,6 +153,12 @@ func (o *Operator) Migrate(name, to string) error {
 // qemu is recorded as a lie: the operator confirmed what the world
 // contradicts.
 func (o *Operator) NodeAction(node string, op endpoint.NodeOp, confirmFenced bool) error {
+	knownDrain := ""
+	if l := o.s.Cluster.leader; op == endpoint.NodeEnable && l != nil {
+		if n, err := l.FSM.ResolveNode(node); err == nil && n.LocalDrainID != "" {
+			knownDrain = n.ID + "/" + n.LocalDrainID
+		}
+	}
 	lie := false
 	if op == endpoint.NodeRebuild && confirmFenced {
 		if h := o.s.Host(node); h != nil {
@@ -132,6 +175,9 @@ func (o *Operator) NodeAction(node string, op endpoint.NodeOp, confirmFenced boo
 		w.Flag = "--confirm-fenced"
 	}
 	o.record(w, err)
+	if err == nil && knownDrain != "" {
+		o.enabledKnowing[knownDrain] = true
+	}
 	if lie {
 		o.Lies = append(o.Lies, &Lie{Host: node, At: o.s.E.Now()})
 		o.s.E.trace.Addf("check", "--confirm-fenced for %s is a lie (its host runs chime VMs): invariant 1 is not checked for its VMs until a heal corrects it", node)
@@ -173,6 +219,17 @@ func taskID(t *structs.Task) string {
 // lieActive reports whether an uncorrected (or recently corrected) lie
 // about host h exempts it from invariant 1 at now.
 func (o *Operator) lieActive(h string, now time.Time) bool {
+	if host := o.s.Host(h); host != nil && (host.proc == nil || !host.proc.reg) {
+		// The heal has not reached the host's agent yet: it is not
+		// running, or the servers do not let it register (a lost state
+		// dir before the operator's reset-secret), so it cannot destroy
+		// the copies the lie left. The pardon runs from its return.
+		for _, l := range o.Lies {
+			if l.Host == h {
+				l.Corrected = time.Time{}
+			}
+		}
+	}
 	for _, l := range o.Lies {
 		if l.Host == h && (l.Corrected.IsZero() || now.Sub(l.Corrected) < liePardon) {
 			return true

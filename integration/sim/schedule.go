@@ -26,6 +26,7 @@ import (
 //	wait D                      let D of simulated time pass (scenario files only)
 //	create VM [stopped]         operator: create a VM (1 vCPU, 512 MiB)
 //	start VM | stop VM | delete VM
+//	restart VM                  operator: `chime vm restart` (stop, wait for the agent's report, start)
 //	migrate VM [HOST]           operator: live-migrate (to HOST, or where placement says)
 //	evacuate HOST | drain HOST | enable HOST | disable HOST | remove-node HOST
 //	agent-drain HOST            on the node: `chime agent drain`
@@ -65,10 +66,14 @@ import (
 //	server-crash S | server-restart S | leader-crash | leader-transfer
 //	snapshot S                  S takes a snapshot of its state
 //	clock-jump S D              S's wall clock jumps by D (may be negative)
+//	host-clock-jump HOST D      HOST's wall clock (the agent's clock) jumps by D
 //	migration-outcome VM OUTCOME    the VM's next live migration: fails-before,
 //	                            fails-during or reply-lost
 //	heal                        undo every fault (the runner heals at the end anyway)
 //	create-ha, fence-fails, node-fence   automatic HA (ha.go, with the "ha" header)
+//	on-propose TYPE N D [CMD...]    the Nth next proposal of command type TYPE (*: any)
+//	                            by the servers' own code pauses before it commits:
+//	                            CMD runs, D passes, then it goes on (interleave.go)
 //
 // Scenario header lines (before any command): "seed N", "hosts N",
 // "quiet D" (the quiet period), "known-failure: N" (root cause N of
@@ -90,7 +95,11 @@ type Schedule struct {
 	Hosts        int
 	Quiet        time.Duration // after the heal; default 5 min
 	KnownFailure int           // root cause number (0: none)
-	Items        []Item
+	// HATolerate turns admission control on (header `ha-tolerate N`),
+	// with N tolerated failures. 0 (every scenario without the header):
+	// off. The mass-failure brake runs either way.
+	HATolerate int
+	Items      []Item
 	// Length is how long the schedule runs before the heal (at least until
 	// its last item); a scenario's trailing wait sets it.
 	Length time.Duration
@@ -126,6 +135,9 @@ func (sc *Schedule) String() string {
 	}
 	if sc.KnownFailure != 0 {
 		fmt.Fprintf(&b, "known-failure: %d\n", sc.KnownFailure)
+	}
+	if sc.HATolerate != 0 {
+		fmt.Fprintf(&b, "ha-tolerate %d\n", sc.HATolerate)
 	}
 	if sc.HA != nil {
 		fmt.Fprintf(&b, "%s\n", sc.HA)
@@ -176,7 +188,7 @@ func ParseSchedule(r io.Reader) (*Schedule, error) {
 			return nil, fmt.Errorf("line %d: %s: %s", line, strings.Join(f, " "), fmt.Sprintf(format, args...))
 		}
 		switch f[0] {
-		case "seed", "hosts", "known-failure:":
+		case "seed", "hosts", "known-failure:", "ha-tolerate":
 			if len(f) != 2 {
 				return bad("one number expected")
 			}
@@ -189,6 +201,8 @@ func ParseSchedule(r io.Reader) (*Schedule, error) {
 				sc.Seed = n
 			case "hosts":
 				sc.Hosts = int(n)
+			case "ha-tolerate":
+				sc.HATolerate = int(n)
 			default:
 				sc.KnownFailure = int(n)
 			}
@@ -243,7 +257,7 @@ func (s *Sim) resetSecret(node string, tries int) {
 
 // cmdArity is each command's number of arguments: minimum and maximum.
 var cmdArity = map[string][2]int{
-	"create": {1, 2}, "start": {1, 1}, "stop": {1, 1}, "delete": {1, 1},
+	"create": {1, 2}, "start": {1, 1}, "stop": {1, 1}, "delete": {1, 1}, "restart": {1, 1},
 	"migrate": {1, 2}, "evacuate": {1, 1}, "drain": {1, 1}, "rebuild": {1, 2}, "enable": {1, 1}, "disable": {1, 1},
 	"remove-node": {1, 1}, "reset-secret": {1, 1},
 	"agent-drain": {1, 1}, "agent-migrate": {3, 4}, "disk-fault": {2, 2},
@@ -258,12 +272,17 @@ var cmdArity = map[string][2]int{
 	"isolate": {1, 2}, "rejoin": {1, 2},
 	"net-faults":   {2, 6},
 	"server-crash": {1, 1}, "server-restart": {1, 1}, "leader-crash": {0, 0}, "leader-transfer": {0, 0},
-	"snapshot": {1, 1}, "clock-jump": {2, 2},
+	"snapshot": {1, 1}, "clock-jump": {2, 2}, "host-clock-jump": {2, 2},
 	"migration-outcome": {2, 2},
 	"heal":              {0, 0},
+	"create-ha-mib":     {2, 2}, "ha-arm": {0, 0}, "ha-disarm": {0, 0},
 }
 
 func checkCmd(f []string) error {
+	if f[0] == "on-propose" {
+		_, err := parseOnPropose(f)
+		return err
+	}
 	a, ok := cmdArity[f[0]]
 	if !ok {
 		known := make([]string, 0, len(cmdArity))
@@ -297,6 +316,9 @@ func (s *Sim) Exec(f []string) error {
 		return err
 	}
 	s.E.trace.Addf("cmd", "%s", strings.Join(f, " "))
+	if s.waitsForResume(f) {
+		return nil
+	}
 	arg := func(i int) string {
 		if i < len(f) {
 			return f[i]
@@ -316,7 +338,7 @@ func (s *Sim) Exec(f []string) error {
 		return nil, fmt.Errorf("%s: no server %q", f[0], f[1])
 	}
 	machine := func(name string) error {
-		if s.Host(name) == nil && s.Cluster.Server(name) == nil && name != opMachine {
+		if s.Host(name) == nil && s.Cluster.Server(name) == nil && name != opMachine && name != gatewayMachine {
 			return fmt.Errorf("%s: no machine %q", f[0], name)
 		}
 		return nil
@@ -325,12 +347,24 @@ func (s *Sim) Exec(f []string) error {
 		return err
 	}
 	switch f[0] {
+	case "on-propose":
+		return s.armPause(f)
 	case "create":
 		_ = s.Ops.Create(f[1], 1, 512, arg(2) == "stopped")
+	case "create-ha-mib": // create-ha-mib NAME MEMORY_MIB: a running ha VM of 1 vCPU
+		mem, err := strconv.Atoi(arg(2))
+		if err != nil || mem <= 0 {
+			return fmt.Errorf("create-ha-mib: memory in MiB expected, got %q", arg(2))
+		}
+		_ = s.Ops.CreateHAOfSize(f[1], 1, mem)
+	case "ha-arm", "ha-disarm":
+		_ = s.Ops.SetHAArmed(f[0] == "ha-arm")
 	case "start", "stop":
 		_ = s.Ops.SetDesired(f[1], f[0] == "start")
 	case "delete":
 		_ = s.Ops.Delete(f[1])
+	case "restart":
+		s.Ops.Restart(f[1])
 	case "migrate":
 		_ = s.Ops.Migrate(f[1], arg(2))
 	case "evacuate", "drain", "enable", "disable":
@@ -507,7 +541,11 @@ func (s *Sim) Exec(f []string) error {
 				return err
 			}
 		}
-		for _, m := range s.machines() {
+		others := s.machines()
+		if k == Business {
+			others = append(others, gatewayMachine)
+		}
+		for _, m := range others {
 			if m == h.Name {
 				continue
 			}
@@ -610,6 +648,17 @@ func (s *Sim) Exec(f []string) error {
 		}
 		srv.skew += d
 		s.E.trace.Addf("fault", "%s clock jumps %s (skew %s)", srv.Name, d, srv.skew)
+	case "host-clock-jump":
+		h, err := host()
+		if err != nil {
+			return err
+		}
+		d, err := time.ParseDuration(f[2])
+		if err != nil {
+			return fmt.Errorf("host-clock-jump: %v", err)
+		}
+		h.clockSkew += d
+		s.E.trace.Addf("fault", "%s clock jumps %s (skew %s)", h.Name, d, h.clockSkew)
 	case "migration-outcome":
 		id := s.vmID(f[1])
 		if id == "" {
@@ -701,6 +750,7 @@ func (s *Sim) Heal() {
 	s.migrationFaults = 0
 	for _, h := range s.Hosts {
 		h.diskFault = false
+		h.clockSkew = 0
 		clear(h.hvFaults)
 	}
 }

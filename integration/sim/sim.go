@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -31,6 +32,10 @@ type Config struct {
 	LogLevel hclog.Level
 	// HostVCPUs and HostMemoryMiB are each host's capacity.
 	HostVCPUs, HostMemoryMiB int
+	// HATolerate > 0 turns admission control on, tolerating that many
+	// failures (the HAReservationBroken alarm with it). The brake guard
+	// always runs, at the default share, as in production.
+	HATolerate int
 	// HA are the automatic-HA settings (ha.go); nil: the agents keep
 	// their VMs when isolated and the servers have no fence command.
 	HA *HAOptions
@@ -54,8 +59,9 @@ type Sim struct {
 	// fails (before, during, or with its reply lost).
 	nextMigration   map[string]MigrationOutcome
 	migrationFaults float64
-	migrationNets   []Net // networks of the addresses a migration looked up (HypervisorAt)
 	localMoves      []localMove
+	co              coroutines      // restarts in progress (restart.go)
+	inter           interleaving    // on-propose (interleave.go)
 	fenceFails      map[string]bool // hosts whose simulated fence command fails (ha.go)
 	haw             *haWorld        // the HA timeline of an HA run (ha.go)
 }
@@ -116,6 +122,7 @@ func New(cfg Config) (*Sim, error) {
 	for _, h := range s.Hosts {
 		h.boot()
 	}
+	s.E.OnEachEvent(s.resumeParked)
 	s.E.OnEachEvent(s.pollAgents)
 	s.E.OnEachEvent(s.Check.afterEvent)
 	if cfg.HA != nil {
@@ -213,6 +220,13 @@ func serverCall[T any](s *Sim, from string, to *Server, what string, fn func(ep 
 func handleAt[T any](s *Sim, srv *Server, what string, forwarded bool, fn func(ep *endpoint.Endpoints) (T, error)) (T, error) {
 	var zero T
 	if l := s.Cluster.leader; l == srv && srv.lead != nil {
+		if s.inter.paused == srv.lead && (strings.HasPrefix(what, "rebuild ") || strings.HasPrefix(what, "create ")) {
+			// A create or rebuild takes the placement lock, which the
+			// paused decision may hold (interleave.go): in production it
+			// waits; here, where it would deadlock the one thread, the
+			// server answers busy and the client retries elsewhere.
+			return zero, fmt.Errorf("%w: %s waits for the placement lock of a paused decision", structs.ErrNoLeader, what)
+		}
 		return fn(srv.lead.ep)
 	}
 	if forwarded {

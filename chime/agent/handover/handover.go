@@ -97,6 +97,10 @@ type Config struct {
 	// changed). Changed asks for an early heartbeat. Both must not block.
 	Trigger func()
 	Changed func()
+	// Prove returns this node's structs.AdoptionProof for a VM generation
+	// it hands over by node-local migration ("" when it has no secret
+	// yet); nil: none.
+	Prove func(vmID string, gen uint64) string
 	// RetryInterval is the first wait before a failed record write is
 	// tried again; it doubles up to 30 s. Default 1 s.
 	RetryInterval time.Duration
@@ -256,6 +260,9 @@ func (m *Manager) Hold(ds api.DesiredState) ([]string, error) {
 	desired := make(map[string]api.DesiredVM, len(ds.VMs))
 	for _, vm := range ds.VMs {
 		desired[vm.ID] = vm
+		if vm.Held {
+			hold = append(hold, vm.ID) // migration outcome unknown: the servers settle it
+		}
 	}
 	// fence holds a VM still placed here at a generation that left.
 	fence := func(id string, gen uint64) {
@@ -317,6 +324,28 @@ func (m *Manager) AfterDesired(ctx context.Context, ds api.DesiredState) {
 	}
 }
 
+// Migrating returns the VMs a live migration from here may be moving
+// right now: a hand-over in flight in this process, or one recorded and
+// not settled. A heartbeat marks their observations (structs.VMObservation
+// Migrating): "running here" then proves nothing. Call it before and
+// after listing libvirt and take both.
+func (m *Manager) Migrating() (map[string]bool, error) {
+	out := map[string]bool{}
+	m.mu.Lock()
+	for id := range m.inflight {
+		out[strings.ToLower(id)] = true
+	}
+	m.mu.Unlock()
+	open, err := m.cfg.Store.Handovers()
+	if err != nil {
+		return nil, err
+	}
+	for id := range open {
+		out[strings.ToLower(id)] = true
+	}
+	return out, nil
+}
+
 var errBusy = errors.New("a migration of this VM is already in flight")
 
 // claim marks vmID as being handed over by who; it fails when something
@@ -341,9 +370,10 @@ func (m *Manager) release(vmID string) {
 
 // settleHandovers decides the hand-overs begun by an earlier process (it
 // died between asking libvirt to migrate and recording the outcome): a
-// domain still here did not leave (libvirt undefines the source only on
-// success, and cancels a migration whose client went away), a domain gone
-// did. Until settled, such a VM is held.
+// domain still running here did not leave (libvirt cancels a migration
+// whose client went away); one gone or shut off here may have left, so
+// its generation is retired here (never started here again) and where it
+// runs is for the destination to prove. Until settled, such a VM is held.
 func (m *Manager) settleHandovers(ctx context.Context) {
 	open, err := m.cfg.Store.Handovers()
 	if err != nil {
@@ -377,7 +407,7 @@ func (m *Manager) settleHandovers(ctx context.Context) {
 		return
 	}
 	for _, h := range mine {
-		if domainIn(domains, h.VMID) != nil {
+		if stillRunsHere(domainIn(domains, h.VMID)) {
 			if err := m.cfg.Store.AbortHandover(h.VMID, h.Generation); err != nil {
 				m.log.Error("cannot clear a hand-over record; the VM stays held", "vm", h.VMID, "error", err)
 				continue
@@ -385,7 +415,9 @@ func (m *Manager) settleHandovers(ctx context.Context) {
 			m.log.Info("an earlier migration did not move the VM: it is managed here again", "vm", h.VMID, "generation", h.Generation)
 			continue
 		}
-		m.log.Warn("an earlier migration moved the VM away: its generation is retired here", "vm", h.VMID, "generation", h.Generation)
+		// Not running here: whether it left is for the destination to
+		// prove (the servers hold the VM until then); here it is retired.
+		m.log.Warn("an earlier migration may have moved the VM away: its generation is retired here", "vm", h.VMID, "generation", h.Generation)
 		h.Outcome = structs.LocalMigrationUnknown // gone, but libvirt never said where
 		m.retire(h)                               // on failure it is held in memory and retried
 	}

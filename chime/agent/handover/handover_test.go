@@ -251,7 +251,8 @@ func newRigOn(t *testing.T, st Store, hv *fakeHV, clk Clock, retry time.Duration
 	t.Helper()
 	r := &rig{st: st, hv: hv, rep: &reports{}, ann: &announcer{}}
 	r.m = New(Config{NodeID: "node-1", Hypervisor: hv, Store: st, Reporter: r.rep, Announcer: r.ann,
-		Trigger: func() { r.triggers.Add(1) }, RetryInterval: retry, Clock: clk})
+		Trigger: func() { r.triggers.Add(1) }, RetryInterval: retry, Clock: clk,
+		Prove: func(vmID string, gen uint64) string { return structs.AdoptionProof("node-1-key", vmID, gen) }})
 	t.Cleanup(r.m.Close)
 	return r
 }
@@ -401,15 +402,16 @@ func TestRetireFailsAfterLibvirtMovedTheDomain(t *testing.T) {
 
 // TestDomainGoneWhenOrderedAndRetireFails: the domain already left (an
 // earlier process migrated it) and the record cannot be written: reported
-// done, held in memory, never started here.
+// with its outcome unknown (absence proves nothing, RC4), held in memory,
+// never started here.
 func TestDomainGoneWhenOrderedAndRetireFails(t *testing.T) {
 	st := openStore(t)
 	st.set("Retire", errDisk)
 	r := newRig(t, st, newFakeHV())
 	ds := desiredHere(idA, 10, true)
 	r.m.AfterDesired(context.Background(), ds)
-	if rep := waitReport(t, r); !rep.OK {
-		t.Fatalf("report = %+v; want OK", rep)
+	if rep := waitReport(t, r); rep.OK || !rep.Unknown {
+		t.Fatalf("report = %+v; want the outcome unknown", rep)
 	}
 	ds.VMs[0].Migrate = nil
 	poll(t, "the migration to end", func() (bool, any) {
@@ -586,8 +588,9 @@ func TestLocalMigrate(t *testing.T) {
 		if err != nil || len(res) != 1 || !res[0].OK || res[0].Error != "" {
 			t.Fatalf("migrate = %+v, %v", res, err)
 		}
-		if ann := r.ann.announced(); len(ann) != 1 || ann[0].VMID != idA || ann[0].Generation != 10 || ann[0].FromNode != "node-1" {
-			t.Fatalf("announced %+v", ann)
+		if ann := r.ann.announced(); len(ann) != 1 || ann[0].VMID != idA || ann[0].Generation != 10 || ann[0].FromNode != "node-1" ||
+			!structs.AdoptionProofValid("node-1-key", idA, 10, ann[0].Proof) {
+			t.Fatalf("announced %+v (want the source's proof for generation 10)", ann)
 		}
 		ret, _ := st.Retired()
 		logged, _, _ := st.PendingMigrations()
@@ -711,6 +714,177 @@ func TestBackgroundWorkRunsOnTheClock(t *testing.T) {
 			r.m.mu.Unlock()
 			if unsaved {
 				t.Fatal("in-memory fence kept after the record was written")
+			}
+		})
+	}
+}
+
+// TestOrderedMigrationOutcome: what the source reports is libvirt's word,
+// or unknown (uniqueness rule 8): OK only when the migrate call returned
+// success, failed only when the domain still runs here, unknown when it
+// does not (RC4: "absent here" is not "migrated") or libvirt cannot say.
+// Whatever does not run here any more is never started here again.
+func TestOrderedMigrationOutcome(t *testing.T) {
+	shutOffMigrated := running(idA, 10)
+	shutOffMigrated.State, shutOffMigrated.Reason = hypervisor.StateStopped, "migrated"
+	tests := []struct {
+		name      string
+		domains   []hypervisor.Domain
+		migrate   func(hv *fakeHV) func(string) error // nil: the domain leaves, success
+		wantOK    bool
+		wantUnk   bool
+		wantCalls int  // libvirt migrate calls
+		wantOpen  bool // hand-over record still open (held until settled)
+		startable bool // the reconciler may start it here afterwards (no longer ordered)
+	}{
+		{"libvirt reports success", []hypervisor.Domain{running(idA, 10)}, nil, true, false, 1, false, false},
+		{"libvirt fails, domain still runs here: failed", []hypervisor.Domain{running(idA, 10)},
+			func(*fakeHV) func(string) error { return func(string) error { return errors.New("aborted") } }, false, false, 1, false, true},
+		{"libvirt fails, domain gone: unknown", []hypervisor.Domain{running(idA, 10)},
+			func(hv *fakeHV) func(string) error {
+				return func(id string) error { hv.leave(id); return errors.New("connection lost after the hand-over") }
+			}, false, true, 1, false, false},
+		{"libvirt fails, domain shut off (migrated) here: unknown", []hypervisor.Domain{running(idA, 10)},
+			func(hv *fakeHV) func(string) error {
+				return func(id string) error {
+					hv.mu.Lock()
+					hv.domains[id] = shutOffMigrated
+					hv.mu.Unlock()
+					return errors.New("connection lost")
+				}
+			}, false, true, 1, false, false},
+		{"libvirt fails, then cannot be listed: unknown, held", []hypervisor.Domain{running(idA, 10)},
+			func(hv *fakeHV) func(string) error {
+				return func(id string) error {
+					hv.mu.Lock()
+					hv.listErr = errors.New("libvirtd down")
+					hv.mu.Unlock()
+					return errors.New("connection lost")
+				}
+			}, false, true, 1, true, false},
+		{"domain not here when ordered: unknown, never migrated", nil, nil, false, true, 0, false, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			st := openStore(t)
+			hv := newFakeHV(tt.domains...)
+			if tt.migrate != nil {
+				hv.migrate = tt.migrate(hv)
+			}
+			r := newRig(t, st, hv)
+			ds := desiredHere(idA, 10, true)
+			r.m.AfterDesired(context.Background(), ds)
+			rep := waitReport(t, r)
+			if rep.OK != tt.wantOK || rep.Unknown != tt.wantUnk {
+				t.Fatalf("report = %+v; want ok=%v unknown=%v", rep, tt.wantOK, tt.wantUnk)
+			}
+			if got := len(hv.migrations()); got != tt.wantCalls {
+				t.Fatalf("libvirt migrate calls = %d, want %d", got, tt.wantCalls)
+			}
+			poll(t, "the migration to end", func() (bool, any) {
+				r.m.mu.Lock()
+				defer r.m.mu.Unlock()
+				return len(r.m.inflight) == 0, r.m.inflight
+			})
+			open, err := st.Handovers()
+			if err != nil || (len(open) == 1) != tt.wantOpen {
+				t.Fatalf("hand-over records = %v, %v; want open=%v", open, err, tt.wantOpen)
+			}
+			hv.mu.Lock()
+			hv.listErr = nil
+			hv.mu.Unlock()
+			ds.VMs[0].Migrate = nil
+			if !tt.wantOpen {
+				if got := startsHere(t, r.m, ds); got && !tt.startable {
+					t.Fatal("a generation that may run elsewhere would be started here")
+				}
+			}
+		})
+	}
+}
+
+// TestHeldVMIsLeftAlone: a VM the servers hold (migration outcome
+// unknown) is never started here, whatever the local records say.
+func TestHeldVMIsLeftAlone(t *testing.T) {
+	r := newRig(t, openStore(t), newFakeHV())
+	ds := desiredHere(idA, 10, false)
+	if !startsHere(t, r.m, ds) {
+		t.Fatal("test setup: an absent VM placed here should be started")
+	}
+	ds.VMs[0].Held = true
+	if startsHere(t, r.m, ds) {
+		t.Fatal("a held VM would be started here")
+	}
+}
+
+// TestMigratingCoversInflightAndOpenRecords: the VMs whose "running here"
+// proves nothing, because a migration from here may be moving them.
+func TestMigratingCoversInflightAndOpenRecords(t *testing.T) {
+	st := openStore(t)
+	r := newRig(t, st, newFakeHV())
+	if got, err := r.m.Migrating(); err != nil || len(got) != 0 {
+		t.Fatalf("Migrating = %v, %v; want none", got, err)
+	}
+	if err := st.BeginHandover(store.Handover{VMID: idA, Generation: 10}); err != nil {
+		t.Fatal(err)
+	}
+	if !r.m.claim(idB, "task-2") {
+		t.Fatal("claim failed")
+	}
+	got, err := r.m.Migrating()
+	if err != nil || !got[idA] || !got[idB] || len(got) != 2 {
+		t.Fatalf("Migrating = %v, %v; want %s (open record) and %s (in flight)", got, err, idA, idB)
+	}
+}
+
+// TestMigrationWaitsForTheAdoptedMetadata: a domain that arrived by an
+// earlier migration still carries the generation it arrived with until the
+// reconciler rewrites it; migrated so, the destination would take it for a
+// stale copy. The order waits (no libvirt call, no report) and runs with
+// the next desired state once the metadata is current.
+func TestMigrationWaitsForTheAdoptedMetadata(t *testing.T) {
+	tests := []struct {
+		name       string
+		domainGen  uint64
+		wantCalls  int
+		wantReport bool
+	}{
+		{"metadata still at the adopted generation: waits", 6, 0, false},
+		{"metadata at the placement generation: migrates", 10, 1, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			hv := newFakeHV(running(idA, tt.domainGen))
+			r := newRig(t, openStore(t), hv)
+			ds := desiredHere(idA, 10, true)
+			ds.VMs[0].AdoptGeneration = 6
+			r.m.AfterDesired(context.Background(), ds)
+			if tt.wantReport {
+				waitReport(t, r)
+			} else {
+				poll(t, "the deferred order to release the VM", func() (bool, any) {
+					r.m.mu.Lock()
+					defer r.m.mu.Unlock()
+					return len(r.m.inflight) == 0, r.m.inflight
+				})
+				if got := r.rep.all(); len(got) != 0 {
+					t.Fatalf("reports = %+v, want none", got)
+				}
+			}
+			if got := len(hv.migrations()); got != tt.wantCalls {
+				t.Fatalf("libvirt migrate calls = %d, want %d", got, tt.wantCalls)
+			}
+			if tt.wantReport {
+				return
+			}
+			// The reconciler rewrote the metadata; the next desired state
+			// orders the migration again and it runs.
+			hv.mu.Lock()
+			hv.domains[idA] = running(idA, 10)
+			hv.mu.Unlock()
+			r.m.AfterDesired(context.Background(), ds)
+			if rep := waitReport(t, r); !rep.OK {
+				t.Fatalf("report after the metadata was rewritten = %+v, want OK", rep)
 			}
 		})
 	}

@@ -264,6 +264,9 @@ func (m *Manager) migrateLocal(ctx context.Context, d hypervisor.Domain, dest st
 		return res
 	}
 	ad := store.Adoption{VMID: d.UUID, Name: strings.TrimPrefix(d.Name, "chime-"), Generation: d.Meta.Generation, FromNode: m.cfg.NodeID}
+	if m.cfg.Prove != nil {
+		ad.Proof = m.cfg.Prove(d.UUID, d.Meta.Generation)
+	}
 	toNode, err := m.cfg.Announcer.AnnounceAdoption(ctx, dest, ad)
 	if err != nil {
 		res.Error = "destination agent did not accept the adoption: " + err.Error()

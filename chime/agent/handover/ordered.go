@@ -35,48 +35,58 @@ func (m *Manager) startMigration(vm api.DesiredVM) {
 		m.cfg.Changed()
 	}
 	m.after(0, func() {
-		rep := m.migrate(m.ctx, vm, order)
+		rep, later := m.migrate(m.ctx, vm, order)
+		if later {
+			// Not attempted: the next desired state orders it again.
+			m.release(vm.ID)
+			return
+		}
 		m.report(m.ctx, rep, 0, finish)
 	}, finish)
 }
 
-// migrate performs the migration and decides what to report. The
-// hand-over is recorded before libvirt is asked (no record, no migration),
-// and settled after: retired when the domain left (libvirt undefines the
-// source only on success, so its absence after an error means it left as
-// well), cleared when it is still here.
-func (m *Manager) migrate(ctx context.Context, vm api.DesiredVM, order api.MigrationOrder) api.MigrationReport {
+// migrate performs the migration and decides what to report: OK only on
+// libvirt's word (its migrate call returned success), failed only when the
+// domain still runs here, and unknown otherwise (uniqueness rule 8) — a
+// domain absent here proves nothing about where it runs (a node-local
+// migration may have taken it elsewhere, a lost reply may hide a failure
+// or a success). The hand-over is recorded before libvirt is asked (no
+// record, no migration), and settled after: retired whenever the domain
+// no longer runs here (never started here again), cleared when it does.
+//
+// later is true when nothing was attempted and nothing is to be reported
+// yet: the domain still carries the older generation it arrived with by an
+// earlier migration (the reconciler has not rewritten its metadata), and
+// migrated so, the destination would take it for a stale copy.
+func (m *Manager) migrate(ctx context.Context, vm api.DesiredVM, order api.MigrationOrder) (rep api.MigrationReport, later bool) {
 	log := m.log.Named("migrate").With("vm", vm.Name, "task", order.TaskID)
-	rep := api.MigrationReport{TaskID: order.TaskID, VMID: vm.ID, Generation: vm.Generation}
+	rep = api.MigrationReport{TaskID: order.TaskID, VMID: vm.ID, Generation: vm.Generation}
 	h := store.Handover{VMID: vm.ID, Generation: vm.Generation}
 	here, err := m.domainHere(ctx, vm.ID)
 	if err != nil {
 		rep.Error = "list libvirt domains: " + err.Error()
-		return rep
+		return rep, false // nothing was attempted: failed
 	}
 	if here == nil {
-		retired, err := m.cfg.Store.Retired()
-		if err != nil {
-			rep.Error = "read the retired generations: " + err.Error()
-			log.Error("cannot read the fencing records", "error", err)
-			return rep
-		}
-		rep.OK = true
-		if retired[vm.ID] >= vm.Generation {
-			return rep // migrated before a restart; report again
-		}
-		log.Warn("ordered to migrate a VM whose domain is not here: it left with a migration")
-		_ = m.retire(h) // a failure is logged, held in memory and retried: the domain is gone either way
-		return rep
+		rep.Unknown = true
+		rep.Error = "the domain is not on the source node: where it runs is for the destination to prove"
+		log.Warn("ordered to migrate a VM whose domain is not here: reporting its outcome unknown; it is never started here again")
+		_ = m.retire(h) // a failure is logged, held in memory and retried: it does not run here either way
+		return rep, false
+	}
+	if here.Meta != nil && here.Meta.Generation != vm.Generation && here.Meta.Generation == vm.AdoptGeneration {
+		log.Info("the domain still carries the generation it arrived with: migrating once the reconciler has adopted it",
+			"domain_generation", here.Meta.Generation, "generation", vm.Generation)
+		return rep, true
 	}
 	if here.State != hypervisor.StateRunning {
 		rep.Error = "vm is not running here (" + here.State + "): nothing to live-migrate"
-		return rep
+		return rep, false
 	}
 	if err := m.cfg.Store.BeginHandover(h); err != nil {
 		rep.Error = "not migrated: " + err.Error()
 		log.Error("cannot record the hand-over: not migrating; the VM keeps running here", "error", err)
-		return rep
+		return rep, false
 	}
 	start := m.cfg.Clock.Now()
 	log.Info("live migration starting", "dest", order.DestURI, "migrate_uri", order.MigrateURI)
@@ -85,23 +95,31 @@ func (m *Manager) migrate(ctx context.Context, vm api.DesiredVM, order api.Migra
 		_ = m.retire(h) // see above
 		rep.OK = true
 		log.Info("live migration done", "took", m.cfg.Clock.Now().Sub(start).Round(time.Millisecond).String())
-		return rep
+		return rep, false
 	}
 	rep.Error = err.Error()
 	switch d, lerr := m.domainHere(ctx, vm.ID); {
 	case lerr != nil:
 		// Whether it left is unknown: the open hand-over record keeps the
-		// VM held until a later desired state settles it.
-		log.Error("live migration failed and libvirt cannot be listed; the VM is held until it can be", "error", err, "list_error", lerr)
-	case d == nil:
-		_ = m.retire(h)
-		rep.OK, rep.Error = true, ""
-		log.Warn("migration call failed but the domain left this node", "error", err)
-	default:
+		// VM held here until a later desired state settles the record.
+		rep.Unknown = true
+		log.Error("live migration failed and libvirt cannot be listed: outcome unknown, the VM is held", "error", err, "list_error", lerr)
+	case stillRunsHere(d):
 		log.Error("live migration failed; the VM keeps running here", "error", err)
 		m.abort(h)
+	default:
+		rep.Unknown = true
+		_ = m.retire(h)
+		log.Warn("migration call failed and the domain no longer runs here: outcome unknown, for the destination to prove", "error", err)
 	}
-	return rep
+	return rep, false
+}
+
+// stillRunsHere reports whether d (nil: not listed) has a qemu here: the
+// evidence that a migration did not hand it over. A domain shut off here
+// (for example "shut off (migrated)") may run elsewhere.
+func stillRunsHere(d *hypervisor.Domain) bool {
+	return d != nil && d.State != hypervisor.StateStopped && d.State != hypervisor.StateCrashed
 }
 
 // abort clears the record of a hand-over that did not happen. If that

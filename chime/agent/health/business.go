@@ -31,11 +31,38 @@ type linkState struct {
 	Reason string // why not Up, e.g. "interface eth1 is down"
 }
 
+// BusinessNet is the network the business check probes through.
+type BusinessNet interface {
+	// Link reports whether the interface is up (administratively and
+	// operationally) and, when it is not, why ("interface eth1 is down").
+	Link(iface string) (up bool, reason string)
+	// Dial opens a TCP connection to target (HOST:PORT) through iface only
+	// and closes it again. A refused connection (syscall.ECONNREFUSED)
+	// proves the target reachable.
+	Dial(ctx context.Context, iface, target string, timeout time.Duration) error
+}
+
+// KernelNet is the host's own network: the interface's flags and a TCP
+// connect with the socket bound to the interface.
+type KernelNet struct{}
+
+// Link reads the interface's flags.
+func (KernelNet) Link(iface string) (bool, string) {
+	l := readLink(iface)
+	return l.Up, l.Reason
+}
+
+// Dial connects through iface (SO_BINDTODEVICE).
+func (KernelNet) Dial(ctx context.Context, iface, target string, timeout time.Duration) error {
+	return dialThrough(ctx, iface, target, timeout)
+}
+
 func (h *Checker) checkBusiness(ctx context.Context) {
-	link := readLink(h.cfg.BusinessInterface)
+	var link linkState
+	link.Up, link.Reason = h.cfg.BusinessNet.Link(h.cfg.BusinessInterface)
 	var results []probeResult
 	if link.Up {
-		results = probeTargets(ctx, h.cfg.BusinessInterface, h.cfg.BusinessProbes, h.cfg.ProbeTimeout)
+		results = probeTargets(ctx, h.cfg.BusinessNet, h.cfg.BusinessInterface, h.cfg.BusinessProbes, h.cfg.ProbeTimeout)
 	}
 	fault := businessFault(link, results)
 	var failed []string
@@ -141,12 +168,12 @@ func readLink(name string) linkState {
 }
 
 // probeTargets connects to every target in parallel through iface.
-func probeTargets(ctx context.Context, iface string, targets []string, timeout time.Duration) []probeResult {
+func probeTargets(ctx context.Context, bn BusinessNet, iface string, targets []string, timeout time.Duration) []probeResult {
 	results := make([]probeResult, len(targets))
 	var wg sync.WaitGroup
 	for i, target := range targets {
 		wg.Go(func() {
-			results[i] = probeResult{Target: target, Err: dialThrough(ctx, iface, target, timeout)}
+			results[i] = probeResult{Target: target, Err: bn.Dial(ctx, iface, target, timeout)}
 		})
 	}
 	wg.Wait()

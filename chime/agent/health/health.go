@@ -67,8 +67,12 @@ type Config struct {
 	// StorageProbe probes one storage path (default: write, fsync and read
 	// back a file in it). It may be called for several paths at once.
 	StorageProbe func(dir string) error
-	Logger       hclog.Logger
-	Changed      func() // called (without locks held) when the fault set changes
+	// BusinessNet is what the business check reads and dials (default: the
+	// kernel's interface flags and a TCP connect bound to the interface).
+	// Dial may be called for several targets at once.
+	BusinessNet BusinessNet
+	Logger      hclog.Logger
+	Changed     func() // called (without locks held) when the fault set changes
 }
 
 // Checker runs the agent's local checks and keeps the resulting faults.
@@ -119,6 +123,9 @@ func New(cfg Config) *Checker {
 	}
 	if cfg.StorageProbe == nil {
 		cfg.StorageProbe = writeProbe
+	}
+	if cfg.BusinessNet == nil {
+		cfg.BusinessNet = KernelNet{}
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = hclog.NewNullLogger()

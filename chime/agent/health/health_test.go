@@ -566,3 +566,50 @@ func listenInNetns(t *testing.T, ns, addr string) net.Listener {
 	}()
 	return r.ln
 }
+
+// fakeNet is a BusinessNet whose link and targets a test sets.
+type fakeNet struct {
+	up      bool
+	answers map[string]error // target → Dial's answer
+}
+
+func (f *fakeNet) Link(iface string) (bool, string) {
+	if !f.up {
+		return false, "interface " + iface + " is down"
+	}
+	return true, ""
+}
+
+func (f *fakeNet) Dial(_ context.Context, _, target string, _ time.Duration) error {
+	return f.answers[target]
+}
+
+// TestBusinessNetHook drives the business check through Config.BusinessNet
+// (the simulator's hook): the link's state and the targets' answers decide
+// the fault as the kernel's would.
+func TestBusinessNetHook(t *testing.T) {
+	refused := fmt.Errorf("dial tcp: %w", syscall.ECONNREFUSED)
+	timeout := fmt.Errorf("dial tcp: %w", os.ErrDeadlineExceeded)
+	tests := []struct {
+		name    string
+		up      bool
+		answers map[string]error
+		want    string // "" = no fault
+	}{
+		{"link down", false, nil, "business network unreachable: interface biz0 is down"},
+		{"one target refuses", true, map[string]error{"a:9": refused, "b:9": timeout}, ""},
+		{"one target connects", true, map[string]error{"a:9": nil, "b:9": timeout}, ""},
+		{"every target times out", true, map[string]error{"a:9": timeout, "b:9": timeout}, "business network unreachable: no probe target answered (timeout)"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			h := New(Config{BusinessInterface: "biz0", BusinessProbes: []string{"a:9", "b:9"}, KmsgPath: "-",
+				StoragePaths: nil, BusinessNet: &fakeNet{up: tc.up, answers: tc.answers}})
+			h.Check(context.Background())
+			got := h.Faults()
+			if tc.want == "" && len(got) != 0 || tc.want != "" && !slices.Equal(got, []string{tc.want}) {
+				t.Fatalf("faults = %q, want %q", got, tc.want)
+			}
+		})
+	}
+}

@@ -107,6 +107,10 @@ type Adoption struct {
 	Name       string `json:"name"`
 	Generation uint64 `json:"generation"`
 	FromNode   string `json:"from_node"`
+	// Proof is the source's structs.AdoptionProof for VMID and
+	// Generation (empty from sources that predate it, or that never
+	// registered): the destination reports it with its adoption.
+	Proof string `json:"proof,omitempty"`
 	// ToNode is the node id of the agent that accepted the announcement
 	// (set in the answer; the source logs it as the destination).
 	ToNode string `json:"to_node,omitempty"`

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"sort"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -34,7 +35,13 @@ type Config struct {
 	// CountDelivery, when set, is called once per delivery attempt with one
 	// of the Delivery* results (the server's metric).
 	CountDelivery func(result string)
-	Logger        hclog.Logger // named server.alarms by the server
+	// Extra, when set, derives more firing alarms from the state, at now:
+	// conditions whose judgement needs code this package may not import
+	// (the HA reservation needs the scheduler: chime/server/hapolicy).
+	// Each alarm needs Name, Severity, Labels, Summary, Description and
+	// StartsAt; the alarmer adds alertname, severity and the fingerprint.
+	Extra  func(now time.Time) ([]structs.Alarm, error)
+	Logger hclog.Logger // named server.alarms by the server
 }
 
 // Alarmer records alarm transitions and delivers them. Each transition is
@@ -49,7 +56,11 @@ type Alarmer struct {
 	externalURL   string
 	client        *http.Client
 	countDelivery func(string)
+	extra         func(time.Time) ([]structs.Alarm, error)
 	log           hclog.Logger
+
+	mu       sync.Mutex
+	heldSeen map[string]time.Time // held migration (heldKey) → when this leader first saw it held
 }
 
 // New returns an Alarmer.
@@ -61,7 +72,44 @@ func New(cfg Config) *Alarmer {
 		cfg.Client = http.DefaultClient
 	}
 	return &Alarmer{state: cfg.State, propose: cfg.Proposer, clock: cfg.Clock, webhooks: cfg.Webhooks,
-		externalURL: cfg.ExternalURL, client: cfg.Client, countDelivery: cfg.CountDelivery, log: cfg.Logger}
+		externalURL: cfg.ExternalURL, client: cfg.Client, countDelivery: cfg.CountDelivery, extra: cfg.Extra, log: cfg.Logger,
+		heldSeen: map[string]time.Time{}}
+}
+
+// heldSince returns, for every VM held now (migration outcome unknown),
+// when this leader first saw it held, on its own clock (uniqueness rule
+// 8: no bound is measured on another server's timestamp), and forgets
+// the holds that ended.
+func (a *Alarmer) heldSince(vms []structs.VM, now time.Time) map[string]time.Time {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := map[string]time.Time{}
+	for _, v := range vms {
+		if !v.Held() {
+			continue
+		}
+		k := heldKey(v)
+		if _, ok := a.heldSeen[k]; !ok {
+			a.heldSeen[k] = now
+		}
+		out[k] = a.heldSeen[k]
+	}
+	for k := range a.heldSeen {
+		if _, ok := out[k]; !ok {
+			delete(a.heldSeen, k)
+		}
+	}
+	return out
+}
+
+func firingSet(recs []fsm.AlarmRecord) map[string]bool {
+	out := map[string]bool{}
+	for _, r := range recs {
+		if r.Alarm.Status == "firing" {
+			out[r.Alarm.Fingerprint] = true
+		}
+	}
+	return out
 }
 
 // Firing lists the alarms recorded as firing in the replicated state,
@@ -84,6 +132,9 @@ func (a *Alarmer) Firing() ([]structs.Alarm, error) {
 // Run records transitions and delivers them until ctx ends (leadership
 // lost).
 func (a *Alarmer) Run(ctx context.Context) {
+	a.mu.Lock()
+	a.heldSeen = map[string]time.Time{} // a new term counts every hold afresh
+	a.mu.Unlock()
 	for {
 		ch, _ := a.state.Changed()
 		if err := a.Step(ctx); err != nil && ctx.Err() == nil {
@@ -122,8 +173,21 @@ func (a *Alarmer) Step(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("read alarms: %w", err)
 	}
+	vms, err := a.state.VMs()
+	if err != nil {
+		return fmt.Errorf("read vms: %w", err)
+	}
 	now := a.clock.Now().UTC()
-	for _, al := range Transitions(Derive(nodes, tasks, now), recs, now) {
+	current := append(Derive(nodes, tasks, now), DeriveHeld(vms, nodes, a.heldSince(vms, now), firingSet(recs), now)...)
+	sort.Slice(current, func(i, j int) bool { return current[i].Fingerprint < current[j].Fingerprint })
+	if a.extra != nil {
+		more, err := a.extra(now)
+		if err != nil {
+			return fmt.Errorf("derive alarms: %w", err)
+		}
+		current = WithExtra(current, more)
+	}
+	for _, al := range Transitions(current, recs, now) {
 		if _, err := a.propose.Propose(ctx, "", fsm.CmdAlarm, fsm.AlarmTransition{Alarm: al}); err != nil {
 			return fmt.Errorf("record alarm %s %s: %w", al.Name, al.Status, err)
 		}

@@ -18,6 +18,7 @@ type Proposer interface {
 type State interface {
 	Nodes() ([]structs.Node, error)
 	Tasks() ([]structs.Task, error)
+	VMs() ([]structs.VM, error)
 	Alarms() ([]fsm.AlarmRecord, error)
 	// Changed returns a channel closed at the next applied change.
 	Changed() (<-chan struct{}, uint64)

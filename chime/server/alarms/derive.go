@@ -4,6 +4,8 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"maps"
+	"slices"
 	"sort"
 	"time"
 
@@ -14,6 +16,55 @@ import (
 // FailedTaskAlarmFor is how long a failed task keeps its alarm firing
 // unless a later task of the same kind on the same node or VM succeeds.
 const FailedTaskAlarmFor = 24 * time.Hour
+
+// HeldAlarmAfter is how long a VM may be held (its live migration's
+// outcome unknown, started nowhere) before the VMHeld alarm fires: longer
+// than a lost report takes to be retried, shorter than an operator's
+// patience with a VM that runs nowhere.
+const HeldAlarmAfter = 5 * time.Minute
+
+// heldKey names one hold: a VM's migration (task and generation).
+func heldKey(v structs.VM) string {
+	return fmt.Sprintf("%s/%s/%d", v.ID, v.Migration.TaskID, v.Migration.Generation)
+}
+
+// DeriveHeld is the VMHeld alarm of every VM held (uniqueness rule 8) for
+// at least HeldAlarmAfter since since[heldKey] (when the leader first saw
+// it held), or whose alarm is already firing (a new leader does not
+// resolve it only because it started counting later).
+func DeriveHeld(vms []structs.VM, nodes []structs.Node, since map[string]time.Time, firing map[string]bool, now time.Time) []structs.Alarm {
+	names := map[string]string{}
+	for _, n := range nodes {
+		names[n.ID] = n.Name
+	}
+	name := func(id string) string {
+		if names[id] != "" {
+			return names[id]
+		}
+		return id
+	}
+	var out []structs.Alarm
+	for _, v := range vms {
+		if !v.Held() {
+			continue
+		}
+		m := v.Migration
+		labels := map[string]string{"alertname": "VMHeld", "severity": "critical", "vm": v.Name, "vm_id": v.ID,
+			"node": name(m.From), "node_id": m.From, "to": name(m.To)}
+		fp := fingerprint(labels)
+		first, seen := since[heldKey(v)]
+		if !firing[fp] && (!seen || now.Sub(first) < HeldAlarmAfter) {
+			continue
+		}
+		out = append(out, structs.Alarm{Fingerprint: fp, Name: "VMHeld", Severity: "critical", Labels: labels,
+			Summary: fmt.Sprintf("vm %s is held: the outcome of its live migration %s → %s is unknown", v.Name, name(m.From), name(m.To)),
+			Description: "It runs on neither node as far as chime can prove, and is started nowhere until one of them reports it " +
+				"running or is fenced (chime node drain + rebuild --confirm-fenced of a node that is powered off). See the runbook " +
+				"\"A VM is held\". Reason: " + m.UnknownReason,
+			Status: "firing", StartsAt: first})
+	}
+	return out
+}
 
 // IdentityConflictAlarmFor is how long the last evidence that another
 // agent claims a node keeps its NodeIdentityConflict alarm firing. The
@@ -106,6 +157,24 @@ func Derive(nodes []structs.Node, tasks []structs.Task, now time.Time) []structs
 			labels["vm"] = t.VMID
 		}
 		add("TaskFailed", "warning", labels, fmt.Sprintf("%s task %s failed", t.Kind, t.ID), t.Error, t.Updated)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Fingerprint < out[j].Fingerprint })
+	return out
+}
+
+// WithExtra adds alarms derived elsewhere (Config.Extra) to derived ones:
+// each gets its alertname and severity labels and its fingerprint, like
+// Derive's own, and the result is sorted by fingerprint.
+func WithExtra(derived, extra []structs.Alarm) []structs.Alarm {
+	out := slices.Clone(derived)
+	for _, al := range extra {
+		labels := maps.Clone(al.Labels)
+		if labels == nil {
+			labels = map[string]string{}
+		}
+		labels["alertname"], labels["severity"] = al.Name, al.Severity
+		al.Labels, al.Fingerprint, al.Status = labels, fingerprint(labels), "firing"
+		out = append(out, al)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Fingerprint < out[j].Fingerprint })
 	return out

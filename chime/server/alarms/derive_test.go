@@ -87,6 +87,50 @@ func TestFailedTaskAlarmResolves(t *testing.T) {
 	}
 }
 
+func TestDeriveHeld(t *testing.T) {
+	now := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
+	nodes := []structs.Node{{ID: "n1", Name: "hv1"}, {ID: "n2", Name: "hv2"}}
+	held := structs.VM{ID: "v1", Name: "web", NodeID: "n1", Migration: &structs.Migration{TaskID: "t1", From: "n1", To: "n2", Generation: 4,
+		Outcome: structs.MigrationOutcomeUnknown, UnknownReason: "no result"}}
+	inFlight := structs.VM{ID: "v2", Name: "db", NodeID: "n1", Migration: &structs.Migration{TaskID: "t2", From: "n1", To: "n2", Generation: 5}}
+	fp := ""
+	if al := DeriveHeld([]structs.VM{held}, nodes, map[string]time.Time{heldKey(held): now.Add(-HeldAlarmAfter)}, nil, now); len(al) == 1 {
+		fp = al[0].Fingerprint
+	}
+	tests := []struct {
+		name   string
+		vms    []structs.VM
+		since  time.Duration // how long this leader has seen it held
+		firing bool          // its alarm is recorded firing already
+		want   int
+	}{
+		{"held for less than the bound", []structs.VM{held}, HeldAlarmAfter - time.Second, false, 0},
+		{"held for the bound", []structs.VM{held}, HeldAlarmAfter, false, 1},
+		{"new leader, alarm already firing: stays firing", []structs.VM{held}, 0, true, 1},
+		{"migration in flight, not held", []structs.VM{inFlight}, time.Hour, false, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			since := map[string]time.Time{}
+			for _, v := range tt.vms {
+				if v.Held() {
+					since[heldKey(v)] = now.Add(-tt.since)
+				}
+			}
+			al := DeriveHeld(tt.vms, nodes, since, map[string]bool{fp: tt.firing}, now)
+			if len(al) != tt.want {
+				t.Fatalf("alarms = %+v, want %d", al, tt.want)
+			}
+			if tt.want == 1 && (al[0].Name != "VMHeld" || al[0].Labels["node"] != "hv1" || al[0].Labels["to"] != "hv2" || al[0].Labels["vm"] != "web") {
+				t.Fatalf("alarm = %+v", al[0])
+			}
+		})
+	}
+	if fp == "" {
+		t.Fatal("no fingerprint for the held alarm")
+	}
+}
+
 // TestIdentityConflictAlarm: a node another agent claims has a critical
 // NodeIdentityConflict alarm that names it, until its last evidence is
 // IdentityConflictAlarmFor old.

@@ -2,9 +2,7 @@ package endpoint
 
 import (
 	"context"
-	"crypto/sha256"
 	"crypto/subtle"
-	"encoding/hex"
 	"net"
 
 	"github.com/chime-ha/chime/chime/api"
@@ -18,10 +16,7 @@ import (
 const minSecretLen = 32
 
 // hashSecret is what the state stores of a node secret.
-func hashSecret(secret string) string {
-	sum := sha256.Sum256([]byte(secret))
-	return hex.EncodeToString(sum[:])
-}
+func hashSecret(secret string) string { return structs.HashSecret(secret) }
 
 // secretMatches compares in constant time, so that the answer's timing
 // says nothing about how much of a guessed secret was right.
@@ -48,20 +43,28 @@ func (e *Endpoints) Authenticate(nodeID, secret string) (*structs.Node, error) {
 
 // mayReplaceSecret says whether a registration as the existing node n that
 // does not present n's secret may set a new one (uniqueness rule 10: a lost
-// secret is replaced only with the join credential). Until the join
-// credential exists (the security issue: an `agent-join` token in req), the
-// proof is an operator's `chime node reset-secret`: n.SecretReset, which
-// the FSM checks again and clears when it applies the registration.
-func mayReplaceSecret(n *structs.Node, _ api.RegisterRequest) bool {
-	return n.SecretReset
+// secret is replaced only with the join credential). It needs both an
+// operator's `chime node reset-secret` (n.SecretReset, which the FSM checks
+// again and clears when it applies the registration) and the join
+// credential (joined: an agent-join token or an agent certificate, when
+// ACLs are on; always true with ACLs off).
+func mayReplaceSecret(n *structs.Node, joined bool) bool {
+	return n.SecretReset && joined
 }
 
-// Register creates a node or re-registers an existing one. A known node id
-// must present its secret, unless mayReplaceSecret lets a new one in:
-// nobody else may take over a node. A refusal is noted with the monitor,
-// which tells a lost data dir from a second agent claiming the node. An agent that
-// sends no secret gets a new one, which the answer carries.
+// Register is RegisterWith for a caller that holds the join credential
+// (ACLs off, the simulator, tests).
 func (e *Endpoints) Register(ctx context.Context, reqID string, req api.RegisterRequest) (api.RegisterResponse, error) {
+	return e.RegisterWith(ctx, reqID, req, true)
+}
+
+// RegisterWith creates a node or re-registers an existing one. A new node
+// needs the join credential (joined). A known node id must present its
+// secret, unless mayReplaceSecret lets a new one in: nobody else may take
+// over a node. A refusal is noted with the monitor, which tells a lost data
+// dir from a second agent claiming the node. An agent that sends no secret
+// gets a new one, which the answer carries.
+func (e *Endpoints) RegisterWith(ctx context.Context, reqID string, req api.RegisterRequest, joined bool) (api.RegisterResponse, error) {
 	if err := req.Validate(); err != nil {
 		return api.RegisterResponse{}, err
 	}
@@ -76,8 +79,11 @@ func (e *Endpoints) Register(ctx context.Context, reqID string, req api.Register
 	if existing, err := e.state.Node(req.ID); err == nil {
 		switch {
 		case req.Secret != "" && e.secretMatches(existing.ID, req.Secret):
-		case mayReplaceSecret(existing, req):
+		case mayReplaceSecret(existing, joined):
 			replace = true
+		case existing.SecretReset:
+			return api.RegisterResponse{}, structs.Forbidden("node %s (%s): its secret was reset, and a new one is set only by an agent that presents the join credential (an agent-join token, --join-token, or an agent TLS certificate)",
+				existing.Name, req.ID)
 		default:
 			e.monitor.RegistrationRefused(ctx, existing, req.APIAddr)
 			return api.RegisterResponse{}, structs.Forbidden("node %s (%s) is registered already and its agent must present its secret; an agent that lost its data dir is let in by `chime node reset-secret %s`",
@@ -85,6 +91,8 @@ func (e *Endpoints) Register(ctx context.Context, reqID string, req api.Register
 		}
 	} else if !structs.IsNotFound(err) {
 		return api.RegisterResponse{}, err
+	} else if !joined {
+		return api.RegisterResponse{}, structs.Forbidden("registering a new node needs the join credential: an agent-join token (chime agent --join-token, CHIME_JOIN_TOKEN) or an agent TLS certificate")
 	}
 	node := structs.Node{ID: req.ID, Name: req.Name, APIAddr: req.APIAddr, GossipAddr: req.GossipAddr,
 		MigrationURI: req.MigrationURI, MigrationAddr: req.MigrationAddr, BusinessInterface: req.BusinessInterface,
@@ -161,7 +169,9 @@ func (e *Endpoints) Desired(n *structs.Node) (api.DesiredState, error) {
 		if n.ManagementState == structs.NodeDrained {
 			d.DesiredState = structs.DesiredStopped
 		}
-		if m := vm.Migration; m != nil && m.From == n.ID {
+		if vm.Held() && vm.Migration.From == n.ID {
+			d.Held = true // no order any more: settled on evidence
+		} else if m := vm.Migration; m != nil && m.From == n.ID {
 			if dest, err := e.state.Node(m.To); err == nil {
 				addr := dest.MigrationAddr
 				if addr == "" {
@@ -208,11 +218,17 @@ func (e *Endpoints) Migrated(ctx context.Context, reqID string, n *structs.Node,
 	if vm.Migration != nil {
 		from = vm.Migration.From
 	}
+	if rep.OK && vm.Migration == nil && vm.NodeID != n.ID && vm.AdoptGeneration != 0 && vm.AdoptGeneration == rep.Generation {
+		// Already settled on the destination's evidence (uniqueness rule
+		// 8): the report confirms it, nothing is left to record.
+		return nil
+	}
 	if from != n.ID {
 		return structs.Forbidden("node %s reports a migration of vm %s, which is placed on %s", n.ID, vm.ID, from)
 	}
 	if _, err := e.propose.Propose(ctx, reqID, fsm.CmdMigrationEnd, fsm.MigrationEnd{
-		VMID: vm.ID, TaskID: rep.TaskID, FromNode: n.ID, Generation: rep.Generation, OK: rep.OK, Error: rep.Error}); err != nil {
+		VMID: vm.ID, TaskID: rep.TaskID, FromNode: n.ID, Generation: rep.Generation, OK: rep.OK && !rep.Unknown,
+		Unknown: rep.Unknown, Error: rep.Error}); err != nil {
 		return err
 	}
 	e.tasks.Kick()

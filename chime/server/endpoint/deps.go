@@ -29,6 +29,9 @@ type State interface {
 	VMsOnNode(nodeID string) ([]structs.VM, uint64, error)
 	ResolveVM(ref string) (*structs.VM, error)
 	Task(id string) (*structs.Task, error)
+	ACLTokens() ([]structs.ACLToken, error)
+	ACLTokenByHash(hash string) (*structs.ACLToken, error)
+	ACLBootstrapIndex() uint64
 	// Applied says what a request id was applied as, so that a retry
 	// answers like the first attempt.
 	Applied(reqID string) (objectID string, err error, seen bool)
@@ -44,6 +47,9 @@ type Placer interface {
 	Place(vm structs.VM, exclude []string) (string, error)
 	PlaceAll(reqs []scheduler.Request) (map[string]string, error)
 	Check(vm structs.VM, to string) error
+	// Admit is admission control (--ha-tolerate-failures) for a protected
+	// VM about to be placed on nodeID; call it inside Decide.
+	Admit(vm structs.VM, nodeID string) error
 	// Kick wakes the pending-VM loop: capacity may have appeared.
 	Kick()
 }

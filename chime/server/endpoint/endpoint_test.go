@@ -108,18 +108,20 @@ type world struct {
 	Clock  *timerClock // shadows World.Clock: the same time, with the timers the endpoints wait on
 	runner *tasks.Runner
 	ep     *endpoint.Endpoints
-	beats  int // heartbeats counted by the endpoints
+	beats  int          // heartbeats counted by the endpoints
+	pauses *pauseBefore // runs a concurrent operation at a proposal boundary
 }
 
 func newWorld(t *testing.T) *world {
 	t.Helper()
 	fx := fsmtest.New(t)
-	f, d, clock := fx.FSM, fx.Direct, &timerClock{Clock: fx.Clock}
+	f, clock := fx.FSM, &timerClock{Clock: fx.Clock}
+	d := &pauseBefore{Direct: fx.Direct}
 	p := placement.New(placement.Config{State: f, Proposer: d})
 	r := tasks.New(tasks.Config{State: f, Proposer: d, Placer: p, Clock: clock})
 	m := heartbeat.New(heartbeat.Config{Interval: timing.HeartbeatInterval, Missed: timing.MissedHeartbeats,
 		Proposer: d, State: f, Clock: clock})
-	w := &world{World: fx, t: t, ctx: context.Background(), Clock: clock, runner: r}
+	w := &world{World: fx, t: t, ctx: context.Background(), Clock: clock, runner: r, pauses: d}
 	w.ep = endpoint.New(endpoint.Config{Proposer: d, State: f, Placer: p, Tasks: r, Monitor: m, Clock: clock,
 		IDs: &seqIDs{}, Agents: agentConfig{}, CountHeartbeat: func() { w.beats++ }})
 	return w

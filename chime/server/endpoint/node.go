@@ -2,7 +2,9 @@ package endpoint
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/chime-ha/chime/chime/structs"
 	"github.com/chime-ha/chime/fsm"
@@ -84,12 +86,24 @@ func (e *Endpoints) resetSecret(ctx context.Context, reqID string, n *structs.No
 
 // setManagement enables or disables the node. Enabling wakes the pending
 // loop: the node may take VMs that fit nowhere else.
+//
+// The change is a compare-and-set on the node as read here (uniqueness
+// rule 11): when the node changed meanwhile (a concurrent drain, a rebuild's
+// fence, a heartbeat that moved its drain evidence) the FSM refuses it and
+// the operator gets a conflict naming what changed. Enabling also releases
+// the agent's local drain, if it has one the operator has not released
+// yet, even on a node that is enabled already (a local drain changes no
+// management state).
 func (e *Endpoints) setManagement(ctx context.Context, reqID string, n *structs.Node, op NodeOp) (NodeResult, error) {
 	state := structs.NodeEnabled
 	if op == NodeDisable {
 		state = structs.NodeDisabled
 	}
-	if _, err := e.propose.Propose(ctx, reqID, fsm.CmdSetManagement, fsm.SetManagement{NodeID: n.ID, State: state}); err != nil {
+	cmd := fsm.SetManagement{NodeID: n.ID, State: state, IfModifyIndex: n.ModifyIndex}
+	if op == NodeEnable && n.LocalDrainID != "" && n.LocalDrainID != n.ReleasedDrainID {
+		cmd.ReleaseDrainID = n.LocalDrainID
+	}
+	if _, err := e.propose.Propose(ctx, reqID, fsm.CmdSetManagement, cmd); err != nil {
 		return NodeResult{}, err
 	}
 	if op == NodeEnable {
@@ -109,7 +123,8 @@ func (e *Endpoints) evacuate(ctx context.Context, reqID string, n *structs.Node)
 		return nil, structs.Conflict("id", "node %s already has %s task %s running", n.Name, t.Kind, t.ID)
 	}
 	if n.ManagementState == structs.NodeEnabled {
-		if _, err := e.propose.Propose(ctx, reqID+"-disable", fsm.CmdSetManagement, fsm.SetManagement{NodeID: n.ID, State: structs.NodeDisabled}); err != nil {
+		if _, err := e.propose.Propose(ctx, reqID+"-disable", fsm.CmdSetManagement,
+			fsm.SetManagement{NodeID: n.ID, State: structs.NodeDisabled, IfModifyIndex: n.ModifyIndex}); err != nil {
 			return nil, err
 		}
 	}
@@ -130,7 +145,8 @@ func (e *Endpoints) evacuate(ctx context.Context, reqID string, n *structs.Node)
 // drain stops every VM on the node and keeps them stopped; the task
 // finishes when the agent acknowledges (or the node had no VMs).
 func (e *Endpoints) drain(ctx context.Context, reqID string, n *structs.Node) (*structs.Task, error) {
-	if _, err := e.propose.Propose(ctx, reqID+"-drain", fsm.CmdSetManagement, fsm.SetManagement{NodeID: n.ID, State: structs.NodeDrained}); err != nil {
+	if _, err := e.propose.Propose(ctx, reqID+"-drain", fsm.CmdSetManagement,
+		fsm.SetManagement{NodeID: n.ID, State: structs.NodeDrained, IfModifyIndex: n.ModifyIndex}); err != nil {
 		return nil, err
 	}
 	vms, _, err := e.state.VMsOnNode(n.ID)
@@ -183,18 +199,45 @@ func (e *Endpoints) rebuild(ctx context.Context, reqID string, n *structs.Node, 
 	}
 	if confirmFenced && !n.Fenced {
 		yes := true
-		if _, err := e.propose.Propose(ctx, reqID+"-fence", fsm.CmdSetNodeFlags, fsm.SetNodeFlags{NodeID: n.ID, Fenced: &yes, FenceUnreachable: true}); err != nil {
+		if _, err := e.propose.Propose(ctx, reqID+"-fence", fsm.CmdSetNodeFlags, fsm.SetNodeFlags{NodeID: n.ID, Fenced: &yes, FenceUnreachable: true, IfModifyIndex: n.ModifyIndex}); err != nil {
 			return nil, err
 		}
+		// The decision below stands on the node as the fence left it: still
+		// drained and now fenced.
+		cur, err := e.state.Node(n.ID)
+		if err != nil {
+			return nil, err
+		}
+		if cur.ManagementState != structs.NodeDrained || !cur.Fenced {
+			return nil, structs.Conflict("node_modify_index", "node %s changed during the rebuild (management %s, fenced %v): nothing was moved; decide again",
+				n.Name, cur.ManagementState, cur.Fenced)
+		}
+		n = cur
 	}
 	// The whole rebuild is one placement decision: every VM's new node is
-	// chosen over one read and proposed before anything else places.
+	// chosen over one read and proposed before anything else places. Each
+	// placement is a compare-and-set on what the decision read (uniqueness
+	// rule 11): the VM (generation, modify index) and the node (its modify
+	// index: management state and drain evidence). A node or VM changed
+	// meanwhile (an enable, a heartbeat that withdrew the evidence, a VM
+	// started again) stops the rebuild with a conflict; what was placed
+	// before stays placed: each of those decisions was right when it
+	// committed.
 	steps := []structs.TaskStep{}
+	var stopped error
 	err := e.placer.Decide(func() error {
 		vms, _, err := e.state.VMsOnNode(n.ID)
 		if err != nil {
 			return err
 		}
+		// A VM migrating away from this node can only run on the
+		// migration's destination, or nowhere, now that this node is
+		// known to run nothing: it goes there (uniqueness rule 8); one
+		// migrating here stays on its source.
+		if err := e.settleFenced(ctx, n, &steps); err != nil {
+			return err
+		}
+		vms = slices.DeleteFunc(vms, func(vm structs.VM) bool { return vm.Migration != nil })
 		// A VM a node-local migration may have brought to another node is
 		// held (uniqueness rule 7): "nothing runs on this node" says
 		// nothing about where it went. Unless that node is fenced too.
@@ -225,11 +268,20 @@ func (e *Endpoints) rebuild(ctx context.Context, reqID string, n *structs.Node, 
 				reason += ": no node fits, pending"
 				st.Error = "no node fits: pending until capacity appears"
 			}
-			// A fresh id for each placement: it is decided from the state of
-			// this attempt, and the generation compare-and-set refuses a
-			// stale one.
-			if _, err := e.propose.Propose(ctx, "", fsm.CmdPlaceVM, fsm.PlaceVM{VMID: vm.ID, NodeID: to, IfGeneration: vm.Generation, Reason: reason}); err != nil {
-				st.State, st.Error = structs.TaskFailed, err.Error()
+			switch {
+			case stopped != nil:
+				st.State, st.Error = structs.TaskFailed, "not moved: "+stopped.Error()
+			default:
+				// A fresh id for each placement: it is decided from the state
+				// of this attempt, and the compare-and-sets refuse a stale one.
+				_, err := e.propose.Propose(ctx, "", fsm.CmdPlaceVM, fsm.PlaceVM{VMID: vm.ID, NodeID: to, IfGeneration: vm.Generation,
+					IfModifyIndex: vm.ModifyIndex, IfNodeModifyIndex: n.ModifyIndex, Reason: reason})
+				if err != nil {
+					st.State, st.Error = structs.TaskFailed, err.Error()
+				}
+				if readChanged(err) {
+					stopped = err
+				}
 			}
 			steps = append(steps, st)
 		}
@@ -239,13 +291,66 @@ func (e *Endpoints) rebuild(ctx context.Context, reqID string, n *structs.Node, 
 		return nil, err
 	}
 	state := structs.TaskSucceeded
+	moved := 0
 	for _, st := range steps {
 		if st.State == structs.TaskFailed {
 			state = structs.TaskFailed
+		} else {
+			moved++
 		}
 	}
+	if stopped != nil && moved == 0 {
+		// Lost cleanly: nothing moved, nothing recorded.
+		return nil, stopped
+	}
 	e.placer.Kick()
-	return e.tasks.Create(ctx, reqID, structs.Task{ID: e.ids.NewID(), Kind: structs.TaskRebuild, NodeID: n.ID, State: state, Steps: steps})
+	t, err := e.tasks.Create(ctx, reqID, structs.Task{ID: e.ids.NewID(), Kind: structs.TaskRebuild, NodeID: n.ID, State: state, Steps: steps})
+	if err != nil {
+		return nil, err
+	}
+	if stopped != nil {
+		return t, structs.Conflict(structs.AsError(stopped).Field, "rebuild of node %s stopped after %d of %d VMs (task %s records which): %s",
+			n.Name, moved, len(steps), t.ID, stopped.Error())
+	}
+	return t, nil
+}
+
+// readChanged reports whether err is the FSM's refusal of a decision
+// because what it read changed: the node or the VM (the modify-index
+// compare-and-sets).
+func readChanged(err error) bool {
+	var se *structs.Error
+	return errors.As(err, &se) && se.Kind == structs.ErrConflict && (se.Field == "node_modify_index" || se.Field == "modify_index")
+}
+
+// settleFenced settles every live migration from or to node n, which is
+// known to run nothing (acknowledged drain, local drain or fence): the VM
+// runs at the other end or nowhere, so it is placed there. Each settles
+// in one step of the rebuild task.
+func (e *Endpoints) settleFenced(ctx context.Context, n *structs.Node, steps *[]structs.TaskStep) error {
+	all, err := e.state.VMs()
+	if err != nil {
+		return err
+	}
+	for _, vm := range all {
+		m := vm.Migration
+		if m == nil || (m.From != n.ID && m.To != n.ID) {
+			continue
+		}
+		where, reason := m.To, fmt.Sprintf("node %s, its source, is known to run nothing (rebuild)", n.Name)
+		if m.From != n.ID {
+			where, reason = m.From, fmt.Sprintf("node %s, its destination, is known to run nothing (rebuild)", n.Name)
+		}
+		st := structs.TaskStep{VMID: vm.ID, From: m.From, To: where, State: structs.TaskSucceeded}
+		if _, err := e.propose.Propose(ctx, "", fsm.CmdMigrationSettle, fsm.MigrationSettle{VMID: vm.ID, TaskID: m.TaskID,
+			Generation: m.Generation, Where: where, Reason: reason}); err != nil {
+			st.State, st.Error = structs.TaskFailed, err.Error()
+		}
+		if m.From == n.ID {
+			*steps = append(*steps, st)
+		}
+	}
+	return nil
 }
 
 // heldElsewhere says why vm must not be rebuilt: a node-local migration of

@@ -54,6 +54,11 @@ func (e *Endpoints) CreateVM(ctx context.Context, reqID string, req api.CreateVM
 		if err != nil && !errors.Is(err, scheduler.ErrNoCapacity) {
 			return err
 		}
+		if vm.DesiredState == structs.DesiredRunning {
+			if err := e.placer.Admit(vm, nodeID); err != nil {
+				return err
+			}
+		}
 		res, err = e.propose.Propose(ctx, reqID, fsm.CmdCreateVM, fsm.CreateVM{VM: vm, NodeID: nodeID})
 		return err
 	})
@@ -76,7 +81,10 @@ func (e *Endpoints) VMAction(ctx context.Context, reqID, ref string, op VMOp) (*
 		if op == VMStop {
 			state = structs.DesiredStopped
 		}
-		if _, err := e.propose.Propose(ctx, e.requestID(reqID), fsm.CmdSetDesired, fsm.SetDesired{VMID: vm.ID, State: state}); err != nil {
+		if err := e.admitted(vm, state, func() error {
+			_, err := e.propose.Propose(ctx, e.requestID(reqID), fsm.CmdSetDesired, fsm.SetDesired{VMID: vm.ID, State: state})
+			return err
+		}); err != nil {
 			return nil, err
 		}
 		return e.state.VM(vm.ID)
@@ -105,10 +113,35 @@ func (e *Endpoints) restart(ctx context.Context, reqID string, vm *structs.VM) (
 				Message: fmt.Sprintf("vm %s: the agent did not report it stopped within %s; %s", vm.Name, fmtMinutes(RestartTimeout), what)}
 		}
 	}
-	if _, err := e.propose.Propose(ctx, reqID+"-start", fsm.CmdSetDesired, fsm.SetDesired{VMID: vm.ID, State: structs.DesiredRunning}); err != nil {
+	if err := e.admitted(vm, structs.DesiredRunning, func() error {
+		_, err := e.propose.Propose(ctx, reqID+"-start", fsm.CmdSetDesired, fsm.SetDesired{VMID: vm.ID, State: structs.DesiredRunning})
+		return err
+	}); err != nil {
 		return nil, err
 	}
 	return e.state.VM(vm.ID)
+}
+
+// admitted runs propose, which sets vm's desired state to state. Starting
+// a stopped, placed ha VM makes it protected, so that start is admission
+// control's decision (placement lock held, admission, propose); any other
+// change runs propose as it is.
+func (e *Endpoints) admitted(vm *structs.VM, state string, propose func() error) error {
+	if !vm.Spec.HA || vm.NodeID == "" || state != structs.DesiredRunning || vm.DesiredState == structs.DesiredRunning {
+		return propose()
+	}
+	return e.placer.Decide(func() error {
+		cur, err := e.state.VM(vm.ID)
+		if err != nil {
+			return err
+		}
+		if cur.DesiredState != structs.DesiredRunning && cur.NodeID != "" {
+			if err := e.placer.Admit(*cur, cur.NodeID); err != nil {
+				return err
+			}
+		}
+		return propose()
+	})
 }
 
 // fmtMinutes writes a whole number of minutes as "2m" (time.Duration's

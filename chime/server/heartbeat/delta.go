@@ -46,8 +46,16 @@ func stateFromHeartbeat(faults []string) string {
 // moved meanwhile); this is the filter that keeps unchanged heartbeats out
 // of the log.
 func buildDelta(st State, n *structs.Node, r Report, now time.Time) (*fsm.Heartbeat, error) {
-	d := &fsm.Heartbeat{NodeID: n.ID}
+	// Authorized: every item is judged against n (issue 12); an adoption
+	// the state does not prove (fsm.AdoptionProven) holds the VM instead
+	// of moving it.
+	d := &fsm.Heartbeat{NodeID: n.ID, Authorized: true}
+	source := func(id string) (bool, string) {
+		src, err := st.Node(id)
+		return err == nil && src != nil && src.Fenced, st.NodeSecretHash(id)
+	}
 	adopting := map[string]bool{}
+	held := map[string]bool{} // unproven adoptions: neither observed here nor stale copies
 	anyRunning := false
 	for _, o := range r.Adopted {
 		if o.State == structs.StateRunning {
@@ -60,9 +68,15 @@ func buildDelta(st State, n *structs.Node, r Report, now time.Time) (*fsm.Heartb
 		if vm != nil && vm.AdoptedBy(n.ID, o.Generation) {
 			continue
 		}
+		if vm != nil && vm.NodeID != "" && vm.Generation == o.Generation && !fsm.AdoptionProven(vm, n.ID, o.Generation, o.Proof, source) {
+			held[o.VMID] = true
+			if fsm.HeldFor(vm, n.ID, o.Generation) {
+				continue // held already: nothing to write
+			}
+		}
 		// A claim for a VM that is gone is sent all the same: the FSM
 		// refuses it, and the agent is told to destroy its copy.
-		d.Adoptions = append(d.Adoptions, fsm.Adoption{VMID: o.VMID, Generation: o.Generation})
+		d.Adoptions = append(d.Adoptions, fsm.Adoption{VMID: o.VMID, Generation: o.Generation, Proof: o.Proof})
 		adopting[o.VMID] = true
 	}
 
@@ -79,11 +93,19 @@ func buildDelta(st State, n *structs.Node, r Report, now time.Time) (*fsm.Heartb
 		if err != nil {
 			return nil, err
 		}
+		if vm.MigrationSettledBy(n.ID, o, r.DesiredIndex) != "" {
+			// Proof of where a migrating VM runs (uniqueness rule 8).
+			d.Migrations = append(d.Migrations, fsm.MigrationEvidence{VMObservation: o, DesiredIndex: r.DesiredIndex})
+		}
 		switch {
+		case held[o.VMID]:
+			// An unproven adoption: held for the node, not observed here.
 		case adopting[o.VMID]:
 			// Judged by the FSM after the adoption in the same command
 			// moved the VM here.
 			d.Observations = append(d.Observations, o)
+		case fsm.HeldFor(vm, n.ID, o.Generation):
+			// An announced adoption that has not moved the VM here.
 		case vm.IncomingHere(n.ID):
 			// The incoming copy of a live migration in flight.
 		case !vm.ObservationCurrent(n.ID, o.Generation):
@@ -93,6 +115,16 @@ func buildDelta(st State, n *structs.Node, r Report, now time.Time) (*fsm.Heartb
 		case observationChanged(vm.Observed, n.ID, o):
 			d.Observations = append(d.Observations, o)
 		}
+	}
+	// A held VM (uniqueness rule 8) that neither end of its migration runs
+	// any more runs nowhere: each end's absence is evidence only together
+	// (MigrationSettledBy), so both are sent.
+	if !r.VMsUnknown {
+		held, err := heldAbsent(st, n.ID, r, listed)
+		if err != nil {
+			return nil, err
+		}
+		d.Migrations = append(d.Migrations, held...)
 	}
 	// A placed VM the agent no longer lists is gone from libvirt: stopped
 	// (unless libvirt could not be listed at all).
@@ -179,8 +211,18 @@ func buildDelta(st State, n *structs.Node, r Report, now time.Time) (*fsm.Heartb
 	// (uniqueness rule 9): which are conflicts, whether the node may be
 	// normal, whether an unreachable node may return.
 	ev := copyEvidence(r)
-	stale, err := fsm.StaleCopies(n, ev, func(id string) (*structs.VM, error) {
-		if adopting[id] {
+	judged, err := fsm.WithoutHeld(ev, n.ID, func(id string) (*structs.VM, error) {
+		vm, err := st.VM(id)
+		if structs.IsNotFound(err) {
+			return nil, nil
+		}
+		return vm, err
+	})
+	if err != nil {
+		return nil, err
+	}
+	stale, err := fsm.StaleCopies(n, judged, func(id string) (*structs.VM, error) {
+		if adopting[id] || held[id] {
 			return nil, nil // the FSM adopts it first: judged there
 		}
 		vm, err := st.VM(id)
@@ -207,7 +249,7 @@ func buildDelta(st State, n *structs.Node, r Report, now time.Time) (*fsm.Heartb
 	sort.Strings(faults)
 	refusalChanged := false
 	if n.MonitorState == structs.MonitorUnreachable {
-		refusal, err := returnRefusal(st, n, ev, running)
+		refusal, err := returnRefusal(st, n, judged, running)
 		if err != nil {
 			return nil, err
 		}
@@ -227,7 +269,7 @@ func buildDelta(st State, n *structs.Node, r Report, now time.Time) (*fsm.Heartb
 
 	if len(d.Adoptions) == 0 && len(d.Observations) == 0 && d.LocalDrained == nil && d.LocalDrainID == nil && d.LocalDrainState == nil &&
 		d.DrainAcked == nil && len(d.LocalMigrations) == 0 && len(d.LocalMoves) == 0 && len(d.Announced) == 0 &&
-		len(d.ExpiredAdoptions) == 0 && d.Monitor == nil && !conflictsChanged && !refusalChanged {
+		len(d.ExpiredAdoptions) == 0 && d.Monitor == nil && !conflictsChanged && !refusalChanged && len(d.Migrations) == 0 {
 		return nil, nil
 	}
 	d.Copies = &ev
@@ -309,6 +351,27 @@ func droppedAdoptions(st State, n *structs.Node, announced []structs.AdoptionRef
 			out = append(out, c.VMID)
 		case nl != nil && nl.To == n.ID && nl.Generation == c.Generation && nl.Outcome == structs.LocalMigrationFailed:
 			out = append(out, c.VMID)
+		}
+	}
+	return out, nil
+}
+
+// heldAbsent is the absence evidence of the held VMs migrating from or to
+// node n that its heartbeat r does not list (listed: the VMs it lists).
+// One listed but not running is judged with the other observations.
+func heldAbsent(st State, nodeID string, r Report, listed map[string]bool) ([]fsm.MigrationEvidence, error) {
+	all, err := st.VMs()
+	if err != nil {
+		return nil, err
+	}
+	var out []fsm.MigrationEvidence
+	for _, vm := range all {
+		if !vm.Held() || listed[vm.ID] || (vm.Migration.From != nodeID && vm.Migration.To != nodeID) {
+			continue
+		}
+		o := structs.VMObservation{VMID: vm.ID, State: structs.StateStopped, Reason: "undefined", Generation: vm.Migration.Generation}
+		if vm.MigrationSettledBy(nodeID, o, r.DesiredIndex) != "" {
+			out = append(out, fsm.MigrationEvidence{VMObservation: o, DesiredIndex: r.DesiredIndex})
 		}
 	}
 	return out, nil

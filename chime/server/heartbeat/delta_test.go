@@ -103,14 +103,66 @@ func TestBuildDelta(t *testing.T) {
 		{"stale stopped copy elsewhere: nothing", func(w *world, a, b structs.Node, vm structs.VM, gen uint64) (string, Report, *fsm.Heartbeat) {
 			return b.ID, Report{VMs: []structs.VMObservation{{VMID: vm.ID, State: structs.StateStopped, Generation: gen}}}, nil
 		}},
-		{"incoming copy of a live migration: nothing", func(w *world, a, b structs.Node, vm structs.VM, gen uint64) (string, Report, *fsm.Heartbeat) {
+		{"incoming copy of a live migration, paused for it: nothing", func(w *world, a, b structs.Node, vm structs.VM, gen uint64) (string, Report, *fsm.Heartbeat) {
 			w.must(fsm.CmdMigrationStart, fsm.MigrationStart{VMID: vm.ID, TaskID: "t1", To: b.ID, IfGeneration: gen})
-			return b.ID, Report{VMs: []structs.VMObservation{running(vm.ID, gen)}}, nil
+			o := structs.VMObservation{VMID: vm.ID, State: structs.StateRunning, Reason: "migration", Generation: gen}
+			return b.ID, Report{VMs: []structs.VMObservation{o}}, nil
 		}},
-		{"adoption claim, and its observation for after the adoption", func(w *world, a, b structs.Node, vm structs.VM, gen uint64) (string, Report, *fsm.Heartbeat) {
+		{"incoming copy of a live migration running: evidence it arrived (RC3)", func(w *world, a, b structs.Node, vm structs.VM, gen uint64) (string, Report, *fsm.Heartbeat) {
+			w.must(fsm.CmdMigrationStart, fsm.MigrationStart{VMID: vm.ID, TaskID: "t1", To: b.ID, IfGeneration: gen})
+			o := structs.VMObservation{VMID: vm.ID, State: structs.StateRunning, Reason: "migrated", Generation: gen}
+			return b.ID, Report{VMs: []structs.VMObservation{o}, DesiredIndex: 7},
+				&fsm.Heartbeat{NodeID: b.ID, Migrations: []fsm.MigrationEvidence{{VMObservation: o, DesiredIndex: 7}}}
+		}},
+		{"held VM running on its source, hold not applied yet: nothing (RC3)", func(w *world, a, b structs.Node, vm structs.VM, gen uint64) (string, Report, *fsm.Heartbeat) {
+			w.beat(a.ID, Report{VMs: []structs.VMObservation{running(vm.ID, gen)}})
+			w.must(fsm.CmdMigrationStart, fsm.MigrationStart{VMID: vm.ID, TaskID: "t1", To: b.ID, IfGeneration: gen})
+			ui := w.must(fsm.CmdMigrationEnd, fsm.MigrationEnd{VMID: vm.ID, TaskID: "t1", FromNode: a.ID, Generation: gen, Unknown: true, Error: "lost"}).Index
+			return a.ID, Report{VMs: []structs.VMObservation{running(vm.ID, gen)}, DesiredIndex: ui - 1}, nil
+		}},
+		{"held VM running on its source, migration still in progress there: nothing (RC3)", func(w *world, a, b structs.Node, vm structs.VM, gen uint64) (string, Report, *fsm.Heartbeat) {
+			w.beat(a.ID, Report{VMs: []structs.VMObservation{running(vm.ID, gen)}})
+			w.must(fsm.CmdMigrationStart, fsm.MigrationStart{VMID: vm.ID, TaskID: "t1", To: b.ID, IfGeneration: gen})
+			ui := w.must(fsm.CmdMigrationEnd, fsm.MigrationEnd{VMID: vm.ID, TaskID: "t1", FromNode: a.ID, Generation: gen, Unknown: true, Error: "lost"}).Index
+			o := running(vm.ID, gen)
+			o.Migrating = true
+			return a.ID, Report{VMs: []structs.VMObservation{o}, DesiredIndex: ui}, nil
+		}},
+		{"held VM running on its source after the hold: evidence it stayed (RC3)", func(w *world, a, b structs.Node, vm structs.VM, gen uint64) (string, Report, *fsm.Heartbeat) {
+			w.beat(a.ID, Report{VMs: []structs.VMObservation{running(vm.ID, gen)}})
+			w.must(fsm.CmdMigrationStart, fsm.MigrationStart{VMID: vm.ID, TaskID: "t1", To: b.ID, IfGeneration: gen})
+			ui := w.must(fsm.CmdMigrationEnd, fsm.MigrationEnd{VMID: vm.ID, TaskID: "t1", FromNode: a.ID, Generation: gen, Unknown: true, Error: "lost"}).Index
+			return a.ID, Report{VMs: []structs.VMObservation{running(vm.ID, gen)}, DesiredIndex: ui},
+				&fsm.Heartbeat{NodeID: a.ID, Migrations: []fsm.MigrationEvidence{{VMObservation: running(vm.ID, gen), DesiredIndex: ui}}}
+		}},
+		{"held VM absent from its source: half the proof it runs nowhere, not taken as stopped (RC4)", func(w *world, a, b structs.Node, vm structs.VM, gen uint64) (string, Report, *fsm.Heartbeat) {
+			w.beat(a.ID, Report{VMs: []structs.VMObservation{running(vm.ID, gen)}})
+			w.must(fsm.CmdMigrationStart, fsm.MigrationStart{VMID: vm.ID, TaskID: "t1", To: b.ID, IfGeneration: gen})
+			ui := w.must(fsm.CmdMigrationEnd, fsm.MigrationEnd{VMID: vm.ID, TaskID: "t1", FromNode: a.ID, Generation: gen, Unknown: true, Error: "lost"}).Index
+			gone := structs.VMObservation{VMID: vm.ID, State: structs.StateStopped, Reason: "undefined", Generation: gen}
+			return a.ID, Report{DesiredIndex: ui}, &fsm.Heartbeat{NodeID: a.ID, Migrations: []fsm.MigrationEvidence{{VMObservation: gone, DesiredIndex: ui}}}
+		}},
+		{"held VM absent from its destination before the source's absence: nothing", func(w *world, a, b structs.Node, vm structs.VM, gen uint64) (string, Report, *fsm.Heartbeat) {
+			w.beat(a.ID, Report{VMs: []structs.VMObservation{running(vm.ID, gen)}})
+			w.must(fsm.CmdMigrationStart, fsm.MigrationStart{VMID: vm.ID, TaskID: "t1", To: b.ID, IfGeneration: gen})
+			ui := w.must(fsm.CmdMigrationEnd, fsm.MigrationEnd{VMID: vm.ID, TaskID: "t1", FromNode: a.ID, Generation: gen, Unknown: true, Error: "lost"}).Index
+			return b.ID, Report{DesiredIndex: ui + 5}, nil
+		}},
+		{"adoption claim the source's log records, and its observation for after the adoption", func(w *world, a, b structs.Node, vm structs.VM, gen uint64) (string, Report, *fsm.Heartbeat) {
+			w.beat(a.ID, Report{Migrations: []structs.LocalMigration{{VMID: vm.ID, ToNode: b.ID, FromNode: a.ID, Generation: gen, Outcome: structs.LocalMigrationUnknown}}})
 			o := structs.VMObservation{VMID: vm.ID, State: structs.StateStopped, Reason: "migrated", Generation: gen}
 			return b.ID, Report{VMs: []structs.VMObservation{o}, Adopted: []structs.VMObservation{o}},
 				&fsm.Heartbeat{NodeID: b.ID, Adoptions: []fsm.Adoption{{VMID: vm.ID, Generation: gen}}, Observations: []structs.VMObservation{o}}
+		}},
+		{"adoption claim nothing records: sent to be held, not observed", func(w *world, a, b structs.Node, vm structs.VM, gen uint64) (string, Report, *fsm.Heartbeat) {
+			o := running(vm.ID, gen)
+			return b.ID, Report{VMs: []structs.VMObservation{o}, Adopted: []structs.VMObservation{o}},
+				&fsm.Heartbeat{NodeID: b.ID, Adoptions: []fsm.Adoption{{VMID: vm.ID, Generation: gen}}}
+		}},
+		{"adoption claim held already: nothing", func(w *world, a, b structs.Node, vm structs.VM, gen uint64) (string, Report, *fsm.Heartbeat) {
+			o := running(vm.ID, gen)
+			w.beat(b.ID, Report{VMs: []structs.VMObservation{o}, Adopted: []structs.VMObservation{o}})
+			return b.ID, Report{VMs: []structs.VMObservation{o}, Adopted: []structs.VMObservation{o}}, nil
 		}},
 		{"adoption already in the placement: not sent again", func(w *world, a, b structs.Node, vm structs.VM, gen uint64) (string, Report, *fsm.Heartbeat) {
 			o := running(vm.ID, gen)
@@ -144,6 +196,10 @@ func TestBuildDelta(t *testing.T) {
 					t.Fatalf("delta without its copy evidence: %+v", got)
 				}
 				got.Copies = nil
+				if !got.Authorized {
+					t.Fatalf("delta not marked Authorized: %+v", got)
+				}
+				got.Authorized = false
 			}
 			if !reflect.DeepEqual(got, want) {
 				t.Fatalf("delta\n got %+v\nwant %+v", got, want)

@@ -24,8 +24,10 @@ type State interface {
 	Nodes() ([]structs.Node, error)
 	VM(id string) (*structs.VM, error)
 	VMsOnNode(nodeID string) ([]structs.VM, uint64, error)
+	VMs() ([]structs.VM, error)
 	Node(id string) (*structs.Node, error)
-	NodeIndex(nodeID string) uint64 // the node's desired-state index
+	NodeIndex(nodeID string) uint64      // the node's desired-state index
+	NodeSecretHash(nodeID string) string // a source's key of adoption proofs
 }
 
 // Clock is where the monitor reads the time.

@@ -291,6 +291,9 @@ func TestOneHeartbeatIsOneEntry(t *testing.T) {
 	db := structs.VM{ID: uuid.NewString(), Name: "db", DesiredState: structs.DesiredRunning, Spec: structs.VMSpec{VCPUs: 1, MemoryMiB: 64}}
 	genDB := w.must(fsm.CmdCreateVM, fsm.CreateVM{VM: db, NodeID: a.ID}).Index
 	gone := uuid.NewString()
+	// The source's migration log records db's migration to b (per-node
+	// authorization: only a recorded migration lets b adopt it).
+	w.beat(a.ID, Report{Migrations: []structs.LocalMigration{{VMID: db.ID, ToNode: b.ID, FromNode: a.ID, Generation: genDB, Outcome: structs.LocalMigrationUnknown}}})
 	w.props.take()
 
 	out := w.beat(b.ID, Report{

@@ -22,22 +22,34 @@ type Config struct {
 	State    State
 	Proposer Proposer
 	Options  scheduler.Options // strategy and CPU overcommit
-	Logger   hclog.Logger      // named server.placement by the server
+	// HATolerate is --ha-tolerate-failures: admission control refuses a
+	// new protected VM unless every protected VM could be restarted after
+	// the loss of any HATolerate nodes. 0 turns admission control off.
+	HATolerate int
+	Logger     hclog.Logger // named server.placement by the server
 }
 
 // Placer owns the placement lock, the scheduler call and the pending-VM
 // loop. One Placer per server; its loop runs only on the leader.
 type Placer struct {
-	state   State
-	propose Proposer
-	opts    scheduler.Options
-	log     hclog.Logger
+	state    State
+	propose  Proposer
+	opts     scheduler.Options
+	tolerate int // --ha-tolerate-failures
+	log      hclog.Logger
 
 	// mu serialises placement decisions: create, the pending loop, task
 	// steps and rebuild. The scheduler works on a read of the state, so two
 	// decisions made concurrently could both take a node's last free memory.
 	mu   sync.Mutex
 	kick chan struct{} // wakes the pending loop (capacity may have appeared)
+
+	// resMu guards the last reservation computed (Reservation) and the
+	// applied index it was computed at.
+	resMu    sync.Mutex
+	res      structs.HAReservation
+	resIndex uint64
+	resValid bool
 }
 
 // New returns a Placer.
@@ -45,8 +57,8 @@ func New(cfg Config) *Placer {
 	if cfg.Logger == nil {
 		cfg.Logger = hclog.NewNullLogger()
 	}
-	return &Placer{state: cfg.State, propose: cfg.Proposer, opts: cfg.Options, log: cfg.Logger,
-		kick: make(chan struct{}, 1)}
+	return &Placer{state: cfg.State, propose: cfg.Proposer, opts: cfg.Options, tolerate: cfg.HATolerate,
+		log: cfg.Logger, kick: make(chan struct{}, 1)}
 }
 
 // Decide runs fn with the placement lock held. fn reads the state (Place,
@@ -102,6 +114,61 @@ func (p *Placer) Check(vm structs.VM, to string) error {
 		return structs.Conflict("to", "node %s cannot take vm %s: %v", only[0].Name, vm.Name, err)
 	}
 	return nil
+}
+
+// Admit is admission control for a protected VM about to be placed on
+// nodeID (created, started, or placed from pending): a Conflict naming
+// the rule (scheduler.RuleTolerateFailures) when the HA reservation would
+// not hold with it. Call it inside Decide, before proposing, so that two
+// admissions cannot both take the last reserve.
+func (p *Placer) Admit(vm structs.VM, nodeID string) error {
+	if !vm.Spec.HA || p.tolerate <= 0 {
+		return nil
+	}
+	nodes, vms, err := p.read()
+	if err != nil {
+		return err
+	}
+	return scheduler.Admit(nodes, vms, vm, nodeID, p.tolerate, p.opts)
+}
+
+// Reservation is the HA reservation over the current state: whether every
+// protected VM could be restarted after the loss of any HATolerate nodes,
+// and each node's share (spare capacity).
+//
+// The answer is cached per applied index (the alarmer asks on every pass;
+// on a large cluster one check costs a scheduler run per failure set).
+func (p *Placer) Reservation() (structs.HAReservation, error) {
+	_, idx := p.state.Changed() // read before the state: a newer state only makes the cache older
+	p.resMu.Lock()
+	if p.resValid && p.resIndex == idx {
+		r := p.res
+		p.resMu.Unlock()
+		return r, nil
+	}
+	p.resMu.Unlock()
+	nodes, vms, err := p.read()
+	if err != nil {
+		return structs.HAReservation{}, err
+	}
+	r := scheduler.Reserve(nodes, vms, p.tolerate, p.opts)
+	p.resMu.Lock()
+	p.res, p.resIndex, p.resValid = r, idx, true
+	p.resMu.Unlock()
+	return r, nil
+}
+
+// FailoverPlan is where every protected VM would be restarted if its node
+// failed now, over one read of the current state, with the reservation it
+// was judged against. It is computed, never stored: ask the leader, whose
+// state is the newest.
+func (p *Placer) FailoverPlan() ([]structs.FailoverEntry, structs.HAReservation, error) {
+	nodes, vms, err := p.read()
+	if err != nil {
+		return nil, structs.HAReservation{}, err
+	}
+	res := scheduler.Reserve(nodes, vms, p.tolerate, p.opts)
+	return scheduler.Plan(nodes, vms, p.opts, res), res, nil
 }
 
 func (p *Placer) read() ([]structs.Node, []structs.VM, error) {
@@ -161,6 +228,15 @@ func (p *Placer) PlacePending(ctx context.Context) int {
 					p.log.Warn("place pending vm failed", "vm", vm.Name, "error", err)
 				}
 				continue // no node fits (yet): stays pending
+			}
+			// A VM never placed (generation 0) is new: admission control
+			// decides. One a rebuild or a failover left pending is being
+			// moved, and moving a protected VM is never refused.
+			if vm.DesiredState == structs.DesiredRunning && vm.Generation == 0 {
+				if err := p.Admit(vm, nodeID); err != nil {
+					p.log.Debug("pending ha vm not admitted", "vm", vm.Name, "error", err)
+					continue // stays pending until the reservation allows it
+				}
 			}
 			// Compare-and-set on the pending state (generation 0 cannot be
 			// asserted, so check the VM is still unplaced right before).

@@ -22,8 +22,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
-	"strings"
 	"sync"
 	"time"
 
@@ -31,6 +29,7 @@ import (
 
 	"github.com/chime-ha/chime/chime/structs"
 	"github.com/chime-ha/chime/fsm"
+	"github.com/chime-ha/chime/scheduler"
 )
 
 // Proposer applies a command through Raft (the server) or straight to an
@@ -257,15 +256,7 @@ func (r *Recoverer) toRestart(n structs.Node) ([]structs.VM, error) {
 		}
 		out = append(out, vm)
 	}
-	slices.SortStableFunc(out, func(a, b structs.VM) int {
-		if d := structs.PriorityRank(a.Spec.Priority) - structs.PriorityRank(b.Spec.Priority); d != 0 {
-			return d
-		}
-		if c := strings.Compare(a.Name, b.Name); c != 0 {
-			return c
-		}
-		return strings.Compare(a.ID, b.ID)
-	})
+	scheduler.RestartOrder(out) // the failover plan's order (GET /v1/failover)
 	return out, nil
 }
 

@@ -3,12 +3,14 @@ package recovery
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
 
+	"github.com/chime-ha/chime/chime/server/hapolicy"
 	"github.com/chime-ha/chime/chime/server/heartbeat"
 	"github.com/chime-ha/chime/chime/server/placement"
 	"github.com/chime-ha/chime/chime/structs"
@@ -25,7 +27,7 @@ type world struct {
 	monitor *heartbeat.Monitor
 	placer  *placement.Placer
 	fencer  *testFencer
-	brake   *testBrake
+	guard   *hapolicy.Guard // the real brake: the server passes its guard
 	rec     *Recoverer
 }
 
@@ -43,18 +45,15 @@ func (f *testFencer) Fence(_ context.Context, n structs.Node) (string, error) {
 	return "power off", nil
 }
 
-type testBrake struct{ disarmed bool }
-
-func (b *testBrake) HAArmed() bool { return !b.disarmed }
-
 func newWorld(t *testing.T, withFencer bool) *world {
 	t.Helper()
 	fx := fsmtest.New(t)
-	w := &world{World: fx, t: t, brake: &testBrake{}}
+	w := &world{World: fx, t: t}
 	w.monitor = heartbeat.New(heartbeat.Config{Interval: time.Second, Missed: 3, Proposer: fx.Direct, State: fx.FSM, Clock: fx.Clock})
 	w.monitor.Reset() // this server's takeover
 	w.placer = placement.New(placement.Config{State: fx.FSM, Proposer: fx.Direct})
-	cfg := Config{Proposer: fx.Direct, State: fx.FSM, Silence: w.monitor, Placer: w.placer, Brake: w.brake, Clock: fx.Clock, MaxRestarts: 3, MaxFenceAttempts: 3}
+	w.guard = hapolicy.New(hapolicy.Config{State: fx.FSM, Proposer: fx.Direct, Reserver: w.placer})
+	cfg := Config{Proposer: fx.Direct, State: fx.FSM, Silence: w.monitor, Placer: w.placer, Brake: w.guard, Clock: fx.Clock, MaxRestarts: 3, MaxFenceAttempts: 3}
 	if withFencer {
 		w.fencer = &testFencer{}
 		cfg.Fencer = w.fencer
@@ -297,24 +296,79 @@ func TestHeartbeatRefusedWhileRecovering(t *testing.T) {
 	}
 }
 
-func TestBrakeDisarmedRestartsNothing(t *testing.T) {
-	w := newWorld(t, true)
-	w.brake.disarmed = true
-	dead := w.node("dead", structs.IsolationStop, 10*time.Second)
-	w.node("healthy", structs.IsolationKeep, 0)
-	vm := w.vm("a", true, "", dead)
-	w.unreachable(dead)
-	w.Clock.Advance(time.Minute)
-	w.step()
-	if w.VM(vm).NodeID != dead || len(w.fencer.runs) != 0 {
-		t.Fatalf("disarmed: moved %v, fence runs %d", w.VM(vm).NodeID != dead, len(w.fencer.runs))
+// TestBrake: the recovery duty acts only while the real guard
+// (hapolicy.Guard, over the same FSM) says automatic HA is armed: not while
+// an operator disarmed it, not while more than half the nodes are
+// unreachable (the brake, latched or not); an arm that acknowledges the
+// unreachable nodes lets it restart.
+func TestBrake(t *testing.T) {
+	cases := []struct {
+		name     string
+		disarm   bool
+		deadN    int // unreachable nodes, each with one ha VM
+		arm      bool
+		wantMove bool
+	}{
+		{"armed, one of three nodes dead", false, 1, false, true},
+		{"disarmed by an operator", true, 1, false, false},
+		{"disarmed, then armed", true, 1, true, true},
+		{"brake: two of three nodes dead", false, 2, false, false},
+		{"brake released by an arm", false, 2, true, true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			w := newWorld(t, true)
+			var dead, vms []string
+			for i := range tc.deadN {
+				n := w.node(fmt.Sprintf("dead%d", i), structs.IsolationStop, 10*time.Second)
+				dead = append(dead, n)
+				vms = append(vms, w.vm(fmt.Sprintf("vm%d", i), true, "", n))
+			}
+			for i := tc.deadN; i < 3; i++ {
+				w.node(fmt.Sprintf("healthy%d", i), structs.IsolationKeep, 0)
+			}
+			if tc.disarm {
+				w.Propose(fsm.CmdSetHAArmed, fsm.SetHAArmed{Armed: false, Reason: "test"})
+			}
+			for _, n := range dead {
+				w.unreachable(n)
+			}
+			if err := w.guard.Step(context.Background()); err != nil { // latches the brake if due
+				t.Fatal(err)
+			}
+			w.Clock.Advance(time.Minute)
+			w.step()
+			if tc.arm {
+				if armed, why := w.guard.Armed(); armed {
+					t.Fatalf("armed before the arm: %s", why)
+				}
+				if _, err := w.guard.SetArmed(context.Background(), "", true, "test"); err != nil {
+					t.Fatal(err)
+				}
+				w.step()
+			}
+			moved := 0
+			for i, vm := range vms {
+				if w.VM(vm).NodeID != dead[i] {
+					moved++
+				}
+			}
+			if tc.wantMove && moved != len(vms) || !tc.wantMove && (moved != 0 || len(w.fencer.runs) != 0) {
+				armed, why := w.guard.Armed()
+				t.Fatalf("moved %d of %d, fence runs %d (guard armed %v: %s)", moved, len(vms), len(w.fencer.runs), armed, why)
+			}
+		})
 	}
 }
 
 func TestNoCapacityBacksOffThenGivesUp(t *testing.T) {
 	w := newWorld(t, false)
 	dead := w.node("dead", structs.IsolationStop, 10*time.Second)
-	vm := w.vm("a", true, "", dead) // no other node: nowhere to go
+	// A disabled node: counted by the brake (one of two unreachable is
+	// not more than half), but it takes no VMs, so there is nowhere to go.
+	off := w.node("disabled", structs.IsolationKeep, 0)
+	w.Propose(fsm.CmdSetManagement, fsm.SetManagement{NodeID: off, State: structs.NodeDisabled})
+	vm := w.vm("a", true, "", dead)
 	w.unreachable(dead)
 	w.Clock.Advance(26 * time.Second)
 	for range 300 {

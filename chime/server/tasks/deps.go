@@ -26,9 +26,11 @@ type State interface {
 	Changed() (<-chan struct{}, uint64)
 }
 
-// Clock reads the time the step timeouts are measured against. Task
-// timestamps are the proposer's clock at each write, so the runner's
-// clock must be the same one (the wall clock in the server).
+// Clock reads the time the step timeouts are measured against. The runner
+// only ever subtracts two of its own readings, taken while it leads (never
+// a task's timestamps, which another server's clock may have written), so
+// in production time.Now's monotonic reading is what counts: a wall-clock
+// jump does not move a timeout.
 type Clock interface {
 	Now() time.Time
 }

@@ -23,10 +23,16 @@ func (r *Runner) advanceMigrations(ctx context.Context, t structs.Task) error {
 			st.State, st.Error = structs.TaskFailed, "vm deleted"
 			return r.put(ctx, t, idx)
 		}
-		if vm.Migration != nil && vm.Migration.TaskID == t.ID {
-			if r.clock.Now().Sub(t.Updated) > MigrationTimeout {
-				_, err := r.propose.Propose(ctx, "", fsm.CmdMigrationEnd, fsm.MigrationEnd{VMID: vm.ID, TaskID: t.ID, FromNode: vm.Migration.From,
-					Generation: vm.Migration.Generation, Error: fmt.Sprintf("no result from the source agent within %s", MigrationTimeout)})
+		if m := vm.Migration; m != nil && m.TaskID == t.ID {
+			if vm.Held() {
+				return nil // outcome unknown: settled on evidence, never by a timeout
+			}
+			if r.waited(waitKey(t.ID, vm.ID, fmt.Sprintf("migrate@%d", m.Generation))) > MigrationTimeout {
+				// No result is not a failure: the hand-over may have
+				// happened (uniqueness rule 8).
+				_, err := r.propose.Propose(ctx, "", fsm.CmdMigrationEnd, fsm.MigrationEnd{VMID: vm.ID, TaskID: t.ID, FromNode: m.From,
+					Generation: m.Generation, Unknown: true,
+					Error: fmt.Sprintf("no result from the source agent within %s of this leader's watch", MigrationTimeout)})
 				return err
 			}
 			return nil // in flight
@@ -94,9 +100,19 @@ func (r *Runner) startStep(ctx context.Context, t *structs.Task, st *structs.Tas
 			// live migration below
 		case vm.DesiredState == structs.DesiredStopped && (vm.State == structs.StateStopped || vm.State == structs.StateCrashed):
 			// Known stopped and kept stopped: move the definition. The source
-			// agent has nothing to start, so no copy can run twice.
-			if _, err := r.propose.Propose(ctx, "", fsm.CmdPlaceVM, fsm.PlaceVM{VMID: vm.ID, NodeID: to, IfGeneration: vm.Generation,
-				Reason: t.Kind + " of a stopped VM (task " + t.ID + ")"}); err != nil {
+			// agent has nothing to start, so no copy can run twice. That holds
+			// only for the VM as read here: the placement is a compare-and-set
+			// on its modify index (uniqueness rule 11), so a start or an
+			// observation that landed meanwhile refuses it, and the step
+			// decides again on the new state.
+			_, err := r.propose.Propose(ctx, "", fsm.CmdPlaceVM, fsm.PlaceVM{VMID: vm.ID, NodeID: to, IfGeneration: vm.Generation,
+				IfModifyIndex: vm.ModifyIndex, Reason: t.Kind + " of a stopped VM (task " + t.ID + ")"})
+			if vmChanged(err) {
+				r.log.Info("cold move lost to a concurrent change: deciding again", "vm", vm.Name, "task", t.ID, "error", err)
+				st.To = ""
+				return errRetryLater
+			}
+			if err != nil {
 				return err
 			}
 			st.State = structs.TaskSucceeded
@@ -105,7 +121,7 @@ func (r *Runner) startStep(ctx context.Context, t *structs.Task, st *structs.Tas
 			// State unknown, or stopped but about to be started again by its
 			// agent: a cold move could let two copies overlap. Wait for the
 			// agent to report, then decide (bounded).
-			if r.clock.Now().Sub(t.Created) > StepDecideTimeout {
+			if r.waited(waitKey(t.ID, vm.ID, "decide")) > StepDecideTimeout {
 				return fmt.Errorf("vm %s is %s (desired %s) on its node: neither a live migration nor a safe cold move is possible", vm.Name, vm.State, vm.DesiredState)
 			}
 			st.To = ""
@@ -117,4 +133,11 @@ func (r *Runner) startStep(ctx context.Context, t *structs.Task, st *structs.Tas
 		st.State = structs.TaskRunning
 		return nil
 	})
+}
+
+// vmChanged reports whether err is the FSM's refusal of a decision because
+// the VM it read changed meanwhile (the modify-index compare-and-set).
+func vmChanged(err error) bool {
+	var se *structs.Error
+	return errors.As(err, &se) && se.Kind == structs.ErrConflict && se.Field == "modify_index"
 }

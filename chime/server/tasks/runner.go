@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/google/uuid"
@@ -13,12 +15,15 @@ import (
 	"github.com/chime-ha/chime/fsm"
 )
 
-// MigrationTimeout bounds one live migration step. The agent's own libvirt
-// job timeout (10 min) is shorter, so the agent gives up first.
+// MigrationTimeout bounds how long the leader waits for the source agent's
+// result of one live migration step, from when this leader took the step
+// over. The agent's own libvirt job timeout (10 min) is shorter, so the
+// agent gives up first. Past it the outcome is unknown (not failed): the
+// VM is held until a host proves where it runs.
 const MigrationTimeout = 15 * time.Minute
 
 // StepDecideTimeout bounds how long a step waits for a VM's state to be
-// known before it fails.
+// known before it fails, from when this leader took the step over.
 const StepDecideTimeout = 2 * time.Minute
 
 // runEvery is how often the loop runs without a wake-up.
@@ -36,11 +41,14 @@ type Config struct {
 	Logger   hclog.Logger // named server.tasks by the server
 }
 
-// Runner advances replicated tasks while its server is leader. It keeps no
-// memory of its own beyond the kick channel: every decision is read from
-// the state, and every task update is a compare-and-set on the task's
-// modify index, so a runner holding an older copy loses instead of
-// overwriting an outcome recorded meanwhile.
+// Runner advances replicated tasks while its server is leader. Every
+// decision is read from the state, and every task update is a
+// compare-and-set on the task's modify index, so a runner holding an older
+// copy loses instead of overwriting an outcome recorded meanwhile. The one
+// thing it keeps in memory is when it first saw each waiting step as
+// leader (uniqueness rule 8): timeouts are measured from there, on this
+// server's clock, and a new leader (or a new term: Run) starts counting
+// afresh, so no timeout is ever measured against another server's clock.
 type Runner struct {
 	state   State
 	propose Proposer
@@ -49,6 +57,9 @@ type Runner struct {
 	log     hclog.Logger
 
 	kick chan struct{} // wakes the loop (a task was created, a result arrived)
+
+	mu   sync.Mutex
+	seen map[string]time.Time // step wait (task/vm/what) → when this leader first saw it waiting
 }
 
 // New returns a Runner.
@@ -57,7 +68,7 @@ func New(cfg Config) *Runner {
 		cfg.Logger = hclog.NewNullLogger()
 	}
 	return &Runner{state: cfg.State, propose: cfg.Proposer, placer: cfg.Placer, clock: cfg.Clock, log: cfg.Logger,
-		kick: make(chan struct{}, 1)}
+		kick: make(chan struct{}, 1), seen: map[string]time.Time{}}
 }
 
 // Kick wakes the loop.
@@ -71,6 +82,9 @@ func (r *Runner) Kick() {
 // Run advances tasks until ctx ends (leadership lost): on every state
 // change, on Kick, and every 2 s.
 func (r *Runner) Run(ctx context.Context) {
+	r.mu.Lock()
+	r.seen = map[string]time.Time{} // a new term: every wait is counted from now
+	r.mu.Unlock()
 	for {
 		ch, _ := r.state.Changed()
 		_ = r.Step(ctx) // each failure is logged by Step
@@ -94,6 +108,7 @@ func (r *Runner) Step(ctx context.Context) error {
 		r.log.Warn("read tasks failed", "error", err)
 		return fmt.Errorf("read tasks: %w", err)
 	}
+	r.forgetFinished(tasks)
 	var errs []error
 	for _, t := range tasks {
 		if ctx.Err() != nil {
@@ -156,6 +171,40 @@ func ActiveFor(tasks []structs.Task, vmID, nodeID string) *structs.Task {
 	}
 	return nil
 }
+
+// waited returns how long this runner has seen the wait named key (a task,
+// a VM, what it waits for) since it first saw it; the first call starts
+// the count at zero.
+func (r *Runner) waited(key string) time.Duration {
+	now := r.clock.Now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	first, ok := r.seen[key]
+	if !ok {
+		r.seen[key] = now
+		return 0
+	}
+	return now.Sub(first)
+}
+
+// forgetFinished drops the waits of tasks no longer pending or running.
+func (r *Runner) forgetFinished(tasks []structs.Task) {
+	active := map[string]bool{}
+	for _, t := range tasks {
+		if t.State == structs.TaskPending || t.State == structs.TaskRunning {
+			active[t.ID] = true
+		}
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for key := range r.seen {
+		if id, _, _ := strings.Cut(key, "/"); !active[id] {
+			delete(r.seen, key)
+		}
+	}
+}
+
+func waitKey(taskID, vmID, what string) string { return taskID + "/" + vmID + "/" + what }
 
 // put writes a task with compare-and-set on its modify index.
 func (r *Runner) put(ctx context.Context, t structs.Task, ifIndex uint64) error {

@@ -63,7 +63,7 @@ func (w *world) step() {
 	}
 }
 
-func TestMigrateStartsThenTimesOut(t *testing.T) {
+func TestMigrateStartsThenOutcomeUnknown(t *testing.T) {
 	w := newWorld(t)
 	src, dst := w.RegisterNode("hv1"), w.RegisterNode("hv2")
 	vm := w.vm("web", src, structs.DesiredRunning, structs.StateRunning)
@@ -81,29 +81,74 @@ func TestMigrateStartsThenTimesOut(t *testing.T) {
 		t.Fatalf("task after the first step: %+v", tk)
 	}
 
-	// In flight and within the timeout: a step changes nothing.
+	// The runner starts counting when it first sees the step in flight.
+	w.step()
 	w.Clock.Advance(MigrationTimeout - time.Minute)
 	w.step()
 	if cur := w.Task(task.ID); cur.ModifyIndex != tk.ModifyIndex || w.VM(vm.ID).Migration == nil {
 		t.Fatalf("a step within the timeout changed the task (%d → %d) or cleared the migration", tk.ModifyIndex, cur.ModifyIndex)
 	}
 
-	// Past the timeout with no report from the source: the runner ends it.
+	// Past the timeout with no report from the source: the outcome is
+	// unknown, not failed. The VM is held on its source, the step waits.
 	w.Clock.Advance(2 * time.Minute)
 	w.step()
 	got = w.VM(vm.ID)
-	if got.Migration != nil || got.NodeID != src {
-		t.Fatalf("after the timeout: migration %+v on node %s, want none on the source", got.Migration, got.NodeID)
+	if !got.Held() || got.NodeID != src || got.State != structs.StateHeld || !strings.Contains(got.Migration.UnknownReason, "no result from the source agent") {
+		t.Fatalf("after the timeout: node %s state %s migration %+v, want held on the source", got.NodeID, got.State, got.Migration)
 	}
-	tk = w.Task(task.ID)
-	if tk.Steps[0].State != structs.TaskFailed || !strings.Contains(tk.Steps[0].Error, "no result from the source agent") {
-		t.Fatalf("step after the timeout: %+v", tk.Steps[0])
+	held := w.Task(task.ID)
+	if held.State != structs.TaskRunning || held.Steps[0].State != structs.TaskRunning {
+		t.Fatalf("task while the vm is held: %+v", held)
 	}
-	// Every step done: the task fails, naming the VM it did not move.
+	// Held: no timeout ends it, however long it lasts.
+	w.Clock.Advance(10 * MigrationTimeout)
 	w.step()
-	tk = w.Task(task.ID)
-	if tk.State != structs.TaskFailed || !strings.Contains(tk.Error, "1 of 1 VMs not moved") {
-		t.Fatalf("task after its last step failed: state %s error %q", tk.State, tk.Error)
+	w.step()
+	if cur := w.Task(task.ID); cur.ModifyIndex != held.ModifyIndex || !w.VM(vm.ID).Held() {
+		t.Fatalf("a held vm's task was changed by a timeout: %+v, vm %+v", cur, w.VM(vm.ID).Migration)
+	}
+}
+
+// TestTimeoutsOnTheLeadersOwnWatch: a step's wait is measured by the
+// runner that runs it, from when it first saw it, whatever the task's
+// timestamps (written by another leader, whose clock may be far off).
+func TestTimeoutsOnTheLeadersOwnWatch(t *testing.T) {
+	tests := []struct {
+		name string
+		// before runs before the new leader's runner first sees the step:
+		// the task's stamps age on the clock the old leader wrote them on.
+		before  time.Duration
+		after   time.Duration // on the new runner's watch
+		unknown bool
+	}{
+		{"stamps an hour old, new leader just took over", time.Hour, 0, false},
+		{"stamps an hour old, new leader waited less than the timeout", time.Hour, MigrationTimeout - time.Second, false},
+		{"new leader waited past the timeout", 0, MigrationTimeout + time.Second, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			w := newWorld(t)
+			src, _ := w.RegisterNode("hv1"), w.RegisterNode("hv2")
+			vm := w.vm("web", src, structs.DesiredRunning, structs.StateRunning)
+			w.create(structs.Task{Kind: structs.TaskMigrate, VMID: vm.ID,
+				Steps: []structs.TaskStep{{VMID: vm.ID, From: src, State: structs.TaskPending}}})
+			w.step() // the old leader starts the migration
+			w.Clock.Advance(tt.before)
+			// A leader change: a fresh runner over the same state.
+			p := placement.New(placement.Config{State: w.FSM, Proposer: w.Direct})
+			next := New(Config{State: w.FSM, Proposer: w.Direct, Placer: p, Clock: w.Clock})
+			if err := next.Step(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			w.Clock.Advance(tt.after)
+			if err := next.Step(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			if got := w.VM(vm.ID); got.Held() != tt.unknown {
+				t.Fatalf("held = %v, want %v (migration %+v)", got.Held(), tt.unknown, got.Migration)
+			}
+		})
 	}
 }
 

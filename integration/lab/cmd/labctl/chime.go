@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/chime-ha/chime/chime/api"
+	"github.com/chime-ha/chime/chime/structs"
+	"github.com/chime-ha/chime/chime/tlsconf"
 	"github.com/chime-ha/chime/integration/lab"
 )
 
@@ -21,6 +23,8 @@ import (
 // and one agent per host inside the host's network namespace. Every process
 // runs detached, in its own session, with its log, pid file and data dir
 // under DIR/chime/, so that `labctl down` (another process) can stop it.
+// The cluster runs mutual TLS, as production does: labctl makes a CA of
+// the lab's own and a certificate per role in DIR/chime/tls/.
 const (
 	chimeSubdir = "chime"
 	apiPort     = 4650
@@ -58,6 +62,11 @@ func startChime(ctx context.Context, l *lab.Lab, bin string, logf func(string, .
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
+	pki, err := makeLabTLS(filepath.Join(dir, "tls"))
+	if err != nil {
+		return fmt.Errorf("lab TLS material: %w", err)
+	}
+	logf("lab CA and certificates in %s", filepath.Join(dir, "tls"))
 	var apiAddrs []string
 	for i := range lab.MaxServers {
 		apiAddrs = append(apiAddrs, l.ServerAddr(i, apiPort))
@@ -71,6 +80,7 @@ func startChime(ctx context.Context, l *lab.Lab, bin string, logf func(string, .
 			// Every host reports the machine's CPUs: let a few one-vCPU
 			// demo VMs share them.
 			"--cpu-overcommit", "8"}
+		args = append(args, tlsArgs(pki[tlsconf.RoleServer])...)
 		for j := range lab.MaxServers {
 			if j != i {
 				args = append(args, "--join", l.ServerAddr(j, gossipPort))
@@ -79,30 +89,71 @@ func startChime(ctx context.Context, l *lab.Lab, bin string, logf func(string, .
 		if err := spawn(dir, name, nil, bin, args...); err != nil {
 			return err
 		}
-		logf("server %s on %s (log %s)", name, apiAddrs[i], filepath.Join(dir, name+".log"))
+		logf("server %s on https://%s (log %s)", name, apiAddrs[i], filepath.Join(dir, name+".log"))
 	}
-	if err := waitLeader(ctx, apiAddrs); err != nil {
+	cliM, err := tlsconf.Load(pki[tlsconf.RoleCLI])
+	if err != nil {
+		return fmt.Errorf("lab TLS material: %w", err)
+	}
+	if err := waitLeader(ctx, apiAddrs, cliM); err != nil {
 		return err
 	}
+	mgmt, join, err := bootstrapACL(ctx, apiAddrs, cliM)
+	if err != nil {
+		return err
+	}
+	logf("ACLs bootstrapped: the management token is in %s (CHIME_TOKEN)", filepath.Join(dir, "env"))
 	for _, h := range l.Hosts {
 		args := []string{"agent", "--name", h.Name, "--data-dir", filepath.Join(dir, h.Name),
 			"--libvirt-uri", h.LibvirtURI(), "--advertise", h.MgmtIP, "--bind", h.MgmtIP,
 			"--business-interface", h.BizIf, "--business-probe", l.BizBridgeIP + ":22",
 			"--shutdown-grace", shutdownGrace}
+		args = append(args, tlsArgs(pki[tlsconf.RoleAgent])...)
 		if os.Getenv(lab.DomainTypeEnv) != "" {
 			args = append(args, "--domain-type", lab.DomainType())
 		}
 		for _, a := range apiAddrs {
 			args = append(args, "--server", a)
 		}
+		args = append(args, "--join-token", join)
 		if err := spawn(dir, "agent-"+h.Name, []string{"ip", "netns", "exec", h.Netns}, bin, args...); err != nil {
 			return err
 		}
 		logf("agent %s in netns %s (socket %s)", h.Name, h.Netns, filepath.Join(dir, h.Name, "agent.sock"))
 	}
-	env := fmt.Sprintf("# source this file: the lab's chime cluster\nexport CHIME_ADDR=http://%s\nexport PATH=%s:$PATH\n",
-		apiAddrs[0], filepath.Dir(bin))
-	return os.WriteFile(filepath.Join(dir, "env"), []byte(env), 0o644)
+	c := pki[tlsconf.RoleCLI]
+	env := fmt.Sprintf("# source this file: the lab's chime cluster (mutual TLS, the lab's own CA; ACLs)\n"+
+		"export CHIME_ADDR=https://%s\nexport CHIME_TLS_CA_FILE=%s\nexport CHIME_TLS_CERT_FILE=%s\nexport CHIME_TLS_KEY_FILE=%s\n"+
+		"export CHIME_TOKEN=%s\nexport PATH=%s:$PATH\n",
+		apiAddrs[0], c.CAFile, c.CertFile, c.KeyFile, mgmt, filepath.Dir(bin))
+	return os.WriteFile(filepath.Join(dir, "env"), []byte(env), 0o600) // it holds the management token
+}
+
+// bootstrapACL bootstraps the cluster's ACLs (on outside --dev) over TLS
+// (cli certificate m) and makes the agent-join token the agents register
+// with; it returns both secrets.
+func bootstrapACL(ctx context.Context, addrs []string, m *tlsconf.Material) (mgmt, join string, err error) {
+	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	c := api.NewClient(addrs...)
+	c.UseTLS(m.ClientConfig(tlsconf.RoleServer))
+	for {
+		boot, err := c.ACLBootstrap(ctx)
+		if err == nil {
+			mgmt = boot.SecretID
+			break
+		}
+		if !errors.Is(err, structs.ErrNoLeader) || ctx.Err() != nil {
+			return "", "", fmt.Errorf("acl bootstrap: %w", err)
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+	c.Token = mgmt
+	tok, err := c.CreateToken(ctx, api.CreateTokenRequest{Role: structs.RoleAgentJoin, Description: "lab agents"})
+	if err != nil {
+		return "", "", fmt.Errorf("create the agents' join token: %w", err)
+	}
+	return mgmt, tok.SecretID, nil
 }
 
 // spawn starts bin (wrapped by wrap, e.g. ip netns exec) detached in its
@@ -125,13 +176,50 @@ func spawn(dir, name string, wrap []string, bin string, args ...string) error {
 	return os.WriteFile(filepath.Join(dir, name+".pid"), []byte(strconv.Itoa(pid)+"\n"), 0o644)
 }
 
-func waitLeader(ctx context.Context, addrs []string) error {
+// makeLabTLS writes a new CA (ca.pem, ca-key.pem) and one certificate per
+// role (server.pem, agent.pem, cli.pem and their keys) into dir, and
+// returns the files of each role. chime checks roles, not host names, so
+// one certificate per role serves the whole lab.
+func makeLabTLS(dir string) (map[tlsconf.Role]tlsconf.Files, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	caFile, caKey := filepath.Join(dir, "ca.pem"), filepath.Join(dir, "ca-key.pem")
+	certPEM, keyPEM, err := tlsconf.CreateCA(tlsconf.CAOptions{})
+	if err != nil {
+		return nil, err
+	}
+	if err := tlsconf.WritePair(caFile, caKey, certPEM, keyPEM, true); err != nil {
+		return nil, err
+	}
+	ca, err := tlsconf.LoadCA(certPEM, keyPEM)
+	if err != nil {
+		return nil, err
+	}
+	out := map[tlsconf.Role]tlsconf.Files{}
+	for _, role := range tlsconf.Roles {
+		f := tlsconf.Files{CAFile: caFile, CertFile: filepath.Join(dir, string(role)+".pem"), KeyFile: filepath.Join(dir, string(role)+"-key.pem")}
+		if err := ca.IssueFiles(tlsconf.CertOptions{Role: role}, f.CertFile, f.KeyFile, true); err != nil {
+			return nil, fmt.Errorf("%s certificate: %w", role, err)
+		}
+		out[role] = f
+	}
+	return out, nil
+}
+
+func tlsArgs(f tlsconf.Files) []string {
+	return []string{"--tls-ca-file", f.CAFile, "--tls-cert-file", f.CertFile, "--tls-key-file", f.KeyFile}
+}
+
+// waitLeader polls addrs over TLS (cli certificate m) until one leads.
+func waitLeader(ctx context.Context, addrs []string, m *tlsconf.Material) error {
 	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
 	last := errors.New("no answer yet")
 	for {
 		for _, a := range addrs {
 			c := api.NewClient(a)
+			c.UseTLS(m.ClientConfig(tlsconf.RoleServer))
 			c.Retries = 0
 			sctx, scancel := context.WithTimeout(ctx, 2*time.Second)
 			st, err := c.Status(sctx)

@@ -215,7 +215,7 @@ func printStatus(ctx context.Context, l *lab.Lab, format string) error {
 		if err != nil || len(procs) == 0 {
 			return err
 		}
-		fmt.Printf("\nchime processes (%s; `source %s` sets CHIME_ADDR):\n", chimeDir(l), filepath.Join(chimeDir(l), "env"))
+		fmt.Printf("\nchime processes (%s; `source %s` sets CHIME_ADDR, CHIME_TLS_* and CHIME_TOKEN):\n", chimeDir(l), filepath.Join(chimeDir(l), "env"))
 		w = tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(w, "NAME\tPID\tSTATE\tLOG")
 		for _, p := range procs {
