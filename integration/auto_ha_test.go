@@ -76,7 +76,7 @@ func autoHA(t *testing.T, path, labctl string) {
 	if err := f.lab.WriteState(); err != nil {
 		t.Fatal(err)
 	}
-	client := api.NewClient(f.ss.addrs()...)
+	client := f.ss.clientAll() // TLS (the cli certificate) and the management token
 
 	// Six ha VMs (priorities mixed) and one without ha: two of each
 	// kind per host with the spread scheduler.
