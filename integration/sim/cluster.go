@@ -90,6 +90,10 @@ type Cluster struct {
 	// leaderless is when the cluster last had no leader (the election
 	// timeout counts from it).
 	leaderless time.Time
+	// elected is when the current (or last) leader was elected: what it
+	// knows of the nodes is what was committed before, plus what it heard
+	// since.
+	elected time.Time
 }
 
 // snapshot is a server's latest snapshot: a bbolt image and its index.
@@ -248,6 +252,7 @@ func (c *Cluster) stepDown(why string) {
 func (c *Cluster) elect(s *Server) {
 	c.term++
 	c.leader = s
+	c.elected = c.sim.E.Now()
 	c.sim.E.trace.Addf("raft", "%s elected leader (term %d, commit index %d)", s.Name, c.term, c.CommitIndex())
 	c.catchUp(s, nil)
 	c.replicate()

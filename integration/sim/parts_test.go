@@ -237,3 +237,34 @@ wait 2m
 	}
 	t.Logf("shrunk %d → %d items:\n%s", len(sc.Items), len(small.Items), small)
 }
+
+// TestLocalMigrationGrace is finding 15's rule: the checker's grace for
+// the copy an operator's node-local migration brought to its destination
+// counts from the later of the migration and the current leader's
+// election, so that a migration run while the servers had no quorum is
+// not held against the leader elected afterwards before it could hear of
+// it, and a copy still unknown to the servers after the grace counts.
+func TestLocalMigrationGrace(t *testing.T) {
+	limit := 45 * time.Second
+	at := func(s int) time.Time { return Epoch.Add(time.Duration(s) * time.Second) }
+	tests := []struct {
+		name                string
+		moved, elected, now int
+		want                bool
+	}{
+		{"leader before the migration, within the grace", 100, 10, 140, true},
+		{"leader before the migration, grace at its end", 100, 10, 145, true},
+		{"leader before the migration, grace over", 100, 10, 146, false},
+		{"leader elected after the migration (no quorum), long after it", 100, 400, 430, true},
+		{"leader elected after the migration, grace over", 100, 400, 446, false},
+		{"elected at the migration", 100, 100, 146, false},
+		{"before the migration", 100, 10, 99, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := inLocalMigrationGrace(at(tt.moved), at(tt.elected), at(tt.now), limit); got != tt.want {
+				t.Errorf("inLocalMigrationGrace(moved %ds, elected %ds, now %ds) = %v, want %v", tt.moved, tt.elected, tt.now, got, tt.want)
+			}
+		})
+	}
+}

@@ -251,16 +251,32 @@ func handleAt[T any](s *Sim, srv *Server, what string, forwarded bool, fn func(e
 // localMigrationGrace reports whether the copy of vm on host is exempt
 // from invariant 4 because an operator's node-local migration brought it
 // there recently: the servers learn of it from the destination's next
-// heartbeats (its adoption claim), so for up to three heartbeat intervals
-// the copy is legitimately placed elsewhere.
+// heartbeats (its adoption claim) or the source's migration log, so for up
+// to three heartbeat intervals the copy is legitimately placed elsewhere.
+// Those intervals count from when a leader could hear of it: a migration
+// run while the servers had no quorum (node-local migrations need no
+// servers, uniqueness rule 7) is news to the leader elected afterwards,
+// whose state is the one the outage froze.
 func (s *Sim) localMigrationGrace(vmID, host string) bool {
 	limit := 3 * s.Cluster.cfg.HeartbeatInterval
 	for _, m := range s.localMoves {
-		if m.vmID == vmID && m.to == host && s.E.Now().Sub(m.at) <= limit {
+		if m.vmID == vmID && m.to == host && inLocalMigrationGrace(m.at, s.Cluster.elected, s.E.Now(), limit) {
 			return true
 		}
 	}
 	return false
+}
+
+// inLocalMigrationGrace is localMigrationGrace's rule for one migration
+// run at movedAt, under a leader elected at electedAt, at now: the grace
+// lasts limit from the later of the two (a leader elected after the
+// migration had no way to know of it before it was elected).
+func inLocalMigrationGrace(movedAt, electedAt, now time.Time, limit time.Duration) bool {
+	from := movedAt
+	if electedAt.After(from) {
+		from = electedAt
+	}
+	return !now.Before(movedAt) && now.Sub(from) <= limit
 }
 
 // afterCommit runs after every entry the leader l committed and applied:
