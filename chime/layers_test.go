@@ -41,6 +41,9 @@ var layers = []layer{
 	// The endpoints implement the API's operations: its request and answer
 	// bodies are their inputs and outputs, so they may see chime/api (its
 	// types and validators), though never net/http's statuses.
+	// Automatic HA sees placement, silence and the fence command through
+	// interfaces of its own.
+	{"chime/server/recovery", []string{"fsm", "scheduler", "chime/structs"}}, // scheduler: RestartOrder, the failover plan's order
 	{"chime/server/endpoint", []string{"fsm", "scheduler", "chime/structs", "chime/api", "chime/server/..."}},
 	// The HA guard answers the operator's arm/disarm and status with the
 	// API's bodies, like the endpoints.

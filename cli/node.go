@@ -94,6 +94,21 @@ func nodeCommand() *cli.Command {
 			taskAction("rebuild", "recreate every VM of a drained node on other nodes (same disks)",
 				[]cli.Flag{&cli.BoolFlag{Name: "confirm-fenced", Usage: "the operator confirms the node is powered off / fenced and runs none of its VMs"}},
 				func(c *cli.Context) any { return map[string]bool{"confirm_fenced": c.Bool("confirm-fenced")} }),
+			nodeOp("fence", "run the servers' fence command (--fence-command) for the node now: power it off; on success its ha VMs restart elsewhere", nil, nil,
+				func(c *cli.Context, id string, _ any) error {
+					res, err := newClient(c).FenceNode(c.Context, id)
+					if err != nil {
+						return err
+					}
+					if o, _ := output(c); o == "json" {
+						return printJSON(res)
+					}
+					fmt.Fprintf(stdout, "node %s fenced\n", res.Node.Name)
+					if out := strings.TrimSpace(res.Output); out != "" {
+						fmt.Fprintf(stdout, "fence command output:\n%s\n", out)
+					}
+					return nil
+				}),
 			{
 				Name: "remove", Usage: "remove a node that has no VMs placed on it", ArgsUsage: "ID", Flags: clientFlags(),
 				Action: func(c *cli.Context) error {
@@ -172,7 +187,7 @@ func showNode(c *cli.Context, n *structs.Node) error {
 		{"Capacity", fmt.Sprintf("%d vCPUs, %d MiB", n.VCPUs, n.MemoryMiB)},
 		{"Drain acknowledged", fmt.Sprint(n.DrainAcked)}, {"Locally drained", fmt.Sprint(n.LocalDrained)},
 		{"Local drain", dash(n.LocalDrainState)},
-		{"Fenced", fmt.Sprint(n.Fenced)}, {"Secret reset", fmt.Sprint(n.SecretReset)},
+		{"Fenced", fmt.Sprint(n.Fenced)}, {"Isolation", isolation(n)}, {"Secret reset", fmt.Sprint(n.SecretReset)},
 		{"Identity conflict", dash(n.IdentityConflict)}, {"Return refused", dash(n.ReturnRefused)},
 		{"Stale copies", dash(staleCopies(n.StaleCopies))}, {"Agent version", dash(n.AgentVersion)},
 		{"Failover plan", failoverOf(c, "nodes", n.ID, true)},
@@ -209,4 +224,19 @@ func staleCopies(cs []structs.StaleCopy) string {
 		out = append(out, fmt.Sprintf("%s generation %d (%s; placed on %s generation %d)", short(c.VMID), c.Generation, what, dash(short(c.PlacedOn)), c.PlacedGeneration))
 	}
 	return strings.Join(out, "; ")
+}
+
+// isolation is a node's isolation response as shown: "keep", or "stop
+// (lease 30s, watchdog)".
+func isolation(n *structs.Node) string {
+	if n.IsolationResponse != structs.IsolationStop {
+		return structs.IsolationKeep
+	}
+	s := fmt.Sprintf("stop (lease %s", n.IsolationLease)
+	if n.Watchdog {
+		s += ", watchdog"
+	} else {
+		s += ", no watchdog"
+	}
+	return s + ")"
 }

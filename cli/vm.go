@@ -50,6 +50,7 @@ func vmCommand() *cli.Command {
 					&cli.BoolFlag{Name: "stopped", Usage: "create it stopped"},
 					&cli.StringSliceFlag{Name: "label", Usage: "KEY=VALUE label (repeatable)"},
 					&cli.StringFlag{Name: "anti-affinity", Usage: "group name: VMs of one group run on different nodes"},
+					&cli.StringFlag{Name: "priority", Value: "medium", Usage: "restart priority of an ha VM: high, medium or low (automatic HA restarts higher ones first)"},
 				),
 				Action: func(c *cli.Context) error {
 					if _, err := output(c); err != nil {
@@ -64,7 +65,7 @@ func vmCommand() *cli.Command {
 						return err
 					}
 					req := api.CreateVMRequest{Name: name, VCPUs: c.Int("vcpus"), Memory: c.Int("memory"),
-						Disks: c.StringSlice("disk"), HA: c.Bool("ha"), Stopped: c.Bool("stopped"), Labels: labels, Group: c.String("anti-affinity")}
+						Disks: c.StringSlice("disk"), HA: c.Bool("ha"), Stopped: c.Bool("stopped"), Labels: labels, Group: c.String("anti-affinity"), Priority: c.String("priority")}
 					if err := req.Validate(); err != nil {
 						return cliField(err)
 					}
@@ -134,6 +135,38 @@ func vmCommand() *cli.Command {
 					return showTask(c, t)
 				},
 			},
+			{
+				Name: "modify", Usage: "change a VM's automatic-HA settings", ArgsUsage: "ID",
+				Flags: append(clientFlags(), outputFlag(),
+					&cli.BoolFlag{Name: "ha", Usage: "highly available (--ha=false: not)"},
+					&cli.StringFlag{Name: "priority", Usage: "restart priority: high, medium or low"}),
+				Action: func(c *cli.Context) error {
+					if _, err := output(c); err != nil {
+						return err
+					}
+					id, err := oneArg(c, "VM ID")
+					if err != nil {
+						return err
+					}
+					var req api.ModifyVMRequest
+					if c.IsSet("ha") {
+						ha := c.Bool("ha")
+						req.HA = &ha
+					}
+					if c.IsSet("priority") {
+						p := c.String("priority")
+						req.Priority = &p
+					}
+					if req.HA == nil && req.Priority == nil {
+						return fmt.Errorf("nothing to change: give --ha or --priority")
+					}
+					vm, err := newClient(c).ModifyVM(c.Context, id, req)
+					if err != nil {
+						return cliField(err)
+					}
+					return showVM(c, vm)
+				},
+			},
 		},
 	}
 }
@@ -155,7 +188,7 @@ func showVM(c *cli.Context, vm *structs.VM) error {
 		{"Node", dash(vm.NodeID)}, {"Generation", fmt.Sprint(vm.Generation)},
 		{"vCPUs", fmt.Sprint(vm.Spec.VCPUs)}, {"Memory MiB", fmt.Sprint(vm.Spec.MemoryMiB)},
 		{"Disks", dash(strings.Join(vm.Spec.Disks, ", "))}, {"HA", fmt.Sprint(vm.Spec.HA)},
-		{"Anti-affinity", dash(vm.Spec.AntiAffinity)}, {"Observed", obs}, {"Task", dash(vm.TaskID)}, {"Migration", migration(vm.Migration)},
+		{"Anti-affinity", dash(vm.Spec.AntiAffinity)}, {"Priority", priority(vm.Spec)}, {"Observed", obs}, {"Task", dash(vm.TaskID)}, {"Migration", migration(vm.Migration)},
 		{"Node-local", nodeLocal(vm)}, {"Failover", failover},
 	})
 }
@@ -194,7 +227,7 @@ func parseLabels(in []string) (map[string]string, error) {
 func cliField(err error) error {
 	e := api.AsError(err)
 	flag := map[string]string{"name": "NAME", "vcpus": "--vcpus", "memory_mib": "--memory", "disks": "--disk",
-		"labels": "--label", "anti_affinity": "--anti-affinity"}[e.Field]
+		"labels": "--label", "anti_affinity": "--anti-affinity", "priority": "--priority"}[e.Field]
 	if flag == "" {
 		return err
 	}
@@ -210,4 +243,15 @@ func migration(m *structs.Migration) string {
 			short(m.From), short(m.To), m.UnknownSince.UTC().Format(time.RFC3339), m.UnknownReason, m.TaskID)
 	}
 	return fmt.Sprintf("live migration %s → %s in flight (task %s)", short(m.From), short(m.To), m.TaskID)
+}
+
+// priority is an ha VM's restart priority as shown ("-" without ha).
+func priority(s structs.VMSpec) string {
+	if !s.HA {
+		return "-"
+	}
+	if s.Priority == "" {
+		return structs.PriorityMedium
+	}
+	return s.Priority
 }

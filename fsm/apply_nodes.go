@@ -44,6 +44,8 @@ func (a *applier) registerNode(p RegisterNode) (string, error) {
 	n.Name, n.APIAddr, n.GossipAddr = in.Name, in.APIAddr, in.GossipAddr
 	n.MigrationURI, n.MigrationAddr, n.BusinessInterface = in.MigrationURI, in.MigrationAddr, in.BusinessInterface
 	n.VCPUs, n.MemoryMiB, n.Labels, n.AgentVersion = in.VCPUs, in.MemoryMiB, in.Labels, in.AgentVersion
+	// Zero in entries written before the isolation lease existed.
+	n.IsolationResponse, n.IsolationLease, n.Watchdog = in.IsolationResponse, in.IsolationLease, in.Watchdog
 	if err := a.tx.PutNodeName(n.ID, n.Name, previous); err != nil {
 		return "", err
 	}
@@ -212,6 +214,10 @@ func (a *applier) setNodeFlags(p SetNodeFlags) (string, error) {
 		}
 	}
 	changes := p.applyTo(n)
+	if p.FencedBy != "" {
+		n.Fenced, n.FencedAt = true, a.tx.Now()
+		changes = append(changes, "fenced by "+p.FencedBy)
+	}
 	var monitor *structs.Event
 	if p.FenceUnreachable && n.Fenced && n.MonitorState != structs.MonitorUnreachable {
 		e, _ := monitorTransition(n, MonitorTransition{State: structs.MonitorUnreachable,

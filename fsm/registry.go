@@ -40,6 +40,7 @@ var registry = map[CommandType]applyFunc{
 	CmdAlarmSent:       typed((*applier).alarmDelivered),
 	CmdSetHAArmed:      typed((*applier).setHAArmed),
 	CmdSetHABrake:      typed((*applier).setHABrake),
+	CmdSetHA:           typed((*applier).setHA),
 	CmdACLBootstrap:    typed((*applier).aclBootstrap),
 	CmdACLTokenCreate:  typed((*applier).aclTokenCreate),
 	CmdACLTokenDelete:  typed((*applier).aclTokenDelete),

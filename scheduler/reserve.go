@@ -27,13 +27,14 @@ func Protected(v *structs.VM) bool {
 	return v.Spec.HA && v.DesiredState == structs.DesiredRunning && v.NodeID != ""
 }
 
-// RestartOrder sorts VMs in the order a failover places them: by name,
-// then id. It must be the recovery duty's order (chime/server/recovery:
-// restart priority, then name) for the plan to be the one carried out;
-// when VM priorities land, their rank comes first here too.
+// RestartOrder sorts VMs in the order a failover places them: by restart
+// priority (structs.PriorityRank: high, medium, low), then name, then id.
+// It is the recovery duty's order (chime/server/recovery sorts each
+// node's VMs with it), so the plan is the one carried out.
 func RestartOrder(vms []structs.VM) {
 	slices.SortFunc(vms, func(a, b structs.VM) int {
-		return cmp.Or(cmp.Compare(a.Name, b.Name), cmp.Compare(a.ID, b.ID))
+		return cmp.Or(cmp.Compare(structs.PriorityRank(a.Spec.Priority), structs.PriorityRank(b.Spec.Priority)),
+			cmp.Compare(a.Name, b.Name), cmp.Compare(a.ID, b.ID))
 	})
 }
 

@@ -236,3 +236,60 @@ func TestPlan(t *testing.T) {
 		}
 	}
 }
+
+func prio(p string) func(*structs.VM) { return func(v *structs.VM) { v.Spec.Priority = p } }
+
+func TestRestartOrder(t *testing.T) {
+	cases := []struct {
+		name string
+		vms  []structs.VM
+		want []string // ids
+	}{
+		{"name then id", []structs.VM{vm("2", "a", 1, 1), vm("1", "a", 1, 1)}, []string{"1", "2"}},
+		{"priority first", []structs.VM{vm("1", "a", 1, 1, prio(structs.PriorityLow)), vm("2", "a", 1, 1),
+			vm("3", "a", 1, 1, prio(structs.PriorityHigh)), vm("4", "a", 1, 1, prio(structs.PriorityMedium))}, []string{"3", "2", "4", "1"}},
+		{"empty is medium", []structs.VM{vm("2", "a", 1, 1, prio(structs.PriorityMedium)), vm("1", "a", 1, 1)}, []string{"1", "2"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			vms := slices.Clone(tc.vms)
+			RestartOrder(vms)
+			var got []string
+			for _, v := range vms {
+				got = append(got, v.ID)
+			}
+			if !slices.Equal(got, tc.want) {
+				t.Fatalf("order %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
+// TestPlanPriority: when a failed node's VMs do not all fit, the plan
+// (like the recovery duty) places the higher priority first, whatever the
+// names say.
+func TestPlanPriority(t *testing.T) {
+	nodes := []structs.Node{node("a", 8, 8192), node("b", 8, 4096)}
+	for _, tc := range []struct {
+		name           string
+		p1, p2         string
+		placed, unplac string
+	}{
+		{"same priority: name order", "", "", "1", "2"},
+		{"high beats the name", structs.PriorityLow, structs.PriorityHigh, "2", "1"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			vms := []structs.VM{haVM("1", "a", 1, 4096, prio(tc.p1)), haVM("2", "a", 1, 4096, prio(tc.p2))}
+			plan := Plan(nodes, vms, Options{}, Reserve(nodes, vms, 1, Options{}))
+			got := map[string]string{}
+			for _, e := range plan {
+				if e.NodeID == "a" {
+					got[e.VMID] = e.Target
+				}
+			}
+			if got[tc.placed] != "b" || got[tc.unplac] != "" {
+				t.Fatalf("targets %v: want vm %s on b and vm %s nowhere", got, tc.placed, tc.unplac)
+			}
+		})
+	}
+}

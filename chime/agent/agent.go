@@ -86,6 +86,13 @@ type Agent struct {
 
 	pool *gossip.Pool // set by Run before registration
 
+	// The isolation lease (isolation.go), guarded by mu.
+	leaseUntil        time.Time // the lease runs out then (isolation response stop)
+	isolatedFlag      bool      // the lease ran out and no acknowledgement came since
+	isolatedUntilSync bool      // acknowledged again, but no sync after it yet
+	watchdog          Watchdog  // nil: none armed
+	acked             bool      // a heartbeat of this process was acknowledged (the watchdog is petted from then on)
+
 	heartbeatNow chan struct{} // capacity 1: send the next heartbeat early
 	heartbeatSem chan struct{} // capacity 1: one heartbeat at a time (see sendHeartbeat)
 }
@@ -160,7 +167,9 @@ func New(cfg Config, hv Hypervisor, opts ...Option) (*Agent, error) {
 	a := &Agent{cfg: cfg, hv: hv, store: st, nodeID: id, logger: cfg.Logger, tls: tlsm,
 		servers: o.servers, clock: o.clock, random: random,
 		timing:       api.Timing{HeartbeatInterval: defaultHeartbeatInterval},
-		heartbeatNow: make(chan struct{}, 1), heartbeatSem: make(chan struct{}, 1)}
+		heartbeatNow: make(chan struct{}, 1), heartbeatSem: make(chan struct{}, 1),
+		watchdog: o.watchdog}
+	a.leaseUntil = o.clock.Now().Add(startLease(cfg.IsolationLease))
 	a.rec, err = reconcile.New(reconcile.Config{
 		Hypervisor: hv, Definitions: st, Inputs: a.reconcileInputs,
 		SweepInterval: cfg.SweepInterval, ShutdownGrace: cfg.ShutdownGrace,
@@ -259,6 +268,11 @@ func (a *Agent) APIAddr() net.Addr {
 // fencing records behind the holds cannot be read it returns that error,
 // and the reconciler changes nothing.
 func (a *Agent) reconcileInputs() (reconcile.Inputs, error) {
+	if a.isolated() {
+		// Before the first sync too: the VMs a dead predecessor left
+		// running must stop all the same.
+		return reconcile.Inputs{Isolated: true}, nil
+	}
 	a.mu.Lock()
 	ds, refused := a.desired, slices.Clone(a.hold)
 	a.mu.Unlock()
@@ -339,6 +353,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		wg.Go(func() { a.insecureLoop(ctx.Done()) })
 	}
 
+	// The lease runs from the start: an agent that cannot register still
+	// stops its VMs when it runs out.
+	wg.Go(func() { a.isolationLoop(ctx) })
 	if err := a.register(ctx); err != nil {
 		if ctx.Err() != nil {
 			return nil

@@ -13,6 +13,7 @@ import (
 
 	"github.com/chime-ha/chime/chime/agent/health"
 	"github.com/chime-ha/chime/chime/agent/reconcile"
+	"github.com/chime-ha/chime/chime/structs"
 	"github.com/chime-ha/chime/chime/tlsconf"
 	"github.com/hashicorp/go-hclog"
 )
@@ -55,6 +56,11 @@ type Config struct {
 	InsecureNoTLS bool
 	Logger        hclog.Logger // nil: a default logger
 
+	// The isolation lease (isolation.go).
+	IsolationResponse string        // --isolation-response: stop or keep ("" is keep)
+	IsolationLease    time.Duration // --isolation-lease: no acknowledged heartbeat for this long → isolated (with stop)
+	WatchdogDevice    string        // --watchdog: watchdog device armed with isolation response stop ("" none)
+
 	// Health checks (package health).
 	BusinessProbeInterval time.Duration // --business-probe-interval: period of the business and storage probes
 	StoragePaths          []string      // --storage-path (repeatable): directories given the write+fsync probe besides the data dir
@@ -69,9 +75,12 @@ const (
 	DefaultSweepInterval = reconcile.DefaultSweepInterval
 	DefaultShutdownGrace = 60 * time.Second
 	DefaultBind          = "0.0.0.0"
-	DefaultDataDir       = "/var/lib/chime/agent"
-	socketFile           = "agent.sock"
-	stateFile            = "agent.db"
+	// DefaultIsolationLease is the isolation lease: the servers then treat
+	// an isolated node as fenced 55 s after its last heartbeat.
+	DefaultIsolationLease = 30 * time.Second
+	DefaultDataDir        = "/var/lib/chime/agent"
+	socketFile            = "agent.sock"
+	stateFile             = "agent.db"
 )
 
 // DefaultConfig returns the configuration with every default filled in.
@@ -87,6 +96,9 @@ func DefaultConfig() Config {
 		GossipPort:    DefaultGossipPort,
 		ShutdownGrace: DefaultShutdownGrace,
 		SweepInterval: DefaultSweepInterval,
+
+		IsolationResponse: structs.IsolationKeep,
+		IsolationLease:    DefaultIsolationLease,
 
 		BusinessProbeInterval: health.DefaultBusinessProbeInterval,
 		DiskErrorHold:         health.DefaultDiskErrorHold,
@@ -184,6 +196,19 @@ func (c Config) Validate() error {
 		}
 	}
 	c.validateHealth(bad)
+	if !structs.ValidIsolationResponse(c.IsolationResponse) {
+		bad("isolation-response", "%q: want stop or keep", c.IsolationResponse)
+	}
+	if c.isolationResponse() == structs.IsolationStop {
+		if c.IsolationLease < structs.MinIsolationLease || c.IsolationLease > structs.MaxIsolationLease {
+			bad("isolation-lease", "%s: must be between %s and %s", c.IsolationLease, structs.MinIsolationLease, structs.MaxIsolationLease)
+		}
+	} else if c.WatchdogDevice != "" {
+		bad("watchdog", "needs --isolation-response stop")
+	}
+	if c.WatchdogDevice != "" && !filepath.IsAbs(c.WatchdogDevice) {
+		bad("watchdog", "%q is not an absolute path", c.WatchdogDevice)
+	}
 	if c.GossipKey != "" {
 		if k, err := base64.StdEncoding.DecodeString(c.GossipKey); err != nil {
 			bad("gossip-key", "not base64: %v", err)
@@ -266,4 +291,20 @@ func (c Config) validateHealth(bad func(flag, format string, args ...any)) {
 			bad("storage-path", "%q is not an absolute path", p)
 		}
 	}
+}
+
+// isolationResponse is the isolation response as registered: keep unless stop.
+func (c Config) isolationResponse() string {
+	if c.IsolationResponse == structs.IsolationStop {
+		return structs.IsolationStop
+	}
+	return structs.IsolationKeep
+}
+
+// isolationLease is the lease as registered: only with stop.
+func (c Config) isolationLease() time.Duration {
+	if c.isolationResponse() != structs.IsolationStop {
+		return 0
+	}
+	return c.IsolationLease
 }

@@ -201,11 +201,13 @@ func (a *Agent) sendHeartbeat(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	sent := a.clock.Now()
 	resp, err := a.servers.Heartbeat(ctx, hb)
 	a.noteContact(err)
 	if err != nil {
 		return err
 	}
+	a.noteAcked(sent)
 	a.setTiming(resp.Timing)
 	a.setGossipAddrs(resp.GossipAddrs)
 	a.ops.RejectAdoptions(resp.RejectedAdoptions)
@@ -217,6 +219,7 @@ func (a *Agent) sendHeartbeat(ctx context.Context) error {
 		return fmt.Errorf("ack local migrations: %w", err)
 	}
 	a.logger.Named("heartbeat").Debug("heartbeat sent", "vms", len(hb.VMs), "faults", len(hb.Faults))
+	a.syncAfterIsolation(ctx)
 	return nil
 }
 
@@ -274,4 +277,23 @@ func observedState(s string) string {
 		return structs.StateCrashed
 	}
 	return structs.StateRunning
+}
+
+// syncAfterIsolation ends an isolation whose lease an acknowledged
+// heartbeat renewed: only a desired-state sync that began after the
+// acknowledgement says which VMs are still placed here (the servers may
+// have restarted them elsewhere meanwhile).
+func (a *Agent) syncAfterIsolation(ctx context.Context) {
+	a.mu.Lock()
+	pending := a.isolatedUntilSync
+	a.mu.Unlock()
+	if !pending {
+		return
+	}
+	began := a.clock.Now()
+	if err := a.SyncOnce(ctx); err != nil {
+		a.logger.Named("isolation").Warn("heartbeat acknowledged but the desired state cannot be synced: staying isolated", "error", err)
+		return
+	}
+	a.endIsolation(began)
 }

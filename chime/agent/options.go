@@ -46,7 +46,13 @@ type options struct {
 	storageProbe func(dir string) error
 	businessNet  health.BusinessNet
 	interfaces   func(name string) (handover.Interface, error)
+	watchdog     Watchdog
 }
+
+// WithWatchdog arms w as the agent's watchdog (isolation response stop):
+// it is petted while the isolation lease is valid. Production opens the
+// device named by --watchdog (cli); the simulator gives its host's.
+func WithWatchdog(w Watchdog) Option { return func(o *options) { o.watchdog = w } }
 
 // WithServers makes the agent talk to the servers through s instead of an
 // *api.Client for cfg.Servers.

@@ -22,7 +22,17 @@ func Run(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("open libvirt %s: %w", cfg.LibvirtURI, err)
 	}
 	defer drv.Close()
-	a, err := New(cfg, drv)
+	var opts []Option
+	if cfg.WatchdogDevice != "" {
+		wd, err := newWatchdog(cfg.WatchdogDevice, WatchdogTimeout(cfg.IsolationLease))
+		if err != nil {
+			return err
+		}
+		opts = append(opts, WithWatchdog(wd))
+	} else if cfg.IsolationResponse == "stop" {
+		cfg.Logger.Warn("isolation response stop without --watchdog: a hung or killed agent cannot stop its VMs, and the servers will count the lease all the same")
+	}
+	a, err := New(cfg, drv, opts...)
 	if err != nil {
 		return err
 	}

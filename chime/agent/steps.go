@@ -8,6 +8,7 @@ import (
 	"github.com/chime-ha/chime/chime/agent/local"
 	"github.com/chime-ha/chime/chime/agent/reconcile"
 	"github.com/chime-ha/chime/chime/agent/store"
+	"github.com/chime-ha/chime/chime/structs"
 )
 
 // The agent's units of work besides RegisterOnce, SyncOnce and
@@ -58,6 +59,11 @@ func (a *Agent) HealthOnce(ctx context.Context) { a.health.Check(ctx) }
 // That heartbeat is best effort: with this node's management network down
 // the source's migration log tells the servers instead.
 func (a *Agent) Adopt(ctx context.Context, ad store.Adoption) error {
+	if a.isolated() {
+		// An incoming migration would start a qemu here: an isolated
+		// agent starts nothing (the servers may restart it elsewhere).
+		return structs.Conflict("node_id", "node %s is isolated (no heartbeat acknowledged for its isolation lease): it accepts no incoming migration", a.cfg.Name)
+	}
 	if err := a.ops.Adopt(ad); err != nil {
 		return err
 	}

@@ -467,6 +467,20 @@ func (c *Client) Tasks(ctx context.Context) ([]structs.Task, error) {
 	return t, err
 }
 
+// FenceNode runs the servers' fence command for a node now.
+func (c *Client) FenceNode(ctx context.Context, id string) (*FenceResponse, error) {
+	var out FenceResponse
+	_, err := c.Do(ctx, http.MethodPost, "/v1/nodes/"+esc(id)+"/fence", nil, nil, &out)
+	return &out, err
+}
+
+// ModifyVM changes a VM's automatic-HA settings.
+func (c *Client) ModifyVM(ctx context.Context, id string, r ModifyVMRequest) (*structs.VM, error) {
+	var vm structs.VM
+	_, err := c.Do(ctx, http.MethodPatch, "/v1/vms/"+esc(id), nil, r, &vm)
+	return &vm, err
+}
+
 // --- ACLs ---
 
 // ACLBootstrap creates the cluster's first management token (once).

@@ -16,6 +16,9 @@ type CreateVMRequest struct {
 	Stopped bool              `json:"stopped,omitempty"`
 	Labels  map[string]string `json:"labels,omitempty"`
 	Group   string            `json:"anti_affinity,omitempty"`
+	// Priority is the restart priority of an ha VM: high, medium or low
+	// ("" is medium).
+	Priority string `json:"priority,omitempty"`
 }
 
 // RegisterRequest is the body of POST /v1/agent/register. The agent
@@ -35,6 +38,12 @@ type RegisterRequest struct {
 	MemoryMiB         int               `json:"memory_mib"`
 	Labels            map[string]string `json:"labels,omitempty"`
 	AgentVersion      string            `json:"agent_version"`
+	// IsolationResponse is stop or keep ("" from older agents: keep);
+	// IsolationLease is the agent's lease (a duration: no timestamp
+	// crosses the wire); Watchdog says a watchdog device is armed.
+	IsolationResponse string        `json:"isolation_response,omitempty"`
+	IsolationLease    time.Duration `json:"isolation_lease,omitempty"`
+	Watchdog          bool          `json:"watchdog,omitempty"`
 }
 
 // RegisterResponse carries the node secret the agent must present from now on.
@@ -200,6 +209,20 @@ type Status struct {
 	State     string `json:"raft_state"`
 	Index     uint64 `json:"applied_index"`
 	Healthy   bool   `json:"healthy"`
+}
+
+// ModifyVMRequest is the body of PATCH /v1/vms/{id}: the automatic-HA
+// settings to change (nil: unchanged).
+type ModifyVMRequest struct {
+	HA       *bool   `json:"ha,omitempty"`
+	Priority *string `json:"priority,omitempty"`
+}
+
+// FenceResponse is the answer of POST /v1/nodes/{id}/fence: the node as
+// recorded after the fence command succeeded, and the command's output.
+type FenceResponse struct {
+	Node   *structs.Node `json:"node"`
+	Output string        `json:"output"`
 }
 
 // CreateTokenRequest is the body of POST /v1/acl/tokens.

@@ -12,7 +12,7 @@ func (r *CreateVMRequest) Validate() error {
 
 // Spec is the VM spec the request asks for.
 func (r *CreateVMRequest) Spec() structs.VMSpec {
-	return structs.VMSpec{VCPUs: r.VCPUs, MemoryMiB: r.Memory, Disks: r.Disks, HA: r.HA, Labels: r.Labels, AntiAffinity: r.Group}
+	return structs.VMSpec{VCPUs: r.VCPUs, MemoryMiB: r.Memory, Disks: r.Disks, HA: r.HA, Labels: r.Labels, AntiAffinity: r.Group, Priority: r.Priority}
 }
 
 // Validate checks an agent registration.
@@ -31,6 +31,15 @@ func (r *RegisterRequest) Validate() error {
 	}
 	if r.MemoryMiB < structs.MinMemoryMiB {
 		return structs.Invalid("memory_mib", "must be at least %d, got %d", structs.MinMemoryMiB, r.MemoryMiB)
+	}
+	if !structs.ValidIsolationResponse(r.IsolationResponse) {
+		return structs.Invalid("isolation_response", "must be stop or keep, got %q", r.IsolationResponse)
+	}
+	if r.IsolationLease < 0 || r.IsolationLease > structs.MaxIsolationLease {
+		return structs.Invalid("isolation_lease", "must be between 0 and %s, got %s", structs.MaxIsolationLease, r.IsolationLease)
+	}
+	if r.IsolationResponse == structs.IsolationStop && r.IsolationLease < structs.MinIsolationLease {
+		return structs.Invalid("isolation_lease", "must be at least %s with isolation response stop, got %s", structs.MinIsolationLease, r.IsolationLease)
 	}
 	return structs.ValidateLabels("labels", r.Labels)
 }

@@ -115,6 +115,8 @@ func TestRouteTable(t *testing.T) {
 		"GET /v1/vms/{id}/failover":           "/v1/vms/web/failover",
 		"GET /v1/nodes/{id}/failover":         "/v1/nodes/hv1/failover",
 		"POST /v1/operator/ha/{action}":       "/v1/operator/ha/disarm",
+		"PATCH /v1/vms/{id}":                  "/v1/vms/web",
+		"POST /v1/nodes/{id}/fence":           "/v1/nodes/hv1/fence",
 	}
 	hb, _ := json.Marshal(api.HeartbeatRequest{NodeID: w.hv1.NodeID, VMs: []structs.VMObservation{}, Faults: []string{"kernel"}})
 	bodies := map[string]string{
@@ -125,6 +127,7 @@ func TestRouteTable(t *testing.T) {
 		"POST /v1/agent/heartbeat":      string(hb),
 		"POST /v1/agent/migrated":       fmt.Sprintf(`{"task_id":"t","vm_id":%q,"generation":%d,"ok":true}`, w.vm.ID, w.vm.Generation),
 		"POST /v1/operator/ha/{action}": `{"reason":"intruder"}`,
+		"PATCH /v1/vms/{id}":            `{"ha":false,"priority":"low"}`,
 	}
 	// The routes of automatic HA have the roles docs/api.md gives them.
 	wantNeed := map[string]need{
@@ -133,6 +136,8 @@ func TestRouteTable(t *testing.T) {
 		"GET /v1/nodes/{id}/failover":   needRead,
 		"GET /v1/operator/ha":           needRead,
 		"POST /v1/operator/ha/{action}": needOperator,
+		"PATCH /v1/vms/{id}":            needOperator,
+		"POST /v1/nodes/{id}/fence":     needOperator,
 	}
 	for _, rt := range w.s.routes {
 		if want, ok := wantNeed[rt.pattern]; ok {

@@ -51,8 +51,15 @@ type Config struct {
 	InsecureNoTLS bool
 	// ACL says whether ACL tokens are enforced (docs/security.md):
 	// ACLDefault is on outside --dev and off in --dev.
-	ACL    ACLMode
-	Logger hclog.Logger
+	ACL ACLMode
+	// FenceCommand is the executable the leader runs to power off an
+	// unreachable node with ha VMs (and `chime node fence`); "" none.
+	FenceCommand string
+	FenceTimeout time.Duration // one run of the fence command
+	FenceRetries int           // attempts per node while it stays unreachable
+	// HAMaxRestarts bounds the automatic restart attempts of one VM.
+	HAMaxRestarts int
+	Logger        hclog.Logger
 	// Clock stamps every command this server proposes and is what the
 	// leader's duties and the endpoints measure time on; nil is the wall
 	// clock. Raft's own timers always run on the wall clock.
@@ -79,6 +86,9 @@ func DefaultConfig() Config {
 		HeartbeatInterval:  15 * time.Second,
 		MissedHeartbeats:   3,
 		RaftTimeScale:      1,
+		FenceTimeout:       30 * time.Second,
+		FenceRetries:       5,
+		HAMaxRestarts:      5,
 	}
 }
 
@@ -164,6 +174,18 @@ func (c Config) Validate() error {
 		if !strings.HasPrefix(w, "http://") && !strings.HasPrefix(w, "https://") {
 			return structs.Invalid("--alarm-webhook", "%q must be an http(s) URL", w)
 		}
+	}
+	if c.FenceCommand != "" && !strings.HasPrefix(c.FenceCommand, "/") {
+		return structs.Invalid("--fence-command", "%q must be an absolute path", c.FenceCommand)
+	}
+	if c.FenceTimeout < time.Second || c.FenceTimeout > 10*time.Minute {
+		return structs.Invalid("--fence-timeout", "must be between 1s and 10m, got %s", c.FenceTimeout)
+	}
+	if c.FenceRetries < 1 || c.FenceRetries > 100 {
+		return structs.Invalid("--fence-retries", "must be between 1 and 100, got %d", c.FenceRetries)
+	}
+	if c.HAMaxRestarts < 1 || c.HAMaxRestarts > 100 {
+		return structs.Invalid("--ha-max-restarts", "must be between 1 and 100, got %d", c.HAMaxRestarts)
 	}
 	if err := c.TLS.Validate(); err != nil {
 		return &structs.Error{Kind: structs.ErrInvalid, Field: strings.TrimSuffix(strings.Fields(err.Error())[0], ":"), Message: err.Error()}

@@ -9,6 +9,7 @@ import (
 	"github.com/chime-ha/chime/chime/server/hapolicy"
 	"github.com/chime-ha/chime/chime/server/heartbeat"
 	"github.com/chime-ha/chime/chime/server/placement"
+	"github.com/chime-ha/chime/chime/server/recovery"
 	"github.com/chime-ha/chime/chime/server/tasks"
 	"github.com/chime-ha/chime/fsm"
 	"github.com/chime-ha/chime/scheduler"
@@ -51,6 +52,13 @@ func (s *Server) setupDuties() {
 		Logger:        s.log.Named("alarms")})
 	s.hb = heartbeat.New(heartbeat.Config{Interval: s.cfg.HeartbeatInterval, Missed: s.cfg.MissedHeartbeats,
 		Proposer: s, State: s.fsm, Clock: s.clock, Pinger: s.pingClient(), Gossip: s.pool,
+		Logger: s.log})
+	var fencer recovery.Fencer
+	if s.cfg.FenceCommand != "" {
+		fencer = commandFencer{path: s.cfg.FenceCommand, timeout: s.cfg.FenceTimeout}
+	}
+	s.recovery = recovery.New(recovery.Config{Proposer: s, State: s.fsm, Silence: s.hb, Placer: s.placer,
+		Fencer: fencer, Brake: s.guard, Clock: s.clock, MaxRestarts: s.cfg.HAMaxRestarts, MaxFenceAttempts: s.cfg.FenceRetries,
 		Logger: s.log})
 	s.ep = endpoint.New(endpoint.Config{Proposer: s, State: s.fsm, Placer: s.placer, Tasks: s.taskRunner,
 		Monitor: s.hb, Clock: s.clock, IDs: endpoint.RandomIDs{}, Agents: agentConfig{s},

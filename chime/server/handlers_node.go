@@ -61,3 +61,25 @@ func (s *Server) handleNodeAction(w http.ResponseWriter, r *http.Request) (any, 
 func (s *Server) handleRemoveNode(w http.ResponseWriter, r *http.Request) (any, error) {
 	return nil, s.ep.RemoveNode(r.Context(), r.Header.Get(api.HeaderRequestID), r.PathValue("id"))
 }
+
+// handleFenceNode runs the fence command for a node now (`chime node
+// fence`): on success the node is recorded fenced and unreachable, and
+// automatic HA may restart its ha VMs elsewhere.
+func (s *Server) handleFenceNode(w http.ResponseWriter, r *http.Request) (any, error) {
+	n, err := s.fsm.ResolveNode(r.PathValue("id"))
+	if err != nil {
+		return nil, err
+	}
+	if err := decodeEmpty(r); err != nil {
+		return nil, err
+	}
+	out, err := s.recovery.FenceNow(r.Context(), *n)
+	if err != nil {
+		return nil, err
+	}
+	cur, err := s.fsm.Node(n.ID)
+	if err != nil {
+		return nil, err
+	}
+	return api.FenceResponse{Node: cur, Output: out}, nil
+}

@@ -100,3 +100,12 @@ func decodeOptional(r *http.Request, v any) error {
 	}
 	return decode(r, v)
 }
+
+// handleModifyVM changes a VM's automatic-HA settings (`chime vm modify`).
+func (s *Server) handleModifyVM(w http.ResponseWriter, r *http.Request) (any, error) {
+	var body api.ModifyVMRequest
+	if err := decode(r, &body); err != nil {
+		return nil, err
+	}
+	return s.ep.ModifyVM(r.Context(), r.Header.Get(api.HeaderRequestID), r.PathValue("id"), body)
+}

@@ -65,11 +65,13 @@ func (s *Server) setupHTTP() error {
 	route("GET /v1/vms/{id}", local, needRead, s.handleGetVM)
 	route("POST /v1/vms/{id}/{action}", leaderOnly, needOperator, s.handleVMAction)
 	route("DELETE /v1/vms/{id}", leaderOnly, needOperator, s.handleDeleteVM)
+	route("PATCH /v1/vms/{id}", leaderOnly, needOperator, s.handleModifyVM)      // ha, priority
 	route("GET /v1/vms/{id}/failover", leaderOnly, needRead, s.handleVMFailover) // computed from the leader's state
 	// nodes
 	route("GET /v1/nodes", local, needRead, s.handleListNodes)
 	route("GET /v1/nodes/{id}", local, needRead, s.handleGetNode)
 	route("POST /v1/nodes/{id}/{action}", leaderOnly, needOperator, s.handleNodeAction)
+	route("POST /v1/nodes/{id}/fence", leaderOnly, needOperator, s.handleFenceNode)
 	route("DELETE /v1/nodes/{id}", leaderOnly, needOperator, s.handleRemoveNode)
 	route("GET /v1/nodes/{id}/failover", leaderOnly, needRead, s.handleNodeFailover)
 	// automatic HA: failover plan, arm switch, brake, reservation

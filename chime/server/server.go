@@ -17,6 +17,7 @@ import (
 	"github.com/chime-ha/chime/chime/server/alarms"
 	"github.com/chime-ha/chime/chime/server/hapolicy"
 	"github.com/chime-ha/chime/chime/server/placement"
+	"github.com/chime-ha/chime/chime/server/recovery"
 	"github.com/chime-ha/chime/chime/server/tasks"
 	"github.com/chime-ha/chime/chime/structs"
 	"github.com/chime-ha/chime/chime/tlsconf"
@@ -51,10 +52,11 @@ type Server struct {
 
 	// The leader's deciding duties, each in its own package behind the
 	// small interfaces it declares; constructed in Start, run by lead.
-	placer     *placement.Placer // placement lock, scheduler calls, pending VMs
-	taskRunner *tasks.Runner     // migrate, evacuate, drain steps
-	alarmer    *alarms.Alarmer   // alarm transitions and webhook delivery
-	guard      *hapolicy.Guard   // automatic HA's arm switch and mass-failure brake
+	placer     *placement.Placer   // placement lock, scheduler calls, pending VMs
+	taskRunner *tasks.Runner       // migrate, evacuate, drain steps
+	alarmer    *alarms.Alarmer     // alarm transitions and webhook delivery
+	guard      *hapolicy.Guard     // automatic HA's arm switch and mass-failure brake
+	recovery   *recovery.Recoverer // automatic HA and the fence command
 
 	gossipMu    sync.Mutex         // guards the two fields below
 	gossipCache []string           // servers' gossip addresses, for agents

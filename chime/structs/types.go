@@ -70,6 +70,20 @@ type Node struct {
 	DrainAcked      bool      `json:"drain_acked"`                 // a heartbeat sent after the agent applied the drain listed every VM stopped
 	DrainIndex      uint64    `json:"drain_index,omitempty"`       // Raft index at which management became drained (a drain ack needs a desired index at least this)
 	Fenced          bool      `json:"fenced"`                      // an operator or fence command confirmed the node runs nothing
+	// FencedAt is when a fence command (or `chime node fence`) last
+	// succeeded on the node (leader's clock, carried in the command); zero
+	// when only an operator's --confirm-fenced set Fenced. Automatic HA
+	// takes Fenced as evidence only while the node has stayed unreachable
+	// since then (StateSince not after FencedAt).
+	FencedAt time.Time `json:"fenced_at,omitzero"`
+	// IsolationResponse is what the node's agent does when it hears no
+	// server for IsolationLease: IsolationStop or IsolationKeep ("" from
+	// agents that predate it: keep). Durations only cross the wire.
+	IsolationResponse string        `json:"isolation_response,omitempty"`
+	IsolationLease    time.Duration `json:"isolation_lease,omitempty"`
+	// Watchdog says the agent armed a watchdog device that resets the host
+	// when the agent stops petting it (hung or dead agent, or lease lost).
+	Watchdog bool `json:"watchdog,omitempty"`
 	// SecretReset: an operator allowed the next registration of this node
 	// id to set a new secret (`chime node reset-secret`: the agent lost its
 	// data dir). Cleared by that registration.
@@ -137,6 +151,10 @@ type VMSpec struct {
 	HA           bool              `json:"ha"`
 	Labels       map[string]string `json:"labels,omitempty"`
 	AntiAffinity string            `json:"anti_affinity,omitempty"` // VMs with the same group go to different nodes
+	// Priority is the restart priority of an ha VM (PriorityHigh,
+	// PriorityMedium, PriorityLow; "" is medium): automatic HA restarts
+	// higher ones first.
+	Priority string `json:"priority,omitempty"`
 }
 
 // Observation is what an agent last reported about a VM.
@@ -507,4 +525,63 @@ func ShortID(id string) string {
 		return id[:8]
 	}
 	return id
+}
+
+// Isolation responses of a node's agent (`chime agent --isolation-response`).
+const (
+	// IsolationKeep keeps the VMs running while no server is heard (the
+	// seed's behaviour): only a drain acknowledgement or a fence makes a
+	// rebuild elsewhere safe.
+	IsolationKeep = "keep"
+	// IsolationStop stops every VM once no heartbeat was acknowledged for
+	// the lease, and starts none until one is.
+	IsolationStop = "stop"
+)
+
+// Bounds of an isolation lease.
+const (
+	MinIsolationLease = time.Second
+	MaxIsolationLease = 10 * time.Minute
+)
+
+// ValidIsolationResponse reports whether r is a known isolation response
+// ("" is keep).
+func ValidIsolationResponse(r string) bool {
+	return r == "" || r == IsolationKeep || r == IsolationStop
+}
+
+// LeaseMargin is the servers' fixed safety margin over an isolation lease:
+// they treat a node with isolation response stop as fenced once
+// LeaseDeadline(lease) has passed since its last heartbeat they received.
+const LeaseMargin = 10 * time.Second
+
+// LeaseDeadline is the servers' side of an isolation lease: lease × 1.5 +
+// LeaseMargin (rate drift between the two clocks, and the time the agent
+// needs to stop its VMs). The agent's own deadline (lease, counted from
+// the earlier sending of the heartbeat) always comes first.
+func LeaseDeadline(lease time.Duration) time.Duration {
+	return lease + lease/2 + LeaseMargin
+}
+
+// Restart priorities of ha VMs (`chime vm create --priority`).
+const (
+	PriorityHigh   = "high"
+	PriorityMedium = "medium"
+	PriorityLow    = "low"
+)
+
+// ValidPriority reports whether p is a known restart priority ("" is medium).
+func ValidPriority(p string) bool {
+	return p == "" || p == PriorityHigh || p == PriorityMedium || p == PriorityLow
+}
+
+// PriorityRank orders restart priorities: lower ranks restart first.
+func PriorityRank(p string) int {
+	switch p {
+	case PriorityHigh:
+		return 0
+	case PriorityLow:
+		return 2
+	}
+	return 1
 }

@@ -111,6 +111,9 @@ func (s VMSpec) Validate() error {
 			return err
 		}
 	}
+	if !ValidPriority(s.Priority) {
+		return Invalid("priority", "must be high, medium or low, got %q", s.Priority)
+	}
 	return nil
 }
 

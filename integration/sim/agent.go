@@ -91,7 +91,8 @@ func startAgent(h *Host) (*agentProc, error) {
 	cfg.BusinessInterface = "biz0"
 	cfg.BusinessProbes = []string{gatewayAddr + ":9"}
 	cfg.Logger = s.logger(h.Name + ".agent")
-	a, err := agent.New(cfg, h.HV,
+	haOpts := h.haAgentOptions(&cfg)
+	a, err := agent.New(cfg, h.HV, append([]agent.Option{
 		agent.WithServers(p.srv),
 		agent.WithAnnouncer(simAnnouncer{h}),
 		agent.WithClock(p.clk),
@@ -100,11 +101,13 @@ func startAgent(h *Host) (*agentProc, error) {
 		agent.WithStorageProbe(h.storageProbe),
 		agent.WithInterfaces(h.iface),
 		agent.WithBusinessNet(businessNet{h}),
+	}, haOpts...)...,
 	)
 	if err != nil {
 		return nil, err
 	}
 	p.a = a
+	p.startIsolation()
 	p.schedule("register", 0, p.register)
 	return p, nil
 }

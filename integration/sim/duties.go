@@ -12,6 +12,7 @@ import (
 	"github.com/chime-ha/chime/chime/server/hapolicy"
 	"github.com/chime-ha/chime/chime/server/heartbeat"
 	"github.com/chime-ha/chime/chime/server/placement"
+	"github.com/chime-ha/chime/chime/server/recovery"
 	"github.com/chime-ha/chime/chime/server/tasks"
 	"github.com/chime-ha/chime/chime/structs"
 	"github.com/chime-ha/chime/scheduler"
@@ -51,6 +52,9 @@ type leaderDuties struct {
 	alarmer *alarms.Alarmer
 	guard   *hapolicy.Guard // the arm switch and the mass-failure brake
 	ep      *endpoint.Endpoints
+	// recovery is automatic HA (ha.go); haAt its pending on-change wake-up.
+	recovery *recovery.Recoverer
+	haAt     *Event
 
 	stops                  []func() // the periodic events
 	tasksAt, placeAt, alAt *Event   // the pending on-change wake-ups
@@ -88,6 +92,7 @@ func newLeaderDuties(s *Server, term uint64) *leaderDuties {
 		w.Every(0, alarmsEvery, name("alarms.step"), d.stepAlarms),
 	)
 	d.stops = append(d.stops, w.Every(0, guardEvery, name("hapolicy.step"), d.stepGuard))
+	d.startRecovery()
 	s.c.sim.E.trace.Addf("raft", "%s duties started (term %d)", s.Name, term)
 	return d
 }
@@ -145,6 +150,7 @@ func (d *leaderDuties) changed() {
 	if !d.guardAt.Pending() {
 		d.guardAt = w.After(onChange, d.srv.Name+" hapolicy.step (change)", d.stepGuard)
 	}
+	d.recoveryChanged()
 }
 
 // stop ends the term: every pending duty event is cancelled and the
@@ -158,6 +164,7 @@ func (d *leaderDuties) stop() {
 	d.placeAt.Cancel()
 	d.alAt.Cancel()
 	d.guardAt.Cancel()
+	d.haAt.Cancel()
 	d.srv.c.sim.E.trace.Addf("raft", "%s duties stopped (term %d)", d.srv.Name, d.term)
 }
 

@@ -37,6 +37,8 @@ type Host struct {
 	// hvFaults are the libvirt calls that fail (hv-fault): the value is how
 	// many calls of that kind still pass before they fail.
 	hvFaults map[Op]int
+	// watchdogDev is the watchdog device the agent armed (ha.go).
+	watchdogDev *simWatchdog
 }
 
 func newHost(s *Sim, name string) (*Host, error) {
@@ -162,6 +164,7 @@ func (h *Host) RestartAgent() {
 func (h *Host) PowerOff(lose bool) {
 	h.sim.E.trace.Addf("fault", "%s power off (disk %s)", h.Name, keptLost(lose))
 	h.stopAgent()
+	h.disarmWatchdog()
 	h.HV.PowerOff(!lose)
 	h.powered = false
 	if lose {

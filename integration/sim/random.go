@@ -36,6 +36,9 @@ type RandomConfig struct {
 	// agent crash the state dir (the same draws are made: only their
 	// outcome is forced).
 	AlwaysLoseState bool
+	// HA turns automatic HA on (random_ha.go): zero options draw the
+	// set-up per seed.
+	HA *HAOptions
 }
 
 func (c *RandomConfig) defaults() {
@@ -324,6 +327,9 @@ func RandomSchedule(seed uint64, cfg RandomConfig) *Schedule {
 			}
 			n -= o.weight
 		}
+	}
+	if cfg.HA != nil {
+		haSchedule(sc, cfg)
 	}
 	sort.SliceStable(sc.Items, func(i, j int) bool { return sc.Items[i].At < sc.Items[j].At })
 	sc.Length = sc.End()

@@ -57,12 +57,18 @@ func (s *Sim) spawn(f *fsm.FSM, fn func(), onDone, onReset func()) {
 	co := &coroutine{park: make(chan struct{}), done: make(chan struct{}), resume: make(chan coMode), f: f, onReset: onReset}
 	go func() {
 		defer close(co.done)
+		// Wait to be let go: only then is co the running coroutine, so
+		// that its first wait parks (without this the goroutine could
+		// reach its first Changed before runCo set s.co.running, and block
+		// on the real FSM's channel while the engine waits for it to park).
+		<-co.resume
 		fn()
 	}()
-	s.runCo(co, onDone, nil)
+	start := coChanged
+	s.runCo(co, onDone, &start)
 }
 
-// runCo lets co run (resumed with *mode, unless it is just starting)
+// runCo lets co run (resumed with *mode; a new one is let go with it too)
 // and waits until it parks or returns. co is the running coroutine
 // before it is let go: it reads that at its next wait.
 func (s *Sim) runCo(co *coroutine, onDone func(), mode *coMode) {

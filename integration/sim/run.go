@@ -53,7 +53,7 @@ func (r *Result) Tail(n int) string {
 // heal, the quiet period, the final checks.
 func Run(sc *Schedule, opts RunOptions) (*Result, error) {
 	wall := time.Now()
-	s, err := New(Config{Seed: sc.Seed, Hosts: sc.Hosts, HATolerate: sc.HATolerate, Dir: opts.Dir, Parent: opts.Parent})
+	s, err := New(Config{Seed: sc.Seed, Hosts: sc.Hosts, HATolerate: sc.HATolerate, Dir: opts.Dir, Parent: opts.Parent, HA: sc.HA})
 	if err != nil {
 		return nil, err
 	}
@@ -123,6 +123,7 @@ func (s *Sim) goldenLog() string {
 	} else {
 		b.WriteString("no leader\n")
 	}
+	b.WriteString(s.haGolden())
 	b.WriteString("## verdict\n")
 	for _, v := range s.Check.Violations {
 		b.WriteString(names.Replace(v.String()) + "\n")

@@ -70,6 +70,7 @@ import (
 //	migration-outcome VM OUTCOME    the VM's next live migration: fails-before,
 //	                            fails-during or reply-lost
 //	heal                        undo every fault (the runner heals at the end anyway)
+//	create-ha, fence-fails, node-fence   automatic HA (ha.go, with the "ha" header)
 //	on-propose TYPE N D [CMD...]    the Nth next proposal of command type TYPE (*: any)
 //	                            by the servers' own code pauses before it commits:
 //	                            CMD runs, D passes, then it goes on (interleave.go)
@@ -102,6 +103,8 @@ type Schedule struct {
 	// Length is how long the schedule runs before the heal (at least until
 	// its last item); a scenario's trailing wait sets it.
 	Length time.Duration
+	// HA are the automatic-HA settings (header "ha ...", ha.go); nil: none.
+	HA *HAOptions
 }
 
 // DefaultQuiet is the quiet period after the final heal.
@@ -135,6 +138,9 @@ func (sc *Schedule) String() string {
 	}
 	if sc.HATolerate != 0 {
 		fmt.Fprintf(&b, "ha-tolerate %d\n", sc.HATolerate)
+	}
+	if sc.HA != nil {
+		fmt.Fprintf(&b, "%s\n", sc.HA)
 	}
 	var at time.Duration
 	for _, it := range sc.Items {
@@ -200,6 +206,13 @@ func ParseSchedule(r io.Reader) (*Schedule, error) {
 			default:
 				sc.KnownFailure = int(n)
 			}
+			continue
+		case "ha":
+			o, err := parseHAHeader(f)
+			if err != nil {
+				return bad("%v", err)
+			}
+			sc.HA = o
 			continue
 		case "quiet", "wait":
 			if len(f) != 2 {
@@ -329,6 +342,9 @@ func (s *Sim) Exec(f []string) error {
 			return fmt.Errorf("%s: no machine %q", f[0], name)
 		}
 		return nil
+	}
+	if ok, err := s.execHA(f); ok {
+		return err
 	}
 	switch f[0] {
 	case "on-propose":

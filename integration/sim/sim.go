@@ -36,6 +36,9 @@ type Config struct {
 	// failures (the HAReservationBroken alarm with it). The brake guard
 	// always runs, at the default share, as in production.
 	HATolerate int
+	// HA are the automatic-HA settings (ha.go); nil: the agents keep
+	// their VMs when isolated and the servers have no fence command.
+	HA *HAOptions
 }
 
 // Sim is one simulated chime deployment: the world (time, randomness,
@@ -57,8 +60,10 @@ type Sim struct {
 	nextMigration   map[string]MigrationOutcome
 	migrationFaults float64
 	localMoves      []localMove
-	co              coroutines   // restarts in progress (restart.go)
-	inter           interleaving // on-propose (interleave.go)
+	co              coroutines      // restarts in progress (restart.go)
+	inter           interleaving    // on-propose (interleave.go)
+	fenceFails      map[string]bool // hosts whose simulated fence command fails (ha.go)
+	haw             *haWorld        // the HA timeline of an HA run (ha.go)
 }
 
 // localMove is a node-local migration an operator ran (agent migrate).
@@ -120,6 +125,10 @@ func New(cfg Config) (*Sim, error) {
 	s.E.OnEachEvent(s.resumeParked)
 	s.E.OnEachEvent(s.pollAgents)
 	s.E.OnEachEvent(s.Check.afterEvent)
+	if cfg.HA != nil {
+		s.haw = &haWorld{where: map[string]string{}}
+		s.E.OnEachEvent(s.haTrack)
+	}
 	s.E.trace.Addf("sim", "seed %d: %d servers, %d hosts", cfg.Seed, len(c.Servers), len(s.Hosts))
 	return s, nil
 }

@@ -20,7 +20,7 @@ var (
 	flagVerbose = flag.Bool("sim.v", false, "echo the trace of -sim.seed or -sim.scenario to stdout")
 	flagScen    = flag.String("sim.scenario", "", "run only the scenarios whose name contains this")
 	flagShrink  = flag.Int("sim.shrink", 60, "runs the shrinker may spend on a failing seed")
-	flagProfile = flag.String("sim.profile", "", `random profile: "" (all faults and operations), "mutation" (the mutation check's) or "lost-state" (every power loss and agent crash loses its disk or state dir: root cause 6)`)
+	flagProfile = flag.String("sim.profile", "", `random profile: "" (all faults and operations), "mutation" (the mutation check's) "lost-state" (every power loss and agent crash loses its disk or state dir: root cause 6) or "ha" (automatic HA on: ha VMs, isolation lease, fence command)`)
 	flagStrict  = flag.Bool("sim.strict", false, "fail on every violating seed, also those whose schedule contains a known root cause's trigger")
 	flagDir     = flag.String("sim.dir", "", "parent directory of the runs' state files (default /dev/shm when it exists)")
 	flagShrinkN = flag.Int("sim.shrink.seeds", 3, "failing seeds that get shrunk (the others print their whole schedule)")
@@ -250,6 +250,8 @@ func TestSeeds(t *testing.T) {
 				cfg = MutationProfile
 			case "lost-state":
 				cfg = LostStateProfile
+			case "ha":
+				cfg = HAProfile
 			}
 			sc := RandomSchedule(seed, cfg)
 			opts := RunOptions{Parent: *flagDir}

@@ -31,6 +31,10 @@ const (
 	ActionDefine ActionKind = "define"
 	// ActionStart starts a defined domain (first start, or restart after a crash).
 	ActionStart ActionKind = "start"
+	// ActionIsolate kills the qemu process of a domain (keeping its
+	// definition) because the node is isolated: no heartbeat was
+	// acknowledged for the isolation lease (isolation response stop).
+	ActionIsolate ActionKind = "isolate-stop"
 	// ActionConflict changes nothing: it reports why a desired VM cannot be
 	// made so (a domain without chime metadata holds its UUID, or a newer
 	// copy exists). The reconciler logs it.
@@ -47,6 +51,7 @@ var kindOrder = map[ActionKind]int{
 	ActionDefine:        3,
 	ActionStart:         4,
 	ActionConflict:      5,
+	ActionIsolate:       6,
 }
 
 // Action is one step of a plan.
@@ -75,6 +80,10 @@ type PlanOptions struct {
 	// instruction, or a domain adopted by node-local migration that the
 	// servers have not decided on yet).
 	Hold []string
+	// Isolated: the isolation lease expired (isolation response stop).
+	// Every chime domain whose qemu may run is killed, nothing else is
+	// done: no start, no define, whatever the desired state says.
+	Isolated bool
 }
 
 // DomainSpecOf is the libvirt definition of a desired VM.
@@ -124,6 +133,9 @@ func adopted(vm api.DesiredVM, d hypervisor.Domain) bool {
 //     by live migration: it is not stale, it is redefined with the new
 //     generation (libvirt updates the running domain's metadata too).
 func Plan(desired []api.DesiredVM, domains []hypervisor.Domain, opts PlanOptions) []Action {
+	if opts.Isolated {
+		return planIsolated(domains)
+	}
 	want := make(map[string]api.DesiredVM, len(desired))
 	for _, vm := range desired {
 		want[vm.ID] = vm
@@ -235,5 +247,20 @@ func Plan(desired []api.DesiredVM, domains []hypervisor.Domain, opts PlanOptions
 		}
 		return out[i].VMID < out[j].VMID
 	})
+	return out
+}
+
+// planIsolated is the plan of an isolated node: kill every chime domain
+// whose qemu may run, in VM id order, and nothing else.
+func planIsolated(domains []hypervisor.Domain) []Action {
+	var out []Action
+	for _, d := range domains {
+		if d.Meta == nil || !qemuMayRun(d.State) {
+			continue
+		}
+		out = append(out, Action{Kind: ActionIsolate, VMID: d.UUID, Name: d.Name, Generation: d.Meta.Generation,
+			Reason: "isolated: no heartbeat acknowledged for the isolation lease"})
+	}
+	sort.SliceStable(out, func(i, j int) bool { return out[i].VMID < out[j].VMID })
 	return out
 }

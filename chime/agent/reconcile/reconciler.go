@@ -88,6 +88,9 @@ type Inputs struct {
 	Desired []api.DesiredVM
 	Drained bool
 	Hold    []string
+	// Isolated: the isolation lease expired; see PlanOptions.Isolated.
+	// Desired may then be empty (no sync yet).
+	Isolated bool
 }
 
 // Config wires a Reconciler.
@@ -384,7 +387,7 @@ func (r *Reconciler) Pass(ctx context.Context) (PassResult, error) {
 			}
 		}
 	}
-	opts := PlanOptions{Drained: in.Drained, Hold: in.Hold, Defined: maps.Clone(r.defined)}
+	opts := PlanOptions{Drained: in.Drained, Hold: in.Hold, Defined: maps.Clone(r.defined), Isolated: in.Isolated}
 	r.mu.Unlock()
 
 	res := PassResult{Domains: domains, Actions: Plan(in.Desired, domains, opts),
@@ -457,6 +460,11 @@ func (r *Reconciler) execute(ctx context.Context, a Action, res *PassResult) err
 			r.destroyed = append(r.destroyed, DestroyedCopy{VMID: a.VMID, Generation: a.Generation})
 		}
 		r.mu.Unlock()
+	case ActionIsolate:
+		log.Warn("isolated: killing the domain (isolation response stop)")
+		if err := r.hv.Destroy(ctx, a.VMID); err != nil && !errors.Is(err, hypervisor.ErrNotFound) {
+			return fmt.Errorf("isolation stop of %s: %w", a.VMID, err)
+		}
 	case ActionUndefineStale:
 		log.Info("undefining stale copy")
 		if err := r.hv.Undefine(ctx, a.VMID); err != nil && !errors.Is(err, hypervisor.ErrNotFound) {

@@ -96,7 +96,8 @@ func (e *Endpoints) RegisterWith(ctx context.Context, reqID string, req api.Regi
 	}
 	node := structs.Node{ID: req.ID, Name: req.Name, APIAddr: req.APIAddr, GossipAddr: req.GossipAddr,
 		MigrationURI: req.MigrationURI, MigrationAddr: req.MigrationAddr, BusinessInterface: req.BusinessInterface,
-		VCPUs: req.VCPUs, MemoryMiB: req.MemoryMiB, Labels: req.Labels, AgentVersion: req.AgentVersion}
+		VCPUs: req.VCPUs, MemoryMiB: req.MemoryMiB, Labels: req.Labels, AgentVersion: req.AgentVersion,
+		IsolationResponse: req.IsolationResponse, IsolationLease: req.IsolationLease, Watchdog: req.Watchdog}
 	if _, err := e.propose.Propose(ctx, reqID, fsm.CmdRegisterNode,
 		fsm.RegisterNode{Node: node, SecretHash: hashSecret(secret), ReplaceSecret: replace}); err != nil {
 		return api.RegisterResponse{}, err

@@ -97,7 +97,7 @@ func Alarms(ha structs.HAState, res structs.HAReservation, now time.Time) []stru
 	if ha.Brake {
 		out = append(out, structs.Alarm{Name: "HABrakeEngaged", Severity: "critical", Labels: map[string]string{"scope": "cluster"},
 			Summary:     fmt.Sprintf("mass-failure brake engaged: %d of %d nodes unreachable", ha.BrakeUnreachable, ha.BrakeNodes),
-			Description: "Automatic HA is paused: too many nodes went unreachable at once, which is more likely a network failure than dead hosts. Find the cause; the brake releases by itself when most nodes are back, or arm with `chime operator ha arm` once the unreachable nodes are known dead or fenced. See docs/ha-admission.md.",
+			Description: "Automatic HA is paused: too many nodes went unreachable at once, which is more likely a network failure than dead hosts. Find the cause; the brake releases by itself when most nodes are back, or arm with `chime operator ha arm` once the unreachable nodes are known dead or fenced. See docs/ha.md.",
 			StartsAt:    ha.BrakeSince})
 	}
 	if ha.Disarmed {
@@ -110,7 +110,7 @@ func Alarms(ha structs.HAState, res structs.HAReservation, now time.Time) []stru
 		out = append(out, structs.Alarm{Name: "HAReservationBroken", Severity: "warning",
 			Labels:      map[string]string{"scope": "cluster", "rule": res.Rule},
 			Summary:     fmt.Sprintf("HA reservation broken: the cluster no longer survives %s", failures(res.Tolerate)),
-			Description: res.Reason + ". New ha VMs are refused (409) until it holds again: add or enable nodes, or free capacity. See docs/ha-admission.md.",
+			Description: res.Reason + ". New ha VMs are refused (409) until it holds again: add or enable nodes, or free capacity. See docs/ha.md.",
 			StartsAt:    now})
 	}
 	return out

@@ -87,6 +87,7 @@ type Monitor struct {
 	refusedAt   map[string]time.Time // node id → when a refused registration was last recorded
 	conflictAt  map[string]time.Time // node id → when an identity conflict was last recorded
 	leaderSince time.Time            // when this server became leader: the grace period's start
+	held        map[string]bool      // node id → being recovered: its heartbeats are refused (HoldSilent)
 
 	// The node list the checks walk, reused until the applied index moves.
 	// Only the checking goroutine (Run, or a test's CheckOnce) uses these.
@@ -107,7 +108,7 @@ func New(cfg Config) *Monitor {
 	}
 	return &Monitor{log: logger.Named("heartbeat"), interval: cfg.Interval, missed: cfg.Missed,
 		propose: cfg.Proposer, state: cfg.State, clock: clock, pinger: cfg.Pinger, gossip: cfg.Gossip,
-		last: map[string]time.Time{}, pinging: map[string]bool{}, refusedAt: map[string]time.Time{}, conflictAt: map[string]time.Time{}}
+		last: map[string]time.Time{}, pinging: map[string]bool{}, held: map[string]bool{}, refusedAt: map[string]time.Time{}, conflictAt: map[string]time.Time{}}
 }
 
 // Reset starts a new term of leadership: every node gets a full grace period.
@@ -117,6 +118,7 @@ func (m *Monitor) Reset() {
 	m.leaderSince = m.clock.Now()
 	m.last = map[string]time.Time{}
 	m.pinging = map[string]bool{}
+	m.held = map[string]bool{}
 }
 
 // Registered notes a registration as a sign of life.
@@ -157,6 +159,9 @@ type Outcome struct {
 // heartbeat changes as one node.heartbeat command, or nothing when nothing
 // changed.
 func (m *Monitor) Heartbeat(ctx context.Context, n *structs.Node, r Report) (Outcome, error) {
+	if err := m.heldForRecovery(n); err != nil {
+		return Outcome{}, err
+	}
 	// The arrival counts even if the write below fails: the node is alive.
 	m.arrived(n.ID)
 	d, err := buildDelta(m.state, n, r, m.clock.Now())

@@ -31,6 +31,9 @@ commands:
   down    stop the chime processes, kill the lab's processes, delete its namespaces
           and bridges, remove DIR/lab.json
   status  show the lab's hosts, addresses, whether each libvirtd answers, chime processes
+  power-off NODE [ADDR]
+          the lab's fence command: kill every process in host NODE's namespace and cut
+          its links (chime server --fence-command, through a script that passes --dir)
 
 flags (every command):
   --dir DIR        state directory (default .lab)
@@ -66,7 +69,7 @@ func run(args []string) error {
 	if err := fset.Parse(args[1:]); err != nil {
 		return err
 	}
-	if fset.NArg() > 0 {
+	if fset.NArg() > 0 && cmd != "power-off" {
 		return fmt.Errorf("unexpected arguments %v", fset.Args())
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -115,6 +118,26 @@ func run(args []string) error {
 			return err
 		}
 		return os.Remove(filepath.Join(*dir, lab.StateFile))
+	case "power-off":
+		// A fence command's arguments: the node's name, then its address.
+		if fset.NArg() < 1 || fset.NArg() > 2 {
+			return errors.New("power-off: want NODE [ADDR]")
+		}
+		ctx, cancel := context.WithTimeout(ctx, time.Minute)
+		defer cancel()
+		l, err := lab.Load(*dir, logf)
+		if err != nil {
+			return err
+		}
+		h := l.Host(fset.Arg(0))
+		if h == nil {
+			return fmt.Errorf("power-off: no host %q in the lab", fset.Arg(0))
+		}
+		if err := h.PowerOff(ctx); err != nil {
+			return err
+		}
+		fmt.Printf("host %s powered off (processes killed, links cut)\n", h.Name)
+		return nil
 	case "status":
 		ctx, cancel := context.WithTimeout(ctx, time.Minute)
 		defer cancel()

@@ -1,0 +1,450 @@
+// Package recovery is automatic HA, the leader's duty that rebuilds ha
+// VMs of a dead node elsewhere without an operator (DESIGN.md, "Isolation
+// and fencing"; docs/ha.md). A VM is restarted elsewhere only when its
+// node is unreachable and known to run nothing, by one of three pieces of
+// evidence, each named in the ha.restarted event:
+//
+//   - fence: the fence command (or `chime node fence`) succeeded, and no
+//     heartbeat arrived since (Node.FencedAt, and the node held silent);
+//   - lease: the node runs with isolation response stop and has been
+//     silent, on this leader's clock and since its takeover at the
+//     earliest, for structs.LeaseDeadline(lease);
+//   - drain: the node is drained and its agent acknowledged it (or
+//     reported a local drain done), and no VM is recorded running there.
+//
+// Without evidence, and with a fence command configured, the duty runs it
+// (retries with back-off, outcome in the event log). VMs restart in
+// priority order (high, medium, low), each placement a compare-and-set on
+// the VM's generation, with a retry limit and back-off per VM.
+package recovery
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/chime-ha/chime/chime/structs"
+	"github.com/chime-ha/chime/fsm"
+	"github.com/chime-ha/chime/scheduler"
+)
+
+// Proposer applies a command through Raft (the server) or straight to an
+// FSM (fsm.Direct, in tests). A refusal comes back as the error.
+type Proposer interface {
+	Propose(ctx context.Context, reqID string, typ fsm.CommandType, payload any) (*fsm.Result, error)
+}
+
+// State is the part of the replicated state the duty reads (*fsm.FSM).
+type State interface {
+	Nodes() ([]structs.Node, error)
+	Node(id string) (*structs.Node, error)
+	VMsOnNode(nodeID string) ([]structs.VM, uint64, error)
+}
+
+// Silence is the heartbeat monitor's memory of arrivals
+// (*heartbeat.Monitor): how long a node has been silent on this leader,
+// and a hold that refuses its heartbeats while a recovery that relies on
+// that silence proposes.
+type Silence interface {
+	Silence(nodeID string) time.Duration
+	HoldSilent(nodeID string, min time.Duration) (release func(), ok bool)
+}
+
+// Placer is the placement lock and the scheduler (*placement.Placer).
+type Placer interface {
+	Decide(fn func() error) error
+	Place(vm structs.VM, exclude []string) (string, error)
+	Kick()
+}
+
+// Fencer runs the fence command for a node (power it off). It returns the
+// command's output; an error means the node is not known fenced.
+type Fencer interface {
+	Fence(ctx context.Context, n structs.Node) (string, error)
+}
+
+// Brake says whether automatic recovery is armed. The mass-failure brake
+// and `chime operator ha disarm` plug in here; nil is always armed.
+type Brake interface {
+	HAArmed() bool
+}
+
+// Clock is where the duty reads the time (the server's one clock).
+type Clock interface{ Now() time.Time }
+
+// Config is what a Recoverer needs.
+type Config struct {
+	Proposer Proposer
+	State    State
+	Silence  Silence
+	Placer   Placer
+	Fencer   Fencer // nil: no fence command configured
+	Brake    Brake  // nil: always armed
+	Clock    Clock
+	Logger   hclog.Logger // parent logger; logs as <parent>.recovery
+
+	// MaxRestarts bounds the restart attempts of one VM by this leader
+	// (Proxmox's max_relocate): a VM whose placement fails (no node
+	// fits) this often is given up (ha.gave_up) until its node changes.
+	// 0: DefaultMaxRestarts.
+	MaxRestarts int
+	// MaxFenceAttempts bounds the fence command's attempts per node and
+	// episode (the node unreachable): 0 is DefaultMaxFenceAttempts.
+	MaxFenceAttempts int
+}
+
+// Defaults.
+const (
+	DefaultMaxRestarts      = 5
+	DefaultMaxFenceAttempts = 5
+	// StepEvery is the period of the duty in production (and in the
+	// simulator), besides the wake-up after every change.
+	StepEvery = time.Second
+	// backoffBase and backoffMax bound the waits between attempts.
+	backoffBase = 2 * time.Second
+	backoffMax  = time.Minute
+)
+
+// Recoverer is the duty. Its memory (attempts, back-offs) lives only on
+// this leader: a new leader starts again, and its lease clock starts at
+// its takeover.
+type Recoverer struct {
+	propose Proposer
+	state   State
+	silence Silence
+	placer  Placer
+	fencer  Fencer
+	brake   Brake
+	clock   Clock
+	log     hclog.Logger
+
+	maxRestarts, maxFence int
+
+	mu       sync.Mutex
+	restarts map[string]*attempt // vm id → restart attempts
+	warned   map[string]uint64   // vm id → generation the lease was said not to cover
+	fences   map[string]*attempt // node id → fence attempts (this episode)
+	wg       sync.WaitGroup      // asynchronous fence attempts (Run)
+	async    bool                // fence attempts on their own goroutine (Run)
+	kick     chan struct{}       // a fence succeeded: step now (Run)
+}
+
+// attempt is the retry state of one VM restart or one node's fence.
+type attempt struct {
+	count    int
+	next     time.Time // no attempt before then
+	inFlight bool
+	gaveUp   bool
+	key      string // what it was about: the VM's node and generation, or the node's episode
+}
+
+// New returns a Recoverer; Run (or Step) does the work.
+func New(cfg Config) *Recoverer {
+	logger := cfg.Logger
+	if logger == nil {
+		logger = hclog.NewNullLogger()
+	}
+	r := &Recoverer{propose: cfg.Proposer, state: cfg.State, silence: cfg.Silence, placer: cfg.Placer,
+		fencer: cfg.Fencer, brake: cfg.Brake, clock: cfg.Clock, log: logger.Named("recovery"),
+		maxRestarts: cfg.MaxRestarts, maxFence: cfg.MaxFenceAttempts,
+		restarts: map[string]*attempt{}, warned: map[string]uint64{}, fences: map[string]*attempt{}, kick: make(chan struct{}, 1)}
+	if r.maxRestarts <= 0 {
+		r.maxRestarts = DefaultMaxRestarts
+	}
+	if r.maxFence <= 0 {
+		r.maxFence = DefaultMaxFenceAttempts
+	}
+	return r
+}
+
+// armed is the single check of the brake: automatic recovery runs only
+// while it is armed.
+func (r *Recoverer) armed() bool { return r.brake == nil || r.brake.HAArmed() }
+
+// Run steps the duty every StepEvery until ctx ends (leadership lost);
+// fence commands run on their own goroutines. It waits for them before it
+// returns. Each term starts with no memory of attempts.
+func (r *Recoverer) Run(ctx context.Context) {
+	r.mu.Lock()
+	r.async = true
+	r.restarts, r.fences, r.warned = map[string]*attempt{}, map[string]*attempt{}, map[string]uint64{}
+	r.mu.Unlock()
+	defer r.wg.Wait()
+	t := time.NewTicker(StepEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-r.kick:
+		}
+		if err := r.Step(ctx); err != nil && ctx.Err() == nil {
+			r.log.Warn("recovery pass failed", "error", err)
+		}
+	}
+}
+
+// Step is one pass: for every unreachable node with ha VMs to restart,
+// restart them if the node is known fenced, or else run the fence
+// command. Without Run, fence commands run inside Step (the simulator).
+func (r *Recoverer) Step(ctx context.Context) error {
+	if !r.armed() {
+		return nil
+	}
+	nodes, err := r.state.Nodes()
+	if err != nil {
+		return fmt.Errorf("read nodes: %w", err)
+	}
+	var errs []error
+	for _, n := range nodes {
+		if n.MonitorState != structs.MonitorUnreachable {
+			r.forgetFence(n.ID)
+			continue
+		}
+		vms, err := r.toRestart(n)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if len(vms) == 0 {
+			continue
+		}
+		ev, hold, lease := r.evidence(n)
+		if ev == "" {
+			r.fenceIfDue(ctx, n)
+			continue
+		}
+		if lease {
+			var uncovered []structs.VM
+			vms, uncovered = leaseCovers(n, vms)
+			if len(uncovered) > 0 {
+				// Arrived by live migration and not reported by the node
+				// since: its agent may have been dead already (a host
+				// booting, libvirtd up before the agent), so the lease
+				// says nothing about them. Only a fence does.
+				r.warnUncovered(n, uncovered)
+				r.fenceIfDue(ctx, n)
+			}
+			if len(vms) == 0 {
+				continue
+			}
+		}
+		if err := r.restartAll(ctx, n, vms, ev, hold); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// toRestart are the node's ha VMs desired running that automatic HA may
+// move: not in a live migration, not held by a node-local migration whose
+// outcome is unknown, in restart order (priority, then name).
+func (r *Recoverer) toRestart(n structs.Node) ([]structs.VM, error) {
+	vms, _, err := r.state.VMsOnNode(n.ID)
+	if err != nil {
+		return nil, fmt.Errorf("read vms on node %s: %w", n.Name, err)
+	}
+	var out []structs.VM
+	for _, vm := range vms {
+		if !vm.Spec.HA || vm.DesiredState != structs.DesiredRunning || vm.Migration != nil || vm.HeldByNodeLocal() {
+			continue
+		}
+		out = append(out, vm)
+	}
+	scheduler.RestartOrder(out) // the failover plan's order (GET /v1/failover)
+	return out, nil
+}
+
+// leaseCovers splits vms into those the node's isolation lease covers and
+// those it does not. The lease promises that the node's agent kills what
+// runs there (or that its watchdog resets the host); a qemu that a live
+// migration brought to the node after its agent died — a host booting,
+// libvirtd up before the agent — is nobody's to kill. So a VM whose
+// placement came by live migration (AdoptGeneration set) is covered only
+// once the node itself reported it at its current generation (the agent
+// redefines an adopted domain with it).
+func leaseCovers(n structs.Node, vms []structs.VM) (covered, uncovered []structs.VM) {
+	for _, vm := range vms {
+		o := vm.Observed
+		if vm.AdoptGeneration != 0 && (o == nil || o.NodeID != n.ID || o.Generation < vm.Generation) {
+			uncovered = append(uncovered, vm)
+			continue
+		}
+		covered = append(covered, vm)
+	}
+	return covered, uncovered
+}
+
+// evidence says why node n is known to run nothing ("" when it is not),
+// how long it must have been silent for that to hold (0: no hold needed),
+// and whether it is the isolation lease (which covers only some VMs:
+// leaseCovers). Strongest first: the drain acknowledgement, the fence,
+// the lease.
+func (r *Recoverer) evidence(n structs.Node) (string, time.Duration, bool) {
+	if n.ManagementState == structs.NodeDrained && (n.DrainAcked || n.LocalDrained) {
+		return "drain acknowledged by the agent (every VM stopped, kept stopped)", 0, false
+	}
+	if n.LocalDrained {
+		return "local drain reported done by the agent (every VM stopped, kept stopped)", 0, false
+	}
+	now := r.clock.Now()
+	if n.Fenced && !n.FencedAt.IsZero() && !n.StateSince.After(n.FencedAt) {
+		// Only while no heartbeat arrived since: a node powered on again
+		// may have started VMs still placed on it.
+		since := now.Sub(n.FencedAt)
+		if r.silence.Silence(n.ID) >= since {
+			return fmt.Sprintf("fence command succeeded %s ago, no heartbeat since", since.Round(time.Millisecond)), since, false
+		}
+	}
+	if n.IsolationResponse == structs.IsolationStop && n.IsolationLease > 0 {
+		deadline := structs.LeaseDeadline(n.IsolationLease)
+		if s := r.silence.Silence(n.ID); s >= deadline {
+			return fmt.Sprintf("isolation lease expired (lease %s, isolation response stop; silent %s on the leader ≥ %s)",
+				n.IsolationLease, s.Round(time.Millisecond), deadline), deadline, true
+		}
+	}
+	return "", 0, false
+}
+
+// restartAll restarts vms of node n elsewhere, in order, under the
+// placement lock and, when the evidence rests on silence, with the node's
+// heartbeats held off.
+func (r *Recoverer) restartAll(ctx context.Context, n structs.Node, vms []structs.VM, ev string, hold time.Duration) error {
+	if hold > 0 {
+		release, ok := r.silence.HoldSilent(n.ID, hold)
+		if !ok {
+			return nil // it spoke meanwhile: no evidence any more
+		}
+		defer release()
+	}
+	var errs []error
+	moved := false
+	err := r.placer.Decide(func() error {
+		for _, vm := range vms {
+			ok, err := r.restartOne(ctx, n, vm, ev)
+			if err != nil {
+				errs = append(errs, err)
+			}
+			moved = moved || ok
+		}
+		return nil
+	})
+	if moved {
+		r.placer.Kick()
+	}
+	return errors.Join(append(errs, err)...)
+}
+
+// restartOne places vm elsewhere (a compare-and-set on its generation)
+// and records ha.restarted with the evidence. It reports whether the VM
+// moved.
+func (r *Recoverer) restartOne(ctx context.Context, n structs.Node, vm structs.VM, ev string) (bool, error) {
+	now := r.clock.Now()
+	key := fmt.Sprintf("%s/%d", n.ID, vm.Generation)
+	r.mu.Lock()
+	at := r.restarts[vm.ID]
+	if at == nil || at.key != key {
+		at = &attempt{key: key}
+		r.restarts[vm.ID] = at
+	}
+	if at.gaveUp || now.Before(at.next) {
+		r.mu.Unlock()
+		return false, nil
+	}
+	at.count++
+	count := at.count
+	r.mu.Unlock()
+
+	to, err := r.placer.Place(vm, []string{n.ID})
+	if err != nil || to == "" {
+		why := "no node fits"
+		if err != nil {
+			why = err.Error()
+		}
+		return false, r.failed(ctx, vm, n, at, count, why)
+	}
+	reason := fmt.Sprintf("ha restart from unreachable node %s: %s", n.Name, ev)
+	res, err := r.propose.Propose(ctx, "", fsm.CmdPlaceVM, fsm.PlaceVM{VMID: vm.ID, NodeID: to, IfGeneration: vm.Generation, Reason: reason})
+	if err != nil {
+		return false, r.failed(ctx, vm, n, at, count, err.Error())
+	}
+	r.mu.Lock()
+	delete(r.restarts, vm.ID)
+	r.mu.Unlock()
+	toName := to
+	if tn, err := r.state.Node(to); err == nil {
+		toName = tn.Name
+	}
+	prio := vm.Spec.Priority
+	if prio == "" {
+		prio = structs.PriorityMedium
+	}
+	msg := fmt.Sprintf("vm %s (priority %s) restarted on node %s, away from unreachable node %s (attempt %d); evidence: %s",
+		vm.Name, prio, toName, n.Name, count, ev)
+	var idx uint64
+	if res != nil {
+		idx = res.Index
+	}
+	r.log.Info("ha vm restarted elsewhere", "vm", vm.Name, "from", n.Name, "to", toName, "evidence", ev, "index", idx)
+	if _, err := r.propose.Propose(ctx, "", fsm.CmdEvent, fsm.AppendEvent{Event: structs.Event{Kind: EventRestarted, NodeID: n.ID, VMID: vm.ID, Message: msg}}); err != nil {
+		return true, fmt.Errorf("record ha.restarted of vm %s: %w", vm.Name, err)
+	}
+	return true, nil
+}
+
+// failed notes a failed restart attempt: back-off, and after the limit an
+// ha.gave_up event.
+func (r *Recoverer) failed(ctx context.Context, vm structs.VM, n structs.Node, at *attempt, count int, why string) error {
+	now := r.clock.Now()
+	r.mu.Lock()
+	at.next = now.Add(backoff(count))
+	give := count >= r.maxRestarts
+	at.gaveUp = give
+	r.mu.Unlock()
+	r.log.Warn("ha restart failed", "vm", vm.Name, "node", n.Name, "attempt", count, "error", why, "retry_in", backoff(count).String())
+	if !give {
+		return nil
+	}
+	msg := fmt.Sprintf("vm %s: automatic restart away from node %s given up after %d attempts (last: %s); it restarts when its node returns, or by `chime node drain` + `chime node rebuild`",
+		vm.Name, n.Name, count, why)
+	if _, err := r.propose.Propose(ctx, "", fsm.CmdEvent, fsm.AppendEvent{Event: structs.Event{Kind: EventGaveUp, NodeID: n.ID, VMID: vm.ID, Message: msg}}); err != nil {
+		return fmt.Errorf("record ha.gave_up of vm %s: %w", vm.Name, err)
+	}
+	return nil
+}
+
+// backoff is the wait after the count-th failed attempt: 2 s doubling,
+// at most a minute.
+func backoff(count int) time.Duration {
+	return min(backoffBase<<min(max(count-1, 0), 6), backoffMax)
+}
+
+// Event kinds the duty records.
+const (
+	EventRestarted    = "ha.restarted"
+	EventGaveUp       = "ha.gave_up"
+	EventFenceOK      = "fence.succeeded"
+	EventFenceFailed  = "fence.failed"
+	EventFenceGaveUp  = "fence.gave_up"
+	fenceOutputMaxLen = 512
+)
+
+// warnUncovered logs, once per VM and placement, that the lease does not
+// cover it.
+func (r *Recoverer) warnUncovered(n structs.Node, vms []structs.VM) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, vm := range vms {
+		if r.warned[vm.ID] == vm.Generation {
+			continue
+		}
+		r.warned[vm.ID] = vm.Generation
+		r.log.Warn("the isolation lease does not cover this ha vm: it arrived by live migration and the node has not reported it since; it restarts elsewhere only on a fence",
+			"node", n.Name, "vm", vm.Name)
+	}
+}
