@@ -206,16 +206,24 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	limit := int64(structs.MaxBodyBytes)
+	var req *http.Request
 	if r.Method == http.MethodPut && r.URL.Path == "/v1/operator/snapshot" {
-		limit = 1 << 30 // snapshots have their own limit
+		// A snapshot is streamed through (the leader bounds it with
+		// --snapshot-max-bytes), never held in memory here.
+		req, err = http.NewRequestWithContext(r.Context(), r.Method, leader+r.URL.RequestURI(),
+			http.MaxBytesReader(w, r.Body, s.cfg.SnapshotMaxBytes))
+		if err == nil {
+			req.ContentLength = r.ContentLength
+		}
+	} else {
+		var body []byte
+		body, err = io.ReadAll(http.MaxBytesReader(w, r.Body, structs.MaxBodyBytes))
+		if err != nil {
+			writeError(w, bodyError(err))
+			return
+		}
+		req, err = http.NewRequestWithContext(r.Context(), r.Method, leader+r.URL.RequestURI(), bytes.NewReader(body))
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
-	if err != nil {
-		writeError(w, bodyError(err))
-		return
-	}
-	req, err := http.NewRequestWithContext(r.Context(), r.Method, leader+r.URL.RequestURI(), bytes.NewReader(body))
 	if err != nil {
 		writeError(w, err)
 		return
