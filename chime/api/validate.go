@@ -1,6 +1,16 @@
 package api
 
-import "github.com/chime-ha/chime/chime/structs"
+import (
+	"regexp"
+
+	"github.com/chime-ha/chime/chime/structs"
+)
+
+// MaxVersionLen bounds a version string an agent reports.
+const MaxVersionLen = 64
+
+// ifaceRE is a Linux interface name (IFNAMSIZ-1 = 15 characters).
+var ifaceRE = regexp.MustCompile(`^[A-Za-z0-9._-]{1,15}$`)
 
 // Validate checks a VM creation request.
 func (r *CreateVMRequest) Validate() error {
@@ -23,8 +33,32 @@ func (r *RegisterRequest) Validate() error {
 	if err := structs.ValidateName("name", r.Name); err != nil {
 		return err
 	}
-	if r.APIAddr == "" {
-		return structs.Invalid("api_addr", "is required")
+	if err := ValidateHostPort("api_addr", r.APIAddr); err != nil {
+		return err
+	}
+	if r.GossipAddr != "" {
+		if err := ValidateHostPort("gossip_addr", r.GossipAddr); err != nil {
+			return err
+		}
+	}
+	if r.MigrationURI != "" {
+		if err := ValidateMigrationURI("migration_uri", r.MigrationURI); err != nil {
+			return err
+		}
+	}
+	if r.MigrationAddr != "" {
+		if err := ValidateHost("migration_addr", r.MigrationAddr); err != nil {
+			return err
+		}
+	}
+	if r.BusinessInterface != "" && !ifaceRE.MatchString(r.BusinessInterface) {
+		return structs.Invalid("business_interface", "%q is not an interface name (1..15 of letters, digits, '.', '_', '-')", r.BusinessInterface)
+	}
+	if len(r.AgentVersion) > MaxVersionLen {
+		return structs.Invalid("agent_version", "at most %d characters, got %d", MaxVersionLen, len(r.AgentVersion))
+	}
+	if len(r.Secret) > 128 {
+		return structs.Invalid("secret", "at most 128 characters, got %d", len(r.Secret))
 	}
 	if r.VCPUs < 1 || r.VCPUs > structs.MaxNodeVCPUs {
 		return structs.Invalid("vcpus", "must be between 1 and %d, got %d", structs.MaxNodeVCPUs, r.VCPUs)
