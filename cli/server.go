@@ -40,6 +40,7 @@ gossip ports. A quick test: 'chime server --dev' (one server, temporary data dir
 			&cli.IntFlag{Name: "missed-heartbeats", Value: d.MissedHeartbeats, Usage: "heartbeats missed before a ping-back decides unreachable"},
 			&cli.StringSliceFlag{Name: "alarm-webhook", Usage: "Alertmanager-compatible webhook URL (repeatable)"},
 			&cli.Uint64Flag{Name: "snapshot-threshold", Value: d.SnapshotThreshold, Usage: "take a Raft snapshot after this many log entries"},
+			&cli.StringSliceFlag{Name: "storage-root", Value: cli.NewStringSlice(d.StorageRoots...), Usage: "directory VM disks must lie under (repeatable; giving it replaces the default)", EnvVars: []string{"CHIME_STORAGE_ROOT"}},
 			&cli.Int64Flag{Name: "snapshot-max-bytes", Value: d.SnapshotMaxBytes, Usage: "largest snapshot 'chime operator snapshot restore' may upload (bytes)"},
 			&cli.BoolFlag{Name: "acl", Value: true, Usage: "enforce ACL tokens (docs/security.md); default true, except in --dev where it is false unless given"},
 			&cli.BoolFlag{Name: "insecure-no-tls", Usage: "run without TLS outside --dev, knowingly (logs a warning every minute)"},
@@ -65,6 +66,7 @@ gossip ports. A quick test: 'chime server --dev' (one server, temporary data dir
 			cfg.AlarmWebhook, cfg.SnapshotThreshold = c.StringSlice("alarm-webhook"), c.Uint64("snapshot-threshold")
 			cfg.RaftTimeScale = c.Float64("raft-time-scale")
 			cfg.SnapshotMaxBytes = c.Int64("snapshot-max-bytes")
+			cfg.StorageRoots = c.StringSlice("storage-root")
 			cfg.TLS, cfg.InsecureNoTLS = tlsFiles(c), c.Bool("insecure-no-tls")
 			if c.IsSet("acl") {
 				cfg.ACL = server.ACLOff

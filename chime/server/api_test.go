@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"path/filepath"
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -86,6 +88,12 @@ func TestBadInputIsRefusedAndChangesNothing(t *testing.T) {
 		{"too many vcpus", "POST", "/v1/vms", `{"name":"a","vcpus":257,"memory_mib":64}`, 400, "vcpus"},
 		{"too little memory", "POST", "/v1/vms", `{"name":"a","vcpus":1,"memory_mib":15}`, 400, "memory_mib"},
 		{"relative disk", "POST", "/v1/vms", `{"name":"a","vcpus":1,"memory_mib":64,"disks":["disk.img"]}`, 400, "disks"},
+		{"disk outside the storage roots", "POST", "/v1/vms", `{"name":"a","vcpus":1,"memory_mib":64,"disks":["/var/lib/chime/images/ok.qcow2","/srv/x.qcow2"]}`, 400, "disks"},
+		{"disk is a device", "POST", "/v1/vms", `{"name":"a","vcpus":1,"memory_mib":64,"disks":["/var/lib/chime/images/ok.qcow2","/dev/sda"]}`, 400, "disks"},
+		{"disk is a host file", "POST", "/v1/vms", `{"name":"a","vcpus":1,"memory_mib":64,"disks":["/var/lib/chime/images/ok.qcow2","/etc/shadow"]}`, 400, "disks"},
+		{"disk is the root itself", "POST", "/v1/vms", `{"name":"a","vcpus":1,"memory_mib":64,"disks":["/var/lib/chime/images/ok.qcow2","/var/lib/chime/images"]}`, 400, "disks"},
+		{"disk in a sibling of the root", "POST", "/v1/vms", `{"name":"a","vcpus":1,"memory_mib":64,"disks":["/var/lib/chime/images/ok.qcow2","/var/lib/chime/images2/x.img"]}`, 400, "disks"},
+		{"disk is chime state", "POST", "/v1/vms", `{"name":"a","vcpus":1,"memory_mib":64,"disks":["/var/lib/chime/images/ok.qcow2","/var/lib/chime/raft/raft.db"]}`, 400, "disks"},
 		{"duplicate name", "POST", "/v1/vms", `{"name":"web","vcpus":1,"memory_mib":64}`, 409, "name"},
 		{"unknown vm", "GET", "/v1/vms/nope", ``, 404, "vm"},
 		{"ambiguous prefix", "POST", "/v1/vms/w/stop", ``, 404, "vm"},
@@ -367,5 +375,50 @@ func TestRequestIDs(t *testing.T) {
 	}
 	if s.fsm.Err() != nil {
 		t.Fatalf("state machine halted: %v", s.fsm.Err())
+	}
+}
+
+// TestDisksMustLieUnderStorageRoots: --storage-root decides which disks a
+// VM may have; the server's own data dir is never one, even under a root.
+func TestDisksMustLieUnderStorageRoots(t *testing.T) {
+	root := t.TempDir()
+	var dataDir string
+	s, base := devServerWith(t, func(c *Config) {
+		c.StorageRoots = []string{root, "/dev/chime-san"}
+		c.DataDir = filepath.Join(root, "chime-data") // a careless layout: the data dir under a root
+		dataDir = c.DataDir
+	})
+	c := api.NewClient(base)
+	ctx := context.Background()
+	for _, tt := range []struct {
+		name  string
+		disks []string
+		ok    bool
+	}{
+		{"under a root", []string{root + "/a.qcow2"}, true},
+		{"a LUN under a device root", []string{"/dev/chime-san/lun1"}, true},
+		{"the default root is replaced", []string{"/var/lib/chime/images/b.qcow2"}, false},
+		{"another device", []string{"/dev/sdb"}, false},
+		{"the server's data dir", []string{dataDir + "/state.db"}, false},
+		{"one good, one bad", []string{root + "/c.qcow2", "/etc/passwd"}, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			before, _ := s.fsm.VMs()
+			_, err := c.CreateVM(ctx, api.CreateVMRequest{Name: "vm-" + strconv.Itoa(len(before)), VCPUs: 1, Memory: 64, Disks: tt.disks})
+			after, _ := s.fsm.VMs()
+			if tt.ok {
+				if err != nil || len(after) != len(before)+1 {
+					t.Fatalf("create = %v, want ok", err)
+				}
+				return
+			}
+			var e *api.Error
+			if !errors.As(err, &e) || e.Status != 400 || e.Field != "disks" {
+				t.Fatalf("create = %v, want 400 naming disks", err)
+			}
+			if len(after) != len(before) {
+				t.Fatal("a refused create wrote a VM")
+			}
+		})
 	}
 }

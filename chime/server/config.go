@@ -40,7 +40,10 @@ type Config struct {
 	SnapshotThreshold uint64   // take a Raft snapshot after this many log entries
 	// SnapshotMaxBytes bounds a snapshot upload (PUT /v1/operator/snapshot):
 	// larger is refused with 413 before anything is replaced.
-	SnapshotMaxBytes  int64
+	SnapshotMaxBytes int64
+	// StorageRoots (--storage-root, repeatable) are the directories VM
+	// disks must lie under; DefaultConfig has structs.DefaultStorageRoot.
+	StorageRoots      []string
 	HeartbeatInterval time.Duration // agents' heartbeat interval, pushed to them
 	MissedHeartbeats  int           // heartbeats missed before a ping-back
 	RaftTimeScale     float64       // <1 shortens Raft timers (tests); 1 = raft defaults
@@ -83,6 +86,7 @@ func DefaultConfig() Config {
 		HABrakeShare:       0.5,
 		SnapshotThreshold:  8192,
 		SnapshotMaxBytes:   DefaultSnapshotMaxBytes,
+		StorageRoots:       []string{structs.DefaultStorageRoot},
 		HeartbeatInterval:  15 * time.Second,
 		MissedHeartbeats:   3,
 		RaftTimeScale:      1,
@@ -118,6 +122,11 @@ func (c Config) Validate() error {
 	}
 	if c.DataDir == "" {
 		return structs.Invalid("--data-dir", "is required")
+	}
+	for _, r := range c.StorageRoots {
+		if err := structs.ValidateStorageRoot("--storage-root", r); err != nil {
+			return err
+		}
 	}
 	if c.SnapshotMaxBytes < 1<<20 {
 		return structs.Invalid("--snapshot-max-bytes", "must be at least 1 MiB (1048576), got %d", c.SnapshotMaxBytes)
