@@ -1,12 +1,14 @@
 package server
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"path/filepath"
 	"reflect"
@@ -81,6 +83,11 @@ func TestBadInputIsRefusedAndChangesNothing(t *testing.T) {
 		{"unknown field", "POST", "/v1/vms", `{"name":"a","vcpus":1,"memory_mib":64,"colour":"red"}`, 400, "colour"},
 		{"wrong type", "POST", "/v1/vms", `{"name":"a","vcpus":"one","memory_mib":64}`, 400, "vcpus"},
 		{"trailing data", "POST", "/v1/vms", `{"name":"a","vcpus":1,"memory_mib":64} {}`, 400, "body"},
+		{"field name in upper case", "POST", "/v1/vms", `{"NAME":"a","vcpus":1,"memory_mib":64}`, 400, "NAME"},
+		{"field name in other case", "POST", "/v1/vms", `{"name":"a","VCPUs":1,"memory_mib":64}`, 400, "VCPUs"},
+		{"duplicate key", "POST", "/v1/vms", `{"name":"a","name":"b","vcpus":1,"memory_mib":64}`, 400, "name"},
+		{"duplicate label key", "POST", "/v1/vms", `{"name":"a","vcpus":1,"memory_mib":64,"labels":{"k":"1","k":"2"}}`, 400, "labels.k"},
+		{"register field case", "POST", "/v1/agent/register", `{"ID":"6b1f8f4e-1c1d-4f0e-9a57-0f1f2e3d4c5b","name":"hv2","api_addr":"127.0.0.1:1","vcpus":1,"memory_mib":64}`, 400, "ID"},
 		{"oversized body", "POST", "/v1/vms", big, 413, "body"},
 		{"bad name", "POST", "/v1/vms", `{"name":"Web_1","vcpus":1,"memory_mib":64}`, 400, "name"},
 		{"long name", "POST", "/v1/vms", `{"name":"` + strings.Repeat("a", 64) + `","vcpus":1,"memory_mib":64}`, 400, "name"},
@@ -420,5 +427,45 @@ func TestDisksMustLieUnderStorageRoots(t *testing.T) {
 				t.Fatal("a refused create wrote a VM")
 			}
 		})
+	}
+}
+
+// TestSlowBodyIsCut: a client that sends its headers and then dribbles
+// (or withholds) the body gets 408 after the body read timeout, and the
+// request writes nothing; a request whose body arrived is not cut by it.
+func TestSlowBodyIsCut(t *testing.T) {
+	s, base := devServerWith(t, func(c *Config) { c.BodyReadTimeout = 300 * time.Millisecond })
+	conn, err := net.Dial("tcp", strings.TrimPrefix(base, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(15 * time.Second)) // the test never hangs
+	start := time.Now()
+	// The headers promise 100 bytes; 15 come, and then nothing.
+	if _, err := fmt.Fprintf(conn, "POST /v1/vms HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"name\":\"slow\","); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatalf("no answer to the slow body: %v", err)
+	}
+	data, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	var e api.Error
+	_ = json.Unmarshal(data, &e)
+	if resp.StatusCode != http.StatusRequestTimeout || e.Field != "body" {
+		t.Fatalf("status %d %s, want 408 naming body", resp.StatusCode, data)
+	}
+	if d := time.Since(start); d > 20*time.Second {
+		t.Fatalf("the slow body was cut only after %s", d)
+	}
+	if vms, _ := s.fsm.VMs(); len(vms) != 0 {
+		t.Fatalf("the cut request wrote %v", vms)
+	}
+	c := api.NewClient(base)
+	// And a POST whose body arrived, then waits on Raft, is not cut either.
+	if _, err := c.CreateVM(context.Background(), api.CreateVMRequest{Name: "fast", VCPUs: 1, Memory: 64}); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -43,7 +43,9 @@ type Config struct {
 	SnapshotMaxBytes int64
 	// StorageRoots (--storage-root, repeatable) are the directories VM
 	// disks must lie under; DefaultConfig has structs.DefaultStorageRoot.
-	StorageRoots      []string
+	StorageRoots []string
+	// BodyReadTimeout bounds reading one request body (0: api.BodyReadTimeout).
+	BodyReadTimeout   time.Duration
 	HeartbeatInterval time.Duration // agents' heartbeat interval, pushed to them
 	MissedHeartbeats  int           // heartbeats missed before a ping-back
 	RaftTimeScale     float64       // <1 shortens Raft timers (tests); 1 = raft defaults

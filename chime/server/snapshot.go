@@ -46,7 +46,7 @@ func (s *Server) receiveSnapshot(w http.ResponseWriter, r *http.Request) (string
 			return path, n, &api.Error{Status: http.StatusRequestEntityTooLarge, Field: "body",
 				Message: fmt.Sprintf("body: the snapshot is larger than --snapshot-max-bytes (%d bytes)", tooBig.Limit)}
 		}
-		return path, n, structs.Invalid("body", "reading the snapshot: %v", err)
+		return path, n, api.BodyError(err)
 	}
 	if n < minSnapshotBytes {
 		return path, n, structs.Invalid("body", "not a chime snapshot (%d bytes)", n)
