@@ -44,6 +44,8 @@ gossip ports. A quick test: 'chime server --dev' (one server, temporary data dir
 			&cli.DurationFlag{Name: "fence-timeout", Value: d.FenceTimeout, Usage: "time one run of --fence-command may take"},
 			&cli.IntFlag{Name: "fence-retries", Value: d.FenceRetries, Usage: "attempts of --fence-command per node while it stays unreachable (back-off 2s doubling)"},
 			&cli.IntFlag{Name: "ha-max-restarts", Value: d.HAMaxRestarts, Usage: "automatic restart attempts of one ha VM before it is given up (ha.gave_up)"},
+			&cli.StringSliceFlag{Name: "storage-root", Value: cli.NewStringSlice(d.StorageRoots...), Usage: "directory VM disks must lie under (repeatable; giving it replaces the default)", EnvVars: []string{"CHIME_STORAGE_ROOT"}},
+			&cli.Int64Flag{Name: "snapshot-max-bytes", Value: d.SnapshotMaxBytes, Usage: "largest snapshot 'chime operator snapshot restore' may upload (bytes)"},
 			&cli.BoolFlag{Name: "acl", Value: true, Usage: "enforce ACL tokens (docs/security.md); default true, except in --dev where it is false unless given"},
 			&cli.BoolFlag{Name: "insecure-no-tls", Usage: "run without TLS outside --dev, knowingly (logs a warning every minute)"},
 			&cli.Float64Flag{Name: "raft-time-scale", Value: 1, Usage: "scale Raft timers (tests only; <1 is faster)", Hidden: true},
@@ -69,6 +71,8 @@ gossip ports. A quick test: 'chime server --dev' (one server, temporary data dir
 			cfg.RaftTimeScale = c.Float64("raft-time-scale")
 			cfg.FenceCommand, cfg.FenceTimeout = c.String("fence-command"), c.Duration("fence-timeout")
 			cfg.FenceRetries, cfg.HAMaxRestarts = c.Int("fence-retries"), c.Int("ha-max-restarts")
+			cfg.SnapshotMaxBytes = c.Int64("snapshot-max-bytes")
+			cfg.StorageRoots = c.StringSlice("storage-root")
 			cfg.TLS, cfg.InsecureNoTLS = tlsFiles(c), c.Bool("insecure-no-tls")
 			if c.IsSet("acl") {
 				cfg.ACL = server.ACLOff

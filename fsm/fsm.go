@@ -333,3 +333,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	f.wmu.Unlock()
 	return nil
 }
+
+// ValidateSnapshotFile checks a snapshot file (a state file image) before
+// it is handed to Raft: see state.ValidateFile.
+func ValidateSnapshotFile(path string) error { return state.ValidateFile(path) }

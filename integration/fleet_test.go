@@ -131,7 +131,9 @@ func newFleetWith(t *testing.T, opts fleetOptions) *fleet {
 	// Each host reports the machine's CPUs as its capacity (2 here): allow
 	// enough vCPUs per host CPU for 20 one-vCPU VMs on three hosts.
 	f.ss = newServerSetTLS(t, l.ServerIPs[:3], filepath.Join(root, "servers"), logs, f.tls,
-		append([]string{"--heartbeat-interval", "1s", "--cpu-overcommit", "8"}, opts.ServerArgs...)...)
+		append([]string{"--heartbeat-interval", "1s", "--cpu-overcommit", "8",
+			// Disks: the lab's shared images and its LUNs' device nodes.
+			"--storage-root", l.ImagesDir(), "--storage-root", lab.SANDir}, opts.ServerArgs...)...)
 	f.waitLeader(t, 60*time.Second)
 	f.bootstrapACL(t)
 	for i := range l.Hosts {

@@ -136,6 +136,9 @@ func (a *Agent) BuildHeartbeat(ctx context.Context) (api.HeartbeatRequest, uint6
 	if a.needResync() {
 		hb.Faults = append(hb.Faults, faultNotSynced)
 	}
+	for i, f := range hb.Faults { // the servers refuse longer ones
+		hb.Faults[i] = api.Truncate(f, api.MaxFaultLen)
+	}
 	refused := a.rec.StartRefusals()
 	for _, d := range domains {
 		if d.Meta == nil {
@@ -148,7 +151,7 @@ func (a *Agent) BuildHeartbeat(ctx context.Context) (api.HeartbeatRequest, uint6
 			reason = ReasonDiskLocked
 		}
 		id := strings.ToLower(d.UUID)
-		hb.VMs = append(hb.VMs, structs.VMObservation{VMID: d.UUID, State: observedState(d.State), Reason: reason, Generation: d.Meta.Generation,
+		hb.VMs = append(hb.VMs, structs.VMObservation{VMID: d.UUID, State: observedState(d.State), Reason: api.Truncate(reason, api.MaxReasonLen), Generation: d.Meta.Generation,
 			Migrating: migratingBefore[id] || migratingAfter[id]})
 	}
 	// In VM id order whatever order libvirt listed the domains in, so that
@@ -238,7 +241,7 @@ func (a *Agent) adoptedObservations(domains []hypervisor.Domain) (adopted []stru
 			continue
 		}
 		arrived[ad.VMID] = true
-		adopted = append(adopted, structs.VMObservation{VMID: ad.VMID, State: observedState(d.State), Reason: d.Reason, Generation: ad.Generation, Proof: ad.Proof})
+		adopted = append(adopted, structs.VMObservation{VMID: ad.VMID, State: observedState(d.State), Reason: api.Truncate(d.Reason, api.MaxReasonLen), Generation: ad.Generation, Proof: ad.Proof})
 	}
 	for _, id := range slices.Sorted(maps.Keys(ads)) {
 		if ad := ads[id]; !arrived[ad.VMID] && !ad.Expired {

@@ -95,10 +95,10 @@ func (a *Agent) handleAdopt(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	var ad store.Adoption
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<10))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&ad); err != nil {
-		api.WriteJSON(w, http.StatusBadRequest, &api.Error{Message: "body: " + err.Error()})
+	api.LimitBody(w, r, 64<<10, api.BodyReadTimeout)
+	if err := api.DecodeBody(r.Body, &ad); err != nil {
+		e := api.AsError(err)
+		api.WriteJSON(w, e.Status, e)
 		return
 	}
 	if err := a.Adopt(r.Context(), ad); err != nil {

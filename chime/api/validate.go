@@ -1,6 +1,72 @@
 package api
 
-import "github.com/chime-ha/chime/chime/structs"
+import (
+	"regexp"
+	"unicode/utf8"
+
+	"github.com/chime-ha/chime/chime/structs"
+)
+
+// Bounds on the strings agents send (the list bounds are in structs).
+// An agent shortens what it sends to them (Truncate), so that a long
+// libvirt error never makes its report refused.
+const (
+	MaxVersionLen = 64   // agent_version
+	MaxFaultLen   = 512  // one fault
+	MaxReasonLen  = 64   // a libvirt state reason
+	MaxErrorLen   = 4096 // a migration report's error
+	MaxIDLen      = 128  // task ids, local drain ids (request ids)
+	MaxProofLen   = 64   // an adoption proof
+)
+
+// Truncate shortens s to at most n bytes (at a rune boundary).
+func Truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
+}
+
+// Validate checks a migration report of an agent.
+func (r *MigrationReport) Validate() error {
+	if err := structs.ValidateUUID("vm_id", r.VMID); err != nil {
+		return err
+	}
+	if len(r.TaskID) > MaxIDLen {
+		return structs.Invalid("task_id", "at most %d characters, got %d", MaxIDLen, len(r.TaskID))
+	}
+	if len(r.Error) > MaxErrorLen {
+		return structs.Invalid("error", "at most %d characters, got %d", MaxErrorLen, len(r.Error))
+	}
+	return nil
+}
+
+func validateObservations(field string, obs []structs.VMObservation) error {
+	if len(obs) > structs.MaxObservedVMs {
+		return structs.Invalid(field, "at most %d items, got %d", structs.MaxObservedVMs, len(obs))
+	}
+	for i, o := range obs {
+		if err := structs.ValidateUUID(field, o.VMID); err != nil {
+			return structs.Invalid(field, "item %d: %v", i, err)
+		}
+		if !structs.ValidateObservedState(o.State) {
+			return structs.Invalid(field, "item %d: state %q must be running, stopped or crashed", i, o.State)
+		}
+		if len(o.Reason) > MaxReasonLen {
+			return structs.Invalid(field, "item %d: reason is at most %d characters, got %d", i, MaxReasonLen, len(o.Reason))
+		}
+		if len(o.Proof) > MaxProofLen {
+			return structs.Invalid(field, "item %d: proof is at most %d characters, got %d", i, MaxProofLen, len(o.Proof))
+		}
+	}
+	return nil
+}
+
+// ifaceRE is a Linux interface name (IFNAMSIZ-1 = 15 characters).
+var ifaceRE = regexp.MustCompile(`^[A-Za-z0-9._-]{1,15}$`)
 
 // Validate checks a VM creation request.
 func (r *CreateVMRequest) Validate() error {
@@ -23,8 +89,32 @@ func (r *RegisterRequest) Validate() error {
 	if err := structs.ValidateName("name", r.Name); err != nil {
 		return err
 	}
-	if r.APIAddr == "" {
-		return structs.Invalid("api_addr", "is required")
+	if err := ValidateHostPort("api_addr", r.APIAddr); err != nil {
+		return err
+	}
+	if r.GossipAddr != "" {
+		if err := ValidateHostPort("gossip_addr", r.GossipAddr); err != nil {
+			return err
+		}
+	}
+	if r.MigrationURI != "" {
+		if err := ValidateMigrationURI("migration_uri", r.MigrationURI); err != nil {
+			return err
+		}
+	}
+	if r.MigrationAddr != "" {
+		if err := ValidateHost("migration_addr", r.MigrationAddr); err != nil {
+			return err
+		}
+	}
+	if r.BusinessInterface != "" && !ifaceRE.MatchString(r.BusinessInterface) {
+		return structs.Invalid("business_interface", "%q is not an interface name (1..15 of letters, digits, '.', '_', '-')", r.BusinessInterface)
+	}
+	if len(r.AgentVersion) > MaxVersionLen {
+		return structs.Invalid("agent_version", "at most %d characters, got %d", MaxVersionLen, len(r.AgentVersion))
+	}
+	if len(r.Secret) > 128 {
+		return structs.Invalid("secret", "at most 128 characters, got %d", len(r.Secret))
 	}
 	if r.VCPUs < 1 || r.VCPUs > structs.MaxNodeVCPUs {
 		return structs.Invalid("vcpus", "must be between 1 and %d, got %d", structs.MaxNodeVCPUs, r.VCPUs)
@@ -52,27 +142,26 @@ func (r *HeartbeatRequest) Validate() error {
 	if len(r.Faults) > structs.MaxFaults {
 		return structs.Invalid("faults", "at most %d faults, got %d", structs.MaxFaults, len(r.Faults))
 	}
-	if len(r.VMs) > structs.MaxObservedVMs {
-		return structs.Invalid("vms", "at most %d observations, got %d", structs.MaxObservedVMs, len(r.VMs))
+	for i, f := range r.Faults {
+		if f == "" || len(f) > MaxFaultLen {
+			return structs.Invalid("faults", "fault %d: 1..%d characters, got %d", i, MaxFaultLen, len(f))
+		}
 	}
-	for i, o := range append(append([]structs.VMObservation{}, r.VMs...), r.Adopted...) {
-		if err := structs.ValidateUUID("vms", o.VMID); err != nil {
-			return structs.Invalid("vms", "item %d: %v", i, err)
+	for _, l := range []struct {
+		field string
+		obs   []structs.VMObservation
+	}{{"vms", r.VMs}, {"adopted", r.Adopted}, {"stale_destroyed", r.StaleDestroyed}} {
+		if err := validateObservations(l.field, l.obs); err != nil {
+			return err
 		}
-		if !structs.ValidateObservedState(o.State) {
-			return structs.Invalid("vms", "item %d: state %q must be running, stopped or crashed", i, o.State)
-		}
-		if len(o.Proof) > 64 {
-			return structs.Invalid("adopted", "item %d: proof is at most 64 characters, got %d", i, len(o.Proof))
-		}
+	}
+	if len(r.LocalDrainID) > MaxIDLen {
+		return structs.Invalid("local_drain_id", "at most %d characters, got %d", MaxIDLen, len(r.LocalDrainID))
 	}
 	switch r.LocalDrainState {
 	case "", structs.LocalDraining, structs.LocalDrainDone:
 	default:
 		return structs.Invalid("local_drain_state", "%q must be draining, drained or empty", r.LocalDrainState)
-	}
-	if len(r.Adopted) > structs.MaxObservedVMs {
-		return structs.Invalid("adopted", "at most %d adoptions, got %d", structs.MaxObservedVMs, len(r.Adopted))
 	}
 	if len(r.Migrations) > structs.MaxObservedVMs {
 		return structs.Invalid("migrations", "at most %d migrations, got %d", structs.MaxObservedVMs, len(r.Migrations))
@@ -80,6 +169,9 @@ func (r *HeartbeatRequest) Validate() error {
 	for i, m := range r.Migrations {
 		if err := structs.ValidateUUID("migrations", m.VMID); err != nil {
 			return structs.Invalid("migrations", "item %d: %v", i, err)
+		}
+		if len(m.ToAddr) > MaxHostLen+8 {
+			return structs.Invalid("migrations", "item %d: to_addr is at most %d characters, got %d", i, MaxHostLen+8, len(m.ToAddr))
 		}
 		if !structs.ValidLocalMigrationOutcome(m.Outcome) {
 			return structs.Invalid("migrations", "item %d: outcome %q must be succeeded, failed or unknown", i, m.Outcome)
@@ -114,14 +206,6 @@ func (r *HeartbeatRequest) Validate() error {
 			if c.Generation == 0 {
 				return structs.Invalid(l.field, "item %d: generation must be > 0", i)
 			}
-		}
-	}
-	if len(r.StaleDestroyed) > structs.MaxObservedVMs {
-		return structs.Invalid("stale_destroyed", "at most %d copies, got %d", structs.MaxObservedVMs, len(r.StaleDestroyed))
-	}
-	for i, o := range r.StaleDestroyed {
-		if err := structs.ValidateUUID("stale_destroyed", o.VMID); err != nil {
-			return structs.Invalid("stale_destroyed", "item %d: %v", i, err)
 		}
 	}
 	return nil

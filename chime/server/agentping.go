@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
+	"strings"
 
 	"github.com/chime-ha/chime/chime/api"
 	"github.com/chime-ha/chime/chime/server/heartbeat"
@@ -30,7 +32,11 @@ func (p agentPinger) Ping(ctx context.Context, n structs.Node) error {
 	if n.APIAddr == "" {
 		return fmt.Errorf("no agent API address")
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, api.BaseURL(n.APIAddr, p.https)+"/v1/ping", nil)
+	u, err := pingURL(n.APIAddr, p.https)
+	if err != nil {
+		return err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
 	if err != nil {
 		return err
 	}
@@ -47,4 +53,28 @@ func (p agentPinger) Ping(ctx context.Context, n structs.Node) error {
 		return fmt.Errorf("ping answer: %w", err)
 	}
 	return heartbeat.CheckAnswer(n, ans.NodeID, ans.Registered)
+}
+
+// pingURL is the only URL the ping-back dials: the scheme chime's TLS
+// setting says, the node's registered host:port, the fixed path /v1/ping.
+// Nothing else of the record (a path, a query, user info, a scheme of its
+// own) reaches the request: an api_addr that is not a plain host:port is
+// refused (registration refuses it too; this guards records written by
+// older versions). A legacy "http://" or "https://" prefix is dropped.
+func pingURL(addr string, https bool) (*url.URL, error) {
+	hp := addr
+	for _, p := range []string{"http://", "https://"} {
+		if rest, ok := strings.CutPrefix(hp, p); ok {
+			hp = rest
+			break
+		}
+	}
+	if err := api.ValidateHostPort("api_addr", hp); err != nil {
+		return nil, fmt.Errorf("not pinging the node: %w", err)
+	}
+	scheme := "http"
+	if https {
+		scheme = "https"
+	}
+	return &url.URL{Scheme: scheme, Host: hp, Path: "/v1/ping"}, nil
 }

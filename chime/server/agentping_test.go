@@ -60,3 +60,45 @@ func TestAgentPingChecksTheAnswer(t *testing.T) {
 		})
 	}
 }
+
+// TestAgentPingDialsOnlyTheFixedPath: the ping-back requests GET /v1/ping
+// at the record's host:port and nothing else; a record whose api_addr
+// carries a path, a query, user info or another host is not dialled at
+// all (no SSRF through a node record).
+func TestAgentPingDialsOnlyTheFixedPath(t *testing.T) {
+	const id = "3f2504e0-4f89-41d3-9a0c-0305e82c3301"
+	var got []string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got = append(got, r.Method+" "+r.URL.RequestURI())
+		_, _ = w.Write([]byte(`{"node_id":"` + id + `","registered":true}`))
+	}))
+	defer srv.Close()
+	hp := strings.TrimPrefix(srv.URL, "http://")
+	for _, tc := range []struct {
+		name, addr string
+		dialled    bool
+	}{
+		{"host:port", hp, true},
+		{"legacy http:// prefix", "http://" + hp, true},
+		{"a path", hp + "/admin/delete", false},
+		{"a query", hp + "?x=1", false},
+		{"a path and query", "http://" + hp + "/v1/vms?x=1#", false},
+		{"user info", "http://user:pw@" + hp, false},
+		{"another scheme", "file:///etc/passwd", false},
+		{"no port", "127.0.0.1", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got = nil
+			err := agentPinger{client: srv.Client()}.Ping(context.Background(), structs.Node{ID: id, Name: "hv1", APIAddr: tc.addr})
+			if tc.dialled {
+				if err != nil || len(got) != 1 || got[0] != "GET /v1/ping" {
+					t.Fatalf("Ping = %v, requests %v; want one GET /v1/ping", err, got)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), "api_addr") || len(got) != 0 {
+				t.Fatalf("Ping = %v, requests %v; want an api_addr error and no request", err, got)
+			}
+		})
+	}
+}

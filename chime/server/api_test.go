@@ -1,14 +1,18 @@
 package server
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"path/filepath"
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -79,6 +83,11 @@ func TestBadInputIsRefusedAndChangesNothing(t *testing.T) {
 		{"unknown field", "POST", "/v1/vms", `{"name":"a","vcpus":1,"memory_mib":64,"colour":"red"}`, 400, "colour"},
 		{"wrong type", "POST", "/v1/vms", `{"name":"a","vcpus":"one","memory_mib":64}`, 400, "vcpus"},
 		{"trailing data", "POST", "/v1/vms", `{"name":"a","vcpus":1,"memory_mib":64} {}`, 400, "body"},
+		{"field name in upper case", "POST", "/v1/vms", `{"NAME":"a","vcpus":1,"memory_mib":64}`, 400, "NAME"},
+		{"field name in other case", "POST", "/v1/vms", `{"name":"a","VCPUs":1,"memory_mib":64}`, 400, "VCPUs"},
+		{"duplicate key", "POST", "/v1/vms", `{"name":"a","name":"b","vcpus":1,"memory_mib":64}`, 400, "name"},
+		{"duplicate label key", "POST", "/v1/vms", `{"name":"a","vcpus":1,"memory_mib":64,"labels":{"k":"1","k":"2"}}`, 400, "labels.k"},
+		{"register field case", "POST", "/v1/agent/register", `{"ID":"6b1f8f4e-1c1d-4f0e-9a57-0f1f2e3d4c5b","name":"hv2","api_addr":"127.0.0.1:1","vcpus":1,"memory_mib":64}`, 400, "ID"},
 		{"oversized body", "POST", "/v1/vms", big, 413, "body"},
 		{"bad name", "POST", "/v1/vms", `{"name":"Web_1","vcpus":1,"memory_mib":64}`, 400, "name"},
 		{"long name", "POST", "/v1/vms", `{"name":"` + strings.Repeat("a", 64) + `","vcpus":1,"memory_mib":64}`, 400, "name"},
@@ -86,6 +95,12 @@ func TestBadInputIsRefusedAndChangesNothing(t *testing.T) {
 		{"too many vcpus", "POST", "/v1/vms", `{"name":"a","vcpus":257,"memory_mib":64}`, 400, "vcpus"},
 		{"too little memory", "POST", "/v1/vms", `{"name":"a","vcpus":1,"memory_mib":15}`, 400, "memory_mib"},
 		{"relative disk", "POST", "/v1/vms", `{"name":"a","vcpus":1,"memory_mib":64,"disks":["disk.img"]}`, 400, "disks"},
+		{"disk outside the storage roots", "POST", "/v1/vms", `{"name":"a","vcpus":1,"memory_mib":64,"disks":["/var/lib/chime/images/ok.qcow2","/srv/x.qcow2"]}`, 400, "disks"},
+		{"disk is a device", "POST", "/v1/vms", `{"name":"a","vcpus":1,"memory_mib":64,"disks":["/var/lib/chime/images/ok.qcow2","/dev/sda"]}`, 400, "disks"},
+		{"disk is a host file", "POST", "/v1/vms", `{"name":"a","vcpus":1,"memory_mib":64,"disks":["/var/lib/chime/images/ok.qcow2","/etc/shadow"]}`, 400, "disks"},
+		{"disk is the root itself", "POST", "/v1/vms", `{"name":"a","vcpus":1,"memory_mib":64,"disks":["/var/lib/chime/images/ok.qcow2","/var/lib/chime/images"]}`, 400, "disks"},
+		{"disk in a sibling of the root", "POST", "/v1/vms", `{"name":"a","vcpus":1,"memory_mib":64,"disks":["/var/lib/chime/images/ok.qcow2","/var/lib/chime/images2/x.img"]}`, 400, "disks"},
+		{"disk is chime state", "POST", "/v1/vms", `{"name":"a","vcpus":1,"memory_mib":64,"disks":["/var/lib/chime/images/ok.qcow2","/var/lib/chime/raft/raft.db"]}`, 400, "disks"},
 		{"duplicate name", "POST", "/v1/vms", `{"name":"web","vcpus":1,"memory_mib":64}`, 409, "name"},
 		{"unknown vm", "GET", "/v1/vms/nope", ``, 404, "vm"},
 		{"ambiguous prefix", "POST", "/v1/vms/w/stop", ``, 404, "vm"},
@@ -94,10 +109,26 @@ func TestBadInputIsRefusedAndChangesNothing(t *testing.T) {
 		{"unknown node", "POST", "/v1/nodes/nope/drain", ``, 404, "node"},
 		{"bad blocking index", "GET", "/v1/vms?index=abc", ``, 400, "index"},
 		{"bad wait", "GET", "/v1/vms?index=1&wait=forever", ``, 400, "wait"},
-		{"register bad id", "POST", "/v1/agent/register", `{"id":"x","name":"hv2","api_addr":"a","vcpus":1,"memory_mib":64}`, 400, "id"},
-		{"register bad name", "POST", "/v1/agent/register", `{"id":"6b1f8f4e-1c1d-4f0e-9a57-0f1f2e3d4c5b","name":"Bad_Name","api_addr":"a","vcpus":1,"memory_mib":64}`, 400, "name"},
-		{"register too many vcpus", "POST", "/v1/agent/register", `{"id":"6b1f8f4e-1c1d-4f0e-9a57-0f1f2e3d4c5b","name":"hv2","api_addr":"a","vcpus":65537,"memory_mib":64}`, 400, "vcpus"},
+		{"register bad id", "POST", "/v1/agent/register", `{"id":"x","name":"hv2","api_addr":"127.0.0.1:1","vcpus":1,"memory_mib":64}`, 400, "id"},
+		{"register bad name", "POST", "/v1/agent/register", `{"id":"6b1f8f4e-1c1d-4f0e-9a57-0f1f2e3d4c5b","name":"Bad_Name","api_addr":"127.0.0.1:1","vcpus":1,"memory_mib":64}`, 400, "name"},
+		{"register too many vcpus", "POST", "/v1/agent/register", `{"id":"6b1f8f4e-1c1d-4f0e-9a57-0f1f2e3d4c5b","name":"hv2","api_addr":"127.0.0.1:1","vcpus":65537,"memory_mib":64}`, 400, "vcpus"},
 		{"unknown node action", "POST", "/v1/nodes/hv1/explode", ``, 404, "action"},
+		{"register api_addr missing", "POST", "/v1/agent/register", `{"id":"6b1f8f4e-1c1d-4f0e-9a57-0f1f2e3d4c5b","name":"hv2","vcpus":1,"memory_mib":64,"api_addr":""}`, 400, "api_addr"},
+		{"register api_addr with a path", "POST", "/v1/agent/register", `{"id":"6b1f8f4e-1c1d-4f0e-9a57-0f1f2e3d4c5b","name":"hv2","vcpus":1,"memory_mib":64,"api_addr":"127.0.0.1:4660/admin"}`, 400, "api_addr"},
+		{"register api_addr with a query", "POST", "/v1/agent/register", `{"id":"6b1f8f4e-1c1d-4f0e-9a57-0f1f2e3d4c5b","name":"hv2","vcpus":1,"memory_mib":64,"api_addr":"127.0.0.1:4660?x=1"}`, 400, "api_addr"},
+		{"register api_addr a URL", "POST", "/v1/agent/register", `{"id":"6b1f8f4e-1c1d-4f0e-9a57-0f1f2e3d4c5b","name":"hv2","vcpus":1,"memory_mib":64,"api_addr":"http://127.0.0.1:4660/v1"}`, 400, "api_addr"},
+		{"register api_addr user info", "POST", "/v1/agent/register", `{"id":"6b1f8f4e-1c1d-4f0e-9a57-0f1f2e3d4c5b","name":"hv2","vcpus":1,"memory_mib":64,"api_addr":"u:p@127.0.0.1:4660"}`, 400, "api_addr"},
+		{"register api_addr no port", "POST", "/v1/agent/register", `{"id":"6b1f8f4e-1c1d-4f0e-9a57-0f1f2e3d4c5b","name":"hv2","vcpus":1,"memory_mib":64,"api_addr":"127.0.0.1"}`, 400, "api_addr"},
+		{"register api_addr bad port", "POST", "/v1/agent/register", `{"id":"6b1f8f4e-1c1d-4f0e-9a57-0f1f2e3d4c5b","name":"hv2","vcpus":1,"memory_mib":64,"api_addr":"127.0.0.1:70000"}`, 400, "api_addr"},
+		{"register gossip_addr bad", "POST", "/v1/agent/register", `{"id":"6b1f8f4e-1c1d-4f0e-9a57-0f1f2e3d4c5b","name":"hv2","vcpus":1,"memory_mib":64,"api_addr":"127.0.0.1:1","gossip_addr":"x/y:1"}`, 400, "gossip_addr"},
+		{"register migration_uri scheme", "POST", "/v1/agent/register", `{"id":"6b1f8f4e-1c1d-4f0e-9a57-0f1f2e3d4c5b","name":"hv2","vcpus":1,"memory_mib":64,"api_addr":"127.0.0.1:1","migration_uri":"http://10.0.0.1/system"}`, 400, "migration_uri"},
+		{"register migration_uri ssh", "POST", "/v1/agent/register", `{"id":"6b1f8f4e-1c1d-4f0e-9a57-0f1f2e3d4c5b","name":"hv2","vcpus":1,"memory_mib":64,"api_addr":"127.0.0.1:1","migration_uri":"qemu+ssh://10.0.0.1/system"}`, 400, "migration_uri"},
+		{"register migration_uri query", "POST", "/v1/agent/register", `{"id":"6b1f8f4e-1c1d-4f0e-9a57-0f1f2e3d4c5b","name":"hv2","vcpus":1,"memory_mib":64,"api_addr":"127.0.0.1:1","migration_uri":"qemu+tcp://10.0.0.1/system?socket=/x"}`, 400, "migration_uri"},
+		{"register migration_uri path", "POST", "/v1/agent/register", `{"id":"6b1f8f4e-1c1d-4f0e-9a57-0f1f2e3d4c5b","name":"hv2","vcpus":1,"memory_mib":64,"api_addr":"127.0.0.1:1","migration_uri":"qemu+tcp://10.0.0.1/session"}`, 400, "migration_uri"},
+		{"register migration_uri user info", "POST", "/v1/agent/register", `{"id":"6b1f8f4e-1c1d-4f0e-9a57-0f1f2e3d4c5b","name":"hv2","vcpus":1,"memory_mib":64,"api_addr":"127.0.0.1:1","migration_uri":"qemu+tls://root@10.0.0.1/system"}`, 400, "migration_uri"},
+		{"register migration_uri tcp path", "POST", "/v1/agent/register", `{"id":"6b1f8f4e-1c1d-4f0e-9a57-0f1f2e3d4c5b","name":"hv2","vcpus":1,"memory_mib":64,"api_addr":"127.0.0.1:1","migration_uri":"tcp://10.0.0.1:49152/x"}`, 400, "migration_uri"},
+		{"register migration_addr bad", "POST", "/v1/agent/register", `{"id":"6b1f8f4e-1c1d-4f0e-9a57-0f1f2e3d4c5b","name":"hv2","vcpus":1,"memory_mib":64,"api_addr":"127.0.0.1:1","migration_addr":"10.0.0.1/24"}`, 400, "migration_addr"},
+		{"register business_interface bad", "POST", "/v1/agent/register", `{"id":"6b1f8f4e-1c1d-4f0e-9a57-0f1f2e3d4c5b","name":"hv2","vcpus":1,"memory_mib":64,"api_addr":"127.0.0.1:1","business_interface":"eth0; rm -rf"}`, 400, "business_interface"},
 		{"body on node enable", "POST", "/v1/nodes/hv1/enable", `{"state":"gone"}`, 400, "state"},
 		{"heartbeat without credentials", "POST", "/v1/agent/heartbeat", `{}`, 401, ""},
 		{"unknown endpoint", "GET", "/v1/nothing", ``, 404, "path"},
@@ -351,5 +382,90 @@ func TestRequestIDs(t *testing.T) {
 	}
 	if s.fsm.Err() != nil {
 		t.Fatalf("state machine halted: %v", s.fsm.Err())
+	}
+}
+
+// TestDisksMustLieUnderStorageRoots: --storage-root decides which disks a
+// VM may have; the server's own data dir is never one, even under a root.
+func TestDisksMustLieUnderStorageRoots(t *testing.T) {
+	root := t.TempDir()
+	var dataDir string
+	s, base := devServerWith(t, func(c *Config) {
+		c.StorageRoots = []string{root, "/dev/chime-san"}
+		c.DataDir = filepath.Join(root, "chime-data") // a careless layout: the data dir under a root
+		dataDir = c.DataDir
+	})
+	c := api.NewClient(base)
+	ctx := context.Background()
+	for _, tt := range []struct {
+		name  string
+		disks []string
+		ok    bool
+	}{
+		{"under a root", []string{root + "/a.qcow2"}, true},
+		{"a LUN under a device root", []string{"/dev/chime-san/lun1"}, true},
+		{"the default root is replaced", []string{"/var/lib/chime/images/b.qcow2"}, false},
+		{"another device", []string{"/dev/sdb"}, false},
+		{"the server's data dir", []string{dataDir + "/state.db"}, false},
+		{"one good, one bad", []string{root + "/c.qcow2", "/etc/passwd"}, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			before, _ := s.fsm.VMs()
+			_, err := c.CreateVM(ctx, api.CreateVMRequest{Name: "vm-" + strconv.Itoa(len(before)), VCPUs: 1, Memory: 64, Disks: tt.disks})
+			after, _ := s.fsm.VMs()
+			if tt.ok {
+				if err != nil || len(after) != len(before)+1 {
+					t.Fatalf("create = %v, want ok", err)
+				}
+				return
+			}
+			var e *api.Error
+			if !errors.As(err, &e) || e.Status != 400 || e.Field != "disks" {
+				t.Fatalf("create = %v, want 400 naming disks", err)
+			}
+			if len(after) != len(before) {
+				t.Fatal("a refused create wrote a VM")
+			}
+		})
+	}
+}
+
+// TestSlowBodyIsCut: a client that sends its headers and then dribbles
+// (or withholds) the body gets 408 after the body read timeout, and the
+// request writes nothing; a request whose body arrived is not cut by it.
+func TestSlowBodyIsCut(t *testing.T) {
+	s, base := devServerWith(t, func(c *Config) { c.BodyReadTimeout = 300 * time.Millisecond })
+	conn, err := net.Dial("tcp", strings.TrimPrefix(base, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(15 * time.Second)) // the test never hangs
+	start := time.Now()
+	// The headers promise 100 bytes; 15 come, and then nothing.
+	if _, err := fmt.Fprintf(conn, "POST /v1/vms HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"name\":\"slow\","); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatalf("no answer to the slow body: %v", err)
+	}
+	data, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	var e api.Error
+	_ = json.Unmarshal(data, &e)
+	if resp.StatusCode != http.StatusRequestTimeout || e.Field != "body" {
+		t.Fatalf("status %d %s, want 408 naming body", resp.StatusCode, data)
+	}
+	if d := time.Since(start); d > 20*time.Second {
+		t.Fatalf("the slow body was cut only after %s", d)
+	}
+	if vms, _ := s.fsm.VMs(); len(vms) != 0 {
+		t.Fatalf("the cut request wrote %v", vms)
+	}
+	c := api.NewClient(base)
+	// And a POST whose body arrived, then waits on Raft, is not cut either.
+	if _, err := c.CreateVM(context.Background(), api.CreateVMRequest{Name: "fast", VCPUs: 1, Memory: 64}); err != nil {
+		t.Fatal(err)
 	}
 }

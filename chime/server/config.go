@@ -36,8 +36,16 @@ type Config struct {
 	// HABrakeShare: automatic HA pauses when more than this share of the
 	// nodes are unreachable at once (the mass-failure brake).
 	HABrakeShare      float64
-	AlarmWebhook      []string      // Alertmanager-compatible webhook receivers
-	SnapshotThreshold uint64        // take a Raft snapshot after this many log entries
+	AlarmWebhook      []string // Alertmanager-compatible webhook receivers
+	SnapshotThreshold uint64   // take a Raft snapshot after this many log entries
+	// SnapshotMaxBytes bounds a snapshot upload (PUT /v1/operator/snapshot):
+	// larger is refused with 413 before anything is replaced.
+	SnapshotMaxBytes int64
+	// StorageRoots (--storage-root, repeatable) are the directories VM
+	// disks must lie under; DefaultConfig has structs.DefaultStorageRoot.
+	StorageRoots []string
+	// BodyReadTimeout bounds reading one request body (0: api.BodyReadTimeout).
+	BodyReadTimeout   time.Duration
 	HeartbeatInterval time.Duration // agents' heartbeat interval, pushed to them
 	MissedHeartbeats  int           // heartbeats missed before a ping-back
 	RaftTimeScale     float64       // <1 shortens Raft timers (tests); 1 = raft defaults
@@ -70,6 +78,9 @@ type Config struct {
 	barrier func(r *raft.Raft, timeout time.Duration) error
 }
 
+// DefaultSnapshotMaxBytes is --snapshot-max-bytes' default: 1 GiB.
+const DefaultSnapshotMaxBytes = 1 << 30
+
 // DefaultConfig returns the production defaults.
 func DefaultConfig() Config {
 	return Config{
@@ -83,6 +94,8 @@ func DefaultConfig() Config {
 		HATolerateFailures: 1,
 		HABrakeShare:       0.5,
 		SnapshotThreshold:  8192,
+		SnapshotMaxBytes:   DefaultSnapshotMaxBytes,
+		StorageRoots:       []string{structs.DefaultStorageRoot},
 		HeartbeatInterval:  15 * time.Second,
 		MissedHeartbeats:   3,
 		RaftTimeScale:      1,
@@ -121,6 +134,14 @@ func (c Config) Validate() error {
 	}
 	if c.DataDir == "" {
 		return structs.Invalid("--data-dir", "is required")
+	}
+	for _, r := range c.StorageRoots {
+		if err := structs.ValidateStorageRoot("--storage-root", r); err != nil {
+			return err
+		}
+	}
+	if c.SnapshotMaxBytes < 1<<20 {
+		return structs.Invalid("--snapshot-max-bytes", "must be at least 1 MiB (1048576), got %d", c.SnapshotMaxBytes)
 	}
 	if net.ParseIP(c.Bind) == nil {
 		return structs.Invalid("--bind", "%q is not an IP address", c.Bind)

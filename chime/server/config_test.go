@@ -48,3 +48,45 @@ func TestConfigHAFlags(t *testing.T) {
 		})
 	}
 }
+
+// TestConfigInputFlags: --storage-root and --snapshot-max-bytes, each
+// refusal naming its flag.
+func TestConfigInputFlags(t *testing.T) {
+	base := DefaultConfig()
+	base.Name, base.DataDir, base.Dev = "s1", "/tmp/x", true
+	if len(base.StorageRoots) != 1 || base.StorageRoots[0] != structs.DefaultStorageRoot || base.SnapshotMaxBytes != 1<<30 {
+		t.Fatalf("defaults %v %d", base.StorageRoots, base.SnapshotMaxBytes)
+	}
+	cases := []struct {
+		name  string
+		roots []string
+		max   int64
+		flag  string // "" = valid
+	}{
+		{"defaults", base.StorageRoots, base.SnapshotMaxBytes, ""},
+		{"several roots", []string{"/srv/images", "/dev/san"}, 1 << 20, ""},
+		{"relative root", []string{"images"}, 1 << 30, "--storage-root"},
+		{"unclean root", []string{"/srv/../etc"}, 1 << 30, "--storage-root"},
+		{"root /", []string{"/"}, 1 << 30, "--storage-root"},
+		{"root /dev", []string{"/dev"}, 1 << 30, "--storage-root"},
+		{"root /etc", []string{"/srv/ok", "/etc"}, 1 << 30, "--storage-root"},
+		{"root chime's dir", []string{"/var/lib/chime"}, 1 << 30, "--storage-root"},
+		{"tiny snapshot limit", base.StorageRoots, 4096, "--snapshot-max-bytes"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c := base
+			c.StorageRoots, c.SnapshotMaxBytes = tc.roots, tc.max
+			err := c.Validate()
+			if tc.flag == "" {
+				if err != nil {
+					t.Fatalf("valid config refused: %v", err)
+				}
+				return
+			}
+			if !errors.Is(err, structs.ErrInvalid) || !strings.Contains(err.Error(), tc.flag) {
+				t.Fatalf("%v, want an invalid-input error naming %s", err, tc.flag)
+			}
+		})
+	}
+}

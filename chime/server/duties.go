@@ -62,7 +62,7 @@ func (s *Server) setupDuties() {
 		Logger: s.log})
 	s.ep = endpoint.New(endpoint.Config{Proposer: s, State: s.fsm, Placer: s.placer, Tasks: s.taskRunner,
 		Monitor: s.hb, Clock: s.clock, IDs: endpoint.RandomIDs{}, Agents: agentConfig{s},
-		CountHeartbeat: s.met.heartbeats.Inc})
+		CountHeartbeat: s.met.heartbeats.Inc, StorageRoots: s.cfg.StorageRoots, ExcludedPaths: []string{s.cfg.DataDir}})
 }
 
 // Propose applies a command through Raft on the leader: the proposer the

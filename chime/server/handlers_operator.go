@@ -2,8 +2,8 @@ package server
 
 import (
 	"fmt"
-	"io"
 	"net/http"
+	"os"
 	"strconv"
 	"time"
 
@@ -77,28 +77,31 @@ func (s *Server) handleSnapshotSave(w http.ResponseWriter, r *http.Request) (any
 }
 
 // handleSnapshotRestore replaces the cluster's state with a saved snapshot,
-// through Raft so that every server installs it.
+// through Raft so that every server installs it. The body is streamed to
+// a temporary file in the data dir (never held in memory), bounded by
+// --snapshot-max-bytes, and validated (fsm/state.ValidateFile) before
+// Raft sees it: a bad snapshot is a 400 naming the problem and the state
+// is unchanged.
 func (s *Server) handleSnapshotRestore(w http.ResponseWriter, r *http.Request) (any, error) {
-	body := http.MaxBytesReader(w, r.Body, 1<<30)
-	tmp, err := readAllLimited(body)
+	path, size, err := s.receiveSnapshot(w, r)
+	if path != "" {
+		defer os.Remove(path)
+	}
 	if err != nil {
-		return nil, bodyError(err)
+		return nil, err
 	}
-	if len(tmp) < 4096 {
-		return nil, structs.Invalid("body", "not a chime snapshot (%d bytes)", len(tmp))
-	}
-	if err := validateSnapshot(tmp); err != nil {
-		return nil, structs.Invalid("body", "not a chime snapshot: %v", err)
-	}
-	meta := &raft.SnapshotMeta{Version: raft.SnapshotVersionMax, Size: int64(len(tmp))}
-	if err := s.raft.Restore(meta, newBytesReader(tmp), 0); err != nil {
+	f, err := os.Open(path)
+	if err != nil {
 		return nil, fmt.Errorf("restore: %w", err)
 	}
-	s.log.Info("snapshot restored", "bytes", len(tmp))
-	return map[string]any{"restored_bytes": len(tmp), "index": s.fsm.Index()}, nil
+	defer f.Close()
+	meta := &raft.SnapshotMeta{Version: raft.SnapshotVersionMax, Size: size}
+	if err := s.raft.Restore(meta, f, 0); err != nil {
+		return nil, fmt.Errorf("restore: %w", err)
+	}
+	s.log.Info("snapshot restored", "bytes", size)
+	return map[string]any{"restored_bytes": size, "index": s.fsm.Index()}, nil
 }
-
-func readAllLimited(r io.Reader) ([]byte, error) { return io.ReadAll(r) }
 
 func (s *Server) status() api.Status {
 	addr, id := s.raft.LeaderWithID()

@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/http"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/chime-ha/chime/chime/structs"
@@ -19,8 +18,10 @@ import (
 	"github.com/chime-ha/chime/chime/api"
 )
 
-// Limits of blocking queries.
+// Limits of blocking queries, and how long a snapshot upload may take.
 const (
+	snapshotReadTimeout = 30 * time.Minute
+
 	defaultWait = 30 * time.Second
 	maxWait     = 5 * time.Minute
 )
@@ -163,8 +164,10 @@ func (s *Server) wrap(name string, acc access, n need, h handler) http.Handler {
 			writeError(w, err)
 			return
 		}
-		if name != "PUT /v1/operator/snapshot" { // snapshots have their own, larger limit
-			r.Body = http.MaxBytesReader(w, r.Body, structs.MaxBodyBytes)
+		if name == "PUT /v1/operator/snapshot" { // snapshots have their own, larger limits
+			api.LimitBody(w, r, s.cfg.SnapshotMaxBytes, snapshotReadTimeout)
+		} else {
+			api.LimitBody(w, r, structs.MaxBodyBytes, s.bodyReadTimeout())
 		}
 		v, err := h(w, r)
 		if errors.Is(err, errWritten) {
@@ -192,6 +195,13 @@ func (s *Server) wrap(name string, acc access, n need, h handler) http.Handler {
 	})
 }
 
+func (s *Server) bodyReadTimeout() time.Duration {
+	if s.cfg.BodyReadTimeout > 0 {
+		return s.cfg.BodyReadTimeout
+	}
+	return api.BodyReadTimeout
+}
+
 func writeError(w http.ResponseWriter, err error) {
 	e := api.AsError(err)
 	w.Header().Set("Content-Type", "application/json")
@@ -211,16 +221,25 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	limit := int64(structs.MaxBodyBytes)
+	var req *http.Request
 	if r.Method == http.MethodPut && r.URL.Path == "/v1/operator/snapshot" {
-		limit = 1 << 30 // snapshots have their own limit
+		// A snapshot is streamed through (the leader bounds it with
+		// --snapshot-max-bytes), never held in memory here.
+		api.LimitBody(w, r, s.cfg.SnapshotMaxBytes, snapshotReadTimeout)
+		req, err = http.NewRequestWithContext(r.Context(), r.Method, leader+r.URL.RequestURI(), r.Body)
+		if err == nil {
+			req.ContentLength = r.ContentLength
+		}
+	} else {
+		var body []byte
+		api.LimitBody(w, r, structs.MaxBodyBytes, s.bodyReadTimeout())
+		body, err = io.ReadAll(r.Body)
+		if err != nil {
+			writeError(w, bodyError(err))
+			return
+		}
+		req, err = http.NewRequestWithContext(r.Context(), r.Method, leader+r.URL.RequestURI(), bytes.NewReader(body))
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
-	if err != nil {
-		writeError(w, bodyError(err))
-		return
-	}
-	req, err := http.NewRequestWithContext(r.Context(), r.Method, leader+r.URL.RequestURI(), bytes.NewReader(body))
 	if err != nil {
 		writeError(w, err)
 		return
@@ -246,43 +265,11 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request) {
 	s.met.forwarded.Inc()
 }
 
-// decode reads a JSON body strictly: unknown fields, trailing data and
-// oversized bodies are errors that name the problem.
-func decode(r *http.Request, v any) error {
-	dec := json.NewDecoder(r.Body)
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return bodyError(err)
-	}
-	if dec.More() {
-		return structs.Invalid("body", "unexpected data after the JSON object")
-	}
-	if _, err := io.Copy(io.Discard, r.Body); err != nil {
-		return bodyError(err)
-	}
-	return nil
-}
+// decode reads a JSON body strictly (api.DecodeBody: exact field names,
+// no unknown fields, no duplicate keys, no trailing data).
+func decode(r *http.Request, v any) error { return api.DecodeBody(r.Body, v) }
 
-func bodyError(err error) error {
-	var tooBig *http.MaxBytesError
-	var syntax *json.SyntaxError
-	var typ *json.UnmarshalTypeError
-	switch {
-	case errors.As(err, &tooBig):
-		return &api.Error{Status: http.StatusRequestEntityTooLarge, Field: "body",
-			Message: fmt.Sprintf("body: larger than the limit of %d bytes", tooBig.Limit)}
-	case errors.Is(err, io.EOF):
-		return structs.Invalid("body", "a JSON object is required")
-	case errors.As(err, &syntax):
-		return structs.Invalid("body", "malformed JSON at byte %d: %v", syntax.Offset, err)
-	case errors.As(err, &typ):
-		return structs.Invalid(typ.Field, "must be a JSON %s, got %s", typ.Type, typ.Value)
-	case strings.HasPrefix(err.Error(), "json: unknown field "):
-		f := strings.Trim(strings.TrimPrefix(err.Error(), "json: unknown field "), `"`)
-		return structs.Invalid(f, "unknown field")
-	}
-	return structs.Invalid("body", "%v", err)
-}
+func bodyError(err error) error { return api.BodyError(err) }
 
 // queryOptions parses ?index=&wait= of blocking queries.
 func queryOptions(r *http.Request) (uint64, time.Duration, error) {

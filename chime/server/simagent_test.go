@@ -21,10 +21,11 @@ import (
 
 // benchFleet is N simulated agents for the heartbeat benchmark: registered
 // nodes that heartbeat on a schedule through a bounded pool of workers over
-// keep-alive connections, and one shared HTTP listener on 127.0.0.1 that
-// answers the servers' ping-back for every live agent (each node's api_addr
-// is that listener plus a per-node path prefix, so the listener knows who
-// is asked). A simulated agent is not a gossip member: gossip always says
+// keep-alive connections, and one HTTP server answering the servers'
+// ping-back for every live agent on a listener per agent on 127.0.0.1
+// (each node's api_addr is its own listener's host:port, since the
+// ping-back dials only host:port and the fixed path /v1/ping; the local
+// port tells the server who is asked). A simulated agent is not a gossip member: gossip always says
 // "not alive", so the direct ping-back alone decides.
 type benchFleet struct {
 	base     string        // server API URL
@@ -33,10 +34,10 @@ type benchFleet struct {
 	agents   []*benchAgent
 	byID     map[string]*benchAgent // read-only once registered
 
-	pingLis   net.Listener
 	pingSrv   *http.Server
-	livePings atomic.Int64 // ping-backs for live agents: the server suspected a node that heartbeats
-	deadPings atomic.Int64 // ping-backs refused for silenced agents
+	byPort    map[int]*benchAgent // ping listener port → agent, read-only once registered
+	livePings atomic.Int64        // ping-backs for live agents: the server suspected a node that heartbeats
+	deadPings atomic.Int64        // ping-backs refused for silenced agents
 
 	recording atomic.Bool  // workers record latencies while set
 	ok        atomic.Int64 // successful heartbeats since start
@@ -49,6 +50,7 @@ type benchFleet struct {
 // benchAgent is one simulated node.
 type benchAgent struct {
 	id, name string
+	pingAddr string        // its ping listener's host:port (its api_addr)
 	client   *api.Client   // carries the node's credentials
 	phase    time.Duration // offset of its beats within an interval
 	silenced atomic.Bool   // stop heartbeating and fail the ping-back
@@ -64,18 +66,18 @@ type benchWorker struct {
 
 // newBenchFleet starts the shared ping listener. Stop it with close.
 func newBenchFleet(base string, interval time.Duration, workers int) (*benchFleet, error) {
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, fmt.Errorf("sim ping listener: %w", err)
-	}
-	f := &benchFleet{base: base, interval: interval, byID: map[string]*benchAgent{}, pingLis: lis,
+	f := &benchFleet{base: base, interval: interval, byID: map[string]*benchAgent{}, byPort: map[int]*benchAgent{},
 		http: &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
 			MaxIdleConns: 2 * workers, MaxIdleConnsPerHost: 2 * workers, IdleConnTimeout: time.Minute,
 		}}}
 	f.lastErr.Store("")
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /sim/{id}/v1/ping", func(w http.ResponseWriter, r *http.Request) {
-		a, ok := f.byID[r.PathValue("id")]
+	mux.HandleFunc("GET /v1/ping", func(w http.ResponseWriter, r *http.Request) {
+		var a *benchAgent
+		ok := false
+		if la, isTCP := r.Context().Value(http.LocalAddrContextKey).(*net.TCPAddr); isTCP {
+			a, ok = f.byPort[la.Port]
+		}
 		if !ok || a.silenced.Load() {
 			f.deadPings.Add(1)
 			http.Error(w, "silenced", http.StatusServiceUnavailable)
@@ -86,7 +88,6 @@ func newBenchFleet(base string, interval time.Duration, workers int) (*benchFlee
 		_, _ = fmt.Fprintf(w, `{"node_id":%q}`+"\n", a.id)
 	})
 	f.pingSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	go func() { _ = f.pingSrv.Serve(lis) }()
 	return f, nil
 }
 
@@ -100,7 +101,6 @@ func (f *benchFleet) close() {
 // register registers n agents, par at a time, and returns how long it took.
 func (f *benchFleet) register(ctx context.Context, n, par int) (time.Duration, error) {
 	start := time.Now()
-	pingBase := "http://" + f.pingLis.Addr().String()
 	// Registration goes through Raft and may queue behind the others: a
 	// long timeout and no retry, since a retry of a registration that did
 	// apply is refused (the node exists, and the retry has no secret yet).
@@ -113,6 +113,13 @@ func (f *benchFleet) register(ctx context.Context, n, par int) (time.Duration, e
 		c.HTTP, c.Retries = regHTTP, 0
 		f.agents[i] = &benchAgent{id: id, name: fmt.Sprintf("sim-%d", i), client: c,
 			phase: time.Duration(rand.Int64N(int64(f.interval)))}
+		lis, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return 0, fmt.Errorf("sim ping listener: %w", err)
+		}
+		f.agents[i].pingAddr = lis.Addr().String()
+		f.byPort[lis.Addr().(*net.TCPAddr).Port] = f.agents[i]
+		go func() { _ = f.pingSrv.Serve(lis) }()
 	}
 	jobs := make(chan *benchAgent)
 	errs := make(chan error, par)
@@ -123,7 +130,7 @@ func (f *benchFleet) register(ctx context.Context, n, par int) (time.Duration, e
 			defer wg.Done()
 			for a := range jobs {
 				resp, err := a.client.Register(ctx, api.RegisterRequest{ID: a.id, Name: a.name,
-					APIAddr: pingBase + "/sim/" + a.id, GossipAddr: "127.0.0.1:1",
+					APIAddr: a.pingAddr, GossipAddr: "127.0.0.1:1",
 					VCPUs: 16, MemoryMiB: 65536, AgentVersion: "sim"})
 				if err != nil {
 					errs <- fmt.Errorf("register %s: %w", a.name, err)

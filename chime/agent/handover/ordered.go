@@ -135,6 +135,7 @@ func (m *Manager) abort(h store.Handover) {
 // unreachable (at most 100 attempts), then calls done. The VM stays held
 // until then.
 func (m *Manager) report(ctx context.Context, rep api.MigrationReport, attempt int, done func()) {
+	rep.Error = api.Truncate(rep.Error, api.MaxErrorLen) // the servers refuse longer ones
 	if m.cfg.Reporter == nil || ctx.Err() != nil || attempt >= 100 {
 		done()
 		return

@@ -6,7 +6,6 @@ package local
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -123,10 +122,10 @@ func Handler(b Backend) http.Handler {
 	})
 	mux.HandleFunc("POST /migrate", func(w http.ResponseWriter, r *http.Request) {
 		var req MigrateRequest
-		dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<10))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&req); err != nil {
-			api.WriteJSON(w, http.StatusBadRequest, &api.Error{Message: "body: " + err.Error()})
+		api.LimitBody(w, r, 64<<10, api.BodyReadTimeout)
+		if err := api.DecodeBody(r.Body, &req); err != nil {
+			e := api.AsError(err)
+			api.WriteJSON(w, e.Status, e)
 			return
 		}
 		res, err := b.Migrate(r.Context(), req)

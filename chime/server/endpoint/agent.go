@@ -206,7 +206,7 @@ func hostOf(addr string) string {
 // the task's step records the outcome either way. Only the node the VM is
 // migrating from may report.
 func (e *Endpoints) Migrated(ctx context.Context, reqID string, n *structs.Node, rep api.MigrationReport) error {
-	if err := structs.ValidateUUID("vm_id", rep.VMID); err != nil {
+	if err := rep.Validate(); err != nil {
 		return err
 	}
 	reqID = e.requestID(reqID)

@@ -27,6 +27,11 @@ type Config struct {
 	Clock    Clock       // bounds the waits for agents
 	IDs      IDs         // nil: RandomIDs
 	Agents   AgentConfig // timing and gossip addresses for agents' answers
+	// StorageRoots are the directories a VM's disks must lie under
+	// (--storage-root); none: no disk is accepted. ExcludedPaths (the
+	// server's data dir) are never a disk, even under a root.
+	StorageRoots  []string
+	ExcludedPaths []string
 	// CountHeartbeat, when set, is called for every heartbeat that passed
 	// authentication and validation and is handed to the monitor (the
 	// server's chime_heartbeats_total).
@@ -51,6 +56,8 @@ type Endpoints struct {
 	ids     IDs
 	agents  AgentConfig
 	counted func() // heartbeats handed to the monitor
+	roots   []string
+	exclude []string
 }
 
 // New returns the endpoints over cfg.
@@ -64,7 +71,8 @@ func New(cfg Config) *Endpoints {
 		counted = func() {}
 	}
 	return &Endpoints{propose: cfg.Proposer, state: cfg.State, placer: cfg.Placer, tasks: cfg.Tasks,
-		monitor: cfg.Monitor, clock: cfg.Clock, ids: ids, agents: cfg.Agents, counted: counted}
+		monitor: cfg.Monitor, clock: cfg.Clock, ids: ids, agents: cfg.Agents, counted: counted,
+		roots: cfg.StorageRoots, exclude: cfg.ExcludedPaths}
 }
 
 // requestID is the id an operation proposes under, and derives its

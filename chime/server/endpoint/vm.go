@@ -30,6 +30,9 @@ func (e *Endpoints) CreateVM(ctx context.Context, reqID string, req api.CreateVM
 	if err := req.Validate(); err != nil {
 		return nil, err
 	}
+	if err := structs.ValidateDisksUnder("disks", req.Disks, e.roots, e.exclude); err != nil {
+		return nil, err
+	}
 	reqID = e.requestID(reqID)
 	if id, aerr, seen := e.state.Applied(reqID); seen {
 		if aerr != nil {

@@ -79,7 +79,9 @@ func startChime(ctx context.Context, l *lab.Lab, bin string, logf func(string, .
 			"--heartbeat-interval", heartbeatInterval,
 			// Every host reports the machine's CPUs: let a few one-vCPU
 			// demo VMs share them.
-			"--cpu-overcommit", "8"}
+			"--cpu-overcommit", "8",
+			// Disks: the default root, the lab's shared images, its LUNs.
+			"--storage-root", structs.DefaultStorageRoot, "--storage-root", l.ImagesDir(), "--storage-root", lab.SANDir}
 		args = append(args, tlsArgs(pki[tlsconf.RoleServer])...)
 		for j := range lab.MaxServers {
 			if j != i {
