@@ -89,6 +89,10 @@ func (a *auditWriter) Write(p []byte) (int, error) {
 	return a.ResponseWriter.Write(p)
 }
 
+// Unwrap lets http.ResponseController reach the connection (the body
+// read deadline of api.LimitBody) through the recorder.
+func (a *auditWriter) Unwrap() http.ResponseWriter { return a.ResponseWriter }
+
 // Flush lets streaming handlers flush through the recorder.
 func (a *auditWriter) Flush() {
 	if f, ok := a.ResponseWriter.(http.Flusher); ok {
