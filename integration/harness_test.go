@@ -3,7 +3,6 @@ package integration
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -125,16 +124,4 @@ func cli(ctx context.Context, args ...string) (string, error) {
 		return out.String(), fmt.Errorf("chime %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(errb.String()))
 	}
 	return out.String(), nil
-}
-
-// cliJSON runs the CLI with -o json and decodes the answer.
-func cliJSON(ctx context.Context, v any, args ...string) error {
-	out, err := cli(ctx, append(args, "-o", "json")...)
-	if err != nil {
-		return err
-	}
-	if err := json.Unmarshal([]byte(out), v); err != nil {
-		return fmt.Errorf("decode %q: %w", out, err)
-	}
-	return nil
 }

@@ -78,7 +78,7 @@ func (c *testCA) load(name string, role Role) *Material {
 
 // handshake runs one TLS handshake over loopback TCP and returns the
 // server's and the client's error and the role the server saw.
-func handshake(t *testing.T, srv, cli *tls.Config) (srvErr, cliErr error, role Role) {
+func handshake(t *testing.T, srv, cli *tls.Config) (role Role, srvErr, cliErr error) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -121,7 +121,7 @@ func handshake(t *testing.T, srv, cli *tls.Config) (srvErr, cliErr error, role R
 		conn.Close()
 	}
 	res := <-done
-	return res.err, err, res.role
+	return res.role, res.err, err
 }
 
 func TestRoleVerification(t *testing.T) {
@@ -177,7 +177,7 @@ func TestRoleVerification(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			srvErr, cliErr, role := handshake(t, tt.srv, tt.cli)
+			role, srvErr, cliErr := handshake(t, tt.srv, tt.cli)
 			if tt.wantRole != "" {
 				if srvErr != nil || cliErr != nil {
 					t.Fatalf("handshake refused: server %v, client %v", srvErr, cliErr)
