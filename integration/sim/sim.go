@@ -94,7 +94,7 @@ func New(cfg Config) (*Sim, error) {
 		if st, err := os.Stat("/dev/shm"); base == "" && err == nil && st.IsDir() {
 			base = "/dev/shm"
 		}
-		dir, err := os.MkdirTemp(base, "chime-sim-")
+		dir, err := os.MkdirTemp(base, runDirPattern())
 		if err != nil {
 			return nil, fmt.Errorf("sim dir: %w", err)
 		}

@@ -50,6 +50,15 @@ func TestMain(m *testing.M) {
 	summary.byInv = map[Invariant]int{}
 	summary.bySuspect = map[string]int{}
 	summary.network = map[string]uint64{}
+	// Killed or crashed runs never reach Close: their state dirs go first.
+	for _, base := range []string{"/dev/shm", *flagDir} {
+		if base == "" {
+			continue
+		}
+		if n, err := RemoveLeftovers(base); err != nil || n > 0 {
+			fmt.Fprintf(os.Stderr, "sim: removed %d leftover state dirs of dead runs under %s (%v)\n", n, base, err)
+		}
+	}
 	code := m.Run()
 	printSummary()
 	os.Exit(code)
