@@ -32,21 +32,7 @@ func TestLocalDrainEvidence(t *testing.T) {
 		return []string{"--shutdown-grace", localDrainGrace.String()}
 	}})
 	u := startUniquenessChecker(t, f.lab.Hosts)
-	var vms []structs.VM
-	for i := 0; i < 4; i++ {
-		vms = append(vms, f.createVM(t, fmt.Sprintf("drainev-%d", i)))
-	}
-	on := map[int][]string{}
-	for _, vm := range vms {
-		h, _, _ := f.waitRunningOnOneHost(t, vm.ID, 60*time.Second)
-		on[h] = append(on[h], vm.ID)
-	}
-	i := 0
-	for h, ids := range on {
-		if len(ids) > len(on[i]) {
-			i = h
-		}
-	}
+	i, on := f.busiestHost(t, "drainev", 4, 60*time.Second)
 	h, ids := f.lab.Hosts[i], on[i]
 	t.Logf("victim %s runs %d VMs: %v", h.Name, len(ids), ids)
 

@@ -291,6 +291,29 @@ func (f *fleet) createVM(t *testing.T, name string, extra ...string) structs.VM 
 	return vm
 }
 
+// busiestHost creates n VMs named prefix-0 … prefix-(n-1), waits until
+// each runs on exactly one host (within timeout each), and returns the
+// host running most of them and every host's VMs (ids, in creation order).
+func (f *fleet) busiestHost(t *testing.T, prefix string, n int, timeout time.Duration) (int, map[int][]string) {
+	t.Helper()
+	var vms []structs.VM
+	for i := 0; i < n; i++ {
+		vms = append(vms, f.createVM(t, fmt.Sprintf("%s-%d", prefix, i)))
+	}
+	on := map[int][]string{}
+	for _, vm := range vms {
+		h, _, _ := f.waitRunningOnOneHost(t, vm.ID, timeout)
+		on[h] = append(on[h], vm.ID)
+	}
+	best := -1
+	for h, ids := range on {
+		if best < 0 || len(ids) > len(on[best]) {
+			best = h
+		}
+	}
+	return best, on
+}
+
 // agentStatus asks host i's agent over its local socket, like an operator
 // on the hypervisor would.
 func (f *fleet) agentStatus(i int) (local.Status, error) {

@@ -27,21 +27,7 @@ func TestEnableReleasesALocalDrain(t *testing.T) {
 		return []string{"--shutdown-grace", grace.String()}
 	}})
 	u := startUniquenessChecker(t, f.lab.Hosts)
-	var vms []structs.VM
-	for i := 0; i < 3; i++ {
-		vms = append(vms, f.createVM(t, fmt.Sprintf("release-%d", i)))
-	}
-	on := map[int][]string{}
-	for _, vm := range vms {
-		h, _, _ := f.waitRunningOnOneHost(t, vm.ID, 60*time.Second)
-		on[h] = append(on[h], vm.ID)
-	}
-	i := -1
-	for h, ids := range on {
-		if i < 0 || len(ids) > len(on[i]) {
-			i = h
-		}
-	}
+	i, on := f.busiestHost(t, "release", 3, 60*time.Second)
 	h, ids := f.lab.Hosts[i], on[i]
 	t.Logf("%s runs %v", h.Name, ids)
 

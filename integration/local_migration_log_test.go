@@ -25,23 +25,9 @@ import (
 func TestLocalMigrationThenRebuild(t *testing.T) {
 	f := newFleet(t)
 	u := startUniquenessChecker(t, f.lab.Hosts)
-	var vms []structs.VM
 	// Five VMs on three hosts: the source runs at least two, so that its
 	// rebuild re-places one while leaving the migrated one alone.
-	for i := 0; i < 5; i++ {
-		vms = append(vms, f.createVM(t, fmt.Sprintf("miglog-%d", i)))
-	}
-	on := map[int][]string{}
-	for _, vm := range vms {
-		h, _, _ := f.waitRunningOnOneHost(t, vm.ID, 90*time.Second)
-		on[h] = append(on[h], vm.ID)
-	}
-	src := -1
-	for h, ids := range on {
-		if src < 0 || len(ids) > len(on[src]) {
-			src = h
-		}
-	}
+	src, on := f.busiestHost(t, "miglog", 5, 90*time.Second)
 	dst := (src + 1) % len(f.lab.Hosts)
 	h, d := f.lab.Hosts[src], f.lab.Hosts[dst]
 	moved := on[src][0]

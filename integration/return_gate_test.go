@@ -28,21 +28,7 @@ import (
 func TestHealAfterConfirmedRebuild(t *testing.T) {
 	f := newFleet(t)
 	u := startUniquenessChecker(t, f.lab.Hosts)
-	var vms []structs.VM
-	for i := 0; i < 4; i++ {
-		vms = append(vms, f.createVM(t, fmt.Sprintf("heal-%d", i)))
-	}
-	on := map[int][]string{}
-	for _, vm := range vms {
-		h, _, _ := f.waitRunningOnOneHost(t, vm.ID, 90*time.Second)
-		on[h] = append(on[h], vm.ID)
-	}
-	i := 0
-	for h, ids := range on {
-		if len(ids) > len(on[i]) {
-			i = h
-		}
-	}
+	i, on := f.busiestHost(t, "heal", 4, 90*time.Second)
 	h, ids := f.lab.Hosts[i], on[i]
 	t.Logf("victim %s runs %d VMs: %v", h.Name, len(ids), ids)
 	seq := f.lastEventSeq(t)
