@@ -57,17 +57,7 @@ func (a *Agent) insecureLoop(done <-chan struct{}) {
 		a.logger.Warn("running without TLS: anyone who can reach the agent API can announce adoptions to it, and the servers are reached in plaintext; pass --tls-ca-file, --tls-cert-file and --tls-key-file (docs/security.md)",
 			"insecure_no_tls", a.cfg.InsecureNoTLS)
 	}
-	warn()
-	t := time.NewTicker(insecureWarnEvery)
-	defer t.Stop()
-	for {
-		select {
-		case <-done:
-			return
-		case <-t.C:
-			warn()
-		}
-	}
+	tlsconf.RemindInsecure(done, insecureWarnEvery, warn)
 }
 
 // withPeerRole puts the caller's verified role into the request context.

@@ -219,15 +219,5 @@ func (s *Server) insecureLoop(done <-chan struct{}) {
 		s.log.Warn("running without TLS: anyone who can reach the API or Raft port can drive this cluster; pass --tls-ca-file, --tls-cert-file and --tls-key-file (docs/security.md)",
 			"insecure_no_tls", s.cfg.InsecureNoTLS)
 	}
-	warn()
-	t := time.NewTicker(insecureWarnEvery)
-	defer t.Stop()
-	for {
-		select {
-		case <-done:
-			return
-		case <-t.C:
-			warn()
-		}
-	}
+	tlsconf.RemindInsecure(done, insecureWarnEvery, warn)
 }
