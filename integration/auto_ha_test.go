@@ -36,7 +36,7 @@ import (
 func TestAutoHA(t *testing.T) {
 	labctl := buildLabctl(t)
 	for _, path := range []string{"lease", "fence"} {
-		t.Run(path, func(t *testing.T) { autoHA(t, path, labctl) })
+		t.Run(path, func(t *testing.T) { autoHA(t, path, labctl, fastTiming) })
 	}
 }
 
@@ -52,9 +52,27 @@ func buildLabctl(t *testing.T) string {
 	return bin
 }
 
-func autoHA(t *testing.T, path, labctl string) {
-	const lease = 5 * time.Second
-	opts := fleetOptions{}
+// haTiming is a lab run's timing: the servers' heartbeat interval (3
+// missed, the default) and the agents' isolation lease on the lease path.
+type haTiming struct {
+	name            string
+	interval, lease time.Duration
+}
+
+var (
+	// fastTiming is the fleet's (TestAutoHA's).
+	fastTiming = haTiming{name: "fast", interval: time.Second, lease: 5 * time.Second}
+	// seedTiming is production's default heartbeat; the lease 20 s puts
+	// the servers' lease deadline (40 s) before the detection (45 s).
+	seedTiming = haTiming{name: "seed", interval: 15 * time.Second, lease: 20 * time.Second}
+)
+
+// haFigures are one power loss's phases, from the power loss.
+type haFigures struct{ unreachable, fenced, elsewhere time.Duration }
+
+func autoHA(t *testing.T, path, labctl string, tm haTiming) haFigures {
+	lease := tm.lease
+	opts := fleetOptions{ServerArgs: []string{"--heartbeat-interval", tm.interval.String()}}
 	var fenceScript string
 	switch path {
 	case "lease":
@@ -70,7 +88,7 @@ func autoHA(t *testing.T, path, labctl string) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { os.Remove(fenceScript) })
-		opts.ServerArgs = []string{"--fence-command", fenceScript, "--fence-timeout", "30s"}
+		opts.ServerArgs = append(opts.ServerArgs, "--fence-command", fenceScript, "--fence-timeout", "30s")
 	}
 	f := newFleetWith(t, opts)
 	if err := f.lab.WriteState(); err != nil {
@@ -143,7 +161,7 @@ func autoHA(t *testing.T, path, labctl string) {
 	}
 	t.Logf("%s powered off; its ha VMs: %d, and %s without ha", h.Name, len(onVictim), plain.Name)
 
-	wait.For(t, time.Minute, h.Name+" unreachable", func() (bool, string) {
+	wait.For(t, time.Minute+5*tm.interval, h.Name+" unreachable", func() (bool, string) {
 		nodes, err := f.nodeList()
 		if err != nil {
 			return false, err.Error()
@@ -240,9 +258,10 @@ func autoHA(t *testing.T, path, labctl string) {
 		return ""
 	})
 	u.check(t)
-	t.Logf("AUTO-HA %s path (domain type %s; fast timing: 1s heartbeats, 3 missed%s): power loss → unreachable %s, → fenced %s, → all %d ha VMs running elsewhere %s",
-		path, lab.DomainType(), map[string]string{"lease": ", lease 5s", "fence": ", fence command labctl power-off"}[path],
+	t.Logf("AUTO-HA %s path (domain type %s; %s timing: %s heartbeats, 3 missed%s): power loss → unreachable %s, → fenced %s, → all %d ha VMs running elsewhere %s",
+		path, lab.DomainType(), tm.name, tm.interval, map[string]string{"lease": ", lease " + lease.String(), "fence": ", fence command labctl power-off"}[path],
 		unreachable.Round(100*time.Millisecond), fencedAt.Sub(t0).Round(100*time.Millisecond), len(onVictim), allRunning.Round(100*time.Millisecond))
+	return haFigures{unreachable: unreachable, fenced: fencedAt.Sub(t0), elsewhere: allRunning}
 }
 
 // whereAlive is fleet.where without the powered-off host (its libvirtd is
