@@ -54,9 +54,18 @@ sim seeds="10000":
 sim-seed seed:
     go test -count=1 -v -run 'TestSeeds' ./integration/sim -sim.seed {{seed}} -sim.v
 
-# Benchmarks only.
+# The lab's BenchmarkAutoHA (root, about 15 minutes) runs only in `just bench-ha`.
+# Benchmarks only (the simulator's BenchmarkHADeath included).
 bench:
-    go test -run '^$' -bench . ./...
+    go test -run '^$' -bench . $(go list ./... | grep -v '/integration$')
+
+# The simulator's RUNS seeded node deaths per timing and path, then the lab's LAB_RUNS power losses
+# per set-up on real libvirt (needs root; CHIME_BENCH_HA_SEED_LEASE=1 adds the seed-timing lease
+# path). docs/benchmarks.md has the figures.
+# Automatic-HA figures: node death → every ha VM running elsewhere.
+bench-ha runs="20" lab_runs="3":
+    go test -count=1 -run '^$' -bench BenchmarkHADeath -benchtime 1x ./integration/sim -sim.ha.runs {{runs}} | grep -e HA-DEATH -e '^Benchmark' -e FAIL -e '^ok'
+    CHIME_BENCH_HA_RUNS={{lab_runs}} go test -count=1 -run '^$' -bench BenchmarkAutoHA -benchtime 1x -timeout 2h ./integration | grep -e HA-LAB -e '^Benchmark' -e 'run [0-9]*:' -e FAIL -e '^ok'
 
 # Install the Debian packages and just, start the root libvirtd (as root).
 deps:
