@@ -11,6 +11,7 @@ import (
 
 	"github.com/chime-ha/chime/chime/structs"
 	"github.com/chime-ha/chime/fsm/state"
+	"github.com/chime-ha/chime/fsm/view"
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 	bolt "go.etcd.io/bbolt"
@@ -41,6 +42,10 @@ type FSM struct {
 
 	mu sync.RWMutex // guards db replacement during Restore
 	db *bolt.DB
+	// view is the derived view (node usage, pending and held VMs): kept
+	// by apply from what each committed transaction wrote, rebuilt on
+	// Restore.
+	derived *view.View
 
 	wmu     sync.Mutex    // guards the fields below
 	index   uint64        // last applied index
@@ -68,7 +73,7 @@ func Open(path string, logger hclog.Logger) (*FSM, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &FSM{path: path, log: logger, db: db, changed: make(chan struct{}), halted: make(chan struct{})}, nil
+	return &FSM{path: path, log: logger, db: db, derived: view.New(), changed: make(chan struct{}), halted: make(chan struct{})}, nil
 }
 
 // Close closes the state file.
@@ -172,8 +177,10 @@ func (f *FSM) apply(index uint64, data []byte) (*Result, error) {
 	}
 	res := &Result{Index: index}
 	var refusal error
+	var written []state.Written
 	err := f.update(func(btx *bolt.Tx) error {
 		tx := state.Write(btx, index, cmd.Time)
+		defer func() { written = tx.Written() }()
 		if cmd.ID != "" {
 			rec, err := tx.Request(cmd.ID)
 			if err != nil {
@@ -184,7 +191,7 @@ func (f *FSM) apply(index uint64, data []byte) (*Result, error) {
 				return tx.PutAppliedIndex()
 			}
 		}
-		a := &applier{tx: tx, res: res}
+		a := &applier{tx: tx, res: res, view: f.derived}
 		objID, err := apply(a, cmd.Payload)
 		if err != nil {
 			if isRefusal(err) {
@@ -220,6 +227,7 @@ func (f *FSM) apply(index uint64, data []byte) (*Result, error) {
 	if err != nil {
 		return nil, fmt.Errorf("apply %s: %w", cmd.Type, err)
 	}
+	f.derived.Apply(written) // committed: the derived view follows
 	return res, nil
 }
 
@@ -325,7 +333,11 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 		return fmt.Errorf("restore: reopen: %w", err)
 	}
 	f.db = db
+	err = db.View(func(tx *bolt.Tx) error { return f.derived.Rebuild(state.Read(tx)) })
 	f.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("restore: rebuild the derived view: %w", err)
+	}
 	f.wmu.Lock()
 	f.index = idx
 	close(f.changed)
