@@ -175,38 +175,12 @@ func (f *FSM) apply(index uint64, data []byte) (*Result, error) {
 		}
 		return &Result{Index: index}, nil
 	}
-	res := &Result{Index: index}
+	var res *Result
 	var refusal error
 	var written []state.Written
-	err := f.update(func(btx *bolt.Tx) error {
-		tx := state.Write(btx, index, cmd.Time)
-		defer func() { written = tx.Written() }()
-		if cmd.ID != "" {
-			rec, err := tx.Request(cmd.ID)
-			if err != nil {
-				return err
-			}
-			if rec != nil {
-				res.Duplicate, res.ObjectID, res.Err = true, rec.ObjectID, rec.Refusal()
-				return tx.PutAppliedIndex()
-			}
-		}
-		a := &applier{tx: tx, res: res, view: f.derived}
-		objID, err := apply(a, cmd.Payload)
-		if err != nil {
-			if isRefusal(err) {
-				// Partial writes vanish with the transaction; apply
-				// functions check before they write all the same.
-				refusal = err
-				return errRollback
-			}
-			return err
-		}
-		res.ObjectID = objID
-		if err := tx.PutAppliedIndex(); err != nil {
-			return err
-		}
-		return tx.RememberRequest(cmd.ID, state.Request{Index: index, ObjectID: objID})
+	err := f.update(func(btx *bolt.Tx) (err error) {
+		res, written, refusal, err = f.applyIn(btx, index, &cmd, apply)
+		return err
 	})
 	if errors.Is(err, errRollback) {
 		// Record the refusal and the index in a fresh transaction, so that
@@ -229,6 +203,41 @@ func (f *FSM) apply(index uint64, data []byte) (*Result, error) {
 	}
 	f.derived.Apply(written) // committed: the derived view follows
 	return res, nil
+}
+
+// applyIn applies one command of a known type at index inside the write
+// transaction btx. It returns the result and what the transaction wrote
+// for it (the derived view's input); errRollback, with the refusal, when
+// the command was refused (the caller rolls back); any other error is a
+// fault.
+func (f *FSM) applyIn(btx *bolt.Tx, index uint64, cmd *Command, apply applyFunc) (*Result, []state.Written, error, error) {
+	res := &Result{Index: index}
+	tx := state.Write(btx, index, cmd.Time)
+	if cmd.ID != "" {
+		rec, err := tx.Request(cmd.ID)
+		if err != nil {
+			return res, nil, nil, err
+		}
+		if rec != nil {
+			res.Duplicate, res.ObjectID, res.Err = true, rec.ObjectID, rec.Refusal()
+			return res, nil, nil, tx.PutAppliedIndex()
+		}
+	}
+	a := &applier{tx: tx, res: res, view: f.derived}
+	objID, err := apply(a, cmd.Payload)
+	if err != nil {
+		if isRefusal(err) {
+			// Partial writes vanish with the transaction; apply
+			// functions check before they write all the same.
+			return res, nil, err, errRollback
+		}
+		return res, nil, nil, err
+	}
+	res.ObjectID = objID
+	if err := tx.PutAppliedIndex(); err != nil {
+		return res, nil, nil, err
+	}
+	return res, tx.Written(), nil, tx.RememberRequest(cmd.ID, state.Request{Index: index, ObjectID: objID})
 }
 
 // isRefusal tells a refusal (an answer about the state, the same on every

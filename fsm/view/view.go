@@ -98,7 +98,62 @@ func (v *View) Apply(written []state.Written) {
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
+	v.apply(written, nil)
+}
+
+// ApplyUndoable is Apply for a transaction not committed yet (one command
+// of a batch): undo takes the view back to what it was before, should the
+// transaction roll back.
+func (v *View) ApplyUndoable(written []state.Written) (undo func()) {
+	if len(written) == 0 {
+		return func() {}
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	var recs []undoRec
+	v.apply(written, &recs)
+	return func() {
+		v.mu.Lock()
+		defer v.mu.Unlock()
+		for i := len(recs) - 1; i >= 0; i-- {
+			r := recs[i]
+			if r.isNode {
+				if r.had {
+					v.nodes[r.id] = r.node
+				} else {
+					delete(v.nodes, r.id)
+				}
+				v.epoch++
+				continue
+			}
+			v.removeVM(r.id)
+			if r.had {
+				v.putEntry(r.id, r.vm)
+			}
+		}
+	}
+}
+
+// undoRec is what one write replaced.
+type undoRec struct {
+	isNode bool
+	id     string
+	had    bool
+	vm     vmEntry
+	node   structs.Node
+}
+
+func (v *View) apply(written []state.Written, undo *[]undoRec) {
 	for _, w := range written {
+		if undo != nil {
+			r := undoRec{isNode: w.IsNode, id: w.ID}
+			if w.IsNode {
+				r.node, r.had = v.nodes[w.ID]
+			} else {
+				r.vm, r.had = v.vms[w.ID]
+			}
+			*undo = append(*undo, r)
+		}
 		switch {
 		case w.IsNode && w.Deleted:
 			delete(v.nodes, w.ID)
@@ -143,10 +198,15 @@ func (v *View) putVM(vm *structs.VM) {
 	if had {
 		v.removeVM(vm.ID)
 	}
-	v.vms[vm.ID] = e
-	v.setHeld(vm.ID, e.held)
+	v.putEntry(vm.ID, e)
+}
+
+// putEntry adds a VM the view does not hold.
+func (v *View) putEntry(id string, e vmEntry) {
+	v.vms[id] = e
+	v.setHeld(id, e.held)
 	if e.nodeID == "" {
-		v.pending[vm.ID] = struct{}{}
+		v.pending[id] = struct{}{}
 		v.epoch++
 		return
 	}
@@ -215,7 +275,10 @@ func copyUsage(u *structs.NodeUsage) structs.NodeUsage {
 		return structs.NodeUsage{}
 	}
 	c := *u
-	c.Groups = maps.Clone(u.Groups)
+	c.Groups = nil
+	if len(u.Groups) > 0 {
+		c.Groups = maps.Clone(u.Groups)
+	}
 	return c
 }
 
@@ -252,6 +315,13 @@ func (v *View) Placement(skip ...string) ([]structs.Node, map[string]structs.Nod
 			if u.Groups[e.group]--; u.Groups[e.group] <= 0 {
 				delete(u.Groups, e.group)
 			}
+			if len(u.Groups) == 0 {
+				u.Groups = nil
+			}
+		}
+		if u.VMs == 0 {
+			delete(used, e.nodeID)
+			continue
 		}
 		used[e.nodeID] = u
 	}
