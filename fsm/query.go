@@ -295,3 +295,7 @@ func (f *FSM) vmsByID(ids []string) ([]structs.VM, error) {
 
 // PlacementEpoch is the derived view's epoch (see PendingVMs).
 func (f *FSM) PlacementEpoch() uint64 { return f.derived.Epoch() }
+
+// ProtectedVMs lists the protected VMs (ha, desired running, placed),
+// sorted by name, from the derived view's index.
+func (f *FSM) ProtectedVMs() ([]structs.VM, error) { return f.vmsByID(f.derived.Protected()) }

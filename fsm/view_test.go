@@ -70,6 +70,23 @@ func checkView(t *testing.T, f *FSM, when string) {
 	if !reflect.DeepEqual(ids, wantPending) {
 		t.Fatalf("%s: view pending %v, state says %v", when, ids, wantPending)
 	}
+	vms, _ := f.VMs()
+	var wantProt, gotProt []string
+	for _, v := range vms {
+		if v.Spec.HA && v.DesiredState == structs.DesiredRunning && v.NodeID != "" {
+			wantProt = append(wantProt, v.ID)
+		}
+	}
+	prot, err := f.ProtectedVMs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range prot {
+		gotProt = append(gotProt, v.ID)
+	}
+	if !reflect.DeepEqual(gotProt, wantProt) {
+		t.Fatalf("%s: view protected %v, state says %v", when, gotProt, wantProt)
+	}
 }
 
 // The derived view follows every apply, refused ones included (a refusal
@@ -90,7 +107,7 @@ func TestDerivedViewFollowsApply(t *testing.T) {
 		switch op := rng.Intn(5); {
 		case op <= 1 || len(ids) == 0: // create, placed or pending, maybe over capacity
 			v := vm(fmt.Sprintf("vm-%03d", step))
-			v.Spec.VCPUs, v.Spec.AntiAffinity = 1+rng.Intn(3), groups[rng.Intn(len(groups))]
+			v.Spec.VCPUs, v.Spec.AntiAffinity, v.Spec.HA = 1+rng.Intn(3), groups[rng.Intn(len(groups))], rng.Intn(2) == 0
 			to := ""
 			if rng.Intn(4) > 0 {
 				to = nodes[rng.Intn(len(nodes))].ID
@@ -112,8 +129,12 @@ func TestDerivedViewFollowsApply(t *testing.T) {
 			i := rng.Intn(len(ids))
 			h.must("", CmdDeleteVM, DeleteVM{VMID: ids[i]})
 			ids = append(ids[:i], ids[i+1:]...)
-		default: // desired state: no usage change
-			_ = h.apply("", CmdSetDesired, SetDesired{VMID: ids[rng.Intn(len(ids))], State: structs.DesiredStopped})
+		default: // desired state: no usage change, but protection
+			state := structs.DesiredStopped
+			if rng.Intn(2) == 0 {
+				state = structs.DesiredRunning
+			}
+			_ = h.apply("", CmdSetDesired, SetDesired{VMID: ids[rng.Intn(len(ids))], State: state})
 		}
 		checkView(t, h.f, fmt.Sprintf("step %d", step))
 	}

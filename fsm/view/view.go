@@ -1,7 +1,7 @@
 // Package view is the FSM's derived, in-memory view of the replicated
 // state that the write path needs without decoding every VM: what the VMs
 // placed on each node take (usage), the nodes as stored, the pending
-// (unplaced) VMs and the held ones (live-migration outcome unknown).
+// (unplaced) VMs, the protected ones (automatic HA) and the held ones (live-migration outcome unknown).
 //
 // It is a cache of the state, never a source: the FSM applies to it what
 // each committed transaction wrote (state.Tx.Written), and rebuilds it from
@@ -45,6 +45,7 @@ type View struct {
 	nodes   map[string]structs.Node
 	pending map[string]struct{}
 	held    map[string]struct{}
+	prot    map[string]struct{} // protected VMs (scheduler.Protected)
 	// epoch grows whenever a pending VM could now fit or be admitted where
 	// it could not: a VM became pending, capacity was freed, a node was
 	// added or its capacity or states changed, a VM became protected or
@@ -65,6 +66,7 @@ func (v *View) reset() {
 	v.nodes = map[string]structs.Node{}
 	v.pending = map[string]struct{}{}
 	v.held = map[string]struct{}{}
+	v.prot = map[string]struct{}{}
 	v.epoch++
 }
 
@@ -193,6 +195,7 @@ func (v *View) putVM(vm *structs.VM) {
 		}
 		v.vms[vm.ID] = e
 		v.setHeld(vm.ID, e.held)
+		v.setProtected(vm.ID, e.protected)
 		return
 	}
 	if had {
@@ -205,6 +208,7 @@ func (v *View) putVM(vm *structs.VM) {
 func (v *View) putEntry(id string, e vmEntry) {
 	v.vms[id] = e
 	v.setHeld(id, e.held)
+	v.setProtected(id, e.protected)
 	if e.nodeID == "" {
 		v.pending[id] = struct{}{}
 		v.epoch++
@@ -226,6 +230,14 @@ func (v *View) putEntry(id string, e vmEntry) {
 	}
 }
 
+func (v *View) setProtected(id string, p bool) {
+	if p {
+		v.prot[id] = struct{}{}
+	} else {
+		delete(v.prot, id)
+	}
+}
+
 func (v *View) setHeld(id string, held bool) {
 	if held {
 		v.held[id] = struct{}{}
@@ -241,6 +253,7 @@ func (v *View) removeVM(id string) {
 	}
 	delete(v.vms, id)
 	delete(v.held, id)
+	delete(v.prot, id)
 	if e.nodeID == "" {
 		delete(v.pending, id)
 		return
@@ -342,6 +355,14 @@ func (v *View) Held() []string {
 	v.mu.RLock()
 	defer v.mu.RUnlock()
 	return v.sortedIDs(v.held)
+}
+
+// Protected returns the ids of the protected VMs (ha, desired running,
+// placed), sorted by VM name then id.
+func (v *View) Protected() []string {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	return v.sortedIDs(v.prot)
 }
 
 // Epoch grows whenever a pending VM could now fit where it did not.

@@ -25,6 +25,8 @@ type State interface {
 	// PendingVMs lists the unplaced VMs, sorted by name, and an epoch that
 	// grows whenever one of them could now fit or be admitted.
 	PendingVMs() ([]structs.VM, uint64, error)
+	// ProtectedVMs lists the protected VMs, sorted by name, from an index.
+	ProtectedVMs() ([]structs.VM, error)
 	// PlacementEpoch is PendingVMs' epoch alone.
 	PlacementEpoch() uint64
 	// Changed returns a channel closed at the next applied change.

@@ -158,11 +158,12 @@ func (p *Placer) Admit(vm structs.VM, nodeID string) error {
 	if !vm.Spec.HA || p.tolerate <= 0 {
 		return nil
 	}
-	nodes, vms, err := p.read()
+	nodes, used := p.state.Placement(vm.ID)
+	protected, err := p.state.ProtectedVMs()
 	if err != nil {
-		return err
+		return fmt.Errorf("read protected vms: %w", err)
 	}
-	return scheduler.Admit(nodes, vms, vm, nodeID, p.tolerate, p.opts)
+	return scheduler.AdmitOn(nodes, used, protected, vm, nodeID, p.tolerate, p.opts)
 }
 
 // Reservation is the HA reservation over the current state: whether every
@@ -180,11 +181,12 @@ func (p *Placer) Reservation() (structs.HAReservation, error) {
 		return r, nil
 	}
 	p.resMu.Unlock()
-	nodes, vms, err := p.read()
+	nodes, used := p.state.Placement()
+	protected, err := p.state.ProtectedVMs()
 	if err != nil {
-		return structs.HAReservation{}, err
+		return structs.HAReservation{}, fmt.Errorf("read protected vms: %w", err)
 	}
-	r := scheduler.Reserve(nodes, vms, p.tolerate, p.opts)
+	r := scheduler.ReserveOn(nodes, used, protected, p.tolerate, p.opts)
 	p.resMu.Lock()
 	p.res, p.resIndex, p.resValid = r, idx, true
 	p.resMu.Unlock()
