@@ -48,7 +48,9 @@ func TestApplyBatchEqualsOneByOne(t *testing.T) {
 				return "c1", CmdCreateVM, CreateVM{VM: a, NodeID: n.ID, IfFits: &Fit{VCPUs: 8}}
 			},
 			func() (string, CommandType, any) { return "c3", CmdCreateVM, CreateVM{VM: c} },
-			func() (string, CommandType, any) { return "d1", CmdSetDesired, SetDesired{VMID: a.ID, State: "stopped"} },
+			func() (string, CommandType, any) {
+				return "d1", CmdSetDesired, SetDesired{VMID: a.ID, State: "stopped"}
+			},
 		},
 		"a lost race in the batch": {
 			func() (string, CommandType, any) { return "r1", CmdRegisterNode, RegisterNode{Node: n} },
