@@ -20,7 +20,11 @@ func (a *applier) createVM(p CreateVM) (string, error) {
 		return "", structs.Conflict("id", "a VM with id %s already exists", v.ID)
 	}
 	if p.NodeID != "" {
-		if _, err := a.node(p.NodeID); err != nil {
+		n, err := a.node(p.NodeID)
+		if err != nil {
+			return "", err
+		}
+		if err := a.fits(n, v, p.IfFits); err != nil {
 			return "", err
 		}
 	}
@@ -42,6 +46,29 @@ func (a *applier) createVM(p CreateVM) (string, error) {
 		msg += ", pending: no node fits"
 	}
 	return vm.ID, a.ev("vm.created", vm.NodeID, vm.ID, "%s", msg)
+}
+
+// fits is the capacity compare-and-set (Fit) of placing vm on node n: nil
+// when fit is nil (not asserted) or holds, else a conflict on FieldIfFits.
+// The usage comes from the derived view, a function of the state.
+func (a *applier) fits(n *structs.Node, vm structs.VM, fit *Fit) error {
+	if fit == nil {
+		return nil
+	}
+	if n.ManagementState != structs.NodeEnabled || n.MonitorState != structs.MonitorNormal {
+		return structs.Conflict(FieldIfFits, "node %s no longer takes VMs (%s, %s): decide again", n.Name, n.ManagementState, n.MonitorState)
+	}
+	u := a.view.Usage(n.ID)
+	if g := vm.Spec.AntiAffinity; g != "" && u.Groups[g] > 0 {
+		return structs.Conflict(FieldIfFits, "node %s has a VM of anti-affinity group %q now: decide again", n.Name, g)
+	}
+	if u.VCPUs+int64(vm.Spec.VCPUs) > fit.VCPUs {
+		return structs.Conflict(FieldIfFits, "node %s has %d of %d vCPUs taken now, vm %s needs %d: decide again", n.Name, u.VCPUs, fit.VCPUs, vm.Name, vm.Spec.VCPUs)
+	}
+	if u.MemoryMiB+int64(vm.Spec.MemoryMiB) > int64(n.MemoryMiB) {
+		return structs.Conflict(FieldIfFits, "node %s has %d of %d MiB taken now, vm %s needs %d: decide again", n.Name, u.MemoryMiB, n.MemoryMiB, vm.Name, vm.Spec.MemoryMiB)
+	}
+	return nil
 }
 
 func (a *applier) setDesired(p SetDesired) (string, error) {
@@ -79,9 +106,18 @@ func (a *applier) placeVM(p PlaceVM) (string, error) {
 	if v.Migration != nil {
 		return "", structs.Conflict("vm_id", "vm %s is being live-migrated (task %s)", v.Name, v.Migration.TaskID)
 	}
+	if p.IfPending && v.NodeID != "" {
+		return "", structs.Conflict("node_id", "vm %s is no longer pending: placed on node %s", v.Name, v.NodeID)
+	}
 	if p.NodeID != "" {
-		if _, err := a.node(p.NodeID); err != nil {
+		n, err := a.node(p.NodeID)
+		if err != nil {
 			return "", err
+		}
+		if v.NodeID != p.NodeID {
+			if err := a.fits(n, *v, p.IfFits); err != nil {
+				return "", err
+			}
 		}
 	}
 	old := v.NodeID

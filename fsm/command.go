@@ -193,9 +193,30 @@ type RemoveNode struct {
 }
 
 // CreateVM creates a VM, placed on NodeID (or pending when empty).
+//
+// IfFits, when set (with NodeID), is the capacity compare-and-set of a
+// placement decided without the placement lock: the FSM refuses the
+// create with a conflict on field FieldIfFits unless the node still takes
+// the VM (see Fit). Absent in older entries: not checked.
 type CreateVM struct {
 	VM     structs.VM `json:"vm"`
 	NodeID string     `json:"node_id"`
+	IfFits *Fit       `json:"if_fits,omitempty"`
+}
+
+// FieldIfFits is the field of the refusal of a placement whose capacity
+// compare-and-set failed (Fit): the decision lost a race and may be taken
+// again.
+const FieldIfFits = "if_fits"
+
+// Fit is what a placement decision asserts about its node when the
+// command applies: the node exists, is enabled and normal, the VMs placed
+// on it plus this one take at most VCPUs vCPUs (the node's capacity with
+// the leader's CPU overcommit, a whole number so that no replica computes
+// with floats) and at most the node's memory, and no VM of the VM's
+// anti-affinity group is there.
+type Fit struct {
+	VCPUs int64 `json:"vcpus"`
 }
 
 // SetDesired changes a VM's desired state.
@@ -221,7 +242,12 @@ type PlaceVM struct {
 	IfGeneration      uint64 `json:"if_generation,omitempty"`
 	IfModifyIndex     uint64 `json:"if_modify_index,omitempty"`
 	IfNodeModifyIndex uint64 `json:"if_node_modify_index,omitempty"`
-	Reason            string `json:"reason,omitempty"`
+	// IfFits is the capacity compare-and-set (see CreateVM); IfPending
+	// refuses the move unless the VM is placed on no node (the pending
+	// loop's decision).
+	IfFits    *Fit   `json:"if_fits,omitempty"`
+	IfPending bool   `json:"if_pending,omitempty"`
+	Reason    string `json:"reason,omitempty"`
 }
 
 // DeleteVM deletes a VM.

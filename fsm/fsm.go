@@ -11,6 +11,7 @@ import (
 
 	"github.com/chime-ha/chime/chime/structs"
 	"github.com/chime-ha/chime/fsm/state"
+	"github.com/chime-ha/chime/fsm/view"
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 	bolt "go.etcd.io/bbolt"
@@ -41,6 +42,10 @@ type FSM struct {
 
 	mu sync.RWMutex // guards db replacement during Restore
 	db *bolt.DB
+	// view is the derived view (node usage, pending and held VMs): kept
+	// by apply from what each committed transaction wrote, rebuilt on
+	// Restore.
+	derived *view.View
 
 	wmu     sync.Mutex    // guards the fields below
 	index   uint64        // last applied index
@@ -68,7 +73,7 @@ func Open(path string, logger hclog.Logger) (*FSM, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &FSM{path: path, log: logger, db: db, changed: make(chan struct{}), halted: make(chan struct{})}, nil
+	return &FSM{path: path, log: logger, db: db, derived: view.New(), changed: make(chan struct{}), halted: make(chan struct{})}, nil
 }
 
 // Close closes the state file.
@@ -170,36 +175,12 @@ func (f *FSM) apply(index uint64, data []byte) (*Result, error) {
 		}
 		return &Result{Index: index}, nil
 	}
-	res := &Result{Index: index}
+	var res *Result
 	var refusal error
-	err := f.update(func(btx *bolt.Tx) error {
-		tx := state.Write(btx, index, cmd.Time)
-		if cmd.ID != "" {
-			rec, err := tx.Request(cmd.ID)
-			if err != nil {
-				return err
-			}
-			if rec != nil {
-				res.Duplicate, res.ObjectID, res.Err = true, rec.ObjectID, rec.Refusal()
-				return tx.PutAppliedIndex()
-			}
-		}
-		a := &applier{tx: tx, res: res}
-		objID, err := apply(a, cmd.Payload)
-		if err != nil {
-			if isRefusal(err) {
-				// Partial writes vanish with the transaction; apply
-				// functions check before they write all the same.
-				refusal = err
-				return errRollback
-			}
-			return err
-		}
-		res.ObjectID = objID
-		if err := tx.PutAppliedIndex(); err != nil {
-			return err
-		}
-		return tx.RememberRequest(cmd.ID, state.Request{Index: index, ObjectID: objID})
+	var written []state.Written
+	err := f.update(func(btx *bolt.Tx) (err error) {
+		res, written, refusal, err = f.applyIn(btx, index, &cmd, apply)
+		return err
 	})
 	if errors.Is(err, errRollback) {
 		// Record the refusal and the index in a fresh transaction, so that
@@ -220,7 +201,43 @@ func (f *FSM) apply(index uint64, data []byte) (*Result, error) {
 	if err != nil {
 		return nil, fmt.Errorf("apply %s: %w", cmd.Type, err)
 	}
+	f.derived.Apply(written) // committed: the derived view follows
 	return res, nil
+}
+
+// applyIn applies one command of a known type at index inside the write
+// transaction btx. It returns the result and what the transaction wrote
+// for it (the derived view's input); errRollback, with the refusal, when
+// the command was refused (the caller rolls back); any other error is a
+// fault.
+func (f *FSM) applyIn(btx *bolt.Tx, index uint64, cmd *Command, apply applyFunc) (*Result, []state.Written, error, error) {
+	res := &Result{Index: index}
+	tx := state.Write(btx, index, cmd.Time)
+	if cmd.ID != "" {
+		rec, err := tx.Request(cmd.ID)
+		if err != nil {
+			return res, nil, nil, err
+		}
+		if rec != nil {
+			res.Duplicate, res.ObjectID, res.Err = true, rec.ObjectID, rec.Refusal()
+			return res, nil, nil, tx.PutAppliedIndex()
+		}
+	}
+	a := &applier{tx: tx, res: res, view: f.derived}
+	objID, err := apply(a, cmd.Payload)
+	if err != nil {
+		if isRefusal(err) {
+			// Partial writes vanish with the transaction; apply
+			// functions check before they write all the same.
+			return res, nil, err, errRollback
+		}
+		return res, nil, nil, err
+	}
+	res.ObjectID = objID
+	if err := tx.PutAppliedIndex(); err != nil {
+		return res, nil, nil, err
+	}
+	return res, tx.Written(), nil, tx.RememberRequest(cmd.ID, state.Request{Index: index, ObjectID: objID})
 }
 
 // isRefusal tells a refusal (an answer about the state, the same on every
@@ -325,7 +342,11 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 		return fmt.Errorf("restore: reopen: %w", err)
 	}
 	f.db = db
+	err = db.View(func(tx *bolt.Tx) error { return f.derived.Rebuild(state.Read(tx)) })
 	f.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("restore: rebuild the derived view: %w", err)
+	}
 	f.wmu.Lock()
 	f.index = idx
 	close(f.changed)

@@ -249,3 +249,53 @@ func (f *FSM) HA() (structs.HAState, error) {
 	err := f.view(func(tx *state.Tx) (err error) { s, err = tx.HA(); return })
 	return s, err
 }
+
+// Placement is one consistent read of the derived view for a placement
+// decision: every node (sorted by name) and each node's usage, the VMs in
+// skip left out. O(nodes), no decoding.
+func (f *FSM) Placement(skip ...string) ([]structs.Node, map[string]structs.NodeUsage) {
+	return f.derived.Placement(skip...)
+}
+
+// PendingVMs lists the VMs placed on no node, sorted by name, from the
+// derived view's index (no scan of every VM), and the view's epoch: it
+// grows whenever a pending VM could now fit or be admitted where it could
+// not (view.View.Epoch).
+func (f *FSM) PendingVMs() ([]structs.VM, uint64, error) {
+	ids, epoch := f.derived.Pending()
+	vms, err := f.vmsByID(ids)
+	return vms, epoch, err
+}
+
+// HeldVMs lists the VMs whose live-migration outcome is unknown, sorted by
+// name, from the derived view's index.
+func (f *FSM) HeldVMs() ([]structs.VM, error) { return f.vmsByID(f.derived.Held()) }
+
+// vmsByID reads the VMs of ids in one transaction, in order, skipping any
+// deleted since the view was read.
+func (f *FSM) vmsByID(ids []string) ([]structs.VM, error) {
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	out := make([]structs.VM, 0, len(ids))
+	err := f.view(func(tx *state.Tx) error {
+		for _, id := range ids {
+			v, err := tx.VM(id)
+			if err != nil {
+				return err
+			}
+			if v != nil {
+				out = append(out, *v)
+			}
+		}
+		return nil
+	})
+	return out, err
+}
+
+// PlacementEpoch is the derived view's epoch (see PendingVMs).
+func (f *FSM) PlacementEpoch() uint64 { return f.derived.Epoch() }
+
+// ProtectedVMs lists the protected VMs (ha, desired running, placed),
+// sorted by name, from the derived view's index.
+func (f *FSM) ProtectedVMs() ([]structs.VM, error) { return f.vmsByID(f.derived.Protected()) }

@@ -6,6 +6,7 @@ import (
 
 	"github.com/chime-ha/chime/chime/structs"
 	"github.com/chime-ha/chime/fsm/state"
+	"github.com/chime-ha/chime/fsm/view"
 )
 
 // applyFunc decodes one command's payload and applies it; it returns the
@@ -62,8 +63,9 @@ func typed[P any](fn func(*applier, P) (string, error)) applyFunc {
 
 // applier applies one command inside one write transaction.
 type applier struct {
-	tx  *state.Tx
-	res *Result // for command-specific outcomes (Result.Heartbeat)
+	tx   *state.Tx
+	res  *Result    // for command-specific outcomes (Result.Heartbeat)
+	view *view.View // the derived view as of the start of this command
 }
 
 // node returns an existing node or a not-found refusal.

@@ -109,6 +109,76 @@ func PlaceAll(nodes []structs.Node, vms []structs.VM, reqs []Request, opt Option
 	return placed, unplaced
 }
 
+// PlaceOn is Place over a usage view instead of the VMs: used maps a node
+// id to what the VMs placed on it take (fsm/view keeps it), with req.VM
+// already left out where it sits. The answer is Place's on the same
+// state; the cost is O(nodes), whatever the number of VMs.
+func PlaceOn(nodes []structs.Node, used map[string]structs.NodeUsage, req Request, opt Options) (string, error) {
+	p, err := newPlacerOn(nodes, used, opt)
+	if err != nil {
+		return "", err
+	}
+	return p.place(req)
+}
+
+// PlaceAllOn is PlaceAll over a usage view, with every requested VM
+// already left out where it sits (see PlaceOn).
+func PlaceAllOn(nodes []structs.Node, used map[string]structs.NodeUsage, reqs []Request, opt Options) (map[string]string, []string) {
+	placed := make(map[string]string, len(reqs))
+	var unplaced []string
+	p, err := newPlacerOn(nodes, used, opt)
+	if err != nil {
+		for _, r := range reqs {
+			unplaced = append(unplaced, r.VM.ID)
+		}
+		return placed, unplaced
+	}
+	done := make(map[string]bool, len(reqs))
+	for _, r := range reqs {
+		if done[r.VM.ID] {
+			continue
+		}
+		done[r.VM.ID] = true
+		id, err := p.place(r)
+		if err != nil {
+			unplaced = append(unplaced, r.VM.ID)
+			continue
+		}
+		placed[r.VM.ID] = id
+		p.reserve(id, r.VM)
+	}
+	return placed, unplaced
+}
+
+// CPUCapacity is a node's vCPU capacity under opt's overcommit, in whole
+// vCPUs: what Place compares a node's usage with (and what a create's
+// capacity compare-and-set, fsm.Fit, carries).
+func CPUCapacity(n *structs.Node, opt Options) int64 {
+	o := opt.CPUOvercommit
+	if o == 0 {
+		o = 1
+	}
+	return int64(math.Floor(float64(n.VCPUs)*o + 1e-9))
+}
+
+func newPlacerOn(nodes []structs.Node, used map[string]structs.NodeUsage, opt Options) (*placer, error) {
+	p, err := newPlacer(nodes, nil, nil, opt)
+	if err != nil {
+		return nil, err
+	}
+	for id, u := range used {
+		c := &usage{vcpus: u.VCPUs, memoryMiB: u.MemoryMiB}
+		if len(u.Groups) > 0 {
+			c.groups = make(map[string]int, len(u.Groups))
+			for g, k := range u.Groups {
+				c.groups[g] = k
+			}
+		}
+		p.used[id] = c
+	}
+	return p, nil
+}
+
 // usage is what the VMs placed on one node take.
 type usage struct {
 	vcpus     int64
@@ -229,7 +299,7 @@ func (p *placer) fit(n *structs.Node, vm structs.VM, excluded map[string]bool) (
 	}
 	// Whole vCPUs only: 3 vCPUs at 1.5 overcommit hold 4, not 4.5. The epsilon keeps
 	// products such as 10 × 1.1 from losing a vCPU to binary rounding.
-	cpuCap := int64(math.Floor(float64(n.VCPUs)*p.overcomm + 1e-9))
+	cpuCap := CPUCapacity(n, Options{CPUOvercommit: p.overcomm})
 	c := candidate{
 		node:        n,
 		cpuCap:      cpuCap,

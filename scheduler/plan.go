@@ -36,7 +36,7 @@ func Plan(nodes []structs.Node, vms []structs.VM, opt Options, res structs.HARes
 		byNode[v.NodeID] = append(byNode[v.NodeID], v)
 	}
 	slices.Sort(hosts)
-	fo := newFailover(nodes, vms, byNode, nil, opt)
+	fo := newFailover(nodes, UsageOf(vms), byNode, nil, opt)
 	var out []structs.FailoverEntry
 	for _, host := range hosts {
 		down := slices.Clone(failed)

@@ -49,6 +49,42 @@ func RestartOrder(vms []structs.VM) {
 // only the nodes already unreachable. The answer depends only on the
 // input values.
 func Reserve(nodes []structs.Node, vms []structs.VM, tolerate int, opt Options) structs.HAReservation {
+	var protected []structs.VM
+	for i := range vms {
+		if Protected(&vms[i]) {
+			protected = append(protected, vms[i])
+		}
+	}
+	return ReserveOn(nodes, UsageOf(vms), protected, tolerate, opt)
+}
+
+// UsageOf is what the placed VMs take on each node: the usage view
+// PlaceOn and ReserveOn read, computed from every VM.
+func UsageOf(vms []structs.VM) map[string]structs.NodeUsage {
+	used := map[string]structs.NodeUsage{}
+	for _, v := range vms {
+		if v.NodeID == "" {
+			continue
+		}
+		u := used[v.NodeID]
+		u.VMs++
+		u.VCPUs += int64(v.Spec.VCPUs)
+		u.MemoryMiB += int64(v.Spec.MemoryMiB)
+		if g := v.Spec.AntiAffinity; g != "" {
+			if u.Groups == nil {
+				u.Groups = map[string]int{}
+			}
+			u.Groups[g]++
+		}
+		used[v.NodeID] = u
+	}
+	return used
+}
+
+// ReserveOn is Reserve over a usage view (what the placed VMs take on
+// each node, see PlaceOn) and the protected VMs alone: its cost does not
+// grow with the VMs that are not protected.
+func ReserveOn(nodes []structs.Node, used map[string]structs.NodeUsage, protected []structs.VM, tolerate int, opt Options) structs.HAReservation {
 	if tolerate < 0 {
 		tolerate = 0
 	}
@@ -80,11 +116,13 @@ func Reserve(nodes []structs.Node, vms []structs.VM, tolerate int, opt Options) 
 	}
 	byNode := map[string][]structs.VM{}
 	var orphans []structs.VM // protected VMs placed on a node that is gone
-	for _, v := range vms {
-		if nr := share[v.NodeID]; nr != nil {
-			nr.UsedVCPUs += int64(v.Spec.VCPUs)
-			nr.UsedMemoryMiB += int64(v.Spec.MemoryMiB)
+	for id, u := range used {
+		if nr := share[id]; nr != nil {
+			nr.UsedVCPUs += u.VCPUs
+			nr.UsedMemoryMiB += u.MemoryMiB
 		}
+	}
+	for _, v := range protected {
 		if !Protected(&v) {
 			continue
 		}
@@ -103,7 +141,7 @@ func Reserve(nodes []structs.Node, vms []structs.VM, tolerate int, opt Options) 
 	size := min(tolerate, len(candidates))
 	sets, exhaustive := failureSets(candidates, size, share)
 	r.Exhaustive = exhaustive
-	fo := newFailover(nodes, vms, byNode, orphans, opt)
+	fo := newFailover(nodes, used, byNode, orphans, opt)
 	worstUnplaced, worstFree := -1, int64(math.MaxInt64)
 	for _, set := range sets {
 		down := append(slices.Clone(failed), set...)
@@ -146,15 +184,13 @@ type failover struct {
 	memUsed map[string]int64        // memory the VMs placed on each node take
 }
 
-func newFailover(nodes []structs.Node, vms []structs.VM, byNode map[string][]structs.VM, orphans []structs.VM, opt Options) *failover {
+func newFailover(nodes []structs.Node, used map[string]structs.NodeUsage, byNode map[string][]structs.VM, orphans []structs.VM, opt Options) *failover {
 	f := &failover{nodes: nodes, byNode: byNode, orphans: orphans, memUsed: map[string]int64{}}
-	if p, err := newPlacer(nodes, vms, nil, opt); err == nil {
+	if p, err := newPlacerOn(nodes, used, opt); err == nil {
 		f.base = p
 	}
-	for _, v := range vms {
-		if v.NodeID != "" {
-			f.memUsed[v.NodeID] += int64(v.Spec.MemoryMiB)
-		}
+	for id, u := range used {
+		f.memUsed[id] = u.MemoryMiB
 	}
 	return f
 }
@@ -346,7 +382,45 @@ func Admit(nodes []structs.Node, vms []structs.VM, vm structs.VM, nodeID string,
 		}
 	}
 	with = append(with, vm)
-	r := Reserve(nodes, with, tolerate, opt)
+	return admitted(Reserve(nodes, with, tolerate, opt), vm, tolerate)
+}
+
+// AdmitOn is Admit over a usage view and the protected VMs (see
+// ReserveOn): used must leave vm out where it sits now (fsm.FSM.Placement
+// with vm's id skipped), protected may hold vm's old record.
+func AdmitOn(nodes []structs.Node, used map[string]structs.NodeUsage, protected []structs.VM, vm structs.VM, nodeID string, tolerate int, opt Options) error {
+	if !vm.Spec.HA || tolerate <= 0 || nodeID == "" {
+		return nil
+	}
+	vm.NodeID, vm.DesiredState = nodeID, structs.DesiredRunning
+	with := make([]structs.VM, 0, len(protected)+1)
+	for _, v := range protected {
+		if v.ID != vm.ID {
+			with = append(with, v)
+		}
+	}
+	with = append(with, vm)
+	withUsed := make(map[string]structs.NodeUsage, len(used)+1)
+	for id, u := range used {
+		withUsed[id] = u
+	}
+	u := withUsed[nodeID]
+	u.VMs++
+	u.VCPUs += int64(vm.Spec.VCPUs)
+	u.MemoryMiB += int64(vm.Spec.MemoryMiB)
+	if g := vm.Spec.AntiAffinity; g != "" {
+		groups := make(map[string]int, len(u.Groups)+1)
+		for k, c := range u.Groups {
+			groups[k] = c
+		}
+		groups[g]++
+		u.Groups = groups
+	}
+	withUsed[nodeID] = u
+	return admitted(ReserveOn(nodes, withUsed, with, tolerate, opt), vm, tolerate)
+}
+
+func admitted(r structs.HAReservation, vm structs.VM, tolerate int) error {
 	if r.OK {
 		return nil
 	}

@@ -25,7 +25,7 @@ import (
 // certificate per server, a cli and an agent certificate for the test's
 // clients, and the management token of the ACL bootstrap.
 type testCluster struct {
-	t     *testing.T
+	t     testing.TB
 	cfgs  []Config
 	srv   []*Server
 	pki   *testPKI
@@ -34,7 +34,7 @@ type testCluster struct {
 	token string            // the management token (bootstrapACL), "" with ACLs off
 }
 
-func newTestCluster(t *testing.T, n int, tweak ...func(*Config)) *testCluster {
+func newTestCluster(t testing.TB, n int, tweak ...func(*Config)) *testCluster {
 	t.Helper()
 	ports := ports.Free(t, "127.0.0.1", 3*n)
 	p := newTestPKI(t)
@@ -89,7 +89,7 @@ func (tc *testCluster) bootstrapACL() {
 
 // bootstrapToken runs the ACL bootstrap through c and returns the
 // management token's secret.
-func bootstrapToken(t *testing.T, c *api.Client) string {
+func bootstrapToken(t testing.TB, c *api.Client) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -162,7 +162,7 @@ func (tc *testCluster) leader(timeout time.Duration) int {
 	return -1
 }
 
-func registerNode(t *testing.T, c *api.Client, name string) *api.RegisterResponse {
+func registerNode(t testing.TB, c *api.Client, name string) *api.RegisterResponse {
 	t.Helper()
 	r, err := c.Register(context.Background(), api.RegisterRequest{ID: uuid.NewString(), Name: name, APIAddr: "127.0.0.1:1",
 		VCPUs: 64, MemoryMiB: 1 << 20})

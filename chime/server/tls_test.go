@@ -27,11 +27,11 @@ import (
 
 // testPKI is the TLS fixture with the test bound in.
 type testPKI struct {
-	t *testing.T
+	t testing.TB
 	*tlsconftest.PKI
 }
 
-func newTestPKI(t *testing.T) *testPKI { return &testPKI{t: t, PKI: tlsconftest.New(t)} }
+func newTestPKI(t testing.TB) *testPKI { return &testPKI{t: t, PKI: tlsconftest.New(t)} }
 
 func (p *testPKI) files(name string, role tlsconf.Role, foreign bool) tlsconf.Files {
 	p.t.Helper()

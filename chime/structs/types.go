@@ -45,6 +45,15 @@ const (
 // live-migrated VM runs (uniqueness rule 8).
 const MigrationOutcomeUnknown = "unknown"
 
+// NodeUsage is what the VMs placed on one node take: a view derived from
+// the VMs (fsm/view), never stored.
+type NodeUsage struct {
+	VMs       int
+	VCPUs     int64
+	MemoryMiB int64
+	Groups    map[string]int // anti-affinity group → VMs of it on the node
+}
+
 // Node describes one hypervisor as the servers know it.
 type Node struct {
 	ID                string            `json:"id"`

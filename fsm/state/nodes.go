@@ -52,7 +52,11 @@ func (t *Tx) PutNode(n *structs.Node) error {
 		return fmt.Errorf("put node: a node without id")
 	}
 	n.ModifyIndex = t.index
-	return putJSON(t.tx.Bucket(bucketNodes), n.ID, n)
+	if err := putJSON(t.tx.Bucket(bucketNodes), n.ID, n); err != nil {
+		return err
+	}
+	t.journalNode(n)
+	return nil
 }
 
 // PutNodeName points name at node id, dropping the node's previous name
@@ -73,6 +77,7 @@ func (t *Tx) DeleteNode(n *structs.Node) error {
 	if err := t.tx.Bucket(bucketNodes).Delete([]byte(n.ID)); err != nil {
 		return err
 	}
+	t.written = append(t.written, Written{ID: n.ID, Deleted: true, IsNode: true})
 	if err := t.tx.Bucket(bucketNodeNames).Delete([]byte(n.Name)); err != nil {
 		return err
 	}

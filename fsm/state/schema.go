@@ -8,6 +8,8 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/chime-ha/chime/chime/structs"
 )
 
 // allBuckets is the schema: every bucket of the state file. Each entity's
@@ -45,6 +47,33 @@ type Tx struct {
 	tx    *bolt.Tx
 	index uint64
 	now   time.Time
+	// written journals the VMs and nodes this write transaction stored or
+	// deleted, in order, for the FSM's derived view (fsm/view): applied
+	// once the transaction commits, dropped when it rolls back.
+	written []Written
+}
+
+// Written is one VM or node record a write transaction stored (VM or Node
+// set) or deleted (Deleted, with the id in ID).
+type Written struct {
+	ID      string
+	VM      *structs.VM   // the VM as stored
+	Node    *structs.Node // the node as stored
+	Deleted bool
+	IsNode  bool
+}
+
+// Written returns what the transaction stored or deleted so far, in order.
+func (t *Tx) Written() []Written { return t.written }
+
+func (t *Tx) journalVM(v *structs.VM) {
+	c := *v
+	t.written = append(t.written, Written{ID: v.ID, VM: &c})
+}
+
+func (t *Tx) journalNode(n *structs.Node) {
+	c := *n
+	t.written = append(t.written, Written{ID: n.ID, Node: &c, IsNode: true})
 }
 
 // Read wraps a read transaction. Its index and time are zero: use it only

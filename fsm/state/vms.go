@@ -77,7 +77,11 @@ func (t *Tx) putVMRecord(v *structs.VM) error {
 	}
 	v.ModifyIndex = t.index
 	v.State = v.DeriveState()
-	return putJSON(t.tx.Bucket(bucketVMs), v.ID, v)
+	if err := putJSON(t.tx.Bucket(bucketVMs), v.ID, v); err != nil {
+		return err
+	}
+	t.journalVM(v)
+	return nil
 }
 
 // MovePlacement is the one way a VM's placement changes. It moves v from
@@ -119,6 +123,7 @@ func (t *Tx) DeleteVM(v *structs.VM) error {
 	if err := t.tx.Bucket(bucketVMs).Delete([]byte(v.ID)); err != nil {
 		return err
 	}
+	t.written = append(t.written, Written{ID: v.ID, Deleted: true})
 	return t.tx.Bucket(bucketVMNames).Delete([]byte(v.Name))
 }
 

@@ -173,9 +173,9 @@ func (a *Alarmer) Step(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("read alarms: %w", err)
 	}
-	vms, err := a.state.VMs()
+	vms, err := a.state.HeldVMs()
 	if err != nil {
-		return fmt.Errorf("read vms: %w", err)
+		return fmt.Errorf("read held vms: %w", err)
 	}
 	now := a.clock.Now().UTC()
 	current := append(Derive(nodes, tasks, now), DeriveHeld(vms, nodes, a.heldSince(vms, now), firingSet(recs), now)...)

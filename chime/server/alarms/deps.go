@@ -18,7 +18,9 @@ type Proposer interface {
 type State interface {
 	Nodes() ([]structs.Node, error)
 	Tasks() ([]structs.Task, error)
-	VMs() ([]structs.VM, error)
+	// HeldVMs lists the VMs whose live-migration outcome is unknown, from
+	// the FSM's index of them (no scan of every VM).
+	HeldVMs() ([]structs.VM, error)
 	Alarms() ([]fsm.AlarmRecord, error)
 	// Changed returns a channel closed at the next applied change.
 	Changed() (<-chan struct{}, uint64)

@@ -44,7 +44,14 @@ type State interface {
 // are one decision.
 type Placer interface {
 	Decide(fn func() error) error
+	// DecideShared runs a decision whose proposals carry the capacity
+	// compare-and-set (PlaceFit) concurrently with other such decisions.
+	DecideShared(fn func() error) error
+	// NeedsAdmission tells whether creating vm desired running is
+	// admission control's decision (then: Decide, Admit).
+	NeedsAdmission(vm structs.VM) bool
 	Place(vm structs.VM, exclude []string) (string, error)
+	PlaceFit(vm structs.VM, exclude []string) (string, *fsm.Fit, error)
 	PlaceAll(reqs []scheduler.Request) (map[string]string, error)
 	Check(vm structs.VM, to string) error
 	// Admit is admission control (--ha-tolerate-failures) for a protected

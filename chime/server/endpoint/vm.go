@@ -34,11 +34,9 @@ func (e *Endpoints) CreateVM(ctx context.Context, reqID string, req api.CreateVM
 		return nil, err
 	}
 	reqID = e.requestID(reqID)
-	if id, aerr, seen := e.state.Applied(reqID); seen {
-		if aerr != nil {
-			return nil, aerr
-		}
-		return e.state.VM(id)
+	first, done, prev, perr := e.retriedCreate(reqID)
+	if done {
+		return prev, perr
 	}
 	if _, err := e.state.ResolveVM(req.Name); err == nil {
 		return nil, structs.Conflict("name", "a VM named %q already exists", req.Name)
@@ -49,26 +47,81 @@ func (e *Endpoints) CreateVM(ctx context.Context, reqID string, req api.CreateVM
 	}
 	vm := structs.VM{ID: e.ids.NewID(), Name: req.Name, DesiredState: desired, Spec: req.Spec()}
 
-	// Placement and its proposal are one decision, so that two concurrent
-	// creates cannot both take the last free capacity of a node.
+	// Placement and its proposal are one decision. The proposal carries
+	// the capacity compare-and-set (fsm.Fit): of concurrent creates that
+	// chose the same node's last free capacity, the FSM refuses the
+	// later, which decides again over the newer view (up to
+	// createAttempts times, then answers the conflict). Admission control
+	// reads every VM, so a create it decides is exclusive.
+	decide := e.placer.DecideShared
+	admit := vm.DesiredState == structs.DesiredRunning && e.placer.NeedsAdmission(vm)
+	if admit {
+		decide = e.placer.Decide
+	}
 	var res *fsm.Result
-	err := e.placer.Decide(func() error {
-		nodeID, err := e.placer.Place(vm, nil)
-		if err != nil && !errors.Is(err, scheduler.ErrNoCapacity) {
-			return err
-		}
-		if vm.DesiredState == structs.DesiredRunning {
-			if err := e.placer.Admit(vm, nodeID); err != nil {
+	var err error
+	for attempt := first; attempt < createAttempts; attempt++ {
+		err = decide(func() error {
+			nodeID, fit, err := e.placer.PlaceFit(vm, nil)
+			if err != nil && !errors.Is(err, scheduler.ErrNoCapacity) {
 				return err
 			}
+			if admit {
+				if err := e.placer.Admit(vm, nodeID); err != nil {
+					return err
+				}
+			}
+			res, err = e.propose.Propose(ctx, attemptID(reqID, attempt), fsm.CmdCreateVM, fsm.CreateVM{VM: vm, NodeID: nodeID, IfFits: fit})
+			return err
+		})
+		if !lostRace(err) {
+			break
 		}
-		res, err = e.propose.Propose(ctx, reqID, fsm.CmdCreateVM, fsm.CreateVM{VM: vm, NodeID: nodeID})
-		return err
-	})
+	}
 	if err != nil {
 		return nil, err
 	}
 	return e.state.VM(res.ObjectID)
+}
+
+// createAttempts bounds how often a create whose placement lost its race
+// (the FSM refused its capacity compare-and-set) decides again.
+const createAttempts = 5
+
+// attemptID is the request id of a create's attempt: the client's id for
+// the first, a suffix for each decision taken again (a refusal is
+// remembered under its request id, so a retry needs an id of its own).
+func attemptID(reqID string, attempt int) string {
+	if attempt == 0 {
+		return reqID
+	}
+	return fmt.Sprintf("%s/%d", reqID, attempt)
+}
+
+// lostRace tells a refusal of the capacity compare-and-set.
+func lostRace(err error) bool {
+	return errors.Is(err, structs.ErrConflict) && structs.AsError(err).Field == fsm.FieldIfFits
+}
+
+// retriedCreate looks for earlier attempts of a create with this request
+// id (a client's retry). done: one went through (the VM it created), or
+// was refused for a reason other than a lost race (that refusal), or
+// every attempt lost its race (the last refusal). Otherwise next is the
+// first attempt not applied yet, where deciding resumes.
+func (e *Endpoints) retriedCreate(reqID string) (next int, done bool, vm *structs.VM, err error) {
+	for attempt := 0; attempt < createAttempts; attempt++ {
+		id, aerr, seen := e.state.Applied(attemptID(reqID, attempt))
+		switch {
+		case !seen:
+			return attempt, false, nil, nil
+		case aerr == nil:
+			vm, err := e.state.VM(id)
+			return attempt, true, vm, err
+		case !lostRace(aerr) || attempt == createAttempts-1:
+			return attempt, true, nil, aerr
+		}
+	}
+	return createAttempts, true, nil, nil // unreachable: the last attempt answers above
 }
 
 // VMAction sets the desired state of the VM ref names (a name, an id or a

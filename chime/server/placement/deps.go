@@ -19,6 +19,16 @@ type State interface {
 	Nodes() ([]structs.Node, error)
 	VMs() ([]structs.VM, error)
 	VM(id string) (*structs.VM, error)
+	// Placement is one read of the derived view: the nodes and each
+	// node's usage, the VMs in skip left out (fsm.FSM.Placement).
+	Placement(skip ...string) ([]structs.Node, map[string]structs.NodeUsage)
+	// PendingVMs lists the unplaced VMs, sorted by name, and an epoch that
+	// grows whenever one of them could now fit or be admitted.
+	PendingVMs() ([]structs.VM, uint64, error)
+	// ProtectedVMs lists the protected VMs, sorted by name, from an index.
+	ProtectedVMs() ([]structs.VM, error)
+	// PlacementEpoch is PendingVMs' epoch alone.
+	PlacementEpoch() uint64
 	// Changed returns a channel closed at the next applied change.
 	Changed() (<-chan struct{}, uint64)
 }

@@ -38,10 +38,15 @@ type Placer struct {
 	tolerate int // --ha-tolerate-failures
 	log      hclog.Logger
 
-	// mu serialises placement decisions: create, the pending loop, task
-	// steps and rebuild. The scheduler works on a read of the state, so two
-	// decisions made concurrently could both take a node's last free memory.
-	mu   sync.Mutex
+	// mu serialises placement decisions: the pending loop, task steps,
+	// rebuild and admission-controlled creates take it exclusively
+	// (Decide). The scheduler works on a read of the state, so two
+	// decisions made concurrently could both take a node's last free
+	// memory. Creates whose proposal carries the capacity compare-and-set
+	// (fsm.Fit) take it shared (DecideShared): they run concurrently, the
+	// FSM refuses whichever would overcommit, and no exclusive decision
+	// interleaves with them.
+	mu   sync.RWMutex
 	kick chan struct{} // wakes the pending loop (capacity may have appeared)
 
 	// resMu guards the last reservation computed (Reservation) and the
@@ -72,35 +77,63 @@ func (p *Placer) Decide(fn func() error) error {
 	return fn()
 }
 
+// DecideShared runs fn with the placement lock held shared: concurrently
+// with other shared decisions, never with an exclusive one (Decide). Use
+// it only for a decision whose every placement proposal carries the
+// capacity compare-and-set (PlaceFit's fsm.Fit), so that of two racing
+// decisions the FSM refuses the one that would overcommit.
+func (p *Placer) DecideShared(fn func() error) error {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	return fn()
+}
+
+// NeedsAdmission reports whether placing vm desired running is admission
+// control's decision (an ha VM with --ha-tolerate-failures set): Admit
+// reads every VM, so such a create takes the placement lock exclusively.
+func (p *Placer) NeedsAdmission(vm structs.VM) bool { return vm.Spec.HA && p.tolerate > 0 }
+
 // Place asks the scheduler for a node for vm, avoiding exclude, over the
-// current state. It answers scheduler.ErrNoCapacity when no node fits.
-// Outside Decide the answer is advisory (a check before creating a task).
+// derived view of the state (O(nodes)). It answers scheduler.ErrNoCapacity
+// when no node fits. Outside Decide the answer is advisory (a check before
+// creating a task).
 func (p *Placer) Place(vm structs.VM, exclude []string) (string, error) {
-	nodes, vms, err := p.read()
+	id, _, err := p.PlaceFit(vm, exclude)
+	return id, err
+}
+
+// PlaceFit is Place, with the capacity compare-and-set the proposal of the
+// decision carries (fsm.CreateVM.IfFits, fsm.PlaceVM.IfFits).
+func (p *Placer) PlaceFit(vm structs.VM, exclude []string) (string, *fsm.Fit, error) {
+	nodes, used := p.state.Placement(vm.ID)
+	id, err := scheduler.PlaceOn(nodes, used, scheduler.Request{VM: vm, Exclude: exclude}, p.opts)
 	if err != nil {
-		return "", err
+		return "", nil, err
 	}
-	return scheduler.Place(nodes, vms, scheduler.Request{VM: vm, Exclude: exclude}, p.opts)
+	for i := range nodes {
+		if nodes[i].ID == id {
+			return id, &fsm.Fit{VCPUs: scheduler.CPUCapacity(&nodes[i], p.opts)}, nil
+		}
+	}
+	return "", nil, fmt.Errorf("scheduler chose node %s, which is not among the nodes", id)
 }
 
 // PlaceAll places several VMs at once, each decision seeing the ones
 // before it; VMs that fit nowhere are left out of the map.
 func (p *Placer) PlaceAll(reqs []scheduler.Request) (map[string]string, error) {
-	nodes, vms, err := p.read()
-	if err != nil {
-		return nil, err
+	skip := make([]string, len(reqs))
+	for i, r := range reqs {
+		skip[i] = r.VM.ID
 	}
-	placed, _ := scheduler.PlaceAll(nodes, vms, reqs, p.opts)
+	nodes, used := p.state.Placement(skip...)
+	placed, _ := scheduler.PlaceAllOn(nodes, used, reqs, p.opts)
 	return placed, nil
 }
 
 // Check tells whether the named node can take vm: a NotFound error when
 // there is no such node, a Conflict when it cannot.
 func (p *Placer) Check(vm structs.VM, to string) error {
-	nodes, vms, err := p.read()
-	if err != nil {
-		return err
-	}
+	nodes, used := p.state.Placement(vm.ID)
 	var only []structs.Node
 	for _, n := range nodes {
 		if n.ID == to {
@@ -110,7 +143,7 @@ func (p *Placer) Check(vm structs.VM, to string) error {
 	if len(only) == 0 {
 		return structs.NotFound("to", "node %s not found", to)
 	}
-	if _, err := scheduler.Place(only, vms, scheduler.Request{VM: vm}, p.opts); err != nil {
+	if _, err := scheduler.PlaceOn(only, used, scheduler.Request{VM: vm}, p.opts); err != nil {
 		return structs.Conflict("to", "node %s cannot take vm %s: %v", only[0].Name, vm.Name, err)
 	}
 	return nil
@@ -125,11 +158,12 @@ func (p *Placer) Admit(vm structs.VM, nodeID string) error {
 	if !vm.Spec.HA || p.tolerate <= 0 {
 		return nil
 	}
-	nodes, vms, err := p.read()
+	nodes, used := p.state.Placement(vm.ID)
+	protected, err := p.state.ProtectedVMs()
 	if err != nil {
-		return err
+		return fmt.Errorf("read protected vms: %w", err)
 	}
-	return scheduler.Admit(nodes, vms, vm, nodeID, p.tolerate, p.opts)
+	return scheduler.AdmitOn(nodes, used, protected, vm, nodeID, p.tolerate, p.opts)
 }
 
 // Reservation is the HA reservation over the current state: whether every
@@ -147,11 +181,12 @@ func (p *Placer) Reservation() (structs.HAReservation, error) {
 		return r, nil
 	}
 	p.resMu.Unlock()
-	nodes, vms, err := p.read()
+	nodes, used := p.state.Placement()
+	protected, err := p.state.ProtectedVMs()
 	if err != nil {
-		return structs.HAReservation{}, err
+		return structs.HAReservation{}, fmt.Errorf("read protected vms: %w", err)
 	}
-	r := scheduler.Reserve(nodes, vms, p.tolerate, p.opts)
+	r := scheduler.ReserveOn(nodes, used, protected, p.tolerate, p.opts)
 	p.resMu.Lock()
 	p.res, p.resIndex, p.resValid = r, idx, true
 	p.resMu.Unlock()
@@ -191,18 +226,27 @@ func (p *Placer) Kick() {
 	}
 }
 
-// Run places pending VMs until ctx ends (leadership lost): on every state
-// change, on Kick, and every 10 s.
+// Run places pending VMs until ctx ends (leadership lost): on a state
+// change that may let a pending VM fit or be admitted (the derived view's
+// epoch grew), on Kick, and every 10 s. A change that cannot help (a VM
+// placed, an observation) costs one read of the epoch, not a pass.
 func (p *Placer) Run(ctx context.Context) {
+	var last uint64
+	force := true
 	for {
 		ch, _ := p.state.Changed()
-		p.PlacePending(ctx)
+		if force || p.state.PlacementEpoch() != last {
+			_, last = p.placePending(ctx)
+		}
+		force = false
 		select {
 		case <-ctx.Done():
 			return
 		case <-ch:
 		case <-p.kick:
+			force = true
 		case <-time.After(pendingEvery):
+			force = true
 		}
 	}
 }
@@ -211,18 +255,27 @@ func (p *Placer) Run(ctx context.Context) {
 // fits somewhere is placed, one decision at a time, each seeing the ones
 // before it. It returns how many it placed.
 func (p *Placer) PlacePending(ctx context.Context) int {
+	n, _ := p.placePending(ctx)
+	return n
+}
+
+// placePending is PlacePending; it also returns the epoch of the pending
+// index it worked from.
+func (p *Placer) placePending(ctx context.Context) (int, uint64) {
 	placed := 0
+	var epoch uint64
 	_ = p.Decide(func() error {
-		vms, err := p.state.VMs()
+		vms, ep, err := p.state.PendingVMs()
+		epoch = ep
 		if err != nil {
-			p.log.Warn("read vms failed", "error", err)
+			p.log.Warn("read pending vms failed", "error", err)
 			return err
 		}
 		for _, vm := range vms {
 			if vm.NodeID != "" || ctx.Err() != nil {
 				continue
 			}
-			nodeID, err := p.Place(vm, nil)
+			nodeID, fit, err := p.PlaceFit(vm, nil)
 			if err != nil {
 				if !errors.Is(err, scheduler.ErrNoCapacity) {
 					p.log.Warn("place pending vm failed", "vm", vm.Name, "error", err)
@@ -239,11 +292,9 @@ func (p *Placer) PlacePending(ctx context.Context) int {
 				}
 			}
 			// Compare-and-set on the pending state (generation 0 cannot be
-			// asserted, so check the VM is still unplaced right before).
-			if cur, err := p.state.VM(vm.ID); err != nil || cur.NodeID != "" {
-				continue
-			}
-			if _, err := p.propose.Propose(ctx, "", fsm.CmdPlaceVM, fsm.PlaceVM{VMID: vm.ID, NodeID: nodeID, Reason: "pending VM placed"}); err != nil {
+			// asserted: IfPending) and on the node's capacity (IfFits).
+			if _, err := p.propose.Propose(ctx, "", fsm.CmdPlaceVM, fsm.PlaceVM{VMID: vm.ID, NodeID: nodeID,
+				IfPending: true, IfFits: fit, Reason: "pending VM placed"}); err != nil {
 				p.log.Warn("place pending vm failed", "vm", vm.Name, "error", err)
 				continue
 			}
@@ -252,5 +303,5 @@ func (p *Placer) PlacePending(ctx context.Context) int {
 		}
 		return nil
 	})
-	return placed
+	return placed, epoch
 }
