@@ -92,7 +92,7 @@ const pages = {
       for (const n of nodes || []) name[n.id] = n.name;
       return `<h2>VMs</h2>` + table([
         ["name", (v) => esc(v.name)],
-        ["state", (v) => `${st(v.state)} (desired ${esc(v.desired_state)})`],
+        ["state", (v) => `<span class="vm-state" data-vm="${esc(v.name)}">${esc(v.state)}</span> (desired ${esc(v.desired_state)})`],
         ["node", (v) => `<span class="vm-node" data-vm="${esc(v.name)}">${esc(name[v.node_id] || v.node_id || "—")}</span>`],
         ["generation", (v) => esc(v.generation)],
         ["observed", (v) => json(v.observed)],
