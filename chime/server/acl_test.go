@@ -138,6 +138,7 @@ func TestRouteTable(t *testing.T) {
 		"POST /v1/operator/ha/{action}": needOperator,
 		"PATCH /v1/vms/{id}":            needOperator,
 		"POST /v1/nodes/{id}/fence":     needOperator,
+		"GET /ui/":                      needNone, // the console's static files; its data comes through the routes above
 	}
 	for _, rt := range w.s.routes {
 		if want, ok := wantNeed[rt.pattern]; ok {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/chime-ha/chime/chime/structs"
 	"github.com/chime-ha/chime/chime/tlsconf"
+	"github.com/chime-ha/chime/chime/ui"
 
 	"github.com/chime-ha/chime/chime/api"
 )
@@ -106,6 +107,14 @@ func (s *Server) setupHTTP() error {
 	metrics := s.met.handler(s)
 	route("GET /metrics", local, needRead, func(w http.ResponseWriter, r *http.Request) (any, error) {
 		metrics.ServeHTTP(w, r)
+		return nil, errWritten
+	})
+	// The web console's files are public: they hold no data, every read
+	// and write the page makes goes through the routes above with the
+	// user's token (docs/console.md).
+	console := ui.Handler()
+	route("GET "+ui.Prefix, local, needNone, func(w http.ResponseWriter, r *http.Request) (any, error) {
+		console.ServeHTTP(w, r)
 		return nil, errWritten
 	})
 	route("/", local, needNone, func(w http.ResponseWriter, r *http.Request) (any, error) {
