@@ -30,6 +30,8 @@ var layers = []layer{
 	{"chime/tlsconf/tlsconftest", []string{"chime/tlsconf"}},
 	{"fsm", []string{"chime/structs"}},
 	{"fsm/state", []string{"chime/structs"}},
+	{"fsm/view", []string{"fsm/state", "chime/structs"}},
+	{"chime/ui", nil},
 	// Test fixtures over a real FSM, for the decision cores' tests.
 	{"fsm/fsmtest", []string{"fsm", "chime/structs"}},
 	{"scheduler", []string{"chime/structs"}},
@@ -48,7 +50,7 @@ var layers = []layer{
 	// The HA guard answers the operator's arm/disarm and status with the
 	// API's bodies, like the endpoints.
 	{"chime/server/hapolicy", []string{"fsm", "chime/structs", "chime/api"}},
-	{"chime/server", []string{"chime/server/...", "fsm", "scheduler", "gossip", "chime/structs", "chime/api", "chime/tlsconf"}},
+	{"chime/server", []string{"chime/server/...", "fsm", "scheduler", "gossip", "chime/structs", "chime/api", "chime/tlsconf", "chime/ui"}},
 	{"chime/agent/...", []string{"hypervisor", "gossip", "chime/structs", "chime/api", "chime/agent/..."}},
 	{"chime/agent", []string{"chime/agent/...", "hypervisor", "gossip", "chime/structs", "chime/api", "chime/tlsconf"}},
 	{"cli", []string{"chime/server", "chime/server/...", "chime/agent", "chime/agent/...", "chime/api", "chime/structs", "chime/tlsconf"}},
