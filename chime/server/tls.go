@@ -67,13 +67,17 @@ func (s *Server) pingClient() agentPinger {
 }
 
 // withPeerRole puts the caller's verified role into each request's context
-// (tlsconf.PeerRoleFrom). A request a follower forwards arrives from a
-// server; it carries its caller's role in api.HeaderForwardedRole, which is
-// believed from a server only and stripped from anyone else.
+// (tlsconf.PeerRoleFrom), and its certificate's names (tlsconf.CertNames).
+// A request a follower forwards arrives from a server; it carries its
+// caller's role and names in api.HeaderForwardedRole and
+// api.HeaderForwardedCertNames, which are believed from a server only and
+// stripped from anyone else.
 func (s *Server) withPeerRole(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		fwd := tlsconf.Role(r.Header.Get(api.HeaderForwardedRole))
+		fwdNames := r.Header.Get(api.HeaderForwardedCertNames)
 		r.Header.Del(api.HeaderForwardedRole)
+		r.Header.Del(api.HeaderForwardedCertNames)
 		if s.tls == nil || r.TLS == nil {
 			next.ServeHTTP(w, r)
 			return
@@ -83,10 +87,12 @@ func (s *Server) withPeerRole(next http.Handler) http.Handler {
 			writeError(w, structs.Forbidden("%v", err))
 			return
 		}
+		names := tlsconf.CertNames(r.TLS.PeerCertificates[0])
 		if role == tlsconf.RoleServer && tlsconf.ValidRole(fwd) {
-			role = fwd
+			role, names = fwd, fwdNames
 		}
-		next.ServeHTTP(w, r.WithContext(tlsconf.WithPeerRole(r.Context(), role)))
+		ctx := tlsconf.WithPeerNames(tlsconf.WithPeerRole(r.Context(), role), names)
+		next.ServeHTTP(w, r.WithContext(ctx))
 	})
 }
 
