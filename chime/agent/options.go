@@ -52,7 +52,9 @@ type options struct {
 
 // WithMachineID replaces the host's /etc/machine-id the agent presents at
 // registration with id (the simulator gives each host its own).
-func WithMachineID(id string) Option { return func(o *options) { o.machineID = func() string { return id } } }
+func WithMachineID(id string) Option {
+	return func(o *options) { o.machineID = func() string { return id } }
+}
 
 // WithWatchdog arms w as the agent's watchdog (isolation response stop):
 // it is petted while the isolation lease is valid. Production opens the

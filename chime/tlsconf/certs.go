@@ -171,7 +171,7 @@ type CertOptions struct {
 	// CommonName is the subject's common name; "" is the role name. It
 	// names the holder (a host), which CertNames reports.
 	CommonName string
-	IPs       []net.IP      // extra IP addresses (127.0.0.1 is added for servers and agents)
+	IPs        []net.IP // extra IP addresses (127.0.0.1 is added for servers and agents)
 }
 
 // Issue makes a key and a certificate of o.Role signed by ca, PEM-encoded.
