@@ -71,7 +71,7 @@ carry localhost and 127.0.0.1, and serve as well as dial; cli certificates only 
 						&cli.StringSliceFlag{Name: "additional-dnsname", Usage: "extra DNS name (repeatable)"},
 						&cli.StringSliceFlag{Name: "additional-ipaddress", Usage: "extra IP address (repeatable)"},
 						&cli.StringFlag{Name: "out", Value: ".", Usage: "directory to write the files to"},
-						&cli.StringFlag{Name: "name", Usage: "file name without .pem (default <cluster>-<role>)"},
+						&cli.StringFlag{Name: "name", Usage: "file name without .pem (default <cluster>-<role>), and the certificate's common name: the holder's identity the servers bind an agent's node to"},
 						&cli.BoolFlag{Name: "force", Usage: "overwrite existing files"},
 					},
 					Action: tlsCertCreate,
@@ -135,7 +135,7 @@ func tlsCertCreate(c *cli.Context) error {
 		}
 		ips = append(ips, ip)
 	}
-	name := c.String("name")
+	name, cn := c.String("name"), c.String("name")
 	if name == "" {
 		name = cluster + "-" + string(role)
 	}
@@ -148,7 +148,7 @@ func tlsCertCreate(c *cli.Context) error {
 		return err
 	}
 	o := tlsconf.CertOptions{Role: role, Cluster: cluster, Validity: time.Duration(days) * 24 * time.Hour,
-		DNSNames: splitList(c.StringSlice("additional-dnsname")), IPs: ips}
+		DNSNames: splitList(c.StringSlice("additional-dnsname")), IPs: ips, CommonName: cn}
 	certPath, keyPath := filepath.Join(c.String("out"), name+".pem"), filepath.Join(c.String("out"), name+"-key.pem")
 	if err := ca.IssueFiles(o, certPath, keyPath, c.Bool("force")); err != nil {
 		if strings.Contains(err.Error(), "--") {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"slices"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/chime-ha/chime/chime/structs"
@@ -24,7 +25,15 @@ func (a *applier) registerNode(p RegisterNode) (string, error) {
 	exists := n != nil
 	replaced := false
 	if exists && p.ReplaceSecret {
-		if !n.SecretReset {
+		switch {
+		case p.ByIdentity:
+			if n.Binding == nil || in.Binding == nil {
+				return "", structs.Forbidden("node %s: not bound to a host identity; its secret is replaced only after `chime node reset-secret %s`", n.Name, n.Name)
+			}
+			if d := n.Binding.Differs(*in.Binding); len(d) > 0 {
+				return "", structs.Forbidden("node %s: another host identity (%s)", n.Name, strings.Join(d, "; "))
+			}
+		case !n.SecretReset:
 			return "", structs.Forbidden("node %s: its secret was not reset (chime node reset-secret %s)", n.Name, n.Name)
 		}
 		if err := a.tx.PutNodeSecretHash(in.ID, p.SecretHash); err != nil {
@@ -40,6 +49,10 @@ func (a *applier) registerNode(p RegisterNode) (string, error) {
 			return "", err
 		}
 	}
+	if in.Binding != nil { // nil in entries of older versions
+		b := *in.Binding
+		n.Binding = &b
+	}
 	previous := n.Name
 	n.Name, n.APIAddr, n.GossipAddr = in.Name, in.APIAddr, in.GossipAddr
 	n.MigrationURI, n.MigrationAddr, n.BusinessInterface = in.MigrationURI, in.MigrationAddr, in.BusinessInterface
@@ -54,6 +67,10 @@ func (a *applier) registerNode(p RegisterNode) (string, error) {
 	}
 	if err := a.tx.TouchNode(n.ID); err != nil {
 		return "", err
+	}
+	if replaced && p.ByIdentity {
+		return n.ID, a.ev("node.secret_replaced", n.ID, "", "node %s re-registered with a new secret: its agent presented the join credential and the host identity the node is bound to (host uuid %s, address %s); agent at %s",
+			n.Name, n.Binding.HostUUID, n.Binding.Address, n.APIAddr)
 	}
 	if replaced {
 		return n.ID, a.ev("node.secret_replaced", n.ID, "", "node %s re-registered with a new secret (its secret was reset); agent at %s", n.Name, n.APIAddr)

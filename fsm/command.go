@@ -83,6 +83,11 @@ type RegisterNode struct {
 	// must have SecretReset (an operator's `chime node reset-secret`),
 	// which it clears. False (older entries): the hash is kept.
 	ReplaceSecret bool `json:"replace_secret,omitempty"`
+	// ByIdentity (with ReplaceSecret) replaces the secret because the
+	// agent presented the join credential and the host identity the node
+	// is bound to (Node.Binding, which must be the same as the node's
+	// binding when this applies) instead of an operator's reset-secret.
+	ByIdentity bool `json:"by_identity,omitempty"`
 }
 
 // ACLBootstrap creates the first management token; refused with a

@@ -17,6 +17,7 @@ import (
 	"github.com/chime-ha/chime/chime/structs"
 
 	"github.com/chime-ha/chime/chime/agent/local"
+	"github.com/chime-ha/chime/chime/tlsconf"
 	"github.com/chime-ha/chime/integration/lab"
 	"github.com/chime-ha/chime/integration/wait"
 )
@@ -52,6 +53,9 @@ type fleet struct {
 	// joinToken is the agent-join token the agents register with
 	// (bootstrapACL).
 	joinToken string
+	// agentTLS replaces the fleet's agent certificate for host i's agent
+	// (a test that gives a host another identity).
+	agentTLS map[int]tlsconf.Files
 }
 
 // fleetRoot is where a fleet keeps everything. It is fixed (not t.TempDir)
@@ -173,7 +177,11 @@ func (f *fleet) startAgent(i int) {
 	if f.opts.AgentArgs != nil {
 		args = append(args, f.opts.AgentArgs(i, h)...)
 	}
-	args = append(args, f.tls.agentArgs()...)
+	if c, ok := f.agentTLS[i]; ok {
+		args = append(args, tlsArgs(c)...)
+	} else {
+		args = append(args, f.tls.agentArgs()...)
+	}
 	if f.joinToken != "" {
 		args = append(args, "--join-token", f.joinToken)
 	}

@@ -16,6 +16,7 @@ import (
 type clusterTLS struct {
 	server, agent, cliF tlsconf.Files
 	cli, agentM         *tlsconf.Material // loaded, for the test's own API clients
+	pki                 *tlsconftest.PKI  // the CA, for more certificates (nil for files made by the binary)
 }
 
 // newClusterTLS makes a CA of the test's own and a certificate per role
@@ -23,8 +24,20 @@ type clusterTLS struct {
 func newClusterTLS(t *testing.T) *clusterTLS {
 	t.Helper()
 	p := tlsconftest.New(t)
-	return loadClusterTLS(t, p.Files(t, "cluster-server", tlsconf.RoleServer, false),
+	ct := loadClusterTLS(t, p.Files(t, "cluster-server", tlsconf.RoleServer, false),
 		p.Files(t, "cluster-agent", tlsconf.RoleAgent, false), p.Files(t, "cluster-cli", tlsconf.RoleCLI, false))
+	ct.pki = p
+	return ct
+}
+
+// agentCert issues another agent certificate of the cluster, with common
+// name cn (a holder of its own: another host identity).
+func (ct *clusterTLS) agentCert(t *testing.T, cn string) tlsconf.Files {
+	t.Helper()
+	if ct.pki == nil {
+		t.Fatal("agentCert: the fleet's certificates were not made by the test")
+	}
+	return ct.pki.FilesWith(t, "agent-"+cn, tlsconf.CertOptions{Role: tlsconf.RoleAgent, CommonName: cn}, false)
 }
 
 // loadClusterTLS is the clusterTLS of existing files (e.g. made by the

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -69,8 +70,11 @@ type Agent struct {
 	ops     *handover.Manager // migrations, local drain, adoptions, fencing holds
 	health  *health.Checker   // local health checks; their faults go into every heartbeat
 	nodeID  string
-	logger  hclog.Logger
-	tls     *tlsconf.Material // nil: the agent API and its clients are plaintext
+	// hostUUID and machineID are the host identity facts every
+	// registration presents ("" when unreadable).
+	hostUUID, machineID string
+	logger              hclog.Logger
+	tls                 *tlsconf.Material // nil: the agent API and its clients are plaintext
 
 	mu          sync.Mutex
 	desired     *api.DesiredState // last accepted desired state (nil before the first sync of this process); replaced, never mutated
@@ -154,7 +158,7 @@ func New(cfg Config, hv Hypervisor, opts ...Option) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	id, err := nodeIdentity(hv, st, cfg.Logger)
+	id, host, err := nodeIdentity(hv, st, cfg.Logger)
 	if err != nil {
 		st.Close()
 		return nil, err
@@ -164,7 +168,10 @@ func New(cfg Config, hv Hypervisor, opts ...Option) (*Agent, error) {
 		st.Close()
 		return nil, err
 	}
-	a := &Agent{cfg: cfg, hv: hv, store: st, nodeID: id, logger: cfg.Logger, tls: tlsm,
+	if o.machineID == nil {
+		o.machineID = readMachineID
+	}
+	a := &Agent{cfg: cfg, hv: hv, store: st, nodeID: id, hostUUID: host, machineID: o.machineID(), logger: cfg.Logger, tls: tlsm,
 		servers: o.servers, clock: o.clock, random: random,
 		timing:       api.Timing{HeartbeatInterval: defaultHeartbeatInterval},
 		heartbeatNow: make(chan struct{}, 1), heartbeatSem: make(chan struct{}, 1),
@@ -207,25 +214,43 @@ func New(cfg Config, hv Hypervisor, opts ...Option) (*Agent, error) {
 // UUID, so that an agent that lost its data dir comes back as the same
 // node. A state written on another host is refused. When libvirt cannot
 // tell the host UUID, a kept node id is used all the same.
-func nodeIdentity(hv Hypervisor, st *store.Store, log hclog.Logger) (string, error) {
+func nodeIdentity(hv Hypervisor, st *store.Store, log hclog.Logger) (id, host string, err error) {
 	ctx, cancel := context.WithTimeout(context.Background(), hostUUIDTimeout)
 	defer cancel()
-	host, err := hv.HostUUID(ctx)
+	host, err = hv.HostUUID(ctx)
 	if err != nil {
 		log.Warn("cannot read libvirt's host UUID; using the node id of the data dir, if any", "error", err)
 		host = ""
 	}
-	id, err := st.Identity(host)
+	id, err = st.Identity(host)
 	if err != nil {
 		if host == "" {
-			return "", fmt.Errorf("%w (libvirt: host uuid unreadable)", err)
+			return "", "", fmt.Errorf("%w (libvirt: host uuid unreadable)", err)
 		}
-		return "", fmt.Errorf("--data-dir: %w", err)
+		return "", "", fmt.Errorf("--data-dir: %w", err)
 	}
 	if host != "" && id != host {
 		log.Info("node id kept from an older agent's data dir, not derived from the host UUID", "node_id", id, "host_uuid", host)
 	}
-	return id, nil
+	return id, strings.ToLower(host), nil
+}
+
+// machineIDFile is systemd's machine id (machine-id(5)).
+const machineIDFile = "/etc/machine-id"
+
+// readMachineID returns the host's machine id, "" when the file is
+// missing or does not hold one: a fact of the host identity the servers
+// bind the node to, not a requirement.
+func readMachineID() string {
+	b, err := os.ReadFile(machineIDFile)
+	if err != nil {
+		return ""
+	}
+	id := strings.TrimSpace(string(b))
+	if len(id) != 32 || strings.Trim(id, "0123456789abcdef") != "" {
+		return ""
+	}
+	return id
 }
 
 // Registered reports whether the servers accepted this process's

@@ -47,6 +47,13 @@ type options struct {
 	businessNet  health.BusinessNet
 	interfaces   func(name string) (handover.Interface, error)
 	watchdog     Watchdog
+	machineID    func() string
+}
+
+// WithMachineID replaces the host's /etc/machine-id the agent presents at
+// registration with id (the simulator gives each host its own).
+func WithMachineID(id string) Option {
+	return func(o *options) { o.machineID = func() string { return id } }
 }
 
 // WithWatchdog arms w as the agent's watchdog (isolation response stop):

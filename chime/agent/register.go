@@ -77,17 +77,20 @@ func (a *Agent) RegisterOnce(ctx context.Context) error {
 		VCPUs:             vcpus, MemoryMiB: mem,
 		Labels:       a.cfg.Labels,
 		AgentVersion: structs.Version,
+		HostUUID:     a.hostUUID,
+		MachineID:    a.machineID,
 	}
 	a.servers.SetCredentials("", "")
 	a.setRegistered(false)
 	resp, err := a.servers.Register(ctx, req)
 	a.noteContact(err)
 	if errors.Is(err, structs.ErrForbidden) {
-		// The servers know this node under another secret: the data dir
-		// was lost or wiped. Only an operator (`chime node reset-secret`)
-		// or, later, the join credential lets it in again.
-		a.logger.Error("registration refused: the servers hold another secret for this node (data dir lost?); see the runbook, `chime node reset-secret`",
-			"node_id", a.nodeID, "error", err)
+		// The servers know this node under another secret (the data dir
+		// was lost or wiped) and did not let this agent in with the join
+		// credential: it has none, or the node is bound to another host
+		// identity (the error says which facts differ).
+		a.logger.Error("registration refused: the servers hold another secret for this node, and the join credential with this host's identity did not replace it; see the error and the runbook (`chime node reset-secret`)",
+			"node_id", a.nodeID, "host_uuid", a.hostUUID, "error", err)
 	}
 	if err != nil {
 		return fmt.Errorf("register: %w", err)

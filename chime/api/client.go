@@ -30,6 +30,10 @@ const (
 	// HeaderForwardedRole is the TLS role of a forwarded request's caller,
 	// set by the follower; the leader believes it only from a server.
 	HeaderForwardedRole = "X-Chime-Forwarded-Role"
+	// HeaderForwardedCertNames are the names of a forwarded request's
+	// caller's certificate (tlsconf.CertNames), set by the follower;
+	// believed from a server only, like HeaderForwardedRole.
+	HeaderForwardedCertNames = "X-Chime-Forwarded-Cert-Names"
 )
 
 // MaxRequestIDLen bounds X-Chime-Request-Id: the id is a key of the

@@ -44,6 +44,12 @@ type RegisterRequest struct {
 	IsolationResponse string        `json:"isolation_response,omitempty"`
 	IsolationLease    time.Duration `json:"isolation_lease,omitempty"`
 	Watchdog          bool          `json:"watchdog,omitempty"`
+	// HostUUID is libvirt's host UUID the node id was derived from, and
+	// MachineID the host's /etc/machine-id ("" when unreadable, and from
+	// older agents): facts of the host identity the servers bind the node
+	// to (docs/security.md, "Node identity").
+	HostUUID  string `json:"host_uuid,omitempty"`
+	MachineID string `json:"machine_id,omitempty"`
 }
 
 // RegisterResponse carries the node secret the agent must present from now on.

@@ -68,6 +68,9 @@ func validateObservations(field string, obs []structs.VMObservation) error {
 // ifaceRE is a Linux interface name (IFNAMSIZ-1 = 15 characters).
 var ifaceRE = regexp.MustCompile(`^[A-Za-z0-9._-]{1,15}$`)
 
+// machineIDRE is systemd's machine id (machine-id(5)).
+var machineIDRE = regexp.MustCompile(`^[0-9a-f]{32}$`)
+
 // Validate checks a VM creation request.
 func (r *CreateVMRequest) Validate() error {
 	if err := structs.ValidateName("name", r.Name); err != nil {
@@ -115,6 +118,14 @@ func (r *RegisterRequest) Validate() error {
 	}
 	if len(r.Secret) > 128 {
 		return structs.Invalid("secret", "at most 128 characters, got %d", len(r.Secret))
+	}
+	if r.HostUUID != "" {
+		if err := structs.ValidateUUID("host_uuid", r.HostUUID); err != nil {
+			return err
+		}
+	}
+	if r.MachineID != "" && !machineIDRE.MatchString(r.MachineID) {
+		return structs.Invalid("machine_id", "%q is not a machine id (32 lowercase hex characters, as in /etc/machine-id)", r.MachineID)
 	}
 	if r.VCPUs < 1 || r.VCPUs > structs.MaxNodeVCPUs {
 		return structs.Invalid("vcpus", "must be between 1 and %d, got %d", structs.MaxNodeVCPUs, r.VCPUs)

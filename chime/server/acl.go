@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/chime-ha/chime/chime/api"
+	"github.com/chime-ha/chime/chime/server/endpoint"
 	"github.com/chime-ha/chime/chime/structs"
 	"github.com/chime-ha/chime/chime/tlsconf"
 )
@@ -56,8 +57,9 @@ const (
 	needAgent
 	// needJoin: registration. A new node needs the join credential (an
 	// agent-join or management token, or an agent certificate); a known
-	// node its secret. The endpoint decides, told whether the caller
-	// joined (joinedFrom).
+	// node its secret, or the join credential and the host identity it is
+	// bound to. The endpoint decides, told what the caller presented
+	// (callerFrom).
 	needJoin
 )
 
@@ -105,45 +107,59 @@ func tokenFrom(r *http.Request) string {
 	return ""
 }
 
-type joinedKey struct{}
+type callerKey struct{}
 
-// joinedFrom says whether wrap found the join credential on the request
-// (always true with ACLs off).
-func joinedFrom(ctx context.Context) bool {
-	v, _ := ctx.Value(joinedKey{}).(bool)
+// callerFrom is what wrap found on a registration (endpoint.Caller:
+// whether it carries the join credential, and its certificate); with ACLs
+// off always joined.
+func callerFrom(ctx context.Context) endpoint.Caller {
+	v, _ := ctx.Value(callerKey{}).(endpoint.Caller)
 	return v
 }
 
+// joinCaller is the registration's caller as the request shows it.
+func (s *Server) joinCaller(r *http.Request) (endpoint.Caller, error) {
+	var c endpoint.Caller
+	if role, ok := tlsconf.PeerRoleFrom(r.Context()); ok && role == tlsconf.RoleAgent {
+		c.Joined, c.TLS, c.CertNames = true, true, tlsconf.PeerNamesFrom(r.Context())
+	}
+	if !s.aclEnabled() {
+		c.Joined = true
+		return c, nil
+	}
+	if secret := tokenFrom(r); secret != "" {
+		// An unknown token (a deleted join token an agent still sends)
+		// joins nothing; a known node re-registers with its secret all
+		// the same.
+		tok, err := s.ep.ResolveToken(secret)
+		if err != nil && !structs.IsNotFound(err) {
+			return c, err
+		}
+		if tok != nil && (tok.Role == structs.RoleAgentJoin || tok.Role == structs.RoleManagement) {
+			c.Joined, c.JoinAccessor = true, tok.AccessorID
+		}
+	}
+	return c, nil
+}
+
 // authorize checks the caller against what the route needs. It returns
-// the request, with whether the caller joined in its context for
-// needJoin, or the refusal: 401 when a token is missing, 403 when it is
+// the request, with what the caller presented in its context for
+// needJoin (callerFrom), or the refusal: 401 when a token is missing, 403 when it is
 // unknown or its role is too weak.
 func (s *Server) authorize(r *http.Request, name string, n need) (*http.Request, error) {
-	if !s.aclEnabled() {
-		if n == needJoin {
-			r = r.WithContext(context.WithValue(r.Context(), joinedKey{}, true))
+	if n == needJoin {
+		c, err := s.joinCaller(r)
+		if err != nil {
+			return nil, err
 		}
+		return r.WithContext(context.WithValue(r.Context(), callerKey{}, c)), nil
+	}
+	if !s.aclEnabled() {
 		return r, nil
 	}
 	switch n {
 	case needNone, needAgent:
 		return r, nil
-	case needJoin:
-		joined := false
-		if role, ok := tlsconf.PeerRoleFrom(r.Context()); ok && role == tlsconf.RoleAgent {
-			joined = true
-		}
-		if secret := tokenFrom(r); secret != "" {
-			// An unknown token (a deleted join token an agent still
-			// sends) joins nothing; a known node re-registers with its
-			// secret all the same.
-			tok, err := s.ep.ResolveToken(secret)
-			if err != nil && !structs.IsNotFound(err) {
-				return nil, err
-			}
-			joined = joined || (tok != nil && (tok.Role == structs.RoleAgentJoin || tok.Role == structs.RoleManagement))
-		}
-		return r.WithContext(context.WithValue(r.Context(), joinedKey{}, joined)), nil
 	}
 	secret := tokenFrom(r)
 	if secret == "" {

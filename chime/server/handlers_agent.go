@@ -67,7 +67,7 @@ func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request) (any, er
 	if err := decode(r, &req); err != nil {
 		return nil, err
 	}
-	out, err := s.ep.RegisterWith(r.Context(), r.Header.Get(api.HeaderRequestID), req, joinedFrom(r.Context()))
+	out, err := s.ep.RegisterWith(r.Context(), r.Header.Get(api.HeaderRequestID), req, callerFrom(r.Context()))
 	if err != nil {
 		return nil, err
 	}

@@ -257,6 +257,9 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request) {
 	req.Header.Set(api.HeaderForwarded, s.cfg.Name)
 	if role, ok := tlsconf.PeerRoleFrom(r.Context()); ok {
 		req.Header.Set(api.HeaderForwardedRole, string(role)) // the leader believes it from a server only
+		if names := tlsconf.PeerNamesFrom(r.Context()); names != "" {
+			req.Header.Set(api.HeaderForwardedCertNames, names)
+		}
 	}
 	resp, err := s.fwd.Do(req)
 	if err != nil {

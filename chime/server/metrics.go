@@ -19,6 +19,9 @@ type metrics struct {
 	heartbeats prometheus.Counter       // heartbeats handled
 	forwarded  prometheus.Counter       // requests forwarded to the leader
 	alarmsSent *prometheus.CounterVec   // webhook deliveries by result
+	// raftRefused counts incoming Raft connections refused by the TLS
+	// stream layer, by reason (raftstream.go).
+	raftRefused *prometheus.CounterVec
 }
 
 func newMetrics() *metrics {
@@ -31,7 +34,11 @@ func newMetrics() *metrics {
 	m.forwarded = prometheus.NewCounter(prometheus.CounterOpts{Name: "chime_forwarded_requests_total", Help: "Requests forwarded to the leader."})
 	m.alarmsSent = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "chime_alarm_deliveries_total",
 		Help: "Alarm webhook delivery attempts by result."}, []string{"result"})
-	m.reg.MustRegister(m.requests, m.applied, m.heartbeats, m.forwarded, m.alarmsSent,
+	m.raftRefused = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "chime_raft_refused_connections_total",
+		Help: "Incoming Raft connections refused before any Raft RPC was read, by reason (handshake: no server certificate of the cluster; busy: too many handshakes under way)."}, []string{"reason"})
+	m.raftRefused.WithLabelValues(refusedHandshake)
+	m.raftRefused.WithLabelValues(refusedBusy)
+	m.reg.MustRegister(m.requests, m.applied, m.heartbeats, m.forwarded, m.alarmsSent, m.raftRefused,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"sync"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -20,9 +19,6 @@ import (
 // cluster CA and puts the caller's verified role in the request context;
 // the Raft stream layer admits and dials servers only; forwarding and the
 // ping-back verify that the peer is a server, or an agent.
-
-// tlsHandshakeTimeout bounds an incoming Raft connection's handshake.
-const tlsHandshakeTimeout = 10 * time.Second
 
 // insecureWarnEvery is how often a non-dev server without TLS says so (a
 // variable for the test).
@@ -67,13 +63,17 @@ func (s *Server) pingClient() agentPinger {
 }
 
 // withPeerRole puts the caller's verified role into each request's context
-// (tlsconf.PeerRoleFrom). A request a follower forwards arrives from a
-// server; it carries its caller's role in api.HeaderForwardedRole, which is
-// believed from a server only and stripped from anyone else.
+// (tlsconf.PeerRoleFrom), and its certificate's names (tlsconf.CertNames).
+// A request a follower forwards arrives from a server; it carries its
+// caller's role and names in api.HeaderForwardedRole and
+// api.HeaderForwardedCertNames, which are believed from a server only and
+// stripped from anyone else.
 func (s *Server) withPeerRole(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		fwd := tlsconf.Role(r.Header.Get(api.HeaderForwardedRole))
+		fwdNames := r.Header.Get(api.HeaderForwardedCertNames)
 		r.Header.Del(api.HeaderForwardedRole)
+		r.Header.Del(api.HeaderForwardedCertNames)
 		if s.tls == nil || r.TLS == nil {
 			next.ServeHTTP(w, r)
 			return
@@ -83,10 +83,12 @@ func (s *Server) withPeerRole(next http.Handler) http.Handler {
 			writeError(w, structs.Forbidden("%v", err))
 			return
 		}
+		names := tlsconf.CertNames(r.TLS.PeerCertificates[0])
 		if role == tlsconf.RoleServer && tlsconf.ValidRole(fwd) {
-			role = fwd
+			role, names = fwd, fwdNames
 		}
-		next.ServeHTTP(w, r.WithContext(tlsconf.WithPeerRole(r.Context(), role)))
+		ctx := tlsconf.WithPeerNames(tlsconf.WithPeerRole(r.Context(), role), names)
+		next.ServeHTTP(w, r.WithContext(ctx))
 	})
 }
 
@@ -96,85 +98,6 @@ func (s *Server) apiListener(lis net.Listener) net.Listener {
 		return lis
 	}
 	return tls.NewListener(lis, s.tls.ServerConfig(tlsconf.RoleServer, tlsconf.RoleAgent, tlsconf.RoleCLI))
-}
-
-// newTLSTransport is the Raft transport over mutual TLS: only a peer with a
-// server certificate of the cluster gets a Raft RPC in or answers one.
-func (s *Server) newTLSTransport(bind string, adv net.Addr) (*raft.NetworkTransport, error) {
-	ln, err := net.Listen("tcp", bind)
-	if err != nil {
-		return nil, err
-	}
-	layer := &tlsStreamLayer{ln: ln, adv: adv,
-		srv: s.tls.ServerConfig(tlsconf.RoleServer), cli: s.tls.ClientConfig(tlsconf.RoleServer)}
-	return raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
-		Stream: layer, MaxPool: 3, Timeout: 10 * time.Second, Logger: s.log.Named("raft.transport"),
-	}), nil
-}
-
-// tlsStreamLayer is a raft.StreamLayer over mutual TLS.
-type tlsStreamLayer struct {
-	ln  net.Listener
-	adv net.Addr    // the advertised address (Addr)
-	srv *tls.Config // incoming: a server certificate required
-	cli *tls.Config // outgoing: the peer must be a server
-}
-
-var _ raft.StreamLayer = (*tlsStreamLayer)(nil)
-
-// Accept returns the next connection with its handshake still to come: it
-// runs on the connection's first read or write, in the transport's
-// goroutine for that connection, so that a slow or failing handshake never
-// stalls (or, through raft's back-off on Accept errors, slows) the accept
-// loop.
-func (l *tlsStreamLayer) Accept() (net.Conn, error) {
-	c, err := l.ln.Accept()
-	if err != nil {
-		return nil, err
-	}
-	return &handshakeConn{Conn: tls.Server(c, l.srv)}, nil
-}
-
-func (l *tlsStreamLayer) Close() error   { return l.ln.Close() }
-func (l *tlsStreamLayer) Addr() net.Addr { return l.adv }
-
-// Dial connects to a Raft peer and completes the handshake within timeout.
-func (l *tlsStreamLayer) Dial(addr raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
-	return tls.DialWithDialer(&net.Dialer{Timeout: timeout}, "tcp", string(addr), l.cli)
-}
-
-// handshakeConn runs the server-side handshake, with a deadline, before
-// its first read or write.
-type handshakeConn struct {
-	*tls.Conn
-	once sync.Once
-	err  error
-}
-
-func (c *handshakeConn) handshake() error {
-	c.once.Do(func() {
-		_ = c.Conn.SetDeadline(time.Now().Add(tlsHandshakeTimeout))
-		if err := c.Conn.Handshake(); err != nil {
-			c.err = fmt.Errorf("raft TLS handshake with %s: %w", c.RemoteAddr(), err)
-			return
-		}
-		_ = c.Conn.SetDeadline(time.Time{})
-	})
-	return c.err
-}
-
-func (c *handshakeConn) Read(b []byte) (int, error) {
-	if err := c.handshake(); err != nil {
-		return 0, err
-	}
-	return c.Conn.Read(b)
-}
-
-func (c *handshakeConn) Write(b []byte) (int, error) {
-	if err := c.handshake(); err != nil {
-		return 0, err
-	}
-	return c.Conn.Write(b)
 }
 
 // mayAddVoter decides whether the leader may add a server gossip announced

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"fmt"
@@ -16,6 +17,8 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/chime-ha/chime/chime/api"
 	"github.com/chime-ha/chime/chime/structs"
@@ -54,13 +57,19 @@ func (p *testPKI) client(url, name string, role tlsconf.Role, foreign bool) *api
 // newTLSDevServer starts one --dev server with TLS material.
 func newTLSDevServer(t *testing.T, p *testPKI) *Server {
 	t.Helper()
+	return newTLSDevServerLog(t, p, hclog.New(&hclog.LoggerOptions{Name: "dev", Level: hclog.Error}))
+}
+
+// newTLSDevServerLog is newTLSDevServer logging to log.
+func newTLSDevServerLog(t *testing.T, p *testPKI, log hclog.Logger) *Server {
+	t.Helper()
 	pp := ports.Free(t, "127.0.0.1", 3)
 	cfg := DefaultConfig()
 	cfg.Dev, cfg.Name, cfg.DataDir = true, "dev", t.TempDir()
 	cfg.APIPort, cfg.RaftPort, cfg.GossipPort = pp[0], pp[1], pp[2]
 	cfg.GossipProfile, cfg.RaftTimeScale = "local", 0.25
 	cfg.TLS = p.files("dev-server", tlsconf.RoleServer, false)
-	cfg.Logger = hclog.New(&hclog.LoggerOptions{Name: "dev", Level: hclog.Error})
+	cfg.Logger = log
 	s, err := Start(context.Background(), cfg)
 	if err != nil {
 		t.Fatalf("start: %v", err)
@@ -128,9 +137,14 @@ func TestTLSAPIRefusesPlaintextAndOtherCA(t *testing.T) {
 // A raw Raft RPC over plain TCP, and one over TLS with a certificate of
 // the cluster CA that is not a server's, are refused by the transport and
 // change nothing; the same RPC with a server certificate is answered.
+//
+// Each refusal is counted in chime_raft_refused_connections_total and
+// logged as a warning naming the peer; none reaches Raft, so the transport
+// logs no error.
 func TestTLSRaftTransportRefusesUnauthenticatedRPC(t *testing.T) {
 	p := newTestPKI(t)
-	s := newTLSDevServer(t, p)
+	var logs lockedBuffer
+	s := newTLSDevServerLog(t, p, hclog.New(&hclog.LoggerOptions{Name: "dev", Level: hclog.Warn, Output: &logs}))
 	target := raft.ServerAddress(s.cfg.RaftAddr())
 	term := func() uint64 {
 		v, _ := strconv.ParseUint(s.raft.Stats()["term"], 10, 64)
@@ -143,7 +157,8 @@ func TestTLSRaftTransportRefusesUnauthenticatedRPC(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		layer := &tlsStreamLayer{ln: ln, adv: ln.Addr(), srv: m.ServerConfig(tlsconf.RoleServer), cli: m.ClientConfig(tlsconf.RoleServer)}
+		layer := newTLSStreamLayer(ln, ln.Addr(), m.ServerConfig(tlsconf.RoleServer), m.ClientConfig(tlsconf.RoleServer),
+			newRefusedLog(hclog.NewNullLogger(), newMetrics().raftRefused))
 		// The agent's and CLI's certificates cannot serve as TLS client
 		// certificates of a server dial in production; here they are sent
 		// on purpose.
@@ -195,6 +210,84 @@ func TestTLSRaftTransportRefusesUnauthenticatedRPC(t *testing.T) {
 	}
 	if !s.IsLeader() {
 		t.Fatal("the server lost leadership")
+	}
+	// Four refused (each RequestVote dials once); the handshakes fail on
+	// the server's side in their own goroutines, so wait for the count.
+	refused := func() float64 { return counterValue(s.met.raftRefused.WithLabelValues(refusedHandshake)) }
+	wait.For(t, 10*time.Second, "four refused Raft connections counted", func() (bool, string) {
+		return refused() >= 4, fmt.Sprint(refused())
+	})
+	out := logs.String()
+	t.Logf("refused connections counted: %v; log:\n%s", refused(), out)
+	if n := strings.Count(out, "refused a Raft connection"); n != 1 {
+		t.Errorf("%d warnings of refused Raft connections from one host, want 1 (rate-limited)", n)
+	}
+	if !strings.Contains(out, "[WARN]") || !strings.Contains(out, "peer=127.0.0.1:") {
+		t.Errorf("no warning naming the peer's address in the log")
+	}
+	if strings.Contains(out, "[ERROR]") {
+		t.Errorf("the refusals were logged as errors:\n%s", out)
+	}
+}
+
+// counterValue reads a counter.
+func counterValue(c prometheus.Counter) float64 {
+	var m dto.Metric
+	if err := c.Write(&m); err != nil {
+		return -1
+	}
+	return m.GetCounter().GetValue()
+}
+
+// lockedBuffer is a log output several goroutines write to.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// TestRefusedLogRateLimit: the first refusal from a host is logged, the
+// next ones within a minute only counted, and the next log line carries
+// how many were left out; another host is logged on its own.
+func TestRefusedLogRateLimit(t *testing.T) {
+	var out lockedBuffer
+	m := newMetrics()
+	r := newRefusedLog(hclog.New(&hclog.LoggerOptions{Level: hclog.Warn, Output: &out}), m.raftRefused)
+	now := time.Unix(1000, 0)
+	r.now = func() time.Time { return now }
+	a := &net.TCPAddr{IP: net.IPv4(10, 0, 0, 9), Port: 40000}
+	b := &net.TCPAddr{IP: net.IPv4(10, 0, 0, 10), Port: 40000}
+	for i := 0; i < 5; i++ {
+		a.Port++
+		r.note(a, refusedHandshake, fmt.Errorf("tls: bad certificate"))
+	}
+	r.note(b, refusedBusy, fmt.Errorf("busy"))
+	now = now.Add(refusedLogEvery)
+	r.note(a, refusedHandshake, fmt.Errorf("tls: bad certificate"))
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	if len(lines) != 3 {
+		t.Fatalf("%d log lines, want 3 (10.0.0.9 first, 10.0.0.10, 10.0.0.9 a minute later):\n%s", len(lines), out.String())
+	}
+	if !strings.Contains(lines[0], "peer=10.0.0.9:40001") || !strings.Contains(lines[1], "peer=10.0.0.10:") ||
+		!strings.Contains(lines[2], "suppressed=4") {
+		t.Errorf("log lines:\n%s", out.String())
+	}
+	if got := counterValue(m.raftRefused.WithLabelValues(refusedHandshake)); got != 6 {
+		t.Errorf("handshake refusals counted %v, want 6", got)
+	}
+	if got := counterValue(m.raftRefused.WithLabelValues(refusedBusy)); got != 1 {
+		t.Errorf("busy refusals counted %v, want 1", got)
 	}
 }
 

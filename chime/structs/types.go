@@ -105,6 +105,10 @@ type Node struct {
 	// after.
 	IdentityConflict   string    `json:"identity_conflict,omitempty"`
 	IdentityConflictAt time.Time `json:"identity_conflict_at,omitzero"`
+	// Binding is the host identity the node is bound to: what its last
+	// registration that the servers accepted presented (docs/security.md,
+	// "Node identity"). nil for nodes last registered by an older version.
+	Binding *NodeBinding `json:"binding,omitempty"`
 	// StaleCopies are the copies of VMs placed elsewhere (or at an older
 	// generation) that the node's last judged heartbeat listed running, or
 	// reported destroyed since the heartbeat before: each is a uniqueness

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"math/big"
 	"net"
+	"sort"
 	"strings"
 	"time"
 )
@@ -167,7 +168,10 @@ type CertOptions struct {
 	Validity  time.Duration // 0 is DefaultCertValidity
 	NotBefore time.Time     // zero: now (a minute back, for clock skew)
 	DNSNames  []string      // extra DNS names besides the role name (and localhost for servers and agents)
-	IPs       []net.IP      // extra IP addresses (127.0.0.1 is added for servers and agents)
+	// CommonName is the subject's common name; "" is the role name. It
+	// names the holder (a host), which CertNames reports.
+	CommonName string
+	IPs        []net.IP // extra IP addresses (127.0.0.1 is added for servers and agents)
 }
 
 // Issue makes a key and a certificate of o.Role signed by ca, PEM-encoded.
@@ -212,6 +216,13 @@ func (ca *CA) Issue(o CertOptions) (certPEM, keyPEM []byte, err error) {
 	}
 	nb := notBefore(o.NotBefore)
 	name := RoleName(o.Role, o.Cluster)
+	cn := name
+	if o.CommonName != "" {
+		if len(o.CommonName) > 64 || strings.ContainsAny(o.CommonName, " /:,=") {
+			return nil, nil, fmt.Errorf("--name: %q is not a common name (at most 64 characters, no spaces, '/', ':', ',', '=')", o.CommonName)
+		}
+		cn = o.CommonName
+	}
 	dns := []string{name}
 	ips := append([]net.IP(nil), o.IPs...)
 	ext := []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
@@ -223,7 +234,7 @@ func (ca *CA) Issue(o CertOptions) (certPEM, keyPEM []byte, err error) {
 	dns = append(dns, o.DNSNames...)
 	tmpl := &x509.Certificate{
 		SerialNumber:   serial,
-		Subject:        pkix.Name{CommonName: name, Organization: []string{"chime"}},
+		Subject:        pkix.Name{CommonName: cn, Organization: []string{"chime"}},
 		NotBefore:      nb,
 		NotAfter:       nb.Add(o.Validity),
 		KeyUsage:       x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
@@ -274,6 +285,42 @@ func CertRole(cert *x509.Certificate) (Role, string, error) {
 		return "", "", fmt.Errorf("certificate %q carries no role name (<role>.<cluster>.chime); make one with 'chime tls cert create'", cert.Subject.CommonName)
 	}
 	return role, cluster, nil
+}
+
+// maxCertNames bounds CertNames: the servers keep it in a node's binding.
+const maxCertNames = 512
+
+// CertNames is a certificate's identity of its holder: its common name
+// unless that is the role name, then its DNS names and IP addresses
+// besides the role name, localhost and 127.0.0.1, sorted and joined with
+// ","; at most maxCertNames bytes. "" for a certificate that names no
+// holder (one certificate shared by every agent).
+func CertNames(cert *x509.Certificate) string {
+	var names []string
+	role, cluster, err := CertRole(cert)
+	roleName := ""
+	if err == nil {
+		roleName = RoleName(role, cluster)
+	}
+	for _, d := range cert.DNSNames {
+		if d != roleName && d != "localhost" {
+			names = append(names, "dns:"+d)
+		}
+	}
+	for _, ip := range cert.IPAddresses {
+		if !ip.Equal(net.IPv4(127, 0, 0, 1)) {
+			names = append(names, "ip:"+ip.String())
+		}
+	}
+	sort.Strings(names)
+	if cn := cert.Subject.CommonName; cn != "" && cn != roleName {
+		names = append([]string{"cn:" + cn}, names...)
+	}
+	out := strings.Join(names, ",")
+	if len(out) > maxCertNames {
+		out = out[:maxCertNames]
+	}
+	return out
 }
 
 func notBefore(t time.Time) time.Time {

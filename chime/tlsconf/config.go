@@ -258,6 +258,20 @@ func PeerRole(cs *tls.ConnectionState, cluster string) (Role, error) {
 
 type roleKey struct{}
 
+type namesKey struct{}
+
+// WithPeerNames returns ctx carrying the CertNames of a request's caller's
+// verified certificate.
+func WithPeerNames(ctx context.Context, names string) context.Context {
+	return context.WithValue(ctx, namesKey{}, names)
+}
+
+// PeerNamesFrom returns what WithPeerNames put in ctx ("" when nothing).
+func PeerNamesFrom(ctx context.Context) string {
+	n, _ := ctx.Value(namesKey{}).(string)
+	return n
+}
+
 // WithPeerRole returns ctx carrying the verified role of a request's caller.
 func WithPeerRole(ctx context.Context, r Role) context.Context {
 	return context.WithValue(ctx, roleKey{}, r)

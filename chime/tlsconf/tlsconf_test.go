@@ -363,3 +363,42 @@ func TestPeerRoleContext(t *testing.T) {
 		t.Fatal("PeerRole of a connection without certificates succeeded")
 	}
 }
+
+// TestCertNames: a certificate's holder identity is its common name (when
+// not the role name) and its own DNS names and addresses; a certificate
+// made for a role only names nobody.
+func TestCertNames(t *testing.T) {
+	ca := newTestCA(t, "prod")
+	for _, tt := range []struct {
+		name string
+		o    CertOptions
+		want string
+	}{
+		{"role only", CertOptions{Role: RoleAgent, Cluster: "prod"}, ""},
+		{"common name", CertOptions{Role: RoleAgent, Cluster: "prod", CommonName: "hv1"}, "cn:hv1"},
+		{"names and addresses, sorted", CertOptions{Role: RoleAgent, Cluster: "prod", CommonName: "hv1",
+			DNSNames: []string{"hv1.example", "a.example"}, IPs: []net.IP{net.ParseIP("10.0.0.11")}},
+			"cn:hv1,dns:a.example,dns:hv1.example,ip:10.0.0.11"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			certPEM, _, err := ca.ca.Issue(tt.o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := pem.Decode(certPEM)
+			c, err := x509.ParseCertificate(b.Bytes)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := CertNames(c); got != tt.want {
+				t.Errorf("CertNames = %q, want %q", got, tt.want)
+			}
+			if r, _, err := CertRole(c); err != nil || r != RoleAgent {
+				t.Errorf("CertRole = %s, %v: a common name must not change the role", r, err)
+			}
+		})
+	}
+	if _, _, err := ca.ca.Issue(CertOptions{Role: RoleAgent, CommonName: "a b"}); err == nil || !strings.Contains(err.Error(), "--name") {
+		t.Errorf("common name with a space: %v, want refused naming --name", err)
+	}
+}

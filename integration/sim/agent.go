@@ -2,6 +2,8 @@ package sim
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
@@ -101,6 +103,7 @@ func startAgent(h *Host) (*agentProc, error) {
 		agent.WithStorageProbe(h.storageProbe),
 		agent.WithInterfaces(h.iface),
 		agent.WithBusinessNet(businessNet{h}),
+		agent.WithMachineID(machineID(h.Name)),
 	}, haOpts...)...,
 	)
 	if err != nil {
@@ -467,4 +470,12 @@ func wireError(err error) error {
 		return nil
 	}
 	return api.AsError(err)
+}
+
+// machineID is host name's /etc/machine-id: its own, the same ever after
+// (a reinstall from another host's image keeps this one: the simulator
+// clones only libvirt's host UUID).
+func machineID(name string) string {
+	sum := sha256.Sum256([]byte("chime-sim-machine:" + name))
+	return hex.EncodeToString(sum[:16])
 }

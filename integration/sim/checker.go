@@ -398,7 +398,8 @@ func (c *Checker) finalConverge(l *Server) {
 	// A node whose host is healthy after the quiet period, and whose agent
 	// is registered, is normal again: its agent heartbeats. One that is not
 	// is a view that never converged. An agent the servers do not let
-	// register (a lost state dir without the operator's reset-secret, a
+	// register (a lost state dir on a host whose identity no longer
+	// matches its node's binding, without the operator's reset-secret; a
 	// cloned host identity) leaves its node unreachable by design: the
 	// servers cannot know what runs there.
 	nodes, err := l.FSM.Nodes()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/subtle"
 	"net"
+	"strings"
 
 	"github.com/chime-ha/chime/chime/api"
 	"github.com/chime-ha/chime/chime/server/heartbeat"
@@ -43,28 +44,54 @@ func (e *Endpoints) Authenticate(nodeID, secret string) (*structs.Node, error) {
 
 // mayReplaceSecret says whether a registration as the existing node n that
 // does not present n's secret may set a new one (uniqueness rule 10: a lost
-// secret is replaced only with the join credential). It needs both an
-// operator's `chime node reset-secret` (n.SecretReset, which the FSM checks
-// again and clears when it applies the registration) and the join
-// credential (joined: an agent-join token or an agent certificate, when
-// ACLs are on; always true with ACLs off).
+// secret is replaced only with the join credential) on an operator's word:
+// `chime node reset-secret` (n.SecretReset, which the FSM checks again and
+// clears when it applies the registration) and the join credential
+// (joined: an agent-join token or an agent certificate, when ACLs are on;
+// always true with ACLs off).
 func mayReplaceSecret(n *structs.Node, joined bool) bool {
 	return n.SecretReset && joined
 }
 
-// Register is RegisterWith for a caller that holds the join credential
-// (ACLs off, the simulator, tests).
-func (e *Endpoints) Register(ctx context.Context, reqID string, req api.RegisterRequest) (api.RegisterResponse, error) {
-	return e.RegisterWith(ctx, reqID, req, true)
+// Caller is what a registration presented besides its body: whether it
+// carries the join credential, and the facts of its identity that the
+// request body cannot make up (its certificate).
+type Caller struct {
+	// Joined: an agent-join or management token, or an agent certificate
+	// of the cluster (always true with ACLs off).
+	Joined bool
+	// JoinAccessor is the accessor id of the join token, if one was sent.
+	JoinAccessor string
+	// TLS: the caller presented an agent certificate of the cluster;
+	// CertNames are its own names (tlsconf.CertNames).
+	TLS       bool
+	CertNames string
 }
 
-// RegisterWith creates a node or re-registers an existing one. A new node
-// needs the join credential (joined). A known node id must present its
-// secret, unless mayReplaceSecret lets a new one in: nobody else may take
-// over a node. A refusal is noted with the monitor, which tells a lost data
-// dir from a second agent claiming the node. An agent that sends no secret
-// gets a new one, which the answer carries.
-func (e *Endpoints) RegisterWith(ctx context.Context, reqID string, req api.RegisterRequest, joined bool) (api.RegisterResponse, error) {
+// binding is the host identity registration req presents as c.
+func (c Caller) binding(req api.RegisterRequest) structs.NodeBinding {
+	return structs.NodeBinding{HostUUID: req.HostUUID, MachineID: req.MachineID, Address: hostOf(req.APIAddr),
+		TLS: c.TLS, CertNames: c.CertNames, JoinAccessor: c.JoinAccessor}
+}
+
+// Register is RegisterWith for a caller that holds the join credential
+// and no certificate (ACLs off, the simulator, tests).
+func (e *Endpoints) Register(ctx context.Context, reqID string, req api.RegisterRequest) (api.RegisterResponse, error) {
+	return e.RegisterWith(ctx, reqID, req, Caller{Joined: true})
+}
+
+// RegisterWith creates a node or re-registers an existing one, and binds
+// it to the host identity it presented (structs.NodeBinding). A new node
+// needs the join credential. A known node id must present its secret; a
+// new secret is let in only with the join credential, and either the
+// host identity the node is bound to or an operator's reset-secret
+// (mayReplaceSecret): nobody else may take over a node. The join
+// credential with another host identity is a second host claiming the
+// node: refused, and an identity conflict (the NodeIdentityConflict
+// alarm). Other refusals are noted with the monitor, which tells a lost
+// data dir from a second agent claiming the node. An agent that sends no
+// secret gets a new one, which the answer carries.
+func (e *Endpoints) RegisterWith(ctx context.Context, reqID string, req api.RegisterRequest, c Caller) (api.RegisterResponse, error) {
 	if err := req.Validate(); err != nil {
 		return api.RegisterResponse{}, err
 	}
@@ -75,31 +102,47 @@ func (e *Endpoints) RegisterWith(ctx context.Context, reqID string, req api.Regi
 	} else if len(secret) < minSecretLen {
 		return api.RegisterResponse{}, structs.Invalid("secret", "must be at least %d characters (the agent generates 64 hex characters)", minSecretLen)
 	}
-	replace := false
+	binding := c.binding(req)
+	replace, byIdentity := false, false
 	if existing, err := e.state.Node(req.ID); err == nil {
+		// A binding without a host UUID (its agent could not read it)
+		// binds nothing: such a node needs the operator's reset-secret.
+		bound := existing.Binding != nil && existing.Binding.HostUUID != ""
 		switch {
 		case req.Secret != "" && e.secretMatches(existing.ID, req.Secret):
-		case mayReplaceSecret(existing, joined):
+		case mayReplaceSecret(existing, c.Joined):
 			replace = true
+		case c.Joined && bound && len(existing.Binding.Differs(binding)) == 0:
+			replace, byIdentity = true, true
+		case c.Joined && bound:
+			d := strings.Join(existing.Binding.Differs(binding), "; ")
+			e.monitor.IdentityMismatch(ctx, existing, req.APIAddr, d)
+			return api.RegisterResponse{}, structs.Forbidden("node %s (%s) is bound to another host identity (%s): a second host claims the node (a cloned host UUID or data dir?), so it gets no new secret; "+
+				"if this is the node's own host and its identity changed, `chime node reset-secret %s` lets it in", existing.Name, req.ID, d, existing.Name)
 		case existing.SecretReset:
 			return api.RegisterResponse{}, structs.Forbidden("node %s (%s): its secret was reset, and a new one is set only by an agent that presents the join credential (an agent-join token, --join-token, or an agent TLS certificate)",
 				existing.Name, req.ID)
 		default:
 			e.monitor.RegistrationRefused(ctx, existing, req.APIAddr)
-			return api.RegisterResponse{}, structs.Forbidden("node %s (%s) is registered already and its agent must present its secret; an agent that lost its data dir is let in by `chime node reset-secret %s`",
-				existing.Name, req.ID, existing.Name)
+			why := "its agent must present its secret, or the join credential from the host the node is bound to"
+			if !bound {
+				why = "its agent must present its secret (the node is bound to no host identity: it was last registered by an older version, or by an agent that could not read libvirt's host UUID)"
+			}
+			return api.RegisterResponse{}, structs.Forbidden("node %s (%s) is registered already and %s; an agent that lost its data dir is let in by `chime node reset-secret %s`",
+				existing.Name, req.ID, why, existing.Name)
 		}
 	} else if !structs.IsNotFound(err) {
 		return api.RegisterResponse{}, err
-	} else if !joined {
+	} else if !c.Joined {
 		return api.RegisterResponse{}, structs.Forbidden("registering a new node needs the join credential: an agent-join token (chime agent --join-token, CHIME_JOIN_TOKEN) or an agent TLS certificate")
 	}
 	node := structs.Node{ID: req.ID, Name: req.Name, APIAddr: req.APIAddr, GossipAddr: req.GossipAddr,
 		MigrationURI: req.MigrationURI, MigrationAddr: req.MigrationAddr, BusinessInterface: req.BusinessInterface,
 		VCPUs: req.VCPUs, MemoryMiB: req.MemoryMiB, Labels: req.Labels, AgentVersion: req.AgentVersion,
-		IsolationResponse: req.IsolationResponse, IsolationLease: req.IsolationLease, Watchdog: req.Watchdog}
+		IsolationResponse: req.IsolationResponse, IsolationLease: req.IsolationLease, Watchdog: req.Watchdog,
+		Binding: &binding}
 	if _, err := e.propose.Propose(ctx, reqID, fsm.CmdRegisterNode,
-		fsm.RegisterNode{Node: node, SecretHash: hashSecret(secret), ReplaceSecret: replace}); err != nil {
+		fsm.RegisterNode{Node: node, SecretHash: hashSecret(secret), ReplaceSecret: replace, ByIdentity: byIdentity}); err != nil {
 		return api.RegisterResponse{}, err
 	}
 	e.monitor.Registered(req.ID)

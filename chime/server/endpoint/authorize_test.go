@@ -46,7 +46,7 @@ func TestRegisterNeedsTheJoinCredential(t *testing.T) {
 				req.Secret = tc.secret
 			}
 			before := w.dump()
-			_, err := w.ep.RegisterWith(w.ctx, "r2", req, tc.joined)
+			_, err := w.ep.RegisterWith(w.ctx, "r2", req, endpoint.Caller{Joined: tc.joined})
 			if (tc.wantErr == nil) != (err == nil) || (tc.wantErr != nil && !errors.Is(err, tc.wantErr)) {
 				t.Fatalf("register: %v, want %v", err, tc.wantErr)
 			}

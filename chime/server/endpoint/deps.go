@@ -75,6 +75,10 @@ type Monitor interface {
 	// RegistrationRefused notes a registration as node n, from the agent
 	// API address apiAddr, refused for want of the node's secret.
 	RegistrationRefused(ctx context.Context, n *structs.Node, apiAddr string)
+	// IdentityMismatch notes a registration as node n, from apiAddr, that
+	// presented the join credential with another host identity than the
+	// node is bound to (differs names the facts): a second host claims n.
+	IdentityMismatch(ctx context.Context, n *structs.Node, apiAddr, differs string)
 	Forget(nodeID string)
 	Heartbeat(ctx context.Context, n *structs.Node, r heartbeat.Report) (heartbeat.Outcome, error)
 }

@@ -93,6 +93,14 @@ func (m *Monitor) RegistrationRefused(ctx context.Context, n *structs.Node, apiA
 		fmt.Sprintf("agent at %s (its data dir lost?); `chime node reset-secret %s` lets it register with a new secret", apiAddr, n.Name))
 }
 
+// IdentityMismatch notes that an agent registering as node n from apiAddr
+// presented the join credential but another host identity than the node
+// is bound to (differs): a second host claims the node, a conflict
+// whatever n's state.
+func (m *Monitor) IdentityMismatch(ctx context.Context, n *structs.Node, apiAddr, differs string) {
+	m.identityConflict(ctx, n, fmt.Sprintf("an agent at %s registered as the node with the join credential but another host identity (%s)", apiAddr, differs))
+}
+
 // identityConflict records that another agent claims n, unless the same
 // evidence was recorded less than identityRefresh ago.
 func (m *Monitor) identityConflict(ctx context.Context, n *structs.Node, detail string) {

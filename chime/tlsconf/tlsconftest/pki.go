@@ -62,6 +62,13 @@ func New(t testing.TB) *PKI {
 // cluster CA, or the foreign one, and returns the files naming it.
 func (p *PKI) Files(t testing.TB, name string, role tlsconf.Role, foreign bool) tlsconf.Files {
 	t.Helper()
+	return p.FilesWith(t, name, tlsconf.CertOptions{Role: role}, foreign)
+}
+
+// FilesWith is Files for a certificate of options o (a common name, more
+// names).
+func (p *PKI) FilesWith(t testing.TB, name string, o tlsconf.CertOptions, foreign bool) tlsconf.Files {
+	t.Helper()
 	p.mu.Lock()
 	if p.names[name] {
 		p.mu.Unlock()
@@ -74,7 +81,7 @@ func (p *PKI) Files(t testing.TB, name string, role tlsconf.Role, foreign bool) 
 		ca, caFile = p.Foreign, p.ForeignCAFile
 	}
 	f := tlsconf.Files{CAFile: caFile, CertFile: filepath.Join(p.Dir, name+".pem"), KeyFile: filepath.Join(p.Dir, name+"-key.pem")}
-	if err := ca.IssueFiles(tlsconf.CertOptions{Role: role}, f.CertFile, f.KeyFile, false); err != nil {
+	if err := ca.IssueFiles(o, f.CertFile, f.KeyFile, false); err != nil {
 		t.Fatal(err)
 	}
 	return f
