@@ -135,9 +135,10 @@ func validateSpec(spec DomainSpec) error {
 	return nil
 }
 
-// diskFormat guesses an image's format from its extension; raw is the
-// safe default because qemu never probes it for a backing file (and the
-// format of block devices, which have no extension).
+// diskFormat tells an image's format by its path's extension, for files
+// and block devices alike (a LUN holding a qcow2 image is named so by its
+// device node or udev symlink); raw is the safe default because qemu never
+// probes it for a backing file.
 func diskFormat(path string) string {
 	switch strings.ToLower(filepath.Ext(path)) {
 	case ".qcow2", ".qcow":

@@ -17,6 +17,8 @@ func TestDomainXML(t *testing.T) {
 	withDisks.Disks = []string{"/var/lib/chime/web-1.qcow2", "/var/lib/chime/data.img"}
 	withLUN := base
 	withLUN.Disks = []string{"/dev/mapper/san-lun7", "/srv/images/boot.qcow2"}
+	withQcow2LUN := base
+	withQcow2LUN.Disks = []string{"/dev/disk/by-id/san-web-1.qcow2"}
 
 	tests := []struct {
 		name       string
@@ -30,6 +32,7 @@ func TestDomainXML(t *testing.T) {
 		{name: "tcg diskless", spec: base, domainType: "qemu", wantCPU: "custom"},
 		{name: "disks by extension", spec: withDisks, domainType: "kvm", wantCPU: "", wantDisks: []string{"qcow2", "raw"}},
 		{name: "block device and file", spec: withLUN, domainType: "qemu", wantCPU: "custom", wantDisks: []string{"raw", "qcow2"}},
+		{name: "qcow2 on a block device", spec: withQcow2LUN, domainType: "kvm", wantCPU: "", wantDisks: []string{"qcow2"}},
 		{name: "bad domain type", spec: base, domainType: "xen", wantErr: "domain type"},
 		{name: "empty domain type", spec: base, domainType: "", wantErr: "domain type"},
 		{name: "bad uuid", spec: DomainSpec{VMID: "nope", Name: "a", VCPUs: 1, MemoryMiB: 64}, domainType: "kvm", wantErr: "uuid"},

@@ -288,7 +288,8 @@ func (f *fleet) vmList() ([]structs.VM, error) {
 	return vms, f.chimeJSON(&vms, "vm", "list")
 }
 
-// createVM creates a 64 MiB diskless VM through the CLI and returns it.
+// createVM creates a 64 MiB VM through the CLI (diskless unless extra
+// has --disk) and returns it.
 func (f *fleet) createVM(t *testing.T, name string, extra ...string) structs.VM {
 	t.Helper()
 	f.mustChime(t, append([]string{"vm", "create", name, "--vcpus", "1", "--memory", "64"}, extra...)...)

@@ -21,6 +21,11 @@ import (
 // host at the start, so that every victim host has VMs to lose or move.
 const scenarioVMs = 6
 
+// scenarioDiskMiB is the virtual size of each scenario VM's qcow2 disk, on a
+// LUN of the lab's SAN (lab.CreateQcow2LUN): a block disk, which libvirt
+// live-migrates (scenarios 3-5) and virtlockd leases.
+const scenarioDiskMiB = 16
+
 // TestScenarios is issue 5's six failure scenarios on one fleet (3 servers,
 // 3 hosts with management and business networks). Each subtest injects a
 // fault on one host (the one running most VMs), recovers with the
@@ -51,7 +56,12 @@ func TestScenarios(t *testing.T) {
 	s := &scenarios{f: f, hook: hook, storage: storageRoot, recovery: map[string]time.Duration{}}
 	u := startUniquenessChecker(t, f.lab.Hosts)
 	for i := 0; i < scenarioVMs; i++ {
-		vm := f.createVM(t, fmt.Sprintf("svc-%d", i))
+		name := fmt.Sprintf("svc-%d", i)
+		disk, err := f.lab.CreateQcow2LUN(t.Context(), name, scenarioDiskMiB)
+		if err != nil {
+			t.Fatal(err)
+		}
+		vm := f.createVM(t, name, "--disk", disk)
 		s.vms = append(s.vms, vm)
 	}
 	wait.For(t, 3*time.Minute, "every VM running where placed", func() (bool, string) {
@@ -59,6 +69,7 @@ func TestScenarios(t *testing.T) {
 		return seen == "", seen
 	})
 	t.Logf("fleet: %s", s.layout())
+	s.checkDisks(t)
 
 	steps := []struct {
 		name string
@@ -116,6 +127,48 @@ func (s *scenarios) ids() map[string]bool {
 		m[vm.ID] = true
 	}
 	return m
+}
+
+// checkDisks checks, with libvirt on the host running each VM, that its
+// disk is the block device of its LUN opened as qcow2 (the capacity qemu
+// reports is the image's virtual size, half the LUN) and that virtlockd
+// holds a lease for it.
+func (s *scenarios) checkDisks(t *testing.T) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	for i, h := range s.f.lab.Hosts {
+		ids, err := s.runningOn(ctx, i)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, id := range ids {
+			xml, err := h.Virsh(ctx, "dumpxml", id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !strings.Contains(xml, "<disk type='block' device='disk'>") || !strings.Contains(xml, "type='qcow2'") || !strings.Contains(xml, "cache='none'") {
+				t.Errorf("vm %s on %s: want a qcow2 block disk with cache none, domain XML:\n%s", id, h.Name, xml)
+			}
+			info, err := h.Virsh(ctx, "domblkinfo", id, "vda")
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := fmt.Sprintf("Capacity: %d ", scenarioDiskMiB<<20)
+			if !strings.Contains(strings.Join(strings.Fields(info), " ")+" ", want) {
+				t.Errorf("vm %s on %s: domblkinfo vda:\n%s\nwant %q (qcow2's virtual size, not the LUN's)", id, h.Name, info, want)
+			}
+			t.Logf("vm %s on %s: vda qcow2 on a LUN, %s", id, h.Name, strings.Join(strings.Fields(info), " "))
+		}
+	}
+	leases, err := os.ReadDir(s.f.lab.LockspaceDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("lockspace %s: %d lease files", s.f.lab.LockspaceDir(), len(leases))
+	if len(leases) < scenarioVMs {
+		t.Errorf("lockspace holds %d lease files, want at least %d (one per running disk)", len(leases), scenarioVMs)
+	}
 }
 
 // runningOn lists the scenario VMs libvirt runs on host i.

@@ -448,6 +448,49 @@ func (l *Lab) CreateLUN(ctx context.Context, name string, sizeMiB int) (string, 
 	return filepath.Join(SANDir, name), nil
 }
 
+// CreateQcow2LUN is CreateLUN holding a qcow2 image (qemu-img writes its
+// header onto the loop device): a small VM disk on the lab's SAN that
+// libvirt live-migrates (a block disk with cache='none' is shared storage
+// to libvirt; an image file on the lab's local directory is not). The
+// device node is named name.qcow2, so that chime's driver opens it as
+// qcow2 (<driver type='qcow2'/>). The image's virtual size is sizeMiB, the
+// LUN twice that: room for qcow2's metadata, and a capacity that tells
+// whether qemu reads the device as qcow2 (sizeMiB) or raw (2*sizeMiB).
+func (l *Lab) CreateQcow2LUN(ctx context.Context, name string, sizeMiB int) (string, error) {
+	if !diskNameRE.MatchString(name + ".qcow2") {
+		return "", fmt.Errorf("create qcow2 lun: name %q: want 1-56 lower-case letters, digits, '.', '_' or '-'", name)
+	}
+	if sizeMiB < 1 {
+		return "", fmt.Errorf("create qcow2 lun %s: size %d MiB: must be at least 1", name, sizeMiB)
+	}
+	dev, err := l.CreateLUN(ctx, name+".qcow2", 2*sizeMiB)
+	if err != nil {
+		return "", err
+	}
+	loop, err := l.lunLoop(ctx, name+".qcow2")
+	if err != nil {
+		return "", fmt.Errorf("create qcow2 lun %s: %w", name, err)
+	}
+	if err := run(ctx, "qemu-img", "create", "-q", "-f", "qcow2", loop, strconv.Itoa(sizeMiB)+"M"); err != nil {
+		return "", fmt.Errorf("create qcow2 lun %s: %w", name, err)
+	}
+	return dev, nil
+}
+
+// lunLoop is the loop device (in the root namespace) of the LUN name.
+func (l *Lab) lunLoop(ctx context.Context, name string) (string, error) {
+	backing := filepath.Join(l.ImagesDir(), l.Cfg.Prefix+lunInfix+name+".img")
+	out, err := output(ctx, "losetup", "--noheadings", "--output", "NAME", "--associated", backing)
+	if err != nil {
+		return "", fmt.Errorf("loop device of %s: %w", backing, err)
+	}
+	fields := strings.Fields(string(out))
+	if len(fields) != 1 {
+		return "", fmt.Errorf("loop device of %s: losetup says %q, want one device", backing, out)
+	}
+	return fields[0], nil
+}
+
 // Down kills every process of the lab's hosts (qemu, libvirtd, virtlogd,
 // virtlockd) and deletes the namespaces, links and bridges. It keeps Dir
 // (logs, shared storage) and is idempotent.

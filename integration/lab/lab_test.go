@@ -447,6 +447,9 @@ func TestSharedStorageDiskLock(t *testing.T) {
 		if _, err := l.CreateLUN(ctx, bad, 16); err == nil {
 			t.Errorf("CreateLUN accepted the name %q", bad)
 		}
+		if _, err := l.CreateQcow2LUN(ctx, bad, 16); err == nil {
+			t.Errorf("CreateQcow2LUN accepted the name %q", bad)
+		}
 	}
 	start := func(h *Host, uuid string) error {
 		_, err := h.Virsh(ctx, "start", uuid)
