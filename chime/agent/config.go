@@ -59,7 +59,7 @@ type Config struct {
 	// knowingly. Without it the agent needs GossipKey or a keyring file in
 	// DataDir.
 	InsecureNoGossipKey bool
-	Logger        hclog.Logger // nil: a default logger
+	Logger              hclog.Logger // nil: a default logger
 
 	// The isolation lease (isolation.go).
 	IsolationResponse string        // --isolation-response: stop or keep ("" is keep)
