@@ -46,6 +46,7 @@ type Config struct {
 	ExtraKeys     [][]byte          // further keys accepted on receive (a rotation under way); needs Key
 	Meta          map[string]string // MetaRole, MetaAPI, MetaRaft, ...; JSON-encoded, at most MaxMetaSize bytes
 	Profile       string            // ProfileLAN (default), or ProfileLocal/ProfileFast for tests
+	KeyringDir    string            // "" none: where keyring changes are saved (KeyringFile)
 	Logger        hclog.Logger      // memberlist's logs go to its "gossip" sub-logger; nil discards
 
 	// tune, when set, adjusts the memberlist config last (tests only).

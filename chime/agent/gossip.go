@@ -44,6 +44,7 @@ func (a *Agent) startGossip(ctx context.Context) (*gossip.Pool, error) {
 		AdvertiseAddr: a.cfg.AdvertiseAddr(),
 		Key:           key,
 		ExtraKeys:     extra,
+		KeyringDir:    a.cfg.DataDir,
 		Meta:          map[string]string{gossip.MetaRole: gossip.RoleAgent, gossip.MetaAPI: a.apiAdvertised()},
 		Logger:        a.logger,
 	})

@@ -240,7 +240,7 @@ func (s *Server) setupGossip(ctx context.Context) error {
 		Name:     s.cfg.Name,
 		BindAddr: s.cfg.Bind, BindPort: s.cfg.GossipPort,
 		AdvertiseAddr: s.cfg.AdvertiseAddr(), AdvertisePort: s.cfg.GossipPort,
-		Key: key, ExtraKeys: extra,
+		Key: key, ExtraKeys: extra, KeyringDir: dir,
 		Meta:    map[string]string{"role": "server", "api": s.cfg.APIURL(), "raft": s.cfg.RaftAddr(), "id": s.cfg.Name},
 		Profile: s.cfg.GossipProfile,
 		Logger:  s.log,
