@@ -93,6 +93,15 @@ func Fingerprint(key []byte) string {
 	return hex.EncodeToString(s[:8])
 }
 
+// FingerprintOf is the Fingerprint of a base64 key ("" if it does not decode).
+func FingerprintOf(b64 string) string {
+	k, err := ParseKey(b64)
+	if err != nil || k == nil {
+		return ""
+	}
+	return Fingerprint(k)
+}
+
 // KeyringResult is what a fanned-out keyring change reached.
 type KeyringResult struct {
 	Members int               // alive members asked, this one included
