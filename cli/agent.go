@@ -57,12 +57,13 @@ Example:
 			&cli.DurationFlag{Name: "shutdown-grace", Value: def.ShutdownGrace, Usage: "how long a guest may take to shut down before it is destroyed"},
 			&cli.DurationFlag{Name: "sweep-interval", Value: def.SweepInterval, Usage: "period of the full reconcile pass"},
 			&cli.StringFlag{Name: "socket", Usage: "local unix socket (default <data-dir>/agent.sock)", EnvVars: []string{"CHIME_AGENT_SOCKET"}},
-			&cli.StringFlag{Name: "gossip-key", Usage: "base64 gossip encryption key (16, 24 or 32 bytes)", EnvVars: []string{"CHIME_GOSSIP_KEY"}},
+			&cli.StringFlag{Name: "gossip-key", Usage: "base64 gossip encryption key (16, 24 or 32 bytes; 'chime operator gossip keygen'); seeds the keyring file in --data-dir, which wins once it exists", EnvVars: []string{"CHIME_GOSSIP_KEY"}},
 			&cli.StringSliceFlag{Name: "label", Usage: "node label KEY=VALUE (repeatable)"},
 			&cli.StringFlag{Name: "isolation-response", Value: def.IsolationResponse, Usage: "what the agent does when no heartbeat was acknowledged for --isolation-lease: stop (kill every VM, start none; the servers may then restart ha VMs elsewhere) or keep", EnvVars: []string{"CHIME_ISOLATION_RESPONSE"}},
 			&cli.DurationFlag{Name: "isolation-lease", Value: def.IsolationLease, Usage: "isolation lease (with --isolation-response stop); the servers treat the node as fenced lease × 1.5 + 10s after its last heartbeat"},
 			&cli.StringFlag{Name: "watchdog", Usage: "watchdog device armed with --isolation-response stop (e.g. /dev/watchdog, softdog): petted while the lease is valid, so a hung agent resets its host"},
 			&cli.StringFlag{Name: "join-token", Usage: "ACL token of role agent-join: registering a new node needs it when the servers enforce ACLs (or an agent TLS certificate)", EnvVars: []string{"CHIME_JOIN_TOKEN"}},
+			&cli.BoolFlag{Name: "insecure-no-gossip-key", Usage: "gossip in plaintext, knowingly, against servers that do (without it the agent needs --gossip-key or a keyring file in its data dir)"},
 			&cli.BoolFlag{Name: "insecure-no-tls", Usage: "run without TLS, knowingly, against servers that run --dev or --insecure-no-tls (logs a warning every minute)"},
 		}, tlsFlags()...),
 		Action: runAgent,
@@ -116,6 +117,7 @@ func agentConfig(c *cli.Context) (agent.Config, error) {
 	cfg.WatchdogDevice = c.String("watchdog")
 	cfg.JoinToken = c.String("join-token")
 	cfg.TLS, cfg.InsecureNoTLS = tlsFiles(c), c.Bool("insecure-no-tls")
+	cfg.InsecureNoGossipKey = c.Bool("insecure-no-gossip-key")
 	for _, l := range c.StringSlice("label") {
 		k, v, ok := strings.Cut(l, "=")
 		if !ok || k == "" {

@@ -22,15 +22,16 @@ func TestAgentFlagsMapOntoConfig(t *testing.T) {
 			args: []string{"--name", "hv1", "--data-dir", "/d", "--server", "10.0.0.1:4650", "--server", "10.0.0.2:4650,10.0.0.3:4650",
 				"--advertise", "10.0.0.11", "--api-port", "5660", "--label", "rack=r1", "--sweep-interval", "2s",
 				"--business-interface", "eth1", "--business-probe", "10.1.0.1:22", "--business-probe", "10.1.0.2:22",
-				"--tls-ca-file", "ca.pem", "--tls-cert-file", "hv1.pem", "--tls-key-file", "hv1-key.pem"},
+				"--tls-ca-file", "ca.pem", "--tls-cert-file", "hv1.pem", "--tls-key-file", "hv1-key.pem", "--gossip-key", "AAAAAAAAAAAAAAAAAAAAAA=="},
 			check: func(c agent.Config) bool {
 				return c.Name == "hv1" && c.TLS.CertFile == "hv1.pem" && !c.InsecureNoTLS && c.DataDir == "/d" && c.APIPort == 5660 && c.GossipPort == 4662 &&
 					reflect.DeepEqual(c.Servers, []string{"10.0.0.1:4650", "10.0.0.2:4650", "10.0.0.3:4650"}) &&
 					reflect.DeepEqual(c.Labels, map[string]string{"rack": "r1"}) && c.SweepInterval == 2*time.Second &&
 					len(c.BusinessProbes) == 2 && c.SocketPath() == "/d/agent.sock"
 			}},
-		{name: "--insecure-no-tls", args: []string{"--name", "hv1", "--data-dir", "/d", "--server", "s:1", "--advertise", "10.0.0.11", "--insecure-no-tls"},
-			check: func(c agent.Config) bool { return c.InsecureNoTLS && !c.TLS.Enabled() }},
+		{name: "--insecure-no-tls", args: []string{"--name", "hv1", "--data-dir", "/d", "--server", "s:1", "--advertise", "10.0.0.11", "--insecure-no-tls", "--insecure-no-gossip-key"},
+			check: func(c agent.Config) bool { return c.InsecureNoTLS && c.InsecureNoGossipKey && !c.TLS.Enabled() }},
+		{name: "no gossip key is named", args: []string{"--name", "hv1", "--data-dir", "/d", "--server", "s:1", "--advertise", "10.0.0.11", "--insecure-no-tls"}, wantErr: "--gossip-key"},
 		{name: "no TLS material is named", args: []string{"--name", "hv1", "--data-dir", "/d", "--server", "s:1", "--advertise", "10.0.0.11"}, wantErr: "--tls-cert-file"},
 		{name: "missing server is named", args: []string{"--advertise", "10.0.0.11"}, wantErr: "--server"},
 		{name: "bad label is named", args: []string{"--server", "s:1", "--advertise", "10.0.0.11", "--label", "x"}, wantErr: "--label"},

@@ -15,6 +15,7 @@ func operatorCommand() *cli.Command {
 		Usage: "cluster operations: Raft peers, gossip members, snapshots",
 		Subcommands: []*cli.Command{
 			haCommand(),
+			gossipCommand(),
 			{
 				Name: "raft", Usage: "inspect and change the Raft configuration",
 				Subcommands: []*cli.Command{

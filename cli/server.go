@@ -30,7 +30,7 @@ gossip ports. A quick test: 'chime server --dev' (one server, temporary data dir
 			&cli.IntFlag{Name: "gossip-port", Value: d.GossipPort, Usage: "memberlist gossip port"},
 			&cli.IntFlag{Name: "bootstrap-expect", Usage: "form a new cluster once this many servers see each other"},
 			&cli.StringSliceFlag{Name: "join", Usage: "gossip address HOST:PORT of another server (repeatable)"},
-			&cli.StringFlag{Name: "gossip-key", Usage: "base64 key (16, 24 or 32 bytes) to encrypt gossip", EnvVars: []string{"CHIME_GOSSIP_KEY"}},
+			&cli.StringFlag{Name: "gossip-key", Usage: "base64 key (16, 24 or 32 bytes; 'chime operator gossip keygen') to encrypt gossip; seeds the keyring file in --data-dir, which wins once it exists", EnvVars: []string{"CHIME_GOSSIP_KEY"}},
 			&cli.StringFlag{Name: "gossip-profile", Value: d.GossipProfile, Usage: "lan, or local for fast failure detection on one machine"},
 			&cli.StringFlag{Name: "scheduler", Value: d.Scheduler, Usage: "placement strategy: spread or binpack"},
 			&cli.Float64Flag{Name: "cpu-overcommit", Value: d.CPUOvercommit, Usage: "vCPUs placed per host CPU (1 = no overcommit)"},
@@ -47,6 +47,7 @@ gossip ports. A quick test: 'chime server --dev' (one server, temporary data dir
 			&cli.StringSliceFlag{Name: "storage-root", Value: cli.NewStringSlice(d.StorageRoots...), Usage: "directory VM disks must lie under (repeatable; giving it replaces the default)", EnvVars: []string{"CHIME_STORAGE_ROOT"}},
 			&cli.Int64Flag{Name: "snapshot-max-bytes", Value: d.SnapshotMaxBytes, Usage: "largest snapshot 'chime operator snapshot restore' may upload (bytes)"},
 			&cli.BoolFlag{Name: "acl", Value: true, Usage: "enforce ACL tokens (docs/security.md); default true, except in --dev where it is false unless given"},
+			&cli.BoolFlag{Name: "insecure-no-gossip-key", Usage: "gossip in plaintext outside --dev, knowingly (without it a server needs --gossip-key or a keyring file in its data dir)"},
 			&cli.BoolFlag{Name: "insecure-no-tls", Usage: "run without TLS outside --dev, knowingly (logs a warning every minute)"},
 			&cli.Float64Flag{Name: "raft-time-scale", Value: 1, Usage: "scale Raft timers (tests only; <1 is faster)", Hidden: true},
 		}, tlsFlags()...),
@@ -74,6 +75,7 @@ gossip ports. A quick test: 'chime server --dev' (one server, temporary data dir
 			cfg.SnapshotMaxBytes = c.Int64("snapshot-max-bytes")
 			cfg.StorageRoots = c.StringSlice("storage-root")
 			cfg.TLS, cfg.InsecureNoTLS = tlsFiles(c), c.Bool("insecure-no-tls")
+			cfg.InsecureNoGossipKey = c.Bool("insecure-no-gossip-key")
 			if c.IsSet("acl") {
 				cfg.ACL = server.ACLOff
 				if c.Bool("acl") {

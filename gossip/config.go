@@ -43,8 +43,10 @@ type Config struct {
 	AdvertiseAddr string            // "" = BindAddr (memberlist picks one when BindAddr is 0.0.0.0)
 	AdvertisePort int               // 0 = the bound port
 	Key           []byte            // nil, or 16/24/32 bytes: gossip encrypted with AES (memberlist keyring)
+	ExtraKeys     [][]byte          // further keys accepted on receive (a rotation under way); needs Key
 	Meta          map[string]string // MetaRole, MetaAPI, MetaRaft, ...; JSON-encoded, at most MaxMetaSize bytes
 	Profile       string            // ProfileLAN (default), or ProfileLocal/ProfileFast for tests
+	KeyringDir    string            // "" none: where keyring changes are saved (KeyringFile)
 	Logger        hclog.Logger      // memberlist's logs go to its "gossip" sub-logger; nil discards
 
 	// tune, when set, adjusts the memberlist config last (tests only).
@@ -148,13 +150,20 @@ func (cfg Config) memberlistConfig() (*memberlist.Config, error) {
 		if err := checkKeyLen(cfg.Key); err != nil {
 			return nil, fmt.Errorf("gossip: %w", err)
 		}
-		kr, err := memberlist.NewKeyring(nil, cfg.Key)
+		for _, k := range cfg.ExtraKeys {
+			if err := checkKeyLen(k); err != nil {
+				return nil, fmt.Errorf("gossip: %w", err)
+			}
+		}
+		kr, err := memberlist.NewKeyring(cfg.ExtraKeys, cfg.Key)
 		if err != nil {
 			return nil, fmt.Errorf("gossip: keyring: %w", err)
 		}
 		mc.Keyring = kr
 		mc.GossipVerifyIncoming = true
 		mc.GossipVerifyOutgoing = true
+	} else if len(cfg.ExtraKeys) > 0 {
+		return nil, errors.New("gossip: extra keys without a primary key")
 	}
 	return mc, nil
 }

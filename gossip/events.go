@@ -47,6 +47,10 @@ type delegate struct {
 	closed  bool // Shutdown: no new subscribers, channels closed
 
 	dropped atomic.Uint64 // events dropped for slow subscribers, all time
+
+	// keyring is set when gossip is encrypted: a keyring message from a
+	// member (which holds a key: memberlist decrypted it) is applied to it.
+	keyring *keyringState
 }
 
 type subscriber struct {
@@ -83,7 +87,13 @@ func (d *delegate) setMeta(b []byte) {
 
 // NotifyMsg, GetBroadcasts, LocalState and MergeRemoteState implement
 // memberlist.Delegate; chime sends no user messages over gossip.
-func (d *delegate) NotifyMsg([]byte)                           {}
+func (d *delegate) NotifyMsg(b []byte) {
+	if d.keyring != nil && len(b) > 0 && b[0] == keyringMsgType {
+		if err := d.keyring.applyMsg(b[1:]); err != nil {
+			d.log.Warn("gossip keyring change refused", "error", err)
+		}
+	}
+}
 func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte { return nil }
 func (d *delegate) LocalState(join bool) []byte                { return nil }
 func (d *delegate) MergeRemoteState(buf []byte, join bool)     {}

@@ -78,6 +78,9 @@ func Start(ctx context.Context, cfg Config) (*Pool, error) {
 	mc.LogOutput = nil
 
 	del := newDelegate(log, meta)
+	if mc.Keyring != nil {
+		del.keyring = &keyringState{kr: mc.Keyring, dir: cfg.KeyringDir, log: log}
+	}
 	mc.Delegate = del
 	mc.Events = del
 	if cfg.tune != nil {
@@ -89,6 +92,9 @@ func Start(ctx context.Context, cfg Config) (*Pool, error) {
 		return nil, fmt.Errorf("start gossip on %s: %w", net.JoinHostPort(cfg.BindAddr, strconv.Itoa(cfg.BindPort)), err)
 	}
 	del.ml.Store(ml)
+	if del.keyring != nil {
+		del.keyring.ml = ml
+	}
 
 	p := &Pool{
 		name: cfg.Name,

@@ -206,20 +206,24 @@ func TestEncryptedPool(t *testing.T) {
 		poolKey   []byte
 		joinerKey []byte
 		wantJoin  bool
+		// poolExtra and joinerExtra are secondary keys (a rotation under way).
+		poolExtra, joinerExtra [][]byte
 	}{
-		{"same 16-byte key", key16, key16, true},
-		{"same 24-byte key", key24, key24, true},
-		{"same 32-byte key", key32, key32, true},
-		{"different key", key16, other16, false},
-		{"joiner without key", key16, nil, false},
-		{"pool without key", nil, key16, false},
+		{"same 16-byte key", key16, key16, true, nil, nil},
+		{"same 24-byte key", key24, key24, true, nil, nil},
+		{"same 32-byte key", key32, key32, true, nil, nil},
+		{"different key", key16, other16, false, nil, nil},
+		{"joiner without key", key16, nil, false, nil, nil},
+		{"pool without key", nil, key16, false, nil, nil},
+		{"rotation: both hold both keys, different primaries", key16, other16, true, [][]byte{other16}, [][]byte{key16}},
+		{"rotation: joiner's primary unknown to the pool", key16, other16, false, nil, [][]byte{key16}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			a := startPool(t, "a", map[string]string{MetaRole: RoleServer}, func(c *Config) { c.Key = tt.poolKey })
-			b := startPool(t, "b", map[string]string{MetaRole: RoleServer}, func(c *Config) { c.Key = tt.poolKey })
+			a := startPool(t, "a", map[string]string{MetaRole: RoleServer}, func(c *Config) { c.Key, c.ExtraKeys = tt.poolKey, tt.poolExtra })
+			b := startPool(t, "b", map[string]string{MetaRole: RoleServer}, func(c *Config) { c.Key, c.ExtraKeys = tt.poolKey, tt.poolExtra })
 			joinTo(t, b, a)
-			j := startPool(t, "joiner", map[string]string{MetaRole: RoleAgent}, func(c *Config) { c.Key = tt.joinerKey })
+			j := startPool(t, "joiner", map[string]string{MetaRole: RoleAgent}, func(c *Config) { c.Key, c.ExtraKeys = tt.joinerKey, tt.joinerExtra })
 
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()

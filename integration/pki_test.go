@@ -7,6 +7,7 @@ import (
 	"github.com/chime-ha/chime/chime/api"
 	"github.com/chime-ha/chime/chime/tlsconf"
 	"github.com/chime-ha/chime/chime/tlsconf/tlsconftest"
+	"github.com/chime-ha/chime/gossip"
 )
 
 // clusterTLS is the TLS material of a test cluster: one CA, one
@@ -17,6 +18,7 @@ type clusterTLS struct {
 	server, agent, cliF tlsconf.Files
 	cli, agentM         *tlsconf.Material // loaded, for the test's own API clients
 	pki                 *tlsconftest.PKI  // the CA, for more certificates (nil for files made by the binary)
+	gossipKey           string            // the cluster's gossip key (base64), as every harness outside --dev passes one
 }
 
 // newClusterTLS makes a CA of the test's own and a certificate per role
@@ -46,6 +48,9 @@ func loadClusterTLS(t *testing.T, server, agent, cli tlsconf.Files) *clusterTLS 
 	t.Helper()
 	ct := &clusterTLS{server: server, agent: agent, cliF: cli}
 	var err error
+	if ct.gossipKey, err = gossip.NewKey(); err != nil {
+		t.Fatal(err)
+	}
 	if ct.cli, err = tlsconf.Load(cli); err != nil {
 		t.Fatal(err)
 	}
@@ -59,8 +64,11 @@ func tlsArgs(f tlsconf.Files) []string {
 	return []string{"--tls-ca-file", f.CAFile, "--tls-cert-file", f.CertFile, "--tls-key-file", f.KeyFile}
 }
 
-func (ct *clusterTLS) serverArgs() []string { return tlsArgs(ct.server) }
-func (ct *clusterTLS) agentArgs() []string  { return tlsArgs(ct.agent) }
+func (ct *clusterTLS) serverArgs() []string { return append(tlsArgs(ct.server), ct.gossipArgs()...) }
+func (ct *clusterTLS) agentArgs() []string  { return append(tlsArgs(ct.agent), ct.gossipArgs()...) }
+
+// gossipArgs is the cluster's --gossip-key.
+func (ct *clusterTLS) gossipArgs() []string { return []string{"--gossip-key", ct.gossipKey} }
 func (ct *clusterTLS) cliArgs() []string    { return tlsArgs(ct.cliF) }
 
 // client is an operator's API client of urls, with the cli certificate.

@@ -188,17 +188,18 @@ func TestTLSServers(t *testing.T) {
 	rp := ports.Free(t, "127.0.0.1", 6)
 	badArgs := append([]string{"server", "--name", "wrong-cert", "--data-dir", filepath.Join(t.TempDir(), "w"), "--bind", "127.0.0.1",
 		"--api-port", strconv.Itoa(rp[3]), "--raft-port", strconv.Itoa(rp[4]), "--gossip-port", strconv.Itoa(rp[5]),
-		"--join", fmt.Sprintf("127.0.0.1:%d", ss.ports[l][2])}, pki.flags("agent")...)
+		"--join", fmt.Sprintf("127.0.0.1:%d", ss.ports[l][2])}, append(pki.flags("agent"), ss.tls.gossipArgs()...)...)
 	if _, err := cli(ctx, badArgs...); err == nil || !strings.Contains(err.Error(), "--tls-cert-file") {
 		t.Errorf("server with an agent certificate: %v, want a refusal naming --tls-cert-file", err)
 	}
 
 	// A rogue server without a server certificate joins the gossip pool
-	// (no gossip key in this test, so nothing else stops it).
+	// (it holds the gossip key: gossip membership alone must not make a
+	// voter).
 	rogue := startProc(t, fmt.Sprintf("rogue-%d", time.Now().UnixNano()), ss.logs, nil, "--log-level", "debug", "server",
 		"--name", "rogue", "--data-dir", filepath.Join(t.TempDir(), "rogue"), "--bind", "127.0.0.1",
 		"--api-port", strconv.Itoa(rp[0]), "--raft-port", strconv.Itoa(rp[1]), "--gossip-port", strconv.Itoa(rp[2]),
-		"--gossip-profile", "local", "--insecure-no-tls",
+		"--gossip-profile", "local", "--insecure-no-tls", "--gossip-key", ss.tls.gossipKey,
 		"--join", fmt.Sprintf("127.0.0.1:%d", ss.ports[0][2]), "--join", fmt.Sprintf("127.0.0.1:%d", ss.ports[1][2]))
 	wait.For(t, 60*time.Second, "the rogue in the servers' gossip pool and refused as a voter", func() (bool, string) {
 		ms, err := client(l).Members(ctx)

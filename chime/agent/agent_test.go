@@ -340,6 +340,7 @@ func testConfig(t *testing.T, servers ...string) Config {
 	cfg.Bind, cfg.Advertise, cfg.APIPort, cfg.GossipPort = "127.0.0.1", "127.0.0.1", 0, 0
 	cfg.SweepInterval = 50 * time.Millisecond
 	cfg.InsecureNoTLS = true // the fake servers are plaintext (tls_test.go runs TLS)
+	cfg.InsecureNoGossipKey = true
 	// Unix socket paths are limited to ~108 bytes; TempDir may be long.
 	sockDir, err := os.MkdirTemp("", "chime-agent-")
 	if err != nil {

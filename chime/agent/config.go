@@ -15,6 +15,7 @@ import (
 	"github.com/chime-ha/chime/chime/agent/reconcile"
 	"github.com/chime-ha/chime/chime/structs"
 	"github.com/chime-ha/chime/chime/tlsconf"
+	"github.com/chime-ha/chime/gossip"
 	"github.com/hashicorp/go-hclog"
 )
 
@@ -54,7 +55,11 @@ type Config struct {
 	// from anyone who reaches it; warned about every minute). It only makes
 	// sense against servers that run --dev or --insecure-no-tls themselves.
 	InsecureNoTLS bool
-	Logger        hclog.Logger // nil: a default logger
+	// InsecureNoGossipKey is --insecure-no-gossip-key: gossip unencrypted,
+	// knowingly. Without it the agent needs GossipKey or a keyring file in
+	// DataDir.
+	InsecureNoGossipKey bool
+	Logger              hclog.Logger // nil: a default logger
 
 	// The isolation lease (isolation.go).
 	IsolationResponse string        // --isolation-response: stop or keep ("" is keep)
@@ -215,6 +220,12 @@ func (c Config) Validate() error {
 		} else if n := len(k); n != 16 && n != 24 && n != 32 {
 			bad("gossip-key", "decodes to %d bytes; want 16, 24 or 32", n)
 		}
+	}
+	switch {
+	case c.InsecureNoGossipKey && c.GossipKey != "":
+		bad("insecure-no-gossip-key", "contradicts --gossip-key: pass one or the other")
+	case !c.InsecureNoGossipKey && c.GossipKey == "" && !gossip.KeyringExists(c.DataDir):
+		bad("gossip-key", "an agent needs the cluster's gossip key (--gossip-key or CHIME_GOSSIP_KEY, as the servers'), or --insecure-no-gossip-key to gossip in plaintext")
 	}
 	for k := range c.Labels {
 		if k == "" {

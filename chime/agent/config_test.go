@@ -14,6 +14,7 @@ func TestConfigValidate(t *testing.T) {
 		c := DefaultConfig()
 		c.Name, c.DataDir, c.Servers, c.Advertise = "hv1", "/var/lib/chime", []string{"10.0.0.1:4650"}, "10.0.0.11"
 		c.InsecureNoTLS = true
+		c.GossipKey = "AAAAAAAAAAAAAAAAAAAAAA=="
 		return c
 	}
 	tests := []struct {
@@ -42,6 +43,9 @@ func TestConfigValidate(t *testing.T) {
 		{name: "bad gossip key", mutate: func(c *Config) { c.GossipKey = "not base64!" }, wantErr: "--gossip-key"},
 		{name: "short gossip key", mutate: func(c *Config) { c.GossipKey = "AAAA" }, wantErr: "--gossip-key"},
 		{name: "good gossip key", mutate: func(c *Config) { c.GossipKey = "AAAAAAAAAAAAAAAAAAAAAA==" }},
+		{name: "no gossip key", mutate: func(c *Config) { c.GossipKey = "" }, wantErr: "--gossip-key"},
+		{name: "no gossip key, knowingly", mutate: func(c *Config) { c.GossipKey, c.InsecureNoGossipKey = "", true }},
+		{name: "gossip key and --insecure-no-gossip-key", mutate: func(c *Config) { c.InsecureNoGossipKey = true }, wantErr: "--insecure-no-gossip-key"},
 		{name: "empty label key", mutate: func(c *Config) { c.Labels = map[string]string{"": "x"} }, wantErr: "--label"},
 		{name: "no TLS and not --insecure-no-tls", mutate: func(c *Config) { c.InsecureNoTLS = false }, wantErr: "--tls-cert-file"},
 		{name: "TLS material", mutate: func(c *Config) {
@@ -86,7 +90,7 @@ func TestHealthConfigValidation(t *testing.T) {
 	valid := func() Config {
 		c := DefaultConfig()
 		c.Name, c.DataDir, c.Servers, c.Advertise = "hv1", "/var/lib/chime", []string{"10.0.0.1:4650"}, "10.0.0.11"
-		c.InsecureNoTLS = true
+		c.InsecureNoTLS, c.InsecureNoGossipKey = true, true
 		return c
 	}
 	tests := []struct {

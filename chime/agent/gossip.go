@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"net"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"time"
@@ -18,9 +19,19 @@ const gossipRejoinInterval = 5 * time.Second
 // registration answer. Gossip is a hint for the servers' ping-back; nothing
 // the agent decides depends on it.
 func (a *Agent) startGossip(ctx context.Context) (*gossip.Pool, error) {
-	key, err := gossip.ParseKey(a.cfg.GossipKey)
+	keys, ignored, err := gossip.ResolveKeys(a.cfg.DataDir, a.cfg.GossipKey)
 	if err != nil {
 		return nil, err
+	}
+	if ignored {
+		a.logger.Warn("--gossip-key is not in the keyring file; the keyring file wins", "file", filepath.Join(a.cfg.DataDir, gossip.KeyringFile))
+	}
+	var key []byte
+	var extra [][]byte
+	if len(keys) > 0 {
+		key, extra = keys[0], keys[1:]
+	} else {
+		a.logger.Warn("gossip is not encrypted (--insecure-no-gossip-key)")
 	}
 	bind := a.cfg.Bind
 	if bind == "" {
@@ -32,6 +43,8 @@ func (a *Agent) startGossip(ctx context.Context) (*gossip.Pool, error) {
 		BindPort:      a.cfg.GossipPort,
 		AdvertiseAddr: a.cfg.AdvertiseAddr(),
 		Key:           key,
+		ExtraKeys:     extra,
+		KeyringDir:    a.cfg.DataDir,
 		Meta:          map[string]string{gossip.MetaRole: gossip.RoleAgent, gossip.MetaAPI: a.apiAdvertised()},
 		Logger:        a.logger,
 	})

@@ -197,7 +197,7 @@ func TestIsolationConfigValidated(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := DefaultConfig()
 			cfg.Name, cfg.DataDir, cfg.Servers, cfg.Advertise = "hv1", "/var/lib/chime", []string{"10.0.0.1:4650"}, "10.0.0.11"
-			cfg.InsecureNoTLS = true // TLS material is not what this test is about
+			cfg.InsecureNoTLS, cfg.InsecureNoGossipKey = true, true // TLS material is not what this test is about
 			cfg.IsolationResponse, cfg.IsolationLease, cfg.WatchdogDevice = tc.response, tc.lease, tc.watchdog
 			err := cfg.Validate()
 			switch {

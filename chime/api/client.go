@@ -543,3 +543,18 @@ func (c *Client) Failover(ctx context.Context, kind, id string) (*FailoverPlan, 
 	_, err := c.Do(ctx, http.MethodGet, path, nil, nil, &out)
 	return &out, err
 }
+
+// GossipKeyring lists the answering server's gossip keys (fingerprints).
+func (c *Client) GossipKeyring(ctx context.Context) (*GossipKeyring, error) {
+	var out GossipKeyring
+	_, err := c.Do(ctx, http.MethodGet, "/v1/operator/gossip/keyring", nil, nil, &out)
+	return &out, err
+}
+
+// GossipKeyringChange runs op (install, use, remove) with key (base64) on
+// every gossip member.
+func (c *Client) GossipKeyringChange(ctx context.Context, op, key string) (*GossipKeyringChange, error) {
+	var out GossipKeyringChange
+	_, err := c.Do(ctx, http.MethodPost, "/v1/operator/gossip/keyring/"+op, nil, GossipKeyRequest{Key: key}, &out)
+	return &out, err
+}

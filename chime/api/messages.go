@@ -254,3 +254,31 @@ type TokenSecret struct {
 	structs.ACLToken
 	SecretID string `json:"secret_id"`
 }
+
+// GossipKeyRequest is the body of POST /v1/operator/gossip/keyring/{op}
+// (op install, use or remove).
+type GossipKeyRequest struct {
+	Key string `json:"key"` // base64 of 16, 24 or 32 bytes
+}
+
+// GossipKeyringChange answers a keyring change: how many alive members were
+// asked (the answering server included) and which could not be told.
+type GossipKeyringChange struct {
+	Members int               `json:"members"`
+	Errors  map[string]string `json:"errors,omitempty"`
+}
+
+// GossipKey is one key of a keyring, named by its fingerprint (the first 8
+// bytes of its SHA-256, hex), never shown.
+type GossipKey struct {
+	Fingerprint string `json:"fingerprint"`
+	Primary     bool   `json:"primary"`
+}
+
+// GossipKeyring is GET /v1/operator/gossip/keyring: the answering server's
+// keyring and the number of alive gossip members.
+type GossipKeyring struct {
+	Server  string      `json:"server"`
+	Keys    []GossipKey `json:"keys"`
+	Members int         `json:"members"`
+}

@@ -103,42 +103,46 @@ func TestRouteTable(t *testing.T) {
 	}
 	// Real targets: a refusal that failed would act on them.
 	paths := map[string]string{
-		"POST /v1/vms/{id}/{action}":          "/v1/vms/web/stop",
-		"GET /v1/vms/{id}":                    "/v1/vms/web",
-		"DELETE /v1/vms/{id}":                 "/v1/vms/web",
-		"GET /v1/nodes/{id}":                  "/v1/nodes/hv1",
-		"POST /v1/nodes/{id}/{action}":        "/v1/nodes/hv1/drain",
-		"DELETE /v1/nodes/{id}":               "/v1/nodes/hv2",
-		"DELETE /v1/operator/raft/peers/{id}": "/v1/operator/raft/peers/dev",
-		"DELETE /v1/acl/tokens/{id}":          "/v1/acl/tokens/" + w.tokenAccessor(t, structs.RoleRead),
-		"GET /v1/tasks/{id}":                  "/v1/tasks/nope",
-		"GET /v1/vms/{id}/failover":           "/v1/vms/web/failover",
-		"GET /v1/nodes/{id}/failover":         "/v1/nodes/hv1/failover",
-		"POST /v1/operator/ha/{action}":       "/v1/operator/ha/disarm",
-		"PATCH /v1/vms/{id}":                  "/v1/vms/web",
-		"POST /v1/nodes/{id}/fence":           "/v1/nodes/hv1/fence",
+		"POST /v1/vms/{id}/{action}":            "/v1/vms/web/stop",
+		"GET /v1/vms/{id}":                      "/v1/vms/web",
+		"DELETE /v1/vms/{id}":                   "/v1/vms/web",
+		"GET /v1/nodes/{id}":                    "/v1/nodes/hv1",
+		"POST /v1/nodes/{id}/{action}":          "/v1/nodes/hv1/drain",
+		"DELETE /v1/nodes/{id}":                 "/v1/nodes/hv2",
+		"DELETE /v1/operator/raft/peers/{id}":   "/v1/operator/raft/peers/dev",
+		"DELETE /v1/acl/tokens/{id}":            "/v1/acl/tokens/" + w.tokenAccessor(t, structs.RoleRead),
+		"GET /v1/tasks/{id}":                    "/v1/tasks/nope",
+		"GET /v1/vms/{id}/failover":             "/v1/vms/web/failover",
+		"GET /v1/nodes/{id}/failover":           "/v1/nodes/hv1/failover",
+		"POST /v1/operator/ha/{action}":         "/v1/operator/ha/disarm",
+		"PATCH /v1/vms/{id}":                    "/v1/vms/web",
+		"POST /v1/nodes/{id}/fence":             "/v1/nodes/hv1/fence",
+		"POST /v1/operator/gossip/keyring/{op}": "/v1/operator/gossip/keyring/install",
 	}
 	hb, _ := json.Marshal(api.HeartbeatRequest{NodeID: w.hv1.NodeID, VMs: []structs.VMObservation{}, Faults: []string{"kernel"}})
 	bodies := map[string]string{
-		"POST /v1/vms":                  `{"name":"intruder","vcpus":1,"memory_mib":64}`,
-		"POST /v1/acl/tokens":           `{"role":"management"}`,
-		"PUT /v1/operator/snapshot":     "not a snapshot",
-		"POST /v1/agent/register":       fmt.Sprintf(`{"id":%q,"name":"rogue","api_addr":"127.0.0.1:1","vcpus":65536,"memory_mib":1048576}`, uuid.NewString()),
-		"POST /v1/agent/heartbeat":      string(hb),
-		"POST /v1/agent/migrated":       fmt.Sprintf(`{"task_id":"t","vm_id":%q,"generation":%d,"ok":true}`, w.vm.ID, w.vm.Generation),
-		"POST /v1/operator/ha/{action}": `{"reason":"intruder"}`,
-		"PATCH /v1/vms/{id}":            `{"ha":false,"priority":"low"}`,
+		"POST /v1/vms":                          `{"name":"intruder","vcpus":1,"memory_mib":64}`,
+		"POST /v1/acl/tokens":                   `{"role":"management"}`,
+		"PUT /v1/operator/snapshot":             "not a snapshot",
+		"POST /v1/agent/register":               fmt.Sprintf(`{"id":%q,"name":"rogue","api_addr":"127.0.0.1:1","vcpus":65536,"memory_mib":1048576}`, uuid.NewString()),
+		"POST /v1/agent/heartbeat":              string(hb),
+		"POST /v1/agent/migrated":               fmt.Sprintf(`{"task_id":"t","vm_id":%q,"generation":%d,"ok":true}`, w.vm.ID, w.vm.Generation),
+		"POST /v1/operator/ha/{action}":         `{"reason":"intruder"}`,
+		"PATCH /v1/vms/{id}":                    `{"ha":false,"priority":"low"}`,
+		"POST /v1/operator/gossip/keyring/{op}": `{"key":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="}`,
 	}
 	// The routes of automatic HA have the roles docs/api.md gives them.
 	wantNeed := map[string]need{
-		"GET /v1/failover":              needRead,
-		"GET /v1/vms/{id}/failover":     needRead,
-		"GET /v1/nodes/{id}/failover":   needRead,
-		"GET /v1/operator/ha":           needRead,
-		"POST /v1/operator/ha/{action}": needOperator,
-		"PATCH /v1/vms/{id}":            needOperator,
-		"POST /v1/nodes/{id}/fence":     needOperator,
-		"GET /ui/":                      needNone, // the console's static files; its data comes through the routes above
+		"GET /v1/failover":                      needRead,
+		"GET /v1/vms/{id}/failover":             needRead,
+		"GET /v1/nodes/{id}/failover":           needRead,
+		"GET /v1/operator/ha":                   needRead,
+		"POST /v1/operator/ha/{action}":         needOperator,
+		"PATCH /v1/vms/{id}":                    needOperator,
+		"POST /v1/nodes/{id}/fence":             needOperator,
+		"GET /v1/operator/gossip/keyring":       needManagement,
+		"POST /v1/operator/gossip/keyring/{op}": needManagement,
+		"GET /ui/":                              needNone, // the console's static files; its data comes through the routes above
 	}
 	for _, rt := range w.s.routes {
 		if want, ok := wantNeed[rt.pattern]; ok {

@@ -34,6 +34,9 @@ type testCluster struct {
 	token string            // the management token (bootstrapACL), "" with ACLs off
 }
 
+// testGossipKey is the test clusters' gossip key (32 bytes).
+const testGossipKey = "c2VjcmV0LWdvc3NpcC1rZXktb2YtdGVzdC1jbHVzdGU="
+
 func newTestCluster(t testing.TB, n int, tweak ...func(*Config)) *testCluster {
 	t.Helper()
 	ports := ports.Free(t, "127.0.0.1", 3*n)
@@ -54,6 +57,7 @@ func newTestCluster(t testing.TB, n int, tweak ...func(*Config)) *testCluster {
 		cfg.GossipProfile = "local"
 		cfg.RaftTimeScale = 0.25
 		cfg.HeartbeatInterval = time.Second
+		cfg.GossipKey = testGossipKey
 		cfg.TLS = p.files(cfg.Name+"-server", tlsconf.RoleServer, false)
 		cfg.Logger = hclog.New(&hclog.LoggerOptions{Name: cfg.Name, Level: hclog.Warn})
 		for _, fn := range tweak {

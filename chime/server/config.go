@@ -8,6 +8,7 @@ import (
 
 	"github.com/chime-ha/chime/chime/structs"
 	"github.com/chime-ha/chime/chime/tlsconf"
+	"github.com/chime-ha/chime/gossip"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
@@ -57,6 +58,10 @@ type Config struct {
 	// InsecureNoTLS is --insecure-no-tls: the operator's explicit choice to
 	// run a non-dev server without TLS (warned about every minute).
 	InsecureNoTLS bool
+	// InsecureNoGossipKey is --insecure-no-gossip-key: the operator's explicit
+	// choice to run a non-dev server's gossip unencrypted. Without it, outside
+	// Dev, a server needs GossipKey or a keyring file in DataDir.
+	InsecureNoGossipKey bool
 	// ACL says whether ACL tokens are enforced (docs/security.md):
 	// ACLDefault is on outside --dev and off in --dev.
 	ACL ACLMode
@@ -217,6 +222,16 @@ func (c Config) Validate() error {
 	// Secure by default: outside --dev, plaintext only when asked for.
 	if !c.Dev && !c.TLS.Enabled() && !c.InsecureNoTLS {
 		return structs.Invalid("--tls-cert-file", "a server outside --dev needs TLS material (--tls-ca-file, --tls-cert-file, --tls-key-file; see 'chime tls'), or --insecure-no-tls to run in plaintext")
+	}
+	if _, err := gossip.ParseKey(c.GossipKey); err != nil {
+		return structs.Invalid("--gossip-key", "%v", err)
+	}
+	hasKey := c.GossipKey != "" || gossip.KeyringExists(c.DataDir)
+	if c.InsecureNoGossipKey && c.GossipKey != "" {
+		return structs.Invalid("--insecure-no-gossip-key", "contradicts --gossip-key: pass one or the other")
+	}
+	if !c.Dev && !hasKey && !c.InsecureNoGossipKey {
+		return structs.Invalid("--gossip-key", "a server outside --dev needs a gossip key (--gossip-key or CHIME_GOSSIP_KEY, base64 of 32 bytes: 'chime operator gossip keygen'), or --insecure-no-gossip-key to gossip in plaintext")
 	}
 	if c.RaftTimeScale <= 0 || c.RaftTimeScale > 1 {
 		return structs.Invalid("raft_time_scale", "must be in (0, 1], got %v", c.RaftTimeScale)

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -8,6 +9,7 @@ import (
 	"time"
 
 	"github.com/chime-ha/chime/chime/structs"
+	"github.com/chime-ha/chime/gossip"
 
 	"github.com/hashicorp/raft"
 
@@ -237,4 +239,41 @@ func (s *Server) handleGetTask(w http.ResponseWriter, r *http.Request) (any, err
 		return nil, structs.Invalid("task", "%q is ambiguous: give more characters", id)
 	}
 	return nil, structs.NotFound("task", "no task with id or id prefix %q", id)
+}
+
+// handleGossipKeyring lists this server's gossip keyring by fingerprint.
+func (s *Server) handleGossipKeyring(w http.ResponseWriter, r *http.Request) (any, error) {
+	out := api.GossipKeyring{Server: s.cfg.Name, Keys: []api.GossipKey{}, Members: s.pool.NumMembers()}
+	for i, k := range s.pool.Keys() {
+		out.Keys = append(out.Keys, api.GossipKey{Fingerprint: gossip.Fingerprint(k), Primary: i == 0})
+	}
+	return out, nil
+}
+
+// handleGossipKeyringChange installs, uses or removes a gossip key on this
+// server and every alive gossip member (gossip.Pool.RotateKeyring).
+func (s *Server) handleGossipKeyringChange(w http.ResponseWriter, r *http.Request) (any, error) {
+	op := r.PathValue("op")
+	switch op {
+	case gossip.KeyInstall, gossip.KeyUse, gossip.KeyRemove:
+	default:
+		return nil, structs.NotFound("op", "no keyring operation %q (want install, use or remove)", op)
+	}
+	var req api.GossipKeyRequest
+	if err := decode(r, &req); err != nil {
+		return nil, err
+	}
+	key, err := gossip.ParseKey(req.Key)
+	if err != nil || key == nil {
+		return nil, structs.Invalid("key", "must be standard base64 of 16, 24 or 32 bytes ('chime operator gossip keygen')")
+	}
+	res, err := s.pool.RotateKeyring(r.Context(), op, key)
+	if errors.Is(err, gossip.ErrNotEncrypted) {
+		return nil, structs.Invalid("key", "this server's gossip is not encrypted (--dev or --insecure-no-gossip-key): there is no keyring to change")
+	}
+	if err != nil {
+		return nil, structs.Invalid("key", "%v", err)
+	}
+	s.log.Info("gossip keyring changed", "op", op, "key", gossip.Fingerprint(key), "members", res.Members, "unreached", len(res.Errors))
+	return api.GossipKeyringChange{Members: res.Members, Errors: res.Errors}, nil
 }

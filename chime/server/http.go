@@ -89,6 +89,8 @@ func (s *Server) setupHTTP() error {
 	route("GET /v1/operator/raft/peers", local, needRead, s.handlePeers)
 	route("DELETE /v1/operator/raft/peers/{id}", leaderOnly, needManagement, s.handleRemovePeer)
 	route("GET /v1/operator/members", local, needRead, s.handleMembers)
+	route("GET /v1/operator/gossip/keyring", local, needManagement, s.handleGossipKeyring)
+	route("POST /v1/operator/gossip/keyring/{op}", local, needManagement, s.handleGossipKeyringChange) // install, use, remove
 	route("GET /v1/operator/snapshot", leaderOnly, needManagement, s.handleSnapshotSave)
 	route("PUT /v1/operator/snapshot", leaderOnly, needManagement, s.handleSnapshotRestore)
 	// ACLs

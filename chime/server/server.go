@@ -218,19 +218,29 @@ func (s *Server) setupRaft() error {
 }
 
 func (s *Server) setupGossip(ctx context.Context) error {
-	var key []byte
-	if s.cfg.GossipKey != "" {
-		var err error
-		if key, err = gossip.ParseKey(s.cfg.GossipKey); err != nil {
-			return err
-		}
+	dir := s.cfg.DataDir
+	if s.cfg.Dev {
+		dir = "" // --dev keeps no keyring file
 	}
-	var err error
+	keys, ignored, err := gossip.ResolveKeys(dir, s.cfg.GossipKey)
+	if err != nil {
+		return err
+	}
+	if ignored {
+		s.log.Warn("--gossip-key is not in the keyring file; the keyring file wins (rotate with 'chime operator gossip keyring')", "file", filepath.Join(dir, gossip.KeyringFile))
+	}
+	var key []byte
+	var extra [][]byte
+	if len(keys) > 0 {
+		key, extra = keys[0], keys[1:]
+	} else if !s.cfg.Dev {
+		s.log.Warn("gossip is not encrypted (--insecure-no-gossip-key)")
+	}
 	s.pool, err = gossip.Start(ctx, gossip.Config{
 		Name:     s.cfg.Name,
 		BindAddr: s.cfg.Bind, BindPort: s.cfg.GossipPort,
 		AdvertiseAddr: s.cfg.AdvertiseAddr(), AdvertisePort: s.cfg.GossipPort,
-		Key:     key,
+		Key: key, ExtraKeys: extra, KeyringDir: dir,
 		Meta:    map[string]string{"role": "server", "api": s.cfg.APIURL(), "raft": s.cfg.RaftAddr(), "id": s.cfg.Name},
 		Profile: s.cfg.GossipProfile,
 		Logger:  s.log,

@@ -318,8 +318,9 @@ func TestTLSThreeServerClusterAndRogueServer(t *testing.T) {
 		return n == 3, fmt.Sprintf("%d of 3", n)
 	})
 
-	// A rogue: a plaintext server joining the gossip pool (no gossip key
-	// here, so gossip lets it in), and a legitimate fourth server.
+	// A rogue: a plaintext server joining the gossip pool (it has the
+	// gossip key, so gossip lets it in: gossip membership alone must not
+	// make a voter), and a legitimate fourth server.
 	pp := ports.Free(t, "127.0.0.1", 6)
 	mk := func(name string, i int) Config {
 		cfg := tc.cfgs[0]
@@ -420,6 +421,7 @@ func TestTLSPeerRoleInContext(t *testing.T) {
 func TestServerRequiresTLSOutsideDev(t *testing.T) {
 	base := DefaultConfig()
 	base.Name, base.DataDir, base.BootstrapExpect = "s1", t.TempDir(), 1
+	base.GossipKey = testGossipKey
 	tests := []struct {
 		name    string
 		mod     func(*Config)
@@ -430,6 +432,11 @@ func TestServerRequiresTLSOutsideDev(t *testing.T) {
 		{"dev", func(c *Config) { c.Dev = true }, ""},
 		{"material", func(c *Config) { c.TLS = tlsconf.Files{CAFile: "a", CertFile: "b", KeyFile: "c"} }, ""},
 		{"half the material", func(c *Config) { c.TLS = tlsconf.Files{CAFile: "a", CertFile: "b"} }, "--tls-key-file"},
+		{"no gossip key", func(c *Config) { c.InsecureNoTLS, c.GossipKey = true, "" }, "--gossip-key"},
+		{"insecure no gossip key", func(c *Config) { c.InsecureNoTLS, c.GossipKey, c.InsecureNoGossipKey = true, "", true }, ""},
+		{"insecure no gossip key and a key", func(c *Config) { c.InsecureNoTLS, c.InsecureNoGossipKey = true, true }, "--insecure-no-gossip-key"},
+		{"bad gossip key", func(c *Config) { c.InsecureNoTLS, c.GossipKey = true, "AAAA" }, "--gossip-key"},
+		{"dev no gossip key", func(c *Config) { c.Dev, c.GossipKey = true, "" }, ""},
 		{"insecure and material", func(c *Config) {
 			c.InsecureNoTLS = true
 			c.TLS = tlsconf.Files{CAFile: "a", CertFile: "b", KeyFile: "c"}

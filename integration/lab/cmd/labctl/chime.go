@@ -15,6 +15,7 @@ import (
 	"github.com/chime-ha/chime/chime/api"
 	"github.com/chime-ha/chime/chime/structs"
 	"github.com/chime-ha/chime/chime/tlsconf"
+	"github.com/chime-ha/chime/gossip"
 	"github.com/chime-ha/chime/integration/lab"
 )
 
@@ -67,6 +68,13 @@ func startChime(ctx context.Context, l *lab.Lab, bin string, logf func(string, .
 		return fmt.Errorf("lab TLS material: %w", err)
 	}
 	logf("lab CA and certificates in %s", filepath.Join(dir, "tls"))
+	// One gossip key for the lab: servers and agents need one outside
+	// --dev. Each data dir's keyring file keeps it (and any rotation)
+	// across a second 'labctl up'.
+	gossipKey, err := gossip.NewKey()
+	if err != nil {
+		return err
+	}
 	var apiAddrs []string
 	for i := range lab.MaxServers {
 		apiAddrs = append(apiAddrs, l.ServerAddr(i, apiPort))
@@ -83,6 +91,7 @@ func startChime(ctx context.Context, l *lab.Lab, bin string, logf func(string, .
 			// Disks: the default root, the lab's shared images, its LUNs.
 			"--storage-root", structs.DefaultStorageRoot, "--storage-root", l.ImagesDir(), "--storage-root", lab.SANDir}
 		args = append(args, tlsArgs(pki[tlsconf.RoleServer])...)
+		args = append(args, "--gossip-key", gossipKey)
 		for j := range lab.MaxServers {
 			if j != i {
 				args = append(args, "--join", l.ServerAddr(j, gossipPort))
@@ -111,6 +120,7 @@ func startChime(ctx context.Context, l *lab.Lab, bin string, logf func(string, .
 			"--business-interface", h.BizIf, "--business-probe", l.BizBridgeIP + ":22",
 			"--shutdown-grace", shutdownGrace}
 		args = append(args, tlsArgs(pki[tlsconf.RoleAgent])...)
+		args = append(args, "--gossip-key", gossipKey)
 		if os.Getenv(lab.DomainTypeEnv) != "" {
 			args = append(args, "--domain-type", lab.DomainType())
 		}
