@@ -53,7 +53,7 @@ var layers = []layer{
 	{"chime/server", []string{"chime/server/...", "fsm", "scheduler", "gossip", "chime/structs", "chime/api", "chime/tlsconf", "chime/ui"}},
 	{"chime/agent/...", []string{"hypervisor", "gossip", "chime/structs", "chime/api", "chime/agent/..."}},
 	{"chime/agent", []string{"chime/agent/...", "hypervisor", "gossip", "chime/structs", "chime/api", "chime/tlsconf"}},
-	{"cli", []string{"chime/server", "chime/server/...", "chime/agent", "chime/agent/...", "chime/api", "chime/structs", "chime/tlsconf"}},
+	{"cli", []string{"chime/server", "chime/server/...", "chime/agent", "chime/agent/...", "chime/api", "chime/structs", "chime/tlsconf", "gossip"}}, // gossip: key generation and fingerprints (chime operator gossip),
 	{"chime", []string{"cli"}},
 }
 
