@@ -2,7 +2,10 @@ package alarms
 
 import (
 	"fmt"
+	"maps"
+	"slices"
 	"sort"
+	"sync"
 
 	"github.com/chime-ha/chime/chime/structs"
 )
@@ -71,4 +74,49 @@ func DeriveGaveUp(nodes []structs.Node, vms []structs.VM, events []structs.Event
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Fingerprint < out[j].Fingerprint })
 	return out
+}
+
+// EventLog is the event log of the replicated state; when the alarmer's
+// State has one (the FSM does), HAGaveUp and FenceGaveUp are derived.
+type EventLog interface {
+	Events(after uint64, limit int) ([]structs.Event, error)
+}
+
+// gaveUpLog folds the event log incrementally: the last give-up or
+// success event per VM and per node, from the retained log (a new leader
+// reads it from the start and derives the same alarms).
+type gaveUpLog struct {
+	mu    sync.Mutex
+	after uint64
+	last  map[string]structs.Event // "vm/ID" or "node/ID" → newest relevant event
+}
+
+// read returns the newest relevant event per VM and node, in Seq order.
+func (g *gaveUpLog) read(log EventLog) ([]structs.Event, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.last == nil {
+		g.last = map[string]structs.Event{}
+	}
+	for range 1000 { // bounded: the log keeps at most fsm/state.MaxEvents
+		evs, err := log.Events(g.after, 500)
+		if err != nil {
+			return nil, fmt.Errorf("events after %d: %w", g.after, err)
+		}
+		for _, e := range evs {
+			g.after = e.Seq
+			switch e.Kind {
+			case eventHAGaveUp, eventHARestarted:
+				g.last["vm/"+e.VMID] = e
+			case eventFenceGaveUp, eventFenceOK:
+				g.last["node/"+e.NodeID] = e
+			}
+		}
+		if len(evs) < 500 {
+			break
+		}
+	}
+	out := slices.Collect(maps.Values(g.last))
+	sort.Slice(out, func(i, j int) bool { return out[i].Seq < out[j].Seq })
+	return out, nil
 }

@@ -4,7 +4,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chime-ha/chime/chime/server/recovery"
 	"github.com/chime-ha/chime/chime/structs"
+	"github.com/chime-ha/chime/fsm"
 )
 
 func TestDeriveGaveUp(t *testing.T) {
@@ -66,5 +68,47 @@ func TestDeriveGaveUp(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestFenceGaveUpThroughTheAlarmer: the alarmer reads the real FSM's
+// event log; a fence.gave_up of an unreachable node fires FenceGaveUp
+// once, a later fence.succeeded resolves it.
+func TestFenceGaveUpThroughTheAlarmer(t *testing.T) {
+	w := newWorld(t)
+	node := w.RegisterNode("hv1")
+	w.Propose(fsm.CmdSetMonitor, fsm.SetMonitor{NodeID: node, State: structs.MonitorUnreachable, Reason: "test"})
+	w.Propose(fsm.CmdEvent, fsm.AppendEvent{Event: structs.Event{Kind: eventFenceGaveUp, NodeID: node, Message: "fence failed 3 times"}})
+	w.step()
+	w.step()
+	names := func() map[string]bool {
+		firing, err := w.alarmer.Firing()
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]bool{}
+		for _, al := range firing {
+			out[al.Name] = true
+		}
+		return out
+	}
+	if got := names(); !got["FenceGaveUp"] || !got["NodeUnreachable"] {
+		t.Fatalf("firing %v, want FenceGaveUp and NodeUnreachable", got)
+	}
+	w.Propose(fsm.CmdEvent, fsm.AppendEvent{Event: structs.Event{Kind: eventFenceOK, NodeID: node, Message: "fenced on demand"}})
+	w.step()
+	if got := names(); got["FenceGaveUp"] || !got["NodeUnreachable"] {
+		t.Fatalf("firing %v after fence.succeeded, want only NodeUnreachable", got)
+	}
+}
+
+// TestGaveUpEventKindsMatchRecovery: the kinds read here are the ones the
+// recovery duty records.
+func TestGaveUpEventKindsMatchRecovery(t *testing.T) {
+	for _, k := range [][2]string{{eventHAGaveUp, recovery.EventGaveUp}, {eventHARestarted, recovery.EventRestarted},
+		{eventFenceGaveUp, recovery.EventFenceGaveUp}, {eventFenceOK, recovery.EventFenceOK}} {
+		if k[0] != k[1] {
+			t.Errorf("alarms reads %q, recovery records %q", k[0], k[1])
+		}
 	}
 }
