@@ -50,6 +50,7 @@ type Config struct {
 // least once if a leader dies between the two).
 type Alarmer struct {
 	state         State
+	gave          gaveUpLog
 	propose       Proposer
 	clock         Clock
 	webhooks      []string
@@ -179,6 +180,13 @@ func (a *Alarmer) Step(ctx context.Context) error {
 	}
 	now := a.clock.Now().UTC()
 	current := append(Derive(nodes, tasks, now), DeriveHeld(vms, nodes, a.heldSince(vms, now), firingSet(recs), now)...)
+	if log, ok := a.state.(EventLog); ok {
+		evs, err := a.gave.read(log)
+		if err != nil {
+			return fmt.Errorf("read events: %w", err)
+		}
+		current = append(current, DeriveGaveUp(nodes, vms, evs)...)
+	}
 	sort.Slice(current, func(i, j int) bool { return current[i].Fingerprint < current[j].Fingerprint })
 	if a.extra != nil {
 		more, err := a.extra(now)
