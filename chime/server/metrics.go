@@ -30,7 +30,7 @@ func newMetrics() *metrics {
 	m.heartbeats = prometheus.NewCounter(prometheus.CounterOpts{Name: "chime_heartbeats_total", Help: "Agent heartbeats handled."})
 	m.forwarded = prometheus.NewCounter(prometheus.CounterOpts{Name: "chime_forwarded_requests_total", Help: "Requests forwarded to the leader."})
 	m.alarmsSent = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "chime_alarm_deliveries_total",
-		Help: "Alarm webhook delivery attempts by result."}, []string{"result"})
+		Help: "Alarm delivery attempts (webhooks and Alertmanagers) by result."}, []string{"result"})
 	m.reg.MustRegister(m.requests, m.applied, m.heartbeats, m.forwarded, m.alarmsSent,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
