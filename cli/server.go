@@ -39,6 +39,10 @@ gossip ports. A quick test: 'chime server --dev' (one server, temporary data dir
 			&cli.DurationFlag{Name: "heartbeat-interval", Value: d.HeartbeatInterval, Usage: "agents' heartbeat interval (pushed to agents)"},
 			&cli.IntFlag{Name: "missed-heartbeats", Value: d.MissedHeartbeats, Usage: "heartbeats missed before a ping-back decides unreachable"},
 			&cli.StringSliceFlag{Name: "alarm-webhook", Usage: "Alertmanager-compatible webhook URL (repeatable)"},
+			&cli.StringSliceFlag{Name: "alertmanager", Usage: "Alertmanager base URL the leader posts alerts to (BASE/api/v2/alerts; repeatable)"},
+			&cli.StringFlag{Name: "alertmanager-ca-file", Usage: "PEM CA bundle to verify https Alertmanagers with (default: system roots)"},
+			&cli.DurationFlag{Name: "alertmanager-resend", Value: d.AlertmanagerResend, Usage: "re-send every firing alarm to the Alertmanagers this often"},
+			&cli.StringFlag{Name: "cluster-name", Value: d.ClusterName, Usage: "cluster label of alerts sent to Alertmanagers"},
 			&cli.Uint64Flag{Name: "snapshot-threshold", Value: d.SnapshotThreshold, Usage: "take a Raft snapshot after this many log entries"},
 			&cli.StringFlag{Name: "fence-command", Usage: "executable the leader runs to power off an unreachable node with ha VMs (args: NODE_NAME MGMT_ADDR; env CHIME_FENCE_*); exit 0 = fenced"},
 			&cli.DurationFlag{Name: "fence-timeout", Value: d.FenceTimeout, Usage: "time one run of --fence-command may take"},
@@ -70,6 +74,8 @@ gossip ports. A quick test: 'chime server --dev' (one server, temporary data dir
 			cfg.HeartbeatInterval, cfg.MissedHeartbeats = c.Duration("heartbeat-interval"), c.Int("missed-heartbeats")
 			cfg.AlarmWebhook, cfg.SnapshotThreshold = c.StringSlice("alarm-webhook"), c.Uint64("snapshot-threshold")
 			cfg.RaftTimeScale = c.Float64("raft-time-scale")
+			cfg.Alertmanagers, cfg.AlertmanagerCAFile = c.StringSlice("alertmanager"), c.String("alertmanager-ca-file")
+			cfg.AlertmanagerResend, cfg.ClusterName = c.Duration("alertmanager-resend"), c.String("cluster-name")
 			cfg.FenceCommand, cfg.FenceTimeout = c.String("fence-command"), c.Duration("fence-timeout")
 			cfg.FenceRetries, cfg.HAMaxRestarts = c.Int("fence-retries"), c.Int("ha-max-restarts")
 			cfg.SnapshotMaxBytes = c.Int64("snapshot-max-bytes")

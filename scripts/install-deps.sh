@@ -2,7 +2,9 @@
 # install-deps.sh installs what building and testing chime needs on a fresh
 # Debian bookworm machine: libvirt + qemu (libvirt-daemon brings virtlockd,
 # the disk lock manager), qemu-utils for qemu-img (the lab's disk images),
-# iproute2 and friends for the lab, chromium for the console's browser test, and `just`. Idempotent: it installs only what is missing. Run as root.
+# iproute2 and friends for the lab, chromium for the console's browser test,
+# prometheus-alertmanager (the real Alertmanager the alarm test pushes to), and `just`.
+# Idempotent: it installs only what is missing. Run as root.
 set -euo pipefail
 
 export DEBIAN_FRONTEND=noninteractive
@@ -18,6 +20,7 @@ packages=(
 	procps
 	ca-certificates
 	chromium
+	prometheus-alertmanager
 )
 
 missing=()

@@ -3,6 +3,9 @@ package server
 import (
 	"fmt"
 	"net"
+	"net/url"
+	"os"
+	"regexp"
 	"strings"
 	"time"
 
@@ -36,9 +39,19 @@ type Config struct {
 	HATolerateFailures int
 	// HABrakeShare: automatic HA pauses when more than this share of the
 	// nodes are unreachable at once (the mass-failure brake).
-	HABrakeShare      float64
-	AlarmWebhook      []string // Alertmanager-compatible webhook receivers
-	SnapshotThreshold uint64   // take a Raft snapshot after this many log entries
+	HABrakeShare float64
+	AlarmWebhook []string // Alertmanager-compatible webhook receivers
+	// Alertmanagers (--alertmanager, repeatable) are Alertmanagers' base
+	// URLs the leader posts alerts to (BASE/api/v2/alerts).
+	Alertmanagers []string
+	// AlertmanagerCAFile, when set, is the PEM CA bundle https Alertmanagers
+	// are verified with (instead of the system's roots).
+	AlertmanagerCAFile string
+	// AlertmanagerResend is how often every firing alarm is sent again.
+	AlertmanagerResend time.Duration
+	// ClusterName is the cluster label of alerts sent to Alertmanagers.
+	ClusterName       string
+	SnapshotThreshold uint64 // take a Raft snapshot after this many log entries
 	// SnapshotMaxBytes bounds a snapshot upload (PUT /v1/operator/snapshot):
 	// larger is refused with 413 before anything is replaced.
 	SnapshotMaxBytes int64
@@ -107,6 +120,8 @@ func DefaultConfig() Config {
 		FenceTimeout:       30 * time.Second,
 		FenceRetries:       5,
 		HAMaxRestarts:      5,
+		AlertmanagerResend: time.Minute,
+		ClusterName:        "chime",
 	}
 }
 
@@ -201,6 +216,9 @@ func (c Config) Validate() error {
 			return structs.Invalid("--alarm-webhook", "%q must be an http(s) URL", w)
 		}
 	}
+	if err := c.validateAlertmanagers(); err != nil {
+		return err
+	}
 	if c.FenceCommand != "" && !strings.HasPrefix(c.FenceCommand, "/") {
 		return structs.Invalid("--fence-command", "%q must be an absolute path", c.FenceCommand)
 	}
@@ -238,3 +256,33 @@ func (c Config) Validate() error {
 	}
 	return nil
 }
+
+// validateAlertmanagers checks --alertmanager, --alertmanager-ca-file,
+// --alertmanager-resend and --cluster-name.
+func (c Config) validateAlertmanagers() error {
+	https := false
+	for _, a := range c.Alertmanagers {
+		u, err := url.Parse(a)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
+			return structs.Invalid("--alertmanager", "%q must be an http(s) URL with a host and no query", a)
+		}
+		https = https || u.Scheme == "https"
+	}
+	if c.AlertmanagerCAFile != "" {
+		if !https {
+			return structs.Invalid("--alertmanager-ca-file", "needs at least one https --alertmanager")
+		}
+		if _, err := os.Stat(c.AlertmanagerCAFile); err != nil {
+			return structs.Invalid("--alertmanager-ca-file", "%v", err)
+		}
+	}
+	if c.AlertmanagerResend < 100*time.Millisecond || c.AlertmanagerResend > time.Hour {
+		return structs.Invalid("--alertmanager-resend", "must be between 100ms and 1h, got %s", c.AlertmanagerResend)
+	}
+	if !clusterName.MatchString(c.ClusterName) {
+		return structs.Invalid("--cluster-name", "%q must be 1-63 letters, digits, '.', '_' or '-'", c.ClusterName)
+	}
+	return nil
+}
+
+var clusterName = regexp.MustCompile(`^[A-Za-z0-9._-]{1,63}$`)

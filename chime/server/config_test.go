@@ -3,8 +3,11 @@ package server
 import (
 	"errors"
 	"math"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/chime-ha/chime/chime/structs"
 )
@@ -77,6 +80,56 @@ func TestConfigInputFlags(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			c := base
 			c.StorageRoots, c.SnapshotMaxBytes = tc.roots, tc.max
+			err := c.Validate()
+			if tc.flag == "" {
+				if err != nil {
+					t.Fatalf("valid config refused: %v", err)
+				}
+				return
+			}
+			if !errors.Is(err, structs.ErrInvalid) || !strings.Contains(err.Error(), tc.flag) {
+				t.Fatalf("%v, want an invalid-input error naming %s", err, tc.flag)
+			}
+		})
+	}
+}
+
+func TestConfigAlertmanagerFlags(t *testing.T) {
+	base := DefaultConfig()
+	base.Name, base.DataDir, base.Dev = "s1", "/tmp/x", true
+	if base.AlertmanagerResend != time.Minute || base.ClusterName != "chime" {
+		t.Fatalf("defaults: resend %s, cluster %q", base.AlertmanagerResend, base.ClusterName)
+	}
+	ca := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(ca, []byte("pem"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name    string
+		ams     []string
+		caFile  string
+		resend  time.Duration
+		cluster string
+		flag    string // "" = valid
+	}{
+		{"none", nil, "", time.Minute, "chime", ""},
+		{"several", []string{"http://127.0.0.1:9093", "https://am.example.net/prefix/"}, "", time.Minute, "chime", ""},
+		{"https with CA", []string{"https://am.example.net"}, ca, time.Second, "prod-1", ""},
+		{"no scheme", []string{"am.example.net:9093"}, "", time.Minute, "chime", "--alertmanager"},
+		{"ftp", []string{"ftp://am.example.net"}, "", time.Minute, "chime", "--alertmanager"},
+		{"no host", []string{"http://"}, "", time.Minute, "chime", "--alertmanager"},
+		{"query", []string{"http://am:9093/?x=1"}, "", time.Minute, "chime", "--alertmanager"},
+		{"CA without https", []string{"http://am:9093"}, ca, time.Minute, "chime", "--alertmanager-ca-file"},
+		{"CA missing", []string{"https://am:9093"}, ca + ".nope", time.Minute, "chime", "--alertmanager-ca-file"},
+		{"resend too short", nil, "", time.Millisecond, "chime", "--alertmanager-resend"},
+		{"resend too long", nil, "", 2 * time.Hour, "chime", "--alertmanager-resend"},
+		{"empty cluster", nil, "", time.Minute, "", "--cluster-name"},
+		{"cluster with space", nil, "", time.Minute, "a b", "--cluster-name"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c := base
+			c.Alertmanagers, c.AlertmanagerCAFile, c.AlertmanagerResend, c.ClusterName = tc.ams, tc.caFile, tc.resend, tc.cluster
 			err := c.Validate()
 			if tc.flag == "" {
 				if err != nil {

@@ -34,7 +34,11 @@ func (wallClock) After(d time.Duration) <-chan time.Time { return time.After(d) 
 // setupDuties constructs the placer, the task runner, the alarmer and the
 // heartbeat monitor over this server's FSM, propose and clock (they run
 // only while leader, in lead), and the endpoints the handlers call.
-func (s *Server) setupDuties() {
+func (s *Server) setupDuties() error {
+	amClient, err := alarms.AlertmanagerClient(s.cfg.AlertmanagerCAFile)
+	if err != nil {
+		return err
+	}
 	s.placer = placement.New(placement.Config{
 		State: s.fsm, Proposer: s,
 		Options:    scheduler.Options{Strategy: scheduler.Strategy(s.cfg.Scheduler), CPUOvercommit: s.cfg.CPUOvercommit},
@@ -47,9 +51,11 @@ func (s *Server) setupDuties() {
 		Logger: s.log.Named("tasks")})
 	s.alarmer = alarms.New(alarms.Config{State: s.fsm, Proposer: s, Clock: s.clock,
 		Webhooks: s.cfg.AlarmWebhook, ExternalURL: s.cfg.APIURL(),
-		CountDelivery: func(result string) { s.met.alarmsSent.WithLabelValues(result).Inc() },
-		Extra:         s.guard.Alarms,
-		Logger:        s.log.Named("alarms")})
+		Alertmanagers: s.cfg.Alertmanagers, Resend: s.cfg.AlertmanagerResend, Cluster: s.cfg.ClusterName,
+		AlertmanagerClient: amClient,
+		CountDelivery:      func(result string) { s.met.alarmsSent.WithLabelValues(result).Inc() },
+		Extra:              s.guard.Alarms,
+		Logger:             s.log.Named("alarms")})
 	s.hb = heartbeat.New(heartbeat.Config{Interval: s.cfg.HeartbeatInterval, Missed: s.cfg.MissedHeartbeats,
 		Proposer: s, State: s.fsm, Clock: s.clock, Pinger: s.pingClient(), Gossip: s.pool,
 		Logger: s.log})
@@ -63,6 +69,7 @@ func (s *Server) setupDuties() {
 	s.ep = endpoint.New(endpoint.Config{Proposer: s, State: s.fsm, Placer: s.placer, Tasks: s.taskRunner,
 		Monitor: s.hb, Clock: s.clock, IDs: endpoint.RandomIDs{}, Agents: agentConfig{s},
 		CountHeartbeat: s.met.heartbeats.Inc, StorageRoots: s.cfg.StorageRoots, ExcludedPaths: []string{s.cfg.DataDir}})
+	return nil
 }
 
 // Propose applies a command through Raft on the leader: the proposer the

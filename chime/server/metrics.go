@@ -33,7 +33,7 @@ func newMetrics() *metrics {
 	m.heartbeats = prometheus.NewCounter(prometheus.CounterOpts{Name: "chime_heartbeats_total", Help: "Agent heartbeats handled."})
 	m.forwarded = prometheus.NewCounter(prometheus.CounterOpts{Name: "chime_forwarded_requests_total", Help: "Requests forwarded to the leader."})
 	m.alarmsSent = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "chime_alarm_deliveries_total",
-		Help: "Alarm webhook delivery attempts by result."}, []string{"result"})
+		Help: "Alarm delivery attempts (webhooks and Alertmanagers) by result."}, []string{"result"})
 	m.raftRefused = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "chime_raft_refused_connections_total",
 		Help: "Incoming Raft connections refused before any Raft RPC was read, by reason (handshake: no server certificate of the cluster; busy: too many handshakes under way)."}, []string{"reason"})
 	m.raftRefused.WithLabelValues(refusedHandshake)

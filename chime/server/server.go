@@ -146,7 +146,10 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		s.closeAll()
 		return nil, err
 	}
-	s.setupDuties()
+	if err := s.setupDuties(); err != nil {
+		s.closeAll()
+		return nil, err
+	}
 	if err := s.setupHTTP(); err != nil {
 		s.closeAll()
 		return nil, err

@@ -28,10 +28,20 @@ type Config struct {
 	Proposer Proposer
 	Clock    Clock
 	Webhooks []string // receivers' URLs; none is fine (alarms are still recorded)
+	// Alertmanagers are Alertmanagers' base URLs: each transition is posted
+	// to BASE/api/v2/alerts, and every firing alarm again each Resend.
+	Alertmanagers []string
+	Resend        time.Duration // DefaultResend when zero
+	// Cluster, when set, is the cluster label of alerts sent to
+	// Alertmanagers.
+	Cluster string
 	// ExternalURL is this server's API URL, sent as the message's
 	// externalURL and generatorURL.
 	ExternalURL string
 	Client      *http.Client // http.DefaultClient when nil
+	// AlertmanagerClient posts to the Alertmanagers (Client when nil): see
+	// AlertmanagerClient for one trusting a CA file.
+	AlertmanagerClient *http.Client
 	// CountDelivery, when set, is called once per delivery attempt with one
 	// of the Delivery* results (the server's metric).
 	CountDelivery func(result string)
@@ -54,8 +64,12 @@ type Alarmer struct {
 	propose       Proposer
 	clock         Clock
 	webhooks      []string
+	alertmanagers []string
+	resend        time.Duration
+	cluster       string
 	externalURL   string
 	client        *http.Client
+	amClient      *http.Client
 	countDelivery func(string)
 	extra         func(time.Time) ([]structs.Alarm, error)
 	log           hclog.Logger
@@ -72,7 +86,14 @@ func New(cfg Config) *Alarmer {
 	if cfg.Client == nil {
 		cfg.Client = http.DefaultClient
 	}
+	if cfg.AlertmanagerClient == nil {
+		cfg.AlertmanagerClient = cfg.Client
+	}
+	if cfg.Resend <= 0 {
+		cfg.Resend = DefaultResend
+	}
 	return &Alarmer{state: cfg.State, propose: cfg.Proposer, clock: cfg.Clock, webhooks: cfg.Webhooks,
+		alertmanagers: cfg.Alertmanagers, resend: cfg.Resend, cluster: cfg.Cluster, amClient: cfg.AlertmanagerClient,
 		externalURL: cfg.ExternalURL, client: cfg.Client, countDelivery: cfg.CountDelivery, extra: cfg.Extra, log: cfg.Logger,
 		heldSeen: map[string]time.Time{}}
 }
@@ -131,11 +152,14 @@ func (a *Alarmer) Firing() ([]structs.Alarm, error) {
 }
 
 // Run records transitions and delivers them until ctx ends (leadership
-// lost).
+// lost), and re-sends the firing alarms to the Alertmanagers each Resend.
 func (a *Alarmer) Run(ctx context.Context) {
 	a.mu.Lock()
 	a.heldSeen = map[string]time.Time{} // a new term counts every hold afresh
 	a.mu.Unlock()
+	if len(a.alertmanagers) > 0 {
+		go a.resendLoop(ctx)
+	}
 	for {
 		ch, _ := a.state.Changed()
 		if err := a.Step(ctx); err != nil && ctx.Err() == nil {
@@ -213,6 +237,7 @@ func (a *Alarmer) Step(ctx context.Context) error {
 		for _, url := range a.webhooks {
 			ok = a.deliver(ctx, url, al) && ok
 		}
+		ok = a.pushAlertmanagers(ctx, []structs.Alarm{al}, deliveryAttempts) && ok
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}

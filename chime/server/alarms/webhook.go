@@ -70,28 +70,37 @@ func message(al structs.Alarm, externalURL string) WebhookMessage {
 	}
 }
 
-// deliver posts one alarm with retries and back-off: 2xx is delivered,
-// 4xx is dropped (the receiver refuses it), 5xx and network errors retry.
+// deliver posts one alarm to one webhook receiver (send).
 func (a *Alarmer) deliver(ctx context.Context, url string, al structs.Alarm) bool {
 	body, err := json.Marshal(message(al, a.externalURL))
 	if err != nil {
 		a.log.Error("encode alarm failed", "alarm", al.Name, "error", err)
 		return false
 	}
+	return a.send(ctx, a.client, url, body, "webhook", deliveryAttempts)
+}
+
+// send posts a body with up to attempts tries and back-off: 2xx is
+// delivered, 4xx is dropped (the receiver refuses it), 5xx and network
+// errors retry.
+func (a *Alarmer) send(ctx context.Context, client *http.Client, url string, body []byte, kind string, attempts int) bool {
 	backoff := firstBackoff
-	for attempt := 1; attempt <= deliveryAttempts; attempt++ {
-		retry, err := a.post(ctx, url, body)
+	for attempt := 1; attempt <= attempts; attempt++ {
+		retry, err := a.post(ctx, client, url, body)
 		if err == nil {
 			a.count(DeliveryDelivered)
 			return true
 		}
 		if !retry {
 			a.count(DeliveryRefused)
-			a.log.Warn("alarm refused by receiver", "url", url, "error", err)
+			a.log.Warn("alarm refused by receiver", "receiver", kind, "url", url, "error", err)
 			return false
 		}
 		a.count(DeliveryRetry)
-		a.log.Warn("alarm delivery failed, retrying", "url", url, "attempt", attempt, "error", err)
+		a.log.Warn("alarm delivery failed, retrying", "receiver", kind, "url", url, "attempt", attempt, "error", err)
+		if attempt == attempts {
+			break
+		}
 		select {
 		case <-ctx.Done():
 			return false
@@ -100,14 +109,14 @@ func (a *Alarmer) deliver(ctx context.Context, url string, al structs.Alarm) boo
 		backoff = min(backoff*2, maxBackoff)
 	}
 	a.count(DeliveryFailed)
-	a.log.Error("alarm delivery gave up", "url", url, "alarm", al.Name)
+	a.log.Error("alarm delivery gave up", "receiver", kind, "url", url)
 	return false
 }
 
 // post sends one attempt. It returns nil when the receiver took it, and
 // otherwise whether another attempt can help: a 4xx answer (the receiver
 // refuses the body) or an unusable URL will not get better.
-func (a *Alarmer) post(ctx context.Context, url string, body []byte) (retry bool, err error) {
+func (a *Alarmer) post(ctx context.Context, client *http.Client, url string, body []byte) (retry bool, err error) {
 	cctx, cancel := context.WithTimeout(ctx, attemptTimeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(cctx, http.MethodPost, url, bytes.NewReader(body))
@@ -115,7 +124,7 @@ func (a *Alarmer) post(ctx context.Context, url string, body []byte) (retry bool
 		return false, fmt.Errorf("alarm request to %s: %w", url, err)
 	}
 	req.Header.Set("Content-Type", "application/json")
-	resp, err := a.client.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		return true, err
 	}
