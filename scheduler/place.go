@@ -79,34 +79,12 @@ func Place(nodes []structs.Node, vms []structs.VM, req Request, opt Options) (st
 // moved). It returns vmID → nodeID for the VMs placed and, in request order, the ids of
 // those that did not fit. A VM requested twice is placed once. Invalid options place nothing.
 func PlaceAll(nodes []structs.Node, vms []structs.VM, reqs []Request, opt Options) (map[string]string, []string) {
-	placed := make(map[string]string, len(reqs))
-	var unplaced []string
 	moving := make(map[string]bool, len(reqs))
 	for _, r := range reqs {
 		moving[r.VM.ID] = true
 	}
 	p, err := newPlacer(nodes, vms, moving, opt)
-	if err != nil {
-		for _, r := range reqs {
-			unplaced = append(unplaced, r.VM.ID)
-		}
-		return placed, unplaced
-	}
-	done := make(map[string]bool, len(reqs))
-	for _, r := range reqs {
-		if done[r.VM.ID] {
-			continue
-		}
-		done[r.VM.ID] = true
-		id, err := p.place(r)
-		if err != nil {
-			unplaced = append(unplaced, r.VM.ID)
-			continue
-		}
-		placed[r.VM.ID] = id
-		p.reserve(id, r.VM)
-	}
-	return placed, unplaced
+	return placeEach(p, err, reqs)
 }
 
 // PlaceOn is Place over a usage view instead of the VMs: used maps a node
@@ -124,9 +102,16 @@ func PlaceOn(nodes []structs.Node, used map[string]structs.NodeUsage, req Reques
 // PlaceAllOn is PlaceAll over a usage view, with every requested VM
 // already left out where it sits (see PlaceOn).
 func PlaceAllOn(nodes []structs.Node, used map[string]structs.NodeUsage, reqs []Request, opt Options) (map[string]string, []string) {
+	p, err := newPlacerOn(nodes, used, opt)
+	return placeEach(p, err, reqs)
+}
+
+// placeEach places reqs one after the other on p, each placement reserving
+// its room for the next; a VM requested twice is placed once. With err (the
+// placer could not be built) nothing is placed.
+func placeEach(p *placer, err error, reqs []Request) (map[string]string, []string) {
 	placed := make(map[string]string, len(reqs))
 	var unplaced []string
-	p, err := newPlacerOn(nodes, used, opt)
 	if err != nil {
 		for _, r := range reqs {
 			unplaced = append(unplaced, r.VM.ID)
