@@ -17,11 +17,12 @@ default:
 build:
     go build -ldflags "-X github.com/chime-ha/chime/chime/structs.Version=$(git describe --tags --always --dirty 2>/dev/null || echo dev)" -o bin/chime ./chime
 
-# gofmt check, go vet, then every test (integration tests need root).
+# gofmt check, go vet, then every test (integration tests need root), the simulator's mutation check, the fuzzers.
 test:
     @out="$(gofmt -l .)"; if [ -n "$out" ]; then echo "gofmt needed:"; echo "$out"; exit 1; fi
     go vet ./...
     go test -count=1 -timeout 80m ./...
+    go test -count=1 -tags chime_mutation -run 'TestMutationStartBeforeSync|TestShrink' ./integration/sim
     just fuzz
 
 # Every fuzz target for a short time each (docs/testing.md#fuzzing): 11 targets, about 2 minutes
@@ -47,7 +48,7 @@ lint:
 # The deterministic simulator (docs/testing.md): the mutation check, then the scenarios, SEEDS
 # random seeds and the summary table. One seed's whole trace: `just sim-seed 42`.
 sim seeds="10000":
-    go test -count=1 -tags chime_mutation -v -run TestMutationStartBeforeSync ./integration/sim | grep -e 'mutation' -e '^ok' -e FAIL
+    go test -count=1 -tags chime_mutation -v -run 'TestMutationStartBeforeSync|TestShrink' ./integration/sim | grep -e 'mutation' -e '^ok' -e FAIL
     go test -count=1 -timeout 120m -v -run 'TestScenarios|TestSeeds|TestDeterminism' ./integration/sim -sim.seeds {{seeds}} | grep -v -e '^=== ' -e '^--- PASS' -e '^    --- PASS'
 
 # Replay one random seed of the simulator with its whole trace.

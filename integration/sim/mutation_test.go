@@ -48,3 +48,51 @@ func TestMutationStartBeforeSync(t *testing.T) {
 	}
 	t.Fatalf("the mutation (start before the first sync) was not caught within %d seeds (%d failed with and without it)", *flagMutationMax, both)
 }
+
+// TestShrink shrinks a schedule that fails for a known reason: the
+// mutation above (an agent that starts VMs before its first sync). The
+// first random seed the mutation breaks is shrunk; the smaller schedule
+// must still break an invariant the original broke with the mutation on,
+// and pass with it off (the failure is the mutation's, not the schedule's).
+func TestShrink(t *testing.T) {
+	defer agent.MutateStartBeforeSync(false)
+	for i := 0; i < *flagMutationMax; i++ {
+		seed := *flagFirst + uint64(i)
+		sc := RandomSchedule(seed, MutationProfile)
+		agent.MutateStartBeforeSync(true)
+		res, err := Run(sc, RunOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !res.Failed() {
+			continue
+		}
+		agent.MutateStartBeforeSync(false)
+		if base, err := Run(sc, RunOptions{}); err != nil || base.Failed() {
+			continue // fails without the mutation too: not the known failure
+		}
+		agent.MutateStartBeforeSync(true)
+		small, smallRes, runs := Shrink(sc, res, 60)
+		if len(small.Items) >= len(sc.Items) || !smallRes.Failed() {
+			t.Fatalf("seed %d: shrunk to %d of %d items in %d runs, failed: %v", seed, len(small.Items), len(sc.Items), runs, smallRes.Failed())
+		}
+		want := map[Invariant]bool{}
+		for _, v := range res.Violations {
+			want[v.Inv] = true
+		}
+		if !want[smallRes.Violations[0].Inv] {
+			t.Fatalf("the shrunk schedule breaks %s, the original broke %v", smallRes.Violations[0].Inv, res.Violations)
+		}
+		agent.MutateStartBeforeSync(false)
+		off, err := Run(small, RunOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if off.Failed() {
+			t.Fatalf("the shrunk schedule fails without the mutation too: %v\n%s", off.Violations, small)
+		}
+		t.Logf("seed %d shrunk %d → %d items in %d runs (%s):\n%s", seed, len(sc.Items), len(small.Items), runs, smallRes.Violations[0], small)
+		return
+	}
+	t.Fatalf("no seed within %d failed with the mutation only", *flagMutationMax)
+}
