@@ -246,18 +246,10 @@ func TestSnapshotRestoreRoundTrip(t *testing.T) {
 	h.must("", CmdSetMonitor, SetMonitor{NodeID: nodes[1].ID, State: structs.MonitorError, Faults: []string{"disk"}})
 	h.must("", CmdPutTask, PutTask{Task: structs.Task{ID: "t1", Kind: structs.TaskDrain, State: structs.TaskRunning, NodeID: nodes[2].ID}})
 
-	snap, err := h.f.Snapshot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	sink := &memSink{}
-	if err := snap.Persist(sink); err != nil {
-		t.Fatal(err)
-	}
-	snap.Release()
+	snapBytes := snapshotBytes(t, h.f)
 
 	other := newHarness(t)
-	if err := other.f.Restore(io.NopCloser(bytes.NewReader(sink.Bytes()))); err != nil {
+	if err := other.f.Restore(io.NopCloser(bytes.NewReader(snapBytes))); err != nil {
 		t.Fatal(err)
 	}
 	want, _ := h.f.Dump()
@@ -324,6 +316,21 @@ func TestResolve(t *testing.T) {
 	if got, err := h.f.ResolveNode("hv1"); err != nil || got.ID != n.ID {
 		t.Errorf("ResolveNode(hv1) = %v, %v", got, err)
 	}
+}
+
+// snapshotBytes is f's snapshot as Raft would persist it.
+func snapshotBytes(t testing.TB, f *FSM) []byte {
+	t.Helper()
+	snap, err := f.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sink := &memSink{}
+	if err := snap.Persist(sink); err != nil {
+		t.Fatal(err)
+	}
+	snap.Release()
+	return sink.Bytes()
 }
 
 type memSink struct{ bytes.Buffer }

@@ -111,16 +111,8 @@ func FuzzApply(f *testing.F) {
 // usable.
 func FuzzRestore(f *testing.F) {
 	fs := fuzzFSM(f)
-	snap, err := fs.Snapshot()
-	if err != nil {
-		f.Fatal(err)
-	}
-	sink := &memSink{}
-	if err := snap.Persist(sink); err != nil {
-		f.Fatal(err)
-	}
-	snap.Release()
-	f.Add(sink.Bytes())
+	snapBytes := snapshotBytes(f, fs)
+	f.Add(snapBytes)
 	f.Add([]byte("not a snapshot"))
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, data []byte) {

@@ -22,15 +22,7 @@ func TestRestoreRefusesUndecodableRecordBeforeReplacing(t *testing.T) {
 	n := node("hv1")
 	h.must("n", CmdRegisterNode, RegisterNode{Node: n})
 	h.must("v", CmdCreateVM, CreateVM{VM: vm("web"), NodeID: n.ID})
-	snap, err := h.f.Snapshot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	sink := &memSink{}
-	if err := snap.Persist(sink); err != nil {
-		t.Fatal(err)
-	}
-	snap.Release()
+	snapBytes := snapshotBytes(t, h.f)
 
 	tests := []struct {
 		name, bucket, key, value, want string
@@ -41,7 +33,7 @@ func TestRestoreRefusesUndecodableRecordBeforeReplacing(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			p := filepath.Join(t.TempDir(), "edit.db")
-			if err := os.WriteFile(p, sink.Bytes(), 0o600); err != nil {
+			if err := os.WriteFile(p, snapBytes, 0o600); err != nil {
 				t.Fatal(err)
 			}
 			db, err := bolt.Open(p, 0o600, nil)

@@ -166,15 +166,7 @@ func TestDerivedViewRebuiltOnRestore(t *testing.T) {
 	}
 	checkView(t, h.f, "original")
 
-	snap, err := h.f.Snapshot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	sink := &memSink{}
-	if err := snap.Persist(sink); err != nil {
-		t.Fatal(err)
-	}
-	snap.Release()
+	snapBytes := snapshotBytes(t, h.f)
 
 	other := newHarness(t)
 	// The restored FSM had a state of its own before: the view must
@@ -182,7 +174,7 @@ func TestDerivedViewRebuiltOnRestore(t *testing.T) {
 	stale := node("stale")
 	other.must("", CmdRegisterNode, RegisterNode{Node: stale})
 	other.must("", CmdCreateVM, CreateVM{VM: vm("stale-vm"), NodeID: stale.ID})
-	if err := other.f.Restore(io.NopCloser(bytes.NewReader(sink.Bytes()))); err != nil {
+	if err := other.f.Restore(io.NopCloser(bytes.NewReader(snapBytes))); err != nil {
 		t.Fatal(err)
 	}
 	checkView(t, other.f, "restored")
