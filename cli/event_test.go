@@ -28,21 +28,31 @@ func runOut(t *testing.T, args ...string) string {
 	return out.String()
 }
 
-// `chime event list --audit` prints the audit log (a VM creation, by an
-// anonymous caller on a --dev server), and `chime event list` leaves it out.
-func TestEventListAudit(t *testing.T) {
+// devServer starts a one-server --dev cluster, with what opts change in
+// its configuration, and returns its API URL.
+func devServer(t *testing.T, opts ...func(*server.Config)) string {
+	t.Helper()
 	p := ports.Free(t, "127.0.0.1", 3)
 	cfg := server.DefaultConfig()
 	cfg.Dev, cfg.Name, cfg.DataDir = true, "dev", filepath.Join(t.TempDir(), "dev")
 	cfg.APIPort, cfg.RaftPort, cfg.GossipPort = p[0], p[1], p[2]
 	cfg.GossipProfile, cfg.RaftTimeScale = "local", 0.25
 	cfg.Logger = hclog.New(&hclog.LoggerOptions{Level: hclog.Warn})
+	for _, o := range opts {
+		o(&cfg)
+	}
 	s, err := server.Start(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Shutdown() })
-	addr := cfg.APIURL()
+	return cfg.APIURL()
+}
+
+// `chime event list --audit` prints the audit log (a VM creation, by an
+// anonymous caller on a --dev server), and `chime event list` leaves it out.
+func TestEventListAudit(t *testing.T) {
+	addr := devServer(t)
 	cl := api.NewClient(addr)
 	deadline := time.Now().Add(20 * time.Second)
 	for {

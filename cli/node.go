@@ -27,46 +27,32 @@ func nodeCommand() *cli.Command {
 		Description: `An ID argument accepts a full uuid, a unique uuid prefix, or the node's name.`,
 		Subcommands: []*cli.Command{
 			{
-				Name: "list", Usage: "list nodes", Flags: append(clientFlags(), outputFlag()),
+				Name: "list", Usage: "list nodes", Flags: append(clientFlags(), outputFlag(), watchFlag()),
 				Action: func(c *cli.Context) error {
 					o, err := output(c)
 					if err != nil {
 						return err
 					}
 					cl := newClient(c)
-					nodes, _, err := cl.ListNodes(c.Context, api.QueryOptions{})
-					if err != nil {
-						return err
-					}
-					if o == "json" {
-						return printJSON(nodes)
-					}
-					vms, _, err := cl.ListVMs(c.Context, api.QueryOptions{})
-					if err != nil {
-						return err
-					}
-					count := map[string]int{}
-					for _, v := range vms {
-						count[v.NodeID]++
-					}
-					// The HA reservation is best effort: an older server has none.
-					var res *structs.HAReservation
-					if st, err := cl.HAStatus(c.Context); err == nil {
-						res = st.Reservation
-					}
-					rows := make([][]string, 0, len(nodes))
-					for _, n := range nodes {
-						cpu, mem := spare(res, n.ID)
-						rows = append(rows, []string{short(n.ID), n.Name, n.ManagementState, n.MonitorState,
-							fmt.Sprint(count[n.ID]), fmt.Sprint(n.VCPUs), fmt.Sprint(n.MemoryMiB), cpu, mem, dash(n.APIAddr), dash(strings.Join(n.Faults, "; "))})
-					}
-					if err := table([]string{"ID", "NAME", "MANAGEMENT", "MONITOR", "VMS", "VCPUS", "MEMORY_MIB", "SPARE/HA_VCPUS", "SPARE/HA_MIB", "AGENT", "FAULTS"}, rows); err != nil {
-						return err
-					}
-					if res != nil {
-						fmt.Fprintf(stdout, "\nHA reservation: %s\n", reservationLine(res))
-					}
-					return nil
+					return listOrWatch(c, func(q api.QueryOptions) (uint64, func() error, error) {
+						nodes, idx, err := cl.ListNodes(c.Context, q)
+						if err != nil {
+							return 0, nil, err
+						}
+						if o == "json" {
+							return idx, func() error { return printJSON(nodes) }, nil
+						}
+						vms, _, err := cl.ListVMs(c.Context, api.QueryOptions{})
+						if err != nil {
+							return 0, nil, err
+						}
+						// The HA reservation is best effort: an older server has none.
+						var res *structs.HAReservation
+						if st, err := cl.HAStatus(c.Context); err == nil {
+							res = st.Reservation
+						}
+						return idx, func() error { return printNodes(nodes, vms, res) }, nil
+					})
 				},
 			},
 			{
@@ -239,4 +225,25 @@ func isolation(n *structs.Node) string {
 		s += ", no watchdog"
 	}
 	return s + ")"
+}
+
+// printNodes is the table of `chime node list`.
+func printNodes(nodes []structs.Node, vms []structs.VM, res *structs.HAReservation) error {
+	count := map[string]int{}
+	for _, v := range vms {
+		count[v.NodeID]++
+	}
+	rows := make([][]string, 0, len(nodes))
+	for _, n := range nodes {
+		cpu, mem := spare(res, n.ID)
+		rows = append(rows, []string{short(n.ID), n.Name, n.ManagementState, n.MonitorState,
+			fmt.Sprint(count[n.ID]), fmt.Sprint(n.VCPUs), fmt.Sprint(n.MemoryMiB), cpu, mem, dash(n.APIAddr), dash(strings.Join(n.Faults, "; "))})
+	}
+	if err := table([]string{"ID", "NAME", "MANAGEMENT", "MONITOR", "VMS", "VCPUS", "MEMORY_MIB", "SPARE/HA_VCPUS", "SPARE/HA_MIB", "AGENT", "FAULTS"}, rows); err != nil {
+		return err
+	}
+	if res != nil {
+		fmt.Fprintf(stdout, "\nHA reservation: %s\n", reservationLine(res))
+	}
+	return nil
 }

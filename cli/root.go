@@ -42,6 +42,7 @@ Start a one-server test cluster with 'chime server --dev', then try 'chime vm cr
 			eventCommand(),
 			tlsCommand(),
 			aclCommand(),
+			completionCommand(),
 		},
 		EnableBashCompletion: true,
 		ExitErrHandler:       func(*cli.Context, error) {},
@@ -53,7 +54,11 @@ func Main() int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	app := App()
-	err := app.RunContext(ctx, interspersed(app, os.Args))
+	args := os.Args
+	if len(args) < 2 || args[len(args)-1] != completionFlag {
+		args = interspersed(app, args) // completion needs its flag last
+	}
+	err := app.RunContext(ctx, args)
 	if err == nil {
 		return 0
 	}

@@ -77,25 +77,40 @@ func vmCommand() *cli.Command {
 				},
 			},
 			{
-				Name: "list", Usage: "list VMs", Flags: append(clientFlags(), outputFlag()),
+				Name: "list", Usage: "list VMs (all, or those matching every filter given)",
+				Flags: append(clientFlags(), outputFlag(), watchFlag(),
+					&cli.StringFlag{Name: "node", Usage: "only VMs placed on this node (uuid, unique prefix or name)"},
+					&cli.StringFlag{Name: "state", Usage: "only VMs in this state: " + strings.Join(structs.VMStates, ", ")},
+					&cli.StringFlag{Name: "desired", Usage: "only VMs of this desired state: running or stopped"},
+					&cli.BoolFlag{Name: "ha", Usage: "only ha VMs (--ha=false: only VMs without ha)"}),
 				Action: func(c *cli.Context) error {
 					o, err := output(c)
 					if err != nil {
 						return err
 					}
-					vms, _, err := newClient(c).ListVMs(c.Context, api.QueryOptions{})
-					if err != nil {
-						return err
+					f := api.VMFilter{Node: c.String("node"), State: c.String("state"), Desired: c.String("desired")}
+					if c.IsSet("ha") {
+						ha := c.Bool("ha")
+						f.HA = &ha
 					}
-					if o == "json" {
-						return printJSON(vms)
-					}
-					rows := make([][]string, 0, len(vms))
-					for _, v := range vms {
-						rows = append(rows, []string{short(v.ID), v.Name, v.State, v.DesiredState, short(v.NodeID),
-							fmt.Sprint(v.Spec.VCPUs), fmt.Sprint(v.Spec.MemoryMiB), fmt.Sprint(v.Generation)})
-					}
-					return table([]string{"ID", "NAME", "STATE", "DESIRED", "NODE", "VCPUS", "MEMORY_MIB", "GENERATION"}, rows)
+					cl := newClient(c)
+					return listOrWatch(c, func(q api.QueryOptions) (uint64, func() error, error) {
+						vms, idx, err := cl.ListVMsWhere(c.Context, f, q)
+						if err != nil {
+							return 0, nil, err
+						}
+						return idx, func() error {
+							if o == "json" {
+								return printJSON(vms)
+							}
+							rows := make([][]string, 0, len(vms))
+							for _, v := range vms {
+								rows = append(rows, []string{short(v.ID), v.Name, v.State, v.DesiredState, short(v.NodeID),
+									fmt.Sprint(v.Spec.VCPUs), fmt.Sprint(v.Spec.MemoryMiB), fmt.Sprint(v.Generation)})
+							}
+							return table([]string{"ID", "NAME", "STATE", "DESIRED", "NODE", "VCPUS", "MEMORY_MIB", "GENERATION"}, rows)
+						}, nil
+					})
 				},
 			},
 			idCmd("show", "show one VM", func(c *cli.Context, cl *api.Client, id string) error {

@@ -278,8 +278,30 @@ func (c *Client) CreateVM(ctx context.Context, r CreateVMRequest) (*structs.VM, 
 
 // ListVMs lists VMs.
 func (c *Client) ListVMs(ctx context.Context, q QueryOptions) ([]structs.VM, uint64, error) {
+	return c.ListVMsWhere(ctx, VMFilter{}, q)
+}
+
+// VMFilter narrows a VM list; empty fields match every VM.
+type VMFilter struct {
+	Node    string // uuid, unique uuid prefix or name of the node the VM is placed on
+	State   string // shown state (structs.VMStates)
+	Desired string // running or stopped
+	HA      *bool
+}
+
+// ListVMsWhere lists the VMs that match f.
+func (c *Client) ListVMsWhere(ctx context.Context, f VMFilter, q QueryOptions) ([]structs.VM, uint64, error) {
+	v := q.values()
+	for k, x := range map[string]string{"node": f.Node, "state": f.State, "desired": f.Desired} {
+		if x != "" {
+			v.Set(k, x)
+		}
+	}
+	if f.HA != nil {
+		v.Set("ha", strconv.FormatBool(*f.HA))
+	}
 	var vms []structs.VM
-	idx, err := c.Do(ctx, http.MethodGet, "/v1/vms", q.values(), nil, &vms)
+	idx, err := c.Do(ctx, http.MethodGet, "/v1/vms", v, nil, &vms)
 	return vms, idx, err
 }
 

@@ -3,6 +3,9 @@ package server
 import (
 	"errors"
 	"net/http"
+	"slices"
+	"strconv"
+	"strings"
 
 	"github.com/chime-ha/chime/chime/structs"
 
@@ -31,11 +34,57 @@ func (s *Server) handleListVMs(w http.ResponseWriter, r *http.Request) (any, err
 		return nil, err
 	}
 	setIndex(w, idx)
-	vms, err := s.fsm.VMs()
-	if vms == nil {
-		vms = []structs.VM{}
+	keep, err := s.vmFilter(r)
+	if err != nil {
+		return nil, err
 	}
-	return vms, err
+	vms, err := s.fsm.VMs()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]structs.VM, 0, len(vms))
+	for _, v := range vms {
+		if keep(&v) {
+			out = append(out, v)
+		}
+	}
+	return out, nil
+}
+
+// vmFilter is the VM list's filter from the query: node (uuid, unique
+// prefix or name: it must exist), state (the shown state), desired and
+// ha. Every value is checked; an unknown one is a 400 naming the field.
+func (s *Server) vmFilter(r *http.Request) (func(*structs.VM) bool, error) {
+	q := r.URL.Query()
+	var nodeID, state, desired string
+	var ha *bool
+	if ref := q.Get("node"); ref != "" {
+		n, err := s.fsm.ResolveNode(ref)
+		if structs.IsNotFound(err) {
+			return nil, structs.Invalid("node", "no node %q (a uuid, unique uuid prefix or name)", ref)
+		}
+		if err != nil {
+			return nil, err
+		}
+		nodeID = n.ID
+	}
+	if state = q.Get("state"); state != "" && !slices.Contains(structs.VMStates, state) {
+		return nil, structs.Invalid("state", "%q is not a VM state (%s)", state, strings.Join(structs.VMStates, ", "))
+	}
+	if desired = q.Get("desired"); desired != "" && desired != structs.StateRunning && desired != structs.StateStopped {
+		return nil, structs.Invalid("desired", "%q is not a desired state (running or stopped)", desired)
+	}
+	if v := q.Get("ha"); v != "" {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return nil, structs.Invalid("ha", "%q is not true or false", v)
+		}
+		ha = &b
+	}
+	return func(v *structs.VM) bool {
+		return (nodeID == "" || v.NodeID == nodeID) && (state == "" || v.State == state) &&
+			(desired == "" || v.DesiredState == desired) && (ha == nil || v.Spec.HA == *ha)
+	}, nil
 }
 
 func (s *Server) handleGetVM(w http.ResponseWriter, r *http.Request) (any, error) {

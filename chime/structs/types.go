@@ -39,7 +39,14 @@ const (
 	// StateHeld: a live migration's outcome is unknown; the VM is started
 	// nowhere until a host proves where it runs (uniqueness rule 8).
 	StateHeld = "held"
+	// StateOther: the node reports a state between the others (libvirt's
+	// shutting down, no state).
+	StateOther = "other"
 )
+
+// VMStates are the states a VM is shown in (the filter of `chime vm list
+// --state`).
+var VMStates = []string{StateRunning, StateStopped, StateCrashed, StatePending, StateUnknown, StateHeld, StateOther}
 
 // MigrationOutcomeUnknown is Migration.Outcome while nobody knows where a
 // live-migrated VM runs (uniqueness rule 8).
