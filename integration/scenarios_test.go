@@ -89,6 +89,14 @@ func TestScenarios(t *testing.T) {
 		}
 	}
 	u.check(t)
+	// No VM ran twice (the checker above): a UniquenessConflict alarm
+	// would be a false one (scenario 4 raised two before heartbeats were
+	// bounded: one built before the node-local migration arrived after it).
+	for _, h := range s.f.lab.Hosts {
+		if n := hook.count("UniquenessConflict", h.Name, "firing"); n > 0 {
+			t.Errorf("%d UniquenessConflict alarms for %s while no VM ran twice: %s", n, h.Name, hook)
+		}
+	}
 	var names []string
 	for n := range s.recovery {
 		names = append(names, n)

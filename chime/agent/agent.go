@@ -143,6 +143,8 @@ func New(cfg Config, hv Hypervisor, opts ...Option) (*Agent, error) {
 		if tlsm != nil {
 			c.UseTLS(tlsm.ClientConfig(tlsconf.RoleServer))
 		}
+		// A heartbeat given up on must not arrive later (sendHeartbeat).
+		c.DiscardUnsentOnClose()
 		o.servers = c
 	}
 	if o.announcer == nil {

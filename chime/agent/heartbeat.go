@@ -100,6 +100,16 @@ func (a *Agent) requestHeartbeat() {
 	}
 }
 
+// heartbeatDeadline is how long one heartbeat may take to be answered:
+// its interval, and at least minHeartbeatDeadline.
+func heartbeatDeadline(interval time.Duration) time.Duration {
+	return max(interval, minHeartbeatDeadline)
+}
+
+// minHeartbeatDeadline keeps fast timings' heartbeats (an interval of
+// 1 s or less) from timing out on a loaded server.
+const minHeartbeatDeadline = 2 * time.Second
+
 // ReasonDiskLocked is the reason the heartbeat reports for a stopped VM
 // whose start libvirt refuses because a disk is locked by another qemu
 // (hypervisor.ErrDiskLocked): on shared storage, the disk runs elsewhere.
@@ -205,7 +215,18 @@ func (a *Agent) sendHeartbeat(ctx context.Context) error {
 		return err
 	}
 	sent := a.clock.Now()
-	resp, err := a.servers.Heartbeat(ctx, hb)
+	// A heartbeat reports libvirt as it was when it was built: one that
+	// has not arrived within an interval is given up (the next one is
+	// due), and the client drops it with its connection
+	// (api.Client.DiscardUnsentOnClose) rather than let a cut network's
+	// retransmissions deliver it once the network is back, reporting VMs
+	// migrated away meanwhile as running here (a false uniqueness
+	// conflict, seen in the lab's scenario 4).
+	hctx, cancel := context.WithCancel(ctx)
+	deadline := a.clock.AfterFunc(heartbeatDeadline(a.HeartbeatInterval()), cancel)
+	resp, err := a.servers.Heartbeat(hctx, hb)
+	deadline.Stop()
+	cancel()
 	a.noteContact(err)
 	if err != nil {
 		return err

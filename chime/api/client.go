@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -97,13 +98,59 @@ func (c *Client) UseTLS(cfg *tls.Config) {
 	for i, a := range c.addrs {
 		c.addrs[i] = BaseURL(a, true)
 	}
-	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr := c.transportLocked()
 	tr.TLSClientConfig = cfg
-	timeout := 90 * time.Second
-	if c.HTTP != nil {
-		timeout = c.HTTP.Timeout
+	c.HTTP = &http.Client{Timeout: c.timeoutLocked(), Transport: tr}
+}
+
+// DiscardUnsentOnClose makes every connection of the client close
+// abortively (SO_LINGER 0, a TCP reset): a request given up on (its
+// context ended while the network was cut) is dropped with its
+// connection, instead of being delivered by the kernel's retransmissions
+// once the network is back, long after it was built. The agent's
+// heartbeats need this: a heartbeat that arrives late reports what
+// libvirt ran when it was built (a VM migrated away since) as if it ran
+// now.
+func (c *Client) DiscardUnsentOnClose() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	tr := c.transportLocked()
+	dial := tr.DialContext
+	if dial == nil {
+		dial = (&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}).DialContext
 	}
-	c.HTTP = &http.Client{Timeout: timeout, Transport: tr}
+	tr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		conn, err := dial(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		if tc, ok := conn.(*net.TCPConn); ok {
+			if err := tc.SetLinger(0); err != nil {
+				conn.Close()
+				return nil, fmt.Errorf("set SO_LINGER 0 on the connection to %s: %w", addr, err)
+			}
+		}
+		return conn, nil
+	}
+	c.HTTP = &http.Client{Timeout: c.timeoutLocked(), Transport: tr}
+}
+
+// transportLocked is a copy of the client's transport to change (of
+// http.DefaultTransport when it has none of its own).
+func (c *Client) transportLocked() *http.Transport {
+	if c.HTTP != nil {
+		if tr, ok := c.HTTP.Transport.(*http.Transport); ok {
+			return tr.Clone()
+		}
+	}
+	return http.DefaultTransport.(*http.Transport).Clone()
+}
+
+func (c *Client) timeoutLocked() time.Duration {
+	if c.HTTP != nil {
+		return c.HTTP.Timeout
+	}
+	return 90 * time.Second
 }
 
 // Addrs returns the configured server URLs.
