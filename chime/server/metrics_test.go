@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/chime-ha/chime/chime/api"
 	"github.com/chime-ha/chime/chime/structs"
+	distprom "github.com/chime-ha/chime/dist/prometheus"
 	"github.com/chime-ha/chime/integration/wait"
 )
 
@@ -149,4 +151,34 @@ func TestStateGauges(t *testing.T) {
 		t.Errorf("chime_nodes{disabled,normal} = %v, want [1] (hv1, evacuated)", v)
 	}
 	t.Logf("%d samples scraped", len(got))
+	rulesSelectExported(t, got)
+}
+
+// rulesSelectExported checks that every chime_ selector of the shipped
+// alerting rules (dist/prometheus/chime-rules.yml) matches a sample the
+// server exports: a rule over a misspelt metric or label never fires,
+// and promtool cannot tell.
+func rulesSelectExported(t *testing.T, samples []sample) {
+	t.Helper()
+	rules, err := distprom.File(distprom.RulesFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sel := regexp.MustCompile(`(chime_[a-z_]+)(?:\{([^}]*)\})?`)
+	pair := regexp.MustCompile(`([a-z_]+)="([^"]*)"`)
+	n := 0
+	for _, m := range sel.FindAllSubmatch(rules, -1) {
+		want := map[string]string{}
+		for _, p := range pair.FindAllSubmatch(m[2], -1) {
+			want[string(p[1])] = string(p[2])
+		}
+		if len(find(samples, string(m[1]), want)) == 0 {
+			t.Errorf("%s selects %s%v: no such sample in /metrics", distprom.RulesFile, m[1], want)
+		}
+		n++
+	}
+	if n < 6 {
+		t.Errorf("found %d chime_ selectors in %s: is the regexp still right?", n, distprom.RulesFile)
+	}
+	t.Logf("%d chime_ selectors of %s match exported samples", n, distprom.RulesFile)
 }
