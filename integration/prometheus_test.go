@@ -183,6 +183,69 @@ func (p *promServer) alerts() ([]promAlert, error) {
 	return d.Alerts, err
 }
 
+// heartbeater sends one node's heartbeats every 500 ms, as its agent
+// would, with the faults last set, until stopped.
+type heartbeater struct {
+	c      *api.Client
+	node   string
+	mu     sync.Mutex
+	faults []string
+	err    error // the last heartbeat's
+	stop   chan struct{}
+	done   chan struct{}
+}
+
+func startHeartbeats(t *testing.T, c *api.Client, r *api.RegisterResponse) *heartbeater {
+	c.Token = ""
+	c.SetCredentials(r.NodeID, r.Secret)
+	h := &heartbeater{c: c, node: r.NodeID, stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(h.done)
+		tick := time.NewTicker(500 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			h.mu.Lock()
+			faults := h.faults
+			h.mu.Unlock()
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			_, err := h.c.Heartbeat(ctx, api.HeartbeatRequest{NodeID: h.node, Faults: faults, VMs: []structs.VMObservation{}})
+			cancel()
+			h.mu.Lock()
+			h.err = err
+			h.mu.Unlock()
+			select {
+			case <-h.stop:
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	t.Cleanup(h.halt)
+	return h
+}
+
+func (h *heartbeater) setFaults(f ...string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.faults = f
+}
+
+func (h *heartbeater) lastErr() error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.err
+}
+
+// halt stops the heartbeats and waits for the last one.
+func (h *heartbeater) halt() {
+	select {
+	case <-h.stop:
+	default:
+		close(h.stop)
+	}
+	<-h.done
+}
+
 // TestRealPrometheus runs a real Prometheus with the shipped
 // configuration and rules (dist/prometheus, written by WriteConfig)
 // against three real chime servers on mutual TLS with ACLs: Prometheus
@@ -190,14 +253,15 @@ func (p *promServer) alerts() ([]promAlert, error) {
 // all three targets are up, the chime metrics queried back through
 // Prometheus's HTTP API are what each server's API reports (the leader,
 // the nodes by state), the rules file is loaded with every chime rule
-// evaluated without error; then a node reports a fault and a follower is
-// killed, and the shipped rules fire ChimeNodeError for that node and
-// ChimeServerDown for that server, and nothing else.
+// evaluated without error, and no alert fires; then one node falls
+// silent, another reports a fault and a follower is killed, and the
+// shipped rules fire ChimeNodeUnreachable and ChimeNodeError for those
+// nodes and ChimeServerDown for that server, and nothing else.
 func TestRealPrometheus(t *testing.T) {
-	// Nodes here are registered by the test and heartbeat only when it
-	// says: a 10-minute heartbeat interval keeps them from becoming
-	// unreachable meanwhile.
-	ss := newServerSet(t, "127.0.0.1", "--heartbeat-interval", "10m")
+	// The test registers two nodes and sends their heartbeats (every
+	// 500 ms); a node silent for 3 × 3 s is pinged back (its agent address
+	// refuses) and becomes unreachable.
+	ss := newServerSet(t, "127.0.0.1", "--heartbeat-interval", "3s", "--missed-heartbeats", "3")
 	leader := ss.leader(60 * time.Second)
 	ss.bootstrapACL()
 	read := ss.createToken("read")
@@ -210,6 +274,10 @@ func TestRealPrometheus(t *testing.T) {
 			t.Fatalf("register %s: %v", name, err)
 		}
 		regs[name] = r
+	}
+	hb := map[string]*heartbeater{}
+	for name, r := range regs {
+		hb[name] = startHeartbeats(t, ss.client(leader), r)
 	}
 
 	dir := t.TempDir()
@@ -373,20 +441,20 @@ func TestRealPrometheus(t *testing.T) {
 		return len(alerts) == 0, fmt.Sprint(alerts)
 	})
 
-	// hv2 reports a fault; a follower is killed.
-	agent := ss.client(leader)
-	agent.Token = ""
-	agent.SetCredentials(regs["hv2"].NodeID, regs["hv2"].Secret)
-	if _, err := agent.Heartbeat(ctx, api.HeartbeatRequest{NodeID: regs["hv2"].NodeID, Faults: []string{"disk I/O error: sda"},
-		VMs: []structs.VMObservation{}}); err != nil {
-		t.Fatal(err)
+	// hv1 falls silent, hv2 reports a fault, a follower is killed.
+	for name, h := range hb {
+		if err := h.lastErr(); err != nil {
+			t.Fatalf("%s's heartbeats: %v", name, err)
+		}
 	}
+	hb["hv1"].halt()
+	hb["hv2"].setFaults("disk I/O error: sda")
 	victim := (leader + 1) % 3
 	ss.procs[victim].kill()
 	broke := time.Now()
-	t.Logf("hv2 reported a fault and %s (%s) was killed", ss.names[victim], ss.addrs()[victim])
+	t.Logf("hv1 fell silent, hv2 reports a fault, %s (%s) was killed", ss.names[victim], ss.addrs()[victim])
 	fired := map[string]time.Duration{}
-	wait.For(t, 180*time.Second, "ChimeNodeError for hv2 and ChimeServerDown for the killed server firing", func() (bool, string) {
+	wait.For(t, 180*time.Second, "ChimeNodeUnreachable for hv1, ChimeNodeError for hv2 and ChimeServerDown for the killed server firing", func() (bool, string) {
 		alerts, err := prom.alerts()
 		if err != nil {
 			return false, err.Error()
@@ -396,29 +464,34 @@ func TestRealPrometheus(t *testing.T) {
 			seen = append(seen, fmt.Sprintf("%s%v %s", a.Labels["alertname"], a.Labels, a.State))
 			switch name := a.Labels["alertname"]; {
 			case a.State != "firing":
-			case name == "ChimeNodeError" && a.Labels["node"] == "hv2" && a.Labels["node_id"] == regs["hv2"].NodeID,
+			case name == "ChimeNodeUnreachable" && a.Labels["node"] == "hv1" && a.Labels["node_id"] == regs["hv1"].NodeID,
+				name == "ChimeNodeError" && a.Labels["node"] == "hv2" && a.Labels["node_id"] == regs["hv2"].NodeID,
 				name == "ChimeServerDown" && a.Labels["instance"] == ss.addrs()[victim]:
 				if _, ok := fired[name]; !ok {
 					fired[name] = time.Since(broke)
 				}
 			}
 		}
-		return len(fired) == 2, strings.Join(seen, "; ")
+		if err := hb["hv2"].lastErr(); err != nil {
+			return false, "hv2's heartbeats: " + err.Error()
+		}
+		return len(fired) == 3, strings.Join(seen, "; ")
 	})
-	t.Logf("firing after the break: ChimeNodeError %s, ChimeServerDown %s (both rules have for: 1m)",
-		fired["ChimeNodeError"].Round(time.Second), fired["ChimeServerDown"].Round(time.Second))
+	t.Logf("firing after the break: ChimeNodeUnreachable %s (3 × 3 s of silence and the ping-back first), ChimeNodeError %s, ChimeServerDown %s (each rule has for: 1m)",
+		fired["ChimeNodeUnreachable"].Round(time.Second), fired["ChimeNodeError"].Round(time.Second), fired["ChimeServerDown"].Round(time.Second))
 	alerts, err := prom.alerts()
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, a := range alerts {
 		switch a.Labels["alertname"] {
-		case "ChimeNodeError", "ChimeServerDown":
-			if a.Labels["node"] != "" && a.Labels["node"] != "hv2" || a.Labels["instance"] != "" && a.Labels["instance"] != ss.addrs()[victim] {
+		case "ChimeNodeUnreachable", "ChimeNodeError", "ChimeServerDown":
+			want := map[string]string{"ChimeNodeUnreachable": "hv1", "ChimeNodeError": "hv2"}[a.Labels["alertname"]]
+			if a.Labels["node"] != want || a.Labels["instance"] != "" && a.Labels["instance"] != ss.addrs()[victim] {
 				t.Errorf("unexpected alert %v (%s)", a.Labels, a.State)
 			}
 		default:
-			t.Errorf("unexpected alert %v (%s): one follower down and one node's fault break nothing else", a.Labels, a.State)
+			t.Errorf("unexpected alert %v (%s): a follower down, a silent node and a node's fault break nothing else", a.Labels, a.State)
 		}
 	}
 }
