@@ -5,7 +5,8 @@
 # iproute2 and friends for the lab, chromium for the console's browser test,
 # prometheus-alertmanager (the real Alertmanager the alarm test pushes to),
 # prometheus (promtool for dist/prometheus, and the real Prometheus the
-# integration test scrapes the servers with), and `just`.
+# integration test scrapes the servers with; Debian enables its own
+# prometheus.service, which the tests neither need nor touch), and `just`.
 # Idempotent: it installs only what is missing. Run as root.
 set -euo pipefail
 
