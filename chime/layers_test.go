@@ -32,6 +32,9 @@ var layers = []layer{
 	{"fsm/state", []string{"chime/structs"}},
 	{"fsm/view", []string{"fsm/state", "chime/structs"}},
 	{"chime/ui", nil},
+	// The shipped Prometheus files (embedded) and WriteConfig: the
+	// standard library only.
+	{"dist/prometheus", nil},
 	// Test fixtures over a real FSM, for the decision cores' tests.
 	{"fsm/fsmtest", []string{"fsm", "chime/structs"}},
 	{"scheduler", []string{"chime/structs"}},

@@ -3,7 +3,10 @@
 # Debian bookworm machine: libvirt + qemu (libvirt-daemon brings virtlockd,
 # the disk lock manager), qemu-utils for qemu-img (the lab's disk images),
 # iproute2 and friends for the lab, chromium for the console's browser test,
-# prometheus-alertmanager (the real Alertmanager the alarm test pushes to), and `just`.
+# prometheus-alertmanager (the real Alertmanager the alarm test pushes to),
+# prometheus (promtool for dist/prometheus, and the real Prometheus the
+# integration test scrapes the servers with; Debian enables its own
+# prometheus.service, which the tests neither need nor touch), and `just`.
 # Idempotent: it installs only what is missing. Run as root.
 set -euo pipefail
 
@@ -21,6 +24,7 @@ packages=(
 	ca-certificates
 	chromium
 	prometheus-alertmanager
+	prometheus
 )
 
 missing=()

@@ -2,6 +2,7 @@ package server
 
 import (
 	"net/http"
+	"slices"
 
 	"github.com/chime-ha/chime/chime/structs"
 
@@ -52,6 +53,21 @@ var (
 	descNodes   = prometheus.NewDesc("chime_nodes", "Nodes by management and monitor state.", []string{"management_state", "monitor_state"}, nil)
 	descVMs     = prometheus.NewDesc("chime_vms", "VMs by state.", []string{"state"}, nil)
 	descMembers = prometheus.NewDesc("chime_gossip_members", "Memberlist members by state.", []string{"state"}, nil)
+	// descNodeMonitor is the enum pattern: one series per node and
+	// monitor state, 1 for the node's state and 0 for the others, so that
+	// a change of state never makes a series vanish (alerting rules in
+	// dist/prometheus select the 1s).
+	descNodeMonitor = prometheus.NewDesc("chime_node_monitor_state", "1 for each node's monitor state (normal, unreachable, error), 0 for the other states.",
+		[]string{"node", "node_id", "state"}, nil)
+	descTasks = prometheus.NewDesc("chime_tasks", "Tasks by kind and state (every kind and state, zeros included).", []string{"kind", "state"}, nil)
+)
+
+// monitorStates are the values chime_node_monitor_state reports for
+// every node; taskKinds and taskStates those chime_tasks always reports.
+var (
+	monitorStates = []string{structs.MonitorNormal, structs.MonitorUnreachable, structs.MonitorError}
+	taskKinds     = []string{structs.TaskMigrate, structs.TaskEvacuate, structs.TaskDrain, structs.TaskRebuild, structs.TaskAdopt}
+	taskStates    = []string{structs.TaskPending, structs.TaskRunning, structs.TaskSucceeded, structs.TaskFailed, structs.TaskCancelled}
 )
 
 func (c stateCollector) Describe(ch chan<- *prometheus.Desc) {
@@ -60,6 +76,8 @@ func (c stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descNodes
 	ch <- descVMs
 	ch <- descMembers
+	ch <- descNodeMonitor
+	ch <- descTasks
 }
 
 func (c stateCollector) Collect(ch chan<- prometheus.Metric) {
@@ -77,6 +95,33 @@ func (c stateCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		for k, v := range counts {
 			ch <- prometheus.MustNewConstMetric(descNodes, prometheus.GaugeValue, float64(v), k[0], k[1])
+		}
+		for _, n := range nodes {
+			states := monitorStates
+			if !slices.Contains(states, n.MonitorState) {
+				states = append(slices.Clone(states), n.MonitorState) // a state of a newer version: still shown
+			}
+			for _, st := range states {
+				v := 0.0
+				if st == n.MonitorState {
+					v = 1
+				}
+				ch <- prometheus.MustNewConstMetric(descNodeMonitor, prometheus.GaugeValue, v, n.Name, n.ID, st)
+			}
+		}
+	}
+	if tasks, err := s.fsm.Tasks(); err == nil {
+		counts := map[[2]string]int{}
+		for _, k := range taskKinds {
+			for _, st := range taskStates {
+				counts[[2]string{k, st}] = 0
+			}
+		}
+		for _, t := range tasks {
+			counts[[2]string{t.Kind, t.State}]++
+		}
+		for k, v := range counts {
+			ch <- prometheus.MustNewConstMetric(descTasks, prometheus.GaugeValue, float64(v), k[0], k[1])
 		}
 	}
 	if vms, err := s.fsm.VMs(); err == nil {
