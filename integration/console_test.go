@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -48,7 +49,7 @@ func TestConsole(t *testing.T) {
 	}
 	t.Logf("screenshots in %s", shots)
 
-	vm := f.createVM(t, "ui-web")
+	vm := f.createVM(t, "ui-web", "--ha") // ha: the nodes page shows its failover plan
 	src, _, _ := f.waitRunningOnOneHost(t, vm.ID, 90*time.Second)
 	srcName := f.lab.Hosts[src].Name
 	t.Logf("ui-web running on %s", srcName)
@@ -98,16 +99,20 @@ func TestConsole(t *testing.T) {
 		if err != nil {
 			t.Fatalf("screenshot %s: %v", name, err)
 		}
-		p := filepath.Join(shots, name+".png")
+		p := filepath.Join(shots, name+".jpg") // FullScreenshot below 100 % quality is a JPEG
 		if err := os.WriteFile(p, buf, 0o644); err != nil {
 			t.Fatal(err)
 		}
 		t.Logf("screenshot %s (%d bytes)", p, len(buf))
 	}
 
+	// text reads an element's text in one evaluation: the page re-renders
+	// on every change, and a node looked up first and read after can be
+	// gone by then.
 	text := func(sel string) string {
 		t.Helper()
-		v, err := chromedp.Run(ctx, chromedp.Text(chromedp.CSS(sel)))
+		q, _ := json.Marshal(sel)
+		v, err := chromedp.Run(ctx, chromedp.Evaluate[string](`(document.querySelector(`+string(q)+`) || {}).textContent || ""`))
 		if err != nil {
 			t.Fatalf("text of %s: %v", sel, err)
 		}
@@ -136,6 +141,14 @@ func TestConsole(t *testing.T) {
 	} {
 		run("page "+page.name, goPage(page.name), chromedp.WaitVisible(chromedp.CSS(`#page[data-loaded="`+page.name+`"] `+page.ready)))
 		shot(page.name)
+	}
+	// The nodes page's failover plan: ui-web would restart on another node.
+	run("failover plan", goPage("nodes"), chromedp.WaitVisible(chromedp.CSS(`span.failover-target[data-vm="ui-web"]`)))
+	if target := text(`span.failover-target[data-vm="ui-web"]`); target == srcName || target == "nowhere" || target == "" {
+		t.Errorf("the failover plan restarts ui-web (on %s) on %q, want another node", srcName, target)
+	}
+	if res := text("#reservation"); !strings.Contains(res, "ok") {
+		t.Errorf("the nodes page shows the HA reservation as %q, want ok", res)
 	}
 	// The phone-sized view of the VMs page.
 	run("phone size", chromedp.EmulateViewport(390, 844), goPage("vms"),

@@ -54,6 +54,26 @@ const json = (v) => `<code>${esc(JSON.stringify(v ?? null))}</code>`;
 const stateClass = (s) => (/error|unreachable|failed|down|lost/i.test(s || "") ? "bad" : /running|up|healthy|done|ok|alive/i.test(s || "") ? "good" : "");
 const st = (s) => `<span class="${stateClass(s)}">${esc(s)}</span>`;
 
+// observed is a VM's last observation in words: "running (booted), generation 7, on hv2".
+const observed = (o, name) => (o ? `${st(o.state)}${o.reason ? " (" + esc(o.reason) + ")" : ""}, generation ${esc(o.generation)}, on ${esc(name[o.node_id] || o.node_id)}` : "—");
+
+// failoverPlan is where every ha VM would restart if its node failed now,
+// and whether admission control's reservation holds (GET /v1/failover).
+function failoverPlan(plan) {
+  if (!plan) return `<h3>Failover plan</h3><p>not available (ask the leader)</p>`;
+  const r = plan.reservation;
+  const res = r ? `<p id="reservation">HA reservation (tolerate ${esc(r.tolerate)} node failures, ${esc(r.protected_vms)} protected VMs): ${r.ok ? st("ok") : st("broken")} — ${esc(r.reason)}</p>` : "";
+  const entries = plan.entries || [];
+  if (!entries.length) return `<h3>Failover plan</h3>${res}<p>no ha VMs</p>`;
+  return `<h3>Failover plan</h3>${res}` + table([
+    ["VM", (e) => esc(e.vm_name)],
+    ["runs on", (e) => esc(e.node_name || e.node_id)],
+    ["would restart on", (e) => `<span class="failover-target" data-vm="${esc(e.vm_name)}">${esc(e.target_name || e.target || "nowhere")}</span>`],
+    ["safe", (e) => (e.safe ? st("ok") : `<span class="bad">no</span>`)],
+    ["why", (e) => esc(e.reason)],
+  ], entries);
+}
+
 // Pages: endpoints to read (the first is watched), and a render function.
 const pages = {
   cluster: {
@@ -82,7 +102,7 @@ const pages = {
         ["VMs", (n) => esc(count[n.id] || 0)],
         ["fenced", (n) => (n.fenced ? st("fenced") : "")],
         ["actions", (n) => ["enable", "disable", "drain", "evacuate", "rebuild"].map((a) => btn(a, "node-" + a, n.name)).join("")],
-      ], nodes || []) + `<h3>Failover plan</h3>${json(plan)}`;
+      ], nodes || []) + failoverPlan(plan);
     },
   },
   vms: {
@@ -95,7 +115,7 @@ const pages = {
         ["state", (v) => `<span class="vm-state" data-vm="${esc(v.name)}">${esc(v.state)}</span> (desired ${esc(v.desired_state)})`],
         ["node", (v) => `<span class="vm-node" data-vm="${esc(v.name)}">${esc(name[v.node_id] || v.node_id || "—")}</span>`],
         ["generation", (v) => esc(v.generation)],
-        ["observed", (v) => json(v.observed)],
+        ["observed", (v) => observed(v.observed, name)],
         ["task", (v) => (v.task_id ? `<a href="#tasks">${esc(v.task_id.slice(0, 8))}</a>` : "")],
         ["migration", (v) => (v.migration ? json(v.migration) : "")],
         ["actions", (v) => ["start", "stop", "restart", "migrate", "delete"].map((a) => btn(a, "vm-" + a, v.name)).join("")],
