@@ -14,9 +14,16 @@ import (
 )
 
 // countingWatchdog counts pets and closes.
-type countingWatchdog struct{ pets, closes int }
+type countingWatchdog struct {
+	pets, closes int
+	timeout      time.Duration // of the last pet
+}
 
-func (w *countingWatchdog) Pet() error   { w.pets++; return nil }
+func (w *countingWatchdog) Pet(timeout time.Duration) error {
+	w.pets++
+	w.timeout = timeout
+	return nil
+}
 func (w *countingWatchdog) Close() error { w.closes++; return nil }
 
 func newIsolated(t *testing.T, lease time.Duration, vms ...api.DesiredVM) (*stepped, *countingWatchdog) {

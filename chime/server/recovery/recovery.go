@@ -8,7 +8,8 @@
 //     heartbeat arrived since (Node.FencedAt, and the node held silent);
 //   - lease: the node runs with isolation response stop and has been
 //     silent, on this leader's clock and since its takeover at the
-//     earliest, for structs.LeaseDeadline(lease);
+//     earliest, for structs.LeaseDeadline(lease, margin), and its agent's
+//     stop bound fits in the margin (structs.Node.LeaseCounts);
 //   - drain: the node is drained and its agent acknowledged it (or
 //     reported a local drain done), and no VM is recorded running there.
 //
@@ -95,6 +96,9 @@ type Config struct {
 	// MaxFenceAttempts bounds the fence command's attempts per node and
 	// episode (the node unreachable): 0 is DefaultMaxFenceAttempts.
 	MaxFenceAttempts int
+	// LeaseMargin is the margin over an isolation lease
+	// (--isolation-lease-margin): 0 is structs.DefaultLeaseMargin.
+	LeaseMargin time.Duration
 }
 
 // Defaults.
@@ -123,10 +127,12 @@ type Recoverer struct {
 	log     hclog.Logger
 
 	maxRestarts, maxFence int
+	margin                time.Duration
 
 	mu       sync.Mutex
 	restarts map[string]*attempt // vm id → restart attempts
 	warned   map[string]uint64   // vm id → generation the lease was said not to cover
+	badBound map[string]bool     // node id → its stop bound exceeds the margin (logged)
 	fences   map[string]*attempt // node id → fence attempts (this episode)
 	wg       sync.WaitGroup      // asynchronous fence attempts (Run)
 	async    bool                // fence attempts on their own goroutine (Run)
@@ -150,13 +156,16 @@ func New(cfg Config) *Recoverer {
 	}
 	r := &Recoverer{propose: cfg.Proposer, state: cfg.State, silence: cfg.Silence, placer: cfg.Placer,
 		fencer: cfg.Fencer, brake: cfg.Brake, clock: cfg.Clock, log: logger.Named("recovery"),
-		maxRestarts: cfg.MaxRestarts, maxFence: cfg.MaxFenceAttempts,
-		restarts: map[string]*attempt{}, warned: map[string]uint64{}, fences: map[string]*attempt{}, kick: make(chan struct{}, 1)}
+		maxRestarts: cfg.MaxRestarts, maxFence: cfg.MaxFenceAttempts, margin: cfg.LeaseMargin,
+		badBound: map[string]bool{}, restarts: map[string]*attempt{}, warned: map[string]uint64{}, fences: map[string]*attempt{}, kick: make(chan struct{}, 1)}
 	if r.maxRestarts <= 0 {
 		r.maxRestarts = DefaultMaxRestarts
 	}
 	if r.maxFence <= 0 {
 		r.maxFence = DefaultMaxFenceAttempts
+	}
+	if r.margin <= 0 {
+		r.margin = structs.DefaultLeaseMargin
 	}
 	return r
 }
@@ -302,10 +311,23 @@ func (r *Recoverer) evidence(n structs.Node) (string, time.Duration, bool) {
 		}
 	}
 	if n.IsolationResponse == structs.IsolationStop && n.IsolationLease > 0 {
-		deadline := structs.LeaseDeadline(n.IsolationLease)
+		if !n.LeaseCounts(r.margin) {
+			// The agent may need longer to stop its VMs than the margin
+			// allows: its lease proves nothing here (its agent alarms too).
+			r.mu.Lock()
+			first := !r.badBound[n.ID]
+			r.badBound[n.ID] = true
+			r.mu.Unlock()
+			if first {
+				r.log.Error("isolation lease not counted: the agent's stop bound exceeds the servers' margin; only a fence or a drain makes its VMs restart elsewhere",
+					"node", n.Name, "stop_bound", n.StopBound().String(), "margin", r.margin.String())
+			}
+			return "", 0, false
+		}
+		deadline := structs.LeaseDeadline(n.IsolationLease, r.margin)
 		if s := r.silence.Silence(n.ID); s >= deadline {
-			return fmt.Sprintf("isolation lease expired (lease %s, isolation response stop; silent %s on the leader ≥ %s)",
-				n.IsolationLease, s.Round(time.Millisecond), deadline), deadline, true
+			return fmt.Sprintf("isolation lease expired (lease %s, margin %s, isolation response stop; silent %s on the leader ≥ %s)",
+				n.IsolationLease, r.margin, s.Round(time.Millisecond), deadline), deadline, true
 		}
 	}
 	return "", 0, false
