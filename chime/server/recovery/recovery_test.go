@@ -434,3 +434,56 @@ func TestLeaseCoversMigratedVMsOnlyOnceReported(t *testing.T) {
 		})
 	}
 }
+
+// The margin decides the lease's deadline (lease × 1.5 + margin), and a
+// node whose agent may need longer to stop its VMs than the margin (its
+// registered stop bound) gets no lease evidence at all.
+func TestLeaseMarginAndStopBound(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		margin    time.Duration // 0: the default (10 s)
+		bound     time.Duration // the agent's registered stop bound (0: an older agent)
+		lease     time.Duration
+		notBefore time.Duration // still in place after this much silence
+		movedBy   time.Duration // restarted elsewhere after this much (0: never)
+	}{
+		{"default margin, older agent", 0, 0, 5 * time.Second, 17 * time.Second, 18 * time.Second},
+		{"margin 1s, bound 1s", time.Second, time.Second, 5 * time.Second, 8 * time.Second, 9 * time.Second},
+		{"margin 1s, bound 400ms", time.Second, 400 * time.Millisecond, 5 * time.Second, 8 * time.Second, 9 * time.Second},
+		{"margin 1s, bound 2s: not counted", time.Second, 2 * time.Second, 5 * time.Second, 10 * time.Minute, 0},
+		{"margin 1s, older agent: not counted", time.Second, 0, 5 * time.Second, 10 * time.Minute, 0},
+		{"margin 30s, bound 10s", 30 * time.Second, 10 * time.Second, 20 * time.Second, 59 * time.Second, 61 * time.Second},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w := newWorld(t, false)
+			w.rec = New(Config{Proposer: w.Direct, State: w.FSM, Silence: w.monitor, Placer: w.placer, Brake: w.guard,
+				Clock: w.Clock, LeaseMargin: tc.margin})
+			id := uuid.NewString()
+			w.Propose(fsm.CmdRegisterNode, fsm.RegisterNode{Node: structs.Node{ID: id, Name: "dead", VCPUs: fsmtest.NodeVCPUs,
+				MemoryMiB: fsmtest.NodeMemoryMiB, IsolationResponse: structs.IsolationStop, IsolationLease: tc.lease,
+				IsolationStopBound: tc.bound}})
+			w.monitor.Registered(id)
+			w.node("healthy", structs.IsolationKeep, 0)
+			vm := w.vm("a", true, "", id)
+			w.unreachable(id)
+			w.Clock.Advance(tc.notBefore)
+			w.step()
+			if got := w.VM(vm).NodeID; got != id {
+				t.Fatalf("restarted after %s of silence", tc.notBefore)
+			}
+			if tc.movedBy == 0 {
+				return
+			}
+			w.Clock.Advance(tc.movedBy - tc.notBefore)
+			w.step()
+			if got := w.VM(vm).NodeID; got == id {
+				t.Fatalf("not restarted after %s of silence", tc.movedBy)
+			}
+			evs := w.events(EventRestarted)
+			if len(evs) != 1 || !strings.Contains(evs[0].Message, "margin") {
+				t.Errorf("ha.restarted events %v: want one that names the margin", evs)
+			}
+			t.Logf("%s", evs[0].Message)
+		})
+	}
+}
