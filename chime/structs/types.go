@@ -206,9 +206,24 @@ type VM struct {
 	// placement: announced by the destination's agent, or reported by the
 	// source with an unknown outcome. While it is held (HeldByNodeLocal) no
 	// rebuild places the VM elsewhere. Any placement move clears it.
-	NodeLocal   *NodeLocalMigration `json:"node_local,omitempty"`
-	CreateIndex uint64              `json:"create_index"`
-	ModifyIndex uint64              `json:"modify_index"`
+	NodeLocal *NodeLocalMigration `json:"node_local,omitempty"`
+	// HARestarts are automatic HA's failed attempts to restart the VM away
+	// from its current placement (node and generation): replicated so that
+	// a new leader goes on counting toward --ha-max-restarts instead of
+	// starting again. Any placement move clears it.
+	HARestarts  *HARestarts `json:"ha_restarts,omitempty"`
+	CreateIndex uint64      `json:"create_index"`
+	ModifyIndex uint64      `json:"modify_index"`
+}
+
+// HARestarts is the retry state of automatic HA for one placement of a VM.
+type HARestarts struct {
+	NodeID     string    `json:"node_id"`    // the placement the attempts were away from
+	Generation uint64    `json:"generation"` // its generation
+	Count      int       `json:"count"`      // failed attempts so far
+	GaveUp     bool      `json:"gave_up,omitempty"`
+	LastError  string    `json:"last_error,omitempty"`
+	LastFailed time.Time `json:"last_failed,omitzero"` // the proposer's clock, for operators: no wait is measured on it
 }
 
 // DeriveState computes the VM's shown state from placement and observation.

@@ -113,9 +113,11 @@ const (
 	backoffMax  = time.Minute
 )
 
-// Recoverer is the duty. Its memory (attempts, back-offs) lives only on
-// this leader: a new leader starts again, and its lease clock starts at
-// its takeover.
+// Recoverer is the duty. The restart attempts of each VM are replicated
+// (fsm.CmdHARestartFailed, structs.VM.HARestarts): a new leader goes on
+// counting and waits the whole back-off from its takeover. The fence
+// attempts and the lease clock live on this leader only: a new leader
+// fences again, and counts silence from its takeover.
 type Recoverer struct {
 	propose Proposer
 	state   State
@@ -372,6 +374,15 @@ func (r *Recoverer) restartOne(ctx context.Context, n structs.Node, vm structs.V
 	at := r.restarts[vm.ID]
 	if at == nil || at.key != key {
 		at = &attempt{key: key}
+		if h := vm.HARestarts; h != nil && h.NodeID == n.ID && h.Generation == vm.Generation {
+			// Replicated by an earlier leader (or this one before): go on
+			// counting, and wait the whole back-off again from now (its
+			// time of the last failure is another server's clock).
+			at.count, at.gaveUp = h.Count, h.GaveUp
+			if h.Count > 0 {
+				at.next = now.Add(backoff(h.Count))
+			}
+		}
 		r.restarts[vm.ID] = at
 	}
 	if at.gaveUp || now.Before(at.next) {
@@ -429,6 +440,12 @@ func (r *Recoverer) failed(ctx context.Context, vm structs.VM, n structs.Node, a
 	at.gaveUp = give
 	r.mu.Unlock()
 	r.log.Warn("ha restart failed", "vm", vm.Name, "node", n.Name, "attempt", count, "error", why, "retry_in", backoff(count).String())
+	// Replicated, so that a new leader goes on counting (the record is
+	// refused once the placement moved on: nothing to count then).
+	if _, err := r.propose.Propose(ctx, "", fsm.CmdHARestartFailed, fsm.HARestartFailed{VMID: vm.ID, NodeID: n.ID,
+		Generation: vm.Generation, Count: count, GaveUp: give, Error: why, Retry: backoff(count).String()}); err != nil && !errors.Is(err, structs.ErrConflict) && !structs.IsNotFound(err) {
+		return fmt.Errorf("record the failed restart of vm %s: %w", vm.Name, err)
+	}
 	if !give {
 		return nil
 	}

@@ -487,3 +487,54 @@ func TestLeaseMarginAndStopBound(t *testing.T) {
 		})
 	}
 }
+
+// The restart attempts are replicated: a new leader (a new Recoverer on
+// the same state, its monitor reset at its takeover) goes on counting
+// toward MaxRestarts (3 here) instead of starting again, and waits the
+// whole back-off from its takeover.
+func TestRestartAttemptsSurviveALeaderChange(t *testing.T) {
+	w := newWorld(t, false)
+	dead := w.node("dead", structs.IsolationStop, 10*time.Second)
+	off := w.node("disabled", structs.IsolationKeep, 0)
+	w.Propose(fsm.CmdSetManagement, fsm.SetManagement{NodeID: off, State: structs.NodeDisabled})
+	vm := w.vm("a", true, "", dead)
+	w.unreachable(dead)
+	w.Clock.Advance(26 * time.Second)
+	for w.VM(vm).HARestarts == nil || w.VM(vm).HARestarts.Count < 2 {
+		w.step()
+		w.Clock.Advance(time.Second)
+	}
+	if got := w.events("ha.restart_failed"); len(got) != 2 {
+		t.Fatalf("ha.restart_failed events: %d, want 2", len(got))
+	}
+	// The leader changes.
+	w.monitor.Reset()
+	w.rec = New(Config{Proposer: w.Direct, State: w.FSM, Silence: w.monitor, Placer: w.placer, Brake: w.guard,
+		Clock: w.Clock, MaxRestarts: 3})
+	w.Clock.Advance(26 * time.Second) // the lease deadline from the takeover
+	w.step()
+	if got := w.VM(vm).HARestarts.Count; got != 2 {
+		t.Fatalf("the new leader tried at once (count %d): it waits the back-off from its takeover", got)
+	}
+	for range 120 {
+		w.step()
+		w.Clock.Advance(time.Second)
+	}
+	h := w.VM(vm).HARestarts
+	if h.Count != 3 || !h.GaveUp {
+		t.Fatalf("retry state %+v, want 3 attempts in all and given up", *h)
+	}
+	gave := w.events(EventGaveUp)
+	if len(gave) != 1 || !strings.Contains(gave[0].Message, "after 3 attempts") {
+		t.Fatalf("ha.gave_up events %v: want one, after 3 attempts in all", gave)
+	}
+	if got := w.events("ha.restart_failed"); len(got) != 3 {
+		t.Errorf("ha.restart_failed events: %d, want 3", len(got))
+	}
+	// A placement move clears it.
+	late := w.node("late", structs.IsolationKeep, 0)
+	w.Propose(fsm.CmdPlaceVM, fsm.PlaceVM{VMID: vm, NodeID: late})
+	if w.VM(vm).HARestarts != nil {
+		t.Errorf("retry state %+v kept after a placement move", *w.VM(vm).HARestarts)
+	}
+}
