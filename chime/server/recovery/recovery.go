@@ -44,6 +44,7 @@ type State interface {
 	Nodes() ([]structs.Node, error)
 	Node(id string) (*structs.Node, error)
 	VMsOnNode(nodeID string) ([]structs.VM, uint64, error)
+	VMs() ([]structs.VM, error)
 }
 
 // Silence is the heartbeat monitor's memory of arrivals
@@ -222,12 +223,30 @@ func (r *Recoverer) Step(ctx context.Context) error {
 			errs = append(errs, err)
 			continue
 		}
-		if len(vms) == 0 {
+		held, err := r.heldMigrations(n)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if len(vms) == 0 && len(held) == 0 {
 			continue
 		}
 		ev, hold, lease := r.evidence(n)
 		if ev == "" {
 			r.fenceIfDue(ctx, n)
+			continue
+		}
+		if len(held) > 0 {
+			if lease {
+				// The lease says the agent killed what it runs; it says
+				// nothing about a hand-over libvirt may have completed
+				// meanwhile. Only a fence (or a drain) settles these.
+				r.fenceIfDue(ctx, n)
+			} else if err := r.settleAll(ctx, n, held, ev, hold); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		if len(vms) == 0 {
 			continue
 		}
 		if lease {
@@ -269,6 +288,69 @@ func (r *Recoverer) toRestart(n structs.Node) ([]structs.VM, error) {
 	}
 	scheduler.RestartOrder(out) // the failover plan's order (GET /v1/failover)
 	return out, nil
+}
+
+// heldMigrations are the ha VMs desired running whose ordered live
+// migration from or to node n has an unknown outcome (held: started
+// nowhere until a host proves where they run).
+func (r *Recoverer) heldMigrations(n structs.Node) ([]structs.VM, error) {
+	all, err := r.state.VMs()
+	if err != nil {
+		return nil, fmt.Errorf("read vms: %w", err)
+	}
+	var out []structs.VM
+	for _, vm := range all {
+		m := vm.Migration
+		if !vm.Spec.HA || vm.DesiredState != structs.DesiredRunning || !vm.Held() || (m.From != n.ID && m.To != n.ID) {
+			continue
+		}
+		out = append(out, vm)
+	}
+	scheduler.RestartOrder(out)
+	return out, nil
+}
+
+// settleAll settles the held migrations from or to node n, which is known
+// to run nothing (ev: a fence or a drain acknowledgement): the VM runs at
+// the other end or nowhere, so it is placed there (on the destination
+// adopting the migrating generation: its agent keeps the arrived copy or
+// starts one; on the source with a new generation adopting it). The
+// restart elsewhere, if the other end is unreachable as well, follows from
+// that end's own evidence. With the node's heartbeats held off, as the
+// restarts.
+func (r *Recoverer) settleAll(ctx context.Context, n structs.Node, held []structs.VM, ev string, hold time.Duration) error {
+	if hold > 0 {
+		release, ok := r.silence.HoldSilent(n.ID, hold)
+		if !ok {
+			return nil // it spoke meanwhile: no evidence any more
+		}
+		defer release()
+	}
+	var errs []error
+	settled := false
+	for _, vm := range held {
+		m := vm.Migration
+		where, end := m.To, "source"
+		if m.From != n.ID {
+			where, end = m.From, "destination"
+		}
+		reason := fmt.Sprintf("automatic HA: node %s, its %s, is known to run nothing: %s", n.Name, end, ev)
+		_, err := r.propose.Propose(ctx, "", fsm.CmdMigrationSettle, fsm.MigrationSettle{VMID: vm.ID, TaskID: m.TaskID,
+			Generation: m.Generation, Where: where, Reason: reason})
+		switch {
+		case err == nil:
+			settled = true
+			r.log.Info("held live migration settled", "vm", vm.Name, "node", n.Name, "end", end, "placed_on", where, "evidence", ev)
+		case errors.Is(err, structs.ErrConflict) || structs.IsNotFound(err):
+			// Settled meanwhile (a report, an operator's rebuild).
+		default:
+			errs = append(errs, fmt.Errorf("settle the live migration of vm %s: %w", vm.Name, err))
+		}
+	}
+	if settled {
+		r.placer.Kick()
+	}
+	return errors.Join(errs...)
 }
 
 // leaseCovers splits vms into those the node's isolation lease covers and

@@ -538,3 +538,58 @@ func TestRestartAttemptsSurviveALeaderChange(t *testing.T) {
 		t.Errorf("retry state %+v kept after a placement move", *w.VM(vm).HARestarts)
 	}
 }
+
+// A held live migration (outcome unknown) from or to a node that is then
+// fenced is settled by automatic HA at the other end, ha VMs only: the
+// fence proves that the fenced end runs nothing. The isolation lease does
+// not settle it (a hand-over libvirt completed is not the agent's to kill).
+func TestFenceSettlesHeldMigrations(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		fencedEnd  string // "source" or "destination"
+		ha         bool
+		fence      bool // a fence command (else: lease only)
+		wantOn     string
+		wantSettle bool
+	}{
+		{"source fenced: placed on the destination", "source", true, true, "dst", true},
+		{"destination fenced: stays on the source", "destination", true, true, "src", true},
+		{"not ha: left to the operator", "source", false, true, "src", false},
+		{"lease only: waits for a fence", "source", true, false, "src", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w := newWorld(t, tc.fence)
+			src := w.node("src", structs.IsolationStop, 5*time.Second)
+			dst := w.node("dst", structs.IsolationStop, 5*time.Second)
+			w.node("spare", structs.IsolationKeep, 0)
+			w.node("spare2", structs.IsolationKeep, 0) // two of four unreachable: the brake holds off
+			vm := w.vm("a", tc.ha, "", src)
+			gen := w.VM(vm).Generation
+			w.Propose(fsm.CmdMigrationStart, fsm.MigrationStart{VMID: vm, TaskID: "t1", To: dst, IfGeneration: gen})
+			w.Propose(fsm.CmdMigrationEnd, fsm.MigrationEnd{VMID: vm, TaskID: "t1", FromNode: src, Generation: gen, Unknown: true, Error: "reply lost"})
+			if !w.VM(vm).Held() {
+				t.Fatal("not held")
+			}
+			lost := src
+			if tc.fencedEnd == "destination" {
+				lost = dst
+			}
+			w.unreachable(lost)
+			for range 30 {
+				w.step()
+				w.Clock.Advance(time.Second)
+			}
+			got := w.VM(vm)
+			if got.Held() == tc.wantSettle {
+				t.Fatalf("held %v, want settled %v", got.Held(), tc.wantSettle)
+			}
+			on := map[string]string{src: "src", dst: "dst"}[got.NodeID]
+			if on != tc.wantOn {
+				t.Errorf("placed on %q, want %s", on, tc.wantOn)
+			}
+			if tc.fence && tc.ha && len(w.fencer.runs) == 0 {
+				t.Errorf("no fence run for the held VM's node")
+			}
+		})
+	}
+}
