@@ -60,7 +60,8 @@ Example:
 			&cli.StringFlag{Name: "gossip-key", Usage: "base64 gossip encryption key (16, 24 or 32 bytes; 'chime operator gossip keygen'); seeds the keyring file in --data-dir, which wins once it exists", EnvVars: []string{"CHIME_GOSSIP_KEY"}},
 			&cli.StringSliceFlag{Name: "label", Usage: "node label KEY=VALUE (repeatable)"},
 			&cli.StringFlag{Name: "isolation-response", Value: def.IsolationResponse, Usage: "what the agent does when no heartbeat was acknowledged for --isolation-lease: stop (kill every VM, start none; the servers may then restart ha VMs elsewhere) or keep", EnvVars: []string{"CHIME_ISOLATION_RESPONSE"}},
-			&cli.DurationFlag{Name: "isolation-lease", Value: def.IsolationLease, Usage: "isolation lease (with --isolation-response stop); the servers treat the node as fenced lease × 1.5 + 10s after its last heartbeat"},
+			&cli.DurationFlag{Name: "isolation-lease", Value: def.IsolationLease, Usage: "isolation lease (with --isolation-response stop); the servers treat the node as fenced lease × 1.5 + their --isolation-lease-margin (10s) after its last heartbeat"},
+			&cli.DurationFlag{Name: "isolation-stop-bound", Value: def.IsolationStopBound, Usage: "with --isolation-response stop: every VM is stopped within this time once the lease ran out (else an alarm); must be at most the servers' --isolation-lease-margin, or they do not count the lease"},
 			&cli.StringFlag{Name: "watchdog", Usage: "watchdog device armed with --isolation-response stop (e.g. /dev/watchdog, softdog): petted while the lease is valid, so a hung agent resets its host"},
 			&cli.StringFlag{Name: "join-token", Usage: "ACL token of role agent-join: registering a new node needs it when the servers enforce ACLs (or an agent TLS certificate)", EnvVars: []string{"CHIME_JOIN_TOKEN"}},
 			&cli.BoolFlag{Name: "insecure-no-gossip-key", Usage: "gossip in plaintext, knowingly, against servers that do (without it the agent needs --gossip-key or a keyring file in its data dir)"},
@@ -114,6 +115,7 @@ func agentConfig(c *cli.Context) (agent.Config, error) {
 	cfg.GossipKey = c.String("gossip-key")
 	cfg.IsolationResponse = c.String("isolation-response")
 	cfg.IsolationLease = c.Duration("isolation-lease")
+	cfg.IsolationStopBound = c.Duration("isolation-stop-bound")
 	cfg.WatchdogDevice = c.String("watchdog")
 	cfg.JoinToken = c.String("join-token")
 	cfg.TLS, cfg.InsecureNoTLS = tlsFiles(c), c.Bool("insecure-no-tls")

@@ -213,12 +213,12 @@ func staleCopies(cs []structs.StaleCopy) string {
 }
 
 // isolation is a node's isolation response as shown: "keep", or "stop
-// (lease 30s, watchdog)".
+// (lease 30s, stop bound 10s, watchdog)".
 func isolation(n *structs.Node) string {
 	if n.IsolationResponse != structs.IsolationStop {
 		return structs.IsolationKeep
 	}
-	s := fmt.Sprintf("stop (lease %s", n.IsolationLease)
+	s := fmt.Sprintf("stop (lease %s, stop bound %s", n.IsolationLease, n.StopBound())
 	if n.Watchdog {
 		s += ", watchdog"
 	} else {

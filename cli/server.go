@@ -47,6 +47,7 @@ gossip ports. A quick test: 'chime server --dev' (one server, temporary data dir
 			&cli.StringFlag{Name: "fence-command", Usage: "executable the leader runs to power off an unreachable node with ha VMs (args: NODE_NAME MGMT_ADDR; env CHIME_FENCE_*); exit 0 = fenced"},
 			&cli.DurationFlag{Name: "fence-timeout", Value: d.FenceTimeout, Usage: "time one run of --fence-command may take"},
 			&cli.IntFlag{Name: "fence-retries", Value: d.FenceRetries, Usage: "attempts of --fence-command per node while it stays unreachable (back-off 2s doubling)"},
+			&cli.DurationFlag{Name: "isolation-lease-margin", Value: d.IsolationLeaseMargin, Usage: "margin over an isolation lease: a stop node is fenced once lease × 1.5 + this has passed since its last heartbeat; must be at least every stop agent's --isolation-stop-bound (docs/ha.md)"},
 			&cli.IntFlag{Name: "ha-max-restarts", Value: d.HAMaxRestarts, Usage: "automatic restart attempts of one ha VM before it is given up (ha.gave_up)"},
 			&cli.StringSliceFlag{Name: "storage-root", Value: cli.NewStringSlice(d.StorageRoots...), Usage: "directory VM disks must lie under (repeatable; giving it replaces the default)", EnvVars: []string{"CHIME_STORAGE_ROOT"}},
 			&cli.Int64Flag{Name: "snapshot-max-bytes", Value: d.SnapshotMaxBytes, Usage: "largest snapshot 'chime operator snapshot restore' may upload (bytes)"},
@@ -78,6 +79,7 @@ gossip ports. A quick test: 'chime server --dev' (one server, temporary data dir
 			cfg.AlertmanagerResend, cfg.ClusterName = c.Duration("alertmanager-resend"), c.String("cluster-name")
 			cfg.FenceCommand, cfg.FenceTimeout = c.String("fence-command"), c.Duration("fence-timeout")
 			cfg.FenceRetries, cfg.HAMaxRestarts = c.Int("fence-retries"), c.Int("ha-max-restarts")
+			cfg.IsolationLeaseMargin = c.Duration("isolation-lease-margin")
 			cfg.SnapshotMaxBytes = c.Int64("snapshot-max-bytes")
 			cfg.StorageRoots = c.StringSlice("storage-root")
 			cfg.TLS, cfg.InsecureNoTLS = tlsFiles(c), c.Bool("insecure-no-tls")

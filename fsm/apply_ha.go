@@ -4,6 +4,9 @@ import (
 	"fmt"
 	"strings"
 	"time"
+	"unicode/utf8"
+
+	"github.com/chime-ha/chime/chime/structs"
 )
 
 // SetHA changes a VM's automatic-HA settings (`chime vm modify`): nil
@@ -35,6 +38,72 @@ func (a *applier) setHA(p SetHA) (string, error) {
 		return "", err
 	}
 	return v.ID, a.ev("vm.modified", v.NodeID, v.ID, "vm %s: %s", v.Name, strings.Join(changes, ", "))
+}
+
+// CmdHARestartFailed records a failed automatic restart attempt of a VM
+// (structs.VM.HARestarts). New in this version; a log without it replays to
+// VMs without retry state, which is what the leader-memory version had.
+const CmdHARestartFailed CommandType = "vm.ha_restart_failed"
+
+// HARestartFailed is attempt Count of restarting VMID away from its
+// placement (NodeID, Generation) failing; GaveUp after the last one.
+type HARestartFailed struct {
+	VMID       string `json:"vm_id"`
+	NodeID     string `json:"node_id"`
+	Generation uint64 `json:"generation"`
+	Count      int    `json:"count"`
+	GaveUp     bool   `json:"gave_up,omitempty"`
+	Error      string `json:"error,omitempty"`
+	Retry      string `json:"retry,omitempty"` // the back-off, as shown in the event
+}
+
+// haRestartFailed stores the retry state, refused (a conflict) once the
+// placement moved on, and records ha.restart_failed.
+func (a *applier) haRestartFailed(p HARestartFailed) (string, error) {
+	v, err := a.vm(p.VMID)
+	if err != nil {
+		return "", err
+	}
+	if v.NodeID != p.NodeID || v.Generation != p.Generation {
+		return "", structs.Conflict("generation", "vm %s: placement changed (node %s generation %d, the attempt was for node %s generation %d)",
+			v.Name, orNone(v.NodeID), v.Generation, orNone(p.NodeID), p.Generation)
+	}
+	if p.Count < 1 {
+		return "", structs.Invalid("count", "must be at least 1, got %d", p.Count)
+	}
+	if r := v.HARestarts; r != nil && r.Count >= p.Count {
+		return v.ID, nil // a repeat: counts only grow
+	}
+	v.HARestarts = &structs.HARestarts{NodeID: p.NodeID, Generation: p.Generation, Count: p.Count, GaveUp: p.GaveUp,
+		LastError: truncate(p.Error, 512), LastFailed: a.tx.Now()}
+	if err := a.tx.PutVM(v); err != nil {
+		return "", err
+	}
+	next := "retried in " + p.Retry
+	if p.GaveUp {
+		next = "given up"
+	}
+	return v.ID, a.ev("ha.restart_failed", v.NodeID, v.ID, "vm %s: automatic restart attempt %d away from node %s failed (%s); %s",
+		v.Name, p.Count, a.nodeName(p.NodeID), truncate(p.Error, 200), next)
+}
+
+// nodeName is a node's name, or its id when it is gone.
+func (a *applier) nodeName(id string) string {
+	if n, err := a.tx.Node(id); err == nil && n != nil {
+		return n.Name
+	}
+	return id
+}
+
+// truncate shortens s to at most n bytes, at a rune boundary.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
 }
 
 // Commands of the cluster-wide automatic-HA switch (structs.HAState). They

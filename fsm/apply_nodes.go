@@ -59,6 +59,7 @@ func (a *applier) registerNode(p RegisterNode) (string, error) {
 	n.VCPUs, n.MemoryMiB, n.Labels, n.AgentVersion = in.VCPUs, in.MemoryMiB, in.Labels, in.AgentVersion
 	// Zero in entries written before the isolation lease existed.
 	n.IsolationResponse, n.IsolationLease, n.Watchdog = in.IsolationResponse, in.IsolationLease, in.Watchdog
+	n.IsolationStopBound = in.IsolationStopBound
 	if err := a.tx.PutNodeName(n.ID, n.Name, previous); err != nil {
 		return "", err
 	}

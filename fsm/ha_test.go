@@ -1,7 +1,10 @@
 package fsm
 
 import (
+	"errors"
 	"testing"
+
+	"github.com/google/uuid"
 
 	"github.com/chime-ha/chime/chime/structs"
 )
@@ -83,5 +86,53 @@ func TestHASwitchReplays(t *testing.T) {
 	}
 	if a, b := dumps[0]["cluster"]["ha"], dumps[1]["cluster"]["ha"]; a == "" || a != b {
 		t.Fatalf("replays differ or record missing:\n%s\n%s", a, b)
+	}
+}
+
+// TestHARestartFailed: automatic HA's retry state of a VM is stored for
+// its current placement only, its count only grows, and a placement move
+// clears it.
+func TestHARestartFailed(t *testing.T) {
+	h := newHarness(t)
+	n1, n2 := node("hv1"), node("hv2")
+	h.must("", CmdRegisterNode, RegisterNode{Node: n1})
+	h.must("", CmdRegisterNode, RegisterNode{Node: n2})
+	v := vm("web")
+	gen := h.must("", CmdCreateVM, CreateVM{VM: v, NodeID: n1.ID}).Index
+	steps := []struct {
+		name      string
+		p         HARestartFailed
+		wantErr   error // nil: applied
+		wantCount int
+		wantEvent bool
+	}{
+		{"first attempt", HARestartFailed{VMID: v.ID, NodeID: n1.ID, Generation: gen, Count: 1, Error: "no node fits", Retry: "2s"}, nil, 1, true},
+		{"a repeat is quiet", HARestartFailed{VMID: v.ID, NodeID: n1.ID, Generation: gen, Count: 1, Error: "no node fits", Retry: "2s"}, nil, 1, false},
+		{"stale generation", HARestartFailed{VMID: v.ID, NodeID: n1.ID, Generation: gen - 1, Count: 2}, structs.ErrConflict, 1, false},
+		{"other node", HARestartFailed{VMID: v.ID, NodeID: n2.ID, Generation: gen, Count: 2}, structs.ErrConflict, 1, false},
+		{"count 0", HARestartFailed{VMID: v.ID, NodeID: n1.ID, Generation: gen, Count: 0}, structs.ErrInvalid, 1, false},
+		{"unknown vm", HARestartFailed{VMID: uuid.NewString(), NodeID: n1.ID, Generation: gen, Count: 1}, structs.ErrNotFound, 1, false},
+		{"given up", HARestartFailed{VMID: v.ID, NodeID: n1.ID, Generation: gen, Count: 2, GaveUp: true, Error: "no node fits"}, nil, 2, true},
+	}
+	for _, st := range steps {
+		before := h.f.LastEventSeq()
+		r := h.apply("", CmdHARestartFailed, st.p)
+		if (st.wantErr == nil) != (r.Err == nil) || (st.wantErr != nil && !errors.Is(r.Err, st.wantErr)) {
+			t.Fatalf("%s: %v, want %v", st.name, r.Err, st.wantErr)
+		}
+		got, err := h.f.VM(v.ID)
+		if err != nil || got.HARestarts == nil || got.HARestarts.Count != st.wantCount {
+			t.Fatalf("%s: retry state %+v (%v), want count %d", st.name, got.HARestarts, err, st.wantCount)
+		}
+		if ev := h.f.LastEventSeq() != before; ev != st.wantEvent {
+			t.Errorf("%s: event appended %v, want %v", st.name, ev, st.wantEvent)
+		}
+	}
+	if got, _ := h.f.VM(v.ID); !got.HARestarts.GaveUp || got.HARestarts.LastError != "no node fits" {
+		t.Errorf("retry state %+v, want given up with the last error", *got.HARestarts)
+	}
+	h.must("", CmdPlaceVM, PlaceVM{VMID: v.ID, NodeID: n2.ID})
+	if got, _ := h.f.VM(v.ID); got.HARestarts != nil {
+		t.Errorf("retry state %+v after a placement move, want none", *got.HARestarts)
 	}
 }

@@ -42,6 +42,7 @@ var registry = map[CommandType]applyFunc{
 	CmdSetHAArmed:      typed((*applier).setHAArmed),
 	CmdSetHABrake:      typed((*applier).setHABrake),
 	CmdSetHA:           typed((*applier).setHA),
+	CmdHARestartFailed: typed((*applier).haRestartFailed),
 	CmdACLBootstrap:    typed((*applier).aclBootstrap),
 	CmdACLTokenCreate:  typed((*applier).aclTokenCreate),
 	CmdACLTokenDelete:  typed((*applier).aclTokenDelete),

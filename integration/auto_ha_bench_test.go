@@ -16,7 +16,9 @@ import (
 
 // BenchmarkAutoHA is TestAutoHA's power loss repeated for the figures of
 // docs/benchmarks.md: CHIME_BENCH_HA_RUNS runs (default 3) per set-up —
-// fast timing (1 s heartbeats) on the lease and the fence-command path,
+// fast timing (1 s heartbeats) on the lease path (with the default 10 s
+// margin, "fast", and with a 1 s margin and 1 s stop bound, "fastm") and
+// the fence-command path,
 // seed timing (15 s heartbeats) on the fence-command path and, with
 // CHIME_BENCH_HA_SEED_LEASE=1, on the lease path — each on a fresh fleet
 // of real libvirt hosts with the uniqueness checker polling throughout,
@@ -42,7 +44,7 @@ func BenchmarkAutoHA(b *testing.B) {
 		}
 		runs = n
 	}
-	setups := []string{"fast/lease", "fast/fence", "seed/fence"}
+	setups := []string{"fast/lease", "fastm/lease", "fast/fence", "seed/fence"}
 	if os.Getenv("CHIME_BENCH_HA_SEED_LEASE") == "1" {
 		setups = append(setups, "seed/lease")
 	}
@@ -116,9 +118,9 @@ func TestAutoHARun(t *testing.T) {
 		t.Skip("a run of BenchmarkAutoHA (set by the benchmark)")
 	}
 	timing, path, _ := strings.Cut(setup, "/")
-	tm, ok := map[string]haTiming{"fast": fastTiming, "seed": seedTiming}[timing]
+	tm, ok := map[string]haTiming{"fast": fastTiming, "seed": seedTiming, "fastm": fastMarginTiming}[timing]
 	if !ok || (path != "lease" && path != "fence") {
-		t.Fatalf("CHIME_AUTOHA_RUN=%q: want fast|seed/lease|fence", setup)
+		t.Fatalf("CHIME_AUTOHA_RUN=%q: want fast|fastm|seed/lease|fence", setup)
 	}
 	f := autoHA(t, path, buildLabctl(t), tm)
 	if !t.Failed() {

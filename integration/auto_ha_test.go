@@ -57,6 +57,9 @@ func buildLabctl(t *testing.T) string {
 type haTiming struct {
 	name            string
 	interval, lease time.Duration
+	// margin and stopBound are the servers' --isolation-lease-margin and
+	// the agents' --isolation-stop-bound on the lease path (0: defaults).
+	margin, stopBound time.Duration
 }
 
 var (
@@ -65,6 +68,10 @@ var (
 	// seedTiming is production's default heartbeat; the lease 20 s puts
 	// the servers' lease deadline (40 s) before the detection (45 s).
 	seedTiming = haTiming{name: "seed", interval: 15 * time.Second, lease: 20 * time.Second}
+	// fastMarginTiming is fastTiming with a 1 s margin and agents that
+	// stop their VMs within 1 s: the lease deadline is 5 × 1.5 + 1 = 8.5 s.
+	fastMarginTiming = haTiming{name: "fastm", interval: time.Second, lease: 5 * time.Second,
+		margin: time.Second, stopBound: time.Second}
 )
 
 // haFigures are one power loss's phases, from the power loss.
@@ -77,7 +84,14 @@ func autoHA(t *testing.T, path, labctl string, tm haTiming) haFigures {
 	switch path {
 	case "lease":
 		opts.AgentArgs = func(int, *lab.Host) []string {
-			return []string{"--isolation-response", "stop", "--isolation-lease", lease.String()}
+			args := []string{"--isolation-response", "stop", "--isolation-lease", lease.String()}
+			if tm.stopBound != 0 {
+				args = append(args, "--isolation-stop-bound", tm.stopBound.String())
+			}
+			return args
+		}
+		if tm.margin != 0 {
+			opts.ServerArgs = append(opts.ServerArgs, "--isolation-lease-margin", tm.margin.String())
 		}
 	case "fence":
 		// The lab is described in lab.json once it is up (below); the

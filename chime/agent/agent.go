@@ -91,11 +91,15 @@ type Agent struct {
 	pool *gossip.Pool // set by Run before registration
 
 	// The isolation lease (isolation.go), guarded by mu.
-	leaseUntil        time.Time // the lease runs out then (isolation response stop)
-	isolatedFlag      bool      // the lease ran out and no acknowledgement came since
-	isolatedUntilSync bool      // acknowledged again, but no sync after it yet
-	watchdog          Watchdog  // nil: none armed
-	acked             bool      // a heartbeat of this process was acknowledged (the watchdog is petted from then on)
+	leaseUntil        time.Time     // the lease runs out then (isolation response stop)
+	isolatedFlag      bool          // the lease ran out and no acknowledgement came since
+	isolatedUntilSync bool          // acknowledged again, but no sync after it yet
+	stopped           bool          // isolated, and a pass since the lease ran out stopped every VM
+	stopOverrun       bool          // isolated, and the stop budget passed before every VM was stopped
+	marginSeen        time.Duration // the servers' lease margin of the last answer that had one
+	boundExceeds      bool          // the stop bound exceeds marginSeen (faultStopBound)
+	watchdog          Watchdog      // nil: none armed
+	acked             bool          // a heartbeat of this process was acknowledged (the watchdog is petted from then on)
 
 	heartbeatNow chan struct{} // capacity 1: send the next heartbeat early
 	heartbeatSem chan struct{} // capacity 1: one heartbeat at a time (see sendHeartbeat)
@@ -178,7 +182,7 @@ func New(cfg Config, hv Hypervisor, opts ...Option) (*Agent, error) {
 		timing:       api.Timing{HeartbeatInterval: defaultHeartbeatInterval},
 		heartbeatNow: make(chan struct{}, 1), heartbeatSem: make(chan struct{}, 1),
 		watchdog: o.watchdog}
-	a.leaseUntil = o.clock.Now().Add(startLease(cfg.IsolationLease))
+	a.leaseUntil = o.clock.Now().Add(startLease(cfg.IsolationLease, cfg.stopBound()))
 	a.rec, err = reconcile.New(reconcile.Config{
 		Hypervisor: hv, Definitions: st, Inputs: a.reconcileInputs,
 		SweepInterval: cfg.SweepInterval, ShutdownGrace: cfg.ShutdownGrace,
@@ -407,6 +411,7 @@ func (a *Agent) setTiming(t api.Timing) {
 	defer a.mu.Unlock()
 	if t.HeartbeatInterval > 0 {
 		a.timing = t
+		a.noteMarginLocked(t.LeaseMargin)
 	}
 }
 

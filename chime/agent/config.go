@@ -65,6 +65,11 @@ type Config struct {
 	IsolationResponse string        // --isolation-response: stop or keep ("" is keep)
 	IsolationLease    time.Duration // --isolation-lease: no acknowledged heartbeat for this long → isolated (with stop)
 	WatchdogDevice    string        // --watchdog: watchdog device armed with isolation response stop ("" none)
+	// IsolationStopBound is --isolation-stop-bound: the time within which
+	// the agent has every VM stopped once its lease ran out (0 is
+	// structs.DefaultStopBound). Registered with the servers, which count
+	// the lease only if it is at most their --isolation-lease-margin.
+	IsolationStopBound time.Duration
 
 	// Health checks (package health).
 	BusinessProbeInterval time.Duration // --business-probe-interval: period of the business and storage probes
@@ -102,8 +107,9 @@ func DefaultConfig() Config {
 		ShutdownGrace: DefaultShutdownGrace,
 		SweepInterval: DefaultSweepInterval,
 
-		IsolationResponse: structs.IsolationKeep,
-		IsolationLease:    DefaultIsolationLease,
+		IsolationResponse:  structs.IsolationKeep,
+		IsolationLease:     DefaultIsolationLease,
+		IsolationStopBound: structs.DefaultStopBound,
 
 		BusinessProbeInterval: health.DefaultBusinessProbeInterval,
 		DiskErrorHold:         health.DefaultDiskErrorHold,
@@ -208,6 +214,9 @@ func (c Config) Validate() error {
 		if c.IsolationLease < structs.MinIsolationLease || c.IsolationLease > structs.MaxIsolationLease {
 			bad("isolation-lease", "%s: must be between %s and %s", c.IsolationLease, structs.MinIsolationLease, structs.MaxIsolationLease)
 		}
+		if b := c.IsolationStopBound; b != 0 && (b < structs.MinStopBound || b > structs.MaxLeaseMargin) {
+			bad("isolation-stop-bound", "%s: must be between %s and %s", b, structs.MinStopBound, structs.MaxLeaseMargin)
+		}
 	} else if c.WatchdogDevice != "" {
 		bad("watchdog", "needs --isolation-response stop")
 	}
@@ -310,6 +319,23 @@ func (c Config) isolationResponse() string {
 		return structs.IsolationStop
 	}
 	return structs.IsolationKeep
+}
+
+// stopBound is the agent's bound on the time to stop its VMs once the
+// lease ran out.
+func (c Config) stopBound() time.Duration {
+	if c.IsolationStopBound <= 0 {
+		return structs.DefaultStopBound
+	}
+	return c.IsolationStopBound
+}
+
+// isolationStopBound is the stop bound as registered: only with stop.
+func (c Config) isolationStopBound() time.Duration {
+	if c.isolationResponse() != structs.IsolationStop {
+		return 0
+	}
+	return c.stopBound()
 }
 
 // isolationLease is the lease as registered: only with stop.

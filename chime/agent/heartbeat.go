@@ -143,6 +143,7 @@ func (a *Agent) BuildHeartbeat(ctx context.Context) (api.HeartbeatRequest, uint6
 		hb.VMsUnknown = err != nil
 	}
 	hb.Faults = append(hb.Faults, a.health.Faults()...)
+	hb.Faults = append(hb.Faults, a.isolationFaults()...)
 	if a.needResync() {
 		hb.Faults = append(hb.Faults, faultNotSynced)
 	}

@@ -14,36 +14,116 @@ import (
 // and starts none until a heartbeat is acknowledged again and a
 // desired-state sync after that acknowledgement succeeded. The servers
 // count from the moment they *received* that heartbeat, which is later,
-// and wait lease × 1.5 + 10 s (structs.LeaseDeadline): the agent's
-// deadline always comes first.
+// and wait lease × 1.5 + M (structs.LeaseDeadline), M their margin
+// (--isolation-lease-margin, learned from every answer: api.Timing). The
+// agent promises to have every VM stopped within its stop bound B
+// (--isolation-stop-bound) after its lease ran out, and the servers count
+// the lease only if B ≤ M: lease + B comes before lease × 1.5 + M. The
+// agent's stop budget D = min(B, M) (B until it learned M) sizes its
+// lease check (every D/4 at most) and the time its stop pass may take: an
+// agent that has not stopped every VM D after its lease ran out logs an
+// error and reports the fault faultStopOverrun; one that learns M < B
+// logs an error (the servers do not count its lease then, and the leader
+// raises the alarm HALeaseNotCounted).
 //
 // A watchdog (--watchdog, Linux /dev/watchdog or softdog) covers the agent
 // that cannot act: it is armed at the first acknowledged heartbeat of the
-// process and petted only while the lease is valid, with a timeout W =
-// lease/4 + 5 s, so a hung or dead agent's host resets at the latest W
-// after the lease ran out: lease + W ≤ lease × 1.5 + 10 s, before the
-// servers' deadline. A restarted agent has a start lease S ≤ lease/4 + 5 s
-// before its first acknowledgement, and starts petting only with one: its
-// predecessor's watchdog (a killed process leaves it armed) fires W after
-// the last pet unless the servers heard the new process, and W + S ≤
-// lease/2 + 10 s keeps the new process's own deadline before the servers'
-// as well.
+// process (whose answer carries M: structs.DefaultLeaseMargin from servers
+// that predate it) and petted only while the lease is valid, with a
+// timeout W = lease/4 + M/2, reset whenever M changes, so a hung or dead
+// agent's host resets at the latest W after the lease ran out: lease + W
+// ≤ lease × 1.5 + M, before the servers' deadline. A restarted agent has a
+// start lease S = min(lease/4 + B/2, lease) before its first
+// acknowledgement, and starts petting only with one: its predecessor's
+// watchdog (a killed process leaves it armed) fires W after the last pet
+// unless the servers heard the new process, and W + S ≤ lease/2 + (M +
+// B)/2 ≤ lease/2 + M (as B ≤ M) keeps the new process's own deadline
+// before the servers' as well. With the defaults (B = M = 10 s) these are
+// the lease/4 + 5 s of before the margin was configurable.
 
 // Watchdog is a watchdog device: the first Pet arms it, each Pet resets
 // its timer; Close disarms it (the magic close) on a clean shutdown. The
 // timeout is the device's (WatchdogTimeout).
 type Watchdog interface {
-	Pet() error
+	Pet(timeout time.Duration) error
 	Close() error
 }
 
-// WatchdogTimeout is the watchdog timeout for an isolation lease: lease/4
-// + 5 s (see above).
-func WatchdogTimeout(lease time.Duration) time.Duration { return lease/4 + 5*time.Second }
+// Faults of the isolation lease, reported in every heartbeat while they hold.
+// (A stop bound above the servers' margin is no fault: the node works,
+// only its lease is not counted; the leader raises HALeaseNotCounted.)
+const faultStopOverrun = "isolation stop overran its budget: VMs may still run after the lease ran out"
+
+// WatchdogTimeout is the watchdog timeout for an isolation lease and the
+// servers' margin: lease/4 + margin/2 (see above).
+func WatchdogTimeout(lease, margin time.Duration) time.Duration { return lease/4 + margin/2 }
 
 // startLease is the lease a freshly started agent has before its first
-// acknowledged heartbeat: lease/4 + 5 s, at most the lease.
-func startLease(lease time.Duration) time.Duration { return min(lease/4+5*time.Second, lease) }
+// acknowledged heartbeat: lease/4 + bound/2, at most the lease.
+func startLease(lease, bound time.Duration) time.Duration { return min(lease/4+bound/2, lease) }
+
+// IsolationCheckEvery is the period of the lease check for a lease, a stop
+// bound and the servers' margin: often enough that the watchdog is petted
+// three times per timeout and four checks fit in the stop budget, at most
+// a second, at least 100 ms.
+func IsolationCheckEvery(lease, bound, margin time.Duration) time.Duration {
+	return max(min(WatchdogTimeout(lease, margin)/3, StopBudget(bound, margin)/4, time.Second), 100*time.Millisecond)
+}
+
+// StopBudget is the time an agent with stop bound B allows itself to stop
+// its VMs once its lease ran out, given the servers' margin M (0: not
+// learned yet): min(B, M).
+func StopBudget(bound, margin time.Duration) time.Duration {
+	if margin > 0 && margin < bound {
+		return margin
+	}
+	return bound
+}
+
+// stopBudget is StopBudget with this agent's bound and the margin of the
+// servers' last answer.
+func (a *Agent) stopBudget() time.Duration {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return StopBudget(a.cfg.stopBound(), a.timing.LeaseMargin)
+}
+
+// leaseMargin is the servers' margin of their last answer
+// (structs.DefaultLeaseMargin before one, and from servers that predate it).
+func (a *Agent) leaseMargin() time.Duration {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.timing.LeaseMargin <= 0 {
+		return structs.DefaultLeaseMargin
+	}
+	return a.timing.LeaseMargin
+}
+
+// noteMargin checks the servers' margin of an answer against the stop
+// bound (with the lock held): an agent that may need longer than the
+// margin logs it once per margin and reports faultStopBound.
+func (a *Agent) noteMarginLocked(margin time.Duration) {
+	if !a.isolationStop() || margin <= 0 || margin == a.marginSeen {
+		return
+	}
+	a.marginSeen = margin
+	a.boundExceeds = a.cfg.stopBound() > margin
+	if a.boundExceeds {
+		a.logger.Named("isolation").Error("the servers' isolation lease margin is shorter than this agent's stop bound: they will not count its lease (only a fence or a drain restarts its VMs elsewhere); lower --isolation-stop-bound or raise their --isolation-lease-margin",
+			"stop_bound", a.cfg.stopBound().String(), "margin", margin.String())
+	}
+}
+
+// isolationFaults are the lease's faults for a heartbeat.
+func (a *Agent) isolationFaults() []string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var out []string
+	if a.stopOverrun {
+		out = append(out, faultStopOverrun)
+	}
+	return out
+}
 
 // isolationStop reports whether the agent runs with isolation response stop.
 func (a *Agent) isolationStop() bool { return a.cfg.IsolationResponse == structs.IsolationStop }
@@ -115,45 +195,72 @@ func (a *Agent) IsolationOnce(ctx context.Context) {
 		return
 	}
 	now := a.clock.Now()
+	budget := a.stopBudget()
 	a.mu.Lock()
 	expired := a.leaseExpiredLocked(now)
 	first := expired && !a.isolatedFlag
 	if expired {
 		a.isolatedFlag = true
 	}
+	if !expired {
+		a.stopped, a.stopOverrun = false, false
+	}
+	leaseEnd, stoppedBefore := a.leaseUntil, a.stopped
 	a.mu.Unlock()
 	stopped := false
+	log := a.logger.Named("isolation")
 	if first {
-		a.logger.Named("isolation").Warn("isolated: no heartbeat acknowledged for the isolation lease; stopping every VM and starting none",
-			"lease", a.cfg.IsolationLease.String())
+		log.Warn("isolated: no heartbeat acknowledged for the isolation lease; stopping every VM and starting none",
+			"lease", a.cfg.IsolationLease.String(), "stop_budget", budget.String())
 	}
 	if expired {
 		// A pass now, not on the reconciler's next wake-up: before the
 		// first sync too, whatever its loop is doing; and again at every
 		// check while isolated. While each pass kills every chime domain,
 		// the isolated agent keeps petting the watchdog: nothing runs,
-		// and it starts nothing while isolated.
-		_, err := a.rec.Pass(ctx)
+		// and it starts nothing while isolated. The pass may take what is
+		// left of the stop budget, at least one check period.
+		left := max(leaseEnd.Add(budget).Sub(now), a.isolationCheckEvery())
+		pctx, cancel := context.WithTimeout(ctx, left)
+		_, err := a.rec.Pass(pctx)
+		cancel()
+		end := a.clock.Now()
 		if err != nil {
-			a.logger.Named("isolation").Error("isolation stop pass failed; retried in a moment (the watchdog is not petted meanwhile)", "error", err)
+			log.Error("isolation stop pass failed; retried in a moment (the watchdog is not petted meanwhile)", "error", err)
 		} else {
-			stopped = a.leaseExpired(a.clock.Now())
+			stopped = a.leaseExpired(end)
 		}
+		if !stoppedBefore && !stopped && !end.Before(leaseEnd.Add(budget)) {
+			a.mu.Lock()
+			overrun := !a.stopOverrun
+			a.stopOverrun = true
+			a.mu.Unlock()
+			if overrun {
+				log.Error("isolation stop overran its budget: VMs may still run when the servers' lease deadline passes (the watchdog, if any, resets the host)",
+					"stop_budget", budget.String(), "since_lease_end", end.Sub(leaseEnd).String())
+			}
+		}
+		if stopped && !stoppedBefore {
+			log.Info("isolation stop done: no chime VM runs", "since_lease_end", end.Sub(leaseEnd).String(), "stop_budget", budget.String())
+		}
+		a.mu.Lock()
+		a.stopped = a.stopped || stopped
+		a.mu.Unlock()
 	}
 	a.mu.Lock()
 	pet := (!expired && a.acked) || (expired && stopped)
 	a.mu.Unlock()
 	if pet && a.watchdog != nil {
-		if err := a.watchdog.Pet(); err != nil {
+		if err := a.watchdog.Pet(WatchdogTimeout(a.cfg.IsolationLease, a.leaseMargin())); err != nil {
 			a.logger.Named("isolation").Error("watchdog pet failed", "error", err)
 		}
 	}
 }
 
-// isolationCheckEvery is the period of IsolationOnce: at most a second,
-// and often enough that the watchdog is petted three times per timeout.
+// isolationCheckEvery is the period of IsolationOnce (IsolationCheckEvery
+// with the agent's stop bound and the margin known when the loop starts).
 func (a *Agent) isolationCheckEvery() time.Duration {
-	return min(max(WatchdogTimeout(a.cfg.IsolationLease)/3, 100*time.Millisecond), time.Second)
+	return IsolationCheckEvery(a.cfg.IsolationLease, a.cfg.stopBound(), a.leaseMargin())
 }
 
 // isolationLoop runs IsolationOnce until ctx ends, then stops the
@@ -197,7 +304,7 @@ func (a *Agent) stopWatchdog() {
 	log := a.logger.Named("isolation")
 	if running {
 		log.Warn("agent stopping with chime VMs running: the watchdog stays armed; start the agent again within its timeout or the host resets (drain the node first for maintenance)",
-			"timeout", WatchdogTimeout(a.cfg.IsolationLease).String(), "list_error", err)
+			"timeout", WatchdogTimeout(a.cfg.IsolationLease, a.leaseMargin()).String(), "list_error", err)
 		return
 	}
 	if err := a.watchdog.Close(); err != nil {

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -14,9 +15,16 @@ import (
 )
 
 // countingWatchdog counts pets and closes.
-type countingWatchdog struct{ pets, closes int }
+type countingWatchdog struct {
+	pets, closes int
+	timeout      time.Duration // of the last pet
+}
 
-func (w *countingWatchdog) Pet() error   { w.pets++; return nil }
+func (w *countingWatchdog) Pet(timeout time.Duration) error {
+	w.pets++
+	w.timeout = timeout
+	return nil
+}
 func (w *countingWatchdog) Close() error { w.closes++; return nil }
 
 func newIsolated(t *testing.T, lease time.Duration, vms ...api.DesiredVM) (*stepped, *countingWatchdog) {
@@ -185,13 +193,17 @@ func TestIsolationConfigValidated(t *testing.T) {
 		lease    time.Duration
 		watchdog string
 		wantErr  string
+		bound    time.Duration // --isolation-stop-bound (0: the default)
 	}{
-		{"keep", "keep", 0, "", ""},
-		{"stop", "stop", 30 * time.Second, "/dev/watchdog", ""},
-		{"bad response", "halt", 30 * time.Second, "", "--isolation-response"},
-		{"stop without lease", "stop", 0, "", "--isolation-lease"},
-		{"watchdog without stop", "keep", 0, "/dev/watchdog", "--watchdog"},
-		{"relative watchdog", "stop", time.Minute, "watchdog", "--watchdog"},
+		{"keep", "keep", 0, "", "", 0},
+		{"stop", "stop", 30 * time.Second, "/dev/watchdog", "", 0},
+		{"bad response", "halt", 30 * time.Second, "", "--isolation-response", 0},
+		{"stop without lease", "stop", 0, "", "--isolation-lease", 0},
+		{"watchdog without stop", "keep", 0, "/dev/watchdog", "--watchdog", 0},
+		{"relative watchdog", "stop", time.Minute, "watchdog", "--watchdog", 0},
+		{"stop bound 1s", "stop", 5 * time.Second, "", "", time.Second},
+		{"stop bound too small", "stop", 5 * time.Second, "", "--isolation-stop-bound", 100 * time.Millisecond},
+		{"stop bound too large", "stop", 5 * time.Second, "", "--isolation-stop-bound", time.Hour},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -199,6 +211,9 @@ func TestIsolationConfigValidated(t *testing.T) {
 			cfg.Name, cfg.DataDir, cfg.Servers, cfg.Advertise = "hv1", "/var/lib/chime", []string{"10.0.0.1:4650"}, "10.0.0.11"
 			cfg.InsecureNoTLS, cfg.InsecureNoGossipKey = true, true // TLS material is not what this test is about
 			cfg.IsolationResponse, cfg.IsolationLease, cfg.WatchdogDevice = tc.response, tc.lease, tc.watchdog
+			if tc.bound != 0 {
+				cfg.IsolationStopBound = tc.bound
+			}
 			err := cfg.Validate()
 			switch {
 			case tc.wantErr == "" && err != nil:
@@ -238,5 +253,104 @@ func TestStopWatchdogOnlyWhenNothingRuns(t *testing.T) {
 	a.stopWatchdog()
 	if wd.closes != 1 {
 		t.Fatalf("watchdog closes %d with nothing running, want 1", wd.closes)
+	}
+}
+
+// The servers' margin reaches the agent in every answer: the watchdog is
+// sized lease/4 + margin/2, the stop budget is min(stop bound, margin),
+// and a stop that takes longer than the budget is reported as a fault
+// until the lease is valid again.
+func TestIsolationLearnsTheMarginAndBoundsItsStop(t *testing.T) {
+	ctx := context.Background()
+	s, wd := newIsolated(t, 20*time.Second, dvm(idA, "a", structs.DesiredRunning, 3))
+	a := s.a
+	a.cfg.IsolationStopBound = time.Second
+	s.srv.margin = 2 * time.Second
+	for _, step := range []func(context.Context) error{a.RegisterOnce, a.SyncOnce} {
+		if err := step(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := a.ReconcileOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.HeartbeatOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	a.IsolationOnce(ctx)
+	if want := 20*time.Second/4 + time.Second; wd.timeout != want {
+		t.Errorf("watchdog timeout %s, want lease/4 + margin/2 = %s", wd.timeout, want)
+	}
+	if got := a.stopBudget(); got != time.Second {
+		t.Errorf("stop budget %s, want min(bound 1s, margin 2s) = 1s", got)
+	}
+	if got := s.srv.lastHeartbeat(); len(got.Faults) != 0 {
+		t.Errorf("faults %v while the lease is valid", got.Faults)
+	}
+
+	// Isolated with a libvirt that fails every destroy for a while.
+	s.hv.mu.Lock()
+	s.hv.failDestroy[idA] = 1000
+	s.hv.mu.Unlock()
+	s.srv.setDown(true)
+	s.clk.Advance(20 * time.Second)
+	step := a.isolationCheckEvery()
+	if step != 250*time.Millisecond {
+		t.Errorf("check every %s, want budget/4 = 250ms", step)
+	}
+	var overrunAt time.Duration
+	for i := 0; i < 8 && overrunAt == 0; i++ {
+		a.IsolationOnce(ctx)
+		if len(a.isolationFaults()) > 0 {
+			overrunAt = time.Duration(i) * step
+		}
+		s.clk.Advance(step)
+	}
+	if overrunAt < time.Second-step || overrunAt > time.Second+step {
+		t.Fatalf("overrun reported %s after the lease ran out, want about the 1s budget", overrunAt)
+	}
+	t.Logf("stop overrun reported %s after the lease ran out (budget 1s, checks every %s)", overrunAt, step)
+	s.hv.mu.Lock()
+	s.hv.failDestroy[idA] = 0
+	s.hv.mu.Unlock()
+	a.IsolationOnce(ctx)
+	if running(t, s, idA) {
+		t.Fatal("vm still runs once destroy works again")
+	}
+	if f := a.isolationFaults(); len(f) != 1 || f[0] != faultStopOverrun {
+		t.Errorf("faults %v after the late stop, want the overrun until the lease is valid again", f)
+	}
+	s.srv.setDown(false)
+	if err := a.HeartbeatOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := s.srv.lastHeartbeat(); !slices.Contains(got.Faults, faultStopOverrun) {
+		t.Errorf("heartbeat faults %v: the overrun is reported once the servers are reached", got.Faults)
+	}
+	a.IsolationOnce(ctx)
+	if f := a.isolationFaults(); len(f) != 0 {
+		t.Errorf("faults %v with a valid lease again", f)
+	}
+}
+
+// The agent registers its stop bound, and sizes its start lease from it.
+func TestIsolationStopBoundRegistered(t *testing.T) {
+	for _, tc := range []struct {
+		bound, wantReg, wantStart time.Duration
+	}{
+		{0, structs.DefaultStopBound, 10 * time.Second}, // 20/4 + 10/2
+		{time.Second, time.Second, 5500 * time.Millisecond},
+		{40 * time.Second, 40 * time.Second, 20 * time.Second}, // at most the lease
+	} {
+		cfg := Config{IsolationResponse: structs.IsolationStop, IsolationLease: 20 * time.Second, IsolationStopBound: tc.bound}
+		if got := cfg.isolationStopBound(); got != tc.wantReg {
+			t.Errorf("bound %s: registered %s, want %s", tc.bound, got, tc.wantReg)
+		}
+		if got := startLease(cfg.IsolationLease, cfg.stopBound()); got != tc.wantStart {
+			t.Errorf("bound %s: start lease %s, want %s", tc.bound, got, tc.wantStart)
+		}
+	}
+	if got := (Config{IsolationResponse: structs.IsolationKeep, IsolationStopBound: time.Second}).isolationStopBound(); got != 0 {
+		t.Errorf("keep: registered stop bound %s, want 0", got)
 	}
 }

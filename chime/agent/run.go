@@ -24,7 +24,7 @@ func Run(ctx context.Context, cfg Config) error {
 	defer drv.Close()
 	var opts []Option
 	if cfg.WatchdogDevice != "" {
-		wd, err := newWatchdog(cfg.WatchdogDevice, WatchdogTimeout(cfg.IsolationLease))
+		wd, err := newWatchdog(cfg.WatchdogDevice)
 		if err != nil {
 			return err
 		}

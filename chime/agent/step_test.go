@@ -39,6 +39,7 @@ type scriptedServers struct {
 	secret     string
 	registered string // the secret the node registered with
 	heartbeats []api.HeartbeatRequest
+	margin     time.Duration // the lease margin the answers carry (0: none, an older server)
 }
 
 func newScriptedServers(log *callLog, vms ...api.DesiredVM) *scriptedServers {
@@ -74,7 +75,7 @@ func (s *scriptedServers) Register(_ context.Context, r api.RegisterRequest) (*a
 	}
 	s.registered = r.Secret
 	s.desired.NodeID = r.ID
-	return &api.RegisterResponse{NodeID: r.ID, Timing: api.Timing{HeartbeatInterval: 5 * time.Second, MissedHeartbeats: 3}}, nil
+	return &api.RegisterResponse{NodeID: r.ID, Timing: api.Timing{HeartbeatInterval: 5 * time.Second, MissedHeartbeats: 3, LeaseMargin: s.margin}}, nil
 }
 
 func (s *scriptedServers) Desired(_ context.Context, q api.QueryOptions) (*api.DesiredState, error) {
@@ -100,7 +101,7 @@ func (s *scriptedServers) Heartbeat(_ context.Context, hb api.HeartbeatRequest) 
 		return nil, err
 	}
 	s.heartbeats = append(s.heartbeats, hb)
-	return &api.HeartbeatResponse{Timing: api.Timing{HeartbeatInterval: 5 * time.Second, MissedHeartbeats: 3}}, nil
+	return &api.HeartbeatResponse{Timing: api.Timing{HeartbeatInterval: 5 * time.Second, MissedHeartbeats: 3, LeaseMargin: s.margin}}, nil
 }
 
 func (s *scriptedServers) ReportMigration(_ context.Context, r api.MigrationReport) error {

@@ -44,6 +44,9 @@ type RegisterRequest struct {
 	IsolationResponse string        `json:"isolation_response,omitempty"`
 	IsolationLease    time.Duration `json:"isolation_lease,omitempty"`
 	Watchdog          bool          `json:"watchdog,omitempty"`
+	// IsolationStopBound is the agent's bound on the time it needs to stop
+	// every VM once its lease ran out (a duration; 0 from older agents).
+	IsolationStopBound time.Duration `json:"isolation_stop_bound,omitempty"`
 	// HostUUID is libvirt's host UUID the node id was derived from, and
 	// MachineID the host's /etc/machine-id ("" when unreadable, and from
 	// older agents): facts of the host identity the servers bind the node
@@ -79,6 +82,10 @@ type PingResponse struct {
 type Timing struct {
 	HeartbeatInterval time.Duration `json:"heartbeat_interval"`
 	MissedHeartbeats  int           `json:"missed_heartbeats"`
+	// LeaseMargin is the servers' margin over an isolation lease
+	// (--isolation-lease-margin; a duration, never a timestamp; 0 from
+	// older servers, which use structs.DefaultLeaseMargin).
+	LeaseMargin time.Duration `json:"lease_margin,omitempty"`
 }
 
 // HeartbeatRequest is the body of POST /v1/agent/heartbeat. Headers carry

@@ -142,6 +142,9 @@ func (r *RegisterRequest) Validate() error {
 	if r.IsolationResponse == structs.IsolationStop && r.IsolationLease < structs.MinIsolationLease {
 		return structs.Invalid("isolation_lease", "must be at least %s with isolation response stop, got %s", structs.MinIsolationLease, r.IsolationLease)
 	}
+	if r.IsolationStopBound < 0 || r.IsolationStopBound > structs.MaxLeaseMargin {
+		return structs.Invalid("isolation_stop_bound", "must be between 0 and %s, got %s", structs.MaxLeaseMargin, r.IsolationStopBound)
+	}
 	return structs.ValidateLabels("labels", r.Labels)
 }
 

@@ -85,7 +85,13 @@ type Config struct {
 	FenceRetries int           // attempts per node while it stays unreachable
 	// HAMaxRestarts bounds the automatic restart attempts of one VM.
 	HAMaxRestarts int
-	Logger        hclog.Logger
+	// IsolationLeaseMargin is the margin over a node's isolation lease:
+	// the leader treats a node with isolation response stop as fenced
+	// once lease × 1.5 + this margin has passed since its last heartbeat
+	// (structs.LeaseDeadline), and only if the node's agent registered a
+	// stop bound of at most this margin. Pushed to agents in every answer.
+	IsolationLeaseMargin time.Duration
+	Logger               hclog.Logger
 	// Clock stamps every command this server proposes and is what the
 	// leader's duties and the endpoints measure time on; nil is the wall
 	// clock. Raft's own timers always run on the wall clock.
@@ -102,26 +108,27 @@ const DefaultSnapshotMaxBytes = 1 << 30
 // DefaultConfig returns the production defaults.
 func DefaultConfig() Config {
 	return Config{
-		Bind:               "127.0.0.1",
-		APIPort:            4650,
-		RaftPort:           4651,
-		GossipPort:         4652,
-		GossipProfile:      "lan",
-		Scheduler:          "spread",
-		CPUOvercommit:      1,
-		HATolerateFailures: 1,
-		HABrakeShare:       0.5,
-		SnapshotThreshold:  8192,
-		SnapshotMaxBytes:   DefaultSnapshotMaxBytes,
-		StorageRoots:       []string{structs.DefaultStorageRoot},
-		HeartbeatInterval:  15 * time.Second,
-		MissedHeartbeats:   3,
-		RaftTimeScale:      1,
-		FenceTimeout:       30 * time.Second,
-		FenceRetries:       5,
-		HAMaxRestarts:      5,
-		AlertmanagerResend: time.Minute,
-		ClusterName:        "chime",
+		Bind:                 "127.0.0.1",
+		APIPort:              4650,
+		RaftPort:             4651,
+		GossipPort:           4652,
+		GossipProfile:        "lan",
+		Scheduler:            "spread",
+		CPUOvercommit:        1,
+		HATolerateFailures:   1,
+		HABrakeShare:         0.5,
+		SnapshotThreshold:    8192,
+		SnapshotMaxBytes:     DefaultSnapshotMaxBytes,
+		StorageRoots:         []string{structs.DefaultStorageRoot},
+		HeartbeatInterval:    15 * time.Second,
+		MissedHeartbeats:     3,
+		RaftTimeScale:        1,
+		FenceTimeout:         30 * time.Second,
+		FenceRetries:         5,
+		HAMaxRestarts:        5,
+		IsolationLeaseMargin: structs.DefaultLeaseMargin,
+		AlertmanagerResend:   time.Minute,
+		ClusterName:          "chime",
 	}
 }
 
@@ -227,6 +234,10 @@ func (c Config) Validate() error {
 	}
 	if c.FenceRetries < 1 || c.FenceRetries > 100 {
 		return structs.Invalid("--fence-retries", "must be between 1 and 100, got %d", c.FenceRetries)
+	}
+	if c.IsolationLeaseMargin < structs.MinLeaseMargin || c.IsolationLeaseMargin > structs.MaxLeaseMargin {
+		return structs.Invalid("--isolation-lease-margin", "must be between %s and %s (and at least every stop agent's --isolation-stop-bound), got %s",
+			structs.MinLeaseMargin, structs.MaxLeaseMargin, c.IsolationLeaseMargin)
 	}
 	if c.HAMaxRestarts < 1 || c.HAMaxRestarts > 100 {
 		return structs.Invalid("--ha-max-restarts", "must be between 1 and 100, got %d", c.HAMaxRestarts)

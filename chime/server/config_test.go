@@ -52,6 +52,28 @@ func TestConfigHAFlags(t *testing.T) {
 	}
 }
 
+// TestConfigLeaseMargin: --isolation-lease-margin, default 10 s, between
+// 500 ms and 10 m.
+func TestConfigLeaseMargin(t *testing.T) {
+	base := DefaultConfig()
+	base.Name, base.DataDir, base.Dev = "s1", "/tmp/x", true
+	if base.IsolationLeaseMargin != 10*time.Second {
+		t.Fatalf("default margin %s, want 10s", base.IsolationLeaseMargin)
+	}
+	for _, tc := range []struct {
+		margin time.Duration
+		ok     bool
+	}{{10 * time.Second, true}, {time.Second, true}, {500 * time.Millisecond, true}, {10 * time.Minute, true},
+		{499 * time.Millisecond, false}, {0, false}, {-time.Second, false}, {11 * time.Minute, false}} {
+		c := base
+		c.IsolationLeaseMargin = tc.margin
+		err := c.Validate()
+		if tc.ok != (err == nil) || (err != nil && (!errors.Is(err, structs.ErrInvalid) || !strings.Contains(err.Error(), "--isolation-lease-margin"))) {
+			t.Errorf("margin %s: %v, want ok=%v (an invalid-input error naming the flag)", tc.margin, err, tc.ok)
+		}
+	}
+}
+
 // TestConfigInputFlags: --storage-root and --snapshot-max-bytes, each
 // refusal naming its flag.
 func TestConfigInputFlags(t *testing.T) {

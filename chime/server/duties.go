@@ -46,7 +46,8 @@ func (s *Server) setupDuties() error {
 		Logger:     s.log.Named("placement"),
 	})
 	s.guard = hapolicy.New(hapolicy.Config{State: s.fsm, Proposer: s, Reserver: s.placer, Share: s.cfg.HABrakeShare,
-		Logger: s.log.Named("hapolicy")})
+		LeaseMargin: s.cfg.IsolationLeaseMargin,
+		Logger:      s.log.Named("hapolicy")})
 	s.taskRunner = tasks.New(tasks.Config{State: s.fsm, Proposer: s, Placer: s.placer, Clock: s.clock,
 		Logger: s.log.Named("tasks")})
 	s.alarmer = alarms.New(alarms.Config{State: s.fsm, Proposer: s, Clock: s.clock,
@@ -65,7 +66,8 @@ func (s *Server) setupDuties() error {
 	}
 	s.recovery = recovery.New(recovery.Config{Proposer: s, State: s.fsm, Silence: s.hb, Placer: s.placer,
 		Fencer: fencer, Brake: s.guard, Clock: s.clock, MaxRestarts: s.cfg.HAMaxRestarts, MaxFenceAttempts: s.cfg.FenceRetries,
-		Logger: s.log})
+		LeaseMargin: s.cfg.IsolationLeaseMargin,
+		Logger:      s.log})
 	s.ep = endpoint.New(endpoint.Config{Proposer: s, State: s.fsm, Placer: s.placer, Tasks: s.taskRunner,
 		Monitor: s.hb, Clock: s.clock, IDs: endpoint.RandomIDs{}, Agents: agentConfig{s},
 		CountHeartbeat: s.met.heartbeats.Inc, StorageRoots: s.cfg.StorageRoots, ExcludedPaths: []string{s.cfg.DataDir}})

@@ -18,7 +18,8 @@ import (
 type agentConfig struct{ s *Server }
 
 func (a agentConfig) Timing() api.Timing {
-	return api.Timing{HeartbeatInterval: a.s.cfg.HeartbeatInterval, MissedHeartbeats: a.s.cfg.MissedHeartbeats}
+	return api.Timing{HeartbeatInterval: a.s.cfg.HeartbeatInterval, MissedHeartbeats: a.s.cfg.MissedHeartbeats,
+		LeaseMargin: a.s.cfg.IsolationLeaseMargin}
 }
 
 func (a agentConfig) GossipAddrs() []string { return a.s.gossipAddrs() }

@@ -97,6 +97,11 @@ type Node struct {
 	// agents that predate it: keep). Durations only cross the wire.
 	IsolationResponse string        `json:"isolation_response,omitempty"`
 	IsolationLease    time.Duration `json:"isolation_lease,omitempty"`
+	// IsolationStopBound is the agent's bound on the time it needs to stop
+	// every VM once its lease ran out (0 from agents that predate it:
+	// DefaultStopBound). The servers count the lease only if it is at most
+	// their margin.
+	IsolationStopBound time.Duration `json:"isolation_stop_bound,omitempty"`
 	// Watchdog says the agent armed a watchdog device that resets the host
 	// when the agent stops petting it (hung or dead agent, or lease lost).
 	Watchdog bool `json:"watchdog,omitempty"`
@@ -208,9 +213,24 @@ type VM struct {
 	// placement: announced by the destination's agent, or reported by the
 	// source with an unknown outcome. While it is held (HeldByNodeLocal) no
 	// rebuild places the VM elsewhere. Any placement move clears it.
-	NodeLocal   *NodeLocalMigration `json:"node_local,omitempty"`
-	CreateIndex uint64              `json:"create_index"`
-	ModifyIndex uint64              `json:"modify_index"`
+	NodeLocal *NodeLocalMigration `json:"node_local,omitempty"`
+	// HARestarts are automatic HA's failed attempts to restart the VM away
+	// from its current placement (node and generation): replicated so that
+	// a new leader goes on counting toward --ha-max-restarts instead of
+	// starting again. Any placement move clears it.
+	HARestarts  *HARestarts `json:"ha_restarts,omitempty"`
+	CreateIndex uint64      `json:"create_index"`
+	ModifyIndex uint64      `json:"modify_index"`
+}
+
+// HARestarts is the retry state of automatic HA for one placement of a VM.
+type HARestarts struct {
+	NodeID     string    `json:"node_id"`    // the placement the attempts were away from
+	Generation uint64    `json:"generation"` // its generation
+	Count      int       `json:"count"`      // failed attempts so far
+	GaveUp     bool      `json:"gave_up,omitempty"`
+	LastError  string    `json:"last_error,omitempty"`
+	LastFailed time.Time `json:"last_failed,omitzero"` // the proposer's clock, for operators: no wait is measured on it
 }
 
 // DeriveState computes the VM's shown state from placement and observation.
@@ -570,17 +590,49 @@ func ValidIsolationResponse(r string) bool {
 	return r == "" || r == IsolationKeep || r == IsolationStop
 }
 
-// LeaseMargin is the servers' fixed safety margin over an isolation lease:
-// they treat a node with isolation response stop as fenced once
-// LeaseDeadline(lease) has passed since its last heartbeat they received.
-const LeaseMargin = 10 * time.Second
+// The servers' safety margin over an isolation lease (`chime server
+// --isolation-lease-margin`): they treat a node with isolation response
+// stop as fenced once LeaseDeadline(lease, margin) has passed since its
+// last heartbeat they received. The margin covers the time the agent needs
+// to stop its VMs once its lease ran out: a node's agent registers its
+// bound on that time (IsolationStopBound), and the servers count the lease
+// only while that bound is at most their margin (LeaseCounts).
+const (
+	DefaultLeaseMargin = 10 * time.Second
+	MinLeaseMargin     = 500 * time.Millisecond
+	MaxLeaseMargin     = 10 * time.Minute
+	// DefaultStopBound is an agent's bound on the time it needs to stop
+	// every VM once its lease ran out (`chime agent
+	// --isolation-stop-bound`), and the bound assumed for agents that
+	// predate the field: the default margin.
+	DefaultStopBound = DefaultLeaseMargin
+	// MinStopBound is the smallest stop bound an agent accepts: its lease
+	// check runs every bound/4, at least every 100 ms.
+	MinStopBound = 400 * time.Millisecond
+)
 
 // LeaseDeadline is the servers' side of an isolation lease: lease × 1.5 +
-// LeaseMargin (rate drift between the two clocks, and the time the agent
-// needs to stop its VMs). The agent's own deadline (lease, counted from
-// the earlier sending of the heartbeat) always comes first.
-func LeaseDeadline(lease time.Duration) time.Duration {
-	return lease + lease/2 + LeaseMargin
+// margin (the half lease for rate drift between the two clocks, the margin
+// for the time the agent needs to stop its VMs). The agent's own deadline
+// (lease, counted from the earlier sending of the heartbeat) plus its stop
+// bound always comes first (docs/ha.md, "The deadline order").
+func LeaseDeadline(lease, margin time.Duration) time.Duration {
+	return lease + lease/2 + margin
+}
+
+// StopBound is the stop bound a node's agent registered (DefaultStopBound
+// from agents that predate it).
+func (n Node) StopBound() time.Duration {
+	if n.IsolationStopBound <= 0 {
+		return DefaultStopBound
+	}
+	return n.IsolationStopBound
+}
+
+// LeaseCounts reports whether servers with this margin may count node n's
+// isolation lease as evidence: its agent's stop bound fits in the margin.
+func (n Node) LeaseCounts(margin time.Duration) bool {
+	return n.IsolationResponse == IsolationStop && n.IsolationLease > 0 && n.StopBound() <= margin
 }
 
 // Restart priorities of ha VMs (`chime vm create --priority`).

@@ -101,7 +101,8 @@ func (t *Tx) MovePlacement(v *structs.VM, to string, adoptGeneration uint64) err
 		}
 	}
 	v.NodeID, v.Generation, v.AdoptGeneration = to, t.index, adoptGeneration
-	v.NodeLocal = nil // decided: whatever node-local migration was known is over
+	v.NodeLocal = nil  // decided: whatever node-local migration was known is over
+	v.HARestarts = nil // a new placement: automatic HA counts afresh
 	if to != "" {
 		if err := t.tx.Bucket(bucketVMsByNode).Put(byNodeKey(to, v.ID), nil); err != nil {
 			return err

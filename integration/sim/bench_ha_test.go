@@ -33,15 +33,20 @@ type haTiming struct {
 	name     string
 	interval time.Duration
 	lease    time.Duration
+	// margin and stopBound are the servers' --isolation-lease-margin and
+	// the agents' --isolation-stop-bound (0: the defaults, 10 s each).
+	margin, stopBound time.Duration
+	leaseOnly         bool // the fence path is the same as another timing's
 }
 
 // The leases: 20 s at seed timing (the ha- scenarios'; the servers' lease
 // deadline, 40 s, falls before the 45 s detection), 5 s at fast timing
-// (TestAutoHA's; its deadline is 17.5 s, and no lease can make it less
-// than LeaseMargin).
+// (TestAutoHA's; its deadline is 17.5 s with the default margin, 8.5 s
+// with a margin of 1 s and agents that stop their VMs within 1 s).
 var haTimings = []haTiming{
 	{name: "seed", interval: 15 * time.Second, lease: 20 * time.Second},
 	{name: "fast", interval: time.Second, lease: 5 * time.Second},
+	{name: "fast-margin1s", interval: time.Second, lease: 5 * time.Second, margin: time.Second, stopBound: time.Second, leaseOnly: true},
 }
 
 // deathFigures is one node death's timeline, from the power loss.
@@ -69,7 +74,7 @@ func haDeath(seed uint64, tm haTiming, path string) (deathFigures, uint64, error
 	ha := &HAOptions{}
 	switch path {
 	case "lease":
-		ha.Lease = tm.lease
+		ha.Lease, ha.Margin, ha.StopBound = tm.lease, tm.margin, tm.stopBound
 	case "fence":
 		ha.Fence = true
 	default:
@@ -227,6 +232,9 @@ func BenchmarkHADeath(b *testing.B) {
 	}
 	for _, tm := range haTimings {
 		for _, path := range []string{"lease", "fence"} {
+			if tm.leaseOnly && path != "lease" {
+				continue
+			}
 			b.Run(tm.name+"/"+path, func(b *testing.B) {
 				var unr, fen, els []time.Duration
 				for range b.N {
@@ -248,8 +256,8 @@ func BenchmarkHADeath(b *testing.B) {
 					b.ReportMetric(percentile(m.ds, 50).Seconds(), m.name+"-p50-s")
 					b.ReportMetric(percentile(m.ds, 99).Seconds(), m.name+"-p99-s")
 				}
-				b.Logf("HA-DEATH sim %s timing (%s heartbeats, 3 missed), %s path, %d runs: power loss → unreachable p50 %s p99 %s, → fenced p50 %s p99 %s, → every ha VM elsewhere p50 %s p99 %s (max %s)",
-					tm.name, tm.interval, path, len(els), percentile(unr, 50), percentile(unr, 99),
+				b.Logf("HA-DEATH sim %s timing (%s heartbeats, 3 missed, margin %s), %s path, %d runs: power loss → unreachable p50 %s p99 %s, → fenced p50 %s p99 %s, → every ha VM elsewhere p50 %s p99 %s (max %s)",
+					tm.name, tm.interval, (&HAOptions{Margin: tm.margin}).margin(), path, len(els), percentile(unr, 50), percentile(unr, 99),
 					percentile(fen, 50), percentile(fen, 99), percentile(els, 50), percentile(els, 99), slices.Max(els))
 			})
 		}

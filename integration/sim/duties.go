@@ -77,7 +77,7 @@ func newLeaderDuties(s *Server, term uint64) *leaderDuties {
 	alCfg := alarms.Config{State: s.FSM, Proposer: s, Clock: s.clock(), Logger: s.log.Named("alarms")}
 	// The guard runs as in production (the brake at the default share);
 	// admission control only with the scenario header ha-tolerate N.
-	d.guard = hapolicy.New(hapolicy.Config{State: s.FSM, Proposer: s, Reserver: d.placer, Logger: s.log.Named("hapolicy")})
+	d.guard = hapolicy.New(hapolicy.Config{State: s.FSM, Proposer: s, Reserver: d.placer, LeaseMargin: s.c.sim.cfg.HA.margin(), Logger: s.log.Named("hapolicy")})
 	alCfg.Extra = d.guard.Alarms
 	d.alarmer = alarms.New(alCfg)
 	d.ep = endpoint.New(endpoint.Config{Proposer: s, State: coState{s.FSM, sim}, Placer: d.placer, Tasks: d.runner, Monitor: d.monitor,
@@ -239,7 +239,8 @@ func (i simIDs) NewSecret() string {
 type agentConfig struct{ c *Cluster }
 
 func (a agentConfig) Timing() api.Timing {
-	return api.Timing{HeartbeatInterval: a.c.cfg.HeartbeatInterval, MissedHeartbeats: a.c.cfg.MissedHeartbeats}
+	return api.Timing{HeartbeatInterval: a.c.cfg.HeartbeatInterval, MissedHeartbeats: a.c.cfg.MissedHeartbeats,
+		LeaseMargin: a.c.sim.cfg.HA.margin()}
 }
 
 func (a agentConfig) GossipAddrs() []string {

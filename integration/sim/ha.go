@@ -23,7 +23,12 @@ import (
 // world (the host loses power), and a host's watchdog resets it (power off
 // and on) when its agent stops petting it.
 //
-// Header: "ha [lease=D] [watchdog] [fence]". Commands:
+// Header: "ha [lease=D] [margin=D] [stop-bound=D] [heartbeat=D] [watchdog]
+// [fence]" (margin: the servers' --isolation-lease-margin, default 10s;
+// stop-bound: the agents' --isolation-stop-bound, default 10s; heartbeat:
+// the servers' --heartbeat-interval, default 15s). A slow stop is an
+// hv-fault on destroy: the isolated agent's kill fails until it is off.
+// Commands:
 //
 //	create-ha VM [high|medium|low]   operator: create an ha VM (1 vCPU, 512 MiB) with that priority
 //	fence-fails HOST on|off          the simulated fence command fails for HOST (BMC unreachable)
@@ -34,12 +39,44 @@ type HAOptions struct {
 	Lease    time.Duration // the agents' isolation lease with isolation response stop (0: keep)
 	Watchdog bool          // the agents arm their host's watchdog
 	Fence    bool          // the servers have a fence command (the simulated power-off)
+	// Margin is the servers' --isolation-lease-margin (0: the default).
+	Margin time.Duration
+	// StopBound is the agents' --isolation-stop-bound (0: the default).
+	StopBound time.Duration
+	// Heartbeat is the servers' heartbeat interval (0: the cluster's
+	// default, 15 s).
+	Heartbeat time.Duration
+}
+
+// margin is the servers' lease margin of a run (nil: no HA, the default).
+func (o *HAOptions) margin() time.Duration {
+	if o == nil || o.Margin == 0 {
+		return structs.DefaultLeaseMargin
+	}
+	return o.Margin
+}
+
+// stopBound is the agents' stop bound of a run.
+func (o *HAOptions) stopBound() time.Duration {
+	if o == nil || o.StopBound == 0 {
+		return structs.DefaultStopBound
+	}
+	return o.StopBound
 }
 
 func (o *HAOptions) String() string {
 	f := []string{"ha"}
 	if o.Lease > 0 {
 		f = append(f, "lease="+fmtDur(o.Lease))
+	}
+	if o.Margin > 0 {
+		f = append(f, "margin="+fmtDur(o.Margin))
+	}
+	if o.StopBound > 0 {
+		f = append(f, "stop-bound="+fmtDur(o.StopBound))
+	}
+	if o.Heartbeat > 0 {
+		f = append(f, "heartbeat="+fmtDur(o.Heartbeat))
 	}
 	if o.Watchdog {
 		f = append(f, "watchdog")
@@ -61,12 +98,30 @@ func parseHAHeader(f []string) (*HAOptions, error) {
 				return nil, fmt.Errorf("lease: a duration of at least %s expected", structs.MinIsolationLease)
 			}
 			o.Lease = d
+		case strings.HasPrefix(a, "margin="):
+			d, err := time.ParseDuration(strings.TrimPrefix(a, "margin="))
+			if err != nil || d < structs.MinLeaseMargin {
+				return nil, fmt.Errorf("margin: a duration of at least %s expected", structs.MinLeaseMargin)
+			}
+			o.Margin = d
+		case strings.HasPrefix(a, "stop-bound="):
+			d, err := time.ParseDuration(strings.TrimPrefix(a, "stop-bound="))
+			if err != nil || d < structs.MinStopBound {
+				return nil, fmt.Errorf("stop-bound: a duration of at least %s expected", structs.MinStopBound)
+			}
+			o.StopBound = d
+		case strings.HasPrefix(a, "heartbeat="):
+			d, err := time.ParseDuration(strings.TrimPrefix(a, "heartbeat="))
+			if err != nil || d < 100*time.Millisecond {
+				return nil, fmt.Errorf("heartbeat: a duration of at least 100ms expected")
+			}
+			o.Heartbeat = d
 		case a == "watchdog":
 			o.Watchdog = true
 		case a == "fence":
 			o.Fence = true
 		default:
-			return nil, fmt.Errorf("%q: want lease=D, watchdog or fence", a)
+			return nil, fmt.Errorf("%q: want lease=D, margin=D, stop-bound=D, heartbeat=D, watchdog or fence", a)
 		}
 	}
 	if o.Watchdog && o.Lease == 0 {
@@ -153,7 +208,7 @@ func (d *leaderDuties) startRecovery() {
 		fencer = simFencer{sim: sim, from: s.Name}
 	}
 	d.recovery = recovery.New(recovery.Config{Proposer: s, State: s.FSM, Silence: d.monitor, Placer: d.placer,
-		Fencer: fencer, Brake: d.guard, Clock: s.clock(), Logger: s.log})
+		Fencer: fencer, Brake: d.guard, Clock: s.clock(), Logger: s.log, LeaseMargin: sim.cfg.HA.margin()})
 	d.stops = append(d.stops, sim.E.Every(recovery.StepEvery, recovery.StepEvery, s.Name+" recovery.step", d.stepRecovery))
 }
 
@@ -206,11 +261,12 @@ func (h *Host) haAgentOptions(cfg *agent.Config) []agent.Option {
 		return nil
 	}
 	cfg.IsolationResponse, cfg.IsolationLease = structs.IsolationStop, ha.Lease
+	cfg.IsolationStopBound = ha.stopBound()
 	if !ha.Watchdog {
 		return nil
 	}
 	if h.watchdogDev == nil {
-		h.watchdogDev = &simWatchdog{h: h, timeout: agent.WatchdogTimeout(ha.Lease)}
+		h.watchdogDev = &simWatchdog{h: h}
 	}
 	return []agent.Option{agent.WithWatchdog(h.watchdogDev)}
 }
@@ -221,7 +277,7 @@ func (p *agentProc) startIsolation() {
 	if ha == nil || ha.Lease == 0 {
 		return
 	}
-	every := min(max(agent.WatchdogTimeout(ha.Lease)/3, 100*time.Millisecond), time.Second)
+	every := agent.IsolationCheckEvery(ha.Lease, ha.stopBound(), ha.margin())
 	p.stops = append(p.stops, p.h.sim.E.Every(every, every, "", func() { p.run("isolation", func() { p.a.IsolationOnce(p.ctx) }) }))
 }
 
@@ -235,7 +291,11 @@ type simWatchdog struct {
 	fire    *Event // pending expiry while armed
 }
 
-func (w *simWatchdog) Pet() error {
+func (w *simWatchdog) Pet(timeout time.Duration) error {
+	if w.fire.Pending() && timeout != w.timeout {
+		w.h.sim.E.trace.Addf("host", "%s watchdog timeout %s (was %s)", w.h.Name, timeout, w.timeout)
+	}
+	w.timeout = timeout
 	if !w.fire.Pending() {
 		w.h.sim.E.trace.Addf("host", "%s watchdog armed (timeout %s)", w.h.Name, w.timeout)
 	}

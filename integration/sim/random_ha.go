@@ -6,15 +6,14 @@ import (
 )
 
 // HAProfile is the random profile with automatic HA on: every fault and
-// operation of the default profile but the local drain (its known trigger
-// f11, enable after a local drain, breaks liveness with or without HA), ha
-// VMs with random priorities, and per seed one of three set-ups (the
+// operation of the default profile, the local drain (`chime agent drain`,
+// then enable) included since f11 is fixed, ha VMs with random priorities, and per seed one of three set-ups (the
 // isolation lease with a watchdog, the fence command, or both), with the
 // fence command failing now and then.
 var HAProfile = RandomConfig{HA: &HAOptions{}, Only: []string{
 	"power", "agent-crash", "freeze", "libvirtd", "isolate", "link", "cut-agent-server", "server-crash", "cut-servers",
 	"leader-transfer", "net-faults", "qemu-crash", "clock-jump", "migration-outcome", "outage", "snapshot",
-	"stop", "start", "delete", "create", "migrate", "evacuate", "drain-rebuild", "agent-migrate", "disable",
+	"stop", "start", "delete", "create", "migrate", "evacuate", "drain-rebuild", "agent-migrate", "agent-drain", "disable",
 }}
 
 // haSchedule turns a random schedule into an HA one: its creates become

@@ -53,7 +53,11 @@ func (r *Result) Tail(n int) string {
 // heal, the quiet period, the final checks.
 func Run(sc *Schedule, opts RunOptions) (*Result, error) {
 	wall := time.Now()
-	s, err := New(Config{Seed: sc.Seed, Hosts: sc.Hosts, HATolerate: sc.HATolerate, Dir: opts.Dir, Parent: opts.Parent, HA: sc.HA})
+	cfg := Config{Seed: sc.Seed, Hosts: sc.Hosts, HATolerate: sc.HATolerate, Dir: opts.Dir, Parent: opts.Parent, HA: sc.HA}
+	if sc.HA != nil {
+		cfg.Cluster.HeartbeatInterval = sc.HA.Heartbeat
+	}
+	s, err := New(cfg)
 	if err != nil {
 		return nil, err
 	}

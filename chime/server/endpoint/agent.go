@@ -140,7 +140,8 @@ func (e *Endpoints) RegisterWith(ctx context.Context, reqID string, req api.Regi
 		MigrationURI: req.MigrationURI, MigrationAddr: req.MigrationAddr, BusinessInterface: req.BusinessInterface,
 		VCPUs: req.VCPUs, MemoryMiB: req.MemoryMiB, Labels: req.Labels, AgentVersion: req.AgentVersion,
 		IsolationResponse: req.IsolationResponse, IsolationLease: req.IsolationLease, Watchdog: req.Watchdog,
-		Binding: &binding}
+		IsolationStopBound: req.IsolationStopBound,
+		Binding:            &binding}
 	if _, err := e.propose.Propose(ctx, reqID, fsm.CmdRegisterNode,
 		fsm.RegisterNode{Node: node, SecretHash: hashSecret(secret), ReplaceSecret: replace, ByIdentity: byIdentity}); err != nil {
 		return api.RegisterResponse{}, err

@@ -39,9 +39,12 @@ type Reserver interface {
 type Config struct {
 	State    State
 	Proposer Proposer
-	Reserver Reserver     // for Alarms and Status; nil: no reservation
-	Share    float64      // --ha-brake-share; 0 means DefaultBrakeShare
-	Logger   hclog.Logger // named server.hapolicy by the server
+	Reserver Reserver // for Alarms and Status; nil: no reservation
+	Share    float64  // --ha-brake-share; 0 means DefaultBrakeShare
+	// LeaseMargin is --isolation-lease-margin (0: the default), for the
+	// HALeaseNotCounted alarm.
+	LeaseMargin time.Duration
+	Logger      hclog.Logger // named server.hapolicy by the server
 }
 
 // Guard records the mass-failure brake's transitions while its server
@@ -52,6 +55,7 @@ type Guard struct {
 	propose Proposer
 	reserve Reserver
 	share   float64
+	margin  time.Duration
 	log     hclog.Logger
 }
 
@@ -63,7 +67,10 @@ func New(cfg Config) *Guard {
 	if cfg.Share == 0 {
 		cfg.Share = DefaultBrakeShare
 	}
-	return &Guard{state: cfg.State, propose: cfg.Proposer, reserve: cfg.Reserver, share: cfg.Share, log: cfg.Logger}
+	if cfg.LeaseMargin == 0 {
+		cfg.LeaseMargin = structs.DefaultLeaseMargin
+	}
+	return &Guard{state: cfg.State, propose: cfg.Proposer, reserve: cfg.Reserver, share: cfg.Share, margin: cfg.LeaseMargin, log: cfg.Logger}
 }
 
 // Share is the brake share the guard judges with.
@@ -186,5 +193,9 @@ func (g *Guard) Alarms(now time.Time) ([]structs.Alarm, error) {
 			return nil, err
 		}
 	}
-	return Alarms(ha, res, now), nil
+	nodes, err := g.state.Nodes()
+	if err != nil {
+		return nil, fmt.Errorf("read the nodes: %w", err)
+	}
+	return append(Alarms(ha, res, now), LeaseAlarms(nodes, g.margin, now)...), nil
 }

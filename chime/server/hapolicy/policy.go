@@ -116,6 +116,25 @@ func Alarms(ha structs.HAState, res structs.HAReservation, now time.Time) []stru
 	return out
 }
 
+// LeaseAlarms are the HALeaseNotCounted alarms: one per node with
+// isolation response stop whose agent's stop bound exceeds the servers'
+// margin, so that its lease is no evidence (structs.Node.LeaseCounts).
+func LeaseAlarms(nodes []structs.Node, margin time.Duration, now time.Time) []structs.Alarm {
+	var out []structs.Alarm
+	for _, n := range nodes {
+		if n.IsolationResponse != structs.IsolationStop || n.IsolationLease <= 0 || n.LeaseCounts(margin) {
+			continue
+		}
+		out = append(out, structs.Alarm{Name: "HALeaseNotCounted", Severity: "warning",
+			Labels: map[string]string{"node": n.Name, "node_id": n.ID},
+			Summary: fmt.Sprintf("node %s: its agent's isolation stop bound %s exceeds the servers' lease margin %s: its lease is not counted",
+				n.Name, n.StopBound(), margin),
+			Description: "Automatic HA restarts this node's ha VMs elsewhere only on a fence or a drain acknowledgement, never on its isolation lease: its agent may need longer to stop its VMs than the margin allows. Lower the agent's --isolation-stop-bound or raise the servers' --isolation-lease-margin. See docs/ha.md.",
+			StartsAt:    now})
+	}
+	return out
+}
+
 func orNone(s string) string {
 	if s == "" {
 		return "no reason given"

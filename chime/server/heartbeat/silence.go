@@ -11,7 +11,7 @@ import (
 // arrived here, and never longer than this server has been leader — a new
 // leader does not know when the last heartbeat arrived at its
 // predecessor, so it counts from its own takeover. Automatic HA measures
-// the isolation lease's deadline against it (structs.LeaseDeadline).
+// the isolation lease's deadline against it (structs.LeaseDeadline, with the margin).
 func (m *Monitor) Silence(nodeID string) time.Duration {
 	now := m.clock.Now()
 	m.mu.Lock()

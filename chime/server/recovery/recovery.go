@@ -8,7 +8,8 @@
 //     heartbeat arrived since (Node.FencedAt, and the node held silent);
 //   - lease: the node runs with isolation response stop and has been
 //     silent, on this leader's clock and since its takeover at the
-//     earliest, for structs.LeaseDeadline(lease);
+//     earliest, for structs.LeaseDeadline(lease, margin), and its agent's
+//     stop bound fits in the margin (structs.Node.LeaseCounts);
 //   - drain: the node is drained and its agent acknowledged it (or
 //     reported a local drain done), and no VM is recorded running there.
 //
@@ -43,6 +44,7 @@ type State interface {
 	Nodes() ([]structs.Node, error)
 	Node(id string) (*structs.Node, error)
 	VMsOnNode(nodeID string) ([]structs.VM, uint64, error)
+	VMs() ([]structs.VM, error)
 }
 
 // Silence is the heartbeat monitor's memory of arrivals
@@ -95,6 +97,9 @@ type Config struct {
 	// MaxFenceAttempts bounds the fence command's attempts per node and
 	// episode (the node unreachable): 0 is DefaultMaxFenceAttempts.
 	MaxFenceAttempts int
+	// LeaseMargin is the margin over an isolation lease
+	// (--isolation-lease-margin): 0 is structs.DefaultLeaseMargin.
+	LeaseMargin time.Duration
 }
 
 // Defaults.
@@ -109,9 +114,11 @@ const (
 	backoffMax  = time.Minute
 )
 
-// Recoverer is the duty. Its memory (attempts, back-offs) lives only on
-// this leader: a new leader starts again, and its lease clock starts at
-// its takeover.
+// Recoverer is the duty. The restart attempts of each VM are replicated
+// (fsm.CmdHARestartFailed, structs.VM.HARestarts): a new leader goes on
+// counting and waits the whole back-off from its takeover. The fence
+// attempts and the lease clock live on this leader only: a new leader
+// fences again, and counts silence from its takeover.
 type Recoverer struct {
 	propose Proposer
 	state   State
@@ -123,10 +130,12 @@ type Recoverer struct {
 	log     hclog.Logger
 
 	maxRestarts, maxFence int
+	margin                time.Duration
 
 	mu       sync.Mutex
 	restarts map[string]*attempt // vm id → restart attempts
 	warned   map[string]uint64   // vm id → generation the lease was said not to cover
+	badBound map[string]bool     // node id → its stop bound exceeds the margin (logged)
 	fences   map[string]*attempt // node id → fence attempts (this episode)
 	wg       sync.WaitGroup      // asynchronous fence attempts (Run)
 	async    bool                // fence attempts on their own goroutine (Run)
@@ -150,13 +159,16 @@ func New(cfg Config) *Recoverer {
 	}
 	r := &Recoverer{propose: cfg.Proposer, state: cfg.State, silence: cfg.Silence, placer: cfg.Placer,
 		fencer: cfg.Fencer, brake: cfg.Brake, clock: cfg.Clock, log: logger.Named("recovery"),
-		maxRestarts: cfg.MaxRestarts, maxFence: cfg.MaxFenceAttempts,
-		restarts: map[string]*attempt{}, warned: map[string]uint64{}, fences: map[string]*attempt{}, kick: make(chan struct{}, 1)}
+		maxRestarts: cfg.MaxRestarts, maxFence: cfg.MaxFenceAttempts, margin: cfg.LeaseMargin,
+		badBound: map[string]bool{}, restarts: map[string]*attempt{}, warned: map[string]uint64{}, fences: map[string]*attempt{}, kick: make(chan struct{}, 1)}
 	if r.maxRestarts <= 0 {
 		r.maxRestarts = DefaultMaxRestarts
 	}
 	if r.maxFence <= 0 {
 		r.maxFence = DefaultMaxFenceAttempts
+	}
+	if r.margin <= 0 {
+		r.margin = structs.DefaultLeaseMargin
 	}
 	return r
 }
@@ -211,12 +223,30 @@ func (r *Recoverer) Step(ctx context.Context) error {
 			errs = append(errs, err)
 			continue
 		}
-		if len(vms) == 0 {
+		held, err := r.heldMigrations(n)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if len(vms) == 0 && len(held) == 0 {
 			continue
 		}
 		ev, hold, lease := r.evidence(n)
 		if ev == "" {
 			r.fenceIfDue(ctx, n)
+			continue
+		}
+		if len(held) > 0 {
+			if lease {
+				// The lease says the agent killed what it runs; it says
+				// nothing about a hand-over libvirt may have completed
+				// meanwhile. Only a fence (or a drain) settles these.
+				r.fenceIfDue(ctx, n)
+			} else if err := r.settleAll(ctx, n, held, ev, hold); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		if len(vms) == 0 {
 			continue
 		}
 		if lease {
@@ -258,6 +288,69 @@ func (r *Recoverer) toRestart(n structs.Node) ([]structs.VM, error) {
 	}
 	scheduler.RestartOrder(out) // the failover plan's order (GET /v1/failover)
 	return out, nil
+}
+
+// heldMigrations are the ha VMs desired running whose ordered live
+// migration from or to node n has an unknown outcome (held: started
+// nowhere until a host proves where they run).
+func (r *Recoverer) heldMigrations(n structs.Node) ([]structs.VM, error) {
+	all, err := r.state.VMs()
+	if err != nil {
+		return nil, fmt.Errorf("read vms: %w", err)
+	}
+	var out []structs.VM
+	for _, vm := range all {
+		m := vm.Migration
+		if !vm.Spec.HA || vm.DesiredState != structs.DesiredRunning || !vm.Held() || (m.From != n.ID && m.To != n.ID) {
+			continue
+		}
+		out = append(out, vm)
+	}
+	scheduler.RestartOrder(out)
+	return out, nil
+}
+
+// settleAll settles the held migrations from or to node n, which is known
+// to run nothing (ev: a fence or a drain acknowledgement): the VM runs at
+// the other end or nowhere, so it is placed there (on the destination
+// adopting the migrating generation: its agent keeps the arrived copy or
+// starts one; on the source with a new generation adopting it). The
+// restart elsewhere, if the other end is unreachable as well, follows from
+// that end's own evidence. With the node's heartbeats held off, as the
+// restarts.
+func (r *Recoverer) settleAll(ctx context.Context, n structs.Node, held []structs.VM, ev string, hold time.Duration) error {
+	if hold > 0 {
+		release, ok := r.silence.HoldSilent(n.ID, hold)
+		if !ok {
+			return nil // it spoke meanwhile: no evidence any more
+		}
+		defer release()
+	}
+	var errs []error
+	settled := false
+	for _, vm := range held {
+		m := vm.Migration
+		where, end := m.To, "source"
+		if m.From != n.ID {
+			where, end = m.From, "destination"
+		}
+		reason := fmt.Sprintf("automatic HA: node %s, its %s, is known to run nothing: %s", n.Name, end, ev)
+		_, err := r.propose.Propose(ctx, "", fsm.CmdMigrationSettle, fsm.MigrationSettle{VMID: vm.ID, TaskID: m.TaskID,
+			Generation: m.Generation, Where: where, Reason: reason})
+		switch {
+		case err == nil:
+			settled = true
+			r.log.Info("held live migration settled", "vm", vm.Name, "node", n.Name, "end", end, "placed_on", where, "evidence", ev)
+		case errors.Is(err, structs.ErrConflict) || structs.IsNotFound(err):
+			// Settled meanwhile (a report, an operator's rebuild).
+		default:
+			errs = append(errs, fmt.Errorf("settle the live migration of vm %s: %w", vm.Name, err))
+		}
+	}
+	if settled {
+		r.placer.Kick()
+	}
+	return errors.Join(errs...)
 }
 
 // leaseCovers splits vms into those the node's isolation lease covers and
@@ -302,10 +395,23 @@ func (r *Recoverer) evidence(n structs.Node) (string, time.Duration, bool) {
 		}
 	}
 	if n.IsolationResponse == structs.IsolationStop && n.IsolationLease > 0 {
-		deadline := structs.LeaseDeadline(n.IsolationLease)
+		if !n.LeaseCounts(r.margin) {
+			// The agent may need longer to stop its VMs than the margin
+			// allows: its lease proves nothing here (its agent alarms too).
+			r.mu.Lock()
+			first := !r.badBound[n.ID]
+			r.badBound[n.ID] = true
+			r.mu.Unlock()
+			if first {
+				r.log.Error("isolation lease not counted: the agent's stop bound exceeds the servers' margin; only a fence or a drain makes its VMs restart elsewhere",
+					"node", n.Name, "stop_bound", n.StopBound().String(), "margin", r.margin.String())
+			}
+			return "", 0, false
+		}
+		deadline := structs.LeaseDeadline(n.IsolationLease, r.margin)
 		if s := r.silence.Silence(n.ID); s >= deadline {
-			return fmt.Sprintf("isolation lease expired (lease %s, isolation response stop; silent %s on the leader ≥ %s)",
-				n.IsolationLease, s.Round(time.Millisecond), deadline), deadline, true
+			return fmt.Sprintf("isolation lease expired (lease %s, margin %s, isolation response stop; silent %s on the leader ≥ %s)",
+				n.IsolationLease, r.margin, s.Round(time.Millisecond), deadline), deadline, true
 		}
 	}
 	return "", 0, false
@@ -350,6 +456,15 @@ func (r *Recoverer) restartOne(ctx context.Context, n structs.Node, vm structs.V
 	at := r.restarts[vm.ID]
 	if at == nil || at.key != key {
 		at = &attempt{key: key}
+		if h := vm.HARestarts; h != nil && h.NodeID == n.ID && h.Generation == vm.Generation {
+			// Replicated by an earlier leader (or this one before): go on
+			// counting, and wait the whole back-off again from now (its
+			// time of the last failure is another server's clock).
+			at.count, at.gaveUp = h.Count, h.GaveUp
+			if h.Count > 0 {
+				at.next = now.Add(backoff(h.Count))
+			}
+		}
 		r.restarts[vm.ID] = at
 	}
 	if at.gaveUp || now.Before(at.next) {
@@ -407,6 +522,12 @@ func (r *Recoverer) failed(ctx context.Context, vm structs.VM, n structs.Node, a
 	at.gaveUp = give
 	r.mu.Unlock()
 	r.log.Warn("ha restart failed", "vm", vm.Name, "node", n.Name, "attempt", count, "error", why, "retry_in", backoff(count).String())
+	// Replicated, so that a new leader goes on counting (the record is
+	// refused once the placement moved on: nothing to count then).
+	if _, err := r.propose.Propose(ctx, "", fsm.CmdHARestartFailed, fsm.HARestartFailed{VMID: vm.ID, NodeID: n.ID,
+		Generation: vm.Generation, Count: count, GaveUp: give, Error: why, Retry: backoff(count).String()}); err != nil && !errors.Is(err, structs.ErrConflict) && !structs.IsNotFound(err) {
+		return fmt.Errorf("record the failed restart of vm %s: %w", vm.Name, err)
+	}
 	if !give {
 		return nil
 	}

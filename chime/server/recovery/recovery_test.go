@@ -434,3 +434,162 @@ func TestLeaseCoversMigratedVMsOnlyOnceReported(t *testing.T) {
 		})
 	}
 }
+
+// The margin decides the lease's deadline (lease × 1.5 + margin), and a
+// node whose agent may need longer to stop its VMs than the margin (its
+// registered stop bound) gets no lease evidence at all.
+func TestLeaseMarginAndStopBound(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		margin    time.Duration // 0: the default (10 s)
+		bound     time.Duration // the agent's registered stop bound (0: an older agent)
+		lease     time.Duration
+		notBefore time.Duration // still in place after this much silence
+		movedBy   time.Duration // restarted elsewhere after this much (0: never)
+	}{
+		{"default margin, older agent", 0, 0, 5 * time.Second, 17 * time.Second, 18 * time.Second},
+		{"margin 1s, bound 1s", time.Second, time.Second, 5 * time.Second, 8 * time.Second, 9 * time.Second},
+		{"margin 1s, bound 400ms", time.Second, 400 * time.Millisecond, 5 * time.Second, 8 * time.Second, 9 * time.Second},
+		{"margin 1s, bound 2s: not counted", time.Second, 2 * time.Second, 5 * time.Second, 10 * time.Minute, 0},
+		{"margin 1s, older agent: not counted", time.Second, 0, 5 * time.Second, 10 * time.Minute, 0},
+		{"margin 30s, bound 10s", 30 * time.Second, 10 * time.Second, 20 * time.Second, 59 * time.Second, 61 * time.Second},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w := newWorld(t, false)
+			w.rec = New(Config{Proposer: w.Direct, State: w.FSM, Silence: w.monitor, Placer: w.placer, Brake: w.guard,
+				Clock: w.Clock, LeaseMargin: tc.margin})
+			id := uuid.NewString()
+			w.Propose(fsm.CmdRegisterNode, fsm.RegisterNode{Node: structs.Node{ID: id, Name: "dead", VCPUs: fsmtest.NodeVCPUs,
+				MemoryMiB: fsmtest.NodeMemoryMiB, IsolationResponse: structs.IsolationStop, IsolationLease: tc.lease,
+				IsolationStopBound: tc.bound}})
+			w.monitor.Registered(id)
+			w.node("healthy", structs.IsolationKeep, 0)
+			vm := w.vm("a", true, "", id)
+			w.unreachable(id)
+			w.Clock.Advance(tc.notBefore)
+			w.step()
+			if got := w.VM(vm).NodeID; got != id {
+				t.Fatalf("restarted after %s of silence", tc.notBefore)
+			}
+			if tc.movedBy == 0 {
+				return
+			}
+			w.Clock.Advance(tc.movedBy - tc.notBefore)
+			w.step()
+			if got := w.VM(vm).NodeID; got == id {
+				t.Fatalf("not restarted after %s of silence", tc.movedBy)
+			}
+			evs := w.events(EventRestarted)
+			if len(evs) != 1 || !strings.Contains(evs[0].Message, "margin") {
+				t.Errorf("ha.restarted events %v: want one that names the margin", evs)
+			}
+			t.Logf("%s", evs[0].Message)
+		})
+	}
+}
+
+// The restart attempts are replicated: a new leader (a new Recoverer on
+// the same state, its monitor reset at its takeover) goes on counting
+// toward MaxRestarts (3 here) instead of starting again, and waits the
+// whole back-off from its takeover.
+func TestRestartAttemptsSurviveALeaderChange(t *testing.T) {
+	w := newWorld(t, false)
+	dead := w.node("dead", structs.IsolationStop, 10*time.Second)
+	off := w.node("disabled", structs.IsolationKeep, 0)
+	w.Propose(fsm.CmdSetManagement, fsm.SetManagement{NodeID: off, State: structs.NodeDisabled})
+	vm := w.vm("a", true, "", dead)
+	w.unreachable(dead)
+	w.Clock.Advance(26 * time.Second)
+	for w.VM(vm).HARestarts == nil || w.VM(vm).HARestarts.Count < 2 {
+		w.step()
+		w.Clock.Advance(time.Second)
+	}
+	if got := w.events("ha.restart_failed"); len(got) != 2 {
+		t.Fatalf("ha.restart_failed events: %d, want 2", len(got))
+	}
+	// The leader changes.
+	w.monitor.Reset()
+	w.rec = New(Config{Proposer: w.Direct, State: w.FSM, Silence: w.monitor, Placer: w.placer, Brake: w.guard,
+		Clock: w.Clock, MaxRestarts: 3})
+	w.Clock.Advance(26 * time.Second) // the lease deadline from the takeover
+	w.step()
+	if got := w.VM(vm).HARestarts.Count; got != 2 {
+		t.Fatalf("the new leader tried at once (count %d): it waits the back-off from its takeover", got)
+	}
+	for range 120 {
+		w.step()
+		w.Clock.Advance(time.Second)
+	}
+	h := w.VM(vm).HARestarts
+	if h.Count != 3 || !h.GaveUp {
+		t.Fatalf("retry state %+v, want 3 attempts in all and given up", *h)
+	}
+	gave := w.events(EventGaveUp)
+	if len(gave) != 1 || !strings.Contains(gave[0].Message, "after 3 attempts") {
+		t.Fatalf("ha.gave_up events %v: want one, after 3 attempts in all", gave)
+	}
+	if got := w.events("ha.restart_failed"); len(got) != 3 {
+		t.Errorf("ha.restart_failed events: %d, want 3", len(got))
+	}
+	// A placement move clears it.
+	late := w.node("late", structs.IsolationKeep, 0)
+	w.Propose(fsm.CmdPlaceVM, fsm.PlaceVM{VMID: vm, NodeID: late})
+	if w.VM(vm).HARestarts != nil {
+		t.Errorf("retry state %+v kept after a placement move", *w.VM(vm).HARestarts)
+	}
+}
+
+// A held live migration (outcome unknown) from or to a node that is then
+// fenced is settled by automatic HA at the other end, ha VMs only: the
+// fence proves that the fenced end runs nothing. The isolation lease does
+// not settle it (a hand-over libvirt completed is not the agent's to kill).
+func TestFenceSettlesHeldMigrations(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		fencedEnd  string // "source" or "destination"
+		ha         bool
+		fence      bool // a fence command (else: lease only)
+		wantOn     string
+		wantSettle bool
+	}{
+		{"source fenced: placed on the destination", "source", true, true, "dst", true},
+		{"destination fenced: stays on the source", "destination", true, true, "src", true},
+		{"not ha: left to the operator", "source", false, true, "src", false},
+		{"lease only: waits for a fence", "source", true, false, "src", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w := newWorld(t, tc.fence)
+			src := w.node("src", structs.IsolationStop, 5*time.Second)
+			dst := w.node("dst", structs.IsolationStop, 5*time.Second)
+			w.node("spare", structs.IsolationKeep, 0)
+			w.node("spare2", structs.IsolationKeep, 0) // two of four unreachable: the brake holds off
+			vm := w.vm("a", tc.ha, "", src)
+			gen := w.VM(vm).Generation
+			w.Propose(fsm.CmdMigrationStart, fsm.MigrationStart{VMID: vm, TaskID: "t1", To: dst, IfGeneration: gen})
+			w.Propose(fsm.CmdMigrationEnd, fsm.MigrationEnd{VMID: vm, TaskID: "t1", FromNode: src, Generation: gen, Unknown: true, Error: "reply lost"})
+			if !w.VM(vm).Held() {
+				t.Fatal("not held")
+			}
+			lost := src
+			if tc.fencedEnd == "destination" {
+				lost = dst
+			}
+			w.unreachable(lost)
+			for range 30 {
+				w.step()
+				w.Clock.Advance(time.Second)
+			}
+			got := w.VM(vm)
+			if got.Held() == tc.wantSettle {
+				t.Fatalf("held %v, want settled %v", got.Held(), tc.wantSettle)
+			}
+			on := map[string]string{src: "src", dst: "dst"}[got.NodeID]
+			if on != tc.wantOn {
+				t.Errorf("placed on %q, want %s", on, tc.wantOn)
+			}
+			if tc.fence && tc.ha && len(w.fencer.runs) == 0 {
+				t.Errorf("no fence run for the held VM's node")
+			}
+		})
+	}
+}
