@@ -20,7 +20,11 @@ import (
 // then judged for recovery against the state. Nothing scans the event
 // log or the incident list on apply.
 
-// alarmVMLabel is the label naming a VM in UniquenessConflict and VMHeld.
+// MaxResolvedIncidents is how many resolved incidents the state keeps at
+// most, whatever the leader's --incident-retention.
+const MaxResolvedIncidents = state.MaxResolvedIncidents
+
+// alarmVMLabels are the label naming a VM in UniquenessConflict and VMHeld.
 var alarmVMLabels = []string{"vm_id", "vm"}
 
 // incidentTracker is the work of one command's transaction.

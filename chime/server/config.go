@@ -11,6 +11,7 @@ import (
 
 	"github.com/chime-ha/chime/chime/structs"
 	"github.com/chime-ha/chime/chime/tlsconf"
+	"github.com/chime-ha/chime/fsm"
 	"github.com/chime-ha/chime/gossip"
 
 	"github.com/hashicorp/go-hclog"
@@ -85,7 +86,10 @@ type Config struct {
 	FenceRetries int           // attempts per node while it stays unreachable
 	// HAMaxRestarts bounds the automatic restart attempts of one VM.
 	HAMaxRestarts int
-	Logger        hclog.Logger
+	// IncidentRetention is how many resolved incidents the leader keeps
+	// (older ones are pruned through Raft; docs/incidents.md).
+	IncidentRetention int
+	Logger            hclog.Logger
 	// Clock stamps every command this server proposes and is what the
 	// leader's duties and the endpoints measure time on; nil is the wall
 	// clock. Raft's own timers always run on the wall clock.
@@ -95,6 +99,9 @@ type Config struct {
 	// observe what a leader serves before it passed); nil is raft's.
 	barrier func(r *raft.Raft, timeout time.Duration) error
 }
+
+// DefaultIncidentRetention is --incident-retention's default.
+const DefaultIncidentRetention = 500
 
 // DefaultSnapshotMaxBytes is --snapshot-max-bytes' default: 1 GiB.
 const DefaultSnapshotMaxBytes = 1 << 30
@@ -120,6 +127,7 @@ func DefaultConfig() Config {
 		FenceTimeout:       30 * time.Second,
 		FenceRetries:       5,
 		HAMaxRestarts:      5,
+		IncidentRetention:  DefaultIncidentRetention,
 		AlertmanagerResend: time.Minute,
 		ClusterName:        "chime",
 	}
@@ -227,6 +235,9 @@ func (c Config) Validate() error {
 	}
 	if c.FenceRetries < 1 || c.FenceRetries > 100 {
 		return structs.Invalid("--fence-retries", "must be between 1 and 100, got %d", c.FenceRetries)
+	}
+	if c.IncidentRetention < 1 || c.IncidentRetention > fsm.MaxResolvedIncidents {
+		return structs.Invalid("--incident-retention", "must be between 1 and %d, got %d", fsm.MaxResolvedIncidents, c.IncidentRetention)
 	}
 	if c.HAMaxRestarts < 1 || c.HAMaxRestarts > 100 {
 		return structs.Invalid("--ha-max-restarts", "must be between 1 and 100, got %d", c.HAMaxRestarts)
