@@ -56,7 +56,7 @@ func (a *applier) trackIncidents() error {
 		if w.IsNode {
 			key = state.NodeIncidentKey(w.ID)
 		}
-		if id := a.tx.OpenIncidentID(key); id != 0 {
+		if id := a.tx.IndexedIncident(key); id != 0 {
 			if _, err := t.load(id); err != nil {
 				return err
 			}
@@ -122,22 +122,23 @@ func (t *incidentTracker) event(e structs.Event) error {
 			return nil // an agent's own writes are the heartbeats the timeline already has
 		}
 		// The audit names its target as the operator typed it.
-		if nodeID != "" {
-			nodeID, _ = tx.LookupNode(nodeID)
-		}
-		if vmID != "" {
-			vmID, _ = tx.LookupVM(vmID)
-		}
+		nodeID, vmID = lookupRef(nodeID, tx.LookupNode), lookupRef(vmID, tx.LookupVM)
 	}
 	var id uint64
 	if vmID != "" {
-		id = tx.OpenIncidentID(state.VMIncidentKey(vmID))
+		id = tx.IndexedIncident(state.VMIncidentKey(vmID))
 	}
 	if id == 0 && nodeID != "" {
-		id = tx.OpenIncidentID(state.NodeIncidentKey(nodeID))
+		id = tx.IndexedIncident(state.NodeIncidentKey(nodeID))
 	}
 	if id == 0 && al != nil {
-		id = tx.OpenIncidentID(alarmKey(al.Fingerprint))
+		id = tx.IndexedIncident(alarmKey(al.Fingerprint))
+	}
+	if id == 0 && e.Kind == structs.EventAudit {
+		var err error
+		if id, err = t.recentlyResolved(e, nodeID, vmID); err != nil {
+			return err
+		}
 	}
 	var ti *trackedIncident
 	if id != 0 {
@@ -148,8 +149,14 @@ func (t *incidentTracker) event(e structs.Event) error {
 	}
 	if ti == nil {
 		var err error
-		if ti, err = t.open(e, nodeID, vmID, al); err != nil || ti == nil {
+		if ti, err = t.open(e, nodeID, vmID, al); err != nil {
 			return err
+		}
+		if ti == nil {
+			if al != nil && al.Status != "firing" { // its incident was pruned
+				return tx.UnindexIncident(alarmKey(al.Fingerprint))
+			}
+			return nil
 		}
 	} else {
 		t.add(ti, entryOf(e, nodeID, vmID))
@@ -163,6 +170,56 @@ func (t *incidentTracker) event(e structs.Event) error {
 		return t.alarm(ti, al)
 	}
 	return nil
+}
+
+// AuditGrace is how long after an incident resolved the audit record of
+// an operator's write about its node or VMs still joins its timeline: the
+// audit is appended after the write it records, which may be the one that
+// resolved the incident (a drain, a VM stop).
+const AuditGrace = time.Minute
+
+// resolvedKey indexes the incident that last resolved for a node or VM
+// (one key each, replaced by the next), for the audits that follow.
+func resolvedKey(key string) string { return "r/" + key }
+
+// recentlyResolved is the incident an audit record joins when none is
+// open for its node or VM: the one that resolved for them at most
+// AuditGrace before; 0 when there is none (the stale key is dropped).
+func (t *incidentTracker) recentlyResolved(e structs.Event, nodeID, vmID string) (uint64, error) {
+	tx := t.a.tx
+	for _, k := range []string{state.VMIncidentKey(vmID), state.NodeIncidentKey(nodeID)} {
+		if k == state.VMIncidentKey("") || k == state.NodeIncidentKey("") {
+			continue
+		}
+		id := tx.IndexedIncident(resolvedKey(k))
+		if id == 0 {
+			continue
+		}
+		inc, err := tx.Incident(id)
+		if err != nil {
+			return 0, err
+		}
+		if inc != nil && inc.State == structs.IncidentResolved && e.Time.Sub(inc.ResolvedAt) <= AuditGrace {
+			return id, nil
+		}
+		if err := tx.UnindexIncident(resolvedKey(k)); err != nil {
+			return 0, err
+		}
+	}
+	return 0, nil
+}
+
+// lookupRef resolves an id, name or unique id prefix; "" when it names
+// nothing or more than one.
+func lookupRef(ref string, lookup func(string) (string, []string)) string {
+	if ref == "" {
+		return ""
+	}
+	id, matches := lookup(ref)
+	if id == "" && len(matches) == 1 {
+		id = matches[0]
+	}
+	return id
 }
 
 // alarmKey indexes a firing alarm under the incident it fired in, so that
@@ -217,7 +274,7 @@ func (t *incidentTracker) open(e structs.Event, nodeID, vmID string, al *structs
 			return nil, err
 		}
 		for _, v := range on {
-			if v.DesiredState == structs.DesiredRunning && tx.OpenIncidentID(state.VMIncidentKey(v.ID)) == 0 {
+			if v.DesiredState == structs.DesiredRunning && tx.IndexedIncident(state.VMIncidentKey(v.ID)) == 0 {
 				vms = append(vms, v.ID)
 			}
 		}
@@ -412,16 +469,21 @@ func (t *incidentTracker) judge(ti *trackedIncident) error {
 	inc.Resolution = strings.Join(parts, ", ")
 	t.add(ti, structs.IncidentEntry{Time: now, Index: tx.Index(), Kind: structs.IncidentEntryResolved, NodeID: inc.NodeID, VMID: inc.VMID,
 		Message: fmt.Sprintf("incident %d resolved (%s); time to recover %s", inc.ID, inc.Resolution, inc.TimeToRecover.Round(time.Millisecond))})
+	keys := []string{}
 	if inc.VMID == "" {
-		if err := tx.UnindexIncident(state.NodeIncidentKey(inc.NodeID)); err != nil {
-			return err
-		}
+		keys = append(keys, state.NodeIncidentKey(inc.NodeID))
 	}
 	for _, v := range inc.VMs {
-		if tx.OpenIncidentID(state.VMIncidentKey(v.VMID)) == inc.ID {
-			if err := tx.UnindexIncident(state.VMIncidentKey(v.VMID)); err != nil {
-				return err
-			}
+		if tx.IndexedIncident(state.VMIncidentKey(v.VMID)) == inc.ID {
+			keys = append(keys, state.VMIncidentKey(v.VMID))
+		}
+	}
+	for _, k := range keys {
+		if err := tx.UnindexIncident(k); err != nil {
+			return err
+		}
+		if err := tx.IndexIncident(resolvedKey(k), inc.ID); err != nil {
+			return err
 		}
 	}
 	ti.dirty = true

@@ -10,9 +10,13 @@ import (
 // bucketIncidents holds id (big endian) → structs.Incident JSON.
 var bucketIncidents = []byte("incidents")
 
-// bucketIncidentKeys indexes the open incidents: "n/<node id>" (a node
-// incident) and "v/<vm id>" (each VM an open incident affects) → the
-// incident's id (big endian). Only open incidents are indexed.
+// bucketIncidentKeys indexes incidents by what they are about →
+// the incident's id (big endian): "n/<node id>" (an open node incident),
+// "v/<vm id>" (each VM an open incident affects), "a/<fingerprint>" (a
+// firing alarm, under the incident it fired in), "r/n/<node id>" and
+// "r/v/<vm id>" (the incident that last resolved for them, which late
+// audit records join). The FSM's incident tracker (fsm/incidents.go)
+// names the keys.
 var bucketIncidentKeys = []byte("incident_keys")
 
 // Keys of bucketMeta for incidents.
@@ -33,18 +37,17 @@ func NodeIncidentKey(nodeID string) string { return "n/" + nodeID }
 // VMIncidentKey is the open-incident index's key of a VM.
 func VMIncidentKey(vmID string) string { return "v/" + vmID }
 
-// OpenIncidentID returns the id of the open incident indexed under key,
-// or 0.
-func (t *Tx) OpenIncidentID(key string) uint64 {
+// IndexedIncident returns the id of the incident indexed under key, or 0.
+func (t *Tx) IndexedIncident(key string) uint64 {
 	return getU64(t.tx.Bucket(bucketIncidentKeys).Get([]byte(key)))
 }
 
-// IndexIncident points key at the open incident id.
+// IndexIncident points key at incident id.
 func (t *Tx) IndexIncident(key string, id uint64) error {
 	return t.tx.Bucket(bucketIncidentKeys).Put([]byte(key), u64(id))
 }
 
-// UnindexIncident removes key from the open-incident index.
+// UnindexIncident removes key from the incident index.
 func (t *Tx) UnindexIncident(key string) error {
 	return t.tx.Bucket(bucketIncidentKeys).Delete([]byte(key))
 }
