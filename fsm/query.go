@@ -320,11 +320,13 @@ func (f *FSM) Incident(id uint64) (*structs.Incident, error) {
 	return inc, err
 }
 
-// IncidentIndex is the Raft index of the last incident write.
+// IncidentIndex is the Raft index of the last incident write, at least 1:
+// a blocking query on an empty list (index=1) then waits for the first
+// incident instead of answering at once.
 func (f *FSM) IncidentIndex() uint64 {
 	var idx uint64
 	_ = f.view(func(tx *state.Tx) error { idx = tx.IncidentIndex(); return nil })
-	return idx
+	return max(idx, 1)
 }
 
 // ResolvedIncidents is how many resolved incidents the state keeps.

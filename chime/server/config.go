@@ -95,6 +95,10 @@ type Config struct {
 	// clock. Raft's own timers always run on the wall clock.
 	Clock Clock
 
+	// incidentPruneEvery replaces how often the leader checks the
+	// incident retention (tests); 0 is incidentPruneEvery.
+	incidentPruneEvery time.Duration
+
 	// barrier replaces the new leader's Raft barrier (tests hold it to
 	// observe what a leader serves before it passed); nil is raft's.
 	barrier func(r *raft.Raft, timeout time.Duration) error

@@ -21,6 +21,10 @@ const incidentPruneEvery = 30 * time.Second
 // every server drops the same ones.
 func (s *Server) incidentPruner(ctx context.Context) {
 	keep := uint64(s.cfg.IncidentRetention)
+	every := incidentPruneEvery
+	if s.cfg.incidentPruneEvery > 0 {
+		every = s.cfg.incidentPruneEvery
+	}
 	for {
 		if n := s.fsm.ResolvedIncidents(); n > keep {
 			if _, err := s.propose(ctx, "", fsm.CmdPruneIncidents, fsm.PruneIncidents{Keep: keep}); err != nil && ctx.Err() == nil {
@@ -30,7 +34,7 @@ func (s *Server) incidentPruner(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
-		case <-s.clock.After(incidentPruneEvery):
+		case <-s.clock.After(every):
 		}
 	}
 }

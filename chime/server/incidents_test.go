@@ -123,8 +123,14 @@ func TestIncidentEndToEnd(t *testing.T) {
 		hv1, hv2 = hv2, hv1
 	}
 	dead, _ := op.GetNode(ctx, hv1.id)
-	if list, _, err := op.Incidents(ctx, api.IncidentFilter{}, api.QueryOptions{}); err != nil || len(list) != 0 {
-		t.Fatalf("incidents of a healthy cluster: %+v %v", list, err)
+	list, idx, err := op.Incidents(ctx, api.IncidentFilter{}, api.QueryOptions{})
+	if err != nil || len(list) != 0 || idx != 1 {
+		t.Fatalf("incidents of a healthy cluster: %+v index %d %v, want none at index 1", list, idx, err)
+	}
+	// A blocking query on the empty list waits (for the first incident).
+	began := time.Now()
+	if _, idx, err := op.Incidents(ctx, api.IncidentFilter{}, api.QueryOptions{Index: 1, Wait: 300 * time.Millisecond}); err != nil || idx != 1 || time.Since(began) < 250*time.Millisecond {
+		t.Fatalf("blocking query on no incidents: index %d after %s, %v; want it to wait 300ms", idx, time.Since(began), err)
 	}
 
 	hv1.alive.Store(false)
@@ -260,4 +266,46 @@ func rawGet(t *testing.T, tc *testCluster, i int, path string) (int, []byte) {
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, b
+}
+
+// TestIncidentRetention: with --incident-retention 2, the leader prunes
+// the oldest resolved incidents through Raft; the open one stays.
+func TestIncidentRetention(t *testing.T) {
+	interval := 100 * time.Millisecond
+	srv, base := devServerWith(t, func(c *Config) {
+		c.HeartbeatInterval, c.MissedHeartbeats, c.IncidentRetention = interval, 3, 2
+		c.incidentPruneEvery = 50 * time.Millisecond
+	})
+	c := api.NewClient(base)
+	ctx := context.Background()
+	a := startSimAgent(t, api.NewClient(base), nil, "hv1", interval)
+	for i := 1; i <= 4; i++ {
+		a.alive.Store(false)
+		wait.For(t, 20*time.Second, fmt.Sprintf("incident %d open", i), func() (bool, string) {
+			inc, err := c.Incident(ctx, uint64(i))
+			return err == nil && inc.State == structs.IncidentOpen, fmt.Sprint(err)
+		})
+		if i == 4 {
+			break
+		}
+		a.alive.Store(true)
+		wait.For(t, 20*time.Second, fmt.Sprintf("incident %d resolved", i), func() (bool, string) {
+			inc, err := c.Incident(ctx, uint64(i))
+			return err == nil && inc.State == structs.IncidentResolved, fmt.Sprint(err)
+		})
+	}
+	wait.For(t, 10*time.Second, "the oldest resolved pruned", func() (bool, string) {
+		list, _, err := c.Incidents(ctx, api.IncidentFilter{}, api.QueryOptions{})
+		var ids []uint64
+		for _, inc := range list {
+			ids = append(ids, inc.ID)
+		}
+		return err == nil && slices.Equal(ids, []uint64{4, 3, 2}), fmt.Sprint(ids, err)
+	})
+	if _, err := c.Incident(ctx, 1); api.StatusOf(err) != http.StatusNotFound {
+		t.Fatalf("pruned incident 1: %v, want 404", err)
+	}
+	if n := srv.FSM().ResolvedIncidents(); n != 2 {
+		t.Fatalf("%d resolved kept, want 2", n)
+	}
 }
