@@ -119,5 +119,5 @@ func (s *Sim) incidentsGolden() string {
 		}
 		b.WriteString("\n")
 	}
-	return names.Replace(b.String())
+	return strings.ReplaceAll(names.Replace(b.String()), s.cfg.Dir, "$SIMDIR")
 }
