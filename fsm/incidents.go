@@ -24,7 +24,8 @@ import (
 // most, whatever the leader's --incident-retention.
 const MaxResolvedIncidents = state.MaxResolvedIncidents
 
-// alarmVMLabels are the label naming a VM in UniquenessConflict and VMHeld.
+// alarmVMLabels are the labels that name a VM in UniquenessConflict and
+// VMHeld, in order of preference.
 var alarmVMLabels = []string{"vm_id", "vm"}
 
 // incidentTracker is the work of one command's transaction.
