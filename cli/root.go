@@ -39,6 +39,7 @@ Start a one-server test cluster with 'chime server --dev', then try 'chime vm cr
 			operatorCommand(),
 			taskCommand(),
 			alarmCommand(),
+			incidentCommand(),
 			eventCommand(),
 			tlsCommand(),
 			aclCommand(),

@@ -49,6 +49,7 @@ gossip ports. A quick test: 'chime server --dev' (one server, temporary data dir
 			&cli.IntFlag{Name: "fence-retries", Value: d.FenceRetries, Usage: "attempts of --fence-command per node while it stays unreachable (back-off 2s doubling)"},
 			&cli.DurationFlag{Name: "isolation-lease-margin", Value: d.IsolationLeaseMargin, Usage: "margin over an isolation lease: a stop node is fenced once lease × 1.5 + this has passed since its last heartbeat; must be at least every stop agent's --isolation-stop-bound (docs/ha.md)"},
 			&cli.IntFlag{Name: "ha-max-restarts", Value: d.HAMaxRestarts, Usage: "automatic restart attempts of one ha VM before it is given up (ha.gave_up)"},
+			&cli.IntFlag{Name: "incident-retention", Value: d.IncidentRetention, Usage: "resolved incidents kept (the oldest beyond are dropped; docs/incidents.md)"},
 			&cli.StringSliceFlag{Name: "storage-root", Value: cli.NewStringSlice(d.StorageRoots...), Usage: "directory VM disks must lie under (repeatable; giving it replaces the default)", EnvVars: []string{"CHIME_STORAGE_ROOT"}},
 			&cli.Int64Flag{Name: "snapshot-max-bytes", Value: d.SnapshotMaxBytes, Usage: "largest snapshot 'chime operator snapshot restore' may upload (bytes)"},
 			&cli.BoolFlag{Name: "acl", Value: true, Usage: "enforce ACL tokens (docs/security.md); default true, except in --dev where it is false unless given"},
@@ -81,6 +82,7 @@ gossip ports. A quick test: 'chime server --dev' (one server, temporary data dir
 			cfg.FenceRetries, cfg.HAMaxRestarts = c.Int("fence-retries"), c.Int("ha-max-restarts")
 			cfg.IsolationLeaseMargin = c.Duration("isolation-lease-margin")
 			cfg.SnapshotMaxBytes = c.Int64("snapshot-max-bytes")
+			cfg.IncidentRetention = c.Int("incident-retention")
 			cfg.StorageRoots = c.StringSlice("storage-root")
 			cfg.TLS, cfg.InsecureNoTLS = tlsFiles(c), c.Bool("insecure-no-tls")
 			cfg.InsecureNoGossipKey = c.Bool("insecure-no-gossip-key")

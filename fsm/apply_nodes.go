@@ -188,6 +188,7 @@ func (a *applier) setMonitor(p SetMonitor) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	a.lastHeartbeat = p.LastHeartbeat
 	event, changed := monitorTransition(n, MonitorTransition{State: p.State, Faults: p.Faults, Reason: p.Reason}, a.tx.Now())
 	if !changed {
 		return n.ID, nil

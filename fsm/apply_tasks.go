@@ -80,6 +80,7 @@ func (a *applier) alarmTransition(p AlarmTransition) (string, error) {
 	if err := a.tx.PutAlarm(AlarmRecord{Alarm: al}); err != nil {
 		return "", err
 	}
+	a.alarm = &al
 	return al.Fingerprint, a.tx.AppendEvent(structs.Event{Kind: "alarm." + al.Status, NodeID: al.Labels["node_id"],
 		Message: fmt.Sprintf("alarm %s %s: %s", al.Name, al.Status, al.Summary)})
 }

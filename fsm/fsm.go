@@ -234,6 +234,9 @@ func (f *FSM) applyIn(btx *bolt.Tx, index uint64, cmd *Command, apply applyFunc)
 		return res, nil, nil, err
 	}
 	res.ObjectID = objID
+	if err := a.trackIncidents(); err != nil {
+		return res, nil, nil, fmt.Errorf("incidents: %w", err)
+	}
 	if err := tx.PutAppliedIndex(); err != nil {
 		return res, nil, nil, err
 	}

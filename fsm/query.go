@@ -299,3 +299,39 @@ func (f *FSM) PlacementEpoch() uint64 { return f.derived.Epoch() }
 // ProtectedVMs lists the protected VMs (ha, desired running, placed),
 // sorted by name, from the derived view's index.
 func (f *FSM) ProtectedVMs() ([]structs.VM, error) { return f.vmsByID(f.derived.Protected()) }
+
+// Incidents lists the incidents, newest first, in state st ("" any) and
+// about node nodeID ("" any).
+func (f *FSM) Incidents(st, nodeID string) ([]structs.Incident, error) {
+	var out []structs.Incident
+	err := f.view(func(tx *state.Tx) (err error) {
+		out, err = tx.Incidents(func(i *structs.Incident) bool {
+			return (st == "" || i.State == st) && (nodeID == "" || i.NodeID == nodeID)
+		})
+		return
+	})
+	return out, err
+}
+
+// Incident returns one incident, or nil.
+func (f *FSM) Incident(id uint64) (*structs.Incident, error) {
+	var inc *structs.Incident
+	err := f.view(func(tx *state.Tx) (err error) { inc, err = tx.Incident(id); return })
+	return inc, err
+}
+
+// IncidentIndex is the Raft index of the last incident write, at least 1:
+// a blocking query on an empty list (index=1) then waits for the first
+// incident instead of answering at once.
+func (f *FSM) IncidentIndex() uint64 {
+	var idx uint64
+	_ = f.view(func(tx *state.Tx) error { idx = tx.IncidentIndex(); return nil })
+	return max(idx, 1)
+}
+
+// ResolvedIncidents is how many resolved incidents the state keeps.
+func (f *FSM) ResolvedIncidents() uint64 {
+	var n uint64
+	_ = f.view(func(tx *state.Tx) error { n = tx.ResolvedIncidents(); return nil })
+	return n
+}

@@ -3,6 +3,7 @@ package fsm
 import (
 	"encoding/json"
 	"fmt"
+	"time"
 
 	"github.com/chime-ha/chime/chime/structs"
 	"github.com/chime-ha/chime/fsm/state"
@@ -46,6 +47,7 @@ var registry = map[CommandType]applyFunc{
 	CmdACLBootstrap:    typed((*applier).aclBootstrap),
 	CmdACLTokenCreate:  typed((*applier).aclTokenCreate),
 	CmdACLTokenDelete:  typed((*applier).aclTokenDelete),
+	CmdPruneIncidents:  typed((*applier).pruneIncidents),
 }
 
 // typed turns an apply function over a payload type into an applyFunc. A
@@ -67,6 +69,11 @@ type applier struct {
 	tx   *state.Tx
 	res  *Result    // for command-specific outcomes (Result.Heartbeat)
 	view *view.View // the derived view as of the start of this command
+	// For the incident tracker (incidents.go): the alarm an
+	// alarm.transition recorded, and the last heartbeat a node.set_monitor
+	// carried.
+	alarm         *structs.Alarm
+	lastHeartbeat time.Time
 }
 
 // node returns an existing node or a not-found refusal.

@@ -272,6 +272,7 @@ func autoHA(t *testing.T, path, labctl string, tm haTiming) haFigures {
 		return ""
 	})
 	u.check(t)
+	checkHAIncident(t, f, h.Name, path, onVictim, plain, t0)
 	t.Logf("AUTO-HA %s path (domain type %s; %s timing: %s heartbeats, 3 missed%s): power loss → unreachable %s, → fenced %s, → all %d ha VMs running elsewhere %s",
 		path, lab.DomainType(), tm.name, tm.interval, map[string]string{"lease": ", lease " + lease.String(), "fence": ", fence command labctl power-off"}[path],
 		unreachable.Round(100*time.Millisecond), fencedAt.Sub(t0).Round(100*time.Millisecond), len(onVictim), allRunning.Round(100*time.Millisecond))
@@ -303,4 +304,56 @@ func whereAlive(ctx context.Context, f *fleet, uuid string, dead int) ([]string,
 		}
 	}
 	return hosts, nil
+}
+
+// checkHAIncident: the dead node's incident (docs/incidents.md), read
+// through `chime incident list`, is open (the node is still unreachable
+// and the VM without ha still placed there), names the restarts and their
+// evidence, and has every ha VM recovered on another node; its time to
+// detect is the leader's silence bound, within what the test measured.
+func checkHAIncident(t *testing.T, f *fleet, nodeName, path string, ha []structs.VM, plain structs.VM, powerLoss time.Time) {
+	t.Helper()
+	var incs []structs.Incident
+	wait.For(t, 30*time.Second, "the incident records every ha VM running again", func() (bool, string) {
+		if err := f.chimeJSON(&incs, "incident", "list", "--node", nodeName, "-o", "json"); err != nil {
+			return false, err.Error()
+		}
+		if len(incs) != 1 {
+			return false, fmt.Sprintf("%d incidents", len(incs))
+		}
+		for _, v := range incs[0].VMs {
+			if v.HA && v.Outcome != structs.VMRecoveredRunning {
+				return false, v.Name + " not recovered"
+			}
+		}
+		return true, ""
+	})
+	inc := incs[0]
+	if inc.State != structs.IncidentOpen || inc.Kind != structs.IncidentNodeUnreachable {
+		t.Errorf("incident %d: %s %s, want an open node_unreachable (the node is dead, %s still placed on it)", inc.ID, inc.State, inc.Kind, plain.Name)
+	}
+	if len(inc.VMs) != len(ha)+1 {
+		t.Errorf("incident %d affects %d VMs, want %d (the ha ones and %s)", inc.ID, len(inc.VMs), len(ha)+1, plain.Name)
+	}
+	kinds := map[string]int{}
+	for _, e := range inc.Timeline {
+		kinds[e.Kind]++
+	}
+	if kinds["ha.restarted"] != len(ha) || kinds[structs.IncidentEntryRecovered] != len(ha) {
+		t.Errorf("timeline has %d ha.restarted and %d recoveries, want %d each: %v", kinds["ha.restarted"], kinds[structs.IncidentEntryRecovered], len(ha), kinds)
+	}
+	if path == "fence" && kinds["fence.succeeded"] == 0 {
+		t.Errorf("timeline lacks fence.succeeded: %v", kinds)
+	}
+	var last time.Duration
+	for _, v := range inc.VMs {
+		if !v.RecoveredAt.IsZero() {
+			last = max(last, v.RecoveredAt.Sub(inc.FirstEvidence))
+		}
+	}
+	if inc.TimeToDetect <= 0 || inc.FirstEvidence.Before(powerLoss.Add(-5*time.Second)) {
+		t.Errorf("time to detect %s from first evidence %s (power loss at %s)", inc.TimeToDetect, inc.FirstEvidence, powerLoss)
+	}
+	t.Logf("INCIDENT %d (%s path): time to detect %s (first evidence %s after the power loss), last ha VM recovered %s after the first evidence; %d timeline entries",
+		inc.ID, path, inc.TimeToDetect.Round(time.Millisecond), inc.FirstEvidence.Sub(powerLoss).Round(time.Millisecond), last.Round(time.Millisecond), len(inc.Timeline))
 }

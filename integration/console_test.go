@@ -137,9 +137,13 @@ func TestConsole(t *testing.T) {
 
 	for _, page := range []struct{ name, ready string }{
 		{"cluster", "#leader"}, {"nodes", "span.mgmt"}, {"vms", "span.vm-node"}, {"tasks", "table"},
-		{"alarms", "table"}, {"events", "table"},
+		{"alarms", "table"}, {"incidents", "h2"}, {"events", "table"},
 	} {
 		run("page "+page.name, goPage(page.name), chromedp.WaitVisible(chromedp.CSS(`#page[data-loaded="`+page.name+`"] `+page.ready)))
+		if page.name == "incidents" {
+			shot("incidents-empty") // "incidents" is the one with an incident, below
+			continue
+		}
 		shot(page.name)
 	}
 	// The nodes page's failover plan: ui-web would restart on another node.
@@ -221,5 +225,37 @@ func TestConsole(t *testing.T) {
 	}
 	shot("confirm-rebuild")
 	run("cancel the rebuild", chromedp.Click(chromedp.CSS("#confirm-cancel")))
+
+	// An incident, live: ui-web's first node (empty since the migrate)
+	// loses its agent and becomes unreachable; the incidents page shows it
+	// open, then resolved once the agent is back, without a reload.
+	run("incidents page", goPage("incidents"), chromedp.WaitVisible(chromedp.CSS(`#page[data-loaded="incidents"] h2`)))
+	mark()
+	f.killAgent(src)
+	start = time.Now()
+	wait.For(t, 2*time.Minute, "the incidents page shows an open incident", func() (bool, string) {
+		n, err := chromedp.Run(ctx, chromedp.Evaluate[int](`document.querySelectorAll('span.incident[data-state="open"]').length`))
+		return err == nil && n == 1, fmt.Sprint(n, err)
+	})
+	t.Logf("the page showed the incident of %s open %s after its agent was killed", srcName, time.Since(start).Round(time.Millisecond))
+	shot("incidents-open")
+	f.startAgent(src)
+	start = time.Now()
+	wait.For(t, 3*time.Minute, "the incidents page shows it resolved", func() (bool, string) {
+		n, err := chromedp.Run(ctx, chromedp.Evaluate[int](`document.querySelectorAll('span.incident[data-state="resolved"]').length`))
+		return err == nil && n == 1, fmt.Sprint(n, err)
+	})
+	noReload("incident")
+	t.Logf("the page showed it resolved %s after the agent restarted", time.Since(start).Round(time.Millisecond))
+	if _, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`document.querySelector("details.incident-detail").open = true`)); err != nil {
+		t.Fatalf("expand the incident: %v", err)
+	}
+	timeline := text(`details.incident-detail`)
+	for _, want := range []string{"node.unreachable", "incident.opened", "node.normal", "incident.resolved"} {
+		if !strings.Contains(timeline, want) {
+			t.Errorf("the incident's timeline on the page lacks %s: %q", want, timeline)
+		}
+	}
+	shot("incidents")
 	fmt.Fprintf(os.Stderr, "console screenshots: %s\n", shots)
 }

@@ -540,6 +540,35 @@ func (c *Client) Tasks(ctx context.Context) ([]structs.Task, error) {
 	return t, err
 }
 
+// IncidentFilter selects incidents: State "open" or "resolved" ("" any),
+// Node an id, id prefix or name ("" any).
+type IncidentFilter struct {
+	State string
+	Node  string
+}
+
+// Incidents lists incidents, newest first (docs/incidents.md); q makes
+// it a blocking query on the incidents' index.
+func (c *Client) Incidents(ctx context.Context, f IncidentFilter, q QueryOptions) ([]structs.Incident, uint64, error) {
+	v := q.values()
+	if f.State != "" {
+		v.Set("state", f.State)
+	}
+	if f.Node != "" {
+		v.Set("node", f.Node)
+	}
+	var out []structs.Incident
+	idx, err := c.Do(ctx, http.MethodGet, "/v1/incidents", v, nil, &out)
+	return out, idx, err
+}
+
+// Incident returns one incident by its number.
+func (c *Client) Incident(ctx context.Context, id uint64) (*structs.Incident, error) {
+	var inc structs.Incident
+	_, err := c.Do(ctx, http.MethodGet, "/v1/incidents/"+strconv.FormatUint(id, 10), nil, nil, &inc)
+	return &inc, err
+}
+
 // FenceNode runs the servers' fence command for a node now.
 func (c *Client) FenceNode(ctx context.Context, id string) (*FenceResponse, error) {
 	var out FenceResponse

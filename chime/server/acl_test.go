@@ -112,6 +112,7 @@ func TestRouteTable(t *testing.T) {
 		"DELETE /v1/operator/raft/peers/{id}":   "/v1/operator/raft/peers/dev",
 		"DELETE /v1/acl/tokens/{id}":            "/v1/acl/tokens/" + w.tokenAccessor(t, structs.RoleRead),
 		"GET /v1/tasks/{id}":                    "/v1/tasks/nope",
+		"GET /v1/incidents/{id}":                "/v1/incidents/1",
 		"GET /v1/vms/{id}/failover":             "/v1/vms/web/failover",
 		"GET /v1/nodes/{id}/failover":           "/v1/nodes/hv1/failover",
 		"POST /v1/operator/ha/{action}":         "/v1/operator/ha/disarm",
@@ -141,6 +142,8 @@ func TestRouteTable(t *testing.T) {
 		"PATCH /v1/vms/{id}":                    needOperator,
 		"POST /v1/nodes/{id}/fence":             needOperator,
 		"GET /v1/operator/gossip/keyring":       needManagement,
+		"GET /v1/incidents":                     needRead,
+		"GET /v1/incidents/{id}":                needRead,
 		"POST /v1/operator/gossip/keyring/{op}": needManagement,
 		"GET /ui/":                              needNone, // the console's static files; its data comes through the routes above
 	}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/chime-ha/chime/chime/structs"
 	"github.com/chime-ha/chime/chime/tlsconf"
+	"github.com/chime-ha/chime/fsm"
 	"github.com/chime-ha/chime/gossip"
 
 	"github.com/hashicorp/go-hclog"
@@ -91,16 +92,26 @@ type Config struct {
 	// (structs.LeaseDeadline), and only if the node's agent registered a
 	// stop bound of at most this margin. Pushed to agents in every answer.
 	IsolationLeaseMargin time.Duration
-	Logger               hclog.Logger
+	// IncidentRetention is how many resolved incidents the leader keeps
+	// (older ones are pruned through Raft; docs/incidents.md).
+	IncidentRetention int
+	Logger            hclog.Logger
 	// Clock stamps every command this server proposes and is what the
 	// leader's duties and the endpoints measure time on; nil is the wall
 	// clock. Raft's own timers always run on the wall clock.
 	Clock Clock
 
+	// incidentPruneEvery replaces how often the leader checks the
+	// incident retention (tests); 0 is incidentPruneEvery.
+	incidentPruneEvery time.Duration
+
 	// barrier replaces the new leader's Raft barrier (tests hold it to
 	// observe what a leader serves before it passed); nil is raft's.
 	barrier func(r *raft.Raft, timeout time.Duration) error
 }
+
+// DefaultIncidentRetention is --incident-retention's default.
+const DefaultIncidentRetention = 500
 
 // DefaultSnapshotMaxBytes is --snapshot-max-bytes' default: 1 GiB.
 const DefaultSnapshotMaxBytes = 1 << 30
@@ -127,6 +138,7 @@ func DefaultConfig() Config {
 		FenceRetries:         5,
 		HAMaxRestarts:        5,
 		IsolationLeaseMargin: structs.DefaultLeaseMargin,
+		IncidentRetention:    DefaultIncidentRetention,
 		AlertmanagerResend:   time.Minute,
 		ClusterName:          "chime",
 	}
@@ -238,6 +250,9 @@ func (c Config) Validate() error {
 	if c.IsolationLeaseMargin < structs.MinLeaseMargin || c.IsolationLeaseMargin > structs.MaxLeaseMargin {
 		return structs.Invalid("--isolation-lease-margin", "must be between %s and %s (and at least every stop agent's --isolation-stop-bound), got %s",
 			structs.MinLeaseMargin, structs.MaxLeaseMargin, c.IsolationLeaseMargin)
+	}
+	if c.IncidentRetention < 1 || c.IncidentRetention > fsm.MaxResolvedIncidents {
+		return structs.Invalid("--incident-retention", "must be between 1 and %d, got %d", fsm.MaxResolvedIncidents, c.IncidentRetention)
 	}
 	if c.HAMaxRestarts < 1 || c.HAMaxRestarts > 100 {
 		return structs.Invalid("--ha-max-restarts", "must be between 1 and 100, got %d", c.HAMaxRestarts)

@@ -98,12 +98,14 @@ func (s *Server) setupHTTP() error {
 	route("POST /v1/acl/tokens", leaderOnly, needManagement, s.handleCreateToken)
 	route("GET /v1/acl/tokens", local, needManagement, s.handleListTokens)
 	route("DELETE /v1/acl/tokens/{id}", leaderOnly, needManagement, s.handleDeleteToken)
-	// status, events, alarms, tasks
+	// status, events, alarms, incidents, tasks
 	route("GET /v1/status", local, needNone, s.handleStatus)
 	route("GET /v1/status/leader", local, needNone, s.handleLeader)
 	route("GET /v1/health", local, needNone, s.handleHealth)
 	route("GET /v1/events", local, needRead, s.handleEvents)
 	route("GET /v1/alarms", leaderOnly, needRead, s.handleAlarms)
+	route("GET /v1/incidents", local, needRead, s.handleIncidents)
+	route("GET /v1/incidents/{id}", local, needRead, s.handleGetIncident)
 	route("GET /v1/tasks", local, needRead, s.handleTasks)
 	route("GET /v1/tasks/{id}", local, needRead, s.handleGetTask)
 	metrics := s.met.handler(s)

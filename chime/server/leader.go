@@ -61,7 +61,7 @@ func (s *Server) lead(ctx context.Context) {
 	s.readyTerm.Store(term)
 	s.log.Info("barrier passed: serving agents' desired state", "term", term)
 	var wg sync.WaitGroup
-	for _, fn := range []func(context.Context){s.hb.Run, s.alarmer.Run, s.placer.Run, s.peerLoop, s.taskRunner.Run, s.guard.Run, s.recovery.Run} {
+	for _, fn := range []func(context.Context){s.hb.Run, s.alarmer.Run, s.placer.Run, s.peerLoop, s.taskRunner.Run, s.guard.Run, s.recovery.Run, s.incidentPruner} {
 		wg.Add(1)
 		go func(fn func(context.Context)) {
 			defer wg.Done()

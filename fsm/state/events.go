@@ -29,6 +29,7 @@ func (t *Tx) AppendEvent(e structs.Event) error {
 	if err := putJSON(b, string(u64(seq)), e); err != nil {
 		return err
 	}
+	t.appended = append(t.appended, e)
 	if seq > MaxEvents {
 		return b.Delete(u64(seq - MaxEvents))
 	}

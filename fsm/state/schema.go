@@ -16,7 +16,7 @@ import (
 // file declares its own; Open creates them all.
 var allBuckets = [][]byte{bucketNodes, bucketNodeNames, bucketVMs, bucketVMNames, bucketVMsByNode,
 	bucketNodeIndex, bucketTasks, bucketEvents, bucketRequests, bucketReqOrder, bucketMeta, bucketSecrets, bucketAlarms,
-	bucketACLTokens, bucketACLHashes, bucketCluster}
+	bucketACLTokens, bucketACLHashes, bucketCluster, bucketIncidents, bucketIncidentKeys}
 
 // Open opens (creating it and its buckets if needed) the state file at
 // path. The file is opened without fsync: it is rebuilt from the Raft
@@ -51,6 +51,9 @@ type Tx struct {
 	// deleted, in order, for the FSM's derived view (fsm/view): applied
 	// once the transaction commits, dropped when it rolls back.
 	written []Written
+	// appended journals the events this write transaction appended, as
+	// stored (the FSM's incident tracker reads them before it commits).
+	appended []structs.Event
 }
 
 // Written is one VM or node record a write transaction stored (VM or Node
@@ -62,6 +65,9 @@ type Written struct {
 	Deleted bool
 	IsNode  bool
 }
+
+// Appended returns the events the transaction appended so far, in order.
+func (t *Tx) Appended() []structs.Event { return t.appended }
 
 // Written returns what the transaction stored or deleted so far, in order.
 func (t *Tx) Written() []Written { return t.written }

@@ -25,6 +25,7 @@ var recordDecoders = map[string]func([]byte) error{
 	string(bucketAlarms):    decodeAs[AlarmRecord],
 	string(bucketACLTokens): decodeAs[structs.ACLToken],
 	string(bucketCluster):   decodeAs[structs.HAState],
+	string(bucketIncidents): decodeAs[structs.Incident],
 }
 
 func decodeAs[T any](raw []byte) error {

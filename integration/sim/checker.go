@@ -235,7 +235,7 @@ func (c *Checker) nodeName(l *Server, id string) string {
 	return structs.ShortID(id)
 }
 
-// Final checks the end-of-run invariants (2, 3, 5). It is run after the
+// Final checks the end-of-run invariants (2, 3, 5, 6). It is run after the
 // faults were healed and a quiet period passed.
 func (c *Checker) Final() {
 	l := c.s.Cluster.leader
@@ -246,6 +246,7 @@ func (c *Checker) Final() {
 	c.finalAcked(l)
 	c.finalLiveness(l)
 	c.finalConverge(l)
+	c.finalIncidents(l)
 }
 
 // finalAcked (2): every acknowledged create exists unless a delete was

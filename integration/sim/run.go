@@ -128,6 +128,7 @@ func (s *Sim) goldenLog() string {
 		b.WriteString("no leader\n")
 	}
 	b.WriteString(s.haGolden())
+	b.WriteString(s.incidentsGolden())
 	b.WriteString("## verdict\n")
 	for _, v := range s.Check.Violations {
 		b.WriteString(names.Replace(v.String()) + "\n")

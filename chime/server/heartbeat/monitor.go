@@ -129,7 +129,8 @@ func (m *Monitor) pingBack(ctx context.Context, n structs.Node) {
 		return
 	}
 	m.mu.Lock()
-	silent := silentFor(m.clock.Now(), m.last[n.ID], m.leaderSince)
+	now := m.clock.Now()
+	silent := silentFor(now, m.last[n.ID], m.leaderSince)
 	m.mu.Unlock()
 	if silent <= m.limit() {
 		return // a heartbeat arrived meanwhile
@@ -142,7 +143,8 @@ func (m *Monitor) pingBack(ctx context.Context, n structs.Node) {
 		silent.Round(time.Millisecond), direct, gossipSays, m.clock.Now().Sub(start).Round(time.Millisecond))
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	if _, err := m.propose.Propose(cctx, "", fsm.CmdSetMonitor, fsm.SetMonitor{NodeID: n.ID, State: structs.MonitorUnreachable, Reason: reason}); err != nil {
+	if _, err := m.propose.Propose(cctx, "", fsm.CmdSetMonitor, fsm.SetMonitor{NodeID: n.ID, State: structs.MonitorUnreachable, Reason: reason,
+		LastHeartbeat: now.Add(-silent)}); err != nil {
 		m.log.Warn("mark unreachable failed", "node", n.Name, "error", err)
 		return
 	}

@@ -74,6 +74,46 @@ function failoverPlan(plan) {
   ], entries);
 }
 
+// dur prints a duration given in nanoseconds: 850ms, 12.3s, 4m5s.
+function dur(ns) {
+  const ms = Number(ns || 0) / 1e6;
+  if (ms < 1000) return `${Math.round(ms)}ms`;
+  if (ms < 60000) return `${(ms / 1000).toFixed(1)}s`;
+  const s = Math.round(ms / 1000);
+  return s < 3600 ? `${Math.floor(s / 60)}m${s % 60}s` : `${Math.floor(s / 3600)}h${Math.floor((s % 3600) / 60)}m`;
+}
+
+// expanded remembers which incidents the user opened or closed, across
+// live re-renders (open incidents start expanded).
+const expanded = {};
+document.addEventListener("toggle", (ev) => {
+  const id = ev.target.dataset && ev.target.dataset.incidentDetail;
+  if (id) expanded[id] = ev.target.open;
+}, true);
+
+// incidentDetail is one incident's VMs and timeline, times relative to
+// the failure's first evidence.
+function incidentDetail(i) {
+  const t0 = Date.parse(i.first_evidence);
+  const rel = (t) => { const d = Date.parse(t) - t0; return (d < 0 ? "-" : "+") + dur(Math.abs(d) * 1e6); };
+  const open = expanded[i.id] ?? (i.state === "open");
+  return `<details class="incident-detail" data-incident-detail="${esc(i.id)}"${open ? " open" : ""}>
+    <summary>Incident ${esc(i.id)}: ${esc(i.summary)} — ${esc(i.state)}${i.resolution ? " (" + esc(i.resolution) + ")" : ""}</summary>
+    <p>First evidence ${esc(i.first_evidence)}; detected after ${esc(dur(i.time_to_detect))}${i.state === "resolved" ? `; recovered after ${esc(dur(i.time_to_recover))}` : ""}.
+      Alarms: ${esc((i.alarms || []).map((a) => `${a.name} (${a.status})`).join(", ") || "none")}.</p>
+    ${(i.vms || []).length ? table([
+      ["VM", (v) => esc(v.name)], ["ha", (v) => esc(v.ha)],
+      ["recovered", (v) => (v.recovered_at ? st(v.outcome) : `<span class="bad">not yet</span>`)],
+      ["after", (v) => (v.recovered_at ? esc(rel(v.recovered_at)) : "")],
+    ], i.vms) : ""}
+    ${table([
+      ["at", (e) => esc(rel(e.time))], ["kind", (e) => esc(e.kind)], ["event", (e) => esc(e.event_seq || "")],
+      ["by", (e) => esc(e.actor || "")], ["message", (e) => esc(e.message)],
+    ], i.timeline || [])}
+    ${i.dropped ? `<p>${esc(i.dropped)} more entries not kept (see Events).</p>` : ""}
+  </details>`;
+}
+
 // Pages: endpoints to read (the first is watched), and a render function.
 const pages = {
   cluster: {
@@ -140,6 +180,20 @@ const pages = {
       ["name", (a) => esc(a.name)], ["severity", (a) => st(a.severity)], ["status", (a) => st(a.status)],
       ["summary", (a) => esc(a.summary)], ["since", (a) => esc(a.starts_at)], ["labels", (a) => json(a.labels)],
     ], alarms || []),
+  },
+  incidents: {
+    reads: ["/v1/incidents"],
+    render: ([incidents]) => `<h2>Incidents</h2>` + (incidents && incidents.length ? table([
+      ["id", (i) => `<span class="incident" data-incident="${esc(i.id)}" data-state="${esc(i.state)}">${esc(i.id)}</span>`],
+      ["state", (i) => `<span class="${i.state === "open" ? "bad" : "good"}">${esc(i.state)}</span>`],
+      ["kind", (i) => esc(i.kind)],
+      ["node", (i) => esc(i.node_name || i.node_id)],
+      ["summary", (i) => esc(i.summary)],
+      ["VMs recovered", (i) => esc(`${(i.vms || []).filter((v) => v.recovered_at).length}/${(i.vms || []).length}`)],
+      ["detected", (i) => esc(i.detected_at)],
+      ["time to detect", (i) => esc(dur(i.time_to_detect))],
+      ["time to recover", (i) => (i.state === "resolved" ? esc(dur(i.time_to_recover)) : "—")],
+    ], incidents) + incidents.map(incidentDetail).join("") : "<p>No incidents.</p>"),
   },
   events: {
     reads: ["/v1/events?limit=200"],
