@@ -62,6 +62,14 @@ func (a *applier) trackIncidents() error {
 				return err
 			}
 		}
+		if w.IsNode && !w.Deleted {
+			// A VM of another node's incident counts as running again only
+			// on a normal node: this node's change may be what recovers it
+			// (found by the simulator's invariant 6, seed 810).
+			if err := t.loadIncidentsOfVMsOn(w.ID); err != nil {
+				return err
+			}
+		}
 	}
 	for _, id := range t.touched {
 		if err := t.judge(t.loaded[id]); err != nil {
@@ -78,6 +86,23 @@ func (a *applier) trackIncidents() error {
 		}
 		if ti.wasOpen && ti.inc.State == structs.IncidentResolved {
 			if _, err := a.tx.PruneIncidents(state.MaxResolvedIncidents); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// loadIncidentsOfVMsOn loads the open incidents of the VMs placed on a
+// node that is normal: one key lookup per VM, no record decoded.
+func (t *incidentTracker) loadIncidentsOfVMsOn(nodeID string) error {
+	n, err := t.a.tx.Node(nodeID)
+	if err != nil || n == nil || n.MonitorState != structs.MonitorNormal {
+		return err
+	}
+	for _, vmID := range t.a.tx.VMIDsOnNode(nodeID) {
+		if id := t.a.tx.IndexedIncident(state.VMIncidentKey(vmID)); id != 0 {
+			if _, err := t.load(id); err != nil {
 				return err
 			}
 		}

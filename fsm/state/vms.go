@@ -128,6 +128,18 @@ func (t *Tx) DeleteVM(v *structs.VM) error {
 	return t.tx.Bucket(bucketVMNames).Delete([]byte(v.Name))
 }
 
+// VMIDsOnNode lists the ids of the VMs placed on a node, from the
+// placement index alone (no record is decoded).
+func (t *Tx) VMIDsOnNode(nodeID string) []string {
+	var out []string
+	prefix := []byte(nodeID + "/")
+	c := t.tx.Bucket(bucketVMsByNode).Cursor()
+	for k, _ := c.Seek(prefix); k != nil && strings.HasPrefix(string(k), string(prefix)); k, _ = c.Next() {
+		out = append(out, string(k[len(prefix):]))
+	}
+	return out
+}
+
 // VMsOnNode lists the VMs placed on a node, sorted by name, through the
 // placement index.
 func (t *Tx) VMsOnNode(nodeID string) ([]structs.VM, error) {
