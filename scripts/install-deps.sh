@@ -3,11 +3,46 @@
 # Debian bookworm machine: libvirt + qemu (libvirt-daemon brings virtlockd,
 # the disk lock manager), qemu-utils for qemu-img (the lab's disk images),
 # iproute2 and friends for the lab, chromium for the console's browser test,
-# prometheus-alertmanager (the real Alertmanager the alarm test pushes to), and `just`.
-# Idempotent: it installs only what is missing. Run as root.
+# prometheus-alertmanager (the real Alertmanager the alarm test pushes to), and `just`
+# (npm's rust-just; nodejs and npm first when there is no npm).
+# Idempotent: it installs only what is missing, and needs root only then
+# (`./run` calls it through sudo when not root).
+# Usage: scripts/install-deps.sh [--just-only]   (--just-only: just and what it needs, nothing else)
 set -euo pipefail
 
 export DEBIAN_FRONTEND=noninteractive
+
+just_only=
+case "${1:-}" in
+"") ;;
+--just-only) just_only=1 ;;
+*)
+	echo "usage: scripts/install-deps.sh [--just-only]" >&2
+	exit 2
+	;;
+esac
+
+# npm_bin puts npm's global bin directory (where `npm install -g` puts
+# just) on PATH, for this script and what it runs.
+npm_bin() {
+	if command -v npm >/dev/null 2>&1; then
+		local prefix
+		prefix="$(npm prefix -g 2>/dev/null)" || return 0
+		case ":$PATH:" in
+		*":$prefix/bin:"*) ;;
+		*) export PATH="$prefix/bin:$PATH" ;;
+		esac
+	fi
+}
+npm_bin
+
+# need_root WHAT: installing WHAT needs root.
+need_root() {
+	if [ "$(id -u)" -ne 0 ]; then
+		echo "install-deps: installing $1 needs root: run this as root (./run uses sudo)" >&2
+		exit 1
+	fi
+}
 
 packages=(
 	libvirt-daemon
@@ -23,6 +58,9 @@ packages=(
 	prometheus-alertmanager
 )
 
+if [ -n "$just_only" ]; then
+	packages=()
+fi
 missing=()
 for p in "${packages[@]}"; do
 	if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
@@ -36,6 +74,7 @@ if ! command -v just >/dev/null 2>&1 && ! command -v npm >/dev/null 2>&1; then
 	missing+=(nodejs npm)
 fi
 if [ "${#missing[@]}" -gt 0 ]; then
+	need_root "${missing[*]}"
 	echo "install-deps: installing ${missing[*]}"
 	apt-get update
 	apt-get install -y --no-install-recommends "${missing[@]}" </dev/null
@@ -53,9 +92,17 @@ if ! command -v go >/dev/null 2>&1; then
 fi
 
 # just is not in bookworm; the rust-just npm package ships a static binary.
-# (Not just-install: that one downloads at install time.)
+# (Not just-install: that one downloads at install time.) It lands in npm's
+# global bin directory, which need not be on PATH: npm_bin puts it there
+# for this script, and ./run does the same for itself.
 if ! command -v just >/dev/null 2>&1; then
+	need_root just
 	echo "install-deps: installing just (npm rust-just)"
 	npm install -g rust-just </dev/null
+	npm_bin
+fi
+if ! command -v just >/dev/null 2>&1; then
+	echo "install-deps: just was installed but is not on PATH (npm prefix -g: $(npm prefix -g 2>/dev/null)); add its bin/ to PATH" >&2
+	exit 1
 fi
 just --version
