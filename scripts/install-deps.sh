@@ -4,7 +4,7 @@
 # the disk lock manager), qemu-utils for qemu-img (the lab's disk images),
 # iproute2 and friends for the lab, chromium for the console's browser test,
 # prometheus-alertmanager (the real Alertmanager the alarm test pushes to), and `just`
-# (npm's rust-just; nodejs and npm first when there is no npm).
+# (npm's static just binary; nodejs and npm first when there is no npm).
 # Idempotent: it installs only what is missing, and needs root only then
 # (`./run` calls it through sudo when not root).
 # Usage: scripts/install-deps.sh [--just-only]   (--just-only: just and what it needs, nothing else)
@@ -70,7 +70,7 @@ done
 # npm is needed only to install just. Some machines carry a nodejs build that
 # bundles npm and conflicts with Debian's npm package: ask for Debian's only
 # when there is no npm command at all.
-if ! command -v just >/dev/null 2>&1 && ! command -v npm >/dev/null 2>&1; then
+if ! just --version >/dev/null 2>&1 && ! command -v npm >/dev/null 2>&1; then
 	missing+=(nodejs npm)
 fi
 if [ "${#missing[@]}" -gt 0 ]; then
@@ -91,18 +91,41 @@ if ! command -v go >/dev/null 2>&1; then
 	exit 1
 fi
 
-# just is not in bookworm; the rust-just npm package ships a static binary.
-# (Not just-install: that one downloads at install time.) It lands in npm's
-# global bin directory, which need not be on PATH: npm_bin puts it there
-# for this script, and ./run does the same for itself.
-if ! command -v just >/dev/null 2>&1; then
+# just is not in bookworm. npm's rust-just-linux-<cpu> packages ship just
+# as a static binary (not just-install: that one downloads at install time;
+# not the rust-just wrapper alone: its launcher needs node >= 20, and
+# bookworm's nodejs is 18, where `just` then dies of a SyntaxError). The
+# binary is linked into /usr/local/bin, on everyone's PATH (sudo's too). A
+# just that is there but does not run is replaced. A just installed by
+# npm into a global bin directory off PATH is found there (npm_bin).
+just_version=1.57.0
+just_runs() { just --version >/dev/null 2>&1; }
+if ! just_runs; then
 	need_root just
-	echo "install-deps: installing just (npm rust-just)"
-	npm install -g rust-just </dev/null
-	npm_bin
+	case "$(dpkg --print-architecture 2>/dev/null || uname -m)" in
+	amd64 | x86_64) just_pkg=rust-just-linux-x64 ;;
+	arm64 | aarch64) just_pkg=rust-just-linux-arm64 ;;
+	armhf) just_pkg=rust-just-linux-armv7 ;;
+	armel) just_pkg=rust-just-linux-arm ;;
+	riscv64) just_pkg=rust-just-linux-riscv64 ;;
+	loong64) just_pkg=rust-just-linux-loong64 ;;
+	*) just_pkg= ;;
+	esac
+	if [ -n "$just_pkg" ]; then
+		echo "install-deps: installing just $just_version (npm $just_pkg, a static binary, linked into /usr/local/bin)"
+		npm install -g "$just_pkg@$just_version" </dev/null
+		mkdir -p /usr/local/bin
+		ln -sf "$(npm root -g)/$just_pkg/bin/just" /usr/local/bin/just
+		hash -r
+		case ":$PATH:" in *":/usr/local/bin:"*) ;; *) export PATH="/usr/local/bin:$PATH" ;; esac
+	else
+		echo "install-deps: installing just $just_version (npm rust-just; its launcher needs node >= 20)"
+		npm install -g "rust-just@$just_version" </dev/null
+		npm_bin
+	fi
 fi
-if ! command -v just >/dev/null 2>&1; then
-	echo "install-deps: just was installed but is not on PATH (npm prefix -g: $(npm prefix -g 2>/dev/null)); add its bin/ to PATH" >&2
+if ! just_runs; then
+	echo "install-deps: just was installed but does not run from PATH ($(command -v just || echo 'not found'); npm prefix -g: $(npm prefix -g 2>/dev/null))" >&2
 	exit 1
 fi
 just --version
