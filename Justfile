@@ -1,5 +1,7 @@
 # chime tasks. `just --list` shows them. Integration tests and the lab need
-# root, libvirtd and qemu: `just deps` installs and starts them.
+# root, libvirtd and qemu: `just deps` installs and starts them. On a machine
+# without just, `./run RECIPE` installs what is missing (just included), then
+# runs `just RECIPE` (README.md, Prerequisites).
 
 set shell := ["bash", "-euo", "pipefail", "-c"]
 

@@ -51,8 +51,20 @@ func newServerSetTLS(t *testing.T, ips []string, base, logs string, tls *cluster
 		t.Fatalf("newServerSetOn: want 3 addresses, got %v", ips)
 	}
 	ss := &serverSet{t: t, ips: ips, logs: logs, extra: extra, tls: tls}
+	// Every port of an address in one ports.Free call: separate calls can
+	// hand out the same port twice (each closes its listeners before the
+	// next), and one server's gossip port was then another's Raft port.
+	perIP := map[string]int{}
+	for _, ip := range ips {
+		perIP[ip] += 3
+	}
+	free := map[string][]int{}
+	for ip, n := range perIP {
+		free[ip] = ports.Free(t, ip, n)
+	}
 	for i := 0; i < 3; i++ {
-		p := ports.Free(t, ips[i], 3)
+		p := free[ips[i]][:3]
+		free[ips[i]] = free[ips[i]][3:]
 		ss.names = append(ss.names, fmt.Sprintf("s%d", i+1))
 		ss.dirs = append(ss.dirs, filepath.Join(base, fmt.Sprintf("s%d", i+1)))
 		ss.ports = append(ss.ports, [3]int{p[0], p[1], p[2]})

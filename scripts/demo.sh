@@ -3,13 +3,13 @@
 # (3 servers, 3 hypervisor hosts with an agent each). It creates VMs, shows
 # where they run (chime's view and each host's libvirt), kills a qemu and
 # watches the agent restart it, then stops, starts and deletes a VM.
-# Usage: scripts/demo.sh [LAB_DIR]   (run as root; `just demo` does it all)
+# Usage: scripts/demo.sh [LAB_DIR]   (run as root; `./run demo` does it all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 lab_dir="${1:-.lab}"
 
 if [ ! -f "$lab_dir/lab.json" ] || [ ! -f "$lab_dir/chime/env" ]; then
-    echo "no lab with a chime cluster in $lab_dir: run 'just lab-up' first" >&2
+    echo "no lab with a chime cluster in $lab_dir: run './run lab-up' first" >&2
     exit 1
 fi
 # shellcheck disable=SC1091

@@ -170,6 +170,9 @@ func (s *Server) wrap(name string, acc access, n need, h handler) http.Handler {
 				return
 			}
 		}
+		if isWrite(r.Method) {
+			w = &indexWriter{ResponseWriter: w, fsm: s.fsm} // read-your-writes: readyourwrites.go
+		}
 		w, audit := s.auditStart(w, r, name) // audit.go
 		defer audit()
 		r, err := s.authorize(r, name, n)
@@ -223,7 +226,9 @@ func writeError(w http.ResponseWriter, err error) {
 }
 
 // forward sends the whole request to the leader and copies its answer back.
-// The request id header travels along, so a retry stays idempotent.
+// The request id header travels along, so a retry stays idempotent. A
+// write's answer is held until this server has applied the index it
+// carries (awaitForwarded), so that the client's next read here sees it.
 func (s *Server) forward(w http.ResponseWriter, r *http.Request) {
 	if r.Header.Get(api.HeaderForwarded) != "" {
 		writeError(w, fmt.Errorf("%w: forwarded request reached a follower (leader changed)", structs.ErrNoLeader))
@@ -271,6 +276,9 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer resp.Body.Close()
+	if isWrite(r.Method) {
+		s.awaitForwarded(r, resp) // read-your-writes: the next read here sees the write
+	}
 	for k, vs := range resp.Header {
 		for _, v := range vs {
 			w.Header().Add(k, v)

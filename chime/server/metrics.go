@@ -19,7 +19,10 @@ type metrics struct {
 	applied    *prometheus.CounterVec   // commands applied through this server, by type
 	heartbeats prometheus.Counter       // heartbeats handled
 	forwarded  prometheus.Counter       // requests forwarded to the leader
-	alarmsSent *prometheus.CounterVec   // webhook deliveries by result
+	// forwardWait counts forwarded writes by how the read-your-writes
+	// wait ended (readyourwrites.go).
+	forwardWait *prometheus.CounterVec
+	alarmsSent  *prometheus.CounterVec // webhook deliveries by result
 	// raftRefused counts incoming Raft connections refused by the TLS
 	// stream layer, by reason (raftstream.go).
 	raftRefused *prometheus.CounterVec
@@ -33,13 +36,18 @@ func newMetrics() *metrics {
 		Help: "Commands applied through Raft by this server, by type."}, []string{"type"})
 	m.heartbeats = prometheus.NewCounter(prometheus.CounterOpts{Name: "chime_heartbeats_total", Help: "Agent heartbeats handled."})
 	m.forwarded = prometheus.NewCounter(prometheus.CounterOpts{Name: "chime_forwarded_requests_total", Help: "Requests forwarded to the leader."})
+	m.forwardWait = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "chime_forward_apply_wait_total",
+		Help: "Writes forwarded to the leader, by how this server's wait for its own state machine to apply the write's index ended (caught_up: already applied; waited; timeout: answered before it was applied)."}, []string{"result"})
+	for _, r := range []string{waitCaughtUp, waitWaited, waitTimeout} {
+		m.forwardWait.WithLabelValues(r)
+	}
 	m.alarmsSent = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "chime_alarm_deliveries_total",
 		Help: "Alarm delivery attempts (webhooks and Alertmanagers) by result."}, []string{"result"})
 	m.raftRefused = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "chime_raft_refused_connections_total",
 		Help: "Incoming Raft connections refused before any Raft RPC was read, by reason (handshake: no server certificate of the cluster; busy: too many handshakes under way)."}, []string{"reason"})
 	m.raftRefused.WithLabelValues(refusedHandshake)
 	m.raftRefused.WithLabelValues(refusedBusy)
-	m.reg.MustRegister(m.requests, m.applied, m.heartbeats, m.forwarded, m.alarmsSent, m.raftRefused,
+	m.reg.MustRegister(m.requests, m.applied, m.heartbeats, m.forwarded, m.forwardWait, m.alarmsSent, m.raftRefused,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
