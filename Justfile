@@ -70,6 +70,16 @@ bench-ha runs="20" lab_runs="3":
     go test -count=1 -run '^$' -bench BenchmarkHADeath -benchtime 1x ./integration/sim -sim.ha.runs {{runs}} | grep -e HA-DEATH -e '^Benchmark' -e FAIL -e '^ok'
     CHIME_BENCH_HA_RUNS={{lab_runs}} go test -count=1 -run '^$' -bench BenchmarkAutoHA -benchtime 1x -timeout 2h ./integration | grep -e HA-LAB -e '^Benchmark' -e 'run [0-9]*:' -e FAIL -e '^ok'
 
+# Issue 14, benchmarks 1 and 2 on real libvirt (root; a lab of 3 hosts per benchmark): kill -9 of a
+# VM's qemu → running again vs `virsh start` / the API's create of an identical domain, and `chime vm
+# migrate` vs `virsh migrate --live --p2p` with guest downtime, alternating, SAMPLES each (quick=1: 4).
+# Prints one BENCH14 line per benchmark. docs/benchmarks.md has the figures.
+bench-restart-migrate samples="12" quick="0":
+    n={{samples}}; if [ "{{quick}}" = 1 ] || [ "${CHIME_BENCH_QUICK:-}" = 1 ]; then n=4; fi; \
+    CI=true CHIME_FLEET_PREFIX="${CHIME_FLEET_PREFIX:-chimeb}" CHIME_BENCH_SAMPLES=$n \
+        go test -count=1 -run '^$' -bench 'BenchmarkRestartVsVirsh|BenchmarkMigrateVsVirsh' -benchtime 1x -timeout 1h ./integration \
+        | grep -e '^BENCH14 ' -e '^Benchmark' -e FAIL -e '^ok'
+
 # Install the Debian packages and just, start the root libvirtd (as root).
 deps:
     scripts/install-deps.sh

@@ -128,21 +128,19 @@ func (d *Driver) Define(ctx context.Context, spec DomainSpec) error {
 }
 
 // Start starts a defined domain. A domain that is already running is left alone.
+//
+// It is on the path of every restart after a crash (issue 14), so it asks
+// libvirt no more than it must: the lookup, then the create. libvirt
+// refuses to create a running domain (operation invalid), and only then is
+// the state read, to tell "already running" from a real failure.
 func (d *Driver) Start(ctx context.Context, id string) error {
 	dom, err := d.lookup(ctx, id)
 	if err != nil {
 		return fmt.Errorf("start domain %s: %w", id, err)
 	}
-	state, _, err := d.state(ctx, dom)
-	if err != nil {
-		return fmt.Errorf("start domain %s: %w", id, err)
-	}
-	if isActive(state) {
-		return nil
-	}
 	err = d.call(ctx, "create domain", func(lv *libvirt.Libvirt) error { return lv.DomainCreate(dom) })
 	if err != nil {
-		// Someone else may have started it meanwhile.
+		// Running already, or someone else started it meanwhile.
 		if st, _, serr := d.state(ctx, dom); serr == nil && isActive(st) {
 			return nil
 		}

@@ -423,6 +423,46 @@ func TestSweepTickDrivesAPass(t *testing.T) {
 	})
 }
 
+// TestCrashEventRestartsWithoutSweep: Run restarts a crashed VM on
+// libvirt's lifecycle event alone (issue 14): the sweep ticker never fires
+// in this test, and the pass the event triggers lists libvirt once and
+// starts the domain, nothing else. The event is libvirt's for a qemu
+// killed with SIGKILL: stopped, reason failed (the listing says crashed).
+func TestCrashEventRestartsWithoutSweep(t *testing.T) {
+	a := dvm(idA, "a", structs.DesiredRunning, 10)
+	w := newWorld(t, Inputs{Desired: []api.DesiredVM{a}}, nil, defined(a), dom(idA, "a", hypervisor.StateRunning, 10))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.rec.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	poll(t, "Run to create its sweep ticker", func() (bool, any) { return w.clock.ticker() != nil, nil })
+
+	w.hv.mu.Lock()
+	d := w.hv.domains[idA]
+	d.State, d.Reason = hypervisor.StateCrashed, "crashed"
+	w.hv.domains[idA] = d
+	w.hv.mu.Unlock()
+	start := time.Now()
+	w.hv.events <- hypervisor.Event{Kind: hypervisor.EventLifecycle, UUID: idA, Detail: "stopped", Reason: "failed", At: w.clock.Now()}
+	poll(t, "the crash event to restart a", func() (bool, any) {
+		calls, states := w.hv.snapshot()
+		return states["a"] == hypervisor.StateRunning, calls
+	})
+	took := time.Since(start)
+	t.Logf("crash event → domain started again after %s (sweep: %s, never fired)", took.Round(time.Microsecond), w.clock.ticker().d)
+	if took > time.Second {
+		t.Errorf("restart took %s after the event, want well under a second", took)
+	}
+	if calls, _ := w.hv.snapshot(); !slices.Equal(calls, []string{"start " + idA[:1]}) {
+		t.Errorf("libvirt calls of the pass = %q, want the start alone (besides one List)", calls)
+	}
+}
+
 // TestStepTakesTriggersAndEvents: a caller stepping the reconciler learns
 // from TakeTrigger when a pass is called for, and Step notes the queued
 // libvirt events as Run does (a crash's time, on the injected clock).
