@@ -4,8 +4,10 @@ import (
 	"bufio"
 	"bytes"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -51,26 +53,41 @@ func pctFields(prefix string, ds []time.Duration) string {
 		prefix, secs(slices.Max(ds)), prefix, len(ds))
 }
 
+// progressLine is a t.Logf line of the benchmarks' own files.
+var progressLine = regexp.MustCompile(`^\s+bench_\w+_test\.go:\d+: `)
+
 // benchChild runs the test binary on test (a Test… function that skips
-// unless env is set) with env=val, streams its output to stdout (so long
-// runs show progress) and returns its BENCH14 lines. The integration
+// unless env is set) with env=val, prints its BENCH14 lines and its
+// benchmark files' t.Logf lines (the progress of a long run) to stdout,
+// and returns the BENCH14 lines. The integration
 // helpers take a *testing.T, hence the child process (as BenchmarkAutoHA).
 func benchChild(b *testing.B, test, env, val string, timeout time.Duration) []string {
 	b.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run", "^"+test+"$", "-test.v", "-test.count=1", "-test.timeout="+timeout.String())
 	cmd.Env = append(os.Environ(), env+"="+val)
+	pr, pw := io.Pipe()
+	cmd.Stdout, cmd.Stderr = pw, pw
 	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	err := cmd.Run()
 	var lines []string
-	sc := bufio.NewScanner(&out)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		l := sc.Text()
-		if i := strings.Index(l, "BENCH14 "); i >= 0 {
-			lines = append(lines, l[i:])
+	scanned := make(chan struct{})
+	go func() {
+		defer close(scanned)
+		sc := bufio.NewScanner(pr)
+		sc.Buffer(make([]byte, 1<<20), 1<<20)
+		for sc.Scan() {
+			l := sc.Text()
+			out.WriteString(l + "\n")
+			if i := strings.Index(l, "BENCH14 "); i >= 0 {
+				lines = append(lines, l[i:])
+			} else if progressLine.MatchString(l) {
+				fmt.Println(l) // the child's own t.Logf lines: progress of a long run
+			}
 		}
-	}
+		_, _ = io.Copy(io.Discard, pr)
+	}()
+	err := cmd.Run()
+	pw.Close()
+	<-scanned
 	if err != nil || len(lines) == 0 {
 		tail := out.String()
 		if len(tail) > 6000 {
@@ -80,7 +97,6 @@ func benchChild(b *testing.B, test, env, val string, timeout time.Duration) []st
 	}
 	for _, l := range lines {
 		fmt.Println(l)
-		b.Log(l)
 	}
 	return lines
 }
