@@ -28,9 +28,10 @@ import (
 // unreachable, in the lab (3 servers, 3 hosts, each a network namespace
 // with its own libvirtd and agent), at fast timing (1 s heartbeats × 3)
 // and at seed timing (15 s × 3), each on a fresh fleet. A round waits a
-// random phase within one heartbeat interval, then fails every host at
-// once — its agent frozen (SIGSTOP) in even rounds, its management link
-// cut in odd ones — and measures, per host, the time from the failure to
+// random phase within one heartbeat interval, then fails every host, a
+// third of an interval apart (the agents heartbeat in step) — its agent
+// frozen (SIGSTOP) in even rounds, its management link cut in odd ones —
+// and measures, per host, the time from its failure to
 // the first poll (every 100 ms) that shows the node unreachable; then it
 // undoes the failure and waits for every node normal again. Against the
 // same failure of memberlist alone: five memberlist processes on loopback
@@ -141,23 +142,30 @@ func detectRound(t *testing.T, f *fleet, kind string, interval time.Duration, k 
 			t.Fatal(err)
 		}
 	}
-	t0 := time.Now()
+	// The agents started together and heartbeat in step: fail them a
+	// third of an interval apart, so that each detection samples its own
+	// phase.
+	t0 := make([]time.Time, k)
 	for i := range k {
+		if i > 0 {
+			time.Sleep(interval / time.Duration(k))
+		}
+		t0[i] = time.Now()
 		fail(i, true)
 	}
 	seen := make([]time.Duration, k)
 	left := k
 	bound := 3*interval + interval/4 + min(interval, 5*time.Second)
 	for left > 0 {
-		if time.Since(t0) > 3*bound {
-			t.Fatalf("%s: %d of %d nodes not unreachable after %s (3 × the bound %s)", kind, left, k, time.Since(t0).Round(time.Second), bound)
+		if time.Since(t0[0]) > 3*bound {
+			t.Fatalf("%s: %d of %d nodes not unreachable after %s (3 × the bound %s)", kind, left, k, time.Since(t0[0]).Round(time.Second), bound)
 		}
 		nodes, err := f.nodesByName()
-		at := time.Since(t0)
+		now := time.Now()
 		if err == nil {
 			for i := range k {
 				if seen[i] == 0 && nodes[f.lab.Hosts[i].Name].MonitorState == structs.MonitorUnreachable {
-					seen[i] = at
+					seen[i] = now.Sub(t0[i])
 					left--
 				}
 			}
