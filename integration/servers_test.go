@@ -51,8 +51,18 @@ func newServerSetTLS(t *testing.T, ips []string, base, logs string, tls *cluster
 		t.Fatalf("newServerSetOn: want 3 addresses, got %v", ips)
 	}
 	ss := &serverSet{t: t, ips: ips, logs: logs, extra: extra, tls: tls}
+	// One ports.Free per address: ports freed by one call may come back
+	// from the next (a server once failed to bind its API port, another's
+	// gossip port).
+	free := map[string][]int{}
+	for _, ip := range ips {
+		if free[ip] == nil {
+			free[ip] = ports.Free(t, ip, 9) // enough for the three servers on one address
+		}
+	}
 	for i := 0; i < 3; i++ {
-		p := ports.Free(t, ips[i], 3)
+		p := free[ips[i]][:3]
+		free[ips[i]] = free[ips[i]][3:]
 		ss.names = append(ss.names, fmt.Sprintf("s%d", i+1))
 		ss.dirs = append(ss.dirs, filepath.Join(base, fmt.Sprintf("s%d", i+1)))
 		ss.ports = append(ss.ports, [3]int{p[0], p[1], p[2]})
