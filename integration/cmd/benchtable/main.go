@@ -24,6 +24,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"regexp"
 	"runtime"
 	"slices"
 	"strings"
@@ -41,6 +42,8 @@ type row struct {
 	subject string
 	vals    map[string]string
 }
+
+var kindRE = regexp.MustCompile(`^[a-z][a-z0-9_-]*$`)
 
 // order and titles of the issue's benchmarks.
 var titles = []struct{ kind, title string }{
@@ -90,7 +93,9 @@ func parse(r io.Reader, ts map[string]*table) error {
 func parseLine(l string) (string, []string, bool) {
 	if i := strings.Index(l, "BENCH14 "); i >= 0 {
 		f := strings.Fields(l[i+len("BENCH14 "):])
-		if len(f) == 0 {
+		// A kind is a word of lower-case letters, and a summary has a
+		// key=value field: not a sentence that names BENCH14.
+		if len(f) < 2 || !kindRE.MatchString(f[0]) || !slices.ContainsFunc(f[1:], func(s string) bool { return strings.Contains(s, "=") }) {
 			return "", nil, false
 		}
 		return f[0], f[1:], true

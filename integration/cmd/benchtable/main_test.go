@@ -12,6 +12,8 @@ BENCH14 failover chime p50=1.134 p99=1.192 n=10 etcd_p50=2.047 ratio_p50=0.55
 BENCH14 detect memberlist config=default-lan p50=5.2 p99=5.4 suspect_p50=1.2
 creates: vms=10000  clients=16   376.0 creates/s  p50   25.1 ms  p99   72.0 ms  ok 3008  failed 0
 BENCH14 zz x=1
+    bench_failover_test.go:42: TestBench14FailoverRun failed (exit status 1), no BENCH14 line:
+BENCH14 failover no fields
 `
 	ts := map[string]*table{}
 	if err := parse(strings.NewReader(in), ts); err != nil {
@@ -33,6 +35,9 @@ BENCH14 zz x=1
 		if !strings.Contains(got, want) {
 			t.Errorf("output lacks %q:\n%s", want, got)
 		}
+	}
+	if strings.Contains(got, "### line") || strings.Count(got, "| chime |") != 2 {
+		t.Errorf("a line that only names BENCH14 became a row or a table:\n%s", got)
 	}
 	// The issue's order: failover (3) before creates (4) before detect (5), others last.
 	if i, j, k, l := strings.Index(got, "### 3."), strings.Index(got, "### 4."), strings.Index(got, "### 5."), strings.Index(got, "### zz"); !(i < j && j < k && k < l) {
