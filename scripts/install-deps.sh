@@ -3,7 +3,9 @@
 # Debian bookworm machine: libvirt + qemu (libvirt-daemon brings virtlockd,
 # the disk lock manager), qemu-utils for qemu-img (the lab's disk images),
 # iproute2 and friends for the lab, chromium for the console's browser test,
-# prometheus-alertmanager (the real Alertmanager the alarm test pushes to), and `just`.
+# prometheus-alertmanager (the real Alertmanager the alarm test pushes to), etcd-server (etcd,
+# the reference of issue 14's failover benchmark), stress-ng (its CPU load for the false-positive
+# check), and `just`.
 # Idempotent: it installs only what is missing. Run as root.
 set -euo pipefail
 
@@ -21,6 +23,8 @@ packages=(
 	ca-certificates
 	chromium
 	prometheus-alertmanager
+	etcd-server
+	stress-ng
 )
 
 missing=()
