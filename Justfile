@@ -57,9 +57,29 @@ sim seeds="10000":
 sim-seed seed:
     go test -count=1 -v -run 'TestSeeds' ./integration/sim -sim.seed {{seed}} -sim.v
 
+# Issue 14's six benchmarks (docs/benchmarks.md), each chime next to its reference in the same run:
+# 1 restart vs virsh start, 2 migration vs virsh migrate, 3 leader failover vs etcd, 4 creates,
+# 5 detection vs memberlist (and false positives under load), 6 scale. Matched by name in every
+# package below, so a benchmark that is not there yet is simply not run.
+bench14 := "^(BenchmarkRestartVsVirsh|BenchmarkMigrateVsVirsh|BenchmarkLeaderFailoverVsEtcd|BenchmarkCreates|BenchmarkDetectionVsMemberlist|BenchmarkScale.*)$"
+bench14_pkgs := "./chime/server ./integration/sim ./integration"
+
+# One package at a time; the raw output is in OUT, the tables (integration/cmd/benchtable) in
+# OUT.md. Needs root (the lab); CHIME_FLEET_PREFIX names the lab.
+# Issue 14's six benchmarks, then their markdown tables for docs/benchmarks.md.
+bench out=".bench/bench.out":
+    mkdir -p "$(dirname {{out}})"
+    CI=true CHIME_FLEET_PREFIX="${CHIME_FLEET_PREFIX:-chbnch}" go test -p 1 -count=1 -run '^$' -bench '{{bench14}}' -benchtime 1x -timeout 3h {{bench14_pkgs}} 2>&1 | tee {{out}}
+    go run ./integration/cmd/benchtable {{out}} | tee "{{out}}.md"
+
+# CHIME_BENCH_QUICK=1: fewer kills, detections and seconds per benchmark.
+# `just bench` in its quick mode: all six within 10 minutes on 2 cores.
+bench-quick out=".bench/bench-quick.out":
+    CHIME_BENCH_QUICK=1 CHIME_BENCH_SECONDS="${CHIME_BENCH_SECONDS:-2}" CHIME_BENCH_PRESENT="${CHIME_BENCH_PRESENT:-0,10000}" just bench {{out}}
+
 # The lab's BenchmarkAutoHA (root, about 15 minutes) runs only in `just bench-ha`.
-# Benchmarks only (the simulator's BenchmarkHADeath included).
-bench:
+# Every package's benchmarks but the integration ones (the simulator's BenchmarkHADeath included).
+bench-micro:
     go test -run '^$' -bench . $(go list ./... | grep -v '/integration$')
 
 # The simulator's RUNS seeded node deaths per timing and path, then the lab's LAB_RUNS power losses

@@ -6,7 +6,9 @@
 # prometheus-alertmanager (the real Alertmanager the alarm test pushes to),
 # prometheus (promtool for dist/prometheus, and the real Prometheus the
 # integration test scrapes the servers with; Debian enables its own
-# prometheus.service, which the tests neither need nor touch), and `just`
+# prometheus.service, which the tests neither need nor touch), etcd-server (etcd, the
+# reference of issue 14's failover benchmark), stress-ng (its CPU load for the false-positive
+# check), and `just`
 # (npm's static just binary; nodejs and npm first when there is no npm).
 # Idempotent: it installs only what is missing, and needs root only then
 # (`./run` calls it through sudo when not root).
@@ -60,6 +62,8 @@ packages=(
 	chromium
 	prometheus-alertmanager
 	prometheus
+	etcd-server
+	stress-ng
 )
 
 if [ -n "$just_only" ]; then

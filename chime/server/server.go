@@ -161,9 +161,11 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	loopCtx, cancel := context.WithCancel(context.Background())
 	s.stopLoops = cancel
-	s.wg.Add(2)
+	s.wg.Add(3)
 	go func() { defer s.wg.Done(); s.bootstrapLoop(loopCtx) }()
 	go func() { defer s.wg.Done(); s.leaderLoop(loopCtx) }()
+	hbTimeout := s.raft.ReloadableConfig().HeartbeatTimeout
+	go func() { defer s.wg.Done(); s.leaderWatch(loopCtx, hbTimeout) }()
 	if s.tls == nil && !cfg.Dev {
 		s.wg.Add(1)
 		go func() { defer s.wg.Done(); s.insecureLoop(loopCtx.Done()) }()

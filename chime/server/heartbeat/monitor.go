@@ -27,7 +27,7 @@ func silentFor(now, last, leaderSince time.Time) time.Duration {
 // before it returns.
 func (m *Monitor) Run(ctx context.Context) {
 	m.Reset()
-	t := time.NewTicker(max(m.interval/4, 50*time.Millisecond))
+	t := time.NewTicker(m.tick())
 	defer t.Stop()
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -39,6 +39,33 @@ func (m *Monitor) Run(ctx context.Context) {
 		}
 		m.check(ctx, &wg)
 	}
+}
+
+// tick is Run's check period: a tenth of the interval, between 50 ms and
+// 1 s. Each check only walks the cached node list (due), so its cost is
+// small; its period adds to the detection time (issue 14: at the seed
+// interval of 15 s, a quarter of it was up to 3.75 s of the 50 s budget).
+func (m *Monitor) tick() time.Duration {
+	return min(max(m.interval/10, 50*time.Millisecond), time.Second)
+}
+
+// pingTimeout is the direct ping-back's timeout: one heartbeat interval,
+// 5 s at most.
+func (m *Monitor) pingTimeout() time.Duration { return min(m.interval, 5*time.Second) }
+
+// pingFrom is the silence after which a node is pinged back: one ping
+// timeout before the limit, so that a ping-back that times out (a frozen
+// agent, a link that drops packets) ends when the limit is reached instead
+// of a whole timeout after it (issue 14: the detection was limit + 5 s at
+// the seed timing). The node has then missed missed−1 heartbeats at
+// least; with one missed heartbeat allowed the ping-back starts at the
+// limit, as before. It is marked unreachable only when the ping-back
+// failed and it is silent beyond the limit when the ping-back ends
+// (pingBack); a ping-back that fails earlier (a refused connection) is
+// simply made again at the next check.
+func (m *Monitor) pingFrom() time.Duration {
+	lim := m.limit()
+	return lim - min(m.pingTimeout(), lim-m.interval)
 }
 
 // CheckOnce runs one round of checks with its ping-backs one after
@@ -66,7 +93,7 @@ func (m *Monitor) check(ctx context.Context, wg *sync.WaitGroup) {
 	}
 }
 
-// due returns every node silent beyond the limit that is neither
+// due returns every node silent beyond pingFrom that is neither
 // unreachable already nor being pinged, and marks each as being pinged.
 func (m *Monitor) due() []structs.Node {
 	now := m.clock.Now()
@@ -94,7 +121,7 @@ func (m *Monitor) due() []structs.Node {
 		if n.MonitorState == structs.MonitorUnreachable || m.pinging[n.ID] {
 			continue
 		}
-		if silentFor(now, m.last[n.ID], m.leaderSince) <= m.limit() {
+		if silentFor(now, m.last[n.ID], m.leaderSince) <= m.pingFrom() {
 			continue
 		}
 		m.pinging[n.ID] = true
@@ -133,7 +160,7 @@ func (m *Monitor) pingBack(ctx context.Context, n structs.Node) {
 	silent := silentFor(now, m.last[n.ID], m.leaderSince)
 	m.mu.Unlock()
 	if silent <= m.limit() {
-		return // a heartbeat arrived meanwhile
+		return // a heartbeat arrived meanwhile, or the ping-back failed before the limit: again at the next check
 	}
 	gossipSays := "not alive"
 	if isWrong {
@@ -154,7 +181,7 @@ func (m *Monitor) pingBack(ctx context.Context, n structs.Node) {
 // directPing asks the agent, waiting at most one heartbeat interval (5 s
 // at most).
 func (m *Monitor) directPing(ctx context.Context, n structs.Node) error {
-	cctx, cancel := context.WithTimeout(ctx, min(m.interval, 5*time.Second))
+	cctx, cancel := context.WithTimeout(ctx, m.pingTimeout())
 	defer cancel()
 	return m.pinger.Ping(cctx, n)
 }

@@ -48,13 +48,18 @@ type fakePinger struct {
 	errs  map[string]error
 	gates map[string]chan struct{}
 	calls map[string]int
+	// during, when set, runs inside every Ping.
+	during func()
 }
 
 func (p *fakePinger) Ping(ctx context.Context, n structs.Node) error {
 	p.mu.Lock()
 	p.calls[n.ID]++
-	err, gate := p.errs[n.ID], p.gates[n.ID]
+	err, gate, during := p.errs[n.ID], p.gates[n.ID], p.during
 	p.mu.Unlock()
+	if during != nil {
+		during() // e.g. the clock runs while the ping-back times out
+	}
 	if gate != nil {
 		select {
 		case <-gate:
@@ -197,8 +202,21 @@ func TestSilenceAndPingBack(t *testing.T) {
 			w.pinger.errs[n.ID] = errors.New("connection refused")
 			w.clock.Advance(10 * limit) // silent for long under the old leader
 			w.m.Reset()
-			w.clock.Advance(limit)
+			w.clock.Advance(limit) // in the last ping timeout before the limit: pinged, not marked
+		}, structs.MonitorNormal, true},
+		{"silent for less than the limit less one ping timeout: no ping-back", func(w *world, n structs.Node) {
+			w.pinger.errs[n.ID] = errors.New("connection refused")
+			w.clock.Advance(limit - testInterval)
 		}, structs.MonitorNormal, false},
+		{"in the last ping timeout before the limit, the ping-back fails at once: not yet", func(w *world, n structs.Node) {
+			w.pinger.errs[n.ID] = errors.New("connection refused")
+			w.clock.Advance(limit - testInterval/2)
+		}, structs.MonitorNormal, true},
+		{"a ping-back started before the limit times out after it: unreachable", func(w *world, n structs.Node) {
+			w.pinger.errs[n.ID] = errors.New("connection refused")
+			w.pinger.during = func() { w.clock.Advance(testInterval/2 + 2*time.Millisecond) }
+			w.clock.Advance(limit - testInterval/2 - time.Millisecond)
+		}, structs.MonitorUnreachable, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -228,11 +246,14 @@ func TestSilenceAndPingBack(t *testing.T) {
 				t.Fatalf("proposals %v, want none", props)
 			}
 			// An answered ping-back counts as a sign of life: no second
-			// ping-back in the next round.
+			// ping-back in the next round. One that failed before the
+			// limit is made again at the next check.
 			if tt.wantPinged && tt.wantState == structs.MonitorNormal {
+				answered := w.pinger.errs[n.ID] == nil || w.gossip.alive[n.ID]
+				want := map[bool]int{true: 1, false: 2}[answered]
 				w.m.CheckOnce(context.Background())
-				if c := w.pinger.count(n.ID); c != 1 {
-					t.Fatalf("%d ping-backs right after an answered one, want 1", c)
+				if c := w.pinger.count(n.ID); c != want {
+					t.Fatalf("%d ping-backs after the next check (answered: %v), want %d", c, answered, want)
 				}
 			}
 		})
