@@ -230,7 +230,11 @@ func (a *applier) localMove(n *structs.Node, m structs.LocalMigration, authorize
 		return a.ev("vm.local_migration", n.ID, v.ID, "vm %s: node-local migration from node %s to unknown node %s (generation %d) refused",
 			v.Name, n.Name, orNone(m.ToNode), m.Generation)
 	}
-	here := v.NodeID == n.ID && v.Generation == m.Generation
+	// The copy that left n: placed on n at that generation, or placed on
+	// n as the adoption of that generation (it arrived by a node-local
+	// migration, whose adoption moved the placement here, and left again
+	// by the one reported now: random seed 4147).
+	here := v.NodeID == n.ID && (v.Generation == m.Generation || (v.AdoptGeneration != 0 && v.AdoptGeneration == m.Generation))
 	switch m.Outcome {
 	case structs.LocalMigrationFailed:
 		// Authorized: only the node the VM is placed on (its source)

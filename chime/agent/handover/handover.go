@@ -47,6 +47,9 @@ type Store interface {
 	RemoveAdoption(vmID string) error
 	ExpireAdoption(vmID string) error
 	AddMigration(m structs.LocalMigration) error
+	// PendingMigrations are the migration log's entries the servers have
+	// not acknowledged, in order, and the last one's sequence.
+	PendingMigrations() ([]structs.LocalMigration, uint64, error)
 	StartDrain(newID string) (string, error)
 	DrainID() (string, error)
 	ReleaseDrain(id string) (bool, error)
@@ -268,6 +271,21 @@ func (m *Manager) Hold(ds api.DesiredState) ([]string, error) {
 	fence := func(id string, gen uint64) {
 		if vm, ok := desired[id]; ok && vm.Generation <= gen {
 			hold = append(hold, id)
+		}
+	}
+	// A VM that left by a node-local migration the servers have not
+	// acknowledged yet is held whatever its placement here says: that
+	// placement was decided without this node's log (it may adopt the very
+	// copy that left again: random seed 4147, scenario
+	// local-migration-there-and-back-unsynced). The next heartbeat carries
+	// the log; its acknowledgement ends the hold.
+	migs, _, err := m.cfg.Store.PendingMigrations()
+	if err != nil {
+		return nil, err
+	}
+	for _, mg := range migs {
+		if _, ok := desired[mg.VMID]; ok && mg.Outcome != structs.LocalMigrationFailed {
+			hold = append(hold, mg.VMID)
 		}
 	}
 	for id, gen := range retired {
