@@ -70,19 +70,20 @@ func (c stateCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(descLeader, prometheus.GaugeValue, leader)
 	ch <- prometheus.MustNewConstMetric(descIndex, prometheus.GaugeValue, float64(s.fsm.Index()))
-	if nodes, err := s.fsm.Nodes(); err == nil {
+	// Both from the FSM's derived view: a scrape decodes nothing.
+	{
 		counts := map[[2]string]int{}
-		for _, n := range nodes {
+		for _, n := range s.fsm.NodesView() {
 			counts[[2]string{n.ManagementState, n.MonitorState}]++
 		}
 		for k, v := range counts {
 			ch <- prometheus.MustNewConstMetric(descNodes, prometheus.GaugeValue, float64(v), k[0], k[1])
 		}
 	}
-	if vms, err := s.fsm.VMs(); err == nil {
+	{
 		counts := map[string]int{structs.StateRunning: 0, structs.StatePending: 0}
-		for _, v := range vms {
-			counts[v.State]++
+		for k, v := range s.fsm.VMStates() {
+			counts[k] += v
 		}
 		for k, v := range counts {
 			ch <- prometheus.MustNewConstMetric(descVMs, prometheus.GaugeValue, float64(v), k)

@@ -27,7 +27,9 @@ type vmEntry struct {
 	memoryMiB int64
 	group     string
 	held      bool
-	protected bool // ha, desired running, placed: what admission control counts
+	protected bool   // ha, desired running, placed: what admission control counts
+	migrating bool   // a live migration is recorded (vm.Migration != nil)
+	state     string // observed state (metrics)
 }
 
 // nodeSig is what of a node decides whether VMs can be placed on it.
@@ -46,6 +48,7 @@ type View struct {
 	pending map[string]struct{}
 	held    map[string]struct{}
 	prot    map[string]struct{} // protected VMs (scheduler.Protected)
+	migr    map[string]struct{} // VMs with a live migration recorded (from or to any node)
 	// epoch grows whenever a pending VM could now fit or be admitted where
 	// it could not: a VM became pending, capacity was freed, a node was
 	// added or its capacity or states changed, a VM became protected or
@@ -67,6 +70,7 @@ func (v *View) reset() {
 	v.pending = map[string]struct{}{}
 	v.held = map[string]struct{}{}
 	v.prot = map[string]struct{}{}
+	v.migr = map[string]struct{}{}
 	v.epoch++
 }
 
@@ -185,7 +189,8 @@ func sigOf(n *structs.Node) nodeSig {
 func (v *View) putVM(vm *structs.VM) {
 	e := vmEntry{name: vm.Name, nodeID: vm.NodeID, vcpus: int64(vm.Spec.VCPUs), memoryMiB: int64(vm.Spec.MemoryMiB),
 		group: vm.Spec.AntiAffinity, held: vm.Held(),
-		protected: vm.Spec.HA && vm.DesiredState == structs.DesiredRunning && vm.NodeID != ""}
+		protected: vm.Spec.HA && vm.DesiredState == structs.DesiredRunning && vm.NodeID != "",
+		migrating: vm.Migration != nil, state: vm.State}
 	old, had := v.vms[vm.ID]
 	if had && old.nodeID == e.nodeID && old.vcpus == e.vcpus && old.memoryMiB == e.memoryMiB && old.group == e.group {
 		// Placement and size unchanged: the held flag, the name and
@@ -196,6 +201,7 @@ func (v *View) putVM(vm *structs.VM) {
 		v.vms[vm.ID] = e
 		v.setHeld(vm.ID, e.held)
 		v.setProtected(vm.ID, e.protected)
+		setIn(v.migr, vm.ID, e.migrating)
 		return
 	}
 	if had {
@@ -209,6 +215,7 @@ func (v *View) putEntry(id string, e vmEntry) {
 	v.vms[id] = e
 	v.setHeld(id, e.held)
 	v.setProtected(id, e.protected)
+	setIn(v.migr, id, e.migrating)
 	if e.nodeID == "" {
 		v.pending[id] = struct{}{}
 		v.epoch++
@@ -227,6 +234,15 @@ func (v *View) putEntry(id string, e vmEntry) {
 			u.Groups = map[string]int{}
 		}
 		u.Groups[e.group]++
+	}
+}
+
+// setIn adds id to set when in holds, and removes it otherwise.
+func setIn(set map[string]struct{}, id string, in bool) {
+	if in {
+		set[id] = struct{}{}
+	} else {
+		delete(set, id)
 	}
 }
 
@@ -254,6 +270,7 @@ func (v *View) removeVM(id string) {
 	delete(v.vms, id)
 	delete(v.held, id)
 	delete(v.prot, id)
+	delete(v.migr, id)
 	if e.nodeID == "" {
 		delete(v.pending, id)
 		return
@@ -305,12 +322,7 @@ func (v *View) Placement(skip ...string) ([]structs.Node, map[string]structs.Nod
 	for _, n := range v.nodes {
 		nodes = append(nodes, n)
 	}
-	sort.Slice(nodes, func(i, j int) bool {
-		if nodes[i].Name != nodes[j].Name {
-			return nodes[i].Name < nodes[j].Name
-		}
-		return nodes[i].ID < nodes[j].ID
-	})
+	sortNodes(nodes)
 	used := make(map[string]structs.NodeUsage, len(v.usage))
 	for id, u := range v.usage {
 		used[id] = copyUsage(u)
@@ -363,6 +375,57 @@ func (v *View) Protected() []string {
 	v.mu.RLock()
 	defer v.mu.RUnlock()
 	return v.sortedIDs(v.prot)
+}
+
+// Migrating returns the ids of the VMs with a live migration recorded
+// (from or to any node), sorted by VM name then id.
+func (v *View) Migrating() []string {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	return v.sortedIDs(v.migr)
+}
+
+// Nodes returns every node as stored, sorted by name then id: a copy of
+// the view's, no decoding. Like every read of the view it may run ahead of
+// the state file by the commands of a batch being applied (undone should
+// the batch fall back).
+func (v *View) Nodes() []structs.Node {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	nodes := make([]structs.Node, 0, len(v.nodes))
+	for _, n := range v.nodes {
+		nodes = append(nodes, n)
+	}
+	sortNodes(nodes)
+	return nodes
+}
+
+// Node returns one node as stored, and whether the view holds it.
+func (v *View) Node(id string) (structs.Node, bool) {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	n, ok := v.nodes[id]
+	return n, ok
+}
+
+// VMStates counts the VMs by observed state ("" for never observed).
+func (v *View) VMStates() map[string]int {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	out := map[string]int{}
+	for _, e := range v.vms {
+		out[e.state]++
+	}
+	return out
+}
+
+func sortNodes(nodes []structs.Node) {
+	sort.Slice(nodes, func(i, j int) bool {
+		if nodes[i].Name != nodes[j].Name {
+			return nodes[i].Name < nodes[j].Name
+		}
+		return nodes[i].ID < nodes[j].ID
+	})
 }
 
 // Epoch grows whenever a pending VM could now fit where it did not.
