@@ -12,6 +12,7 @@ package view
 
 import (
 	"maps"
+	"slices"
 	"sort"
 	"sync"
 
@@ -49,6 +50,9 @@ type View struct {
 	held    map[string]struct{}
 	prot    map[string]struct{} // protected VMs (scheduler.Protected)
 	migr    map[string]struct{} // VMs with a live migration recorded (from or to any node)
+	// sorted is nodes sorted by name then id, built on the first read after
+	// a node changed (nil: to be built); readers get copies.
+	sorted []structs.Node
 	// epoch grows whenever a pending VM could now fit or be admitted where
 	// it could not: a VM became pending, capacity was freed, a node was
 	// added or its capacity or states changed, a VM became protected or
@@ -71,6 +75,7 @@ func (v *View) reset() {
 	v.held = map[string]struct{}{}
 	v.prot = map[string]struct{}{}
 	v.migr = map[string]struct{}{}
+	v.sorted = nil
 	v.epoch++
 }
 
@@ -129,6 +134,7 @@ func (v *View) ApplyUndoable(written []state.Written) (undo func()) {
 				} else {
 					delete(v.nodes, r.id)
 				}
+				v.sorted = nil
 				v.epoch++
 				continue
 			}
@@ -163,6 +169,7 @@ func (v *View) apply(written []state.Written, undo *[]undoRec) {
 		switch {
 		case w.IsNode && w.Deleted:
 			delete(v.nodes, w.ID)
+			v.sorted = nil
 			v.epoch++
 		case w.IsNode:
 			v.putNode(w.Node)
@@ -177,6 +184,7 @@ func (v *View) apply(written []state.Written, undo *[]undoRec) {
 func (v *View) putNode(n *structs.Node) {
 	old, had := v.nodes[n.ID]
 	v.nodes[n.ID] = *n
+	v.sorted = nil
 	if !had || sigOf(&old) != sigOf(n) {
 		v.epoch++
 	}
@@ -316,13 +324,32 @@ func copyUsage(u *structs.NodeUsage) structs.NodeUsage {
 // (sorted by name, then id) and the usage of every node that has VMs, with
 // the VMs named in skip left out (they are being moved).
 func (v *View) Placement(skip ...string) ([]structs.Node, map[string]structs.NodeUsage) {
-	v.mu.RLock()
-	defer v.mu.RUnlock()
-	nodes := make([]structs.Node, 0, len(v.nodes))
-	for _, n := range v.nodes {
-		nodes = append(nodes, n)
+	for {
+		sorted := v.sortedNodes()
+		v.mu.RLock()
+		if v.sorted != nil && sameSlice(sorted, v.sorted) {
+			nodes, used := v.placementLocked(sorted, skip)
+			v.mu.RUnlock()
+			return nodes, used
+		}
+		// A node changed between the two reads: read both again, so that
+		// nodes and usage are one consistent read.
+		v.mu.RUnlock()
 	}
-	sortNodes(nodes)
+}
+
+// sameSlice reports whether a and b share their first element (the same
+// cached slice).
+func sameSlice(a, b []structs.Node) bool {
+	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
+}
+
+// placementLocked is Placement under v.mu (read).
+func (v *View) placementLocked(sorted []structs.Node, skip []string) ([]structs.Node, map[string]structs.NodeUsage) {
+	nodes := slices.Clone(sorted)
+	if nodes == nil {
+		nodes = []structs.Node{}
+	}
 	used := make(map[string]structs.NodeUsage, len(v.usage))
 	for id, u := range v.usage {
 		used[id] = copyUsage(u)
@@ -390,14 +417,30 @@ func (v *View) Migrating() []string {
 // the state file by the commands of a batch being applied (undone should
 // the batch fall back).
 func (v *View) Nodes() []structs.Node {
+	return slices.Clone(v.sortedNodes())
+}
+
+// sortedNodes returns the nodes sorted by name then id, sorting them only
+// when a node changed since the last call. The slice is shared: callers
+// copy it and must not hold v.mu.
+func (v *View) sortedNodes() []structs.Node {
 	v.mu.RLock()
-	defer v.mu.RUnlock()
-	nodes := make([]structs.Node, 0, len(v.nodes))
-	for _, n := range v.nodes {
-		nodes = append(nodes, n)
+	s := v.sorted
+	v.mu.RUnlock()
+	if s != nil {
+		return s
 	}
-	sortNodes(nodes)
-	return nodes
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.sorted == nil {
+		nodes := make([]structs.Node, 0, len(v.nodes))
+		for _, n := range v.nodes {
+			nodes = append(nodes, n)
+		}
+		sortNodes(nodes)
+		v.sorted = nodes
+	}
+	return v.sorted
 }
 
 // Node returns one node as stored, and whether the view holds it.
