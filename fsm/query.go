@@ -252,7 +252,8 @@ func (f *FSM) HA() (structs.HAState, error) {
 
 // Placement is one consistent read of the derived view for a placement
 // decision: every node (sorted by name) and each node's usage, the VMs in
-// skip left out. O(nodes), no decoding.
+// skip left out. No decoding, and the nodes are not copied: they are
+// shared with every reader and must not be modified.
 func (f *FSM) Placement(skip ...string) ([]structs.Node, map[string]structs.NodeUsage) {
 	return f.derived.Placement(skip...)
 }
@@ -300,8 +301,8 @@ func (f *FSM) MigratingVMs() ([]structs.VM, error) { return f.vmsByID(f.derived.
 // NodesView lists every node, sorted by name, from the derived view: no
 // bbolt read and no decoding, for the readers that walk every node often
 // (the node monitor, the alarmer, metrics). It may run ahead of Nodes by
-// the commands of a batch being applied. Treat the nodes as read-only:
-// their slices and maps are the view's.
+// the commands of a batch being applied. The slice is shared with every
+// reader (it is not copied): never modify it.
 func (f *FSM) NodesView() []structs.Node { return f.derived.Nodes() }
 
 // VMStates counts the VMs by observed state, from the derived view.
