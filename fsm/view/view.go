@@ -1,7 +1,9 @@
 // Package view is the FSM's derived, in-memory view of the replicated
 // state that the write path needs without decoding every VM: what the VMs
-// placed on each node take (usage), the nodes as stored, the pending
-// (unplaced) VMs, the protected ones (automatic HA) and the held ones (live-migration outcome unknown).
+// placed on each node take (usage), the nodes as stored (sorted by name,
+// shared copy-on-write), the pending (unplaced) VMs, the protected ones
+// (automatic HA), the held ones (live-migration outcome unknown) and the
+// migrating ones (a live migration recorded).
 //
 // It is a cache of the state, never a source: the FSM applies to it what
 // each committed transaction wrote (state.Tx.Written), and rebuilds it from
