@@ -100,6 +100,13 @@ bench-restart-migrate samples="12" quick="0":
         go test -count=1 -run '^$' -bench 'BenchmarkRestartVsVirsh|BenchmarkMigrateVsVirsh' -benchtime 1x -timeout 1h ./integration \
         | grep -e '^BENCH14 ' -e '^Benchmark' -e FAIL -e '^ok'
 
+# One `chime server` process, simulated agents (15 s heartbeats) and VMs created through the API,
+# an evacuation of 1,000 VMs and a list of every VM; prints a `BENCH14 scale ...` line
+# (docs/benchmarks.md). quick=1: 1,000 agents and 10,000 VMs, under 2 minutes.
+# Scale on one leader (issue 14, benchmark 6): 10,000 agents and 100,000 VMs.
+bench-scale quick="0":
+    CHIME_BENCH_QUICK={{ if quick == "1" { "1" } else { "0" } }} go test -count=1 -run '^$' -bench BenchmarkScale -benchtime 1x -timeout 1h ./chime/server/ | grep -e BENCH14 -e '^scale:' -e '^Benchmark' -e FAIL -e '^ok'
+
 # Install the Debian packages and just, start the root libvirtd (as root).
 deps:
     scripts/install-deps.sh

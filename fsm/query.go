@@ -252,7 +252,8 @@ func (f *FSM) HA() (structs.HAState, error) {
 
 // Placement is one consistent read of the derived view for a placement
 // decision: every node (sorted by name) and each node's usage, the VMs in
-// skip left out. O(nodes), no decoding.
+// skip left out. No decoding, and the nodes are not copied: they are
+// shared with every reader and must not be modified.
 func (f *FSM) Placement(skip ...string) ([]structs.Node, map[string]structs.NodeUsage) {
 	return f.derived.Placement(skip...)
 }
@@ -292,6 +293,20 @@ func (f *FSM) vmsByID(ids []string) ([]structs.VM, error) {
 	})
 	return out, err
 }
+
+// MigratingVMs lists the VMs with a live migration recorded (from or to
+// any node), sorted by name, from the derived view's index.
+func (f *FSM) MigratingVMs() ([]structs.VM, error) { return f.vmsByID(f.derived.Migrating()) }
+
+// NodesView lists every node, sorted by name, from the derived view: no
+// bbolt read and no decoding, for the readers that walk every node often
+// (the node monitor, the alarmer, metrics). It may run ahead of Nodes by
+// the commands of a batch being applied. The slice is shared with every
+// reader (it is not copied): never modify it.
+func (f *FSM) NodesView() []structs.Node { return f.derived.Nodes() }
+
+// VMStates counts the VMs by observed state, from the derived view.
+func (f *FSM) VMStates() map[string]int { return f.derived.VMStates() }
 
 // PlacementEpoch is the derived view's epoch (see PendingVMs).
 func (f *FSM) PlacementEpoch() uint64 { return f.derived.Epoch() }

@@ -87,6 +87,30 @@ func checkView(t *testing.T, f *FSM, when string) {
 	if !reflect.DeepEqual(gotProt, wantProt) {
 		t.Fatalf("%s: view protected %v, state says %v", when, gotProt, wantProt)
 	}
+	if nv := f.NodesView(); !reflect.DeepEqual(nv, stored) && !(len(nv) == 0 && len(stored) == 0) {
+		t.Fatalf("%s: NodesView %v, state says %v", when, nv, stored)
+	}
+	var wantMigr, gotMigr []string
+	wantStates := map[string]int{}
+	for _, v := range vms {
+		if v.Migration != nil {
+			wantMigr = append(wantMigr, v.ID)
+		}
+		wantStates[v.State]++
+	}
+	migr, err := f.MigratingVMs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range migr {
+		gotMigr = append(gotMigr, v.ID)
+	}
+	if !reflect.DeepEqual(gotMigr, wantMigr) {
+		t.Fatalf("%s: view migrating %v, state says %v", when, gotMigr, wantMigr)
+	}
+	if got := f.VMStates(); !reflect.DeepEqual(got, wantStates) {
+		t.Fatalf("%s: view VM states %v, state says %v", when, got, wantStates)
+	}
 }
 
 // The derived view follows every apply, refused ones included (a refusal
@@ -285,5 +309,38 @@ func TestPlaceIfPending(t *testing.T) {
 	sort.Strings(ids)
 	if len(ids) != 0 {
 		t.Fatalf("pending %v, want none", ids)
+	}
+}
+
+// The view's index of migrating VMs follows a live migration's start and
+// its end (success moves the VM, failure leaves it).
+func TestDerivedViewMigrating(t *testing.T) {
+	h := newHarness(t)
+	src, dst := node("src"), node("dst")
+	h.must("", CmdRegisterNode, RegisterNode{Node: src})
+	h.must("", CmdRegisterNode, RegisterNode{Node: dst})
+	var gens []uint64
+	var vms []structs.VM
+	for i := 0; i < 3; i++ {
+		v := vm(fmt.Sprintf("web-%d", i))
+		gens = append(gens, h.must("", CmdCreateVM, CreateVM{VM: v, NodeID: src.ID}).Index)
+		vms = append(vms, v)
+	}
+	checkView(t, h.f, "created")
+	for i, v := range vms[:2] {
+		id := fmt.Sprintf("t%d", i)
+		h.must("", CmdPutTask, PutTask{Task: structs.Task{ID: id, Kind: structs.TaskMigrate, State: structs.TaskRunning,
+			Steps: []structs.TaskStep{{VMID: v.ID, From: src.ID, To: dst.ID, State: structs.TaskRunning}}}})
+		h.must("", CmdMigrationStart, MigrationStart{VMID: v.ID, TaskID: id, To: dst.ID, IfGeneration: gens[i]})
+	}
+	checkView(t, h.f, "two migrations started")
+	if m, _ := h.f.MigratingVMs(); len(m) != 2 {
+		t.Fatalf("migrating: %d VMs, want 2", len(m))
+	}
+	h.must("", CmdMigrationEnd, MigrationEnd{VMID: vms[0].ID, TaskID: "t0", FromNode: src.ID, Generation: gens[0], OK: true})
+	h.must("", CmdMigrationEnd, MigrationEnd{VMID: vms[1].ID, TaskID: "t1", FromNode: src.ID, Generation: gens[1], Error: "refused"})
+	checkView(t, h.f, "both ended")
+	if m, _ := h.f.MigratingVMs(); len(m) != 0 {
+		t.Fatalf("migrating after both ended: %d VMs", len(m))
 	}
 }

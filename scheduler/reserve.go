@@ -182,15 +182,27 @@ type failover struct {
 	orphans []structs.VM            // protected VMs placed on a node that is gone
 	base    *placer                 // nil: invalid options, nothing places
 	memUsed map[string]int64        // memory the VMs placed on each node take
+	// freeAll is the free memory of every receiver (enabled and normal),
+	// freeOf each node's share of it: a set's free memory is freeAll less
+	// its down nodes' shares, without a walk over every node per set.
+	freeAll int64
+	freeOf  map[string]int64
 }
 
 func newFailover(nodes []structs.Node, used map[string]structs.NodeUsage, byNode map[string][]structs.VM, orphans []structs.VM, opt Options) *failover {
-	f := &failover{nodes: nodes, byNode: byNode, orphans: orphans, memUsed: map[string]int64{}}
+	f := &failover{nodes: nodes, byNode: byNode, orphans: orphans, memUsed: map[string]int64{}, freeOf: map[string]int64{}}
 	if p, err := newPlacerOn(nodes, used, opt); err == nil {
 		f.base = p
 	}
 	for id, u := range used {
 		f.memUsed[id] = u.MemoryMiB
+	}
+	for _, n := range nodes {
+		if n.ManagementState == structs.NodeEnabled && n.MonitorState == structs.MonitorNormal {
+			share := int64(n.MemoryMiB) - f.memUsed[n.ID]
+			f.freeOf[n.ID] += share
+			f.freeAll += share
+		}
 	}
 	return f
 }
@@ -201,28 +213,33 @@ func newFailover(nodes []structs.Node, used map[string]structs.NodeUsage, byNode
 // left, and what each receiver got.
 func (f *failover) after(down []string) (map[string]string, []string, int64, map[string]usage) {
 	isDown := make(map[string]bool, len(down))
+	free := f.freeAll
 	for _, id := range down {
+		if !isDown[id] {
+			free -= f.freeOf[id]
+		}
 		isDown[id] = true
-	}
-	alive := make([]structs.Node, 0, len(f.nodes))
-	var free int64
-	for _, n := range f.nodes {
-		if isDown[n.ID] {
-			continue
-		}
-		alive = append(alive, n)
-		if n.ManagementState == structs.NodeEnabled && n.MonitorState == structs.MonitorNormal {
-			free += int64(n.MemoryMiB) - f.memUsed[n.ID]
-		}
 	}
 	moving := slices.Clone(f.orphans)
 	for _, id := range down {
 		moving = append(moving, f.byNode[id]...)
 	}
-	RestartOrder(moving)
 	placed := make(map[string]string, len(moving))
 	recv := map[string]usage{}
 	var unplaced []string
+	if len(moving) == 0 {
+		// Nothing protected to restart: the set costs O(its size), not a
+		// copy of every node and usage (a cluster without ha VMs, or the
+		// sets of nodes that hold none).
+		return placed, unplaced, free, recv
+	}
+	RestartOrder(moving)
+	alive := make([]structs.Node, 0, len(f.nodes))
+	for _, n := range f.nodes {
+		if !isDown[n.ID] {
+			alive = append(alive, n)
+		}
+	}
 	if f.base == nil {
 		for _, v := range moving {
 			unplaced = append(unplaced, v.ID)

@@ -96,7 +96,9 @@ func (c stateCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(descLeader, prometheus.GaugeValue, leader)
 	ch <- prometheus.MustNewConstMetric(descIndex, prometheus.GaugeValue, float64(s.fsm.Index()))
-	if nodes, err := s.fsm.Nodes(); err == nil {
+	// Both from the FSM's derived view: a scrape decodes nothing.
+	{
+		nodes := s.fsm.NodesView()
 		counts := map[[2]string]int{}
 		for _, n := range nodes {
 			counts[[2]string{n.ManagementState, n.MonitorState}]++
@@ -132,10 +134,10 @@ func (c stateCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(descTasks, prometheus.GaugeValue, float64(v), k[0], k[1])
 		}
 	}
-	if vms, err := s.fsm.VMs(); err == nil {
+	{
 		counts := map[string]int{structs.StateRunning: 0, structs.StatePending: 0}
-		for _, v := range vms {
-			counts[v.State]++
+		for k, v := range s.fsm.VMStates() {
+			counts[k] += v
 		}
 		for k, v := range counts {
 			ch <- prometheus.MustNewConstMetric(descVMs, prometheus.GaugeValue, float64(v), k)

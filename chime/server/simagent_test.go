@@ -56,6 +56,9 @@ type benchAgent struct {
 	silenced atomic.Bool   // stop heartbeating and fail the ping-back
 	busy     atomic.Bool   // a heartbeat is being sent
 	lastSent atomic.Int64  // unix nanos at which its last successful heartbeat was sent
+	// vms, when set, is what its heartbeats list (every domain running):
+	// the VMs placed on it (BenchmarkScale); nil lists none.
+	vms atomic.Pointer[[]structs.VMObservation]
 }
 
 // benchWorker sends the heartbeats of a fixed subset of agents, one at a time.
@@ -234,8 +237,12 @@ func (f *benchFleet) beat(ctx context.Context, w *benchWorker, a *benchAgent) {
 	if a.silenced.Load() {
 		return
 	}
+	obs := []structs.VMObservation{}
+	if p := a.vms.Load(); p != nil {
+		obs = *p
+	}
 	sent := time.Now()
-	_, err := a.client.Heartbeat(ctx, api.HeartbeatRequest{NodeID: a.id, VMs: []structs.VMObservation{}})
+	_, err := a.client.Heartbeat(ctx, api.HeartbeatRequest{NodeID: a.id, VMs: obs})
 	lat := time.Since(sent)
 	switch {
 	case err == nil:

@@ -1,7 +1,9 @@
 // Package view is the FSM's derived, in-memory view of the replicated
 // state that the write path needs without decoding every VM: what the VMs
-// placed on each node take (usage), the nodes as stored, the pending
-// (unplaced) VMs, the protected ones (automatic HA) and the held ones (live-migration outcome unknown).
+// placed on each node take (usage), the nodes as stored (sorted by name,
+// shared copy-on-write), the pending (unplaced) VMs, the protected ones
+// (automatic HA), the held ones (live-migration outcome unknown) and the
+// migrating ones (a live migration recorded).
 //
 // It is a cache of the state, never a source: the FSM applies to it what
 // each committed transaction wrote (state.Tx.Written), and rebuilds it from
@@ -12,7 +14,9 @@ package view
 
 import (
 	"maps"
+	"slices"
 	"sort"
+	"strings"
 	"sync"
 
 	"github.com/chime-ha/chime/chime/structs"
@@ -27,7 +31,9 @@ type vmEntry struct {
 	memoryMiB int64
 	group     string
 	held      bool
-	protected bool // ha, desired running, placed: what admission control counts
+	protected bool   // ha, desired running, placed: what admission control counts
+	migrating bool   // a live migration is recorded (vm.Migration != nil)
+	state     string // observed state (metrics)
 }
 
 // nodeSig is what of a node decides whether VMs can be placed on it.
@@ -46,6 +52,12 @@ type View struct {
 	pending map[string]struct{}
 	held    map[string]struct{}
 	prot    map[string]struct{} // protected VMs (scheduler.Protected)
+	migr    map[string]struct{} // VMs with a live migration recorded (from or to any node)
+	// sorted is nodes sorted by name then id, built on the first read after
+	// a node was added, renamed or removed (nil: to be built). It is never
+	// modified once built (a node's write replaces it by a copy), so that
+	// readers share it without copying 10,000 nodes per placement.
+	sorted []structs.Node
 	// epoch grows whenever a pending VM could now fit or be admitted where
 	// it could not: a VM became pending, capacity was freed, a node was
 	// added or its capacity or states changed, a VM became protected or
@@ -67,6 +79,8 @@ func (v *View) reset() {
 	v.pending = map[string]struct{}{}
 	v.held = map[string]struct{}{}
 	v.prot = map[string]struct{}{}
+	v.migr = map[string]struct{}{}
+	v.sorted = nil
 	v.epoch++
 }
 
@@ -125,6 +139,7 @@ func (v *View) ApplyUndoable(written []state.Written) (undo func()) {
 				} else {
 					delete(v.nodes, r.id)
 				}
+				v.sorted = nil
 				v.epoch++
 				continue
 			}
@@ -159,6 +174,7 @@ func (v *View) apply(written []state.Written, undo *[]undoRec) {
 		switch {
 		case w.IsNode && w.Deleted:
 			delete(v.nodes, w.ID)
+			v.sorted = nil
 			v.epoch++
 		case w.IsNode:
 			v.putNode(w.Node)
@@ -173,6 +189,7 @@ func (v *View) apply(written []state.Written, undo *[]undoRec) {
 func (v *View) putNode(n *structs.Node) {
 	old, had := v.nodes[n.ID]
 	v.nodes[n.ID] = *n
+	v.updateSorted(n, had && old.Name == n.Name)
 	if !had || sigOf(&old) != sigOf(n) {
 		v.epoch++
 	}
@@ -185,7 +202,8 @@ func sigOf(n *structs.Node) nodeSig {
 func (v *View) putVM(vm *structs.VM) {
 	e := vmEntry{name: vm.Name, nodeID: vm.NodeID, vcpus: int64(vm.Spec.VCPUs), memoryMiB: int64(vm.Spec.MemoryMiB),
 		group: vm.Spec.AntiAffinity, held: vm.Held(),
-		protected: vm.Spec.HA && vm.DesiredState == structs.DesiredRunning && vm.NodeID != ""}
+		protected: vm.Spec.HA && vm.DesiredState == structs.DesiredRunning && vm.NodeID != "",
+		migrating: vm.Migration != nil, state: vm.State}
 	old, had := v.vms[vm.ID]
 	if had && old.nodeID == e.nodeID && old.vcpus == e.vcpus && old.memoryMiB == e.memoryMiB && old.group == e.group {
 		// Placement and size unchanged: the held flag, the name and
@@ -196,6 +214,7 @@ func (v *View) putVM(vm *structs.VM) {
 		v.vms[vm.ID] = e
 		v.setHeld(vm.ID, e.held)
 		v.setProtected(vm.ID, e.protected)
+		setIn(v.migr, vm.ID, e.migrating)
 		return
 	}
 	if had {
@@ -209,6 +228,7 @@ func (v *View) putEntry(id string, e vmEntry) {
 	v.vms[id] = e
 	v.setHeld(id, e.held)
 	v.setProtected(id, e.protected)
+	setIn(v.migr, id, e.migrating)
 	if e.nodeID == "" {
 		v.pending[id] = struct{}{}
 		v.epoch++
@@ -227,6 +247,15 @@ func (v *View) putEntry(id string, e vmEntry) {
 			u.Groups = map[string]int{}
 		}
 		u.Groups[e.group]++
+	}
+}
+
+// setIn adds id to set when in holds, and removes it otherwise.
+func setIn(set map[string]struct{}, id string, in bool) {
+	if in {
+		set[id] = struct{}{}
+	} else {
+		delete(set, id)
 	}
 }
 
@@ -254,6 +283,7 @@ func (v *View) removeVM(id string) {
 	delete(v.vms, id)
 	delete(v.held, id)
 	delete(v.prot, id)
+	delete(v.migr, id)
 	if e.nodeID == "" {
 		delete(v.pending, id)
 		return
@@ -297,20 +327,24 @@ func copyUsage(u *structs.NodeUsage) structs.NodeUsage {
 
 // Placement is one consistent read for a placement decision: every node
 // (sorted by name, then id) and the usage of every node that has VMs, with
-// the VMs named in skip left out (they are being moved).
+// the VMs named in skip left out (they are being moved). The nodes are
+// shared with every reader (see Nodes): never modify them; the usage is
+// the caller's.
 func (v *View) Placement(skip ...string) ([]structs.Node, map[string]structs.NodeUsage) {
-	v.mu.RLock()
-	defer v.mu.RUnlock()
-	nodes := make([]structs.Node, 0, len(v.nodes))
-	for _, n := range v.nodes {
-		nodes = append(nodes, n)
-	}
-	sort.Slice(nodes, func(i, j int) bool {
-		if nodes[i].Name != nodes[j].Name {
-			return nodes[i].Name < nodes[j].Name
+	for {
+		v.mu.RLock()
+		if v.sorted != nil {
+			nodes, used := v.placementLocked(v.sorted, skip)
+			v.mu.RUnlock()
+			return nodes, used
 		}
-		return nodes[i].ID < nodes[j].ID
-	})
+		v.mu.RUnlock()
+		v.buildSorted()
+	}
+}
+
+// placementLocked is Placement under v.mu (read).
+func (v *View) placementLocked(nodes []structs.Node, skip []string) ([]structs.Node, map[string]structs.NodeUsage) {
 	used := make(map[string]structs.NodeUsage, len(v.usage))
 	for id, u := range v.usage {
 		used[id] = copyUsage(u)
@@ -363,6 +397,101 @@ func (v *View) Protected() []string {
 	v.mu.RLock()
 	defer v.mu.RUnlock()
 	return v.sortedIDs(v.prot)
+}
+
+// Migrating returns the ids of the VMs with a live migration recorded
+// (from or to any node), sorted by VM name then id.
+func (v *View) Migrating() []string {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	return v.sortedIDs(v.migr)
+}
+
+// Nodes returns every node as stored, sorted by name then id: a copy of
+// the view's, no decoding. Like every read of the view it may run ahead of
+// the state file by the commands of a batch being applied (undone should
+// the batch fall back).
+//
+// The slice is shared by every reader: never modify it (nor the nodes'
+// slices and maps).
+func (v *View) Nodes() []structs.Node {
+	for {
+		v.mu.RLock()
+		if s := v.sorted; s != nil {
+			v.mu.RUnlock()
+			return s
+		}
+		v.mu.RUnlock()
+		v.buildSorted()
+	}
+}
+
+// buildSorted sorts the nodes into v.sorted unless it is built already.
+func (v *View) buildSorted() {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.sorted != nil {
+		return
+	}
+	nodes := make([]structs.Node, 0, len(v.nodes))
+	for _, n := range v.nodes {
+		nodes = append(nodes, n)
+	}
+	sortNodes(nodes)
+	v.sorted = nodes
+}
+
+// updateSorted keeps v.sorted after n was written (under v.mu): a node
+// that kept its name is replaced in a copy of the list (a monitor
+// transition, a drain: no sort); a new or renamed node drops the list, to
+// be sorted again by the next reader.
+func (v *View) updateSorted(n *structs.Node, sameName bool) {
+	if v.sorted == nil {
+		return
+	}
+	if sameName {
+		i, found := slices.BinarySearchFunc(v.sorted, n, func(e structs.Node, t *structs.Node) int {
+			if e.Name != t.Name {
+				return strings.Compare(e.Name, t.Name)
+			}
+			return strings.Compare(e.ID, t.ID)
+		})
+		if found {
+			s := slices.Clone(v.sorted)
+			s[i] = *n
+			v.sorted = s
+			return
+		}
+	}
+	v.sorted = nil
+}
+
+// Node returns one node as stored, and whether the view holds it.
+func (v *View) Node(id string) (structs.Node, bool) {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	n, ok := v.nodes[id]
+	return n, ok
+}
+
+// VMStates counts the VMs by observed state ("" for never observed).
+func (v *View) VMStates() map[string]int {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	out := map[string]int{}
+	for _, e := range v.vms {
+		out[e.state]++
+	}
+	return out
+}
+
+func sortNodes(nodes []structs.Node) {
+	sort.Slice(nodes, func(i, j int) bool {
+		if nodes[i].Name != nodes[j].Name {
+			return nodes[i].Name < nodes[j].Name
+		}
+		return nodes[i].ID < nodes[j].ID
+	})
 }
 
 // Epoch grows whenever a pending VM could now fit where it did not.

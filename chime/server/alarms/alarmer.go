@@ -186,10 +186,7 @@ func (a *Alarmer) Run(ctx context.Context) {
 // recorded as delivered, with an error logged: retrying happens inside one
 // delivery, not across passes.
 func (a *Alarmer) Step(ctx context.Context) error {
-	nodes, err := a.state.Nodes()
-	if err != nil {
-		return fmt.Errorf("read nodes: %w", err)
-	}
+	nodes := a.state.NodesView()
 	tasks, err := a.state.Tasks()
 	if err != nil {
 		return fmt.Errorf("read tasks: %w", err)

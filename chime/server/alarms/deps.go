@@ -16,7 +16,9 @@ type Proposer interface {
 
 // State is the part of the replicated state the alarmer reads.
 type State interface {
-	Nodes() ([]structs.Node, error)
+	// NodesView lists every node from the FSM's derived view: a copy, no
+	// bbolt read and no decoding.
+	NodesView() []structs.Node
 	Tasks() ([]structs.Task, error)
 	// HeldVMs lists the VMs whose live-migration outcome is unknown, from
 	// the FSM's index of them (no scan of every VM).

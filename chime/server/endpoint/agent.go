@@ -227,7 +227,7 @@ func (e *Endpoints) Desired(n *structs.Node) (api.DesiredState, error) {
 		out.VMs = append(out.VMs, d)
 	}
 	// VMs migrating here: their domains appear before the placement moves.
-	if all, err := e.state.VMs(); err == nil {
+	if all, err := e.state.MigratingVMs(); err == nil {
 		for _, vm := range all {
 			if m := vm.Migration; m != nil && m.To == n.ID {
 				out.Incoming = append(out.Incoming, api.IncomingVM{ID: vm.ID, Name: vm.Name, Generation: vm.Generation})

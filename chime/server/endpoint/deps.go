@@ -26,6 +26,9 @@ type State interface {
 	ResolveNode(ref string) (*structs.Node, error)
 	VM(id string) (*structs.VM, error)
 	VMs() ([]structs.VM, error)
+	// MigratingVMs lists the VMs with a live migration recorded, from the
+	// FSM's index of them (no scan of every VM).
+	MigratingVMs() ([]structs.VM, error)
 	VMsOnNode(nodeID string) ([]structs.VM, uint64, error)
 	ResolveVM(ref string) (*structs.VM, error)
 	Task(id string) (*structs.Task, error)

@@ -328,7 +328,7 @@ func readChanged(err error) bool {
 // runs at the other end or nowhere, so it is placed there. Each settles
 // in one step of the rebuild task.
 func (e *Endpoints) settleFenced(ctx context.Context, n *structs.Node, steps *[]structs.TaskStep) error {
-	all, err := e.state.VMs()
+	all, err := e.state.MigratingVMs() // the FSM's index: no read of every VM per rebuild
 	if err != nil {
 		return err
 	}

@@ -24,6 +24,9 @@ type Proposer interface {
 // State is the part of the replicated state the guard reads (*fsm.FSM).
 type State interface {
 	Nodes() ([]structs.Node, error)
+	// NodesView lists every node from the FSM's derived view: a copy, no
+	// bbolt read and no decoding (the guard counts them after every apply).
+	NodesView() []structs.Node
 	HA() (structs.HAState, error)
 	// Changed returns a channel closed at the next applied change.
 	Changed() (<-chan struct{}, uint64)
@@ -83,10 +86,7 @@ func (g *Guard) Armed() (bool, string) {
 	if err != nil {
 		return false, fmt.Sprintf("read the HA switch: %v", err)
 	}
-	nodes, err := g.state.Nodes()
-	if err != nil {
-		return false, fmt.Sprintf("read nodes: %v", err)
-	}
+	nodes := g.state.NodesView()
 	return Armed(ha, nodes, g.share)
 }
 
@@ -120,10 +120,7 @@ func (g *Guard) Step(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("read the HA switch: %w", err)
 	}
-	nodes, err := g.state.Nodes()
-	if err != nil {
-		return fmt.Errorf("read nodes: %w", err)
-	}
+	nodes := g.state.NodesView()
 	next := Next(ha, nodes, g.share)
 	if next == nil {
 		return nil

@@ -360,7 +360,7 @@ func droppedAdoptions(st State, n *structs.Node, announced []structs.AdoptionRef
 // node n that its heartbeat r does not list (listed: the VMs it lists).
 // One listed but not running is judged with the other observations.
 func heldAbsent(st State, nodeID string, r Report, listed map[string]bool) ([]fsm.MigrationEvidence, error) {
-	all, err := st.VMs()
+	all, err := st.HeldVMs() // the held ones only: no read of every VM per heartbeat
 	if err != nil {
 		return nil, err
 	}

@@ -25,6 +25,11 @@ type State interface {
 	VM(id string) (*structs.VM, error)
 	VMsOnNode(nodeID string) ([]structs.VM, uint64, error)
 	VMs() ([]structs.VM, error)
+	// HeldVMs lists the VMs whose live-migration outcome is unknown, from
+	// the FSM's index of them (no scan of every VM).
+	HeldVMs() ([]structs.VM, error)
+	// NodesView lists every node from the FSM's derived view (no decoding).
+	NodesView() []structs.Node
 	Node(id string) (*structs.Node, error)
 	NodeIndex(nodeID string) uint64      // the node's desired-state index
 	NodeSecretHash(nodeID string) string // a source's key of adoption proofs
@@ -88,12 +93,6 @@ type Monitor struct {
 	conflictAt  map[string]time.Time // node id → when an identity conflict was last recorded
 	leaderSince time.Time            // when this server became leader: the grace period's start
 	held        map[string]bool      // node id → being recovered: its heartbeats are refused (HoldSilent)
-
-	// The node list the checks walk, reused until the applied index moves.
-	// Only the checking goroutine (Run, or a test's CheckOnce) uses these.
-	nodes     []structs.Node
-	nodesAt   uint64    // applied index read before nodes
-	nodesRead time.Time // when nodes was read
 }
 
 // New returns a monitor; Run starts its checks.
@@ -164,11 +163,18 @@ func (m *Monitor) Heartbeat(ctx context.Context, n *structs.Node, r Report) (Out
 	}
 	// The arrival counts even if the write below fails: the node is alive.
 	m.arrived(n.ID)
-	d, err := buildDelta(m.state, n, r, m.clock.Now())
+	// One heartbeat reads each of its VMs several times (the delta, the
+	// copies' judgement, the stale copies): once from the state, then from
+	// this heartbeat's own cache.
+	st := newReadCache(m.state)
+	if _, _, err := st.VMsOnNode(n.ID); err != nil { // one transaction for the VMs placed here
+		return Outcome{}, fmt.Errorf("heartbeat of node %s: %w", n.Name, err)
+	}
+	d, err := buildDelta(st, n, r, m.clock.Now())
 	if err != nil {
 		return Outcome{}, fmt.Errorf("heartbeat of node %s: %w", n.Name, err)
 	}
-	dropped, err := droppedAdoptions(m.state, n, r.Announced)
+	dropped, err := droppedAdoptions(st, n, r.Announced)
 	if err != nil {
 		return Outcome{}, fmt.Errorf("heartbeat of node %s: %w", n.Name, err)
 	}

@@ -42,6 +42,10 @@ type Proposer interface {
 // State is the part of the replicated state the duty reads (*fsm.FSM).
 type State interface {
 	Nodes() ([]structs.Node, error)
+	// NodesView lists every node from the FSM's derived view: a copy, no
+	// bbolt read and no decoding. A pass scans it for unreachable nodes,
+	// then reads each of those from the state (Node) for its decision.
+	NodesView() []structs.Node
 	Node(id string) (*structs.Node, error)
 	VMsOnNode(nodeID string) ([]structs.VM, uint64, error)
 	VMs() ([]structs.VM, error)
@@ -208,14 +212,24 @@ func (r *Recoverer) Step(ctx context.Context) error {
 	if !r.armed() {
 		return nil
 	}
-	nodes, err := r.state.Nodes()
-	if err != nil {
-		return fmt.Errorf("read nodes: %w", err)
-	}
+	// Every second: the scan walks the view's copy (no decoding of every
+	// node), and each unreachable node is read again from the state, which
+	// is what its decision stands on.
 	var errs []error
-	for _, n := range nodes {
+	for _, n := range r.state.NodesView() {
 		if n.MonitorState != structs.MonitorUnreachable {
 			r.forgetFence(n.ID)
+			continue
+		}
+		cur, err := r.state.Node(n.ID)
+		if structs.IsNotFound(err) {
+			continue
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("read node %s: %w", n.Name, err))
+			continue
+		}
+		if n = *cur; n.MonitorState != structs.MonitorUnreachable {
 			continue
 		}
 		vms, err := r.toRestart(n)
