@@ -549,3 +549,13 @@ func (f *fleet) converged(foreign map[string]bool) string {
 	sort.Strings(diffs)
 	return strings.Join(diffs, "; ")
 }
+
+// setMgmtLink brings host i's management link up or down.
+func (f *fleet) setMgmtLink(t *testing.T, i int, up bool) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := f.lab.Hosts[i].SetLink(ctx, lab.NetMgmt, up); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/chime-ha/chime/chime/structs"
-	"github.com/chime-ha/chime/integration/lab"
 	"github.com/chime-ha/chime/integration/wait"
 )
 
@@ -32,24 +31,6 @@ func TestLocalMigrationThereAndBack(t *testing.T) {
 	moved := on[a][0]
 	t.Logf("%s runs %v; %s goes to %s and back", ha.Name, on[a], moved, hb.Name)
 
-	monitor := func(i int, want string) {
-		t.Helper()
-		wait.For(t, 2*time.Minute, f.lab.Hosts[i].Name+" "+want, func() (bool, string) {
-			var n structs.Node
-			if err := f.chimeJSON(&n, "node", "show", f.lab.Hosts[i].Name); err != nil {
-				return false, err.Error()
-			}
-			return n.MonitorState == want, n.MonitorState
-		})
-	}
-	setLink := func(i int, up bool) {
-		t.Helper()
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		if err := f.lab.Hosts[i].SetLink(ctx, lab.NetMgmt, up); err != nil {
-			t.Fatal(err)
-		}
-	}
 	migrate := func(from, to int) {
 		t.Helper()
 		h := f.lab.Hosts[from]
@@ -74,8 +55,8 @@ func TestLocalMigrationThereAndBack(t *testing.T) {
 		}
 	}
 
-	setLink(b, false)
-	monitor(b, structs.MonitorUnreachable)
+	f.setMgmtLink(t, b, false)
+	f.waitMonitor(t, f.lab.Hosts[b].Name, structs.MonitorUnreachable, time.Now(), 2*time.Minute)
 	migrate(a, b)
 	wait.For(t, time.Minute, "servers place "+moved+" on "+hb.Name+" from "+ha.Name+"'s log", placedOn(hb.Name))
 	vm, err := vmShow(f, moved)
@@ -84,13 +65,13 @@ func TestLocalMigrationThereAndBack(t *testing.T) {
 	}
 	t.Logf("placed on %s at generation %d adopting %d", hb.Name, vm.Generation, vm.AdoptGeneration)
 
-	setLink(a, false)
-	monitor(a, structs.MonitorUnreachable)
+	f.setMgmtLink(t, a, false)
+	f.waitMonitor(t, f.lab.Hosts[a].Name, structs.MonitorUnreachable, time.Now(), 2*time.Minute)
 	migrate(b, a)
 
 	// B returns first: it must not start the VM the placement names.
-	setLink(b, true)
-	monitor(b, structs.MonitorNormal)
+	f.setMgmtLink(t, b, true)
+	f.waitMonitor(t, f.lab.Hosts[b].Name, structs.MonitorNormal, time.Now(), 2*time.Minute)
 	took := wait.For(t, time.Minute, "servers place "+moved+" on "+ha.Name+" from "+hb.Name+"'s log", placedOn(ha.Name))
 	t.Logf("%s's log moved the placement back to %s %s after its return", hb.Name, ha.Name, took.Round(100*time.Millisecond))
 	holdFor(t, 10*time.Second, moved+" runs on "+ha.Name+" only while "+ha.Name+" is cut off", func() string {
@@ -107,8 +88,8 @@ func TestLocalMigrationThereAndBack(t *testing.T) {
 	})
 
 	// A returns: it adopts what the servers placed on it; nothing moves.
-	setLink(a, true)
-	monitor(a, structs.MonitorNormal)
+	f.setMgmtLink(t, a, true)
+	f.waitMonitor(t, f.lab.Hosts[a].Name, structs.MonitorNormal, time.Now(), 2*time.Minute)
 	wait.For(t, time.Minute, moved+" observed running on "+ha.Name, func() (bool, string) {
 		vm, err := vmShow(f, moved)
 		if err != nil {

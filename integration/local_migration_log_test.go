@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/chime-ha/chime/chime/structs"
-	"github.com/chime-ha/chime/integration/lab"
 	"github.com/chime-ha/chime/integration/wait"
 )
 
@@ -38,15 +37,7 @@ func TestLocalMigrationThenRebuild(t *testing.T) {
 		err := f.chimeJSON(&n, "node", "show", name)
 		return n, err
 	}
-	setLink := func(i int, up bool) {
-		t.Helper()
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		if err := f.lab.Hosts[i].SetLink(ctx, lab.NetMgmt, up); err != nil {
-			t.Fatal(err)
-		}
-	}
-	setLink(dst, false)
+	f.setMgmtLink(t, dst, false)
 	wait.For(t, 2*time.Minute, "destination "+d.Name+" unreachable", func() (bool, string) {
 		n, err := nodeState(d.Name)
 		if err != nil {
@@ -136,7 +127,7 @@ func TestLocalMigrationThenRebuild(t *testing.T) {
 
 	// The destination comes back: it adopts what the servers already
 	// placed on it; nothing moves, nothing starts twice.
-	setLink(dst, true)
+	f.setMgmtLink(t, dst, true)
 	wait.For(t, 2*time.Minute, "destination "+d.Name+" normal again", func() (bool, string) {
 		n, err := nodeState(d.Name)
 		if err != nil {

@@ -333,13 +333,11 @@ func (r *Recoverer) heldMigrations(n structs.Node) ([]structs.VM, error) {
 // that end's own evidence. With the node's heartbeats held off, as the
 // restarts.
 func (r *Recoverer) settleAll(ctx context.Context, n structs.Node, held []structs.VM, ev string, hold time.Duration) error {
-	if hold > 0 {
-		release, ok := r.silence.HoldSilent(n.ID, hold)
-		if !ok {
-			return nil // it spoke meanwhile: no evidence any more
-		}
-		defer release()
+	release, ok := r.holdOff(n.ID, hold)
+	if !ok {
+		return nil // it spoke meanwhile: no evidence any more
 	}
+	defer release()
 	var errs []error
 	settled := false
 	for _, vm := range held {
@@ -431,17 +429,25 @@ func (r *Recoverer) evidence(n structs.Node) (string, time.Duration, bool) {
 	return "", 0, false
 }
 
+// holdOff holds node id's heartbeats off for hold while evidence that
+// rests on its silence is acted on (hold 0: the evidence does not rest on
+// silence, nothing is held). ok is false when the node spoke meanwhile.
+func (r *Recoverer) holdOff(id string, hold time.Duration) (release func(), ok bool) {
+	if hold <= 0 {
+		return func() {}, true
+	}
+	return r.silence.HoldSilent(id, hold)
+}
+
 // restartAll restarts vms of node n elsewhere, in order, under the
 // placement lock and, when the evidence rests on silence, with the node's
 // heartbeats held off.
 func (r *Recoverer) restartAll(ctx context.Context, n structs.Node, vms []structs.VM, ev string, hold time.Duration) error {
-	if hold > 0 {
-		release, ok := r.silence.HoldSilent(n.ID, hold)
-		if !ok {
-			return nil // it spoke meanwhile: no evidence any more
-		}
-		defer release()
+	release, ok := r.holdOff(n.ID, hold)
+	if !ok {
+		return nil // it spoke meanwhile: no evidence any more
 	}
+	defer release()
 	var errs []error
 	moved := false
 	err := r.placer.Decide(func() error {
