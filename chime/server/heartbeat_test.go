@@ -37,6 +37,14 @@ type simAgent struct {
 // as a real agent's is when the servers run TLS.
 func startSimAgent(t *testing.T, c *api.Client, m *tlsconf.Material, name string, every time.Duration) *simAgent {
 	t.Helper()
+	return startFakeAgent(t, c, m, name, every, false)
+}
+
+// startFakeAgent is startSimAgent; with runVMs its heartbeats list every
+// desired-running VM of its desired state (not held, not migrating away)
+// running at its generation, as an agent that runs them would.
+func startFakeAgent(t *testing.T, c *api.Client, m *tlsconf.Material, name string, every time.Duration, runVMs bool) *simAgent {
+	t.Helper()
 	a := &simAgent{stop: make(chan struct{})}
 	a.alive.Store(true)
 	ping := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -76,10 +84,19 @@ func startSimAgent(t *testing.T, c *api.Client, m *tlsconf.Material, name string
 				// an unreachable node returns only with a current one.
 				ctx, cancel := context.WithTimeout(context.Background(), every)
 				var idx uint64
+				obs := []structs.VMObservation{}
 				if ds, err := c.Desired(ctx, api.QueryOptions{}); err == nil {
 					idx = ds.Index
+					for _, v := range ds.VMs {
+						if runVMs && v.DesiredState == structs.DesiredRunning && !v.Held && v.Migrate == nil {
+							obs = append(obs, structs.VMObservation{VMID: v.ID, State: structs.StateRunning, Reason: "booted", Generation: v.Generation})
+						}
+					}
+				} else if runVMs {
+					cancel()
+					continue // without a desired state it reports nothing
 				}
-				c.Heartbeat(ctx, api.HeartbeatRequest{NodeID: a.id, VMs: []structs.VMObservation{}, DesiredIndex: idx})
+				c.Heartbeat(ctx, api.HeartbeatRequest{NodeID: a.id, VMs: obs, DesiredIndex: idx})
 				cancel()
 			}
 		}

@@ -6,18 +6,13 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"reflect"
 	"slices"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/google/uuid"
 
 	"github.com/chime-ha/chime/chime/api"
 	"github.com/chime-ha/chime/chime/structs"
@@ -25,66 +20,13 @@ import (
 	"github.com/chime-ha/chime/integration/wait"
 )
 
-// vmAgent is a fake agent that runs whatever its desired state says:
-// each heartbeat lists every desired-running VM running at its generation.
-// While alive is false it neither heartbeats nor answers the ping-back.
-type vmAgent struct {
-	id    string
-	alive atomic.Bool
-	stop  chan struct{}
-	wg    sync.WaitGroup
-}
-
-func startVMAgent(t *testing.T, c *api.Client, m *tlsconf.Material, name string, every time.Duration) *vmAgent {
+// startVMAgent is a simulated agent that runs whatever its desired state
+// says: each heartbeat lists every desired-running VM running at its
+// generation. While alive is false it neither heartbeats nor answers the
+// ping-back.
+func startVMAgent(t *testing.T, c *api.Client, m *tlsconf.Material, name string, every time.Duration) *simAgent {
 	t.Helper()
-	a := &vmAgent{stop: make(chan struct{})}
-	a.alive.Store(true)
-	ping := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !a.alive.Load() {
-			http.Error(w, "gone", http.StatusServiceUnavailable)
-			return
-		}
-		fmt.Fprint(w, `{}`)
-	}))
-	ping.TLS = m.ServerConfig(tlsconf.RoleServer)
-	ping.StartTLS()
-	t.Cleanup(ping.Close)
-	reg, err := c.Register(context.Background(), api.RegisterRequest{ID: uuid.NewString(), Name: name,
-		APIAddr: ping.Listener.Addr().String(), VCPUs: 8, MemoryMiB: 8192})
-	if err != nil {
-		t.Fatal(err)
-	}
-	a.id, c.Node, c.Secret = reg.NodeID, reg.NodeID, reg.Secret
-	a.wg.Add(1)
-	go func() {
-		defer a.wg.Done()
-		tick := time.NewTicker(every)
-		defer tick.Stop()
-		for {
-			select {
-			case <-a.stop:
-				return
-			case <-tick.C:
-			}
-			if !a.alive.Load() {
-				continue
-			}
-			ctx, cancel := context.WithTimeout(context.Background(), every)
-			ds, err := c.Desired(ctx, api.QueryOptions{})
-			if err == nil {
-				obs := []structs.VMObservation{}
-				for _, v := range ds.VMs {
-					if v.DesiredState == structs.DesiredRunning && !v.Held && v.Migrate == nil {
-						obs = append(obs, structs.VMObservation{VMID: v.ID, State: structs.StateRunning, Reason: "booted", Generation: v.Generation})
-					}
-				}
-				_, _ = c.Heartbeat(ctx, api.HeartbeatRequest{NodeID: a.id, VMs: obs, DesiredIndex: ds.Index})
-			}
-			cancel()
-		}
-	}()
-	t.Cleanup(func() { close(a.stop); a.wg.Wait() })
-	return a
+	return startFakeAgent(t, c, m, name, every, true)
 }
 
 // TestIncidentEndToEnd: on a real three-server cluster, an ha VM's node
