@@ -128,8 +128,18 @@ func (a *applier) placeVM(p PlaceVM) (string, error) {
 	if p.Reason != "" {
 		reason = " (" + p.Reason + ")"
 	}
-	return v.ID, a.ev("vm.placed", p.NodeID, v.ID, "vm %s placed on node %s (was %s), generation %d%s",
-		v.Name, orNone(p.NodeID), orNone(old), v.Generation, reason)
+	if err := a.ev("vm.placed", p.NodeID, v.ID, "vm %s placed on node %s (was %s), generation %d%s",
+		v.Name, orNone(p.NodeID), orNone(old), v.Generation, reason); err != nil {
+		return "", err
+	}
+	if p.Then != nil {
+		e := *p.Then
+		e.VMID = v.ID
+		if err := a.tx.AppendEvent(e); err != nil {
+			return "", err
+		}
+	}
+	return v.ID, nil
 }
 
 func (a *applier) deleteVM(p DeleteVM) (string, error) {

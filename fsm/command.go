@@ -264,6 +264,10 @@ type PlaceVM struct {
 	IfFits    *Fit   `json:"if_fits,omitempty"`
 	IfPending bool   `json:"if_pending,omitempty"`
 	Reason    string `json:"reason,omitempty"`
+	// Then is recorded in the same entry once the move applies (the HA
+	// duty's ha.restarted with its evidence): the log never shows a move
+	// without its reason, nor a reason for a move that was refused.
+	Then *structs.Event `json:"then,omitempty"`
 }
 
 // DeleteVM deletes a VM.

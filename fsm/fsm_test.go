@@ -338,3 +338,53 @@ type memSink struct{ bytes.Buffer }
 func (m *memSink) ID() string    { return "mem" }
 func (m *memSink) Cancel() error { return nil }
 func (m *memSink) Close() error  { return nil }
+
+// TestPlaceVMThenEvent: the event a placement carries (the HA duty's
+// ha.restarted with its evidence) is recorded in the move's own entry,
+// right after vm.placed, and not at all when the move is refused.
+func TestPlaceVMThenEvent(t *testing.T) {
+	h := newHarness(t)
+	n1, n2 := node("hv1"), node("hv2")
+	h.must("", CmdRegisterNode, RegisterNode{Node: n1, SecretHash: "h1"})
+	h.must("", CmdRegisterNode, RegisterNode{Node: n2, SecretHash: "h2"})
+	v := vm("web")
+	gen := h.must("", CmdCreateVM, CreateVM{VM: v, NodeID: n1.ID}).Index
+	then := &structs.Event{Kind: "ha.restarted", NodeID: n1.ID, Message: "evidence: isolation lease expired"}
+	kinds := func(r *Result) []string {
+		t.Helper()
+		evs, err := h.f.Events(0, 1000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, e := range evs {
+			if e.Index == r.Index {
+				out = append(out, e.Kind)
+				if e.Kind == then.Kind && (e.VMID != v.ID || e.Message != then.Message || e.NodeID != n1.ID) {
+					t.Errorf("recorded %+v, want the vm, the old node and the message", e)
+				}
+			}
+		}
+		return out
+	}
+	cases := []struct {
+		name string
+		p    PlaceVM
+		err  error
+		want []string
+	}{
+		{"refused: stale generation", PlaceVM{VMID: v.ID, NodeID: n2.ID, IfGeneration: gen + 100, Then: then}, structs.ErrConflict, nil},
+		{"applied", PlaceVM{VMID: v.ID, NodeID: n2.ID, IfGeneration: gen, Then: then}, nil, []string{"vm.placed", "ha.restarted"}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			r := h.apply("", CmdPlaceVM, c.p)
+			if !errors.Is(r.Err, c.err) {
+				t.Fatalf("err = %v, want %v", r.Err, c.err)
+			}
+			if got := kinds(r); !reflect.DeepEqual(got, c.want) {
+				t.Fatalf("events of the entry = %v, want %v", got, c.want)
+			}
+		})
+	}
+}

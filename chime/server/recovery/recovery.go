@@ -503,14 +503,6 @@ func (r *Recoverer) restartOne(ctx context.Context, n structs.Node, vm structs.V
 		}
 		return false, r.failed(ctx, vm, n, at, count, why)
 	}
-	reason := fmt.Sprintf("ha restart from unreachable node %s: %s", n.Name, ev)
-	res, err := r.propose.Propose(ctx, "", fsm.CmdPlaceVM, fsm.PlaceVM{VMID: vm.ID, NodeID: to, IfGeneration: vm.Generation, Reason: reason})
-	if err != nil {
-		return false, r.failed(ctx, vm, n, at, count, err.Error())
-	}
-	r.mu.Lock()
-	delete(r.restarts, vm.ID)
-	r.mu.Unlock()
 	toName := to
 	if tn, err := r.state.Node(to); err == nil {
 		toName = tn.Name
@@ -521,14 +513,22 @@ func (r *Recoverer) restartOne(ctx context.Context, n structs.Node, vm structs.V
 	}
 	msg := fmt.Sprintf("vm %s (priority %s) restarted on node %s, away from unreachable node %s (attempt %d); evidence: %s",
 		vm.Name, prio, toName, n.Name, count, ev)
+	reason := fmt.Sprintf("ha restart from unreachable node %s: %s", n.Name, ev)
+	// The ha.restarted event rides in the placement's own entry: nobody
+	// sees the VM moved without the evidence that made it safe.
+	res, err := r.propose.Propose(ctx, "", fsm.CmdPlaceVM, fsm.PlaceVM{VMID: vm.ID, NodeID: to, IfGeneration: vm.Generation, Reason: reason,
+		Then: &structs.Event{Kind: EventRestarted, NodeID: n.ID, VMID: vm.ID, Message: msg}})
+	if err != nil {
+		return false, r.failed(ctx, vm, n, at, count, err.Error())
+	}
+	r.mu.Lock()
+	delete(r.restarts, vm.ID)
+	r.mu.Unlock()
 	var idx uint64
 	if res != nil {
 		idx = res.Index
 	}
 	r.log.Info("ha vm restarted elsewhere", "vm", vm.Name, "from", n.Name, "to", toName, "evidence", ev, "index", idx)
-	if _, err := r.propose.Propose(ctx, "", fsm.CmdEvent, fsm.AppendEvent{Event: structs.Event{Kind: EventRestarted, NodeID: n.ID, VMID: vm.ID, Message: msg}}); err != nil {
-		return true, fmt.Errorf("record ha.restarted of vm %s: %w", vm.Name, err)
-	}
 	return true, nil
 }
 
