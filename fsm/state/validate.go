@@ -38,7 +38,14 @@ func decodeAs[T any](raw []byte) error {
 // this schema (a bucket this version does not know means another schema
 // version: refused); the required buckets present; the applied index in
 // meta; every JSON record decodes. The error names the bucket and key.
-func ValidateFile(path string) error {
+func ValidateFile(path string) (err error) {
+	// bbolt trusts its pages: some corruptions of a file it did not
+	// write panic inside it instead of failing. A file being validated
+	// is untrusted input (a snapshot upload), so a panic is its refusal:
+	// recovered here for bolt.Open, and inside the read transaction for
+	// the rest (so that the transaction is rolled back and Close does
+	// not wait for it).
+	defer refusePanic(&err)
 	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: time.Second})
 	if err != nil {
 		return fmt.Errorf("not a state file: %w", err)
@@ -48,7 +55,8 @@ func ValidateFile(path string) error {
 	for _, b := range allBuckets {
 		known[string(b)] = true
 	}
-	return db.View(func(tx *bolt.Tx) error {
+	return db.View(func(tx *bolt.Tx) (err error) {
+		defer refusePanic(&err)
 		for _, b := range requiredBuckets {
 			if tx.Bucket(b) == nil {
 				return fmt.Errorf("bucket %q missing", b)
@@ -60,6 +68,9 @@ func ValidateFile(path string) error {
 		return tx.ForEach(func(name []byte, b *bolt.Bucket) error {
 			if !known[string(name)] {
 				return fmt.Errorf("bucket %q is not of this schema version (a newer chime, or not a chime snapshot)", name)
+			}
+			if b == nil {
+				return fmt.Errorf("top-level key %q is not a bucket", name)
 			}
 			dec := recordDecoders[string(name)]
 			return b.ForEach(func(k, v []byte) error {
@@ -76,4 +87,12 @@ func ValidateFile(path string) error {
 			})
 		})
 	})
+}
+
+// refusePanic turns a panic of bbolt reading a corrupt file into the
+// file's refusal.
+func refusePanic(err *error) {
+	if r := recover(); r != nil {
+		*err = fmt.Errorf("not a state file: bbolt could not read it: %v", r)
+	}
 }
