@@ -6,7 +6,9 @@
 //
 //   - "BENCH14 KIND SUBJECT… key=value…": one table per KIND, one row per
 //     line, a column per key (in the order first seen), the words before
-//     the first key=value as the row's subject;
+//     the first key=value as the row's subject; a word after a key=value
+//     names the next one ("… chime p50=426ms virsh_start p50=263ms" has
+//     the columns chime_p50 and virsh_start_p50);
 //   - BenchmarkCreates' "creates: vms=N clients=N X creates/s p50 X ms
 //     p99 X ms ok N failed N", as KIND "creates".
 //
@@ -72,12 +74,19 @@ func parse(r io.Reader, ts map[string]*table) error {
 		}
 		rw := row{vals: map[string]string{}}
 		var subj []string
+		prefix, seenKV := "", false
 		for _, f := range fields {
 			k, v, isKV := strings.Cut(f, "=")
 			if !isKV {
-				subj = append(subj, f)
+				if seenKV {
+					prefix = f + "_"
+				} else {
+					subj = append(subj, f)
+				}
 				continue
 			}
+			seenKV = true
+			k, prefix = prefix+k, ""
 			if !slices.Contains(t.keys, k) {
 				t.keys = append(t.keys, k)
 			}

@@ -12,6 +12,7 @@ BENCH14 failover chime p50=1.134 p99=1.192 n=10 etcd_p50=2.047 ratio_p50=0.55
 BENCH14 detect memberlist config=default-lan p50=5.2 p99=5.4 suspect_p50=1.2
 creates: vms=10000  clients=16   376.0 creates/s  p50   25.1 ms  p99   72.0 ms  ok 3008  failed 0
 BENCH14 zz x=1
+BENCH14 restart n=4 domain=kvm chime p50=426ms virsh_start p50=263ms diff=162ms
     bench_failover_test.go:42: TestBench14FailoverRun failed (exit status 1), no BENCH14 line:
 BENCH14 failover no fields
 `
@@ -31,6 +32,8 @@ BENCH14 failover no fields
 		"| vms | clients | creates_per_s | p50_ms | p99_ms | ok | failed |",
 		"| 10000 | 16 | 376.0 | 25.1 | 72.0 | 3008 | 0 |",
 		"### zz",
+		"| n | domain | chime_p50 | virsh_start_p50 | diff |",
+		"| 4 | kvm | 426ms | 263ms | 162ms |",
 	} {
 		if !strings.Contains(got, want) {
 			t.Errorf("output lacks %q:\n%s", want, got)
