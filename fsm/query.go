@@ -149,6 +149,26 @@ func (f *FSM) Tasks() ([]structs.Task, error) {
 	return out, err
 }
 
+// TaskIndex is the Raft index of the last task write, at least 1: a
+// blocking query on an empty list (index=1) then waits for the first task
+// instead of answering at once. A state written before the counter existed
+// has none until its next task write: its tasks' newest modify index
+// stands in.
+func (f *FSM) TaskIndex() uint64 {
+	var idx uint64
+	_ = f.view(func(tx *state.Tx) error {
+		if idx = tx.TaskIndex(); idx > 0 {
+			return nil
+		}
+		tasks, err := tx.Tasks()
+		for _, t := range tasks {
+			idx = max(idx, t.ModifyIndex)
+		}
+		return err
+	})
+	return max(idx, 1)
+}
+
 // Task returns one task by id.
 func (f *FSM) Task(id string) (*structs.Task, error) {
 	var t *structs.Task

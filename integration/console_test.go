@@ -24,8 +24,9 @@ import (
 
 // TestConsole drives the web console in a real headless Chromium against
 // the lab fleet (mutual TLS, ACLs on, real libvirt VMs): it logs in with a
-// token, loads every page and keeps a screenshot of each, migrates a VM
-// and drains its node from the UI (each through the confirmation dialog),
+// token, loads every page and keeps a screenshot of each, sees a migrate
+// started from the CLI appear and succeed on the tasks page (a blocking
+// query on the task index), migrates a VM and drains its node from the UI (each through the confirmation dialog),
 // and sees the placement and the node's state change on the page without
 // a reload. The VM runs on exactly one host at the end.
 //
@@ -171,12 +172,42 @@ func TestConsole(t *testing.T) {
 		}
 	}
 
+	// The tasks page is live (a blocking query on the task index): a
+	// migrate started from the CLI shows up on it, and its state changes
+	// to succeeded, without a reload. ui-web's node from here on is the
+	// migrate's destination.
+	run("tasks page", goPage("tasks"), chromedp.WaitVisible(chromedp.CSS(`#page[data-loaded="tasks"] table`)))
+	mark()
+	var task structs.Task
+	start := time.Now()
+	to := f.lab.Hosts[(src+1)%len(f.lab.Hosts)].Name
+	if err := f.chimeJSON(&task, "vm", "migrate", vm.Name, "--to", to); err != nil {
+		t.Fatalf("vm migrate ui-web --to %s: %v", to, err)
+	}
+	taskState := func() string { return text(`span.task-state[data-task="` + task.ID + `"]`) }
+	wait.For(t, 30*time.Second, "the tasks page shows the migrate task", func() (bool, string) {
+		s := taskState()
+		return s != "", s
+	})
+	t.Logf("the tasks page showed the migrate task %s (%s) %s after the CLI started it", task.ID[:8], taskState(), time.Since(start).Round(time.Millisecond))
+	wait.For(t, 3*time.Minute, "the tasks page shows the migrate task succeeded", func() (bool, string) {
+		s := taskState()
+		return s == structs.TaskSucceeded, s
+	})
+	noReload("tasks")
+	t.Logf("the tasks page showed the migrate task succeeded %s after the CLI started it", time.Since(start).Round(time.Millisecond))
+	shot("tasks-live")
+	src, _, _ = f.waitRunningOnOneHost(t, vm.ID, 90*time.Second)
+	if srcName = f.lab.Hosts[src].Name; srcName != to {
+		t.Fatalf("after the migrate to %s ui-web runs on %s", to, srcName)
+	}
+
 	// Migrate from the VMs page.
 	run("vms page", goPage("vms"), chromedp.WaitVisible(chromedp.CSS(`span.vm-node[data-vm="ui-web"]`)))
 	if got := nodeOfVM(); got != srcName {
 		t.Fatalf("the VMs page shows ui-web on %q, want %s", got, srcName)
 	}
-	start := time.Now()
+	start = time.Now()
 	run("migrate ui-web", chromedp.Click(chromedp.CSS(`button[data-action="vm-migrate"][data-arg="ui-web"]`)),
 		chromedp.WaitVisible(chromedp.CSS("#confirm")))
 	shot("confirm-migrate")

@@ -411,9 +411,17 @@ func (c *Client) NodeTask(ctx context.Context, id, action string, body any) (*st
 
 // GetTask shows one task.
 func (c *Client) GetTask(ctx context.Context, id string) (*structs.Task, error) {
+	t, _, err := c.WatchTask(ctx, id, QueryOptions{})
+	return t, err
+}
+
+// WatchTask shows one task as a blocking query: with q.Index set it
+// answers once a task write passes that index (or q.Wait ends), with the
+// task index (X-Chime-Index).
+func (c *Client) WatchTask(ctx context.Context, id string, q QueryOptions) (*structs.Task, uint64, error) {
 	var t structs.Task
-	_, err := c.Do(ctx, http.MethodGet, "/v1/tasks/"+esc(id), nil, nil, &t)
-	return &t, err
+	idx, err := c.Do(ctx, http.MethodGet, "/v1/tasks/"+esc(id), q.values(), nil, &t)
+	return &t, idx, err
 }
 
 // RemoveNode removes a node that runs no VM.
@@ -535,9 +543,17 @@ func (c *Client) Alarms(ctx context.Context) ([]structs.Alarm, error) {
 
 // Tasks lists tasks.
 func (c *Client) Tasks(ctx context.Context) ([]structs.Task, error) {
-	var t []structs.Task
-	_, err := c.Do(ctx, http.MethodGet, "/v1/tasks", nil, nil, &t)
+	t, _, err := c.ListTasks(ctx, QueryOptions{})
 	return t, err
+}
+
+// ListTasks lists tasks, newest first, as a blocking query on the index of
+// the last task write: with q.Index set it answers once a task is created
+// or changes past it (or q.Wait ends). Writes to VMs or nodes do not wake it.
+func (c *Client) ListTasks(ctx context.Context, q QueryOptions) ([]structs.Task, uint64, error) {
+	var t []structs.Task
+	idx, err := c.Do(ctx, http.MethodGet, "/v1/tasks", q.values(), nil, &t)
+	return t, idx, err
 }
 
 // IncidentFilter selects incidents: State "open" or "resolved" ("" any),

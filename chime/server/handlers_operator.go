@@ -209,7 +209,14 @@ func (s *Server) handleAlarms(w http.ResponseWriter, r *http.Request) (any, erro
 	return s.alarmer.Firing()
 }
 
+// handleTasks lists tasks, newest first. It is a blocking query on the
+// index of the last task write (fsm.TaskIndex): other writes do not wake it.
 func (s *Server) handleTasks(w http.ResponseWriter, r *http.Request) (any, error) {
+	idx, err := s.block(r, s.fsm.TaskIndex)
+	if err != nil {
+		return nil, err
+	}
+	setIndex(w, idx)
 	t, err := s.fsm.Tasks()
 	if t == nil {
 		t = []structs.Task{}
@@ -217,8 +224,14 @@ func (s *Server) handleTasks(w http.ResponseWriter, r *http.Request) (any, error
 	return t, err
 }
 
+// handleGetTask returns one task by id or unique id prefix (at least 4
+// characters), as a blocking query on the task index like handleTasks.
 func (s *Server) handleGetTask(w http.ResponseWriter, r *http.Request) (any, error) {
 	id := r.PathValue("id")
+	idx, err := s.block(r, s.fsm.TaskIndex)
+	if err != nil {
+		return nil, err
+	}
 	tasks, err := s.fsm.Tasks()
 	if err != nil {
 		return nil, err
@@ -226,6 +239,7 @@ func (s *Server) handleGetTask(w http.ResponseWriter, r *http.Request) (any, err
 	var match []structs.Task
 	for _, t := range tasks {
 		if t.ID == id {
+			setIndex(w, idx)
 			return t, nil
 		}
 		if len(id) >= 4 && len(t.ID) >= len(id) && t.ID[:len(id)] == id {
@@ -233,6 +247,7 @@ func (s *Server) handleGetTask(w http.ResponseWriter, r *http.Request) (any, err
 		}
 	}
 	if len(match) == 1 {
+		setIndex(w, idx)
 		return match[0], nil
 	}
 	if len(match) > 1 {

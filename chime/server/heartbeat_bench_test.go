@@ -44,9 +44,7 @@ import (
 // (heartbeat senders, default 128), CHIME_BENCH_BINARY (a prebuilt chime
 // binary instead of `go build`).
 func BenchmarkHeartbeats(b *testing.B) {
-	if runtime.GOOS != "linux" {
-		b.Skip("reads the server's CPU and memory from /proc")
-	}
+	skipWithoutProc(b)
 	for _, n := range []int{100, 1000, 5000} {
 		b.Run(fmt.Sprintf("agents=%d", n), func(b *testing.B) { benchHeartbeats(b, n) })
 	}
@@ -62,13 +60,9 @@ type heartbeatBenchConfig struct {
 
 func heartbeatBenchConfigFromEnv(b *testing.B) heartbeatBenchConfig {
 	c := heartbeatBenchConfig{window: 20 * time.Second, interval: time.Second, missed: 3, workers: 128}
-	if v := os.Getenv("CHIME_BENCH_SECONDS"); v != "" {
-		s, err := strconv.Atoi(v)
-		if err != nil || s < 1 || s > 3600 {
-			b.Fatalf("CHIME_BENCH_SECONDS=%q: want 1..3600", v)
-		}
-		c.window = time.Duration(s) * time.Second
-	}
+	secs := int(c.window / time.Second)
+	benchEnvInt(b, "CHIME_BENCH_SECONDS", &secs, 1, 3600)
+	c.window = time.Duration(secs) * time.Second
 	if v := os.Getenv("CHIME_BENCH_INTERVAL"); v != "" {
 		d, err := time.ParseDuration(v)
 		if err != nil || d < 100*time.Millisecond || d > time.Minute {
@@ -76,21 +70,52 @@ func heartbeatBenchConfigFromEnv(b *testing.B) heartbeatBenchConfig {
 		}
 		c.interval = d
 	}
-	if v := os.Getenv("CHIME_BENCH_MISSED"); v != "" {
-		m, err := strconv.Atoi(v)
-		if err != nil || m < 1 || m > 20 {
-			b.Fatalf("CHIME_BENCH_MISSED=%q: want 1..20", v)
-		}
-		c.missed = m
-	}
-	if v := os.Getenv("CHIME_BENCH_WORKERS"); v != "" {
-		w, err := strconv.Atoi(v)
-		if err != nil || w < 1 || w > 4096 {
-			b.Fatalf("CHIME_BENCH_WORKERS=%q: want 1..4096", v)
-		}
-		c.workers = w
-	}
+	benchEnvInt(b, "CHIME_BENCH_MISSED", &c.missed, 1, 20)
+	benchEnvInt(b, "CHIME_BENCH_WORKERS", &c.workers, 1, 4096)
 	return c
+}
+
+// Helpers of the benchmarks that run a benchServer and a benchFleet
+// (BenchmarkHeartbeats, BenchmarkScale).
+
+// skipWithoutProc skips a benchmark that reads the server's CPU and memory
+// from /proc where there is none.
+func skipWithoutProc(b *testing.B) {
+	b.Helper()
+	if runtime.GOOS != "linux" {
+		b.Skip("reads the server's CPU and memory from /proc")
+	}
+}
+
+// benchEnvInt sets *dst from the environment variable name when it is
+// set, and fails the benchmark unless it is an integer in lo..hi.
+func benchEnvInt(b *testing.B, name string, dst *int, lo, hi int) {
+	b.Helper()
+	if v := os.Getenv(name); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < lo || n > hi {
+			b.Fatalf("%s=%q: want %d..%d", name, v, lo, hi)
+		}
+		*dst = n
+	}
+}
+
+// registeredFleet makes srv's fleet of simulated agents (cfg's interval and
+// workers) and registers n agents, 32 at a time, within ctx; it returns the
+// fleet, which the caller closes, and how long the registrations took. It
+// fails the benchmark with the server's log tail when they fail.
+func registeredFleet(b *testing.B, ctx context.Context, srv *benchServer, cfg heartbeatBenchConfig, n int) (*benchFleet, time.Duration) {
+	b.Helper()
+	fleet, err := newBenchFleet(srv.base, cfg.interval, cfg.workers)
+	if err != nil {
+		b.Fatal(err)
+	}
+	took, err := fleet.register(ctx, n, 32)
+	if err != nil {
+		fleet.close()
+		b.Fatalf("%v\n%s", err, srv.logTail())
+	}
+	return fleet, took
 }
 
 func benchHeartbeats(b *testing.B, n int) {
@@ -104,17 +129,10 @@ func benchHeartbeats(b *testing.B, n int) {
 	defer cancel()
 
 	srv := startBenchServer(b, ctx, cfg)
-	fleet, err := newBenchFleet(srv.base, cfg.interval, cfg.workers)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer fleet.close()
 	regCtx, regCancel := context.WithTimeout(ctx, registerBudget)
-	regTook, err := fleet.register(regCtx, n, 32)
+	fleet, regTook := registeredFleet(b, regCtx, srv, cfg, n)
 	regCancel()
-	if err != nil {
-		b.Fatalf("%v\n%s", err, srv.logTail())
-	}
+	defer fleet.close()
 
 	runCtx, stopFleet := context.WithTimeout(ctx, warmup+cfg.window+detectBudget+10*time.Second)
 	fleet.start(runCtx, cfg.workers)

@@ -7,9 +7,7 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"os"
-	"runtime"
 	"sort"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -43,26 +41,15 @@ import (
 // It prints one parsable line, `BENCH14 scale key=value ...`. Plain go test
 // never runs it.
 func BenchmarkScale(b *testing.B) {
-	if runtime.GOOS != "linux" {
-		b.Skip("reads the server's CPU and memory from /proc")
-	}
+	skipWithoutProc(b)
 	cfg := scaleConfig{agents: 10000, vms: 100000, window: 30 * time.Second, evacuate: 1000, creators: 16}
 	if os.Getenv("CHIME_BENCH_QUICK") == "1" {
 		cfg.agents, cfg.vms, cfg.window = 1000, 10000, 20*time.Second
 	}
-	envInt := func(name string, dst *int, lo, hi int) {
-		if v := os.Getenv(name); v != "" {
-			n, err := strconv.Atoi(v)
-			if err != nil || n < lo || n > hi {
-				b.Fatalf("%s=%q: want %d..%d", name, v, lo, hi)
-			}
-			*dst = n
-		}
-	}
-	envInt("CHIME_BENCH_AGENTS", &cfg.agents, 1, 20000)
-	envInt("CHIME_BENCH_VMS", &cfg.vms, 0, 1000000)
+	benchEnvInt(b, "CHIME_BENCH_AGENTS", &cfg.agents, 1, 20000)
+	benchEnvInt(b, "CHIME_BENCH_VMS", &cfg.vms, 0, 1000000)
 	secs := int(cfg.window / time.Second)
-	envInt("CHIME_BENCH_SECONDS", &secs, 1, 3600)
+	benchEnvInt(b, "CHIME_BENCH_SECONDS", &secs, 1, 3600)
 	cfg.window = time.Duration(secs) * time.Second
 	cfg.evacuate = min(cfg.evacuate, cfg.vms/2)
 	for i := 0; i < b.N; i++ {
@@ -113,20 +100,13 @@ func benchScale(b *testing.B, cfg scaleConfig) {
 		go func() { _ = ps.ListenAndServe() }()
 		defer ps.Close()
 	}
-	fleet, err := newBenchFleet(srv.base, hbCfg.interval, hbCfg.workers)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer fleet.close()
 	var fig scaleFigures
 	load0 := loadAverage()
 
 	// Registrations, then every agent heartbeats at its phase of 15 s
 	// (with ±10 % jitter) until the end.
-	regTook, err := fleet.register(ctx, cfg.agents, 32)
-	if err != nil {
-		b.Fatalf("%v\n%s", err, srv.logTail())
-	}
+	fleet, regTook := registeredFleet(b, ctx, srv, hbCfg, cfg.agents)
+	defer fleet.close()
 	fig.regPerSec = float64(cfg.agents) / regTook.Seconds()
 	fmt.Printf("scale: %d agents registered in %s (%.0f/s)\n", cfg.agents, regTook.Round(time.Millisecond), fig.regPerSec)
 	runCtx, stopFleet := context.WithCancel(ctx)

@@ -209,12 +209,12 @@ func (s *Server) setupRaft() error {
 	rc.Logger = s.log.Named("raft")
 	rc.SnapshotThreshold = cfg.SnapshotThreshold
 	rc.TrailingLogs = 10240
+	rc.CommitTimeout = raftCommitTimeout // not scaled: it is no election timer, and shorter only costs CPU
 	if cfg.RaftTimeScale < 1 {
 		sc := func(d time.Duration) time.Duration { return time.Duration(float64(d) * cfg.RaftTimeScale) }
 		rc.HeartbeatTimeout = sc(rc.HeartbeatTimeout)
 		rc.ElectionTimeout = sc(rc.ElectionTimeout)
 		rc.LeaderLeaseTimeout = sc(rc.LeaderLeaseTimeout)
-		rc.CommitTimeout = sc(rc.CommitTimeout)
 	}
 	if s.raft, err = raft.NewRaft(rc, s.fsm, s.logs, s.logs, snaps, s.trans); err != nil {
 		return fmt.Errorf("start raft: %w", err)

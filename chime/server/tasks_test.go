@@ -2,7 +2,9 @@ package server
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"net/http"
 	"testing"
 	"time"
 
@@ -122,5 +124,91 @@ func TestTaskResumedByNewLeader(t *testing.T) {
 	d, err := dst.c.Desired(ctx, api.QueryOptions{})
 	if err != nil || len(d.VMs) != 1 || d.VMs[0].AdoptGeneration != vm.Generation || len(d.Incoming) != 0 {
 		t.Fatalf("destination desired after migration: %+v %v", d, err)
+	}
+}
+
+// TestTaskBlockingQuery: GET /v1/tasks and /v1/tasks/{id} with ?index=
+// wait until a task write passes the index, and not before: a node
+// registered meanwhile (another table) does not wake them, a drain's task does. Bad
+// index or wait values are a 400 naming the field.
+func TestTaskBlockingQuery(t *testing.T) {
+	_, base := devServer(t)
+	c := api.NewClient(base)
+	ctx := context.Background()
+	hv1 := registerNode(t, c, "hv1")
+	list, idx, err := c.ListTasks(ctx, api.QueryOptions{})
+	if err != nil || len(list) != 0 || idx != 1 {
+		t.Fatalf("tasks of a new cluster: %+v index %d %v, want none at index 1", list, idx, err)
+	}
+
+	type answer struct {
+		list []structs.Task
+		idx  uint64
+		err  error
+		at   time.Duration
+	}
+	began := time.Now()
+	got := make(chan answer, 1)
+	go func() {
+		l, i, err := c.ListTasks(ctx, api.QueryOptions{Index: idx, Wait: 30 * time.Second})
+		got <- answer{l, i, err, time.Since(began)}
+	}()
+	// Not before: an unrelated write (another node) leaves it waiting.
+	registerNode(t, c, "hv2")
+	select {
+	case a := <-got:
+		t.Fatalf("the blocking task query answered after %s with no task write: %d tasks index %d %v", a.at, len(a.list), a.idx, a.err)
+	case <-time.After(time.Second):
+	}
+	changed := time.Now()
+	task, err := c.NodeTask(ctx, hv1.NodeID, "drain", nil)
+	if err != nil {
+		t.Fatalf("drain hv1: %v", err)
+	}
+	select {
+	case a := <-got:
+		if a.err != nil || a.idx <= idx || len(a.list) == 0 || a.list[0].ID != task.ID {
+			t.Fatalf("the blocking task query woke with %+v index %d %v, want the drain task %s past index %d", a.list, a.idx, a.err, task.ID, idx)
+		}
+		t.Logf("the blocking task query answered %s after the drain (waited %s in all)", time.Since(changed).Round(time.Millisecond), a.at.Round(time.Millisecond))
+		idx = a.idx
+	case <-time.After(10 * time.Second):
+		t.Fatal("the blocking task query did not answer within 10s of the drain")
+	}
+
+	// One task: it waits for its wait when nothing changes, then answers
+	// with the same index.
+	wait.For(t, 20*time.Second, "the drain task done", func() (bool, string) {
+		tk, _, err := c.WatchTask(ctx, task.ID, api.QueryOptions{})
+		return err == nil && tk.State == structs.TaskSucceeded, fmt.Sprintf("%+v %v", tk, err)
+	})
+	_, idx, err = c.ListTasks(ctx, api.QueryOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	began = time.Now()
+	tk, idx2, err := c.WatchTask(ctx, task.ID[:8], api.QueryOptions{Index: idx, Wait: 500 * time.Millisecond})
+	if err != nil || tk.ID != task.ID || idx2 != idx || time.Since(began) < 400*time.Millisecond {
+		t.Fatalf("blocking query on an unchanged task: %+v index %d (want %d) after %s, %v; want it to wait 500ms", tk, idx2, idx, time.Since(began), err)
+	}
+
+	for _, tc := range []struct{ path, field string }{
+		{"/v1/tasks?index=x", "index"},
+		{"/v1/tasks?index=-1", "index"},
+		{"/v1/tasks?index=1&wait=forever", "wait"},
+		{"/v1/tasks?index=1&wait=-1s", "wait"},
+		{"/v1/tasks/" + task.ID + "?index=x", "index"},
+		{"/v1/tasks/" + task.ID + "?index=1&wait=soon", "wait"},
+	} {
+		resp, err := http.Get(base + tc.path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var e api.Error
+		derr := json.NewDecoder(resp.Body).Decode(&e)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusBadRequest || derr != nil || e.Field != tc.field {
+			t.Errorf("GET %s: %d field %q (%s, %v), want 400 naming %s", tc.path, resp.StatusCode, e.Field, e.Message, derr, tc.field)
+		}
 	}
 }

@@ -10,6 +10,13 @@ import (
 // bucketTasks holds task id → structs.Task JSON. Tasks are not pruned yet.
 var bucketTasks = []byte("tasks")
 
+// metaTaskIndex is the key of bucketMeta holding the Raft index of the
+// last task write (blocking queries on the task list wait on it).
+var metaTaskIndex = []byte("task_index")
+
+// TaskIndex is the Raft index of the last task write.
+func (t *Tx) TaskIndex() uint64 { return t.metaCounter(metaTaskIndex) }
+
 // Task returns the task with this id, or nil when there is none.
 func (t *Tx) Task(id string) (*structs.Task, error) {
 	var task structs.Task
@@ -35,5 +42,8 @@ func (t *Tx) PutTask(task *structs.Task) error {
 		return fmt.Errorf("put task: a task without id")
 	}
 	task.ModifyIndex, task.Updated = t.index, t.now
-	return putJSON(t.tx.Bucket(bucketTasks), task.ID, task)
+	if err := putJSON(t.tx.Bucket(bucketTasks), task.ID, task); err != nil {
+		return err
+	}
+	return t.putMetaCounter(metaTaskIndex, t.index)
 }

@@ -271,21 +271,8 @@ func desiredHere(id string, gen uint64, migrate bool) api.DesiredState {
 	return api.DesiredState{VMs: []api.DesiredVM{vm}, Index: 5}
 }
 
-// poll checks cond until it holds or a generous deadline passes.
-func poll(t *testing.T, what string, cond func() (bool, any)) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		ok, seen := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s; last seen: %v", what, seen)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
+// poll is agenttest.Poll.
+var poll = agenttest.Poll
 
 // startsHere reports whether the reconciler would start vm on this node
 // with the holds the manager gives (the domain is not here any more).

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chime-ha/chime/chime/agent/agenttest"
 	"github.com/chime-ha/chime/chime/agent/clock"
 	"github.com/chime-ha/chime/chime/api"
 	"github.com/chime-ha/chime/chime/structs"
@@ -522,22 +523,8 @@ func TestShutdownInline(t *testing.T) {
 	}
 }
 
-// poll checks cond until it holds or a generous deadline passes, then
-// fails with what it last saw.
-func poll(t *testing.T, what string, cond func() (bool, any)) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		ok, seen := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s; last seen: %v", what, seen)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
+// poll is agenttest.Poll.
+var poll = agenttest.Poll
 
 // TestLockedDiskStartBacksOff: a start libvirt refuses because a disk is
 // locked by another qemu (hypervisor.ErrDiskLocked) is tried again only

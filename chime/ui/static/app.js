@@ -164,10 +164,10 @@ const pages = {
   },
   tasks: {
     reads: ["/v1/tasks"],
-    render: ([tasks]) => `<h2>Tasks</h2>` + table([
+    render: ([tasks]) => `<h2>Tasks (live)</h2>` + table([
       ["id", (t) => esc((t.id || "").slice(0, 8))],
       ["kind", (t) => esc(t.kind)],
-      ["state", (t) => st(t.state)],
+      ["state", (t) => `<span class="task-state" data-task="${esc(t.id)}" data-kind="${esc(t.kind)}" data-vm="${esc(t.vm_id || "")}">${st(t.state)}</span>`],
       ["node / VM", (t) => esc([t.node_id, t.vm_id].filter(Boolean).join(" / "))],
       ["steps", (t) => (t.steps || []).map((s) => `${esc(s.vm_id.slice(0, 8))} ${esc(s.from || "")}→${esc(s.to || "")} ${st(s.state)} ${esc(s.error || "")}`).join("<br>")],
       ["error", (t) => esc(t.error)],
@@ -219,6 +219,8 @@ async function load(name, gen) {
       $("#page").dataset.index = head.index;
       $("#page").dataset.loaded = name;
       showError(null);
+      // An endpoint without an index (no blocking query) is re-read every 3 s.
+      if (!head.index) await new Promise((r) => setTimeout(r, 3000));
       index = head.index || index;
     } catch (e) {
       if (gen !== generation) return;
