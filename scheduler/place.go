@@ -279,6 +279,20 @@ func (p *placer) fit(n *structs.Node, vm structs.VM, excluded map[string]bool) (
 	if u == nil {
 		u = &usage{}
 	}
+	return p.fitUsage(n, u, vm, excluded)
+}
+
+// fitUsage is fit with the node's usage u.
+func (p *placer) fitUsage(n *structs.Node, u *usage, vm structs.VM, excluded map[string]bool) (candidate, string) {
+	if excluded[n.ID] {
+		return candidate{}, rejectExcluded
+	}
+	if n.ManagementState != structs.NodeEnabled {
+		return candidate{}, "management_state " + orNone(n.ManagementState)
+	}
+	if n.MonitorState != structs.MonitorNormal {
+		return candidate{}, "monitor_state " + orNone(n.MonitorState)
+	}
 	if g := vm.Spec.AntiAffinity; g != "" && u.groups[g] > 0 {
 		return candidate{}, rejectAntiAffinity
 	}
@@ -371,4 +385,57 @@ func describeRejections(total int, rejected map[string]int) string {
 		noun = "node"
 	}
 	return fmt.Sprintf("%d %s rejected: %s", total, noun, strings.Join(parts, ", "))
+}
+
+// Walk visits the nodes a VM may be placed on from an index of their free
+// capacity (fsm/view.View.Ranked keeps one): class by class, each class's
+// nodes (one node shape: memory and vCPUs) best first under the strategy
+// (binpack, else spread), bin-packing from the first node with memMiB
+// free. visit returns whether to go on with the class. It answers false
+// when it cannot walk for this VM (the VM is placed: it would count where
+// it sits).
+type Walk func(binpack bool, memMiB int64, visit func(n *structs.Node, u *structs.NodeUsage) bool) bool
+
+// PlaceRanked is PlaceOn over an index of free capacity: the same answer
+// on the same state (nodes of one shape rank alike whatever the VM's size,
+// so the first node of a class that can take the VM is the class's best,
+// and the classes' bests are compared as PlaceOn compares every node),
+// visiting the nodes it must skip (excluded, anti-affinity, vCPUs) and one
+// per class instead of every node. ok is false when no node fits or the
+// index cannot answer: then ask PlaceOn, which also says why.
+func PlaceRanked(walk Walk, req Request, opt Options) (nodeID string, cpuCap int64, ok bool) {
+	p, err := newPlacer(nil, nil, nil, opt)
+	vm := req.VM
+	if err != nil || vm.Spec.VCPUs < 0 || vm.Spec.MemoryMiB < 0 {
+		return "", 0, false
+	}
+	excluded := make(map[string]bool, len(req.Exclude))
+	for _, id := range req.Exclude {
+		excluded[id] = true
+	}
+	var best *candidate
+	walked := walk(p.strategy == Binpack, int64(vm.Spec.MemoryMiB), func(n *structs.Node, nu *structs.NodeUsage) bool {
+		u := usage{}
+		if nu != nil {
+			u = usage{vcpus: nu.VCPUs, memoryMiB: nu.MemoryMiB, groups: nu.Groups}
+		}
+		if int64(n.MemoryMiB)-u.memoryMiB-int64(vm.Spec.MemoryMiB) < 0 {
+			// Spread: the class's next nodes have less free memory.
+			// Bin-packing starts where the memory fits: a node too
+			// full is out of order, skip it.
+			return p.strategy == Binpack
+		}
+		c, why := p.fitUsage(n, &u, vm, excluded)
+		if why != "" {
+			return true
+		}
+		if best == nil || p.better(&c, best) {
+			best = &c
+		}
+		return false // the class's best
+	})
+	if !walked || best == nil {
+		return "", 0, false
+	}
+	return best.node.ID, best.cpuCap, true
 }

@@ -104,7 +104,23 @@ func (p *Placer) Place(vm structs.VM, exclude []string) (string, error) {
 
 // PlaceFit is Place, with the capacity compare-and-set the proposal of the
 // decision carries (fsm.CreateVM.IfFits, fsm.PlaceVM.IfFits).
+//
+// A VM placed on no node (a create, a pending VM) is placed from the
+// view's free-capacity index (scheduler.PlaceRanked): a few nodes visited
+// per decision, the same answer as scoring every node. A VM being moved,
+// or one that fits nowhere (to say why), is scored over every node.
 func (p *Placer) PlaceFit(vm structs.VM, exclude []string) (string, *fsm.Fit, error) {
+	walk := func(binpack bool, memMiB int64, visit func(*structs.Node, *structs.NodeUsage) bool) bool {
+		return p.state.Ranked(vm.ID, binpack, memMiB, visit)
+	}
+	if id, cpuCap, ok := scheduler.PlaceRanked(walk, scheduler.Request{VM: vm, Exclude: exclude}, p.opts); ok {
+		return id, &fsm.Fit{VCPUs: cpuCap}, nil
+	}
+	return p.placeFitAll(vm, exclude)
+}
+
+// placeFitAll is PlaceFit scoring every node (scheduler.PlaceOn).
+func (p *Placer) placeFitAll(vm structs.VM, exclude []string) (string, *fsm.Fit, error) {
 	nodes, used := p.state.Placement(vm.ID)
 	id, err := scheduler.PlaceOn(nodes, used, scheduler.Request{VM: vm, Exclude: exclude}, p.opts)
 	if err != nil {
