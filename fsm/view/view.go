@@ -134,10 +134,17 @@ func (v *View) ApplyUndoable(written []state.Written) (undo func()) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	var recs []undoRec
+	// The sorted node list is never modified once built: the undo puts
+	// back the one from before (rather than dropping it, which made the
+	// next reader sort 10,000 nodes after each batch that fell back on a
+	// refused compare-and-set: 4.5 % of the leader's CPU in issue 14's
+	// evacuation).
+	sortedBefore := v.sorted
 	v.apply(written, &recs)
 	return func() {
 		v.mu.Lock()
 		defer v.mu.Unlock()
+		defer func() { v.sorted = sortedBefore }()
 		for i := len(recs) - 1; i >= 0; i-- {
 			r := recs[i]
 			if r.isNode {
