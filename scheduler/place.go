@@ -3,7 +3,9 @@ package scheduler
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"math"
+	"slices"
 	"sort"
 	"strings"
 
@@ -405,16 +407,89 @@ type Walk func(binpack bool, memMiB int64, visit func(n *structs.Node, u *struct
 // index cannot answer: then ask PlaceOn, which also says why.
 func PlaceRanked(walk Walk, req Request, opt Options) (nodeID string, cpuCap int64, ok bool) {
 	p, err := newPlacer(nil, nil, nil, opt)
-	vm := req.VM
-	if err != nil || vm.Spec.VCPUs < 0 || vm.Spec.MemoryMiB < 0 {
+	if err != nil {
 		return "", 0, false
+	}
+	best, _, walked := p.rankedBest(walk, req, nil)
+	if !walked || best == nil {
+		return "", 0, false
+	}
+	return best.node.ID, best.cpuCap, true
+}
+
+// PlaceAllRanked is PlaceAllOn over an index of free capacity: the
+// requests in order, each seeing the ones before it, with walk(req) the
+// index's walk for that request. The nodes chosen by earlier requests are
+// scored on the side with what those took (the index does not hold it);
+// the others come from the walk. The VMs being placed must not count
+// where they sit (each walk answers false otherwise): then ok is false
+// and nothing is decided (use PlaceAllOn).
+func PlaceAllRanked(walk func(Request) Walk, reqs []Request, opt Options) (placed map[string]string, unplaced []string, ok bool) {
+	p, err := newPlacer(nil, nil, nil, opt)
+	if err != nil {
+		return nil, nil, false
+	}
+	taken := map[string]*takenNode{}
+	placed = make(map[string]string, len(reqs))
+	done := make(map[string]bool, len(reqs))
+	for _, r := range reqs {
+		if done[r.VM.ID] {
+			continue
+		}
+		done[r.VM.ID] = true
+		best, u, walked := p.rankedBest(walk(r), r, taken)
+		if !walked {
+			return nil, nil, false
+		}
+		if best == nil {
+			unplaced = append(unplaced, r.VM.ID)
+			continue
+		}
+		id := best.node.ID
+		t := taken[id]
+		if t == nil {
+			t = &takenNode{node: *best.node, used: u}
+			taken[id] = t
+		}
+		t.used.vcpus += int64(r.VM.Spec.VCPUs)
+		t.used.memoryMiB += int64(r.VM.Spec.MemoryMiB)
+		if g := r.VM.Spec.AntiAffinity; g != "" {
+			if t.used.groups == nil {
+				t.used.groups = map[string]int{}
+			}
+			t.used.groups[g]++
+		}
+		placed[r.VM.ID] = id
+	}
+	return placed, unplaced, true
+}
+
+// takenNode is a node an earlier decision of PlaceAllRanked chose, with
+// its usage including those decisions.
+type takenNode struct {
+	node structs.Node
+	used usage
+}
+
+// rankedBest is the best node for req: the walk's (skipping the nodes in
+// taken) against taken's, scored with what they hold now. It returns the
+// candidate, a copy of the chosen node's usage as the walk saw it (for a
+// node of taken: its usage there), and whether the walk could answer.
+func (p *placer) rankedBest(walk Walk, req Request, taken map[string]*takenNode) (*candidate, usage, bool) {
+	vm := req.VM
+	if vm.Spec.VCPUs < 0 || vm.Spec.MemoryMiB < 0 {
+		return nil, usage{}, false
 	}
 	excluded := make(map[string]bool, len(req.Exclude))
 	for _, id := range req.Exclude {
 		excluded[id] = true
 	}
 	var best *candidate
+	var bestUsed usage
 	walked := walk(p.strategy == Binpack, int64(vm.Spec.MemoryMiB), func(n *structs.Node, nu *structs.NodeUsage) bool {
+		if taken[n.ID] != nil {
+			return true // scored below, with what this decision's earlier placements took
+		}
 		u := usage{}
 		if nu != nil {
 			u = usage{vcpus: nu.VCPUs, memoryMiB: nu.MemoryMiB, groups: nu.Groups}
@@ -431,11 +506,22 @@ func PlaceRanked(walk Walk, req Request, opt Options) (nodeID string, cpuCap int
 		}
 		if best == nil || p.better(&c, best) {
 			best = &c
+			bestUsed = usage{vcpus: u.vcpus, memoryMiB: u.memoryMiB}
+			if len(u.groups) > 0 {
+				bestUsed.groups = maps.Clone(u.groups) // the walk's map is the view's
+			}
 		}
 		return false // the class's best
 	})
-	if !walked || best == nil {
-		return "", 0, false
+	if !walked {
+		return nil, usage{}, false
 	}
-	return best.node.ID, best.cpuCap, true
+	for _, id := range slices.Sorted(maps.Keys(taken)) {
+		t := taken[id]
+		c, why := p.fitUsage(&t.node, &t.used, vm, excluded)
+		if why == "" && (best == nil || p.better(&c, best)) {
+			best, bestUsed = &c, t.used
+		}
+	}
+	return best, bestUsed, true
 }

@@ -3,6 +3,7 @@ package view
 import (
 	"cmp"
 	"math"
+	"slices"
 	"strings"
 
 	"github.com/google/btree"
@@ -97,14 +98,18 @@ func (v *View) reindex(id string) {
 // it) and returns whether to go on with the shape. The view is locked for
 // reading during the walk: visit must not call the view.
 //
-// Ranked walks nothing and answers false when vmID is placed on a node:
-// the index counts it there, and a placement that moves it must not (use
-// Placement).
-func (v *View) Ranked(vmID string, binpack bool, memMiB int64, visit func(n *structs.Node, u *structs.NodeUsage) bool) bool {
+// Ranked walks nothing and answers false when vmID is placed on a node
+// the index holds and that is not in exclude: the index counts the VM
+// there, and a placement that moves it must not (use Placement). On an
+// excluded node, or one no VM may be placed on, where it is counted does
+// not change the answer.
+func (v *View) Ranked(vmID string, exclude []string, binpack bool, memMiB int64, visit func(n *structs.Node, u *structs.NodeUsage) bool) bool {
 	v.mu.RLock()
 	defer v.mu.RUnlock()
 	if e, ok := v.vms[vmID]; ok && e.nodeID != "" {
-		return false
+		if _, in := v.indexed[e.nodeID]; in && !slices.Contains(exclude, e.nodeID) {
+			return false
+		}
 	}
 	each := func(it freeItem) bool {
 		n := v.nodes[it.id]

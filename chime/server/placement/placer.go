@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -111,7 +112,7 @@ func (p *Placer) Place(vm structs.VM, exclude []string) (string, error) {
 // or one that fits nowhere (to say why), is scored over every node.
 func (p *Placer) PlaceFit(vm structs.VM, exclude []string) (string, *fsm.Fit, error) {
 	walk := func(binpack bool, memMiB int64, visit func(*structs.Node, *structs.NodeUsage) bool) bool {
-		return p.state.Ranked(vm.ID, binpack, memMiB, visit)
+		return p.state.Ranked(vm.ID, exclude, binpack, memMiB, visit)
 	}
 	if id, cpuCap, ok := scheduler.PlaceRanked(walk, scheduler.Request{VM: vm, Exclude: exclude}, p.opts); ok {
 		return id, &fsm.Fit{VCPUs: cpuCap}, nil
@@ -136,7 +137,37 @@ func (p *Placer) placeFitAll(vm structs.VM, exclude []string) (string, *fsm.Fit,
 
 // PlaceAll places several VMs at once, each decision seeing the ones
 // before it; VMs that fit nowhere are left out of the map.
+//
+// When every VM sits on a node each request excludes (a rebuild: the
+// node rebuilt), or on none, the VMs are placed from the view's
+// free-capacity index (scheduler.PlaceAllRanked, the same answer);
+// otherwise by scoring every node per VM.
 func (p *Placer) PlaceAll(reqs []scheduler.Request) (map[string]string, error) {
+	if placed, ok := p.placeAllRanked(reqs); ok {
+		return placed, nil
+	}
+	return p.placeAllScored(reqs)
+}
+
+func (p *Placer) placeAllRanked(reqs []scheduler.Request) (map[string]string, bool) {
+	for _, r := range reqs {
+		for _, o := range reqs {
+			if r.VM.NodeID != "" && !slices.Contains(o.Exclude, r.VM.NodeID) {
+				return nil, false
+			}
+		}
+	}
+	walk := func(req scheduler.Request) scheduler.Walk {
+		return func(binpack bool, memMiB int64, visit func(*structs.Node, *structs.NodeUsage) bool) bool {
+			return p.state.Ranked(req.VM.ID, req.Exclude, binpack, memMiB, visit)
+		}
+	}
+	placed, _, ok := scheduler.PlaceAllRanked(walk, reqs, p.opts)
+	return placed, ok
+}
+
+// placeAllScored is PlaceAll scoring every node per VM (scheduler.PlaceAllOn).
+func (p *Placer) placeAllScored(reqs []scheduler.Request) (map[string]string, error) {
 	skip := make([]string, len(reqs))
 	for i, r := range reqs {
 		skip[i] = r.VM.ID

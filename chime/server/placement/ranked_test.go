@@ -3,6 +3,7 @@ package placement
 import (
 	"context"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"testing"
 
@@ -44,7 +45,7 @@ func TestRankedPlacementMatchesScoringEveryNode(t *testing.T) {
 					refused++ // a refused command changes nothing
 				}
 			}
-			agreed, none := 0, 0
+			agreed, none, rebuilt := 0, 0, 0
 			for step := 0; step < 600; step++ {
 				switch r := rng.IntN(10); {
 				case (r < 1 && len(nodes) < 25) || len(nodes) < 3:
@@ -83,7 +84,7 @@ func TestRankedPlacementMatchesScoringEveryNode(t *testing.T) {
 					// The index alone (PlaceFit falls back to scoring every
 					// node when it finds nothing, which would hide a miss).
 					walk := func(binpack bool, memMiB int64, visit func(*structs.Node, *structs.NodeUsage) bool) bool {
-						return w.FSM.Ranked(vm.ID, binpack, memMiB, visit)
+						return w.FSM.Ranked(vm.ID, exclude, binpack, memMiB, visit)
 					}
 					got, gotCap, ok := scheduler.PlaceRanked(walk, scheduler.Request{VM: vm, Exclude: exclude}, opts[i])
 					want, wantFit, wantErr := p.placeFitAll(vm, exclude)
@@ -94,6 +95,25 @@ func TestRankedPlacementMatchesScoringEveryNode(t *testing.T) {
 					if id, fit, err := p.PlaceFit(vm, exclude); id != want || (err == nil) != (wantErr == nil) || (fit != nil && *fit != *wantFit) {
 						t.Fatalf("step %d: PlaceFit says %q %+v %v, want %q %+v %v", step, id, fit, err, want, wantFit, wantErr)
 					}
+					// A rebuild of a random node: its VMs placed elsewhere,
+					// each decision seeing the ones before it.
+					from := nodes[rng.IntN(len(nodes))]
+					onNode, _, err := w.FSM.VMsOnNode(from)
+					if err != nil {
+						t.Fatal(err)
+					}
+					var reqs []scheduler.Request
+					for _, v := range onNode {
+						reqs = append(reqs, scheduler.Request{VM: v, Exclude: []string{from}})
+					}
+					reqs = append(reqs, scheduler.Request{VM: vm, Exclude: []string{from}})
+					gotAll, ok := p.placeAllRanked(reqs)
+					wantAll, _ := p.placeAllScored(reqs)
+					if !ok || !maps.Equal(gotAll, wantAll) {
+						t.Fatalf("step %d, options %+v: rebuild of %s (%d VMs): the index says %v (answered %v); scoring every node says %v",
+							step, opts[i], from, len(reqs), gotAll, ok, wantAll)
+					}
+					rebuilt += len(wantAll)
 					if wantErr != nil {
 						none++
 					} else {
@@ -101,7 +121,7 @@ func TestRankedPlacementMatchesScoringEveryNode(t *testing.T) {
 					}
 				}
 			}
-			t.Logf("%d placements agreed, %d with no node fitting; %d nodes, %d VMs, %d commands refused", agreed, none, len(nodes), len(vms), refused)
+			t.Logf("%d placements agreed, %d with no node fitting, %d VMs rebuilt alike; %d nodes, %d VMs, %d commands refused", agreed, none, rebuilt, len(nodes), len(vms), refused)
 			if none == 0 || agreed < 100 {
 				t.Fatalf("the walk never filled the nodes (%d with no node fitting, %d placed): tune it", none, agreed)
 			}
