@@ -278,6 +278,12 @@ func (f *FSM) Placement(skip ...string) ([]structs.Node, map[string]structs.Node
 	return f.derived.Placement(skip...)
 }
 
+// Ranked walks the derived view's free-capacity index for placing VM vmID
+// (view.View.Ranked; scheduler.PlaceRanked).
+func (f *FSM) Ranked(vmID string, exclude []string, binpack bool, memMiB int64, visit func(n *structs.Node, u *structs.NodeUsage) bool) bool {
+	return f.derived.Ranked(vmID, exclude, binpack, memMiB, visit)
+}
+
 // PendingVMs lists the VMs placed on no node, sorted by name, from the
 // derived view's index (no scan of every VM), and the view's epoch: it
 // grows whenever a pending VM could now fit or be admitted where it could

@@ -111,6 +111,56 @@ func checkView(t *testing.T, f *FSM, when string) {
 	if got := f.VMStates(); !reflect.DeepEqual(got, wantStates) {
 		t.Fatalf("%s: view VM states %v, state says %v", when, got, wantStates)
 	}
+	checkFreeIndex(t, f, when, stored, wantUsed)
+}
+
+// checkFreeIndex checks the view's free-capacity index against the state:
+// it holds exactly the enabled and normal nodes, each with its usage, and
+// walks each shape in spread order (least used memory, then vCPUs, then
+// name, id) and in bin-packing order (most used memory first).
+func checkFreeIndex(t *testing.T, f *FSM, when string, stored []structs.Node, used map[string]structs.NodeUsage) {
+	t.Helper()
+	want := map[string]structs.NodeUsage{}
+	for _, n := range stored {
+		if n.ManagementState == structs.NodeEnabled && n.MonitorState == structs.MonitorNormal {
+			want[n.ID] = used[n.ID]
+		}
+	}
+	for _, binpack := range []bool{false, true} {
+		got := map[string]structs.NodeUsage{}
+		var prev *structs.Node
+		var prevUsed structs.NodeUsage
+		f.Ranked("", nil, binpack, 0, func(n *structs.Node, u *structs.NodeUsage) bool {
+			var cur structs.NodeUsage
+			if u != nil {
+				cur = *u
+			}
+			if _, dup := got[n.ID]; dup {
+				t.Errorf("%s: the index walks node %s twice", when, n.Name)
+			}
+			got[n.ID] = cur
+			if prev != nil && prev.MemoryMiB == n.MemoryMiB && prev.VCPUs == n.VCPUs {
+				a, b := prevUsed.MemoryMiB, cur.MemoryMiB
+				if binpack {
+					a, b = b, a
+				}
+				if a > b || (a == b && (prevUsed.VCPUs > cur.VCPUs || (prevUsed.VCPUs == cur.VCPUs && prev.Name > n.Name))) {
+					t.Errorf("%s: binpack=%v: node %s (%+v) walked before %s (%+v)", when, binpack, prev.Name, prevUsed, n.Name, cur)
+				}
+			}
+			prev, prevUsed = n, cur
+			return true
+		})
+		if len(got) != len(want) {
+			t.Fatalf("%s: binpack=%v: the index walks %d nodes, %d are enabled and normal", when, binpack, len(got), len(want))
+		}
+		for id, u := range want {
+			g, ok := got[id]
+			if !ok || g.VCPUs != u.VCPUs || g.MemoryMiB != u.MemoryMiB || g.VMs != u.VMs {
+				t.Fatalf("%s: binpack=%v: node %s in the index with %+v (%v), state says %+v", when, binpack, id, g, ok, u)
+			}
+		}
+	}
 }
 
 // The derived view follows every apply, refused ones included (a refusal

@@ -9,4 +9,8 @@
 // resources whatever its desired state: a stopped VM may be started at any time and must
 // still fit. Among eligible nodes, "spread" (the default) picks the one left with the
 // largest free memory fraction and "binpack" the one left with the least free memory.
+//
+// PlaceRanked and PlaceAllRanked give the same answer from an index of free capacity
+// (fsm/view keeps one: per node shape, the nodes ordered by usage), visiting a few nodes
+// instead of scoring every one; PlaceOn and PlaceAllOn score every node.
 package scheduler

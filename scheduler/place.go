@@ -3,7 +3,9 @@ package scheduler
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"math"
+	"slices"
 	"sort"
 	"strings"
 
@@ -279,6 +281,20 @@ func (p *placer) fit(n *structs.Node, vm structs.VM, excluded map[string]bool) (
 	if u == nil {
 		u = &usage{}
 	}
+	return p.fitUsage(n, u, vm, excluded)
+}
+
+// fitUsage is fit with the node's usage u.
+func (p *placer) fitUsage(n *structs.Node, u *usage, vm structs.VM, excluded map[string]bool) (candidate, string) {
+	if excluded[n.ID] {
+		return candidate{}, rejectExcluded
+	}
+	if n.ManagementState != structs.NodeEnabled {
+		return candidate{}, "management_state " + orNone(n.ManagementState)
+	}
+	if n.MonitorState != structs.MonitorNormal {
+		return candidate{}, "monitor_state " + orNone(n.MonitorState)
+	}
 	if g := vm.Spec.AntiAffinity; g != "" && u.groups[g] > 0 {
 		return candidate{}, rejectAntiAffinity
 	}
@@ -371,4 +387,141 @@ func describeRejections(total int, rejected map[string]int) string {
 		noun = "node"
 	}
 	return fmt.Sprintf("%d %s rejected: %s", total, noun, strings.Join(parts, ", "))
+}
+
+// Walk visits the nodes a VM may be placed on from an index of their free
+// capacity (fsm/view.View.Ranked keeps one): class by class, each class's
+// nodes (one node shape: memory and vCPUs) best first under the strategy
+// (binpack, else spread), bin-packing from the first node with memMiB
+// free. visit returns whether to go on with the class. It answers false
+// when it cannot walk for this VM (the VM is placed: it would count where
+// it sits).
+type Walk func(binpack bool, memMiB int64, visit func(n *structs.Node, u *structs.NodeUsage) bool) bool
+
+// PlaceRanked is PlaceOn over an index of free capacity: the same answer
+// on the same state (nodes of one shape rank alike whatever the VM's size,
+// so the first node of a class that can take the VM is the class's best,
+// and the classes' bests are compared as PlaceOn compares every node),
+// visiting the nodes it must skip (excluded, anti-affinity, vCPUs) and one
+// per class instead of every node. ok is false when no node fits or the
+// index cannot answer: then ask PlaceOn, which also says why.
+func PlaceRanked(walk Walk, req Request, opt Options) (nodeID string, cpuCap int64, ok bool) {
+	p, err := newPlacer(nil, nil, nil, opt)
+	if err != nil {
+		return "", 0, false
+	}
+	best, _, walked := p.rankedBest(walk, req, nil)
+	if !walked || best == nil {
+		return "", 0, false
+	}
+	return best.node.ID, best.cpuCap, true
+}
+
+// PlaceAllRanked is PlaceAllOn over an index of free capacity: the
+// requests in order, each seeing the ones before it, with walk(req) the
+// index's walk for that request. The nodes chosen by earlier requests are
+// scored on the side with what those took (the index does not hold it);
+// the others come from the walk. The VMs being placed must not count
+// where they sit (each walk answers false otherwise): then ok is false
+// and nothing is decided (use PlaceAllOn).
+func PlaceAllRanked(walk func(Request) Walk, reqs []Request, opt Options) (placed map[string]string, unplaced []string, ok bool) {
+	p, err := newPlacer(nil, nil, nil, opt)
+	if err != nil {
+		return nil, nil, false
+	}
+	taken := map[string]*takenNode{}
+	placed = make(map[string]string, len(reqs))
+	done := make(map[string]bool, len(reqs))
+	for _, r := range reqs {
+		if done[r.VM.ID] {
+			continue
+		}
+		done[r.VM.ID] = true
+		best, u, walked := p.rankedBest(walk(r), r, taken)
+		if !walked {
+			return nil, nil, false
+		}
+		if best == nil {
+			unplaced = append(unplaced, r.VM.ID)
+			continue
+		}
+		id := best.node.ID
+		t := taken[id]
+		if t == nil {
+			t = &takenNode{node: *best.node, used: u}
+			taken[id] = t
+		}
+		t.used.vcpus += int64(r.VM.Spec.VCPUs)
+		t.used.memoryMiB += int64(r.VM.Spec.MemoryMiB)
+		if g := r.VM.Spec.AntiAffinity; g != "" {
+			if t.used.groups == nil {
+				t.used.groups = map[string]int{}
+			}
+			t.used.groups[g]++
+		}
+		placed[r.VM.ID] = id
+	}
+	return placed, unplaced, true
+}
+
+// takenNode is a node an earlier decision of PlaceAllRanked chose, with
+// its usage including those decisions.
+type takenNode struct {
+	node structs.Node
+	used usage
+}
+
+// rankedBest is the best node for req: the walk's (skipping the nodes in
+// taken) against taken's, scored with what they hold now. It returns the
+// candidate, a copy of the chosen node's usage as the walk saw it (for a
+// node of taken: its usage there), and whether the walk could answer.
+func (p *placer) rankedBest(walk Walk, req Request, taken map[string]*takenNode) (*candidate, usage, bool) {
+	vm := req.VM
+	if vm.Spec.VCPUs < 0 || vm.Spec.MemoryMiB < 0 {
+		return nil, usage{}, false
+	}
+	excluded := make(map[string]bool, len(req.Exclude))
+	for _, id := range req.Exclude {
+		excluded[id] = true
+	}
+	var best *candidate
+	var bestUsed usage
+	walked := walk(p.strategy == Binpack, int64(vm.Spec.MemoryMiB), func(n *structs.Node, nu *structs.NodeUsage) bool {
+		if taken[n.ID] != nil {
+			return true // scored below, with what this decision's earlier placements took
+		}
+		u := usage{}
+		if nu != nil {
+			u = usage{vcpus: nu.VCPUs, memoryMiB: nu.MemoryMiB, groups: nu.Groups}
+		}
+		if int64(n.MemoryMiB)-u.memoryMiB-int64(vm.Spec.MemoryMiB) < 0 {
+			// Spread: the class's next nodes have less free memory.
+			// Bin-packing starts where the memory fits: a node too
+			// full is out of order, skip it.
+			return p.strategy == Binpack
+		}
+		c, why := p.fitUsage(n, &u, vm, excluded)
+		if why != "" {
+			return true
+		}
+		if best == nil || p.better(&c, best) {
+			best = &c
+			bestUsed = usage{vcpus: u.vcpus, memoryMiB: u.memoryMiB}
+			if len(u.groups) > 0 {
+				bestUsed.groups = maps.Clone(u.groups) // the walk's map is the view's
+			}
+		}
+		return false // the class's best
+	})
+	if !walked {
+		return nil, usage{}, false
+	}
+	for _, id := range slices.Sorted(maps.Keys(taken)) {
+		t := taken[id]
+		c, why := p.fitUsage(&t.node, &t.used, vm, excluded)
+		if why == "" && (best == nil || p.better(&c, best)) {
+			best, bestUsed = &c, t.used
+		}
+	}
+	return best, bestUsed, true
 }

@@ -190,9 +190,8 @@ func (g *Guard) Alarms(now time.Time) ([]structs.Alarm, error) {
 			return nil, err
 		}
 	}
-	nodes, err := g.state.Nodes()
-	if err != nil {
-		return nil, fmt.Errorf("read the nodes: %w", err)
-	}
-	return append(Alarms(ha, res, now), LeaseAlarms(nodes, g.margin, now)...), nil
+	// The view's nodes: the alarmer asks after every change (at most every
+	// 250 ms), and decoding 10,000 nodes from the state file each time
+	// was 11 to 13 % of the leader's CPU while VMs were being created.
+	return append(Alarms(ha, res, now), LeaseAlarms(g.state.NodesView(), g.margin, now)...), nil
 }

@@ -22,6 +22,10 @@ type State interface {
 	// Placement is one read of the derived view: the nodes and each
 	// node's usage, the VMs in skip left out (fsm.FSM.Placement).
 	Placement(skip ...string) ([]structs.Node, map[string]structs.NodeUsage)
+	// Ranked walks the view's free-capacity index for placing VM vmID
+	// (fsm.FSM.Ranked, scheduler.Walk); false when vmID is placed on a
+	// node it may be placed on, not in exclude.
+	Ranked(vmID string, exclude []string, binpack bool, memMiB int64, visit func(n *structs.Node, u *structs.NodeUsage) bool) bool
 	// PendingVMs lists the unplaced VMs, sorted by name, and an epoch that
 	// grows whenever one of them could now fit or be admitted.
 	PendingVMs() ([]structs.VM, uint64, error)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -104,7 +105,23 @@ func (p *Placer) Place(vm structs.VM, exclude []string) (string, error) {
 
 // PlaceFit is Place, with the capacity compare-and-set the proposal of the
 // decision carries (fsm.CreateVM.IfFits, fsm.PlaceVM.IfFits).
+//
+// A VM placed on no node (a create, a pending VM) is placed from the
+// view's free-capacity index (scheduler.PlaceRanked): a few nodes visited
+// per decision, the same answer as scoring every node. A VM being moved,
+// or one that fits nowhere (to say why), is scored over every node.
 func (p *Placer) PlaceFit(vm structs.VM, exclude []string) (string, *fsm.Fit, error) {
+	walk := func(binpack bool, memMiB int64, visit func(*structs.Node, *structs.NodeUsage) bool) bool {
+		return p.state.Ranked(vm.ID, exclude, binpack, memMiB, visit)
+	}
+	if id, cpuCap, ok := scheduler.PlaceRanked(walk, scheduler.Request{VM: vm, Exclude: exclude}, p.opts); ok {
+		return id, &fsm.Fit{VCPUs: cpuCap}, nil
+	}
+	return p.placeFitAll(vm, exclude)
+}
+
+// placeFitAll is PlaceFit scoring every node (scheduler.PlaceOn).
+func (p *Placer) placeFitAll(vm structs.VM, exclude []string) (string, *fsm.Fit, error) {
 	nodes, used := p.state.Placement(vm.ID)
 	id, err := scheduler.PlaceOn(nodes, used, scheduler.Request{VM: vm, Exclude: exclude}, p.opts)
 	if err != nil {
@@ -120,7 +137,37 @@ func (p *Placer) PlaceFit(vm structs.VM, exclude []string) (string, *fsm.Fit, er
 
 // PlaceAll places several VMs at once, each decision seeing the ones
 // before it; VMs that fit nowhere are left out of the map.
+//
+// When every VM sits on a node each request excludes (a rebuild: the
+// node rebuilt), or on none, the VMs are placed from the view's
+// free-capacity index (scheduler.PlaceAllRanked, the same answer);
+// otherwise by scoring every node per VM.
 func (p *Placer) PlaceAll(reqs []scheduler.Request) (map[string]string, error) {
+	if placed, ok := p.placeAllRanked(reqs); ok {
+		return placed, nil
+	}
+	return p.placeAllScored(reqs)
+}
+
+func (p *Placer) placeAllRanked(reqs []scheduler.Request) (map[string]string, bool) {
+	for _, r := range reqs {
+		for _, o := range reqs {
+			if r.VM.NodeID != "" && !slices.Contains(o.Exclude, r.VM.NodeID) {
+				return nil, false
+			}
+		}
+	}
+	walk := func(req scheduler.Request) scheduler.Walk {
+		return func(binpack bool, memMiB int64, visit func(*structs.Node, *structs.NodeUsage) bool) bool {
+			return p.state.Ranked(req.VM.ID, req.Exclude, binpack, memMiB, visit)
+		}
+	}
+	placed, _, ok := scheduler.PlaceAllRanked(walk, reqs, p.opts)
+	return placed, ok
+}
+
+// placeAllScored is PlaceAll scoring every node per VM (scheduler.PlaceAllOn).
+func (p *Placer) placeAllScored(reqs []scheduler.Request) (map[string]string, error) {
 	skip := make([]string, len(reqs))
 	for i, r := range reqs {
 		skip[i] = r.VM.ID

@@ -48,7 +48,9 @@ type State interface {
 	NodesView() []structs.Node
 	Node(id string) (*structs.Node, error)
 	VMsOnNode(nodeID string) ([]structs.VM, uint64, error)
-	VMs() ([]structs.VM, error)
+	// HeldVMs lists the VMs whose live-migration outcome is unknown, from
+	// the FSM's index of them (no decode of every VM).
+	HeldVMs() ([]structs.VM, error)
 }
 
 // Silence is the heartbeat monitor's memory of arrivals
@@ -306,11 +308,14 @@ func (r *Recoverer) toRestart(n structs.Node) ([]structs.VM, error) {
 
 // heldMigrations are the ha VMs desired running whose ordered live
 // migration from or to node n has an unknown outcome (held: started
-// nowhere until a host proves where they run).
+// nowhere until a host proves where they run). From the index of held
+// VMs: the pass runs every second for each unreachable node, and reading
+// every VM there was 39 % of the leader's CPU in issue 14's evacuation at
+// 10,000 nodes and 30,000 VMs (about 40 ms per node per pass).
 func (r *Recoverer) heldMigrations(n structs.Node) ([]structs.VM, error) {
-	all, err := r.state.VMs()
+	all, err := r.state.HeldVMs()
 	if err != nil {
-		return nil, fmt.Errorf("read vms: %w", err)
+		return nil, fmt.Errorf("read held vms: %w", err)
 	}
 	var out []structs.VM
 	for _, vm := range all {
