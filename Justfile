@@ -100,6 +100,15 @@ bench-restart-migrate samples="12" quick="0":
         go test -count=1 -run '^$' -bench 'BenchmarkRestartVsVirsh|BenchmarkMigrateVsVirsh' -benchtime 1x -timeout 1h ./integration \
         | grep -e '^BENCH14 ' -e '^Benchmark' -e FAIL -e '^ok'
 
+# Issue 14, benchmark 4 against etcd: VM creates through 3 `chime server` processes (mutual TLS,
+# ACLs) vs puts through 3 etcd members' JSON gateway, one keep-alive load generator at 1, 16 and 64
+# clients, windows alternating, with 0 and 10,000 VMs present (CHIME_BENCH_BIG=1: 100,000 too);
+# prints `BENCH14 creates-etcd ...` lines (docs/benchmarks.md). quick=1: one 2 s window each, under
+# a minute. CHIME_BENCH_CPUPROFILE=DIR: the servers' CPU profiles.
+# Write throughput vs etcd puts (issue 14, benchmark 4).
+bench-creates quick="0":
+    CHIME_BENCH_QUICK={{ if quick == "1" { "1" } else { "0" } }} go test -count=1 -run '^$' -bench BenchmarkCreatesVsEtcd -benchtime 1x -timeout 1h ./integration | grep -e BENCH14 -e 'bench_creates_test' -e '^Benchmark' -e FAIL -e '^ok'
+
 # One `chime server` process, simulated agents (15 s heartbeats) and VMs created through the API,
 # an evacuation of 1,000 VMs and a list of every VM; prints a `BENCH14 scale ...` line
 # (docs/benchmarks.md). quick=1: 1,000 agents and 10,000 VMs, under 2 minutes.

@@ -68,11 +68,12 @@ func TestBench14CreatesRun(t *testing.T) {
 	ctx := context.Background()
 	l := ss.leader(60 * time.Second)
 	for i := range 3 {
-		_, err := ss.tls.agentClient(ss.addr(l)).Register(ctx, api.RegisterRequest{ID: fmt.Sprintf("00000000-0000-4000-8000-0000000000%02d", i+1),
+		r, err := ss.tls.agentClient(ss.addr(l)).Register(ctx, api.RegisterRequest{ID: fmt.Sprintf("00000000-0000-4000-8000-0000000000%02d", i+1),
 			Name: fmt.Sprintf("hv%d", i+1), APIAddr: "127.0.0.1:1", VCPUs: structs.MaxNodeVCPUs, MemoryMiB: 1 << 30})
 		if err != nil {
 			t.Fatalf("register hv%d: %v", i+1, err)
 		}
+		benchHeartbeats(t, ss.tls.agentClient(ss.addrs()...), r)
 	}
 	el := ec.leader(60 * time.Second)
 
@@ -137,6 +138,38 @@ func TestBench14CreatesRun(t *testing.T) {
 		}
 		t.Logf("CPU profiles in %s (go tool pprof -top %s)", profDir, filepath.Join(profDir, "s1.pprof"))
 	}
+}
+
+// benchHeartbeats keeps a registered node up for the run, as its agent
+// would: a heartbeat at the interval the servers gave it that says nothing about its VMs
+// (VMsUnknown), so that the node neither goes unreachable (creates would
+// then pile up pending) nor reports the VMs placed on it missing.
+func benchHeartbeats(t *testing.T, c *api.Client, r *api.RegisterResponse) {
+	c.SetCredentials(r.NodeID, r.Secret)
+	stop, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		every := r.Timing.HeartbeatInterval
+		if every <= 0 {
+			every = 15 * time.Second
+		}
+		tick := time.NewTicker(every)
+		defer tick.Stop()
+		for {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			_, err := c.Heartbeat(ctx, api.HeartbeatRequest{NodeID: r.NodeID, VMsUnknown: true})
+			cancel()
+			if err != nil {
+				t.Logf("heartbeat of %s: %v", r.NodeID, err)
+			}
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	t.Cleanup(func() { close(stop); <-done })
 }
 
 // benchPresent is the list of VM counts to measure at: CHIME_BENCH_PRESENT
