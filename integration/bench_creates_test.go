@@ -141,7 +141,7 @@ func TestBench14CreatesRun(t *testing.T) {
 }
 
 // benchHeartbeats keeps a registered node up for the run, as its agent
-// would: a heartbeat at the interval the servers gave it that says nothing about its VMs
+// would: a heartbeat, at the interval the servers gave it, that says nothing about its VMs
 // (VMsUnknown), so that the node neither goes unreachable (creates would
 // then pile up pending) nor reports the VMs placed on it missing.
 func benchHeartbeats(t *testing.T, c *api.Client, r *api.RegisterResponse) {
