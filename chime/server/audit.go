@@ -109,15 +109,17 @@ func (a *auditWriter) Flush() {
 	}
 }
 
-// auditStart wraps the response writer of a request the leader answers;
+// auditStart wraps the response writer of a request the leader answers
+// (and gives the request a place for its resolved token, resolveToken);
 // done records the request once it is answered. Requests that are not
 // audited get w back and a no-op.
-func (s *Server) auditStart(w http.ResponseWriter, r *http.Request, route string) (http.ResponseWriter, func()) {
+func (s *Server) auditStart(w http.ResponseWriter, r *http.Request, route string) (http.ResponseWriter, *http.Request, func()) {
 	if s.audit == nil || !audited(route, r.Method) {
-		return w, func() {}
+		return w, r, func() {}
 	}
+	r = withResolvedToken(r) // authorize and the record resolve the token once
 	aw := &auditWriter{ResponseWriter: w}
-	return aw, func() {
+	return aw, r, func() {
 		status := aw.status
 		if status == 0 {
 			status = http.StatusOK
@@ -178,7 +180,7 @@ func (a *auditor) admitRefusal(source string, now time.Time) (int, bool) {
 // agent sent, else the certificate's role.
 func (s *Server) auditActor(r *http.Request) (actor, role string) {
 	if secret := tokenFrom(r); secret != "" && s.aclEnabled() {
-		tok, err := s.ep.ResolveToken(secret)
+		tok, err := s.resolveToken(r, secret)
 		if err != nil || tok == nil {
 			return "token:unknown", ""
 		}

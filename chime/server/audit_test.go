@@ -170,3 +170,31 @@ func TestAuditBatchesConcurrentWrites(t *testing.T) {
 		t.Errorf("%d concurrent creates' audit records took %d entries: none shared one", n, len(entries))
 	}
 }
+
+// TestAuditNamesATokenThatDeletedItself: a request's token is resolved
+// once, for the ACL check and its audit record alike, so the record of a
+// request that deleted its own token names that token (not
+// token:unknown, as when the record resolved the token again after the
+// delete).
+func TestAuditNamesATokenThatDeletedItself(t *testing.T) {
+	w := newACLWorld(t)
+	ctx := context.Background()
+	tok, err := w.client(structs.RoleManagement).CreateToken(ctx, api.CreateTokenRequest{Role: structs.RoleManagement, Description: "short-lived"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	last := w.auditLog(t, 0)
+	after := last[len(last)-1].Seq
+	self := api.NewClient(w.base)
+	self.Token = tok.SecretID
+	if err := self.DeleteToken(ctx, tok.AccessorID); err != nil {
+		t.Fatal(err)
+	}
+	ev := w.auditLog(t, after)
+	if len(ev) != 1 {
+		t.Fatalf("after one delete: %d audit records, want 1: %+v", len(ev), ev)
+	}
+	if a := ev[0].Audit; a.Actor != "token:"+tok.AccessorID || a.Role != structs.RoleManagement || a.Status >= 300 {
+		t.Errorf("audit record %+v, want actor token:%s, role management, a success", *a, tok.AccessorID)
+	}
+}
