@@ -58,10 +58,10 @@ sim-seed seed:
     go test -count=1 -v -run 'TestSeeds' ./integration/sim -sim.seed {{seed}} -sim.v
 
 # Issue 14's six benchmarks (docs/benchmarks.md), each chime next to its reference in the same run:
-# 1 restart vs virsh start, 2 migration vs virsh migrate, 3 leader failover vs etcd, 4 creates,
+# 1 restart vs virsh start, 2 migration vs virsh migrate, 3 leader failover vs etcd, 4 creates (in process, and vs etcd),
 # 5 detection vs memberlist (and false positives under load), 6 scale. Matched by name in every
 # package below, so a benchmark that is not there yet is simply not run.
-bench14 := "^(BenchmarkRestartVsVirsh|BenchmarkMigrateVsVirsh|BenchmarkLeaderFailoverVsEtcd|BenchmarkCreates|BenchmarkDetectionVsMemberlist|BenchmarkScale.*)$"
+bench14 := "^(BenchmarkRestartVsVirsh|BenchmarkMigrateVsVirsh|BenchmarkLeaderFailoverVsEtcd|BenchmarkCreates|BenchmarkCreatesVsEtcd|BenchmarkDetectionVsMemberlist|BenchmarkScale.*)$"
 bench14_pkgs := "./chime/server ./integration/sim ./integration"
 
 # One package at a time; the raw output is in OUT, the tables (integration/cmd/benchtable) in
@@ -99,6 +99,15 @@ bench-restart-migrate samples="12" quick="0":
     CI=true CHIME_FLEET_PREFIX="${CHIME_FLEET_PREFIX:-chimeb}" CHIME_BENCH_SAMPLES=$n \
         go test -count=1 -run '^$' -bench 'BenchmarkRestartVsVirsh|BenchmarkMigrateVsVirsh' -benchtime 1x -timeout 1h ./integration \
         | grep -e '^BENCH14 ' -e '^Benchmark' -e FAIL -e '^ok'
+
+# Issue 14, benchmark 4 against etcd: VM creates through 3 `chime server` processes (mutual TLS,
+# ACLs) vs puts through 3 etcd members' JSON gateway, one keep-alive load generator at 1, 16 and 64
+# clients, windows alternating, with 0 and 10,000 VMs present (CHIME_BENCH_BIG=1: 100,000 too);
+# prints `BENCH14 creates-etcd ...` lines (docs/benchmarks.md). quick=1: one 2 s window each, under
+# a minute. CHIME_BENCH_CPUPROFILE=DIR: the servers' CPU profiles.
+# Write throughput vs etcd puts (issue 14, benchmark 4).
+bench-creates quick="0":
+    CHIME_BENCH_QUICK={{ if quick == "1" { "1" } else { "0" } }} go test -count=1 -run '^$' -bench BenchmarkCreatesVsEtcd -benchtime 1x -timeout 1h ./integration | grep -e BENCH14 -e 'bench_creates_test' -e '^Benchmark' -e FAIL -e '^ok'
 
 # One `chime server` process, simulated agents (15 s heartbeats) and VMs created through the API,
 # an evacuation of 1,000 VMs and a list of every VM; prints a `BENCH14 scale ...` line

@@ -56,6 +56,7 @@ gossip ports. A quick test: 'chime server --dev' (one server, temporary data dir
 			&cli.BoolFlag{Name: "insecure-no-gossip-key", Usage: "gossip in plaintext outside --dev, knowingly (without it a server needs --gossip-key or a keyring file in its data dir)"},
 			&cli.BoolFlag{Name: "insecure-no-tls", Usage: "run without TLS outside --dev, knowingly (logs a warning every minute)"},
 			&cli.Float64Flag{Name: "raft-time-scale", Value: 1, Usage: "scale Raft timers (tests only; <1 is faster)", Hidden: true},
+			&cli.StringFlag{Name: "cpu-profile", Usage: "write a CPU profile (pprof) of the whole run to this file when the server stops (benchmarks)", Hidden: true},
 		}, tlsFlags()...),
 		Action: func(c *cli.Context) error {
 			if c.NArg() > 0 {
@@ -100,6 +101,13 @@ gossip ports. A quick test: 'chime server --dev' (one server, temporary data dir
 				}
 				defer os.RemoveAll(dir)
 				cfg.DataDir = dir
+			}
+			if p := c.String("cpu-profile"); p != "" {
+				stop, err := startCPUProfile(p)
+				if err != nil {
+					return err
+				}
+				defer stop()
 			}
 			return server.Run(c.Context, cfg)
 		},

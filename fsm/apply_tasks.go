@@ -68,6 +68,18 @@ func (a *applier) appendEvent(p AppendEvent) (string, error) {
 	return "", a.tx.AppendEvent(p.Event)
 }
 
+func (a *applier) appendEvents(p AppendEvents) (string, error) {
+	if len(p.Events) == 0 {
+		return "", structs.Invalid("events", "no event to append")
+	}
+	for _, ev := range p.Events {
+		if err := a.tx.AppendEvent(ev); err != nil {
+			return "", err
+		}
+	}
+	return "", nil
+}
+
 func (a *applier) alarmTransition(p AlarmTransition) (string, error) {
 	al := p.Alarm
 	rec, err := a.tx.Alarm(al.Fingerprint)

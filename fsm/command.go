@@ -16,18 +16,22 @@ type CommandType string
 // type is never removed or given another meaning: old log entries and
 // snapshots must replay the same on every version.
 const (
-	CmdRegisterNode   CommandType = "node.register"
-	CmdSetManagement  CommandType = "node.set_management"
-	CmdSetMonitor     CommandType = "node.set_monitor"
-	CmdSetNodeFlags   CommandType = "node.set_flags"
-	CmdRemoveNode     CommandType = "node.remove"
-	CmdCreateVM       CommandType = "vm.create"
-	CmdSetDesired     CommandType = "vm.set_desired"
-	CmdPlaceVM        CommandType = "vm.place"
-	CmdDeleteVM       CommandType = "vm.delete"
-	CmdObserve        CommandType = "vm.observe"
-	CmdPutTask        CommandType = "task.put"
-	CmdEvent          CommandType = "event.append"
+	CmdRegisterNode  CommandType = "node.register"
+	CmdSetManagement CommandType = "node.set_management"
+	CmdSetMonitor    CommandType = "node.set_monitor"
+	CmdSetNodeFlags  CommandType = "node.set_flags"
+	CmdRemoveNode    CommandType = "node.remove"
+	CmdCreateVM      CommandType = "vm.create"
+	CmdSetDesired    CommandType = "vm.set_desired"
+	CmdPlaceVM       CommandType = "vm.place"
+	CmdDeleteVM      CommandType = "vm.delete"
+	CmdObserve       CommandType = "vm.observe"
+	CmdPutTask       CommandType = "task.put"
+	CmdEvent         CommandType = "event.append"
+	// CmdEvents appends several free-standing events in one entry (the
+	// audit log's records, batched under load). A server older than it
+	// halts on it: upgrade followers before the leader.
+	CmdEvents         CommandType = "event.append_batch"
 	CmdMigrationStart CommandType = "vm.migration_start"
 	CmdMigrationEnd   CommandType = "vm.migration_end"
 	CmdAdopt          CommandType = "vm.adopt"
@@ -294,6 +298,12 @@ type PutTask struct {
 // AppendEvent appends a free-standing event (alarms, leader decisions).
 type AppendEvent struct {
 	Event structs.Event `json:"event"`
+}
+
+// AppendEvents appends free-standing events, in order, in one entry
+// (CmdEvents).
+type AppendEvents struct {
+	Events []structs.Event `json:"events"`
 }
 
 // AlarmRecord is the replicated state of one alarm (see state.AlarmRecord).

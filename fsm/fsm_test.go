@@ -388,3 +388,45 @@ func TestPlaceVMThenEvent(t *testing.T) {
 		})
 	}
 }
+
+// TestAppendEvents: a CmdEvents entry appends its events in order, all at
+// the entry's index, and an empty one is refused with nothing appended.
+func TestAppendEvents(t *testing.T) {
+	h := newHarness(t)
+	msgs := func(idx uint64) []string {
+		t.Helper()
+		evs, err := h.f.Events(0, 1000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, e := range evs {
+			if e.Index == idx {
+				out = append(out, e.Kind+":"+e.Message)
+			}
+		}
+		return out
+	}
+	cases := []struct {
+		name string
+		evs  []structs.Event
+		err  error
+		want []string
+	}{
+		{"three in order", []structs.Event{{Kind: structs.EventAudit, Message: "a"}, {Kind: structs.EventAudit, Message: "b"}, {Kind: "x", Message: "c"}},
+			nil, []string{"audit:a", "audit:b", "x:c"}},
+		{"one", []structs.Event{{Kind: structs.EventAudit, Message: "d"}}, nil, []string{"audit:d"}},
+		{"none: refused", nil, structs.ErrInvalid, nil},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			r := h.apply("", CmdEvents, AppendEvents{Events: c.evs})
+			if !errors.Is(r.Err, c.err) {
+				t.Fatalf("err = %v, want %v", r.Err, c.err)
+			}
+			if got := msgs(r.Index); !reflect.DeepEqual(got, c.want) {
+				t.Fatalf("events of the entry = %v, want %v", got, c.want)
+			}
+		})
+	}
+}

@@ -48,7 +48,12 @@ func OpenLogStore(path string) (*LogStore, error) {
 }
 
 func openLogStore(path string, timeout time.Duration) (*LogStore, error) {
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: timeout})
+	// The freelist is not written at each commit (NoFreelistSync; bbolt
+	// rebuilds it from the pages at open) and is kept as a map: a commit
+	// writes the entries' pages and the meta page, each fdatasynced as
+	// before, but no longer the freelist's pages, which after log
+	// compaction (DeleteRange) were the bulk of every append's writes.
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: timeout, NoFreelistSync: true, FreelistType: bolt.FreelistMapType})
 	if err != nil {
 		if errors.Is(err, berrors.ErrTimeout) {
 			return nil, fmt.Errorf("open raft log store %s: file is locked by another process (is another chime server using this data dir?): %w", path, err)

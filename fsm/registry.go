@@ -38,6 +38,7 @@ var registry = map[CommandType]applyFunc{
 	CmdMigrationSettle: typed((*applier).migrationSettle),
 	CmdPutTask:         typed((*applier).putTask),
 	CmdEvent:           typed((*applier).appendEvent),
+	CmdEvents:          typed((*applier).appendEvents),
 	CmdAlarm:           typed((*applier).alarmTransition),
 	CmdAlarmSent:       typed((*applier).alarmDelivered),
 	CmdSetHAArmed:      typed((*applier).setHAArmed),

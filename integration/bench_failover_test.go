@@ -49,21 +49,8 @@ func TestBench14FailoverRun(t *testing.T) {
 	if os.Getenv("CHIME_BENCH14_FAILOVER") == "" {
 		t.Skip("a run of BenchmarkLeaderFailoverVsEtcd (set by the benchmark)")
 	}
-	etcdBin, err := exec.LookPath("etcd")
-	if err != nil {
-		t.Fatalf("etcd not installed (Debian etcd-server, scripts/install-deps.sh): %v", err)
-	}
 	kills := benchCount(t, "CHIME_BENCH_KILLS", 3, 10)
-
-	logs := os.Getenv("CHIME_BENCH_LOGS") // keep the servers' logs there (profiling a run)
-	if logs == "" {
-		logs = t.TempDir()
-	}
-	ss := newServerSetOn(t, []string{"127.0.0.1", "127.0.0.1", "127.0.0.1"}, t.TempDir(), logs)
-	ss.leader(60 * time.Second)
-	ss.bootstrapACL()
-	ec := newEtcdCluster(t, etcdBin)
-	ec.leader(60 * time.Second)
+	ss, ec := benchClusters(t)
 
 	var chimeD, etcdD []time.Duration
 	for k := range kills {
@@ -221,8 +208,38 @@ func (ec *etcdCluster) kill(i int) {
 	<-ec.done[i]
 }
 
+// benchClusters starts benchmarks 3 and 4's two clusters on loopback:
+// three real `chime server` processes (production Raft timing, mutual TLS,
+// ACLs bootstrapped; logs in CHIME_BENCH_LOGS if set, e.g. to profile a
+// run) and three etcd members, and waits for a leader in each. extra goes
+// to every chime server's command line.
+func benchClusters(t *testing.T, extra ...string) (*serverSet, *etcdCluster) {
+	t.Helper()
+	etcdBin, err := exec.LookPath("etcd")
+	if err != nil {
+		t.Fatalf("etcd not installed (Debian etcd-server, scripts/install-deps.sh): %v", err)
+	}
+	logs := os.Getenv("CHIME_BENCH_LOGS")
+	if logs == "" {
+		logs = t.TempDir()
+	}
+	ss := newServerSetOn(t, []string{"127.0.0.1", "127.0.0.1", "127.0.0.1"}, t.TempDir(), logs, extra...)
+	ss.leader(60 * time.Second)
+	ss.bootstrapACL()
+	ec := newEtcdCluster(t, etcdBin)
+	if ec.leader(60*time.Second) < 0 {
+		t.Fatal("etcd: no leader within 60 s")
+	}
+	return ss, ec
+}
+
 // call POSTs a JSON body to member i's gateway and decodes the answer.
 func (ec *etcdCluster) call(ctx context.Context, i int, path string, in, out any) error {
+	return ec.callWith(ctx, ec.http, i, path, in, out)
+}
+
+// callWith is call through hc (a load generator's client of its own).
+func (ec *etcdCluster) callWith(ctx context.Context, hc *http.Client, i int, path string, in, out any) error {
 	body, err := json.Marshal(in)
 	if err != nil {
 		return err
@@ -232,7 +249,7 @@ func (ec *etcdCluster) call(ctx context.Context, i int, path string, in, out any
 		return err
 	}
 	req.Header.Set("Content-Type", "application/json")
-	resp, err := ec.http.Do(req)
+	resp, err := hc.Do(req)
 	if err != nil {
 		return err
 	}
@@ -252,7 +269,12 @@ func (ec *etcdCluster) call(ctx context.Context, i int, path string, in, out any
 
 // put writes key=val through member i.
 func (ec *etcdCluster) put(ctx context.Context, i int, key, val string) error {
-	return ec.call(ctx, i, "/v3/kv/put", map[string]string{
+	return ec.putWith(ctx, ec.http, i, key, val)
+}
+
+// putWith is put through hc.
+func (ec *etcdCluster) putWith(ctx context.Context, hc *http.Client, i int, key, val string) error {
+	return ec.callWith(ctx, hc, i, "/v3/kv/put", map[string]string{
 		"key": base64.StdEncoding.EncodeToString([]byte(key)), "value": base64.StdEncoding.EncodeToString([]byte(val))}, nil)
 }
 

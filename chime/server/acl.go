@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"sync"
 
 	"github.com/chime-ha/chime/chime/api"
 	"github.com/chime-ha/chime/chime/server/endpoint"
@@ -131,7 +132,7 @@ func (s *Server) joinCaller(r *http.Request) (endpoint.Caller, error) {
 		// An unknown token (a deleted join token an agent still sends)
 		// joins nothing; a known node re-registers with its secret all
 		// the same.
-		tok, err := s.ep.ResolveToken(secret)
+		tok, err := s.resolveToken(r, secret)
 		if err != nil && !structs.IsNotFound(err) {
 			return c, err
 		}
@@ -168,7 +169,7 @@ func (s *Server) authorize(r *http.Request, name string, n need) (*http.Request,
 		}
 		return nil, api.Unauthorized("token", "ACL token missing: "+name+" needs a token of role "+n.String()+" (--token, CHIME_TOKEN, header "+api.HeaderToken+")")
 	}
-	tok, err := s.ep.ResolveToken(secret)
+	tok, err := s.resolveToken(r, secret)
 	if err != nil {
 		return nil, tokenError(err)
 	}
@@ -176,6 +177,38 @@ func (s *Server) authorize(r *http.Request, name string, n need) (*http.Request,
 		return nil, structs.Forbidden("ACL token %s has role %s: %s needs role %s", tok.AccessorID, tok.Role, name, n)
 	}
 	return r, nil
+}
+
+// resolvedKey keys a request's *resolvedToken in its context.
+type resolvedKey struct{}
+
+// resolvedToken is a request's token as resolved once: authorize and the
+// audit record of the same request read the token's record once, not
+// each on its own (a bbolt read and a JSON decode per write).
+type resolvedToken struct {
+	once   sync.Once
+	secret string
+	tok    *structs.ACLToken
+	err    error
+}
+
+// withResolvedToken gives r a place to keep its token once resolved.
+func withResolvedToken(r *http.Request) *http.Request {
+	return r.WithContext(context.WithValue(r.Context(), resolvedKey{}, &resolvedToken{}))
+}
+
+// resolveToken is s.ep.ResolveToken(secret), once per request when r has
+// a place for it (withResolvedToken).
+func (s *Server) resolveToken(r *http.Request, secret string) (*structs.ACLToken, error) {
+	rt, _ := r.Context().Value(resolvedKey{}).(*resolvedToken)
+	if rt == nil {
+		return s.ep.ResolveToken(secret)
+	}
+	rt.once.Do(func() { rt.secret = secret; rt.tok, rt.err = s.ep.ResolveToken(secret) })
+	if rt.secret != secret {
+		return s.ep.ResolveToken(secret)
+	}
+	return rt.tok, rt.err
 }
 
 // tokenError is the refusal for a token that does not resolve: 403, like

@@ -307,8 +307,9 @@ func withoutAudit(d map[string]map[string]string) map[string]map[string]string {
 	return out
 }
 
-// auditEntriesSince counts the Raft entries after index that are audit
-// records, and fails the test on any other command.
+// auditEntriesSince counts the audit records in the Raft entries after
+// index (a CmdEvents entry holds several), and fails the test on any
+// other command.
 func auditEntriesSince(t *testing.T, s *Server, index uint64) int {
 	t.Helper()
 	n := 0
@@ -324,8 +325,16 @@ func auditEntriesSince(t *testing.T, s *Server, index uint64) int {
 		if err := json.Unmarshal(l.Data, &c); err != nil {
 			t.Fatalf("raft entry %d: %v", i, err)
 		}
-		if c.Type != fsm.CmdEvent || !strings.HasPrefix(c.ID, auditIDPrefix) {
+		if (c.Type != fsm.CmdEvent && c.Type != fsm.CmdEvents) || !strings.HasPrefix(c.ID, auditIDPrefix) {
 			t.Errorf("raft entry %d is %s (id %s), not an audit record", i, c.Type, c.ID)
+			continue
+		}
+		if c.Type == fsm.CmdEvents {
+			var p fsm.AppendEvents
+			if err := json.Unmarshal(c.Payload, &p); err != nil {
+				t.Fatalf("raft entry %d: %v", i, err)
+			}
+			n += len(p.Events)
 			continue
 		}
 		n++

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -27,12 +28,16 @@ import (
 // are. Refusals (401, 403) are recorded at most once per minute per
 // source host, with the count of those left out, so that nobody can flood
 // Raft with refused requests. Records are proposed in the background, at
-// most auditInFlight at a time: when Raft is that far behind, records are
-// dropped (and logged) rather than slowing down the writes they describe.
+// most auditInFlight queued or in flight: when Raft is that far behind,
+// records are dropped (and logged) rather than slowing down the writes
+// they describe. Records that wait while one entry is written share the
+// next (CmdEvents), so that concurrent writes do not each cost a second
+// Raft entry for their audit record.
 
 const (
 	auditIDPrefix      = "audit-" // the request ids of the audit log's commands
-	auditInFlight      = 64
+	auditInFlight      = 256      // records queued or being written
+	auditBatch         = 64       // records per Raft entry at most
 	auditRefusalWindow = time.Minute
 	auditMaxSources    = 10000 // refusal sources remembered before old ones are forgotten
 )
@@ -40,6 +45,10 @@ const (
 // auditor proposes audit records; one per server.
 type auditor struct {
 	slots chan struct{}
+
+	qmu     sync.Mutex
+	queue   []structs.Event // records waiting for the writer
+	writing bool            // a writer goroutine runs
 
 	mu      sync.Mutex
 	refused map[string]*refusalWindow // by source host
@@ -100,15 +109,17 @@ func (a *auditWriter) Flush() {
 	}
 }
 
-// auditStart wraps the response writer of a request the leader answers;
+// auditStart wraps the response writer of a request the leader answers
+// (and gives the request a place for its resolved token, resolveToken);
 // done records the request once it is answered. Requests that are not
 // audited get w back and a no-op.
-func (s *Server) auditStart(w http.ResponseWriter, r *http.Request, route string) (http.ResponseWriter, func()) {
+func (s *Server) auditStart(w http.ResponseWriter, r *http.Request, route string) (http.ResponseWriter, *http.Request, func()) {
 	if s.audit == nil || !audited(route, r.Method) {
-		return w, func() {}
+		return w, r, func() {}
 	}
+	r = withResolvedToken(r) // authorize and the record resolve the token once
 	aw := &auditWriter{ResponseWriter: w}
-	return aw, func() {
+	return aw, r, func() {
 		status := aw.status
 		if status == 0 {
 			status = http.StatusOK
@@ -169,7 +180,7 @@ func (a *auditor) admitRefusal(source string, now time.Time) (int, bool) {
 // agent sent, else the certificate's role.
 func (s *Server) auditActor(r *http.Request) (actor, role string) {
 	if secret := tokenFrom(r); secret != "" && s.aclEnabled() {
-		tok, err := s.ep.ResolveToken(secret)
+		tok, err := s.resolveToken(r, secret)
 		if err != nil || tok == nil {
 			return "token:unknown", ""
 		}
@@ -185,6 +196,9 @@ func (s *Server) auditActor(r *http.Request) (actor, role string) {
 }
 
 // propose appends the record to the event log in the background.
+// Records waiting while one is written go together into the next entry
+// (CmdEvents, up to auditBatch): under concurrent writes the audit log
+// costs a fraction of a Raft entry per write, not one entry each.
 func (a *auditor) propose(s *Server, rec *structs.Audit, target string) {
 	select {
 	case a.slots <- struct{}{}:
@@ -206,14 +220,48 @@ func (a *auditor) propose(s *Server, rec *structs.Audit, target string) {
 	case strings.HasPrefix(rec.Actor, "node:"):
 		ev.NodeID = strings.TrimPrefix(rec.Actor, "node:")
 	}
-	go func() {
-		defer func() { <-a.slots }()
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if _, err := s.propose(ctx, auditIDPrefix+api.NewRequestID(), fsm.CmdEvent, fsm.AppendEvent{Event: ev}); err != nil {
-			s.log.Warn("audit record not written", "route", rec.Route, "actor", rec.Actor, "status", rec.Status, "error", err)
+	a.qmu.Lock()
+	a.queue = append(a.queue, ev)
+	start := !a.writing
+	a.writing = true
+	a.qmu.Unlock()
+	if start {
+		go a.write(s)
+	}
+}
+
+// write proposes the queued records, a batch per entry, until none is
+// left; one writer runs at a time.
+func (a *auditor) write(s *Server) {
+	for {
+		a.qmu.Lock()
+		n := min(len(a.queue), auditBatch)
+		if n == 0 {
+			a.writing = false
+			a.qmu.Unlock()
+			return
 		}
-	}()
+		batch := slices.Clone(a.queue[:n])
+		a.queue = slices.Delete(a.queue, 0, n)
+		a.qmu.Unlock()
+
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		var err error
+		if len(batch) == 1 {
+			_, err = s.propose(ctx, auditIDPrefix+api.NewRequestID(), fsm.CmdEvent, fsm.AppendEvent{Event: batch[0]})
+		} else {
+			_, err = s.propose(ctx, auditIDPrefix+api.NewRequestID(), fsm.CmdEvents, fsm.AppendEvents{Events: batch})
+		}
+		cancel()
+		if err != nil {
+			for _, ev := range batch {
+				s.log.Warn("audit record not written", "route", ev.Audit.Route, "actor", ev.Audit.Actor, "status", ev.Audit.Status, "error", err)
+			}
+		}
+		for range batch {
+			<-a.slots
+		}
+	}
 }
 
 // sourceHost is the caller's host, without its port.

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"strings"
 	"testing"
@@ -129,5 +130,71 @@ func TestAuditRefusalWindow(t *testing.T) {
 		if ok != st.wantOK || n != st.wantSuppressed {
 			t.Errorf("step %d (%s at %v): admitted %v with %d suppressed, want %v with %d", i, st.source, st.at, ok, n, st.wantOK, st.wantSuppressed)
 		}
+	}
+}
+
+// TestAuditBatchesConcurrentWrites: concurrent writes each get their audit
+// record, and records that waited for one another share Raft entries
+// (CmdEvents) instead of costing an entry each.
+func TestAuditBatchesConcurrentWrites(t *testing.T) {
+	w := newACLWorld(t)
+	ctx := context.Background()
+	setup := w.auditLog(t, 0)
+	last := setup[len(setup)-1].Seq
+	const n = 32
+	errs := make(chan error, n)
+	for i := range n {
+		go func() {
+			_, err := w.client(structs.RoleOperator).CreateVM(ctx, api.CreateVMRequest{Name: fmt.Sprintf("batch-%02d", i), VCPUs: 1, Memory: 64})
+			errs <- err
+		}()
+	}
+	for range n {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	ev := w.auditLog(t, last)
+	entries := map[uint64]int{}
+	for _, e := range ev {
+		if e.Audit.Route != "POST /v1/vms" || e.Audit.Status >= 300 {
+			t.Errorf("unexpected audit record %+v", *e.Audit)
+		}
+		entries[e.Index]++
+	}
+	if len(ev) != n {
+		t.Fatalf("%d concurrent creates: %d audit records, want %d", n, len(ev), n)
+	}
+	t.Logf("%d audit records in %d Raft entries", len(ev), len(entries))
+	if len(entries) >= n {
+		t.Errorf("%d concurrent creates' audit records took %d entries: none shared one", n, len(entries))
+	}
+}
+
+// TestAuditNamesATokenThatDeletedItself: a request's token is resolved
+// once, for the ACL check and its audit record alike, so the record of a
+// request that deleted its own token names that token (not
+// token:unknown, as when the record resolved the token again after the
+// delete).
+func TestAuditNamesATokenThatDeletedItself(t *testing.T) {
+	w := newACLWorld(t)
+	ctx := context.Background()
+	tok, err := w.client(structs.RoleManagement).CreateToken(ctx, api.CreateTokenRequest{Role: structs.RoleManagement, Description: "short-lived"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	last := w.auditLog(t, 0)
+	after := last[len(last)-1].Seq
+	self := api.NewClient(w.base)
+	self.Token = tok.SecretID
+	if err := self.DeleteToken(ctx, tok.AccessorID); err != nil {
+		t.Fatal(err)
+	}
+	ev := w.auditLog(t, after)
+	if len(ev) != 1 {
+		t.Fatalf("after one delete: %d audit records, want 1: %+v", len(ev), ev)
+	}
+	if a := ev[0].Audit; a.Actor != "token:"+tok.AccessorID || a.Role != structs.RoleManagement || a.Status >= 300 {
+		t.Errorf("audit record %+v, want actor token:%s, role management, a success", *a, tok.AccessorID)
 	}
 }

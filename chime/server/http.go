@@ -173,7 +173,7 @@ func (s *Server) wrap(name string, acc access, n need, h handler) http.Handler {
 		if isWrite(r.Method) {
 			w = &indexWriter{ResponseWriter: w, fsm: s.fsm} // read-your-writes: readyourwrites.go
 		}
-		w, audit := s.auditStart(w, r, name) // audit.go
+		w, r, audit := s.auditStart(w, r, name) // audit.go
 		defer audit()
 		r, err := s.authorize(r, name, n)
 		if err != nil {

@@ -13,7 +13,7 @@
 //     p99 X ms ok N failed N", as KIND "creates".
 //
 // The tables come in the order of the issue's six benchmarks (restart,
-// migrate, failover, creates, detect and falsepos, scale; other kinds
+// migrate, failover, creates and creates-etcd, detect and falsepos, scale; other kinds
 // after them), under a header naming the machine, the date and the commit:
 //
 //	go test … | tee bench.out; go run ./integration/cmd/benchtable bench.out
@@ -53,6 +53,7 @@ var titles = []struct{ kind, title string }{
 	{"migrate", "2. Live migration through chime, vs `virsh migrate --live --p2p`"},
 	{"failover", "3. Leader `kill -9` → first write accepted, vs etcd"},
 	{"creates", "4. Write throughput: VM creates through the API"},
+	{"creates-etcd", "4. Write throughput: VM creates (3 `chime server` processes) vs etcd puts, same run, alternating"},
 	{"detect", "5. Node death → unreachable, vs memberlist alone"},
 	{"falsepos", "5. False positives: healthy agents under full CPU load"},
 	{"scale", "6. Scale on one leader"},
