@@ -29,6 +29,7 @@ import (
 	"github.com/chime-ha/chime/chime/server/endpoint"
 	"github.com/chime-ha/chime/chime/server/heartbeat"
 	"github.com/chime-ha/chime/fsm"
+	"github.com/chime-ha/chime/fsm/raftlog"
 	"github.com/chime-ha/chime/gossip"
 )
 
@@ -38,7 +39,7 @@ type Server struct {
 	log   hclog.Logger
 	raft  *raft.Raft
 	fsm   *fsm.FSM
-	logs  *fsm.LogStore
+	logs  *raftlog.Store // raft.db (term, vote) + raft-wal/ (the log)
 	trans *raft.NetworkTransport
 	pool  *gossip.Pool
 	http  *http.Server
@@ -181,7 +182,7 @@ func (s *Server) setupRaft() error {
 		return fmt.Errorf("data dir: %w", err)
 	}
 	var err error
-	if s.logs, err = fsm.OpenLogStore(filepath.Join(cfg.DataDir, "raft.db")); err != nil {
+	if s.logs, err = raftlog.Open(cfg.DataDir, s.log.Named("raftlog")); err != nil {
 		return fmt.Errorf("raft log: %w", err)
 	}
 	if s.fsm, err = fsm.Open(filepath.Join(cfg.DataDir, "state.db"), s.log.Named("fsm")); err != nil {
