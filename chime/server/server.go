@@ -176,6 +176,9 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	return s, nil
 }
 
+// raftLogCache is how many of the newest Raft entries the log cache keeps (as Nomad does).
+const raftLogCache = 512
+
 func (s *Server) setupRaft() error {
 	cfg := s.cfg
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
@@ -217,7 +220,13 @@ func (s *Server) setupRaft() error {
 		rc.ElectionTimeout = sc(rc.ElectionTimeout)
 		rc.LeaderLeaseTimeout = sc(rc.LeaderLeaseTimeout)
 	}
-	if s.raft, err = raft.NewRaft(rc, s.fsm, s.logs, s.logs, snaps, s.trans); err != nil {
+	// The leader reads every new entry back once per follower to replicate it; the last
+	// raftLogCache entries are served from memory instead of a pread and decode each.
+	logs, err := raft.NewLogCache(raftLogCache, s.logs)
+	if err != nil {
+		return fmt.Errorf("raft log cache: %w", err)
+	}
+	if s.raft, err = raft.NewRaft(rc, s.fsm, logs, s.logs, snaps, s.trans); err != nil {
 		return fmt.Errorf("start raft: %w", err)
 	}
 	return nil
