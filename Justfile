@@ -28,18 +28,11 @@ test:
     just fuzz
 
 # Every fuzz target for a short time each (docs/testing.md#fuzzing): 12 targets, about 2 minutes
-# at the default. The checked-in corpora (testdata/fuzz/FuzzX/) also run in every `go test`.
+# at the default (scripts/fuzz.sh, which also names them). The checked-in corpora
+# (testdata/fuzz/FuzzX/) also run in every `go test`.
 # A crasher is written to the package's testdata/fuzz/FuzzX/: fix it and commit it.
 fuzz FUZZTIME="10s":
-    @for t in \
-        ./chime/api:FuzzCreateVMRequest ./chime/api:FuzzRegisterRequest ./chime/api:FuzzHeartbeatRequest \
-        ./chime/api:FuzzCreateTokenRequest ./chime/api:FuzzHAArmRequest \
-        ./fsm:FuzzApply ./fsm:FuzzRestore ./fsm/raftlog:FuzzDecodeLog ./fsm/raftlog:FuzzScanSegment \
-        ./hypervisor:FuzzParseMeta ./hypervisor:FuzzDomainXMLRoundTrip \
-        ./chime/agent/store:FuzzRecords; do \
-        pkg="${t%%:*}"; fn="${t##*:}"; echo "==> $fn ($pkg, {{FUZZTIME}})"; \
-        go test -run '^$' -fuzz "^${fn}\$" -fuzztime {{FUZZTIME}} -fuzzminimizetime 5x -parallel 2 "$pkg"; \
-    done
+    scripts/fuzz.sh {{FUZZTIME}}
 
 # gofmt, go vet and staticcheck (when installed).
 lint:
