@@ -1,6 +1,8 @@
 package cli
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"os"
 	"time"
@@ -57,8 +59,10 @@ gossip ports. A quick test: 'chime server --dev' (one server, temporary data dir
 			&cli.BoolFlag{Name: "insecure-no-tls", Usage: "run without TLS outside --dev, knowingly (logs a warning every minute)"},
 			&cli.Float64Flag{Name: "raft-time-scale", Value: 1, Usage: "scale Raft timers (tests only; <1 is faster)", Hidden: true},
 			&cli.StringFlag{Name: "cpu-profile", Usage: "write a CPU profile (pprof) of the whole run to this file when the server stops (benchmarks)", Hidden: true},
+			&cli.StringFlag{Name: "mem-stats", Usage: "append the process's resident set and Go heap figures to this file every second (benchmarks)", Hidden: true},
+			&cli.StringFlag{Name: "mem-profile", Usage: "write a heap profile (pprof) to this file when the server stops (benchmarks)", Hidden: true},
 		}, tlsFlags()...),
-		Action: func(c *cli.Context) error {
+		Action: func(c *cli.Context) (err error) {
 			if c.NArg() > 0 {
 				return fmt.Errorf("unexpected argument %q (flags only)", c.Args().First())
 			}
@@ -108,6 +112,16 @@ gossip ports. A quick test: 'chime server --dev' (one server, temporary data dir
 					return err
 				}
 				defer stop()
+			}
+			if p := c.String("mem-stats"); p != "" {
+				stopStats, serr := startMemStats(c.Context, p)
+				if serr != nil {
+					return serr
+				}
+				defer func() { err = errors.Join(err, stopStats()) }()
+			}
+			if p := c.String("mem-profile"); p != "" {
+				return runWithMemProfile(c.Context, p, func(ctx context.Context) error { return server.Run(ctx, cfg) })
 			}
 			return server.Run(c.Context, cfg)
 		},
