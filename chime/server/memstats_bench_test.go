@@ -3,6 +3,7 @@ package server
 import (
 	"fmt"
 	"os"
+	"sort"
 	"strconv"
 	"strings"
 	"testing"
@@ -128,6 +129,49 @@ func reportMemPeaks(srv *benchServer, marks []phaseMark) *memPeak {
 	return last
 }
 
+// fileMappings sums a process's resident file-backed memory
+// (/proc/PID/smaps) per mapped file, base names, largest first: which
+// of RssFile is bbolt's mmap of state.db and raft.db and which the binary.
+func fileMappings(pid int) ([]string, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps", pid))
+	if err != nil {
+		return nil, fmt.Errorf("smaps: %w", err)
+	}
+	return sumMappings(string(data)), nil
+}
+
+// sumMappings is fileMappings of the text of an smaps file: "NAME=N MiB"
+// for each file whose mappings hold at least 1 MiB resident.
+func sumMappings(smaps string) []string {
+	kib := map[string]int64{}
+	file := ""
+	for _, line := range strings.Split(smaps, "\n") {
+		f := strings.Fields(line)
+		switch {
+		case len(f) >= 5 && strings.Contains(f[0], "-") && !strings.HasSuffix(f[0], ":"):
+			file = "" // a mapping's header: address perms offset dev inode [path]
+			if len(f) >= 6 && strings.HasPrefix(f[5], "/") {
+				file = f[5][strings.LastIndexByte(f[5], '/')+1:]
+			}
+		case len(f) >= 2 && f[0] == "Rss:" && file != "":
+			n, _ := strconv.ParseInt(f[1], 10, 64)
+			kib[file] += n
+		}
+	}
+	names := make([]string, 0, len(kib))
+	for k := range kib {
+		if kib[k] >= 1024 {
+			names = append(names, k)
+		}
+	}
+	sort.Slice(names, func(i, j int) bool { return kib[names[i]] > kib[names[j]] })
+	out := make([]string, len(names))
+	for i, k := range names {
+		out[i] = fmt.Sprintf("%s=%.0fMiB", k, float64(kib[k])/1024)
+	}
+	return out
+}
+
 // memFields are the BENCH14 line's memory fields of the whole run's
 // peak ("" without samples): at peak RSS its anonymous and file parts and
 // the heap in use, and the peaks of heap in use, live heap and GC goal.
@@ -175,5 +219,29 @@ func TestMemPeaks(t *testing.T) {
 			p.atRSS.heapInuse() != tc.inuse || p.max["anon"] != tc.maxAnon || p.max["inuse"] != tc.maxInuse {
 			t.Errorf("peak %d: %s %d samples, at rss %v, max %v; want %+v", tc.i, p.phase, p.samples, p.atRSS, p.max, tc)
 		}
+	}
+}
+
+// TestSumMappings: resident kB of an smaps text are summed per file name
+// (several mappings of one file add up; anonymous mappings and files
+// under 1 MiB are left out), largest first.
+func TestSumMappings(t *testing.T) {
+	smaps := `5573f0538000-5573f053a000 r--p 00000000 fe:00 247278   /usr/bin/chime
+Size:   8 kB
+Rss:    1024 kB
+5573f053a000-5573f0540000 r-xp 00002000 fe:00 247278   /usr/bin/chime
+Rss:    2048 kB
+7f0000000000-7f0010000000 r--s 00000000 fe:00 1 /tmp/x/data/state.db
+Rss:    204800 kB
+7f1000000000-7f1000100000 rw-p 00000000 00:00 0
+Rss:    99999 kB
+7f2000000000-7f2000100000 r--s 00000000 fe:00 2 /tmp/x/data/raft.db
+Rss:    512 kB
+7f3000000000-7f3000100000 r--p 00000000 fe:00 3 /lib/libc.so.6
+Rss:    1536 kB
+`
+	got := strings.Join(sumMappings(smaps), " ")
+	if want := "state.db=200MiB chime=3MiB libc.so.6=2MiB"; got != want {
+		t.Fatalf("%q, want %q", got, want)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"net/http/pprof"
 	"os"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -193,6 +194,9 @@ func benchScale(b *testing.B, cfg scaleConfig) {
 		b.Fatal("ended after the list")
 	}
 	peak := reportMemPeaks(srv, marks)
+	if files, err := fileMappings(srv.pid); err == nil {
+		fmt.Printf("scale mem: resident file-backed mappings at the end: %s\n", strings.Join(files, " "))
+	}
 	stopFleet()
 	fleet.wait()
 	lat := fleet.latencies()
