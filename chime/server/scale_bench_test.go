@@ -39,6 +39,12 @@ import (
 //
 //	go test -run '^$' -bench BenchmarkScale -benchtime 1x -timeout 1h ./chime/server/
 //
+// The server writes its memory figures every second (--mem-stats); the
+// benchmark prints their peaks per phase (`scale mem: ...`) and its resident
+// file-backed mappings. CHIME_BENCH_PROFILE_DIR=DIR has the server write
+// DIR/cpu.pprof and DIR/heap.pprof when it stops; CHIME_BENCH_SERVER_ARGS
+// and CHIME_BENCH_SERVER_ENV add server flags and environment.
+//
 // It prints one parsable line, `BENCH14 scale key=value ...`. Plain go test
 // never runs it.
 func BenchmarkScale(b *testing.B) {
