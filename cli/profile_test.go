@@ -34,3 +34,30 @@ func TestStartCPUProfile(t *testing.T) {
 		t.Fatal("a profile in a missing directory started")
 	}
 }
+
+// TestStartMemProfile: the heap profile is written when the returned
+// function runs (non-empty, a gzipped pprof), and a path that cannot be
+// created is an error at start.
+func TestStartMemProfile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "heap.pprof")
+	write, err := startMemProfile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, err := os.Stat(path); err != nil || st.Size() != 0 {
+		t.Fatalf("profile %s before stop: %v", path, err)
+	}
+	if err := write(); err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(data) < 2 || data[0] != 0x1f || data[1] != 0x8b {
+		t.Fatalf("profile %s: %d bytes, not gzip", path, len(data))
+	}
+	if _, err := startMemProfile(filepath.Join(t.TempDir(), "no", "such", "dir", "heap.pprof")); err == nil {
+		t.Fatal("a profile in a missing directory was accepted")
+	}
+}

@@ -1,7 +1,10 @@
 package cli
 
 import (
+	"context"
+	"errors"
 	"fmt"
+	"math"
 	"os"
 	"time"
 
@@ -55,10 +58,13 @@ gossip ports. A quick test: 'chime server --dev' (one server, temporary data dir
 			&cli.BoolFlag{Name: "acl", Value: true, Usage: "enforce ACL tokens (docs/security.md); default true, except in --dev where it is false unless given"},
 			&cli.BoolFlag{Name: "insecure-no-gossip-key", Usage: "gossip in plaintext outside --dev, knowingly (without it a server needs --gossip-key or a keyring file in its data dir)"},
 			&cli.BoolFlag{Name: "insecure-no-tls", Usage: "run without TLS outside --dev, knowingly (logs a warning every minute)"},
+			&cli.StringFlag{Name: "memory-limit", Usage: "soft limit of the Go runtime's memory (as GOMEMLIMIT: 768MiB, 2GiB, off); the GC works harder near it (default: GOMEMLIMIT, or none)", EnvVars: []string{"CHIME_MEMORY_LIMIT"}},
 			&cli.Float64Flag{Name: "raft-time-scale", Value: 1, Usage: "scale Raft timers (tests only; <1 is faster)", Hidden: true},
 			&cli.StringFlag{Name: "cpu-profile", Usage: "write a CPU profile (pprof) of the whole run to this file when the server stops (benchmarks)", Hidden: true},
+			&cli.StringFlag{Name: "mem-stats", Usage: "append the process's resident set and Go heap figures to this file every second (benchmarks)", Hidden: true},
+			&cli.StringFlag{Name: "mem-profile", Usage: "write a heap profile (pprof) to this file when the server stops (benchmarks)", Hidden: true},
 		}, tlsFlags()...),
-		Action: func(c *cli.Context) error {
+		Action: func(c *cli.Context) (err error) {
 			if c.NArg() > 0 {
 				return fmt.Errorf("unexpected argument %q (flags only)", c.Args().First())
 			}
@@ -94,6 +100,13 @@ gossip ports. A quick test: 'chime server --dev' (one server, temporary data dir
 				}
 			}
 			cfg.Logger = newLogger(c, "chime")
+			limit, err := applyMemoryLimit(c.String("memory-limit"), c.IsSet("memory-limit"))
+			if err != nil {
+				return err
+			}
+			if limit != math.MaxInt64 {
+				cfg.Logger.Info("Go memory limit", "bytes", limit, "MiB", limit>>20)
+			}
 			if cfg.Dev && cfg.DataDir == "" {
 				dir, err := os.MkdirTemp("", "chime-dev-")
 				if err != nil {
@@ -108,6 +121,16 @@ gossip ports. A quick test: 'chime server --dev' (one server, temporary data dir
 					return err
 				}
 				defer stop()
+			}
+			if p := c.String("mem-stats"); p != "" {
+				stopStats, serr := startMemStats(c.Context, p)
+				if serr != nil {
+					return serr
+				}
+				defer func() { err = errors.Join(err, stopStats()) }()
+			}
+			if p := c.String("mem-profile"); p != "" {
+				return runWithMemProfile(c.Context, p, func(ctx context.Context) error { return server.Run(ctx, cfg) })
 			}
 			return server.Run(c.Context, cfg)
 		},

@@ -16,10 +16,13 @@ func (s *Server) handleListNodes(w http.ResponseWriter, r *http.Request) (any, e
 	}
 	setIndex(w, idx)
 	nodes, err := s.fsm.Nodes()
+	if err != nil {
+		return nil, err
+	}
 	if nodes == nil {
 		nodes = []structs.Node{}
 	}
-	return nodes, err
+	return jsonList[structs.Node](nodes), nil
 }
 
 func (s *Server) handleGetNode(w http.ResponseWriter, r *http.Request) (any, error) {

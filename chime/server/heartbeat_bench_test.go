@@ -306,6 +306,7 @@ type benchServer struct {
 	inProcess bool
 	base      string        // API URL
 	log       string        // its log file
+	memStats  string        // its --mem-stats file ("" in-process)
 	exited    chan struct{} // closed when the child exited (nil in-process)
 }
 
@@ -336,7 +337,7 @@ func startBenchServer(b *testing.B, ctx context.Context, cfg heartbeatBenchConfi
 	}
 	ports := ports.Free(b, "127.0.0.1", 3)
 	s := &benchServer{base: fmt.Sprintf("http://127.0.0.1:%d", ports[0]), log: filepath.Join(dir, "server.log"),
-		exited: make(chan struct{})}
+		memStats: filepath.Join(dir, "memstats.log"), exited: make(chan struct{})}
 	logf, err := os.Create(s.log)
 	if err != nil {
 		b.Fatal(err)
@@ -345,7 +346,14 @@ func startBenchServer(b *testing.B, ctx context.Context, cfg heartbeatBenchConfi
 		"--data-dir", filepath.Join(dir, "data"), "--bind", "127.0.0.1",
 		"--api-port", strconv.Itoa(ports[0]), "--raft-port", strconv.Itoa(ports[1]), "--gossip-port", strconv.Itoa(ports[2]),
 		"--gossip-profile", "local", "--heartbeat-interval", cfg.interval.String(),
-		"--missed-heartbeats", strconv.Itoa(cfg.missed))
+		"--missed-heartbeats", strconv.Itoa(cfg.missed), "--mem-stats", s.memStats)
+	if pd := os.Getenv("CHIME_BENCH_PROFILE_DIR"); pd != "" {
+		// Written when the server stops (at the end of the benchmark).
+		cmd.Args = append(cmd.Args, "--cpu-profile", filepath.Join(pd, "cpu.pprof"), "--mem-profile", filepath.Join(pd, "heap.pprof"))
+		fmt.Printf("bench: server profiles at stop: %s, %s\n", filepath.Join(pd, "cpu.pprof"), filepath.Join(pd, "heap.pprof"))
+	}
+	cmd.Args = append(cmd.Args, strings.Fields(os.Getenv("CHIME_BENCH_SERVER_ARGS"))...)
+	cmd.Env = append(os.Environ(), strings.Fields(os.Getenv("CHIME_BENCH_SERVER_ENV"))...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {

@@ -205,6 +205,10 @@ func (s *Server) wrap(name string, acc access, n need, h handler) http.Handler {
 			w.Header().Set(api.HeaderIndex, strconv.FormatUint(s.fsm.Index(), 10))
 		}
 		w.Header().Set("Content-Type", "application/json")
+		if l, ok := v.(indentedWriter); ok {
+			_ = l.writeIndented(w) // a write error is the client's (gone); an encode error cannot be answered mid-body
+			return
+		}
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
 		_ = enc.Encode(v)

@@ -8,6 +8,7 @@ import (
 	"net/http/pprof"
 	"os"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -37,6 +38,12 @@ import (
 // then include the agents).
 //
 //	go test -run '^$' -bench BenchmarkScale -benchtime 1x -timeout 1h ./chime/server/
+//
+// The server writes its memory figures every second (--mem-stats); the
+// benchmark prints their peaks per phase (`scale mem: ...`) and its resident
+// file-backed mappings. CHIME_BENCH_PROFILE_DIR=DIR has the server write
+// DIR/cpu.pprof and DIR/heap.pprof when it stops; CHIME_BENCH_SERVER_ARGS
+// and CHIME_BENCH_SERVER_ENV add server flags and environment.
 //
 // It prints one parsable line, `BENCH14 scale key=value ...`. Plain go test
 // never runs it.
@@ -102,6 +109,7 @@ func benchScale(b *testing.B, cfg scaleConfig) {
 	}
 	var fig scaleFigures
 	load0 := loadAverage()
+	marks := []phaseMark{{"register", time.Now()}}
 
 	// Registrations, then every agent heartbeats at its phase of 15 s
 	// (with ±10 % jitter) until the end.
@@ -117,6 +125,7 @@ func benchScale(b *testing.B, cfg scaleConfig) {
 	// its next heartbeat on (one observation write per node that got one).
 	cpu0, _ := procCPU(srv.pid)
 	t0 := time.Now()
+	marks = append(marks, phaseMark{"create", t0})
 	placed := scaleCreates(b, ctx, srv.base, fleet, cfg, &fig)
 	createWall := time.Since(t0)
 	cpu1, _ := procCPU(srv.pid)
@@ -127,6 +136,7 @@ func benchScale(b *testing.B, cfg scaleConfig) {
 	fmt.Printf("scale: %d VMs created in %s (%.0f/s, p50 %.1f ms, p99 %.1f ms, %d failed, server CPU %.2f ms per create)\n",
 		fig.creates, createWall.Round(time.Millisecond), fig.createPerSec, ms(fig.createP50), ms(fig.createP99), fig.createFailed, ms(fig.createCPU))
 	// One interval for every agent to report its VMs once.
+	marks = append(marks, phaseMark{"settle", time.Now()})
 	if !sleepCtx(ctx, hbCfg.interval+2*time.Second) {
 		b.Fatal("ended while settling")
 	}
@@ -141,6 +151,7 @@ func benchScale(b *testing.B, cfg scaleConfig) {
 	gcpu0, _ := procCPU(os.Getpid())
 	fail0, pings0 := fleet.failed.Load(), fleet.livePings.Load()
 	w0 := time.Now()
+	marks = append(marks, phaseMark{"steady", w0})
 	fleet.recording.Store(true)
 	if !sleepCtx(ctx, cfg.window) {
 		b.Fatal("ended during the window")
@@ -166,6 +177,7 @@ func benchScale(b *testing.B, cfg scaleConfig) {
 	// off (agents silenced), each drained and rebuilt elsewhere.
 	evacCtx, evacCancel := context.WithTimeout(ctx, 10*time.Minute)
 	ecpu0, _ := procCPU(srv.pid)
+	marks = append(marks, phaseMark{"evacuate", time.Now()})
 	if err := scaleEvacuate(evacCtx, srv.base, fleet, placed, cfg.evacuate, &fig); err != nil {
 		evacCancel()
 		b.Fatalf("evacuation: %v\n%s", err, srv.logTail())
@@ -176,11 +188,20 @@ func benchScale(b *testing.B, cfg scaleConfig) {
 
 	// A list of every VM (the median of three), and a check that every
 	// evacuated VM is on another node now.
+	marks = append(marks, phaseMark{"list", time.Now()})
 	if err := scaleList(ctx, srv.base, placed, &fig); err != nil {
 		b.Fatalf("list: %v\n%s", err, srv.logTail())
 	}
 	if fig.rssKiB, fig.hwmKiB, err = procMemory(srv.pid); err != nil {
 		b.Fatal(err)
+	}
+	// One more --mem-stats line after the list.
+	if !sleepCtx(ctx, 1500*time.Millisecond) {
+		b.Fatal("ended after the list")
+	}
+	peak := reportMemPeaks(srv, marks)
+	if files, err := fileMappings(srv.pid); err == nil {
+		fmt.Printf("scale mem: resident file-backed mappings at the end: %s\n", strings.Join(files, " "))
 	}
 	stopFleet()
 	fleet.wait()
@@ -209,12 +230,12 @@ func benchScale(b *testing.B, cfg scaleConfig) {
 		"hb_rate=%.1f/s hb_p50=%.2fms hb_p99=%.2fms hb_max=%.1fms hb_failed=%d "+
 		"register=%.0f/s create=%.0f/s create_p50=%.1fms create_p99=%.1fms create_cpu=%.2fms create_failed=%d "+
 		"evac_vms=%d evac_nodes=%d evac=%.2fs evac_cpu=%.2fs list_vms=%d list=%.2fs list_mib=%.1f "+
-		"live_pingbacks=%d live_unreachable=%d load=%s,%s\n",
+		"live_pingbacks=%d live_unreachable=%d%s load=%s,%s\n",
 		mode, cfg.agents, cfg.vms, cfg.window, fig.cpuPct, fig.genPct, float64(fig.rssKiB)/1024, float64(fig.hwmKiB)/1024,
 		fig.hbPerSec, ms(fig.hbP50), ms(fig.hbP99), ms(fig.hbMax), fig.hbFailed,
 		fig.regPerSec, fig.createPerSec, ms(fig.createP50), ms(fig.createP99), ms(fig.createCPU), fig.createFailed,
 		fig.evacVMs, fig.evacNodes, fig.evacTook.Seconds(), fig.evacCPU.Seconds(), fig.listCount, fig.listTook.Seconds(),
-		float64(fig.listBytes)/(1<<20), fig.livePings, fig.unreachableLive, load0, loadAverage())
+		float64(fig.listBytes)/(1<<20), fig.livePings, fig.unreachableLive, memFields(peak), load0, loadAverage())
 	if e := fleet.lastErr.Load().(string); e != "" {
 		fmt.Printf("scale: last heartbeat error: %s\n", e)
 	}
