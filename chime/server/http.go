@@ -205,13 +205,19 @@ func (s *Server) wrap(name string, acc access, n need, h handler) http.Handler {
 			w.Header().Set(api.HeaderIndex, strconv.FormatUint(s.fsm.Index(), 10))
 		}
 		w.Header().Set("Content-Type", "application/json")
+		// The status is sent: a write error (the client is gone) or an
+		// encode error can only be logged.
+		var werr error
 		if l, ok := v.(indentedWriter); ok {
-			_ = l.writeIndented(w) // a write error is the client's (gone); an encode error cannot be answered mid-body
-			return
+			werr = l.writeIndented(w)
+		} else {
+			enc := json.NewEncoder(w)
+			enc.SetIndent("", "  ")
+			werr = enc.Encode(v)
 		}
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		_ = enc.Encode(v)
+		if werr != nil {
+			s.log.Debug("answer not written whole", "route", name, "error", werr)
+		}
 	})
 }
 
